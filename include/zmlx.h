@@ -1,0 +1,353 @@
+/*
+ * zmlx — write, JIT-compile, cache, launch and differentiate ML kernels.
+ *
+ * Public C API. Plain C11: includable from C, C++, Zig (@cImport), Rust
+ * (bindgen), Go (cgo) and Swift without a shim.
+ *
+ * Conventions (in the spirit of sqlite/zstd):
+ *   - every entry point returns a zmlx_status; results come back through
+ *     out-parameters;
+ *   - on failure zmlx_last_error() returns a thread-local message that says
+ *     what went wrong in words (shapes, dtypes, compiler log, source line);
+ *   - handles are opaque; objects made by *_create / *_from_* are freed by
+ *     the matching *_destroy / *_release;
+ *   - nothing in this header needs the CUDA or OpenCL headers.
+ */
+#ifndef ZMLX_H
+#define ZMLX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZMLX_VERSION_MAJOR 0
+#define ZMLX_VERSION_MINOR 1
+#define ZMLX_VERSION_PATCH 0
+#define ZMLX_VERSION_NUMBER \
+  (ZMLX_VERSION_MAJOR * 10000 + ZMLX_VERSION_MINOR * 100 + ZMLX_VERSION_PATCH)
+#define ZMLX_VERSION_STRING "0.1.0"
+
+#if defined(_WIN32) && defined(ZMLX_BUILD_SHARED)
+#define ZMLX_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define ZMLX_API __attribute__((visibility("default")))
+#else
+#define ZMLX_API
+#endif
+
+/** Runtime version as ZMLX_VERSION_NUMBER of the linked library. */
+ZMLX_API unsigned zmlx_version_number(void);
+/** Runtime version string of the linked library, e.g. "0.1.0". */
+ZMLX_API const char *zmlx_version_string(void);
+
+/* ------------------------------------------------------------------ status */
+
+typedef enum zmlx_status {
+  ZMLX_OK = 0,
+  ZMLX_ERR_NULL_ARG,      /* a required pointer was NULL */
+  ZMLX_ERR_INVALID_ARG,   /* a value is out of range or inconsistent */
+  ZMLX_ERR_SHAPE,         /* shapes do not match or are not allowed */
+  ZMLX_ERR_DTYPE,         /* dtype not supported or not matching */
+  ZMLX_ERR_OUT_OF_MEMORY, /* host or device allocation failed */
+  ZMLX_ERR_NO_DEVICE,     /* backend or device not available */
+  ZMLX_ERR_BACKEND,       /* the driver / runtime reported an error */
+  ZMLX_ERR_COMPILE,       /* kernel source failed to compile */
+  ZMLX_ERR_LAUNCH,        /* kernel launch rejected (grid, resources) */
+  ZMLX_ERR_UNSUPPORTED,   /* valid request this build/device cannot do */
+  ZMLX_ERR_IO,            /* file system error (cache) */
+  ZMLX_ERR_PARSE,         /* expression text could not be parsed */
+  ZMLX_ERR_INTERNAL       /* a bug in zmlx: please report */
+} zmlx_status;
+
+/** Short constant name of a status, e.g. "ZMLX_ERR_SHAPE". */
+ZMLX_API const char *zmlx_status_string(zmlx_status s);
+/** Message of the last failed call on this thread ("" if none). */
+ZMLX_API const char *zmlx_last_error(void);
+/** Forget the last error of this thread. */
+ZMLX_API void zmlx_clear_error(void);
+
+/* ------------------------------------------------------------------ dtypes */
+
+typedef enum zmlx_dtype {
+  ZMLX_BOOL = 0,
+  ZMLX_U8,
+  ZMLX_I8,
+  ZMLX_I32,
+  ZMLX_U32,
+  ZMLX_I64,
+  ZMLX_F16,
+  ZMLX_BF16,
+  ZMLX_F32,
+  ZMLX_F64, /* host-side and where the device supports it */
+  ZMLX_DTYPE_COUNT
+} zmlx_dtype;
+
+/** Bytes per element, 0 for an invalid dtype. */
+ZMLX_API size_t zmlx_dtype_size(zmlx_dtype dt);
+/** "f32", "bf16", ...; "?" for an invalid dtype. */
+ZMLX_API const char *zmlx_dtype_name(zmlx_dtype dt);
+/** Parse "f32", "float32", "bf16", ... into *out. */
+ZMLX_API zmlx_status zmlx_dtype_from_name(const char *name, zmlx_dtype *out);
+
+/* Host conversions used by tests and tools (round to nearest even). */
+ZMLX_API uint16_t zmlx_f32_to_f16(float f);
+ZMLX_API float zmlx_f16_to_f32(uint16_t h);
+ZMLX_API uint16_t zmlx_f32_to_bf16(float f);
+ZMLX_API float zmlx_bf16_to_f32(uint16_t b);
+
+/* ------------------------------------------------------ backends, devices */
+
+typedef enum zmlx_backend {
+  ZMLX_BACKEND_AUTO = 0, /* CUDA if a GPU works, else OpenCL */
+  ZMLX_BACKEND_CUDA,
+  ZMLX_BACKEND_OPENCL,
+  ZMLX_BACKEND_METAL, /* source emission only: no device, no launch */
+  ZMLX_BACKEND_COUNT
+} zmlx_backend;
+
+/** "cuda", "opencl", "metal", "auto". */
+ZMLX_API const char *zmlx_backend_name(zmlx_backend b);
+ZMLX_API zmlx_status zmlx_backend_from_name(const char *name, zmlx_backend *out);
+/** Whether a backend was compiled in and found a working device (0/1). */
+ZMLX_API int zmlx_backend_available(zmlx_backend b);
+
+typedef struct zmlx_device zmlx_device; /* owned by the library */
+typedef struct zmlx_stream zmlx_stream;
+
+#define ZMLX_MAX_DIMS 8
+
+typedef struct zmlx_device_info {
+  zmlx_backend backend;
+  int index;               /* index within its backend */
+  char name[256];          /* e.g. "NVIDIA H100 80GB HBM3" */
+  char version[128];       /* "compute capability 9.0" / "OpenCL 3.0 PoCL" */
+  char arch[64];           /* "sm_90a" / OpenCL device+driver identity */
+  size_t total_memory;     /* bytes */
+  size_t max_shared_memory;/* per threadgroup, bytes */
+  int max_threads_per_threadgroup;
+  int simd_width;          /* 32 on NVIDIA; emulated width on OpenCL */
+  int native_simd;         /* 1 if SIMD helpers use hardware sub-groups */
+  int compute_units;
+  int has_fp16;            /* native fp16 arithmetic */
+  int has_fp64;
+} zmlx_device_info;
+
+/** Number of working devices of one backend (0 if unavailable). */
+ZMLX_API zmlx_status zmlx_device_count(zmlx_backend b, int *count);
+/** Device `index` of backend `b` (AUTO picks the default backend). */
+ZMLX_API zmlx_status zmlx_device_get(zmlx_backend b, int index, zmlx_device **out);
+/** Default device: $ZMLX_BACKEND / $ZMLX_DEVICE, else CUDA 0, else OpenCL 0. */
+ZMLX_API zmlx_status zmlx_default_device(zmlx_device **out);
+/** Make `dev` the default device of this process. */
+ZMLX_API zmlx_status zmlx_set_default_device(zmlx_device *dev);
+ZMLX_API zmlx_status zmlx_device_get_info(const zmlx_device *dev, zmlx_device_info *info);
+ZMLX_API zmlx_backend zmlx_device_backend(const zmlx_device *dev);
+
+/** Streams order device work. Each device has a default stream (NULL). */
+ZMLX_API zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out);
+ZMLX_API zmlx_status zmlx_stream_destroy(zmlx_stream *s);
+/** Block until all work queued on the stream has finished. */
+ZMLX_API zmlx_status zmlx_stream_synchronize(zmlx_stream *s);
+/** Block until all work on every stream of the device has finished. */
+ZMLX_API zmlx_status zmlx_device_synchronize(zmlx_device *dev);
+
+/* ------------------------------------------------------------------ arrays */
+
+typedef struct zmlx_array zmlx_array;
+
+/* Creation. `dev` NULL means the default device. Shapes are int64 sizes;
+ * ndim may be 0 (a scalar). Every creator returns a new reference. */
+ZMLX_API zmlx_status zmlx_array_from_host(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                          const int64_t *shape, const void *data,
+                                          zmlx_array **out);
+ZMLX_API zmlx_status zmlx_array_empty(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                      const int64_t *shape, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_array_zeros(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                      const int64_t *shape, zmlx_array **out);
+/** Every element = value (converted to dt). */
+ZMLX_API zmlx_status zmlx_array_full(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                     const int64_t *shape, double value, zmlx_array **out);
+/** 1-D: start, start+step, ... (n elements). */
+ZMLX_API zmlx_status zmlx_array_arange(zmlx_device *dev, zmlx_dtype dt, double start,
+                                       double step, int64_t n, zmlx_array **out);
+/* Counter-based random numbers (Philox-4x32-10). Element i depends only on
+ * (seed, i): every backend gives the same bits for uniform, and normal
+ * agrees to the last bits of the device's log/cos. */
+ZMLX_API zmlx_status zmlx_array_random_uniform(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                               const int64_t *shape, uint64_t seed,
+                                               double low, double high, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_array_random_normal(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                              const int64_t *shape, uint64_t seed,
+                                              double mean, double stddev, zmlx_array **out);
+
+/* Reference counting. */
+ZMLX_API zmlx_status zmlx_array_retain(zmlx_array *a);
+/** Drop one reference; NULL is accepted. */
+ZMLX_API zmlx_status zmlx_array_release(zmlx_array *a);
+/** Number of live array handles in this process (leak checks). */
+ZMLX_API int64_t zmlx_array_live_count(void);
+
+/* Introspection (cheap, never fail on a valid handle). */
+ZMLX_API zmlx_dtype zmlx_array_dtype(const zmlx_array *a);
+ZMLX_API int zmlx_array_ndim(const zmlx_array *a);
+/** Pointer to ndim sizes (valid while `a` lives). */
+ZMLX_API const int64_t *zmlx_array_shape(const zmlx_array *a);
+/** Pointer to ndim strides, in elements. */
+ZMLX_API const int64_t *zmlx_array_strides(const zmlx_array *a);
+/** Offset of element 0 from the buffer start, in elements. */
+ZMLX_API int64_t zmlx_array_offset(const zmlx_array *a);
+ZMLX_API int64_t zmlx_array_size(const zmlx_array *a);
+ZMLX_API size_t zmlx_array_nbytes(const zmlx_array *a);
+ZMLX_API zmlx_device *zmlx_array_device(const zmlx_array *a);
+/** 1 if row-major contiguous (C order) from its offset. */
+ZMLX_API int zmlx_array_is_contiguous(const zmlx_array *a);
+
+/** Copy the (possibly strided) array into `dst` as a dense C-order buffer of
+ *  `dst_bytes` bytes (must be exactly nbytes). Waits for pending work. */
+ZMLX_API zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_bytes);
+/** Read element `flat_index` (C order) converted to double. Slow; for tests. */
+ZMLX_API zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out);
+
+/* Views share the buffer (no copy). */
+/** New shape with the same element count; one entry may be -1. A view when
+ *  the array is contiguous, else a contiguous copy. */
+ZMLX_API zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape,
+                                        zmlx_array **out);
+/** perm: a permutation of 0..ndim-1 (NULL reverses the axes). */
+ZMLX_API zmlx_status zmlx_array_transpose(zmlx_array *a, const int *perm, zmlx_array **out);
+/** Per-axis start/stop/step (Python semantics for negative start/stop;
+ *  step > 0). NULL step means 1 everywhere. */
+ZMLX_API zmlx_status zmlx_array_slice(zmlx_array *a, const int64_t *start, const int64_t *stop,
+                                      const int64_t *step, zmlx_array **out);
+/** Dense C-order copy (a new reference to `a` itself if already dense). */
+ZMLX_API zmlx_status zmlx_array_contiguous(zmlx_array *a, zmlx_array **out);
+/** Elementwise dtype conversion into a new dense array. */
+ZMLX_API zmlx_status zmlx_array_astype(zmlx_array *a, zmlx_dtype dt, zmlx_array **out);
+/** Copy to another device (any backend pair, via the host if needed). */
+ZMLX_API zmlx_status zmlx_array_to_device(zmlx_array *a, zmlx_device *dev, zmlx_array **out);
+
+/* ------------------------------------------------------------------ DLPack */
+/* Zero-copy exchange with PyTorch / CuPy / NumPy / JAX. The tensors are
+ * DLManagedTensor* (dlpack.h, v0.6+); passed as void* so this header does not
+ * need dlpack.h. CUDA arrays export as kDLCUDA device pointers; OpenCL
+ * arrays as kDLOpenCL with data = the cl_mem handle (the DLPack convention).
+ * Import of a tensor on the same device is zero-copy and keeps the
+ * producer's deleter until the last view is released; kDLCPU tensors are
+ * copied onto `dev`. */
+ZMLX_API zmlx_status zmlx_array_to_dlpack(zmlx_array *a, void **dl_managed_tensor);
+ZMLX_API zmlx_status zmlx_array_from_dlpack(void *dl_managed_tensor, zmlx_device *dev,
+                                            zmlx_array **out);
+
+/* ---------------------------------------------------------- kernel object */
+/* The analog of MLX's mx.fast.metal_kernel: a kernel body in the portable
+ * dialect (docs/DIALECT.md); zmlx generates the signature from the names,
+ * compiles per backend / dtypes / template arguments, caches in memory and
+ * on disk, and launches. */
+
+typedef struct zmlx_kernel zmlx_kernel;
+
+typedef struct zmlx_kernel_desc {
+  const char *name;               /* C identifier */
+  const char *const *input_names; /* n_inputs identifiers */
+  int n_inputs;
+  const char *const *output_names;/* n_outputs identifiers, >= 1 */
+  int n_outputs;
+  const char *source;             /* the body */
+  const char *header;             /* optional: helpers placed before the kernel */
+  int ensure_row_contiguous;      /* copy strided inputs to dense first */
+  int atomic_outputs;             /* outputs are updated with zmlx_atomic_* */
+  /* Scalar parameters passed by value at each call (no recompile when the
+   * value changes): names, dtypes (F32, F64, I32, U32, I64). */
+  const char *const *param_names;
+  const zmlx_dtype *param_dtypes;
+  int n_params;
+} zmlx_kernel_desc;
+
+typedef enum zmlx_template_kind {
+  ZMLX_TEMPLATE_DTYPE = 0,
+  ZMLX_TEMPLATE_INT,
+  ZMLX_TEMPLATE_BOOL
+} zmlx_template_kind;
+
+typedef struct zmlx_template_arg {
+  const char *name;
+  zmlx_template_kind kind;
+  zmlx_dtype dtype; /* for DTYPE */
+  int64_t value;    /* for INT and BOOL */
+} zmlx_template_arg;
+
+typedef struct zmlx_kernel_call {
+  int n_inputs;                   /* must equal the kernel's input count */
+  int n_outputs;                  /* must equal the kernel's output count */
+  zmlx_array *const *inputs;      /* n_inputs arrays */
+  /* Outputs: either pass preallocated arrays in `outputs` (dense, on the
+   * stream's device) or leave outputs[i] NULL and give shapes + dtypes: the
+   * call then allocates and returns new references in outputs[i]. */
+  zmlx_array **outputs;           /* n_outputs slots, required */
+  const int *output_ndims;        /* used for outputs[i] == NULL */
+  const int64_t *const *output_shapes;
+  const zmlx_dtype *output_dtypes;
+  int64_t grid[3];                /* total threads, as MLX counts */
+  int threadgroup[3];
+  const zmlx_template_arg *templates;
+  int n_templates;
+  int has_init_value;             /* fill outputs with init_value first */
+  double init_value;
+  const double *params;           /* n_params values, converted to each param's dtype */
+  size_t dynamic_shared_bytes;    /* bytes behind zmlx_dynamic_shared(T) */
+  zmlx_stream *stream;            /* NULL: default stream of inputs' device */
+  zmlx_device *device;            /* NULL: the inputs' (or default) device */
+} zmlx_kernel_call;
+
+ZMLX_API zmlx_status zmlx_kernel_create(const zmlx_kernel_desc *desc, zmlx_kernel **out);
+ZMLX_API zmlx_status zmlx_kernel_destroy(zmlx_kernel *k);
+/** Compile (or fetch from cache) and launch. */
+ZMLX_API zmlx_status zmlx_kernel_launch(zmlx_kernel *k, zmlx_kernel_call *call);
+/** Full generated source for `backend` (CUDA, OpenCL or Metal) as the call
+ *  would compile it; works with no device of that backend. Input dtypes are
+ *  taken from call->inputs when given, else from `input_dtypes`. Caller
+ *  frees *out with zmlx_free(). */
+ZMLX_API zmlx_status zmlx_kernel_source(zmlx_kernel *k, zmlx_backend backend,
+                                        const zmlx_kernel_call *call,
+                                        const zmlx_dtype *input_dtypes, char **out);
+/** Free memory returned by zmlx (strings). */
+ZMLX_API void zmlx_free(void *p);
+
+/* ------------------------------------------------------------------ cache */
+
+typedef struct zmlx_cache_stats {
+  uint64_t memory_hits;   /* found loaded in the in-memory table */
+  uint64_t disk_hits;     /* loaded from a binary on disk */
+  uint64_t misses;        /* compiled */
+  uint64_t disk_rejects;  /* corrupt / foreign entries recompiled */
+  uint64_t disk_writes;
+  double compile_ms;      /* total compile time */
+  double disk_load_ms;    /* total time spent loading from disk */
+  uint64_t entries;       /* loaded functions in memory */
+} zmlx_cache_stats;
+
+ZMLX_API zmlx_status zmlx_cache_get_stats(zmlx_cache_stats *out);
+ZMLX_API zmlx_status zmlx_cache_reset_stats(void);
+/** Directory of the disk cache ($ZMLX_CACHE_DIR, $XDG_CACHE_HOME/zmlx,
+ *  ~/.cache/zmlx). Valid until the next call. */
+ZMLX_API const char *zmlx_cache_dir(void);
+/** 1 unless ZMLX_CACHE=0 or zmlx_cache_set_disk_enabled(0). */
+ZMLX_API int zmlx_cache_disk_enabled(void);
+ZMLX_API zmlx_status zmlx_cache_set_disk_enabled(int enabled);
+/** Remove every entry from the disk cache; *removed gets the count. */
+ZMLX_API zmlx_status zmlx_cache_clear_disk(int64_t *removed);
+/** Unload every in-memory entry (kernels reload on next use). */
+ZMLX_API zmlx_status zmlx_cache_clear_memory(void);
+/** Number of entries and bytes on disk. */
+ZMLX_API zmlx_status zmlx_cache_disk_usage(int64_t *entries, int64_t *bytes);
+
+/** Release every device, stream and cached function. Optional at exit. */
+ZMLX_API void zmlx_shutdown(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ZMLX_H */

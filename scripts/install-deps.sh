@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages zmlx needs to build and test, and only the
+# ones that are missing (apt-get is not run at all when nothing is missing).
+# Why each package is there: see README.md, "Dependencies".
+set -euo pipefail
+
+packages=(
+  cmake make gcc clang pkg-config     # build
+  libssl-dev                          # OpenSSL libcrypto: SHA-256 cache keys
+  ocl-icd-opencl-dev opencl-headers   # OpenCL through the ICD loader
+  pocl-opencl-icd                     # OpenCL on the CPU (default backend without a GPU)
+  libdlpack-dev                       # DLPack header for zero-copy exchange
+  libcmocka-dev                       # C test framework
+  libclang-rt-14-dev                  # sanitizer and libFuzzer runtimes for clang
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+echo "deps: installing ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: not root; run: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

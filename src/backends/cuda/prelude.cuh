@@ -1,0 +1,191 @@
+/*
+ * zmlx CUDA prelude: the portable kernel dialect (docs/DIALECT.md) spelled
+ * in CUDA C++. Prepended to every kernel compiled by NVRTC.
+ *
+ * NVRTC compiles this with no include path, so nothing here may #include:
+ * the vector types (uint3, make_uint3), the intrinsics (__shfl_xor_sync,
+ * atomicAdd, __int_as_float) and the float overloads of the math functions
+ * are built into NVRTC.
+ */
+#ifndef ZMLX_CUDA_PRELUDE
+#define ZMLX_CUDA_PRELUDE
+
+/* ------------------------------------------------------------------ types */
+
+typedef unsigned int uint;
+typedef unsigned char uchar;
+typedef unsigned short ushort;
+typedef long long zmlx_i64;
+typedef unsigned long long zmlx_u64;
+/* 16-bit floats are storage only: arithmetic happens in float after a load. */
+typedef unsigned short zmlx_half;
+typedef unsigned short zmlx_bf16;
+
+/* Geometry passed by value; same layout as the host's zmlx_kshape /
+ * zmlx_kstrides (runtime/backend.h). */
+typedef struct zmlx_kshape { int v[8]; } zmlx_kshape;
+typedef struct zmlx_kstrides { long long v[8]; } zmlx_kstrides;
+
+/* __grid_constant__ lets the prologue point into the parameter space
+ * without the compiler copying the struct to local memory first. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+#define ZMLX_GRID_CONST __grid_constant__
+#else
+#define ZMLX_GRID_CONST
+#endif
+
+/* ------------------------------------------------------------- qualifiers */
+
+#define threadgroup __shared__
+#define device
+/* [[maybe_unused]]: a kernel uses few of the prelude's (and a shared
+ * header's) helpers, and NVRTC would list every other one in the log. */
+#define ZMLX_UNUSED [[maybe_unused]]
+#define ZMLX_FN ZMLX_UNUSED static __device__ __forceinline__
+
+#define zmlx_barrier() __syncthreads()
+
+/* One dynamic shared-memory block per kernel: its size is the launch's
+ * dynamic_shared_bytes. 16-byte alignment covers every dtype and float4. */
+extern __shared__ __align__(16) unsigned char zmlx_dyn_shared[];
+#define zmlx_dynamic_shared(T) (reinterpret_cast<T *>(zmlx_dyn_shared))
+
+/* -------------------------------------------------------------- constants */
+
+#define ZMLX_INF __int_as_float(0x7f800000)
+#define ZMLX_NAN __int_as_float(0x7fc00000)
+#define ZMLX_FLT_MAX 3.402823466e+38f
+
+/* -------------------------------------------------- 16-bit float storage */
+
+ZMLX_FN float zmlx_half_to_float(zmlx_half h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+ZMLX_FN zmlx_half zmlx_float_to_half(float f) {
+  zmlx_half h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+
+ZMLX_FN float zmlx_bf16_to_float(zmlx_bf16 b) {
+  return __uint_as_float(((unsigned int)b) << 16);
+}
+
+ZMLX_FN zmlx_bf16 zmlx_float_to_bf16(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  zmlx_bf16 b;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f));
+  return b;
+#else
+  /* Round to nearest even on the bits; a NaN stays a (quiet) NaN instead
+   * of rounding up into infinity. */
+  unsigned int u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (zmlx_bf16)((u >> 16) | 0x0040u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (zmlx_bf16)(u >> 16);
+#endif
+}
+
+/* ------------------------------------------------------- loads and stores */
+/* Macros, not functions, so they work on global and shared pointers alike.
+ * Loads return the compute type: float for every float dtype. */
+
+#define zmlx_load_f32(p, i) ((float)(p)[i])
+#define zmlx_load_f16(p, i) zmlx_half_to_float((p)[i])
+#define zmlx_load_bf16(p, i) zmlx_bf16_to_float((p)[i])
+#define zmlx_load_f64(p, i) ((double)(p)[i])
+#define zmlx_load_i32(p, i) ((int)(p)[i])
+#define zmlx_load_u32(p, i) ((uint)(p)[i])
+#define zmlx_load_i64(p, i) ((zmlx_i64)(p)[i])
+#define zmlx_load_u8(p, i) ((uchar)(p)[i])
+#define zmlx_load_i8(p, i) ((signed char)(p)[i])
+#define zmlx_load_bool(p, i) ((uchar)((p)[i] != 0))
+
+#define zmlx_store_f32(p, i, v) ((p)[i] = (float)(v))
+#define zmlx_store_f16(p, i, v) ((p)[i] = zmlx_float_to_half((float)(v)))
+#define zmlx_store_bf16(p, i, v) ((p)[i] = zmlx_float_to_bf16((float)(v)))
+#define zmlx_store_f64(p, i, v) ((p)[i] = (double)(v))
+#define zmlx_store_i32(p, i, v) ((p)[i] = (int)(v))
+#define zmlx_store_u32(p, i, v) ((p)[i] = (uint)(v))
+#define zmlx_store_i64(p, i, v) ((p)[i] = (zmlx_i64)(v))
+#define zmlx_store_u8(p, i, v) ((p)[i] = (uchar)(v))
+#define zmlx_store_i8(p, i, v) ((p)[i] = (signed char)(v))
+#define zmlx_store_bool(p, i, v) ((p)[i] = (uchar)((v) != 0))
+
+/* ---------------------------------------------------------------- atomics */
+
+#define zmlx_atomic_add_f32(p, i, v) ((void)atomicAdd(&(p)[i], (float)(v)))
+#define zmlx_atomic_add_i32(p, i, v) ((void)atomicAdd(&(p)[i], (int)(v)))
+#define zmlx_atomic_add_u32(p, i, v) ((void)atomicAdd(&(p)[i], (unsigned int)(v)))
+#define zmlx_atomic_max_i32(p, i, v) ((void)atomicMax(&(p)[i], (int)(v)))
+#define zmlx_atomic_min_i32(p, i, v) ((void)atomicMin(&(p)[i], (int)(v)))
+
+/* ------------------------------------------------------------------- SIMD */
+/* A warp is 32 consecutive linear thread ids. The last warp of a
+ * threadgroup whose size is not a multiple of 32 is partial: its missing
+ * lanes must not appear in the shuffle mask, so it reduces down a tree to
+ * lane 0 (skipping absent partners) and broadcasts. Full warps take the
+ * butterfly. The branch is uniform across a warp. */
+
+ZMLX_FN uint zmlx_linear_tid_(void) {
+  return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+
+ZMLX_FN uint zmlx_lanes_in_warp_(void) {
+  const uint n = blockDim.x * blockDim.y * blockDim.z;
+  const uint rest = n - (zmlx_linear_tid_() & ~31u);
+  return rest < 32u ? rest : 32u;
+}
+
+ZMLX_FN float zmlx_op_sum_(float a, float b) { return a + b; }
+ZMLX_FN float zmlx_op_max_(float a, float b) { return fmaxf(a, b); }
+ZMLX_FN float zmlx_op_min_(float a, float b) { return fminf(a, b); }
+
+#define ZMLX_SIMD_REDUCE_(NAME, OP)                                      \
+  ZMLX_FN float NAME(float v) {                                          \
+    const uint n = zmlx_lanes_in_warp_();                                \
+    if (n == 32u) {                                                      \
+      for (int o = 16; o > 0; o >>= 1)                                   \
+        v = OP(v, __shfl_xor_sync(0xffffffffu, v, o));                   \
+      return v;                                                          \
+    }                                                                    \
+    const uint mask = (1u << n) - 1u;                                    \
+    const uint lane = zmlx_linear_tid_() & 31u;                          \
+    for (int o = 16; o > 0; o >>= 1) {                                   \
+      const float w = __shfl_down_sync(mask, v, o);                      \
+      if (lane + (uint)o < n) v = OP(v, w);                              \
+    }                                                                    \
+    return __shfl_sync(mask, v, 0);                                      \
+  }
+
+ZMLX_SIMD_REDUCE_(zmlx_simd_sum, zmlx_op_sum_)
+ZMLX_SIMD_REDUCE_(zmlx_simd_max, zmlx_op_max_)
+ZMLX_SIMD_REDUCE_(zmlx_simd_min, zmlx_op_min_)
+
+/* ------------------------------------------------------------------- math */
+/* CUDA C++ already has float overloads of exp, log, tanh, rsqrt, erf, pow,
+ * fmin, ... (checked: none of them goes through double), so the dialect's
+ * math names need no definitions here. */
+
+ZMLX_FN float zmlx_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+ZMLX_FN float zmlx_silu(float x) { return x / (1.0f + expf(-x)); }
+ZMLX_FN float zmlx_relu(float x) { return x < 0.0f ? 0.0f : x; } /* keeps NaN */
+
+ZMLX_FN float zmlx_gelu_tanh(float x) {
+  const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+ZMLX_FN float zmlx_gelu_erf(float x) {
+  return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+}
+
+/* log(1 + e^x) without overflow for large x or lost digits for small. */
+ZMLX_FN float zmlx_softplus(float x) {
+  return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
+}
+
+#endif /* ZMLX_CUDA_PRELUDE */

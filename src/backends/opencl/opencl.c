@@ -1,0 +1,822 @@
+/*
+ * OpenCL runtime backend (DESIGN 4): devices, buffers, queues, program
+ * build and kernel launch through the ICD loader.
+ *
+ * Handles: a buffer is a cl_mem, a stream is an in-order cl_command_queue,
+ * a function is a ocl_function (program + kernel + lock). Devices are every
+ * usable device of every platform, in enumeration order, each with its own
+ * cl_context made at init.
+ */
+#ifdef ZMLX_HAVE_OPENCL
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 300
+#endif
+/* clCreateCommandQueue is still needed for OpenCL 1.x devices. */
+#define CL_USE_DEPRECATED_OPENCL_1_2_APIS
+
+#ifdef __APPLE__
+#include <OpenCL/cl.h>
+#else
+#include <CL/cl.h>
+#endif
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/internal.h"
+
+#ifndef CL_PLATFORM_NOT_FOUND_KHR
+#define CL_PLATFORM_NOT_FOUND_KHR -1001
+#endif
+
+/* Options for every build. Fast-math flags are left out on purpose: results
+ * must match the other backends and the host references. */
+#define ZMLX_CL_BUILD_OPTIONS "-cl-std=CL1.2"
+
+/* ------------------------------------------------------------ error names */
+
+/* Messages name the CL error so a user can look it up. */
+static const char *ocl_error_name(cl_int err) {
+  switch (err) {
+#define E(x) \
+  case x: return #x;
+    E(CL_SUCCESS) E(CL_DEVICE_NOT_FOUND) E(CL_DEVICE_NOT_AVAILABLE)
+    E(CL_COMPILER_NOT_AVAILABLE) E(CL_MEM_OBJECT_ALLOCATION_FAILURE)
+    E(CL_OUT_OF_RESOURCES) E(CL_OUT_OF_HOST_MEMORY) E(CL_PROFILING_INFO_NOT_AVAILABLE)
+    E(CL_MEM_COPY_OVERLAP) E(CL_IMAGE_FORMAT_MISMATCH) E(CL_IMAGE_FORMAT_NOT_SUPPORTED)
+    E(CL_BUILD_PROGRAM_FAILURE) E(CL_MAP_FAILURE) E(CL_MISALIGNED_SUB_BUFFER_OFFSET)
+    E(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST) E(CL_COMPILE_PROGRAM_FAILURE)
+    E(CL_LINKER_NOT_AVAILABLE) E(CL_LINK_PROGRAM_FAILURE) E(CL_DEVICE_PARTITION_FAILED)
+    E(CL_KERNEL_ARG_INFO_NOT_AVAILABLE) E(CL_INVALID_VALUE) E(CL_INVALID_DEVICE_TYPE)
+    E(CL_INVALID_PLATFORM) E(CL_INVALID_DEVICE) E(CL_INVALID_CONTEXT)
+    E(CL_INVALID_QUEUE_PROPERTIES) E(CL_INVALID_COMMAND_QUEUE) E(CL_INVALID_HOST_PTR)
+    E(CL_INVALID_MEM_OBJECT) E(CL_INVALID_IMAGE_FORMAT_DESCRIPTOR) E(CL_INVALID_IMAGE_SIZE)
+    E(CL_INVALID_SAMPLER) E(CL_INVALID_BINARY) E(CL_INVALID_BUILD_OPTIONS)
+    E(CL_INVALID_PROGRAM) E(CL_INVALID_PROGRAM_EXECUTABLE) E(CL_INVALID_KERNEL_NAME)
+    E(CL_INVALID_KERNEL_DEFINITION) E(CL_INVALID_KERNEL) E(CL_INVALID_ARG_INDEX)
+    E(CL_INVALID_ARG_VALUE) E(CL_INVALID_ARG_SIZE) E(CL_INVALID_KERNEL_ARGS)
+    E(CL_INVALID_WORK_DIMENSION) E(CL_INVALID_WORK_GROUP_SIZE) E(CL_INVALID_WORK_ITEM_SIZE)
+    E(CL_INVALID_GLOBAL_OFFSET) E(CL_INVALID_EVENT_WAIT_LIST) E(CL_INVALID_EVENT)
+    E(CL_INVALID_OPERATION) E(CL_INVALID_GL_OBJECT) E(CL_INVALID_BUFFER_SIZE)
+    E(CL_INVALID_MIP_LEVEL) E(CL_INVALID_GLOBAL_WORK_SIZE) E(CL_INVALID_PROPERTY)
+    E(CL_INVALID_IMAGE_DESCRIPTOR) E(CL_INVALID_COMPILER_OPTIONS) E(CL_INVALID_LINKER_OPTIONS)
+    E(CL_INVALID_DEVICE_PARTITION_COUNT) E(CL_PLATFORM_NOT_FOUND_KHR)
+#ifdef CL_INVALID_PIPE_SIZE /* OpenCL 2.0+ headers */
+    E(CL_INVALID_PIPE_SIZE) E(CL_INVALID_DEVICE_QUEUE)
+#endif
+#ifdef CL_INVALID_SPEC_ID /* OpenCL 2.2+ headers */
+    E(CL_INVALID_SPEC_ID) E(CL_MAX_SIZE_RESTRICTION_EXCEEDED)
+#endif
+#undef E
+  }
+  return "CL_UNKNOWN_ERROR";
+}
+
+/* Allocation-type failures become ZMLX_ERR_OUT_OF_MEMORY whatever the
+ * call; anything else gets the caller's category. */
+static zmlx_status ocl_status(cl_int err, zmlx_status otherwise) {
+  switch (err) {
+    case CL_OUT_OF_HOST_MEMORY:
+    case CL_MEM_OBJECT_ALLOCATION_FAILURE:
+      return ZMLX_ERR_OUT_OF_MEMORY;
+    default:
+      return otherwise;
+  }
+}
+
+/* "<what>: CL_XXX (-n)" as the thread's error. */
+static zmlx_status ocl_fail(cl_int err, zmlx_status otherwise, const char *what) {
+  return zmlx_fail(ocl_status(err, otherwise), "OpenCL: %s failed: %s (%d)", what,
+                   ocl_error_name(err), (int)err);
+}
+
+/* ------------------------------------------------------------ device table */
+
+typedef struct ocl_dev {
+  cl_platform_id platform;
+  cl_device_id device;
+  cl_context context;
+  cl_command_queue fallback_queue; /* used when a caller passes stream NULL */
+  int version_major;               /* from CL_DEVICE_VERSION "OpenCL M.m ..." */
+} ocl_dev;
+
+static struct {
+  ocl_dev *devs;
+  int count;
+  int initialized;
+} g_cl;
+
+static zmlx_status check_dev(int dev) {
+  if (!g_cl.initialized || dev < 0 || dev >= g_cl.count)
+    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "OpenCL: no device %d (%d available)", dev, g_cl.count);
+  return ZMLX_OK;
+}
+
+/* A malloc'ed, NUL-terminated string property of a device or platform. The
+ * size is asked first because names and extension lists have no bound. */
+static zmlx_status query_device_string(cl_device_id d, cl_device_info p, char **out) {
+  size_t n = 0;
+  cl_int err = clGetDeviceInfo(d, p, 0, NULL, &n);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
+  char *s = calloc(n + 1, 1);
+  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  err = clGetDeviceInfo(d, p, n, s, NULL);
+  if (err != CL_SUCCESS) {
+    free(s);
+    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
+  }
+  *out = s;
+  return ZMLX_OK;
+}
+
+static zmlx_status query_platform_string(cl_platform_id pl, cl_platform_info p, char **out) {
+  size_t n = 0;
+  cl_int err = clGetPlatformInfo(pl, p, 0, NULL, &n);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformInfo");
+  char *s = calloc(n + 1, 1);
+  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  err = clGetPlatformInfo(pl, p, n, s, NULL);
+  if (err != CL_SUCCESS) {
+    free(s);
+    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformInfo");
+  }
+  *out = s;
+  return ZMLX_OK;
+}
+
+/* Fixed-size device properties (numbers); `what` names the query. */
+static zmlx_status query_device_value(cl_device_id d, cl_device_info p, void *v, size_t size) {
+  cl_int err = clGetDeviceInfo(d, p, size, v, NULL);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
+  return ZMLX_OK;
+}
+
+/* Whole-token match in a space-separated extension list ("cl_khr_fp16"
+ * must not match "cl_khr_fp16_foo"). */
+static int has_token(const char *list, const char *token) {
+  size_t n = strlen(token);
+  for (const char *p = list; (p = strstr(p, token)) != NULL; p += n) {
+    int starts = p == list || p[-1] == ' ';
+    int ends = p[n] == '\0' || p[n] == ' ';
+    if (starts && ends) return 1;
+  }
+  return 0;
+}
+
+/* "OpenCL 1.2 ..." -> 1; 0 if the string is not in the standard form. */
+static int parse_cl_major(const char *version) {
+  int major = 0, minor = 0;
+  if (sscanf(version, "OpenCL %d.%d", &major, &minor) != 2) return 0;
+  return major;
+}
+
+/* In-order queue. clCreateCommandQueueWithProperties is OpenCL 2.0+, and an
+ * ICD for a 1.x platform may have no entry for it, so 1.x devices use the
+ * older call. */
+static zmlx_status make_queue(const ocl_dev *d, cl_command_queue *out) {
+  cl_int err = CL_SUCCESS;
+  cl_command_queue q;
+#if CL_TARGET_OPENCL_VERSION >= 200
+  if (d->version_major >= 2)
+    q = clCreateCommandQueueWithProperties(d->context, d->device, NULL, &err);
+  else
+#endif
+    q = clCreateCommandQueue(d->context, d->device, 0, &err);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateCommandQueue");
+  *out = q;
+  return ZMLX_OK;
+}
+
+/* A device is usable if it is available, can compile source (every kernel
+ * is JIT-built) and gets a context and a queue. */
+static int device_usable(cl_device_id d) {
+  cl_bool available = CL_FALSE, compiler = CL_FALSE;
+  if (query_device_value(d, CL_DEVICE_AVAILABLE, &available, sizeof available) != ZMLX_OK)
+    return 0;
+  if (query_device_value(d, CL_DEVICE_COMPILER_AVAILABLE, &compiler, sizeof compiler) != ZMLX_OK)
+    return 0;
+  return available && compiler;
+}
+
+/* Context + fallback queue for one device; 0 on success. A device that
+ * fails here is left out of the table rather than failing init. */
+static int open_device(cl_platform_id pl, cl_device_id d, ocl_dev *out) {
+  if (!device_usable(d)) return -1;
+  char *version = NULL;
+  if (query_device_string(d, CL_DEVICE_VERSION, &version) != ZMLX_OK) return -1;
+  memset(out, 0, sizeof *out);
+  out->platform = pl;
+  out->device = d;
+  out->version_major = parse_cl_major(version);
+  free(version);
+  cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)pl, 0};
+  cl_int err = CL_SUCCESS;
+  out->context = clCreateContext(props, 1, &d, NULL, NULL, &err);
+  if (err != CL_SUCCESS) return -1;
+  if (make_queue(out, &out->fallback_queue) != ZMLX_OK) {
+    clReleaseContext(out->context);
+    return -1;
+  }
+  return 0;
+}
+
+/* Append the usable devices of one platform to the table. A platform that
+ * reports no devices, or fails to list them, contributes none. */
+static zmlx_status add_platform_devices(cl_platform_id pl) {
+  cl_uint n = 0;
+  cl_int err = clGetDeviceIDs(pl, CL_DEVICE_TYPE_ALL, 0, NULL, &n);
+  if (err != CL_SUCCESS || n == 0) return ZMLX_OK;
+  cl_device_id *ids = calloc(n, sizeof *ids);
+  ocl_dev *grown = realloc(g_cl.devs, sizeof *grown * ((size_t)g_cl.count + n));
+  if (!ids || !grown) {
+    free(ids);
+    if (grown) g_cl.devs = grown;
+    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  }
+  g_cl.devs = grown;
+  if (clGetDeviceIDs(pl, CL_DEVICE_TYPE_ALL, n, ids, NULL) == CL_SUCCESS) {
+    for (cl_uint i = 0; i < n; i++)
+      if (open_device(pl, ids[i], &g_cl.devs[g_cl.count]) == 0) g_cl.count++;
+  }
+  free(ids);
+  return ZMLX_OK;
+}
+
+static void ocl_shutdown(void) {
+  for (int i = 0; i < g_cl.count; i++) {
+    if (g_cl.devs[i].fallback_queue) clReleaseCommandQueue(g_cl.devs[i].fallback_queue);
+    if (g_cl.devs[i].context) clReleaseContext(g_cl.devs[i].context);
+  }
+  free(g_cl.devs);
+  memset(&g_cl, 0, sizeof g_cl);
+}
+
+/* Probe every platform's devices once. No ICD installed
+ * (CL_PLATFORM_NOT_FOUND_KHR) or no platform at all means 0 devices. */
+static zmlx_status ocl_init(int *device_count) {
+  ZMLX_REQUIRE_ARG(device_count);
+  if (g_cl.initialized) {
+    *device_count = g_cl.count;
+    return ZMLX_OK;
+  }
+  cl_uint np = 0;
+  cl_int err = clGetPlatformIDs(0, NULL, &np);
+  if (err == CL_PLATFORM_NOT_FOUND_KHR || (err == CL_SUCCESS && np == 0)) {
+    g_cl.initialized = 1;
+    *device_count = 0;
+    return ZMLX_OK;
+  }
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformIDs");
+  cl_platform_id *pls = calloc(np, sizeof *pls);
+  if (!pls) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  err = clGetPlatformIDs(np, pls, NULL);
+  zmlx_status st = err == CL_SUCCESS ? ZMLX_OK : ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformIDs");
+  for (cl_uint i = 0; st == ZMLX_OK && i < np; i++) st = add_platform_devices(pls[i]);
+  free(pls);
+  if (st != ZMLX_OK) {
+    ocl_shutdown();
+    return st;
+  }
+  g_cl.initialized = 1;
+  *device_count = g_cl.count;
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------------------ device info */
+
+/* Copy with truncation, always NUL-terminated. */
+static void copy_str(char *dst, size_t cap, const char *src) {
+  snprintf(dst, cap, "%s", src ? src : "");
+}
+
+/* The string-valued fields: name, version (+ driver), identity (arch). */
+static zmlx_status fill_info_strings(const ocl_dev *d, zmlx_device_info *info) {
+  char *name = NULL, *version = NULL, *driver = NULL, *vendor = NULL;
+  zmlx_status st = query_device_string(d->device, CL_DEVICE_NAME, &name);
+  if (st == ZMLX_OK) st = query_device_string(d->device, CL_DEVICE_VERSION, &version);
+  if (st == ZMLX_OK) st = query_device_string(d->device, CL_DRIVER_VERSION, &driver);
+  if (st == ZMLX_OK) st = query_device_string(d->device, CL_DEVICE_VENDOR, &vendor);
+  if (st == ZMLX_OK) {
+    copy_str(info->name, sizeof info->name, name);
+    snprintf(info->version, sizeof info->version, "%s (driver %s)", version, driver);
+    snprintf(info->arch, sizeof info->arch, "%s/%s/%s", vendor, name, driver);
+  }
+  free(name);
+  free(version);
+  free(driver);
+  free(vendor);
+  return st;
+}
+
+/* The numeric fields and capability flags. */
+static zmlx_status fill_info_numbers(const ocl_dev *d, zmlx_device_info *info) {
+  cl_ulong global_mem = 0, local_mem = 0;
+  size_t max_wg = 0;
+  cl_uint units = 0;
+  char *ext = NULL;
+  ZMLX_CHECK(query_device_value(d->device, CL_DEVICE_GLOBAL_MEM_SIZE, &global_mem,
+                                sizeof global_mem));
+  ZMLX_CHECK(query_device_value(d->device, CL_DEVICE_LOCAL_MEM_SIZE, &local_mem,
+                                sizeof local_mem));
+  ZMLX_CHECK(query_device_value(d->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, &max_wg,
+                                sizeof max_wg));
+  ZMLX_CHECK(query_device_value(d->device, CL_DEVICE_MAX_COMPUTE_UNITS, &units, sizeof units));
+  ZMLX_CHECK(query_device_string(d->device, CL_DEVICE_EXTENSIONS, &ext));
+  info->total_memory = (size_t)global_mem;
+  info->max_shared_memory = (size_t)local_mem;
+  info->max_threads_per_threadgroup = max_wg > INT_MAX ? INT_MAX : (int)max_wg;
+  info->compute_units = units > INT_MAX ? INT_MAX : (int)units;
+  info->has_fp16 = has_token(ext, "cl_khr_fp16");
+  info->has_fp64 = has_token(ext, "cl_khr_fp64");
+  free(ext);
+  /* The prelude always emulates a 32-wide SIMD group in __local memory:
+   * kernels build as OpenCL C 1.2, where sub-group builtins do not exist. */
+  info->simd_width = 32;
+  info->native_simd = 0;
+  return ZMLX_OK;
+}
+
+static zmlx_status ocl_device_info(int dev, zmlx_device_info *info) {
+  ZMLX_REQUIRE_ARG(info);
+  ZMLX_CHECK(check_dev(dev));
+  memset(info, 0, sizeof *info);
+  info->backend = ZMLX_BACKEND_OPENCL;
+  info->index = dev;
+  ZMLX_CHECK(fill_info_strings(&g_cl.devs[dev], info));
+  return fill_info_numbers(&g_cl.devs[dev], info);
+}
+
+/* FNV-1a: only to keep over-long identities distinct after truncation. */
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return h;
+}
+
+/* Everything that changes a program binary: platform (name + version:
+ * the compiler), device name, driver, device and OpenCL C versions. */
+static zmlx_status build_identity(const ocl_dev *d, zmlx_sb *sb) {
+  static const cl_device_info dparams[] = {CL_DEVICE_NAME, CL_DEVICE_VENDOR, CL_DRIVER_VERSION,
+                                           CL_DEVICE_VERSION, CL_DEVICE_OPENCL_C_VERSION};
+  static const cl_platform_info pparams[] = {CL_PLATFORM_NAME, CL_PLATFORM_VERSION};
+  zmlx_sb_append(sb, "opencl|opts=" ZMLX_CL_BUILD_OPTIONS);
+  for (size_t i = 0; i < sizeof pparams / sizeof pparams[0]; i++) {
+    char *s = NULL;
+    ZMLX_CHECK(query_platform_string(d->platform, pparams[i], &s));
+    zmlx_sb_printf(sb, "|%s", s);
+    free(s);
+  }
+  for (size_t i = 0; i < sizeof dparams / sizeof dparams[0]; i++) {
+    char *s = NULL;
+    ZMLX_CHECK(query_device_string(d->device, dparams[i], &s));
+    zmlx_sb_printf(sb, "|%s", s);
+    free(s);
+  }
+  return ZMLX_OK;
+}
+
+static zmlx_status ocl_cache_identity(int dev, char *buf, size_t cap) {
+  ZMLX_REQUIRE_ARG(buf);
+  ZMLX_CHECK(check_dev(dev));
+  if (cap < 32) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "cache identity buffer too small");
+  zmlx_sb sb;
+  zmlx_sb_init(&sb);
+  zmlx_status st = build_identity(&g_cl.devs[dev], &sb);
+  char *s = NULL;
+  if (st != ZMLX_OK) {
+    zmlx_sb_free(&sb);
+    return st;
+  }
+  ZMLX_CHECK(zmlx_sb_finish(&sb, &s));
+  if (strlen(s) < cap) {
+    memcpy(buf, s, strlen(s) + 1);
+  } else {
+    /* Truncated prefix + hash of the whole: never collides by truncation. */
+    int keep = (int)(cap - 18);
+    snprintf(buf, cap, "%.*s#%016llx", keep, s, (unsigned long long)fnv1a(s));
+  }
+  free(s);
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------------------ streams */
+
+/* Queue for a call: the caller's stream, else the device's own queue. */
+static cl_command_queue queue_of(int dev, void *stream) {
+  return stream ? (cl_command_queue)stream : g_cl.devs[dev].fallback_queue;
+}
+
+static zmlx_status ocl_stream_create(int dev, void **stream) {
+  ZMLX_REQUIRE_ARG(stream);
+  ZMLX_CHECK(check_dev(dev));
+  cl_command_queue q;
+  ZMLX_CHECK(make_queue(&g_cl.devs[dev], &q));
+  *stream = q;
+  return ZMLX_OK;
+}
+
+/* Releasing flushes the queue; queued work still completes. */
+static void ocl_stream_destroy(int dev, void *stream) {
+  (void)dev;
+  if (stream) clReleaseCommandQueue((cl_command_queue)stream);
+}
+
+static zmlx_status ocl_stream_sync(int dev, void *stream) {
+  ZMLX_CHECK(check_dev(dev));
+  cl_int err = clFinish(queue_of(dev, stream));
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clFinish");
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------------------ memory */
+
+/* Zero-byte arrays still get a real cl_mem (OpenCL rejects size 0), so
+ * every array has a valid handle to pass to kernels. */
+static zmlx_status ocl_alloc(int dev, void *stream, size_t bytes, void **buffer) {
+  (void)stream;
+  ZMLX_REQUIRE_ARG(buffer);
+  ZMLX_CHECK(check_dev(dev));
+  cl_int err = CL_SUCCESS;
+  cl_mem m = clCreateBuffer(g_cl.devs[dev].context, CL_MEM_READ_WRITE, bytes ? bytes : 1, NULL,
+                            &err);
+  if (err != CL_SUCCESS) {
+    zmlx_status st = err == CL_INVALID_BUFFER_SIZE ? ZMLX_ERR_OUT_OF_MEMORY : ZMLX_ERR_BACKEND;
+    return zmlx_fail(ocl_status(err, st), "OpenCL: clCreateBuffer of %zu bytes failed: %s (%d)",
+                     bytes, ocl_error_name(err), (int)err);
+  }
+  *buffer = m;
+  return ZMLX_OK;
+}
+
+/* Commands already queued keep their own reference to the cl_mem, so this
+ * is stream-ordered without waiting. */
+static void ocl_free(int dev, void *stream, void *buffer) {
+  (void)dev;
+  (void)stream;
+  if (buffer) clReleaseMemObject((cl_mem)buffer);
+}
+
+static zmlx_status ocl_write(int dev, void *stream, void *buffer, size_t offset, const void *src,
+                            size_t bytes) {
+  ZMLX_CHECK(check_dev(dev));
+  if (bytes == 0) return ZMLX_OK; /* OpenCL rejects empty transfers */
+  ZMLX_REQUIRE_ARG(buffer);
+  ZMLX_REQUIRE_ARG(src);
+  cl_int err = clEnqueueWriteBuffer(queue_of(dev, stream), (cl_mem)buffer, CL_TRUE, offset,
+                                    bytes, src, 0, NULL, NULL);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueWriteBuffer");
+  return ZMLX_OK;
+}
+
+/* Blocking read on an in-order queue: prior work finishes first. */
+static zmlx_status ocl_read(int dev, void *stream, const void *buffer, size_t offset, void *dst,
+                           size_t bytes) {
+  ZMLX_CHECK(check_dev(dev));
+  if (bytes == 0) return ZMLX_OK;
+  ZMLX_REQUIRE_ARG(buffer);
+  ZMLX_REQUIRE_ARG(dst);
+  cl_int err = clEnqueueReadBuffer(queue_of(dev, stream), (cl_mem)(uintptr_t)buffer, CL_TRUE,
+                                   offset, bytes, dst, 0, NULL, NULL);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueReadBuffer");
+  return ZMLX_OK;
+}
+
+static zmlx_status ocl_copy(int dev, void *stream, void *dst, size_t dst_offset, const void *src,
+                           size_t src_offset, size_t bytes) {
+  ZMLX_CHECK(check_dev(dev));
+  if (bytes == 0) return ZMLX_OK;
+  ZMLX_REQUIRE_ARG(dst);
+  ZMLX_REQUIRE_ARG(src);
+  cl_int err = clEnqueueCopyBuffer(queue_of(dev, stream), (cl_mem)(uintptr_t)src, (cl_mem)dst,
+                                   src_offset, dst_offset, bytes, 0, NULL, NULL);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueCopyBuffer");
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------------------ programs */
+
+/* The build log of `prog` on `d` (malloc'ed), or NULL when it is empty:
+ * drivers often return "\n" for a clean build. */
+static char *build_log(cl_program prog, cl_device_id d) {
+  size_t n = 0;
+  if (clGetProgramBuildInfo(prog, d, CL_PROGRAM_BUILD_LOG, 0, NULL, &n) != CL_SUCCESS || n == 0)
+    return NULL;
+  char *s = calloc(n + 1, 1);
+  if (!s) return NULL;
+  if (clGetProgramBuildInfo(prog, d, CL_PROGRAM_BUILD_LOG, n, s, NULL) != CL_SUCCESS) {
+    free(s);
+    return NULL;
+  }
+  if (strspn(s, " \t\r\n") == strlen(s)) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+/* The one device binary of a program built for a single device. */
+static zmlx_status program_binary(cl_program prog, void **binary, size_t *binary_size) {
+  size_t size = 0;
+  cl_int err = clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARY_SIZES)");
+  if (size == 0)
+    return zmlx_fail(ZMLX_ERR_BACKEND, "OpenCL: the driver returned an empty program binary");
+  unsigned char *bin = malloc(size);
+  if (!bin) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  err = clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL);
+  if (err != CL_SUCCESS) {
+    free(bin);
+    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARIES)");
+  }
+  *binary = bin;
+  *binary_size = size;
+  return ZMLX_OK;
+}
+
+/* The program must define `entry`; checking at compile time keeps a bad
+ * name from being cached as a good binary. */
+static zmlx_status check_entry(cl_program prog, const char *entry) {
+  cl_int err = CL_SUCCESS;
+  cl_kernel k = clCreateKernel(prog, entry, &err);
+  if (err != CL_SUCCESS)
+    return zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE),
+                     "OpenCL: program has no usable kernel '%s': %s (%d)", entry,
+                     ocl_error_name(err), (int)err);
+  clReleaseKernel(k);
+  return ZMLX_OK;
+}
+
+static zmlx_status ocl_compile(int dev, const char *source, const char *entry, void **binary,
+                              size_t *binary_size, char **log) {
+  ZMLX_REQUIRE_ARG(source);
+  ZMLX_REQUIRE_ARG(entry);
+  ZMLX_REQUIRE_ARG(binary);
+  ZMLX_REQUIRE_ARG(binary_size);
+  if (log) *log = NULL;
+  ZMLX_CHECK(check_dev(dev));
+  const ocl_dev *d = &g_cl.devs[dev];
+  cl_int err = CL_SUCCESS;
+  cl_program prog = clCreateProgramWithSource(d->context, 1, &source, NULL, &err);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateProgramWithSource");
+  err = clBuildProgram(prog, 1, &d->device, ZMLX_CL_BUILD_OPTIONS, NULL, NULL);
+  if (log) *log = build_log(prog, d->device);
+  zmlx_status st;
+  if (err != CL_SUCCESS)
+    st = zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE), "OpenCL build failed (%s)",
+                   ocl_error_name(err));
+  else
+    st = check_entry(prog, entry);
+  if (st == ZMLX_OK) st = program_binary(prog, binary, binary_size);
+  clReleaseProgram(prog);
+  return st;
+}
+
+/* A loaded kernel. clSetKernelArg is not thread-safe on one cl_kernel, so
+ * argument setting and the enqueue that captures them share a lock. */
+typedef struct ocl_function {
+  cl_program program;
+  cl_kernel kernel;
+  cl_uint num_args;
+  pthread_mutex_t lock;
+} ocl_function;
+
+/* Program from a binary: rejected binaries (foreign device, other driver,
+ * garbage) fail here or in clBuildProgram with a status. */
+static zmlx_status program_from_binary(const ocl_dev *d, const void *binary, size_t size,
+                                       cl_program *out) {
+  const unsigned char *bin = binary;
+  cl_int bin_status = CL_SUCCESS, err = CL_SUCCESS;
+  cl_program prog = clCreateProgramWithBinary(d->context, 1, &d->device, &size, &bin,
+                                              &bin_status, &err);
+  if (err == CL_SUCCESS && bin_status != CL_SUCCESS) err = bin_status;
+  if (err != CL_SUCCESS) {
+    if (prog) clReleaseProgram(prog);
+    return ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateProgramWithBinary");
+  }
+  err = clBuildProgram(prog, 1, &d->device, ZMLX_CL_BUILD_OPTIONS, NULL, NULL);
+  if (err != CL_SUCCESS) {
+    clReleaseProgram(prog);
+    return ocl_fail(err, ZMLX_ERR_BACKEND, "clBuildProgram from binary");
+  }
+  *out = prog;
+  return ZMLX_OK;
+}
+
+/* Kernel object + its parameter count (launch checks the args against it
+ * and learns from it whether the kernel takes dynamic local memory). */
+static zmlx_status make_kernel(cl_program prog, const char *entry, ocl_function *f) {
+  cl_int err = CL_SUCCESS;
+  f->kernel = clCreateKernel(prog, entry, &err);
+  if (err != CL_SUCCESS)
+    return zmlx_fail(ocl_status(err, ZMLX_ERR_BACKEND), "OpenCL: clCreateKernel('%s') failed: %s (%d)",
+                     entry, ocl_error_name(err), (int)err);
+  err = clGetKernelInfo(f->kernel, CL_KERNEL_NUM_ARGS, sizeof f->num_args, &f->num_args, NULL);
+  if (err != CL_SUCCESS) {
+    clReleaseKernel(f->kernel);
+    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetKernelInfo(NUM_ARGS)");
+  }
+  return ZMLX_OK;
+}
+
+static zmlx_status ocl_load(int dev, const void *binary, size_t binary_size, const char *entry,
+                           void **function) {
+  ZMLX_REQUIRE_ARG(binary);
+  ZMLX_REQUIRE_ARG(entry);
+  ZMLX_REQUIRE_ARG(function);
+  ZMLX_CHECK(check_dev(dev));
+  if (binary_size == 0) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "OpenCL: empty program binary");
+  ocl_function *f = calloc(1, sizeof *f);
+  if (!f) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  zmlx_status st = program_from_binary(&g_cl.devs[dev], binary, binary_size, &f->program);
+  if (st == ZMLX_OK) {
+    st = make_kernel(f->program, entry, f);
+    if (st != ZMLX_OK) clReleaseProgram(f->program);
+  }
+  if (st == ZMLX_OK && pthread_mutex_init(&f->lock, NULL) != 0) {
+    clReleaseKernel(f->kernel);
+    clReleaseProgram(f->program);
+    st = zmlx_fail(ZMLX_ERR_INTERNAL, "OpenCL: pthread_mutex_init failed");
+  }
+  if (st != ZMLX_OK) {
+    free(f);
+    return st;
+  }
+  *function = f;
+  return ZMLX_OK;
+}
+
+static void ocl_unload(int dev, void *function) {
+  (void)dev;
+  ocl_function *f = function;
+  if (!f) return;
+  clReleaseKernel(f->kernel);
+  clReleaseProgram(f->program);
+  pthread_mutex_destroy(&f->lock);
+  free(f);
+}
+
+/* ------------------------------------------------------------ launch */
+
+/* Kernel parameters the launch args fill: a buffer is (cl_mem, ulong
+ * element offset), a scalar is one parameter. */
+static cl_uint count_cl_args(const zmlx_launch_arg *args, int n_args) {
+  cl_uint n = 0;
+  for (int i = 0; i < n_args; i++) n += args[i].kind == ZMLX_ARG_BUFFER ? 2u : 1u;
+  return n;
+}
+
+static zmlx_status set_arg(cl_kernel k, cl_uint idx, size_t size, const void *value, int which) {
+  cl_int err = clSetKernelArg(k, idx, size, value);
+  if (err != CL_SUCCESS)
+    return zmlx_fail(ocl_status(err, ZMLX_ERR_LAUNCH),
+                     "OpenCL: clSetKernelArg(%u) for launch argument %d (%zu bytes) failed: %s (%d)",
+                     (unsigned)idx, which, size, ocl_error_name(err), (int)err);
+  return ZMLX_OK;
+}
+
+/* One launch arg at kernel parameter *idx; advances *idx. */
+static zmlx_status set_launch_arg(cl_kernel k, cl_uint *idx, const zmlx_launch_arg *a, int which) {
+  if (a->kind == ZMLX_ARG_SCALAR) {
+    ZMLX_CHECK(set_arg(k, (*idx)++, a->size, a->value, which));
+    return ZMLX_OK;
+  }
+  if (a->elem_size == 0 || a->byte_offset % a->elem_size != 0)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+                     "OpenCL: launch argument %d: byte offset %zu is not a multiple of the "
+                     "element size %zu",
+                     which, a->byte_offset, a->elem_size);
+  cl_mem m = (cl_mem)a->buffer;
+  cl_ulong off = (cl_ulong)(a->byte_offset / a->elem_size);
+  ZMLX_CHECK(set_arg(k, (*idx)++, sizeof m, &m, which));
+  ZMLX_CHECK(set_arg(k, (*idx)++, sizeof off, &off, which));
+  return ZMLX_OK;
+}
+
+/* Set every parameter: user args, then (if the kernel declares it) the
+ * dynamic __local buffer, then the last 3 args (the hidden grid). Whether
+ * the kernel takes the __local parameter is read from its parameter count,
+ * which the signature fixes; OpenCL rejects a 0-byte __local arg, so an
+ * unsized one gets 1 byte. Extra dynamic bytes for a kernel that does not
+ * use them are ignored, as CUDA would allocate and ignore them. */
+static zmlx_status set_all_args(ocl_function *f, size_t dynamic_shared,
+                                const zmlx_launch_arg *args, int n_args) {
+  cl_uint supplied = count_cl_args(args, n_args);
+  int has_dyn = f->num_args == supplied + 1;
+  if (n_args < ZMLX_HIDDEN_GRID_ARGS || (f->num_args != supplied && !has_dyn))
+    return zmlx_fail(ZMLX_ERR_INTERNAL,
+                     "OpenCL: kernel takes %u parameters, the launch supplies %u (from %d args)",
+                     (unsigned)f->num_args, (unsigned)supplied, n_args);
+  cl_uint idx = 0;
+  int first_hidden = n_args - ZMLX_HIDDEN_GRID_ARGS;
+  for (int i = 0; i < n_args; i++) {
+    if (i == first_hidden && has_dyn)
+      ZMLX_CHECK(set_arg(f->kernel, idx++, dynamic_shared ? dynamic_shared : 1, NULL, -1));
+    ZMLX_CHECK(set_launch_arg(f->kernel, &idx, &args[i], i));
+  }
+  return ZMLX_OK;
+}
+
+static zmlx_status enqueue(cl_command_queue q, ocl_function *f, const uint32_t blocks[3],
+                           const uint32_t threads[3]) {
+  size_t global[3], local[3];
+  for (int i = 0; i < 3; i++) {
+    global[i] = (size_t)blocks[i] * threads[i];
+    local[i] = threads[i];
+  }
+  cl_int err = clEnqueueNDRangeKernel(q, f->kernel, 3, NULL, global, local, 0, NULL, NULL);
+  if (err != CL_SUCCESS)
+    return zmlx_fail(ocl_status(err, ZMLX_ERR_LAUNCH),
+                     "OpenCL: kernel launch of %ux%ux%u work-groups of %ux%ux%u failed: %s (%d)",
+                     blocks[0], blocks[1], blocks[2], threads[0], threads[1], threads[2],
+                     ocl_error_name(err), (int)err);
+  return ZMLX_OK;
+}
+
+static zmlx_status ocl_launch(int dev, void *stream, void *function, const uint32_t blocks[3],
+                             const uint32_t threads[3], size_t dynamic_shared,
+                             const zmlx_launch_arg *args, int n_args) {
+  ZMLX_REQUIRE_ARG(function);
+  ZMLX_REQUIRE_ARG(blocks);
+  ZMLX_REQUIRE_ARG(threads);
+  if (n_args > 0) ZMLX_REQUIRE_ARG(args);
+  ZMLX_CHECK(check_dev(dev));
+  if (threads[0] == 0 || threads[1] == 0 || threads[2] == 0)
+    return zmlx_fail(ZMLX_ERR_LAUNCH, "OpenCL: threadgroup %ux%ux%u has a zero dimension",
+                     threads[0], threads[1], threads[2]);
+  /* An empty grid is a successful no-op (OpenCL 1.2 rejects it). */
+  if (blocks[0] == 0 || blocks[1] == 0 || blocks[2] == 0) return ZMLX_OK;
+  ocl_function *f = function;
+  pthread_mutex_lock(&f->lock);
+  zmlx_status st = set_all_args(f, dynamic_shared, args, n_args);
+  if (st == ZMLX_OK) st = enqueue(queue_of(dev, stream), f, blocks, threads);
+  pthread_mutex_unlock(&f->lock);
+  return st;
+}
+
+/* ------------------------------------------------------------ DLPack */
+
+static void *ocl_dlpack_data(void *buffer) { return buffer; }
+
+/* A foreign cl_mem is usable only in this device's context (our queues
+ * live there) and must hold `bytes`. No reference is taken: the runtime
+ * keeps the producer's DLManagedTensor (and so its cl_mem) alive until the
+ * last view goes, then calls the producer's deleter instead of ops->free
+ * (runtime/array.c), so a retain here would never be released. Commands
+ * already queued hold their own references to the cl_mem. */
+static zmlx_status ocl_wrap_foreign(int dev, void *data, size_t bytes, void **buffer) {
+  ZMLX_REQUIRE_ARG(data);
+  ZMLX_REQUIRE_ARG(buffer);
+  ZMLX_CHECK(check_dev(dev));
+  cl_mem m = (cl_mem)data;
+  cl_context ctx = NULL;
+  size_t size = 0;
+  cl_int err = clGetMemObjectInfo(m, CL_MEM_CONTEXT, sizeof ctx, &ctx, NULL);
+  if (err == CL_SUCCESS) err = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL);
+  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_INVALID_ARG, "clGetMemObjectInfo");
+  if (ctx != g_cl.devs[dev].context)
+    return zmlx_fail(ZMLX_ERR_UNSUPPORTED,
+                     "OpenCL: the foreign cl_mem belongs to another cl_context than device %d's",
+                     dev);
+  if (size < bytes)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "OpenCL: foreign cl_mem has %zu bytes, %zu needed",
+                     size, bytes);
+  *buffer = m;
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------------------ table */
+
+const zmlx_backend_ops zmlx_backend_opencl_ops = {
+    .kind = ZMLX_BACKEND_OPENCL,
+    .name = "opencl",
+    .dialect = &zmlx_dialect_opencl,
+    .init = ocl_init,
+    .shutdown = ocl_shutdown,
+    .device_info = ocl_device_info,
+    .cache_identity = ocl_cache_identity,
+    .stream_create = ocl_stream_create,
+    .stream_destroy = ocl_stream_destroy,
+    .stream_sync = ocl_stream_sync,
+    .alloc = ocl_alloc,
+    .free = ocl_free,
+    .write = ocl_write,
+    .read = ocl_read,
+    .copy = ocl_copy,
+    .compile = ocl_compile,
+    .load = ocl_load,
+    .unload = ocl_unload,
+    .launch = ocl_launch,
+    .dlpack_device_type = 4, /* kDLOpenCL */
+    .dlpack_data = ocl_dlpack_data,
+    .wrap_foreign = ocl_wrap_foreign,
+};
+
+#else
+/* Built without OpenCL: only the dialect (dialect.c) is compiled in. ISO C
+ * wants at least one declaration per translation unit. */
+typedef int zmlx_opencl_backend_disabled;
+#endif /* ZMLX_HAVE_OPENCL */

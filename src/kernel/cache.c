@@ -1,0 +1,931 @@
+/*
+ * The compiled-kernel cache (DESIGN 3.4).
+ *
+ * Two levels in front of the backend compiler:
+ *
+ *   memory  a chained hash table keyed by (SHA-256 key, device) holding the
+ *           loaded functions of this process. A key being compiled or loaded
+ *           sits in the table as a *pending* entry, so a second thread that
+ *           misses on the same key waits for the first instead of compiling
+ *           it again (no duplicate compiles, no duplicate functions).
+ *   disk    one file per key, `<dir>/<64 hex>.bin`: a fixed header (magic,
+ *           format version, backend, key, payload size, payload SHA-256) and
+ *           the backend's compiled binary. Written to a temp file and renamed
+ *           into place, so readers never see a half-written entry; anything
+ *           that does not verify is deleted and recompiled, never trusted.
+ *
+ * Disk problems never make a kernel fail: an unreadable directory is a miss
+ * and a failed write only costs the next process a compile.
+ */
+#include "kernel/cache.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#ifndef PATH_MAX
+#define PATH_MAX 4096
+#endif
+
+/* ================================================================ hashing */
+
+/* Folds one string into the digest including its NUL, so that ("ab","c")
+ * and ("a","bc") give different keys. */
+static int digest_field(EVP_MD_CTX *ctx, const char *s, size_t max_len) {
+  if (!s) s = "";
+  size_t n = strnlen(s, max_len);
+  static const char nul = '\0';
+  return EVP_DigestUpdate(ctx, s, n) == 1 && EVP_DigestUpdate(ctx, &nul, 1) == 1;
+}
+
+static int sha256_bytes(const void *data, size_t size, uint8_t out[32]) {
+  unsigned int len = 0;
+  return EVP_Digest(data, size, out, &len, EVP_sha256(), NULL) == 1 && len == 32;
+}
+
+zmlx_status zmlx_cache_make_key(const zmlx_compile_request *req, zmlx_cache_key *out) {
+  ZMLX_REQUIRE_ARG(req);
+  ZMLX_REQUIRE_ARG(out);
+  ZMLX_REQUIRE_ARG(req->device);
+  ZMLX_REQUIRE_ARG(req->source);
+  const zmlx_device *dev = req->device;
+  if (!dev->ops)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_cache_make_key: device has no backend");
+
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  if (!ctx) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory while hashing a kernel");
+  unsigned int len = 0;
+  int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+           digest_field(ctx, "zmlx-cache-v1", SIZE_MAX) &&
+           digest_field(ctx, dev->ops->name, SIZE_MAX) &&
+           digest_field(ctx, dev->cache_identity, sizeof dev->cache_identity) &&
+           digest_field(ctx, req->entry, SIZE_MAX) &&
+           digest_field(ctx, req->options, SIZE_MAX) &&
+           digest_field(ctx, req->source, SIZE_MAX) &&
+           EVP_DigestFinal_ex(ctx, out->bytes, &len) == 1 && len == sizeof out->bytes;
+  EVP_MD_CTX_free(ctx);
+  if (!ok) return zmlx_fail(ZMLX_ERR_INTERNAL, "SHA-256 of a kernel source failed in OpenSSL");
+  return ZMLX_OK;
+}
+
+void zmlx_cache_key_hex(const zmlx_cache_key *key, char hex[65]) {
+  static const char digits[] = "0123456789abcdef";
+  for (int i = 0; i < 32; i++) {
+    hex[2 * i] = digits[key->bytes[i] >> 4];
+    hex[2 * i + 1] = digits[key->bytes[i] & 15];
+  }
+  hex[64] = '\0';
+}
+
+/* ================================================================== stats */
+
+/* Times are kept in integer nanoseconds so they can be atomic counters. */
+static struct {
+  atomic_uint_least64_t memory_hits, disk_hits, misses, disk_rejects, disk_writes;
+  atomic_uint_least64_t compile_ns, disk_load_ns;
+} g_stats;
+
+static atomic_uint_least64_t g_generation;
+
+static void stat_add_ms(atomic_uint_least64_t *ns, double ms) {
+  if (ms > 0) atomic_fetch_add(ns, (uint_least64_t)(ms * 1e6 + 0.5));
+}
+
+uint64_t zmlx_cache_generation(void) { return atomic_load(&g_generation); }
+
+/* ========================================================= memory table */
+
+typedef struct cache_entry {
+  struct cache_entry *next;
+  zmlx_cache_key key;
+  zmlx_device *device;
+  void *function;
+  int ready; /* 0 while its owner compiles or loads it; others wait */
+} cache_entry;
+
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t settled; /* broadcast whenever a pending entry resolves */
+  cache_entry **buckets;
+  size_t n_buckets;
+  size_t count; /* entries, pending included */
+  size_t ready; /* loaded functions */
+} g_table = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0};
+
+/* The key is already a uniform hash; mix in the device so that one kernel on
+ * two devices lands in different buckets. */
+static size_t entry_hash(const zmlx_cache_key *key, const zmlx_device *dev) {
+  uint64_t h;
+  memcpy(&h, key->bytes, sizeof h);
+  h ^= (uint64_t)(uintptr_t)dev * 0x9E3779B97F4A7C15ull;
+  h ^= h >> 29;
+  return (size_t)h;
+}
+
+static cache_entry *table_find(const zmlx_cache_key *key, const zmlx_device *dev) {
+  if (!g_table.buckets) return NULL;
+  cache_entry *e = g_table.buckets[entry_hash(key, dev) & (g_table.n_buckets - 1)];
+  for (; e; e = e->next)
+    if (e->device == dev && memcmp(e->key.bytes, key->bytes, sizeof key->bytes) == 0) return e;
+  return NULL;
+}
+
+/* Rehash into `n` buckets (a power of two). Returns 0 on OOM, leaving the
+ * table as it was: chains just get longer. */
+static int table_resize(size_t n) {
+  cache_entry **nb = calloc(n, sizeof *nb);
+  if (!nb) return 0;
+  for (size_t i = 0; i < g_table.n_buckets; i++) {
+    cache_entry *e = g_table.buckets[i];
+    while (e) {
+      cache_entry *next = e->next;
+      size_t b = entry_hash(&e->key, e->device) & (n - 1);
+      e->next = nb[b];
+      nb[b] = e;
+      e = next;
+    }
+  }
+  free(g_table.buckets);
+  g_table.buckets = nb;
+  g_table.n_buckets = n;
+  return 1;
+}
+
+/* Make room for one more entry (load factor <= 3/4). Only the very first
+ * allocation can fail the caller. */
+static zmlx_status table_reserve_one(void) {
+  if (!g_table.buckets) {
+    if (!table_resize(64))
+      return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (kernel cache)");
+    return ZMLX_OK;
+  }
+  if ((g_table.count + 1) * 4 > g_table.n_buckets * 3) table_resize(g_table.n_buckets * 2);
+  return ZMLX_OK;
+}
+
+static void table_insert(cache_entry *e) {
+  size_t b = entry_hash(&e->key, e->device) & (g_table.n_buckets - 1);
+  e->next = g_table.buckets[b];
+  g_table.buckets[b] = e;
+  g_table.count++;
+}
+
+static void table_remove(cache_entry *e) {
+  cache_entry **p = &g_table.buckets[entry_hash(&e->key, e->device) & (g_table.n_buckets - 1)];
+  while (*p && *p != e) p = &(*p)->next;
+  if (*p) {
+    *p = e->next;
+    g_table.count--;
+  }
+}
+
+/* Look `key` up for `dev`. On a hit *function is set and *pending stays
+ * NULL. On a miss a pending entry is inserted and returned in *pending: the
+ * caller now owns producing the function and must call claim_settle(). */
+static zmlx_status claim(zmlx_device *dev, const zmlx_cache_key *key, void **function,
+                         cache_entry **pending) {
+  *pending = NULL;
+  pthread_mutex_lock(&g_table.lock);
+  for (;;) {
+    cache_entry *e = table_find(key, dev);
+    if (!e) break;
+    if (e->ready) {
+      *function = e->function;
+      pthread_mutex_unlock(&g_table.lock);
+      atomic_fetch_add(&g_stats.memory_hits, 1);
+      return ZMLX_OK;
+    }
+    /* Another thread is producing this key: wait, then look again (it may
+     * have failed, in which case this thread tries itself). */
+    pthread_cond_wait(&g_table.settled, &g_table.lock);
+  }
+  zmlx_status st = table_reserve_one();
+  cache_entry *e = st == ZMLX_OK ? calloc(1, sizeof *e) : NULL;
+  if (st == ZMLX_OK && !e)
+    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (kernel cache)");
+  if (e) {
+    e->key = *key;
+    e->device = dev;
+    table_insert(e);
+    *pending = e;
+  }
+  pthread_mutex_unlock(&g_table.lock);
+  return st;
+}
+
+/* Resolve a pending entry: publish `function`, or drop the entry when
+ * producing it failed, and wake the threads waiting on it. */
+static void claim_settle(cache_entry *e, void *function) {
+  pthread_mutex_lock(&g_table.lock);
+  if (function) {
+    e->function = function;
+    e->ready = 1;
+    g_table.ready++;
+  } else {
+    table_remove(e);
+    free(e);
+  }
+  pthread_cond_broadcast(&g_table.settled);
+  pthread_mutex_unlock(&g_table.lock);
+}
+
+static void unload_entries(cache_entry *list) {
+  while (list) {
+    cache_entry *next = list->next;
+    const zmlx_backend_ops *ops = list->device->ops;
+    if (ops && ops->unload && list->function) ops->unload(list->device->index, list->function);
+    free(list);
+    list = next;
+  }
+}
+
+/* Pending entries stay: their owners still hold them and will publish. */
+zmlx_status zmlx_cache_clear_memory(void) {
+  cache_entry *doomed = NULL;
+  pthread_mutex_lock(&g_table.lock);
+  for (size_t i = 0; i < g_table.n_buckets; i++) {
+    cache_entry **p = &g_table.buckets[i];
+    while (*p) {
+      cache_entry *e = *p;
+      if (!e->ready) {
+        p = &e->next;
+        continue;
+      }
+      *p = e->next;
+      e->next = doomed;
+      doomed = e;
+      g_table.count--;
+      g_table.ready--;
+    }
+  }
+  /* Bumped before unloading so a holder that checks the generation after
+   * this point never reuses a function about to go away. */
+  atomic_fetch_add(&g_generation, 1);
+  pthread_mutex_unlock(&g_table.lock);
+  /* Backend calls happen outside the lock: unload may be slow. */
+  unload_entries(doomed);
+  return ZMLX_OK;
+}
+
+void zmlx_cache_shutdown(void) {
+  zmlx_cache_clear_memory();
+  pthread_mutex_lock(&g_table.lock);
+  if (g_table.count == 0) {
+    free(g_table.buckets);
+    g_table.buckets = NULL;
+    g_table.n_buckets = 0;
+  }
+  pthread_mutex_unlock(&g_table.lock);
+}
+
+/* ====================================================== disk: location */
+
+static char g_dir[PATH_MAX];
+static pthread_once_t g_dir_once = PTHREAD_ONCE_INIT;
+static atomic_int g_disk_enabled = -1; /* -1: not decided yet (read $ZMLX_CACHE) */
+
+static const char *env_nonempty(const char *name) {
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
+/* g_dir = base + suffix without doubled or trailing slashes; left empty
+ * if it does not fit (disk caching then does nothing). */
+static void set_dir(const char *base, const char *suffix) {
+  size_t n = strlen(base);
+  while (n > 1 && base[n - 1] == '/') n--;
+  int len = snprintf(g_dir, sizeof g_dir, "%.*s%s", (int)n, base, suffix);
+  if (len < 0 || (size_t)len >= sizeof g_dir) g_dir[0] = '\0';
+}
+
+static const char *home_dir(char *buf, size_t cap) {
+  const char *h = env_nonempty("HOME");
+  if (h) return h;
+  struct passwd pw, *res = NULL;
+  if (getpwuid_r(getuid(), &pw, buf, cap, &res) == 0 && res && res->pw_dir && *res->pw_dir)
+    return res->pw_dir;
+  return NULL;
+}
+
+static void resolve_dir(void) {
+  const char *d = env_nonempty("ZMLX_CACHE_DIR");
+  if (d) {
+    set_dir(d, "");
+    return;
+  }
+  /* The XDG spec says relative values are invalid and must be ignored. */
+  const char *xdg = env_nonempty("XDG_CACHE_HOME");
+  if (xdg && xdg[0] == '/') {
+    set_dir(xdg, "/zmlx");
+    return;
+  }
+  char pwbuf[4096];
+  const char *home = home_dir(pwbuf, sizeof pwbuf);
+  if (home) set_dir(home, "/.cache/zmlx");
+}
+
+const char *zmlx_cache_dir(void) {
+  pthread_once(&g_dir_once, resolve_dir);
+  return g_dir;
+}
+
+static int env_disables_cache(void) {
+  const char *v = getenv("ZMLX_CACHE");
+  if (!v) return 0;
+  return strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "false") == 0 ||
+         strcasecmp(v, "no") == 0;
+}
+
+int zmlx_cache_disk_enabled(void) {
+  int v = atomic_load(&g_disk_enabled);
+  if (v < 0) {
+    int expected = -1;
+    /* A concurrent zmlx_cache_set_disk_enabled() wins over the environment. */
+    atomic_compare_exchange_strong(&g_disk_enabled, &expected, env_disables_cache() ? 0 : 1);
+    v = atomic_load(&g_disk_enabled);
+  }
+  return v;
+}
+
+zmlx_status zmlx_cache_set_disk_enabled(int enabled) {
+  atomic_store(&g_disk_enabled, enabled ? 1 : 0);
+  return ZMLX_OK;
+}
+
+/* Entry files are exactly 64 lowercase hex digits + ".bin"; nothing else in
+ * the directory is ever touched. */
+#define ENTRY_SUFFIX ".bin"
+#define TEMP_PREFIX ".zmlx-tmp-"
+
+static int is_entry_name(const char *name) {
+  for (int i = 0; i < 64; i++)
+    if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f'))) return 0;
+  return strcmp(name + 64, ENTRY_SUFFIX) == 0;
+}
+
+static int is_temp_name(const char *name) {
+  return strncmp(name, TEMP_PREFIX, strlen(TEMP_PREFIX)) == 0;
+}
+
+static int entry_path(const zmlx_cache_key *key, char *path, size_t cap) {
+  const char *dir = zmlx_cache_dir();
+  if (!*dir) return 0;
+  char hex[65];
+  zmlx_cache_key_hex(key, hex);
+  int n = snprintf(path, cap, "%s/%s" ENTRY_SUFFIX, dir, hex);
+  return n > 0 && (size_t)n < cap;
+}
+
+/* mkdir -p with mode 0700 for every directory it creates: the cache holds
+ * code that gets loaded onto the device, so it is private to the user. */
+static int make_dirs(const char *dir) {
+  char buf[PATH_MAX];
+  size_t n = strlen(dir);
+  if (n == 0 || n >= sizeof buf) return 0;
+  memcpy(buf, dir, n + 1);
+  for (size_t i = 1; i < n; i++) {
+    if (buf[i] != '/') continue;
+    buf[i] = '\0';
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST) return 0;
+    buf[i] = '/';
+  }
+  if (mkdir(buf, 0700) != 0 && errno != EEXIST) return 0;
+  struct stat st;
+  return stat(buf, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* ======================================================= disk: format */
+
+#define ENTRY_MAGIC "ZMLXBIN"        /* 8 bytes with its NUL */
+#define ENTRY_FORMAT_VERSION 1u
+
+/* Header layout, little-endian, independent of struct padding. */
+enum {
+  HDR_MAGIC = 0,
+  HDR_VERSION = 8,
+  HDR_BACKEND = 12,
+  HDR_KEY = 16,
+  HDR_SIZE = 48,
+  HDR_CHECKSUM = 56,
+  HDR_BYTES = 88
+};
+
+static void put_u32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+  return v;
+}
+static uint64_t get_u64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+static int make_header(uint8_t hdr[HDR_BYTES], uint32_t backend, const zmlx_cache_key *key,
+                       const void *payload, size_t size) {
+  memset(hdr, 0, HDR_BYTES);
+  memcpy(hdr + HDR_MAGIC, ENTRY_MAGIC, 8);
+  put_u32(hdr + HDR_VERSION, ENTRY_FORMAT_VERSION);
+  put_u32(hdr + HDR_BACKEND, backend);
+  memcpy(hdr + HDR_KEY, key->bytes, 32);
+  put_u64(hdr + HDR_SIZE, (uint64_t)size);
+  return sha256_bytes(payload, size, hdr + HDR_CHECKSUM);
+}
+
+/* Everything but the checksum, which needs the payload. */
+static int header_matches(const uint8_t hdr[HDR_BYTES], uint32_t backend,
+                          const zmlx_cache_key *key, uint64_t payload_size) {
+  return memcmp(hdr + HDR_MAGIC, ENTRY_MAGIC, 8) == 0 &&
+         get_u32(hdr + HDR_VERSION) == ENTRY_FORMAT_VERSION &&
+         get_u32(hdr + HDR_BACKEND) == backend &&
+         memcmp(hdr + HDR_KEY, key->bytes, 32) == 0 &&
+         get_u64(hdr + HDR_SIZE) == payload_size;
+}
+
+static int read_full(int fd, void *buf, size_t n) {
+  uint8_t *p = buf;
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return 0;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 1;
+}
+
+static int write_full(int fd, const void *buf, size_t n) {
+  const uint8_t *p = buf;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return 0;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 1;
+}
+
+/* ======================================================= disk: read */
+
+typedef enum { ENTRY_ABSENT, ENTRY_BAD, ENTRY_OK } entry_state;
+
+/* Verify the open entry file `fd` against `key` and return its payload.
+ * Entries are only ever replaced by rename, never rewritten in place, so a
+ * short read means a damaged file, not a concurrent writer. */
+static entry_state read_verified(int fd, uint64_t file_size, uint32_t backend,
+                                 const zmlx_cache_key *key, void **payload, size_t *size) {
+  uint8_t hdr[HDR_BYTES], sum[32];
+  if (file_size < HDR_BYTES || !read_full(fd, hdr, sizeof hdr)) return ENTRY_BAD;
+  uint64_t n = file_size - HDR_BYTES;
+  if (n > SIZE_MAX - 1 || !header_matches(hdr, backend, key, n)) return ENTRY_BAD;
+  uint8_t *data = malloc(n ? (size_t)n : 1);
+  if (!data) return ENTRY_ABSENT; /* our memory, not the file's fault */
+  if (!read_full(fd, data, (size_t)n) || !sha256_bytes(data, (size_t)n, sum) ||
+      memcmp(sum, hdr + HDR_CHECKSUM, 32) != 0) {
+    free(data);
+    return ENTRY_BAD;
+  }
+  *payload = data;
+  *size = (size_t)n;
+  return ENTRY_OK;
+}
+
+/* Read one entry. ABSENT covers "no file" and "cannot read it" (a plain
+ * miss); BAD means the bytes are there but are not a valid entry for this
+ * key, and *id names the file so the caller can delete it. */
+static entry_state read_entry(const char *path, uint32_t backend, const zmlx_cache_key *key,
+                              void **payload, size_t *size, struct stat *id) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return ENTRY_ABSENT;
+  entry_state state = ENTRY_ABSENT;
+  if (fstat(fd, id) == 0 && S_ISREG(id->st_mode))
+    state = read_verified(fd, (uint64_t)id->st_size, backend, key, payload, size);
+  close(fd);
+  return state;
+}
+
+/* Delete a rejected entry, unless another process has already renamed a
+ * fresh one over it (then the name points at a different inode). */
+static void reject_entry(const char *path, const struct stat *id) {
+  atomic_fetch_add(&g_stats.disk_rejects, 1);
+  struct stat now;
+  if (lstat(path, &now) == 0 && now.st_dev == id->st_dev && now.st_ino == id->st_ino) unlink(path);
+}
+
+/* Try the disk level. Returns 1 with *function loaded, else 0 (a miss, a
+ * rejected entry, or a binary the backend refused: all recompile). */
+static int disk_load(const zmlx_compile_request *req, const zmlx_cache_key *key, void **function) {
+  char path[PATH_MAX];
+  if (!entry_path(key, path, sizeof path)) return 0;
+  const zmlx_device *dev = req->device;
+  double t0 = zmlx_now_ms();
+  void *payload = NULL;
+  size_t size = 0;
+  struct stat id;
+  entry_state state = read_entry(path, (uint32_t)dev->ops->kind, key, &payload, &size, &id);
+  if (state != ENTRY_OK) {
+    if (state == ENTRY_BAD) reject_entry(path, &id);
+    return 0;
+  }
+  zmlx_status st = dev->ops->load(dev->index, payload, size, req->entry, function);
+  free(payload);
+  if (st != ZMLX_OK) {
+    /* A checksum-valid binary the driver refuses (driver upgrade without an
+     * identity change, say): never trust it again. */
+    *function = NULL;
+    reject_entry(path, &id);
+    return 0;
+  }
+  stat_add_ms(&g_stats.disk_load_ns, zmlx_now_ms() - t0);
+  atomic_fetch_add(&g_stats.disk_hits, 1);
+  return 1;
+}
+
+/* ====================================================== disk: write */
+
+static int open_temp(const char *dir, char *tmp, size_t cap) {
+  int n = snprintf(tmp, cap, "%s/" TEMP_PREFIX "XXXXXX", dir);
+  if (n < 0 || (size_t)n >= cap) return -1;
+  /* mkstemp-family files are created with mode 0600. */
+  return mkostemp(tmp, O_CLOEXEC);
+}
+
+/* Write an entry atomically: temp file in the same directory, then rename.
+ * Failures are silent: the function is already loaded and works. */
+static void disk_store(uint32_t backend, const zmlx_cache_key *key, const void *bin, size_t size) {
+  char path[PATH_MAX], tmp[PATH_MAX];
+  uint8_t hdr[HDR_BYTES];
+  if (!entry_path(key, path, sizeof path) || !make_header(hdr, backend, key, bin, size)) return;
+  const char *dir = zmlx_cache_dir();
+  int fd = open_temp(dir, tmp, sizeof tmp);
+  if (fd < 0 && errno == ENOENT && make_dirs(dir)) fd = open_temp(dir, tmp, sizeof tmp);
+  if (fd < 0) return;
+  int ok = write_full(fd, hdr, sizeof hdr) && write_full(fd, bin, size);
+  ok = close(fd) == 0 && ok;
+  if (ok && rename(tmp, path) == 0) {
+    atomic_fetch_add(&g_stats.disk_writes, 1);
+    return;
+  }
+  unlink(tmp);
+}
+
+/* ========================================================= disk: scan */
+
+typedef struct scan_result {
+  int64_t entries;
+  int64_t bytes;
+} scan_result;
+
+/* Visit our files in the cache directory: count (and with `remove`, delete)
+ * the entries; with `remove`, also delete our temp files, left by crashed
+ * writers (a live writer in another process then merely loses its write).
+ * A missing directory is an empty cache. */
+static zmlx_status scan_dir(int remove, scan_result *res) {
+  memset(res, 0, sizeof *res);
+  const char *dir = zmlx_cache_dir();
+  if (!*dir)
+    return zmlx_fail(ZMLX_ERR_IO, "no cache directory: set ZMLX_CACHE_DIR, XDG_CACHE_HOME or HOME");
+  DIR *d = opendir(dir);
+  if (!d) {
+    if (errno == ENOENT) return ZMLX_OK;
+    return zmlx_fail(ZMLX_ERR_IO, "cannot open the cache directory %s: %s", dir, strerror(errno));
+  }
+  int dfd = dirfd(d);
+  struct dirent *de;
+  while ((de = readdir(d)) != NULL) {
+    struct stat st;
+    if (remove && is_temp_name(de->d_name)) {
+      unlinkat(dfd, de->d_name, 0);
+      continue;
+    }
+    if (!is_entry_name(de->d_name)) continue;
+    if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (remove && unlinkat(dfd, de->d_name, 0) != 0) continue;
+    res->entries++;
+    res->bytes += (int64_t)st.st_size;
+  }
+  closedir(d);
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_cache_clear_disk(int64_t *removed) {
+  scan_result res;
+  zmlx_status st = scan_dir(1, &res);
+  if (removed) *removed = res.entries;
+  return st;
+}
+
+zmlx_status zmlx_cache_disk_usage(int64_t *entries, int64_t *bytes) {
+  scan_result res;
+  zmlx_status st = scan_dir(0, &res);
+  if (entries) *entries = res.entries;
+  if (bytes) *bytes = res.bytes;
+  return st;
+}
+
+/* ================================================== compile errors */
+
+#define LOG_CAP 12000       /* leaves room in the 16 KiB error message */
+#define SOURCE_LINE_CAP 400 /* a quoted source line */
+
+/* After a location: ": error", ": fatal error" (clang) or
+ * ": catastrophic error" (NVRTC). */
+static int is_error_tail(const char *s, const char *end) {
+  static const char *const words[] = {"error", "fatal error", "catastrophic error"};
+  if (s >= end || *s != ':') return 0;
+  s++;
+  while (s < end && *s == ' ') s++;
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+    size_t n = strlen(words[i]);
+    if ((size_t)(end - s) >= n && strncmp(s, words[i], n) == 0) return 1;
+  }
+  return 0;
+}
+
+static const char *parse_number(const char *s, const char *end, long *v) {
+  const char *p = s;
+  long n = 0;
+  while (p < end && *p >= '0' && *p <= '9' && n < 100000000) n = n * 10 + (*p++ - '0');
+  if (p == s) return NULL;
+  *v = n;
+  return p;
+}
+
+/* PoCL puts the severity first: "error: path/file.cl:LINE:COL: message". */
+static int parse_severity_first(const char *s, const char *end, long *line, long *col) {
+  while (s < end && *s == ' ') s++;
+  static const char *const heads[] = {"error:", "fatal error:"};
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof heads / sizeof heads[0] && !n; i++)
+    if ((size_t)(end - s) >= strlen(heads[i]) && strncmp(s, heads[i], strlen(heads[i])) == 0)
+      n = strlen(heads[i]);
+  if (!n) return 0;
+  for (const char *p = s + n; p < end; p++) {
+    long ln = 0, c = 0;
+    const char *q, *r;
+    if (*p != ':' || !(q = parse_number(p + 1, end, &ln)) || q >= end || *q != ':') continue;
+    *line = ln;
+    *col = (r = parse_number(q + 1, end, &c)) && r < end && *r == ':' ? c : 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* One log line: NVRTC "name(LINE): error ..." or clang
+ * "name:LINE:COL: error ..." (also "name:LINE: error"), or PoCL's
+ * severity-first form. */
+static int parse_error_line(const char *s, const char *end, long *line, long *col) {
+  if (parse_severity_first(s, end, line, col)) return 1;
+  for (const char *p = s; p < end; p++) {
+    long ln = 0, c = 0;
+    const char *q;
+    if (*p == '(' && (q = parse_number(p + 1, end, &ln)) && q < end && *q == ')' &&
+        is_error_tail(q + 1, end)) {
+      *line = ln;
+      *col = 0;
+      return 1;
+    }
+    if (*p != ':' || !(q = parse_number(p + 1, end, &ln))) continue;
+    const char *r;
+    if (q < end && *q == ':' && (r = parse_number(q + 1, end, &c)) && is_error_tail(r, end)) {
+      *line = ln;
+      *col = c;
+      return 1;
+    }
+    if (is_error_tail(q, end)) {
+      *line = ln;
+      *col = 0;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* The first error location in the log (line >= 1; col 0 when unknown). */
+static int find_error_location(const char *log, long *line, long *col) {
+  if (!log) return 0;
+  for (const char *s = log; *s;) {
+    const char *end = strchr(s, '\n');
+    if (!end) end = s + strlen(s);
+    if (parse_error_line(s, end, line, col) && *line >= 1) return 1;
+    s = *end ? end + 1 : end;
+  }
+  return 0;
+}
+
+/* Line `n` (1-based) of `src`, without its newline. */
+static int source_line(const char *src, long n, const char **text, size_t *len) {
+  for (long i = 1; i < n; i++) {
+    src = strchr(src, '\n');
+    if (!src) return 0;
+    src++;
+  }
+  size_t k = strcspn(src, "\n");
+  if (k > 0 && src[k - 1] == '\r') k--;
+  *text = src;
+  *len = k;
+  return 1;
+}
+
+/* Length of `s` without trailing blank lines and spaces (0 for NULL). */
+static size_t trimmed_len(const char *s) {
+  size_t n = s ? strlen(s) : 0;
+  while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ')) n--;
+  return n;
+}
+
+static void append_log(zmlx_sb *sb, const char *log) {
+  size_t n = trimmed_len(log);
+  if (n == 0) {
+    zmlx_sb_append(sb, "(the compiler gave no log)\n");
+    return;
+  }
+  if (n > LOG_CAP) {
+    zmlx_sb_appendn(sb, log, LOG_CAP);
+    zmlx_sb_printf(sb, "\n... (compiler log truncated: %zu more bytes)\n", n - LOG_CAP);
+    return;
+  }
+  zmlx_sb_appendn(sb, log, n);
+  zmlx_sb_append(sb, "\n");
+}
+
+/* "at line L of the kernel body:" + the line + a caret under the column.
+ * The caret padding copies tabs from the line so it lines up in a terminal. */
+static void append_location(zmlx_sb *sb, const zmlx_compile_request *req, const char *log) {
+  long line = 0, col = 0;
+  if (!req->source || !find_error_location(log, &line, &col)) return;
+  if (req->body_first_line > 0 && line >= req->body_first_line)
+    zmlx_sb_printf(sb, "at line %ld of the kernel body", line - req->body_first_line + 1);
+  else
+    zmlx_sb_printf(sb, "at line %ld of the generated source", line);
+  const char *text;
+  size_t len;
+  if (!source_line(req->source, line, &text, &len)) {
+    zmlx_sb_append(sb, "\n");
+    return;
+  }
+  size_t shown = len > SOURCE_LINE_CAP ? SOURCE_LINE_CAP : len;
+  zmlx_sb_append(sb, ":\n    ");
+  zmlx_sb_appendn(sb, text, shown);
+  zmlx_sb_append(sb, shown < len ? " ...\n" : "\n");
+  if (col < 1 || (size_t)(col - 1) > shown) return;
+  zmlx_sb_append(sb, "    ");
+  for (long i = 0; i < col - 1; i++) zmlx_sb_append(sb, text[i] == '\t' ? "\t" : " ");
+  zmlx_sb_append(sb, "^\n");
+}
+
+zmlx_status zmlx_compile_error(const zmlx_compile_request *req, const char *log) {
+  const char *backend = req && req->device && req->device->ops ? req->device->ops->name : "?";
+  zmlx_sb sb;
+  zmlx_sb_init(&sb);
+  if (req && req->what && *req->what)
+    zmlx_sb_printf(&sb, "%.200s", req->what);
+  else
+    zmlx_sb_printf(&sb, "kernel '%.200s'", req && req->entry ? req->entry : "?");
+  zmlx_sb_printf(&sb, ": compilation failed (%s)\n", backend);
+  append_log(&sb, log);
+  if (req) append_location(&sb, req, log);
+  char *msg = NULL;
+  if (zmlx_sb_finish(&sb, &msg) != ZMLX_OK)
+    return zmlx_fail(ZMLX_ERR_COMPILE, "kernel compilation failed (%s); out of memory for the log",
+                     backend);
+  zmlx_fail(ZMLX_ERR_COMPILE, "%s", msg);
+  free(msg);
+  return ZMLX_ERR_COMPILE;
+}
+
+/* ===================================================== get_function */
+
+static zmlx_status check_request(const zmlx_compile_request *req) {
+  if (!req->device || !req->source || !req->entry)
+    return zmlx_fail(ZMLX_ERR_NULL_ARG,
+                     "zmlx_cache_get_function: the request needs a device, a source and an entry");
+  const zmlx_backend_ops *ops = req->device->ops;
+  if (!ops || !ops->compile || !ops->load)
+    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s: the %s backend cannot compile kernels",
+                     req->what ? req->what : req->entry, ops ? ops->name : "device's");
+  return ZMLX_OK;
+}
+
+/* A compile failure with a log (or reported as such) becomes the
+ * user-facing message; anything else (compiler library missing, ...) keeps
+ * the backend's own message with context. */
+static zmlx_status compile_failure(const zmlx_compile_request *req, zmlx_status st,
+                                   const char *log) {
+  if (st != ZMLX_ERR_COMPILE && !(log && *log))
+    return zmlx_fail_context(st, "%s: cannot compile (%s)", req->what ? req->what : req->entry,
+                             req->device->ops->name);
+  /* The backend's own message can say what the log does not (a missing
+   * entry point after a clean build, say): keep it after the log. */
+  const char *why = zmlx_last_error();
+  if (!*why || (log && strstr(log, why))) return zmlx_compile_error(req, log);
+  zmlx_sb sb;
+  zmlx_sb_init(&sb);
+  size_t n = trimmed_len(log);
+  zmlx_sb_appendn(&sb, log ? log : "", n);
+  if (n) zmlx_sb_append(&sb, "\n");
+  zmlx_sb_append(&sb, why);
+  char *text = NULL;
+  if (zmlx_sb_finish(&sb, &text) != ZMLX_OK) return zmlx_compile_error(req, log);
+  zmlx_status ret = zmlx_compile_error(req, text);
+  free(text);
+  return ret;
+}
+
+/* The slow path: compile, load, then save the binary for the next process
+ * (only once the backend has accepted it, so a bad binary is never saved). */
+static zmlx_status compile_and_store(const zmlx_compile_request *req, const zmlx_cache_key *key,
+                                     void **function) {
+  zmlx_device *dev = req->device;
+  const zmlx_backend_ops *ops = dev->ops;
+  void *bin = NULL;
+  size_t size = 0;
+  char *log = NULL;
+  double t0 = zmlx_now_ms();
+  zmlx_status st = ops->compile(dev->index, req->source, req->entry, &bin, &size, &log);
+  stat_add_ms(&g_stats.compile_ns, zmlx_now_ms() - t0);
+  atomic_fetch_add(&g_stats.misses, 1);
+  if (st != ZMLX_OK) {
+    st = compile_failure(req, st, log);
+    free(bin);
+    free(log);
+    return st;
+  }
+  free(log); /* warnings of a successful compile are not shown */
+  st = ops->load(dev->index, bin, size, req->entry, function);
+  if (st == ZMLX_OK && zmlx_cache_disk_enabled()) disk_store((uint32_t)ops->kind, key, bin, size);
+  free(bin);
+  if (st != ZMLX_OK)
+    return zmlx_fail_context(st, "%s: loading the compiled kernel",
+                             req->what ? req->what : req->entry);
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_cache_get_function(const zmlx_compile_request *req, const zmlx_cache_key *key,
+                                    void **function) {
+  ZMLX_REQUIRE_ARG(req);
+  ZMLX_REQUIRE_ARG(key);
+  ZMLX_REQUIRE_ARG(function);
+  *function = NULL;
+  ZMLX_CHECK(check_request(req));
+
+  cache_entry *pending = NULL;
+  ZMLX_CHECK(claim(req->device, key, function, &pending));
+  if (!pending) return ZMLX_OK; /* memory hit */
+
+  void *fn = NULL;
+  zmlx_status st = ZMLX_OK;
+  if (!(zmlx_cache_disk_enabled() && disk_load(req, key, &fn)))
+    st = compile_and_store(req, key, &fn);
+  claim_settle(pending, st == ZMLX_OK ? fn : NULL);
+  if (st == ZMLX_OK) *function = fn;
+  return st;
+}
+
+/* ================================================================ stats */
+
+zmlx_status zmlx_cache_get_stats(zmlx_cache_stats *out) {
+  ZMLX_REQUIRE_ARG(out);
+  out->memory_hits = atomic_load(&g_stats.memory_hits);
+  out->disk_hits = atomic_load(&g_stats.disk_hits);
+  out->misses = atomic_load(&g_stats.misses);
+  out->disk_rejects = atomic_load(&g_stats.disk_rejects);
+  out->disk_writes = atomic_load(&g_stats.disk_writes);
+  out->compile_ms = (double)atomic_load(&g_stats.compile_ns) / 1e6;
+  out->disk_load_ms = (double)atomic_load(&g_stats.disk_load_ns) / 1e6;
+  pthread_mutex_lock(&g_table.lock);
+  out->entries = g_table.ready;
+  pthread_mutex_unlock(&g_table.lock);
+  return ZMLX_OK;
+}
+
+/* Counters only: `entries` describes the table, not history. */
+zmlx_status zmlx_cache_reset_stats(void) {
+  atomic_store(&g_stats.memory_hits, 0);
+  atomic_store(&g_stats.disk_hits, 0);
+  atomic_store(&g_stats.misses, 0);
+  atomic_store(&g_stats.disk_rejects, 0);
+  atomic_store(&g_stats.disk_writes, 0);
+  atomic_store(&g_stats.compile_ns, 0);
+  atomic_store(&g_stats.disk_load_ns, 0);
+  return ZMLX_OK;
+}

@@ -1,0 +1,522 @@
+/* The kernel object (MLX metal_kernel analog): create from names + body,
+ * specialise per device / dtypes / template values, launch. The launch path
+ * is the hot path: after the first call with a given specialisation it does
+ * a short scan of the kernel's variants, fills the argument array on the
+ * stack and calls the backend's launch. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernel/kernel.h"
+
+/* ----------------------------------------------------------------- create */
+
+static int valid_identifier(const char *s) {
+  if (!s || !*s || !(s[0] == '_' || (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z')))
+    return 0;
+  for (const char *p = s; *p; p++)
+    if (!(*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
+      return 0;
+  return strlen(s) < 64;
+}
+
+static zmlx_status check_names(const char *what, const char *const *names, int n) {
+  if (n > 0 && !names) return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel: %s names are NULL", what);
+  for (int i = 0; i < n; i++)
+    if (!valid_identifier(names[i]))
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel: %s name %d ('%s') is not a C identifier",
+                       what, i, names[i] ? names[i] : "(null)");
+  return ZMLX_OK;
+}
+
+static zmlx_status check_desc(const zmlx_kernel_desc *d) {
+  if (!valid_identifier(d->name))
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel: name '%s' is not a C identifier",
+                     d->name ? d->name : "(null)");
+  if (!d->source) return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': source is NULL", d->name);
+  if (d->n_inputs < 0 || d->n_outputs < 1 ||
+      d->n_inputs + d->n_outputs > ZMLX_KERNEL_MAX_ARRAYS)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+                     "kernel '%s': needs at least one output and at most %d arrays (got %d inputs, "
+                     "%d outputs)", d->name, ZMLX_KERNEL_MAX_ARRAYS, d->n_inputs, d->n_outputs);
+  if (d->n_params < 0 || d->n_params > ZMLX_KERNEL_MAX_PARAMS)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': at most %d scalar params", d->name,
+                     ZMLX_KERNEL_MAX_PARAMS);
+  ZMLX_CHECK(check_names("input", d->input_names, d->n_inputs));
+  ZMLX_CHECK(check_names("output", d->output_names, d->n_outputs));
+  ZMLX_CHECK(check_names("param", d->param_names, d->n_params));
+  for (int i = 0; i < d->n_params; i++) {
+    zmlx_dtype t = d->param_dtypes ? d->param_dtypes[i] : ZMLX_F32;
+    if (t != ZMLX_F32 && t != ZMLX_F64 && t != ZMLX_I32 && t != ZMLX_U32 && t != ZMLX_I64)
+      return zmlx_fail(ZMLX_ERR_DTYPE, "kernel '%s': param '%s' has dtype %s (use f32, f64, i32, "
+                       "u32 or i64)", d->name, d->param_names[i], zmlx_dtype_name(t));
+  }
+  return ZMLX_OK;
+}
+
+static void scan_references(zmlx_kernel *k) {
+  char ident[96];
+  for (int i = 0; i < k->n_inputs + k->n_outputs; i++) {
+    const char *n = k->names[i];
+#define MENTIONS(suffix) \
+  (snprintf(ident, sizeof ident, "%s" suffix, n), \
+   zmlx_mentions_identifier(k->body, ident) || zmlx_mentions_identifier(k->header, ident))
+    k->want_shape[i] = (unsigned char)MENTIONS("_shape");
+    k->want_strides[i] = (unsigned char)MENTIONS("_strides");
+    k->want_ndim[i] = (unsigned char)MENTIONS("_ndim");
+#undef MENTIONS
+  }
+  const char *texts[2] = {k->body, k->header};
+  for (int t = 0; t < 2; t++) {
+    if (!texts[t]) continue;
+    k->uses_barrier |= strstr(texts[t], "zmlx_barrier") != NULL;
+    k->uses_simd |= strstr(texts[t], "zmlx_simd_") != NULL;
+    k->uses_dynamic_shared |= strstr(texts[t], "zmlx_dynamic_shared") != NULL;
+  }
+}
+
+static zmlx_status copy_strings(char ***dst, const char *const *src, int n) {
+  *dst = calloc((size_t)(n ? n : 1), sizeof **dst);
+  if (!*dst) return ZMLX_ERR_OUT_OF_MEMORY;
+  for (int i = 0; i < n; i++)
+    if (!((*dst)[i] = zmlx_strdup(src[i]))) return ZMLX_ERR_OUT_OF_MEMORY;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_kernel_create(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
+  ZMLX_REQUIRE_ARG(desc);
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_CHECK(check_desc(desc));
+  zmlx_kernel *k = calloc(1, sizeof *k);
+  if (!k) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  k->n_inputs = desc->n_inputs;
+  k->n_outputs = desc->n_outputs;
+  k->n_params = desc->n_params;
+  k->ensure_row_contiguous = desc->ensure_row_contiguous;
+  k->atomic_outputs = desc->atomic_outputs;
+  pthread_mutex_init(&k->lock, NULL);
+  int ok = (k->name = zmlx_strdup(desc->name)) && (k->body = zmlx_strdup(desc->source)) &&
+           (!desc->header || (k->header = zmlx_strdup(desc->header)));
+  size_t elen = strlen(desc->name) + 8;
+  ok = ok && (k->entry = malloc(elen));
+  if (ok) snprintf(k->entry, elen, "zmlx_k_%s", desc->name);
+  const char *all[ZMLX_KERNEL_MAX_ARRAYS];
+  for (int i = 0; i < k->n_inputs; i++) all[i] = desc->input_names[i];
+  for (int i = 0; i < k->n_outputs; i++) all[k->n_inputs + i] = desc->output_names[i];
+  ok = ok && copy_strings(&k->names, all, k->n_inputs + k->n_outputs) == ZMLX_OK;
+  ok = ok && copy_strings(&k->param_names, desc->param_names, k->n_params) == ZMLX_OK;
+  ok = ok && (k->param_dtypes = calloc((size_t)k->n_params + 1, sizeof *k->param_dtypes));
+  for (int i = 0; ok && i < k->n_params; i++)
+    k->param_dtypes[i] = desc->param_dtypes ? desc->param_dtypes[i] : ZMLX_F32;
+  if (!ok) {
+    zmlx_kernel_destroy(k);
+    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  }
+  for (int i = 0; i < k->n_inputs + k->n_outputs; i++)
+    for (int j = 0; j < i; j++)
+      if (!strcmp(k->names[i], k->names[j])) {
+        zmlx_status st = zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': array name '%s' is used twice",
+                                   k->name, k->names[i]);
+        zmlx_kernel_destroy(k);
+        return st;
+      }
+  scan_references(k);
+  *out = k;
+  return ZMLX_OK;
+}
+
+static void free_strings(char **s, int n) {
+  if (!s) return;
+  for (int i = 0; i < n; i++) free(s[i]);
+  free(s);
+}
+
+zmlx_status zmlx_kernel_destroy(zmlx_kernel *k) {
+  if (!k) return ZMLX_OK;
+  for (int v = 0; v < k->n_variants; v++)
+    for (int t = 0; t < k->variants[v].n_templates; t++) free((char *)k->variants[v].templates[t].name);
+  free(k->variants);
+  free_strings(k->names, k->n_inputs + k->n_outputs);
+  free_strings(k->param_names, k->n_params);
+  free(k->param_dtypes);
+  free(k->name);
+  free(k->entry);
+  free(k->body);
+  free(k->header);
+  pthread_mutex_destroy(&k->lock);
+  free(k);
+  return ZMLX_OK;
+}
+
+/* --------------------------------------------------------- specialisation */
+
+static zmlx_status check_templates(const zmlx_kernel *k, const zmlx_template_arg *t, int n) {
+  if (n < 0 || n > ZMLX_KERNEL_MAX_TEMPLATES || (n && !t))
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %d template args (at most %d)", k->name, n,
+                     ZMLX_KERNEL_MAX_TEMPLATES);
+  for (int i = 0; i < n; i++) {
+    if (!valid_identifier(t[i].name))
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': template name '%s' is not an identifier",
+                       k->name, t[i].name ? t[i].name : "(null)");
+    if (t[i].kind == ZMLX_TEMPLATE_DTYPE && zmlx_dtype_size(t[i].dtype) == 0)
+      return zmlx_fail(ZMLX_ERR_DTYPE, "kernel '%s': template '%s' has an invalid dtype", k->name,
+                       t[i].name);
+    if ((unsigned)t[i].kind > ZMLX_TEMPLATE_BOOL)
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': template '%s' has an invalid kind",
+                       k->name, t[i].name);
+  }
+  return ZMLX_OK;
+}
+
+static int templates_equal(const zmlx_template_arg *a, const zmlx_template_arg *b, int n) {
+  for (int i = 0; i < n; i++) {
+    if (a[i].kind != b[i].kind || strcmp(a[i].name, b[i].name)) return 0;
+    if (a[i].kind == ZMLX_TEMPLATE_DTYPE ? a[i].dtype != b[i].dtype : a[i].value != b[i].value)
+      return 0;
+  }
+  return 1;
+}
+
+static zmlx_kernel_variant *find_variant(zmlx_kernel *k, zmlx_device *dev, const zmlx_dtype *dt,
+                                         const zmlx_template_arg *t, int nt) {
+  int na = k->n_inputs + k->n_outputs;
+  for (int v = 0; v < k->n_variants; v++) {
+    zmlx_kernel_variant *var = &k->variants[v];
+    if (var->device == dev && var->n_templates == nt &&
+        !memcmp(var->dtypes, dt, (size_t)na * sizeof *dt) && templates_equal(var->templates, t, nt))
+      return var;
+  }
+  return NULL;
+}
+
+static zmlx_kernel_variant *add_variant(zmlx_kernel *k, zmlx_device *dev, const zmlx_dtype *dt,
+                                        const zmlx_template_arg *t, int nt) {
+  if (k->n_variants == k->cap_variants) {
+    int cap = k->cap_variants ? 2 * k->cap_variants : 4;
+    zmlx_kernel_variant *nv = realloc(k->variants, (size_t)cap * sizeof *nv);
+    if (!nv) return NULL;
+    k->variants = nv;
+    k->cap_variants = cap;
+  }
+  zmlx_kernel_variant *var = &k->variants[k->n_variants];
+  memset(var, 0, sizeof *var);
+  var->device = dev;
+  memcpy(var->dtypes, dt, (size_t)(k->n_inputs + k->n_outputs) * sizeof *dt);
+  for (int i = 0; i < nt; i++) {
+    var->templates[i] = t[i];
+    if (!(var->templates[i].name = zmlx_strdup(t[i].name))) {
+      for (int j = 0; j < i; j++) free((char *)var->templates[j].name);
+      return NULL;
+    }
+  }
+  var->n_templates = nt;
+  k->n_variants++;
+  return var;
+}
+
+/* Guarding out-of-grid threads is only safe when no thread waits at a barrier. */
+static int wants_guard(const zmlx_kernel *k) { return !(k->uses_barrier || k->uses_simd); }
+
+static zmlx_status compile_variant(zmlx_kernel *k, zmlx_device *dev, const zmlx_dtype *dt,
+                                   const zmlx_template_arg *t, int nt, void **function) {
+  char *src = NULL;
+  int body_line = 0;
+  ZMLX_CHECK(zmlx_kernel_assemble(k, dev->ops->dialect, dt, t, nt, wants_guard(k), &src, &body_line));
+  char what[160];
+  snprintf(what, sizeof what, "kernel '%s'", k->name);
+  zmlx_compile_request req = {.device = dev, .entry = k->entry, .source = src, .options = "",
+                              .body_first_line = body_line, .what = what};
+  zmlx_cache_key key;
+  zmlx_status st = zmlx_cache_make_key(&req, &key);
+  if (st == ZMLX_OK) st = zmlx_cache_get_function(&req, &key, function);
+  free(src);
+  return st;
+}
+
+/* The loaded function for this call, compiling at most once per variant. */
+static zmlx_status get_function(zmlx_kernel *k, zmlx_device *dev, const zmlx_dtype *dt,
+                                const zmlx_template_arg *t, int nt, void **function) {
+  uint64_t gen = zmlx_cache_generation();
+  pthread_mutex_lock(&k->lock);
+  zmlx_kernel_variant *var = find_variant(k, dev, dt, t, nt);
+  if (var && var->function && var->generation == gen) {
+    *function = var->function;
+    pthread_mutex_unlock(&k->lock);
+    return ZMLX_OK;
+  }
+  /* Compile under the kernel's lock: concurrent first calls of the same
+   * kernel wait for one compile instead of racing several. */
+  zmlx_status st = compile_variant(k, dev, dt, t, nt, function);
+  if (st == ZMLX_OK) {
+    if (!var) var = add_variant(k, dev, dt, t, nt);
+    if (var) {
+      var->function = *function;
+      var->generation = gen;
+    }
+  }
+  pthread_mutex_unlock(&k->lock);
+  return st;
+}
+
+/* ------------------------------------------------------------------ launch */
+
+static zmlx_status resolve_device(const zmlx_kernel *k, zmlx_kernel_call *c, zmlx_device **out) {
+  zmlx_device *dev = c->device;
+  if (!dev && c->stream) dev = c->stream->device;
+  for (int i = 0; i < k->n_inputs && !dev; i++) dev = c->inputs[i]->buffer->device;
+  for (int i = 0; i < k->n_outputs && !dev; i++)
+    if (c->outputs[i]) dev = c->outputs[i]->buffer->device;
+  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  if (c->stream && c->stream->device != dev)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': the stream belongs to another device",
+                     k->name);
+  for (int i = 0; i < k->n_inputs; i++)
+    if (c->inputs[i]->buffer->device != dev)
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': input '%s' is on %s device %d, the "
+                       "launch is on %s device %d", k->name, k->names[i],
+                       zmlx_backend_name(c->inputs[i]->buffer->device->ops->kind),
+                       c->inputs[i]->buffer->device->index, zmlx_backend_name(dev->ops->kind),
+                       dev->index);
+  *out = dev;
+  return ZMLX_OK;
+}
+
+static zmlx_status check_call(const zmlx_kernel *k, const zmlx_kernel_call *c) {
+  if (c->n_inputs != k->n_inputs || c->n_outputs != k->n_outputs)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s' takes %d input%s and %d output%s; the call "
+                     "gives %d and %d", k->name, k->n_inputs, k->n_inputs == 1 ? "" : "s",
+                     k->n_outputs, k->n_outputs == 1 ? "" : "s", c->n_inputs, c->n_outputs);
+  if (k->n_inputs && !c->inputs)
+    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': inputs is NULL but the kernel takes %d",
+                     k->name, k->n_inputs);
+  for (int i = 0; i < k->n_inputs; i++)
+    if (!c->inputs[i])
+      return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': input %d ('%s') is NULL", k->name, i,
+                       k->names[i]);
+  if (!c->outputs)
+    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': outputs (an array of %d slots) is NULL",
+                     k->name, k->n_outputs);
+  if (k->n_params && !c->params)
+    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': params is NULL but the kernel takes %d",
+                     k->name, k->n_params);
+  return check_templates(k, c->templates, c->n_templates);
+}
+
+static zmlx_status check_geometry(const zmlx_kernel *k, const zmlx_device *dev,
+                                  const zmlx_kernel_call *c, uint32_t blocks[3],
+                                  uint32_t threads[3]) {
+  int64_t tg_total = 1;
+  for (int d = 0; d < 3; d++) {
+    if (c->grid[d] < 1 || c->grid[d] > (int64_t)UINT32_MAX || c->threadgroup[d] < 1)
+      return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': grid (%lld, %lld, %lld) / threadgroup (%d, "
+                       "%d, %d): every dimension must be in 1..%u", k->name,
+                       (long long)c->grid[0], (long long)c->grid[1], (long long)c->grid[2],
+                       c->threadgroup[0], c->threadgroup[1], c->threadgroup[2], UINT32_MAX);
+    tg_total *= c->threadgroup[d];
+    threads[d] = (uint32_t)c->threadgroup[d];
+    blocks[d] = (uint32_t)((c->grid[d] + c->threadgroup[d] - 1) / c->threadgroup[d]);
+    if (!wants_guard(k) && c->grid[d] % c->threadgroup[d])
+      return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s' uses barriers or SIMD helpers, so its grid "
+                       "must be a multiple of the threadgroup (dimension %d: grid %lld, "
+                       "threadgroup %d)", k->name, d, (long long)c->grid[d], c->threadgroup[d]);
+  }
+  int limit = dev->info.max_threads_per_threadgroup;
+  if (k->uses_simd && !dev->info.native_simd && limit > 1024) limit = 1024;
+  if (tg_total > limit)
+    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': threadgroup of %lld threads exceeds the "
+                     "device limit of %d", k->name, (long long)tg_total, limit);
+  if ((blocks[1] > 65535 || blocks[2] > 65535) && dev->ops->kind == ZMLX_BACKEND_CUDA)
+    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %u x %u threadgroups in y/z exceed CUDA's "
+                     "65535", k->name, blocks[1], blocks[2]);
+  if (c->dynamic_shared_bytes > dev->info.max_shared_memory)
+    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %zu bytes of dynamic threadgroup memory "
+                     "exceed the device's %zu", k->name, c->dynamic_shared_bytes,
+                     dev->info.max_shared_memory);
+  return ZMLX_OK;
+}
+
+/* Allocate missing outputs; check given ones. Sets owned[i] for new ones. */
+static zmlx_status prepare_outputs(const zmlx_kernel *k, zmlx_device *dev, zmlx_stream *s,
+                                   zmlx_kernel_call *c, int *owned) {
+  for (int i = 0; i < k->n_outputs; i++) {
+    const char *name = k->names[k->n_inputs + i];
+    owned[i] = 0;
+    if (c->outputs[i]) {
+      zmlx_array *o = c->outputs[i];
+      if (o->buffer->device != dev)
+        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' is on another device",
+                         k->name, name);
+      if (!zmlx_array_is_contiguous(o))
+        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' must be contiguous",
+                         k->name, name);
+      continue;
+    }
+    if (!c->output_ndims || !c->output_shapes || !c->output_dtypes)
+      return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': output '%s' is not given, and "
+                       "output_ndims / output_shapes / output_dtypes are missing", k->name, name);
+    zmlx_status st = zmlx_array_alloc(dev, s, c->output_dtypes[i], c->output_ndims[i],
+                                      c->output_shapes[i], &c->outputs[i]);
+    if (st != ZMLX_OK) return zmlx_fail_context(st, "kernel '%s': output '%s'", k->name, name);
+    owned[i] = 1;
+  }
+  if (k->atomic_outputs)
+    for (int i = 0; i < k->n_outputs; i++) {
+      zmlx_dtype dt = c->outputs[i]->dtype;
+      if (dt != ZMLX_F32 && dt != ZMLX_I32 && dt != ZMLX_U32)
+        return zmlx_fail(ZMLX_ERR_DTYPE, "kernel '%s': atomic output '%s' must be f32, i32 or u32, "
+                         "not %s", k->name, k->names[k->n_inputs + i], zmlx_dtype_name(dt));
+    }
+  return ZMLX_OK;
+}
+
+/* Inputs as launched: dense copies of strided ones when asked for. */
+static zmlx_status prepare_inputs(const zmlx_kernel *k, zmlx_kernel_call *c, zmlx_array **in) {
+  for (int i = 0; i < k->n_inputs; i++) {
+    if (k->ensure_row_contiguous && !zmlx_array_is_contiguous(c->inputs[i])) {
+      ZMLX_CHECK(zmlx_array_contiguous(c->inputs[i], &in[i]));
+    }
+  }
+  return ZMLX_OK;
+}
+
+typedef union scalar_value {
+  float f32;
+  double f64;
+  int32_t i32;
+  uint32_t u32;
+  int64_t i64;
+} scalar_value;
+
+static size_t convert_scalar(zmlx_dtype dt, double v, scalar_value *out) {
+  switch (dt) {
+    case ZMLX_F64: out->f64 = v; return 8;
+    case ZMLX_I32: out->i32 = (int32_t)v; return 4;
+    case ZMLX_U32: out->u32 = (uint32_t)v; return 4;
+    case ZMLX_I64: out->i64 = (int64_t)v; return 8;
+    default: out->f32 = (float)v; return 4;
+  }
+}
+
+typedef struct launch_scratch {
+  zmlx_launch_arg args[ZMLX_KERNEL_MAX_ARRAYS * 4 + ZMLX_KERNEL_MAX_PARAMS + 3];
+  zmlx_kshape shapes[ZMLX_KERNEL_MAX_ARRAYS];
+  zmlx_kstrides strides[ZMLX_KERNEL_MAX_ARRAYS];
+  int32_t ndims[ZMLX_KERNEL_MAX_ARRAYS];
+  scalar_value scalars[ZMLX_KERNEL_MAX_PARAMS];
+  uint32_t grid[3];
+  int n;
+} launch_scratch;
+
+static void push_array(launch_scratch *ls, const zmlx_kernel *k, int i, const zmlx_array *a) {
+  size_t es = zmlx_dtype_size(a->dtype);
+  ls->args[ls->n++] = (zmlx_launch_arg){.kind = ZMLX_ARG_BUFFER, .buffer = a->buffer->handle,
+                                        .byte_offset = (size_t)a->offset * es, .elem_size = es};
+  if (k->want_shape[i]) {
+    for (int d = 0; d < ZMLX_MAX_DIMS; d++)
+      ls->shapes[i].v[d] = d < a->ndim ? (int32_t)a->shape[d] : 1;
+    ls->args[ls->n++] = (zmlx_launch_arg){.kind = ZMLX_ARG_SCALAR, .value = &ls->shapes[i],
+                                          .size = sizeof ls->shapes[i]};
+  }
+  if (k->want_strides[i]) {
+    for (int d = 0; d < ZMLX_MAX_DIMS; d++) ls->strides[i].v[d] = d < a->ndim ? a->strides[d] : 0;
+    ls->args[ls->n++] = (zmlx_launch_arg){.kind = ZMLX_ARG_SCALAR, .value = &ls->strides[i],
+                                          .size = sizeof ls->strides[i]};
+  }
+  if (k->want_ndim[i]) {
+    ls->ndims[i] = a->ndim;
+    ls->args[ls->n++] = (zmlx_launch_arg){.kind = ZMLX_ARG_SCALAR, .value = &ls->ndims[i],
+                                          .size = sizeof ls->ndims[i]};
+  }
+}
+
+static void build_args(launch_scratch *ls, const zmlx_kernel *k, zmlx_array *const *arrays,
+                       const zmlx_kernel_call *c) {
+  ls->n = 0;
+  for (int i = 0; i < k->n_inputs + k->n_outputs; i++) push_array(ls, k, i, arrays[i]);
+  for (int i = 0; i < k->n_params; i++) {
+    size_t sz = convert_scalar(k->param_dtypes[i], c->params[i], &ls->scalars[i]);
+    ls->args[ls->n++] = (zmlx_launch_arg){.kind = ZMLX_ARG_SCALAR, .value = &ls->scalars[i], .size = sz};
+  }
+  for (int d = 0; d < 3; d++) {
+    ls->grid[d] = (uint32_t)c->grid[d];
+    ls->args[ls->n++] = (zmlx_launch_arg){.kind = ZMLX_ARG_SCALAR, .value = &ls->grid[d], .size = 4};
+  }
+}
+
+static void release_outputs_on_error(const zmlx_kernel *k, zmlx_kernel_call *c, const int *owned) {
+  for (int i = 0; i < k->n_outputs; i++)
+    if (owned[i]) {
+      zmlx_array_release(c->outputs[i]);
+      c->outputs[i] = NULL;
+    }
+}
+
+static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream *s,
+                                   zmlx_kernel_call *c, zmlx_array **arrays) {
+  uint32_t blocks[3], threads[3];
+  ZMLX_CHECK(check_geometry(k, dev, c, blocks, threads));
+  zmlx_dtype dtypes[ZMLX_KERNEL_MAX_ARRAYS];
+  for (int i = 0; i < k->n_inputs + k->n_outputs; i++) dtypes[i] = arrays[i]->dtype;
+  void *fn;
+  ZMLX_CHECK(get_function(k, dev, dtypes, c->templates, c->n_templates, &fn));
+  if (c->has_init_value)
+    for (int i = 0; i < k->n_outputs; i++)
+      ZMLX_CHECK(zmlx_builtin_fill(arrays[k->n_inputs + i], c->init_value, s));
+  launch_scratch ls;
+  build_args(&ls, k, arrays, c);
+  return dev->ops->launch(dev->index, s->handle, fn, blocks, threads, c->dynamic_shared_bytes,
+                          ls.args, ls.n);
+}
+
+zmlx_status zmlx_kernel_launch(zmlx_kernel *k, zmlx_kernel_call *c) {
+  ZMLX_REQUIRE_ARG(k);
+  ZMLX_REQUIRE_ARG(c);
+  ZMLX_CHECK(check_call(k, c));
+  zmlx_device *dev = NULL;
+  ZMLX_CHECK(resolve_device(k, c, &dev));
+  zmlx_stream *s = zmlx_stream_or_default(c->stream, dev);
+  int owned[ZMLX_KERNEL_MAX_ARRAYS] = {0};
+  zmlx_status st = prepare_outputs(k, dev, s, c, owned);
+  if (st != ZMLX_OK) {
+    release_outputs_on_error(k, c, owned);
+    return st;
+  }
+  zmlx_array *copies[ZMLX_KERNEL_MAX_ARRAYS] = {0}, *arrays[ZMLX_KERNEL_MAX_ARRAYS];
+  st = prepare_inputs(k, c, copies);
+  for (int i = 0; i < k->n_inputs; i++) arrays[i] = copies[i] ? copies[i] : c->inputs[i];
+  for (int i = 0; i < k->n_outputs; i++) arrays[k->n_inputs + i] = c->outputs[i];
+  if (st == ZMLX_OK) st = launch_prepared(k, dev, s, c, arrays);
+  for (int i = 0; i < k->n_inputs; i++) zmlx_array_release(copies[i]);
+  if (st != ZMLX_OK) release_outputs_on_error(k, c, owned);
+  return st;
+}
+
+/* ------------------------------------------------------------------ source */
+
+zmlx_status zmlx_kernel_source(zmlx_kernel *k, zmlx_backend backend, const zmlx_kernel_call *c,
+                               const zmlx_dtype *input_dtypes, char **out) {
+  ZMLX_REQUIRE_ARG(k);
+  ZMLX_REQUIRE_ARG(out);
+  const zmlx_dialect *d = zmlx_dialect_for(backend);
+  if (!d)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_source: backend must be cuda, opencl or "
+                     "metal, not %s", zmlx_backend_name(backend));
+  zmlx_dtype dtypes[ZMLX_KERNEL_MAX_ARRAYS];
+  for (int i = 0; i < k->n_inputs; i++) {
+    if (c && c->inputs && c->inputs[i]) dtypes[i] = c->inputs[i]->dtype;
+    else if (input_dtypes) dtypes[i] = input_dtypes[i];
+    else return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_source: no dtype for input '%s'",
+                          k->names[i]);
+  }
+  for (int i = 0; i < k->n_outputs; i++) {
+    if (c && c->outputs && c->outputs[i]) dtypes[k->n_inputs + i] = c->outputs[i]->dtype;
+    else if (c && c->output_dtypes) dtypes[k->n_inputs + i] = c->output_dtypes[i];
+    else return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_source: no dtype for output '%s'",
+                          k->names[k->n_inputs + i]);
+  }
+  const zmlx_template_arg *t = c ? c->templates : NULL;
+  int nt = c ? c->n_templates : 0;
+  ZMLX_CHECK(check_templates(k, t, nt));
+  return zmlx_kernel_assemble(k, d, dtypes, t, nt, wants_guard(k), out, NULL);
+}

@@ -1,0 +1,60 @@
+/* Kernel object internals shared by kernel.c (launch) and source.c
+ * (assembly of the full source for a backend). */
+#ifndef ZMLX_KERNEL_KERNEL_H
+#define ZMLX_KERNEL_KERNEL_H
+
+#include <pthread.h>
+
+#include "kernel/cache.h"
+#include "runtime/internal.h"
+
+#define ZMLX_KERNEL_MAX_ARRAYS 32
+#define ZMLX_KERNEL_MAX_PARAMS 16
+#define ZMLX_KERNEL_MAX_TEMPLATES 16
+
+/* One compiled specialisation: a device and the dtypes / template values a
+ * call used. Looked up on every launch, so comparing it must be cheap. */
+typedef struct zmlx_kernel_variant {
+  zmlx_device *device;
+  zmlx_dtype dtypes[ZMLX_KERNEL_MAX_ARRAYS]; /* inputs then outputs */
+  int n_templates;
+  zmlx_template_arg templates[ZMLX_KERNEL_MAX_TEMPLATES]; /* names owned */
+  void *function;
+  uint64_t generation; /* zmlx_cache_generation() when `function` was fetched */
+} zmlx_kernel_variant;
+
+struct zmlx_kernel {
+  char *name;
+  char *entry;     /* function name in generated source */
+  char **names;    /* inputs then outputs */
+  int n_inputs, n_outputs;
+  char **param_names;
+  zmlx_dtype *param_dtypes;
+  int n_params;
+  char *body;
+  char *header;
+  int ensure_row_contiguous;
+  int atomic_outputs;
+  /* What the body (or header) references, found by scanning identifiers. */
+  unsigned char want_shape[ZMLX_KERNEL_MAX_ARRAYS];
+  unsigned char want_strides[ZMLX_KERNEL_MAX_ARRAYS];
+  unsigned char want_ndim[ZMLX_KERNEL_MAX_ARRAYS];
+  int uses_barrier, uses_simd, uses_dynamic_shared;
+
+  pthread_mutex_t lock; /* guards variants */
+  zmlx_kernel_variant *variants;
+  int n_variants, cap_variants;
+};
+
+/* Assemble the full source of `k` for dialect `d`. `dtypes` holds the
+ * n_inputs + n_outputs array dtypes. *body_first_line gets the 1-based line
+ * where the user body starts (for compile-error mapping). */
+zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
+                                 const zmlx_dtype *dtypes, const zmlx_template_arg *templates,
+                                 int n_templates, int guard_grid, char **source,
+                                 int *body_first_line);
+
+/* Whether identifier `ident` occurs as a whole token in `text`. */
+int zmlx_mentions_identifier(const char *text, const char *ident);
+
+#endif /* ZMLX_KERNEL_KERNEL_H */

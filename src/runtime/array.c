@@ -1,0 +1,406 @@
+/* zmlx_array: reference-counted, strided views over shared device buffers. */
+#include "runtime/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+atomic_llong zmlx_live_arrays;
+
+/* ------------------------------------------------------------------ buffers */
+
+static zmlx_status buffer_create(zmlx_device *dev, zmlx_stream *s, size_t bytes,
+                                 zmlx_buffer **out) {
+  zmlx_buffer *b = calloc(1, sizeof *b);
+  if (!b) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  zmlx_status st = dev->ops->alloc(dev->index, s->handle, bytes, &b->handle);
+  if (st != ZMLX_OK) {
+    free(b);
+    return st;
+  }
+  atomic_init(&b->refcount, 1);
+  b->device = dev;
+  b->bytes = bytes;
+  *out = b;
+  return ZMLX_OK;
+}
+
+static void buffer_release(zmlx_buffer *b) {
+  if (atomic_fetch_sub(&b->refcount, 1) != 1) return;
+  if (b->release_foreign)
+    b->release_foreign(b->foreign_ctx);
+  else if (b->device->default_stream) /* NULL after zmlx_shutdown(): memory went with it */
+    b->device->ops->free(b->device->index, b->device->default_stream->handle, b->handle);
+  free(b);
+}
+
+/* ------------------------------------------------------------------- shapes */
+
+void zmlx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides) {
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= shape[i] > 0 ? shape[i] : 1;
+  }
+}
+
+zmlx_status zmlx_check_shape(zmlx_dtype dt, int ndim, const int64_t *shape, int64_t *size) {
+  if (zmlx_dtype_size(dt) == 0) return zmlx_fail(ZMLX_ERR_DTYPE, "invalid dtype %d", (int)dt);
+  if (ndim < 0 || ndim > ZMLX_MAX_DIMS)
+    return zmlx_fail(ZMLX_ERR_SHAPE, "ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
+  if (ndim > 0 && !shape) return zmlx_fail(ZMLX_ERR_NULL_ARG, "shape is NULL with ndim %d", ndim);
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) {
+      char b[200];
+      return zmlx_fail(ZMLX_ERR_SHAPE, "negative size in shape %s", zmlx_shape_str(b, sizeof b, ndim, shape));
+    }
+    if (shape[i] && n > INT64_MAX / 16 / shape[i])
+      return zmlx_fail(ZMLX_ERR_SHAPE, "shape is too large (overflows 64-bit sizes)");
+    n *= shape[i];
+  }
+  *size = n;
+  return ZMLX_OK;
+}
+
+static zmlx_array *array_new(zmlx_dtype dt, int ndim, const int64_t *shape) {
+  zmlx_array *a = calloc(1, sizeof *a);
+  if (!a) return NULL;
+  atomic_init(&a->refcount, 1);
+  a->dtype = dt;
+  a->ndim = ndim;
+  a->size = 1;
+  for (int i = 0; i < ndim; i++) {
+    a->shape[i] = shape[i];
+    a->size *= shape[i];
+  }
+  atomic_fetch_add(&zmlx_live_arrays, 1);
+  return a;
+}
+
+zmlx_status zmlx_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, int ndim,
+                             const int64_t *shape, zmlx_array **out) {
+  int64_t size;
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_CHECK(zmlx_check_shape(dt, ndim, shape, &size));
+  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  s = zmlx_stream_or_default(s, dev);
+  if (dt == ZMLX_F64 && !dev->info.has_fp64)
+    return zmlx_fail(ZMLX_ERR_DTYPE, "device '%s' has no f64 support", dev->info.name);
+  zmlx_array *a = array_new(dt, ndim, shape);
+  if (!a) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  zmlx_contiguous_strides(ndim, shape, a->strides);
+  zmlx_status st = buffer_create(dev, s, (size_t)size * zmlx_dtype_size(dt), &a->buffer);
+  if (st != ZMLX_OK) {
+    atomic_fetch_sub(&zmlx_live_arrays, 1);
+    free(a);
+    return st;
+  }
+  *out = a;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_array_make_view(zmlx_array *base, int ndim, const int64_t *shape,
+                                 const int64_t *strides, int64_t offset, zmlx_array **out) {
+  zmlx_array *a = array_new(base->dtype, ndim, shape);
+  if (!a) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  for (int i = 0; i < ndim; i++) a->strides[i] = strides[i];
+  a->offset = offset;
+  a->buffer = base->buffer;
+  atomic_fetch_add(&a->buffer->refcount, 1);
+  *out = a;
+  return ZMLX_OK;
+}
+
+/* ----------------------------------------------------------------- creation */
+
+zmlx_status zmlx_array_empty(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                             zmlx_array **out) {
+  return zmlx_array_alloc(dev, NULL, dt, ndim, shape, out);
+}
+
+zmlx_status zmlx_array_full(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                            double value, zmlx_array **out) {
+  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
+  zmlx_status st = zmlx_builtin_fill(*out, value, NULL);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+zmlx_status zmlx_array_zeros(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                             zmlx_array **out) {
+  return zmlx_array_full(dev, dt, ndim, shape, 0.0, out);
+}
+
+zmlx_status zmlx_array_from_host(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                                 const void *data, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(data);
+  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
+  zmlx_array *a = *out;
+  zmlx_device *d = a->buffer->device;
+  size_t bytes = (size_t)a->size * zmlx_dtype_size(dt);
+  zmlx_status st = bytes ? d->ops->write(d->index, d->default_stream->handle, a->buffer->handle,
+                                         0, data, bytes)
+                         : ZMLX_OK;
+  if (st != ZMLX_OK) {
+    zmlx_array_release(a);
+    *out = NULL;
+  }
+  return st;
+}
+
+zmlx_status zmlx_array_arange(zmlx_device *dev, zmlx_dtype dt, double start, double step,
+                              int64_t n, zmlx_array **out) {
+  if (n < 0) return zmlx_fail(ZMLX_ERR_SHAPE, "arange: negative length %lld", (long long)n);
+  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, 1, &n, out));
+  zmlx_status st = zmlx_builtin_arange(*out, start, step, NULL);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+static zmlx_status random_array(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                                uint64_t seed, int normal, double p0, double p1,
+                                zmlx_array **out) {
+  if (dt != ZMLX_F32 && dt != ZMLX_F16 && dt != ZMLX_BF16 && dt != ZMLX_F64)
+    return zmlx_fail(ZMLX_ERR_DTYPE, "random arrays must be floating point, not %s",
+                     zmlx_dtype_name(dt));
+  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
+  zmlx_status st = zmlx_builtin_random(*out, seed, normal, p0, p1, NULL);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+zmlx_status zmlx_array_random_uniform(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                      const int64_t *shape, uint64_t seed, double low,
+                                      double high, zmlx_array **out) {
+  return random_array(dev, dt, ndim, shape, seed, 0, low, high, out);
+}
+
+zmlx_status zmlx_array_random_normal(zmlx_device *dev, zmlx_dtype dt, int ndim,
+                                     const int64_t *shape, uint64_t seed, double mean,
+                                     double stddev, zmlx_array **out) {
+  return random_array(dev, dt, ndim, shape, seed, 1, mean, stddev, out);
+}
+
+/* ------------------------------------------------------- reference counting */
+
+zmlx_status zmlx_array_retain(zmlx_array *a) {
+  ZMLX_REQUIRE_ARG(a);
+  atomic_fetch_add(&a->refcount, 1);
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_array_release(zmlx_array *a) {
+  if (!a) return ZMLX_OK;
+  if (atomic_fetch_sub(&a->refcount, 1) != 1) return ZMLX_OK;
+  buffer_release(a->buffer);
+  atomic_fetch_sub(&zmlx_live_arrays, 1);
+  free(a);
+  return ZMLX_OK;
+}
+
+int64_t zmlx_array_live_count(void) { return atomic_load(&zmlx_live_arrays); }
+
+/* ------------------------------------------------------------ introspection */
+
+zmlx_dtype zmlx_array_dtype(const zmlx_array *a) { return a->dtype; }
+int zmlx_array_ndim(const zmlx_array *a) { return a->ndim; }
+const int64_t *zmlx_array_shape(const zmlx_array *a) { return a->shape; }
+const int64_t *zmlx_array_strides(const zmlx_array *a) { return a->strides; }
+int64_t zmlx_array_offset(const zmlx_array *a) { return a->offset; }
+int64_t zmlx_array_size(const zmlx_array *a) { return a->size; }
+size_t zmlx_array_nbytes(const zmlx_array *a) {
+  return (size_t)a->size * zmlx_dtype_size(a->dtype);
+}
+zmlx_device *zmlx_array_device(const zmlx_array *a) { return a->buffer->device; }
+
+int zmlx_array_is_contiguous(const zmlx_array *a) {
+  int64_t expect = 1;
+  for (int i = a->ndim - 1; i >= 0; i--) {
+    if (a->shape[i] != 1 && a->strides[i] != expect) return a->size == 0;
+    expect *= a->shape[i];
+  }
+  return 1;
+}
+
+/* --------------------------------------------------------------- host access */
+
+zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_bytes) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(dst);
+  size_t bytes = zmlx_array_nbytes(a);
+  if (dst_bytes != bytes)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "to_host: destination has %zu bytes, array has %zu",
+                     dst_bytes, bytes);
+  if (bytes == 0) return ZMLX_OK;
+  zmlx_array *dense = NULL;
+  ZMLX_CHECK(zmlx_array_contiguous(a, &dense));
+  zmlx_device *d = dense->buffer->device;
+  zmlx_status st =
+      d->ops->read(d->index, d->default_stream->handle, dense->buffer->handle,
+                   (size_t)dense->offset * zmlx_dtype_size(dense->dtype), dst, bytes);
+  zmlx_array_release(dense);
+  return st;
+}
+
+static double element_to_double(zmlx_dtype dt, const void *p) {
+  switch (dt) {
+    case ZMLX_BOOL:
+    case ZMLX_U8: return *(const uint8_t *)p;
+    case ZMLX_I8: return *(const int8_t *)p;
+    case ZMLX_I32: return *(const int32_t *)p;
+    case ZMLX_U32: return *(const uint32_t *)p;
+    case ZMLX_I64: return (double)*(const int64_t *)p;
+    case ZMLX_F16: return zmlx_f16_to_f32(*(const uint16_t *)p);
+    case ZMLX_BF16: return zmlx_bf16_to_f32(*(const uint16_t *)p);
+    case ZMLX_F32: return *(const float *)p;
+    case ZMLX_F64: return *(const double *)p;
+    default: return 0;
+  }
+}
+
+zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(out);
+  if (flat_index < 0 || flat_index >= a->size)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "item: index %lld outside an array of %lld elements",
+                     (long long)flat_index, (long long)a->size);
+  int64_t off = a->offset, rem = flat_index;
+  for (int i = a->ndim - 1; i >= 0; i--) {
+    off += (rem % a->shape[i]) * a->strides[i];
+    rem /= a->shape[i];
+  }
+  unsigned char tmp[8];
+  zmlx_device *d = a->buffer->device;
+  size_t es = zmlx_dtype_size(a->dtype);
+  ZMLX_CHECK(d->ops->read(d->index, d->default_stream->handle, a->buffer->handle,
+                          (size_t)off * es, tmp, es));
+  *out = element_to_double(a->dtype, tmp);
+  return ZMLX_OK;
+}
+
+/* -------------------------------------------------------------------- views */
+
+zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(out);
+  if (ndim < 0 || ndim > ZMLX_MAX_DIMS || (ndim && !shape))
+    return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
+  int64_t resolved[ZMLX_MAX_DIMS], known = 1;
+  int infer = -1;
+  for (int i = 0; i < ndim; i++) {
+    resolved[i] = shape[i];
+    if (shape[i] == -1 && infer < 0) {
+      infer = i;
+      continue;
+    }
+    if (shape[i] < 0) return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: invalid size %lld", (long long)shape[i]);
+    known *= shape[i];
+  }
+  if (infer >= 0) resolved[infer] = known ? a->size / known : 0;
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= resolved[i];
+  if (n != a->size) {
+    char b1[200], b2[200];
+    return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: cannot view shape %s (%lld elements) as %s",
+                     zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape), (long long)a->size,
+                     zmlx_shape_str(b2, sizeof b2, ndim, shape));
+  }
+  zmlx_array *src = NULL;
+  ZMLX_CHECK(zmlx_array_contiguous(a, &src));
+  int64_t strides[ZMLX_MAX_DIMS];
+  zmlx_contiguous_strides(ndim, resolved, strides);
+  zmlx_status st = zmlx_array_make_view(src, ndim, resolved, strides, src->offset, out);
+  zmlx_array_release(src);
+  return st;
+}
+
+zmlx_status zmlx_array_transpose(zmlx_array *a, const int *perm, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(out);
+  int p[ZMLX_MAX_DIMS], seen[ZMLX_MAX_DIMS] = {0};
+  for (int i = 0; i < a->ndim; i++) {
+    p[i] = perm ? perm[i] : a->ndim - 1 - i;
+    if (p[i] < 0 || p[i] >= a->ndim || seen[p[i]]++)
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "transpose: axis list is not a permutation of 0..%d",
+                       a->ndim - 1);
+  }
+  int64_t shape[ZMLX_MAX_DIMS], strides[ZMLX_MAX_DIMS];
+  for (int i = 0; i < a->ndim; i++) {
+    shape[i] = a->shape[p[i]];
+    strides[i] = a->strides[p[i]];
+  }
+  return zmlx_array_make_view(a, a->ndim, shape, strides, a->offset, out);
+}
+
+/* Python's slice.indices() for step > 0. */
+static int64_t clamp_index(int64_t i, int64_t n) {
+  if (i < 0) i += n;
+  if (i < 0) return 0;
+  return i > n ? n : i;
+}
+
+zmlx_status zmlx_array_slice(zmlx_array *a, const int64_t *start, const int64_t *stop,
+                             const int64_t *step, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(out);
+  if (a->ndim && (!start || !stop))
+    return zmlx_fail(ZMLX_ERR_NULL_ARG, "slice: start and stop are required");
+  int64_t shape[ZMLX_MAX_DIMS], strides[ZMLX_MAX_DIMS], offset = a->offset;
+  for (int i = 0; i < a->ndim; i++) {
+    int64_t st = step ? step[i] : 1;
+    if (st <= 0) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "slice: step %lld on axis %d must be > 0",
+                                  (long long)st, i);
+    int64_t b = clamp_index(start[i], a->shape[i]), e = clamp_index(stop[i], a->shape[i]);
+    shape[i] = e > b ? (e - b + st - 1) / st : 0;
+    strides[i] = a->strides[i] * st;
+    if (shape[i]) offset += b * a->strides[i];
+  }
+  return zmlx_array_make_view(a, a->ndim, shape, strides, offset, out);
+}
+
+zmlx_status zmlx_array_contiguous(zmlx_array *a, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(out);
+  if (zmlx_array_is_contiguous(a)) {
+    atomic_fetch_add(&a->refcount, 1);
+    *out = a;
+    return ZMLX_OK;
+  }
+  return zmlx_array_astype(a, a->dtype, out);
+}
+
+zmlx_status zmlx_array_astype(zmlx_array *a, zmlx_dtype dt, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(out);
+  ZMLX_CHECK(zmlx_array_alloc(a->buffer->device, NULL, dt, a->ndim, a->shape, out));
+  zmlx_status st = a->size ? zmlx_builtin_copy(a, *out, NULL) : ZMLX_OK;
+  if (st != ZMLX_OK) {
+    zmlx_array_release(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+zmlx_status zmlx_array_to_device(zmlx_array *a, zmlx_device *dev, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(a);
+  ZMLX_REQUIRE_ARG(out);
+  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  if (dev == a->buffer->device) return zmlx_array_contiguous(a, out);
+  size_t bytes = zmlx_array_nbytes(a);
+  void *tmp = malloc(bytes ? bytes : 1);
+  if (!tmp) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (%zu bytes)", bytes);
+  zmlx_status st = zmlx_array_to_host(a, tmp, bytes);
+  if (st == ZMLX_OK) st = zmlx_array_from_host(dev, a->dtype, a->ndim, a->shape, tmp, out);
+  free(tmp);
+  return st;
+}

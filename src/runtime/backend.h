@@ -1,0 +1,153 @@
+/*
+ * The backend interface: one table of function pointers per backend, in the
+ * spirit of ggml's ggml_backend_i. Adding a backend means adding a folder
+ * under src/backends/ that fills in these two tables:
+ *
+ *   zmlx_dialect      — how kernel source is rendered for the backend (its
+ *                       prelude and kernel signature). Available even when
+ *                       the backend cannot run here (Metal is emit-only; the
+ *                       CUDA dialect renders on machines with no GPU).
+ *   zmlx_backend_ops  — devices, memory, streams, compile, load, launch.
+ *
+ * Devices are numbered per backend. Buffers and streams are opaque `void *`
+ * handles owned by the backend. All functions return a zmlx_status and set
+ * the thread's error message (zmlx_fail) on failure.
+ */
+#ifndef ZMLX_RUNTIME_BACKEND_H
+#define ZMLX_RUNTIME_BACKEND_H
+
+#include "zmlx.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct zmlx_sb;
+
+/* ------------------------------------------------------------ launch args */
+
+typedef enum zmlx_arg_kind {
+  ZMLX_ARG_BUFFER = 0, /* device buffer + byte offset of element 0 */
+  ZMLX_ARG_SCALAR      /* `size` bytes passed by value (ints, structs) */
+} zmlx_arg_kind;
+
+typedef struct zmlx_launch_arg {
+  zmlx_arg_kind kind;
+  void *buffer;        /* ZMLX_ARG_BUFFER: backend buffer handle */
+  size_t byte_offset;  /* ZMLX_ARG_BUFFER: start of the data */
+  size_t elem_size;    /* ZMLX_ARG_BUFFER: element size (offset in elements for OpenCL) */
+  const void *value;   /* ZMLX_ARG_SCALAR */
+  size_t size;         /* ZMLX_ARG_SCALAR */
+} zmlx_launch_arg;
+
+/* Geometry structs passed by value to kernels that reference
+ * <name>_shape / <name>_strides (same layout on every backend). */
+typedef struct zmlx_kshape { int32_t v[ZMLX_MAX_DIMS]; } zmlx_kshape;
+typedef struct zmlx_kstrides { int64_t v[ZMLX_MAX_DIMS]; } zmlx_kstrides;
+
+/* ------------------------------------------------------------ kernel spec */
+
+/* Everything a dialect needs to render one kernel. Built by the kernel
+ * object (src/kernel/source.c). */
+typedef struct zmlx_kparam {
+  const char *name;
+  zmlx_dtype dtype;
+  int is_output;
+  int is_scalar;   /* a by-value scalar parameter (after all arrays) */
+  int want_shape, want_strides, want_ndim; /* body references them */
+} zmlx_kparam;
+
+typedef struct zmlx_kspec {
+  const char *entry;         /* kernel function name in the source */
+  const zmlx_kparam *params; /* inputs, then outputs, then scalars */
+  int n_params;
+  int guard_grid;            /* emit "return if outside the grid" */
+  int uses_simd;             /* body calls simd helpers (OpenCL fallback scratch) */
+  int uses_dynamic_shared;   /* body uses `threadgroup_dynamic` */
+} zmlx_kspec;
+
+/* Hidden trailing kernel parameters, in this order, for every backend:
+ *   uint zmlx_grid_x, zmlx_grid_y, zmlx_grid_z   (threads, as the user asked)
+ * They give `grid_size` and the out-of-grid guard. */
+#define ZMLX_HIDDEN_GRID_ARGS 3
+
+typedef struct zmlx_dialect {
+  zmlx_backend kind;
+  const char *name;          /* "cuda", "opencl", "metal" */
+  const char *prelude;       /* the dialect vocabulary (src/backends/<b>/prelude.*) */
+  /* Storage type name of a dtype in generated source, e.g. "float",
+   * "zmlx_half" (ushort storage), "zmlx_i64". */
+  const char *(*type_name)(zmlx_dtype dt);
+  /* Render "kernel signature {" plus the index prologue (thread_position_in_grid,
+   * ..., simd scratch) for `spec`. Arrays are pointers named like the params;
+   * <name>_shape etc. follow the array when wanted; the hidden grid args last. */
+  void (*emit_kernel_begin)(const zmlx_kspec *spec, struct zmlx_sb *sb);
+  /* Close the kernel ("}\n" and anything the prologue opened). */
+  void (*emit_kernel_end)(const zmlx_kspec *spec, struct zmlx_sb *sb);
+} zmlx_dialect;
+
+/* ------------------------------------------------------------ runtime ops */
+
+typedef struct zmlx_backend_ops {
+  zmlx_backend kind;
+  const char *name;
+  const zmlx_dialect *dialect;
+
+  /* Probe once: load drivers, count working devices (0 is not an error). */
+  zmlx_status (*init)(int *device_count);
+  void (*shutdown)(void);
+  zmlx_status (*device_info)(int dev, zmlx_device_info *info);
+  /* Identity folded into cache keys: device arch + compiler and driver
+   * versions, so a binary is never loaded on a device it was not built for. */
+  zmlx_status (*cache_identity)(int dev, char *buf, size_t cap);
+
+  zmlx_status (*stream_create)(int dev, void **stream);
+  void (*stream_destroy)(int dev, void *stream);
+  zmlx_status (*stream_sync)(int dev, void *stream);
+
+  /* Stream-ordered where the backend can (cuMemAllocAsync / cuMemFreeAsync). */
+  zmlx_status (*alloc)(int dev, void *stream, size_t bytes, void **buffer);
+  void (*free)(int dev, void *stream, void *buffer);
+  /* Host -> device; returns once `src` may be reused. */
+  zmlx_status (*write)(int dev, void *stream, void *buffer, size_t offset, const void *src,
+                       size_t bytes);
+  /* Device -> host; waits for prior work on the stream and for the copy. */
+  zmlx_status (*read)(int dev, void *stream, const void *buffer, size_t offset, void *dst,
+                      size_t bytes);
+  /* Device -> device, stream-ordered. */
+  zmlx_status (*copy)(int dev, void *stream, void *dst, size_t dst_offset, const void *src,
+                      size_t src_offset, size_t bytes);
+
+  /* Source -> binary (cubin / OpenCL program binary). *log gets the
+   * compiler log (malloc'ed, may be NULL) on success and on failure. */
+  zmlx_status (*compile)(int dev, const char *source, const char *entry, void **binary,
+                         size_t *binary_size, char **log);
+  /* Binary -> launchable function. Fails cleanly on a foreign binary. */
+  zmlx_status (*load)(int dev, const void *binary, size_t binary_size, const char *entry,
+                      void **function);
+  void (*unload)(int dev, void *function);
+  /* Launch `blocks` threadgroups of `threads` each. */
+  zmlx_status (*launch)(int dev, void *stream, void *function, const uint32_t blocks[3],
+                        const uint32_t threads[3], size_t dynamic_shared,
+                        const zmlx_launch_arg *args, int n_args);
+
+  /* DLPack: device type code (kDLCUDA=2, kDLOpenCL=4) and the `data` value
+   * for a buffer (device pointer, or cl_mem handle). */
+  int dlpack_device_type;
+  void *(*dlpack_data)(void *buffer);
+  /* Wrap foreign memory described by DLPack `data` (+ byte offset) as a
+   * buffer handle without copying; NULL if unsupported. */
+  zmlx_status (*wrap_foreign)(int dev, void *data, size_t bytes, void **buffer);
+} zmlx_backend_ops;
+
+/* Tables defined by each backend folder. An ops table is NULL when the
+ * backend was not compiled in. */
+extern const zmlx_dialect zmlx_dialect_cuda;
+extern const zmlx_dialect zmlx_dialect_opencl;
+extern const zmlx_dialect zmlx_dialect_metal;
+extern const zmlx_backend_ops zmlx_backend_cuda_ops;
+extern const zmlx_backend_ops zmlx_backend_opencl_ops;
+
+/* Registry (runtime/device.c). */
+const zmlx_dialect *zmlx_dialect_for(zmlx_backend b);
+
+#endif /* ZMLX_RUNTIME_BACKEND_H */

@@ -1,0 +1,292 @@
+/* Backend registry, devices, default-device choice and streams. */
+#include "runtime/internal.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct backend_slot {
+  const zmlx_backend_ops *ops; /* NULL: not compiled in */
+  pthread_once_t once;
+  zmlx_status init_status;
+  char init_error[512];
+  int count;
+  zmlx_device *devices;
+} backend_slot;
+
+static backend_slot slots[ZMLX_BACKEND_COUNT] = {
+#ifdef ZMLX_HAVE_CUDA
+    [ZMLX_BACKEND_CUDA] = {.ops = &zmlx_backend_cuda_ops, .once = PTHREAD_ONCE_INIT},
+#else
+    [ZMLX_BACKEND_CUDA] = {.once = PTHREAD_ONCE_INIT},
+#endif
+#ifdef ZMLX_HAVE_OPENCL
+    [ZMLX_BACKEND_OPENCL] = {.ops = &zmlx_backend_opencl_ops, .once = PTHREAD_ONCE_INIT},
+#else
+    [ZMLX_BACKEND_OPENCL] = {.once = PTHREAD_ONCE_INIT},
+#endif
+    [ZMLX_BACKEND_METAL] = {.once = PTHREAD_ONCE_INIT},
+};
+
+static _Atomic(zmlx_device *) default_device;
+
+const char *zmlx_backend_name(zmlx_backend b) {
+  switch (b) {
+    case ZMLX_BACKEND_AUTO: return "auto";
+    case ZMLX_BACKEND_CUDA: return "cuda";
+    case ZMLX_BACKEND_OPENCL: return "opencl";
+    case ZMLX_BACKEND_METAL: return "metal";
+    default: return "?";
+  }
+}
+
+zmlx_status zmlx_backend_from_name(const char *name, zmlx_backend *out) {
+  ZMLX_REQUIRE_ARG(name);
+  ZMLX_REQUIRE_ARG(out);
+  for (int b = 0; b < ZMLX_BACKEND_COUNT; b++) {
+    if (!strcmp(name, zmlx_backend_name((zmlx_backend)b))) {
+      *out = (zmlx_backend)b;
+      return ZMLX_OK;
+    }
+  }
+  return zmlx_fail(ZMLX_ERR_INVALID_ARG, "unknown backend '%s' (expected cuda, opencl, metal or auto)",
+                   name);
+}
+
+const zmlx_dialect *zmlx_dialect_for(zmlx_backend b) {
+  switch (b) {
+    case ZMLX_BACKEND_CUDA: return &zmlx_dialect_cuda;
+    case ZMLX_BACKEND_OPENCL: return &zmlx_dialect_opencl;
+    case ZMLX_BACKEND_METAL: return &zmlx_dialect_metal;
+    default: return NULL;
+  }
+}
+
+static zmlx_status make_device(backend_slot *slot, int index, zmlx_device *dev) {
+  dev->ops = slot->ops;
+  dev->index = index;
+  ZMLX_CHECK(slot->ops->device_info(index, &dev->info));
+  dev->info.backend = slot->ops->kind;
+  dev->info.index = index;
+  ZMLX_CHECK(slot->ops->cache_identity(index, dev->cache_identity, sizeof dev->cache_identity));
+  zmlx_stream *s = calloc(1, sizeof *s);
+  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  s->device = dev;
+  s->is_default = 1;
+  zmlx_status st = slot->ops->stream_create(index, &s->handle);
+  if (st != ZMLX_OK) {
+    free(s);
+    return st;
+  }
+  dev->default_stream = s;
+  return ZMLX_OK;
+}
+
+static void init_slot(backend_slot *slot) {
+  int count = 0;
+  slot->init_status = slot->ops->init(&count);
+  if (slot->init_status == ZMLX_OK && count > 0) {
+    slot->devices = calloc((size_t)count, sizeof *slot->devices);
+    if (!slot->devices) slot->init_status = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  }
+  for (int i = 0; slot->init_status == ZMLX_OK && i < count; i++) {
+    slot->init_status = make_device(slot, i, &slot->devices[i]);
+    if (slot->init_status == ZMLX_OK) slot->count = i + 1;
+  }
+  if (slot->init_status != ZMLX_OK)
+    snprintf(slot->init_error, sizeof slot->init_error, "%s", zmlx_last_error());
+}
+
+#define DEFINE_INIT_ONCE(B, fn) \
+  static void fn(void) { init_slot(&slots[B]); }
+DEFINE_INIT_ONCE(ZMLX_BACKEND_CUDA, init_cuda_once)
+DEFINE_INIT_ONCE(ZMLX_BACKEND_OPENCL, init_opencl_once)
+
+/* Initialise one backend on first use; the result is remembered. */
+static zmlx_status backend_init(zmlx_backend b, backend_slot **out) {
+  if ((unsigned)b >= ZMLX_BACKEND_COUNT || b == ZMLX_BACKEND_AUTO)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "invalid backend %d", (int)b);
+  backend_slot *slot = &slots[b];
+  if (b == ZMLX_BACKEND_METAL)
+    return zmlx_fail(ZMLX_ERR_NO_DEVICE,
+                     "the metal backend emits source only (zmlx_kernel_source); it has no devices");
+  if (!slot->ops)
+    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "the %s backend was not compiled into this build",
+                     zmlx_backend_name(b));
+  pthread_once(&slot->once, b == ZMLX_BACKEND_CUDA ? init_cuda_once : init_opencl_once);
+  if (slot->init_status != ZMLX_OK)
+    return zmlx_fail(slot->init_status, "%s", slot->init_error);
+  *out = slot;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_device_count(zmlx_backend b, int *count) {
+  ZMLX_REQUIRE_ARG(count);
+  *count = 0;
+  if (b == ZMLX_BACKEND_AUTO) {
+    zmlx_device *d;
+    ZMLX_CHECK(zmlx_default_device(&d));
+    return zmlx_device_count(d->ops->kind, count);
+  }
+  backend_slot *slot;
+  ZMLX_CHECK(backend_init(b, &slot));
+  *count = slot->count;
+  return ZMLX_OK;
+}
+
+int zmlx_backend_available(zmlx_backend b) {
+  int n = 0;
+  if (b == ZMLX_BACKEND_AUTO) b = ZMLX_BACKEND_CUDA;
+  if (zmlx_device_count(b, &n) != ZMLX_OK) return 0;
+  return n > 0;
+}
+
+zmlx_status zmlx_device_get(zmlx_backend b, int index, zmlx_device **out) {
+  ZMLX_REQUIRE_ARG(out);
+  if (b == ZMLX_BACKEND_AUTO) {
+    zmlx_device *d;
+    ZMLX_CHECK(zmlx_default_device(&d));
+    b = d->ops->kind;
+  }
+  backend_slot *slot;
+  ZMLX_CHECK(backend_init(b, &slot));
+  if (index < 0 || index >= slot->count)
+    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "%s device %d does not exist (%d available)",
+                     zmlx_backend_name(b), index, slot->count);
+  *out = &slot->devices[index];
+  return ZMLX_OK;
+}
+
+/* $ZMLX_BACKEND / $ZMLX_DEVICE, else CUDA 0, else OpenCL 0. */
+static zmlx_status choose_default(zmlx_device **out) {
+  const char *env_b = getenv("ZMLX_BACKEND");
+  const char *env_d = getenv("ZMLX_DEVICE");
+  int index = 0;
+  if (env_d && *env_d) {
+    char *end;
+    long v = strtol(env_d, &end, 10);
+    if (*end || v < 0 || v > 1 << 20)
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "ZMLX_DEVICE='%s' is not a device index", env_d);
+    index = (int)v;
+  }
+  if (env_b && *env_b && strcmp(env_b, "auto")) {
+    zmlx_backend b;
+    ZMLX_CHECK(zmlx_backend_from_name(env_b, &b));
+    zmlx_status st = zmlx_device_get(b, index, out);
+    if (st != ZMLX_OK) return zmlx_fail_context(st, "ZMLX_BACKEND=%s", env_b);
+    return ZMLX_OK;
+  }
+  int n = 0;
+  if (zmlx_device_count(ZMLX_BACKEND_CUDA, &n) == ZMLX_OK && n > 0)
+    return zmlx_device_get(ZMLX_BACKEND_CUDA, index, out);
+  zmlx_status st = zmlx_device_count(ZMLX_BACKEND_OPENCL, &n);
+  if (st == ZMLX_OK && n > 0) return zmlx_device_get(ZMLX_BACKEND_OPENCL, index, out);
+  return zmlx_fail(ZMLX_ERR_NO_DEVICE, "no CUDA GPU and no OpenCL device found (install an "
+                                       "OpenCL driver such as pocl-opencl-icd)");
+}
+
+zmlx_status zmlx_default_device(zmlx_device **out) {
+  ZMLX_REQUIRE_ARG(out);
+  zmlx_device *d = atomic_load(&default_device);
+  if (!d) {
+    ZMLX_CHECK(choose_default(&d));
+    zmlx_device *expected = NULL;
+    if (!atomic_compare_exchange_strong(&default_device, &expected, d)) d = expected;
+  }
+  *out = d;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_set_default_device(zmlx_device *dev) {
+  ZMLX_REQUIRE_ARG(dev);
+  atomic_store(&default_device, dev);
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_device_resolve(zmlx_device *dev, zmlx_device **out) {
+  if (dev) {
+    *out = dev;
+    return ZMLX_OK;
+  }
+  return zmlx_default_device(out);
+}
+
+zmlx_status zmlx_device_get_info(const zmlx_device *dev, zmlx_device_info *info) {
+  ZMLX_REQUIRE_ARG(dev);
+  ZMLX_REQUIRE_ARG(info);
+  *info = dev->info;
+  return ZMLX_OK;
+}
+
+zmlx_backend zmlx_device_backend(const zmlx_device *dev) {
+  return dev ? dev->ops->kind : ZMLX_BACKEND_AUTO;
+}
+
+/* ----------------------------------------------------------------- streams */
+
+zmlx_stream *zmlx_stream_or_default(zmlx_stream *s, zmlx_device *dev) {
+  return s ? s : dev->default_stream;
+}
+
+zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out) {
+  ZMLX_REQUIRE_ARG(out);
+  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  zmlx_stream *s = calloc(1, sizeof *s);
+  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  s->device = dev;
+  zmlx_status st = dev->ops->stream_create(dev->index, &s->handle);
+  if (st != ZMLX_OK) {
+    free(s);
+    return st;
+  }
+  *out = s;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_stream_destroy(zmlx_stream *s) {
+  if (!s) return ZMLX_OK;
+  if (s->is_default)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "the default stream of a device cannot be destroyed");
+  zmlx_status st = s->device->ops->stream_sync(s->device->index, s->handle);
+  s->device->ops->stream_destroy(s->device->index, s->handle);
+  free(s);
+  return st;
+}
+
+zmlx_status zmlx_stream_synchronize(zmlx_stream *s) {
+  ZMLX_REQUIRE_ARG(s);
+  return s->device->ops->stream_sync(s->device->index, s->handle);
+}
+
+zmlx_status zmlx_device_synchronize(zmlx_device *dev) {
+  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  /* Streams made by zmlx_stream_create are the caller's to synchronise; the
+   * default stream is the device's own. */
+  return zmlx_stream_synchronize(dev->default_stream);
+}
+
+/* ---------------------------------------------------------------- shutdown */
+
+void zmlx_cache_shutdown(void);
+
+void zmlx_shutdown(void) {
+  zmlx_cache_shutdown();
+  for (int b = 0; b < ZMLX_BACKEND_COUNT; b++) {
+    backend_slot *slot = &slots[b];
+    if (!slot->ops || slot->count == 0) continue;
+    for (int i = 0; i < slot->count; i++) {
+      zmlx_device *d = &slot->devices[i];
+      if (d->default_stream) {
+        slot->ops->stream_sync(i, d->default_stream->handle);
+        slot->ops->stream_destroy(i, d->default_stream->handle);
+        free(d->default_stream);
+        d->default_stream = NULL;
+      }
+    }
+  }
+  /* Devices stay allocated (handles may still be referenced) but their
+   * backends are shut down; the process is expected to exit. */
+  for (int b = 0; b < ZMLX_BACKEND_COUNT; b++)
+    if (slots[b].ops && slots[b].count > 0 && slots[b].ops->shutdown) slots[b].ops->shutdown();
+}

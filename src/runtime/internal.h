@@ -1,0 +1,142 @@
+/*
+ * Internal runtime definitions shared by every layer below the public API.
+ * Nothing here is installed; frontends use include/zmlx.h only.
+ */
+#ifndef ZMLX_RUNTIME_INTERNAL_H
+#define ZMLX_RUNTIME_INTERNAL_H
+
+#include "zmlx.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/backend.h"
+
+/* ------------------------------------------------------------------ errors */
+
+/* Record a message for zmlx_last_error() on this thread and return `s`, so
+ * that failing paths read `return zmlx_fail(ZMLX_ERR_SHAPE, "...", ...);`. */
+zmlx_status zmlx_fail(zmlx_status s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Prefix the current message with context: "while X: <previous message>". */
+zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define ZMLX_CHECK(expr)                 \
+  do {                                   \
+    zmlx_status zmlx_st_ = (expr);       \
+    if (zmlx_st_ != ZMLX_OK) return zmlx_st_; \
+  } while (0)
+
+#define ZMLX_REQUIRE_ARG(p)                                              \
+  do {                                                                   \
+    if ((p) == NULL)                                                     \
+      return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", \
+                       __func__, #p);                                    \
+  } while (0)
+
+/* Format a shape as "[2, 3, 4]" into buf (always NUL-terminated). */
+const char *zmlx_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
+
+/* ---------------------------------------------------------- devices/streams */
+
+struct zmlx_device {
+  const zmlx_backend_ops *ops;
+  int index;                 /* index within the backend */
+  zmlx_device_info info;     /* filled once at init */
+  char cache_identity[512];  /* arch + compiler + driver, for cache keys */
+  struct zmlx_stream *default_stream;
+};
+
+struct zmlx_stream {
+  zmlx_device *device;
+  void *handle;              /* backend stream (CUstream / cl_command_queue) */
+  int is_default;
+};
+
+/* The stream to use: `s` if given, else the device's default. */
+zmlx_stream *zmlx_stream_or_default(zmlx_stream *s, zmlx_device *dev);
+/* Resolve a possibly-NULL device to the default device. */
+zmlx_status zmlx_device_resolve(zmlx_device *dev, zmlx_device **out);
+
+/* ------------------------------------------------------------------ arrays */
+
+/* A device allocation shared by an array and its views. */
+typedef struct zmlx_buffer {
+  atomic_int refcount;
+  zmlx_device *device;
+  void *handle;              /* backend buffer (cl_mem / CUdeviceptr) */
+  size_t bytes;
+  /* Foreign memory (DLPack import): called instead of ops->free. */
+  void (*release_foreign)(void *ctx);
+  void *foreign_ctx;
+} zmlx_buffer;
+
+struct zmlx_array {
+  atomic_int refcount;
+  zmlx_dtype dtype;
+  int ndim;
+  int64_t shape[ZMLX_MAX_DIMS];
+  int64_t strides[ZMLX_MAX_DIMS]; /* elements */
+  int64_t offset;                 /* elements */
+  int64_t size;                   /* product of shape */
+  zmlx_buffer *buffer;
+  /* Hook for autograd (later layers); NULL in the runtime. */
+  void *grad_node;
+};
+
+/* Allocate an uninitialised dense array on `dev` (stream-ordered on `s`). */
+zmlx_status zmlx_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, int ndim,
+                             const int64_t *shape, zmlx_array **out);
+/* A view of `base`'s buffer with new geometry (takes a buffer reference). */
+zmlx_status zmlx_array_make_view(zmlx_array *base, int ndim, const int64_t *shape,
+                                 const int64_t *strides, int64_t offset, zmlx_array **out);
+/* Validate dtype/ndim/shape; compute element count into *size. */
+zmlx_status zmlx_check_shape(zmlx_dtype dt, int ndim, const int64_t *shape, int64_t *size);
+void zmlx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
+
+/* Fill with a value, write arange, random: built-in kernels (runtime/builtins.c). */
+zmlx_status zmlx_builtin_fill(zmlx_array *a, double value, zmlx_stream *s);
+zmlx_status zmlx_builtin_copy(zmlx_array *src, zmlx_array *dst, zmlx_stream *s);
+zmlx_status zmlx_builtin_arange(zmlx_array *a, double start, double step, zmlx_stream *s);
+zmlx_status zmlx_builtin_random(zmlx_array *a, uint64_t seed, int normal, double p0,
+                                double p1, zmlx_stream *s);
+
+/* The built-in kernels' sources for a backend and dtype (tests compile the
+ * CUDA ones with NVRTC on machines without a GPU). */
+int zmlx_builtin_count(void);
+zmlx_status zmlx_builtin_source(int which, zmlx_backend backend, zmlx_dtype dt, char **out);
+
+/* Host reference for the counter-based RNG (tests compare against it). */
+void zmlx_philox4x32(uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
+float zmlx_random_uniform_ref(uint64_t seed, uint64_t index);
+float zmlx_random_normal_ref(uint64_t seed, uint64_t index);
+
+/* ---------------------------------------------------------------- utility */
+
+/* Growable string used by source generators. Never fails: on OOM it sets
+ * `oom` and later zmlx_sb_finish() reports it. */
+typedef struct zmlx_sb {
+  char *data;
+  size_t len, cap;
+  bool oom;
+} zmlx_sb;
+
+void zmlx_sb_init(zmlx_sb *sb);
+void zmlx_sb_free(zmlx_sb *sb);
+void zmlx_sb_append(zmlx_sb *sb, const char *s);
+void zmlx_sb_appendn(zmlx_sb *sb, const char *s, size_t n);
+void zmlx_sb_printf(zmlx_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Hand the string to the caller (free with free()), or ZMLX_ERR_OUT_OF_MEMORY. */
+zmlx_status zmlx_sb_finish(zmlx_sb *sb, char **out);
+
+char *zmlx_strdup(const char *s);
+double zmlx_now_ms(void); /* monotonic clock */
+
+/* Global counters for leak checks. */
+extern atomic_llong zmlx_live_arrays;
+
+#endif /* ZMLX_RUNTIME_INTERNAL_H */

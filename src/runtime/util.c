@@ -1,0 +1,85 @@
+/* Small helpers: growable strings, clocks, versions. */
+#include "runtime/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+unsigned zmlx_version_number(void) { return ZMLX_VERSION_NUMBER; }
+const char *zmlx_version_string(void) { return ZMLX_VERSION_STRING; }
+
+void zmlx_free(void *p) { free(p); }
+
+char *zmlx_strdup(const char *s) {
+  if (!s) return NULL;
+  size_t n = strlen(s) + 1;
+  char *d = malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+double zmlx_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+void zmlx_sb_init(zmlx_sb *sb) { memset(sb, 0, sizeof *sb); }
+
+void zmlx_sb_free(zmlx_sb *sb) {
+  free(sb->data);
+  zmlx_sb_init(sb);
+}
+
+static bool sb_reserve(zmlx_sb *sb, size_t extra) {
+  if (sb->oom) return false;
+  if (sb->len + extra + 1 <= sb->cap) return true;
+  size_t cap = sb->cap ? sb->cap : 256;
+  while (cap < sb->len + extra + 1) cap *= 2;
+  char *d = realloc(sb->data, cap);
+  if (!d) {
+    sb->oom = true;
+    return false;
+  }
+  sb->data = d;
+  sb->cap = cap;
+  return true;
+}
+
+void zmlx_sb_appendn(zmlx_sb *sb, const char *s, size_t n) {
+  if (!sb_reserve(sb, n)) return;
+  memcpy(sb->data + sb->len, s, n);
+  sb->len += n;
+  sb->data[sb->len] = '\0';
+}
+
+void zmlx_sb_append(zmlx_sb *sb, const char *s) { zmlx_sb_appendn(sb, s, strlen(s)); }
+
+void zmlx_sb_printf(zmlx_sb *sb, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  va_list ap2;
+  va_copy(ap2, ap);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n >= 0 && sb_reserve(sb, (size_t)n)) {
+    vsnprintf(sb->data + sb->len, (size_t)n + 1, fmt, ap2);
+    sb->len += (size_t)n;
+  }
+  va_end(ap2);
+}
+
+zmlx_status zmlx_sb_finish(zmlx_sb *sb, char **out) {
+  if (sb->oom) {
+    zmlx_sb_free(sb);
+    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory while building a string");
+  }
+  if (!sb->data) {
+    sb->data = zmlx_strdup("");
+    if (!sb->data) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  }
+  *out = sb->data;
+  zmlx_sb_init(sb);
+  return ZMLX_OK;
+}

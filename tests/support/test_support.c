@@ -1,0 +1,164 @@
+#include "test_support.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int zt_devices(zmlx_device **devs, int cap) {
+  const char *only = getenv("ZMLX_TEST_BACKEND");
+  zmlx_backend order[2] = {ZMLX_BACKEND_CUDA, ZMLX_BACKEND_OPENCL};
+  int n = 0;
+  for (int i = 0; i < 2 && n < cap; i++) {
+    if (only && *only && strcmp(only, zmlx_backend_name(order[i]))) continue;
+    int count = 0;
+    if (zmlx_device_count(order[i], &count) == ZMLX_OK && count > 0 &&
+        zmlx_device_get(order[i], 0, &devs[n]) == ZMLX_OK)
+      n++;
+  }
+  return n;
+}
+
+void zt_expect_failure(zmlx_status got, zmlx_status want, const char *needle, const char *what) {
+  if (got != want)
+    fail_msg("%s: expected %s, got %s (%s)", what, zmlx_status_string(want),
+             zmlx_status_string(got), zmlx_last_error());
+  if (needle && !strstr(zmlx_last_error(), needle))
+    fail_msg("%s: message '%s' does not mention '%s'", what, zmlx_last_error(), needle);
+}
+
+uint64_t zt_seed(void) {
+  static uint64_t seed;
+  if (!seed) {
+    const char *env = getenv("ZMLX_TEST_SEED");
+    seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+    if (!seed) seed = 1;
+    fprintf(stderr, "[zmlx test] random seed %llu (set ZMLX_TEST_SEED to repeat)\n",
+            (unsigned long long)seed);
+  }
+  return seed;
+}
+
+static uint64_t xorshift(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *s = x;
+}
+
+void zt_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state) {
+  for (size_t i = 0; i < n; i++) {
+    double u = (double)(xorshift(state) >> 11) * (1.0 / 9007199254740992.0);
+    x[i] = (float)(lo + (hi - lo) * u);
+  }
+}
+
+void *zt_pack(zmlx_dtype dt, const float *src, size_t n) {
+  size_t es = zmlx_dtype_size(dt);
+  unsigned char *out = malloc(n * es + 1);
+  assert_non_null(out);
+  for (size_t i = 0; i < n; i++) {
+    void *p = out + i * es;
+    float v = src[i];
+    switch (dt) {
+      case ZMLX_BOOL: *(uint8_t *)p = v != 0; break;
+      case ZMLX_U8: *(uint8_t *)p = (uint8_t)v; break;
+      case ZMLX_I8: *(int8_t *)p = (int8_t)v; break;
+      case ZMLX_I32: *(int32_t *)p = (int32_t)v; break;
+      case ZMLX_U32: *(uint32_t *)p = (uint32_t)v; break;
+      case ZMLX_I64: *(int64_t *)p = (int64_t)v; break;
+      case ZMLX_F16: *(uint16_t *)p = zmlx_f32_to_f16(v); break;
+      case ZMLX_BF16: *(uint16_t *)p = zmlx_f32_to_bf16(v); break;
+      case ZMLX_F32: *(float *)p = v; break;
+      case ZMLX_F64: *(double *)p = v; break;
+      default: break;
+    }
+  }
+  return out;
+}
+
+static double unpack_one(zmlx_dtype dt, const unsigned char *p) {
+  switch (dt) {
+    case ZMLX_BOOL:
+    case ZMLX_U8: return *(const uint8_t *)p;
+    case ZMLX_I8: return *(const int8_t *)p;
+    case ZMLX_I32: return *(const int32_t *)p;
+    case ZMLX_U32: return *(const uint32_t *)p;
+    case ZMLX_I64: return (double)*(const int64_t *)p;
+    case ZMLX_F16: return zmlx_f16_to_f32(*(const uint16_t *)p);
+    case ZMLX_BF16: return zmlx_bf16_to_f32(*(const uint16_t *)p);
+    case ZMLX_F32: return *(const float *)p;
+    case ZMLX_F64: return *(const double *)p;
+    default: return NAN;
+  }
+}
+
+double *zt_download(zmlx_array *a) {
+  size_t n = (size_t)zmlx_array_size(a), es = zmlx_dtype_size(zmlx_array_dtype(a));
+  unsigned char *raw = malloc(n * es + 1);
+  double *out = malloc(n * sizeof *out + 1);
+  assert_non_null(raw);
+  assert_non_null(out);
+  ZT_OK(zmlx_array_to_host(a, raw, n * es));
+  for (size_t i = 0; i < n; i++) out[i] = unpack_one(zmlx_array_dtype(a), raw + i * es);
+  free(raw);
+  return out;
+}
+
+zmlx_array *zt_array(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                     const float *values) {
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+  void *packed = zt_pack(dt, values, n);
+  zmlx_array *a = NULL;
+  ZT_OK(zmlx_array_from_host(dev, dt, ndim, shape, packed, &a));
+  free(packed);
+  return a;
+}
+
+zmlx_array *zt_poisoned(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape) {
+  size_t n = 1, es = zmlx_dtype_size(dt);
+  for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+  unsigned char *buf = malloc(n * es + 1);
+  assert_non_null(buf);
+  if (dt == ZMLX_F32) for (size_t i = 0; i < n; i++) ((float *)buf)[i] = NAN;
+  else if (dt == ZMLX_F64) for (size_t i = 0; i < n; i++) ((double *)buf)[i] = NAN;
+  else if (dt == ZMLX_F16) for (size_t i = 0; i < n; i++) ((uint16_t *)buf)[i] = 0x7e00;
+  else if (dt == ZMLX_BF16) for (size_t i = 0; i < n; i++) ((uint16_t *)buf)[i] = 0x7fc0;
+  else memset(buf, 0x5A, n * es);
+  zmlx_array *a = NULL;
+  ZT_OK(zmlx_array_from_host(dev, dt, ndim, shape, buf, &a));
+  free(buf);
+  return a;
+}
+
+double zt_tolerance(zmlx_dtype dt) {
+  switch (dt) {
+    case ZMLX_F16: return 2e-3;
+    case ZMLX_BF16: return 1.6e-2;
+    case ZMLX_F32: return 2e-5;
+    case ZMLX_F64: return 1e-12;
+    default: return 0;
+  }
+}
+
+void zt_assert_close(const double *got, const double *want, size_t n, double atol, double rtol,
+                     const char *what) {
+  for (size_t i = 0; i < n; i++) {
+    int ok = isnan(want[i]) ? isnan(got[i]) : fabs(got[i] - want[i]) <= atol + rtol * fabs(want[i]);
+    if (!ok)
+      fail_msg("%s: element %zu is %.9g, expected %.9g (atol %g, rtol %g)", what, i, got[i],
+               want[i], atol, rtol);
+  }
+}
+
+double zt_round_to(zmlx_dtype dt, double v) {
+  switch (dt) {
+    case ZMLX_F16: return zmlx_f16_to_f32(zmlx_f32_to_f16((float)v));
+    case ZMLX_BF16: return zmlx_bf16_to_f32(zmlx_f32_to_bf16((float)v));
+    case ZMLX_F32: return (float)v;
+    default: return v;
+  }
+}

@@ -1,0 +1,54 @@
+/* Shared helpers for the cmocka test programs. */
+#ifndef ZMLX_TEST_SUPPORT_H
+#define ZMLX_TEST_SUPPORT_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "zmlx.h"
+
+/* Every device the tests run on: device 0 of each available backend, or
+ * only $ZMLX_TEST_BACKEND (cuda|opencl) when set. */
+int zt_devices(zmlx_device **devs, int cap);
+
+/* Fail the test with zmlx_last_error() when a call does not return OK. */
+#define ZT_OK(expr)                                                                 \
+  do {                                                                              \
+    zmlx_status zt_st_ = (expr);                                                    \
+    if (zt_st_ != ZMLX_OK)                                                          \
+      fail_msg("%s -> %s: %s", #expr, zmlx_status_string(zt_st_), zmlx_last_error()); \
+  } while (0)
+
+/* Expect a given failure status and a message containing `needle`. */
+#define ZT_FAILS(expr, status, needle) zt_expect_failure((expr), (status), (needle), #expr)
+void zt_expect_failure(zmlx_status got, zmlx_status want, const char *needle, const char *what);
+
+/* Deterministic per-test random numbers (xorshift), fresh per call site via the seed. */
+uint64_t zt_seed(void); /* $ZMLX_TEST_SEED or time-based; printed once */
+void zt_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state);
+
+/* Host buffers in a dtype from f32 values (rounding like the device). */
+void *zt_pack(zmlx_dtype dt, const float *src, size_t n);
+/* Device array -> f64 host values (any dtype, any strides). Caller frees. */
+double *zt_download(zmlx_array *a);
+/* Array from f32 values stored as dtype dt. */
+zmlx_array *zt_array(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                     const float *values);
+/* Array filled with a poison value (NaN for floats, 0x5A5A.. for ints) so an
+ * unwritten output element fails the comparison. */
+zmlx_array *zt_poisoned(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape);
+
+/* Per-dtype tolerance: relative+absolute for values of order 1. */
+double zt_tolerance(zmlx_dtype dt);
+/* Compare got vs want (n values) with |got-want| <= atol + rtol*|want|;
+ * NaN in got fails unless want is NaN. Fails the test with the first bad index. */
+void zt_assert_close(const double *got, const double *want, size_t n, double atol, double rtol,
+                     const char *what);
+
+/* Round an f64 value through a storage dtype (what a store would keep). */
+double zt_round_to(zmlx_dtype dt, double v);
+
+#endif

@@ -1,0 +1,287 @@
+/* The compiled-kernel cache: hit/miss accounting, a second process loading
+ * from disk without compiling, corrupt entries recompiled, 8 threads. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test_support.h"
+
+extern char **environ;
+
+static zmlx_device *first_device(void) {
+  zmlx_device *devs[2];
+  return zt_devices(devs, 2) ? devs[0] : NULL;
+}
+
+/* A kernel whose source is unique to `tag`, so its first use must compile. */
+static zmlx_kernel *tagged_kernel(const char *tag) {
+  static const char *const in[] = {"x"}, *const out[] = {"out"};
+  char body[256];
+  snprintf(body, sizeof body,
+           "/* %s */\nuint i = thread_position_in_grid.x;\nout_store(i, x_load(i) + 1.0f);\n", tag);
+  zmlx_kernel_desc d = {.name = "tagged", .input_names = in, .n_inputs = 1, .output_names = out,
+                        .n_outputs = 1, .source = body};
+  zmlx_kernel *k = NULL;
+  ZT_OK(zmlx_kernel_create(&d, &k));
+  return k;
+}
+
+/* Run the kernel on 0..n-1 and check x + 1. */
+static void run_and_check(zmlx_kernel *k, zmlx_device *dev) {
+  int64_t n = 64;
+  float x[64];
+  for (int i = 0; i < 64; i++) x[i] = (float)i;
+  zmlx_array *in = zt_array(dev, ZMLX_F32, 1, &n, x), *out = zt_poisoned(dev, ZMLX_F32, 1, &n);
+  zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &out,
+                        .grid = {n, 1, 1}, .threadgroup = {32, 1, 1}};
+  ZT_OK(zmlx_kernel_launch(k, &c));
+  double *got = zt_download(out), want[64];
+  for (int i = 0; i < 64; i++) want[i] = i + 1.0;
+  zt_assert_close(got, want, 64, 0, 0, "cached kernel result");
+  free(got);
+  zmlx_array_release(in), zmlx_array_release(out);
+}
+
+static zmlx_cache_stats stats(void) {
+  zmlx_cache_stats s;
+  ZT_OK(zmlx_cache_get_stats(&s));
+  return s;
+}
+
+static char unique_tag[64];
+
+static void test_hits_and_misses(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev) skip();
+  zmlx_cache_stats s0 = stats();
+  zmlx_kernel *k = tagged_kernel(unique_tag);
+  run_and_check(k, dev);
+  zmlx_cache_stats s1 = stats();
+  assert_int_equal(s1.misses, s0.misses + 1);
+  assert_true(s1.compile_ms > s0.compile_ms);
+  run_and_check(k, dev); /* the kernel object's own table: no cache lookup */
+  zmlx_kernel *k2 = tagged_kernel(unique_tag); /* same source, new object: memory hit */
+  run_and_check(k2, dev);
+  zmlx_cache_stats s2 = stats();
+  assert_int_equal(s2.misses, s1.misses);
+  assert_int_equal(s2.memory_hits, s1.memory_hits + 1);
+  zmlx_kernel_destroy(k), zmlx_kernel_destroy(k2);
+}
+
+/* The same binary, run again as a child process: it must load the kernel
+ * from disk and compile nothing. */
+static void test_second_process_loads_from_disk(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev) skip();
+  if (!zmlx_cache_disk_enabled()) skip();
+  zmlx_kernel *k = tagged_kernel(unique_tag);
+  run_and_check(k, dev);
+  zmlx_kernel_destroy(k);
+  char *argv[] = {"/proc/self/exe", "--child", unique_tag, NULL};
+  pid_t pid;
+  assert_int_equal(posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ), 0);
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  if (WEXITSTATUS(status) != 0)
+    fail_msg("child process did not load the kernel from disk (exit %d)", WEXITSTATUS(status));
+}
+
+static int child_main(const char *tag) {
+  zmlx_device *dev = first_device(); /* the parent's choice of device */
+  if (!dev) return 10;
+  zmlx_kernel *k = tagged_kernel(tag);
+  zmlx_cache_stats before = stats();
+  run_and_check(k, dev);
+  zmlx_cache_stats after = stats();
+  zmlx_kernel_destroy(k);
+  fprintf(stderr, "child: disk_hits %llu misses %llu (builtins included)\n",
+          (unsigned long long)(after.disk_hits - before.disk_hits),
+          (unsigned long long)(after.misses - before.misses));
+  /* Builtin kernels (fill, copy) were compiled by the parent too, so every
+   * kernel of this process must come from disk. */
+  if (after.misses != 0) return 1;
+  if (after.disk_hits < 1) return 2;
+  return 0;
+}
+
+static int corrupt_entries(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  if (!d) return 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t len = strlen(e->d_name);
+    if (len < 4 || strcmp(e->d_name + len - 4, ".bin")) continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    int fd = open(path, O_RDWR);
+    if (fd < 0) continue;
+    off_t size = lseek(fd, 0, SEEK_END);
+    unsigned char b;
+    if (size > 1 && pread(fd, &b, 1, size - 1) == 1) {
+      b ^= 0xFF; /* flip the last payload byte: the checksum must catch it */
+      if (pwrite(fd, &b, 1, size - 1) == 1) n++;
+    }
+    close(fd);
+  }
+  closedir(d);
+  return n;
+}
+
+static void test_corrupt_entry_is_recompiled(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev) skip();
+  if (!zmlx_cache_disk_enabled()) skip();
+  char tag[96];
+  snprintf(tag, sizeof tag, "%s-corrupt", unique_tag);
+  zmlx_kernel *k = tagged_kernel(tag);
+  run_and_check(k, dev);
+  zmlx_kernel_destroy(k);
+  assert_true(corrupt_entries(zmlx_cache_dir()) > 0);
+  ZT_OK(zmlx_cache_clear_memory());
+  zmlx_cache_stats s0 = stats();
+  k = tagged_kernel(tag);
+  run_and_check(k, dev); /* correct result despite the corrupt file */
+  zmlx_kernel_destroy(k);
+  zmlx_cache_stats s1 = stats();
+  assert_true(s1.disk_rejects > s0.disk_rejects);
+  assert_true(s1.misses > s0.misses);
+  /* the entry was rewritten: a fresh load now comes from disk again */
+  ZT_OK(zmlx_cache_clear_memory());
+  k = tagged_kernel(tag);
+  run_and_check(k, dev);
+  zmlx_kernel_destroy(k);
+  zmlx_cache_stats s2 = stats();
+  assert_true(s2.disk_hits > s1.disk_hits);
+  assert_int_equal(s2.misses, s1.misses);
+}
+
+static void test_directory_mode(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev || !zmlx_cache_disk_enabled()) skip();
+  struct stat st;
+  assert_int_equal(stat(zmlx_cache_dir(), &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0700);
+  int64_t entries = 0, bytes = 0;
+  ZT_OK(zmlx_cache_disk_usage(&entries, &bytes));
+  assert_true(entries > 0 && bytes > 0);
+}
+
+/* ------------------------------------------------------------- threads */
+
+typedef struct thread_arg {
+  zmlx_device *dev;
+  zmlx_kernel *shared;
+  int id;
+  int failures;
+} thread_arg;
+
+static int run_quiet(zmlx_kernel *k, zmlx_device *dev, float add) {
+  int64_t n = 256;
+  float x[256];
+  for (int i = 0; i < 256; i++) x[i] = (float)i;
+  zmlx_array *in = NULL, *out = NULL;
+  if (zmlx_array_from_host(dev, ZMLX_F32, 1, &n, x, &in) != ZMLX_OK) return 1;
+  zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &out,
+                        .grid = {n, 1, 1}, .threadgroup = {64, 1, 1}};
+  int ndim = 1;
+  const int64_t *shapes[1] = {&n};
+  zmlx_dtype dt = ZMLX_F32;
+  c.output_ndims = &ndim, c.output_shapes = shapes, c.output_dtypes = &dt;
+  int bad = zmlx_kernel_launch(k, &c) != ZMLX_OK;
+  float got[256];
+  if (!bad) bad = zmlx_array_to_host(out, got, sizeof got) != ZMLX_OK;
+  for (int i = 0; !bad && i < 256; i++) bad = got[i] != x[i] + add;
+  zmlx_array_release(in), zmlx_array_release(out);
+  return bad;
+}
+
+static void *thread_main(void *p) {
+  thread_arg *a = p;
+  char tag[96];
+  snprintf(tag, sizeof tag, "%s-thread-%d", unique_tag, a->id % 4); /* 4 distinct sources */
+  for (int it = 0; it < 20; it++) {
+    a->failures += run_quiet(a->shared, a->dev, 1.0f);
+    zmlx_kernel *own = tagged_kernel(tag);
+    a->failures += run_quiet(own, a->dev, 1.0f);
+    zmlx_kernel_destroy(own);
+  }
+  return NULL;
+}
+
+static void test_eight_threads(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev) skip();
+  char tag[96];
+  snprintf(tag, sizeof tag, "%s-shared", unique_tag);
+  zmlx_kernel *shared = tagged_kernel(tag);
+  zmlx_cache_stats s0 = stats();
+  pthread_t th[8];
+  thread_arg args[8];
+  for (int i = 0; i < 8; i++) {
+    args[i] = (thread_arg){.dev = dev, .shared = shared, .id = i};
+    assert_int_equal(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
+  }
+  for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < 8; i++) assert_int_equal(args[i].failures, 0);
+  zmlx_cache_stats s1 = stats();
+  /* one compile for the shared kernel and one per distinct tagged source */
+  assert_int_equal(s1.misses - s0.misses, 5);
+  zmlx_kernel_destroy(shared);
+}
+
+static void test_disk_disabled_writes_nothing(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev) skip();
+  int64_t e0 = 0, e1 = 0, b = 0;
+  ZT_OK(zmlx_cache_disk_usage(&e0, &b));
+  ZT_OK(zmlx_cache_set_disk_enabled(0));
+  char tag[96];
+  snprintf(tag, sizeof tag, "%s-nodisk", unique_tag);
+  zmlx_kernel *k = tagged_kernel(tag);
+  run_and_check(k, dev);
+  zmlx_kernel_destroy(k);
+  ZT_OK(zmlx_cache_disk_usage(&e1, &b));
+  ZT_OK(zmlx_cache_set_disk_enabled(1));
+  assert_int_equal(e1, e0);
+}
+
+static void test_clear_disk(void **state) {
+  (void)state;
+  if (!first_device()) skip();
+  int64_t removed = -1, entries = -1, bytes = -1;
+  ZT_OK(zmlx_cache_clear_disk(&removed));
+  assert_true(removed >= 0);
+  ZT_OK(zmlx_cache_disk_usage(&entries, &bytes));
+  assert_int_equal(entries, 0);
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && !strcmp(argv[1], "--child")) return child_main(argv[2]);
+  snprintf(unique_tag, sizeof unique_tag, "run-%llu-%d", (unsigned long long)zt_seed(), (int)getpid());
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_hits_and_misses),
+      cmocka_unit_test(test_second_process_loads_from_disk),
+      cmocka_unit_test(test_corrupt_entry_is_recompiled),
+      cmocka_unit_test(test_directory_mode),
+      cmocka_unit_test(test_eight_threads),
+      cmocka_unit_test(test_disk_disabled_writes_nothing),
+      cmocka_unit_test(test_clear_disk),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
