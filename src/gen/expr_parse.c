@@ -14,7 +14,7 @@
  *   primary  := NUMBER | NAME | NAME '(' args ')' | '(' expr ')'
  *
  * Newlines inside parentheses are whitespace (as in Python). There is no
- * comment syntax; "//", "/*" and "#" get a dedicated error. Binary operators
+ * comment syntax; "//", slash-star and "#" get a dedicated error. Binary operators
  * loop (precedence climbing), so only open constructs recurse, and each of
  * those passes enter(), which stops at ZMLX_EXPR_MAX_NESTING before the
  * stack is at risk.
@@ -25,7 +25,6 @@
  */
 #include "gen/expr.h"
 
-#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -289,9 +288,14 @@ static void report(parser *p, size_t pos, const char *msg) {
   zmlx_sb_free(&sb);
 }
 
-static void perr(parser *p, size_t pos, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Out of line, like every helper with buffers that the recursive parse
+ * functions call: their frames must stay small. */
+#define OUT_OF_LINE __attribute__((noinline))
 
-static void perr(parser *p, size_t pos, const char *fmt, ...) {
+static OUT_OF_LINE void perr(parser *p, size_t pos, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static OUT_OF_LINE void perr(parser *p, size_t pos, const char *fmt, ...) {
   if (p->failed) return;
   p->failed = 1;
   char msg[1024];
@@ -311,6 +315,32 @@ static int is_ident_char(int c) { return is_ident_start(c) || is_digit(c); }
 
 static int peekc(const parser *p, size_t at) {
   return at < p->len ? (unsigned char)p->src[at] : -1;
+}
+
+#define MAX_NUMBER_CHARS 400
+
+/* Value of a validated number token. strtod reads the locale's decimal
+ * point, and the language's is '.', so the token is rewritten without one
+ * ("12.5e3" -> "125e2"): digits and an exponent read the same everywhere,
+ * and strtod still rounds correctly. */
+static double number_value(const char *s, size_t n) {
+  char buf[MAX_NUMBER_CHARS + 32];
+  size_t len = 0, i = 0;
+  long frac = 0, exp10 = 0;
+  for (; i < n && is_digit((unsigned char)s[i]); i++) buf[len++] = s[i];
+  if (i < n && s[i] == '.')
+    for (i++; i < n && is_digit((unsigned char)s[i]); i++, frac++) buf[len++] = s[i];
+  if (i < n) { /* 'e' or 'E' */
+    int neg = s[++i] == '-';
+    if (s[i] == '-' || s[i] == '+') i++;
+    /* Saturate: with at most MAX_NUMBER_CHARS digits, any exponent past
+     * 100000 gives 0 or inf anyway. */
+    for (; i < n; i++) exp10 = exp10 > 100000 ? exp10 : exp10 * 10 + (s[i] - '0');
+    if (neg) exp10 = -exp10;
+  }
+  if (len == 0) buf[len++] = '0';
+  snprintf(buf + len, sizeof buf - len, "e%ld", exp10 - frac);
+  return strtod(buf, NULL);
 }
 
 static void lex_number(parser *p, token *t) {
@@ -334,18 +364,11 @@ static void lex_number(parser *p, token *t) {
     perr(p, s, "malformed number");
     return;
   }
-  char buf[512];
-  if (q - s >= sizeof buf) {
-    perr(p, s, "number too long (more than %zu characters)", sizeof buf - 1);
+  if (q - s > MAX_NUMBER_CHARS) {
+    perr(p, s, "number too long (more than %d characters)", MAX_NUMBER_CHARS);
     return;
   }
-  memcpy(buf, p->src + s, q - s);
-  buf[q - s] = '\0';
-  /* strtod follows the locale's decimal point; the language's is '.'. */
-  const char *dp = localeconv()->decimal_point;
-  char *dot = strchr(buf, '.');
-  if (dot && dp && dp[0] && dp[0] != '.' && !dp[1]) *dot = dp[0];
-  *t = (token){TK_NUM, 0, s, q - s, strtod(buf, NULL)};
+  *t = (token){TK_NUM, 0, s, q - s, number_value(p->src + s, q - s)};
   p->pos = q;
 }
 
@@ -399,7 +422,7 @@ static void lex_op(parser *p, token *t) {
 
 /* Read the next token into *t; on a lexical error p->failed is set and *t is
  * end of input. */
-static void lex(parser *p, token *t) {
+static OUT_OF_LINE void lex(parser *p, token *t) {
   for (;;) {
     int c = peekc(p, p->pos);
     if (c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v' ||
@@ -466,6 +489,22 @@ static void line_col(const parser *p, size_t pos, size_t *line, size_t *col) {
   *col = pos - ls + 1;
 }
 
+/* "expected <want> [for|to close|... at L:C], found <token>". Kept out of
+ * line: the recursive parse functions call it, and its buffers must not
+ * enlarge their frames (about 256 of each can be live at once). */
+static OUT_OF_LINE void expected(parser *p, const char *want, size_t opened_at) {
+  char found[64], where[48] = "";
+  describe(p, &p->tok, found, sizeof found);
+  if (opened_at != (size_t)-1) {
+    size_t line, col;
+    line_col(p, opened_at, &line, &col);
+    snprintf(where, sizeof where, " at %zu:%zu", line, col);
+  }
+  perr(p, p->tok.pos, "expected %s%s, found %s", want, where, found);
+}
+
+#define NO_OPENER ((size_t)-1)
+
 /* ------------------------------------------------------------ parser */
 
 static int enter(parser *p) {
@@ -482,7 +521,7 @@ static void leave(parser *p) { p->depth--; }
 static int32_t parse_expr(parser *p);
 static int32_t parse_unary(parser *p);
 
-static void unknown_identifier(parser *p, const token *t) {
+static OUT_OF_LINE void unknown_identifier(parser *p, const token *t) {
   zmlx_sb sb;
   zmlx_sb_init(&sb);
   zmlx_sb_printf(&sb, "unknown identifier '%.*s'", (int)t->len, p->src + t->pos);
@@ -501,7 +540,7 @@ static void unknown_identifier(parser *p, const token *t) {
   zmlx_sb_free(&sb);
 }
 
-static int32_t parse_name(parser *p, const token *t) {
+static OUT_OF_LINE int32_t parse_name(parser *p, const token *t) {
   const char *s = p->src + t->pos;
   if (name_is(s, t->len, "inf")) return zmlx_expr_const(p->e, INFINITY);
   if (name_is(s, t->len, "nan")) return zmlx_expr_const(p->e, NAN);
@@ -517,7 +556,7 @@ static int32_t parse_name(parser *p, const token *t) {
   return -1;
 }
 
-static void arity_error(parser *p, const token *t, const fn_entry *f, int n) {
+static OUT_OF_LINE void arity_error(parser *p, const token *t, const fn_entry *f, int n) {
   const zmlx_expr_function *pub = &f->pub;
   char want[64];
   if (pub->min_args == pub->max_args)
@@ -527,8 +566,15 @@ static void arity_error(parser *p, const token *t, const fn_entry *f, int n) {
   perr(p, t->pos, "function '%s' takes %s, got %d", pub->name, want, n);
 }
 
+static OUT_OF_LINE void call_not_closed(parser *p, const fn_entry *f,
+                                                       size_t open) {
+  char want[96];
+  snprintf(want, sizeof want, "',' or ')' in the call to '%s' opened", f->pub.name);
+  expected(p, want, open);
+}
+
 /* The current token is the '(' after the function name `t`. */
-static int32_t parse_call(parser *p, const token *t) {
+static OUT_OF_LINE int32_t parse_call(parser *p, const token *t) {
   const fn_entry *f = find_function(p->src + t->pos, t->len);
   if (!f) {
     sym *v = sym_find(&p->syms, p->src + t->pos, t->len);
@@ -542,21 +588,16 @@ static int32_t parse_call(parser *p, const token *t) {
   next(p);
   int32_t args[3] = {-1, -1, -1};
   int n = 0;
-  while (!at_op(p, P_RPAREN)) {
+  /* No trailing comma: after ',' an argument must follow. */
+  for (int more = !at_op(p, P_RPAREN); more; more = at_op(p, P_COMMA)) {
+    if (n > 0) next(p); /* the ',' */
     int32_t a = parse_expr(p);
     if (a < 0) return -1;
     if (n < 3) args[n] = a;
     if (n < 1000) n++;
-    if (!at_op(p, P_COMMA)) break;
-    next(p);
   }
   if (!at_op(p, P_RPAREN)) {
-    char found[64];
-    size_t line, col;
-    describe(p, &p->tok, found, sizeof found);
-    line_col(p, open, &line, &col);
-    perr(p, p->tok.pos, "expected ',' or ')' in the call to '%s' opened at %zu:%zu, found %s",
-         f->pub.name, line, col, found);
+    call_not_closed(p, f, open);
     return -1;
   }
   next(p);
@@ -570,7 +611,6 @@ static int32_t parse_call(parser *p, const token *t) {
 
 static int32_t parse_primary(parser *p) {
   token t = p->tok;
-  char found[64];
   if (t.kind == TK_NUM) {
     next(p);
     return zmlx_expr_const(p->e, t.num);
@@ -584,17 +624,13 @@ static int32_t parse_primary(parser *p) {
     int32_t r = parse_expr(p);
     if (r < 0) return -1;
     if (!at_op(p, P_RPAREN)) {
-      size_t line, col;
-      describe(p, &p->tok, found, sizeof found);
-      line_col(p, t.pos, &line, &col);
-      perr(p, p->tok.pos, "expected ')' to close the '(' at %zu:%zu, found %s", line, col, found);
+      expected(p, "')' to close the '('", t.pos);
       return -1;
     }
     next(p);
     return r;
   }
-  describe(p, &t, found, sizeof found);
-  perr(p, t.pos, "expected an expression, found %s", found);
+  expected(p, "an expression", NO_OPENER);
   return -1;
 }
 
@@ -639,7 +675,9 @@ static int binary_prec(const token *t, zmlx_eop *op) {
 }
 
 /* Precedence climbing: left-associative levels loop; the right operand
- * recurses only into strictly tighter levels (at most PREC_MUL deep). */
+ * recurses only into strictly tighter levels (at most PREC_MUL deep), and
+ * counts as a nesting level so that `x+(x+(x+(...` is bounded by stack use,
+ * not by parentheses alone. */
 static int32_t parse_binary(parser *p, int min_prec) {
   int32_t lhs = parse_unary(p);
   int compared = 0;
@@ -652,7 +690,10 @@ static int32_t parse_binary(parser *p, int min_prec) {
       return -1;
     }
     next(p);
+    /* The right operand costs stack like any nested construct. */
+    if (!enter(p)) return -1;
     int32_t rhs = parse_binary(p, prec + 1);
+    leave(p);
     if (rhs < 0) return -1;
     lhs = zmlx_expr_op2(p->e, op, lhs, rhs);
   }
@@ -667,11 +708,7 @@ static int32_t parse_expr(parser *p) {
     next(p);
     int32_t a = parse_expr(p);
     if (a >= 0 && !at_op(p, P_COLON)) {
-      char found[64];
-      size_t line, col;
-      describe(p, &p->tok, found, sizeof found);
-      line_col(p, q, &line, &col);
-      perr(p, p->tok.pos, "expected ':' for the '?' at %zu:%zu, found %s", line, col, found);
+      expected(p, "':' for the '?'", q);
       a = -1;
     }
     if (a >= 0) next(p);

@@ -12,6 +12,7 @@
  *   a * 1, 1 * a, a / 1, a ** 1 -> a;  a * -1, a / -1 -> -a
  *   a * 0, 0 * a, 0 / a -> 0;  a ** 0 -> 1;  1 ** a -> 1;  a ** 2 -> a * a
  *   a * (1 / b) -> a / b
+ *   where(c, a1, b1) + where(c, a2, b2) -> where(c, a1 + a2, b1 + b2)
  *   where(c, a, 0) * b -> where(c, a * b, 0)    (also / b, unary minus, and
  *     with the zero in the other branch)
  *
@@ -91,10 +92,23 @@ static int32_t simplify_neg(zmlx_expr *e, int32_t a) {
   return -1;
 }
 
+/* where(c, a1, b1) + where(c, a2, b2) -> where(c, a1 + a2, b1 + b2): merges
+ * the adjoints that where() routes to its two branches. */
+static int32_t add_selects(zmlx_expr *e, int32_t a, int32_t b) {
+  if (!is_op(e, a, ZMLX_EOP_SELECT) || !is_op(e, b, ZMLX_EOP_SELECT)) return -1;
+  zmlx_enode s = *node(e, a), t = *node(e, b); /* copies: building moves the arena */
+  if (s.arg[0] != t.arg[0]) return -1;
+  int32_t yes = build(e, ZMLX_EOP_ADD, s.arg[1], t.arg[1], -1);
+  int32_t no = build(e, ZMLX_EOP_ADD, s.arg[2], t.arg[2], -1);
+  return build(e, ZMLX_EOP_SELECT, s.arg[0], yes, no);
+}
+
 static int32_t simplify_add(zmlx_expr *e, int32_t a, int32_t b) {
   if (is_zero(e, b)) return a;
   if (is_zero(e, a)) return b;
   if (!can_rewrite(e)) return -1;
+  int32_t r = add_selects(e, a, b);
+  if (r >= 0) return r;
   if (is_op(e, b, ZMLX_EOP_NEG)) return build(e, ZMLX_EOP_SUB, a, node(e, b)->arg[0], -1);
   if (is_op(e, a, ZMLX_EOP_NEG)) return build(e, ZMLX_EOP_SUB, b, node(e, a)->arg[0], -1);
   return -1;

@@ -100,8 +100,10 @@ static zmlx_status launch_elementwise(int which, zmlx_array *in, zmlx_array *out
   return zmlx_kernel_launch(k, &call);
 }
 
+/* Integer dtypes take the exact integer path of fill/arange. bool does not:
+ * it stores value != 0 from the float value, as a C cast to bool does. */
 static int is_integer_dtype(zmlx_dtype dt) {
-  return dt != ZMLX_F16 && dt != ZMLX_BF16 && dt != ZMLX_F32 && dt != ZMLX_F64;
+  return dt != ZMLX_F16 && dt != ZMLX_BF16 && dt != ZMLX_F32 && dt != ZMLX_F64 && dt != ZMLX_BOOL;
 }
 
 zmlx_status zmlx_builtin_copy(zmlx_array *src, zmlx_array *dst, zmlx_stream *s) {

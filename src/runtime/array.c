@@ -293,7 +293,8 @@ zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out) {
 zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(out);
-  if (ndim < 0 || ndim > ZMLX_MAX_DIMS || (ndim && !shape))
+  if (ndim && !shape) return zmlx_fail(ZMLX_ERR_NULL_ARG, "reshape: shape is NULL with ndim %d", ndim);
+  if (ndim < 0 || ndim > ZMLX_MAX_DIMS)
     return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
   int64_t resolved[ZMLX_MAX_DIMS], known = 1;
   int infer = -1;

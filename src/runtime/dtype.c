@@ -72,7 +72,7 @@ uint16_t zmlx_f32_to_f16(float f) {
   if (abs < 0x38800000u) { /* result is subnormal or zero */
     if (abs < 0x33000000u) return (uint16_t)sign; /* below half the smallest subnormal */
     uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-    int shift = 126 - (int)(abs >> 23) + 13 + 1;  /* 14..24 */
+    int shift = 126 - (int)(abs >> 23); /* 14..24: value / 2^-24 = mant * 2^-shift */
     uint32_t half = mant >> shift;
     uint32_t rem = mant & ((1u << shift) - 1u);
     uint32_t halfway = 1u << (shift - 1);

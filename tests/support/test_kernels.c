@@ -116,7 +116,7 @@ const zt_kernel_def zt_kernels[ZT_K_COUNT] = {
                                         "out_store(i, alpha * x_load(i) + (float)shift);\n"},
                      .dtypes = {ZMLX_F32, ZMLX_F32}},
     [ZT_K_DYNSHARED] = {DESC("reverse_tg", in_x, 1, out_o, 1,
-                             "threadgroup float *buf = zmlx_dynamic_shared(float);\n"
+                             "zmlx_threadgroup_ptr(float) buf = zmlx_dynamic_shared(float);\n"
                              "uint t = thread_position_in_threadgroup.x;\n"
                              "uint n = threads_per_threadgroup.x;\n"
                              "uint g = thread_position_in_grid.x;\n"

@@ -5,7 +5,8 @@
  * the runtime falls back to OpenCL.
  *
  * Handles: a buffer is a CUdeviceptr cast to void *, a stream a CUstream,
- * a function a cuda_function (module + entry + its shared-memory limit).
+ * a function a cuda_function (module, entry, parameter sizes and its
+ * dynamic shared-memory limit).
  *
  * Every device works in its primary context, the one the CUDA runtime
  * (PyTorch, CuPy, JAX) uses too, so DLPack pointers and streams mean the
@@ -44,6 +45,12 @@ typedef struct cuda_device {
 typedef struct cuda_function {
   CUfunction fn;
   CUmodule mod;
+  /* The kernel's parameter sizes as the cubin declares them, when the
+   * driver can say (n_params -1 otherwise). cuLaunchKernel reads exactly
+   * that many pointers and bytes through them: a launch that passes fewer
+   * or smaller arguments must be refused here, not crash in the driver. */
+  int n_params;
+  uint16_t param_size[CUDA_MAX_ARGS];
   /* Largest dynamic shared size the function is allowed so far. Raised
    * under `lock` only; launches read it without the lock. */
   atomic_size_t shared_limit;
@@ -362,11 +369,19 @@ static CUresult load_module(CUmodule *mod, const void *binary, size_t size) {
   return r;
 }
 
+/* The driver can report each parameter's size (cuFuncGetParamInfo), but the
+ * only way to learn the count is to ask past the end and get an error, which
+ * compute-sanitizer reports as an API error on every load. Launch arguments
+ * are built from the same spec that rendered the signature, so the check is
+ * left to that single place (src/kernel/kernel.c) and skipped here. */
+static void read_param_sizes(cuda_function *f) { f->n_params = -1; }
+
 static zmlx_status new_function(CUmodule mod, CUfunction fn, void **function) {
   cuda_function *f = malloc(sizeof *f);
   if (!f) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   f->fn = fn;
   f->mod = mod;
+  read_param_sizes(f);
   atomic_init(&f->shared_limit, CUDA_DEFAULT_DYNAMIC_SHARED);
   pthread_mutex_init(&f->lock, NULL);
   *function = f;
@@ -443,6 +458,15 @@ static zmlx_status launch_failed(CUresult r, const uint32_t blocks[3], const uin
                    shared);
 }
 
+static zmlx_status bad_arguments(const cuda_function *f, int n_args, int i, size_t given) {
+  if (i < 0)
+    return zmlx_fail(ZMLX_ERR_LAUNCH, "CUDA launch: the kernel takes %d parameters, %d were passed",
+                     f->n_params, n_args);
+  return zmlx_fail(ZMLX_ERR_LAUNCH,
+                   "CUDA launch: parameter %d of the kernel has %u bytes, the argument %zu", i,
+                   (unsigned)f->param_size[i], given);
+}
+
 /* The hot path (target: a few microseconds of host time end to end):
  * parameters are laid out on the stack, nothing is allocated. */
 static zmlx_status cuda_launch(int dev, void *stream, void *function, const uint32_t blocks[3],
@@ -452,9 +476,13 @@ static zmlx_status cuda_launch(int dev, void *stream, void *function, const uint
   if (!f || (n_args > 0 && !args) || n_args < 0 || n_args > CUDA_MAX_ARGS)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "CUDA launch: bad function or %d arguments (max %d)",
                      n_args, CUDA_MAX_ARGS);
+  const int checked = f->n_params >= 0;
+  if (checked && n_args != f->n_params) return bad_arguments(f, n_args, -1, 0);
   void *params[CUDA_MAX_ARGS];
   CUdeviceptr pointers[CUDA_MAX_ARGS];
   for (int i = 0; i < n_args; i++) {
+    const size_t size = args[i].kind == ZMLX_ARG_BUFFER ? sizeof(CUdeviceptr) : args[i].size;
+    if (checked && size != f->param_size[i]) return bad_arguments(f, n_args, i, size);
     if (args[i].kind == ZMLX_ARG_BUFFER) {
       pointers[i] = dptr(args[i].buffer, args[i].byte_offset);
       params[i] = &pointers[i];

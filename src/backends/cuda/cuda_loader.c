@@ -46,6 +46,7 @@ static const struct {
     ZMLX_CU_SYM(DeviceGetDefaultMemPool, "cuDeviceGetDefaultMemPool", 0),
     ZMLX_CU_SYM(MemPoolSetAttribute, "cuMemPoolSetAttribute", 0),
     ZMLX_CU_SYM(PointerGetAttribute, "cuPointerGetAttribute", 0),
+    ZMLX_CU_SYM(FuncGetParamInfo, "cuFuncGetParamInfo", 0),
 #undef ZMLX_CU_SYM
 };
 

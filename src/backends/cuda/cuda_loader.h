@@ -48,6 +48,7 @@ typedef struct zmlx_cu_api {
   CUresult (*DeviceGetDefaultMemPool)(CUmemoryPool *, CUdevice);
   CUresult (*MemPoolSetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);
   CUresult (*PointerGetAttribute)(void *, CUpointer_attribute, CUdeviceptr);
+  CUresult (*FuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *); /* driver 12.4+ */
 } zmlx_cu_api;
 
 /* Filled by zmlx_cu_load(); valid while it returns 1. */

@@ -49,6 +49,9 @@ typedef struct zmlx_kstrides { long long v[8]; } zmlx_kstrides;
  * dynamic_shared_bytes. 16-byte alignment covers every dtype and float4. */
 extern __shared__ __align__(16) unsigned char zmlx_dyn_shared[];
 #define zmlx_dynamic_shared(T) (reinterpret_cast<T *>(zmlx_dyn_shared))
+/* A pointer to threadgroup memory. CUDA pointers are generic, and `__shared__`
+ * on a pointer would qualify the variable, not what it points to. */
+#define zmlx_threadgroup_ptr(T) T *
 
 /* -------------------------------------------------------------- constants */
 

@@ -32,6 +32,8 @@ struct zmlx_kstrides { long v[8]; };
 /* zmlx_dyn_shared is the kernel's [[threadgroup(0)]] parameter, present
  * when the body uses dynamic shared memory. */
 #define zmlx_dynamic_shared(T) ((threadgroup T *)zmlx_dyn_shared)
+/* A pointer to threadgroup memory (see the CUDA prelude for why it is a macro). */
+#define zmlx_threadgroup_ptr(T) threadgroup T *
 
 /* -------------------------------------------------------------- constants */
 

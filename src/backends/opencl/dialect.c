@@ -8,7 +8,7 @@
  *   __global T* x_base, ulong x_off                     (output)
  *   zmlx_kshape x_shape_v / zmlx_kstrides x_strides_v / int x_ndim (if used)
  *   const T x                                           (scalar, by value)
- * then `__local uchar* zmlx_dyn_shared` when the body uses dynamic shared
+ * then `__local float4* zmlx_dyn_shared` when the body uses dynamic shared
  * memory, then the hidden grid args. Buffers travel as (cl_mem, element
  * offset) because OpenCL cannot pass a pointer into the middle of a cl_mem.
  */
@@ -103,7 +103,11 @@ static void emit_index_names(zmlx_sb *sb) {
 static void cl_emit_kernel_begin(const zmlx_kspec *spec, zmlx_sb *sb) {
   zmlx_sb_printf(sb, "__kernel void %s(\n", spec->entry);
   for (int i = 0; i < spec->n_params; i++) emit_param(&spec->params[i], sb);
-  if (spec->uses_dynamic_shared) zmlx_sb_append(sb, "    __local uchar* zmlx_dyn_shared,\n");
+  /* float4, not uchar: the pointee type sets the buffer's alignment, and
+   * NVIDIA's OpenCL places a `__local uchar*` buffer at an address where
+   * int loads through zmlx_dynamic_shared(int) fault. 16 bytes covers every
+   * dialect type, as CUDA's dynamic shared memory does. */
+  if (spec->uses_dynamic_shared) zmlx_sb_append(sb, "    __local float4* zmlx_dyn_shared,\n");
   zmlx_sb_append(sb, "    uint zmlx_grid_x, uint zmlx_grid_y, uint zmlx_grid_z) {\n");
   /* OpenCL allows __local variables only at kernel function scope, so the
    * SIMD emulation's scratch is declared here, first, not in a helper. */

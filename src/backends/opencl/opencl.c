@@ -102,6 +102,9 @@ typedef struct ocl_dev {
   cl_context context;
   cl_command_queue fallback_queue; /* used when a caller passes stream NULL */
   int version_major;               /* from CL_DEVICE_VERSION "OpenCL M.m ..." */
+  cl_ulong global_mem;             /* CL_DEVICE_GLOBAL_MEM_SIZE */
+  char *identity;                  /* cache identity (see build_identity) */
+  uint64_t identity_hash;          /* stamped into binaries: load() checks it */
 } ocl_dev;
 
 static struct {
@@ -202,6 +205,50 @@ static int device_usable(cl_device_id d) {
   return available && compiler;
 }
 
+/* FNV-1a 64: checksums binaries and keeps over-long identities distinct
+ * after truncation. Not cryptographic: it guards against accidents (torn
+ * files, another device's binary), the cache's SHA-256 key does the rest. */
+static uint64_t fnv1a(const void *data, size_t n) {
+  const uint8_t *p = data;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+/* Everything that changes a program binary: platform (name + version:
+ * the compiler), device name, driver, device and OpenCL C versions. */
+static zmlx_status build_identity(cl_platform_id pl, cl_device_id d, zmlx_sb *sb) {
+  static const cl_device_info dparams[] = {CL_DEVICE_NAME, CL_DEVICE_VENDOR, CL_DRIVER_VERSION,
+                                           CL_DEVICE_VERSION, CL_DEVICE_OPENCL_C_VERSION};
+  static const cl_platform_info pparams[] = {CL_PLATFORM_NAME, CL_PLATFORM_VERSION};
+  zmlx_sb_append(sb, "opencl|opts=" ZMLX_CL_BUILD_OPTIONS);
+  for (size_t i = 0; i < sizeof pparams / sizeof pparams[0]; i++) {
+    char *s = NULL;
+    ZMLX_CHECK(query_platform_string(pl, pparams[i], &s));
+    zmlx_sb_printf(sb, "|%s", s);
+    free(s);
+  }
+  for (size_t i = 0; i < sizeof dparams / sizeof dparams[0]; i++) {
+    char *s = NULL;
+    ZMLX_CHECK(query_device_string(d, dparams[i], &s));
+    zmlx_sb_printf(sb, "|%s", s);
+    free(s);
+  }
+  return ZMLX_OK;
+}
+
+/* The identity as one malloc'ed string (NULL on failure). */
+static char *identity_string(cl_platform_id pl, cl_device_id d) {
+  zmlx_sb sb;
+  zmlx_sb_init(&sb);
+  char *s = NULL;
+  if (build_identity(pl, d, &sb) != ZMLX_OK || zmlx_sb_finish(&sb, &s) != ZMLX_OK) {
+    zmlx_sb_free(&sb);
+    return NULL;
+  }
+  return s;
+}
+
 /* Context + fallback queue for one device; 0 on success. A device that
  * fails here is left out of the table rather than failing init. */
 static int open_device(cl_platform_id pl, cl_device_id d, ocl_dev *out) {
@@ -213,15 +260,19 @@ static int open_device(cl_platform_id pl, cl_device_id d, ocl_dev *out) {
   out->device = d;
   out->version_major = parse_cl_major(version);
   free(version);
+  if (query_device_value(d, CL_DEVICE_GLOBAL_MEM_SIZE, &out->global_mem, sizeof out->global_mem) !=
+      ZMLX_OK)
+    return -1;
+  out->identity = identity_string(pl, d);
+  if (!out->identity) return -1;
+  out->identity_hash = fnv1a(out->identity, strlen(out->identity));
   cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)pl, 0};
   cl_int err = CL_SUCCESS;
   out->context = clCreateContext(props, 1, &d, NULL, NULL, &err);
-  if (err != CL_SUCCESS) return -1;
-  if (make_queue(out, &out->fallback_queue) != ZMLX_OK) {
-    clReleaseContext(out->context);
-    return -1;
-  }
-  return 0;
+  if (err == CL_SUCCESS && make_queue(out, &out->fallback_queue) == ZMLX_OK) return 0;
+  if (err == CL_SUCCESS) clReleaseContext(out->context);
+  free(out->identity);
+  return -1;
 }
 
 /* Append the usable devices of one platform to the table. A platform that
@@ -250,6 +301,7 @@ static void ocl_shutdown(void) {
   for (int i = 0; i < g_cl.count; i++) {
     if (g_cl.devs[i].fallback_queue) clReleaseCommandQueue(g_cl.devs[i].fallback_queue);
     if (g_cl.devs[i].context) clReleaseContext(g_cl.devs[i].context);
+    free(g_cl.devs[i].identity);
   }
   free(g_cl.devs);
   memset(&g_cl, 0, sizeof g_cl);
@@ -350,56 +402,19 @@ static zmlx_status ocl_device_info(int dev, zmlx_device_info *info) {
   return fill_info_numbers(&g_cl.devs[dev], info);
 }
 
-/* FNV-1a: only to keep over-long identities distinct after truncation. */
-static uint64_t fnv1a(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-  return h;
-}
-
-/* Everything that changes a program binary: platform (name + version:
- * the compiler), device name, driver, device and OpenCL C versions. */
-static zmlx_status build_identity(const ocl_dev *d, zmlx_sb *sb) {
-  static const cl_device_info dparams[] = {CL_DEVICE_NAME, CL_DEVICE_VENDOR, CL_DRIVER_VERSION,
-                                           CL_DEVICE_VERSION, CL_DEVICE_OPENCL_C_VERSION};
-  static const cl_platform_info pparams[] = {CL_PLATFORM_NAME, CL_PLATFORM_VERSION};
-  zmlx_sb_append(sb, "opencl|opts=" ZMLX_CL_BUILD_OPTIONS);
-  for (size_t i = 0; i < sizeof pparams / sizeof pparams[0]; i++) {
-    char *s = NULL;
-    ZMLX_CHECK(query_platform_string(d->platform, pparams[i], &s));
-    zmlx_sb_printf(sb, "|%s", s);
-    free(s);
-  }
-  for (size_t i = 0; i < sizeof dparams / sizeof dparams[0]; i++) {
-    char *s = NULL;
-    ZMLX_CHECK(query_device_string(d->device, dparams[i], &s));
-    zmlx_sb_printf(sb, "|%s", s);
-    free(s);
-  }
-  return ZMLX_OK;
-}
-
 static zmlx_status ocl_cache_identity(int dev, char *buf, size_t cap) {
   ZMLX_REQUIRE_ARG(buf);
   ZMLX_CHECK(check_dev(dev));
   if (cap < 32) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "cache identity buffer too small");
-  zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_status st = build_identity(&g_cl.devs[dev], &sb);
-  char *s = NULL;
-  if (st != ZMLX_OK) {
-    zmlx_sb_free(&sb);
-    return st;
-  }
-  ZMLX_CHECK(zmlx_sb_finish(&sb, &s));
-  if (strlen(s) < cap) {
-    memcpy(buf, s, strlen(s) + 1);
+  const char *s = g_cl.devs[dev].identity;
+  size_t n = strlen(s);
+  if (n < cap) {
+    memcpy(buf, s, n + 1);
   } else {
     /* Truncated prefix + hash of the whole: never collides by truncation. */
     int keep = (int)(cap - 18);
-    snprintf(buf, cap, "%.*s#%016llx", keep, s, (unsigned long long)fnv1a(s));
+    snprintf(buf, cap, "%.*s#%016llx", keep, s, (unsigned long long)g_cl.devs[dev].identity_hash);
   }
-  free(s);
   return ZMLX_OK;
 }
 
@@ -435,11 +450,18 @@ static zmlx_status ocl_stream_sync(int dev, void *stream) {
 /* ------------------------------------------------------------ memory */
 
 /* Zero-byte arrays still get a real cl_mem (OpenCL rejects size 0), so
- * every array has a valid handle to pass to kernels. */
+ * every array has a valid handle to pass to kernels. More than the device
+ * has is refused here: NVIDIA's driver accepts any size and only fails at
+ * first use. Sizes between CL_DEVICE_MAX_MEM_ALLOC_SIZE and the memory
+ * size are left to the driver, which may allow them (NVIDIA does). */
 static zmlx_status ocl_alloc(int dev, void *stream, size_t bytes, void **buffer) {
   (void)stream;
   ZMLX_REQUIRE_ARG(buffer);
   ZMLX_CHECK(check_dev(dev));
+  if ((cl_ulong)bytes > g_cl.devs[dev].global_mem)
+    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY,
+                     "OpenCL: cannot allocate %zu bytes on a device with %llu bytes of memory",
+                     bytes, (unsigned long long)g_cl.devs[dev].global_mem);
   cl_int err = CL_SUCCESS;
   cl_mem m = clCreateBuffer(g_cl.devs[dev].context, CL_MEM_READ_WRITE, bytes ? bytes : 1, NULL,
                             &err);
@@ -518,22 +540,73 @@ static char *build_log(cl_program prog, cl_device_id d) {
   return s;
 }
 
-/* The one device binary of a program built for a single device. */
-static zmlx_status program_binary(cl_program prog, void **binary, size_t *binary_size) {
+/* Binaries from compile() travel in an envelope that load() verifies
+ * before the driver sees a byte, because drivers do not survive damaged
+ * binaries: PoCL 3.1 asserts or segfaults in clCreateProgramWithBinary on a
+ * truncated or bit-flipped one. Layout (integers little-endian):
+ *    0  magic "ZMLXOCL1"
+ *    8  u64 payload bytes
+ *   16  u64 FNV-1a of the payload
+ *   24  u64 identity hash of the device that built it
+ *   32  the driver's program binary (CL_PROGRAM_BINARIES) */
+#define ENVELOPE_MAGIC "ZMLXOCL1"
+#define ENVELOPE_HEADER 32u
+
+static void put_u64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+/* The one device binary of a program built for a single device, in its
+ * envelope. */
+static zmlx_status program_binary(const ocl_dev *d, cl_program prog, void **binary,
+                                  size_t *binary_size) {
   size_t size = 0;
   cl_int err = clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL);
   if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARY_SIZES)");
   if (size == 0)
     return zmlx_fail(ZMLX_ERR_BACKEND, "OpenCL: the driver returned an empty program binary");
-  unsigned char *bin = malloc(size);
-  if (!bin) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  err = clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL);
+  unsigned char *env = malloc(ENVELOPE_HEADER + size);
+  if (!env) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  unsigned char *payload = env + ENVELOPE_HEADER;
+  err = clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof payload, &payload, NULL);
   if (err != CL_SUCCESS) {
-    free(bin);
+    free(env);
     return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARIES)");
   }
-  *binary = bin;
-  *binary_size = size;
+  memcpy(env, ENVELOPE_MAGIC, 8);
+  put_u64(env + 8, size);
+  put_u64(env + 16, fnv1a(payload, size));
+  put_u64(env + 24, d->identity_hash);
+  *binary = env;
+  *binary_size = ENVELOPE_HEADER + size;
+  return ZMLX_OK;
+}
+
+/* The driver binary inside a verified envelope. */
+static zmlx_status open_envelope(const ocl_dev *d, const void *binary, size_t size,
+                                 const unsigned char **payload, size_t *payload_size) {
+  const unsigned char *b = binary;
+  if (size < ENVELOPE_HEADER || memcmp(b, ENVELOPE_MAGIC, 8) != 0)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "not a zmlx OpenCL binary (%zu bytes, no header)",
+                     size);
+  uint64_t n = get_u64(b + 8);
+  if (n != size - ENVELOPE_HEADER || n == 0)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+                     "corrupt zmlx OpenCL binary: header says %llu bytes, %zu present",
+                     (unsigned long long)n, size - ENVELOPE_HEADER);
+  if (get_u64(b + 16) != fnv1a(b + ENVELOPE_HEADER, (size_t)n))
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "corrupt zmlx OpenCL binary: checksum mismatch");
+  if (get_u64(b + 24) != d->identity_hash)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+                     "OpenCL binary was built for another device, driver or compiler");
+  *payload = b + ENVELOPE_HEADER;
+  *payload_size = (size_t)n;
   return ZMLX_OK;
 }
 
@@ -566,11 +639,11 @@ static zmlx_status ocl_compile(int dev, const char *source, const char *entry, v
   if (log) *log = build_log(prog, d->device);
   zmlx_status st;
   if (err != CL_SUCCESS)
-    st = zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE), "OpenCL build failed (%s)",
-                   ocl_error_name(err));
+    st = zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE), "OpenCL build failed (%s, %d)",
+                   ocl_error_name(err), (int)err);
   else
     st = check_entry(prog, entry);
-  if (st == ZMLX_OK) st = program_binary(prog, binary, binary_size);
+  if (st == ZMLX_OK) st = program_binary(d, prog, binary, binary_size);
   clReleaseProgram(prog);
   return st;
 }
@@ -584,11 +657,14 @@ typedef struct ocl_function {
   pthread_mutex_t lock;
 } ocl_function;
 
-/* Program from a binary: rejected binaries (foreign device, other driver,
- * garbage) fail here or in clBuildProgram with a status. */
-static zmlx_status program_from_binary(const ocl_dev *d, const void *binary, size_t size,
+/* Program from an enveloped binary. The envelope catches damage and other
+ * devices' binaries; whatever the driver still refuses fails in
+ * clCreateProgramWithBinary or clBuildProgram with a status. */
+static zmlx_status program_from_binary(const ocl_dev *d, const void *binary, size_t env_size,
                                        cl_program *out) {
-  const unsigned char *bin = binary;
+  const unsigned char *bin = NULL;
+  size_t size = 0;
+  ZMLX_CHECK(open_envelope(d, binary, env_size, &bin, &size));
   cl_int bin_status = CL_SUCCESS, err = CL_SUCCESS;
   cl_program prog = clCreateProgramWithBinary(d->context, 1, &d->device, &size, &bin,
                                               &bin_status, &err);
@@ -628,7 +704,6 @@ static zmlx_status ocl_load(int dev, const void *binary, size_t binary_size, con
   ZMLX_REQUIRE_ARG(entry);
   ZMLX_REQUIRE_ARG(function);
   ZMLX_CHECK(check_dev(dev));
-  if (binary_size == 0) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "OpenCL: empty program binary");
   ocl_function *f = calloc(1, sizeof *f);
   if (!f) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = program_from_binary(&g_cl.devs[dev], binary, binary_size, &f->program);

@@ -33,6 +33,8 @@ typedef struct zmlx_kstrides { long v[8]; } zmlx_kstrides;
 
 #define zmlx_barrier() barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE)
 #define zmlx_dynamic_shared(T) ((__local T*)zmlx_dyn_shared)
+/* A pointer to threadgroup memory (see the CUDA prelude for why it is a macro). */
+#define zmlx_threadgroup_ptr(T) __local T *
 
 /* ------------------------------------------------------------ constants */
 
