@@ -110,7 +110,9 @@ static int allowed_identifier(const char *s, size_t n) {
   return 0;
 }
 
-static int is_alpha_(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
+static int is_alpha_(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
 static int is_digit_(char c) { return c >= '0' && c <= '9'; }
 
 static void assert_only_allowed_identifiers(const char *src) {
@@ -273,6 +275,13 @@ static void test_numbers(void **state) {
     if (!setlocale(LC_NUMERIC, names[i])) continue;
     assert_true(number("1.5") == 1.5);
     assert_true(number("2.5e-1") == 0.25);
+    zmlx_expr *e = parse3("x * 0.5 + 1.25");
+    char *src = emit(e), *text = to_string(e);
+    assert_non_null(strstr(src, "0.5f"));
+    assert_string_equal(text, "(x * 0.5) + 1.25");
+    free(src);
+    free(text);
+    zmlx_expr_free(e);
   }
   setlocale(LC_NUMERIC, "C");
 }
@@ -443,7 +452,8 @@ static const fn_case fn_cases[] = {
     {"x < y", r_lt, {{0.3, 0.9, 0}, {1.2, -0.4, 0}, {-2, -1, 0}, {5, 4, 0}}},
     {"x && y", r_and, {{0.3, 0.9, 0}, {0, -0.4, 0}, {-2, 0, 0}, {0, 0, 0}}},
     {"x || y", r_or, {{0.3, 0.9, 0}, {0, -0.4, 0}, {-2, 0, 0}, {0, 0, 0}}},
-    {"x > 0 ? y : z", r_ternary, {{1.0, 0.3, -2.0}, {-1.0, 0.3, -2.0}, {-0.5, 1.2, 0.7}, {2, 1, 2}}},
+    {"x > 0 ? y : z", r_ternary,
+     {{1.0, 0.3, -2.0}, {-1.0, 0.3, -2.0}, {-0.5, 1.2, 0.7}, {2, 1, 2}}},
 };
 
 #define N_FN_CASES (sizeof fn_cases / sizeof fn_cases[0])

@@ -10,9 +10,10 @@
  *   - a consumer's C form repeats it (sign, softplus) or a root's store
  *     template does, and it is not a constant,
  *   - or (C only) it is an input or parameter: each is read once, at the top.
- * Everything else is inlined into its single consumer. Temporaries are
- * numbered in emission order and emitted in id order (a topological order),
- * so the text depends only on the graph: equal inputs, identical bytes.
+ * Everything else is inlined into its single consumer. Inputs, then
+ * parameters, are read first (by index), then the other temporaries follow
+ * in id order (a topological order), numbered as they are written, so the
+ * text depends only on the graph and ctx: equal inputs, identical bytes.
  *
  * The C never names anything from the user's text: numbers are re-printed
  * from their values, inputs and parameters come from the caller's ctx text.
@@ -171,7 +172,10 @@ static void text_literal(zmlx_sb *sb, double v, int bare) {
   else {
     char buf[64];
     format_g(buf, sizeof buf, v, 17);
-    zmlx_sb_printf(sb, signbit(v) ? "%s%s%s" : "%.0s%s%.0s", open, buf, close);
+    if (signbit(v))
+      zmlx_sb_printf(sb, "%s%s%s", open, buf, close);
+    else
+      zmlx_sb_append(sb, buf);
   }
 }
 
@@ -416,7 +420,8 @@ static zmlx_status check_emit_args(const zmlx_expr *e, const zmlx_expr_emit_ctx 
 
 zmlx_status zmlx_expr_emit(const zmlx_expr *e, const zmlx_expr_emit_ctx *ctx, zmlx_sb *sb) {
   ZMLX_CHECK(check_emit_args(e, ctx, sb));
-  printer pr = {.e = e, .c_mode = 1, .ctx = ctx, .prefix = ctx->temp_prefix ? ctx->temp_prefix : "t"};
+  printer pr = {.e = e, .c_mode = 1, .ctx = ctx};
+  pr.prefix = ctx->temp_prefix ? ctx->temp_prefix : "t";
   const char *indent = ctx->indent ? ctx->indent : "  ";
   int32_t *in_ids = malloc(sizeof *in_ids * (size_t)(e->n_inputs + 1));
   int32_t *par_ids = malloc(sizeof *par_ids * (size_t)(e->n_params + 1));

@@ -566,8 +566,7 @@ static OUT_OF_LINE void arity_error(parser *p, const token *t, const fn_entry *f
   perr(p, t->pos, "function '%s' takes %s, got %d", pub->name, want, n);
 }
 
-static OUT_OF_LINE void call_not_closed(parser *p, const fn_entry *f,
-                                                       size_t open) {
+static OUT_OF_LINE void call_not_closed(parser *p, const fn_entry *f, size_t open) {
   char want[96];
   snprintf(want, sizeof want, "',' or ')' in the call to '%s' opened", f->pub.name);
   expected(p, want, open);
