@@ -316,6 +316,65 @@ ZMLX_API zmlx_status zmlx_kernel_source(zmlx_kernel *k, zmlx_backend backend,
 /** Free memory returned by zmlx (strings). */
 ZMLX_API void zmlx_free(void *p);
 
+/* ---------------------------------------------------- expression builders */
+/* Kernels generated from expressions (docs/EXPRESSIONS.md): the text is
+ * parsed into a graph — never pasted into kernel source —, differentiated
+ * symbolically (VJP and JVP), simplified, and emitted through the codegen
+ * patterns as dialect source, cached like any kernel. */
+
+typedef struct zmlx_op zmlx_op;
+
+typedef enum zmlx_op_direction {
+  ZMLX_OP_FORWARD = 0,
+  ZMLX_OP_VJP,
+  ZMLX_OP_JVP
+} zmlx_op_direction;
+
+/** Elementwise op from an expression such as "x * sigmoid(x) * y". Inputs
+ *  broadcast with NumPy rules; parameters are scalars given per call (no
+ *  recompile). 16-bit float inputs compute in f32. */
+ZMLX_API zmlx_status zmlx_elementwise(const char *expr, const char *const *input_names,
+                                      int n_inputs, const char *const *param_names,
+                                      int n_params, zmlx_op **out);
+ZMLX_API zmlx_status zmlx_op_destroy(zmlx_op *op);
+/** Forward. *out is a new array with the broadcast shape (elementwise) or
+ *  the input shape without its last dimension (reduce). */
+ZMLX_API zmlx_status zmlx_op_call(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
+                                  const double *params, zmlx_stream *stream, zmlx_array **out);
+/** Vector-Jacobian product: grads[i] (new arrays, the shape and dtype of
+ *  inputs[i]) for the cotangent of the output, reduced over broadcast axes. */
+ZMLX_API zmlx_status zmlx_op_vjp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
+                                 const double *params, zmlx_array *cotangent,
+                                 zmlx_stream *stream, zmlx_array **grads);
+/** Jacobian-vector product: the output's tangent for input tangents. */
+ZMLX_API zmlx_status zmlx_op_jvp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
+                                 const double *params, zmlx_array *const *tangents,
+                                 zmlx_stream *stream, zmlx_array **out_tangent);
+/** The generated source of one direction for a backend and input dtypes
+ *  (free with zmlx_free). */
+ZMLX_API zmlx_status zmlx_op_source(zmlx_op *op, zmlx_backend backend, zmlx_op_direction dir,
+                                    const zmlx_dtype *input_dtypes, char **out);
+
+/** A reduction over the last dimension (ZMLX's api.reduce). */
+typedef struct zmlx_reduce_desc {
+  const char *init;     /* expression with no inputs: "0", "-inf" */
+  const char *map;      /* expression of x applied to each element first; NULL: x */
+  const char *update;   /* expression of acc and x: "acc + x" */
+  const char *combine;  /* expression of a and b merging partials; NULL: one thread per row */
+  const char *finalize; /* expression of acc and n (row length); NULL: acc */
+} zmlx_reduce_desc;
+ZMLX_API zmlx_status zmlx_reduce(const zmlx_reduce_desc *desc, zmlx_op **out);
+
+/** Two-pass map-reduce over the last dimension (ZMLX's api.map_reduce; the
+ *  softmax / norm shape): up to two chained reductions (the second's map may
+ *  use r0), then `write`, an expression of x, r0, r1 and n, per element. */
+typedef struct zmlx_map_reduce_desc {
+  zmlx_reduce_desc reduce[2];
+  int n_reduce;
+  const char *write;
+} zmlx_map_reduce_desc;
+ZMLX_API zmlx_status zmlx_map_reduce(const zmlx_map_reduce_desc *desc, zmlx_op **out);
+
 /* ------------------------------------------------------------------ cache */
 
 typedef struct zmlx_cache_stats {
