@@ -1,12 +1,18 @@
 # Wrapper for the README's commands. The real build is CMake (+ ctest).
 #   make demo   install what is missing, build, run the demo on the default backend
 #   make test   install what is missing, build, run the whole test suite
-#                (normal build + ASan/UBSan build); last line: "N passed, N failed"
+#                (normal build + ASan/UBSan build + 60 s of `make fuzz`);
+#                last line: "N passed, N failed"
+#   make fuzz   build the libFuzzer target with clang and run it for FUZZ_SECONDS
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
+FUZZ_BUILD ?= build-fuzz
+FUZZ_CC    ?= clang
+# Seconds of fuzzing in `make fuzz` (0: no limit) and in `make test` (0: skip).
+FUZZ_SECONDS ?= 60
 
 .PHONY: all deps build build-asan demo test test-fast test-asan install clean fuzz bench
 
@@ -28,9 +34,10 @@ demo: build
 	./$(BUILD)/example_softmax_demo
 
 # The full suite: every test program in the normal build, then again under
-# AddressSanitizer + UndefinedBehaviorSanitizer.
+# AddressSanitizer + UndefinedBehaviorSanitizer, then `make fuzz` for
+# FUZZ_SECONDS (counted as one test).
 test: build build-asan
-	@bash scripts/run-tests.sh $(BUILD) $(ASAN_BUILD)
+	@bash scripts/run-tests.sh --fuzz $(FUZZ_SECONDS) $(BUILD) $(ASAN_BUILD)
 
 test-fast: build
 	@bash scripts/run-tests.sh $(BUILD)
@@ -41,8 +48,24 @@ test-asan: build-asan
 install: build
 	cmake --install $(BUILD)
 
+# The expression parser/emitter under libFuzzer (+ ASan, UBSan), built with
+# clang in $(FUZZ_BUILD), run on a copy of the seed corpus so that new inputs
+# never land in the repository (they go to $(FUZZ_BUILD)/corpus, crash
+# reproducers to $(FUZZ_BUILD)/artifacts). Fails on a crash, a leak, a
+# sanitizer report or an input slower than 30 s.
+fuzz: deps
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=$(FUZZ_CC) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DZMLX_FUZZ=ON -DZMLX_BUILD_BENCH=OFF $(CMAKE_ARGS) >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_expr
+	rm -rf $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/artifacts
+	mkdir -p $(FUZZ_BUILD)/artifacts
+	cp -R tests/fuzz/corpus/fuzz_expr $(FUZZ_BUILD)/corpus
+	$(FUZZ_BUILD)/tests/fuzz_expr -max_total_time=$(FUZZ_SECONDS) -timeout=30 \
+	  -dict=tests/fuzz/corpus/fuzz_expr.dict -artifact_prefix=$(FUZZ_BUILD)/artifacts/ \
+	  -print_final_stats=1 $(FUZZ_BUILD)/corpus
+
 bench: build
 	./$(BUILD)/bench/bench_launch
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

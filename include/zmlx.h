@@ -330,9 +330,12 @@ typedef enum zmlx_op_direction {
   ZMLX_OP_JVP
 } zmlx_op_direction;
 
-/** Elementwise op from an expression such as "x * sigmoid(x) * y". Inputs
- *  broadcast with NumPy rules; parameters are scalars given per call (no
- *  recompile). 16-bit float inputs compute in f32. */
+/** Elementwise op from an expression such as "x * sigmoid(x) * y" (1 to 15
+ *  inputs, at most 15 parameters). Inputs broadcast with NumPy rules and may
+ *  be strided views; parameters are scalars given per call (no recompile).
+ *  Everything computes in f32. Output dtype: the widest float input
+ *  (bf16 < f16 < f32; f16 with bf16 gives f32), f32 when no input is a
+ *  float; f64 inputs are refused. */
 ZMLX_API zmlx_status zmlx_elementwise(const char *expr, const char *const *input_names,
                                       int n_inputs, const char *const *param_names,
                                       int n_params, zmlx_op **out);
@@ -342,20 +345,29 @@ ZMLX_API zmlx_status zmlx_op_destroy(zmlx_op *op);
 ZMLX_API zmlx_status zmlx_op_call(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
                                   const double *params, zmlx_stream *stream, zmlx_array **out);
 /** Vector-Jacobian product: grads[i] (new arrays, the shape and dtype of
- *  inputs[i]) for the cotangent of the output, reduced over broadcast axes. */
+ *  inputs[i]; f32 for integer inputs) for the cotangent of the output
+ *  (which may broadcast into the output's shape), summed in f32 over
+ *  broadcast axes. Elementwise ops only. */
 ZMLX_API zmlx_status zmlx_op_vjp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
                                  const double *params, zmlx_array *cotangent,
                                  zmlx_stream *stream, zmlx_array **grads);
-/** Jacobian-vector product: the output's tangent for input tangents. */
+/** Jacobian-vector product: the output's tangent for input tangents
+ *  (tangents[i] broadcastable to inputs[i]; NULL means zero). Elementwise
+ *  ops only. */
 ZMLX_API zmlx_status zmlx_op_jvp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
                                  const double *params, zmlx_array *const *tangents,
                                  zmlx_stream *stream, zmlx_array **out_tangent);
 /** The generated source of one direction for a backend and input dtypes
- *  (free with zmlx_free). */
+ *  (free with zmlx_free): every kernel the direction may launch, each after
+ *  a banner comment (elementwise: the dense kernel, then the broadcast /
+ *  strided one). Reductions have only ZMLX_OP_FORWARD. */
 ZMLX_API zmlx_status zmlx_op_source(zmlx_op *op, zmlx_backend backend, zmlx_op_direction dir,
                                     const zmlx_dtype *input_dtypes, char **out);
 
-/** A reduction over the last dimension (ZMLX's api.reduce). */
+/** A reduction over the last dimension (ZMLX's api.reduce); the result has
+ *  the input's shape without its last axis and the input's float dtype (f32
+ *  for integers). With a combine, a threadgroup reduces each row and every
+ *  thread starts from init, so init must be an identity of combine. */
 typedef struct zmlx_reduce_desc {
   const char *init;     /* expression with no inputs: "0", "-inf" */
   const char *map;      /* expression of x applied to each element first; NULL: x */
@@ -365,15 +377,187 @@ typedef struct zmlx_reduce_desc {
 } zmlx_reduce_desc;
 ZMLX_API zmlx_status zmlx_reduce(const zmlx_reduce_desc *desc, zmlx_op **out);
 
+/** How zmlx_map_reduce sweeps a row. AUTO (0) is single-pass online when
+ *  the desc has the softmax shape (reduce[0] a max from -inf, reduce[1] a
+ *  sum from 0 of exp(map0(x) - r0)), else two-pass. */
+typedef enum zmlx_map_reduce_strategy {
+  ZMLX_MAP_REDUCE_AUTO = 0,
+  ZMLX_MAP_REDUCE_TWO_PASS, /* always one sweep per reduction */
+  ZMLX_MAP_REDUCE_ONLINE    /* running max + rescaled sum; fails if not the softmax shape */
+} zmlx_map_reduce_strategy;
+
 /** Two-pass map-reduce over the last dimension (ZMLX's api.map_reduce; the
  *  softmax / norm shape): up to two chained reductions (the second's map may
- *  use r0), then `write`, an expression of x, r0, r1 and n, per element. */
+ *  use r0, its finalize acc, n and r0), then `write`, an expression of x,
+ *  r0, r1 and n, per element. The output has the input's shape. */
 typedef struct zmlx_map_reduce_desc {
   zmlx_reduce_desc reduce[2];
   int n_reduce;
   const char *write;
+  zmlx_map_reduce_strategy strategy;
 } zmlx_map_reduce_desc;
 ZMLX_API zmlx_status zmlx_map_reduce(const zmlx_map_reduce_desc *desc, zmlx_op **out);
+
+/* ---------------------------------------------------------------- autograd */
+/* Reverse and forward mode in MLX's spirit (docs/AUTOGRAD.md). A function
+ * to differentiate is a C callback from arrays to one array. Inside a grad
+ * call, the differentiable ops below (and custom functions) record
+ * themselves on a thread-local tape; everything else — zmlx_array_* views,
+ * zmlx_array_astype, raw zmlx_kernel_launch, zmlx_op_call — produces
+ * constants that gradients do not flow through. Outside a grad call the
+ * ops record nothing and cost one thread-local check. Two threads may
+ * differentiate at the same time; grad calls nest (grad of grad).
+ * Differentiable dtypes are f32, f16 and bf16; a gradient has its input's
+ * dtype (sums of 16-bit gradients are kept in f32 until the end).
+ *
+ * Callbacks get borrowed inputs and return a new reference in *out. */
+
+typedef zmlx_status (*zmlx_ad_fn)(void *user_data, zmlx_array *const *inputs, int n_inputs,
+                                  zmlx_array **out);
+
+/** Call fn(inputs) (its output must have one element) and differentiate
+ *  it with respect to inputs[argnums[0..n_argnums)] (argnums NULL: every
+ *  input). *value (may be NULL) gets the output, grads[k] the gradient of
+ *  input argnums[k] (new references, the input's shape and dtype). When fn
+ *  fails its status comes back and no tape is left behind. */
+ZMLX_API zmlx_status zmlx_value_and_grad(zmlx_ad_fn fn, void *user_data,
+                                         zmlx_array *const *inputs, int n_inputs,
+                                         const int *argnums, int n_argnums, zmlx_array **value,
+                                         zmlx_array **grads);
+/** zmlx_value_and_grad without the value. */
+ZMLX_API zmlx_status zmlx_grad(zmlx_ad_fn fn, void *user_data, zmlx_array *const *inputs,
+                               int n_inputs, const int *argnums, int n_argnums,
+                               zmlx_array **grads);
+/** Vector-Jacobian product for any output shape: *out = fn(inputs), and
+ *  grads[k] = cotangent^T d out / d inputs[argnums[k]]. */
+ZMLX_API zmlx_status zmlx_vjp(zmlx_ad_fn fn, void *user_data, zmlx_array *const *inputs,
+                              int n_inputs, const int *argnums, int n_argnums,
+                              zmlx_array *cotangent, zmlx_array **out, zmlx_array **grads);
+/** Forward mode: *out = fn(primals) and *out_tangent = its directional
+ *  derivative along tangents (tangents[i] NULL, or tangents NULL: zero). */
+ZMLX_API zmlx_status zmlx_jvp(zmlx_ad_fn fn, void *user_data, zmlx_array *const *primals,
+                              zmlx_array *const *tangents, int n, zmlx_array **out,
+                              zmlx_array **out_tangent);
+/** A new handle on the same elements that gradients do not flow through. */
+ZMLX_API zmlx_status zmlx_stop_gradient(zmlx_array *a, zmlx_array **out);
+/** 1 while differentiable ops on this thread are being recorded. */
+ZMLX_API int zmlx_grad_is_recording(void);
+
+/* Custom functions (MLX's mx.custom_function): a forward plus its VJP and
+ * optional JVP, each free to launch any kernels. Inside a grad call the
+ * call is recorded as one node that keeps the inputs and outputs; the
+ * forward itself is not recorded. Cotangents and tangents handed to the
+ * callbacks are always arrays (zeros where nothing flows). A gradient may
+ * be left NULL (zero) and may have a broadcast shape of its input: it is
+ * summed down and cast to the input's dtype. For grad of grad, write the
+ * VJP with differentiable ops (then it is recorded like any code). */
+typedef struct zmlx_custom_function zmlx_custom_function;
+typedef zmlx_status (*zmlx_custom_forward_fn)(void *user_data, zmlx_array *const *inputs,
+                                              int n_inputs, zmlx_array **outputs,
+                                              int n_outputs);
+typedef zmlx_status (*zmlx_custom_vjp_fn)(void *user_data, zmlx_array *const *inputs,
+                                          int n_inputs, zmlx_array *const *outputs,
+                                          zmlx_array *const *cotangents, int n_outputs,
+                                          zmlx_array **grads /* n_inputs */);
+typedef zmlx_status (*zmlx_custom_jvp_fn)(void *user_data, zmlx_array *const *inputs,
+                                          int n_inputs, zmlx_array *const *tangents,
+                                          int n_outputs, zmlx_array **out_tangents);
+
+/** forward and vjp are required; jvp may be NULL (then zmlx_jvp through the
+ *  function fails with ZMLX_ERR_UNSUPPORTED). user_data must outlive every
+ *  grad call that uses the function. */
+ZMLX_API zmlx_status zmlx_custom_function_create(zmlx_custom_forward_fn forward,
+                                                 zmlx_custom_vjp_fn vjp, zmlx_custom_jvp_fn jvp,
+                                                 void *user_data, zmlx_custom_function **out);
+/** outputs[0..n_outputs) receive new references. */
+ZMLX_API zmlx_status zmlx_custom_function_call(zmlx_custom_function *fn,
+                                               zmlx_array *const *inputs, int n_inputs,
+                                               zmlx_array **outputs, int n_outputs);
+/** Safe while a grad call that recorded the function is still running. */
+ZMLX_API zmlx_status zmlx_custom_function_destroy(zmlx_custom_function *fn);
+
+/* Differentiable ops. Each returns a new array and records itself inside a
+ * grad call. Binary ops broadcast with NumPy rules; gradients are summed
+ * back over broadcast axes. */
+
+/** A zmlx_elementwise op, differentiably (its engine-derived VJP / JVP).
+ *  The op must outlive the grad call. Grad of grad needs the expression's
+ *  text: use zmlx_apply_expr for ops differentiated twice. */
+ZMLX_API zmlx_status zmlx_apply(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
+                                const double *params, zmlx_array **out);
+/** Elementwise expression applied differentiably to any order, e.g.
+ *  zmlx_apply_expr("tanh(x) * y", names, inputs, 2, NULL, NULL, 0, &out).
+ *  The op is compiled once per (text, names) and cached for the process. */
+ZMLX_API zmlx_status zmlx_apply_expr(const char *expr, const char *const *input_names,
+                                     zmlx_array *const *inputs, int n_inputs,
+                                     const char *const *param_names, const double *params,
+                                     int n_params, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_add(zmlx_array *a, zmlx_array *b, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_sub(zmlx_array *a, zmlx_array *b, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_mul(zmlx_array *a, zmlx_array *b, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_div(zmlx_array *a, zmlx_array *b, zmlx_array **out);
+/** Sum over axes (negative counts from the end; axes NULL: all axes),
+ *  keeping them as size 1 when keepdims. f32 accumulation. */
+ZMLX_API zmlx_status zmlx_sum(zmlx_array *a, const int *axes, int n_axes, int keepdims,
+                              zmlx_array **out);
+ZMLX_API zmlx_status zmlx_mean(zmlx_array *a, const int *axes, int n_axes, int keepdims,
+                               zmlx_array **out);
+/* Shape ops with the semantics of the zmlx_array_* functions, recorded. */
+ZMLX_API zmlx_status zmlx_reshape(zmlx_array *a, int ndim, const int64_t *shape,
+                                  zmlx_array **out);
+ZMLX_API zmlx_status zmlx_transpose(zmlx_array *a, const int *perm, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_slice(zmlx_array *a, const int64_t *start, const int64_t *stop,
+                                const int64_t *step, zmlx_array **out);
+/** Join arrays of equal shape but along `axis` (negative from the end). */
+ZMLX_API zmlx_status zmlx_concat(zmlx_array *const *arrays, int n, int axis, zmlx_array **out);
+/** Materialised NumPy broadcast of `a` to `shape`. */
+ZMLX_API zmlx_status zmlx_broadcast_to(zmlx_array *a, int ndim, const int64_t *shape,
+                                       zmlx_array **out);
+/** Dtype conversion (the gradient converts back). */
+ZMLX_API zmlx_status zmlx_astype(zmlx_array *a, zmlx_dtype dt, zmlx_array **out);
+/** a [..., M, K] @ b [..., K, N] -> [..., M, N]; batch axes broadcast. */
+ZMLX_API zmlx_status zmlx_matmul(zmlx_array *a, zmlx_array *b, zmlx_array **out);
+
+/** The GEMM behind zmlx_matmul and its gradients: out = a @ b for a
+ *  [B..., M, K] and b [B..., K, N] with the same batch shape (any strides,
+ *  including transposed views and stride-0 batch axes), into the dense,
+ *  preallocated out [B..., M, N] of out's dtype, on out's device, in
+ *  stream order of the default stream. */
+typedef zmlx_status (*zmlx_gemm_fn)(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out);
+/** Route every matmul through `fn` (NULL: the built-in dialect kernel). */
+ZMLX_API zmlx_status zmlx_set_gemm(zmlx_gemm_fn fn, void *ctx);
+
+/* Gradient checker: the analytic VJP (every float input) and JVP (one
+ * random direction) against central finite differences in f64 on the host.
+ * fn must return one element. Each input element x is perturbed to x ± eps
+ * (rounded to the input's dtype; the actual step is used), uploaded, and fn
+ * evaluated. An element passes when |analytic - numeric| <= tol * max(1,
+ * |numeric|). Costs 2 evaluations per element: for small inputs. */
+#define ZMLX_GRAD_CHECK_MAX_INPUTS 16
+
+typedef struct zmlx_grad_check_input {
+  int checked;          /* 0 for non-float inputs (not differentiable) */
+  double max_abs_err;   /* max |analytic - numeric| */
+  double max_rel_err;   /* max |analytic - numeric| / max(|numeric|, 1e-12) */
+  int64_t worst_index;  /* flat index of the largest scaled error */
+  double analytic, numeric; /* the two values there */
+  int passed;
+} zmlx_grad_check_input;
+
+typedef struct zmlx_grad_check_report {
+  int n_inputs;
+  zmlx_grad_check_input inputs[ZMLX_GRAD_CHECK_MAX_INPUTS];
+  int jvp_checked;      /* 0 when some op on the path has no forward rule */
+  double jvp_analytic, jvp_numeric, jvp_abs_err;
+  int jvp_passed;
+  int passed;           /* every checked input and the JVP */
+} zmlx_grad_check_report;
+
+/** ZMLX_OK when the check ran (read report->passed); an error when fn or
+ *  the differentiation failed. eps <= 0 picks 1e-3; tol <= 0 picks 1e-2. */
+ZMLX_API zmlx_status zmlx_check_grad(zmlx_ad_fn fn, void *user_data, zmlx_array *const *inputs,
+                                     int n_inputs, double eps, double tol,
+                                     zmlx_grad_check_report *report);
 
 /* ------------------------------------------------------------------ cache */
 

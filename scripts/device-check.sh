@@ -30,7 +30,8 @@ done
 ./$B/example_softmax_demo 2>&1 | tee -a "$summary"
 
 for tool in memcheck racecheck; do
-  for n in test_kernel test_array test_dlpack test_cache; do
+  for n in ${SANITIZE_TESTS:-test_kernel test_array test_dlpack test_cache test_patterns test_builders test_autograd}; do
+    [ -x "$B/tests/$n" ] || continue
     extra=""
     [ $tool = memcheck ] && extra="--leak-check full"
     ZMLX_CACHE_DIR=/tmp/zcs_$n timeout 400 compute-sanitizer --tool $tool $extra --error-exitcode 99 \
@@ -42,4 +43,9 @@ done
 
 "$B/bench/bench_launch" --backend cuda --json "$OUT/bench_launch.json" 2>&1 | tee -a "$summary"
 PYTHONUNBUFFERED=1 python3 bench/peer_launch.py --json "$OUT/peer_launch.json" 2>&1 | tee -a "$summary"
+if [ -x "$B/bench/bench_elementwise" ]; then
+  PYTHONUNBUFFERED=1 python3 bench/peer_elementwise.py --json "$OUT/peer_elementwise.json" 2>&1 | tail -8 | tee -a "$summary"
+  "$B/bench/bench_elementwise" --backend cuda --json "$OUT/bench_elementwise.json" \
+    --peer "$OUT/peer_elementwise.json" 2>&1 | tee -a "$summary"
+fi
 tar czf "$OUT/logs.tgz" -C "$LOG" .  # the device tool brings back at most 8 files

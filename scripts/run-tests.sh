@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Run ctest in each build folder given and print one summary line last:
 # "N passed, N failed" (counted over ctest tests of all folders).
+#   run-tests.sh [--fuzz SECONDS] BUILD_DIR...
+# --fuzz also runs `make fuzz` (the libFuzzer target) for SECONDS and counts
+# it as one test (0 skips it).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+fuzz_seconds=0
+if [ "${1:-}" = "--fuzz" ]; then
+  fuzz_seconds=${2:?run-tests: --fuzz needs a number of seconds}
+  shift 2
+fi
 export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
@@ -24,5 +32,20 @@ for dir in "$@"; do
   fi
   rm -f "$log"
 done
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "== fuzz: make fuzz FUZZ_SECONDS=$fuzz_seconds"
+  log=$(mktemp)
+  if make --no-print-directory -C "$root" fuzz FUZZ_SECONDS="$fuzz_seconds" >"$log" 2>&1; then
+    grep -E "^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb)|INFO: seed corpus" \
+      "$log"
+    echo "fuzz: passed (no crash in ${fuzz_seconds} s)"
+    passed=$((passed + 1))
+  else
+    tail -n 100 "$log"
+    echo "fuzz: FAILED (last 100 lines of the log above; crash reproducers go to the fuzz build's artifacts/)"
+    failed=$((failed + 1))
+  fi
+  rm -f "$log"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -147,6 +147,12 @@ static const cli_command top_commands[] = {
      "capability or OpenCL version, architecture, threadgroup limits and SIMD\n"
      "width; and where compiled kernels are cached on disk.\n",
      zmlx_cmd_info, NULL},
+    {"emit", "print the kernel source generated from an expression", zmlx_emit_usage,
+     zmlx_cmd_emit, NULL},
+    {"eval", "run an expression (and its gradient) on a device, print JSON", zmlx_eval_usage,
+     zmlx_cmd_eval, NULL},
+    {"functions", "list the functions of the expression language", zmlx_functions_usage,
+     zmlx_cmd_functions, NULL},
     {"cache", "inspect or clear the compiled-kernel cache", NULL, NULL, &zmlx_cache_group},
     {"version", "print the version",
      "usage: zmlx version\n       zmlx --version\n\nPrint the version of zmlx.\n", cmd_version,

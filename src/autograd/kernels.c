@@ -1,0 +1,213 @@
+/* The dialect kernels autograd needs beyond expression ops: a sum over any
+ * axes, a strided scatter (slice gradients, concat) and the default GEMM.
+ * They read inputs through <name>_shape / <name>_strides, so transposed and
+ * sliced views go in without a copy. Compiled and cached like any kernel. */
+#include "autograd/ad.h"
+
+#include <pthread.h>
+#include <string.h>
+
+/* One threadgroup per output element; its threads stride over the summed
+ * elements and fold in threadgroup memory. The view puts the kept axes
+ * first (nk of them) and the summed axes last. */
+static const char SUM_BODY[] =
+    "threadgroup float zsum[256];\n"
+    "zmlx_i64 o = (zmlx_i64)threadgroup_position_in_grid.y * threadgroups_per_grid.x\n"
+    "             + threadgroup_position_in_grid.x;\n"
+    "uint tid = thread_position_in_threadgroup.x;\n"
+    "uint nt = threads_per_threadgroup.x;\n"
+    "float acc = 0.0f;\n"
+    "if (o < n_out) {\n"
+    "  zmlx_i64 rem = o, base = 0;\n"
+    "  for (int d = nk - 1; d >= 0; d--) {\n"
+    "    base += (rem % x_shape[d]) * x_strides[d];\n"
+    "    rem /= x_shape[d];\n"
+    "  }\n"
+    "  for (zmlx_i64 r = tid; r < n_red; r += nt) {\n"
+    "    zmlx_i64 rr = r, off = base;\n"
+    "    for (int d = x_ndim - 1; d >= nk; d--) {\n"
+    "      off += (rr % x_shape[d]) * x_strides[d];\n"
+    "      rr /= x_shape[d];\n"
+    "    }\n"
+    "    acc += x_load(off);\n"
+    "  }\n"
+    "}\n"
+    "zsum[tid] = acc;\n"
+    "zmlx_barrier();\n"
+    "for (uint s = nt / 2u; s > 0u; s >>= 1) {\n"
+    "  if (tid < s) zsum[tid] += zsum[tid + s];\n"
+    "  zmlx_barrier();\n"
+    "}\n"
+    "if (tid == 0u && o < n_out) out_store(o, zsum[0]);\n";
+
+/* dst[woff + window offset of i] = src[offset of i]: `win` is a view of
+ * dst's buffer that is only used for its strides (never dereferenced). */
+static const char SCATTER_BODY[] =
+    "zmlx_i64 i = (zmlx_i64)thread_position_in_grid.y * grid_size.x + thread_position_in_grid.x;\n"
+    "if (i >= n) return;\n"
+    "zmlx_i64 rem = i, so = 0, wo = 0;\n"
+    "for (int d = src_ndim - 1; d >= 0; d--) {\n"
+    "  zmlx_i64 c = rem % src_shape[d];\n"
+    "  rem /= src_shape[d];\n"
+    "  so += c * src_strides[d];\n"
+    "  wo += c * win_strides[d];\n"
+    "}\n"
+    "dst_store(woff + wo, src_load(so));\n";
+
+/* 16x16 tiles through threadgroup memory, f32 accumulation; grid z walks
+ * the batch. A plain, correct default: cuBLAS / CLBlast plug in through
+ * zmlx_set_gemm. */
+static const char GEMM_BODY[] =
+    "threadgroup float za[256];\n"
+    "threadgroup float zb[256];\n"
+    "uint tx = thread_position_in_threadgroup.x, ty = thread_position_in_threadgroup.y;\n"
+    "int row = (int)(threadgroup_position_in_grid.y * 16u + ty);\n"
+    "int col = (int)(threadgroup_position_in_grid.x * 16u + tx);\n"
+    "zmlx_i64 z = (zmlx_i64)threadgroup_position_in_grid.z;\n"
+    "int nd = a_ndim;\n"
+    "zmlx_i64 ab = 0, bb = 0, rem = z;\n"
+    "for (int d = nd - 3; d >= 0; d--) {\n"
+    "  zmlx_i64 c = rem % a_shape[d];\n"
+    "  rem /= a_shape[d];\n"
+    "  ab += c * a_strides[d];\n"
+    "  bb += c * b_strides[d];\n"
+    "}\n"
+    "zmlx_i64 sam = a_strides[nd - 2], sak = a_strides[nd - 1];\n"
+    "zmlx_i64 sbk = b_strides[nd - 2], sbn = b_strides[nd - 1];\n"
+    "float acc = 0.0f;\n"
+    "for (int k0 = 0; k0 < K; k0 += 16) {\n"
+    "  int ka = k0 + (int)tx, kb = k0 + (int)ty;\n"
+    "  za[ty * 16u + tx] = (row < M && ka < K) ? (float)a_load(ab + row * sam + ka * sak) : 0.0f;\n"
+    "  zb[ty * 16u + tx] = (kb < K && col < N) ? (float)b_load(bb + kb * sbk + col * sbn) : 0.0f;\n"
+    "  zmlx_barrier();\n"
+    "  for (int kk = 0; kk < 16; kk++) acc += za[ty * 16u + kk] * zb[kk * 16u + tx];\n"
+    "  zmlx_barrier();\n"
+    "}\n"
+    "if (row < M && col < N) out_store(z * (zmlx_i64)M * N + (zmlx_i64)row * N + col, acc);\n";
+
+enum { K_SUM, K_SCATTER, K_GEMM, K_COUNT };
+
+static zmlx_kernel *kernels[K_COUNT];
+static zmlx_status create_status;
+static char create_error[1024];
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static zmlx_status create_one(int which) {
+  static const char *const x_in[] = {"x"}, *const scatter_in[] = {"src", "win"};
+  static const char *const ab_in[] = {"a", "b"}, *const out_o[] = {"out"}, *const dst_o[] = {"dst"};
+  static const char *const sum_p[] = {"nk", "n_out", "n_red"}, *const scatter_p[] = {"n", "woff"};
+  static const char *const gemm_p[] = {"M", "N", "K"};
+  static const zmlx_dtype sum_pd[] = {ZMLX_I32, ZMLX_I64, ZMLX_I64};
+  static const zmlx_dtype scatter_pd[] = {ZMLX_I64, ZMLX_I64};
+  static const zmlx_dtype gemm_pd[] = {ZMLX_I32, ZMLX_I32, ZMLX_I32};
+  static const zmlx_kernel_desc descs[K_COUNT] = {
+      [K_SUM] = {.name = "zmlx_ad_sum", .input_names = x_in, .n_inputs = 1,
+                 .output_names = out_o, .n_outputs = 1, .source = SUM_BODY,
+                 .param_names = sum_p, .param_dtypes = sum_pd, .n_params = 3},
+      [K_SCATTER] = {.name = "zmlx_ad_scatter", .input_names = scatter_in, .n_inputs = 2,
+                     .output_names = dst_o, .n_outputs = 1, .source = SCATTER_BODY,
+                     .param_names = scatter_p, .param_dtypes = scatter_pd, .n_params = 2},
+      [K_GEMM] = {.name = "zmlx_ad_gemm", .input_names = ab_in, .n_inputs = 2,
+                  .output_names = out_o, .n_outputs = 1, .source = GEMM_BODY,
+                  .param_names = gemm_p, .param_dtypes = gemm_pd, .n_params = 3},
+  };
+  return zmlx_kernel_create(&descs[which], &kernels[which]);
+}
+
+static void create_all(void) {
+  for (int i = 0; i < K_COUNT && create_status == ZMLX_OK; i++) {
+    create_status = create_one(i);
+    if (create_status != ZMLX_OK)
+      strncpy(create_error, zmlx_last_error(), sizeof create_error - 1);
+  }
+}
+
+static zmlx_status get_kernel(int which, zmlx_kernel **out) {
+  pthread_once(&once, create_all);
+  if (create_status != ZMLX_OK)
+    return zmlx_fail(create_status, "autograd kernels: %s", create_error);
+  *out = kernels[which];
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------------------------- sum */
+
+static int pow2_at_least(int64_t n, int lo, int hi) {
+  int t = lo;
+  while (t < hi && t < n) t *= 2;
+  return t;
+}
+
+static zmlx_status launch_sum(zmlx_array *view, int nk, zmlx_array *out, int64_t n_red) {
+  zmlx_kernel *k = NULL;
+  ZMLX_CHECK(get_kernel(K_SUM, &k));
+  int tg = pow2_at_least(n_red, 32, 256);
+  int64_t n_out = out->size, gx = n_out < 65535 ? n_out : 65535, gy = (n_out + gx - 1) / gx;
+  double params[3] = {nk, (double)n_out, (double)n_red};
+  zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &view, .outputs = &out,
+                        .grid = {gx * tg, gy, 1}, .threadgroup = {tg, 1, 1}, .params = params,
+                        .device = out->buffer->device};
+  return zmlx_kernel_launch(k, &c);
+}
+
+zmlx_status zmlx_ad_kernel_sum(zmlx_array *x, unsigned axis_mask, zmlx_array **out) {
+  int perm[ZMLX_MAX_DIMS], nk = 0, np = 0;
+  int64_t shape[ZMLX_MAX_DIMS], n_red = 1;
+  for (int d = 0; d < x->ndim; d++) /* kept axes first, in order */
+    if (!(axis_mask >> d & 1u)) {
+      shape[nk++] = x->shape[d];
+      perm[np++] = d;
+    }
+  for (int d = 0; d < x->ndim; d++) /* then the summed ones */
+    if (axis_mask >> d & 1u) {
+      perm[np++] = d;
+      n_red *= x->shape[d];
+    }
+  ZMLX_CHECK(zmlx_array_alloc(x->buffer->device, NULL, x->dtype, nk, shape, out));
+  if ((*out)->size == 0) return ZMLX_OK;
+  zmlx_array *view = NULL;
+  zmlx_status st = zmlx_array_transpose(x, perm, &view);
+  if (st == ZMLX_OK) st = launch_sum(view, nk, *out, n_red);
+  zmlx_array_release(view);
+  if (st != ZMLX_OK) zmlx_ad_release_all(out, 1);
+  return st;
+}
+
+/* ---------------------------------------------------------------- scatter */
+
+zmlx_status zmlx_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_array *dst) {
+  if (src->size == 0) return ZMLX_OK;
+  zmlx_kernel *k = NULL;
+  ZMLX_CHECK(get_kernel(K_SCATTER, &k));
+  const int64_t row = (int64_t)1 << 30;
+  double params[2] = {(double)src->size, (double)(window->offset - dst->offset)};
+  zmlx_array *in[2] = {src, window};
+  zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &dst,
+                        .grid = {src->size < row ? src->size : row, (src->size + row - 1) / row, 1},
+                        .threadgroup = {256, 1, 1}, .params = params,
+                        .device = dst->buffer->device};
+  return zmlx_kernel_launch(k, &c);
+}
+
+/* ------------------------------------------------------------------- gemm */
+
+zmlx_status zmlx_ad_kernel_gemm(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out) {
+  (void)ctx;
+  int nd = a->ndim;
+  int64_t m = a->shape[nd - 2], kk = a->shape[nd - 1], n = b->shape[nd - 1];
+  int64_t batch = out->size / (m * n > 0 ? m * n : 1);
+  if (out->size == 0) return ZMLX_OK;
+  if (m > INT32_MAX || n > INT32_MAX || kk > INT32_MAX || batch > 65535 || (m + 15) / 16 > 65535)
+    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "matmul: the built-in GEMM takes M, N, K < 2^31, "
+                     "M < 2^20 and at most 65535 batch entries (plug in a library GEMM with "
+                     "zmlx_set_gemm for more)");
+  zmlx_kernel *k = NULL;
+  ZMLX_CHECK(get_kernel(K_GEMM, &k));
+  double params[3] = {(double)m, (double)n, (double)kk};
+  zmlx_array *in[2] = {a, b};
+  zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &out,
+                        .grid = {(n + 15) / 16 * 16, (m + 15) / 16 * 16, batch},
+                        .threadgroup = {16, 16, 1}, .params = params,
+                        .device = out->buffer->device};
+  return zmlx_kernel_launch(k, &c);
+}
