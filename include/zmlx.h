@@ -480,9 +480,8 @@ ZMLX_API zmlx_status zmlx_custom_function_destroy(zmlx_custom_function *fn);
  * grad call. Binary ops broadcast with NumPy rules; gradients are summed
  * back over broadcast axes. */
 
-/** A zmlx_elementwise op, differentiably (its engine-derived VJP / JVP).
- *  The op must outlive the grad call. Grad of grad needs the expression's
- *  text: use zmlx_apply_expr for ops differentiated twice. */
+/** A zmlx_elementwise op, differentiably (its engine-derived VJP / JVP, to
+ *  any order). The op must outlive the grad call. */
 ZMLX_API zmlx_status zmlx_apply(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
                                 const double *params, zmlx_array **out);
 /** Elementwise expression applied differentiably to any order, e.g.

@@ -596,6 +596,43 @@ static void test_bad_inputs(void **state) {
   assert_int_equal(zmlx_array_live_count(), live);
 }
 
+/* Work ordered on a caller's stream (forward, VJP with a broadcast sum). */
+static void test_explicit_stream(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  zmlx_op *op = NULL;
+  ZT_OK(zmlx_elementwise("x * y", XY, 2, NULL, 0, &op));
+  for (int d = 0; d < nd; d++) {
+    zmlx_stream *s = NULL;
+    ZT_OK(zmlx_stream_create(devs[d], &s));
+    int64_t sx[2] = {64, 100}, sy[1] = {100};
+    float *hx = rnd(6400, -1, 1, 51), *hy = rnd(100, -1, 1, 52);
+    zmlx_array *in[2] = {zt_array(devs[d], ZMLX_F32, 2, sx, hx), zt_array(devs[d], ZMLX_F32, 1, sy, hy)};
+    zmlx_array *out = NULL, *ones = NULL, *grads[2];
+    ZT_OK(zmlx_array_full(devs[d], ZMLX_F32, 0, NULL, 1.0, &ones));
+    ZT_OK(zmlx_op_call(op, in, 2, NULL, s, &out));
+    ZT_OK(zmlx_op_vjp(op, in, 2, NULL, ones, s, grads));
+    ZT_OK(zmlx_stream_synchronize(s));
+    double *o = zt_download(out), *gy = zt_download(grads[1]);
+    for (int i = 0; i < 6400; i++) {
+      double want = (double)hx[i] * hy[i % 100];
+      zt_assert_close(&o[i], &want, 1, 1e-6, 1e-6, "stream forward");
+    }
+    for (int j = 0; j < 100; j++) {
+      double want = 0;
+      for (int i = 0; i < 64; i++) want += hx[i * 100 + j];
+      zt_assert_close(&gy[j], &want, 1, 1e-5, 1e-5, "stream grad");
+    }
+    free(o), free(gy), free(hx), free(hy);
+    zmlx_array_release(in[0]), zmlx_array_release(in[1]), zmlx_array_release(out);
+    zmlx_array_release(ones), zmlx_array_release(grads[0]), zmlx_array_release(grads[1]);
+    ZT_OK(zmlx_stream_destroy(s));
+  }
+  zmlx_op_destroy(op);
+}
+
 /* Empty arrays: nothing to launch, empty results. */
 static void test_empty(void **state) {
   (void)state;
@@ -635,6 +672,7 @@ int main(void) {
       cmocka_unit_test(test_map_reduce),
       cmocka_unit_test(test_map_reduce_thread_per_row),
       cmocka_unit_test(test_bad_inputs),
+      cmocka_unit_test(test_explicit_stream),
       cmocka_unit_test(test_empty),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

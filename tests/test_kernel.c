@@ -156,6 +156,35 @@ static void test_simd_sum_max(void **state) {
   }
 }
 
+/* Chained SIMD helpers (a result feeding the next call), run several
+ * times: the OpenCL emulation once gave wrong rows here intermittently. */
+static void test_simd_chained(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  for (int d = 0; d < nd; d++)
+    for (int rep = 0; rep < 5; rep++) {
+      zmlx_kernel *k = make(ZT_K_SIMD_CHAIN);
+      const int64_t n = 32 * 64;
+      float *x = random_floats((size_t)n, -4, 4, 29 + (uint64_t)rep);
+      zmlx_array *in = zt_array(devs[d], ZMLX_F32, 1, &n, x);
+      zmlx_array *out = zt_poisoned(devs[d], ZMLX_F32, 1, &n);
+      launch(k, &in, 1, &out, 1, n, 128, NULL, 0);
+      double *got = zt_download(out), *want = malloc((size_t)n * sizeof *want);
+      for (int64_t g = 0; g < n; g += 32) {
+        double m = -INFINITY, s = 0;
+        for (int64_t i = g; i < g + 32; i++) m = fmax(m, x[i]);
+        for (int64_t i = g; i < g + 32; i++) s += (double)(x[i] - (float)m);
+        for (int64_t i = g; i < g + 32; i++) want[i] = s + m;
+      }
+      zt_assert_close(got, want, (size_t)n, 1e-4, 1e-5, "chained simd max/sum/max");
+      free(got), free(want), free(x);
+      zmlx_array_release(in), zmlx_array_release(out);
+      zmlx_kernel_destroy(k);
+    }
+}
+
 /* ------------------------------------------------------ 16-bit storage */
 
 static void test_f16_bf16_storage(void **state) {
@@ -496,6 +525,7 @@ int main(void) {
       cmocka_unit_test(test_allocated_outputs),
       cmocka_unit_test(test_threadgroup_softmax),
       cmocka_unit_test(test_simd_sum_max),
+      cmocka_unit_test(test_simd_chained),
       cmocka_unit_test(test_f16_bf16_storage),
       cmocka_unit_test(test_atomics),
       cmocka_unit_test(test_templates),

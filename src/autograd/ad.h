@@ -147,12 +147,13 @@ zmlx_status zmlx_ad_expr_get(const char *text, const char *const *input_names, i
 /* Differentiable call of an expression op. */
 zmlx_status zmlx_ad_expr_apply(zmlx_ad_expr *e, zmlx_array *const *inputs, int n,
                                const double *params, zmlx_array **out);
-/* Shorthand for the library's own one-line ops ("x * s", "-x"). */
+/* Shorthand for the library's own one-input ops ("x * s"; param may be
+ * NULL for none, then p is ignored). */
 zmlx_status zmlx_ad_map1(const char *text, zmlx_array *x, const char *param, double p,
                          zmlx_array **out);
-/* The scatter used by slice's VJP and by concat: dst (dense, new zeros of
- * the metadata) with `src` written into the strided window of dst that
- * `start/step` select. Not differentiable by itself (see ops_shape.c). */
+/* The adjoint of a strided slice (slice's VJP): new zeros with the
+ * metadata's shape and src's dtype, with `src` written into the window that
+ * start/step select. Recorded like any op (its VJP is the slice). */
 zmlx_status zmlx_ad_pad(zmlx_array *src, const zmlx_ad_meta *m, const int64_t *start,
                         const int64_t *step, zmlx_array **out);
 

@@ -260,7 +260,20 @@ zmlx_status zmlx_apply(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   ZMLX_REQUIRE_ARG(op);
-  return apply_op(op, NULL, inputs, n_inputs, params, op->n_params, out);
+  /* An elementwise op carries its graph: its text (printed back in the
+   * expression language) names the shared derivative ops, so the op can be
+   * differentiated more than once. First-order kernels stay the op's own. */
+  zmlx_ad_expr *e = NULL;
+  const zmlx_expr *g = zmlx_op_forward_expr(op);
+  if (g) {
+    char *text = NULL;
+    ZMLX_CHECK(zmlx_expr_to_string(g, &text));
+    zmlx_status st = zmlx_ad_expr_get(text, (const char *const *)g->input_names, g->n_inputs,
+                                      (const char *const *)g->param_names, g->n_params, &e);
+    free(text);
+    ZMLX_CHECK(st);
+  }
+  return apply_op(op, e, inputs, n_inputs, params, op->n_params, out);
 }
 
 zmlx_status zmlx_apply_expr(const char *expr, const char *const *input_names,

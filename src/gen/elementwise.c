@@ -104,6 +104,16 @@ static zmlx_status check_call(zmlx_op *op, zmlx_array *const *inputs, int n_inpu
   return ZMLX_OK;
 }
 
+/* Results are allocated on the first input's device, stream-ordered on
+ * `s`: a stream of another device is refused before anything is made. */
+static zmlx_status check_stream(const zmlx_op *op, zmlx_array *const *inputs, const zmlx_stream *s) {
+  if (!s || !op->n_inputs || s->device == inputs[0]->buffer->device) return ZMLX_OK;
+  return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s op: the stream belongs to %s device %d, the inputs "
+                   "to %s device %d", op->vt->kind, zmlx_backend_name(s->device->ops->kind),
+                   s->device->index, zmlx_backend_name(inputs[0]->buffer->device->ops->kind),
+                   inputs[0]->buffer->device->index);
+}
+
 zmlx_status zmlx_op_destroy(zmlx_op *op) {
   if (op) op->vt->destroy(op);
   return ZMLX_OK;
@@ -114,6 +124,7 @@ zmlx_status zmlx_op_call(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   ZMLX_CHECK(check_call(op, inputs, n_inputs, params));
+  ZMLX_CHECK(check_stream(op, inputs, stream));
   return op->vt->call(op, inputs, params, stream, out);
 }
 
@@ -124,6 +135,7 @@ zmlx_status zmlx_op_vjp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
   ZMLX_CHECK(check_call(op, inputs, n_inputs, params));
   for (int i = 0; i < n_inputs; i++) grads[i] = NULL;
   ZMLX_REQUIRE_ARG(cotangent);
+  ZMLX_CHECK(check_stream(op, inputs, stream));
   if (!op->vt->vjp)
     return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have no VJP (only elementwise ops do)",
                      op->vt->kind);
@@ -137,6 +149,7 @@ zmlx_status zmlx_op_jvp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
   *out_tangent = NULL;
   ZMLX_CHECK(check_call(op, inputs, n_inputs, params));
   ZMLX_REQUIRE_ARG(tangents);
+  ZMLX_CHECK(check_stream(op, inputs, stream));
   if (!op->vt->jvp)
     return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have no JVP (only elementwise ops do)",
                      op->vt->kind);
@@ -815,4 +828,9 @@ zmlx_status zmlx_elementwise(const char *expr, const char *const *input_names, i
   o->jvp_used = used_mask(o->jvp);
   *out = &o->base;
   return ZMLX_OK;
+}
+
+const zmlx_expr *zmlx_op_forward_expr(const zmlx_op *op) {
+  if (!op || op->vt != &EW_VTABLE) return NULL;
+  return ((const ew_op *)op)->fwd;
 }

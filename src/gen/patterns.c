@@ -171,11 +171,14 @@ static int group_threads(const zmlx_device_info *info) {
   return m >= 256 ? 256 : (m > 0 ? m : 1);
 }
 
-/* Two waves of full occupancy (2048 threads per compute unit): enough
- * memory traffic in flight, and grid-stride loops absorb the rest. */
+/* Sixteen waves of full occupancy (2048 threads per compute unit) before
+ * the grid-stride loops take over. Measured on an H100 (bf16
+ * x * sigmoid(x) * y, 16384 x 14336): two waves reached 92% of the copy
+ * bandwidth, sixteen 99%; the scheduler overlaps one block's loads with
+ * another's math only when there are blocks to spare. */
 static int64_t thread_cap(const zmlx_device_info *info) {
   int64_t cu = info->compute_units > 0 ? info->compute_units : 1;
-  return cu * 2048 * 2;
+  return cu * 2048 * 16;
 }
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {

@@ -79,7 +79,7 @@ static zmlx_array *array_new(zmlx_dtype dt, int ndim, const int64_t *shape) {
 
 zmlx_status zmlx_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, int ndim,
                              const int64_t *shape, zmlx_array **out) {
-  int64_t size;
+  int64_t size = 0;
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   ZMLX_CHECK(zmlx_check_shape(dt, ndim, shape, &size));

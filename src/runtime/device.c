@@ -125,11 +125,11 @@ zmlx_status zmlx_device_count(zmlx_backend b, int *count) {
   ZMLX_REQUIRE_ARG(count);
   *count = 0;
   if (b == ZMLX_BACKEND_AUTO) {
-    zmlx_device *d;
+    zmlx_device *d = NULL;
     ZMLX_CHECK(zmlx_default_device(&d));
     return zmlx_device_count(d->ops->kind, count);
   }
-  backend_slot *slot;
+  backend_slot *slot = NULL;
   ZMLX_CHECK(backend_init(b, &slot));
   *count = slot->count;
   return ZMLX_OK;
@@ -145,11 +145,11 @@ int zmlx_backend_available(zmlx_backend b) {
 zmlx_status zmlx_device_get(zmlx_backend b, int index, zmlx_device **out) {
   ZMLX_REQUIRE_ARG(out);
   if (b == ZMLX_BACKEND_AUTO) {
-    zmlx_device *d;
+    zmlx_device *d = NULL;
     ZMLX_CHECK(zmlx_default_device(&d));
     b = d->ops->kind;
   }
-  backend_slot *slot;
+  backend_slot *slot = NULL;
   ZMLX_CHECK(backend_init(b, &slot));
   if (index < 0 || index >= slot->count)
     return zmlx_fail(ZMLX_ERR_NO_DEVICE, "%s device %d does not exist (%d available)",

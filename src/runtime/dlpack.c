@@ -210,7 +210,7 @@ zmlx_status zmlx_array_from_dlpack(void *dl_managed_tensor, zmlx_device *dev, zm
   DLManagedTensor *m = dl_managed_tensor;
   const DLTensor *t = &m->dl_tensor;
   zmlx_dtype dt = ZMLX_F32;
-  int64_t size;
+  int64_t size = 0;
   ZMLX_CHECK(from_dl_dtype(t->dtype, &dt));
   ZMLX_CHECK(zmlx_check_shape(dt, t->ndim, t->shape, &size));
   if (!t->data && size)

@@ -128,4 +128,12 @@ const zt_kernel_def zt_kernels[ZT_K_COUNT] = {
                              "uint i = thread_position_in_grid.x;\n"
                              "if ((i & 1u) == 0u) out_store(i, x_load(i) + 10.0f);\n"),
                         .dtypes = {ZMLX_F32, ZMLX_F32}},
+    [ZT_K_SIMD_CHAIN] = {DESC("simd_chain", in_x, 1, out_o, 1,
+                              "uint gid = thread_position_in_grid.x;\n"
+                              "float v = x_load(gid);\n"
+                              "float m = zmlx_simd_max(v);\n"
+                              "float s = zmlx_simd_sum(v - m);\n"
+                              "float m2 = zmlx_simd_max(s);\n"
+                              "out_store(gid, m2 + m);\n"),
+                         .dtypes = {ZMLX_F32, ZMLX_F32}},
 };

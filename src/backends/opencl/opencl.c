@@ -182,7 +182,7 @@ static int parse_cl_major(const char *version) {
  * older call. */
 static zmlx_status make_queue(const ocl_dev *d, cl_command_queue *out) {
   cl_int err = CL_SUCCESS;
-  cl_command_queue q;
+  cl_command_queue q = NULL;
 #if CL_TARGET_OPENCL_VERSION >= 200
   if (d->version_major >= 2)
     q = clCreateCommandQueueWithProperties(d->context, d->device, NULL, &err);
@@ -428,7 +428,7 @@ static cl_command_queue queue_of(int dev, void *stream) {
 static zmlx_status ocl_stream_create(int dev, void **stream) {
   ZMLX_REQUIRE_ARG(stream);
   ZMLX_CHECK(check_dev(dev));
-  cl_command_queue q;
+  cl_command_queue q = NULL;
   ZMLX_CHECK(make_queue(&g_cl.devs[dev], &q));
   *stream = q;
   return ZMLX_OK;

@@ -142,7 +142,11 @@ ZMLX_FN void zmlx_atomic_add_f32_impl(volatile __global float* addr, float v) {
     uint first = lid - lid % ZMLX_SIMD_WIDTH;                                   \
     uint end = min(first + ZMLX_SIMD_WIDTH, cap);                               \
     float acc = scratch[first];                                                 \
-    for (uint j = first + 1u; j < end; ++j) acc = combine(acc, scratch[j]);     \
+    /* A trip count that is the same for every lane: PoCL miscompiled the     \
+     * lane-dependent `j < end` loop when one helper's result fed another. */ \
+    for (uint j = 1u; j < ZMLX_SIMD_WIDTH; ++j)                                 \
+      if (first + j < end) acc = combine(acc, scratch[first + j]);              \
+    barrier(CLK_LOCAL_MEM_FENCE);                                               \
     return acc;                                                                 \
   }
 
