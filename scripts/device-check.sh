@@ -34,7 +34,7 @@ for tool in memcheck racecheck; do
     [ -x "$B/tests/$n" ] || continue
     extra=""
     [ $tool = memcheck ] && extra="--leak-check full"
-    ZMLX_CACHE_DIR=/tmp/zcs_$n timeout 400 compute-sanitizer --tool $tool $extra --error-exitcode 99 \
+    ZMLX_AD_LEAK_STEPS=300 ZMLX_CACHE_DIR=/tmp/zcs_$n timeout 240 compute-sanitizer --tool $tool $extra --error-exitcode 99 \
       "$B/tests/$n" > "$LOG/san_${tool}_$n.log" 2>&1
     rc=$?
     say "compute-sanitizer $tool $n rc=$rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY' "$LOG/san_${tool}_$n.log" | tr '\n' ' ')"
