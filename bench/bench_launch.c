@@ -97,6 +97,35 @@ static double launch_us(zmlx_kernel *k, zmlx_array *in, zmlx_array *out, int all
   return med;
 }
 
+/* The floor under zmlx_kernel_launch: the backend's launch of the already
+ * loaded function with prebuilt arguments (what a bare cuLaunchKernel /
+ * clEnqueueNDRangeKernel costs plus the backend's thin wrapper). */
+static double backend_launch_us(zmlx_kernel *k, zmlx_array *in, zmlx_array *out, int reps,
+                                int batch) {
+  zmlx_device *dev = in->buffer->device;
+  void *fn = k->variants[0].function;
+  uint32_t grid[3] = {(uint32_t)in->size, 1, 1}, blocks[3] = {(grid[0] + 63) / 64, 1, 1},
+           threads[3] = {64, 1, 1};
+  zmlx_launch_arg args[5] = {
+      {.kind = ZMLX_ARG_BUFFER, .buffer = in->buffer->handle, .elem_size = 4},
+      {.kind = ZMLX_ARG_BUFFER, .buffer = out->buffer->handle, .elem_size = 4},
+      {.kind = ZMLX_ARG_SCALAR, .value = &grid[0], .size = 4},
+      {.kind = ZMLX_ARG_SCALAR, .value = &grid[1], .size = 4},
+      {.kind = ZMLX_ARG_SCALAR, .value = &grid[2], .size = 4}};
+  double *t = malloc((size_t)reps * sizeof *t);
+  for (int r = 0; r < reps; r++) {
+    double t0 = zmlx_now_ms();
+    for (int i = 0; i < batch; i++)
+      CHECK(dev->ops->launch(dev->index, dev->default_stream->handle, fn, blocks, threads, 0, args, 5));
+    t[r] = (zmlx_now_ms() - t0) * 1e3 / batch;
+    CHECK(zmlx_device_synchronize(dev));
+  }
+  qsort(t, (size_t)reps, sizeof *t, cmp_double);
+  double med = t[reps / 2];
+  free(t);
+  return med;
+}
+
 static double memory_hit_us(zmlx_kernel *k, zmlx_device *dev, int with_key) {
   char *src;
   int line;
@@ -194,6 +223,7 @@ static void bench_device(zmlx_device *dev, const char *self) {
   first_launch_ms(k, in, out); /* compiles and writes to disk */
   add_row(dev, "launch, outputs given", launch_us(k, in, out, 0, 31, 64), "us", "<= 3 (CUDA)");
   add_row(dev, "launch, outputs allocated", launch_us(k, in, out, 1, 31, 64), "us", "");
+  add_row(dev, "floor: backend launch only", backend_launch_us(k, in, out, 31, 64), "us", "");
   add_row(dev, "memory hit (lookup)", memory_hit_us(k, dev, 0), "us", "<= 1");
   add_row(dev, "key + memory hit", memory_hit_us(k, dev, 1), "us", "");
   if (disk) add_row(dev, "disk-warm start (new process)", disk_warm_ms(self, dev, tag), "ms", "<= 5");

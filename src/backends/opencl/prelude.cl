@@ -130,39 +130,68 @@ ZMLX_FN void zmlx_atomic_add_f32_impl(volatile __global float* addr, float v) {
 #define ZMLX_SIMD_SCRATCH 1024
 
 /* Publish each work-item's value, then every lane folds its group's values
- * in the same order, so all lanes get bit-identical results. The leading
- * barrier keeps a previous call's readers from seeing this call's writes. */
+ * in the same order, so all lanes get bit-identical results; partial groups
+ * (a threadgroup that is not a multiple of 32) fold only their own lanes.
+ * The launch guarantees at most ZMLX_SIMD_SCRATCH work-items. The leading
+ * barrier keeps this call's writes from a previous call's readers, the
+ * trailing one the next call's writes from this call's readers.
+ *
+ * With clang-based compilers (PoCL and most drivers) the helper is a GNU
+ * statement expression expanded in the kernel body itself: PoCL 3.1 gave
+ * wrong results, intermittently and only with several worker threads, when
+ * the barriers sat inside a called (even inlined) function — reproduced
+ * with 4 processes on 2 cores, gone with a single PoCL thread or with the
+ * barriers in the kernel body. Other compilers get the function form. */
+#define ZMLX_THREADGROUP_THREADS \
+  (threads_per_threadgroup.x * threads_per_threadgroup.y * threads_per_threadgroup.z)
+#define ZMLX_SIMD_FOLD(acc, scratch, lid, n, combine)                           \
+  do {                                                                          \
+    uint zmlx_first_ = (lid) & ~(ZMLX_SIMD_WIDTH - 1u);                         \
+    uint zmlx_last_ = min(zmlx_first_ + ZMLX_SIMD_WIDTH, (uint)(n)) - 1u;       \
+    (acc) = (scratch)[zmlx_first_];                                             \
+    for (uint zmlx_j_ = 1u; zmlx_j_ < ZMLX_SIMD_WIDTH; ++zmlx_j_) {             \
+      float zmlx_o_ = (scratch)[min(zmlx_first_ + zmlx_j_, zmlx_last_)];        \
+      (acc) = zmlx_first_ + zmlx_j_ <= zmlx_last_ ? combine((acc), zmlx_o_) : (acc); \
+    }                                                                           \
+  } while (0)
+#define ZMLX_SIMD_ADD(a, b) ((a) + (b))
+
+#if defined(__clang__)
+#define ZMLX_SIMD_REDUCE(v, combine)                                            \
+  ({                                                                            \
+    float zmlx_v_ = (float)(v), zmlx_acc_;                                      \
+    barrier(CLK_LOCAL_MEM_FENCE);                                               \
+    zmlx_simd_scratch[thread_index_in_threadgroup] = zmlx_v_;                   \
+    barrier(CLK_LOCAL_MEM_FENCE);                                               \
+    ZMLX_SIMD_FOLD(zmlx_acc_, zmlx_simd_scratch, thread_index_in_threadgroup,   \
+                   ZMLX_THREADGROUP_THREADS, combine);                          \
+    barrier(CLK_LOCAL_MEM_FENCE);                                               \
+    zmlx_acc_;                                                                  \
+  })
+#define zmlx_simd_sum(v) ZMLX_SIMD_REDUCE(v, ZMLX_SIMD_ADD)
+#define zmlx_simd_max(v) ZMLX_SIMD_REDUCE(v, fmax)
+#define zmlx_simd_min(v) ZMLX_SIMD_REDUCE(v, fmin)
+#else
 #define ZMLX_SIMD_REDUCE_IMPL(name, combine)                                    \
   ZMLX_FN float name(float v, __local float* scratch, uint lid, uint n) {       \
-    uint cap = min(n, (uint)ZMLX_SIMD_SCRATCH);                                 \
+    float acc;                                                                  \
     barrier(CLK_LOCAL_MEM_FENCE);                                               \
-    if (lid < cap) scratch[lid] = v;                                            \
+    scratch[lid] = v;                                                           \
     barrier(CLK_LOCAL_MEM_FENCE);                                               \
-    if (lid >= cap) return v;                                                   \
-    uint first = lid - lid % ZMLX_SIMD_WIDTH;                                   \
-    uint end = min(first + ZMLX_SIMD_WIDTH, cap);                               \
-    float acc = scratch[first];                                                 \
-    /* A trip count that is the same for every lane: PoCL miscompiled the     \
-     * lane-dependent `j < end` loop when one helper's result fed another. */ \
-    for (uint j = 1u; j < ZMLX_SIMD_WIDTH; ++j)                                 \
-      if (first + j < end) acc = combine(acc, scratch[first + j]);              \
+    ZMLX_SIMD_FOLD(acc, scratch, lid, n, combine);                              \
     barrier(CLK_LOCAL_MEM_FENCE);                                               \
     return acc;                                                                 \
   }
-
-#define ZMLX_SIMD_ADD(a, b) ((a) + (b))
 ZMLX_SIMD_REDUCE_IMPL(zmlx_simd_sum_impl, ZMLX_SIMD_ADD)
 ZMLX_SIMD_REDUCE_IMPL(zmlx_simd_max_impl, fmax)
 ZMLX_SIMD_REDUCE_IMPL(zmlx_simd_min_impl, fmin)
-
-#define ZMLX_THREADGROUP_THREADS \
-  (threads_per_threadgroup.x * threads_per_threadgroup.y * threads_per_threadgroup.z)
 #define zmlx_simd_sum(v) \
   zmlx_simd_sum_impl((float)(v), zmlx_simd_scratch, thread_index_in_threadgroup, ZMLX_THREADGROUP_THREADS)
 #define zmlx_simd_max(v) \
   zmlx_simd_max_impl((float)(v), zmlx_simd_scratch, thread_index_in_threadgroup, ZMLX_THREADGROUP_THREADS)
 #define zmlx_simd_min(v) \
   zmlx_simd_min_impl((float)(v), zmlx_simd_scratch, thread_index_in_threadgroup, ZMLX_THREADGROUP_THREADS)
+#endif
 
 /* ------------------------------------------------------------ activations */
 
