@@ -60,6 +60,8 @@ int zmlx_cmd_info(const cli_command *self, int argc, char **argv); /* tools/cmd_
 int zmlx_cmd_emit(const cli_command *self, int argc, char **argv); /* tools/cmd_emit.c */
 int zmlx_cmd_eval(const cli_command *self, int argc, char **argv); /* tools/cmd_eval.c */
 int zmlx_cmd_functions(const cli_command *self, int argc, char **argv); /* tools/cmd_eval.c */
+int zmlx_cmd_check(const cli_command *self, int argc, char **argv); /* tools/cmd_check.c */
+extern const char zmlx_check_usage[];
 extern const char zmlx_emit_usage[];
 extern const char zmlx_eval_usage[];
 extern const char zmlx_functions_usage[];

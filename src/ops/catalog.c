@@ -1,0 +1,39 @@
+/* The catalog's table of tables. Each op family defines its table in its own
+ * file; a family not built into this library (weak reference left NULL) is
+ * simply absent from `zmlx check`. */
+#include "ops/catalog.h"
+
+#include <pthread.h>
+#include <stddef.h>
+
+#define ZMLX_FAMILY(sym) extern const zmlx_catalog_op sym[] __attribute__((weak));
+ZMLX_FAMILY(zmlx_catalog_softmax_ops)
+ZMLX_FAMILY(zmlx_catalog_cross_entropy_ops)
+ZMLX_FAMILY(zmlx_catalog_norm_ops)
+ZMLX_FAMILY(zmlx_catalog_rope_ops)
+ZMLX_FAMILY(zmlx_catalog_glu_ops)
+#undef ZMLX_FAMILY
+
+#define MAX_OPS 128
+
+static const zmlx_catalog_op *all_ops[MAX_OPS + 1];
+
+static void add_family(const zmlx_catalog_op *family, int *n) {
+  for (int i = 0; family && family[i].name && *n < MAX_OPS; i++) all_ops[(*n)++] = &family[i];
+}
+
+static void build_table(void) {
+  int n = 0;
+  add_family(zmlx_catalog_softmax_ops, &n);
+  add_family(zmlx_catalog_cross_entropy_ops, &n);
+  add_family(zmlx_catalog_norm_ops, &n);
+  add_family(zmlx_catalog_rope_ops, &n);
+  add_family(zmlx_catalog_glu_ops, &n);
+  all_ops[n] = NULL;
+}
+
+const zmlx_catalog_op *const *zmlx_catalog_ops(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, build_table);
+  return all_ops;
+}
