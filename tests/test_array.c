@@ -49,20 +49,8 @@ static int64_t count_of(int ndim, const int64_t *shape) {
 
 /* One stored element -> double (host decoding, independent of the library). */
 static double decode(zmlx_dtype dt, const void *p) {
-  switch (dt) {
-    case ZMLX_BOOL:
-    case ZMLX_U8: return *(const uint8_t *)p;
-    case ZMLX_I8: return *(const int8_t *)p;
-    case ZMLX_I32: return *(const int32_t *)p;
-    case ZMLX_U32: return *(const uint32_t *)p;
-    case ZMLX_I64: return (double)*(const int64_t *)p;
-    case ZMLX_F16: return zmlx_f16_to_f32(*(const uint16_t *)p);
-    case ZMLX_BF16: return zmlx_bf16_to_f32(*(const uint16_t *)p);
-    case ZMLX_F32: return *(const float *)p;
-    case ZMLX_F64: return *(const double *)p;
-    default: fail_msg("decode: bad dtype %d", (int)dt);
-  }
-  return 0;
+  if (zmlx_dtype_size(dt) == 0) fail_msg("decode: bad dtype %d", (int)dt);
+  return zt_decode(dt, p);
 }
 
 /* Host conversion of a value held by a `src` element into `dst`, with C cast

@@ -79,7 +79,8 @@ void *zt_pack(zmlx_dtype dt, const float *src, size_t n) {
   return out;
 }
 
-static double unpack_one(zmlx_dtype dt, const unsigned char *p) {
+double zt_decode(zmlx_dtype dt, const void *vp) {
+  const unsigned char *p = vp;
   switch (dt) {
     case ZMLX_BOOL:
     case ZMLX_U8: return *(const uint8_t *)p;
@@ -102,7 +103,7 @@ double *zt_download(zmlx_array *a) {
   assert_non_null(raw);
   assert_non_null(out);
   ZT_OK(zmlx_array_to_host(a, raw, n * es));
-  for (size_t i = 0; i < n; i++) out[i] = unpack_one(zmlx_array_dtype(a), raw + i * es);
+  for (size_t i = 0; i < n; i++) out[i] = zt_decode(zmlx_array_dtype(a), raw + i * es);
   free(raw);
   return out;
 }

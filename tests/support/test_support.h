@@ -32,6 +32,9 @@ void zt_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state);
 
 /* Host buffers in a dtype from f32 values (rounding like the device). */
 void *zt_pack(zmlx_dtype dt, const float *src, size_t n);
+/* One stored element of dtype dt -> double (host decoding, independent of
+ * the library's own conversions except the f16/bf16 ones). NaN for a bad dtype. */
+double zt_decode(zmlx_dtype dt, const void *p);
 /* Device array -> f64 host values (any dtype, any strides). Caller frees. */
 double *zt_download(zmlx_array *a);
 /* Array from f32 values stored as dtype dt. */
