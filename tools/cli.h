@@ -62,6 +62,8 @@ int zmlx_cmd_eval(const cli_command *self, int argc, char **argv); /* tools/cmd_
 int zmlx_cmd_functions(const cli_command *self, int argc, char **argv); /* tools/cmd_eval.c */
 int zmlx_cmd_check(const cli_command *self, int argc, char **argv); /* tools/cmd_check.c */
 extern const char zmlx_check_usage[];
+int zmlx_cmd_bench(const cli_command *self, int argc, char **argv); /* tools/cmd_bench.c */
+extern const char zmlx_bench_usage[];
 extern const char zmlx_emit_usage[];
 extern const char zmlx_eval_usage[];
 extern const char zmlx_functions_usage[];

@@ -13,13 +13,25 @@ ZMLX_FAMILY(zmlx_catalog_norm_ops)
 ZMLX_FAMILY(zmlx_catalog_rope_ops)
 ZMLX_FAMILY(zmlx_catalog_glu_ops)
 #undef ZMLX_FAMILY
+#define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
+ZMLX_BENCHES(zmlx_catalog_softmax_bench)
+ZMLX_BENCHES(zmlx_catalog_cross_entropy_bench)
+ZMLX_BENCHES(zmlx_catalog_norm_bench)
+ZMLX_BENCHES(zmlx_catalog_rope_bench)
+ZMLX_BENCHES(zmlx_catalog_glu_bench)
+#undef ZMLX_BENCHES
 
 #define MAX_OPS 128
 
 static const zmlx_catalog_op *all_ops[MAX_OPS + 1];
+static const zmlx_catalog_bench *all_benches[MAX_OPS + 1];
 
 static void add_family(const zmlx_catalog_op *family, int *n) {
   for (int i = 0; family && family[i].name && *n < MAX_OPS; i++) all_ops[(*n)++] = &family[i];
+}
+
+static void add_benches(const zmlx_catalog_bench *family, int *n) {
+  for (int i = 0; family && family[i].name && *n < MAX_OPS; i++) all_benches[(*n)++] = &family[i];
 }
 
 static void build_table(void) {
@@ -30,10 +42,23 @@ static void build_table(void) {
   add_family(zmlx_catalog_rope_ops, &n);
   add_family(zmlx_catalog_glu_ops, &n);
   all_ops[n] = NULL;
+  n = 0;
+  add_benches(zmlx_catalog_softmax_bench, &n);
+  add_benches(zmlx_catalog_cross_entropy_bench, &n);
+  add_benches(zmlx_catalog_norm_bench, &n);
+  add_benches(zmlx_catalog_rope_bench, &n);
+  add_benches(zmlx_catalog_glu_bench, &n);
+  all_benches[n] = NULL;
 }
 
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
 const zmlx_catalog_op *const *zmlx_catalog_ops(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, build_table);
   return all_ops;
+}
+
+const zmlx_catalog_bench *const *zmlx_catalog_benches(void) {
+  pthread_once(&once, build_table);
+  return all_benches;
 }

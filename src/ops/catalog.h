@@ -31,6 +31,23 @@ typedef struct zmlx_check_opts {
   void *ctx;
 } zmlx_check_opts;
 
+/* One row of `zmlx bench`: an op at one shape. `bytes` is what must move
+ * (every input read once, every output written once). */
+typedef struct zmlx_bench_row {
+  const char *op;
+  char shape[96];
+  zmlx_dtype dtype;
+  double bytes;
+  double ms; /* median */
+} zmlx_bench_row;
+
+typedef struct zmlx_bench_opts {
+  zmlx_device *device;
+  int reps; /* samples for the median */
+  void (*emit)(void *ctx, const zmlx_bench_row *row);
+  void *ctx;
+} zmlx_bench_opts;
+
 typedef struct zmlx_catalog_op {
   const char *name;
   /* Runs every case, emitting a row per case. Returns non-OK only when the
@@ -38,7 +55,22 @@ typedef struct zmlx_catalog_op {
   zmlx_status (*check)(const zmlx_check_opts *o);
 } zmlx_catalog_op;
 
+/* `zmlx bench` cases live beside the checks in a table of their own (so a
+ * family's check table does not change shape when its benchmarks land). */
+typedef struct zmlx_catalog_bench {
+  const char *name;
+  /* Times the op at its LLM shapes, a row per shape. */
+  zmlx_status (*bench)(const zmlx_bench_opts *o);
+} zmlx_catalog_bench;
+
+/* Median milliseconds of `run(ctx)` on `dev`: a warm-up, then `reps`
+ * samples of `inner` calls each with the device drained per sample. */
+zmlx_status zmlx_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx), void *ctx,
+                                 int reps, int inner, double *ms);
+
 /* All ops, in catalog order; NULL-terminated. */
 const zmlx_catalog_op *const *zmlx_catalog_ops(void);
+/* All benchmark cases, in catalog order; NULL-terminated. */
+const zmlx_catalog_bench *const *zmlx_catalog_benches(void);
 
 #endif
