@@ -1,0 +1,88 @@
+"""Peers for `zmlx bench`: the issue-5 table ops at their LLM shapes through
+PyTorch eager and torch.compile (bf16, CUDA events, median of 21 samples of
+10 calls), written as one JSON object per line:
+  {"op": "softmax", "shape": "4096x32768", "peer": "torch.compile", "ms": 0.123}
+`zmlx bench --peer FILE` matches rows by op and shape string.
+
+    python3 bench/peer_catalog.py [--json FILE] [--op NAME]
+"""
+import json
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def median_ms(fn, reps=21, inner=10):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(inner):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / inner)
+    return statistics.median(times)
+
+
+def rope_half(x, cos, sin):
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def cases():
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    for r, c in ((4096, 32768), (32768, 4096)):
+        x = torch.randn(r, c, **bf)
+        yield "softmax", f"{r}x{c}", (lambda x=x: torch.softmax(x, -1)), 2 * x.nbytes
+    x = torch.randn(16384, 4096, **bf)
+    res = torch.randn_like(x)
+    w = torch.randn(4096, **bf)
+    b = torch.randn(4096, **bf)
+    yield "rmsnorm", "16384x4096", (lambda: F.rms_norm(x, (4096,), w, 1e-6)), 2 * x.nbytes
+    yield ("add_rmsnorm", "16384x4096",
+           (lambda: (lambda h: (F.rms_norm(h, (4096,), w, 1e-6), h))(x + res)), 4 * x.nbytes)
+    yield "layernorm", "16384x4096", (lambda: F.layer_norm(x, (4096,), w, b, 1e-5)), 2 * x.nbytes
+    g = torch.randn(16384, 14336, **bf)
+    u = torch.randn_like(g)
+    yield "swiglu", "16384x14336", (lambda: F.silu(g) * u), 3 * g.nbytes
+    q = torch.randn(8, 4096, 32, 128, **bf)
+    pos = torch.arange(4096, device="cuda", dtype=torch.float32)
+    inv = 1.0 / (10000 ** (torch.arange(0, 128, 2, device="cuda", dtype=torch.float32) / 128))
+    ang = torch.outer(pos, inv)[None, :, None, :]
+    cos, sin = ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
+    yield "rope", "8x4096x32x128", (lambda: rope_half(q, cos, sin)), 2 * q.nbytes
+    logits = torch.randn(8192, 32000, **bf)
+    tgt = torch.randint(0, 32000, (8192,), device="cuda")
+    yield "cross_entropy", "8192x32000", (lambda: F.cross_entropy(logits.float(), tgt)), logits.nbytes
+
+
+def main():
+    only = sys.argv[sys.argv.index("--op") + 1] if "--op" in sys.argv else None
+    rows = []
+    for op, shape, fn, nbytes in cases():
+        if only and op != only:
+            continue
+        for peer, f in (("torch eager", fn), ("torch.compile", torch.compile(fn))):
+            try:
+                ms = median_ms(f)
+            except Exception as e:  # a peer that cannot run is reported, not hidden
+                print(f"{op} {shape} {peer}: {e}", file=sys.stderr)
+                continue
+            rows.append({"op": op, "shape": shape, "peer": peer, "ms": ms,
+                         "gbs": nbytes / ms * 1e-6})
+            print(f"{op:14s} {shape:16s} {peer:14s} {ms:9.4f} ms {nbytes / ms * 1e-6:8.1f} GB/s",
+                  flush=True)
+    if "--json" in sys.argv:
+        with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
