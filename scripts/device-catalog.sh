@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 5 on the GPU machine (the device tool), over a build made here and
+# carried as build-device/ with .devlibs/ (see scripts/device-check.sh):
+# the full catalog check on CUDA, compute-sanitizer over the quick check,
+# and the catalog benchmark with the PyTorch peers. Results under $OUT.
+set -u
+B=${B:-build-device}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$PWD/.devlibs:${LD_LIBRARY_PATH:-}"
+export ZMLX_CACHE_DIR=/tmp/zc_catalog
+summary="$OUT/catalog_summary.txt"
+: > "$summary"
+timeout 300 "$B/zmlx" check --backend cuda > "$OUT/check_cuda.txt" 2>&1
+echo "zmlx check --backend cuda rc=$?: $(tail -n 1 "$OUT/check_cuda.txt")" | tee -a "$summary"
+grep FAIL "$OUT/check_cuda.txt" | head -20 | tee -a "$summary"
+for tool in memcheck racecheck; do
+  timeout 200 compute-sanitizer --tool $tool --error-exitcode 99 "$B/zmlx" check --backend cuda --quick \
+    > "$OUT/san_$tool.txt" 2>&1
+  echo "compute-sanitizer $tool zmlx check --quick rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$tool.txt" | tr '\n' ' ') $(grep -E '^[0-9]+ passed' "$OUT/san_$tool.txt")" | tee -a "$summary"
+done
+PYTHONUNBUFFERED=1 timeout 240 python3 bench/peer_catalog.py --json "$OUT/peer_catalog.jsonl" > "$OUT/peer_catalog.txt" 2>&1
+"$B/zmlx" bench --backend cuda --json "$OUT/bench_catalog.json" --peer "$OUT/peer_catalog.jsonl" 2>&1 | tee -a "$summary"
