@@ -558,6 +558,133 @@ ZMLX_API zmlx_status zmlx_check_grad(zmlx_ad_fn fn, void *user_data, zmlx_array 
                                      int n_inputs, double eps, double tol,
                                      zmlx_grad_check_report *report);
 
+/* ------------------------------------------------------ catalog: RoPE and GLU */
+/* Differentiable (recorded inside a grad call, gradients to any order);
+ * f32, f16 and bf16; each returns a new array of its input's dtype. */
+
+typedef enum zmlx_rope_mode {
+  ZMLX_ROPE_HALF_SPLIT = 0, /* NeoX / Llama: pairs (i, i + R/2) */
+  ZMLX_ROPE_INTERLEAVED = 1 /* GPT-J / "traditional": pairs (2i, 2i + 1) */
+} zmlx_rope_mode;
+
+typedef enum zmlx_rope_layout {
+  ZMLX_ROPE_BSHD = 0, /* [batch, seq, heads, head_dim] */
+  ZMLX_ROPE_BHSD = 1  /* [batch, heads, seq, head_dim] */
+} zmlx_rope_layout;
+
+typedef struct zmlx_rope_opts {
+  zmlx_rope_mode mode;
+  zmlx_rope_layout layout;
+  int rotary_dims;   /* R: even, <= head_dim; 0 = head_dim. Dims R.. pass through */
+  double base;       /* 0: 10000 */
+  double scale;      /* positions are multiplied by it; 0: 1 */
+  /* NULL, or i32 [batch]: the position of sequence index 0 per sequence. */
+  zmlx_array *offsets;
+  /* Both NULL (angles computed in-kernel: position * scale * base^(-2i/R)),
+   * or both f32 [max_pos, R/2] tables indexed by position (base and scale
+   * are then unused; positions past the table clamp to its last row).
+   * Tables are constants: no gradient flows into them. */
+  zmlx_array *cos, *sin;
+} zmlx_rope_opts;
+
+/** Rotary embedding of x (4-D, opts->layout). opts NULL: half-split, full
+ *  head_dim, base 10000, BSHD. The VJP is the inverse rotation. */
+ZMLX_API zmlx_status zmlx_rope(zmlx_array *x, const zmlx_rope_opts *opts, zmlx_array **out);
+/** q and k with the same batch, seq and head_dim but any head counts (GQA),
+ *  rotated with the same positions in one call. */
+ZMLX_API zmlx_status zmlx_rope_qk(zmlx_array *q, zmlx_array *k, const zmlx_rope_opts *opts,
+                                  zmlx_array **q_out, zmlx_array **k_out);
+
+/** silu(gate) * up / gelu(gate) * up (approximate != 0: gelu_tanh); same shapes. */
+ZMLX_API zmlx_status zmlx_swiglu(zmlx_array *gate, zmlx_array *up, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_geglu(zmlx_array *gate, zmlx_array *up, int approximate,
+                                zmlx_array **out);
+/** One input [..., 2F] split in halves along the last dim: gate = first
+ *  half, up = second half; out [..., F]. */
+ZMLX_API zmlx_status zmlx_swiglu_split(zmlx_array *x, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_geglu_split(zmlx_array *x, int approximate, zmlx_array **out);
+/** gelu(x + bias) / silu(x + bias), bias [last dim of x]. */
+ZMLX_API zmlx_status zmlx_bias_gelu(zmlx_array *x, zmlx_array *bias, int approximate,
+                                    zmlx_array **out);
+ZMLX_API zmlx_status zmlx_bias_silu(zmlx_array *x, zmlx_array *bias, zmlx_array **out);
+/** x [..., 2F], bias [2F]: silu(x1 + b1) * (x2 + b2) over the halves; out [..., F]. */
+ZMLX_API zmlx_status zmlx_bias_swiglu(zmlx_array *x, zmlx_array *bias, zmlx_array **out);
+/** Inverted dropout: element i (C order) is zeroed with probability p, else
+ *  scaled by 1 / (1 - p). The mask is Philox-4x32-10 (the RNG of
+ *  zmlx_array_random_uniform) with key seed and counter (i / 4, 0):
+ *  element i is kept when the top 24 bits of word i % 4 are >=
+ *  round(p * 2^24) — so it is the same on every backend. 0 <= p < 1. The
+ *  gradient is the same mask, scaled. */
+ZMLX_API zmlx_status zmlx_dropout(zmlx_array *x, double p, uint64_t seed, zmlx_array **out);
+
+/* ---------------------------------------------------------- catalog: norms */
+/* Normalization over the last dimension of x (any rank >= 1; f32, f16 or
+ * bf16), one threadgroup per row with f32 accumulation; the result has x's
+ * shape and dtype. Weights are 1-D of the last dim's length, f32/f16/bf16
+ * (they need not match x's dtype); NULL means none. Differentiable (first
+ * order; no forward mode) with respect to x, r and the weights: weight and
+ * bias gradients are column sums done in two stages, without atomics.
+ *   rmsnorm:   y = x * rsqrt(mean(x^2) + eps) [* w]
+ *   layernorm: y = (x - mean(x)) * rsqrt(var(x) + eps) [* g] [+ b]
+ * The fused residual forms compute h = x + r (r: x's shape and dtype; h
+ * rounded to the dtype, as an unfused add would store it) and return
+ * (normed = norm(h), sum = h). */
+ZMLX_API zmlx_status zmlx_rmsnorm(zmlx_array *x, zmlx_array *w, double eps, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_layernorm(zmlx_array *x, zmlx_array *g, zmlx_array *b, double eps,
+                                    zmlx_array **out);
+ZMLX_API zmlx_status zmlx_add_rmsnorm(zmlx_array *x, zmlx_array *r, zmlx_array *w, double eps,
+                                      zmlx_array **normed, zmlx_array **sum);
+ZMLX_API zmlx_status zmlx_add_layernorm(zmlx_array *x, zmlx_array *r, zmlx_array *g,
+                                        zmlx_array *b, double eps, zmlx_array **normed,
+                                        zmlx_array **sum);
+
+/* ------------------------------- catalog: softmax family and cross-entropy */
+/* Over the last dimension, one threadgroup per row, f32 accumulation.
+ * Inputs are f32, f16 or bf16 (strided views are made dense first); the
+ * result has x's dtype. Each op is differentiable (VJP; JVP where noted)
+ * and records itself inside a grad call like the ops above. Errors:
+ * ZMLX_ERR_DTYPE (dtype), ZMLX_ERR_SHAPE (rank 0, last dim 0, mask shape),
+ * ZMLX_ERR_INVALID_ARG (values), each with a message naming the problem. */
+
+/** softmax(x) over the last axis (VJP and JVP). */
+ZMLX_API zmlx_status zmlx_softmax(zmlx_array *x, zmlx_array **out);
+/** log_softmax(x) over the last axis (VJP and JVP). */
+ZMLX_API zmlx_status zmlx_log_softmax(zmlx_array *x, zmlx_array **out);
+/** log(sum(exp(x))) over the last axis: x's shape without its last axis. */
+ZMLX_API zmlx_status zmlx_logsumexp(zmlx_array *x, zmlx_array **out);
+/** softmax(scale * x + mask) over the last axis. mask (NULL: none) is an
+ *  additive f32/f16/bf16 mask (-inf drops an element; differentiable) or a
+ *  bool mask (0 drops an element); its shape is a trailing part of x's
+ *  (e.g. [queries, keys] for x [batch, heads, queries, keys]; leading
+ *  axes of size 1 broadcast). causal (x of rank >= 2, [..., Sq, Sk]) also
+ *  drops key k > q + (Sk - Sq) for query q (bottom-right aligned: the
+ *  lower triangle when Sq == Sk). A row with every element dropped is 0. */
+ZMLX_API zmlx_status zmlx_softmax_masked(zmlx_array *x, zmlx_array *mask, double scale,
+                                         int causal, zmlx_array **out);
+
+typedef enum zmlx_ce_reduction {
+  ZMLX_CE_MEAN = 0, /* sum over rows / number of rows not ignored (0 if none) */
+  ZMLX_CE_SUM
+} zmlx_ce_reduction;
+
+typedef struct zmlx_cross_entropy_opts {
+  int64_t ignore_index;   /* rows with this target add 0 (PyTorch: -100) */
+  double label_smoothing; /* in [0, 1]: target = (1 - s) onehot + s / vocab */
+  zmlx_ce_reduction reduction;
+} zmlx_cross_entropy_opts;
+
+/** Softmax cross-entropy of logits [..., vocab] (f32/f16/bf16) against
+ *  targets [...] (i32 or i64 class indices, checked on the host: a target
+ *  outside [0, vocab) that is not ignore_index is ZMLX_ERR_INVALID_ARG).
+ *  opts NULL: ignore_index -100, no smoothing, mean. *loss: an f32 scalar.
+ *  Fused forward + backward: with grad_logits non-NULL (or inside a grad
+ *  call) the same kernel also writes d loss / d logits (logits' dtype),
+ *  so backward costs no second pass; probabilities are never stored, so
+ *  any vocabulary size works. Differentiable in logits (VJP and JVP). */
+ZMLX_API zmlx_status zmlx_cross_entropy(zmlx_array *logits, zmlx_array *targets,
+                                        const zmlx_cross_entropy_opts *opts, zmlx_array **loss,
+                                        zmlx_array **grad_logits);
+
 /* ------------------------------------------------------------------ cache */
 
 typedef struct zmlx_cache_stats {

@@ -1,12 +1,12 @@
-/* The catalog's table of tables. Each op family defines its table in its own
- * file; a family not built into this library (weak reference left NULL) is
- * simply absent from `zmlx check`. */
+/* The catalog's table of tables. Each op family defines its check table in
+ * its own file. The references are strong so that a static link pulls every
+ * family in; the benchmark tables are weak (a family may not have one yet). */
 #include "ops/catalog.h"
 
 #include <pthread.h>
 #include <stddef.h>
 
-#define ZMLX_FAMILY(sym) extern const zmlx_catalog_op sym[] __attribute__((weak));
+#define ZMLX_FAMILY(sym) extern const zmlx_catalog_op sym[];
 ZMLX_FAMILY(zmlx_catalog_softmax_ops)
 ZMLX_FAMILY(zmlx_catalog_cross_entropy_ops)
 ZMLX_FAMILY(zmlx_catalog_norm_ops)

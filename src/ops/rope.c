@@ -1,0 +1,733 @@
+/* Rotary position embedding (issue 5): half-split and interleaved, partial
+ * rotary dims, base and scale, per-sequence offsets, in-kernel or tabled
+ * cos/sin, GQA through zmlx_rope_qk. One dialect kernel (kernels/rope.zk)
+ * does a pass over x; the VJP is the same kernel rotating backwards (and,
+ * being itself this op, is differentiable again). Also the catalog check
+ * helpers shared with glu.c (zmlx_rg_*). */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ad.h"
+#include "ops/catalog.h"
+
+/* Check helpers shared with glu.c (declared again there; not public). */
+zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
+                                   int n_inputs, const char *const *params,
+                                   const zmlx_dtype *param_dtypes, int n_params,
+                                   zmlx_kernel **out);
+void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n);
+double zmlx_rg_uniform(uint64_t *s);
+double zmlx_rg_round(zmlx_dtype dt, double v);
+zmlx_status zmlx_rg_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                           const double *v, zmlx_array **out);
+zmlx_status zmlx_rg_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                           double lo, double hi, uint64_t *rng, double *v, zmlx_array **out);
+zmlx_status zmlx_rg_download(zmlx_array *a, double **v);
+double zmlx_rg_err(const double *got, const double *want, int64_t n);
+void zmlx_rg_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                  const char *shape, double err, double tol, int pass);
+void zmlx_rg_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                       const char *shape, zmlx_status st);
+void zmlx_rg_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                    zmlx_array *to_release, zmlx_status want, const char *needle);
+double zmlx_rg_tol(zmlx_dtype dt);
+void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape);
+
+extern const char zmlx_res_rope_zk[];
+
+/* ------------------------------------------------------------ kernels */
+
+#define BODY_MARKER "//-- body --\n"
+
+zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
+                                   int n_inputs, const char *const *params,
+                                   const zmlx_dtype *param_dtypes, int n_params,
+                                   zmlx_kernel **out) {
+  const char *marker = strstr(file, BODY_MARKER);
+  char *header = NULL;
+  const char *body = file;
+  if (marker) {
+    size_t n = (size_t)(marker - file);
+    header = malloc(n + 1);
+    if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    memcpy(header, file, n);
+    header[n] = '\0';
+    body = marker + strlen(BODY_MARKER);
+  }
+  static const char *const outs[] = {"out"};
+  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
+                        .output_names = outs, .n_outputs = 1, .source = body,
+                        .header = header, .ensure_row_contiguous = 1,
+                        .param_names = params, .param_dtypes = param_dtypes,
+                        .n_params = n_params};
+  zmlx_status st = zmlx_kernel_create(&d, out);
+  free(header);
+  return st;
+}
+
+static zmlx_kernel *rope_kernel;
+static zmlx_status rope_kernel_st;
+static char rope_kernel_err[512];
+
+static void rope_kernel_init(void) {
+  static const char *const in[] = {"x", "offsets", "cosv", "sinv"};
+  static const char *const pn[] = {"n", "W", "S", "H", "D", "R", "layout", "table_len",
+                                   "sgn", "log2_base", "scale"};
+  static const zmlx_dtype pd[] = {ZMLX_I64, ZMLX_I32, ZMLX_I32, ZMLX_I32, ZMLX_I32, ZMLX_I32,
+                                  ZMLX_I32, ZMLX_I32, ZMLX_F32, ZMLX_F32, ZMLX_F32};
+  rope_kernel_st = zmlx_rg_kernel_from_zk("zmlx_rope", zmlx_res_rope_zk, in, 4, pn, pd, 11,
+                                          &rope_kernel);
+  if (rope_kernel_st != ZMLX_OK)
+    snprintf(rope_kernel_err, sizeof rope_kernel_err, "%s", zmlx_last_error());
+}
+
+static zmlx_status get_rope_kernel(zmlx_kernel **k) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, rope_kernel_init);
+  if (rope_kernel_st != ZMLX_OK) return zmlx_fail(rope_kernel_st, "rope: %s", rope_kernel_err);
+  *k = rope_kernel;
+  return ZMLX_OK;
+}
+
+/* Launch over a dense 1-D count of work items, 2-D past 2^30. */
+void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n) {
+  const int64_t row = (int64_t)1 << 30;
+  c->grid[0] = n < row ? (n > 0 ? n : 1) : row;
+  c->grid[1] = (n + row - 1) / row;
+  if (c->grid[1] < 1) c->grid[1] = 1;
+  c->grid[2] = 1;
+  c->threadgroup[0] = 256;
+  c->threadgroup[1] = c->threadgroup[2] = 1;
+}
+
+/* ------------------------------------------------------------ the op */
+
+typedef struct rope_cfg {
+  zmlx_rope_opts o; /* resolved: rotary_dims, base, scale filled */
+  float sgn;
+} rope_cfg;
+
+static int is_float16_32(zmlx_dtype dt) {
+  return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
+}
+
+static zmlx_status rope_validate(zmlx_array *x, const zmlx_rope_opts *in, rope_cfg *c) {
+  ZMLX_REQUIRE_ARG(x);
+  memset(c, 0, sizeof *c);
+  if (in) c->o = *in;
+  c->sgn = 1.0f;
+  char buf[96];
+  if (!is_float16_32(x->dtype))
+    return zmlx_fail(ZMLX_ERR_DTYPE, "rope: x has dtype %s; supported: f32, f16, bf16",
+                     zmlx_dtype_name(x->dtype));
+  if (x->ndim != 4)
+    return zmlx_fail(ZMLX_ERR_SHAPE,
+                     "rope: x must have rank 4 ([batch, seq, heads, head_dim] or [batch, heads, "
+                     "seq, head_dim]), got rank %d %s",
+                     x->ndim, zmlx_shape_str(buf, sizeof buf, x->ndim, x->shape));
+  if (c->o.mode != ZMLX_ROPE_HALF_SPLIT && c->o.mode != ZMLX_ROPE_INTERLEAVED)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: unknown mode %d", (int)c->o.mode);
+  if (c->o.layout != ZMLX_ROPE_BSHD && c->o.layout != ZMLX_ROPE_BHSD)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: unknown layout %d", (int)c->o.layout);
+  int64_t D = x->shape[3];
+  if (c->o.rotary_dims < 0)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: rotary_dims %d is negative", c->o.rotary_dims);
+  if (c->o.rotary_dims == 0) {
+    if (D % 2 != 0)
+      return zmlx_fail(ZMLX_ERR_SHAPE,
+                       "rope: head_dim %lld is odd; rotating all of it needs an even head_dim "
+                       "(half-split pairs i with i + head_dim/2): give an even rotary_dims",
+                       (long long)D);
+    c->o.rotary_dims = (int)D;
+  }
+  if (c->o.rotary_dims > D)
+    return zmlx_fail(ZMLX_ERR_SHAPE, "rope: rotary_dims %d > head_dim %lld", c->o.rotary_dims,
+                     (long long)D);
+  if (c->o.rotary_dims % 2 != 0)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: rotary_dims %d is odd (pairs need it even)",
+                     c->o.rotary_dims);
+  if (c->o.base == 0) c->o.base = 10000.0;
+  if (!(c->o.base > 0) || !isfinite(c->o.base))
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: base %g must be positive", c->o.base);
+  if (c->o.scale == 0) c->o.scale = 1.0;
+  if (!isfinite(c->o.scale))
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: scale %g is not finite", c->o.scale);
+  int64_t B = x->shape[0];
+  if (c->o.offsets) {
+    zmlx_array *f = c->o.offsets;
+    if (f->dtype != ZMLX_I32)
+      return zmlx_fail(ZMLX_ERR_DTYPE, "rope: offsets must be i32, got %s",
+                       zmlx_dtype_name(f->dtype));
+    if (f->ndim != 1 || f->shape[0] != B)
+      return zmlx_fail(ZMLX_ERR_SHAPE, "rope: offsets must be [batch] = [%lld], got %s",
+                       (long long)B, zmlx_shape_str(buf, sizeof buf, f->ndim, f->shape));
+    if (f->buffer->device != x->buffer->device)
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: offsets are on another device than x");
+  }
+  if ((c->o.cos == NULL) != (c->o.sin == NULL))
+    return zmlx_fail(ZMLX_ERR_NULL_ARG, "rope: give both cos and sin tables, or neither");
+  if (c->o.cos) {
+    zmlx_array *t[2] = {c->o.cos, c->o.sin};
+    const char *nm[2] = {"cos", "sin"};
+    for (int i = 0; i < 2; i++) {
+      if (t[i]->dtype != ZMLX_F32)
+        return zmlx_fail(ZMLX_ERR_DTYPE, "rope: the %s table must be f32, got %s", nm[i],
+                         zmlx_dtype_name(t[i]->dtype));
+      if (t[i]->ndim != 2 || t[i]->shape[1] != c->o.rotary_dims / 2 || t[i]->shape[0] < 1)
+        return zmlx_fail(ZMLX_ERR_SHAPE,
+                         "rope: the %s table must be [max_pos, rotary_dims/2 = %d], got %s",
+                         nm[i], c->o.rotary_dims / 2,
+                         zmlx_shape_str(buf, sizeof buf, t[i]->ndim, t[i]->shape));
+      if (t[i]->buffer->device != x->buffer->device)
+        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: the %s table is on another device", nm[i]);
+    }
+    if (c->o.sin->shape[0] != c->o.cos->shape[0])
+      return zmlx_fail(ZMLX_ERR_SHAPE, "rope: cos and sin tables differ in length");
+  }
+  int64_t seq = c->o.layout == ZMLX_ROPE_BSHD ? x->shape[1] : x->shape[2];
+  int64_t heads = c->o.layout == ZMLX_ROPE_BSHD ? x->shape[2] : x->shape[1];
+  if (seq > INT32_MAX || heads > INT32_MAX || D > INT32_MAX)
+    return zmlx_fail(ZMLX_ERR_SHAPE, "rope: a dimension of x exceeds 2^31");
+  return ZMLX_OK;
+}
+
+/* out (dense, preallocated, x's shape and dtype) = rope of x. */
+static zmlx_status rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out) {
+  zmlx_kernel *k = NULL;
+  ZMLX_CHECK(get_rope_kernel(&k));
+  if (x->size == 0) return ZMLX_OK;
+  const zmlx_rope_opts *o = &c->o;
+  int64_t D = x->shape[3];
+  int64_t S = o->layout == ZMLX_ROPE_BSHD ? x->shape[1] : x->shape[2];
+  int64_t H = o->layout == ZMLX_ROPE_BSHD ? x->shape[2] : x->shape[1];
+  int64_t rows = x->size / (D * H); /* batch * seq */
+  int64_t W = D - o->rotary_dims / 2;
+  zmlx_array *dummy = NULL;
+  zmlx_array *in[4] = {x, o->offsets, o->cos, o->sin};
+  if (!o->offsets || !o->cos) {
+    int64_t one = 1;
+    ZMLX_CHECK(zmlx_array_zeros(x->buffer->device, ZMLX_I32, 1, &one, &dummy));
+    if (!in[1]) in[1] = dummy;
+    if (!in[2]) in[2] = dummy;
+    if (!in[3]) in[3] = dummy;
+  }
+  double params[11] = {(double)(rows * W), (double)W, (double)S, (double)H, (double)D,
+                       (double)o->rotary_dims, (double)o->layout,
+                       (double)(o->cos ? o->cos->shape[0] : 1), (double)c->sgn,
+                       log2(o->base), o->scale};
+  zmlx_template_arg t[4] = {
+      {.name = "INTERLEAVED", .kind = ZMLX_TEMPLATE_BOOL, .value = o->mode == ZMLX_ROPE_INTERLEAVED},
+      {.name = "HAS_OFF", .kind = ZMLX_TEMPLATE_BOOL, .value = o->offsets != NULL},
+      {.name = "HAS_TABLE", .kind = ZMLX_TEMPLATE_BOOL, .value = o->cos != NULL},
+      {.name = "IDX32", .kind = ZMLX_TEMPLATE_BOOL, .value = rows * W < ((int64_t)1 << 31)}};
+  zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &out,
+                           .templates = t, .n_templates = 4, .params = params,
+                           .device = x->buffer->device};
+  zmlx_rg_grid(&call, rows * W);
+  zmlx_status st = zmlx_kernel_launch(k, &call);
+  zmlx_array_release(dummy);
+  return st;
+}
+
+static zmlx_status rope_apply(zmlx_array *x, const rope_cfg *c, zmlx_array **out);
+
+static void rope_free_ctx(void *p) {
+  rope_cfg *c = p;
+  zmlx_array_release(c->o.offsets);
+  zmlx_array_release(c->o.cos);
+  zmlx_array_release(c->o.sin);
+  free(c);
+}
+
+static zmlx_status rope_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const uint8_t *need,
+                            zmlx_array **grads) {
+  if (!need[0]) return ZMLX_OK;
+  rope_cfg c = *(const rope_cfg *)n->ctx;
+  c.sgn = -c.sgn;
+  return rope_apply(cot[0], &c, &grads[0]);
+}
+
+static zmlx_status rope_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out_tan) {
+  if (!tan[0]) return ZMLX_OK;
+  return rope_apply(tan[0], (const rope_cfg *)n->ctx, &out_tan[0]);
+}
+
+static const zmlx_ad_rule ROPE_RULE = {"rope", rope_vjp, rope_jvp, rope_free_ctx};
+
+static zmlx_status rope_apply(zmlx_array *x, const rope_cfg *c, zmlx_array **out) {
+  zmlx_array *y = NULL;
+  ZMLX_CHECK(zmlx_array_alloc(x->buffer->device, NULL, x->dtype, x->ndim, x->shape, &y));
+  zmlx_status st = rope_launch(x, c, y);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    return st;
+  }
+  if (zmlx_ad_should_record(&x, 1)) {
+    rope_cfg *cc = malloc(sizeof *cc);
+    if (!cc) {
+      zmlx_array_release(y);
+      return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    *cc = *c;
+    if (cc->o.offsets) zmlx_array_retain(cc->o.offsets);
+    if (cc->o.cos) zmlx_array_retain(cc->o.cos);
+    if (cc->o.sin) zmlx_array_retain(cc->o.sin);
+    st = zmlx_ad_record(&ROPE_RULE, cc, &x, 1, &y, 1, 0);
+    if (st != ZMLX_OK) {
+      zmlx_array_release(y);
+      return st;
+    }
+  }
+  *out = y;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_rope(zmlx_array *x, const zmlx_rope_opts *opts, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  rope_cfg c;
+  ZMLX_CHECK(rope_validate(x, opts, &c));
+  return rope_apply(x, &c, out);
+}
+
+zmlx_status zmlx_rope_qk(zmlx_array *q, zmlx_array *k, const zmlx_rope_opts *opts,
+                         zmlx_array **q_out, zmlx_array **k_out) {
+  ZMLX_REQUIRE_ARG(q_out);
+  ZMLX_REQUIRE_ARG(k_out);
+  *q_out = *k_out = NULL;
+  rope_cfg cq, ck;
+  ZMLX_CHECK(rope_validate(q, opts, &cq));
+  ZMLX_CHECK(rope_validate(k, opts, &ck));
+  int lay = cq.o.layout;
+  int seq_ax = lay == ZMLX_ROPE_BSHD ? 1 : 2;
+  char b1[96], b2[96];
+  if (q->shape[0] != k->shape[0] || q->shape[seq_ax] != k->shape[seq_ax] ||
+      q->shape[3] != k->shape[3])
+    return zmlx_fail(ZMLX_ERR_SHAPE,
+                     "rope_qk: q %s and k %s must agree in batch, seq and head_dim (only the "
+                     "head counts may differ)",
+                     zmlx_shape_str(b1, sizeof b1, q->ndim, q->shape),
+                     zmlx_shape_str(b2, sizeof b2, k->ndim, k->shape));
+  if (q->dtype != k->dtype)
+    return zmlx_fail(ZMLX_ERR_DTYPE, "rope_qk: q is %s but k is %s", zmlx_dtype_name(q->dtype),
+                     zmlx_dtype_name(k->dtype));
+  if (q->buffer->device != k->buffer->device)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope_qk: q and k are on different devices");
+  ZMLX_CHECK(rope_apply(q, &cq, q_out));
+  zmlx_status st = rope_apply(k, &ck, k_out);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(*q_out);
+    *q_out = NULL;
+  }
+  return st;
+}
+
+/* ================================================== check helpers (shared) */
+
+double zmlx_rg_uniform(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *s = x;
+  return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+double zmlx_rg_round(zmlx_dtype dt, double v) {
+  if (dt == ZMLX_F16) return zmlx_f16_to_f32(zmlx_f32_to_f16((float)v));
+  if (dt == ZMLX_BF16) return zmlx_bf16_to_f32(zmlx_f32_to_bf16((float)v));
+  return (float)v;
+}
+
+/* Random values in [lo, hi) rounded to dt (written into v) and uploaded. */
+zmlx_status zmlx_rg_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                           double lo, double hi, uint64_t *rng, double *v, zmlx_array **out) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  for (int64_t i = 0; i < n; i++) v[i] = zmlx_rg_round(dt, lo + (hi - lo) * zmlx_rg_uniform(rng));
+  return zmlx_rg_upload(dev, dt, ndim, shape, v, out);
+}
+
+zmlx_status zmlx_rg_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                           const double *v, zmlx_array **out) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  size_t es = zmlx_dtype_size(dt);
+  void *buf = malloc((size_t)(n > 0 ? n : 1) * es);
+  if (!buf) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  for (int64_t i = 0; i < n; i++) {
+    if (dt == ZMLX_F32) ((float *)buf)[i] = (float)v[i];
+    else if (dt == ZMLX_F16) ((uint16_t *)buf)[i] = zmlx_f32_to_f16((float)v[i]);
+    else if (dt == ZMLX_BF16) ((uint16_t *)buf)[i] = zmlx_f32_to_bf16((float)v[i]);
+    else if (dt == ZMLX_I32) ((int32_t *)buf)[i] = (int32_t)v[i];
+  }
+  zmlx_status st = zmlx_array_from_host(dev, dt, ndim, shape, buf, out);
+  free(buf);
+  return st;
+}
+
+/* a -> f64 host values (n = its size); caller frees *v. */
+zmlx_status zmlx_rg_download(zmlx_array *a, double **v) {
+  int64_t n = a->size;
+  size_t es = zmlx_dtype_size(a->dtype);
+  void *buf = malloc((size_t)(n > 0 ? n : 1) * es);
+  double *d = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+  if (!buf || !d) {
+    free(buf);
+    free(d);
+    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  }
+  zmlx_status st = zmlx_array_to_host(a, buf, (size_t)n * es);
+  for (int64_t i = 0; st == ZMLX_OK && i < n; i++) {
+    if (a->dtype == ZMLX_F32) d[i] = ((float *)buf)[i];
+    else if (a->dtype == ZMLX_F16) d[i] = zmlx_f16_to_f32(((uint16_t *)buf)[i]);
+    else if (a->dtype == ZMLX_BF16) d[i] = zmlx_bf16_to_f32(((uint16_t *)buf)[i]);
+    else d[i] = NAN;
+  }
+  free(buf);
+  if (st != ZMLX_OK) {
+    free(d);
+    return st;
+  }
+  *v = d;
+  return ZMLX_OK;
+}
+
+/* max |got - want| / (1 + |want|); NaN in got gives +inf. */
+double zmlx_rg_err(const double *got, const double *want, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double e = fabs(got[i] - want[i]) / (1 + fabs(want[i]));
+    if (isnan(e)) return INFINITY;
+    if (e > m) m = e;
+  }
+  return m;
+}
+
+void zmlx_rg_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                  const char *shape, double err, double tol, int pass) {
+  zmlx_check_row r;
+  memset(&r, 0, sizeof r);
+  r.op = op;
+  r.what = what;
+  r.backend = zmlx_device_backend(o->device);
+  r.dtype = dt;
+  snprintf(r.shape, sizeof r.shape, "%.95s", shape); /* rows keep 95 chars of a case name */
+  r.max_err = err;
+  r.tol = tol;
+  r.pass = pass;
+  if (o->emit) o->emit(o->ctx, &r);
+}
+
+/* A failed case (the op or the check's plumbing returned an error). */
+void zmlx_rg_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                       const char *shape, zmlx_status st) {
+  char s[256];
+  snprintf(s, sizeof s, "%.60s: %s %.60s", shape, zmlx_status_string(st), zmlx_last_error());
+  zmlx_rg_emit(o, op, what, dt, s, INFINITY, 0, 0);
+}
+
+/* Bad-input case: pass when the call returned `want` and the message names `needle`. */
+void zmlx_rg_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                    zmlx_array *to_release, zmlx_status want, const char *needle) {
+  int pass = got == want && strstr(zmlx_last_error(), needle) != NULL;
+  zmlx_array_release(to_release);
+  char s[96];
+  snprintf(s, sizeof s, "-> %s", zmlx_status_string(got));
+  zmlx_rg_emit(o, op, what, o->dtype, s, pass ? 0 : 1, 0, pass);
+  zmlx_clear_error();
+}
+
+double zmlx_rg_tol(zmlx_dtype dt) {
+  return dt == ZMLX_F32 ? 1e-4 : dt == ZMLX_F16 ? 3e-3 : 2e-2;
+}
+
+/* Poison `n` elements of device memory so the next allocation of that size
+ * probably starts as NaN (for ops whose output the op allocates). */
+void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape) {
+  zmlx_array *p = NULL;
+  if (zmlx_array_full(dev, dt, ndim, shape, NAN, &p) == ZMLX_OK) {
+    zmlx_device_synchronize(dev);
+    zmlx_array_release(p);
+  }
+}
+
+/* =============================================================== check */
+
+typedef struct rope_case {
+  int64_t B, S, Hq, Hk, D;
+  int R; /* 0 = D */
+  zmlx_rope_mode mode;
+  zmlx_rope_layout layout;
+  int offsets, table;
+  double base, scale;
+} rope_case;
+
+/* Host reference of one tensor [B, S|H, H|S, D] in place (dir = +1 / -1). */
+static void rope_ref(const double *x, double *y, int64_t B, int64_t S, int64_t H, int64_t D, int R,
+                     zmlx_rope_mode mode, zmlx_rope_layout lay, const double *off, double base,
+                     double scale, const double *ctab, const double *stab, int64_t P, double dir) {
+  int half = R / 2;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t s = 0; s < S; s++)
+      for (int64_t h = 0; h < H; h++) {
+        int64_t row = lay == ZMLX_ROPE_BSHD ? (b * S + s) * H + h : (b * H + h) * S + s;
+        const double *xr = x + row * D;
+        double *yr = y + row * D;
+        double p = (double)s + (off ? off[b] : 0);
+        for (int64_t d = R; d < D; d++) yr[d] = xr[d];
+        for (int i = 0; i < half; i++) {
+          double c, sn;
+          if (ctab) {
+            int64_t pi = (int64_t)p;
+            if (pi >= P) pi = P - 1;
+            if (pi < 0) pi = 0;
+            c = ctab[pi * half + i];
+            sn = stab[pi * half + i];
+          } else {
+            double ang = p * scale * pow(base, -(2.0 * i) / R);
+            c = cos(ang);
+            sn = sin(ang);
+          }
+          sn *= dir;
+          int64_t i0 = mode == ZMLX_ROPE_INTERLEAVED ? 2 * i : i;
+          int64_t i1 = mode == ZMLX_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+          yr[i0] = xr[i0] * c - xr[i1] * sn;
+          yr[i1] = xr[i0] * sn + xr[i1] * c;
+        }
+      }
+}
+
+typedef struct rope_gctx {
+  zmlx_rope_opts o;
+  zmlx_array *w;
+} rope_gctx;
+
+static zmlx_status rope_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  rope_gctx *g = ud;
+  return zmlx_rope(in[0], &g->o, out);
+}
+
+static zmlx_status rope_loss(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  rope_gctx *g = ud;
+  zmlx_array *y = NULL, *m = NULL;
+  ZMLX_CHECK(zmlx_rope(in[0], &g->o, &y));
+  zmlx_status st = zmlx_mul(y, g->w, &m);
+  if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, out);
+  zmlx_array_release(y);
+  zmlx_array_release(m);
+  return st;
+}
+
+static void rope_shape_str(char *s, size_t n, const rope_case *c) {
+  snprintf(s, n, "%s[%lld,%lld,%lld|%lld,%lld] R=%d %s%s%s",
+           c->layout == ZMLX_ROPE_BSHD ? "BSHD" : "BHSD", (long long)c->B, (long long)c->S,
+           (long long)c->Hq, (long long)c->Hk, (long long)c->D, c->R ? c->R : (int)c->D,
+           c->mode == ZMLX_ROPE_INTERLEAVED ? "il" : "half", c->offsets ? " off" : "",
+           c->table ? " tab" : "");
+}
+
+static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, uint64_t *rng,
+                                 int grad) {
+  zmlx_device *dev = o->device;
+  zmlx_dtype dt = grad == 1 ? ZMLX_F32 : o->dtype;
+  char name[96];
+  rope_shape_str(name, sizeof name, c);
+  int R = c->R ? c->R : (int)c->D;
+  int lay = c->layout;
+  int64_t shq[4], shk[4];
+  shq[0] = shk[0] = c->B;
+  shq[3] = shk[3] = c->D;
+  shq[lay ? 2 : 1] = shk[lay ? 2 : 1] = c->S;
+  shq[lay ? 1 : 2] = c->Hq;
+  shk[lay ? 1 : 2] = c->Hk;
+  int64_t nq = c->B * c->S * c->Hq * c->D, nk = c->B * c->S * c->Hk * c->D;
+  int64_t P = c->S + 40;
+  double *xq = malloc(sizeof(double) * (size_t)nq), *xk = malloc(sizeof(double) * (size_t)nk);
+  double *wq = malloc(sizeof(double) * (size_t)nq), *wk = malloc(sizeof(double) * (size_t)nk);
+  double *off = malloc(sizeof(double) * (size_t)c->B);
+  double *ct = malloc(sizeof(double) * (size_t)(P * (R / 2) + 1));
+  double *stb = malloc(sizeof(double) * (size_t)(P * (R / 2) + 1));
+  double *gotq = NULL, *gotk = NULL;
+  zmlx_array *q = NULL, *k = NULL, *aoff = NULL, *acos = NULL, *asin = NULL, *qo = NULL,
+             *ko = NULL, *w = NULL;
+  zmlx_array *grads[1] = {NULL};
+  zmlx_status st = ZMLX_OK;
+  if (!xq || !xk || !wq || !wk || !off || !ct || !stb) {
+    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    goto done;
+  }
+  for (int64_t b = 0; b < c->B; b++) off[b] = (double)(int)(zmlx_rg_uniform(rng) * 40);
+  for (int64_t p = 0; p < P; p++)
+    for (int i = 0; i < R / 2; i++) {
+      double ang = p * 0.7 * pow(500.0, -(2.0 * i) / R);
+      ct[p * (R / 2) + i] = (float)cos(ang);
+      stb[p * (R / 2) + i] = (float)sin(ang);
+    }
+  st = zmlx_rg_random(dev, dt, 4, shq, -1, 1, rng, xq, &q);
+  if (st == ZMLX_OK) st = zmlx_rg_random(dev, dt, 4, shk, -1, 1, rng, xk, &k);
+  if (st == ZMLX_OK && c->offsets) {
+    int64_t sb = c->B;
+    st = zmlx_rg_upload(dev, ZMLX_I32, 1, &sb, off, &aoff);
+  }
+  if (st == ZMLX_OK && c->table) {
+    int64_t st2[2] = {P, R / 2};
+    st = zmlx_rg_upload(dev, ZMLX_F32, 2, st2, ct, &acos);
+    if (st == ZMLX_OK) st = zmlx_rg_upload(dev, ZMLX_F32, 2, st2, stb, &asin);
+  }
+  if (st != ZMLX_OK) goto done;
+  zmlx_rope_opts ro = {.mode = c->mode, .layout = c->layout, .rotary_dims = c->R,
+                       .base = c->base, .scale = c->scale, .offsets = aoff, .cos = acos,
+                       .sin = asin};
+  double tol = zmlx_rg_tol(dt);
+  if (grad == 0) {
+    /* Forward into poisoned outputs, q and k (GQA) in one pass each. */
+    rope_cfg cq, ck;
+    st = rope_validate(q, &ro, &cq);
+    if (st == ZMLX_OK) st = rope_validate(k, &ro, &ck);
+    if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 4, shq, NAN, &qo);
+    if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 4, shk, NAN, &ko);
+    if (st == ZMLX_OK) st = rope_launch(q, &cq, qo);
+    if (st == ZMLX_OK) st = rope_launch(k, &ck, ko);
+    if (st == ZMLX_OK) st = zmlx_rg_download(qo, &gotq);
+    if (st == ZMLX_OK) st = zmlx_rg_download(ko, &gotk);
+    if (st != ZMLX_OK) goto done;
+    rope_ref(xq, wq, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
+             c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, 1);
+    rope_ref(xk, wk, c->B, c->S, c->Hk, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
+             c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, 1);
+    double e = fmax(zmlx_rg_err(gotq, wq, nq), zmlx_rg_err(gotk, wk, nk));
+    zmlx_rg_emit(o, "rope", "fwd q,k", dt, name, e, tol, e <= tol);
+    /* The public GQA entry point must give the same. */
+    zmlx_array_release(qo);
+    zmlx_array_release(ko);
+    qo = ko = NULL;
+    free(gotq);
+    free(gotk);
+    gotq = gotk = NULL;
+    zmlx_rg_poison_pool(dev, dt, 4, shq);
+    st = zmlx_rope_qk(q, k, &ro, &qo, &ko);
+    if (st == ZMLX_OK) st = zmlx_rg_download(qo, &gotq);
+    if (st == ZMLX_OK) st = zmlx_rg_download(ko, &gotk);
+    if (st != ZMLX_OK) goto done;
+    e = fmax(zmlx_rg_err(gotq, wq, nq), zmlx_rg_err(gotk, wk, nk));
+    zmlx_rg_emit(o, "rope", "fwd rope_qk", dt, name, e, tol, e <= tol);
+  } else if (grad == 1) {
+    /* f32 finite differences on q. */
+    st = zmlx_rg_random(dev, ZMLX_F32, 4, shq, -1, 1, rng, wq, &w);
+    if (st != ZMLX_OK) goto done;
+    rope_gctx g = {ro, w};
+    zmlx_grad_check_report rep;
+    st = zmlx_check_grad(rope_loss, &g, &q, 1, 1e-2, 1e-2, &rep);
+    if (st != ZMLX_OK) goto done;
+    double e = rep.inputs[0].max_abs_err;
+    if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
+    zmlx_rg_emit(o, "rope", "grad x (fd)", ZMLX_F32, name, e, 1e-2, rep.passed);
+  } else {
+    /* Analytic VJP in o->dtype vs the f64 inverse rotation. */
+    st = zmlx_rg_random(dev, dt, 4, shq, -1, 1, rng, wq, &w);
+    if (st != ZMLX_OK) goto done;
+    int argn = 0;
+    rope_gctx g = {ro, NULL};
+    st = zmlx_vjp(rope_fn, &g, &q, 1, &argn, 1, w, &qo, grads);
+    if (st == ZMLX_OK) st = zmlx_rg_download(grads[0], &gotq);
+    if (st != ZMLX_OK) goto done;
+    double *want = malloc(sizeof(double) * (size_t)nq);
+    if (!want) {
+      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+      goto done;
+    }
+    rope_ref(wq, want, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
+             c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, -1);
+    double e = zmlx_rg_err(gotq, want, nq);
+    free(want);
+    zmlx_rg_emit(o, "rope", "grad x (vjp)", dt, name, e, tol, e <= tol);
+  }
+done:
+  if (st != ZMLX_OK)
+    zmlx_rg_emit_fail(o, "rope", grad == 0 ? "fwd q,k" : "grad x", dt, name, st);
+  free(xq); free(xk); free(wq); free(wk); free(off); free(ct); free(stb);
+  free(gotq); free(gotk);
+  zmlx_array_release(q); zmlx_array_release(k); zmlx_array_release(aoff);
+  zmlx_array_release(acos); zmlx_array_release(asin); zmlx_array_release(qo);
+  zmlx_array_release(ko); zmlx_array_release(w); zmlx_array_release(grads[0]);
+  zmlx_clear_error();
+  return ZMLX_OK;
+}
+
+static void rope_bad_inputs(const zmlx_check_opts *o) {
+  zmlx_device *dev = o->device;
+  zmlx_dtype dt = o->dtype;
+  zmlx_array *x3 = NULL, *x = NULL, *xo = NULL, *xi = NULL, *k = NULL, *y = NULL, *y2 = NULL;
+  int64_t s3[3] = {2, 3, 8}, s4[4] = {1, 3, 2, 8}, so[4] = {1, 3, 2, 7}, sk[4] = {1, 4, 2, 8};
+  if (zmlx_array_zeros(dev, dt, 3, s3, &x3) != ZMLX_OK || zmlx_array_zeros(dev, dt, 4, s4, &x) ||
+      zmlx_array_zeros(dev, dt, 4, so, &xo) || zmlx_array_zeros(dev, ZMLX_I32, 4, s4, &xi) ||
+      zmlx_array_zeros(dev, dt, 4, sk, &k)) {
+    zmlx_rg_emit_fail(o, "rope", "bad input", dt, "setup", ZMLX_ERR_BACKEND);
+    goto done;
+  }
+  zmlx_rg_expect(o, "rope", "bad: rank 3", zmlx_rope(x3, NULL, &y), y, ZMLX_ERR_SHAPE, "rank");
+  y = NULL;
+  zmlx_rg_expect(o, "rope", "bad: odd head_dim", zmlx_rope(xo, NULL, &y), y, ZMLX_ERR_SHAPE,
+                 "odd");
+  y = NULL;
+  zmlx_rope_opts big = {.rotary_dims = 10};
+  zmlx_rg_expect(o, "rope", "bad: rotary > head_dim", zmlx_rope(x, &big, &y), y, ZMLX_ERR_SHAPE,
+                 "rotary_dims");
+  y = NULL;
+  zmlx_rg_expect(o, "rope", "bad: dtype i32", zmlx_rope(xi, NULL, &y), y, ZMLX_ERR_DTYPE,
+                 "dtype");
+  y = NULL;
+  zmlx_rg_expect(o, "rope", "bad: q/k seq mismatch", zmlx_rope_qk(x, k, NULL, &y, &y2), y,
+                 ZMLX_ERR_SHAPE, "seq");
+  zmlx_array_release(y2);
+done:
+  zmlx_array_release(x3); zmlx_array_release(x); zmlx_array_release(xo);
+  zmlx_array_release(xi); zmlx_array_release(k);
+}
+
+static zmlx_status rope_check(const zmlx_check_opts *o) {
+  ZMLX_REQUIRE_ARG(o);
+  ZMLX_REQUIRE_ARG(o->device);
+  uint64_t rng = o->seed * 0x9E3779B97F4A7C15ULL + 0x726F7065ULL;
+  if (!rng) rng = 1;
+  const zmlx_rope_mode H = ZMLX_ROPE_HALF_SPLIT, I = ZMLX_ROPE_INTERLEAVED;
+  const zmlx_rope_layout L0 = ZMLX_ROPE_BSHD, L1 = ZMLX_ROPE_BHSD;
+  rope_case fwd[] = {
+      {1, 1, 1, 1, 2, 0, H, L0, 0, 0, 0, 0},
+      {2, 5, 4, 2, 16, 0, H, L0, 1, 0, 0, 0},
+      {2, 5, 3, 1, 16, 8, I, L0, 1, 0, 500, 0.5},
+      {1, 7, 3, 3, 10, 6, H, L1, 0, 1, 0, 0},
+      {2, 3, 5, 1, 9, 4, I, L1, 1, 1, 0, 0},
+      {2, 128, 32, 8, 128, 64, H, L0, 1, 0, 0, 0},
+      {1, 64, 7, 1, 64, 0, I, L1, 1, 0, 1e6, 1},
+      {1, 96, 5, 3, 80, 32, H, L0, 1, 1, 0, 0},
+  };
+  int nf = o->quick ? 5 : (int)(sizeof fwd / sizeof fwd[0]);
+  for (int i = 0; i < nf; i++) rope_run_case(o, &fwd[i], &rng, 0);
+  rope_case gr[] = {
+      {1, 3, 2, 2, 8, 0, H, L0, 1, 0, 0, 0},
+      {2, 2, 2, 1, 6, 4, I, L1, 1, 1, 0, 0},
+  };
+  int ng = (int)(sizeof gr / sizeof gr[0]);
+  for (int i = 0; i < ng; i++) {
+    if (o->dtype == ZMLX_F32) rope_run_case(o, &gr[i], &rng, 1);
+    rope_run_case(o, &gr[i], &rng, 2);
+  }
+  if (!o->quick) {
+    rope_case big = {2, 16, 4, 2, 64, 32, I, L1, 1, 0, 0, 0};
+    rope_run_case(o, &big, &rng, 2);
+  }
+  rope_bad_inputs(o);
+  return ZMLX_OK;
+}
+
+const zmlx_catalog_op zmlx_catalog_rope_ops[] = {
+    {"rope", rope_check},
+    {0},
+};

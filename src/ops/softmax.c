@@ -1,0 +1,795 @@
+/* Softmax family over the last dim (issue 5): softmax, log_softmax,
+ * logsumexp and scale + mask (+ causal) softmax, each differentiable, with
+ * their catalog checks. Kernels: src/ops/kernels/softmax.zk (forward, one
+ * threadgroup per row, single-pass online stats) and softmax_bwd.zk. The
+ * check helpers at the end (zmlx_opck_*) are shared with cross_entropy.c. */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ad.h"
+#include "gen/patterns.h"
+#include "ops/catalog.h"
+#include "runtime/internal.h"
+
+extern const char zmlx_res_softmax_zk[];
+extern const char zmlx_res_softmax_bwd_zk[];
+
+/* ---------------------------------------------- shared with cross_entropy.c */
+
+zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
+                                     int n_inputs, const char *const *outputs, int n_outputs,
+                                     const char *const *params, const zmlx_dtype *param_dtypes,
+                                     int n_params, zmlx_kernel **out);
+void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call);
+uint64_t zmlx_opck_next(uint64_t *state);
+double zmlx_opck_uniform(uint64_t *state, double lo, double hi);
+double zmlx_opck_round(zmlx_dtype dt, double v);
+zmlx_status zmlx_opck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                             const double *v, zmlx_array **out);
+double *zmlx_opck_download(zmlx_array *a);
+double zmlx_opck_err_rel1(const double *got, const double *want, int64_t n);
+double zmlx_opck_err_relmax(const double *got, const double *want, int64_t n);
+double zmlx_opck_tol(zmlx_dtype dt);
+void zmlx_opck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                    const char *shape, double err, double tol, int pass);
+void zmlx_opck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, const char *extra);
+void zmlx_opck_bad(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                   zmlx_status want);
+
+#define BODY_MARKER "//-- body --\n"
+
+zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
+                                     int n_inputs, const char *const *outputs, int n_outputs,
+                                     const char *const *params, const zmlx_dtype *param_dtypes,
+                                     int n_params, zmlx_kernel **out) {
+  const char *marker = strstr(zk, BODY_MARKER);
+  char *header = NULL;
+  const char *body = zk;
+  if (marker) {
+    size_t n = (size_t)(marker - zk);
+    header = malloc(n + 1);
+    if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    memcpy(header, zk, n);
+    header[n] = '\0';
+    body = marker + strlen(BODY_MARKER);
+  }
+  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
+                        .output_names = outputs, .n_outputs = n_outputs, .source = body,
+                        .header = header, .ensure_row_contiguous = 1, .param_names = params,
+                        .param_dtypes = param_dtypes, .n_params = n_params};
+  zmlx_status st = zmlx_kernel_create(&d, out);
+  free(header);
+  return st;
+}
+
+/* One threadgroup per row (at most 65536 groups, each looping over rows). */
+void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call) {
+  zmlx_device_info info;
+  int max_threads = 256, simd = 32;
+  if (zmlx_device_get_info(dev, &info) == ZMLX_OK) {
+    max_threads = info.max_threads_per_threadgroup;
+    simd = info.simd_width > 0 ? info.simd_width : 32;
+  }
+  if (max_threads > 1024) max_threads = 1024;
+  int tg = zmlx_pattern_threads_per_row(cols, max_threads, simd);
+  if (tg > 1024) tg = 1024;
+  /* the kernels loop over rows with a stride of the group count */
+  int64_t groups = rows < 65536 ? rows : 65536;
+  if (groups < 1) groups = 1;
+  call->grid[0] = groups * tg;
+  call->grid[1] = call->grid[2] = 1;
+  call->threadgroup[0] = tg;
+  call->threadgroup[1] = call->threadgroup[2] = 1;
+}
+
+/* ------------------------------------------------------------------ kernels */
+
+static zmlx_kernel *k_fwd, *k_bwd;
+static zmlx_status k_status = ZMLX_OK;
+static char k_error[1024];
+static pthread_once_t k_once = PTHREAD_ONCE_INIT;
+
+static void k_create(void) {
+  static const char *const fin[] = {"x", "mask"}, *const fout[] = {"out"};
+  static const char *const fpar[] = {"rows", "cols", "mrows", "sq", "coff", "scale"};
+  static const zmlx_dtype fdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32};
+  static const char *const bin[] = {"a", "b", "c"}, *const bout[] = {"dx"};
+  static const char *const bpar[] = {"rows", "cols", "scale"};
+  static const zmlx_dtype bdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_F32};
+  k_status = zmlx_opck_kernel_from_zk("zmlx_softmax_fwd", zmlx_res_softmax_zk, fin, 2, fout, 1,
+                                      fpar, fdt, 6, &k_fwd);
+  if (k_status == ZMLX_OK)
+    k_status = zmlx_opck_kernel_from_zk("zmlx_softmax_bwd", zmlx_res_softmax_bwd_zk, bin, 3,
+                                        bout, 1, bpar, bdt, 3, &k_bwd);
+  if (k_status != ZMLX_OK) snprintf(k_error, sizeof k_error, "%s", zmlx_last_error());
+}
+
+static zmlx_status kernels(void) {
+  pthread_once(&k_once, k_create);
+  if (k_status != ZMLX_OK) return zmlx_fail(k_status, "softmax kernels: %s", k_error);
+  return ZMLX_OK;
+}
+
+enum { SM_SOFTMAX = 0, SM_LOG_SOFTMAX = 1, SM_LOGSUMEXP = 2 };
+static const char *const MODE_NAMES[] = {"softmax", "log_softmax", "logsumexp"};
+
+typedef struct sm_args {
+  int mode;
+  zmlx_array *mask; /* NULL: none */
+  double scale;
+  int causal;
+} sm_args;
+
+static int float_dtype(zmlx_dtype dt) {
+  return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
+}
+
+/* Validation of the forward's arguments; names the problem. */
+static zmlx_status sm_validate(const char *op, zmlx_array *x, const sm_args *a) {
+  if (!float_dtype(x->dtype))
+    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; f32, f16 or bf16 is needed", op,
+                     zmlx_dtype_name(x->dtype));
+  if (x->ndim < 1)
+    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: x is a scalar; it needs at least one axis (the "
+                     "softmax runs over the last)", op);
+  if (x->shape[x->ndim - 1] == 0)
+    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: the last dimension of x is 0", op);
+  if (a->causal && x->ndim < 2)
+    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: causal needs x of rank >= 2 ([..., queries, keys]); "
+                     "x has rank %d", op, x->ndim);
+  if (!isfinite(a->scale))
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: scale %g is not finite", op, a->scale);
+  if (a->mask) {
+    zmlx_array *m = a->mask;
+    if (!float_dtype(m->dtype) && m->dtype != ZMLX_BOOL)
+      return zmlx_fail(ZMLX_ERR_DTYPE, "%s: mask has dtype %s; an additive f32/f16/bf16 mask "
+                       "or a bool mask is needed", op, zmlx_dtype_name(m->dtype));
+    if (m->buffer->device != x->buffer->device)
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: mask and x are on different devices", op);
+    int ok = m->ndim >= 1 && m->ndim <= x->ndim && m->shape[m->ndim - 1] == x->shape[x->ndim - 1];
+    for (int i = 0; ok && i < m->ndim; i++) {
+      int64_t ms = m->shape[m->ndim - 1 - i], xs = x->shape[x->ndim - 1 - i];
+      if (ms != xs) {
+        /* only leading axes of size 1 may differ: everything before them must be 1 too */
+        for (int k = 0; k < m->ndim - i; k++)
+          if (m->shape[k] != 1) ok = 0;
+        break;
+      }
+    }
+    if (!ok) {
+      char ms[96], xs[96];
+      zmlx_opck_shape_str(ms, sizeof ms, m->ndim, m->shape, NULL);
+      zmlx_opck_shape_str(xs, sizeof xs, x->ndim, x->shape, NULL);
+      return zmlx_fail(ZMLX_ERR_SHAPE, "%s: mask shape %s must equal a trailing part of x's "
+                       "shape %s (leading axes broadcast)", op, ms, xs);
+    }
+  }
+  return ZMLX_OK;
+}
+
+/* Forward into a preallocated dense output (the check poisons it first). */
+static zmlx_status sm_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *out) {
+  ZMLX_CHECK(kernels());
+  const int64_t cols = x->shape[x->ndim - 1];
+  const int64_t rows = cols ? x->size / cols : 0;
+  if (rows == 0) return ZMLX_OK;
+  int64_t mrows = 1;
+  int mask_kind = 0;
+  if (a->mask) {
+    mask_kind = a->mask->dtype == ZMLX_BOOL ? 2 : 1;
+    mrows = a->mask->size / cols;
+    if (mrows < 1) mrows = 1;
+  }
+  int64_t sq = 1, coff = 0;
+  if (a->causal) {
+    sq = x->shape[x->ndim - 2];
+    coff = cols - sq;
+    if (sq < 1) sq = 1;
+  }
+  zmlx_array *in[2] = {x, a->mask ? a->mask : x};
+  zmlx_array *outs[1] = {out};
+  double params[6] = {(double)rows, (double)cols, (double)mrows, (double)sq, (double)coff,
+                      a->scale};
+  /* 16-byte accesses when every row starts 16-byte aligned (a strided x is
+   * made dense, at offset 0, by the kernel object) */
+  const size_t es = zmlx_dtype_size(x->dtype);
+  const int width = (int)(16 / es);
+  const int aligned = !zmlx_array_is_contiguous(x) || ((size_t)x->offset * es) % 16 == 0;
+  const int vec = !a->mask && !a->causal && cols % width == 0 && aligned &&
+                  ((size_t)out->offset * es) % 16 == 0 ? width : 0;
+  const int xdt = x->dtype == ZMLX_F32 ? 0 : x->dtype == ZMLX_F16 ? 1 : 2;
+  zmlx_template_arg t[5] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, a->mode},
+                            {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, mask_kind},
+                            {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, a->causal ? 1 : 0},
+                            {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt}};
+  zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = outs,
+                           .templates = t, .n_templates = 5, .params = params,
+                           .device = x->buffer->device};
+  zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
+  return zmlx_kernel_launch(k_fwd, &call);
+}
+
+static zmlx_status sm_alloc_out(zmlx_array *x, int mode, zmlx_array **out) {
+  int nd = mode == SM_LOGSUMEXP ? x->ndim - 1 : x->ndim;
+  return zmlx_array_alloc(x->buffer->device, NULL, x->dtype, nd, x->shape, out);
+}
+
+/* dx of the softmax-shaped rows: kernel MODE 0, 1 or 3 (a, b [rows, cols]),
+ * or 2 (a = x, b = g [rows], c = lse [rows]). */
+static zmlx_status sm_bwd(int kmode, zmlx_array *a, zmlx_array *b, zmlx_array *c, double scale,
+                          zmlx_dtype out_dt, zmlx_array **out) {
+  ZMLX_CHECK(kernels());
+  ZMLX_CHECK(zmlx_array_alloc(a->buffer->device, NULL, out_dt, a->ndim, a->shape, out));
+  const int64_t cols = a->shape[a->ndim - 1];
+  const int64_t rows = cols ? a->size / cols : 0;
+  if (rows == 0) return ZMLX_OK;
+  zmlx_array *in[3] = {a, b, c ? c : b};
+  double params[3] = {(double)rows, (double)cols, scale};
+  zmlx_template_arg t[1] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, kmode}};
+  zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 1, .inputs = in, .outputs = out,
+                           .templates = t, .n_templates = 1, .params = params,
+                           .device = a->buffer->device};
+  zmlx_opck_row_geometry(a->buffer->device, rows, cols, &call);
+  zmlx_status st = zmlx_kernel_launch(k_bwd, &call);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+/* ------------------------------------------------------------------ autograd */
+
+typedef struct sm_ctx {
+  int mode;
+  double scale;
+} sm_ctx;
+
+static zmlx_status sm_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const uint8_t *need,
+                          zmlx_array **grads) {
+  const sm_ctx *c = n->ctx;
+  zmlx_array *y = n->out[0];
+  zmlx_status st = ZMLX_OK;
+  if (c->mode == SM_LOGSUMEXP) {
+    if (need[0]) st = sm_bwd(2, n->in[0], cot[0], y, 1.0, n->in_meta[0].dtype, &grads[0]);
+    return st;
+  }
+  if (c->mode == SM_LOG_SOFTMAX) {
+    if (need[0]) st = sm_bwd(1, y, cot[0], NULL, 1.0, n->in_meta[0].dtype, &grads[0]);
+    return st;
+  }
+  /* softmax of z = scale * x + mask: dz = y (g - sum(g y)); dx = scale dz. */
+  if (need[0]) st = sm_bwd(0, y, cot[0], NULL, c->scale, n->in_meta[0].dtype, &grads[0]);
+  if (st == ZMLX_OK && n->n_in > 1 && need[1] && zmlx_ad_is_float(n->in_meta[1].dtype)) {
+    /* the mask's gradient is dz, with x's shape: the caller sums it down */
+    st = sm_bwd(0, y, cot[0], NULL, 1.0, ZMLX_F32, &grads[1]);
+  }
+  return st;
+}
+
+static zmlx_status sm_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out_tan) {
+  const sm_ctx *c = n->ctx;
+  zmlx_array *y = n->out[0];
+  if (c->mode == SM_LOGSUMEXP || n->n_in > 1)
+    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s: forward mode is not implemented for this op",
+                     MODE_NAMES[c->mode]);
+  if (!tan[0]) return ZMLX_OK;
+  zmlx_array *t = NULL;
+  ZMLX_CHECK(zmlx_ad_cast(tan[0], y->dtype, &t));
+  zmlx_status st = c->mode == SM_SOFTMAX
+                       ? sm_bwd(0, y, t, NULL, c->scale, y->dtype, &out_tan[0])
+                       : sm_bwd(3, y, t, NULL, 1.0, y->dtype, &out_tan[0]);
+  zmlx_array_release(t);
+  return st;
+}
+
+static const zmlx_ad_rule SM_RULE = {"softmax family", sm_vjp, sm_jvp, free};
+
+static zmlx_status sm_run(const char *op, zmlx_array *x, const sm_args *a, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_REQUIRE_ARG(x);
+  ZMLX_CHECK(sm_validate(op, x, a));
+  zmlx_array *y = NULL;
+  ZMLX_CHECK(sm_alloc_out(x, a->mode, &y));
+  zmlx_status st = sm_forward_into(x, a, y);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    return st;
+  }
+  sm_ctx *c = malloc(sizeof *c);
+  if (!c) {
+    zmlx_array_release(y);
+    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
+  }
+  c->mode = a->mode;
+  c->scale = a->scale;
+  zmlx_array *in[2] = {x, a->mask};
+  st = zmlx_ad_record(&SM_RULE, c, in, a->mask ? 2 : 1, &y, 1,
+                      ZMLX_AD_SAVE_INPUTS | ZMLX_AD_SAVE_OUTPUTS);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    return st;
+  }
+  *out = y;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_softmax(zmlx_array *x, zmlx_array **out) {
+  sm_args a = {SM_SOFTMAX, NULL, 1.0, 0};
+  return sm_run("softmax", x, &a, out);
+}
+
+zmlx_status zmlx_log_softmax(zmlx_array *x, zmlx_array **out) {
+  sm_args a = {SM_LOG_SOFTMAX, NULL, 1.0, 0};
+  return sm_run("log_softmax", x, &a, out);
+}
+
+zmlx_status zmlx_logsumexp(zmlx_array *x, zmlx_array **out) {
+  sm_args a = {SM_LOGSUMEXP, NULL, 1.0, 0};
+  return sm_run("logsumexp", x, &a, out);
+}
+
+zmlx_status zmlx_softmax_masked(zmlx_array *x, zmlx_array *mask, double scale, int causal,
+                                zmlx_array **out) {
+  sm_args a = {SM_SOFTMAX, mask, scale, causal};
+  return sm_run("softmax_masked", x, &a, out);
+}
+
+/* ------------------------------------------------------------ check helpers */
+
+uint64_t zmlx_opck_next(uint64_t *s) {
+  uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  *s = x;
+  return x;
+}
+
+double zmlx_opck_uniform(uint64_t *s, double lo, double hi) {
+  return lo + (hi - lo) * ((double)(zmlx_opck_next(s) >> 11) / 9007199254740992.0);
+}
+
+double zmlx_opck_round(zmlx_dtype dt, double v) {
+  switch (dt) {
+    case ZMLX_F16: return zmlx_f16_to_f32(zmlx_f32_to_f16((float)v));
+    case ZMLX_BF16: return zmlx_bf16_to_f32(zmlx_f32_to_bf16((float)v));
+    case ZMLX_F32: return (float)v;
+    default: return v;
+  }
+}
+
+zmlx_status zmlx_opck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                             const double *v, zmlx_array **out) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  size_t es = zmlx_dtype_size(dt);
+  void *buf = malloc((size_t)(n ? n : 1) * es);
+  if (!buf) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+  for (int64_t i = 0; i < n; i++) {
+    switch (dt) {
+      case ZMLX_F32: ((float *)buf)[i] = (float)v[i]; break;
+      case ZMLX_F16: ((uint16_t *)buf)[i] = zmlx_f32_to_f16((float)v[i]); break;
+      case ZMLX_BF16: ((uint16_t *)buf)[i] = zmlx_f32_to_bf16((float)v[i]); break;
+      case ZMLX_I32: ((int32_t *)buf)[i] = (int32_t)v[i]; break;
+      case ZMLX_I64: ((int64_t *)buf)[i] = (int64_t)v[i]; break;
+      case ZMLX_BOOL: ((uint8_t *)buf)[i] = v[i] != 0; break;
+      default: ((float *)buf)[i] = (float)v[i]; break;
+    }
+  }
+  zmlx_status st = zmlx_array_from_host(dev, dt, ndim, shape, buf, out);
+  free(buf);
+  return st;
+}
+
+/* Device array -> f64 host values (through f32: every float dtype the ops
+ * use is exact in f32). Caller frees; NULL on failure. */
+double *zmlx_opck_download(zmlx_array *a) {
+  zmlx_array *f32 = NULL;
+  if (zmlx_array_astype(a, ZMLX_F32, &f32) != ZMLX_OK) return NULL;
+  int64_t n = zmlx_array_size(f32);
+  float *tmp = malloc((size_t)(n ? n : 1) * sizeof *tmp);
+  double *d = malloc((size_t)(n ? n : 1) * sizeof *d);
+  if (tmp && d && zmlx_array_to_host(f32, tmp, (size_t)n * sizeof *tmp) == ZMLX_OK) {
+    for (int64_t i = 0; i < n; i++) d[i] = tmp[i];
+  } else {
+    free(d);
+    d = NULL;
+  }
+  free(tmp);
+  zmlx_array_release(f32);
+  return d;
+}
+
+static double abs_err(double g, double w) {
+  if (isnan(w)) return isnan(g) ? 0.0 : INFINITY;
+  if (isinf(w)) return g == w ? 0.0 : INFINITY;
+  if (!isfinite(g)) return INFINITY;
+  return fabs(g - w);
+}
+
+/* max |got - want| / (1 + |want|); NaN / inf where want is finite fail. */
+double zmlx_opck_err_rel1(const double *got, const double *want, int64_t n) {
+  double e = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = abs_err(got[i], want[i]);
+    if (isfinite(want[i])) d /= 1.0 + fabs(want[i]);
+    if (!(d <= e)) e = d;
+  }
+  return e;
+}
+
+/* max |got - want| / max(max |want|, 1e-6): for gradients, whose entries
+ * may all be small. */
+double zmlx_opck_err_relmax(const double *got, const double *want, int64_t n) {
+  double mw = 1e-6, e = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (isfinite(want[i]) && fabs(want[i]) > mw) mw = fabs(want[i]);
+  for (int64_t i = 0; i < n; i++) {
+    double d = abs_err(got[i], want[i]) / mw;
+    if (!(d <= e)) e = d;
+  }
+  return e;
+}
+
+double zmlx_opck_tol(zmlx_dtype dt) {
+  switch (dt) {
+    case ZMLX_F16: return 4e-3;
+    case ZMLX_BF16: return 2e-2;
+    default: return 5e-5;
+  }
+}
+
+void zmlx_opck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                    const char *shape, double err, double tol, int pass) {
+  zmlx_check_row r;
+  memset(&r, 0, sizeof r);
+  r.op = op;
+  r.what = what;
+  r.backend = zmlx_device_backend(o->device);
+  r.dtype = dt;
+  snprintf(r.shape, sizeof r.shape, "%s", shape);
+  r.max_err = err;
+  r.tol = tol;
+  r.pass = pass;
+  if (o->emit) o->emit(o->ctx, &r);
+}
+
+void zmlx_opck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, const char *extra) {
+  size_t k = 0;
+  int w = snprintf(buf, cap, "[");
+  k = w > 0 ? (size_t)w : 0;
+  for (int i = 0; i < ndim && k < cap; i++) {
+    w = snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (w > 0) k += (size_t)w;
+  }
+  if (k < cap) {
+    w = snprintf(buf + k, cap - k, "]%s%s", extra ? " " : "", extra ? extra : "");
+    (void)w;
+  }
+}
+
+void zmlx_opck_bad(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                   zmlx_status want) {
+  zmlx_check_row r;
+  memset(&r, 0, sizeof r);
+  r.op = op;
+  r.what = "bad input";
+  r.backend = zmlx_device_backend(o->device);
+  r.dtype = o->dtype;
+  snprintf(r.shape, sizeof r.shape, "%s -> %s", what, zmlx_status_string(got));
+  r.max_err = got == want ? 0.0 : 1.0;
+  r.tol = 0.0;
+  r.pass = got == want && (got == ZMLX_OK || zmlx_last_error()[0] != '\0');
+  zmlx_clear_error();
+  if (o->emit) o->emit(o->ctx, &r);
+}
+
+/* ------------------------------------------------------------------- checks */
+
+/* f64 reference of one row family. v: values after scale / mask / causal
+ * (-inf where masked). out: [rows, cols] or [rows] for logsumexp. */
+static void ref_rows(int mode, const double *v, int64_t rows, int64_t cols, double *out) {
+  for (int64_t r = 0; r < rows; r++) {
+    const double *x = v + r * cols;
+    double m = -INFINITY, s = 0;
+    for (int64_t j = 0; j < cols; j++)
+      if (x[j] > m) m = x[j];
+    if (m > -INFINITY)
+      for (int64_t j = 0; j < cols; j++) s += exp(x[j] - m);
+    double lse = s > 0 ? m + log(s) : -INFINITY;
+    if (mode == SM_LOGSUMEXP) {
+      out[r] = lse;
+      continue;
+    }
+    for (int64_t j = 0; j < cols; j++)
+      out[r * cols + j] = mode == SM_SOFTMAX ? (s > 0 ? exp(x[j] - lse) : 0.0) : x[j] - lse;
+  }
+}
+
+/* f64 VJP reference: y from ref_rows (softmax / log_softmax), lse for
+ * logsumexp (then y unused, x the input), g the cotangent. */
+static void ref_vjp(int mode, const double *x, const double *y, const double *g, int64_t rows,
+                    int64_t cols, double scale, double *dx) {
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t b = r * cols;
+    if (mode == SM_LOGSUMEXP) {
+      for (int64_t j = 0; j < cols; j++) dx[b + j] = g[r] * exp(x[b + j] - y[r]);
+      continue;
+    }
+    double acc = 0;
+    for (int64_t j = 0; j < cols; j++) acc += mode == SM_SOFTMAX ? g[b + j] * y[b + j] : g[b + j];
+    for (int64_t j = 0; j < cols; j++)
+      dx[b + j] = mode == SM_SOFTMAX ? scale * y[b + j] * (g[b + j] - acc)
+                                     : g[b + j] - exp(y[b + j]) * acc;
+  }
+}
+
+typedef struct sm_case {
+  int mode;
+  int ndim;
+  int64_t shape[4];
+  int mask_kind; /* 0 none, 1 additive, 2 bool; mask shape = last two dims */
+  int causal;
+  double scale;
+} sm_case;
+
+/* Function for the autograd paths: scalar (sum of op(x) * w) or the op. */
+typedef struct sm_fn_data {
+  sm_args a;
+  zmlx_array *w; /* NULL: return op(x) itself */
+} sm_fn_data;
+
+static zmlx_status sm_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  sm_fn_data *d = ud;
+  sm_args a = d->a;
+  if (n > 1) a.mask = in[1];
+  zmlx_array *y = NULL;
+  ZMLX_CHECK(sm_run(MODE_NAMES[a.mode], in[0], &a, &y));
+  if (!d->w) {
+    *out = y;
+    return ZMLX_OK;
+  }
+  zmlx_array *p = NULL;
+  zmlx_status st = zmlx_mul(y, d->w, &p);
+  zmlx_array_release(y);
+  if (st == ZMLX_OK) st = zmlx_sum(p, NULL, 0, 0, out);
+  zmlx_array_release(p);
+  return st;
+}
+
+/* Runs forward (poisoned output) and the VJP against the f64 reference;
+ * with `gradcheck`, also zmlx_check_grad (f32). */
+static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const sm_case *c,
+                               int gradcheck, uint64_t *rng) {
+  zmlx_dtype dt = o->dtype;
+  const int64_t cols = c->shape[c->ndim - 1];
+  int64_t size = 1;
+  for (int i = 0; i < c->ndim; i++) size *= c->shape[i];
+  const int64_t rows = size / cols;
+  const int64_t sq = c->ndim >= 2 ? c->shape[c->ndim - 2] : 1;
+  const int64_t mrows = c->mask_kind ? sq : 1;
+  char shp[96];
+  char extra[48] = "";
+  if (c->mask_kind || c->causal || c->scale != 1.0)
+    snprintf(extra, sizeof extra, "%s%s scale %g", c->mask_kind == 1 ? "add-mask " :
+             c->mask_kind == 2 ? "bool-mask " : "", c->causal ? "causal" : "", c->scale);
+  zmlx_opck_shape_str(shp, sizeof shp, c->ndim, c->shape, extra[0] ? extra : NULL);
+
+  zmlx_status st = ZMLX_OK;
+  double *xv = malloc((size_t)size * sizeof *xv), *v = malloc((size_t)size * sizeof *v);
+  double *mv = malloc((size_t)(mrows * cols) * sizeof *mv);
+  double *want = malloc((size_t)size * sizeof *want), *gv = malloc((size_t)size * sizeof *gv);
+  double *dwant = malloc((size_t)size * sizeof *dwant);
+  double *got = NULL, *dgot = NULL;
+  zmlx_array *x = NULL, *mask = NULL, *out = NULL, *g = NULL, *vout = NULL, *dx = NULL;
+  if (!xv || !v || !mv || !want || !gv || !dwant) {
+    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+    goto done;
+  }
+  for (int64_t i = 0; i < size; i++) xv[i] = zmlx_opck_round(dt, zmlx_opck_uniform(rng, -4, 4));
+  for (int64_t i = 0; i < mrows * cols; i++) {
+    double u = zmlx_opck_uniform(rng, 0, 1);
+    if (c->mask_kind == 1) mv[i] = u < 0.2 && !gradcheck ? -INFINITY : zmlx_opck_round(dt, u * 2 - 1);
+    else mv[i] = u < 0.75 ? 1 : 0;
+  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t j = 0; j < cols; j++) {
+      int64_t i = r * cols + j;
+      double z = (double)(float)((float)xv[i] * (float)c->scale);
+      if (c->mask_kind == 1) z = (double)((float)z + (float)mv[(r % mrows) * cols + j]);
+      if (c->mask_kind == 2 && mv[(r % mrows) * cols + j] == 0) z = -INFINITY;
+      if (c->causal && j > (r % sq) + cols - sq) z = -INFINITY;
+      v[i] = z;
+    }
+  ref_rows(c->mode, v, rows, cols, want);
+
+  ZMLX_CHECK(zmlx_opck_upload(o->device, dt, c->ndim, c->shape, xv, &x));
+  if (c->mask_kind) {
+    int64_t ms[2] = {sq, cols};
+    st = zmlx_opck_upload(o->device, c->mask_kind == 2 ? ZMLX_BOOL : dt, 2, ms, mv, &mask);
+    if (st != ZMLX_OK) goto done;
+  }
+  sm_args a = {c->mode, mask, c->scale, c->causal};
+  int ond = c->mode == SM_LOGSUMEXP ? c->ndim - 1 : c->ndim;
+  const int64_t nout = c->mode == SM_LOGSUMEXP ? rows : size;
+  st = zmlx_array_full(o->device, dt, ond, c->shape, NAN, &out);
+  if (st == ZMLX_OK) st = sm_validate(op, x, &a);
+  if (st == ZMLX_OK) st = sm_forward_into(x, &a, out);
+  if (st != ZMLX_OK) goto done;
+  got = zmlx_opck_download(out);
+  if (!got) {
+    st = zmlx_fail(ZMLX_ERR_BACKEND, "check: download failed");
+    goto done;
+  }
+  double tol = zmlx_opck_tol(dt);
+  double e = zmlx_opck_err_rel1(got, want, nout);
+  zmlx_opck_emit(o, op, "fwd", dt, shp, e, tol, e <= tol);
+
+  /* VJP through autograd against the f64 reference */
+  for (int64_t i = 0; i < nout; i++) gv[i] = zmlx_opck_round(dt, zmlx_opck_uniform(rng, -1, 1));
+  st = zmlx_opck_upload(o->device, dt, ond, c->shape, gv, &g);
+  if (st != ZMLX_OK) goto done;
+  ref_vjp(c->mode, xv, want, gv, rows, cols, c->scale, dwant);
+  {
+    sm_fn_data fd = {a, NULL};
+    zmlx_array *ins[2] = {x, mask};
+    int argn = 0;
+    zmlx_status vs = zmlx_vjp(sm_fn, &fd, ins, mask ? 2 : 1, &argn, 1, g, &vout, &dx);
+    if (vs != ZMLX_OK) {
+      zmlx_opck_emit(o, op, "vjp x", dt, shp, INFINITY, tol, 0);
+      zmlx_clear_error();
+    } else {
+      dgot = zmlx_opck_download(dx);
+      e = dgot ? zmlx_opck_err_relmax(dgot, dwant, size) : INFINITY;
+      /* the device starts from its own rounded y: allow for it */
+      double vt = tol * 2;
+      zmlx_opck_emit(o, op, "vjp x", dt, shp, e, vt, e <= vt);
+    }
+  }
+  if (gradcheck) {
+    /* finite differences (f32), through sum(op(x) * w) */
+    double *wv = malloc((size_t)nout * sizeof *wv);
+    zmlx_array *w = NULL;
+    if (!wv) {
+      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+      goto done;
+    }
+    for (int64_t i = 0; i < nout; i++) wv[i] = zmlx_opck_uniform(rng, -1, 1);
+    st = zmlx_opck_upload(o->device, ZMLX_F32, ond, c->shape, wv, &w);
+    free(wv);
+    if (st != ZMLX_OK) goto done;
+    sm_fn_data fd = {a, w};
+    zmlx_array *ins[2] = {x, mask};
+    zmlx_grad_check_report rep;
+    memset(&rep, 0, sizeof rep);
+    zmlx_status gs = zmlx_check_grad(sm_fn, &fd, ins, mask ? 2 : 1, 1e-3, 1e-2, &rep);
+    int pass = gs == ZMLX_OK && rep.passed;
+    double ge = gs == ZMLX_OK ? rep.inputs[0].max_abs_err : INFINITY;
+    if (gs == ZMLX_OK && mask && rep.inputs[1].checked && rep.inputs[1].max_abs_err > ge)
+      ge = rep.inputs[1].max_abs_err;
+    if (gs != ZMLX_OK) zmlx_clear_error();
+    zmlx_opck_emit(o, op, "grad (finite diff)", dt, shp, ge, 1e-2, pass);
+    zmlx_array_release(w);
+  }
+done:
+  free(xv);
+  free(v);
+  free(mv);
+  free(want);
+  free(gv);
+  free(dwant);
+  free(got);
+  free(dgot);
+  zmlx_array_release(x);
+  zmlx_array_release(mask);
+  zmlx_array_release(out);
+  zmlx_array_release(g);
+  zmlx_array_release(vout);
+  zmlx_array_release(dx);
+  return st;
+}
+
+static void sm_bad_inputs(const zmlx_check_opts *o, const char *op, int mode, int masked) {
+  zmlx_array *s = NULL, *xi = NULL, *x = NULL, *m = NULL, *mi = NULL, *x1 = NULL, *out = NULL;
+  int64_t sh[2] = {3, 5}, msh[2] = {3, 4}, one[1] = {5};
+  zmlx_array_full(o->device, ZMLX_F32, 0, NULL, 1.0, &s);
+  zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &xi);
+  zmlx_array_zeros(o->device, o->dtype, 2, sh, &x);
+  zmlx_array_zeros(o->device, o->dtype, 1, one, &x1);
+  zmlx_array_zeros(o->device, o->dtype, 2, msh, &m);
+  zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &mi);
+  sm_args a = {mode, NULL, 1.0, 0};
+  zmlx_opck_bad(o, op, "NULL x", sm_run(op, NULL, &a, &out), ZMLX_ERR_NULL_ARG);
+  zmlx_opck_bad(o, op, "rank-0 x", sm_run(op, s, &a, &out), ZMLX_ERR_SHAPE);
+  zmlx_opck_bad(o, op, "i32 x", sm_run(op, xi, &a, &out), ZMLX_ERR_DTYPE);
+  if (masked) {
+    sm_args b = {mode, m, 1.0, 0};
+    zmlx_opck_bad(o, op, "mask [3, 4] for x [3, 5]", sm_run(op, x, &b, &out), ZMLX_ERR_SHAPE);
+    sm_args c = {mode, mi, 1.0, 0};
+    zmlx_opck_bad(o, op, "i32 mask", sm_run(op, x, &c, &out), ZMLX_ERR_DTYPE);
+    sm_args d = {mode, NULL, 1.0, 1};
+    zmlx_opck_bad(o, op, "causal on rank-1 x", sm_run(op, x1, &d, &out), ZMLX_ERR_SHAPE);
+    sm_args e = {mode, NULL, INFINITY, 0};
+    zmlx_opck_bad(o, op, "scale inf", sm_run(op, x, &e, &out), ZMLX_ERR_INVALID_ARG);
+  }
+  zmlx_array_release(out);
+  zmlx_array_release(s);
+  zmlx_array_release(xi);
+  zmlx_array_release(x);
+  zmlx_array_release(x1);
+  zmlx_array_release(m);
+  zmlx_array_release(mi);
+}
+
+static const int64_t QUICK_COLS[] = {1, 7, 64, 1000, 4097};
+static const int64_t FULL_COLS[] = {1, 7, 64, 1000, 4097, 32768};
+
+static zmlx_status sm_check_mode(const zmlx_check_opts *o, int mode) {
+  const char *op = MODE_NAMES[mode];
+  uint64_t rng = o->seed * 2654435761u + 17u + (uint64_t)mode;
+  const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
+  int ncols = o->quick ? 5 : 6;
+  const int64_t rows_list[] = {1, 5};
+  for (int ri = 0; ri < 2; ri++)
+    for (int ci = 0; ci < ncols; ci++) {
+      sm_case c = {mode, 2, {rows_list[ri], cols[ci]}, 0, 0, 1.0};
+      ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
+    }
+  /* rank 3 and finite differences at small shapes (f32) */
+  sm_case c3 = {mode, 3, {2, 3, 7}, 0, 0, 1.0};
+  ZMLX_CHECK(sm_case_run(o, op, &c3, o->dtype == ZMLX_F32, &rng));
+  if (o->dtype == ZMLX_F32) {
+    sm_case c1 = {mode, 1, {9}, 0, 0, 1.0};
+    ZMLX_CHECK(sm_case_run(o, op, &c1, 1, &rng));
+  }
+  sm_bad_inputs(o, op, mode, 0);
+  return ZMLX_OK;
+}
+
+static zmlx_status check_softmax(const zmlx_check_opts *o) { return sm_check_mode(o, SM_SOFTMAX); }
+static zmlx_status check_log_softmax(const zmlx_check_opts *o) {
+  return sm_check_mode(o, SM_LOG_SOFTMAX);
+}
+static zmlx_status check_logsumexp(const zmlx_check_opts *o) {
+  return sm_check_mode(o, SM_LOGSUMEXP);
+}
+
+static zmlx_status check_softmax_masked(const zmlx_check_opts *o) {
+  const char *op = "softmax_masked";
+  uint64_t rng = o->seed * 2654435761u + 101u;
+  const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
+  int ncols = o->quick ? 5 : 6;
+  for (int ci = 0; ci < ncols; ci++)
+    for (int kind = 0; kind < 4; kind++) {
+      /* kind 0: additive; 1: bool; 2: causal; 3: additive + causal */
+      sm_case c = {SM_SOFTMAX, 3, {2, 3, cols[ci]}, kind == 0 || kind == 3 ? 1 : kind == 1 ? 2 : 0,
+                   kind >= 2, kind == 1 ? 1.0 : 0.125};
+      ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
+    }
+  {
+    sm_case c = {SM_SOFTMAX, 3, {1, 4, 4}, 0, 1, 1.0}; /* square causal: tril */
+    ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
+  }
+  if (o->dtype == ZMLX_F32) {
+    sm_case c = {SM_SOFTMAX, 3, {2, 3, 6}, 1, 1, 0.5};
+    ZMLX_CHECK(sm_case_run(o, op, &c, 1, &rng));
+    sm_case d = {SM_SOFTMAX, 3, {2, 3, 5}, 2, 0, 0.7};
+    ZMLX_CHECK(sm_case_run(o, op, &d, 1, &rng));
+  }
+  sm_bad_inputs(o, op, SM_SOFTMAX, 1);
+  return ZMLX_OK;
+}
+
+const zmlx_catalog_op zmlx_catalog_softmax_ops[] = {
+    {"softmax", check_softmax},
+    {"log_softmax", check_log_softmax},
+    {"logsumexp", check_logsumexp},
+    {"softmax_masked", check_softmax_masked},
+    {0},
+};
