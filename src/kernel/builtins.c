@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernel/kernel.h"
 #include "runtime/internal.h"
 
 extern const char zmlx_res_copy_zk[];
@@ -43,27 +44,12 @@ static zmlx_status create_status = ZMLX_OK;
 static char create_error[1024];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-#define BODY_MARKER "//-- body --\n"
-
 static zmlx_status create_builtin(const builtin_def *d, zmlx_kernel **out) {
-  const char *marker = strstr(d->file, BODY_MARKER);
-  char *header = NULL;
-  const char *body = d->file;
-  if (marker) {
-    size_t n = (size_t)(marker - d->file);
-    header = malloc(n + 1);
-    if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-    memcpy(header, d->file, n);
-    header[n] = '\0';
-    body = marker + strlen(BODY_MARKER);
-  }
   zmlx_kernel_desc desc = {.name = d->name, .input_names = d->inputs, .n_inputs = d->n_inputs,
-                           .output_names = &d->output, .n_outputs = 1, .source = body,
-                           .header = header, .param_names = d->params,
-                           .param_dtypes = d->param_dtypes, .n_params = d->n_params};
-  zmlx_status st = zmlx_kernel_create(&desc, out);
-  free(header);
-  return st;
+                           .output_names = &d->output, .n_outputs = 1, .source = d->file,
+                           .param_names = d->params, .param_dtypes = d->param_dtypes,
+                           .n_params = d->n_params};
+  return zmlx_kernel_create_from_zk(&desc, out);
 }
 
 static void create_all(void) {

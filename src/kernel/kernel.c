@@ -126,6 +126,29 @@ zmlx_status zmlx_kernel_create(const zmlx_kernel_desc *desc, zmlx_kernel **out) 
   return ZMLX_OK;
 }
 
+#define ZK_BODY_MARKER "//-- body --\n"
+
+zmlx_status zmlx_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
+  ZMLX_REQUIRE_ARG(desc);
+  ZMLX_REQUIRE_ARG(desc->source);
+  if (desc->header)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': a .zk file carries its own header",
+                     desc->name ? desc->name : "(null)");
+  const char *marker = strstr(desc->source, ZK_BODY_MARKER);
+  if (!marker) return zmlx_kernel_create(desc, out);
+  size_t n = (size_t)(marker - desc->source);
+  char *header = malloc(n + 1);
+  if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  memcpy(header, desc->source, n);
+  header[n] = '\0';
+  zmlx_kernel_desc d = *desc;
+  d.header = header;
+  d.source = marker + strlen(ZK_BODY_MARKER);
+  zmlx_status st = zmlx_kernel_create(&d, out);
+  free(header);
+  return st;
+}
+
 static void free_strings(char **s, int n) {
   if (!s) return;
   for (int i = 0; i < n; i++) free(s[i]);

@@ -54,6 +54,11 @@ zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
                                  int n_templates, int guard_grid, char **source,
                                  int *body_first_line);
 
+/* Create a kernel from a dialect file (.zk): `desc->source` is the file's
+ * text — optional helper functions, a line "//-- body --", then the body
+ * (a file without the line is all body). desc->header must be NULL. */
+zmlx_status zmlx_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out);
+
 /* Whether identifier `ident` occurs as a whole token in `text`. */
 int zmlx_mentions_identifier(const char *text, const char *ident);
 

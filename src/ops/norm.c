@@ -10,6 +10,7 @@
  * first order only. */
 #include "autograd/ad.h"
 #include "gen/patterns.h"
+#include "kernel/kernel.h"
 #include "ops/catalog.h"
 
 #include <math.h>
@@ -25,30 +26,14 @@ extern const char zmlx_res_norm_wsum_zk[];
 
 /* ---------------------------------------------------------------- kernels */
 
-#define BODY_MARKER "//-- body --\n"
-
 static zmlx_status make_kernel(const char *name, const char *file, const char *const *in,
                                int n_in, const char *const *out, int n_out,
                                const char *const *params, const zmlx_dtype *pdt, int n_params,
                                zmlx_kernel **k) {
-  const char *marker = strstr(file, BODY_MARKER);
-  char *header = NULL;
-  const char *body = file;
-  if (marker) {
-    size_t n = (size_t)(marker - file);
-    header = malloc(n + 1);
-    if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm: out of host memory");
-    memcpy(header, file, n);
-    header[n] = '\0';
-    body = marker + strlen(BODY_MARKER);
-  }
   zmlx_kernel_desc d = {.name = name, .input_names = in, .n_inputs = n_in,
-                        .output_names = out, .n_outputs = n_out, .source = body,
-                        .header = header, .param_names = params, .param_dtypes = pdt,
-                        .n_params = n_params};
-  zmlx_status st = zmlx_kernel_create(&d, k);
-  free(header);
-  return st;
+                        .output_names = out, .n_outputs = n_out, .source = file,
+                        .param_names = params, .param_dtypes = pdt, .n_params = n_params};
+  return zmlx_kernel_create_from_zk(&d, k);
 }
 
 static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;

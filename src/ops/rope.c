@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "autograd/ad.h"
+#include "kernel/kernel.h"
 #include "ops/catalog.h"
 
 /* Check helpers shared with glu.c (declared again there; not public). */
@@ -40,32 +41,16 @@ extern const char zmlx_res_rope_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
-#define BODY_MARKER "//-- body --\n"
-
 zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
                                    int n_inputs, const char *const *params,
                                    const zmlx_dtype *param_dtypes, int n_params,
                                    zmlx_kernel **out) {
-  const char *marker = strstr(file, BODY_MARKER);
-  char *header = NULL;
-  const char *body = file;
-  if (marker) {
-    size_t n = (size_t)(marker - file);
-    header = malloc(n + 1);
-    if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-    memcpy(header, file, n);
-    header[n] = '\0';
-    body = marker + strlen(BODY_MARKER);
-  }
   static const char *const outs[] = {"out"};
   zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
-                        .output_names = outs, .n_outputs = 1, .source = body,
-                        .header = header, .ensure_row_contiguous = 1,
-                        .param_names = params, .param_dtypes = param_dtypes,
-                        .n_params = n_params};
-  zmlx_status st = zmlx_kernel_create(&d, out);
-  free(header);
-  return st;
+                        .output_names = outs, .n_outputs = 1, .source = file,
+                        .ensure_row_contiguous = 1, .param_names = params,
+                        .param_dtypes = param_dtypes, .n_params = n_params};
+  return zmlx_kernel_create_from_zk(&d, out);
 }
 
 static zmlx_kernel *rope_kernel;

@@ -11,6 +11,7 @@
 
 #include "autograd/ad.h"
 #include "gen/patterns.h"
+#include "kernel/kernel.h"
 #include "ops/catalog.h"
 #include "runtime/internal.h"
 
@@ -39,30 +40,15 @@ void zmlx_opck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, 
 void zmlx_opck_bad(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
                    zmlx_status want);
 
-#define BODY_MARKER "//-- body --\n"
-
 zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
                                      int n_inputs, const char *const *outputs, int n_outputs,
                                      const char *const *params, const zmlx_dtype *param_dtypes,
                                      int n_params, zmlx_kernel **out) {
-  const char *marker = strstr(zk, BODY_MARKER);
-  char *header = NULL;
-  const char *body = zk;
-  if (marker) {
-    size_t n = (size_t)(marker - zk);
-    header = malloc(n + 1);
-    if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-    memcpy(header, zk, n);
-    header[n] = '\0';
-    body = marker + strlen(BODY_MARKER);
-  }
   zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
-                        .output_names = outputs, .n_outputs = n_outputs, .source = body,
-                        .header = header, .ensure_row_contiguous = 1, .param_names = params,
+                        .output_names = outputs, .n_outputs = n_outputs, .source = zk,
+                        .ensure_row_contiguous = 1, .param_names = params,
                         .param_dtypes = param_dtypes, .n_params = n_params};
-  zmlx_status st = zmlx_kernel_create(&d, out);
-  free(header);
-  return st;
+  return zmlx_kernel_create_from_zk(&d, out);
 }
 
 /* One threadgroup per row (at most 65536 groups, each looping over rows). */
