@@ -261,8 +261,8 @@ static zmlx_status sm_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_ar
   const sm_ctx *c = n->ctx;
   zmlx_array *y = n->out[0];
   if (c->mode == SM_LOGSUMEXP || n->n_in > 1)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s: forward mode is not implemented for this op",
-                     MODE_NAMES[c->mode]);
+    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s has no forward-mode (JVP) rule yet: "
+                     "differentiate it in reverse mode (zmlx_grad / zmlx_vjp)", MODE_NAMES[c->mode]);
   if (!tan[0]) return ZMLX_OK;
   zmlx_array *t = NULL;
   ZMLX_CHECK(zmlx_ad_cast(tan[0], y->dtype, &t));
