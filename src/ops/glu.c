@@ -12,31 +12,9 @@
 
 #include "autograd/ad.h"
 #include "ops/catalog.h"
+#include "ops/check_util.h"
 
 extern const char zmlx_res_dropout_zk[];
-
-/* Check helpers defined in rope.c. */
-zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
-                                   int n_inputs, const char *const *params,
-                                   const zmlx_dtype *param_dtypes, int n_params,
-                                   zmlx_kernel **out);
-void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n);
-double zmlx_rg_uniform(uint64_t *s);
-double zmlx_rg_round(zmlx_dtype dt, double v);
-zmlx_status zmlx_rg_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           const double *v, zmlx_array **out);
-zmlx_status zmlx_rg_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           double lo, double hi, uint64_t *rng, double *v, zmlx_array **out);
-zmlx_status zmlx_rg_download(zmlx_array *a, double **v);
-double zmlx_rg_err(const double *got, const double *want, int64_t n);
-void zmlx_rg_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                  const char *shape, double err, double tol, int pass);
-void zmlx_rg_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                       const char *shape, zmlx_status st);
-void zmlx_rg_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
-                    zmlx_array *to_release, zmlx_status want, const char *needle);
-double zmlx_rg_tol(zmlx_dtype dt);
-void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape);
 
 /* ------------------------------------------------------------ validation */
 

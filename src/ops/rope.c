@@ -13,6 +13,7 @@
 #include "autograd/ad.h"
 #include "kernel/kernel.h"
 #include "ops/catalog.h"
+#include "ops/check_util.h"
 
 /* Check helpers shared with glu.c (declared again there; not public). */
 zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,

@@ -13,32 +13,11 @@
 #include "gen/patterns.h"
 #include "kernel/kernel.h"
 #include "ops/catalog.h"
+#include "ops/check_util.h"
 #include "runtime/internal.h"
 
 extern const char zmlx_res_softmax_zk[];
 extern const char zmlx_res_softmax_bwd_zk[];
-
-/* ---------------------------------------------- shared with cross_entropy.c */
-
-zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
-                                     int n_inputs, const char *const *outputs, int n_outputs,
-                                     const char *const *params, const zmlx_dtype *param_dtypes,
-                                     int n_params, zmlx_kernel **out);
-void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call);
-uint64_t zmlx_opck_next(uint64_t *state);
-double zmlx_opck_uniform(uint64_t *state, double lo, double hi);
-double zmlx_opck_round(zmlx_dtype dt, double v);
-zmlx_status zmlx_opck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                             const double *v, zmlx_array **out);
-double *zmlx_opck_download(zmlx_array *a);
-double zmlx_opck_err_rel1(const double *got, const double *want, int64_t n);
-double zmlx_opck_err_relmax(const double *got, const double *want, int64_t n);
-double zmlx_opck_tol(zmlx_dtype dt);
-void zmlx_opck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                    const char *shape, double err, double tol, int pass);
-void zmlx_opck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, const char *extra);
-void zmlx_opck_bad(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
-                   zmlx_status want);
 
 zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
                                      int n_inputs, const char *const *outputs, int n_outputs,

@@ -1,0 +1,63 @@
+/*
+ * Helpers the catalog families share for their kernels and `zmlx check`
+ * cases, declared once here instead of by hand in each user.
+ *
+ * Two sets exist because two families were written side by side: the
+ * zmlx_opck_* set (defined in softmax.c, used by cross_entropy.c) and the
+ * zmlx_rg_* set (defined in rope.c, used by glu.c). They overlap (kernel
+ * from a .zk file, upload/download, tolerances, row emission) and should be
+ * merged into one check_util.c; until then this header keeps each
+ * signature in one place.
+ */
+#ifndef ZMLX_OPS_CHECK_UTIL_H
+#define ZMLX_OPS_CHECK_UTIL_H
+
+#include "ops/catalog.h"
+
+/* ------------------------------------------------- defined in softmax.c */
+
+zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
+                                     int n_inputs, const char *const *outputs, int n_outputs,
+                                     const char *const *params, const zmlx_dtype *param_dtypes,
+                                     int n_params, zmlx_kernel **out);
+void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call);
+uint64_t zmlx_opck_next(uint64_t *state);
+double zmlx_opck_uniform(uint64_t *state, double lo, double hi);
+double zmlx_opck_round(zmlx_dtype dt, double v);
+zmlx_status zmlx_opck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                             const double *v, zmlx_array **out);
+double *zmlx_opck_download(zmlx_array *a);
+double zmlx_opck_err_rel1(const double *got, const double *want, int64_t n);
+double zmlx_opck_err_relmax(const double *got, const double *want, int64_t n);
+double zmlx_opck_tol(zmlx_dtype dt);
+void zmlx_opck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                    const char *shape, double err, double tol, int pass);
+void zmlx_opck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, const char *extra);
+void zmlx_opck_bad(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                   zmlx_status want);
+
+/* ---------------------------------------------------- defined in rope.c */
+
+zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
+                                   int n_inputs, const char *const *params,
+                                   const zmlx_dtype *param_dtypes, int n_params,
+                                   zmlx_kernel **out);
+void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n);
+double zmlx_rg_uniform(uint64_t *s);
+double zmlx_rg_round(zmlx_dtype dt, double v);
+zmlx_status zmlx_rg_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                           const double *v, zmlx_array **out);
+zmlx_status zmlx_rg_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                           double lo, double hi, uint64_t *rng, double *v, zmlx_array **out);
+zmlx_status zmlx_rg_download(zmlx_array *a, double **v);
+double zmlx_rg_err(const double *got, const double *want, int64_t n);
+void zmlx_rg_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                  const char *shape, double err, double tol, int pass);
+void zmlx_rg_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                       const char *shape, zmlx_status st);
+void zmlx_rg_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                    zmlx_array *to_release, zmlx_status want, const char *needle);
+double zmlx_rg_tol(zmlx_dtype dt);
+void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape);
+
+#endif /* ZMLX_OPS_CHECK_UTIL_H */
