@@ -685,6 +685,15 @@ ZMLX_API zmlx_status zmlx_cross_entropy(zmlx_array *logits, zmlx_array *targets,
                                         const zmlx_cross_entropy_opts *opts, zmlx_array **loss,
                                         zmlx_array **grad_logits);
 
+/* ---------------------------------------------------- catalog: activations */
+/* (activation family: src/ops/activation.c) */
+
+/* ----------------------------------------------------- catalog: reductions */
+/* (reduction family: src/ops/reduce.c) */
+
+/* --------------------------------------------------- catalog: quantization */
+/* (quantization family: src/ops/quant.c) */
+
 /* ------------------------------------------------------------------ cache */
 
 typedef struct zmlx_cache_stats {

@@ -13,12 +13,21 @@ ZMLX_FAMILY(zmlx_catalog_norm_ops)
 ZMLX_FAMILY(zmlx_catalog_rope_ops)
 ZMLX_FAMILY(zmlx_catalog_glu_ops)
 #undef ZMLX_FAMILY
+/* Families still being written are referenced weakly until they land. */
+#define ZMLX_NEW_FAMILY(sym) extern const zmlx_catalog_op sym[] __attribute__((weak));
+ZMLX_NEW_FAMILY(zmlx_catalog_activation_ops)
+ZMLX_NEW_FAMILY(zmlx_catalog_reduce_ops)
+ZMLX_NEW_FAMILY(zmlx_catalog_quant_ops)
+#undef ZMLX_NEW_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
 ZMLX_BENCHES(zmlx_catalog_softmax_bench)
 ZMLX_BENCHES(zmlx_catalog_cross_entropy_bench)
 ZMLX_BENCHES(zmlx_catalog_norm_bench)
 ZMLX_BENCHES(zmlx_catalog_rope_bench)
 ZMLX_BENCHES(zmlx_catalog_glu_bench)
+ZMLX_BENCHES(zmlx_catalog_activation_bench)
+ZMLX_BENCHES(zmlx_catalog_reduce_bench)
+ZMLX_BENCHES(zmlx_catalog_quant_bench)
 #undef ZMLX_BENCHES
 
 #define MAX_OPS 128
@@ -41,6 +50,9 @@ static void build_table(void) {
   add_family(zmlx_catalog_norm_ops, &n);
   add_family(zmlx_catalog_rope_ops, &n);
   add_family(zmlx_catalog_glu_ops, &n);
+  add_family(zmlx_catalog_activation_ops, &n);
+  add_family(zmlx_catalog_reduce_ops, &n);
+  add_family(zmlx_catalog_quant_ops, &n);
   all_ops[n] = NULL;
   n = 0;
   add_benches(zmlx_catalog_softmax_bench, &n);
@@ -48,6 +60,9 @@ static void build_table(void) {
   add_benches(zmlx_catalog_norm_bench, &n);
   add_benches(zmlx_catalog_rope_bench, &n);
   add_benches(zmlx_catalog_glu_bench, &n);
+  add_benches(zmlx_catalog_activation_bench, &n);
+  add_benches(zmlx_catalog_reduce_bench, &n);
+  add_benches(zmlx_catalog_quant_bench, &n);
   all_benches[n] = NULL;
 }
 
