@@ -35,11 +35,35 @@ def rope_half(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def rope_interleaved(x, cos, sin):
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+class FwdBwd:
+    """Forward + backward of a loss: what a training step runs. The compiled
+    peer compiles the forward (AOTAutograd compiles the matching backward)."""
+
+    def __init__(self, loss_fn, x, *rest):
+        self.loss_fn, self.x, self.rest = loss_fn, x, rest
+
+    def __call__(self):
+        self.x.grad = None
+        self.loss_fn(self.x, *self.rest).backward()
+
+    def compiled(self):
+        return FwdBwd(torch.compile(self.loss_fn), self.x, *self.rest)
+
+
 def cases():
     bf = dict(device="cuda", dtype=torch.bfloat16)
     for r, c in ((4096, 32768), (32768, 4096)):
         x = torch.randn(r, c, **bf)
         yield "softmax", f"{r}x{c}", (lambda x=x: torch.softmax(x, -1)), 2 * x.nbytes
+    x = torch.randn(4096, 32768, **bf)
+    yield "log_softmax", "4096x32768", (lambda: torch.log_softmax(x, -1)), 2 * x.nbytes
+    yield ("logsumexp", "4096x32768", (lambda: torch.logsumexp(x, -1)),
+           x.nbytes + 2 * x.shape[0])
     x = torch.randn(16384, 4096, **bf)
     res = torch.randn_like(x)
     w = torch.randn(4096, **bf)
@@ -48,18 +72,34 @@ def cases():
     yield ("add_rmsnorm", "16384x4096",
            (lambda: (lambda h: (F.rms_norm(h, (4096,), w, 1e-6), h))(x + res)), 4 * x.nbytes)
     yield "layernorm", "16384x4096", (lambda: F.layer_norm(x, (4096,), w, b, 1e-5)), 2 * x.nbytes
+    yield ("add_layernorm", "16384x4096",
+           (lambda: (lambda h: (F.layer_norm(h, (4096,), w, b, 1e-5), h))(x + res)), 4 * x.nbytes)
     g = torch.randn(16384, 14336, **bf)
     u = torch.randn_like(g)
     yield "swiglu", "16384x14336", (lambda: F.silu(g) * u), 3 * g.nbytes
+    del g, u
+    gu = torch.randn(16384, 2 * 14336, **bf)
+    yield ("swiglu_split", "16384x14336", (lambda: F.silu(gu[:, :14336]) * gu[:, 14336:]),
+           3 * gu.nbytes // 2)
+    del gu
     q = torch.randn(8, 4096, 32, 128, **bf)
     pos = torch.arange(4096, device="cuda", dtype=torch.float32)
     inv = 1.0 / (10000 ** (torch.arange(0, 128, 2, device="cuda", dtype=torch.float32) / 128))
     ang = torch.outer(pos, inv)[None, :, None, :]
     cos, sin = ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
     yield "rope", "8x4096x32x128", (lambda: rope_half(q, cos, sin)), 2 * q.nbytes
-    logits = torch.randn(8192, 32000, **bf)
+    yield "rope_tables", "8x4096x32x128", (lambda: rope_half(q, cos, sin)), 2 * q.nbytes
+    yield ("rope_interleaved", "8x4096x32x128", (lambda: rope_interleaved(q, cos, sin)),
+           2 * q.nbytes)
+    for vocab in (32000, 128256):
+        logits = torch.randn(8192, vocab, **bf)
+        tgt = torch.randint(0, vocab, (8192,), device="cuda")
+        yield ("cross_entropy", f"8192x{vocab}",
+               (lambda logits=logits, tgt=tgt: F.cross_entropy(logits, tgt)), logits.nbytes)
+    logits = torch.randn(8192, 32000, **bf, requires_grad=True)
     tgt = torch.randint(0, 32000, (8192,), device="cuda")
-    yield "cross_entropy", "8192x32000", (lambda: F.cross_entropy(logits, tgt)), logits.nbytes
+    yield ("cross_entropy_fused", "8192x32000", FwdBwd(F.cross_entropy, logits, tgt),
+           2 * logits.nbytes)
 
 
 def main():
@@ -68,7 +108,7 @@ def main():
     for op, shape, fn, nbytes in cases():
         if only and op != only:
             continue
-        for peer, f in (("torch eager", fn), ("torch.compile", torch.compile(fn))):
+        for peer, f in (("torch eager", fn), ("torch.compile", fn.compiled() if isinstance(fn, FwdBwd) else torch.compile(fn))):
             try:
                 ms = median_ms(f)
             except Exception as e:  # a peer that cannot run is reported, not hidden

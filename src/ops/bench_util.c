@@ -1,5 +1,7 @@
-/* Timing helper shared by the catalog's bench functions. */
+/* Timing helpers shared by the catalog's bench functions. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ops/catalog.h"
 
@@ -26,5 +28,39 @@ zmlx_status zmlx_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx)
     *ms = t[reps / 2];
   }
   free(t);
+  return st;
+}
+
+int64_t zmlx_bench_rows(const zmlx_bench_opts *o, int64_t rows) {
+  zmlx_device_info info;
+  if (zmlx_device_get_info(o->device, &info) != ZMLX_OK || info.backend != ZMLX_BACKEND_OPENCL)
+    return rows;
+  return rows / 64 > 0 ? rows / 64 : 1;
+}
+
+zmlx_status zmlx_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                              uint64_t seed, zmlx_array **out) {
+  return zmlx_array_random_uniform(dev, dt, ndim, shape, seed, -1.0, 1.0, out);
+}
+
+/* Fewer calls per sample for slow (large) cases so a sample stays ~ms long
+ * but the whole row stays under a second or two. */
+static int inner_calls(double bytes) { return bytes > 1e9 ? 3 : bytes > 1e8 ? 10 : 50; }
+
+zmlx_status zmlx_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+                                 int ndim, const int64_t *shape, double bytes,
+                                 zmlx_status (*run)(void *ctx), void *ctx) {
+  zmlx_bench_row row;
+  memset(&row, 0, sizeof row);
+  row.op = op;
+  row.dtype = dt;
+  row.bytes = bytes;
+  size_t len = 0;
+  for (int i = 0; i < ndim && len < sizeof row.shape; i++)
+    len += (size_t)snprintf(row.shape + len, sizeof row.shape - len, "%s%lld", i ? "x" : "",
+                            (long long)shape[i]);
+  zmlx_status st = zmlx_bench_median_ms(o->device, run, ctx, o->reps > 0 ? o->reps : 21,
+                                        inner_calls(bytes), &row.ms);
+  if (st == ZMLX_OK) o->emit(o->ctx, &row);
   return st;
 }

@@ -68,6 +68,19 @@ typedef struct zmlx_catalog_bench {
 zmlx_status zmlx_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx), void *ctx,
                                  int reps, int inner, double *ms);
 
+/* The rows to time an LLM shape of `rows` rows at: all of them on a GPU;
+ * on a CPU backend (OpenCL) a 64th (at least 1), so a run takes seconds. */
+int64_t zmlx_bench_rows(const zmlx_bench_opts *o, int64_t rows);
+/* A device array of uniform random values in [-1, 1) (benchmarks never time
+ * zeros: some kernels and caches shortcut them). */
+zmlx_status zmlx_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                              uint64_t seed, zmlx_array **out);
+/* Times `run` (the median of o->reps samples) and emits the row with the
+ * shape written as "AxBxC", the form bench/peer_catalog.py uses. */
+zmlx_status zmlx_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+                                 int ndim, const int64_t *shape, double bytes,
+                                 zmlx_status (*run)(void *ctx), void *ctx);
+
 /* All ops, in catalog order; NULL-terminated. */
 const zmlx_catalog_op *const *zmlx_catalog_ops(void);
 /* All benchmark cases, in catalog order; NULL-terminated. */

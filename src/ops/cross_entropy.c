@@ -413,3 +413,52 @@ const zmlx_catalog_op zmlx_catalog_cross_entropy_ops[] = {
     {"cross_entropy", check_cross_entropy},
     {0},
 };
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef struct ce_bench {
+  zmlx_array *x, *t;
+  int with_grad;
+} ce_bench;
+
+static zmlx_status ce_bench_run(void *p) {
+  ce_bench *c = p;
+  zmlx_array *loss = NULL, *g = NULL;
+  zmlx_status st = zmlx_cross_entropy(c->x, c->t, NULL, &loss, c->with_grad ? &g : NULL);
+  zmlx_array_release(loss);
+  zmlx_array_release(g);
+  return st;
+}
+
+/* bf16 logits [8192, 32000] (and Llama 3's vocabulary, 128256), i64
+ * targets: the forward reads the logits once; the fused forward + backward
+ * also writes the gradient. */
+static zmlx_status ce_bench_case(const zmlx_bench_opts *o, const char *op, int64_t rows,
+                                 int64_t vocab, int with_grad) {
+  int64_t shape[2] = {zmlx_bench_rows(o, rows), vocab};
+  ce_bench c = {NULL, NULL, with_grad};
+  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 51, &c.x);
+  zmlx_array *u = NULL;
+  /* targets: uniform floats in [0, vocab) truncated to i64 */
+  if (st == ZMLX_OK)
+    st = zmlx_array_random_uniform(o->device, ZMLX_F32, 1, shape, 52, 0.0, (double)vocab - 1, &u);
+  if (st == ZMLX_OK) st = zmlx_astype(u, ZMLX_I64, &c.t);
+  zmlx_array_release(u);
+  double n = (double)shape[0] * (double)vocab;
+  double bytes = 2.0 * n * (with_grad ? 2 : 1) + 8.0 * (double)shape[0];
+  if (st == ZMLX_OK) st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, ce_bench_run, &c);
+  zmlx_array_release(c.x);
+  zmlx_array_release(c.t);
+  return st;
+}
+
+static zmlx_status bench_cross_entropy(const zmlx_bench_opts *o) {
+  ZMLX_CHECK(ce_bench_case(o, "cross_entropy", 8192, 32000, 0));
+  ZMLX_CHECK(ce_bench_case(o, "cross_entropy_fused", 8192, 32000, 1));
+  return ce_bench_case(o, "cross_entropy", 8192, 128256, 0);
+}
+
+const zmlx_catalog_bench zmlx_catalog_cross_entropy_bench[] = {
+    {"cross_entropy", bench_cross_entropy},
+    {0},
+};

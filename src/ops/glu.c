@@ -735,3 +735,44 @@ const zmlx_catalog_op zmlx_catalog_glu_ops[] = {
     {"dropout", check_dropout},
     {0},
 };
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef struct glu_bench {
+  int split;
+  zmlx_array *a, *b;
+} glu_bench;
+
+static zmlx_status glu_bench_run(void *p) {
+  glu_bench *c = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = c->split ? zmlx_swiglu_split(c->a, &y) : zmlx_swiglu(c->a, c->b, &y);
+  zmlx_array_release(y);
+  return st;
+}
+
+/* bf16 gate and up [16384, 14336] (or one [16384, 28672] split): read both,
+ * write the product. */
+static zmlx_status glu_bench_case(const zmlx_bench_opts *o, const char *op, int split) {
+  int64_t shape[2] = {zmlx_bench_rows(o, 16384), 14336}, xshape[2] = {shape[0], 2 * shape[1]};
+  glu_bench c = {split, NULL, NULL};
+  zmlx_status st = split ? zmlx_bench_random(o->device, ZMLX_BF16, 2, xshape, 41, &c.a)
+                         : zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 41, &c.a);
+  if (st == ZMLX_OK && !split) st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 42, &c.b);
+  double bytes = 3.0 * 2.0 * (double)shape[0] * (double)shape[1];
+  if (st == ZMLX_OK)
+    st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, glu_bench_run, &c);
+  zmlx_array_release(c.a);
+  zmlx_array_release(c.b);
+  return st;
+}
+
+static zmlx_status bench_swiglu(const zmlx_bench_opts *o) {
+  ZMLX_CHECK(glu_bench_case(o, "swiglu", 0));
+  return glu_bench_case(o, "swiglu_split", 1);
+}
+
+const zmlx_catalog_bench zmlx_catalog_glu_bench[] = {
+    {"swiglu", bench_swiglu},
+    {0},
+};

@@ -1116,3 +1116,71 @@ const zmlx_catalog_op zmlx_catalog_norm_ops[] = {
     {"add_layernorm", check_add_layernorm},
     {0},
 };
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef enum nb_kind { NB_RMS, NB_LAYER, NB_ADD_RMS, NB_ADD_LAYER } nb_kind;
+
+typedef struct norm_bench {
+  nb_kind kind;
+  zmlx_array *x, *r, *w, *b;
+} norm_bench;
+
+static zmlx_status norm_bench_run(void *p) {
+  norm_bench *c = p;
+  zmlx_array *y = NULL, *h = NULL;
+  zmlx_status st;
+  switch (c->kind) {
+    case NB_RMS: st = zmlx_rmsnorm(c->x, c->w, 1e-6, &y); break;
+    case NB_LAYER: st = zmlx_layernorm(c->x, c->w, c->b, 1e-5, &y); break;
+    case NB_ADD_RMS: st = zmlx_add_rmsnorm(c->x, c->r, c->w, 1e-6, &y, &h); break;
+    default: st = zmlx_add_layernorm(c->x, c->r, c->w, c->b, 1e-5, &y, &h); break;
+  }
+  zmlx_array_release(y);
+  zmlx_array_release(h);
+  return st;
+}
+
+/* bf16 [16384, 4096] with bf16 weights: bytes = x (+ r) read, y (+ h) written,
+ * weights read once. */
+static zmlx_status norm_bench_case(const zmlx_bench_opts *o, const char *op, nb_kind kind) {
+  int64_t shape[2] = {zmlx_bench_rows(o, 16384), 4096}, wl = shape[1];
+  const int residual = kind == NB_ADD_RMS || kind == NB_ADD_LAYER;
+  const int bias = kind == NB_LAYER || kind == NB_ADD_LAYER;
+  norm_bench c = {kind, NULL, NULL, NULL, NULL};
+  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 21, &c.x);
+  if (st == ZMLX_OK && residual) st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 22, &c.r);
+  if (st == ZMLX_OK) st = zmlx_bench_random(o->device, ZMLX_BF16, 1, &wl, 23, &c.w);
+  if (st == ZMLX_OK && bias) st = zmlx_bench_random(o->device, ZMLX_BF16, 1, &wl, 24, &c.b);
+  double n = (double)shape[0] * (double)shape[1];
+  double bytes = 2.0 * n * (residual ? 4 : 2) + 2.0 * (double)wl * (bias ? 2 : 1);
+  if (st == ZMLX_OK)
+    st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, norm_bench_run, &c);
+  zmlx_array_release(c.x);
+  zmlx_array_release(c.r);
+  zmlx_array_release(c.w);
+  zmlx_array_release(c.b);
+  return st;
+}
+
+static zmlx_status bench_rmsnorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "rmsnorm", NB_RMS);
+}
+static zmlx_status bench_layernorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "layernorm", NB_LAYER);
+}
+static zmlx_status bench_add_rmsnorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "add_rmsnorm", NB_ADD_RMS);
+}
+static zmlx_status bench_add_layernorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "add_layernorm", NB_ADD_LAYER);
+}
+
+extern const zmlx_catalog_bench zmlx_catalog_norm_bench[];
+const zmlx_catalog_bench zmlx_catalog_norm_bench[] = {
+    {"rmsnorm", bench_rmsnorm},
+    {"layernorm", bench_layernorm},
+    {"add_rmsnorm", bench_add_rmsnorm},
+    {"add_layernorm", bench_add_layernorm},
+    {0},
+};

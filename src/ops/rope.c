@@ -717,3 +717,50 @@ const zmlx_catalog_op zmlx_catalog_rope_ops[] = {
     {"rope", rope_check},
     {0},
 };
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef struct rope_bench {
+  zmlx_array *x;
+  zmlx_rope_opts opts;
+} rope_bench;
+
+static zmlx_status rope_bench_run(void *p) {
+  rope_bench *c = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = zmlx_rope(c->x, &c->opts, &y);
+  zmlx_array_release(y);
+  return st;
+}
+
+/* bf16 [8, 4096, 32, 128] BSHD, read once and written once; the angles are
+ * computed in-kernel (mode 0) or read from f32 [4096, 64] tables (mode 1,
+ * whose bytes count as the tables' size; they stay in L2). */
+static zmlx_status rope_bench_case(const zmlx_bench_opts *o, const char *op, zmlx_rope_mode mode,
+                                   int tables) {
+  int64_t shape[4] = {zmlx_bench_rows(o, 8), 4096, 32, 128}, tshape[2] = {4096, 64};
+  rope_bench c;
+  memset(&c, 0, sizeof c);
+  c.opts.mode = mode;
+  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 4, shape, 31, &c.x);
+  if (st == ZMLX_OK && tables) st = zmlx_bench_random(o->device, ZMLX_F32, 2, tshape, 32, &c.opts.cos);
+  if (st == ZMLX_OK && tables) st = zmlx_bench_random(o->device, ZMLX_F32, 2, tshape, 33, &c.opts.sin);
+  double n = (double)shape[0] * (double)shape[1] * (double)shape[2] * (double)shape[3];
+  double bytes = 4.0 * n + (tables ? 2.0 * 4.0 * 4096 * 64 : 0);
+  if (st == ZMLX_OK) st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 4, shape, bytes, rope_bench_run, &c);
+  zmlx_array_release(c.x);
+  zmlx_array_release(c.opts.cos);
+  zmlx_array_release(c.opts.sin);
+  return st;
+}
+
+static zmlx_status rope_bench_all(const zmlx_bench_opts *o) {
+  ZMLX_CHECK(rope_bench_case(o, "rope", ZMLX_ROPE_HALF_SPLIT, 0));
+  ZMLX_CHECK(rope_bench_case(o, "rope_tables", ZMLX_ROPE_HALF_SPLIT, 1));
+  return rope_bench_case(o, "rope_interleaved", ZMLX_ROPE_INTERLEAVED, 0);
+}
+
+const zmlx_catalog_bench zmlx_catalog_rope_bench[] = {
+    {"rope", rope_bench_all},
+    {0},
+};

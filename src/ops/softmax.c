@@ -758,3 +758,52 @@ const zmlx_catalog_op zmlx_catalog_softmax_ops[] = {
     {"softmax_masked", check_softmax_masked},
     {0},
 };
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef struct sm_bench {
+  zmlx_status (*fn)(zmlx_array *x, zmlx_array **out);
+  zmlx_array *x;
+} sm_bench;
+
+static zmlx_status sm_bench_run(void *p) {
+  sm_bench *b = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = b->fn(b->x, &y);
+  zmlx_array_release(y);
+  return st;
+}
+
+/* bf16 rows x cols: read x, write y (logsumexp writes one value per row). */
+static zmlx_status sm_bench_case(const zmlx_bench_opts *o, const char *op,
+                                 zmlx_status (*fn)(zmlx_array *, zmlx_array **), int64_t rows,
+                                 int64_t cols, int row_output) {
+  int64_t shape[2] = {zmlx_bench_rows(o, rows), cols};
+  sm_bench b = {fn, NULL};
+  ZMLX_CHECK(zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 11, &b.x));
+  double n = (double)shape[0] * (double)cols;
+  double bytes = 2.0 * n + (row_output ? 2.0 * (double)shape[0] : 2.0 * n);
+  zmlx_status st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, sm_bench_run, &b);
+  zmlx_array_release(b.x);
+  return st;
+}
+
+static zmlx_status bench_softmax(const zmlx_bench_opts *o) {
+  ZMLX_CHECK(sm_bench_case(o, "softmax", zmlx_softmax, 4096, 32768, 0));
+  return sm_bench_case(o, "softmax", zmlx_softmax, 32768, 4096, 0);
+}
+
+static zmlx_status bench_log_softmax(const zmlx_bench_opts *o) {
+  return sm_bench_case(o, "log_softmax", zmlx_log_softmax, 4096, 32768, 0);
+}
+
+static zmlx_status bench_logsumexp(const zmlx_bench_opts *o) {
+  return sm_bench_case(o, "logsumexp", zmlx_logsumexp, 4096, 32768, 1);
+}
+
+const zmlx_catalog_bench zmlx_catalog_softmax_bench[] = {
+    {"softmax", bench_softmax},
+    {"log_softmax", bench_log_softmax},
+    {"logsumexp", bench_logsumexp},
+    {0},
+};
