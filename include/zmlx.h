@@ -671,12 +671,19 @@ typedef struct zmlx_cross_entropy_opts {
   int64_t ignore_index;   /* rows with this target add 0 (PyTorch: -100) */
   double label_smoothing; /* in [0, 1]: target = (1 - s) onehot + s / vocab */
   zmlx_ce_reduction reduction;
+  /* 0 (default): targets are not read on the host, so the call never waits
+   * for the device; a target outside [0, vocab) that is not ignore_index
+   * makes the loss NaN (and its gradient row NaN). 1: the targets are
+   * downloaded and checked first (a device sync), and such a target is
+   * ZMLX_ERR_INVALID_ARG naming its row. */
+  int check_targets;
 } zmlx_cross_entropy_opts;
 
 /** Softmax cross-entropy of logits [..., vocab] (f32/f16/bf16) against
- *  targets [...] (i32 or i64 class indices, checked on the host: a target
- *  outside [0, vocab) that is not ignore_index is ZMLX_ERR_INVALID_ARG).
- *  opts NULL: ignore_index -100, no smoothing, mean. *loss: an f32 scalar.
+ *  targets [...] (i32 or i64 class indices; see check_targets).
+ *  opts NULL: ignore_index -100, no smoothing, mean, unchecked targets.
+ *  *loss: an f32 scalar; the mean's divisor (targets not ignored) is
+ *  counted on the device.
  *  Fused forward + backward: with grad_logits non-NULL (or inside a grad
  *  call) the same kernel also writes d loss / d logits (logits' dtype),
  *  so backward costs no second pass; probabilities are never stored, so

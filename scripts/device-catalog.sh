@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Issue 5 on the GPU machine (the device tool), over a build made here and
-# carried as build-device/ with .devlibs/ (see scripts/device-check.sh):
-# the full catalog check on CUDA, compute-sanitizer over the quick check,
-# and the catalog benchmark with the PyTorch peers. Results under $OUT.
+# carried as build-device/ with .devlibs/ (see scripts/device-check.sh).
+# Stages, in the order given (default: all three):
+#   bench     the PyTorch peers (bench/peer_catalog.py), then `zmlx bench`
+#             with their times merged in
+#   check     the full `zmlx check --backend cuda`
+#   sanitize  compute-sanitizer memcheck and racecheck over the quick check
+# Results under $OUT; catalog_summary.txt collects the headline lines.
 set -u
 B=${B:-build-device}
 OUT=${OUT:-/tmp/out}
@@ -10,14 +14,30 @@ mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/.devlibs:${LD_LIBRARY_PATH:-}"
 export ZMLX_CACHE_DIR=/tmp/zc_catalog
 summary="$OUT/catalog_summary.txt"
-: > "$summary"
-timeout 300 "$B/zmlx" check --backend cuda > "$OUT/check_cuda.txt" 2>&1
-echo "zmlx check --backend cuda rc=$?: $(tail -n 1 "$OUT/check_cuda.txt")" | tee -a "$summary"
-grep FAIL "$OUT/check_cuda.txt" | head -20 | tee -a "$summary"
-for tool in memcheck racecheck; do
-  timeout 200 compute-sanitizer --tool $tool --error-exitcode 99 "$B/zmlx" check --backend cuda --quick \
-    > "$OUT/san_$tool.txt" 2>&1
-  echo "compute-sanitizer $tool zmlx check --quick rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$tool.txt" | tr '\n' ' ') $(grep -E '^[0-9]+ passed' "$OUT/san_$tool.txt")" | tee -a "$summary"
-done
-PYTHONUNBUFFERED=1 timeout 240 python3 bench/peer_catalog.py --json "$OUT/peer_catalog.jsonl" > "$OUT/peer_catalog.txt" 2>&1
-"$B/zmlx" bench --backend cuda --json "$OUT/bench_catalog.json" --peer "$OUT/peer_catalog.jsonl" 2>&1 | tee -a "$summary"
+touch "$summary"
+stages=${*:-bench check sanitize}
+
+stage_bench() {
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/peer_catalog.py --json "$OUT/peer_catalog.jsonl" \
+    > "$OUT/peer_catalog.txt" 2>&1
+  "$B/zmlx" bench --backend cuda --json "$OUT/bench_catalog.json" \
+    --peer "$OUT/peer_catalog.jsonl" 2>&1 | tee -a "$summary"
+}
+
+stage_check() {
+  timeout 300 "$B/zmlx" check --backend cuda > "$OUT/check_cuda.txt" 2>&1
+  echo "zmlx check --backend cuda rc=$?: $(tail -n 1 "$OUT/check_cuda.txt")" | tee -a "$summary"
+  grep FAIL "$OUT/check_cuda.txt" | head -20 | tee -a "$summary"
+}
+
+stage_sanitize() {
+  for tool in memcheck racecheck; do
+    timeout 250 compute-sanitizer --tool $tool --error-exitcode 99 "$B/zmlx" check --backend cuda \
+      --quick > "$OUT/san_$tool.txt" 2>&1
+    echo "compute-sanitizer $tool zmlx check --quick rc=$?:" \
+      "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$tool.txt" | tr '\n' ' ')" \
+      "$(grep -E '^[0-9]+ passed' "$OUT/san_$tool.txt")" | tee -a "$summary"
+  done
+}
+
+for s in $stages; do "stage_$s"; done

@@ -14,6 +14,20 @@
 
 #include "ops/catalog.h"
 
+/* A kernel from a .zk file with kernels/vec_io.zk's 16-byte access helpers
+ * (ZV_LOAD, ZV_STORE, ZV_ROUND) in front of it (vec_io.c). */
+zmlx_status zmlx_ops_kernel_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out);
+/* Geometry of a row kernel that holds its row in registers, `chunks`
+ * 16-byte chunks per row: the fewest threads (a power of two, at least a
+ * SIMD group, at most 1024) that hold the row in <= 4 chunks each, so many
+ * rows are in flight per SM; *nv = chunks per thread, or 0 when a row would
+ * need more than max_per_thread (the kernel's streaming form runs then). */
+void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_thread, int *tg,
+                             int *nv);
+/* With nv > 0: `call` (set up by zmlx_opck_row_geometry) keeps its group
+ * count but runs tg threads per group. */
+void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv);
+
 /* ------------------------------------------------- defined in softmax.c */
 
 zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,

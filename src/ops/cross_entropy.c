@@ -10,32 +10,42 @@
 #include <string.h>
 
 #include "autograd/ad.h"
+#include "gen/patterns.h"
 #include "ops/catalog.h"
 #include "ops/check_util.h"
 #include "runtime/internal.h"
 
 extern const char zmlx_res_cross_entropy_zk[];
 
-static zmlx_kernel *k_ce;
+extern const char zmlx_res_ce_count_zk[];
+
+static zmlx_kernel *k_ce, *k_count;
 static zmlx_status k_status = ZMLX_OK;
 static char k_error[1024];
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 
 static void k_create(void) {
-  static const char *const in[] = {"x", "t"}, *const out[] = {"loss", "grad"};
-  static const char *const par[] = {"rows", "cols", "ignore_index", "eps", "scale"};
-  static const zmlx_dtype pdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32, ZMLX_F32};
-  k_status = zmlx_opck_kernel_from_zk("zmlx_cross_entropy", zmlx_res_cross_entropy_zk, in, 2, out,
-                                      2, par, pdt, 5, &k_ce);
+  static const char *const in[] = {"x", "t", "count"}, *const out[] = {"loss", "grad"};
+  static const char *const par[] = {"rows", "cols", "ignore_index", "eps"};
+  static const zmlx_dtype pdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32};
+  static const char *const cin[] = {"t"}, *const cout[] = {"count"};
+  static const char *const cpar[] = {"rows", "ignore_index"};
+  static const zmlx_dtype cpdt[] = {ZMLX_I64, ZMLX_I64};
+  k_status = zmlx_opck_kernel_from_zk("zmlx_cross_entropy", zmlx_res_cross_entropy_zk, in, 3, out,
+                                      2, par, pdt, 4, &k_ce);
+  if (k_status == ZMLX_OK)
+    k_status = zmlx_opck_kernel_from_zk("zmlx_ce_count", zmlx_res_ce_count_zk, cin, 1, cout, 1,
+                                        cpar, cpdt, 2, &k_count);
   if (k_status != ZMLX_OK) snprintf(k_error, sizeof k_error, "%s", zmlx_last_error());
 }
 
-static const zmlx_cross_entropy_opts DEFAULT_OPTS = {-100, 0.0, ZMLX_CE_MEAN};
+static const zmlx_cross_entropy_opts DEFAULT_OPTS = {-100, 0.0, ZMLX_CE_MEAN, 0};
 
-/* Checks shapes and dtypes, downloads the targets to check their range and
- * count the ones not ignored. */
-static zmlx_status ce_validate(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o,
-                               int64_t *n_valid) {
+static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts *o, int64_t V);
+
+/* Checks shapes, dtypes and options; with o->check_targets also the targets'
+ * range, on the host. */
+static zmlx_status ce_validate(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o) {
   const char *op = "cross_entropy";
   if (x->dtype != ZMLX_F32 && x->dtype != ZMLX_F16 && x->dtype != ZMLX_BF16)
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: logits have dtype %s; f32, f16 or bf16 is needed", op,
@@ -64,8 +74,13 @@ static zmlx_status ce_validate(zmlx_array *x, zmlx_array *t, const zmlx_cross_en
   if (o->reduction != ZMLX_CE_MEAN && o->reduction != ZMLX_CE_SUM)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: unknown reduction %d (ZMLX_CE_MEAN or "
                      "ZMLX_CE_SUM)", op, (int)o->reduction);
+  return o->check_targets ? ce_check_targets(t, o, V) : ZMLX_OK;
+}
+
+/* Downloads the targets (a device sync) and names the first out of range. */
+static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts *o, int64_t V) {
+  const char *op = "cross_entropy";
   const int64_t n = t->size;
-  *n_valid = 0;
   if (n == 0) return ZMLX_OK;
   int64_t *tv = malloc((size_t)n * sizeof *tv);
   if (!tv) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
@@ -83,30 +98,45 @@ static zmlx_status ce_validate(zmlx_array *x, zmlx_array *t, const zmlx_cross_en
       st = zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: target %lld at row %lld is out of range [0, %lld) "
                      "and is not ignore_index %lld", op, (long long)tv[i], (long long)i,
                      (long long)V, (long long)o->ignore_index);
-    else
-      (*n_valid)++;
   }
   free(tv);
   return st;
 }
 
+/* The mean's divisor, counted on the device (one threadgroup). */
+static zmlx_status ce_count(zmlx_array *t, const zmlx_cross_entropy_opts *o, zmlx_array *count) {
+  double params[2] = {(double)t->size, (double)o->ignore_index};
+  zmlx_array *outs[1] = {count};
+  zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &t, .outputs = outs,
+                           .params = params, .device = t->buffer->device,
+                           .grid = {256, 1, 1}, .threadgroup = {256, 1, 1}};
+  return zmlx_kernel_launch(k_count, &call);
+}
+
 /* The fused kernel: loss rows (f32, scaled) and optionally the gradient. */
 static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o,
-                             double scale, zmlx_array *loss_rows, zmlx_array *grad) {
+                             zmlx_array *loss_rows, zmlx_array *grad) {
   pthread_once(&k_once, k_create);
   if (k_status != ZMLX_OK) return zmlx_fail(k_status, "cross_entropy kernel: %s", k_error);
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = x->size / cols;
   if (rows == 0) return ZMLX_OK;
-  zmlx_array *dummy = NULL;
-  if (!grad) {
-    int64_t one = 1;
-    ZMLX_CHECK(zmlx_array_alloc(x->buffer->device, NULL, x->dtype, 1, &one, &dummy));
+  const int mean = o->reduction == ZMLX_CE_MEAN;
+  zmlx_array *dummy = NULL, *count = NULL;
+  int64_t one = 1;
+  zmlx_status st = ZMLX_OK;
+  if (!grad) st = zmlx_array_alloc(x->buffer->device, NULL, x->dtype, 1, &one, &dummy);
+  if (st == ZMLX_OK && mean)
+    st = zmlx_array_alloc(x->buffer->device, NULL, ZMLX_I32, 1, &one, &count);
+  if (st == ZMLX_OK && mean) st = ce_count(t, o, count);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(dummy);
+    zmlx_array_release(count);
+    return st;
   }
-  zmlx_array *in[2] = {x, t};
+  zmlx_array *in[3] = {x, t, mean ? count : t}; /* without MEAN, count is not read */
   zmlx_array *outs[2] = {loss_rows, grad ? grad : dummy};
-  double params[5] = {(double)rows, (double)cols, (double)o->ignore_index, o->label_smoothing,
-                      scale};
+  double params[4] = {(double)rows, (double)cols, (double)o->ignore_index, o->label_smoothing};
   /* 16-byte accesses when every row starts 16-byte aligned (a strided x is
    * made dense, at offset 0, by the kernel object) */
   const size_t es = zmlx_dtype_size(x->dtype);
@@ -115,15 +145,24 @@ static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entr
                       (!grad || ((size_t)grad->offset * es) % 16 == 0);
   const int vec = cols % width == 0 && aligned ? width : 0;
   const int xdt = x->dtype == ZMLX_F32 ? 0 : x->dtype == ZMLX_F16 ? 1 : 2;
-  zmlx_template_arg tmpl[3] = {{"WG", ZMLX_TEMPLATE_BOOL, ZMLX_F32, grad ? 1 : 0},
+  int tg = 0, nv = 0;
+  if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
+  const int native = zmlx_pattern_group_mode(zmlx_device_backend(x->buffer->device)) ==
+                     ZMLX_ROW_PER_GROUP;
+  zmlx_template_arg tmpl[6] = {{"WG", ZMLX_TEMPLATE_BOOL, ZMLX_F32, grad ? 1 : 0},
                                {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
-                               {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt}};
-  zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 2, .inputs = in, .outputs = outs,
-                           .templates = tmpl, .n_templates = 3, .params = params,
+                               {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt},
+                               {"MEAN", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mean},
+                               {"NV", ZMLX_TEMPLATE_INT, ZMLX_F32, nv},
+                               {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native}};
+  zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 2, .inputs = in, .outputs = outs,
+                           .templates = tmpl, .n_templates = 6, .params = params,
                            .device = x->buffer->device};
   zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
-  zmlx_status st = zmlx_kernel_launch(k_ce, &call);
+  zmlx_ops_use_chunk_geometry(&call, tg, nv);
+  st = zmlx_kernel_launch(k_ce, &call);
   zmlx_array_release(dummy);
+  zmlx_array_release(count);
   return st;
 }
 
@@ -167,9 +206,7 @@ static const zmlx_ad_rule CE_RULE = {"cross_entropy", ce_vjp, ce_jvp, ce_ctx_fre
 static zmlx_status ce_compute(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o,
                              zmlx_array *loss_rows_into, zmlx_array **loss, zmlx_array **grad_out,
                              zmlx_array *grad_into) {
-  int64_t n_valid = 0;
-  ZMLX_CHECK(ce_validate(x, t, o, &n_valid));
-  double scale = o->reduction == ZMLX_CE_MEAN ? (n_valid ? 1.0 / (double)n_valid : 0.0) : 1.0;
+  ZMLX_CHECK(ce_validate(x, t, o));
   zmlx_array *rows = loss_rows_into, *grad = grad_into;
   zmlx_status st = ZMLX_OK;
   if (!rows) st = zmlx_array_alloc(x->buffer->device, NULL, ZMLX_F32, t->ndim, t->shape, &rows);
@@ -178,7 +215,7 @@ static zmlx_status ce_compute(zmlx_array *x, zmlx_array *t, const zmlx_cross_ent
     st = zmlx_array_alloc(x->buffer->device, NULL, x->dtype, x->ndim, x->shape, &grad);
   else if (grad)
     zmlx_array_retain(grad);
-  if (st == ZMLX_OK) st = ce_launch(x, t, o, scale, rows, grad_out ? grad : NULL);
+  if (st == ZMLX_OK) st = ce_launch(x, t, o, rows, grad_out ? grad : NULL);
   if (st == ZMLX_OK) {
     if (rows->size == 0) st = zmlx_array_zeros(x->buffer->device, ZMLX_F32, 0, NULL, loss);
     else st = zmlx_sum(rows, NULL, 0, 0, loss);
@@ -348,6 +385,26 @@ done:
   return st;
 }
 
+/* Without check_targets, an out-of-range target is not a status (no sync
+ * ran) but must show: the loss is NaN, and so is its gradient row. */
+static void ce_unchecked_target(const zmlx_check_opts *o, zmlx_array *x, zmlx_array *t) {
+  zmlx_array *loss = NULL, *g = NULL;
+  double *lv = NULL, *gv = NULL;
+  zmlx_status st = zmlx_cross_entropy(x, t, NULL, &loss, &g);
+  if (st == ZMLX_OK) {
+    lv = zmlx_opck_download(loss);
+    gv = zmlx_opck_download(g);
+  }
+  int pass = lv && gv && isnan(lv[0]) && isnan(gv[5]) && !isnan(gv[0]);
+  zmlx_opck_emit(o, "cross_entropy", "bad: unchecked target -> NaN", o->dtype, "[3, 5]",
+                 pass ? 0.0 : 1.0, 0.0, pass);
+  zmlx_clear_error();
+  free(lv);
+  free(gv);
+  zmlx_array_release(loss);
+  zmlx_array_release(g);
+}
+
 static void ce_bad_inputs(const zmlx_check_opts *o) {
   const char *op = "cross_entropy";
   int64_t xs[2] = {3, 5}, t3 = 3, t4 = 4;
@@ -362,7 +419,8 @@ static void ce_bad_inputs(const zmlx_check_opts *o) {
   zmlx_array_zeros(o->device, ZMLX_F32, 1, &t3, &tf);
   zmlx_opck_upload(o->device, ZMLX_I64, 1, &t3, tr, &trange);
   zmlx_opck_upload(o->device, ZMLX_I32, 1, &t3, tn, &tneg);
-  zmlx_cross_entropy_opts ls = DEFAULT_OPTS, red = DEFAULT_OPTS;
+  zmlx_cross_entropy_opts ls = DEFAULT_OPTS, red = DEFAULT_OPTS, chk = DEFAULT_OPTS;
+  chk.check_targets = 1;
   ls.label_smoothing = 1.5;
   red.reduction = (zmlx_ce_reduction)7;
   zmlx_opck_bad(o, op, "NULL logits", zmlx_cross_entropy(NULL, t, NULL, &loss, &g),
@@ -373,10 +431,12 @@ static void ce_bad_inputs(const zmlx_check_opts *o) {
   zmlx_opck_bad(o, op, "targets [4] for logits [3, 5]",
                 zmlx_cross_entropy(x, tbad, NULL, &loss, &g), ZMLX_ERR_SHAPE);
   zmlx_opck_bad(o, op, "f32 targets", zmlx_cross_entropy(x, tf, NULL, &loss, &g), ZMLX_ERR_DTYPE);
-  zmlx_opck_bad(o, op, "target 5 >= vocab 5", zmlx_cross_entropy(x, trange, NULL, &loss, &g),
-                ZMLX_ERR_INVALID_ARG);
-  zmlx_opck_bad(o, op, "target -2 (ignore_index -100)",
-                zmlx_cross_entropy(x, tneg, NULL, &loss, &g), ZMLX_ERR_INVALID_ARG);
+  zmlx_opck_bad(o, op, "target 5 >= vocab 5 (checked)",
+                zmlx_cross_entropy(x, trange, &chk, &loss, &g), ZMLX_ERR_INVALID_ARG);
+  zmlx_opck_bad(o, op, "target -2 (ignore_index -100, checked)",
+                zmlx_cross_entropy(x, tneg, &chk, &loss, &g), ZMLX_ERR_INVALID_ARG);
+  ce_unchecked_target(o, x, trange);
+  ce_unchecked_target(o, x, tneg);
   zmlx_opck_bad(o, op, "label_smoothing 1.5", zmlx_cross_entropy(x, t, &ls, &loss, &g),
                 ZMLX_ERR_INVALID_ARG);
   zmlx_opck_bad(o, op, "reduction 7", zmlx_cross_entropy(x, t, &red, &loss, &g),
@@ -391,9 +451,9 @@ static zmlx_status check_cross_entropy(const zmlx_check_opts *o) {
   static const int64_t FV[] = {1, 7, 64, 1000, 4097, 32768, 128256};
   const int64_t *vs = o->quick ? QV : FV;
   int nv = o->quick ? 5 : 7;
-  zmlx_cross_entropy_opts plain = {-100, 0.0, ZMLX_CE_MEAN};
-  zmlx_cross_entropy_opts smooth = {-1, 0.1, ZMLX_CE_SUM};
-  zmlx_cross_entropy_opts ign = {-100, 0.0, ZMLX_CE_MEAN};
+  zmlx_cross_entropy_opts plain = {-100, 0.0, ZMLX_CE_MEAN, 1}; /* host-checked targets */
+  zmlx_cross_entropy_opts smooth = {-1, 0.1, ZMLX_CE_SUM, 0};
+  zmlx_cross_entropy_opts ign = {-100, 0.0, ZMLX_CE_MEAN, 0};
   ign.ignore_index = -1;
   for (int vi = 0; vi < nv; vi++) {
     int64_t rows_few = vs[vi] >= 100000 ? 3 : 5;

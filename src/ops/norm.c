@@ -12,6 +12,7 @@
 #include "gen/patterns.h"
 #include "kernel/kernel.h"
 #include "ops/catalog.h"
+#include "ops/check_util.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -33,7 +34,7 @@ static zmlx_status make_kernel(const char *name, const char *file, const char *c
   zmlx_kernel_desc d = {.name = name, .input_names = in, .n_inputs = n_in,
                         .output_names = out, .n_outputs = n_out, .source = file,
                         .param_names = params, .param_dtypes = pdt, .n_params = n_params};
-  return zmlx_kernel_create_from_zk(&d, k);
+  return zmlx_ops_kernel_from_zk(&d, k);
 }
 
 static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -145,6 +146,19 @@ static zmlx_status row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, in
   *groups = rows < MAX_GROUPS ? rows : MAX_GROUPS;
   return ZMLX_OK;
 }
+
+/* Elements of dtype dt per 16-byte chunk when rows of `cols` are whole
+ * chunks and every array (NULLs skipped) starts 16-byte aligned; else 0. */
+static int chunk_width(zmlx_dtype dt, zmlx_array *const *arrays, int n, int64_t cols) {
+  const int width = (int)(16 / zmlx_dtype_size(dt));
+  if (cols % width != 0) return 0;
+  for (int i = 0; i < n; i++)
+    if (arrays[i] && ((size_t)arrays[i]->offset * zmlx_dtype_size(arrays[i]->dtype)) % 16 != 0)
+      return 0;
+  return width;
+}
+
+static int dtype_code(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
 
 /* SIMD sums where the backend's SIMD helpers are native (see
  * zmlx_pattern_group_mode); a threadgroup-memory tree on OpenCL. */
@@ -260,6 +274,12 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
     int64_t groups = 0;
     st = get_fwd(v, &k);
     if (st == ZMLX_OK) st = row_geometry(x->buffer->device, rows, cols, &tg, &cache, &groups);
+    zmlx_array *all[6] = {x, r, w, b, *y, h ? *h : NULL};
+    int vec = st == ZMLX_OK ? chunk_width(x->dtype, all, 6, cols) : 0, nv = 0;
+    if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, MAX_CACHE, &tg, &nv);
+    if (!nv) vec = 0;
+    const int wvec = vec && (!w || w->dtype == x->dtype) && (!b || b->dtype == x->dtype) &&
+                     chunk_width(x->dtype, &all[2], 2, cols) == vec;
     if (st == ZMLX_OK) {
       zmlx_array *ins[4], *outs[3];
       int ni = 0, no = 0;
@@ -270,17 +290,21 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
       outs[no++] = *y;
       if (c->has_r) outs[no++] = *h;
       outs[no++] = stats;
-      zmlx_template_arg t[6] = {
+      zmlx_template_arg t[10] = {
           {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = native_simd(x)},
           {.name = "RMS", .kind = ZMLX_TEMPLATE_BOOL, .value = c->rms},
           {.name = "HAS_R", .kind = ZMLX_TEMPLATE_BOOL, .value = c->has_r},
           {.name = "HAS_W", .kind = ZMLX_TEMPLATE_BOOL, .value = w != NULL},
           {.name = "HAS_B", .kind = ZMLX_TEMPLATE_BOOL, .value = b != NULL},
-          {.name = "CACHE", .kind = ZMLX_TEMPLATE_INT, .value = cache}};
+          {.name = "CACHE", .kind = ZMLX_TEMPLATE_INT, .value = cache},
+          {.name = "VEC", .kind = ZMLX_TEMPLATE_INT, .value = vec},
+          {.name = "NV", .kind = ZMLX_TEMPLATE_INT, .value = nv},
+          {.name = "XDT", .kind = ZMLX_TEMPLATE_INT, .value = dtype_code(x->dtype)},
+          {.name = "WVEC", .kind = ZMLX_TEMPLATE_BOOL, .value = wvec}};
       double params[3] = {(double)rows, (double)cols, (double)c->eps};
       zmlx_kernel_call call = {.n_inputs = ni, .n_outputs = no, .inputs = ins, .outputs = outs,
                                .grid = {groups * tg, 1, 1}, .threadgroup = {tg, 1, 1},
-                               .templates = t, .n_templates = 6, .params = params};
+                               .templates = t, .n_templates = 10, .params = params};
       st = zmlx_kernel_launch(k, &call);
     }
   }

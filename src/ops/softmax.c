@@ -27,7 +27,7 @@ zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const cha
                         .output_names = outputs, .n_outputs = n_outputs, .source = zk,
                         .ensure_row_contiguous = 1, .param_names = params,
                         .param_dtypes = param_dtypes, .n_params = n_params};
-  return zmlx_kernel_create_from_zk(&d, out);
+  return zmlx_ops_kernel_from_zk(&d, out);
 }
 
 /* One threadgroup per row (at most 65536 groups, each looping over rows). */
@@ -166,15 +166,22 @@ static zmlx_status sm_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *
   const int vec = !a->mask && !a->causal && cols % width == 0 && aligned &&
                   ((size_t)out->offset * es) % 16 == 0 ? width : 0;
   const int xdt = x->dtype == ZMLX_F32 ? 0 : x->dtype == ZMLX_F16 ? 1 : 2;
-  zmlx_template_arg t[5] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, a->mode},
+  int tg = 0, nv = 0;
+  if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
+  const int native = zmlx_pattern_group_mode(zmlx_device_backend(x->buffer->device)) ==
+                     ZMLX_ROW_PER_GROUP;
+  zmlx_template_arg t[7] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, a->mode},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, mask_kind},
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, a->causal ? 1 : 0},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
-                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt}};
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt},
+                            {"NV", ZMLX_TEMPLATE_INT, ZMLX_F32, nv},
+                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native}};
   zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = outs,
-                           .templates = t, .n_templates = 5, .params = params,
+                           .templates = t, .n_templates = 7, .params = params,
                            .device = x->buffer->device};
   zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
+  zmlx_ops_use_chunk_geometry(&call, tg, nv);
   return zmlx_kernel_launch(k_fwd, &call);
 }
 
@@ -731,10 +738,11 @@ static zmlx_status check_softmax_masked(const zmlx_check_opts *o) {
   const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
   int ncols = o->quick ? 5 : 6;
   for (int ci = 0; ci < ncols; ci++)
-    for (int kind = 0; kind < 4; kind++) {
-      /* kind 0: additive; 1: bool; 2: causal; 3: additive + causal */
+    for (int kind = 0; kind < 5; kind++) {
+      /* kind 0: additive; 1: bool; 2: causal; 3: additive + causal; 4: scale
+       * alone (the 16-byte path) */
       sm_case c = {SM_SOFTMAX, 3, {2, 3, cols[ci]}, kind == 0 || kind == 3 ? 1 : kind == 1 ? 2 : 0,
-                   kind >= 2, kind == 1 ? 1.0 : 0.125};
+                   kind == 2 || kind == 3, kind == 1 ? 1.0 : 0.125};
       ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
     }
   {

@@ -1,0 +1,48 @@
+/* Kernels of the catalog built from .zk files with the shared 16-byte
+ * access helpers (kernels/vec_io.zk) in front of their own helper section,
+ * so the row kernels do not each carry a copy of them. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernel/kernel.h"
+#include "ops/check_util.h"
+
+extern const char zmlx_res_vec_io_zk[];
+
+zmlx_status zmlx_ops_kernel_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
+  ZMLX_REQUIRE_ARG(desc);
+  ZMLX_REQUIRE_ARG(desc->source);
+  size_t a = strlen(zmlx_res_vec_io_zk), b = strlen(desc->source);
+  char *src = malloc(a + b + 2);
+  if (!src) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  memcpy(src, zmlx_res_vec_io_zk, a);
+  src[a] = '\n';
+  memcpy(src + a + 1, desc->source, b + 1);
+  zmlx_kernel_desc d = *desc;
+  d.source = src;
+  zmlx_status st = zmlx_kernel_create_from_zk(&d, out);
+  free(src);
+  return st;
+}
+
+void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_thread, int *tg,
+                             int *nv) {
+  zmlx_device_info info;
+  int simd = 32, max_t = 1024;
+  if (zmlx_device_get_info(dev, &info) == ZMLX_OK) {
+    if (info.simd_width > 0) simd = info.simd_width;
+    if (info.max_threads_per_threadgroup < max_t) max_t = info.max_threads_per_threadgroup;
+  }
+  int t = 1;
+  while (t < simd && t * 2 <= max_t) t *= 2;
+  while ((int64_t)t * 4 < chunks && t * 2 <= max_t) t *= 2;
+  int64_t per = (chunks + t - 1) / t;
+  *tg = t;
+  *nv = per <= max_per_thread ? (int)per : 0;
+}
+
+void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv) {
+  if (!nv) return;
+  call->grid[0] = call->grid[0] / call->threadgroup[0] * tg; /* same group count */
+  call->threadgroup[0] = tg;
+}
