@@ -15,11 +15,14 @@
 #include "ops/catalog.h"
 
 /* A kernel from a .zk file with kernels/vec_io.zk's 16-byte access helpers
- * (ZV_LOAD, ZV_STORE, ZV_ROUND) in front of it (vec_io.c). */
+ * (ZV_LOAD, ZV_STORE, ZV_ROUND, ZV_GROUP_REDUCE) in front of it (vec_io.c).
+ * Only for kernels that use them: the helpers' text mentions barriers, so
+ * the kernel object treats the kernel as one with barriers (its grid must
+ * then be whole threadgroups). */
 zmlx_status zmlx_ops_kernel_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out);
 /* Geometry of a row kernel that holds its row in registers, `chunks`
  * 16-byte chunks per row: the fewest threads (a power of two, at least a
- * SIMD group, at most 1024) that hold the row in <= 4 chunks each, so many
+ * SIMD group, at most 256) that hold the row in <= 4 chunks each, so many
  * rows are in flight per SM; *nv = chunks per thread, or 0 when a row would
  * need more than max_per_thread (the kernel's streaming form runs then). */
 void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_thread, int *tg,
@@ -34,6 +37,13 @@ zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const cha
                                      int n_inputs, const char *const *outputs, int n_outputs,
                                      const char *const *params, const zmlx_dtype *param_dtypes,
                                      int n_params, zmlx_kernel **out);
+/* The same with kernels/vec_io.zk's helpers in front (zmlx_ops_kernel_from_zk). */
+zmlx_status zmlx_opck_vec_kernel_from_zk(const char *name, const char *zk,
+                                         const char *const *inputs, int n_inputs,
+                                         const char *const *outputs, int n_outputs,
+                                         const char *const *params,
+                                         const zmlx_dtype *param_dtypes, int n_params,
+                                         zmlx_kernel **out);
 void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call);
 uint64_t zmlx_opck_next(uint64_t *state);
 double zmlx_opck_uniform(uint64_t *state, double lo, double hi);

@@ -31,7 +31,7 @@ static void k_create(void) {
   static const char *const cin[] = {"t"}, *const cout[] = {"count"};
   static const char *const cpar[] = {"rows", "ignore_index"};
   static const zmlx_dtype cpdt[] = {ZMLX_I64, ZMLX_I64};
-  k_status = zmlx_opck_kernel_from_zk("zmlx_cross_entropy", zmlx_res_cross_entropy_zk, in, 3, out,
+  k_status = zmlx_opck_vec_kernel_from_zk("zmlx_cross_entropy", zmlx_res_cross_entropy_zk, in, 3, out,
                                       2, par, pdt, 4, &k_ce);
   if (k_status == ZMLX_OK)
     k_status = zmlx_opck_kernel_from_zk("zmlx_ce_count", zmlx_res_ce_count_zk, cin, 1, cout, 1,

@@ -27,6 +27,9 @@ extern const char zmlx_res_norm_wsum_zk[];
 
 /* ---------------------------------------------------------------- kernels */
 
+/* The forward gets the 16-byte access helpers (kernels/vec_io.zk); the
+ * others do not need them (and their text would mark a barrier-free kernel
+ * as one with barriers, which constrains its grid). */
 static zmlx_status make_kernel(const char *name, const char *file, const char *const *in,
                                int n_in, const char *const *out, int n_out,
                                const char *const *params, const zmlx_dtype *pdt, int n_params,
@@ -34,7 +37,8 @@ static zmlx_status make_kernel(const char *name, const char *file, const char *c
   zmlx_kernel_desc d = {.name = name, .input_names = in, .n_inputs = n_in,
                         .output_names = out, .n_outputs = n_out, .source = file,
                         .param_names = params, .param_dtypes = pdt, .n_params = n_params};
-  return zmlx_ops_kernel_from_zk(&d, k);
+  return file == zmlx_res_norm_fwd_zk ? zmlx_ops_kernel_from_zk(&d, k)
+                                      : zmlx_kernel_create_from_zk(&d, k);
 }
 
 static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -27,6 +27,19 @@ zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const cha
                         .output_names = outputs, .n_outputs = n_outputs, .source = zk,
                         .ensure_row_contiguous = 1, .param_names = params,
                         .param_dtypes = param_dtypes, .n_params = n_params};
+  return zmlx_kernel_create_from_zk(&d, out);
+}
+
+zmlx_status zmlx_opck_vec_kernel_from_zk(const char *name, const char *zk,
+                                         const char *const *inputs, int n_inputs,
+                                         const char *const *outputs, int n_outputs,
+                                         const char *const *params,
+                                         const zmlx_dtype *param_dtypes, int n_params,
+                                         zmlx_kernel **out) {
+  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
+                        .output_names = outputs, .n_outputs = n_outputs, .source = zk,
+                        .ensure_row_contiguous = 1, .param_names = params,
+                        .param_dtypes = param_dtypes, .n_params = n_params};
   return zmlx_ops_kernel_from_zk(&d, out);
 }
 
@@ -64,7 +77,7 @@ static void k_create(void) {
   static const char *const bin[] = {"a", "b", "c"}, *const bout[] = {"dx"};
   static const char *const bpar[] = {"rows", "cols", "scale"};
   static const zmlx_dtype bdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_F32};
-  k_status = zmlx_opck_kernel_from_zk("zmlx_softmax_fwd", zmlx_res_softmax_zk, fin, 2, fout, 1,
+  k_status = zmlx_opck_vec_kernel_from_zk("zmlx_softmax_fwd", zmlx_res_softmax_zk, fin, 2, fout, 1,
                                       fpar, fdt, 6, &k_fwd);
   if (k_status == ZMLX_OK)
     k_status = zmlx_opck_kernel_from_zk("zmlx_softmax_bwd", zmlx_res_softmax_bwd_zk, bin, 3,

@@ -33,6 +33,10 @@ void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_threa
     if (info.simd_width > 0) simd = info.simd_width;
     if (info.max_threads_per_threadgroup < max_t) max_t = info.max_threads_per_threadgroup;
   }
+  /* At most 256 threads: a row held in registers costs NV * VEC of them
+   * per thread, and 1024 such threads do not fit an SM's register file
+   * (the launch fails); longer rows stream instead. */
+  if (max_t > 256) max_t = 256;
   int t = 1;
   while (t < simd && t * 2 <= max_t) t *= 2;
   while ((int64_t)t * 4 < chunks && t * 2 <= max_t) t *= 2;
