@@ -693,13 +693,143 @@ ZMLX_API zmlx_status zmlx_cross_entropy(zmlx_array *logits, zmlx_array *targets,
                                         zmlx_array **grad_logits);
 
 /* ---------------------------------------------------- catalog: activations */
-/* (activation family: src/ops/activation.c) */
+/* Elementwise activations (src/ops/activation.c), one function each. x is
+ * f32, f16 or bf16 of any rank and layout (strided views and 0-d arrays
+ * included); *out is a new dense array of x's shape and dtype, computed in
+ * f32 by one expression-engine kernel (16-byte vector loads when x is
+ * dense). Differentiable in x to any order (VJP and JVP are the engine's
+ * symbolic derivatives; docs/EXPRESSIONS.md). Domain errors are values, as
+ * in C: log(-1) = NaN, log(0) = -inf, exp(100) = inf in f32. relu is C's
+ * fmax(x, 0), so relu(NaN) = 0; every other activation propagates NaN.
+ * At the kinks: relu'(0) = 0, elu'(0) = alpha. Errors: ZMLX_ERR_NULL_ARG,
+ * ZMLX_ERR_DTYPE (any other dtype), ZMLX_ERR_INVALID_ARG (elu: alpha not
+ * finite), each with a message naming the op. */
+ZMLX_API zmlx_status zmlx_exp(zmlx_array *x, zmlx_array **out);
+/** Natural logarithm. */
+ZMLX_API zmlx_status zmlx_log(zmlx_array *x, zmlx_array **out);
+ZMLX_API zmlx_status zmlx_tanh(zmlx_array *x, zmlx_array **out);
+/** 1 / (1 + exp(-x)). */
+ZMLX_API zmlx_status zmlx_sigmoid(zmlx_array *x, zmlx_array **out);
+/** max(x, 0). */
+ZMLX_API zmlx_status zmlx_relu(zmlx_array *x, zmlx_array **out);
+/** x * sigmoid(x) (swish). */
+ZMLX_API zmlx_status zmlx_silu(zmlx_array *x, zmlx_array **out);
+/** 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GELU, tanh approximation). */
+ZMLX_API zmlx_status zmlx_gelu_tanh(zmlx_array *x, zmlx_array **out);
+/** 0.5 x (1 + erf(x / sqrt(2))) (exact GELU). */
+ZMLX_API zmlx_status zmlx_gelu(zmlx_array *x, zmlx_array **out);
+/** log(1 + exp(x)), as max(x, 0) + log1p(exp(-|x|)): no overflow. */
+ZMLX_API zmlx_status zmlx_softplus(zmlx_array *x, zmlx_array **out);
+/** x * tanh(softplus(x)). */
+ZMLX_API zmlx_status zmlx_mish(zmlx_array *x, zmlx_array **out);
+/** x > 0 ? x : alpha * expm1(x) (alpha = 1: the usual ELU; alpha is a
+ *  kernel parameter, so changing it compiles nothing). */
+ZMLX_API zmlx_status zmlx_elu(zmlx_array *x, double alpha, zmlx_array **out);
 
 /* ----------------------------------------------------- catalog: reductions */
-/* (reduction family: src/ops/reduce.c) */
+/* Reductions over the last dimension of x (src/ops/reduce.c): any rank >=
+ * 1, f32 / f16 / bf16 (strided views are made dense first), one threadgroup
+ * per row with f32 accumulation; values come back in x's dtype, indices as
+ * i32. Order for max / min / argmax / top-k: ties go to the lower index and
+ * NaN ranks above every number (max, min and argmax propagate / point at
+ * the first NaN). Errors: ZMLX_ERR_NULL_ARG, ZMLX_ERR_DTYPE, ZMLX_ERR_SHAPE
+ * (rank 0, last dim 0, last dim >= 2^31 for index results),
+ * ZMLX_ERR_INVALID_ARG (kind, ddof, k), each with a message naming it. */
+
+typedef enum zmlx_reduce_kind {
+  ZMLX_REDUCE_SUM = 0,
+  ZMLX_REDUCE_MEAN,
+  ZMLX_REDUCE_MAX,
+  ZMLX_REDUCE_MIN,
+  ZMLX_REDUCE_VAR, /* sum((x - mean)^2) / (n - ddof), NaN when n <= ddof */
+  ZMLX_REDUCE_STD  /* sqrt of VAR */
+} zmlx_reduce_kind;
+
+/** `kind` of x over its last axis: x's shape without the last axis, or with
+ *  it as 1 when keepdims. ddof (>= 0) is used by VAR and STD only. var /
+ *  std are computed with per-thread Welford and an exact parallel merge
+ *  (no E[x^2] - E[x]^2). Differentiable (VJP and JVP): max / min send the
+ *  gradient to the first index of the extremum; std's gradient is 0 where
+ *  std is 0. */
+ZMLX_API zmlx_status zmlx_reduce_last(zmlx_array *x, zmlx_reduce_kind kind, int ddof,
+                                      int keepdims, zmlx_array **out);
+/** Index (i32) of the first maximum / minimum over the last axis. No
+ *  gradient. */
+ZMLX_API zmlx_status zmlx_argmax_last(zmlx_array *x, int keepdims, zmlx_array **indices);
+ZMLX_API zmlx_status zmlx_argmin_last(zmlx_array *x, int keepdims, zmlx_array **indices);
+/** The k largest elements over the last axis (1 <= k <= 64 and k <= last
+ *  dim), sorted descending, ties by the lower index: values [..., k] in x's
+ *  dtype and indices [..., k] i32 (either out-param may be NULL, not both).
+ *  Differentiable in values (the cotangent is scattered to the indices). */
+ZMLX_API zmlx_status zmlx_topk(zmlx_array *x, int k, zmlx_array **values, zmlx_array **indices);
 
 /* --------------------------------------------------- catalog: quantization */
-/* (quantization family: src/ops/quant.c) */
+/* Weight quantization (src/ops/quant.c). Two formats, both over the last
+ * axis of a [..., cols] array ("rows" = every leading index):
+ *
+ *   int8, per row, symmetric: q i8 [..., cols], scales [...] (q's shape
+ *     without its last axis); w = scales[row] * q.
+ *   int4, per group, affine (MLX's / GPTQ-style layout): packed u8
+ *     [..., cols / 2] holding two unsigned 4-bit values per byte — element
+ *     2j in the LOW nibble of byte j, 2j + 1 in the high nibble (so MLX's
+ *     uint32 words, read as bytes, are the same layout); groups of
+ *     group_size (32, 64 or 128; cols % group_size == 0) consecutive
+ *     elements of a row share scales and biases [..., cols / group_size]:
+ *     w = scales[g] * q + biases[g], q in [0, 15].
+ *
+ * Scales and biases are f32, f16 or bf16; outputs are f32, f16 or bf16
+ * (out_dtype), computed in f32 and rounded to nearest even. Dequantize
+ * optionally fuses an activation (act = ZMLX_QUANT_SILU: out = silu(w)) in
+ * the same memory-bound pass (one wide load of packed integers per thread,
+ * 8/16-byte stores). Inputs may be strided views (made dense first).
+ *
+ * Gradients: dequantize is differentiable with respect to scales and
+ * biases (VJP: row / group sums of g * q (and of g), times silu'(w) with
+ * ACT SILU; JVP too), first order only; q is an integer array and gets no
+ * gradient (integer inputs are constants to autograd). Quantize is not
+ * recorded: its outputs are constants to autograd.
+ *
+ * Errors: ZMLX_ERR_NULL_ARG, ZMLX_ERR_DTYPE (q not i8 / packed not u8,
+ * non-float x, scales, biases or out_dtype), ZMLX_ERR_SHAPE (rank 0, scale
+ * or bias shapes that do not match, cols not a multiple of group_size, an
+ * empty last axis for quantize), ZMLX_ERR_INVALID_ARG (group_size, act,
+ * arrays on different devices); messages name the problem and the shapes. */
+
+typedef enum zmlx_quant_act {
+  ZMLX_QUANT_NONE = 0, /* out = w */
+  ZMLX_QUANT_SILU = 1  /* out = silu(w) = w * sigmoid(w) */
+} zmlx_quant_act;
+
+/** int8 symmetric per-row quantization of x [..., cols] (f32/f16/bf16,
+ *  cols > 0): scale = max|x_row| / 127, rounded to scale_dtype (f32, f16 or
+ *  bf16) and used as stored; q = clamp(round(x / scale), -127, 127), round
+ *  to nearest with ties away from zero (a zero row: scale 0, q 0). So
+ *  |x - scale * q| <= scale / 2 per element. *q: i8 [..., cols];
+ *  *scales: [...] of scale_dtype. */
+ZMLX_API zmlx_status zmlx_quantize_int8_rows(zmlx_array *x, zmlx_dtype scale_dtype,
+                                             zmlx_array **q, zmlx_array **scales);
+/** out = act(scales[row] * q) for q i8 [..., cols], scales [...]; *out is
+ *  [..., cols] of out_dtype. */
+ZMLX_API zmlx_status zmlx_dequantize_int8_rows(zmlx_array *q, zmlx_array *scales,
+                                               zmlx_dtype out_dtype, zmlx_quant_act act,
+                                               zmlx_array **out);
+/** int4 affine group quantization of x [..., cols] (cols % group_size ==
+ *  0): per group, bias = min rounded to scale_dtype, scale = max(max -
+ *  bias, 0) / 15 rounded to scale_dtype, q = clamp(round((x - bias) /
+ *  scale), 0, 15) (ties away from zero; 0 where scale is 0), so |x - (scale
+ *  * q + bias)| <= scale / 2 up to the rounding of bias to scale_dtype.
+ *  *packed: u8 [..., cols / 2]; *scales, *biases: [..., cols / group_size]
+ *  of scale_dtype. */
+ZMLX_API zmlx_status zmlx_quantize_int4(zmlx_array *x, int group_size, zmlx_dtype scale_dtype,
+                                        zmlx_array **packed, zmlx_array **scales,
+                                        zmlx_array **biases);
+/** out = act(scales[g] * q + biases[g]) for packed u8 [..., cols / 2] and
+ *  scales, biases [..., cols / group_size] (each f32, f16 or bf16); *out
+ *  is [..., cols] of out_dtype. */
+ZMLX_API zmlx_status zmlx_dequantize_int4(zmlx_array *packed, zmlx_array *scales,
+                                          zmlx_array *biases, int group_size,
+                                          zmlx_dtype out_dtype, zmlx_quant_act act,
+                                          zmlx_array **out);
 
 /* ------------------------------------------------------------------ cache */
 
