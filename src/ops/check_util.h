@@ -30,6 +30,11 @@ void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_threa
 /* With nv > 0: `call` (set up by zmlx_opck_row_geometry) keeps its group
  * count but runs tg threads per group. */
 void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv);
+/* The streaming form's TILE template (16-byte loads in flight per thread)
+ * and its threads per row (fewer than zmlx_opck_row_geometry's only when
+ * ZMLX_ROW_THREADS asks). */
+int zmlx_ops_stream_tile(void);
+void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call);
 
 /* ------------------------------------------------- defined in softmax.c */
 

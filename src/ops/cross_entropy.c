@@ -149,17 +149,19 @@ static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entr
   if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
   const int native = zmlx_pattern_group_mode(zmlx_device_backend(x->buffer->device)) ==
                      ZMLX_ROW_PER_GROUP;
-  zmlx_template_arg tmpl[6] = {{"WG", ZMLX_TEMPLATE_BOOL, ZMLX_F32, grad ? 1 : 0},
+  zmlx_template_arg tmpl[7] = {{"WG", ZMLX_TEMPLATE_BOOL, ZMLX_F32, grad ? 1 : 0},
                                {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
                                {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt},
                                {"MEAN", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mean},
                                {"NV", ZMLX_TEMPLATE_INT, ZMLX_F32, nv},
-                               {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native}};
+                               {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native},
+                               {"TILE", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_stream_tile()}};
   zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 2, .inputs = in, .outputs = outs,
-                           .templates = tmpl, .n_templates = 6, .params = params,
+                           .templates = tmpl, .n_templates = 7, .params = params,
                            .device = x->buffer->device};
   zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
-  zmlx_ops_use_chunk_geometry(&call, tg, nv);
+  if (nv) zmlx_ops_use_chunk_geometry(&call, tg, nv);
+  else if (vec) zmlx_ops_use_stream_geometry(&call);
   st = zmlx_kernel_launch(k_ce, &call);
   zmlx_array_release(dummy);
   zmlx_array_release(count);

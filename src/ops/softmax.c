@@ -183,18 +183,20 @@ static zmlx_status sm_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *
   if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
   const int native = zmlx_pattern_group_mode(zmlx_device_backend(x->buffer->device)) ==
                      ZMLX_ROW_PER_GROUP;
-  zmlx_template_arg t[7] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, a->mode},
+  zmlx_template_arg t[8] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, a->mode},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, mask_kind},
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, a->causal ? 1 : 0},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
                             {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt},
                             {"NV", ZMLX_TEMPLATE_INT, ZMLX_F32, nv},
-                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native}};
+                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native},
+                            {"TILE", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_stream_tile()}};
   zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = outs,
-                           .templates = t, .n_templates = 7, .params = params,
+                           .templates = t, .n_templates = 8, .params = params,
                            .device = x->buffer->device};
   zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
-  zmlx_ops_use_chunk_geometry(&call, tg, nv);
+  if (nv) zmlx_ops_use_chunk_geometry(&call, tg, nv);
+  else if (vec) zmlx_ops_use_stream_geometry(&call);
   return zmlx_kernel_launch(k_fwd, &call);
 }
 

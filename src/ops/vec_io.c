@@ -1,6 +1,7 @@
 /* Kernels of the catalog built from .zk files with the shared 16-byte
  * access helpers (kernels/vec_io.zk) in front of their own helper section,
  * so the row kernels do not each carry a copy of them. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,4 +50,24 @@ void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv) {
   if (!nv) return;
   call->grid[0] = call->grid[0] / call->threadgroup[0] * tg; /* same group count */
   call->threadgroup[0] = tg;
+}
+
+/* Streaming geometry of the row kernels: TILE chunks in flight per thread
+ * and the threads per row. ZMLX_ROW_TILE / ZMLX_ROW_THREADS override them
+ * (tuning knobs for benchmarks; bench/NOTES.md has the measurements that
+ * chose the defaults). */
+static int env_int(const char *name, int fallback, int lo, int hi) {
+  const char *v = getenv(name);
+  if (!v || !*v) return fallback;
+  int x = atoi(v);
+  return x >= lo && x <= hi ? x : fallback;
+}
+
+int zmlx_ops_stream_tile(void) { return env_int("ZMLX_ROW_TILE", 1, 1, 8); }
+
+void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call) {
+  int want = env_int("ZMLX_ROW_THREADS", 0, 32, 1024);
+  if (!want || want > (int)call->threadgroup[0] || (want & (want - 1))) return;
+  call->grid[0] = call->grid[0] / call->threadgroup[0] * want;
+  call->threadgroup[0] = want;
 }
