@@ -14,11 +14,8 @@ ZMLX_FAMILY(zmlx_catalog_rope_ops)
 ZMLX_FAMILY(zmlx_catalog_glu_ops)
 ZMLX_FAMILY(zmlx_catalog_activation_ops)
 ZMLX_FAMILY(zmlx_catalog_quant_ops)
+ZMLX_FAMILY(zmlx_catalog_reduce_ops)
 #undef ZMLX_FAMILY
-/* Families still being written are referenced weakly until they land. */
-#define ZMLX_NEW_FAMILY(sym) extern const zmlx_catalog_op sym[] __attribute__((weak));
-ZMLX_NEW_FAMILY(zmlx_catalog_reduce_ops)
-#undef ZMLX_NEW_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
 ZMLX_BENCHES(zmlx_catalog_softmax_bench)
 ZMLX_BENCHES(zmlx_catalog_cross_entropy_bench)

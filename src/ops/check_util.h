@@ -31,10 +31,13 @@ void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_threa
  * count but runs tg threads per group. */
 void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv);
 /* The streaming form's TILE template (16-byte loads in flight per thread)
- * and its threads per row (fewer than zmlx_opck_row_geometry's only when
- * ZMLX_ROW_THREADS asks). */
+ * and its threads per row: zmlx_opck_row_geometry's for a kernel with a
+ * write pass over the row, at most 256 for one that only reads it.
+ * ZMLX_ROW_TILE, ZMLX_ROW_THREADS and ZMLX_ROW_CHUNKS (the register form's
+ * chunks per thread) override the defaults, for tuning sweeps
+ * (bench/sweep_rows.sh). */
 int zmlx_ops_stream_tile(void);
-void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call);
+void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass);
 
 /* ------------------------------------------------- defined in softmax.c */
 

@@ -161,7 +161,7 @@ static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entr
                            .device = x->buffer->device};
   zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
   if (nv) zmlx_ops_use_chunk_geometry(&call, tg, nv);
-  else if (vec) zmlx_ops_use_stream_geometry(&call);
+  else if (vec) zmlx_ops_use_stream_geometry(&call, grad != NULL);
   st = zmlx_kernel_launch(k_ce, &call);
   zmlx_array_release(dummy);
   zmlx_array_release(count);

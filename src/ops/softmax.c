@@ -196,7 +196,7 @@ static zmlx_status sm_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *
                            .device = x->buffer->device};
   zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
   if (nv) zmlx_ops_use_chunk_geometry(&call, tg, nv);
-  else if (vec) zmlx_ops_use_stream_geometry(&call);
+  else if (vec) zmlx_ops_use_stream_geometry(&call, a->mode != SM_LOGSUMEXP);
   return zmlx_kernel_launch(k_fwd, &call);
 }
 

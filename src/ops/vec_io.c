@@ -26,6 +26,17 @@ zmlx_status zmlx_ops_kernel_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **
   return st;
 }
 
+/* Streaming geometry of the row kernels: TILE chunks in flight per thread
+ * and the threads per row. ZMLX_ROW_TILE / ZMLX_ROW_THREADS override them
+ * (tuning knobs for benchmarks; bench/NOTES.md has the measurements that
+ * chose the defaults). */
+static int env_int(const char *name, int fallback, int lo, int hi) {
+  const char *v = getenv(name);
+  if (!v || !*v) return fallback;
+  int x = atoi(v);
+  return x >= lo && x <= hi ? x : fallback;
+}
+
 void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_thread, int *tg,
                              int *nv) {
   zmlx_device_info info;
@@ -40,7 +51,8 @@ void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_threa
   if (max_t > 256) max_t = 256;
   int t = 1;
   while (t < simd && t * 2 <= max_t) t *= 2;
-  while ((int64_t)t * 4 < chunks && t * 2 <= max_t) t *= 2;
+  const int per_thread = env_int("ZMLX_ROW_CHUNKS", 4, 1, 8);
+  while ((int64_t)t * per_thread < chunks && t * 2 <= max_t) t *= 2;
   int64_t per = (chunks + t - 1) / t;
   *tg = t;
   *nv = per <= max_per_thread ? (int)per : 0;
@@ -52,21 +64,14 @@ void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv) {
   call->threadgroup[0] = tg;
 }
 
-/* Streaming geometry of the row kernels: TILE chunks in flight per thread
- * and the threads per row. ZMLX_ROW_TILE / ZMLX_ROW_THREADS override them
- * (tuning knobs for benchmarks; bench/NOTES.md has the measurements that
- * chose the defaults). */
-static int env_int(const char *name, int fallback, int lo, int hi) {
-  const char *v = getenv(name);
-  if (!v || !*v) return fallback;
-  int x = atoi(v);
-  return x >= lo && x <= hi ? x : fallback;
-}
-
 int zmlx_ops_stream_tile(void) { return env_int("ZMLX_ROW_TILE", 1, 1, 8); }
 
-void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call) {
-  int want = env_int("ZMLX_ROW_THREADS", 0, 32, 1024);
+void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
+  /* Measured on the H100 (bench/NOTES.md): a kernel that only reads its
+   * rows is fastest at 256 threads per row (more rows in flight per SM);
+   * one that re-reads them to write a row as long is fastest with the
+   * row geometry's 1024. */
+  int want = env_int("ZMLX_ROW_THREADS", write_pass ? 0 : 256, 32, 1024);
   if (!want || want > (int)call->threadgroup[0] || (want & (want - 1))) return;
   call->grid[0] = call->grid[0] / call->threadgroup[0] * want;
   call->threadgroup[0] = want;
