@@ -492,6 +492,14 @@ static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream
                           ls.args, ls.n);
 }
 
+static zmlx_launch_observer launch_observer;
+static void *launch_observer_ctx;
+
+void zmlx_kernel_set_launch_observer(zmlx_launch_observer fn, void *ctx) {
+  launch_observer = fn;
+  launch_observer_ctx = ctx;
+}
+
 zmlx_status zmlx_kernel_launch(zmlx_kernel *k, zmlx_kernel_call *c) {
   ZMLX_REQUIRE_ARG(k);
   ZMLX_REQUIRE_ARG(c);
@@ -509,6 +517,7 @@ zmlx_status zmlx_kernel_launch(zmlx_kernel *k, zmlx_kernel_call *c) {
   st = prepare_inputs(k, c, copies);
   for (int i = 0; i < k->n_inputs; i++) arrays[i] = copies[i] ? copies[i] : c->inputs[i];
   for (int i = 0; i < k->n_outputs; i++) arrays[k->n_inputs + i] = c->outputs[i];
+  if (st == ZMLX_OK && launch_observer) launch_observer(launch_observer_ctx, k, c);
   if (st == ZMLX_OK) st = launch_prepared(k, dev, s, c, arrays);
   for (int i = 0; i < k->n_inputs; i++) zmlx_array_release(copies[i]);
   if (st != ZMLX_OK) release_outputs_on_error(k, c, owned);

@@ -62,4 +62,12 @@ zmlx_status zmlx_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel
 /* Whether identifier `ident` occurs as a whole token in `text`. */
 int zmlx_mentions_identifier(const char *text, const char *ident);
 
+/* A test hook: `fn` sees every launch's kernel and call (inputs and outputs
+ * resolved) before the backend compiles or runs it, so a test can rebuild
+ * the source of each variant the catalog uses for another backend (CI
+ * compiles them for CUDA with NVRTC on machines without a GPU). NULL
+ * removes it. Process-wide; set it while no launch runs. */
+typedef void (*zmlx_launch_observer)(void *ctx, zmlx_kernel *k, const zmlx_kernel_call *c);
+void zmlx_kernel_set_launch_observer(zmlx_launch_observer fn, void *ctx);
+
 #endif /* ZMLX_KERNEL_KERNEL_H */
