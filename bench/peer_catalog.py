@@ -96,6 +96,27 @@ def cases():
         tgt = torch.randint(0, vocab, (8192,), device="cuda")
         yield ("cross_entropy", f"8192x{vocab}",
                (lambda logits=logits, tgt=tgt: F.cross_entropy(logits, tgt)), logits.nbytes)
+    x = torch.randn(16384, 4096, **bf)
+    red = {"sum": lambda: x.sum(-1), "mean": lambda: x.mean(-1),
+           "max": lambda: x.amax(-1), "min": lambda: x.amin(-1),
+           "var": lambda: x.var(-1), "std": lambda: x.std(-1),
+           "argmax": lambda: x.argmax(-1)}
+    for name, fn in red.items():
+        yield name, "16384x4096", fn, x.nbytes + 2 * x.shape[0]
+    for vocab in (32000, 128256):
+        lg = torch.randn(8192, vocab, **bf)
+        if vocab == 128256:
+            yield "argmax", "8192x128256", (lambda lg=lg: lg.argmax(-1)), lg.nbytes + 4 * 8192
+        yield ("topk", f"8192x{vocab}", (lambda lg=lg: torch.topk(lg, 8, -1)),
+               lg.nbytes + 8192 * 8 * 6)
+        del lg
+    del x
+    a = torch.randn(16384, 14336, **bf)
+    acts = {"silu": F.silu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+            "gelu": F.gelu, "exp": torch.exp}
+    for name, f in acts.items():
+        yield name, "16384x14336", (lambda f=f: f(a)), 2 * a.nbytes
+    del a
     logits = torch.randn(8192, 32000, **bf, requires_grad=True)
     tgt = torch.randint(0, 32000, (8192,), device="cuda")
     yield ("cross_entropy_fused", "8192x32000", FwdBwd(F.cross_entropy, logits, tgt),
