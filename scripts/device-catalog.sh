@@ -18,7 +18,7 @@ touch "$summary"
 stages=${*:-bench check sanitize}
 
 stage_bench() {
-  PYTHONUNBUFFERED=1 timeout 300 python3 bench/peer_catalog.py --json "$OUT/peer_catalog.jsonl" \
+  PYTHONUNBUFFERED=1 timeout 360 python3 bench/peer_catalog.py --json "$OUT/peer_catalog.jsonl" \
     > "$OUT/peer_catalog.txt" 2>&1
   "$B/zmlx" bench --backend cuda --json "$OUT/bench_catalog.json" \
     --peer "$OUT/peer_catalog.jsonl" 2>&1 | tee -a "$summary"
