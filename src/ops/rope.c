@@ -15,44 +15,9 @@
 #include "ops/catalog.h"
 #include "ops/check_util.h"
 
-/* Check helpers shared with glu.c (declared again there; not public). */
-zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
-                                   int n_inputs, const char *const *params,
-                                   const zmlx_dtype *param_dtypes, int n_params,
-                                   zmlx_kernel **out);
-void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n);
-double zmlx_rg_uniform(uint64_t *s);
-double zmlx_rg_round(zmlx_dtype dt, double v);
-zmlx_status zmlx_rg_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           const double *v, zmlx_array **out);
-zmlx_status zmlx_rg_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           double lo, double hi, uint64_t *rng, double *v, zmlx_array **out);
-zmlx_status zmlx_rg_download(zmlx_array *a, double **v);
-double zmlx_rg_err(const double *got, const double *want, int64_t n);
-void zmlx_rg_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                  const char *shape, double err, double tol, int pass);
-void zmlx_rg_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                       const char *shape, zmlx_status st);
-void zmlx_rg_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
-                    zmlx_array *to_release, zmlx_status want, const char *needle);
-double zmlx_rg_tol(zmlx_dtype dt);
-void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape);
-
 extern const char zmlx_res_rope_zk[];
 
 /* ------------------------------------------------------------ kernels */
-
-zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
-                                   int n_inputs, const char *const *params,
-                                   const zmlx_dtype *param_dtypes, int n_params,
-                                   zmlx_kernel **out) {
-  static const char *const outs[] = {"out"};
-  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
-                        .output_names = outs, .n_outputs = 1, .source = file,
-                        .ensure_row_contiguous = 1, .param_names = params,
-                        .param_dtypes = param_dtypes, .n_params = n_params};
-  return zmlx_kernel_create_from_zk(&d, out);
-}
 
 static zmlx_kernel *rope_kernel;
 static zmlx_status rope_kernel_st;
@@ -76,17 +41,6 @@ static zmlx_status get_rope_kernel(zmlx_kernel **k) {
   if (rope_kernel_st != ZMLX_OK) return zmlx_fail(rope_kernel_st, "rope: %s", rope_kernel_err);
   *k = rope_kernel;
   return ZMLX_OK;
-}
-
-/* Launch over a dense 1-D count of work items, 2-D past 2^30. */
-void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n) {
-  const int64_t row = (int64_t)1 << 30;
-  c->grid[0] = n < row ? (n > 0 ? n : 1) : row;
-  c->grid[1] = (n + row - 1) / row;
-  if (c->grid[1] < 1) c->grid[1] = 1;
-  c->grid[2] = 1;
-  c->threadgroup[0] = 256;
-  c->threadgroup[1] = c->threadgroup[2] = 1;
 }
 
 /* ------------------------------------------------------------ the op */
@@ -312,134 +266,6 @@ zmlx_status zmlx_rope_qk(zmlx_array *q, zmlx_array *k, const zmlx_rope_opts *opt
 }
 
 /* ================================================== check helpers (shared) */
-
-double zmlx_rg_uniform(uint64_t *s) {
-  uint64_t x = *s;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
-}
-
-double zmlx_rg_round(zmlx_dtype dt, double v) {
-  if (dt == ZMLX_F16) return zmlx_f16_to_f32(zmlx_f32_to_f16((float)v));
-  if (dt == ZMLX_BF16) return zmlx_bf16_to_f32(zmlx_f32_to_bf16((float)v));
-  return (float)v;
-}
-
-/* Random values in [lo, hi) rounded to dt (written into v) and uploaded. */
-zmlx_status zmlx_rg_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           double lo, double hi, uint64_t *rng, double *v, zmlx_array **out) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; i++) n *= shape[i];
-  for (int64_t i = 0; i < n; i++) v[i] = zmlx_rg_round(dt, lo + (hi - lo) * zmlx_rg_uniform(rng));
-  return zmlx_rg_upload(dev, dt, ndim, shape, v, out);
-}
-
-zmlx_status zmlx_rg_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           const double *v, zmlx_array **out) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; i++) n *= shape[i];
-  size_t es = zmlx_dtype_size(dt);
-  void *buf = malloc((size_t)(n > 0 ? n : 1) * es);
-  if (!buf) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  for (int64_t i = 0; i < n; i++) {
-    if (dt == ZMLX_F32) ((float *)buf)[i] = (float)v[i];
-    else if (dt == ZMLX_F16) ((uint16_t *)buf)[i] = zmlx_f32_to_f16((float)v[i]);
-    else if (dt == ZMLX_BF16) ((uint16_t *)buf)[i] = zmlx_f32_to_bf16((float)v[i]);
-    else if (dt == ZMLX_I32) ((int32_t *)buf)[i] = (int32_t)v[i];
-  }
-  zmlx_status st = zmlx_array_from_host(dev, dt, ndim, shape, buf, out);
-  free(buf);
-  return st;
-}
-
-/* a -> f64 host values (n = its size); caller frees *v. */
-zmlx_status zmlx_rg_download(zmlx_array *a, double **v) {
-  int64_t n = a->size;
-  size_t es = zmlx_dtype_size(a->dtype);
-  void *buf = malloc((size_t)(n > 0 ? n : 1) * es);
-  double *d = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-  if (!buf || !d) {
-    free(buf);
-    free(d);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  }
-  zmlx_status st = zmlx_array_to_host(a, buf, (size_t)n * es);
-  for (int64_t i = 0; st == ZMLX_OK && i < n; i++) {
-    if (a->dtype == ZMLX_F32) d[i] = ((float *)buf)[i];
-    else if (a->dtype == ZMLX_F16) d[i] = zmlx_f16_to_f32(((uint16_t *)buf)[i]);
-    else if (a->dtype == ZMLX_BF16) d[i] = zmlx_bf16_to_f32(((uint16_t *)buf)[i]);
-    else d[i] = NAN;
-  }
-  free(buf);
-  if (st != ZMLX_OK) {
-    free(d);
-    return st;
-  }
-  *v = d;
-  return ZMLX_OK;
-}
-
-/* max |got - want| / (1 + |want|); NaN in got gives +inf. */
-double zmlx_rg_err(const double *got, const double *want, int64_t n) {
-  double m = 0;
-  for (int64_t i = 0; i < n; i++) {
-    double e = fabs(got[i] - want[i]) / (1 + fabs(want[i]));
-    if (isnan(e)) return INFINITY;
-    if (e > m) m = e;
-  }
-  return m;
-}
-
-void zmlx_rg_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                  const char *shape, double err, double tol, int pass) {
-  zmlx_check_row r;
-  memset(&r, 0, sizeof r);
-  r.op = op;
-  r.what = what;
-  r.backend = zmlx_device_backend(o->device);
-  r.dtype = dt;
-  snprintf(r.shape, sizeof r.shape, "%.95s", shape); /* rows keep 95 chars of a case name */
-  r.max_err = err;
-  r.tol = tol;
-  r.pass = pass;
-  if (o->emit) o->emit(o->ctx, &r);
-}
-
-/* A failed case (the op or the check's plumbing returned an error). */
-void zmlx_rg_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                       const char *shape, zmlx_status st) {
-  char s[256];
-  snprintf(s, sizeof s, "%.60s: %s %.60s", shape, zmlx_status_string(st), zmlx_last_error());
-  zmlx_rg_emit(o, op, what, dt, s, INFINITY, 0, 0);
-}
-
-/* Bad-input case: pass when the call returned `want` and the message names `needle`. */
-void zmlx_rg_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
-                    zmlx_array *to_release, zmlx_status want, const char *needle) {
-  int pass = got == want && strstr(zmlx_last_error(), needle) != NULL;
-  zmlx_array_release(to_release);
-  char s[96];
-  snprintf(s, sizeof s, "-> %s", zmlx_status_string(got));
-  zmlx_rg_emit(o, op, what, o->dtype, s, pass ? 0 : 1, 0, pass);
-  zmlx_clear_error();
-}
-
-double zmlx_rg_tol(zmlx_dtype dt) {
-  return dt == ZMLX_F32 ? 1e-4 : dt == ZMLX_F16 ? 3e-3 : 2e-2;
-}
-
-/* Poison `n` elements of device memory so the next allocation of that size
- * probably starts as NaN (for ops whose output the op allocates). */
-void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape) {
-  zmlx_array *p = NULL;
-  if (zmlx_array_full(dev, dt, ndim, shape, NAN, &p) == ZMLX_OK) {
-    zmlx_device_synchronize(dev);
-    zmlx_array_release(p);
-  }
-}
 
 /* =============================================================== check */
 

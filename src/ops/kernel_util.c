@@ -1,0 +1,147 @@
+/* Kernel helpers the catalog families share (declared in check_util.h):
+ * kernels from .zk files (with or without the 16-byte access helpers of
+ * kernels/vec_io.zk in front), and the geometry of row and elementwise
+ * launches. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gen/patterns.h"
+#include "kernel/kernel.h"
+#include "ops/check_util.h"
+
+extern const char zmlx_res_vec_io_zk[];
+
+zmlx_status zmlx_ops_kernel_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
+  ZMLX_REQUIRE_ARG(desc);
+  ZMLX_REQUIRE_ARG(desc->source);
+  size_t a = strlen(zmlx_res_vec_io_zk), b = strlen(desc->source);
+  char *src = malloc(a + b + 2);
+  if (!src) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  memcpy(src, zmlx_res_vec_io_zk, a);
+  src[a] = '\n';
+  memcpy(src + a + 1, desc->source, b + 1);
+  zmlx_kernel_desc d = *desc;
+  d.source = src;
+  zmlx_status st = zmlx_kernel_create_from_zk(&d, out);
+  free(src);
+  return st;
+}
+
+/* Streaming geometry of the row kernels: TILE chunks in flight per thread
+ * and the threads per row. ZMLX_ROW_TILE / ZMLX_ROW_THREADS override them
+ * (tuning knobs for benchmarks; bench/NOTES.md has the measurements that
+ * chose the defaults). */
+static int env_int(const char *name, int fallback, int lo, int hi) {
+  const char *v = getenv(name);
+  if (!v || !*v) return fallback;
+  int x = atoi(v);
+  return x >= lo && x <= hi ? x : fallback;
+}
+
+void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_thread, int *tg,
+                             int *nv) {
+  zmlx_device_info info;
+  int simd = 32, max_t = 1024;
+  if (zmlx_device_get_info(dev, &info) == ZMLX_OK) {
+    if (info.simd_width > 0) simd = info.simd_width;
+    if (info.max_threads_per_threadgroup < max_t) max_t = info.max_threads_per_threadgroup;
+  }
+  /* At most 256 threads: a row held in registers costs NV * VEC of them
+   * per thread, and 1024 such threads do not fit an SM's register file
+   * (the launch fails); longer rows stream instead. */
+  if (max_t > 256) max_t = 256;
+  int t = 1;
+  while (t < simd && t * 2 <= max_t) t *= 2;
+  const int per_thread = env_int("ZMLX_ROW_CHUNKS", 4, 1, 8);
+  while ((int64_t)t * per_thread < chunks && t * 2 <= max_t) t *= 2;
+  int64_t per = (chunks + t - 1) / t;
+  *tg = t;
+  *nv = per <= max_per_thread ? (int)per : 0;
+}
+
+void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv) {
+  if (!nv) return;
+  call->grid[0] = call->grid[0] / call->threadgroup[0] * tg; /* same group count */
+  call->threadgroup[0] = tg;
+}
+
+int zmlx_ops_stream_tile(void) { return env_int("ZMLX_ROW_TILE", 1, 1, 8); }
+
+void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
+  /* Measured on the H100 (bench/NOTES.md): a kernel that only reads its
+   * rows is fastest at 256 threads per row (more rows in flight per SM);
+   * one that re-reads them to write a row as long is fastest with the
+   * row geometry's 1024. */
+  int want = env_int("ZMLX_ROW_THREADS", write_pass ? 0 : 256, 32, 1024);
+  if (!want || want > (int)call->threadgroup[0] || (want & (want - 1))) return;
+  call->grid[0] = call->grid[0] / call->threadgroup[0] * want;
+  call->threadgroup[0] = want;
+}
+
+zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
+                                     int n_inputs, const char *const *outputs, int n_outputs,
+                                     const char *const *params, const zmlx_dtype *param_dtypes,
+                                     int n_params, zmlx_kernel **out) {
+  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
+                        .output_names = outputs, .n_outputs = n_outputs, .source = zk,
+                        .ensure_row_contiguous = 1, .param_names = params,
+                        .param_dtypes = param_dtypes, .n_params = n_params};
+  return zmlx_kernel_create_from_zk(&d, out);
+}
+
+zmlx_status zmlx_opck_vec_kernel_from_zk(const char *name, const char *zk,
+                                         const char *const *inputs, int n_inputs,
+                                         const char *const *outputs, int n_outputs,
+                                         const char *const *params,
+                                         const zmlx_dtype *param_dtypes, int n_params,
+                                         zmlx_kernel **out) {
+  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
+                        .output_names = outputs, .n_outputs = n_outputs, .source = zk,
+                        .ensure_row_contiguous = 1, .param_names = params,
+                        .param_dtypes = param_dtypes, .n_params = n_params};
+  return zmlx_ops_kernel_from_zk(&d, out);
+}
+
+/* One threadgroup per row (at most 65536 groups, each looping over rows). */
+void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call) {
+  zmlx_device_info info;
+  int max_threads = 256, simd = 32;
+  if (zmlx_device_get_info(dev, &info) == ZMLX_OK) {
+    max_threads = info.max_threads_per_threadgroup;
+    simd = info.simd_width > 0 ? info.simd_width : 32;
+  }
+  if (max_threads > 1024) max_threads = 1024;
+  int tg = zmlx_pattern_threads_per_row(cols, max_threads, simd);
+  if (tg > 1024) tg = 1024;
+  /* the kernels loop over rows with a stride of the group count */
+  int64_t groups = rows < 65536 ? rows : 65536;
+  if (groups < 1) groups = 1;
+  call->grid[0] = groups * tg;
+  call->grid[1] = call->grid[2] = 1;
+  call->threadgroup[0] = tg;
+  call->threadgroup[1] = call->threadgroup[2] = 1;
+}
+
+zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
+                                   int n_inputs, const char *const *params,
+                                   const zmlx_dtype *param_dtypes, int n_params,
+                                   zmlx_kernel **out) {
+  static const char *const outs[] = {"out"};
+  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
+                        .output_names = outs, .n_outputs = 1, .source = file,
+                        .ensure_row_contiguous = 1, .param_names = params,
+                        .param_dtypes = param_dtypes, .n_params = n_params};
+  return zmlx_kernel_create_from_zk(&d, out);
+}
+
+/* Launch over a dense 1-D count of work items, 2-D past 2^30. */
+void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n) {
+  const int64_t row = (int64_t)1 << 30;
+  c->grid[0] = n < row ? (n > 0 ? n : 1) : row;
+  c->grid[1] = (n + row - 1) / row;
+  if (c->grid[1] < 1) c->grid[1] = 1;
+  c->grid[2] = 1;
+  c->threadgroup[0] = 256;
+  c->threadgroup[1] = c->threadgroup[2] = 1;
+}
