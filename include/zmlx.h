@@ -650,7 +650,8 @@ ZMLX_API zmlx_status zmlx_add_layernorm(zmlx_array *x, zmlx_array *r, zmlx_array
 ZMLX_API zmlx_status zmlx_softmax(zmlx_array *x, zmlx_array **out);
 /** log_softmax(x) over the last axis (VJP and JVP). */
 ZMLX_API zmlx_status zmlx_log_softmax(zmlx_array *x, zmlx_array **out);
-/** log(sum(exp(x))) over the last axis: x's shape without its last axis. */
+/** log(sum(exp(x))) over the last axis: x's shape without its last axis
+ *  (VJP and JVP). */
 ZMLX_API zmlx_status zmlx_logsumexp(zmlx_array *x, zmlx_array **out);
 /** softmax(scale * x + mask) over the last axis. mask (NULL: none) is an
  *  additive f32/f16/bf16 mask (-inf drops an element; differentiable) or a
@@ -658,7 +659,8 @@ ZMLX_API zmlx_status zmlx_logsumexp(zmlx_array *x, zmlx_array **out);
  *  (e.g. [queries, keys] for x [batch, heads, queries, keys]; leading
  *  axes of size 1 broadcast). causal (x of rank >= 2, [..., Sq, Sk]) also
  *  drops key k > q + (Sk - Sq) for query q (bottom-right aligned: the
- *  lower triangle when Sq == Sk). A row with every element dropped is 0. */
+ *  lower triangle when Sq == Sk). A row with every element dropped is 0.
+ *  VJP and JVP in x and in an additive mask. */
 ZMLX_API zmlx_status zmlx_softmax_masked(zmlx_array *x, zmlx_array *mask, double scale,
                                          int causal, zmlx_array **out);
 

@@ -214,18 +214,61 @@ static zmlx_status sm_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const u
   return st;
 }
 
+/* JVP of logsumexp: d lse = sum(softmax(x) * t) over the last axis, with
+ * softmax(x) = exp(x - lse) from the backward kernel (MODE 2, g = 1). */
+static zmlx_status lse_jvp(const zmlx_ad_node *n, zmlx_array *t, zmlx_array **out) {
+  zmlx_array *x = n->in[0], *lse = n->out[0], *ones = NULL, *p = NULL, *pt = NULL, *s = NULL;
+  const int axis = -1;
+  zmlx_status st = zmlx_array_full(x->buffer->device, ZMLX_F32, lse->ndim, lse->shape, 1.0, &ones);
+  if (st == ZMLX_OK) st = sm_bwd(2, x, ones, lse, 1.0, ZMLX_F32, &p);
+  if (st == ZMLX_OK) st = zmlx_mul(p, t, &pt);
+  if (st == ZMLX_OK) st = zmlx_sum(pt, &axis, 1, 0, &s);
+  if (st == ZMLX_OK) st = zmlx_ad_cast(s, lse->dtype, out);
+  zmlx_array_release(ones);
+  zmlx_array_release(p);
+  zmlx_array_release(pt);
+  zmlx_array_release(s);
+  return st;
+}
+
+/* JVP of softmax(scale * x + mask): with dz = scale * tx + tmask (the mask's
+ * tangent broadcast to x's shape), dy = y (dz - sum(y dz)) — linear in dz,
+ * so each part runs the backward kernel (MODE 0) and the two are added. */
+static zmlx_status masked_jvp(const zmlx_ad_node *n, const sm_ctx *c, zmlx_array *const *tan,
+                              zmlx_array **out) {
+  zmlx_array *y = n->out[0], *tx = NULL, *tm = NULL, *dx = NULL, *dm = NULL;
+  zmlx_status st = ZMLX_OK;
+  if (tan[0]) {
+    st = zmlx_ad_cast(tan[0], y->dtype, &tx);
+    if (st == ZMLX_OK) st = sm_bwd(0, y, tx, NULL, c->scale, y->dtype, &dx);
+  }
+  if (st == ZMLX_OK && n->n_in > 1 && tan[1]) {
+    zmlx_array *b = NULL;
+    st = zmlx_broadcast_to(tan[1], y->ndim, y->shape, &b);
+    if (st == ZMLX_OK) st = zmlx_ad_cast(b, y->dtype, &tm);
+    zmlx_array_release(b);
+    if (st == ZMLX_OK) st = sm_bwd(0, y, tm, NULL, 1.0, y->dtype, &dm);
+  }
+  if (st == ZMLX_OK) {
+    if (dx && dm) st = zmlx_add(dx, dm, out);
+    else if (dx || dm) zmlx_array_retain(*out = dx ? dx : dm);
+  }
+  zmlx_array_release(tx);
+  zmlx_array_release(tm);
+  zmlx_array_release(dx);
+  zmlx_array_release(dm);
+  return st;
+}
+
 static zmlx_status sm_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out_tan) {
   const sm_ctx *c = n->ctx;
   zmlx_array *y = n->out[0];
-  if (c->mode == SM_LOGSUMEXP || n->n_in > 1)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s has no forward-mode (JVP) rule yet: "
-                     "differentiate it in reverse mode (zmlx_grad / zmlx_vjp)", MODE_NAMES[c->mode]);
+  if (c->mode == SM_LOGSUMEXP) return tan[0] ? lse_jvp(n, tan[0], &out_tan[0]) : ZMLX_OK;
+  if (c->mode == SM_SOFTMAX) return masked_jvp(n, c, tan, &out_tan[0]);
   if (!tan[0]) return ZMLX_OK;
   zmlx_array *t = NULL;
   ZMLX_CHECK(zmlx_ad_cast(tan[0], y->dtype, &t));
-  zmlx_status st = c->mode == SM_SOFTMAX
-                       ? sm_bwd(0, y, t, NULL, c->scale, y->dtype, &out_tan[0])
-                       : sm_bwd(3, y, t, NULL, 1.0, y->dtype, &out_tan[0]);
+  zmlx_status st = sm_bwd(3, y, t, NULL, 1.0, y->dtype, &out_tan[0]);
   zmlx_array_release(t);
   return st;
 }
