@@ -34,21 +34,6 @@ static zmlx_kernel *k_dq, *k_q8, *k_q4, *k_vjp4, *k_vjp8;
 static zmlx_status k_st;
 static char k_err[512];
 
-/* A kernel of this family from its .zk file (inputs, outputs, parameters).
- * Straight through the kernel layer: nothing is prepended to the source, so
- * the scan for barriers sees only these kernels' own text (the dequantize,
- * int4 and gradient kernels have none and keep the grid guard). */
-static zmlx_status quant_kernel(const char *name, const char *zk, const char *const *inputs,
-                                int n_inputs, const char *const *outputs, int n_outputs,
-                                const char *const *params, const zmlx_dtype *param_dtypes,
-                                int n_params, zmlx_kernel **out) {
-  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
-                        .output_names = outputs, .n_outputs = n_outputs, .source = zk,
-                        .ensure_row_contiguous = 1, .param_names = params,
-                        .param_dtypes = param_dtypes, .n_params = n_params};
-  return zmlx_kernel_create_from_zk(&d, out);
-}
-
 static void k_init(void) {
   static const char *const dq_in[] = {"q", "scales", "biases"};
   static const char *const dq_pn[] = {"n", "total", "cols", "gshift", "act"};
@@ -63,20 +48,20 @@ static void k_init(void) {
   static const char *const vjp_out[] = {"gs", "gb"};
   static const char *const vjp_pn[] = {"n", "cols", "nch", "G"};
   static const char *const dq_out[] = {"out"};
-  k_st = quant_kernel("zmlx_quant_dequant", zmlx_res_quant_dequant_zk, dq_in, 3, dq_out, 1, dq_pn,
-                      i64x3, 5, &k_dq);
+  k_st = zmlx_opck_kernel_from_zk("zmlx_quant_dequant", zmlx_res_quant_dequant_zk, dq_in, 3, dq_out,
+                                  1, dq_pn, i64x3, 5, &k_dq);
   if (k_st == ZMLX_OK)
-    k_st = quant_kernel("zmlx_quant_q8", zmlx_res_quant_q8_zk, x_in, 1, q8_out, 2, q8_pn, i64x3, 2,
-                        &k_q8);
+    k_st = zmlx_opck_kernel_from_zk("zmlx_quant_q8", zmlx_res_quant_q8_zk, x_in, 1, q8_out, 2,
+                                    q8_pn, i64x3, 2, &k_q8);
   if (k_st == ZMLX_OK)
-    k_st = quant_kernel("zmlx_quant_q4", zmlx_res_quant_q4_zk, x_in, 1, q4_out, 3, q4_pn, q4_pd, 2,
-                        &k_q4);
+    k_st = zmlx_opck_kernel_from_zk("zmlx_quant_q4", zmlx_res_quant_q4_zk, x_in, 1, q4_out, 3,
+                                    q4_pn, q4_pd, 2, &k_q4);
   if (k_st == ZMLX_OK)
-    k_st = quant_kernel("zmlx_quant_vjp4", zmlx_res_quant_vjp_zk, vjp_in, 2, vjp_out, 2, vjp_pn,
-                        i64x3, 4, &k_vjp4);
+    k_st = zmlx_opck_kernel_from_zk("zmlx_quant_vjp4", zmlx_res_quant_vjp_zk, vjp_in, 2, vjp_out, 2,
+                                    vjp_pn, i64x3, 4, &k_vjp4);
   if (k_st == ZMLX_OK)
-    k_st = quant_kernel("zmlx_quant_vjp8", zmlx_res_quant_vjp_zk, vjp_in, 2, vjp_out, 1, vjp_pn,
-                        i64x3, 4, &k_vjp8);
+    k_st = zmlx_opck_kernel_from_zk("zmlx_quant_vjp8", zmlx_res_quant_vjp_zk, vjp_in, 2, vjp_out, 1,
+                                    vjp_pn, i64x3, 4, &k_vjp8);
   if (k_st != ZMLX_OK) snprintf(k_err, sizeof k_err, "%s", zmlx_last_error());
 }
 
