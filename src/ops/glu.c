@@ -3,7 +3,14 @@
  * expression ops through zmlx_apply_expr (vector loads, engine-derived VJP
  * and JVP, any order), halves taken as strided views with zmlx_slice — and
  * dropout, a dialect kernel (kernels/dropout.zk) on the counter-based
- * Philox RNG whose VJP is the same kernel on the cotangent. */
+ * Philox RNG whose VJP is the same kernel on the cotangent.
+ *
+ * The split forms (swiglu_split, geglu_split, bias_swiglu) have a fast path
+ * outside autograd: the engine sees the halves as strided views and falls
+ * back to scalar index math (43% of the copy bandwidth on an H100), so a
+ * dialect kernel (kernels/glu_split.zk) reads x's rows in 16-byte chunks
+ * when they allow it (see split_fast_ok). While recording for autograd the
+ * engine path runs, which brings the VJP / JVP of every order with it. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -11,10 +18,13 @@
 #include <string.h>
 
 #include "autograd/ad.h"
+#include "gen/patterns.h"
+#include "kernel/kernel.h"
 #include "ops/catalog.h"
 #include "ops/check_util.h"
 
 extern const char zmlx_res_dropout_zk[];
+extern const char zmlx_res_glu_split_zk[];
 
 /* ------------------------------------------------------------ validation */
 
@@ -58,14 +68,20 @@ static zmlx_status check_bias(const char *op, const zmlx_array *x, const zmlx_ar
   return ZMLX_OK;
 }
 
-/* The two halves of the last axis of x as views (differentiable). */
-static zmlx_status halves(const char *op, zmlx_array *x, zmlx_array **lo, zmlx_array **hi) {
+static zmlx_status check_even(const char *op, const zmlx_array *x) {
   char s1[96];
   int64_t d = x->shape[x->ndim - 1];
   if (d % 2 != 0 || d == 0)
     return zmlx_fail(ZMLX_ERR_SHAPE,
                      "%s: the last dim of x %s must be even (split in halves) and non-zero", op,
                      zmlx_shape_str(s1, sizeof s1, x->ndim, x->shape));
+  return ZMLX_OK;
+}
+
+/* The two halves of the last axis of x as views (differentiable). */
+static zmlx_status halves(const char *op, zmlx_array *x, zmlx_array **lo, zmlx_array **hi) {
+  ZMLX_CHECK(check_even(op, x));
+  int64_t d = x->shape[x->ndim - 1];
   int64_t start[ZMLX_MAX_DIMS] = {0}, stop[ZMLX_MAX_DIMS];
   for (int i = 0; i < x->ndim; i++) stop[i] = x->shape[i];
   stop[x->ndim - 1] = d / 2;
@@ -93,6 +109,110 @@ static zmlx_status apply4(const char *expr, zmlx_array *a, zmlx_array *b, zmlx_a
   return zmlx_apply_expr(expr, names, in, 4, NULL, NULL, 0, out);
 }
 
+/* ------------------------------------------------ split forms: fast path */
+
+static zmlx_kernel *gs_kernel;
+static zmlx_status gs_kernel_st;
+static char gs_kernel_err[512];
+
+static void gs_kernel_init(void) {
+  static const char *const in[] = {"x", "bias"};
+  static const char *const outs[] = {"out"};
+  static const char *const pn[] = {"n", "fc", "xrs"};
+  static const zmlx_dtype pd[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64};
+  /* not row-contiguous: x is read in place through its row stride */
+  zmlx_kernel_desc d = {.name = "zmlx_glu_split", .input_names = in, .n_inputs = 2,
+                        .output_names = outs, .n_outputs = 1, .source = zmlx_res_glu_split_zk,
+                        .param_names = pn, .param_dtypes = pd, .n_params = 3};
+  gs_kernel_st = zmlx_kernel_create_from_zk(&d, &gs_kernel);
+  if (gs_kernel_st != ZMLX_OK)
+    snprintf(gs_kernel_err, sizeof gs_kernel_err, "%s", zmlx_last_error());
+}
+
+/* For the checks (this thread only): launches of the fast kernel, and a cap
+ * on its grid (0: none) that makes the grid-stride loop go round. */
+static _Thread_local long gs_launches;
+static _Thread_local int64_t gs_grid_cap;
+
+static int gs_vec(zmlx_dtype dt) { return dt == ZMLX_F32 ? 4 : 8; }
+
+/* x [..., 2F] as rows of its last axis: the row stride in elements when
+ * the last axis is dense and the leading axes fold into one stride (2F for
+ * a single row), else -1. */
+static int64_t split_row_stride(const zmlx_array *x) {
+  const int64_t d = x->shape[x->ndim - 1];
+  if (x->strides[x->ndim - 1] != 1) return -1;
+  int64_t rs = d, next = 0;
+  int seen = 0;
+  for (int i = x->ndim - 2; i >= 0; i--) {
+    if (x->shape[i] == 1) continue;
+    if (!seen) rs = x->strides[i];
+    else if (x->strides[i] != next) return -1;
+    seen = 1;
+    next = x->strides[i] * x->shape[i];
+  }
+  return rs;
+}
+
+/* Whether the fast kernel takes x (validated: float, last dim 2F even) and
+ * bias (NULL, or [2F] of x's dtype): F a multiple of the 16-byte vector
+ * width, x's rows 16 bytes apart from a 16-byte aligned start (device
+ * buffers are 16-byte aligned), bias dense and aligned likewise. */
+static int split_fast_ok(const zmlx_array *x, const zmlx_array *bias) {
+  if (x->size == 0) return 0;
+  const int64_t vec = gs_vec(x->dtype), F = x->shape[x->ndim - 1] / 2;
+  if (F % vec != 0 || x->offset % vec != 0) return 0;
+  const int64_t rs = split_row_stride(x);
+  if (rs < 0 || rs % vec != 0) return 0;
+  if (bias && (bias->strides[0] != 1 || bias->offset % vec != 0)) return 0;
+  return 1;
+}
+
+/* out = act(x_lo (+ bias_lo)) * (x_hi (+ bias_hi)) with the fast kernel;
+ * act: 0 silu, 1 gelu (erf), 2 gelu (tanh). Requires split_fast_ok. */
+static zmlx_status split_fast(int act, zmlx_array *x, zmlx_array *bias, zmlx_array **out) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, gs_kernel_init);
+  if (gs_kernel_st != ZMLX_OK) return zmlx_fail(gs_kernel_st, "glu split: %s", gs_kernel_err);
+  zmlx_device *dev = x->buffer->device;
+  const int vec = gs_vec(x->dtype);
+  const int64_t F = x->shape[x->ndim - 1] / 2;
+  const int64_t rows = x->size / (2 * F), fc = F / vec, n = rows * fc;
+  int64_t shape[ZMLX_MAX_DIMS];
+  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  shape[x->ndim - 1] = F;
+  zmlx_array *y = NULL;
+  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, x->dtype, x->ndim, shape, &y));
+  zmlx_device_info info;
+  zmlx_status st = zmlx_device_get_info(dev, &info);
+  if (st == ZMLX_OK) {
+    const int xdt = x->dtype == ZMLX_F32 ? 0 : x->dtype == ZMLX_F16 ? 1 : 2;
+    zmlx_template_arg t[4] = {{"ACT", ZMLX_TEMPLATE_INT, ZMLX_F32, act},
+                              {"BIAS", ZMLX_TEMPLATE_BOOL, ZMLX_F32, bias ? 1 : 0},
+                              {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
+                              {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt}};
+    double params[3] = {(double)n, (double)fc, (double)(split_row_stride(x) / vec)};
+    zmlx_array *in[2] = {x, bias ? bias : x};
+    /* one chunk per thread up to the engine's cap (sixteen waves), then
+     * the grid-stride loop */
+    zmlx_pattern_geometry g = zmlx_pattern_elementwise_geometry(ZMLX_EW_CONTIGUOUS, n, 0, &info);
+    if (gs_grid_cap > 0 && g.grid[0] > gs_grid_cap) g.grid[0] = gs_grid_cap;
+    zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &y,
+                             .templates = t, .n_templates = 4, .params = params,
+                             .device = dev};
+    memcpy(call.grid, g.grid, sizeof call.grid);
+    memcpy(call.threadgroup, g.threadgroup, sizeof call.threadgroup);
+    st = zmlx_kernel_launch(gs_kernel, &call);
+  }
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    return st;
+  }
+  gs_launches++;
+  *out = y;
+  return ZMLX_OK;
+}
+
 /* ------------------------------------------------------------------ ops */
 
 zmlx_status zmlx_swiglu(zmlx_array *gate, zmlx_array *up, zmlx_array **out) {
@@ -113,10 +233,14 @@ zmlx_status zmlx_geglu(zmlx_array *gate, zmlx_array *up, int approximate, zmlx_a
   return apply2(approximate ? "gelu_tanh(a) * b" : "gelu(a) * b", gate, up, out);
 }
 
-static zmlx_status split_glu(const char *op, const char *expr, zmlx_array *x, zmlx_array **out) {
+static zmlx_status split_glu(const char *op, int act, const char *expr, zmlx_array *x,
+                             zmlx_array **out) {
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   ZMLX_CHECK(check_float(op, "x", x));
+  ZMLX_CHECK(check_even(op, x));
+  if (split_fast_ok(x, NULL) && !zmlx_ad_should_record(&x, 1))
+    return split_fast(act, x, NULL, out);
   zmlx_array *a = NULL, *b = NULL;
   ZMLX_CHECK(halves(op, x, &a, &b));
   zmlx_status st = apply2(expr, a, b, out);
@@ -126,11 +250,12 @@ static zmlx_status split_glu(const char *op, const char *expr, zmlx_array *x, zm
 }
 
 zmlx_status zmlx_swiglu_split(zmlx_array *x, zmlx_array **out) {
-  return split_glu("swiglu_split", "silu(a) * b", x, out);
+  return split_glu("swiglu_split", 0, "silu(a) * b", x, out);
 }
 
 zmlx_status zmlx_geglu_split(zmlx_array *x, int approximate, zmlx_array **out) {
-  return split_glu("geglu_split", approximate ? "gelu_tanh(a) * b" : "gelu(a) * b", x, out);
+  return split_glu("geglu_split", approximate ? 2 : 1,
+                   approximate ? "gelu_tanh(a) * b" : "gelu(a) * b", x, out);
 }
 
 zmlx_status zmlx_bias_gelu(zmlx_array *x, zmlx_array *bias, int approximate, zmlx_array **out) {
@@ -154,6 +279,10 @@ zmlx_status zmlx_bias_swiglu(zmlx_array *x, zmlx_array *bias, zmlx_array **out) 
   *out = NULL;
   ZMLX_CHECK(check_float("bias_swiglu", "x", x));
   ZMLX_CHECK(check_bias("bias_swiglu", x, bias));
+  ZMLX_CHECK(check_even("bias_swiglu", x));
+  zmlx_array *xb[2] = {x, bias};
+  if (split_fast_ok(x, bias) && !zmlx_ad_should_record(xb, 2))
+    return split_fast(0, x, bias, out);
   zmlx_array *a = NULL, *b = NULL, *c = NULL, *d = NULL;
   ZMLX_CHECK(halves("bias_swiglu", x, &a, &b));
   zmlx_status st = halves("bias_swiglu", bias, &c, &d);
@@ -256,12 +385,13 @@ zmlx_status zmlx_dropout(zmlx_array *x, double p, uint64_t seed, zmlx_array **ou
 
 typedef enum glu_kind {
   K_SWIGLU, K_GEGLU, K_GEGLU_TANH, K_SWIGLU_SPLIT, K_GEGLU_SPLIT, K_BIAS_GELU, K_BIAS_GELU_TANH,
-  K_BIAS_SILU, K_BIAS_SWIGLU
+  K_BIAS_SILU, K_BIAS_SWIGLU, K_GEGLU_TANH_SPLIT
 } glu_kind;
 
 static const char *kind_name(glu_kind k) {
   static const char *n[] = {"swiglu", "geglu", "geglu(tanh)", "swiglu_split", "geglu_split",
-                            "bias_gelu", "bias_gelu(tanh)", "bias_silu", "bias_swiglu"};
+                            "bias_gelu", "bias_gelu(tanh)", "bias_silu", "bias_swiglu",
+                            "geglu_split(tanh)"};
   return n[k];
 }
 
@@ -302,7 +432,7 @@ static int kind_inputs(glu_kind k, int64_t rows, int64_t F, int64_t sh[2][2], in
       sh[1][0] = rows;
       sh[1][1] = F;
       return 2;
-    case K_SWIGLU_SPLIT: case K_GEGLU_SPLIT:
+    case K_SWIGLU_SPLIT: case K_GEGLU_SPLIT: case K_GEGLU_TANH_SPLIT:
       sh[0][1] = 2 * F;
       return 1;
     case K_BIAS_GELU: case K_BIAS_GELU_TANH: case K_BIAS_SILU:
@@ -325,6 +455,7 @@ static zmlx_status kind_call(glu_kind k, zmlx_array *const *in, zmlx_array **out
     case K_GEGLU_TANH: return zmlx_geglu(in[0], in[1], 1, out);
     case K_SWIGLU_SPLIT: return zmlx_swiglu_split(in[0], out);
     case K_GEGLU_SPLIT: return zmlx_geglu_split(in[0], 0, out);
+    case K_GEGLU_TANH_SPLIT: return zmlx_geglu_split(in[0], 1, out);
     case K_BIAS_GELU: return zmlx_bias_gelu(in[0], in[1], 0, out);
     case K_BIAS_GELU_TANH: return zmlx_bias_gelu(in[0], in[1], 1, out);
     case K_BIAS_SILU: return zmlx_bias_silu(in[0], in[1], out);
@@ -347,7 +478,7 @@ static void kind_ref(glu_kind k, int64_t rows, int64_t F, const double *x0, cons
       switch (k) {
         case K_SWIGLU: case K_GEGLU: case K_GEGLU_TANH:
           a = x0[o]; b = x1[o]; break;
-        case K_SWIGLU_SPLIT: case K_GEGLU_SPLIT:
+        case K_SWIGLU_SPLIT: case K_GEGLU_SPLIT: case K_GEGLU_TANH_SPLIT:
           a = x0[r * 2 * F + j]; b = x0[r * 2 * F + F + j]; break;
         case K_BIAS_SWIGLU:
           a = x0[r * 2 * F + j] + x1[j]; b = x0[r * 2 * F + F + j] + x1[F + j]; break;
@@ -361,7 +492,7 @@ static void kind_ref(glu_kind k, int64_t rows, int64_t F, const double *x0, cons
       switch (k) {
         case K_SWIGLU: case K_GEGLU: case K_GEGLU_TANH:
           g0[o] = ga; g1[o] = gb; break;
-        case K_SWIGLU_SPLIT: case K_GEGLU_SPLIT:
+        case K_SWIGLU_SPLIT: case K_GEGLU_SPLIT: case K_GEGLU_TANH_SPLIT:
           g0[r * 2 * F + j] = ga; g0[r * 2 * F + F + j] = gb; break;
         case K_BIAS_SWIGLU:
           g0[r * 2 * F + j] = ga; g0[r * 2 * F + F + j] = gb;
@@ -394,7 +525,23 @@ static zmlx_status glu_loss(void *ud, zmlx_array *const *in, int n, zmlx_array *
   return st;
 }
 
-/* mode 0: forward; 1: f32 finite differences; 2: VJP vs the f64 reference. */
+static int kind_split(glu_kind k) {
+  return k == K_SWIGLU_SPLIT || k == K_GEGLU_SPLIT || k == K_GEGLU_TANH_SPLIT ||
+         k == K_BIAS_SWIGLU;
+}
+
+/* A row on which path a split form took since gs_launches was `before`:
+ * the 16-byte kernel (want) or the engine. */
+static void emit_path(const zmlx_check_opts *o, const char *op, zmlx_dtype dt, const char *name,
+                      long before, int want) {
+  int got = gs_launches != before;
+  zmlx_rg_emit(o, op, want ? "path: 16-byte kernel" : "path: engine", dt, name, got != want, 0,
+               got == want);
+}
+
+/* mode 0: forward; 1: f32 finite differences; 2: VJP vs the f64 reference.
+ * Split forms also report their path: the fast kernel in a forward with F
+ * a multiple of the vector width, the engine while recording for the VJP. */
 static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t F, int mode,
                      uint64_t *rng) {
   zmlx_device *dev = o->device;
@@ -406,7 +553,12 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
   int nin = kind_inputs(k, rows, F, sh, nd);
   snprintf(name, sizeof name, "[%lld, %lld] -> [%lld, %lld]", (long long)sh[0][0],
            (long long)sh[0][1], (long long)rows, (long long)F);
+  if (gs_grid_cap > 0) {
+    size_t l = strlen(name);
+    snprintf(name + l, sizeof name - l, " grid %lld", (long long)gs_grid_cap);
+  }
   const char *what = mode == 0 ? "fwd" : mode == 1 ? "grad (fd)" : "grad (vjp)";
+  long launches = gs_launches;
   int64_t n0 = sh[0][0] * sh[0][1], n1 = nin > 1 ? (nd[1] == 2 ? sh[1][0] * sh[1][1] : sh[1][0]) : 1;
   int64_t no = rows * F;
   double *x0 = malloc(sizeof(double) * (size_t)n0), *x1 = malloc(sizeof(double) * (size_t)n1);
@@ -433,6 +585,7 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
     kind_ref(k, rows, F, x0, x1, NULL, want, NULL, NULL);
     double e = zmlx_rg_err(got, want, no);
     zmlx_rg_emit(o, op, what, dt, name, e, tol, e <= tol);
+    if (kind_split(k)) emit_path(o, op, dt, name, launches, F % gs_vec(dt) == 0);
   } else if (mode == 1) {
     st = zmlx_rg_random(dev, dt, 2, osh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;
@@ -454,6 +607,7 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
     if (st == ZMLX_OK && nin > 1) st = zmlx_rg_download(grads[1], &got1);
     if (st != ZMLX_OK) goto done;
     kind_ref(k, rows, F, x0, x1, g, want, w0, w1);
+    if (kind_split(k)) emit_path(o, op, dt, name, launches, 0);
     double e = zmlx_rg_err(got, w0, n0);
     /* Bias gradients sum `rows` terms: scale the tolerance by that count. */
     int is_bias = nin > 1 && nd[1] == 1;
@@ -469,6 +623,88 @@ done:
   free(x0); free(x1); free(g); free(want); free(w0); free(w1); free(got); free(got1);
   zmlx_array_release(in[0]); zmlx_array_release(in[1]); zmlx_array_release(y);
   zmlx_array_release(w); zmlx_array_release(grads[0]); zmlx_array_release(grads[1]);
+  zmlx_clear_error();
+}
+
+/* Host values of a view of a dense array whose values are `base`. */
+static void view_values(const zmlx_array *v, const double *base, double *out) {
+  int64_t idx[ZMLX_MAX_DIMS] = {0};
+  for (int64_t e = 0; e < v->size; e++) {
+    int64_t at = v->offset;
+    for (int d = 0; d < v->ndim; d++) at += idx[d] * v->strides[d];
+    out[e] = base[at];
+    for (int d = v->ndim - 1; d >= 0; d--) {
+      if (++idx[d] < v->shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+/* A split form's forward on x (or bias) as a view of a larger array, and
+ * the path it took: the fast kernel reads aligned views in place (a row
+ * offset; padded rows, also with leading axes that fold into one row
+ * stride), the engine takes the rest (a misaligned start; leading axes
+ * that do not fold; a misaligned bias). */
+enum { V_ROW_OFFSET, V_PADDED, V_PADDED_3D, V_MISALIGNED, V_OFFSET_3D, V_BIAS_MISALIGNED };
+
+static void glu_view_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t F,
+                          int layout, uint64_t *rng) {
+  static const char *const lname[] = {"row offset", "padded rows", "padded rows, 3-d",
+                                      "misaligned", "row offset, 3-d", "misaligned bias"};
+  static const int lfast[] = {1, 1, 1, 0, 0, 0};
+  zmlx_device *dev = o->device;
+  zmlx_dtype dt = o->dtype;
+  const char *op = kind_name(k);
+  const int has_bias = k == K_BIAS_SWIGLU;
+  const int nd = layout == V_PADDED_3D || layout == V_OFFSET_3D ? 3 : 2;
+  const int64_t D = 2 * F, lead = nd == 3 ? 2 : 1, R = lead * rows, no = R * F;
+  const int64_t roff = layout == V_ROW_OFFSET || layout == V_OFFSET_3D ? 1 : 0;
+  const int64_t pad = layout == V_PADDED || layout == V_PADDED_3D ? 8 : layout == V_MISALIGNED;
+  int64_t bsh[3] = {0}, start[3] = {0}, stop[3] = {0};
+  if (nd == 3) bsh[0] = stop[0] = lead;
+  bsh[nd - 2] = rows + roff;
+  start[nd - 2] = roff;
+  stop[nd - 2] = rows + roff;
+  bsh[nd - 1] = D + pad;
+  start[nd - 1] = pad;
+  stop[nd - 1] = D + pad;
+  int64_t nb = bsh[nd - 1] * bsh[nd - 2] * (nd == 3 ? lead : 1);
+  int64_t bbsh[1] = {D + (layout == V_BIAS_MISALIGNED)}, bstart[1] = {bbsh[0] - D},
+          bstop[1] = {bbsh[0]};
+  char name[128];
+  snprintf(name, sizeof name, "[%lld, %lld] -> [%lld, %lld] %s", (long long)R, (long long)D,
+           (long long)R, (long long)F, lname[layout]);
+  double *bv = malloc(sizeof(double) * (size_t)nb), *x0 = malloc(sizeof(double) * (size_t)(R * D));
+  double *bbv = malloc(sizeof(double) * (size_t)(D + 1)), *x1 = malloc(sizeof(double) * (size_t)D);
+  double *want = malloc(sizeof(double) * (size_t)no), *got = NULL;
+  zmlx_array *base = NULL, *bbase = NULL, *in[2] = {NULL, NULL}, *y = NULL;
+  zmlx_status st = ZMLX_OK;
+  if (!bv || !x0 || !bbv || !x1 || !want) {
+    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    goto done;
+  }
+  st = zmlx_rg_random(dev, dt, nd, bsh, -3, 3, rng, bv, &base);
+  if (st == ZMLX_OK) st = zmlx_slice(base, start, stop, NULL, &in[0]);
+  if (st == ZMLX_OK && has_bias) st = zmlx_rg_random(dev, dt, 1, bbsh, -1, 1, rng, bbv, &bbase);
+  if (st == ZMLX_OK && has_bias) st = zmlx_slice(bbase, bstart, bstop, NULL, &in[1]);
+  if (st != ZMLX_OK) goto done;
+  view_values(in[0], bv, x0);
+  if (has_bias) view_values(in[1], bbv, x1);
+  int64_t osh[2] = {R, F};
+  zmlx_rg_poison_pool(dev, dt, 2, osh);
+  long launches = gs_launches;
+  st = kind_call(k, in, &y);
+  if (st == ZMLX_OK) st = zmlx_rg_download(y, &got);
+  if (st != ZMLX_OK) goto done;
+  kind_ref(k, R, F, x0, x1, NULL, want, NULL, NULL);
+  double e = zmlx_rg_err(got, want, no), tol = zmlx_rg_tol(dt);
+  zmlx_rg_emit(o, op, "fwd (view)", dt, name, e, tol, e <= tol);
+  emit_path(o, op, dt, name, launches, lfast[layout] && F % gs_vec(dt) == 0);
+done:
+  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, op, "fwd (view)", dt, name, st);
+  free(bv); free(x0); free(bbv); free(x1); free(want); free(got);
+  zmlx_array_release(base); zmlx_array_release(bbase); zmlx_array_release(in[0]);
+  zmlx_array_release(in[1]); zmlx_array_release(y);
   zmlx_clear_error();
 }
 
@@ -537,15 +773,30 @@ static zmlx_status glu_check_kinds(const zmlx_check_opts *o, const glu_kind *kin
   ZMLX_REQUIRE_ARG(o->device);
   uint64_t rng = o->seed * 0x9E3779B97F4A7C15ULL + 0x676C75ULL + (uint64_t)kinds[0] * 7919;
   if (!rng) rng = 1;
-  static const int64_t quick[][2] = {{1, 1}, {3, 7}, {4, 64}, {2, 1000}};
+  static const int64_t quick[][2] = {{1, 1}, {3, 7}, {4, 64}, {2, 1000}, {3, 4096}};
   static const int64_t full[][2] = {{1, 1}, {5, 1}, {3, 7}, {17, 64}, {9, 1000},
-                                    {3, 4097}, {64, 333}, {2, 14336}};
+                                    {3, 4097}, {64, 333}, {2, 14336}, {3, 4096}};
   for (int ki = 0; ki < nk; ki++) {
     glu_kind k = kinds[ki];
-    int n = o->quick ? 4 : 8;
+    int n = o->quick ? 5 : 9;
     for (int i = 0; i < n; i++) {
       const int64_t *s = o->quick ? quick[i] : full[i];
       glu_case(o, k, s[0], s[1], 0, &rng);
+    }
+    if (kind_split(k)) {
+      /* the fast kernel's grid-stride loop, going round: more threads than
+       * a row's chunks (the row carries), then fewer */
+      gs_grid_cap = 100;
+      glu_case(o, k, 17, 64, 0, &rng);
+      gs_grid_cap = 5;
+      glu_case(o, k, 3, 64, 0, &rng);
+      gs_grid_cap = 0;
+      for (int l = V_ROW_OFFSET; l <= V_OFFSET_3D; l++) glu_view_case(o, k, 3, 64, l, &rng);
+      if (k == K_BIAS_SWIGLU) glu_view_case(o, k, 3, 64, V_BIAS_MISALIGNED, &rng);
+      /* gradients where the forward alone would take the fast kernel: the
+       * finite differences run it, the recorded VJP / JVP the engine */
+      if (o->dtype == ZMLX_F32) glu_case(o, k, 3, 8, 1, &rng);
+      glu_case(o, k, 4, 64, 2, &rng);
     }
     if (o->dtype == ZMLX_F32) glu_case(o, k, 3, 5, 1, &rng);
     glu_case(o, k, 3, 7, 2, &rng);
@@ -560,8 +811,8 @@ static zmlx_status check_swiglu(const zmlx_check_opts *o) {
   return glu_check_kinds(o, k, 2);
 }
 static zmlx_status check_geglu(const zmlx_check_opts *o) {
-  const glu_kind k[] = {K_GEGLU, K_GEGLU_TANH, K_GEGLU_SPLIT};
-  return glu_check_kinds(o, k, 3);
+  const glu_kind k[] = {K_GEGLU, K_GEGLU_TANH, K_GEGLU_SPLIT, K_GEGLU_TANH_SPLIT};
+  return glu_check_kinds(o, k, 4);
 }
 static zmlx_status check_bias_gelu(const zmlx_check_opts *o) {
   const glu_kind k[] = {K_BIAS_GELU, K_BIAS_GELU_TANH};
