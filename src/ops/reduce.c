@@ -163,7 +163,10 @@ static int sel_threads(zmlx_device *dev, int native, int kcap, int64_t chunks) {
                    : (kcap <= 2 ? 1024 : 2048 / kcap);
   if (cap > 256 && kcap > 1) cap = 256;
   while (cap > max_threads && cap > 1) cap /= 2;
-  const int64_t per = native ? 32 : 1024;
+  /* chunks per thread to aim for; ZMLX_SEL_CHUNKS overrides it (a tuning
+   * knob for bench sweeps) */
+  const char *env = getenv("ZMLX_SEL_CHUNKS");
+  const int64_t per = env && atoi(env) > 0 ? atoi(env) : native ? 32 : 1024;
   int t = native ? 32 : 8;
   if (t > cap) t = cap;
   while (t * 2 <= cap && (int64_t)t * 2 * per <= chunks) t *= 2;
