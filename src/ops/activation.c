@@ -178,20 +178,12 @@ static zmlx_status act_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **o
   return act_call(c->k, in[0], c->alpha, out);
 }
 
-static zmlx_status weighted_sum(zmlx_array *y, zmlx_array *w, zmlx_array **out) {
-  zmlx_array *m = NULL;
-  zmlx_status st = zmlx_mul(y, w, &m);
-  if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, out);
-  zmlx_array_release(m);
-  return st;
-}
-
 /* sum(w * f(x)) */
 static zmlx_status act_loss(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
   act_ctx *c = ud;
   zmlx_array *y = NULL;
   ZMLX_CHECK(act_fn(ud, in, n, &y));
-  zmlx_status st = weighted_sum(y, c->w, out);
+  zmlx_status st = zmlx_opck_weighted_sum(y, c->w, out);
   zmlx_array_release(y);
   return st;
 }
@@ -211,7 +203,7 @@ static zmlx_status act_loss2(void *ud, zmlx_array *const *in, int n, zmlx_array 
   act_ctx inner = {c->k, c->alpha, NULL};
   zmlx_array *g = NULL;
   ZMLX_CHECK(zmlx_grad(act_sum, &inner, in, n, NULL, 0, &g));
-  zmlx_status st = weighted_sum(g, c->w, out);
+  zmlx_status st = zmlx_opck_weighted_sum(g, c->w, out);
   zmlx_array_release(g);
   return st;
 }

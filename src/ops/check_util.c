@@ -288,3 +288,11 @@ void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_
     zmlx_array_release(p);
   }
 }
+
+zmlx_status zmlx_opck_weighted_sum(zmlx_array *y, zmlx_array *w, zmlx_array **out) {
+  zmlx_array *m = NULL;
+  zmlx_status st = zmlx_mul(y, w, &m);
+  if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, out);
+  zmlx_array_release(m);
+  return st;
+}

@@ -30,6 +30,12 @@ void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_threa
 /* With nv > 0: `call` (set up by zmlx_opck_row_geometry) keeps its group
  * count but runs tg threads per group. */
 void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv);
+/* The XDT template of kernels/vec_io.zk for a float dtype: 0 f32, 1 f16,
+ * 2 bf16. */
+int zmlx_ops_xdt(zmlx_dtype dt);
+/* Whether the device's SIMD helpers are native (CUDA, Metal) rather than
+ * emulated in threadgroup memory (OpenCL on CPUs): the NATIVE_SIMD template. */
+int zmlx_ops_native_simd(const zmlx_device *dev);
 /* The streaming form's TILE template (16-byte loads in flight per thread)
  * and its threads per row: zmlx_opck_row_geometry's for a kernel with a
  * write pass over the row, at most 256 for one that only reads it.
@@ -65,6 +71,9 @@ double zmlx_opck_tol(zmlx_dtype dt);
 void zmlx_opck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
                     const char *shape, double err, double tol, int pass);
 void zmlx_opck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, const char *extra);
+/* sum(y * w): the scalar loss whose gradient the checks compare, for a
+ * cotangent w of y's shape. */
+zmlx_status zmlx_opck_weighted_sum(zmlx_array *y, zmlx_array *w, zmlx_array **out);
 void zmlx_opck_bad(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
                    zmlx_status want);
 

@@ -144,11 +144,10 @@ static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entr
   const int aligned = (!zmlx_array_is_contiguous(x) || ((size_t)x->offset * es) % 16 == 0) &&
                       (!grad || ((size_t)grad->offset * es) % 16 == 0);
   const int vec = cols % width == 0 && aligned ? width : 0;
-  const int xdt = x->dtype == ZMLX_F32 ? 0 : x->dtype == ZMLX_F16 ? 1 : 2;
+  const int xdt = zmlx_ops_xdt(x->dtype);
   int tg = 0, nv = 0;
   if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
-  const int native = zmlx_pattern_group_mode(zmlx_device_backend(x->buffer->device)) ==
-                     ZMLX_ROW_PER_GROUP;
+  const int native = zmlx_ops_native_simd(x->buffer->device);
   zmlx_template_arg tmpl[7] = {{"WG", ZMLX_TEMPLATE_BOOL, ZMLX_F32, grad ? 1 : 0},
                                {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
                                {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt},

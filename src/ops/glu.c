@@ -186,7 +186,7 @@ static zmlx_status split_fast(int act, zmlx_array *x, zmlx_array *bias, zmlx_arr
   zmlx_device_info info;
   zmlx_status st = zmlx_device_get_info(dev, &info);
   if (st == ZMLX_OK) {
-    const int xdt = x->dtype == ZMLX_F32 ? 0 : x->dtype == ZMLX_F16 ? 1 : 2;
+    const int xdt = zmlx_ops_xdt(x->dtype);
     zmlx_template_arg t[4] = {{"ACT", ZMLX_TEMPLATE_INT, ZMLX_F32, act},
                               {"BIAS", ZMLX_TEMPLATE_BOOL, ZMLX_F32, bias ? 1 : 0},
                               {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
@@ -516,12 +516,10 @@ static zmlx_status glu_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **o
 
 static zmlx_status glu_loss(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
   glu_gctx *g = ud;
-  zmlx_array *y = NULL, *m = NULL;
+  zmlx_array *y = NULL;
   ZMLX_CHECK(glu_fn(ud, in, n, &y));
-  zmlx_status st = zmlx_mul(y, g->w, &m);
-  if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, out);
+  zmlx_status st = zmlx_opck_weighted_sum(y, g->w, out);
   zmlx_array_release(y);
-  zmlx_array_release(m);
   return st;
 }
 
@@ -852,12 +850,10 @@ static zmlx_status drop_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **
 
 static zmlx_status drop_loss(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
   drop_gctx *g = ud;
-  zmlx_array *y = NULL, *m = NULL;
+  zmlx_array *y = NULL;
   ZMLX_CHECK(drop_fn(ud, in, n, &y));
-  zmlx_status st = zmlx_mul(y, g->w, &m);
-  if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, out);
+  zmlx_status st = zmlx_opck_weighted_sum(y, g->w, out);
   zmlx_array_release(y);
-  zmlx_array_release(m);
   return st;
 }
 

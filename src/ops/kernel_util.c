@@ -79,14 +79,25 @@ void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
   call->threadgroup[0] = want;
 }
 
-zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
-                                     int n_inputs, const char *const *outputs, int n_outputs,
-                                     const char *const *params, const zmlx_dtype *param_dtypes,
-                                     int n_params, zmlx_kernel **out) {
+/* The kernel description both zmlx_opck_* constructors share: row-contiguous
+ * inputs (strided views are made dense by the kernel object). */
+static zmlx_kernel_desc opck_desc(const char *name, const char *zk, const char *const *inputs,
+                                  int n_inputs, const char *const *outputs, int n_outputs,
+                                  const char *const *params, const zmlx_dtype *param_dtypes,
+                                  int n_params) {
   zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
                         .output_names = outputs, .n_outputs = n_outputs, .source = zk,
                         .ensure_row_contiguous = 1, .param_names = params,
                         .param_dtypes = param_dtypes, .n_params = n_params};
+  return d;
+}
+
+zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
+                                     int n_inputs, const char *const *outputs, int n_outputs,
+                                     const char *const *params, const zmlx_dtype *param_dtypes,
+                                     int n_params, zmlx_kernel **out) {
+  zmlx_kernel_desc d = opck_desc(name, zk, inputs, n_inputs, outputs, n_outputs, params,
+                                 param_dtypes, n_params);
   return zmlx_kernel_create_from_zk(&d, out);
 }
 
@@ -96,10 +107,8 @@ zmlx_status zmlx_opck_vec_kernel_from_zk(const char *name, const char *zk,
                                          const char *const *params,
                                          const zmlx_dtype *param_dtypes, int n_params,
                                          zmlx_kernel **out) {
-  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
-                        .output_names = outputs, .n_outputs = n_outputs, .source = zk,
-                        .ensure_row_contiguous = 1, .param_names = params,
-                        .param_dtypes = param_dtypes, .n_params = n_params};
+  zmlx_kernel_desc d = opck_desc(name, zk, inputs, n_inputs, outputs, n_outputs, params,
+                                 param_dtypes, n_params);
   return zmlx_ops_kernel_from_zk(&d, out);
 }
 
@@ -144,4 +153,10 @@ void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n) {
   c->grid[2] = 1;
   c->threadgroup[0] = 256;
   c->threadgroup[1] = c->threadgroup[2] = 1;
+}
+
+int zmlx_ops_xdt(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
+
+int zmlx_ops_native_simd(const zmlx_device *dev) {
+  return zmlx_pattern_group_mode(zmlx_device_backend(dev)) == ZMLX_ROW_PER_GROUP;
 }

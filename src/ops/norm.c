@@ -162,14 +162,6 @@ static int chunk_width(zmlx_dtype dt, zmlx_array *const *arrays, int n, int64_t 
   return width;
 }
 
-static int dtype_code(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
-
-/* SIMD sums where the backend's SIMD helpers are native (see
- * zmlx_pattern_group_mode); a threadgroup-memory tree on OpenCL. */
-static int native_simd(const zmlx_array *a) {
-  return zmlx_pattern_group_mode(zmlx_device_backend(a->buffer->device)) == ZMLX_ROW_PER_GROUP;
-}
-
 /* ------------------------------------------------------------- validation */
 
 typedef struct norm_cfg {
@@ -295,7 +287,7 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
       if (c->has_r) outs[no++] = *h;
       outs[no++] = stats;
       zmlx_template_arg t[10] = {
-          {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = native_simd(x)},
+          {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = zmlx_ops_native_simd(x->buffer->device)},
           {.name = "RMS", .kind = ZMLX_TEMPLATE_BOOL, .value = c->rms},
           {.name = "HAS_R", .kind = ZMLX_TEMPLATE_BOOL, .value = c->has_r},
           {.name = "HAS_W", .kind = ZMLX_TEMPLATE_BOOL, .value = w != NULL},
@@ -303,7 +295,7 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
           {.name = "CACHE", .kind = ZMLX_TEMPLATE_INT, .value = cache},
           {.name = "VEC", .kind = ZMLX_TEMPLATE_INT, .value = vec},
           {.name = "NV", .kind = ZMLX_TEMPLATE_INT, .value = nv},
-          {.name = "XDT", .kind = ZMLX_TEMPLATE_INT, .value = dtype_code(x->dtype)},
+          {.name = "XDT", .kind = ZMLX_TEMPLATE_INT, .value = zmlx_ops_xdt(x->dtype)},
           {.name = "WVEC", .kind = ZMLX_TEMPLATE_BOOL, .value = wvec}};
       double params[3] = {(double)rows, (double)cols, (double)c->eps};
       zmlx_kernel_call call = {.n_inputs = ni, .n_outputs = no, .inputs = ins, .outputs = outs,
@@ -373,7 +365,7 @@ static zmlx_status launch_bwd(const norm_cfg *c, zmlx_array *h, zmlx_array *dy, 
     ins[ni++] = stats;
     if (dh) ins[ni++] = dh;
     zmlx_template_arg t[5] = {
-        {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = native_simd(h)},
+        {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = zmlx_ops_native_simd(h->buffer->device)},
         {.name = "RMS", .kind = ZMLX_TEMPLATE_BOOL, .value = c->rms},
         {.name = "HAS_W", .kind = ZMLX_TEMPLATE_BOOL, .value = w != NULL},
         {.name = "HAS_DH", .kind = ZMLX_TEMPLATE_BOOL, .value = dh != NULL},

@@ -76,7 +76,6 @@ static zmlx_status kernels(const char *op) {
 
 static int is_float(zmlx_dtype dt) { return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16; }
 
-static int dt_code(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
 
 static zmlx_status need_float(const char *op, const char *name, const zmlx_array *a) {
   if (!a) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", op, name);
@@ -234,7 +233,7 @@ static zmlx_status dq_launch(int mode, zmlx_array *q, zmlx_array *s, zmlx_array 
   while (mode == 4 && (1 << gshift) < group) gshift++;
   double params[5] = {(double)n, (double)total, (double)cols, (double)gshift, (double)act};
   zmlx_template_arg t[4] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode},
-                            {"ODT", ZMLX_TEMPLATE_INT, ZMLX_F32, dt_code(out->dtype)},
+                            {"ODT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(out->dtype)},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
                             {"IDX32", ZMLX_TEMPLATE_BOOL, ZMLX_F32, total < ((int64_t)1 << 31)}};
   zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 1, .inputs = in, .outputs = outs,
@@ -251,7 +250,7 @@ static zmlx_status q_launch(int mode, zmlx_array *x, int group, zmlx_array *q, z
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = x->size / cols;
   if (rows == 0) return ZMLX_OK;
-  zmlx_template_arg t[1] = {{"SDT", ZMLX_TEMPLATE_INT, ZMLX_F32, dt_code(s->dtype)}};
+  zmlx_template_arg t[1] = {{"SDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(s->dtype)}};
   if (mode == 8) {
     zmlx_array *outs[2] = {q, s};
     double params[2] = {(double)rows, (double)cols};
@@ -688,17 +687,15 @@ typedef struct dq_gctx {
 static zmlx_status dq_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
   (void)n;
   dq_gctx *g = ud;
-  zmlx_array *y = NULL, *m = NULL;
+  zmlx_array *y = NULL;
   ZMLX_CHECK(g->mode == 8 ? zmlx_dequantize_int8_rows(g->q, in[0], g->odt, g->act, &y)
                           : zmlx_dequantize_int4(g->q, in[0], in[1], g->group, g->odt, g->act, &y));
   if (!g->w) {
     *out = y;
     return ZMLX_OK;
   }
-  zmlx_status st = zmlx_mul(y, g->w, &m);
-  if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, out);
+  zmlx_status st = zmlx_opck_weighted_sum(y, g->w, out);
   zmlx_array_release(y);
-  zmlx_array_release(m);
   return st;
 }
 

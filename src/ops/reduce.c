@@ -59,11 +59,6 @@ static zmlx_status kernels(void) {
 
 static const char *const KIND_NAMES[] = {"sum", "mean", "max", "min", "var", "std"};
 
-static int native_simd(const zmlx_array *a) {
-  return zmlx_pattern_group_mode(zmlx_device_backend(a->buffer->device)) == ZMLX_ROW_PER_GROUP;
-}
-
-static int xdt_code(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
 
 /* 16-byte loads when every row starts 16-byte aligned (a strided x is made
  * dense, at offset 0, by the kernel object). 0: scalar loads. */
@@ -130,8 +125,8 @@ static zmlx_status red_forward_into(zmlx_array *x, zmlx_reduce_kind kind, int dd
   const int vec = vec_width(x, cols);
   zmlx_template_arg t[4] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
-                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt_code(x->dtype)},
-                            {"NATIVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native_simd(x)}};
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(x->dtype)},
+                            {"NATIVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(x->buffer->device)}};
   double params[4] = {(double)rows, (double)cols, kind == ZMLX_REDUCE_STD ? 1.0 : 0.0, denom};
   zmlx_array *outs[1] = {out};
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = outs,
@@ -185,12 +180,12 @@ static zmlx_status sel_forward_into(zmlx_array *x, int k, int is_min, zmlx_array
   const int vec = vec_width(x, cols);
   const int kcap = kcap_of(k);
   const int64_t chunks = vec ? cols / vec : cols;
-  int native = native_simd(x);
+  int native = zmlx_ops_native_simd(x->buffer->device);
   int tg = sel_threads(x->buffer->device, native, kcap, chunks);
   if (!tg) tg = sel_threads(x->buffer->device, native = 0, kcap, chunks);
   zmlx_template_arg t[4] = {{"KCAP", ZMLX_TEMPLATE_INT, ZMLX_F32, kcap},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
-                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt_code(x->dtype)},
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(x->dtype)},
                             {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native}};
   double params[4] = {(double)rows, (double)cols, (double)k, is_min ? -1.0 : 1.0};
   zmlx_array *outs[2] = {vals, idx};
@@ -235,7 +230,7 @@ static zmlx_status bwd_launch(int mode, zmlx_array *x, zmlx_array *g, zmlx_array
   if (rows > 0) {
     zmlx_array *in[4] = {x, g, aux ? aux : g, idx ? idx : g};
     zmlx_template_arg t[2] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode == 2 ? 1 : mode},
-                              {"NATIVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native_simd(g)}};
+                              {"NATIVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(g->buffer->device)}};
     double params[6] = {(double)rows, (double)cols, (double)k, mode == 2 ? 1.0 : 0.0, denom,
                         scale};
     zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &dx,
@@ -544,11 +539,8 @@ static zmlx_status red_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **o
     *out = y;
     return ZMLX_OK;
   }
-  zmlx_array *p = NULL;
-  zmlx_status st = zmlx_mul(y, d->w, &p);
+  zmlx_status st = zmlx_opck_weighted_sum(y, d->w, out);
   zmlx_array_release(y);
-  if (st == ZMLX_OK) st = zmlx_sum(p, NULL, 0, 0, out);
-  zmlx_array_release(p);
   return st;
 }
 

@@ -134,11 +134,10 @@ static zmlx_status sm_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *
   const int aligned = !zmlx_array_is_contiguous(x) || ((size_t)x->offset * es) % 16 == 0;
   const int vec = !a->mask && !a->causal && cols % width == 0 && aligned &&
                   ((size_t)out->offset * es) % 16 == 0 ? width : 0;
-  const int xdt = x->dtype == ZMLX_F32 ? 0 : x->dtype == ZMLX_F16 ? 1 : 2;
+  const int xdt = zmlx_ops_xdt(x->dtype);
   int tg = 0, nv = 0;
   if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
-  const int native = zmlx_pattern_group_mode(zmlx_device_backend(x->buffer->device)) ==
-                     ZMLX_ROW_PER_GROUP;
+  const int native = zmlx_ops_native_simd(x->buffer->device);
   zmlx_template_arg t[8] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, a->mode},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, mask_kind},
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, a->causal ? 1 : 0},
@@ -391,11 +390,8 @@ static zmlx_status sm_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **ou
     *out = y;
     return ZMLX_OK;
   }
-  zmlx_array *p = NULL;
-  zmlx_status st = zmlx_mul(y, d->w, &p);
+  zmlx_status st = zmlx_opck_weighted_sum(y, d->w, out);
   zmlx_array_release(y);
-  if (st == ZMLX_OK) st = zmlx_sum(p, NULL, 0, 0, out);
-  zmlx_array_release(p);
   return st;
 }
 
