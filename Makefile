@@ -2,7 +2,8 @@
 #   make demo   install what is missing, build, run the demo on the default backend
 #   make test   install what is missing, build, run the whole test suite
 #                (normal build + ASan/UBSan build + 60 s of `make fuzz`);
-#                last line: "N passed, N failed"
+#                last line: "N passed, N failed, N skipped"
+#   make check-fast   the normal build's tests only: the quick loop while developing
 #   make fuzz   build the libFuzzer target with clang and run it for FUZZ_SECONDS
 
 BUILD      ?= build
@@ -14,7 +15,7 @@ FUZZ_CC    ?= clang
 # Seconds of fuzzing in `make fuzz` (0: no limit) and in `make test` (0: skip).
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build build-asan demo test test-fast test-asan install clean fuzz bench
+.PHONY: all deps build build-asan demo test test-fast check-fast test-asan install clean fuzz bench
 
 all: build
 
@@ -27,7 +28,8 @@ build: deps
 
 build-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DZMLX_SANITIZE=ON \
-	  -DZMLX_BUILD_BENCH=OFF $(CMAKE_ARGS) >/dev/null
+	  -DZMLX_BUILD_BENCH=OFF -DZMLX_TEST_KERNEL_CACHE=$(CURDIR)/$(BUILD)/tests/kernel_cache \
+	  $(CMAKE_ARGS) >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
 demo: build
@@ -39,7 +41,8 @@ demo: build
 test: build build-asan
 	@bash scripts/run-tests.sh --fuzz $(FUZZ_SECONDS) $(BUILD) $(ASAN_BUILD)
 
-test-fast: build
+# The development loop: the normal build's tests only (a few minutes).
+test-fast check-fast: build
 	@bash scripts/run-tests.sh $(BUILD)
 
 test-asan: build-asan

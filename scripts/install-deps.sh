@@ -6,6 +6,7 @@ set -euo pipefail
 
 packages=(
   cmake make gcc clang pkg-config     # build
+  ccache                              # rebuilds of the same sources in seconds
   libssl-dev                          # OpenSSL libcrypto: SHA-256 cache keys
   ocl-icd-opencl-dev opencl-headers   # OpenCL through the ICD loader
   pocl-opencl-icd                     # OpenCL on the CPU (default backend without a GPU)

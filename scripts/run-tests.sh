@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run ctest in each build folder given and print one summary line last:
-# "N passed, N failed" (counted over ctest tests of all folders).
+# "N passed, N failed, N skipped" (counted over ctest tests of all folders;
+# a test that exits 77 -- every case of it skipped -- counts as skipped,
+# never as passed). The slowest tests are listed before it.
 #   run-tests.sh [--fuzz SECONDS] BUILD_DIR...
 # --fuzz also runs `make fuzz` (the libFuzzer target) for SECONDS and counts
 # it as one test (0 skips it).
@@ -16,6 +18,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
 passed=0
 failed=0
+skipped=0
+times=$(mktemp)
 for dir in "$@"; do
   echo "== ctest in $dir"
   log=$(mktemp)
@@ -27,9 +31,13 @@ for dir in "$@"; do
   else
     total=$(echo "$line" | sed -E 's/.* out of ([0-9]+).*/\1/')
     nfail=$(echo "$line" | sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/')
-    passed=$((passed + total - nfail))
+    # ctest counts a skipped test among the passed ones.
+    nskip=$(grep -cE "^[[:space:]]+[0-9]+ - .* \(Skipped\)" "$log")
+    passed=$((passed + total - nfail - nskip))
     failed=$((failed + nfail))
+    skipped=$((skipped + nskip))
   fi
+  grep -E "Test +#[0-9]+: " "$log" | sed -E "s|.*Test +#[0-9]+: ([^ ]+) .* ([0-9.]+) sec.*|\2 $dir/\1|" >>"$times"
   rm -f "$log"
 done
 if [ "$fuzz_seconds" != 0 ]; then
@@ -47,5 +55,8 @@ if [ "$fuzz_seconds" != 0 ]; then
   fi
   rm -f "$log"
 fi
-echo "$passed passed, $failed failed"
+echo "== slowest tests (seconds)"
+sort -rn "$times" | head -n 8
+rm -f "$times"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -1306,5 +1306,5 @@ int main(void) {
       cmocka_unit_test(test_refcount),
       cmocka_unit_test(test_bad_inputs),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -1304,5 +1304,5 @@ int main(void) {
       cmocka_unit_test(test_apply_user_op),
       cmocka_unit_test(test_no_leak_10000_steps),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

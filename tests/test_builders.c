@@ -675,7 +675,7 @@ int main(void) {
       cmocka_unit_test(test_explicit_stream),
       cmocka_unit_test(test_empty),
   };
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  int rc = zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
   zmlx_shutdown();
   return rc;
 }

@@ -283,5 +283,5 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_disk_disabled_writes_nothing),
       cmocka_unit_test(test_clear_disk),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -573,5 +573,5 @@ int main(void) {
       cmocka_unit_test_teardown(test_eval_broadcast_grad, free_pending),
       cmocka_unit_test_teardown(test_eval_params, free_pending),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -658,5 +658,5 @@ int main(void) {
       cmocka_unit_test(test_import_host),
       cmocka_unit_test(test_bad_inputs),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

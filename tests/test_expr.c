@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "gen/expr.h"
+#include "test_support.h"
 
 static const char *const XYZ[] = {"x", "y", "z"};
 static const char *const ALPHA[] = {"alpha"};
@@ -1230,5 +1231,5 @@ int main(void) {
       cmocka_unit_test(test_deep_nesting),
       cmocka_unit_test(test_long_inputs),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -536,5 +536,5 @@ int main(void) {
       cmocka_unit_test(test_compile_error_has_log_and_line),
       cmocka_unit_test(test_source_every_backend),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

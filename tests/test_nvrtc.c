@@ -78,7 +78,7 @@ int main(void) {
       cmocka_unit_test(test_builtin_kernels_compile),
       cmocka_unit_test(test_compile_error_is_reported),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }
 #else
 static void test_cuda_not_built(void **state) {
@@ -88,6 +88,6 @@ static void test_cuda_not_built(void **state) {
 int main(void) {
   fprintf(stderr, "[test_nvrtc] built without CUDA headers: skipped\n");
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_cuda_not_built)};
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }
 #endif

@@ -328,7 +328,7 @@ int main(void) {
       cmocka_unit_test(test_map_reductions),
       cmocka_unit_test(test_gradient_sum_patterns),
   };
-  return cmocka_run_group_tests(tests, NULL, report);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, report), ZT_COUNT(tests));
 }
 #else
 static void test_cuda_not_built(void **state) {
@@ -338,6 +338,6 @@ static void test_cuda_not_built(void **state) {
 int main(void) {
   fprintf(stderr, "[test_nvrtc_expr] built without CUDA headers: skipped\n");
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_cuda_not_built)};
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }
 #endif

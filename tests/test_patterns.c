@@ -785,7 +785,7 @@ int main(void) {
       cmocka_unit_test(test_map_reduce),
       cmocka_unit_test(test_online_special_values),
   };
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  int rc = zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
   zmlx_shutdown();
   return rc;
 }

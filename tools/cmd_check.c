@@ -11,7 +11,7 @@
 
 const char zmlx_check_usage[] =
     "usage: zmlx check [--backend cuda|opencl] [--op GLOB] [--dtype f32|f16|bf16]\n"
-    "                  [--quick] [--seed N]\n\n"
+    "                  [--quick] [--seed N] [--seeds K]\n\n"
     "For every op of the catalog: the forward pass against an f64 C reference on\n"
     "fresh random inputs (outputs poisoned first), at edge and LLM shapes, and the\n"
     "backward pass with the gradient checker; then bad inputs. One row per case:\n"
@@ -22,19 +22,27 @@ const char zmlx_check_usage[] =
     "  --op GLOB     only ops whose name matches (shell pattern, e.g. 'soft*')\n"
     "  --dtype D     only this dtype (default: f32, f16 and bf16)\n"
     "  --quick       the CI subset: every op and dtype, fewer and smaller shapes\n"
-    "  --seed N      fixed seed (default: a fresh one, printed first)\n";
+    "  --seed N      fixed seed (default: a fresh one, printed first)\n"
+    "  --seeds K     run the whole check K times, seeds N, N+1, ..., N+K-1, and\n"
+    "                print only the failing rows, each with the seed that repeats it\n"
+    "                (a tolerance sweep: kernels compile once for all K)\n";
 
 typedef struct tally {
   int passed, failed;
+  int failures_only; /* --seeds: print only failing rows, with their seed */
+  uint64_t seed;
 } tally;
 
 static void print_row(void *ctx, const zmlx_check_row *r) {
   tally *t = ctx;
   if (r->pass) t->passed++;
   else t->failed++;
-  printf("%-18s %-8s %-5s %-28s %-12s %11.3e %10.1e  %s\n", r->op, zmlx_backend_name(r->backend),
+  if (t->failures_only && r->pass) return;
+  printf("%-18s %-8s %-5s %-28s %-12s %11.3e %10.1e  %s", r->op, zmlx_backend_name(r->backend),
          zmlx_dtype_name(r->dtype), r->shape, r->what, r->max_err, r->tol,
          r->pass ? "pass" : "FAIL");
+  if (t->failures_only) printf("  --seed %llu", (unsigned long long)t->seed);
+  printf("\n");
   fflush(stdout);
 }
 
@@ -43,6 +51,7 @@ typedef struct check_args {
   int quick;
   uint64_t seed;
   int seed_given;
+  long seeds;
 } check_args;
 
 static int parse_args(int argc, char **argv, check_args *a) {
@@ -57,6 +66,14 @@ static int parse_args(int argc, char **argv, check_args *a) {
       if (r < 0) return 0;
       a->seed = strtoull(v, NULL, 0);
       a->seed_given = 1;
+    } else if ((r = cli_option(argc, argv, &i, "--seeds", &v))) {
+      if (r < 0) return 0;
+      char *end = NULL;
+      a->seeds = strtol(v, &end, 10);
+      if (*end || a->seeds < 1) {
+        cli_usage_error("--seeds wants a count >= 1, not '%s'", v);
+        return 0;
+      }
     } else {
       cli_usage_error("unknown argument '%s'", argv[i]);
       return 0;
@@ -79,7 +96,7 @@ static int pick_devices(const char *backend, zmlx_device **devs) {
   return n;
 }
 
-static int run_checks(const check_args *a, zmlx_device *const *devs, int n_devs,
+static int run_checks(const check_args *a, uint64_t seed, zmlx_device *const *devs, int n_devs,
                       const zmlx_dtype *dts, int n_dts, tally *t) {
   const zmlx_catalog_op *const *ops = zmlx_catalog_ops();
   int ran = 0;
@@ -88,7 +105,7 @@ static int run_checks(const check_args *a, zmlx_device *const *devs, int n_devs,
       for (int i = 0; ops[i]; i++) {
         if (a->op_glob && fnmatch(a->op_glob, ops[i]->name, 0)) continue;
         zmlx_check_opts o = {.device = devs[d], .dtype = dts[k], .quick = a->quick,
-                             .seed = a->seed + (uint64_t)i * 7919u, .emit = print_row, .ctx = t};
+                             .seed = seed + (uint64_t)i * 7919u, .emit = print_row, .ctx = t};
         zmlx_status st = ops[i]->check(&o);
         ran++;
         if (st != ZMLX_OK) {
@@ -122,10 +139,17 @@ int zmlx_cmd_check(const cli_command *self, int argc, char **argv) {
   if (!a.seed_given) a.seed = (uint64_t)time(NULL) * 2654435761u;
   printf("# zmlx %s check, seed %llu (--seed to repeat)%s\n", zmlx_version_string(),
          (unsigned long long)a.seed, a.quick ? ", quick" : "");
+  if (a.seeds > 1)
+    printf("# %ld seeds from %llu: failing rows only\n", a.seeds, (unsigned long long)a.seed);
   printf("%-18s %-8s %-5s %-28s %-12s %11s %10s  %s\n", "op", "backend", "dtype", "shape", "case",
          "max error", "tolerance", "result");
-  tally t = {0};
-  int ran = run_checks(&a, devs, n_devs, dts, n_dts, &t);
+  if (!a.seeds) a.seeds = 1;
+  tally t = {.failures_only = a.seeds > 1};
+  int ran = 0;
+  for (long s = 0; s < a.seeds; s++) {
+    t.seed = a.seed + (uint64_t)s;
+    ran = run_checks(&a, t.seed, devs, n_devs, dts, n_dts, &t);
+  }
   if (!ran) fprintf(stderr, "%s: no op matches '%s'\n", cli_path(), a.op_glob ? a.op_glob : "*");
   printf("%d passed, %d failed\n", t.passed, t.failed);
   return t.failed || !ran ? CLI_FAIL : CLI_OK;

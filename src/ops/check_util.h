@@ -67,6 +67,10 @@ zmlx_status zmlx_opck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const in
 double *zmlx_opck_download(zmlx_array *a);
 double zmlx_opck_err_rel1(const double *got, const double *want, int64_t n);
 double zmlx_opck_err_relmax(const double *got, const double *want, int64_t n);
+/* max |got - want| / max |terms|: the error of a sum whose terms may cancel,
+ * against the size of its terms (`terms`: per element, from the reference). */
+double zmlx_opck_err_terms(const double *got, const double *want, const double *terms,
+                           int64_t n);
 double zmlx_opck_tol(zmlx_dtype dt);
 void zmlx_opck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
                     const char *shape, double err, double tol, int pass);

@@ -126,7 +126,7 @@ static zmlx_status red_forward_into(zmlx_array *x, zmlx_reduce_kind kind, int dd
   zmlx_template_arg t[4] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
                             {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(x->dtype)},
-                            {"NATIVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(x->buffer->device)}};
+                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(x->buffer->device)}};
   double params[4] = {(double)rows, (double)cols, kind == ZMLX_REDUCE_STD ? 1.0 : 0.0, denom};
   zmlx_array *outs[1] = {out};
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = outs,
@@ -230,7 +230,7 @@ static zmlx_status bwd_launch(int mode, zmlx_array *x, zmlx_array *g, zmlx_array
   if (rows > 0) {
     zmlx_array *in[4] = {x, g, aux ? aux : g, idx ? idx : g};
     zmlx_template_arg t[2] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode == 2 ? 1 : mode},
-                              {"NATIVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(g->buffer->device)}};
+                              {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(g->buffer->device)}};
     double params[6] = {(double)rows, (double)cols, (double)k, mode == 2 ? 1.0 : 0.0, denom,
                         scale};
     zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &dx,

@@ -6,6 +6,25 @@
 #include <string.h>
 #include <time.h>
 
+static int skipped_cases;
+
+void zt_note_skip(void) { skipped_cases++; }
+
+int zt_finish(int failed, int total) {
+  int skipped = skipped_cases;
+  int passed = total - failed - skipped;
+  if (passed < 0) passed = 0;
+  fprintf(stderr, "[zmlx test] %d passed, %d failed, %d skipped\n", passed, failed, skipped);
+  const char *path = getenv("ZMLX_TEST_RESULT_FILE");
+  FILE *f = path && *path ? fopen(path, "w") : NULL;
+  if (f) {
+    fprintf(f, "%d %d %d\n", passed, failed, skipped);
+    fclose(f);
+  }
+  if (failed) return 1;
+  return skipped && skipped == total ? 77 : 0;
+}
+
 int zt_devices(zmlx_device **devs, int cap) {
   const char *only = getenv("ZMLX_TEST_BACKEND");
   zmlx_backend order[2] = {ZMLX_BACKEND_CUDA, ZMLX_BACKEND_OPENCL};

@@ -10,6 +10,21 @@
 
 #include "zmlx.h"
 
+/* cmocka's skip() counts the case too, so that a program can report how many
+ * of its cases skipped instead of folding them into the passes. */
+void zt_note_skip(void);
+#undef skip
+#define skip() (zt_note_skip(), _skip(__FILE__, __LINE__))
+
+/* The end of every test program's main:
+ *   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
+ * Prints "N passed, N failed, N skipped" for the program, writes the same
+ * three numbers to $ZMLX_TEST_RESULT_FILE when set (scripts/run-tests.sh adds
+ * them up), and returns the exit status: 1 if any case failed, 77 (ctest's
+ * SKIP_RETURN_CODE) if every case skipped, else 0. */
+int zt_finish(int failed, int total);
+#define ZT_COUNT(tests) ((int)(sizeof(tests) / sizeof((tests)[0])))
+
 /* Every device the tests run on: device 0 of each available backend, or
  * only $ZMLX_TEST_BACKEND (cuda|opencl) when set. */
 int zt_devices(zmlx_device **devs, int cap);
