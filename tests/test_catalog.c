@@ -136,7 +136,7 @@ static void test_shard_checks(void **state) {
 
 static void test_shard_compiles_for_sm90a(void **state) {
   (void)state;
-#if defined(__SANITIZE_ADDRESS__) || !defined(ZMLX_HAVE_CUDA)
+#if ZT_SANITIZED || !defined(ZMLX_HAVE_CUDA)
   /* Under the sanitizer NVRTC would compile the same strings as the normal
    * build, only minutes slower; without CUDA there is no NVRTC to call. */
   skip();

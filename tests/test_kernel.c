@@ -465,6 +465,71 @@ static void test_bad_launch(void **state) {
   }
 }
 
+/* Static threadgroup arrays count against the device's threadgroup memory
+ * as dynamic bytes do: a kernel past the limit is refused with a status
+ * (PoCL aborted the process on such a launch), one within it runs; and a
+ * body that reads zmlx_dynamic_shared needs dynamic bytes. */
+static void check_static_tg(zmlx_device *dev, zmlx_kernel *k, int64_t words, size_t dyn,
+                            zmlx_status want) {
+  int64_t n = 64;
+  float x[64];
+  for (int i = 0; i < 64; i++) x[i] = (float)i;
+  zmlx_array *in = zt_array(dev, ZMLX_F32, 1, &n, x), *out = zt_poisoned(dev, ZMLX_F32, 1, &n);
+  zmlx_template_arg t = {.name = "WORDS", .kind = ZMLX_TEMPLATE_INT, .value = words};
+  zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &out,
+                        .grid = {n, 1, 1}, .threadgroup = {32, 1, 1}, .templates = &t,
+                        .n_templates = 1, .dynamic_shared_bytes = dyn};
+  zmlx_status st = zmlx_kernel_launch(k, &c);
+  if (want == ZMLX_OK) {
+    ZT_OK(st);
+    double *got = zt_download(out);
+    for (int i = 0; i < 64; i++) assert_true(got[i] == (double)((i / 32) * 32 + 31 - i % 32));
+    free(got);
+  } else if (st != ZMLX_ERR_COMPILE) { /* CUDA's compiler may refuse it first */
+    zt_expect_failure(st, ZMLX_ERR_LAUNCH, "threadgroup memory", "static threadgroup past the limit");
+  }
+  zmlx_array_release(in), zmlx_array_release(out);
+}
+
+static void test_threadgroup_memory_limit(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  static const char *const x_in[] = {"x"}, *const o_out[] = {"out"};
+  zmlx_kernel_desc desc = {.name = "static_tg", .input_names = x_in, .n_inputs = 1,
+                           .output_names = o_out, .n_outputs = 1,
+                           .source = "threadgroup float big[WORDS];\n"
+                                     "uint t = thread_position_in_threadgroup.x;\n"
+                                     "uint g = thread_position_in_grid.x;\n"
+                                     "big[t] = x_load(g);\n"
+                                     "zmlx_barrier();\n"
+                                     "out_store(g, big[threads_per_threadgroup.x - 1u - t]);\n"};
+  for (int d = 0; d < nd; d++) {
+    zmlx_device_info info;
+    ZT_OK(zmlx_device_get_info(devs[d], &info));
+    zmlx_kernel *k = NULL;
+    ZT_OK(zmlx_kernel_create(&desc, &k));
+    int64_t small = 256, over = (int64_t)(info.max_shared_memory / sizeof(float)) + 1024;
+    check_static_tg(devs[d], k, small, 0, ZMLX_OK);
+    check_static_tg(devs[d], k, over, 0, ZMLX_ERR_LAUNCH);
+    /* 1 KiB static + all of the device's bytes as dynamic: over by 1 KiB */
+    check_static_tg(devs[d], k, small, info.max_shared_memory, ZMLX_ERR_LAUNCH);
+    zmlx_kernel_destroy(k);
+
+    /* zmlx_dynamic_shared with no dynamic bytes */
+    zmlx_kernel *kd = make(ZT_K_DYNSHARED);
+    int64_t n = 128;
+    float x[128] = {0};
+    zmlx_array *in = zt_array(devs[d], ZMLX_F32, 1, &n, x), *out = zt_poisoned(devs[d], ZMLX_F32, 1, &n);
+    zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &out,
+                          .grid = {n, 1, 1}, .threadgroup = {128, 1, 1}};
+    ZT_FAILS(zmlx_kernel_launch(kd, &c), ZMLX_ERR_LAUNCH, "dynamic_shared_bytes");
+    zmlx_array_release(in), zmlx_array_release(out);
+    zmlx_kernel_destroy(kd);
+  }
+}
+
 static void test_compile_error_has_log_and_line(void **state) {
   (void)state;
   zmlx_device *devs[MAX_DEVS];
@@ -533,6 +598,7 @@ int main(void) {
       cmocka_unit_test(test_params_dynshared_init),
       cmocka_unit_test(test_bad_create),
       cmocka_unit_test(test_bad_launch),
+      cmocka_unit_test(test_threadgroup_memory_limit),
       cmocka_unit_test(test_compile_error_has_log_and_line),
       cmocka_unit_test(test_source_every_backend),
   };

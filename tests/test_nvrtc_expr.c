@@ -6,7 +6,9 @@
  * and one threadgroup per row, with SIMD and threadgroup-memory combines;
  * two-pass map-reduce; single-pass online softmax; the column sums of
  * broadcast gradients). Needs libnvrtc, not a GPU: a CUDA compile error
- * fails CI on machines that cannot run CUDA. Skips without libnvrtc.
+ * fails CI on machines that cannot run CUDA. Skips without libnvrtc. The
+ * sanitizer build emits and counts every source but leaves the compiles to
+ * the normal build (NVRTC under ASan's allocator doubles the time).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,8 @@ static void compile_for_sm90a(const char *what, const char *src, int min_kernels
   if (kernels < min_kernels)
     fail_msg("%s: %d kernels in the source, want at least %d:\n%s", what, kernels, min_kernels,
              src);
+  n_compiled++;
+  if (ZT_SANITIZED) return; /* the normal build compiles the same source */
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
@@ -43,7 +47,6 @@ static void compile_for_sm90a(const char *what, const char *src, int min_kernels
   assert_memory_equal(cubin, "\x7f" "ELF", 4); /* a cubin */
   free(cubin);
   free(log);
-  n_compiled++;
 }
 
 static const char *dir_name(zmlx_op_direction dir) {
@@ -313,7 +316,8 @@ static void test_gradient_sum_patterns(void **state) {
 
 static int report(void **state) {
   (void)state;
-  fprintf(stderr, "[test_nvrtc_expr] %d CUDA sources compiled for sm_90a\n", n_compiled);
+  fprintf(stderr, "[test_nvrtc_expr] %d CUDA sources %s for sm_90a\n", n_compiled,
+          ZT_SANITIZED ? "emitted (the normal build compiles them)" : "compiled");
   return 0;
 }
 

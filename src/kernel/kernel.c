@@ -352,6 +352,9 @@ static zmlx_status check_geometry(const zmlx_kernel *k, const zmlx_device *dev,
   if ((blocks[1] > 65535 || blocks[2] > 65535) && dev->ops->kind == ZMLX_BACKEND_CUDA)
     return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %u x %u threadgroups in y/z exceed CUDA's "
                      "65535", k->name, blocks[1], blocks[2]);
+  if (k->uses_dynamic_shared && c->dynamic_shared_bytes == 0)
+    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s' reads zmlx_dynamic_shared but the call gives "
+                     "no dynamic_shared_bytes", k->name);
   if (c->dynamic_shared_bytes > dev->info.max_shared_memory)
     return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %zu bytes of dynamic threadgroup memory "
                      "exceed the device's %zu", k->name, c->dynamic_shared_bytes,
@@ -475,6 +478,19 @@ static void release_outputs_on_error(const zmlx_kernel *k, zmlx_kernel_call *c, 
     }
 }
 
+/* The function's own threadgroup arrays plus the call's dynamic bytes must
+ * fit the device (a driver may crash on a launch past it rather than fail). */
+static zmlx_status check_threadgroup_memory(const zmlx_kernel *k, const zmlx_device *dev, void *fn,
+                                            const zmlx_kernel_call *c) {
+  size_t fixed = dev->ops->static_shared ? dev->ops->static_shared(dev->index, fn) : 0;
+  size_t limit = dev->info.max_shared_memory;
+  if (fixed > limit || c->dynamic_shared_bytes > limit - fixed)
+    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %zu bytes of static threadgroup memory + %zu "
+                     "dynamic exceed the device's %zu", k->name, fixed, c->dynamic_shared_bytes,
+                     limit);
+  return ZMLX_OK;
+}
+
 static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream *s,
                                    zmlx_kernel_call *c, zmlx_array **arrays) {
   uint32_t blocks[3], threads[3];
@@ -483,6 +499,7 @@ static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream
   for (int i = 0; i < k->n_inputs + k->n_outputs; i++) dtypes[i] = arrays[i]->dtype;
   void *fn;
   ZMLX_CHECK(get_function(k, dev, dtypes, c->templates, c->n_templates, &fn));
+  ZMLX_CHECK(check_threadgroup_memory(k, dev, fn, c));
   if (c->has_init_value)
     for (int i = 0; i < k->n_outputs; i++)
       ZMLX_CHECK(zmlx_builtin_fill(arrays[k->n_inputs + i], c->init_value, s));

@@ -125,6 +125,10 @@ typedef struct zmlx_backend_ops {
   zmlx_status (*load)(int dev, const void *binary, size_t binary_size, const char *entry,
                       void **function);
   void (*unload)(int dev, void *function);
+  /* Threadgroup memory a loaded function declares itself (static
+   * `threadgroup` arrays), in bytes: a launch adds its dynamic bytes to it
+   * and is refused when the sum exceeds info.max_shared_memory. */
+  size_t (*static_shared)(int dev, void *function);
   /* Launch `blocks` threadgroups of `threads` each. */
   zmlx_status (*launch)(int dev, void *stream, void *function, const uint32_t blocks[3],
                         const uint32_t threads[3], size_t dynamic_shared,

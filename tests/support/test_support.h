@@ -10,6 +10,20 @@
 
 #include "zmlx.h"
 
+/* Whether this is the sanitizer build. A check whose work is done by code
+ * outside zmlx (NVRTC compiling a source zmlx emitted) runs in the normal
+ * build only: under the sanitizer it would repeat the same work, slower. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ZT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ZT_SANITIZED 1
+#endif
+#endif
+#ifndef ZT_SANITIZED
+#define ZT_SANITIZED 0
+#endif
+
 /* cmocka's skip() counts the case too, so that a program can report how many
  * of its cases skipped instead of folding them into the passes. */
 void zt_note_skip(void);

@@ -54,6 +54,7 @@ typedef struct cuda_function {
   /* Largest dynamic shared size the function is allowed so far. Raised
    * under `lock` only; launches read it without the lock. */
   atomic_size_t shared_limit;
+  size_t static_shared; /* CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES */
   pthread_mutex_t lock;
 } cuda_function;
 
@@ -382,6 +383,10 @@ static zmlx_status new_function(CUmodule mod, CUfunction fn, void **function) {
   f->fn = fn;
   f->mod = mod;
   read_param_sizes(f);
+  int static_bytes = 0;
+  if (zmlx_cu.FuncGetAttribute(&static_bytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn) != CUDA_SUCCESS)
+    static_bytes = 0;
+  f->static_shared = static_bytes > 0 ? (size_t)static_bytes : 0;
   atomic_init(&f->shared_limit, CUDA_DEFAULT_DYNAMIC_SHARED);
   pthread_mutex_init(&f->lock, NULL);
   *function = f;
@@ -409,6 +414,11 @@ static zmlx_status cuda_load(int dev, const void *binary, size_t binary_size, co
   zmlx_status st = new_function(mod, fn, function);
   if (st != ZMLX_OK) (void)zmlx_cu.ModuleUnload(mod);
   return st;
+}
+
+static size_t cuda_static_shared(int dev, void *function) {
+  (void)dev;
+  return function ? ((cuda_function *)function)->static_shared : 0;
 }
 
 static void cuda_unload(int dev, void *function) {
@@ -545,6 +555,7 @@ const zmlx_backend_ops zmlx_backend_cuda_ops = {
     .compile = cuda_compile,
     .load = cuda_load,
     .unload = cuda_unload,
+    .static_shared = cuda_static_shared,
     .launch = cuda_launch,
     .dlpack_device_type = 2, /* kDLCUDA */
     .dlpack_data = cuda_dlpack_data,

@@ -40,6 +40,7 @@ static const struct {
     ZMLX_CU_SYM(ModuleGetFunction, "cuModuleGetFunction", 1),
     ZMLX_CU_SYM(ModuleUnload, "cuModuleUnload", 1),
     ZMLX_CU_SYM(FuncSetAttribute, "cuFuncSetAttribute", 1),
+    ZMLX_CU_SYM(FuncGetAttribute, "cuFuncGetAttribute", 1),
     ZMLX_CU_SYM(LaunchKernel, "cuLaunchKernel", 1),
     ZMLX_CU_SYM(MemAllocAsync, "cuMemAllocAsync", 0),
     ZMLX_CU_SYM(MemFreeAsync, "cuMemFreeAsync", 0),

@@ -654,6 +654,10 @@ typedef struct ocl_function {
   cl_program program;
   cl_kernel kernel;
   cl_uint num_args;
+  /* CL_KERNEL_LOCAL_MEM_SIZE before any argument is set: the kernel's own
+   * __local arrays. PoCL aborts the process on a launch past the device's
+   * local memory instead of failing it, so launches check first. */
+  size_t static_local;
   pthread_mutex_t lock;
 } ocl_function;
 
@@ -684,7 +688,8 @@ static zmlx_status program_from_binary(const ocl_dev *d, const void *binary, siz
 
 /* Kernel object + its parameter count (launch checks the args against it
  * and learns from it whether the kernel takes dynamic local memory). */
-static zmlx_status make_kernel(cl_program prog, const char *entry, ocl_function *f) {
+static zmlx_status make_kernel(cl_program prog, cl_device_id device, const char *entry,
+                               ocl_function *f) {
   cl_int err = CL_SUCCESS;
   f->kernel = clCreateKernel(prog, entry, &err);
   if (err != CL_SUCCESS)
@@ -695,6 +700,10 @@ static zmlx_status make_kernel(cl_program prog, const char *entry, ocl_function 
     clReleaseKernel(f->kernel);
     return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetKernelInfo(NUM_ARGS)");
   }
+  cl_ulong local = 0;
+  err = clGetKernelWorkGroupInfo(f->kernel, device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof local, &local,
+                                 NULL);
+  f->static_local = err == CL_SUCCESS ? (size_t)local : 0;
   return ZMLX_OK;
 }
 
@@ -708,7 +717,7 @@ static zmlx_status ocl_load(int dev, const void *binary, size_t binary_size, con
   if (!f) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = program_from_binary(&g_cl.devs[dev], binary, binary_size, &f->program);
   if (st == ZMLX_OK) {
-    st = make_kernel(f->program, entry, f);
+    st = make_kernel(f->program, g_cl.devs[dev].device, entry, f);
     if (st != ZMLX_OK) clReleaseProgram(f->program);
   }
   if (st == ZMLX_OK && pthread_mutex_init(&f->lock, NULL) != 0) {
@@ -722,6 +731,11 @@ static zmlx_status ocl_load(int dev, const void *binary, size_t binary_size, con
   }
   *function = f;
   return ZMLX_OK;
+}
+
+static size_t ocl_static_shared(int dev, void *function) {
+  (void)dev;
+  return function ? ((ocl_function *)function)->static_local : 0;
 }
 
 static void ocl_unload(int dev, void *function) {
@@ -884,6 +898,7 @@ const zmlx_backend_ops zmlx_backend_opencl_ops = {
     .compile = ocl_compile,
     .load = ocl_load,
     .unload = ocl_unload,
+    .static_shared = ocl_static_shared,
     .launch = ocl_launch,
     .dlpack_device_type = 4, /* kDLOpenCL */
     .dlpack_data = ocl_dlpack_data,
