@@ -851,8 +851,13 @@ ZMLX_API zmlx_status zmlx_cache_reset_stats(void);
 /** Directory of the disk cache ($ZMLX_CACHE_DIR, $XDG_CACHE_HOME/zmlx,
  *  ~/.cache/zmlx). Valid until the next call. */
 ZMLX_API const char *zmlx_cache_dir(void);
-/** 1 unless ZMLX_CACHE=0 or zmlx_cache_set_disk_enabled(0). */
+/** 1 unless ZMLX_CACHE=0, zmlx_cache_set_disk_enabled(0), or the directory
+ *  cannot be created or written (then zmlx_cache_disk_problem says why, and
+ *  every process compiles its kernels again). */
 ZMLX_API int zmlx_cache_disk_enabled(void);
+/** Why the disk cache is off although wanted (an unusable directory), or
+ *  NULL. Checked once per process, on first use. */
+ZMLX_API const char *zmlx_cache_disk_problem(void);
 ZMLX_API zmlx_status zmlx_cache_set_disk_enabled(int enabled);
 /** Remove every entry from the disk cache; *removed gets the count. */
 ZMLX_API zmlx_status zmlx_cache_clear_disk(int64_t *removed);

@@ -564,6 +564,35 @@ static void test_eval_params(void **state) {
   }
 }
 
+/* Out of host memory is a failure (1), not a bad command line (2). */
+static void test_eval_out_of_memory(void **state) {
+  (void)state;
+  if (!cli_built()) skip();
+  cli_run r = RUN("eval", "x * 2", "--in", "x[1048576,1048576]=1"); /* 4 TiB of f32 */
+  expect_status(&r, 1, "zmlx eval with a 2^40-element input");
+  expect_contains(r.err, "out of memory", "zmlx eval with a 2^40-element input");
+}
+
+/* An unusable cache directory is said, and the disk cache reported off
+ * (it used to read "disk on" while every process compiled again). */
+static void test_unusable_cache_dir(void **state) {
+  (void)state;
+  if (!cli_built()) skip();
+  const char *was = getenv("ZMLX_CACHE_DIR");
+  char saved[4096] = "";
+  if (was) snprintf(saved, sizeof saved, "%s", was);
+  setenv("ZMLX_CACHE_DIR", "/proc/zmlx-cache-test/kernels", 1);
+  cli_run stats = RUN("cache", "stats");
+  cli_run info = RUN("info");
+  if (was) setenv("ZMLX_CACHE_DIR", saved, 1);
+  else unsetenv("ZMLX_CACHE_DIR");
+  expect_status(&stats, 0, "zmlx cache stats");
+  expect_contains(stats.out, "disk       off: cannot create the cache directory "
+                  "/proc/zmlx-cache-test/kernels", "zmlx cache stats");
+  expect_status(&info, 0, "zmlx info");
+  expect_contains(info.out, "disk       off: cannot create the cache directory", "zmlx info");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_help_and_usage_errors, free_pending),
@@ -572,6 +601,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_eval_silu_mul, free_pending),
       cmocka_unit_test_teardown(test_eval_broadcast_grad, free_pending),
       cmocka_unit_test_teardown(test_eval_params, free_pending),
+      cmocka_unit_test_teardown(test_unusable_cache_dir, free_pending),
+      cmocka_unit_test_teardown(test_eval_out_of_memory, free_pending),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

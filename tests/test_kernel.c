@@ -392,6 +392,61 @@ static void test_bad_create(void **state) {
   assert_null(k);
 }
 
+/* Names that would only fail in a backend's compiler (a keyword of one of
+ * the languages, a name the dialect defines, a parameter named like an
+ * array) are refused at create, with the clash named. */
+static void expect_bad_input_name(const char *name, const char *needle) {
+  const char *names[2] = {name, "y"};
+  zmlx_kernel_desc d = zt_kernels[ZT_K_AXPB].desc;
+  d.input_names = names;
+  zmlx_kernel *k = NULL;
+  char what[96];
+  snprintf(what, sizeof what, "input named '%.40s'", name);
+  zt_expect_failure(zmlx_kernel_create(&d, &k), ZMLX_ERR_INVALID_ARG, needle, what);
+  assert_null(k);
+}
+
+static void test_reserved_names(void **state) {
+  (void)state;
+  expect_bad_input_name("float", "C keyword");
+  expect_bad_input_name("device", "Metal");
+  expect_bad_input_name("kernel", "reserved");
+  expect_bad_input_name("local", "OpenCL");
+  expect_bad_input_name("template", "CUDA");
+  expect_bad_input_name("grid_size", "index name");
+  expect_bad_input_name("thread_position_in_grid", "index name");
+  expect_bad_input_name("zmlx_tmp", "prefix");
+  char longname[201];
+  memset(longname, 'a', 200);
+  longname[200] = '\0';
+  expect_bad_input_name(longname, "200 characters long");
+
+  zmlx_kernel *k = NULL;
+  zmlx_kernel_desc d = zt_kernels[ZT_K_PARAMS].desc; /* input x; params alpha, shift */
+  const char *like_input[2] = {"x", "shift"};
+  d.param_names = like_input;
+  ZT_FAILS(zmlx_kernel_create(&d, &k), ZMLX_ERR_INVALID_ARG, "clashes with input 'x'");
+  const char *like_shape[2] = {"alpha", "x_shape"};
+  d.param_names = like_shape;
+  ZT_FAILS(zmlx_kernel_create(&d, &k), ZMLX_ERR_INVALID_ARG, "clashes with input 'x'");
+  const char *like_output[2] = {"out", "shift"};
+  d.param_names = like_output;
+  ZT_FAILS(zmlx_kernel_create(&d, &k), ZMLX_ERR_INVALID_ARG, "clashes with output 'out'");
+  const char *twice[2] = {"alpha", "alpha"};
+  d.param_names = twice;
+  ZT_FAILS(zmlx_kernel_create(&d, &k), ZMLX_ERR_INVALID_ARG, "used twice");
+  d = zt_kernels[ZT_K_AXPB].desc;
+  d.name = longname;
+  ZT_FAILS(zmlx_kernel_create(&d, &k), ZMLX_ERR_INVALID_ARG, "200 characters long");
+  assert_null(k);
+  /* near misses are fine */
+  const char *fine[2] = {"floats", "x_shape2"};
+  d = zt_kernels[ZT_K_AXPB].desc;
+  d.input_names = fine;
+  ZT_OK(zmlx_kernel_create(&d, &k));
+  zmlx_kernel_destroy(k);
+}
+
 static void test_bad_launch(void **state) {
   (void)state;
   zmlx_device *devs[MAX_DEVS];
@@ -597,6 +652,7 @@ int main(void) {
       cmocka_unit_test(test_shape_strides_access),
       cmocka_unit_test(test_params_dynshared_init),
       cmocka_unit_test(test_bad_create),
+      cmocka_unit_test(test_reserved_names),
       cmocka_unit_test(test_bad_launch),
       cmocka_unit_test(test_threadgroup_memory_limit),
       cmocka_unit_test(test_compile_error_has_log_and_line),

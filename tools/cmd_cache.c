@@ -25,7 +25,9 @@ static int cache_stats(const cli_command *self, int argc, char **argv) {
   }
   char size[32];
   printf("directory  %s\n", zmlx_cache_dir());
-  printf("disk       %s\n", zmlx_cache_disk_enabled() ? "on" : "off");
+  const char *problem = zmlx_cache_disk_problem();
+  printf("disk       %s%s%s\n", zmlx_cache_disk_enabled() ? "on" : "off", problem ? ": " : "",
+         problem ? problem : "");
   printf("entries    %" PRId64 "\n", entries);
   printf("size       %s", cli_format_bytes((double)bytes, size, sizeof size));
   printf(bytes >= 1024 ? " (%" PRId64 " bytes)\n" : "\n", bytes);

@@ -69,14 +69,16 @@ typedef struct eval_input {
   float *values;  /* count values */
 } eval_input;
 
-/* Comma-separated numbers of `s` into a new array; *n gets the count. */
+/* Comma-separated numbers of `s` into a new array; *n gets the count.
+ * Returns CLI_OK, CLI_USAGE (a bad value) or CLI_FAIL (out of memory: not
+ * the command line's fault). */
 static int parse_values(const char *s, const char *name, float **out, int64_t *n) {
   size_t cap = 1;
   for (const char *p = s; *p; p++) cap += *p == ',';
   float *v = malloc(cap * sizeof *v);
   if (!v) {
-    fprintf(stderr, "%s: out of memory\n", cli_path());
-    return 0;
+    fprintf(stderr, "%s: out of memory for %zu values\n", cli_path(), cap);
+    return CLI_FAIL;
   }
   int64_t k = 0;
   for (const char *p = s;; p++) {
@@ -87,9 +89,8 @@ static int parse_values(const char *s, const char *name, float **out, int64_t *n
     if (end == p || (*end != ',' && *end != '\0')) {
       size_t len = strcspn(p, ",");
       free(v);
-      cli_usage_error("input '%s': '%.*s' is not a number", name, (int)(len > 60 ? 60 : len),
-                      p);
-      return 0;
+      return cli_usage_error("input '%s': '%.*s' is not a number", name,
+                             (int)(len > 60 ? 60 : len), p);
     }
     v[k++] = (float)d;
     p = end;
@@ -97,15 +98,15 @@ static int parse_values(const char *s, const char *name, float **out, int64_t *n
   }
   *out = v;
   *n = k;
-  return 1;
+  return CLI_OK;
 }
 
-/* NAME=V,... or NAME[D0,...]=V,... */
+/* NAME=V,... or NAME[D0,...]=V,... Returns a CLI_* code as parse_values. */
 static int parse_input(const char *spec, cli_names *names, eval_input *in) {
   size_t n = strcspn(spec, "[=");
   if (spec[n] == '\0')
-    return cli_usage_error("--in '%s': expected NAME=V,V,... or NAME[D0,D1]=V,...", spec), 0;
-  if (!cli_add_name(names, spec, n, "input")) return 0;
+    return cli_usage_error("--in '%s': expected NAME=V,V,... or NAME[D0,D1]=V,...", spec);
+  if (!cli_add_name(names, spec, n, "input")) return CLI_USAGE;
   const char *name = names->name[names->n - 1];
   const char *p = spec + n;
   in->ndim = 1;
@@ -131,39 +132,39 @@ static int parse_input(const char *spec, cli_names *names, eval_input *in) {
     if (*p != ']' || p[1] != '=' || in->ndim == 0)
       return cli_usage_error("input '%s': bad shape (want 1 to %d sizes >= 1, as "
                              "NAME[2,3]=...)",
-                             name, ZMLX_MAX_DIMS),
-             0;
+                             name, ZMLX_MAX_DIMS);
     p++;
   }
   p++; /* '=' */
   int64_t count = 0;
-  if (!parse_values(p, name, &in->values, &count)) return 0;
+  int rc = parse_values(p, name, &in->values, &count);
+  if (rc != CLI_OK) return rc;
   if (!shaped) {
     in->shape[0] = count;
     in->count = count;
-    return 1;
+    return CLI_OK;
   }
   in->count = 1;
   for (int d = 0; d < in->ndim; d++) {
     if (in->count > ((int64_t)1 << 40) / in->shape[d])
-      return cli_usage_error("input '%s': shape too large", name), 0;
+      return cli_usage_error("input '%s': shape too large", name);
     in->count *= in->shape[d];
   }
-  if (count == in->count) return 1;
+  if (count == in->count) return CLI_OK;
   if (count == 1) { /* one value fills the shape */
     float *all = malloc((size_t)in->count * sizeof *all);
     if (!all) {
-      fprintf(stderr, "%s: out of memory\n", cli_path());
-      return 0;
+      fprintf(stderr, "%s: out of memory for input '%s' (%lld values)\n", cli_path(), name,
+              (long long)in->count);
+      return CLI_FAIL;
     }
     for (int64_t i = 0; i < in->count; i++) all[i] = in->values[0];
     free(in->values);
     in->values = all;
-    return 1;
+    return CLI_OK;
   }
   return cli_usage_error("input '%s': shape holds %lld values, %lld given", name,
-                         (long long)in->count, (long long)count),
-         0;
+                         (long long)in->count, (long long)count);
 }
 
 /* NAME=V */
@@ -292,7 +293,9 @@ static int parse_args(int argc, char **argv, eval_args *a) {
     } else if ((r = cli_option(argc, argv, &i, "--dtype", &v)) != 0) {
       if (r < 0 || !cli_parse_float_dtype(v, &a->dtype)) return CLI_USAGE;
     } else if ((r = cli_option(argc, argv, &i, "--in", &v)) != 0) {
-      if (r < 0 || !parse_input(v, &a->inputs, &a->in[a->inputs.n])) return CLI_USAGE;
+      if (r < 0) return CLI_USAGE;
+      int pr = parse_input(v, &a->inputs, &a->in[a->inputs.n]);
+      if (pr != CLI_OK) return pr;
     } else if ((r = cli_option(argc, argv, &i, "--param", &v)) != 0) {
       if (r < 0 || !parse_param(v, &a->params, a->param_values)) return CLI_USAGE;
     } else {

@@ -70,8 +70,11 @@ static void print_cache(void) {
   const char *env = getenv("ZMLX_CACHE");
   printf("kernel cache:\n");
   printf("  directory  %s\n", *dir ? dir : "(none: set ZMLX_CACHE_DIR or HOME)");
+  const char *problem = zmlx_cache_disk_problem();
   if (zmlx_cache_disk_enabled())
     printf("  disk       on\n");
+  else if (problem)
+    printf("  disk       off: %s (every process compiles its kernels again)\n", problem);
   else
     printf("  disk       off%s\n", env ? " (ZMLX_CACHE is set)" : "");
 }

@@ -348,7 +348,7 @@ static int env_disables_cache(void) {
          strcasecmp(v, "no") == 0;
 }
 
-int zmlx_cache_disk_enabled(void) {
+static int disk_wanted(void) {
   int v = atomic_load(&g_disk_enabled);
   if (v < 0) {
     int expected = -1;
@@ -358,6 +358,10 @@ int zmlx_cache_disk_enabled(void) {
   }
   return v;
 }
+
+/* Off when not wanted, and when the directory cannot be used: the cache
+ * then says so (zmlx_cache_disk_problem) instead of failing every write. */
+int zmlx_cache_disk_enabled(void) { return disk_wanted() && !zmlx_cache_disk_problem(); }
 
 zmlx_status zmlx_cache_set_disk_enabled(int enabled) {
   atomic_store(&g_disk_enabled, enabled ? 1 : 0);
@@ -404,6 +408,31 @@ static int make_dirs(const char *dir) {
   if (mkdir(buf, 0700) != 0 && errno != EEXIST) return 0;
   struct stat st;
   return stat(buf, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Once per process: can the directory be created and written? A problem
+ * turns the disk cache off for the process, with the reason kept. */
+static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
+static char g_disk_problem[PATH_MAX + 128];
+
+static void probe_disk(void) {
+  const char *dir = zmlx_cache_dir();
+  errno = 0;
+  if (!*dir)
+    snprintf(g_disk_problem, sizeof g_disk_problem,
+             "no cache directory: set ZMLX_CACHE_DIR, XDG_CACHE_HOME or HOME");
+  else if (!make_dirs(dir))
+    snprintf(g_disk_problem, sizeof g_disk_problem, "cannot create the cache directory %s: %s",
+             dir, strerror(errno ? errno : ENOTDIR));
+  else if (access(dir, W_OK | X_OK) != 0)
+    snprintf(g_disk_problem, sizeof g_disk_problem, "cannot write the cache directory %s: %s",
+             dir, strerror(errno));
+}
+
+const char *zmlx_cache_disk_problem(void) {
+  if (!disk_wanted()) return NULL;
+  pthread_once(&g_probe_once, probe_disk);
+  return g_disk_problem[0] ? g_disk_problem : NULL;
 }
 
 /* ======================================================= disk: format */

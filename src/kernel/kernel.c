@@ -11,28 +11,112 @@
 
 /* ----------------------------------------------------------------- create */
 
-static int valid_identifier(const char *s) {
+#define MAX_NAME_LEN 63
+
+static int is_identifier(const char *s) {
   if (!s || !*s || !(s[0] == '_' || (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z')))
     return 0;
   for (const char *p = s; *p; p++)
     if (!(*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
       return 0;
-  return strlen(s) < 64;
+  return 1;
 }
 
-static zmlx_status check_names(const char *what, const char *const *names, int n) {
-  if (n > 0 && !names) return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel: %s names are NULL", what);
-  for (int i = 0; i < n; i++)
-    if (!valid_identifier(names[i]))
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel: %s name %d ('%s') is not a C identifier",
-                       what, i, names[i] ? names[i] : "(null)");
+static int valid_identifier(const char *s) { return is_identifier(s) && strlen(s) <= MAX_NAME_LEN; }
+
+/* Why `s` may not name a kernel's array, parameter or template, or NULL.
+ * The body is compiled for every backend, so a word any of their languages
+ * reserves is refused at create, not by one compiler's log later. */
+static const char *reserved_name_reason(const char *s) {
+  static const char *const c_keywords[] = {
+      "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+      "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+      "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch",
+      "typedef", "union", "unsigned", "void", "volatile", "while", "_Bool", "_Alignas",
+      "_Alignof", "_Atomic", "_Complex", "_Generic", "_Imaginary", "_Noreturn",
+      "_Static_assert", "_Thread_local", NULL};
+  /* The dialect's index names, defined in every kernel (docs/DIALECT.md). */
+  static const char *const dialect_names[] = {
+      "thread_position_in_grid", "thread_position_in_threadgroup", "threadgroup_position_in_grid",
+      "threads_per_threadgroup", "threadgroups_per_grid", "grid_size",
+      "thread_index_in_threadgroup", "thread_index_in_simdgroup", "simdgroup_index_in_threadgroup",
+      "threads_per_simdgroup", "simdgroups_per_threadgroup", NULL};
+  for (int i = 0; c_keywords[i]; i++)
+    if (!strcmp(s, c_keywords[i])) return "a C keyword";
+  for (int i = 0; dialect_names[i]; i++)
+    if (!strcmp(s, dialect_names[i])) return "an index name the dialect defines in every kernel";
+  if (!strncmp(s, "zmlx_", 5) || !strncmp(s, "ZMLX_", 5) || !strncmp(s, "__", 2))
+    return "in a prefix the dialect reserves (zmlx_, ZMLX_, __)";
+  zmlx_backend backends[3] = {ZMLX_BACKEND_CUDA, ZMLX_BACKEND_OPENCL, ZMLX_BACKEND_METAL};
+  for (int b = 0; b < 3; b++) {
+    const zmlx_dialect *d = zmlx_dialect_for(backends[b]);
+    for (int i = 0; d && d->reserved_words && d->reserved_words[i]; i++)
+      if (!strcmp(s, d->reserved_words[i]))
+        return d->kind == ZMLX_BACKEND_CUDA     ? "reserved in CUDA C++"
+               : d->kind == ZMLX_BACKEND_OPENCL ? "reserved in OpenCL C"
+                                                : "reserved in Metal";
+  }
+  return NULL;
+}
+
+/* A kernel name, array, parameter or template name: an identifier of at
+ * most MAX_NAME_LEN characters that no backend's language reserves. */
+static zmlx_status check_one_name(const char *kernel, const char *what, const char *s) {
+  if (!s) return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': %s is NULL", kernel, what);
+  if (!is_identifier(s))
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%s' is not a C identifier", kernel,
+                     what, s);
+  if (strlen(s) > MAX_NAME_LEN)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%.20s...' is %zu characters long "
+                     "(at most %d)", kernel, what, s, strlen(s), MAX_NAME_LEN);
+  const char *why = reserved_name_reason(s);
+  if (why)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%s' is %s; pick another name", kernel,
+                     what, s, why);
+  return ZMLX_OK;
+}
+
+static zmlx_status check_names(const char *kernel, const char *what, const char *const *names,
+                               int n) {
+  if (n > 0 && !names)
+    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': %s names are NULL", kernel, what);
+  for (int i = 0; i < n; i++) {
+    char label[48];
+    snprintf(label, sizeof label, "%s name %d", what, i);
+    ZMLX_CHECK(check_one_name(kernel, label, names[i]));
+  }
+  return ZMLX_OK;
+}
+
+/* `name` against the names the kernel scope already has for the arrays
+ * (x, its geometry x_shape, x_strides, x_ndim and its accessors). */
+static zmlx_status check_param_vs_arrays(const zmlx_kernel_desc *d, const char *name) {
+  static const char *const suffixes[] = {"", "_shape", "_strides", "_ndim", "_shape_v",
+                                         "_strides_v", "_load", "_store"};
+  for (int io = 0; io < 2; io++) {
+    const char *const *arrays = io ? d->output_names : d->input_names;
+    int n = io ? d->n_outputs : d->n_inputs;
+    for (int i = 0; i < n; i++) {
+      size_t len = strlen(arrays[i]);
+      if (strncmp(name, arrays[i], len)) continue;
+      for (size_t k = 0; k < sizeof suffixes / sizeof *suffixes; k++)
+        if (!strcmp(name + len, suffixes[k]))
+          return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': param '%s' clashes with %s '%s'%s",
+                           d->name, name, io ? "output" : "input", arrays[i],
+                           *suffixes[k] ? " (its geometry)" : "");
+    }
+  }
   return ZMLX_OK;
 }
 
 static zmlx_status check_desc(const zmlx_kernel_desc *d) {
-  if (!valid_identifier(d->name))
+  /* The kernel's own name only goes into its entry point, zmlx_k_<name>. */
+  if (!is_identifier(d->name))
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel: name '%s' is not a C identifier",
                      d->name ? d->name : "(null)");
+  if (strlen(d->name) > MAX_NAME_LEN)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel: name '%.20s...' is %zu characters long (at "
+                     "most %d)", d->name, strlen(d->name), MAX_NAME_LEN);
   if (!d->source) return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': source is NULL", d->name);
   if (d->n_inputs < 0 || d->n_outputs < 1 ||
       d->n_inputs + d->n_outputs > ZMLX_KERNEL_MAX_ARRAYS)
@@ -42,9 +126,16 @@ static zmlx_status check_desc(const zmlx_kernel_desc *d) {
   if (d->n_params < 0 || d->n_params > ZMLX_KERNEL_MAX_PARAMS)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': at most %d scalar params", d->name,
                      ZMLX_KERNEL_MAX_PARAMS);
-  ZMLX_CHECK(check_names("input", d->input_names, d->n_inputs));
-  ZMLX_CHECK(check_names("output", d->output_names, d->n_outputs));
-  ZMLX_CHECK(check_names("param", d->param_names, d->n_params));
+  ZMLX_CHECK(check_names(d->name, "input", d->input_names, d->n_inputs));
+  ZMLX_CHECK(check_names(d->name, "output", d->output_names, d->n_outputs));
+  ZMLX_CHECK(check_names(d->name, "param", d->param_names, d->n_params));
+  for (int i = 0; i < d->n_params; i++) {
+    ZMLX_CHECK(check_param_vs_arrays(d, d->param_names[i]));
+    for (int j = 0; j < i; j++)
+      if (!strcmp(d->param_names[i], d->param_names[j]))
+        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': param name '%s' is used twice",
+                         d->name, d->param_names[i]);
+  }
   for (int i = 0; i < d->n_params; i++) {
     zmlx_dtype t = d->param_dtypes ? d->param_dtypes[i] : ZMLX_F32;
     if (t != ZMLX_F32 && t != ZMLX_F64 && t != ZMLX_I32 && t != ZMLX_U32 && t != ZMLX_I64)

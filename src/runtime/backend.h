@@ -83,6 +83,10 @@ typedef struct zmlx_dialect {
   void (*emit_kernel_begin)(const zmlx_kspec *spec, struct zmlx_sb *sb);
   /* Close the kernel ("}\n" and anything the prologue opened). */
   void (*emit_kernel_end)(const zmlx_kspec *spec, struct zmlx_sb *sb);
+  /* The language's reserved words and predefined names beyond C11's
+   * (NULL-terminated): a kernel's array or parameter may not be named so,
+   * since every kernel must compile on every backend. */
+  const char *const *reserved_words;
 } zmlx_dialect;
 
 /* ------------------------------------------------------------ runtime ops */

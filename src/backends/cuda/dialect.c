@@ -109,6 +109,16 @@ static void cuda_emit_kernel_end(const zmlx_kspec *spec, zmlx_sb *sb) {
   zmlx_sb_append(sb, "}\n");
 }
 
+/* C++ keywords and CUDA's predefined names and qualifiers. */
+static const char *const cuda_reserved[] = {
+    "alignas", "alignof", "and", "asm", "bool", "catch", "class", "const_cast", "constexpr",
+    "decltype", "delete", "dynamic_cast", "explicit", "export", "false", "friend", "mutable",
+    "namespace", "new", "noexcept", "not", "nullptr", "operator", "or", "private", "protected",
+    "public", "reinterpret_cast", "static_assert", "static_cast", "template", "this",
+    "thread_local", "throw", "true", "try", "typeid", "typename", "using", "virtual", "xor",
+    "threadIdx", "blockIdx", "blockDim", "gridDim", "warpSize", "half", "nv_bfloat16",
+    "__global__", "__device__", "__shared__", "__constant__", "__restrict__", NULL};
+
 const zmlx_dialect zmlx_dialect_cuda = {
     .kind = ZMLX_BACKEND_CUDA,
     .name = "cuda",
@@ -116,4 +126,5 @@ const zmlx_dialect zmlx_dialect_cuda = {
     .type_name = cuda_type_name,
     .emit_kernel_begin = cuda_emit_kernel_begin,
     .emit_kernel_end = cuda_emit_kernel_end,
+    .reserved_words = cuda_reserved,
 };

@@ -101,6 +101,13 @@ static void metal_emit_kernel_end(const zmlx_kspec *spec, zmlx_sb *sb) {
   zmlx_sb_append(sb, "}\n");
 }
 
+/* Metal's address spaces and the C++ keywords it keeps (Metal is C++14). */
+static const char *const metal_reserved[] = {
+    "kernel", "device", "constant", "thread", "threadgroup", "threadgroup_imageblock",
+    "vertex", "fragment", "half", "bfloat", "uint", "ushort", "uchar", "metal", "class",
+    "namespace", "template", "typename", "using", "this", "new", "delete", "operator",
+    "private", "public", "protected", "true", "false", "bool", "constexpr", NULL};
+
 const zmlx_dialect zmlx_dialect_metal = {
     .kind = ZMLX_BACKEND_METAL,
     .name = "metal",
@@ -108,4 +115,5 @@ const zmlx_dialect zmlx_dialect_metal = {
     .type_name = metal_type_name,
     .emit_kernel_begin = metal_emit_kernel_begin,
     .emit_kernel_end = metal_emit_kernel_end,
+    .reserved_words = metal_reserved,
 };

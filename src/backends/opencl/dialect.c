@@ -128,6 +128,13 @@ static void cl_emit_kernel_end(const zmlx_kspec *spec, zmlx_sb *sb) {
   zmlx_sb_append(sb, "}\n");
 }
 
+/* OpenCL C's keywords, address spaces and scalar type names. */
+static const char *const cl_reserved[] = {
+    "kernel", "__kernel", "global", "__global", "local", "__local", "constant", "__constant",
+    "private", "__private", "generic", "read_only", "write_only", "read_write", "uniform",
+    "pipe", "bool", "uchar", "ushort", "uint", "ulong", "half", "size_t", "ptrdiff_t",
+    "intptr_t", "uintptr_t", "image2d_t", "image3d_t", "sampler_t", "event_t", NULL};
+
 const zmlx_dialect zmlx_dialect_opencl = {
     .kind = ZMLX_BACKEND_OPENCL,
     .name = "opencl",
@@ -135,4 +142,5 @@ const zmlx_dialect zmlx_dialect_opencl = {
     .type_name = cl_type_name,
     .emit_kernel_begin = cl_emit_kernel_begin,
     .emit_kernel_end = cl_emit_kernel_end,
+    .reserved_words = cl_reserved,
 };
