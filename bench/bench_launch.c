@@ -81,8 +81,8 @@ static double launch_us(zmlx_kernel *k, zmlx_array *in, zmlx_array *out, int all
     for (int i = 0; i < batch; i++) {
       zmlx_array *o = alloc ? NULL : out;
       zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &o,
-                            .output_ndims = &ndim, .output_shapes = shapes, .output_dtypes = &dt,
-                            .grid = {n, 1, 1}, .threadgroup = {64, 1, 1}};
+                            .output_ndims = &ndim, .output_shapes = alloc ? shapes : NULL,
+                            .output_dtypes = &dt, .grid = {n, 1, 1}, .threadgroup = {64, 1, 1}};
       CHECK(zmlx_kernel_launch(k, &c));
       if (alloc) outs[i % 64] = o;
       if (alloc && i % 64 == 63)

@@ -285,7 +285,9 @@ typedef struct zmlx_kernel_call {
   zmlx_array *const *inputs;      /* n_inputs arrays */
   /* Outputs: either pass preallocated arrays in `outputs` (dense, on the
    * stream's device) or leave outputs[i] NULL and give shapes + dtypes: the
-   * call then allocates and returns new references in outputs[i]. */
+   * call then allocates and returns new references in outputs[i]. A slot
+   * that is not NULL while output_shapes[i] is set is refused (so that a
+   * second launch never writes silently into the first one's output). */
   zmlx_array **outputs;           /* n_outputs slots, required */
   const int *output_ndims;        /* used for outputs[i] == NULL */
   const int64_t *const *output_shapes;
@@ -306,6 +308,14 @@ ZMLX_API zmlx_status zmlx_kernel_create(const zmlx_kernel_desc *desc, zmlx_kerne
 ZMLX_API zmlx_status zmlx_kernel_destroy(zmlx_kernel *k);
 /** Compile (or fetch from cache) and launch. */
 ZMLX_API zmlx_status zmlx_kernel_launch(zmlx_kernel *k, zmlx_kernel_call *call);
+/** The common case in one call: every output new, with input 0's shape and
+ *  dtype; one thread per element of input 0 (grid = its size), threadgroups
+ *  of ZMLX_KERNEL_APPLY_THREADS (fewer where the device allows fewer);
+ *  `params` as in zmlx_kernel_call (NULL when the kernel has none). Each
+ *  outputs[i] must be NULL on entry and gets a new reference. */
+#define ZMLX_KERNEL_APPLY_THREADS 256
+ZMLX_API zmlx_status zmlx_kernel_apply(zmlx_kernel *k, zmlx_array *const *inputs,
+                                       const double *params, zmlx_array **outputs);
 /** Full generated source for `backend` (CUDA, OpenCL or Metal) as the call
  *  would compile it; works with no device of that backend. Input dtypes are
  *  taken from call->inputs when given, else from `input_dtypes`. Caller

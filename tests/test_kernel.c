@@ -520,6 +520,72 @@ static void test_bad_launch(void **state) {
   }
 }
 
+/* zmlx_kernel_apply: outputs like input 0, one thread per element; and a
+ * launch never writes silently into an earlier launch's output. */
+static void test_apply_and_explicit_reuse(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  for (int d = 0; d < nd; d++) {
+    zmlx_kernel *k = make(ZT_K_AXPB); /* out = x * y + 1 */
+    int64_t shape[2] = {7, 301};
+    int64_t n = shape[0] * shape[1];
+    float *x = random_floats((size_t)n, -2, 2, 41), *y = random_floats((size_t)n, -2, 2, 42);
+    zmlx_array *in[2] = {zt_array(devs[d], ZMLX_F32, 2, shape, x),
+                         zt_array(devs[d], ZMLX_F32, 2, shape, y)};
+    zmlx_array *out = NULL;
+    ZT_OK(zmlx_kernel_apply(k, in, NULL, &out));
+    assert_int_equal(zmlx_array_ndim(out), 2);
+    assert_int_equal(zmlx_array_shape(out)[1], 301);
+    double *got = zt_download(out), *want = malloc((size_t)n * sizeof *want);
+    for (int64_t i = 0; i < n; i++) want[i] = (double)x[i] * y[i] + 1.0;
+    zt_assert_close(got, want, (size_t)n, 1e-6, 1e-6, "zmlx_kernel_apply");
+    free(got);
+    /* the slot still holds the first output: a second apply is refused */
+    ZT_FAILS(zmlx_kernel_apply(k, in, NULL, &out), ZMLX_ERR_INVALID_ARG, "outputs[0] is not NULL");
+    /* as is a launch that asks for a new output into a filled slot */
+    int ndim = 2;
+    const int64_t *shapes[1] = {shape};
+    zmlx_dtype dt = ZMLX_F32;
+    zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &out,
+                          .output_ndims = &ndim, .output_shapes = shapes, .output_dtypes = &dt,
+                          .grid = {n, 1, 1}, .threadgroup = {64, 1, 1}};
+    ZT_FAILS(zmlx_kernel_launch(k, &c), ZMLX_ERR_INVALID_ARG, "both given");
+    /* writing into it is said by leaving output_shapes out */
+    c.output_shapes = NULL;
+    ZT_OK(zmlx_kernel_launch(k, &c));
+    got = zt_download(out);
+    zt_assert_close(got, want, (size_t)n, 1e-6, 1e-6, "launch into a given output");
+    free(got), free(want), free(x), free(y);
+    zmlx_array_release(out);
+    /* an empty input: empty outputs, nothing launched */
+    int64_t empty[2] = {0, 5};
+    zmlx_array *e[2] = {NULL, NULL}, *eo = NULL;
+    ZT_OK(zmlx_array_zeros(devs[d], ZMLX_F32, 2, empty, &e[0]));
+    ZT_OK(zmlx_array_zeros(devs[d], ZMLX_F32, 2, empty, &e[1]));
+    ZT_OK(zmlx_kernel_apply(k, e, NULL, &eo));
+    assert_int_equal(zmlx_array_size(eo), 0);
+    zmlx_array_release(e[0]), zmlx_array_release(e[1]), zmlx_array_release(eo);
+    ZT_FAILS(zmlx_kernel_apply(k, NULL, NULL, &eo), ZMLX_ERR_NULL_ARG, "inputs");
+    zmlx_array_release(in[0]), zmlx_array_release(in[1]);
+    zmlx_kernel_destroy(k);
+    /* a kernel with params needs them */
+    zmlx_kernel *kp = make(ZT_K_PARAMS);
+    int64_t m = 10;
+    float xs[10] = {0};
+    zmlx_array *xin = zt_array(devs[d], ZMLX_F32, 1, &m, xs), *po = NULL;
+    ZT_FAILS(zmlx_kernel_apply(kp, &xin, NULL, &po), ZMLX_ERR_NULL_ARG, "params");
+    double params[2] = {2.0, 3.0};
+    ZT_OK(zmlx_kernel_apply(kp, &xin, params, &po));
+    double *pg = zt_download(po);
+    for (int i = 0; i < 10; i++) assert_true(pg[i] == 3.0);
+    free(pg);
+    zmlx_array_release(xin), zmlx_array_release(po);
+    zmlx_kernel_destroy(kp);
+  }
+}
+
 /* Static threadgroup arrays count against the device's threadgroup memory
  * as dynamic bytes do: a kernel past the limit is refused with a status
  * (PoCL aborted the process on such a launch), one within it runs; and a
@@ -655,6 +721,7 @@ int main(void) {
       cmocka_unit_test(test_reserved_names),
       cmocka_unit_test(test_bad_launch),
       cmocka_unit_test(test_threadgroup_memory_limit),
+      cmocka_unit_test(test_apply_and_explicit_reuse),
       cmocka_unit_test(test_compile_error_has_log_and_line),
       cmocka_unit_test(test_source_every_backend),
   };

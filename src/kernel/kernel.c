@@ -459,6 +459,13 @@ static zmlx_status prepare_outputs(const zmlx_kernel *k, zmlx_device *dev, zmlx_
   for (int i = 0; i < k->n_outputs; i++) {
     const char *name = k->names[k->n_inputs + i];
     owned[i] = 0;
+    int wants_new = c->output_shapes && c->output_shapes[i];
+    if (c->outputs[i] && wants_new)
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' is both given (outputs[%d] "
+                       "is not NULL, perhaps an earlier launch's) and asked for "
+                       "(output_shapes[%d]): set outputs[%d] = NULL for a new array, or "
+                       "output_shapes[%d] = NULL to write into the given one", k->name, name, i,
+                       i, i, i);
     if (c->outputs[i]) {
       zmlx_array *o = c->outputs[i];
       if (o->buffer->device != dev)
@@ -469,7 +476,7 @@ static zmlx_status prepare_outputs(const zmlx_kernel *k, zmlx_device *dev, zmlx_
                          k->name, name);
       continue;
     }
-    if (!c->output_ndims || !c->output_shapes || !c->output_dtypes)
+    if (!c->output_ndims || !wants_new || !c->output_dtypes)
       return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': output '%s' is not given, and "
                        "output_ndims / output_shapes / output_dtypes are missing", k->name, name);
     zmlx_status st = zmlx_array_alloc(dev, s, c->output_dtypes[i], c->output_ndims[i],
@@ -630,6 +637,60 @@ zmlx_status zmlx_kernel_launch(zmlx_kernel *k, zmlx_kernel_call *c) {
   for (int i = 0; i < k->n_inputs; i++) zmlx_array_release(copies[i]);
   if (st != ZMLX_OK) release_outputs_on_error(k, c, owned);
   return st;
+}
+
+/* The defaults of MLX's metal_kernel in one call: outputs like input 0,
+ * one thread per element of it. */
+zmlx_status zmlx_kernel_apply(zmlx_kernel *k, zmlx_array *const *inputs, const double *params,
+                              zmlx_array **outputs) {
+  ZMLX_REQUIRE_ARG(k);
+  ZMLX_REQUIRE_ARG(outputs);
+  if (k->n_inputs < 1)
+    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_apply: kernel '%s' has no input to take "
+                     "the output shape from: use zmlx_kernel_launch", k->name);
+  ZMLX_REQUIRE_ARG(inputs);
+  if (!inputs[0]) return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_apply: inputs[0] is NULL");
+  if (k->n_params > 0 && !params)
+    return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_apply: kernel '%s' takes %d params, params "
+                     "is NULL", k->name, k->n_params);
+  for (int i = 0; i < k->n_outputs; i++)
+    if (outputs[i])
+      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_apply: outputs[%d] is not NULL (it "
+                       "makes new outputs; release an earlier one and set the slot to NULL, or "
+                       "use zmlx_kernel_launch to write into it)", i);
+  const zmlx_array *x = inputs[0];
+  int ndims[ZMLX_KERNEL_MAX_ARRAYS];
+  const int64_t *shapes[ZMLX_KERNEL_MAX_ARRAYS];
+  zmlx_dtype dtypes[ZMLX_KERNEL_MAX_ARRAYS];
+  for (int i = 0; i < k->n_outputs; i++) {
+    ndims[i] = x->ndim;
+    shapes[i] = x->shape;
+    dtypes[i] = x->dtype;
+  }
+  if (x->size == 0) { /* nothing to run: empty outputs */
+    for (int i = 0; i < k->n_outputs; i++) {
+      zmlx_status st = zmlx_array_zeros(x->buffer->device, x->dtype, x->ndim, x->shape, &outputs[i]);
+      if (st != ZMLX_OK) {
+        for (int j = 0; j < i; j++) {
+          zmlx_array_release(outputs[j]);
+          outputs[j] = NULL;
+        }
+        return st;
+      }
+    }
+    return ZMLX_OK;
+  }
+  int64_t n = x->size;
+  int tg = ZMLX_KERNEL_APPLY_THREADS;
+  zmlx_device_info info;
+  if (zmlx_device_get_info(x->buffer->device, &info) == ZMLX_OK &&
+      info.max_threads_per_threadgroup < tg)
+    tg = info.max_threads_per_threadgroup;
+  zmlx_kernel_call c = {.n_inputs = k->n_inputs, .n_outputs = k->n_outputs, .inputs = inputs,
+                        .outputs = outputs, .output_ndims = ndims, .output_shapes = shapes,
+                        .output_dtypes = dtypes, .grid = {n, 1, 1}, .threadgroup = {tg, 1, 1},
+                        .params = params};
+  return zmlx_kernel_launch(k, &c);
 }
 
 /* ------------------------------------------------------------------ source */
