@@ -211,7 +211,9 @@ ZMLX_API zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_byt
 /** Read element `flat_index` (C order) converted to double. Slow; for tests. */
 ZMLX_API zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out);
 
-/* Views share the buffer (no copy). */
+/* Views share the buffer (no copy). Not recorded by autograd: inside a grad
+ * call use zmlx_reshape / zmlx_transpose / zmlx_slice / zmlx_astype, which
+ * are (docs/AUTOGRAD.md has the table of both families). */
 /** New shape with the same element count; one entry may be -1. A view when
  *  the array is contiguous, else a contiguous copy. */
 ZMLX_API zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape,

@@ -337,12 +337,12 @@ static void test_emit_backends(void **state) {
   assert_string_equal(r.out, again.out);
   run_free(&again);
   /* Inputs declared explicitly in the inferred order: the same kernel. */
-  again = RUN("emit", "--in", "x,y", "x * sigmoid(x) * y");
+  again = RUN("emit", "--backend", "cuda", "--in", "x,y", "x * sigmoid(x) * y");
   expect_status(&again, 0, "emit --in x,y");
   assert_string_equal(r.out, again.out);
   run_free(&again);
   /* Another input order is another kernel. */
-  again = RUN("emit", "--in", "y", "--in", "x", "x * sigmoid(x) * y");
+  again = RUN("emit", "--backend", "cuda", "--in", "y", "--in", "x", "x * sigmoid(x) * y");
   expect_status(&again, 0, "emit --in y --in x");
   assert_true(strcmp(r.out, again.out) != 0);
   run_free(&again);
@@ -564,6 +564,54 @@ static void test_eval_params(void **state) {
   }
 }
 
+/* emit's conveniences: --body drops the prelude, EXPR from a file, and the
+ * default backend is the one eval runs on. */
+static void test_emit_body_file_default(void **state) {
+  (void)state;
+  if (!cli_built()) skip();
+  cli_run full = RUN("emit", "--backend", "cuda", "x * sigmoid(x)");
+  cli_run body = RUN("emit", "--backend", "cuda", "--body", "x * sigmoid(x)");
+  expect_status(&full, 0, "emit");
+  expect_status(&body, 0, "emit --body");
+  expect_contains(body.out, "__global__", "emit --body");
+  /* the prelude's banner and its helpers are gone, the kernels stay */
+  expect_contains(full.out, "zmlx CUDA prelude", "emit");
+  if (strstr(body.out, "zmlx CUDA prelude") || strstr(body.out, "ZMLX_FN float zmlx_sigmoid(float"))
+    fail_msg("emit --body still prints the prelude:\n%.2000s", body.out);
+  if (strlen(body.out) * 3 > strlen(full.out))
+    fail_msg("emit --body printed %zu of %zu bytes", strlen(body.out), strlen(full.out));
+
+  char path[] = "/tmp/zmlx-test-expr-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  const char *text = "s = sigmoid(x)\nx * s\n";
+  assert_int_equal(write(fd, text, strlen(text)), (int)strlen(text));
+  close(fd);
+  cli_run from_file = RUN("emit", "--backend", "cuda", "--body", "-f", path);
+  expect_status(&from_file, 0, "emit -f FILE");
+  expect_contains(from_file.out, "__global__", "emit -f FILE");
+  cli_run ev = RUN("eval", "--file", path, "--in", "x=0,2");
+  expect_status(&ev, 0, "eval --file FILE");
+  expect_contains(ev.out, "[0, 1.76159", "eval --file FILE"); /* 2 * sigmoid(2) */
+  cli_run both = RUN("emit", "-f", path, "x");
+  expect_status(&both, 2, "emit -f FILE EXPR");
+  unlink(path);
+  cli_run missing = RUN("emit", "-f", "/nonexistent/zmlx-expr");
+  expect_status(&missing, 1, "emit -f missing");
+  expect_contains(missing.err, "cannot open", "emit -f missing");
+
+  /* the default backend: what eval (and zmlx_default_device) picks here */
+  zmlx_device *dev = NULL;
+  if (zmlx_default_device(&dev) == ZMLX_OK) {
+    const char *name = zmlx_backend_name(zmlx_device_backend(dev));
+    cli_run dflt = RUN("emit", "x * 2");
+    cli_run named = RUN("emit", "--backend", name, "x * 2");
+    expect_status(&dflt, 0, "emit (auto)");
+    assert_string_equal(dflt.out, named.out);
+  }
+  zmlx_clear_error();
+}
+
 /* Out of host memory is a failure (1), not a bad command line (2). */
 static void test_eval_out_of_memory(void **state) {
   (void)state;
@@ -603,6 +651,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_eval_params, free_pending),
       cmocka_unit_test_teardown(test_unusable_cache_dir, free_pending),
       cmocka_unit_test_teardown(test_eval_out_of_memory, free_pending),
+      cmocka_unit_test_teardown(test_emit_body_file_default, free_pending),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -586,6 +586,27 @@ static void test_apply_and_explicit_reuse(void **state) {
   }
 }
 
+/* A NULL argument is reported under the name of the call the user made,
+ * not of the internal helper that noticed it. */
+static void test_errors_name_the_call(void **state) {
+  (void)state;
+  zmlx_array *out = NULL, *q_out = NULL, *k_out = NULL;
+  ZT_FAILS(zmlx_softmax(NULL, &out), ZMLX_ERR_NULL_ARG, "zmlx_softmax: argument 'x'");
+  ZT_FAILS(zmlx_log_softmax(NULL, &out), ZMLX_ERR_NULL_ARG, "zmlx_log_softmax:");
+  ZT_FAILS(zmlx_op_call(NULL, NULL, 0, NULL, NULL, &out), ZMLX_ERR_NULL_ARG, "zmlx_op_call:");
+  ZT_FAILS(zmlx_custom_function_call(NULL, NULL, 0, &out, 1), ZMLX_ERR_NULL_ARG,
+           "zmlx_custom_function_call:");
+  zmlx_device *devs[MAX_DEVS];
+  if (zt_devices(devs, MAX_DEVS)) {
+    int64_t shape[4] = {1, 2, 2, 8};
+    zmlx_array *q = zt_poisoned(devs[0], ZMLX_F32, 4, shape);
+    ZT_FAILS(zmlx_rope_qk(q, NULL, NULL, &q_out, &k_out), ZMLX_ERR_NULL_ARG,
+             "zmlx_rope_qk: argument 'k'");
+    zmlx_array_release(q);
+  }
+  assert_null(out);
+}
+
 /* Static threadgroup arrays count against the device's threadgroup memory
  * as dynamic bytes do: a kernel past the limit is refused with a status
  * (PoCL aborted the process on such a launch), one within it runs; and a
@@ -722,6 +743,7 @@ int main(void) {
       cmocka_unit_test(test_bad_launch),
       cmocka_unit_test(test_threadgroup_memory_limit),
       cmocka_unit_test(test_apply_and_explicit_reuse),
+      cmocka_unit_test(test_errors_name_the_call),
       cmocka_unit_test(test_compile_error_has_log_and_line),
       cmocka_unit_test(test_source_every_backend),
   };

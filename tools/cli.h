@@ -101,5 +101,10 @@ int cli_report(zmlx_status st, const char *doing);
  * unknown identifier is appended to `inputs` (in order of first use) and
  * the parse is retried. Reports the error and returns CLI_FAIL otherwise. */
 int cli_parse_expr(const char *expr, cli_names *inputs, int infer, const cli_names *params);
+/* EXPR from where the command line says: `-f FILE` / `--file FILE` (FILE
+ * "-" is standard input), or the positional EXPR "-" (standard input), else
+ * the positional text itself. *text gets the expression; *owned what to
+ * free (NULL when it is argv's). Reports and returns CLI_USAGE / CLI_FAIL. */
+int cli_expr_text(const char *positional, const char *file, const char **text, char **owned);
 
 #endif /* ZMLX_TOOLS_CLI_H */

@@ -7,11 +7,13 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gen/expr.h"
+#include "runtime/backend.h"
 #include "zmlx.h"
 
 _Static_assert(CLI_NAME_CAP == ZMLX_EXPR_MAX_IDENT + 1, "cli_names holds identifiers");
@@ -153,10 +155,58 @@ int cli_parse_expr(const char *expr, cli_names *inputs, int infer, const cli_nam
   }
 }
 
+/* All of `f` as a string (NULL when out of memory or unreadable). */
+static char *read_all(FILE *f) {
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  while (buf) {
+    n += fread(buf + n, 1, cap - 1 - n, f);
+    if (ferror(f)) break;
+    if (n < cap - 1) {
+      buf[n] = '\0';
+      return buf;
+    }
+    char *grown = cap > ((size_t)1 << 26) ? NULL : realloc(buf, cap * 2); /* 64 MiB of text */
+    if (!grown) break;
+    buf = grown;
+    cap *= 2;
+  }
+  free(buf);
+  return NULL;
+}
+
+int cli_expr_text(const char *positional, const char *file, const char **text, char **owned) {
+  *owned = NULL;
+  *text = NULL;
+  if (positional && file)
+    return cli_usage_error("give EXPR or --file, not both (EXPR is '%s')", positional);
+  const char *path = file ? file : positional && !strcmp(positional, "-") ? "-" : NULL;
+  if (!path) {
+    if (!positional) return cli_usage_error("missing EXPR (or --file FILE, or - for stdin)");
+    *text = positional;
+    return CLI_OK;
+  }
+  FILE *f = strcmp(path, "-") ? fopen(path, "r") : stdin;
+  if (!f) {
+    fprintf(stderr, "%s: cannot open '%s': %s\n", cli_path(), path, strerror(errno));
+    return CLI_FAIL;
+  }
+  char *buf = read_all(f);
+  int read_errno = errno;
+  if (f != stdin) fclose(f);
+  if (!buf) {
+    fprintf(stderr, "%s: cannot read '%s': %s\n", cli_path(), path,
+            read_errno ? strerror(read_errno) : "too long or out of memory");
+    return CLI_FAIL;
+  }
+  *text = *owned = buf;
+  return CLI_OK;
+}
+
 /* ---------------------------------------------------------------- emit */
 
 const char zmlx_emit_usage[] =
-    "usage: zmlx emit [options] [--] EXPR\n"
+    "usage: zmlx emit [options] [--] EXPR | -f FILE | -\n"
     "\n"
     "Print the complete kernel source that zmlx generates for the elementwise\n"
     "expression EXPR (the same text zmlx_op_source returns), without needing a\n"
@@ -175,7 +225,12 @@ const char zmlx_emit_usage[] =
     "order of first appearance.\n"
     "\n"
     "options:\n"
-    "  --backend B      cuda (default), opencl or metal\n"
+    "  --backend B      auto (default: the backend zmlx runs on here, as for\n"
+    "                   zmlx eval: CUDA with a GPU, else OpenCL; CUDA when no\n"
+    "                   device works), cuda, opencl or metal\n"
+    "  --body           only the kernel(s), without the backend's prelude\n"
+    "  -f, --file FILE  read EXPR from FILE ('-': standard input; a lone '-' as\n"
+    "                   EXPR reads standard input too)\n"
     "  --grad, --vjp    the backward (VJP) kernel: gradients of every input\n"
     "  --jvp            the forward-mode (JVP) kernel: the output's tangent\n"
     "  --dtype T        storage dtype of the inputs: f32 (default), f16, bf16\n"
@@ -206,13 +261,63 @@ static int add_name_list(cli_names *names, const char *list, const char *what,
   }
 }
 
+/* auto: the default device's backend, as zmlx eval picks it; CUDA when no
+ * device works (emitting needs none). */
+static zmlx_backend resolve_backend(zmlx_backend b) {
+  if (b != ZMLX_BACKEND_AUTO) return b;
+  zmlx_device *dev = NULL;
+  if (zmlx_default_device(&dev) != ZMLX_OK) {
+    zmlx_clear_error();
+    return ZMLX_BACKEND_CUDA;
+  }
+  return zmlx_device_backend(dev);
+}
+
+/* Print `src` without the copies of the dialect prelude that stand in front
+ * of each of its kernels (a source may hold several: dense, vector and
+ * broadcast layouts). */
+static void print_kernels_only(const char *src, zmlx_backend backend) {
+  const zmlx_dialect *d = zmlx_dialect_for(backend);
+  const char *prelude = d ? d->prelude : NULL;
+  size_t plen = prelude ? strlen(prelude) : 0;
+  const char *p = src;
+  for (const char *at; plen && (at = strstr(p, prelude)) != NULL;) {
+    fwrite(p, 1, (size_t)(at - p), stdout);
+    p = at + plen;
+    p += strspn(p, "\n");
+  }
+  fputs(p, stdout);
+}
+
+static int emit(const char *expr, zmlx_backend backend, zmlx_dtype dtype, zmlx_op_direction dir,
+                int body_only, cli_names *inputs, cli_names *params) {
+  int rc = cli_parse_expr(expr, inputs, inputs->n == 0, params);
+  if (rc != CLI_OK) return rc;
+  backend = resolve_backend(backend);
+  zmlx_op *op = NULL;
+  zmlx_status st = zmlx_elementwise(expr, inputs->ptr, inputs->n, params->ptr, params->n, &op);
+  if (st != ZMLX_OK) return cli_report(st, NULL);
+  zmlx_dtype dtypes[CLI_EXPR_MAX_NAMES];
+  for (int i = 0; i < inputs->n; i++) dtypes[i] = dtype;
+  char *src = NULL;
+  st = zmlx_op_source(op, backend, dir, dtypes, &src);
+  zmlx_op_destroy(op);
+  if (st != ZMLX_OK) return cli_report(st, "source generation");
+  if (body_only) print_kernels_only(src, backend);
+  else fputs(src, stdout);
+  size_t n = strlen(src);
+  if (n == 0 || src[n - 1] != '\n') fputc('\n', stdout);
+  zmlx_free(src);
+  return CLI_OK;
+}
+
 int zmlx_cmd_emit(const cli_command *self, int argc, char **argv) {
   (void)self;
-  zmlx_backend backend = ZMLX_BACKEND_CUDA;
+  zmlx_backend backend = ZMLX_BACKEND_AUTO;
   zmlx_dtype dtype = ZMLX_F32;
   zmlx_op_direction dir = ZMLX_OP_FORWARD;
-  int dir_flags = 0;
-  const char *expr = NULL;
+  int dir_flags = 0, body_only = 0;
+  const char *expr = NULL, *file = NULL;
   cli_names inputs = {0}, params = {0};
   int positional_only = 0;
   for (int i = 1; i < argc; i++) {
@@ -232,10 +337,16 @@ int zmlx_cmd_emit(const cli_command *self, int argc, char **argv) {
     } else if (strcmp(arg, "--jvp") == 0) {
       dir = ZMLX_OP_JVP;
       dir_flags++;
+    } else if (strcmp(arg, "--body") == 0) {
+      body_only = 1;
+    } else if ((r = cli_option(argc, argv, &i, "--file", &v)) != 0 ||
+               (r = cli_option(argc, argv, &i, "-f", &v)) != 0) {
+      if (r < 0) return CLI_USAGE;
+      file = v;
     } else if ((r = cli_option(argc, argv, &i, "--backend", &v)) != 0) {
       if (r < 0) return CLI_USAGE;
-      if (zmlx_backend_from_name(v, &backend) != ZMLX_OK || backend == ZMLX_BACKEND_AUTO)
-        return cli_usage_error("unknown backend '%s' (choose cuda, opencl or metal)", v);
+      if (zmlx_backend_from_name(v, &backend) != ZMLX_OK)
+        return cli_usage_error("unknown backend '%s' (choose auto, cuda, opencl or metal)", v);
     } else if ((r = cli_option(argc, argv, &i, "--dtype", &v)) != 0) {
       if (r < 0 || !cli_parse_float_dtype(v, &dtype)) return CLI_USAGE;
     } else if ((r = cli_option(argc, argv, &i, "--in", &v)) != 0) {
@@ -247,23 +358,10 @@ int zmlx_cmd_emit(const cli_command *self, int argc, char **argv) {
     }
   }
   if (dir_flags > 1) return cli_usage_error("give at most one of --grad and --jvp");
-  if (!expr) return cli_usage_error("missing EXPR");
-
-  int rc = cli_parse_expr(expr, &inputs, inputs.n == 0, &params);
-  if (rc != CLI_OK) return rc;
-
-  zmlx_op *op = NULL;
-  zmlx_status st = zmlx_elementwise(expr, inputs.ptr, inputs.n, params.ptr, params.n, &op);
-  if (st != ZMLX_OK) return cli_report(st, NULL);
-  zmlx_dtype dtypes[CLI_EXPR_MAX_NAMES];
-  for (int i = 0; i < inputs.n; i++) dtypes[i] = dtype;
-  char *src = NULL;
-  st = zmlx_op_source(op, backend, dir, dtypes, &src);
-  zmlx_op_destroy(op);
-  if (st != ZMLX_OK) return cli_report(st, "source generation");
-  size_t n = strlen(src);
-  fputs(src, stdout);
-  if (n == 0 || src[n - 1] != '\n') fputc('\n', stdout);
-  zmlx_free(src);
-  return CLI_OK;
+  char *owned = NULL;
+  int rc = cli_expr_text(expr, file, &expr, &owned);
+  if (rc == CLI_OK) rc = emit(expr, backend, dtype, dir, body_only, &inputs, &params);
+  free(owned);
+  return rc;
 }
+

@@ -13,7 +13,7 @@
 #include "zmlx.h"
 
 const char zmlx_eval_usage[] =
-    "usage: zmlx eval [options] EXPR --in NAME=V,V,... [--in ...] [--param NAME=V]\n"
+    "usage: zmlx eval [options] EXPR|-f FILE|- --in NAME=V,V,... [--in ...] [--param NAME=V]\n"
     "\n"
     "Build the elementwise kernel of EXPR, run it on a device and print the\n"
     "result as one line of JSON. Example:\n"
@@ -38,6 +38,8 @@ const char zmlx_eval_usage[] =
     "  --backend B               auto (default: CUDA if a GPU works, else\n"
     "                            OpenCL; $ZMLX_BACKEND overrides), cuda, opencl\n"
     "  --device N                device index within the backend (default 0)\n"
+    "  -f, --file FILE           read EXPR from FILE ('-': standard input; a\n"
+    "                            lone '-' as EXPR reads standard input too)\n"
     "  --dtype T                 storage dtype of inputs, output and gradients:\n"
     "                            f32 (default), f16, bf16 (computed in f32)\n"
     "  --                        end of options: what follows is EXPR (for an\n"
@@ -254,7 +256,8 @@ static void print_json_string(const char *s) {
 /* ----------------------------------------------------------------- eval */
 
 typedef struct eval_args {
-  const char *expr;
+  const char *expr, *file;
+  char *owned_expr; /* EXPR read from a file or stdin */
   zmlx_backend backend;
   int device; /* -1: the default device */
   zmlx_dtype dtype;
@@ -283,6 +286,10 @@ static int parse_args(int argc, char **argv, eval_args *a) {
       if (r < 0) return CLI_USAGE;
       if (zmlx_backend_from_name(v, &a->backend) != ZMLX_OK)
         return cli_usage_error("unknown backend '%s' (choose auto, cuda or opencl)", v);
+    } else if ((r = cli_option(argc, argv, &i, "--file", &v)) != 0 ||
+               (r = cli_option(argc, argv, &i, "-f", &v)) != 0) {
+      if (r < 0) return CLI_USAGE;
+      a->file = v;
     } else if ((r = cli_option(argc, argv, &i, "--device", &v)) != 0) {
       char *end = NULL;
       if (r < 0) return CLI_USAGE;
@@ -302,8 +309,7 @@ static int parse_args(int argc, char **argv, eval_args *a) {
       return cli_usage_error("unknown option '%s'", arg);
     }
   }
-  if (!a->expr) return cli_usage_error("missing EXPR");
-  return CLI_OK;
+  return cli_expr_text(a->expr, a->file, &a->expr, &a->owned_expr);
 }
 
 static zmlx_status get_device(const eval_args *a, zmlx_device **dev) {
@@ -401,6 +407,7 @@ int zmlx_cmd_eval(const cli_command *self, int argc, char **argv) {
   if (rc == CLI_OK) rc = cli_parse_expr(a->expr, &a->inputs, 0, &a->params);
   if (rc == CLI_OK) rc = run(a);
   for (int i = 0; i < a->inputs.n; i++) free(a->in[i].values);
+  free(a->owned_expr);
   free(a);
   return rc;
 }

@@ -86,8 +86,8 @@ static const zmlx_ad_rule CUSTOM_RULE = {"custom function", custom_vjp, custom_j
 
 static zmlx_status check_call(zmlx_custom_function *fn, zmlx_array *const *inputs, int n,
                               zmlx_array **outputs, int n_out) {
-  ZMLX_REQUIRE_ARG(fn);
-  ZMLX_REQUIRE_ARG(outputs);
+  ZMLX_REQUIRE_ARG_OF("zmlx_custom_function_call", fn);
+  ZMLX_REQUIRE_ARG_OF("zmlx_custom_function_call", outputs);
   if (n < 0 || n_out < 1)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "custom function: %d inputs and %d outputs (need >= 0 "
                      "and >= 1)", n, n_out);

@@ -88,9 +88,9 @@ int zmlx_expr_dtype_ok(zmlx_dtype dt) { return dt != ZMLX_F64 && zmlx_dtype_size
 
 /* ------------------------------------------------------------ public API */
 
-static zmlx_status check_call(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
-                              const double *params) {
-  ZMLX_REQUIRE_ARG(op);
+static zmlx_status check_call(const char *call, zmlx_op *op, zmlx_array *const *inputs,
+                              int n_inputs, const double *params) {
+  ZMLX_REQUIRE_ARG_OF(call, op);
   if (n_inputs != op->n_inputs)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s op takes %d input%s; the call gives %d",
                      op->vt->kind, op->n_inputs, op->n_inputs == 1 ? "" : "s", n_inputs);
@@ -123,7 +123,7 @@ zmlx_status zmlx_op_call(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
                          const double *params, zmlx_stream *stream, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
-  ZMLX_CHECK(check_call(op, inputs, n_inputs, params));
+  ZMLX_CHECK(check_call("zmlx_op_call", op, inputs, n_inputs, params));
   ZMLX_CHECK(check_stream(op, inputs, stream));
   return op->vt->call(op, inputs, params, stream, out);
 }
@@ -132,7 +132,7 @@ zmlx_status zmlx_op_vjp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
                         const double *params, zmlx_array *cotangent, zmlx_stream *stream,
                         zmlx_array **grads) {
   ZMLX_REQUIRE_ARG(grads);
-  ZMLX_CHECK(check_call(op, inputs, n_inputs, params));
+  ZMLX_CHECK(check_call("zmlx_op_vjp", op, inputs, n_inputs, params));
   for (int i = 0; i < n_inputs; i++) grads[i] = NULL;
   ZMLX_REQUIRE_ARG(cotangent);
   ZMLX_CHECK(check_stream(op, inputs, stream));
@@ -147,7 +147,7 @@ zmlx_status zmlx_op_jvp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
                         zmlx_array **out_tangent) {
   ZMLX_REQUIRE_ARG(out_tangent);
   *out_tangent = NULL;
-  ZMLX_CHECK(check_call(op, inputs, n_inputs, params));
+  ZMLX_CHECK(check_call("zmlx_op_jvp", op, inputs, n_inputs, params));
   ZMLX_REQUIRE_ARG(tangents);
   ZMLX_CHECK(check_stream(op, inputs, stream));
   if (!op->vt->jvp)

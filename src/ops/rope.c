@@ -54,8 +54,10 @@ static int is_float16_32(zmlx_dtype dt) {
   return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
 }
 
-static zmlx_status rope_validate(zmlx_array *x, const zmlx_rope_opts *in, rope_cfg *c) {
-  ZMLX_REQUIRE_ARG(x);
+/* `arg` names x as the user's call does, e.g. "zmlx_rope_qk: argument 'q'". */
+static zmlx_status rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_opts *in,
+                                 rope_cfg *c) {
+  if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s is NULL", arg);
   memset(c, 0, sizeof *c);
   if (in) c->o = *in;
   c->sgn = 1.0f;
@@ -229,7 +231,7 @@ zmlx_status zmlx_rope(zmlx_array *x, const zmlx_rope_opts *opts, zmlx_array **ou
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   rope_cfg c;
-  ZMLX_CHECK(rope_validate(x, opts, &c));
+  ZMLX_CHECK(rope_validate("zmlx_rope: argument 'x'", x, opts, &c));
   return rope_apply(x, &c, out);
 }
 
@@ -239,8 +241,8 @@ zmlx_status zmlx_rope_qk(zmlx_array *q, zmlx_array *k, const zmlx_rope_opts *opt
   ZMLX_REQUIRE_ARG(k_out);
   *q_out = *k_out = NULL;
   rope_cfg cq, ck;
-  ZMLX_CHECK(rope_validate(q, opts, &cq));
-  ZMLX_CHECK(rope_validate(k, opts, &ck));
+  ZMLX_CHECK(rope_validate("zmlx_rope_qk: argument 'q'", q, opts, &cq));
+  ZMLX_CHECK(rope_validate("zmlx_rope_qk: argument 'k'", k, opts, &ck));
   int lay = cq.o.layout;
   int seq_ax = lay == ZMLX_ROPE_BSHD ? 1 : 2;
   char b1[96], b2[96];
@@ -400,8 +402,8 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
   if (grad == 0) {
     /* Forward into poisoned outputs, q and k (GQA) in one pass each. */
     rope_cfg cq, ck;
-    st = rope_validate(q, &ro, &cq);
-    if (st == ZMLX_OK) st = rope_validate(k, &ro, &ck);
+    st = rope_validate("zmlx_rope_qk: argument 'q'", q, &ro, &cq);
+    if (st == ZMLX_OK) st = rope_validate("zmlx_rope_qk: argument 'k'", k, &ro, &ck);
     if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 4, shq, NAN, &qo);
     if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 4, shk, NAN, &ko);
     if (st == ZMLX_OK) st = rope_launch(q, &cq, qo);

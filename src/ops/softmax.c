@@ -275,9 +275,11 @@ static zmlx_status sm_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_ar
 static const zmlx_ad_rule SM_RULE = {"softmax family", sm_vjp, sm_jvp, free};
 
 static zmlx_status sm_run(const char *op, zmlx_array *x, const sm_args *a, zmlx_array **out) {
-  ZMLX_REQUIRE_ARG(out);
+  char call[48];
+  snprintf(call, sizeof call, "zmlx_%s", op);
+  ZMLX_REQUIRE_ARG_OF(call, out);
   *out = NULL;
-  ZMLX_REQUIRE_ARG(x);
+  ZMLX_REQUIRE_ARG_OF(call, x);
   ZMLX_CHECK(sm_validate(op, x, a));
   zmlx_array *y = NULL;
   ZMLX_CHECK(sm_alloc_out(x, a->mode, &y));

@@ -31,6 +31,15 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
     if (zmlx_st_ != ZMLX_OK) return zmlx_st_; \
   } while (0)
 
+/* The same for a helper below a public function: the message names the
+ * call the user made (`call`, e.g. "zmlx_softmax"), not the helper. */
+#define ZMLX_REQUIRE_ARG_OF(call, p)                                     \
+  do {                                                                   \
+    if ((p) == NULL)                                                     \
+      return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL",   \
+                       (call), #p);                                      \
+  } while (0)
+
 #define ZMLX_REQUIRE_ARG(p)                                              \
   do {                                                                   \
     if ((p) == NULL)                                                     \
