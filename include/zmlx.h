@@ -133,6 +133,8 @@ typedef struct zmlx_device_info {
   int compute_units;
   int has_fp16;            /* native fp16 arithmetic */
   int has_fp64;
+  int64_t max_threadgroups[3]; /* threadgroups per launch along x, y, z */
+  int is_cpu;              /* the device is the host's CPU (OpenCL on PoCL) */
 } zmlx_device_info;
 
 /** Number of working devices of one backend (0 if unavailable). */

@@ -369,15 +369,14 @@ static int is_flat(const ew_plan *p, const coalesced *c) {
   return 1;
 }
 
-/* 16-byte alignment of element 0. OpenCL buffers start at least at
- * CL_DEVICE_MEM_BASE_ADDR_ALIGN (128 bytes for full profiles), so only the
- * offset matters there; CUDA pointers (possibly imported through DLPack)
- * are checked themselves. */
+/* 16-byte alignment of element 0. Opaque buffers (OpenCL's) start at least
+ * at CL_DEVICE_MEM_BASE_ADDR_ALIGN (128 bytes for full profiles), so only
+ * the offset matters there; device addresses (CUDA's, possibly imported
+ * through DLPack) are checked themselves. */
 static int aligned16(const zmlx_array *a) {
   size_t off = (size_t)a->offset * zmlx_dtype_size(a->dtype);
   if (off % 16) return 0;
-  if (a->buffer->device->ops->kind == ZMLX_BACKEND_CUDA)
-    return (uintptr_t)a->buffer->handle % 16 == 0;
+  if (a->buffer->device->ops->buffer_is_address) return (uintptr_t)a->buffer->handle % 16 == 0;
   return 1;
 }
 

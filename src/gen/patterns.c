@@ -425,7 +425,8 @@ int zmlx_pattern_simd_combine(const zmlx_expr *c, const char **kind) {
 }
 
 zmlx_row_mode zmlx_pattern_group_mode(zmlx_backend b) {
-  return b == ZMLX_BACKEND_OPENCL ? ZMLX_ROW_PER_GROUP_SHARED : ZMLX_ROW_PER_GROUP;
+  const zmlx_dialect *d = zmlx_dialect_for(b);
+  return d && !d->native_simd ? ZMLX_ROW_PER_GROUP_SHARED : ZMLX_ROW_PER_GROUP;
 }
 
 typedef struct rowgen {

@@ -113,8 +113,8 @@ typedef enum zmlx_row_mode {
   ZMLX_ROW_PER_GROUP_SHARED
 } zmlx_row_mode;
 
-/* The threadgroup-per-row mode for a backend: PER_GROUP where the SIMD
- * helpers are native, PER_GROUP_SHARED on OpenCL. */
+/* The threadgroup-per-row mode for a backend: PER_GROUP where its dialect's
+ * SIMD helpers are native, PER_GROUP_SHARED where they are emulated. */
 zmlx_row_mode zmlx_pattern_group_mode(zmlx_backend b);
 
 /* in0 [zrows, zcols] (row-contiguous) -> out0 [zrows]. */

@@ -27,7 +27,7 @@ static int valid_identifier(const char *s) { return is_identifier(s) && strlen(s
 /* Why `s` may not name a kernel's array, parameter or template, or NULL.
  * The body is compiled for every backend, so a word any of their languages
  * reserves is refused at create, not by one compiler's log later. */
-static const char *reserved_name_reason(const char *s) {
+static const char *reserved_name_reason(const char *s, char *buf, size_t cap) {
   static const char *const c_keywords[] = {
       "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
       "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
@@ -47,14 +47,13 @@ static const char *reserved_name_reason(const char *s) {
     if (!strcmp(s, dialect_names[i])) return "an index name the dialect defines in every kernel";
   if (!strncmp(s, "zmlx_", 5) || !strncmp(s, "ZMLX_", 5) || !strncmp(s, "__", 2))
     return "in a prefix the dialect reserves (zmlx_, ZMLX_, __)";
-  zmlx_backend backends[3] = {ZMLX_BACKEND_CUDA, ZMLX_BACKEND_OPENCL, ZMLX_BACKEND_METAL};
-  for (int b = 0; b < 3; b++) {
-    const zmlx_dialect *d = zmlx_dialect_for(backends[b]);
+  for (int b = 0; b < ZMLX_BACKEND_COUNT; b++) {
+    const zmlx_dialect *d = zmlx_dialect_for((zmlx_backend)b);
     for (int i = 0; d && d->reserved_words && d->reserved_words[i]; i++)
-      if (!strcmp(s, d->reserved_words[i]))
-        return d->kind == ZMLX_BACKEND_CUDA     ? "reserved in CUDA C++"
-               : d->kind == ZMLX_BACKEND_OPENCL ? "reserved in OpenCL C"
-                                                : "reserved in Metal";
+      if (!strcmp(s, d->reserved_words[i])) {
+        snprintf(buf, cap, "reserved in %s", d->language);
+        return buf;
+      }
   }
   return NULL;
 }
@@ -69,7 +68,8 @@ static zmlx_status check_one_name(const char *kernel, const char *what, const ch
   if (strlen(s) > MAX_NAME_LEN)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%.20s...' is %zu characters long "
                      "(at most %d)", kernel, what, s, strlen(s), MAX_NAME_LEN);
-  const char *why = reserved_name_reason(s);
+  char reason[64];
+  const char *why = reserved_name_reason(s, reason, sizeof reason);
   if (why)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%s' is %s; pick another name", kernel,
                      what, s, why);
@@ -440,9 +440,11 @@ static zmlx_status check_geometry(const zmlx_kernel *k, const zmlx_device *dev,
   if (tg_total > limit)
     return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': threadgroup of %lld threads exceeds the "
                      "device limit of %d", k->name, (long long)tg_total, limit);
-  if ((blocks[1] > 65535 || blocks[2] > 65535) && dev->ops->kind == ZMLX_BACKEND_CUDA)
-    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %u x %u threadgroups in y/z exceed CUDA's "
-                     "65535", k->name, blocks[1], blocks[2]);
+  for (int d = 0; d < 3; d++)
+    if (dev->info.max_threadgroups[d] > 0 && blocks[d] > dev->info.max_threadgroups[d])
+      return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %u threadgroups along %c exceed the "
+                       "device's %lld", k->name, blocks[d], "xyz"[d],
+                       (long long)dev->info.max_threadgroups[d]);
   if (k->uses_dynamic_shared && c->dynamic_shared_bytes == 0)
     return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s' reads zmlx_dynamic_shared but the call gives "
                      "no dynamic_shared_bytes", k->name);

@@ -33,8 +33,7 @@ zmlx_status zmlx_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx)
 
 int64_t zmlx_bench_rows(const zmlx_bench_opts *o, int64_t rows) {
   zmlx_device_info info;
-  if (zmlx_device_get_info(o->device, &info) != ZMLX_OK || info.backend != ZMLX_BACKEND_OPENCL)
-    return rows;
+  if (zmlx_device_get_info(o->device, &info) != ZMLX_OK || !info.is_cpu) return rows;
   return rows / 64 > 0 ? rows / 64 : 1;
 }
 

@@ -73,6 +73,11 @@ typedef struct zmlx_kspec {
 typedef struct zmlx_dialect {
   zmlx_backend kind;
   const char *name;          /* "cuda", "opencl", "metal" */
+  const char *language;      /* what the source is written in: "CUDA C++", ... */
+  /* 1 where the prelude's SIMD helpers are the hardware's (CUDA warps,
+   * Metal SIMD groups), 0 where they are emulated in threadgroup memory
+   * (OpenCL C 1.2 has no sub-groups): generators pick reductions by it. */
+  int native_simd;
   const char *prelude;       /* the dialect vocabulary (src/backends/<b>/prelude.*) */
   /* Storage type name of a dtype in generated source, e.g. "float",
    * "zmlx_half" (ushort storage), "zmlx_i64". */
@@ -138,6 +143,10 @@ typedef struct zmlx_backend_ops {
                         const uint32_t threads[3], size_t dynamic_shared,
                         const zmlx_launch_arg *args, int n_args);
 
+  /* 1 when a buffer handle is a device address (CUDA): an offset can be
+   * folded into it and its alignment checked; 0 for opaque objects
+   * (cl_mem), which only take offsets as launch arguments. */
+  int buffer_is_address;
   /* DLPack: device type code (kDLCUDA=2, kDLOpenCL=4) and the `data` value
    * for a buffer (device pointer, or cl_mem handle). */
   int dlpack_device_type;
@@ -157,5 +166,7 @@ extern const zmlx_backend_ops zmlx_backend_opencl_ops;
 
 /* Registry (runtime/device.c). */
 const zmlx_dialect *zmlx_dialect_for(zmlx_backend b);
+/* The backend whose buffers DLPack calls `device_type`, or AUTO for none. */
+zmlx_backend zmlx_backend_for_dlpack(int device_type);
 
 #endif /* ZMLX_RUNTIME_BACKEND_H */

@@ -7,26 +7,28 @@
 #include <string.h>
 
 typedef struct backend_slot {
-  const zmlx_backend_ops *ops; /* NULL: not compiled in */
-  pthread_once_t once;
+  const zmlx_backend_ops *ops; /* NULL: not compiled in, or source_only */
+  int source_only;             /* a dialect without a runtime (Metal) */
+  pthread_mutex_t lock;        /* guards the first init */
+  _Atomic int initialised;
   zmlx_status init_status;
   char init_error[512];
   int count;
   zmlx_device *devices;
 } backend_slot;
 
+/* The registry: one line per backend compiled in. The order of the enum is
+ * the order of preference for the default device (CUDA, then OpenCL);
+ * Metal emits source only and has no runtime table. Adding a backend: its
+ * folder under src/backends, an enum value, and a line here. */
 static backend_slot slots[ZMLX_BACKEND_COUNT] = {
 #ifdef ZMLX_HAVE_CUDA
-    [ZMLX_BACKEND_CUDA] = {.ops = &zmlx_backend_cuda_ops, .once = PTHREAD_ONCE_INIT},
-#else
-    [ZMLX_BACKEND_CUDA] = {.once = PTHREAD_ONCE_INIT},
+    [ZMLX_BACKEND_CUDA] = {.ops = &zmlx_backend_cuda_ops, .lock = PTHREAD_MUTEX_INITIALIZER},
 #endif
 #ifdef ZMLX_HAVE_OPENCL
-    [ZMLX_BACKEND_OPENCL] = {.ops = &zmlx_backend_opencl_ops, .once = PTHREAD_ONCE_INIT},
-#else
-    [ZMLX_BACKEND_OPENCL] = {.once = PTHREAD_ONCE_INIT},
+    [ZMLX_BACKEND_OPENCL] = {.ops = &zmlx_backend_opencl_ops, .lock = PTHREAD_MUTEX_INITIALIZER},
 #endif
-    [ZMLX_BACKEND_METAL] = {.once = PTHREAD_ONCE_INIT},
+    [ZMLX_BACKEND_METAL] = {.source_only = 1},
 };
 
 static _Atomic(zmlx_device *) default_device;
@@ -98,23 +100,26 @@ static void init_slot(backend_slot *slot) {
     snprintf(slot->init_error, sizeof slot->init_error, "%s", zmlx_last_error());
 }
 
-#define DEFINE_INIT_ONCE(B, fn) \
-  static void fn(void) { init_slot(&slots[B]); }
-DEFINE_INIT_ONCE(ZMLX_BACKEND_CUDA, init_cuda_once)
-DEFINE_INIT_ONCE(ZMLX_BACKEND_OPENCL, init_opencl_once)
 
 /* Initialise one backend on first use; the result is remembered. */
 static zmlx_status backend_init(zmlx_backend b, backend_slot **out) {
   if ((unsigned)b >= ZMLX_BACKEND_COUNT || b == ZMLX_BACKEND_AUTO)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "invalid backend %d", (int)b);
   backend_slot *slot = &slots[b];
-  if (b == ZMLX_BACKEND_METAL)
-    return zmlx_fail(ZMLX_ERR_NO_DEVICE,
-                     "the metal backend emits source only (zmlx_kernel_source); it has no devices");
+  if (slot->source_only)
+    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "the %s backend emits source only (zmlx_kernel_source); "
+                     "it has no devices", zmlx_backend_name(b));
   if (!slot->ops)
     return zmlx_fail(ZMLX_ERR_NO_DEVICE, "the %s backend was not compiled into this build",
                      zmlx_backend_name(b));
-  pthread_once(&slot->once, b == ZMLX_BACKEND_CUDA ? init_cuda_once : init_opencl_once);
+  if (!atomic_load(&slot->initialised)) {
+    pthread_mutex_lock(&slot->lock);
+    if (!atomic_load(&slot->initialised)) {
+      init_slot(slot);
+      atomic_store(&slot->initialised, 1);
+    }
+    pthread_mutex_unlock(&slot->lock);
+  }
   if (slot->init_status != ZMLX_OK)
     return zmlx_fail(slot->init_status, "%s", slot->init_error);
   *out = slot;
@@ -135,9 +140,20 @@ zmlx_status zmlx_device_count(zmlx_backend b, int *count) {
   return ZMLX_OK;
 }
 
+zmlx_backend zmlx_backend_for_dlpack(int device_type) {
+  for (int b = 0; b < ZMLX_BACKEND_COUNT; b++)
+    if (slots[b].ops && slots[b].ops->dlpack_device_type == device_type) return (zmlx_backend)b;
+  return ZMLX_BACKEND_AUTO;
+}
+
 int zmlx_backend_available(zmlx_backend b) {
   int n = 0;
-  if (b == ZMLX_BACKEND_AUTO) b = ZMLX_BACKEND_CUDA;
+  if (b == ZMLX_BACKEND_AUTO) { /* any backend with a device */
+    zmlx_device *d = NULL;
+    int ok = zmlx_default_device(&d) == ZMLX_OK;
+    if (!ok) zmlx_clear_error();
+    return ok;
+  }
   if (zmlx_device_count(b, &n) != ZMLX_OK) return 0;
   return n > 0;
 }
@@ -177,11 +193,13 @@ static zmlx_status choose_default(zmlx_device **out) {
     if (st != ZMLX_OK) return zmlx_fail_context(st, "ZMLX_BACKEND=%s", env_b);
     return ZMLX_OK;
   }
-  int n = 0;
-  if (zmlx_device_count(ZMLX_BACKEND_CUDA, &n) == ZMLX_OK && n > 0)
-    return zmlx_device_get(ZMLX_BACKEND_CUDA, index, out);
-  zmlx_status st = zmlx_device_count(ZMLX_BACKEND_OPENCL, &n);
-  if (st == ZMLX_OK && n > 0) return zmlx_device_get(ZMLX_BACKEND_OPENCL, index, out);
+  /* The first backend of the registry with a device. */
+  for (int b = 0; b < ZMLX_BACKEND_COUNT; b++) {
+    int n = 0;
+    if (!slots[b].ops) continue;
+    if (zmlx_device_count((zmlx_backend)b, &n) == ZMLX_OK && n > 0)
+      return zmlx_device_get((zmlx_backend)b, index, out);
+  }
   return zmlx_fail(ZMLX_ERR_NO_DEVICE, "no CUDA GPU and no OpenCL device found (install an "
                                        "OpenCL driver such as pocl-opencl-icd)");
 }

@@ -82,7 +82,7 @@ zmlx_status zmlx_array_to_dlpack(zmlx_array *a, void **dl_managed_tensor) {
   DLTensor *t = &ctx->managed.dl_tensor;
   size_t byte_offset = (size_t)a->offset * zmlx_dtype_size(a->dtype);
   void *data = dev->ops->dlpack_data(a->buffer->handle);
-  if (dev->ops->kind == ZMLX_BACKEND_CUDA) {
+  if (dev->ops->buffer_is_address) {
     /* Fold the offset into the pointer: some consumers ignore byte_offset. */
     data = (char *)data + byte_offset;
     byte_offset = 0;
@@ -128,8 +128,8 @@ static zmlx_status device_for_dl(const DLDevice *d, zmlx_device *dev, zmlx_devic
     *out = dev;
     return ZMLX_OK;
   }
-  if (d->device_type == kDLCUDA) return zmlx_device_get(ZMLX_BACKEND_CUDA, d->device_id, out);
-  if (d->device_type == kDLOpenCL) return zmlx_device_get(ZMLX_BACKEND_OPENCL, d->device_id, out);
+  zmlx_backend b = zmlx_backend_for_dlpack((int)d->device_type);
+  if (b != ZMLX_BACKEND_AUTO) return zmlx_device_get(b, d->device_id, out);
   return zmlx_default_device(out);
 }
 

@@ -139,6 +139,10 @@ static void fill_info(cuda_device *d, int index) {
   info->compute_units = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
   info->has_fp16 = 1;
   info->has_fp64 = 1;
+  info->max_threadgroups[0] = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X);
+  info->max_threadgroups[1] = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y);
+  info->max_threadgroups[2] = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z);
+  info->is_cpu = 0;
 }
 
 /* The default pool's release threshold is 0: it hands its memory back to
@@ -557,6 +561,7 @@ const zmlx_backend_ops zmlx_backend_cuda_ops = {
     .unload = cuda_unload,
     .static_shared = cuda_static_shared,
     .launch = cuda_launch,
+    .buffer_is_address = 1,
     .dlpack_device_type = 2, /* kDLCUDA */
     .dlpack_data = cuda_dlpack_data,
     .wrap_foreign = cuda_wrap_foreign,

@@ -389,6 +389,12 @@ static zmlx_status fill_info_numbers(const ocl_dev *d, zmlx_device_info *info) {
    * kernels build as OpenCL C 1.2, where sub-group builtins do not exist. */
   info->simd_width = 32;
   info->native_simd = 0;
+  /* OpenCL bounds the work-items (size_t), not the groups; zmlx's launch
+   * arguments carry 32-bit counts. */
+  for (int i = 0; i < 3; i++) info->max_threadgroups[i] = UINT32_MAX;
+  cl_device_type type = 0;
+  info->is_cpu = query_device_value(d->device, CL_DEVICE_TYPE, &type, sizeof type) == ZMLX_OK &&
+                 (type & CL_DEVICE_TYPE_CPU);
   return ZMLX_OK;
 }
 
@@ -900,6 +906,7 @@ const zmlx_backend_ops zmlx_backend_opencl_ops = {
     .unload = ocl_unload,
     .static_shared = ocl_static_shared,
     .launch = ocl_launch,
+    .buffer_is_address = 0,
     .dlpack_device_type = 4, /* kDLOpenCL */
     .dlpack_data = ocl_dlpack_data,
     .wrap_foreign = ocl_wrap_foreign,
