@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kernel/cache.h"
 #include "test_support.h"
 
 extern char **environ;
@@ -168,6 +169,89 @@ static void test_corrupt_entry_is_recompiled(void **state) {
   assert_int_equal(s2.misses, s1.misses);
 }
 
+/* The cache's own checksum, seen by a backend that would load any bytes:
+ * a real driver rejects most damaged binaries itself (the OpenCL backend
+ * even checks an envelope of its own), which would hide a cache that
+ * stopped verifying. Here only the cache stands between a damaged file and
+ * the "device". */
+static int fake_compiles;
+static char fake_loaded[64];
+
+static zmlx_status fake_compile(int dev, const char *source, const char *entry, void **binary,
+                                size_t *binary_size, char **log) {
+  (void)dev, (void)source, (void)entry;
+  static const char bin[] = "fake binary: any bytes load";
+  *binary = malloc(sizeof bin);
+  if (!*binary) return ZMLX_ERR_OUT_OF_MEMORY;
+  memcpy(*binary, bin, sizeof bin);
+  *binary_size = sizeof bin;
+  *log = NULL;
+  fake_compiles++;
+  return ZMLX_OK;
+}
+
+static zmlx_status fake_load(int dev, const void *binary, size_t size, const char *entry,
+                             void **function) {
+  (void)dev, (void)entry;
+  snprintf(fake_loaded, sizeof fake_loaded, "%.*s", (int)(size < 63 ? size : 63),
+           (const char *)binary);
+  *function = malloc(1);
+  return *function ? ZMLX_OK : ZMLX_ERR_OUT_OF_MEMORY;
+}
+
+static void fake_unload(int dev, void *function) {
+  (void)dev;
+  free(function);
+}
+
+static void corrupt_file(const char *path) {
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  off_t size = lseek(fd, 0, SEEK_END);
+  unsigned char b = 0;
+  assert_int_equal(pread(fd, &b, 1, size - 2), 1);
+  b ^= 0x20; /* a letter of the payload changes case: still "loadable" */
+  assert_int_equal(pwrite(fd, &b, 1, size - 2), 1);
+  close(fd);
+}
+
+static void test_checksum_without_driver_help(void **state) {
+  (void)state;
+  if (!zmlx_cache_disk_enabled()) skip();
+  static const zmlx_backend_ops fake_ops = {.kind = ZMLX_BACKEND_OPENCL, .name = "fake",
+                                            .compile = fake_compile, .load = fake_load,
+                                            .unload = fake_unload};
+  static zmlx_device fake = {.ops = &fake_ops};
+  snprintf(fake.cache_identity, sizeof fake.cache_identity, "fake device %s", unique_tag);
+  zmlx_compile_request req = {.device = &fake, .entry = "zmlx_k_fake", .source = unique_tag,
+                              .options = "", .what = "kernel 'fake'"};
+  zmlx_cache_key key;
+  ZT_OK(zmlx_cache_make_key(&req, &key));
+  void *fn = NULL;
+  ZT_OK(zmlx_cache_get_function(&req, &key, &fn)); /* compiled, written to disk */
+  assert_int_equal(fake_compiles, 1);
+  ZT_OK(zmlx_cache_clear_memory());
+  fake_loaded[0] = '\0';
+  ZT_OK(zmlx_cache_get_function(&req, &key, &fn)); /* from disk */
+  assert_int_equal(fake_compiles, 1);
+  assert_string_equal(fake_loaded, "fake binary: any bytes load");
+
+  char hex[65], path[4200];
+  zmlx_cache_key_hex(&key, hex);
+  snprintf(path, sizeof path, "%s/%s.bin", zmlx_cache_dir(), hex);
+  corrupt_file(path);
+  ZT_OK(zmlx_cache_clear_memory());
+  zmlx_cache_stats s0 = stats();
+  fake_loaded[0] = '\0';
+  ZT_OK(zmlx_cache_get_function(&req, &key, &fn));
+  zmlx_cache_stats s1 = stats();
+  /* the damaged bytes never reached the loader: rejected, compiled again */
+  assert_string_equal(fake_loaded, "fake binary: any bytes load");
+  assert_int_equal(fake_compiles, 2);
+  assert_int_equal(s1.disk_rejects, s0.disk_rejects + 1);
+  ZT_OK(zmlx_cache_clear_memory());
+}
+
 static void test_directory_mode(void **state) {
   (void)state;
   zmlx_device *dev = first_device();
@@ -278,6 +362,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_hits_and_misses),
       cmocka_unit_test(test_second_process_loads_from_disk),
       cmocka_unit_test(test_corrupt_entry_is_recompiled),
+      cmocka_unit_test(test_checksum_without_driver_help),
       cmocka_unit_test(test_directory_mode),
       cmocka_unit_test(test_eight_threads),
       cmocka_unit_test(test_disk_disabled_writes_nothing),

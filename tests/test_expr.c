@@ -828,6 +828,68 @@ static void test_simplifier(void **state) {
   assert_text("-2.5 * x", "(-2.5) * x");
 }
 
+/* Constant folding against values written by hand (IEEE 754 and the
+ * language's documented rules), not against the interpreter: the parser
+ * folds before the interpreter and the kernels ever see the expression, so
+ * a wrong fold would agree with both. x = 2, y = 3 stand for the branches. */
+static int same_value(double got, double want) {
+  if (isnan(want)) return isnan(got);
+  return got == want && signbit(got) == signbit(want);
+}
+
+static void test_folding_edge_values(void **state) {
+  (void)state;
+  const double in[3] = {2.0, 3.0, 5.0}, par[1] = {0.0};
+  struct {
+    const char *text;
+    double want;
+  } cases[] = {
+      {"where(-1, x, y)", 2.0},         /* c != 0 takes a */
+      {"where(0.5, x, y)", 2.0},
+      {"where(-0.0, x, y)", 3.0},       /* -0 == 0 */
+      {"where(0 / 0, x, y)", 2.0},      /* NaN != 0 */
+      {"(0 / 0) ? x : y", 2.0},
+      {"min(0 / 0, 1)", 1.0},           /* a NaN argument loses */
+      {"min(1, 0 / 0)", 1.0},
+      {"max(0 / 0, -1)", -1.0},
+      {"max(-1, 0 / 0)", -1.0},
+      {"min(1 / 0, 7)", 7.0},
+      {"max(-1 / 0, 7)", 7.0},
+      {"pow(0, -1)", INFINITY},
+      {"pow(-0.0, -1)", -INFINITY},
+      {"pow(0 / 0, 0)", 1.0},
+      {"pow(1, 0 / 0)", 1.0},
+      {"pow(-8, 1 / 3)", NAN},
+      {"pow(-2, 3)", -8.0},
+      {"pow(-2, 2)", 4.0},
+      {"-0.0 + 0", 0.0},                /* round to nearest: +0 */
+      {"-0.0 * 1", -0.0},
+      {"0 * -1", -0.0},
+      {"1 / -0.0", -INFINITY},
+      {"-(0 / 0) == -(0 / 0)", 0.0},    /* NaN compares unequal */
+      {"(0 / 0) != (0 / 0)", 1.0},
+      {"(1 / 0) - (1 / 0)", NAN},
+      {"(1 / 0) * 0", NAN},
+      {"exp(1000)", INFINITY},
+      {"log(0)", -INFINITY},
+      {"log(-1)", NAN},
+      {"sqrt(-0.0)", -0.0},
+      {"abs(-0.0)", 0.0},
+      {"relu(-0.0)", 0.0},
+      {"clamp(0 / 0, 0, 1)", 0.0},      /* min(max(NaN, 0), 1): NaN loses to 0 */
+      {"tanh(1 / 0)", 1.0},
+      {"sigmoid(-1 / 0)", 0.0},
+      {"sigmoid(1 / 0)", 1.0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    zmlx_expr *e = parse3(cases[i].text);
+    double got = eval1(e, in, par);
+    if (!same_value(got, cases[i].want))
+      fail_msg("'%s' folds to %.17g, want %.17g", cases[i].text, got, cases[i].want);
+    zmlx_expr_free(e);
+  }
+}
+
 /* A user whose inputs look like temporaries still gets a parseable print. */
 static void test_to_string_names(void **state) {
   (void)state;
@@ -1220,6 +1282,7 @@ int main(void) {
       cmocka_unit_test(test_subgradients),
       cmocka_unit_test(test_random_programs),
       cmocka_unit_test(test_simplifier),
+      cmocka_unit_test(test_folding_edge_values),
       cmocka_unit_test(test_to_string_names),
       cmocka_unit_test(test_cse_in_emitted_source),
       cmocka_unit_test(test_stable_forms),
