@@ -185,6 +185,33 @@ static void test_simd_chained(void **state) {
     }
 }
 
+/* The dialect's lane exchange: out[i] = x[i ^ 5] + 100 x[first lane of
+ * i's group + 3] + 2 ctz(i + 1) (the ctz summed by an unrolled loop). */
+static void test_simd_shuffle_and_bits(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  for (int d = 0; d < nd; d++) {
+    zmlx_kernel *k = make(ZT_K_SHUFFLE);
+    const int64_t n = 32 * 16;
+    float *x = random_floats((size_t)n, -4, 4, 31);
+    zmlx_array *in = zt_array(devs[d], ZMLX_F32, 1, &n, x);
+    zmlx_array *out = zt_poisoned(devs[d], ZMLX_F32, 1, &n);
+    launch(k, &in, 1, &out, 1, n, 64, NULL, 0);
+    double *got = zt_download(out), *want = malloc((size_t)n * sizeof *want);
+    for (int64_t i = 0; i < n; i++) {
+      int tz = 0;
+      for (uint32_t m = (uint32_t)i + 1u; !(m & 1u); m >>= 1) tz++;
+      want[i] = (double)(x[i ^ 5] + 100.0f * x[(i & ~31) | 3] + (float)(2 * tz));
+    }
+    zt_assert_close(got, want, (size_t)n, 1e-6, 1e-6, "shuffle_xor / broadcast / ctz");
+    free(got), free(want), free(x);
+    zmlx_array_release(in), zmlx_array_release(out);
+    zmlx_kernel_destroy(k);
+  }
+}
+
 /* ------------------------------------------------------ 16-bit storage */
 
 static void test_f16_bf16_storage(void **state) {
@@ -733,6 +760,7 @@ int main(void) {
       cmocka_unit_test(test_threadgroup_softmax),
       cmocka_unit_test(test_simd_sum_max),
       cmocka_unit_test(test_simd_chained),
+      cmocka_unit_test(test_simd_shuffle_and_bits),
       cmocka_unit_test(test_f16_bf16_storage),
       cmocka_unit_test(test_atomics),
       cmocka_unit_test(test_templates),

@@ -136,4 +136,13 @@ const zt_kernel_def zt_kernels[ZT_K_COUNT] = {
                               "float m2 = zmlx_simd_max(s);\n"
                               "out_store(gid, m2 + m);\n"),
                          .dtypes = {ZMLX_F32, ZMLX_F32}},
+    [ZT_K_SHUFFLE] = {DESC("lane_exchange", in_x, 1, out_o, 1,
+                           "uint gid = thread_position_in_grid.x;\n"
+                           "uint bits = zmlx_as_uint(x_load(gid));\n"
+                           "float partner = zmlx_as_float(zmlx_simd_shuffle_xor(bits, 5u));\n"
+                           "float third = zmlx_as_float(zmlx_simd_broadcast(bits, 3u));\n"
+                           "int tz = 0;\n"
+                           "ZMLX_UNROLL for (int r = 0; r < 2; r++) tz += zmlx_ctz(gid + 1u);\n"
+                           "out_store(gid, partner + 100.0f * third + (float)tz);\n"),
+                      .dtypes = {ZMLX_F32, ZMLX_F32}},
 };

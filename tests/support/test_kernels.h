@@ -27,6 +27,7 @@ enum {
   ZT_K_DYNSHARED,   /* dynamic threadgroup memory */
   ZT_K_EVEN_ONLY,   /* writes even elements only: init_value fills the rest */
   ZT_K_SIMD_CHAIN,  /* one SIMD helper's result feeds the next */
+  ZT_K_SHUFFLE,     /* SIMD shuffle-xor / broadcast, bit casts, ctz, unroll */
   ZT_K_COUNT
 };
 

@@ -168,6 +168,18 @@ ZMLX_SIMD_REDUCE_(zmlx_simd_sum, zmlx_op_sum_)
 ZMLX_SIMD_REDUCE_(zmlx_simd_max, zmlx_op_max_)
 ZMLX_SIMD_REDUCE_(zmlx_simd_min, zmlx_op_min_)
 
+/* Lane exchange of 32-bit unsigned values within a SIMD group (a warp):
+ * the value of lane (lane ^ mask), and the value of lane `lane`. Every lane
+ * of the group must call them. */
+#define zmlx_simd_shuffle_xor(v, mask) __shfl_xor_sync(0xffffffffu, (uint)(v), (int)(mask))
+#define zmlx_simd_broadcast(v, lane) __shfl_sync(0xffffffffu, (uint)(v), (int)(lane))
+
+/* Bit casts, count trailing zeros (32 for 0), and an unroll hint. */
+ZMLX_FN float zmlx_as_float(uint u) { return __uint_as_float(u); }
+ZMLX_FN uint zmlx_as_uint(float f) { return __float_as_uint(f); }
+ZMLX_FN int zmlx_ctz(uint m) { return m ? __ffs((int)m) - 1 : 32; }
+#define ZMLX_UNROLL _Pragma("unroll")
+
 /* ------------------------------------------------------------------- math */
 /* CUDA C++ already has float overloads of exp, log, tanh, rsqrt, erf, pow,
  * fmin, ... (checked: none of them goes through double), so the dialect's

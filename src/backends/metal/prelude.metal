@@ -101,6 +101,15 @@ ZMLX_FN zmlx_bf16 zmlx_float_to_bf16(float f) {
 #define zmlx_simd_max(v) simd_max((float)(v))
 #define zmlx_simd_min(v) simd_min((float)(v))
 
+/* Lane exchange of 32-bit unsigned values within a SIMD group, bit casts,
+ * count trailing zeros (32 for 0) and an unroll hint (docs/DIALECT.md). */
+#define zmlx_simd_shuffle_xor(v, mask) simd_shuffle_xor((uint)(v), (ushort)(mask))
+#define zmlx_simd_broadcast(v, lane) simd_broadcast((uint)(v), (ushort)(lane))
+#define zmlx_as_float(u) as_type<float>((uint)(u))
+#define zmlx_as_uint(f) as_type<uint>((float)(f))
+#define zmlx_ctz(m) ((int)ctz((uint)(m)))
+#define ZMLX_UNROLL
+
 /* ------------------------------------------------------------------- math */
 /* Metal has no erf, erfc, log1p or expm1. They are defined under zmlx_
  * names and mapped with function-like macros, which also stays correct if

@@ -193,6 +193,45 @@ ZMLX_SIMD_REDUCE_IMPL(zmlx_simd_min_impl, fmin)
   zmlx_simd_min_impl((float)(v), zmlx_simd_scratch, thread_index_in_threadgroup, ZMLX_THREADGROUP_THREADS)
 #endif
 
+/* Lane exchange of 32-bit unsigned values within a SIMD group: the value of
+ * lane (lane ^ mask) and of lane `lane`, through the same scratch (as float
+ * bits) and barriers as the reductions above; every work-item of the group
+ * must call them, and the group must be whole (32 work-items). */
+#if defined(__clang__)
+#define ZMLX_SIMD_EXCHANGE(v, src)                                              \
+  ({                                                                            \
+    uint zmlx_x_ = (uint)(v), zmlx_r_;                                          \
+    barrier(CLK_LOCAL_MEM_FENCE);                                               \
+    zmlx_simd_scratch[thread_index_in_threadgroup] = as_float(zmlx_x_);         \
+    barrier(CLK_LOCAL_MEM_FENCE);                                               \
+    zmlx_r_ = as_uint(zmlx_simd_scratch[(src)]);                                \
+    barrier(CLK_LOCAL_MEM_FENCE);                                               \
+    zmlx_r_;                                                                    \
+  })
+#else
+ZMLX_FN uint zmlx_simd_exchange_impl(uint v, __local float* scratch, uint lid, uint src) {
+  barrier(CLK_LOCAL_MEM_FENCE);
+  scratch[lid] = as_float(v);
+  barrier(CLK_LOCAL_MEM_FENCE);
+  uint r = as_uint(scratch[src]);
+  barrier(CLK_LOCAL_MEM_FENCE);
+  return r;
+}
+#define ZMLX_SIMD_EXCHANGE(v, src) \
+  zmlx_simd_exchange_impl((uint)(v), zmlx_simd_scratch, thread_index_in_threadgroup, (src))
+#endif
+#define zmlx_simd_shuffle_xor(v, mask) \
+  ZMLX_SIMD_EXCHANGE(v, thread_index_in_threadgroup ^ (uint)(mask))
+#define zmlx_simd_broadcast(v, lane) \
+  ZMLX_SIMD_EXCHANGE(v, (thread_index_in_threadgroup & ~(ZMLX_SIMD_WIDTH - 1u)) | (uint)(lane))
+
+/* Bit casts, count trailing zeros (32 for 0), and an unroll hint (none:
+ * OpenCL C 1.2 has no portable one). */
+#define zmlx_as_float(u) as_float((uint)(u))
+#define zmlx_as_uint(f) as_uint((float)(f))
+ZMLX_FN int zmlx_ctz(uint m) { return m ? 31 - (int)clz(m & (0u - m)) : 32; }
+#define ZMLX_UNROLL
+
 /* ------------------------------------------------------------ activations */
 
 /* e^x for row kernels that may trade a few ulp for speed (CUDA: __expf);
