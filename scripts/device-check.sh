@@ -5,18 +5,7 @@
 # Runs every test program on CUDA, compute-sanitizer memcheck + racecheck
 # over them, the demo, the launch benchmark and the peers' launch costs.
 # Results go under $OUT.
-set -u
-B=${B:-build-device}
-OUT=${OUT:-/tmp/out}
-LOG=/tmp/devlogs
-mkdir -p "$OUT" "$LOG"
-export LD_LIBRARY_PATH="$PWD/.devlibs:${LD_LIBRARY_PATH:-}"
-export ZMLX_TEST_BACKEND=cuda
-summary="$OUT/summary.txt"
-: > "$summary"
-say() { echo "$*" | tee -a "$summary"; }
-
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
+. "$(dirname "$0")/device-env.sh"
 "$B/zmlx" info > "$LOG/info.txt" 2>&1; head -20 "$LOG/info.txt"
 
 tests=$(ls "$B"/tests/test_* | grep -v '\.')

@@ -7,18 +7,7 @@
 #   here:   cmake -S . -B build-device -DZMLX_BUILD_BENCH=OFF && cmake --build build-device -j2
 #           mkdir -p .devlibs && cp -L /usr/lib/x86_64-linux-gnu/lib{cmocka,OpenCL,crypto}.so.* .devlibs/
 #   device: bash scripts/device-tests.sh
-set -u
-B=${B:-build-device}
-OUT=${OUT:-/tmp/out}
-LOG=/tmp/devlogs
-mkdir -p "$OUT" "$LOG"
-export LD_LIBRARY_PATH="$PWD/.devlibs:${LD_LIBRARY_PATH:-}"
-export ZMLX_TEST_BACKEND=cuda
-summary="$OUT/summary.txt"
-: >"$summary"
-say() { echo "$*" | tee -a "$summary"; }
-
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
+. "$(dirname "$0")/device-env.sh"
 for t in $(ls "$B"/tests/test_* | grep -v '\.'); do
   n=$(basename "$t")
   ZMLX_CACHE_DIR=/tmp/zc_$n timeout 300 "$t" >"$LOG/$n.log" 2>&1
