@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/backend.h"
 #include "test_kernels.h"
 #include "test_support.h"
 
@@ -699,6 +700,38 @@ static void test_threadgroup_memory_limit(void **state) {
   }
 }
 
+/* The compiler-log formats the backends name (zmlx_backend_ops.error_location):
+ * the first error's line and column, warnings skipped. */
+static void expect_location(int (*find)(const char *, long *, long *), const char *log,
+                            long want_line, long want_col) {
+  long line = -1, col = -1;
+  int found = find(log, &line, &col);
+  if (want_line == 0) {
+    if (found) fail_msg("found a location (%ld:%ld) in a log without errors:\n%s", line, col, log);
+    return;
+  }
+  if (!found || line != want_line || col != want_col)
+    fail_msg("log:\n%s\nwant %ld:%ld, got %s %ld:%ld", log, want_line, want_col,
+             found ? "" : "(none)", line, col);
+}
+
+static void test_compile_log_formats(void **state) {
+  (void)state;
+  expect_location(zmlx_log_location_nvrtc,
+                  "kernel.cu(40): warning #177-D: variable \"t\" was declared but never referenced\n"
+                  "kernel.cu(12): error: identifier \"foo\" is undefined\n", 12, 0);
+  expect_location(zmlx_log_location_nvrtc, "k.cu(3): catastrophic error: cannot open source file\n",
+                  3, 0);
+  expect_location(zmlx_log_location_nvrtc, "k.cu(9): warning: unused\n", 0, 0);
+  expect_location(zmlx_log_location_clang,
+                  "<source>:5:1: warning: unused variable 'u'\n"
+                  "<source>:7:13: error: use of undeclared identifier 'foo'\n", 7, 13);
+  expect_location(zmlx_log_location_clang, "input.cl:21: error: expected ';'\n", 21, 0);
+  expect_location(zmlx_log_location_clang,
+                  "error: /tmp/pocl/kcache/AB/program.cl:9:5: use of undeclared identifier\n", 9, 5);
+  expect_location(zmlx_log_location_clang, "1 warning generated.\n", 0, 0);
+}
+
 static void test_compile_error_has_log_and_line(void **state) {
   (void)state;
   zmlx_device *devs[MAX_DEVS];
@@ -772,6 +805,7 @@ int main(void) {
       cmocka_unit_test(test_threadgroup_memory_limit),
       cmocka_unit_test(test_apply_and_explicit_reuse),
       cmocka_unit_test(test_errors_name_the_call),
+      cmocka_unit_test(test_compile_log_formats),
       cmocka_unit_test(test_compile_error_has_log_and_line),
       cmocka_unit_test(test_source_every_backend),
   };

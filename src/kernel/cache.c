@@ -676,91 +676,6 @@ zmlx_status zmlx_cache_disk_usage(int64_t *entries, int64_t *bytes) {
 #define LOG_CAP 12000       /* leaves room in the 16 KiB error message */
 #define SOURCE_LINE_CAP 400 /* a quoted source line */
 
-/* After a location: ": error", ": fatal error" (clang) or
- * ": catastrophic error" (NVRTC). */
-static int is_error_tail(const char *s, const char *end) {
-  static const char *const words[] = {"error", "fatal error", "catastrophic error"};
-  if (s >= end || *s != ':') return 0;
-  s++;
-  while (s < end && *s == ' ') s++;
-  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
-    size_t n = strlen(words[i]);
-    if ((size_t)(end - s) >= n && strncmp(s, words[i], n) == 0) return 1;
-  }
-  return 0;
-}
-
-static const char *parse_number(const char *s, const char *end, long *v) {
-  const char *p = s;
-  long n = 0;
-  while (p < end && *p >= '0' && *p <= '9' && n < 100000000) n = n * 10 + (*p++ - '0');
-  if (p == s) return NULL;
-  *v = n;
-  return p;
-}
-
-/* PoCL puts the severity first: "error: path/file.cl:LINE:COL: message". */
-static int parse_severity_first(const char *s, const char *end, long *line, long *col) {
-  while (s < end && *s == ' ') s++;
-  static const char *const heads[] = {"error:", "fatal error:"};
-  size_t n = 0;
-  for (size_t i = 0; i < sizeof heads / sizeof heads[0] && !n; i++)
-    if ((size_t)(end - s) >= strlen(heads[i]) && strncmp(s, heads[i], strlen(heads[i])) == 0)
-      n = strlen(heads[i]);
-  if (!n) return 0;
-  for (const char *p = s + n; p < end; p++) {
-    long ln = 0, c = 0;
-    const char *q, *r;
-    if (*p != ':' || !(q = parse_number(p + 1, end, &ln)) || q >= end || *q != ':') continue;
-    *line = ln;
-    *col = (r = parse_number(q + 1, end, &c)) && r < end && *r == ':' ? c : 0;
-    return 1;
-  }
-  return 0;
-}
-
-/* One log line: NVRTC "name(LINE): error ..." or clang
- * "name:LINE:COL: error ..." (also "name:LINE: error"), or PoCL's
- * severity-first form. */
-static int parse_error_line(const char *s, const char *end, long *line, long *col) {
-  if (parse_severity_first(s, end, line, col)) return 1;
-  for (const char *p = s; p < end; p++) {
-    long ln = 0, c = 0;
-    const char *q;
-    if (*p == '(' && (q = parse_number(p + 1, end, &ln)) && q < end && *q == ')' &&
-        is_error_tail(q + 1, end)) {
-      *line = ln;
-      *col = 0;
-      return 1;
-    }
-    if (*p != ':' || !(q = parse_number(p + 1, end, &ln))) continue;
-    const char *r;
-    if (q < end && *q == ':' && (r = parse_number(q + 1, end, &c)) && is_error_tail(r, end)) {
-      *line = ln;
-      *col = c;
-      return 1;
-    }
-    if (is_error_tail(q, end)) {
-      *line = ln;
-      *col = 0;
-      return 1;
-    }
-  }
-  return 0;
-}
-
-/* The first error location in the log (line >= 1; col 0 when unknown). */
-static int find_error_location(const char *log, long *line, long *col) {
-  if (!log) return 0;
-  for (const char *s = log; *s;) {
-    const char *end = strchr(s, '\n');
-    if (!end) end = s + strlen(s);
-    if (parse_error_line(s, end, line, col) && *line >= 1) return 1;
-    s = *end ? end + 1 : end;
-  }
-  return 0;
-}
-
 /* Line `n` (1-based) of `src`, without its newline. */
 static int source_line(const char *src, long n, const char **text, size_t *len) {
   for (long i = 1; i < n; i++) {
@@ -801,7 +716,9 @@ static void append_log(zmlx_sb *sb, const char *log) {
  * The caret padding copies tabs from the line so it lines up in a terminal. */
 static void append_location(zmlx_sb *sb, const zmlx_compile_request *req, const char *log) {
   long line = 0, col = 0;
-  if (!req->source || !find_error_location(log, &line, &col)) return;
+  const zmlx_backend_ops *ops = req->device ? req->device->ops : NULL;
+  if (!req->source || !log || !ops || !ops->error_location) return;
+  if (!ops->error_location(log, &line, &col) || line < 1) return;
   if (req->body_first_line > 0 && line >= req->body_first_line)
     zmlx_sb_printf(sb, "at line %ld of the kernel body", line - req->body_first_line + 1);
   else

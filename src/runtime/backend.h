@@ -134,6 +134,9 @@ typedef struct zmlx_backend_ops {
   zmlx_status (*load)(int dev, const void *binary, size_t binary_size, const char *entry,
                       void **function);
   void (*unload)(int dev, void *function);
+  /* Where the compiler's log puts its first error: 1 with the source line
+   * (and column, 0 when unknown), else 0. One of zmlx_log_location_*. */
+  int (*error_location)(const char *log, long *line, long *col);
   /* Threadgroup memory a loaded function declares itself (static
    * `threadgroup` arrays), in bytes: a launch adds its dynamic bytes to it
    * and is refused when the sum exceeds info.max_shared_memory. */
@@ -163,6 +166,12 @@ extern const zmlx_dialect zmlx_dialect_opencl;
 extern const zmlx_dialect zmlx_dialect_metal;
 extern const zmlx_backend_ops zmlx_backend_cuda_ops;
 extern const zmlx_backend_ops zmlx_backend_opencl_ops;
+
+/* Compiler-log formats (runtime/compile_log.c): clang's
+ * "file:LINE:COL: error" and PoCL's "error: file:LINE:COL:", and NVRTC's
+ * "file(LINE): error". */
+int zmlx_log_location_clang(const char *log, long *line, long *col);
+int zmlx_log_location_nvrtc(const char *log, long *line, long *col);
 
 /* Registry (runtime/device.c). */
 const zmlx_dialect *zmlx_dialect_for(zmlx_backend b);

@@ -560,6 +560,7 @@ const zmlx_backend_ops zmlx_backend_cuda_ops = {
     .load = cuda_load,
     .unload = cuda_unload,
     .static_shared = cuda_static_shared,
+    .error_location = zmlx_log_location_nvrtc,
     .launch = cuda_launch,
     .buffer_is_address = 1,
     .dlpack_device_type = 2, /* kDLCUDA */

@@ -905,6 +905,7 @@ const zmlx_backend_ops zmlx_backend_opencl_ops = {
     .load = ocl_load,
     .unload = ocl_unload,
     .static_shared = ocl_static_shared,
+    .error_location = zmlx_log_location_clang,
     .launch = ocl_launch,
     .buffer_is_address = 0,
     .dlpack_device_type = 4, /* kDLOpenCL */
