@@ -70,6 +70,9 @@ static zmlx_status make_device(backend_slot *slot, int index, zmlx_device *dev) 
   dev->index = index;
   ZMLX_CHECK(slot->ops->device_info(index, &dev->info));
   dev->info.backend = slot->ops->kind;
+  /* Whether the SIMD helpers are native is the dialect's to say (the
+   * prelude implements them), one fact for generators and launches. */
+  dev->info.native_simd = slot->ops->dialect->native_simd;
   dev->info.index = index;
   ZMLX_CHECK(slot->ops->cache_identity(index, dev->cache_identity, sizeof dev->cache_identity));
   zmlx_stream *s = calloc(1, sizeof *s);

@@ -31,8 +31,8 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
     if (zmlx_st_ != ZMLX_OK) return zmlx_st_; \
   } while (0)
 
-/* The same for a helper below a public function: the message names the
- * call the user made (`call`, e.g. "zmlx_softmax"), not the helper. */
+/* Return ZMLX_ERR_NULL_ARG, naming `call` (the public function the user
+ * called, e.g. "zmlx_softmax", when a helper below it checks) and `p`. */
 #define ZMLX_REQUIRE_ARG_OF(call, p)                                     \
   do {                                                                   \
     if ((p) == NULL)                                                     \
@@ -40,12 +40,8 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
                        (call), #p);                                      \
   } while (0)
 
-#define ZMLX_REQUIRE_ARG(p)                                              \
-  do {                                                                   \
-    if ((p) == NULL)                                                     \
-      return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", \
-                       __func__, #p);                                    \
-  } while (0)
+/* The same in the public function itself. */
+#define ZMLX_REQUIRE_ARG(p) ZMLX_REQUIRE_ARG_OF(__func__, p)
 
 /* Format a shape as "[2, 3, 4]" into buf (always NUL-terminated). */
 const char *zmlx_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);

@@ -32,10 +32,9 @@ void zt_note_skip(void);
 
 /* The end of every test program's main:
  *   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
- * Prints "N passed, N failed, N skipped" for the program, writes the same
- * three numbers to $ZMLX_TEST_RESULT_FILE when set (scripts/run-tests.sh adds
- * them up), and returns the exit status: 1 if any case failed, 77 (ctest's
- * SKIP_RETURN_CODE) if every case skipped, else 0. */
+ * Prints "N passed, N failed, N skipped" for the program and returns the
+ * exit status: 1 if any case failed, 77 (ctest's SKIP_RETURN_CODE) if every
+ * case skipped, else 0. */
 int zt_finish(int failed, int total);
 #define ZT_COUNT(tests) ((int)(sizeof(tests) / sizeof((tests)[0])))
 

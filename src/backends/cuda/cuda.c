@@ -135,7 +135,6 @@ static void fill_info(cuda_device *d, int index) {
   info->max_shared_memory = (size_t)shared;
   info->max_threads_per_threadgroup = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
   info->simd_width = 32;
-  info->native_simd = 1;
   info->compute_units = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
   info->has_fp16 = 1;
   info->has_fp64 = 1;

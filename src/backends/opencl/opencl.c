@@ -386,9 +386,9 @@ static zmlx_status fill_info_numbers(const ocl_dev *d, zmlx_device_info *info) {
   info->has_fp64 = has_token(ext, "cl_khr_fp64");
   free(ext);
   /* The prelude always emulates a 32-wide SIMD group in __local memory:
-   * kernels build as OpenCL C 1.2, where sub-group builtins do not exist. */
+   * kernels build as OpenCL C 1.2, where sub-group builtins do not exist
+   * (native_simd comes from the dialect). */
   info->simd_width = 32;
-  info->native_simd = 0;
   /* OpenCL bounds the work-items (size_t), not the groups; zmlx's launch
    * arguments carry 32-bit counts. */
   for (int i = 0; i < 3; i++) info->max_threadgroups[i] = UINT32_MAX;
