@@ -46,6 +46,24 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
 /* Format a shape as "[2, 3, 4]" into buf (always NUL-terminated). */
 const char *zmlx_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 
+/* ------------------------------------------------------- stderr capture */
+
+/* While a driver call runs, what it prints on stderr goes to a temporary
+ * file instead of the user's terminal (stderr_capture.c says why and what
+ * it costs). Pair begin with end; end returns the text (malloc'ed) or NULL
+ * when nothing but white space was written. ZMLX_DRIVER_STDERR=1 turns the
+ * capture off. */
+typedef struct zmlx_stderr_capture {
+  void *file; /* FILE * of the temporary file */
+  int saved_fd;
+  bool locked;
+} zmlx_stderr_capture;
+
+void zmlx_stderr_capture_begin(zmlx_stderr_capture *c);
+char *zmlx_stderr_capture_end(zmlx_stderr_capture *c);
+/* Write captured text back to stderr and free it (NULL: nothing). */
+void zmlx_stderr_release(char *text);
+
 /* ---------------------------------------------------------- devices/streams */
 
 struct zmlx_device {

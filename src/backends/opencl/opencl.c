@@ -546,6 +546,24 @@ static char *build_log(cl_program prog, cl_device_id d) {
   return s;
 }
 
+/* A failed build's log followed by what the driver printed on stderr
+ * meanwhile (PoCL: "1 error generated."), so both reach the message and
+ * neither the terminal. Takes ownership of both; either may be NULL. */
+static char *append_chatter(char *log, char *chatter) {
+  if (!chatter) return log;
+  if (!log) return chatter;
+  size_t a = strlen(log), b = strlen(chatter);
+  char *s = malloc(a + b + 2);
+  if (s) {
+    memcpy(s, log, a);
+    s[a] = (a && log[a - 1] != '\n') ? '\n' : '\0';
+    memcpy(s + a + (s[a] ? 1 : 0), chatter, b + 1);
+  }
+  free(log);
+  free(chatter);
+  return s;
+}
+
 /* Binaries from compile() travel in an envelope that load() verifies
  * before the driver sees a byte, because drivers do not survive damaged
  * binaries: PoCL 3.1 asserts or segfaults in clCreateProgramWithBinary on a
@@ -641,14 +659,21 @@ static zmlx_status ocl_compile(int dev, const char *source, const char *entry, v
   cl_int err = CL_SUCCESS;
   cl_program prog = clCreateProgramWithSource(d->context, 1, &source, NULL, &err);
   if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateProgramWithSource");
+  zmlx_stderr_capture capture;
+  zmlx_stderr_capture_begin(&capture);
   err = clBuildProgram(prog, 1, &d->device, ZMLX_CL_BUILD_OPTIONS, NULL, NULL);
+  char *chatter = zmlx_stderr_capture_end(&capture);
   if (log) *log = build_log(prog, d->device);
   zmlx_status st;
-  if (err != CL_SUCCESS)
+  if (err != CL_SUCCESS) {
+    if (log) *log = append_chatter(*log, chatter);
+    else free(chatter);
     st = zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE), "OpenCL build failed (%s, %d)",
                    ocl_error_name(err), (int)err);
-  else
+  } else {
+    zmlx_stderr_release(chatter);
     st = check_entry(prog, entry);
+  }
   if (st == ZMLX_OK) st = program_binary(d, prog, binary, binary_size);
   clReleaseProgram(prog);
   return st;
