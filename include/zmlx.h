@@ -156,7 +156,7 @@ ZMLX_API zmlx_status zmlx_stream_synchronize(zmlx_stream *s);
 /** Block until all work on every stream of the device has finished. */
 ZMLX_API zmlx_status zmlx_device_synchronize(zmlx_device *dev);
 
-/* ------------------------------------------------------------------ arrays */
+/* ------------------------------------- arrays (never recorded by autograd) */
 
 typedef struct zmlx_array zmlx_array;
 
@@ -245,7 +245,7 @@ ZMLX_API zmlx_status zmlx_array_to_dlpack(zmlx_array *a, void **dl_managed_tenso
 ZMLX_API zmlx_status zmlx_array_from_dlpack(void *dl_managed_tensor, zmlx_device *dev,
                                             zmlx_array **out);
 
-/* ---------------------------------------------------------- kernel object */
+/* ------------------------------ kernel object (never recorded by autograd) */
 /* The analog of MLX's mx.fast.metal_kernel: a kernel body in the portable
  * dialect (docs/DIALECT.md); zmlx generates the signature from the names,
  * compiles per backend / dtypes / template arguments, caches in memory and
@@ -330,7 +330,8 @@ ZMLX_API zmlx_status zmlx_kernel_source(zmlx_kernel *k, zmlx_backend backend,
 /** Free memory returned by zmlx (strings). */
 ZMLX_API void zmlx_free(void *p);
 
-/* ---------------------------------------------------- expression builders */
+/* ------------------- expression builders (zmlx_op_call is never recorded;
+ *                    zmlx_apply, below, runs an op and records it) */
 /* Kernels generated from expressions (docs/EXPRESSIONS.md): the text is
  * parsed into a graph — never pasted into kernel source —, differentiated
  * symbolically (VJP and JVP), simplified, and emitted through the codegen
@@ -412,7 +413,7 @@ typedef struct zmlx_map_reduce_desc {
 } zmlx_map_reduce_desc;
 ZMLX_API zmlx_status zmlx_map_reduce(const zmlx_map_reduce_desc *desc, zmlx_op **out);
 
-/* ---------------------------------------------------------------- autograd */
+/* ----------- autograd (the ops below record themselves inside a grad call) */
 /* Reverse and forward mode in MLX's spirit (docs/AUTOGRAD.md). A function
  * to differentiate is a C callback from arrays to one array. Inside a grad
  * call, the differentiable ops below (and custom functions) record
