@@ -17,3 +17,10 @@ if ! diff "$work/declared" "$work/exported" >"$work/diff"; then
   exit 1
 fi
 [ -s "$work/declared" ] || { echo "no ZMLX_API declaration found in $header"; exit 1; }
+# The verifier and benchmark cases (src/check) are a library of their own
+# that the CLI and the tests link: none of their code is in libzmlx.
+if nm "$lib" | grep -qE ' zmlx_(catalog|opck|rg|bench)_'; then
+  echo "libzmlx carries check or bench code:"
+  nm "$lib" | grep -E ' zmlx_(catalog|opck|rg|bench)_' | head
+  exit 1
+fi

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "kernel/kernel.h"
-#include "ops/catalog.h"
+#include "check/catalog.h"
 #include "test_support.h"
 #ifdef ZMLX_HAVE_CUDA
 #include "backends/cuda/nvrtc.h"

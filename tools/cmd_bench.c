@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "ops/catalog.h"
+#include "check/catalog.h"
 
 const char zmlx_bench_usage[] =
     "usage: zmlx bench [--backend cuda|opencl] [--op GLOB] [--json FILE] [--peer FILE]\n"

@@ -7,7 +7,7 @@
 #include <time.h>
 
 #include "cli.h"
-#include "ops/catalog.h"
+#include "check/catalog.h"
 
 const char zmlx_check_usage[] =
     "usage: zmlx check [--backend cuda|opencl] [--op GLOB] [--dtype f32|f16|bf16]\n"

@@ -1,4 +1,4 @@
-/* Kernel helpers the catalog families share (declared in check_util.h):
+/* Kernel helpers the catalog families share (declared in kernel_util.h):
  * kernels from .zk files (with or without the 16-byte access helpers of
  * kernels/vec_io.zk in front), and the geometry of row and elementwise
  * launches. */
@@ -8,11 +8,11 @@
 
 #include "gen/patterns.h"
 #include "kernel/kernel.h"
-#include "ops/check_util.h"
+#include "ops/kernel_util.h"
 
 extern const char zmlx_res_vec_io_zk[];
 
-zmlx_status zmlx_ops_kernel_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
+zmlx_status zmlx_ops_vec_kernel_from_desc(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
   ZMLX_REQUIRE_ARG(desc);
   ZMLX_REQUIRE_ARG(desc->source);
   size_t a = strlen(zmlx_res_vec_io_zk), b = strlen(desc->source);
@@ -92,28 +92,28 @@ static zmlx_kernel_desc opck_desc(const char *name, const char *zk, const char *
   return d;
 }
 
-zmlx_status zmlx_opck_kernel_from_zk(const char *name, const char *zk, const char *const *inputs,
-                                     int n_inputs, const char *const *outputs, int n_outputs,
-                                     const char *const *params, const zmlx_dtype *param_dtypes,
-                                     int n_params, zmlx_kernel **out) {
+zmlx_status zmlx_ops_kernel(const char *name, const char *zk, const char *const *inputs,
+                            int n_inputs, const char *const *outputs, int n_outputs,
+                            const char *const *params, const zmlx_dtype *param_dtypes,
+                            int n_params, zmlx_kernel **out) {
   zmlx_kernel_desc d = opck_desc(name, zk, inputs, n_inputs, outputs, n_outputs, params,
                                  param_dtypes, n_params);
   return zmlx_kernel_create_from_zk(&d, out);
 }
 
-zmlx_status zmlx_opck_vec_kernel_from_zk(const char *name, const char *zk,
-                                         const char *const *inputs, int n_inputs,
-                                         const char *const *outputs, int n_outputs,
-                                         const char *const *params,
-                                         const zmlx_dtype *param_dtypes, int n_params,
-                                         zmlx_kernel **out) {
+zmlx_status zmlx_ops_vec_kernel(const char *name, const char *zk,
+                                const char *const *inputs, int n_inputs,
+                                const char *const *outputs, int n_outputs,
+                                const char *const *params,
+                                const zmlx_dtype *param_dtypes, int n_params,
+                                zmlx_kernel **out) {
   zmlx_kernel_desc d = opck_desc(name, zk, inputs, n_inputs, outputs, n_outputs, params,
                                  param_dtypes, n_params);
-  return zmlx_ops_kernel_from_zk(&d, out);
+  return zmlx_ops_vec_kernel_from_desc(&d, out);
 }
 
 /* One threadgroup per row (at most 65536 groups, each looping over rows). */
-void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call) {
+void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call) {
   zmlx_device_info info;
   int max_threads = 256, simd = 32;
   if (zmlx_device_get_info(dev, &info) == ZMLX_OK) {
@@ -132,10 +132,10 @@ void zmlx_opck_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_k
   call->threadgroup[1] = call->threadgroup[2] = 1;
 }
 
-zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const char *const *inputs,
-                                   int n_inputs, const char *const *params,
-                                   const zmlx_dtype *param_dtypes, int n_params,
-                                   zmlx_kernel **out) {
+zmlx_status zmlx_ops_kernel_one_out(const char *name, const char *file, const char *const *inputs,
+                                    int n_inputs, const char *const *params,
+                                    const zmlx_dtype *param_dtypes, int n_params,
+                                    zmlx_kernel **out) {
   static const char *const outs[] = {"out"};
   zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
                         .output_names = outs, .n_outputs = 1, .source = file,
@@ -145,7 +145,7 @@ zmlx_status zmlx_rg_kernel_from_zk(const char *name, const char *file, const cha
 }
 
 /* Launch over a dense 1-D count of work items, 2-D past 2^30. */
-void zmlx_rg_grid(zmlx_kernel_call *c, int64_t n) {
+void zmlx_ops_grid_1d(zmlx_kernel_call *c, int64_t n) {
   const int64_t row = (int64_t)1 << 30;
   c->grid[0] = n < row ? (n > 0 ? n : 1) : row;
   c->grid[1] = (n + row - 1) / row;

@@ -1,6 +1,6 @@
 /* Reduction family over the last dim (issue 5): sum, mean, max, min, var,
  * std, argmax / argmin and top-k (k <= 64) values + indices, with their
- * gradients, catalog checks and benchmarks. Kernels: src/ops/kernels/
+ * gradients (checks and benchmarks: src/check/reduce_check.c). Kernels: src/ops/kernels/
  * reduce.zk (sum / mean / var / std), reduce_sel.zk (selection: top-k,
  * max / min, arg*) and reduce_bwd.zk (VJP / JVP helpers), each one
  * threadgroup per row with f32 accumulation. */
@@ -13,15 +13,14 @@
 #include "autograd/ad.h"
 #include "gen/patterns.h"
 #include "kernel/kernel.h"
-#include "ops/catalog.h"
-#include "ops/check_util.h"
+#include "ops/kernel_util.h"
 #include "runtime/internal.h"
+#include "ops/reduce.h"
 
 extern const char zmlx_res_reduce_zk[];
 extern const char zmlx_res_reduce_sel_zk[];
 extern const char zmlx_res_reduce_bwd_zk[];
 
-#define TOPK_MAX 64
 
 /* ------------------------------------------------------------------ kernels */
 
@@ -40,13 +39,13 @@ static void k_create(void) {
   static const char *const bin[] = {"x", "g", "aux", "idx"}, *const bout[] = {"dx"};
   static const char *const bpar[] = {"rows", "cols", "k", "root", "denom", "scale"};
   static const zmlx_dtype bdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32, ZMLX_F32};
-  k_status = zmlx_opck_kernel_from_zk("zmlx_reduce", zmlx_res_reduce_zk, xin, 1, rout, 1, rpar,
+  k_status = zmlx_ops_kernel("zmlx_reduce", zmlx_res_reduce_zk, xin, 1, rout, 1, rpar,
                                       rdt, 4, &k_red);
   if (k_status == ZMLX_OK)
-    k_status = zmlx_opck_kernel_from_zk("zmlx_reduce_select", zmlx_res_reduce_sel_zk, xin, 1,
+    k_status = zmlx_ops_kernel("zmlx_reduce_select", zmlx_res_reduce_sel_zk, xin, 1,
                                         sout, 2, spar, sdt, 4, &k_sel);
   if (k_status == ZMLX_OK)
-    k_status = zmlx_opck_kernel_from_zk("zmlx_reduce_bwd", zmlx_res_reduce_bwd_zk, bin, 4, bout,
+    k_status = zmlx_ops_kernel("zmlx_reduce_bwd", zmlx_res_reduce_bwd_zk, bin, 4, bout,
                                         1, bpar, bdt, 6, &k_bwd);
   if (k_status != ZMLX_OK) snprintf(k_error, sizeof k_error, "%s", zmlx_last_error());
 }
@@ -103,7 +102,7 @@ static zmlx_status validate_k(const char *op, const zmlx_array *x, int k) {
 }
 
 /* Output shape: x's without its last axis, with it as `last` when keep. */
-static int out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *shape) {
+int zmlx_reduce_out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *shape) {
   for (int i = 0; i < x->ndim - 1; i++) shape[i] = x->shape[i];
   if (!keep) return x->ndim - 1;
   shape[x->ndim - 1] = last;
@@ -132,7 +131,7 @@ static zmlx_status red_forward_into(zmlx_array *x, zmlx_reduce_kind kind, int dd
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = outs,
                            .templates = t, .n_templates = 4, .params = params,
                            .device = x->buffer->device};
-  zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
+  zmlx_ops_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
   return zmlx_kernel_launch(k_red, &call);
 }
 
@@ -236,7 +235,7 @@ static zmlx_status bwd_launch(int mode, zmlx_array *x, zmlx_array *g, zmlx_array
     zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &dx,
                              .templates = t, .n_templates = 2, .params = params,
                              .device = g->buffer->device};
-    zmlx_opck_row_geometry(g->buffer->device, rows, mode == 4 ? k : cols, &call);
+    zmlx_ops_row_geometry(g->buffer->device, rows, mode == 4 ? k : cols, &call);
     st = zmlx_kernel_launch(k_bwd, &call);
   }
   if (st != ZMLX_OK) {
@@ -263,7 +262,7 @@ static void red_ctx_free(void *p) {
   free(c);
 }
 
-static int is_select(zmlx_reduce_kind k) { return k == ZMLX_REDUCE_MAX || k == ZMLX_REDUCE_MIN; }
+int zmlx_reduce_is_select(zmlx_reduce_kind k) { return k == ZMLX_REDUCE_MAX || k == ZMLX_REDUCE_MIN; }
 
 static double var_denom(int64_t cols, int ddof) {
   return cols > ddof ? (double)(cols - ddof) : NAN;
@@ -369,11 +368,11 @@ zmlx_status zmlx_reduce_last(zmlx_array *x, zmlx_reduce_kind kind, int ddof, int
   if (ddof < 0)
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: ddof = %d must be >= 0", op, ddof);
   int64_t shape[ZMLX_MAX_DIMS];
-  int nd = out_shape(x, keepdims, 1, shape);
+  int nd = zmlx_reduce_out_shape(x, keepdims, 1, shape);
   zmlx_array *y = NULL, *idx = NULL;
   const int rec = zmlx_ad_should_record(&x, 1);
   zmlx_status st = ZMLX_OK;
-  if (is_select(kind)) {
+  if (zmlx_reduce_is_select(kind)) {
     st = select_alloc(x, 1, kind == ZMLX_REDUCE_MIN, nd, shape, &y, &idx);
   } else {
     st = zmlx_array_alloc(x->buffer->device, NULL, x->dtype, nd, shape, &y);
@@ -395,7 +394,7 @@ static zmlx_status arg_last(const char *op, zmlx_array *x, int is_min, int keepd
   *indices = NULL;
   ZMLX_CHECK(validate_x(op, x, 1));
   int64_t shape[ZMLX_MAX_DIMS];
-  int nd = out_shape(x, keepdims, 1, shape);
+  int nd = zmlx_reduce_out_shape(x, keepdims, 1, shape);
   return select_alloc(x, 1, is_min, nd, shape, NULL, indices);
 }
 
@@ -415,7 +414,7 @@ zmlx_status zmlx_topk(zmlx_array *x, int k, zmlx_array **values, zmlx_array **in
   ZMLX_CHECK(validate_x("topk", x, 1));
   ZMLX_CHECK(validate_k("topk", x, k));
   int64_t shape[ZMLX_MAX_DIMS];
-  int nd = out_shape(x, 1, k, shape);
+  int nd = zmlx_reduce_out_shape(x, 1, k, shape);
   zmlx_array *y = NULL, *idx = NULL;
   zmlx_status st = select_alloc(x, k, 0, nd, shape, &y, &idx);
   if (st == ZMLX_OK && zmlx_ad_should_record(&x, 1)) st = record(x, ZMLX_REDUCE_MAX, 0, k, idx, y);
@@ -430,487 +429,3 @@ zmlx_status zmlx_topk(zmlx_array *x, int k, zmlx_array **values, zmlx_array **in
   else zmlx_array_release(idx);
   return ZMLX_OK;
 }
-
-/* ================================================================ checks */
-
-/* The check's ops: the six kinds, then argmax, argmin, topk. */
-enum { OP_ARGMAX = 6, OP_ARGMIN = 7, OP_TOPK = 8 };
-static const char *const OP_NAMES[] = {"sum", "mean", "max", "min", "var", "std",
-                                       "argmax", "argmin", "topk"};
-
-/* The kernels' order: (a, ia) before (b, ib)? NaN above every number. */
-static int ref_better(double a, int64_t ia, double b, int64_t ib) {
-  if (isnan(a) || isnan(b)) {
-    if (isnan(a) && isnan(b)) return ia < ib;
-    return isnan(a);
-  }
-  return a > b || (a == b && ia < ib);
-}
-
-/* f64 reference of one row: out[0..nout) values, idx[0..nout) indices
- * (selection ops). param: ddof or k. */
-static void ref_row(int op, const double *x, int64_t cols, int param, double *out, int64_t *idx) {
-  if (op == ZMLX_REDUCE_SUM || op == ZMLX_REDUCE_MEAN || op == ZMLX_REDUCE_VAR ||
-      op == ZMLX_REDUCE_STD) {
-    double s = 0;
-    for (int64_t j = 0; j < cols; j++) s += x[j];
-    double m = s / (double)cols;
-    if (op == ZMLX_REDUCE_SUM) out[0] = s;
-    else if (op == ZMLX_REDUCE_MEAN) out[0] = m;
-    else {
-      double q = 0;
-      for (int64_t j = 0; j < cols; j++) q += (x[j] - m) * (x[j] - m);
-      double v = cols > param ? q / (double)(cols - param) : NAN;
-      out[0] = op == ZMLX_REDUCE_VAR ? v : sqrt(v);
-    }
-    return;
-  }
-  const int neg = op == ZMLX_REDUCE_MIN || op == OP_ARGMIN;
-  const int k = op == OP_TOPK ? param : 1;
-  double kv[TOPK_MAX];
-  int64_t ki[TOPK_MAX];
-  int n = 0;
-  for (int64_t j = 0; j < cols; j++) {
-    double v = neg ? -x[j] : x[j];
-    if (n == k && !ref_better(v, j, kv[k - 1], ki[k - 1])) continue;
-    int p = n < k ? n++ : k - 1;
-    while (p > 0 && ref_better(v, j, kv[p - 1], ki[p - 1])) {
-      kv[p] = kv[p - 1];
-      ki[p] = ki[p - 1];
-      p--;
-    }
-    kv[p] = v;
-    ki[p] = j;
-  }
-  for (int i = 0; i < k; i++) {
-    out[i] = neg ? -kv[i] : kv[i];
-    idx[i] = ki[i];
-  }
-}
-
-/* f64 VJP reference of one row: dx[0..cols) from the cotangent g (1 or k
- * values) and the reference's out / idx. */
-static void ref_vjp_row(int op, const double *x, int64_t cols, int param, const double *out,
-                        const int64_t *idx, const double *g, double *dx) {
-  double s = 0;
-  for (int64_t j = 0; j < cols; j++) s += x[j];
-  const double m = s / (double)cols, den = (double)(cols - param);
-  for (int64_t j = 0; j < cols; j++) {
-    switch (op) {
-      case ZMLX_REDUCE_SUM: dx[j] = g[0]; break;
-      case ZMLX_REDUCE_MEAN: dx[j] = g[0] / (double)cols; break;
-      case ZMLX_REDUCE_VAR: dx[j] = g[0] * 2 * (x[j] - m) / den; break;
-      case ZMLX_REDUCE_STD: dx[j] = out[0] > 0 ? g[0] * (x[j] - m) / (den * out[0]) : 0; break;
-      default: dx[j] = 0; break;
-    }
-  }
-  if (op == ZMLX_REDUCE_MAX || op == ZMLX_REDUCE_MIN || op == OP_TOPK) {
-    int k = op == OP_TOPK ? param : 1;
-    for (int i = 0; i < k; i++) dx[idx[i]] = g[i];
-  }
-}
-
-static int op_is_index(int op) { return op == OP_ARGMAX || op == OP_ARGMIN; }
-static int op_nout(int op, int param) { return op == OP_TOPK ? param : 1; }
-
-/* The op as a function of x (fn data: op, param, keepdims, and w for the
- * scalar loss sum(op(x) * w), else NULL). */
-typedef struct red_fn_data {
-  int op, param, keepdims;
-  zmlx_array *w;
-} red_fn_data;
-
-static zmlx_status run_op(int op, zmlx_array *x, int param, int keepdims, zmlx_array **vals,
-                          zmlx_array **idx) {
-  switch (op) {
-    case OP_ARGMAX: return zmlx_argmax_last(x, keepdims, idx);
-    case OP_ARGMIN: return zmlx_argmin_last(x, keepdims, idx);
-    case OP_TOPK: return zmlx_topk(x, param, vals, idx);
-    default: return zmlx_reduce_last(x, (zmlx_reduce_kind)op, param, keepdims, vals);
-  }
-}
-
-static zmlx_status red_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
-  (void)n;
-  red_fn_data *d = ud;
-  zmlx_array *y = NULL;
-  ZMLX_CHECK(run_op(d->op, in[0], d->param, d->keepdims, &y, NULL));
-  if (!d->w) {
-    *out = y;
-    return ZMLX_OK;
-  }
-  zmlx_status st = zmlx_opck_weighted_sum(y, d->w, out);
-  zmlx_array_release(y);
-  return st;
-}
-
-/* Host copy of an i32 array. */
-static zmlx_status download_i32(zmlx_array *a, int32_t **v) {
-  int32_t *d = malloc(sizeof(int32_t) * (size_t)(a->size > 0 ? a->size : 1));
-  if (!d) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  zmlx_status st = zmlx_array_to_host(a, d, sizeof(int32_t) * (size_t)a->size);
-  if (st != ZMLX_OK) {
-    free(d);
-    return st;
-  }
-  *v = d;
-  return ZMLX_OK;
-}
-
-typedef enum { IN_RANDOM, IN_OFFSET, IN_DISTINCT, IN_NAN } in_kind;
-
-typedef struct red_case {
-  int ndim;
-  int64_t shape[4];
-  int param;      /* ddof (var / std) or k (topk) */
-  int keepdims;
-  in_kind input;
-  int strided;    /* x is a transposed view */
-  int mode;       /* 0: forward; 1: VJP vs the reference; 2: finite differences (f32) */
-} red_case;
-
-/* Fills xv (size n, dtype dt) by the case's input kind. */
-static void make_input(zmlx_dtype dt, in_kind kind, int64_t n, int64_t cols, uint64_t *rng,
-                       double *xv) {
-  if (kind == IN_DISTINCT) {
-    /* a permutation of well separated values: no ties, no kink within eps */
-    for (int64_t i = 0; i < n; i++) xv[i] = (double)i;
-    for (int64_t i = n - 1; i > 0; i--) {
-      int64_t j = (int64_t)(zmlx_rg_uniform(rng) * (double)(i + 1));
-      if (j > i) j = i;
-      double t = xv[i];
-      xv[i] = xv[j];
-      xv[j] = t;
-    }
-    for (int64_t i = 0; i < n; i++) xv[i] = zmlx_rg_round(dt, (xv[i] - (double)n / 2) * 0.0625);
-    return;
-  }
-  const double off = kind == IN_OFFSET ? 1000.0 : 0.0;
-  for (int64_t i = 0; i < n; i++) xv[i] = zmlx_rg_round(dt, off + 8 * zmlx_rg_uniform(rng) - 4);
-  if (kind == IN_NAN && n > 3) {
-    /* NaNs in some rows (ranked above every number), -inf in others: the
-     * first row all -inf, the last starting with one */
-    xv[n / 3] = NAN;
-    xv[n - 2] = NAN;
-    for (int64_t j = 0; j < cols && j < n; j++) xv[j] = -INFINITY;
-    xv[n - cols] = -INFINITY;
-  }
-}
-
-static void case_name(const red_case *c, int op, char *buf, size_t cap) {
-  char s[64];
-  zmlx_shape_str(s, sizeof s, c->ndim, c->shape);
-  const char *in = c->input == IN_OFFSET ? " offset 1000" : c->input == IN_NAN ? " nan/-inf"
-                   : c->input == IN_DISTINCT ? " distinct" : "";
-  char p[24] = "";
-  if (op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD) snprintf(p, sizeof p, " ddof %d", c->param);
-  if (op == OP_TOPK) snprintf(p, sizeof p, " k %d", c->param);
-  snprintf(buf, cap, "%s%s%s%s%s", s, p, c->keepdims ? " keepdims" : "", in,
-           c->strided ? " strided" : "");
-}
-
-static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, uint64_t *rng) {
-  zmlx_device *dev = o->device;
-  const zmlx_dtype dt = c->mode == 2 ? ZMLX_F32 : o->dtype;
-  const char *opn = OP_NAMES[op];
-  const char *what = c->mode == 0 ? "fwd" : c->mode == 1 ? "grad (vjp)" : "grad (fd)";
-  char name[96];
-  case_name(c, op, name, sizeof name);
-  int64_t size = 1;
-  for (int i = 0; i < c->ndim; i++) size *= c->shape[i];
-  const int64_t cols = c->shape[c->ndim - 1], rows = size / cols;
-  const int nout = op_nout(op, c->param);
-  const int64_t no = rows * nout;
-  double *xv = malloc(sizeof(double) * (size_t)size), *want = malloc(sizeof(double) * (size_t)no);
-  int64_t *wi = malloc(sizeof(int64_t) * (size_t)no);
-  double *gv = malloc(sizeof(double) * (size_t)no), *dw = malloc(sizeof(double) * (size_t)size);
-  double *got = NULL;
-  int32_t *gi = NULL;
-  zmlx_array *xs = NULL, *x = NULL, *y = NULL, *yi = NULL, *g = NULL, *vout = NULL, *dx = NULL;
-  zmlx_status st = ZMLX_OK;
-  if (!xv || !want || !wi || !gv || !dw) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-    goto done;
-  }
-  make_input(dt, c->input, size, cols, rng, xv);
-  for (int64_t r = 0; r < rows; r++)
-    ref_row(op, xv + r * cols, cols, c->param, want + r * nout, wi + r * nout);
-  if (c->strided) {
-    /* upload the transpose [.., cols, rows'] and view it back: x is strided */
-    int64_t ts[2] = {cols, rows};
-    double *tv = malloc(sizeof(double) * (size_t)size);
-    if (!tv) {
-      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-      goto done;
-    }
-    for (int64_t r = 0; r < rows; r++)
-      for (int64_t j = 0; j < cols; j++) tv[j * rows + r] = xv[r * cols + j];
-    st = zmlx_rg_upload(dev, dt, 2, ts, tv, &xs);
-    free(tv);
-    const int perm[2] = {1, 0};
-    if (st == ZMLX_OK) st = zmlx_array_transpose(xs, perm, &x);
-  } else {
-    st = zmlx_rg_upload(dev, dt, c->ndim, c->shape, xv, &x);
-  }
-  if (st != ZMLX_OK) goto done;
-  int64_t oshape[ZMLX_MAX_DIMS];
-  const int ond = out_shape(x, op == OP_TOPK || c->keepdims, nout, oshape);
-  const double tol = zmlx_rg_tol(dt);
-
-  if (c->mode == 0) {
-    /* forward into poisoned outputs (the op allocates: poison the pool) */
-    zmlx_rg_poison_pool(dev, dt, ond, oshape);
-    zmlx_rg_poison_pool(dev, ZMLX_F32, ond, oshape); /* i32 indices: NaN bits */
-    st = run_op(op, x, c->param, c->keepdims, op_is_index(op) ? NULL : &y,
-                op_is_index(op) || op == OP_TOPK ? &yi : NULL);
-    if (st == ZMLX_OK && y) st = zmlx_rg_download(y, &got);
-    if (st == ZMLX_OK && yi) st = download_i32(yi, &gi);
-    if (st != ZMLX_OK) goto done;
-    if (op <= ZMLX_REDUCE_STD && !is_select((zmlx_reduce_kind)op)) {
-      double e = 0;
-      for (int64_t i = 0; i < no; i++) {
-        double d = isnan(want[i]) ? (isnan(got[i]) ? 0 : INFINITY)
-                                  : fabs(got[i] - want[i]) / (1 + fabs(want[i]));
-        if (!(d <= e)) e = d;
-      }
-      zmlx_rg_emit(o, opn, what, dt, name, e, tol, e <= tol);
-    } else {
-      /* selection is exact: values (ties and NaN included) and indices must
-       * match the reference's order; the error is the mismatch count */
-      int64_t bad = 0;
-      for (int64_t i = 0; i < no; i++) {
-        if (got) {
-          int same = isnan(want[i]) ? isnan(got[i]) : got[i] == want[i];
-          bad += !same;
-        }
-        if (gi) bad += (int64_t)gi[i] != wi[i];
-      }
-      zmlx_rg_emit(o, opn, what, dt, name, (double)bad, 0, bad == 0);
-    }
-  } else if (c->mode == 1) {
-    st = zmlx_rg_random(dev, dt, ond, oshape, -1, 1, rng, gv, &g);
-    if (st != ZMLX_OK) goto done;
-    red_fn_data fd = {op, c->param, c->keepdims, NULL};
-    int argn = 0;
-    st = zmlx_vjp(red_fn, &fd, &x, 1, &argn, 1, g, &vout, &dx);
-    if (st == ZMLX_OK) st = zmlx_rg_download(dx, &got);
-    if (st != ZMLX_OK) goto done;
-    for (int64_t r = 0; r < rows; r++)
-      ref_vjp_row(op, xv + r * cols, cols, c->param, want + r * nout, wi + r * nout,
-                  gv + r * nout, dw + r * cols);
-    double e = zmlx_rg_err(got, dw, size);
-    /* var / std: the device starts from its rounded output and mean */
-    double vt = op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD ? 2 * tol : tol;
-    zmlx_rg_emit(o, opn, what, dt, name, e, vt, e <= vt);
-  } else {
-    st = zmlx_rg_random(dev, ZMLX_F32, ond, oshape, -1, 1, rng, gv, &g);
-    if (st != ZMLX_OK) goto done;
-    red_fn_data fd = {op, c->param, c->keepdims, g};
-    zmlx_grad_check_report rep;
-    st = zmlx_check_grad(red_fn, &fd, &x, 1, 1e-3, 1e-2, &rep);
-    if (st != ZMLX_OK) goto done;
-    double e = rep.inputs[0].max_abs_err;
-    if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    char nm[112];
-    snprintf(nm, sizeof nm, "%s%s", name, rep.jvp_checked ? " +jvp" : "");
-    zmlx_rg_emit(o, opn, what, dt, nm, e, 1e-2, rep.passed);
-  }
-done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, opn, what, dt, name, st);
-  free(xv);
-  free(want);
-  free(wi);
-  free(gv);
-  free(dw);
-  free(got);
-  free(gi);
-  zmlx_array_release(xs);
-  zmlx_array_release(x);
-  zmlx_array_release(y);
-  zmlx_array_release(yi);
-  zmlx_array_release(g);
-  zmlx_array_release(vout);
-  zmlx_array_release(dx);
-  zmlx_clear_error();
-}
-
-static void red_bad(const zmlx_check_opts *o, int op) {
-  zmlx_device *dev = o->device;
-  const char *opn = OP_NAMES[op];
-  zmlx_array *a = NULL, *ai = NULL, *s = NULL, *e = NULL, *y = NULL, *yi = NULL;
-  int64_t sa[2] = {3, 5}, se[2] = {3, 0};
-  if (zmlx_array_zeros(dev, o->dtype, 2, sa, &a) || zmlx_array_zeros(dev, ZMLX_I32, 2, sa, &ai) ||
-      zmlx_array_zeros(dev, o->dtype, 0, NULL, &s) ||
-      zmlx_array_zeros(dev, o->dtype, 2, se, &e)) {
-    zmlx_rg_emit_fail(o, opn, "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
-    goto done;
-  }
-  const int p = op == OP_TOPK ? 2 : 0;
-#define EXPECT(what, call, want, needle)                                  \
-  do {                                                                    \
-    zmlx_status st_ = (call);                                             \
-    zmlx_array_release(yi);                                               \
-    yi = NULL;                                                            \
-    zmlx_rg_expect(o, opn, what, st_, y, want, needle);                   \
-    y = NULL;                                                             \
-  } while (0)
-  EXPECT("bad: NULL x", run_op(op, NULL, p, 0, &y, &yi), ZMLX_ERR_NULL_ARG, "'x'");
-  EXPECT("bad: dtype i32", run_op(op, ai, p, 0, &y, &yi), ZMLX_ERR_DTYPE, "i32");
-  EXPECT("bad: scalar x", run_op(op, s, p, 0, &y, &yi), ZMLX_ERR_SHAPE, "rank");
-  EXPECT("bad: last dim 0", run_op(op, e, p, 0, &y, &yi), ZMLX_ERR_SHAPE, "[3, 0]");
-  if (op == OP_TOPK) {
-    EXPECT("bad: k = 65", run_op(op, a, 65, 0, &y, &yi), ZMLX_ERR_INVALID_ARG, "k = 65");
-    EXPECT("bad: k = 0", run_op(op, a, 0, 0, &y, &yi), ZMLX_ERR_INVALID_ARG, "k = 0");
-    EXPECT("bad: k > last dim", run_op(op, a, 6, 0, &y, &yi), ZMLX_ERR_SHAPE, "k = 6");
-    EXPECT("bad: no outputs", zmlx_topk(a, 2, NULL, NULL), ZMLX_ERR_NULL_ARG, "NULL");
-  }
-  if (op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD)
-    EXPECT("bad: ddof -1", run_op(op, a, -1, 0, &y, &yi), ZMLX_ERR_INVALID_ARG, "ddof");
-  if (op == ZMLX_REDUCE_SUM)
-    EXPECT("bad: kind 9", zmlx_reduce_last(a, (zmlx_reduce_kind)9, 0, 0, &y),
-           ZMLX_ERR_INVALID_ARG, "kind 9");
-#undef EXPECT
-done:
-  zmlx_array_release(a);
-  zmlx_array_release(ai);
-  zmlx_array_release(s);
-  zmlx_array_release(e);
-}
-
-static const int64_t QUICK_COLS[] = {1, 7, 64, 1000, 4097};
-static const int64_t FULL_COLS[] = {1, 7, 64, 1000, 4097, 32768};
-
-static zmlx_status red_check_op(const zmlx_check_opts *o, int op) {
-  ZMLX_REQUIRE_ARG(o);
-  ZMLX_REQUIRE_ARG(o->device);
-  uint64_t rng = o->seed * 0x9E3779B97F4A7C15ULL + 0x726564ULL + (uint64_t)op * 7919u;
-  if (!rng) rng = 1;
-  const int isvar = op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD;
-  const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
-  const int ncols = o->quick ? 5 : 6;
-  const int64_t rows_list[] = {1, 5};
-  for (int ri = 0; ri < 2; ri++)
-    for (int ci = 0; ci < ncols; ci++) {
-      const int64_t cc = cols[ci];
-      int param = 0;
-      if (isvar) param = cc > 1 ? (ci + ri) % 2 : 0;
-      if (op == OP_TOPK) {
-        static const int ks[] = {1, 5, 64, 8}; /* KCAP 1, 8, 64 */
-        param = ks[(ci + ri) % 4];
-        if (param > cc) param = (int)cc;
-      }
-      red_case c = {2, {rows_list[ri], cc}, param, 0, IN_RANDOM, 0, 0};
-      red_case_run(o, op, &c, &rng);
-    }
-  /* rank 3 with keepdims; a strided view; numerically hard var / NaN input */
-  red_case c3 = {3, {2, 3, 9}, op == OP_TOPK ? 6 : isvar ? 1 : 0, 1, IN_RANDOM, 0, 0};
-  red_case_run(o, op, &c3, &rng);
-  red_case cs = {2, {5, 7}, op == OP_TOPK ? 5 : 0, 0, IN_RANDOM, 1, 0};
-  red_case_run(o, op, &cs, &rng);
-  if (isvar) {
-    red_case cv = {2, {3, o->quick ? 1000 : 4097}, 1, 0, IN_OFFSET, 0, 0};
-    red_case_run(o, op, &cv, &rng);
-  }
-  if (op == ZMLX_REDUCE_MAX || op == ZMLX_REDUCE_MIN || op_is_index(op) || op == OP_TOPK) {
-    red_case cn = {2, {3, 37}, op == OP_TOPK ? 5 : 0, 0, IN_NAN, 0, 0};
-    red_case_run(o, op, &cn, &rng);
-  }
-  if (!op_is_index(op)) {
-    /* VJP against the f64 reference (ties allowed: both pick the first) */
-    red_case v1 = {2, {5, 7}, op == OP_TOPK ? 7 : isvar ? 1 : 0, 0, IN_RANDOM, 0, 1};
-    red_case_run(o, op, &v1, &rng);
-    red_case v2 = {3, {2, 3, o->quick ? 1000 : 4097}, op == OP_TOPK ? 8 : 0, 1, IN_RANDOM, 0, 1};
-    red_case_run(o, op, &v2, &rng);
-    if (o->dtype == ZMLX_F32) {
-      red_case fd = {3, {2, 3, 7}, op == OP_TOPK ? 5 : isvar ? 1 : 0, 0, IN_DISTINCT, 0, 2};
-      red_case_run(o, op, &fd, &rng);
-    }
-  }
-  red_bad(o, op);
-  return ZMLX_OK;
-}
-
-static zmlx_status check_sum(const zmlx_check_opts *o) { return red_check_op(o, ZMLX_REDUCE_SUM); }
-static zmlx_status check_mean(const zmlx_check_opts *o) { return red_check_op(o, ZMLX_REDUCE_MEAN); }
-static zmlx_status check_max(const zmlx_check_opts *o) { return red_check_op(o, ZMLX_REDUCE_MAX); }
-static zmlx_status check_min(const zmlx_check_opts *o) { return red_check_op(o, ZMLX_REDUCE_MIN); }
-static zmlx_status check_var(const zmlx_check_opts *o) { return red_check_op(o, ZMLX_REDUCE_VAR); }
-static zmlx_status check_std(const zmlx_check_opts *o) { return red_check_op(o, ZMLX_REDUCE_STD); }
-static zmlx_status check_argmax(const zmlx_check_opts *o) {
-  ZMLX_CHECK(red_check_op(o, OP_ARGMAX));
-  return red_check_op(o, OP_ARGMIN);
-}
-static zmlx_status check_topk(const zmlx_check_opts *o) { return red_check_op(o, OP_TOPK); }
-
-const zmlx_catalog_op zmlx_catalog_reduce_ops[] = {
-    {"sum", check_sum},   {"mean", check_mean},     {"max", check_max},
-    {"min", check_min},   {"var", check_var},       {"std", check_std},
-    {"argmax", check_argmax}, {"topk", check_topk}, {0},
-};
-
-/* ================================================================ benchmarks */
-
-typedef struct red_bench {
-  int op, param;
-  zmlx_array *x;
-} red_bench;
-
-static zmlx_status red_bench_run(void *p) {
-  red_bench *b = p;
-  zmlx_array *y = NULL, *yi = NULL;
-  zmlx_status st = run_op(b->op, b->x, b->param, 0, op_is_index(b->op) ? NULL : &y,
-                          op_is_index(b->op) || b->op == OP_TOPK ? &yi : NULL);
-  zmlx_array_release(y);
-  zmlx_array_release(yi);
-  return st;
-}
-
-/* bf16 [rows, cols]; bytes = x read + values (bf16) and / or indices (i32)
- * written. */
-static zmlx_status red_bench_case(const zmlx_bench_opts *o, int op, int param, int64_t rows,
-                                  int64_t cols) {
-  int64_t shape[2] = {zmlx_bench_rows(o, rows), cols};
-  red_bench b = {op, param, NULL};
-  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 31 + (uint64_t)op, &b.x);
-  const double n = (double)shape[0] * (double)shape[1];
-  const double nout = (double)shape[0] * op_nout(op, param);
-  double bytes = 2.0 * n + (op_is_index(op) ? 4.0 : op == OP_TOPK ? 6.0 : 2.0) * nout;
-  if (st == ZMLX_OK)
-    st = zmlx_bench_time_emit(o, OP_NAMES[op], ZMLX_BF16, 2, shape, bytes, red_bench_run, &b);
-  zmlx_array_release(b.x);
-  return st;
-}
-
-static zmlx_status bench_sum(const zmlx_bench_opts *o) {
-  return red_bench_case(o, ZMLX_REDUCE_SUM, 0, 16384, 4096);
-}
-static zmlx_status bench_mean(const zmlx_bench_opts *o) {
-  return red_bench_case(o, ZMLX_REDUCE_MEAN, 0, 16384, 4096);
-}
-static zmlx_status bench_max(const zmlx_bench_opts *o) {
-  return red_bench_case(o, ZMLX_REDUCE_MAX, 0, 16384, 4096);
-}
-static zmlx_status bench_min(const zmlx_bench_opts *o) {
-  return red_bench_case(o, ZMLX_REDUCE_MIN, 0, 16384, 4096);
-}
-static zmlx_status bench_var(const zmlx_bench_opts *o) {
-  return red_bench_case(o, ZMLX_REDUCE_VAR, 0, 16384, 4096);
-}
-static zmlx_status bench_std(const zmlx_bench_opts *o) {
-  return red_bench_case(o, ZMLX_REDUCE_STD, 0, 16384, 4096);
-}
-static zmlx_status bench_argmax(const zmlx_bench_opts *o) {
-  ZMLX_CHECK(red_bench_case(o, OP_ARGMAX, 0, 16384, 4096));
-  return red_bench_case(o, OP_ARGMAX, 0, 8192, 128256); /* greedy sampling */
-}
-static zmlx_status bench_topk(const zmlx_bench_opts *o) {
-  /* a sampler's top-k = 8 over the vocabulary */
-  ZMLX_CHECK(red_bench_case(o, OP_TOPK, 8, 8192, 32000));
-  return red_bench_case(o, OP_TOPK, 8, 8192, 128256);
-}
-
-const zmlx_catalog_bench zmlx_catalog_reduce_bench[] = {
-    {"sum", bench_sum},   {"mean", bench_mean},     {"max", bench_max},
-    {"min", bench_min},   {"var", bench_var},       {"std", bench_std},
-    {"argmax", bench_argmax}, {"topk", bench_topk}, {0},
-};

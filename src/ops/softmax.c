@@ -1,8 +1,8 @@
 /* Softmax family over the last dim (issue 5): softmax, log_softmax,
  * logsumexp and scale + mask (+ causal) softmax, each differentiable, with
- * their catalog checks. Kernels: src/ops/kernels/softmax.zk (forward, one
- * threadgroup per row, single-pass online stats) and softmax_bwd.zk. The
- * check helpers at the end (zmlx_opck_*) are shared with cross_entropy.c. */
+ * their catalog checks in src/check/softmax_check.c. Kernels:
+ * src/ops/kernels/softmax.zk (forward, one threadgroup per row, single-pass
+ * online stats) and softmax_bwd.zk. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -12,8 +12,8 @@
 #include "autograd/ad.h"
 #include "gen/patterns.h"
 #include "kernel/kernel.h"
-#include "ops/catalog.h"
-#include "ops/check_util.h"
+#include "ops/kernel_util.h"
+#include "ops/softmax.h"
 #include "runtime/internal.h"
 
 extern const char zmlx_res_softmax_zk[];
@@ -33,10 +33,10 @@ static void k_create(void) {
   static const char *const bin[] = {"a", "b", "c"}, *const bout[] = {"dx"};
   static const char *const bpar[] = {"rows", "cols", "scale"};
   static const zmlx_dtype bdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_F32};
-  k_status = zmlx_opck_vec_kernel_from_zk("zmlx_softmax_fwd", zmlx_res_softmax_zk, fin, 2, fout, 1,
+  k_status = zmlx_ops_vec_kernel("zmlx_softmax_fwd", zmlx_res_softmax_zk, fin, 2, fout, 1,
                                       fpar, fdt, 6, &k_fwd);
   if (k_status == ZMLX_OK)
-    k_status = zmlx_opck_kernel_from_zk("zmlx_softmax_bwd", zmlx_res_softmax_bwd_zk, bin, 3,
+    k_status = zmlx_ops_kernel("zmlx_softmax_bwd", zmlx_res_softmax_bwd_zk, bin, 3,
                                         bout, 1, bpar, bdt, 3, &k_bwd);
   if (k_status != ZMLX_OK) snprintf(k_error, sizeof k_error, "%s", zmlx_last_error());
 }
@@ -47,22 +47,14 @@ static zmlx_status kernels(void) {
   return ZMLX_OK;
 }
 
-enum { SM_SOFTMAX = 0, SM_LOG_SOFTMAX = 1, SM_LOGSUMEXP = 2 };
-static const char *const MODE_NAMES[] = {"softmax", "log_softmax", "logsumexp"};
 
-typedef struct sm_args {
-  int mode;
-  zmlx_array *mask; /* NULL: none */
-  double scale;
-  int causal;
-} sm_args;
 
 static int float_dtype(zmlx_dtype dt) {
   return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
 }
 
 /* Validation of the forward's arguments; names the problem. */
-static zmlx_status sm_validate(const char *op, zmlx_array *x, const sm_args *a) {
+zmlx_status zmlx_softmax_validate(const char *op, zmlx_array *x, const sm_args *a) {
   if (!float_dtype(x->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; f32, f16 or bf16 is needed", op,
                      zmlx_dtype_name(x->dtype));
@@ -95,8 +87,8 @@ static zmlx_status sm_validate(const char *op, zmlx_array *x, const sm_args *a) 
     }
     if (!ok) {
       char ms[96], xs[96];
-      zmlx_opck_shape_str(ms, sizeof ms, m->ndim, m->shape, NULL);
-      zmlx_opck_shape_str(xs, sizeof xs, x->ndim, x->shape, NULL);
+      zmlx_shape_str(ms, sizeof ms, m->ndim, m->shape);
+      zmlx_shape_str(xs, sizeof xs, x->ndim, x->shape);
       return zmlx_fail(ZMLX_ERR_SHAPE, "%s: mask shape %s must equal a trailing part of x's "
                        "shape %s (leading axes broadcast)", op, ms, xs);
     }
@@ -105,7 +97,7 @@ static zmlx_status sm_validate(const char *op, zmlx_array *x, const sm_args *a) 
 }
 
 /* Forward into a preallocated dense output (the check poisons it first). */
-static zmlx_status sm_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *out) {
+zmlx_status zmlx_softmax_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *out) {
   ZMLX_CHECK(kernels());
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = cols ? x->size / cols : 0;
@@ -149,7 +141,7 @@ static zmlx_status sm_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *
   zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = outs,
                            .templates = t, .n_templates = 8, .params = params,
                            .device = x->buffer->device};
-  zmlx_opck_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
+  zmlx_ops_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
   if (nv) zmlx_ops_use_chunk_geometry(&call, tg, nv);
   else if (vec) zmlx_ops_use_stream_geometry(&call, a->mode != SM_LOGSUMEXP);
   return zmlx_kernel_launch(k_fwd, &call);
@@ -175,7 +167,7 @@ static zmlx_status sm_bwd(int kmode, zmlx_array *a, zmlx_array *b, zmlx_array *c
   zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 1, .inputs = in, .outputs = out,
                            .templates = t, .n_templates = 1, .params = params,
                            .device = a->buffer->device};
-  zmlx_opck_row_geometry(a->buffer->device, rows, cols, &call);
+  zmlx_ops_row_geometry(a->buffer->device, rows, cols, &call);
   zmlx_status st = zmlx_kernel_launch(k_bwd, &call);
   if (st != ZMLX_OK) {
     zmlx_array_release(*out);
@@ -274,16 +266,16 @@ static zmlx_status sm_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_ar
 
 static const zmlx_ad_rule SM_RULE = {"softmax family", sm_vjp, sm_jvp, free};
 
-static zmlx_status sm_run(const char *op, zmlx_array *x, const sm_args *a, zmlx_array **out) {
+zmlx_status zmlx_softmax_run(const char *op, zmlx_array *x, const sm_args *a, zmlx_array **out) {
   char call[48];
   snprintf(call, sizeof call, "zmlx_%s", op);
   ZMLX_REQUIRE_ARG_OF(call, out);
   *out = NULL;
   ZMLX_REQUIRE_ARG_OF(call, x);
-  ZMLX_CHECK(sm_validate(op, x, a));
+  ZMLX_CHECK(zmlx_softmax_validate(op, x, a));
   zmlx_array *y = NULL;
   ZMLX_CHECK(sm_alloc_out(x, a->mode, &y));
-  zmlx_status st = sm_forward_into(x, a, y);
+  zmlx_status st = zmlx_softmax_forward_into(x, a, y);
   if (st != ZMLX_OK) {
     zmlx_array_release(y);
     return st;
@@ -308,397 +300,21 @@ static zmlx_status sm_run(const char *op, zmlx_array *x, const sm_args *a, zmlx_
 
 zmlx_status zmlx_softmax(zmlx_array *x, zmlx_array **out) {
   sm_args a = {SM_SOFTMAX, NULL, 1.0, 0};
-  return sm_run("softmax", x, &a, out);
+  return zmlx_softmax_run("softmax", x, &a, out);
 }
 
 zmlx_status zmlx_log_softmax(zmlx_array *x, zmlx_array **out) {
   sm_args a = {SM_LOG_SOFTMAX, NULL, 1.0, 0};
-  return sm_run("log_softmax", x, &a, out);
+  return zmlx_softmax_run("log_softmax", x, &a, out);
 }
 
 zmlx_status zmlx_logsumexp(zmlx_array *x, zmlx_array **out) {
   sm_args a = {SM_LOGSUMEXP, NULL, 1.0, 0};
-  return sm_run("logsumexp", x, &a, out);
+  return zmlx_softmax_run("logsumexp", x, &a, out);
 }
 
 zmlx_status zmlx_softmax_masked(zmlx_array *x, zmlx_array *mask, double scale, int causal,
                                 zmlx_array **out) {
   sm_args a = {SM_SOFTMAX, mask, scale, causal};
-  return sm_run("softmax_masked", x, &a, out);
+  return zmlx_softmax_run("softmax_masked", x, &a, out);
 }
-
-/* ------------------------------------------------------------------- checks */
-
-/* f64 reference of one row family. v: values after scale / mask / causal
- * (-inf where masked). out: [rows, cols] or [rows] for logsumexp. */
-static void ref_rows(int mode, const double *v, int64_t rows, int64_t cols, double *out) {
-  for (int64_t r = 0; r < rows; r++) {
-    const double *x = v + r * cols;
-    double m = -INFINITY, s = 0;
-    for (int64_t j = 0; j < cols; j++)
-      if (x[j] > m) m = x[j];
-    if (m > -INFINITY)
-      for (int64_t j = 0; j < cols; j++) s += exp(x[j] - m);
-    double lse = s > 0 ? m + log(s) : -INFINITY;
-    if (mode == SM_LOGSUMEXP) {
-      out[r] = lse;
-      continue;
-    }
-    for (int64_t j = 0; j < cols; j++)
-      out[r * cols + j] = mode == SM_SOFTMAX ? (s > 0 ? exp(x[j] - lse) : 0.0) : x[j] - lse;
-  }
-}
-
-/* f64 VJP reference: y from ref_rows (softmax / log_softmax), lse for
- * logsumexp (then y unused, x the input), g the cotangent. */
-static void ref_vjp(int mode, const double *x, const double *y, const double *g, int64_t rows,
-                    int64_t cols, double scale, double *dx) {
-  for (int64_t r = 0; r < rows; r++) {
-    const int64_t b = r * cols;
-    if (mode == SM_LOGSUMEXP) {
-      for (int64_t j = 0; j < cols; j++) dx[b + j] = g[r] * exp(x[b + j] - y[r]);
-      continue;
-    }
-    double acc = 0;
-    for (int64_t j = 0; j < cols; j++) acc += mode == SM_SOFTMAX ? g[b + j] * y[b + j] : g[b + j];
-    for (int64_t j = 0; j < cols; j++)
-      dx[b + j] = mode == SM_SOFTMAX ? scale * y[b + j] * (g[b + j] - acc)
-                                     : g[b + j] - exp(y[b + j]) * acc;
-  }
-}
-
-/* The size of the terms each dx element is summed from (softmax: y_i g_i
- * and y_i sum_j g_j y_j), per element. Rounding y (stored in the dtype) and
- * the row sum err by the dtype's epsilon times these terms, not times dx:
- * where they cancel (g_i close to sum_j g_j y_j; a causal row of one
- * element, whose dx is 0) dx is small and its relative error is not a
- * measure of the kernel. */
-static void ref_vjp_terms(int mode, const double *x, const double *y, const double *g,
-                          int64_t rows, int64_t cols, double scale, double *mag) {
-  for (int64_t r = 0; r < rows; r++) {
-    const int64_t b = r * cols;
-    if (mode == SM_LOGSUMEXP) {
-      for (int64_t j = 0; j < cols; j++) mag[b + j] = fabs(g[r]) * exp(x[b + j] - y[r]);
-      continue;
-    }
-    double acc = 0;
-    for (int64_t j = 0; j < cols; j++)
-      acc += mode == SM_SOFTMAX ? fabs(g[b + j]) * y[b + j] : fabs(g[b + j]);
-    for (int64_t j = 0; j < cols; j++)
-      mag[b + j] = mode == SM_SOFTMAX ? fabs(scale) * y[b + j] * (fabs(g[b + j]) + acc)
-                                      : fabs(g[b + j]) + exp(y[b + j]) * acc;
-  }
-}
-
-typedef struct sm_case {
-  int mode;
-  int ndim;
-  int64_t shape[4];
-  int mask_kind; /* 0 none, 1 additive, 2 bool; mask shape = last two dims */
-  int causal;
-  double scale;
-} sm_case;
-
-/* Function for the autograd paths: scalar (sum of op(x) * w) or the op. */
-typedef struct sm_fn_data {
-  sm_args a;
-  zmlx_array *w; /* NULL: return op(x) itself */
-} sm_fn_data;
-
-static zmlx_status sm_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
-  sm_fn_data *d = ud;
-  sm_args a = d->a;
-  if (n > 1) a.mask = in[1];
-  zmlx_array *y = NULL;
-  ZMLX_CHECK(sm_run(MODE_NAMES[a.mode], in[0], &a, &y));
-  if (!d->w) {
-    *out = y;
-    return ZMLX_OK;
-  }
-  zmlx_status st = zmlx_opck_weighted_sum(y, d->w, out);
-  zmlx_array_release(y);
-  return st;
-}
-
-/* Runs forward (poisoned output) and the VJP against the f64 reference;
- * with `gradcheck`, also zmlx_check_grad (f32). */
-static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const sm_case *c,
-                               int gradcheck, uint64_t *rng) {
-  zmlx_dtype dt = o->dtype;
-  const int64_t cols = c->shape[c->ndim - 1];
-  int64_t size = 1;
-  for (int i = 0; i < c->ndim; i++) size *= c->shape[i];
-  const int64_t rows = size / cols;
-  const int64_t sq = c->ndim >= 2 ? c->shape[c->ndim - 2] : 1;
-  const int64_t mrows = c->mask_kind ? sq : 1;
-  char shp[96];
-  char extra[48] = "";
-  if (c->mask_kind || c->causal || c->scale != 1.0)
-    snprintf(extra, sizeof extra, "%s%s scale %g", c->mask_kind == 1 ? "add-mask " :
-             c->mask_kind == 2 ? "bool-mask " : "", c->causal ? "causal" : "", c->scale);
-  zmlx_opck_shape_str(shp, sizeof shp, c->ndim, c->shape, extra[0] ? extra : NULL);
-
-  zmlx_status st = ZMLX_OK;
-  double *xv = malloc((size_t)size * sizeof *xv), *v = malloc((size_t)size * sizeof *v);
-  double *mv = malloc((size_t)(mrows * cols) * sizeof *mv);
-  double *want = malloc((size_t)size * sizeof *want), *gv = malloc((size_t)size * sizeof *gv);
-  double *dwant = malloc((size_t)size * sizeof *dwant), *dmag = malloc((size_t)size * sizeof *dmag);
-  double *got = NULL, *dgot = NULL;
-  zmlx_array *x = NULL, *mask = NULL, *out = NULL, *g = NULL, *vout = NULL, *dx = NULL;
-  if (!xv || !v || !mv || !want || !gv || !dwant || !dmag) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
-    goto done;
-  }
-  for (int64_t i = 0; i < size; i++) xv[i] = zmlx_opck_round(dt, zmlx_opck_uniform(rng, -4, 4));
-  for (int64_t i = 0; i < mrows * cols; i++) {
-    double u = zmlx_opck_uniform(rng, 0, 1);
-    if (c->mask_kind == 1) mv[i] = u < 0.2 && !gradcheck ? -INFINITY : zmlx_opck_round(dt, u * 2 - 1);
-    else mv[i] = u < 0.75 ? 1 : 0;
-  }
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t j = 0; j < cols; j++) {
-      int64_t i = r * cols + j;
-      double z = (double)(float)((float)xv[i] * (float)c->scale);
-      if (c->mask_kind == 1) z = (double)((float)z + (float)mv[(r % mrows) * cols + j]);
-      if (c->mask_kind == 2 && mv[(r % mrows) * cols + j] == 0) z = -INFINITY;
-      if (c->causal && j > (r % sq) + cols - sq) z = -INFINITY;
-      v[i] = z;
-    }
-  ref_rows(c->mode, v, rows, cols, want);
-
-  ZMLX_CHECK(zmlx_opck_upload(o->device, dt, c->ndim, c->shape, xv, &x));
-  if (c->mask_kind) {
-    int64_t ms[2] = {sq, cols};
-    st = zmlx_opck_upload(o->device, c->mask_kind == 2 ? ZMLX_BOOL : dt, 2, ms, mv, &mask);
-    if (st != ZMLX_OK) goto done;
-  }
-  sm_args a = {c->mode, mask, c->scale, c->causal};
-  int ond = c->mode == SM_LOGSUMEXP ? c->ndim - 1 : c->ndim;
-  const int64_t nout = c->mode == SM_LOGSUMEXP ? rows : size;
-  st = zmlx_array_full(o->device, dt, ond, c->shape, NAN, &out);
-  if (st == ZMLX_OK) st = sm_validate(op, x, &a);
-  if (st == ZMLX_OK) st = sm_forward_into(x, &a, out);
-  if (st != ZMLX_OK) goto done;
-  got = zmlx_opck_download(out);
-  if (!got) {
-    st = zmlx_fail(ZMLX_ERR_BACKEND, "check: download failed");
-    goto done;
-  }
-  double tol = zmlx_opck_tol(dt);
-  double e = zmlx_opck_err_rel1(got, want, nout);
-  zmlx_opck_emit(o, op, "fwd", dt, shp, e, tol, e <= tol);
-
-  /* VJP through autograd against the f64 reference */
-  for (int64_t i = 0; i < nout; i++) gv[i] = zmlx_opck_round(dt, zmlx_opck_uniform(rng, -1, 1));
-  st = zmlx_opck_upload(o->device, dt, ond, c->shape, gv, &g);
-  if (st != ZMLX_OK) goto done;
-  ref_vjp(c->mode, xv, want, gv, rows, cols, c->scale, dwant);
-  {
-    sm_fn_data fd = {a, NULL};
-    zmlx_array *ins[2] = {x, mask};
-    int argn = 0;
-    zmlx_status vs = zmlx_vjp(sm_fn, &fd, ins, mask ? 2 : 1, &argn, 1, g, &vout, &dx);
-    if (vs != ZMLX_OK) {
-      zmlx_opck_emit(o, op, "vjp x", dt, shp, INFINITY, tol, 0);
-      zmlx_clear_error();
-    } else {
-      dgot = zmlx_opck_download(dx);
-      ref_vjp_terms(c->mode, xv, want, gv, rows, cols, c->scale, dmag);
-      e = dgot ? zmlx_opck_err_terms(dgot, dwant, dmag, size) : INFINITY;
-      /* the device starts from its own rounded y: allow for it */
-      double vt = tol * 2;
-      zmlx_opck_emit(o, op, "vjp x", dt, shp, e, vt, e <= vt);
-    }
-  }
-  if (gradcheck) {
-    /* finite differences (f32), through sum(op(x) * w) */
-    double *wv = malloc((size_t)nout * sizeof *wv);
-    zmlx_array *w = NULL;
-    if (!wv) {
-      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
-      goto done;
-    }
-    for (int64_t i = 0; i < nout; i++) wv[i] = zmlx_opck_uniform(rng, -1, 1);
-    st = zmlx_opck_upload(o->device, ZMLX_F32, ond, c->shape, wv, &w);
-    free(wv);
-    if (st != ZMLX_OK) goto done;
-    sm_fn_data fd = {a, w};
-    zmlx_array *ins[2] = {x, mask};
-    zmlx_grad_check_report rep;
-    memset(&rep, 0, sizeof rep);
-    zmlx_status gs = zmlx_check_grad(sm_fn, &fd, ins, mask ? 2 : 1, 1e-3, 1e-2, &rep);
-    int pass = gs == ZMLX_OK && rep.passed;
-    double ge = gs == ZMLX_OK ? rep.inputs[0].max_abs_err : INFINITY;
-    if (gs == ZMLX_OK && mask && rep.inputs[1].checked && rep.inputs[1].max_abs_err > ge)
-      ge = rep.inputs[1].max_abs_err;
-    if (gs != ZMLX_OK) zmlx_clear_error();
-    zmlx_opck_emit(o, op, "grad (finite diff)", dt, shp, ge, 1e-2, pass);
-    zmlx_array_release(w);
-  }
-done:
-  free(xv);
-  free(v);
-  free(mv);
-  free(want);
-  free(gv);
-  free(dwant);
-  free(dmag);
-  free(got);
-  free(dgot);
-  zmlx_array_release(x);
-  zmlx_array_release(mask);
-  zmlx_array_release(out);
-  zmlx_array_release(g);
-  zmlx_array_release(vout);
-  zmlx_array_release(dx);
-  return st;
-}
-
-static void sm_bad_inputs(const zmlx_check_opts *o, const char *op, int mode, int masked) {
-  zmlx_array *s = NULL, *xi = NULL, *x = NULL, *m = NULL, *mi = NULL, *x1 = NULL, *out = NULL;
-  int64_t sh[2] = {3, 5}, msh[2] = {3, 4}, one[1] = {5};
-  zmlx_array_full(o->device, ZMLX_F32, 0, NULL, 1.0, &s);
-  zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &xi);
-  zmlx_array_zeros(o->device, o->dtype, 2, sh, &x);
-  zmlx_array_zeros(o->device, o->dtype, 1, one, &x1);
-  zmlx_array_zeros(o->device, o->dtype, 2, msh, &m);
-  zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &mi);
-  sm_args a = {mode, NULL, 1.0, 0};
-  zmlx_opck_bad(o, op, "NULL x", sm_run(op, NULL, &a, &out), ZMLX_ERR_NULL_ARG);
-  zmlx_opck_bad(o, op, "rank-0 x", sm_run(op, s, &a, &out), ZMLX_ERR_SHAPE);
-  zmlx_opck_bad(o, op, "i32 x", sm_run(op, xi, &a, &out), ZMLX_ERR_DTYPE);
-  if (masked) {
-    sm_args b = {mode, m, 1.0, 0};
-    zmlx_opck_bad(o, op, "mask [3, 4] for x [3, 5]", sm_run(op, x, &b, &out), ZMLX_ERR_SHAPE);
-    sm_args c = {mode, mi, 1.0, 0};
-    zmlx_opck_bad(o, op, "i32 mask", sm_run(op, x, &c, &out), ZMLX_ERR_DTYPE);
-    sm_args d = {mode, NULL, 1.0, 1};
-    zmlx_opck_bad(o, op, "causal on rank-1 x", sm_run(op, x1, &d, &out), ZMLX_ERR_SHAPE);
-    sm_args e = {mode, NULL, INFINITY, 0};
-    zmlx_opck_bad(o, op, "scale inf", sm_run(op, x, &e, &out), ZMLX_ERR_INVALID_ARG);
-  }
-  zmlx_array_release(out);
-  zmlx_array_release(s);
-  zmlx_array_release(xi);
-  zmlx_array_release(x);
-  zmlx_array_release(x1);
-  zmlx_array_release(m);
-  zmlx_array_release(mi);
-}
-
-static const int64_t QUICK_COLS[] = {1, 7, 64, 1000, 4097};
-static const int64_t FULL_COLS[] = {1, 7, 64, 1000, 4097, 32768};
-
-static zmlx_status sm_check_mode(const zmlx_check_opts *o, int mode) {
-  const char *op = MODE_NAMES[mode];
-  uint64_t rng = o->seed * 2654435761u + 17u + (uint64_t)mode;
-  const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
-  int ncols = o->quick ? 5 : 6;
-  const int64_t rows_list[] = {1, 5};
-  for (int ri = 0; ri < 2; ri++)
-    for (int ci = 0; ci < ncols; ci++) {
-      sm_case c = {mode, 2, {rows_list[ri], cols[ci]}, 0, 0, 1.0};
-      ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
-    }
-  /* rank 3 and finite differences at small shapes (f32) */
-  sm_case c3 = {mode, 3, {2, 3, 7}, 0, 0, 1.0};
-  ZMLX_CHECK(sm_case_run(o, op, &c3, o->dtype == ZMLX_F32, &rng));
-  if (o->dtype == ZMLX_F32) {
-    sm_case c1 = {mode, 1, {9}, 0, 0, 1.0};
-    ZMLX_CHECK(sm_case_run(o, op, &c1, 1, &rng));
-  }
-  sm_bad_inputs(o, op, mode, 0);
-  return ZMLX_OK;
-}
-
-static zmlx_status check_softmax(const zmlx_check_opts *o) { return sm_check_mode(o, SM_SOFTMAX); }
-static zmlx_status check_log_softmax(const zmlx_check_opts *o) {
-  return sm_check_mode(o, SM_LOG_SOFTMAX);
-}
-static zmlx_status check_logsumexp(const zmlx_check_opts *o) {
-  return sm_check_mode(o, SM_LOGSUMEXP);
-}
-
-static zmlx_status check_softmax_masked(const zmlx_check_opts *o) {
-  const char *op = "softmax_masked";
-  uint64_t rng = o->seed * 2654435761u + 101u;
-  const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
-  int ncols = o->quick ? 5 : 6;
-  for (int ci = 0; ci < ncols; ci++)
-    for (int kind = 0; kind < 5; kind++) {
-      /* kind 0: additive; 1: bool; 2: causal; 3: additive + causal; 4: scale
-       * alone (the 16-byte path) */
-      sm_case c = {SM_SOFTMAX, 3, {2, 3, cols[ci]}, kind == 0 || kind == 3 ? 1 : kind == 1 ? 2 : 0,
-                   kind == 2 || kind == 3, kind == 1 ? 1.0 : 0.125};
-      ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
-    }
-  {
-    sm_case c = {SM_SOFTMAX, 3, {1, 4, 4}, 0, 1, 1.0}; /* square causal: tril */
-    ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
-  }
-  if (o->dtype == ZMLX_F32) {
-    sm_case c = {SM_SOFTMAX, 3, {2, 3, 6}, 1, 1, 0.5};
-    ZMLX_CHECK(sm_case_run(o, op, &c, 1, &rng));
-    sm_case d = {SM_SOFTMAX, 3, {2, 3, 5}, 2, 0, 0.7};
-    ZMLX_CHECK(sm_case_run(o, op, &d, 1, &rng));
-  }
-  sm_bad_inputs(o, op, SM_SOFTMAX, 1);
-  return ZMLX_OK;
-}
-
-const zmlx_catalog_op zmlx_catalog_softmax_ops[] = {
-    {"softmax", check_softmax},
-    {"log_softmax", check_log_softmax},
-    {"logsumexp", check_logsumexp},
-    {"softmax_masked", check_softmax_masked},
-    {0},
-};
-
-/* ---------------------------------------------------------------- benchmarks */
-
-typedef struct sm_bench {
-  zmlx_status (*fn)(zmlx_array *x, zmlx_array **out);
-  zmlx_array *x;
-} sm_bench;
-
-static zmlx_status sm_bench_run(void *p) {
-  sm_bench *b = p;
-  zmlx_array *y = NULL;
-  zmlx_status st = b->fn(b->x, &y);
-  zmlx_array_release(y);
-  return st;
-}
-
-/* bf16 rows x cols: read x, write y (logsumexp writes one value per row). */
-static zmlx_status sm_bench_case(const zmlx_bench_opts *o, const char *op,
-                                 zmlx_status (*fn)(zmlx_array *, zmlx_array **), int64_t rows,
-                                 int64_t cols, int row_output) {
-  int64_t shape[2] = {zmlx_bench_rows(o, rows), cols};
-  sm_bench b = {fn, NULL};
-  ZMLX_CHECK(zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 11, &b.x));
-  double n = (double)shape[0] * (double)cols;
-  double bytes = 2.0 * n + (row_output ? 2.0 * (double)shape[0] : 2.0 * n);
-  zmlx_status st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, sm_bench_run, &b);
-  zmlx_array_release(b.x);
-  return st;
-}
-
-static zmlx_status bench_softmax(const zmlx_bench_opts *o) {
-  ZMLX_CHECK(sm_bench_case(o, "softmax", zmlx_softmax, 4096, 32768, 0));
-  return sm_bench_case(o, "softmax", zmlx_softmax, 32768, 4096, 0);
-}
-
-static zmlx_status bench_log_softmax(const zmlx_bench_opts *o) {
-  return sm_bench_case(o, "log_softmax", zmlx_log_softmax, 4096, 32768, 0);
-}
-
-static zmlx_status bench_logsumexp(const zmlx_bench_opts *o) {
-  return sm_bench_case(o, "logsumexp", zmlx_logsumexp, 4096, 32768, 1);
-}
-
-const zmlx_catalog_bench zmlx_catalog_softmax_bench[] = {
-    {"softmax", bench_softmax},
-    {"log_softmax", bench_log_softmax},
-    {"logsumexp", bench_logsumexp},
-    {0},
-};

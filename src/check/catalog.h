@@ -1,13 +1,13 @@
 /*
- * The op catalog's verifier interface (issue 5: `zmlx check`). Every op file
- * in src/ops exports a NULL-terminated table of zmlx_catalog_op; catalog.c
- * lists the tables. An op's `check` runs its cases on one device and dtype
+ * The op catalog's verifier interface (issue 5: `zmlx check`). Every
+ * src/check/<family>_check.c exports a NULL-terminated table of
+ * zmlx_catalog_op; catalog.c lists the tables. An op's `check` runs its cases on one device and dtype
  * — forward against an f64 C reference on fresh random inputs with
  * poisoned outputs, backward with the gradient checker — and reports one
  * row per case through `emit`.
  */
-#ifndef ZMLX_OPS_CATALOG_H
-#define ZMLX_OPS_CATALOG_H
+#ifndef ZMLX_CHECK_CATALOG_H
+#define ZMLX_CHECK_CATALOG_H
 
 #include "runtime/internal.h"
 

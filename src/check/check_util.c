@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/check_util.h"
+#include "check/check_util.h"
 #include "runtime/internal.h"
 
 /* |got - want| where equal non-finite values count as exact. */

@@ -1,7 +1,7 @@
 /* The catalog's table of tables. Each op family defines its check table in
  * its own file. The references are strong so that a static link pulls every
  * family in; the benchmark tables are weak (a family may not have one yet). */
-#include "ops/catalog.h"
+#include "check/catalog.h"
 
 #include <pthread.h>
 #include <stddef.h>

@@ -1,0 +1,630 @@
+/* `zmlx check` and `zmlx bench` cases of src/ops/norm.c: forward against
+ * an f64 reference on fresh random inputs with poisoned outputs, gradients,
+ * bad input, and the LLM shapes the benchmark times. Part of the check
+ * library (the CLI and the tests link it; libzmlx does not). */
+#include "autograd/ad.h"
+#include "gen/patterns.h"
+#include "kernel/kernel.h"
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "check/check_util.h"
+#include "ops/norm.h"
+
+/* ===================================================================== check */
+
+/* The verifier (`zmlx check`, src/ops/catalog.h): forward against an f64
+ * reference with poisoned outputs, gradients against finite differences
+ * (f32) and against an f64 reference (every dtype), bad input. */
+
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static double urand(uint64_t *s, double lo, double hi) {
+  return lo + (hi - lo) * ((double)(splitmix(s) >> 11) * (1.0 / 9007199254740992.0));
+}
+
+static double round_dt(zmlx_dtype dt, double v) {
+  switch (dt) {
+  case ZMLX_F16: return zmlx_f16_to_f32(zmlx_f32_to_f16((float)v));
+  case ZMLX_BF16: return zmlx_bf16_to_f32(zmlx_f32_to_bf16((float)v));
+  default: return (float)v;
+  }
+}
+
+/* Random values rounded to dt into v[n]. */
+static void fill_random(double *v, int64_t n, uint64_t *s, double lo, double hi, zmlx_dtype dt) {
+  for (int64_t i = 0; i < n; i++) v[i] = round_dt(dt, urand(s, lo, hi));
+}
+
+static zmlx_status upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                          const double *v, int64_t n, zmlx_array **out) {
+  *out = NULL;
+  size_t es = zmlx_dtype_size(dt);
+  unsigned char *buf = malloc((size_t)n * es + 1);
+  if (!buf) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
+  for (int64_t i = 0; i < n; i++) {
+    if (dt == ZMLX_F32) {
+      float f = (float)v[i];
+      memcpy(buf + i * 4, &f, 4);
+    } else {
+      uint16_t u = dt == ZMLX_F16 ? zmlx_f32_to_f16((float)v[i]) : zmlx_f32_to_bf16((float)v[i]);
+      memcpy(buf + i * 2, &u, 2);
+    }
+  }
+  zmlx_status st = zmlx_array_from_host(dev, dt, ndim, shape, buf, out);
+  free(buf);
+  return st;
+}
+
+static zmlx_status download(zmlx_array *a, double **out) {
+  *out = NULL;
+  int64_t n = zmlx_array_size(a);
+  size_t nb = zmlx_array_nbytes(a);
+  unsigned char *buf = malloc(nb + 1);
+  double *v = malloc((size_t)n * sizeof *v + 1);
+  zmlx_status st = ZMLX_OK;
+  if (!buf || !v) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
+  if (st == ZMLX_OK) st = zmlx_array_to_host(a, buf, nb);
+  for (int64_t i = 0; st == ZMLX_OK && i < n; i++) {
+    zmlx_dtype dt = zmlx_array_dtype(a);
+    if (dt == ZMLX_F32) {
+      float f;
+      memcpy(&f, buf + i * 4, 4);
+      v[i] = f;
+    } else {
+      uint16_t u;
+      memcpy(&u, buf + i * 2, 2);
+      v[i] = dt == ZMLX_F16 ? zmlx_f16_to_f32(u) : zmlx_bf16_to_f32(u);
+    }
+  }
+  free(buf);
+  if (st != ZMLX_OK) {
+    free(v);
+    return st;
+  }
+  *out = v;
+  return ZMLX_OK;
+}
+
+/* max |got - want| / (1 + |want|); NaN or inf in got: inf. */
+static double max_err(const double *got, const double *want, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double e = fabs(got[i] - want[i]) / (1.0 + fabs(want[i]));
+    if (!(e == e) || isinf(e)) return INFINITY;
+    if (e > m) m = e;
+  }
+  return m;
+}
+
+static double fwd_tol(zmlx_dtype dt) {
+  return dt == ZMLX_F32 ? 1e-4 : (dt == ZMLX_F16 ? 2e-3 : 1e-2);
+}
+static double grad_tol(zmlx_dtype dt) {
+  return dt == ZMLX_F32 ? 2e-4 : (dt == ZMLX_F16 ? 4e-3 : 1.6e-2);
+}
+
+static void emit(const zmlx_check_opts *o, const char *op, const char *what, const char *shape,
+                 double err, double tol, int pass) {
+  zmlx_check_row row = {.op = op, .what = what, .backend = zmlx_device_backend(o->device),
+                        .dtype = o->dtype, .max_err = err, .tol = tol, .pass = pass};
+  snprintf(row.shape, sizeof row.shape, "%s", shape);
+  if (o->emit) o->emit(o->ctx, &row);
+}
+
+/* Statistics of one row of h in f64. */
+static void ref_stats(const norm_cfg *c, const double *h, int64_t cols, double eps, double *mean,
+                      double *rstd) {
+  double s = 0, q = 0;
+  for (int64_t j = 0; j < cols; j++) s += c->rms ? h[j] * h[j] : h[j];
+  if (c->rms) {
+    *mean = 0;
+    *rstd = 1.0 / sqrt(s / (double)cols + eps);
+    return;
+  }
+  *mean = s / (double)cols;
+  for (int64_t j = 0; j < cols; j++) q += (h[j] - *mean) * (h[j] - *mean);
+  *rstd = 1.0 / sqrt(q / (double)cols + eps);
+}
+
+/* h = round(x + r) (or x), y = norm(h). */
+static void ref_forward(const norm_cfg *c, zmlx_dtype dt, int64_t rows, int64_t cols,
+                        const double *x, const double *r, const double *w, const double *b,
+                        double *h, double *y) {
+  for (int64_t i = 0; i < rows * cols; i++) h[i] = r ? round_dt(dt, x[i] + r[i]) : x[i];
+  for (int64_t i = 0; i < rows; i++) {
+    const double *hr = h + i * cols;
+    double mean, rstd;
+    ref_stats(c, hr, cols, c->eps, &mean, &rstd);
+    for (int64_t j = 0; j < cols; j++) {
+      double v = (hr[j] - mean) * rstd;
+      if (w) v *= w[j];
+      if (b) v += b[j];
+      y[i * cols + j] = v;
+    }
+  }
+}
+
+/* dx (+ dh), dw, db from h and dy (any may be NULL where not wanted). */
+static void ref_backward(const norm_cfg *c, int64_t rows, int64_t cols, const double *h,
+                         const double *w, const double *dy, const double *dh, double *dx,
+                         double *dw, double *db) {
+  if (dw) memset(dw, 0, (size_t)cols * sizeof *dw);
+  if (db) memset(db, 0, (size_t)cols * sizeof *db);
+  for (int64_t i = 0; i < rows; i++) {
+    const double *hr = h + i * cols, *dyr = dy + i * cols;
+    double mean, rstd, a = 0, bb = 0;
+    ref_stats(c, hr, cols, c->eps, &mean, &rstd);
+    for (int64_t j = 0; j < cols; j++) {
+      double xh = (hr[j] - mean) * rstd, g = dyr[j] * (w ? w[j] : 1.0);
+      a += g * xh;
+      bb += g;
+      if (dw) dw[j] += dyr[j] * xh;
+      if (db) db[j] += dyr[j];
+    }
+    a /= (double)cols;
+    bb = c->rms ? 0.0 : bb / (double)cols;
+    for (int64_t j = 0; j < cols; j++) {
+      double xh = (hr[j] - mean) * rstd, g = dyr[j] * (w ? w[j] : 1.0);
+      dx[i * cols + j] = rstd * (g - bb - xh * a) + (dh ? dh[i * cols + j] : 0.0);
+    }
+  }
+}
+
+/* Host inputs of one case. */
+typedef struct norm_case {
+  norm_cfg c;
+  int ndim;
+  int64_t shape[3];
+  int64_t rows, cols;
+  double *x, *r, *w, *b, *c1, *c2; /* c1, c2: the loss weights of y and h */
+  zmlx_array *ax, *ar, *aw, *ab, *ac1, *ac2;
+} norm_case;
+
+static void case_free(norm_case *k) {
+  free(k->x);
+  free(k->r);
+  free(k->w);
+  free(k->b);
+  free(k->c1);
+  free(k->c2);
+  zmlx_array_release(k->ax);
+  zmlx_array_release(k->ar);
+  zmlx_array_release(k->aw);
+  zmlx_array_release(k->ab);
+  zmlx_array_release(k->ac1);
+  zmlx_array_release(k->ac2);
+  memset(k, 0, sizeof *k);
+}
+
+static zmlx_status case_make(const zmlx_check_opts *o, const norm_cfg *c, int64_t rows,
+                             int64_t cols, uint64_t seed, int with_loss, norm_case *k) {
+  memset(k, 0, sizeof *k);
+  k->c = *c;
+  k->rows = rows;
+  k->cols = cols;
+  if (rows % 2 == 0 && rows > 2) {
+    k->ndim = 3;
+    k->shape[0] = 2;
+    k->shape[1] = rows / 2;
+    k->shape[2] = cols;
+  } else {
+    k->ndim = 2;
+    k->shape[0] = rows;
+    k->shape[1] = cols;
+  }
+  int64_t n = rows * cols;
+  zmlx_dtype dt = o->dtype;
+  uint64_t s = seed;
+  size_t nb = (size_t)n * sizeof(double) + 1, cb = (size_t)cols * sizeof(double) + 1;
+  k->x = malloc(nb);
+  if (c->has_r) k->r = malloc(nb);
+  if (c->has_w) k->w = malloc(cb);
+  if (c->has_b) k->b = malloc(cb);
+  if (with_loss) k->c1 = malloc(nb);
+  if (with_loss && c->has_r) k->c2 = malloc(nb);
+  if (!k->x || (c->has_r && !k->r) || (c->has_w && !k->w) || (c->has_b && !k->b) ||
+      (with_loss && !k->c1) || (with_loss && c->has_r && !k->c2))
+    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
+  /* An offset makes the mean matter for layernorm. */
+  fill_random(k->x, n, &s, -1.5, 2.5, dt);
+  if (k->r) fill_random(k->r, n, &s, -1.0, 1.0, dt);
+  if (k->w) fill_random(k->w, cols, &s, 0.5, 1.5, dt);
+  if (k->b) fill_random(k->b, cols, &s, -0.5, 0.5, dt);
+  if (k->c1) fill_random(k->c1, n, &s, -1.0, 1.0, dt);
+  if (k->c2) fill_random(k->c2, n, &s, -1.0, 1.0, dt);
+  zmlx_device *dev = o->device;
+  int64_t wshape[1] = {cols};
+  ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->x, n, &k->ax));
+  if (k->r) ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->r, n, &k->ar));
+  if (k->w) ZMLX_CHECK(upload(dev, dt, 1, wshape, k->w, cols, &k->aw));
+  if (k->b) ZMLX_CHECK(upload(dev, dt, 1, wshape, k->b, cols, &k->ab));
+  if (k->c1) ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->c1, n, &k->ac1));
+  if (k->c2) ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->c2, n, &k->ac2));
+  return ZMLX_OK;
+}
+
+static const char *case_shape(const norm_case *k, char *buf, size_t cap) {
+  return zmlx_shape_str(buf, cap, k->ndim, k->shape);
+}
+
+static const char *variant_what(const norm_cfg *c, const char *base, char *buf, size_t cap) {
+  const char *v = "";
+  if (c->rms) v = c->has_w ? "" : " (no w)";
+  else if (!c->has_w && !c->has_b) v = " (no g, b)";
+  else if (!c->has_b) v = " (no b)";
+  snprintf(buf, cap, "%s%s", base, v);
+  return buf;
+}
+
+static zmlx_status fwd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t rows,
+                            int64_t cols, uint64_t seed) {
+  norm_case k;
+  zmlx_status st = case_make(o, c, rows, cols, seed, 0, &k);
+  zmlx_array *py = NULL, *ph = NULL, *y = NULL, *h = NULL;
+  double *want_y = NULL, *want_h = NULL, *got_y = NULL, *got_h = NULL;
+  int64_t n = rows * cols;
+  char shape[96], what[64];
+  case_shape(&k, shape, sizeof shape);
+  variant_what(c, "fwd", what, sizeof what);
+  if (st == ZMLX_OK) st = zmlx_array_full(o->device, o->dtype, k.ndim, k.shape, NAN, &py);
+  if (st == ZMLX_OK && c->has_r)
+    st = zmlx_array_full(o->device, o->dtype, k.ndim, k.shape, NAN, &ph);
+  if (st == ZMLX_OK) {
+    want_y = malloc((size_t)n * sizeof *want_y + 1);
+    want_h = malloc((size_t)n * sizeof *want_h + 1);
+    if (!want_y || !want_h) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of memory");
+  }
+  if (st == ZMLX_OK) {
+    ref_forward(c, o->dtype, rows, cols, k.x, k.r, k.w, k.b, want_h, want_y);
+    zmlx_status op = zmlx_norm_call(c, k.ax, k.ar, k.aw, k.ab, py, ph, &y, &h);
+    double err = INFINITY;
+    if (op == ZMLX_OK) st = download(y, &got_y);
+    if (op == ZMLX_OK && st == ZMLX_OK) err = max_err(got_y, want_y, n);
+    if (op == ZMLX_OK && st == ZMLX_OK && c->has_r) {
+      st = download(h, &got_h);
+      if (st == ZMLX_OK) {
+        double eh = max_err(got_h, want_h, n);
+        if (!(eh <= err)) err = eh;
+      }
+    }
+    if (st == ZMLX_OK) {
+      double tol = fwd_tol(o->dtype);
+      emit(o, c->name, what, shape, err, tol, op == ZMLX_OK && err <= tol);
+    }
+  }
+  free(want_y);
+  free(want_h);
+  free(got_y);
+  free(got_h);
+  zmlx_array_release(py);
+  zmlx_array_release(ph);
+  zmlx_array_release(y);
+  zmlx_array_release(h);
+  case_free(&k);
+  return st;
+}
+
+/* loss = sum(norm(x[, r]) * c1) [+ sum(h * c2)]. */
+static zmlx_status loss_fn(void *ud, zmlx_array *const *in, int n_in, zmlx_array **out) {
+  const norm_case *k = ud;
+  int i = 1;
+  zmlx_array *r = k->c.has_r ? in[i++] : NULL;
+  zmlx_array *w = k->c.has_w ? in[i++] : NULL;
+  zmlx_array *b = k->c.has_b ? in[i++] : NULL;
+  (void)n_in;
+  zmlx_array *y = NULL, *h = NULL, *m = NULL, *s = NULL, *m2 = NULL, *s2 = NULL;
+  zmlx_status st = zmlx_norm_call(&k->c, in[0], r, w, b, NULL, NULL, &y, &h);
+  if (st == ZMLX_OK) st = zmlx_mul(y, k->ac1, &m);
+  if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, &s);
+  if (st == ZMLX_OK && k->c.has_r) {
+    st = zmlx_mul(h, k->ac2, &m2);
+    if (st == ZMLX_OK) st = zmlx_sum(m2, NULL, 0, 0, &s2);
+    if (st == ZMLX_OK) st = zmlx_add(s, s2, out);
+  } else if (st == ZMLX_OK) {
+    zmlx_array_retain(s);
+    *out = s;
+  }
+  zmlx_array_release(y);
+  zmlx_array_release(h);
+  zmlx_array_release(m);
+  zmlx_array_release(s);
+  zmlx_array_release(m2);
+  zmlx_array_release(s2);
+  return st;
+}
+
+static int case_inputs(norm_case *k, zmlx_array **ins, const char **names) {
+  int n = 0;
+  names[n] = "x";
+  ins[n++] = k->ax;
+  if (k->c.has_r) {
+    names[n] = "r";
+    ins[n++] = k->ar;
+  }
+  if (k->c.has_w) {
+    names[n] = k->c.rms ? "w" : "g";
+    ins[n++] = k->aw;
+  }
+  if (k->c.has_b) {
+    names[n] = "b";
+    ins[n++] = k->ab;
+  }
+  return n;
+}
+
+/* Finite differences (f32 only). */
+static zmlx_status fd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t rows,
+                           int64_t cols, uint64_t seed) {
+  norm_case k;
+  zmlx_status st = case_make(o, c, rows, cols, seed, 1, &k);
+  char shape[96], what[64], base[32];
+  case_shape(&k, shape, sizeof shape);
+  if (st == ZMLX_OK) {
+    zmlx_array *ins[4];
+    const char *names[4];
+    int n = case_inputs(&k, ins, names);
+    zmlx_grad_check_report rep;
+    const double tol = 1e-2;
+    zmlx_status op = zmlx_check_grad(loss_fn, &k, ins, n, 1e-3, tol, &rep);
+    for (int i = 0; i < n; i++) {
+      snprintf(base, sizeof base, "grad %s (fd)", names[i]);
+      variant_what(c, base, what, sizeof what);
+      int pass = op == ZMLX_OK && rep.inputs[i].checked && rep.inputs[i].passed;
+      double err = op == ZMLX_OK ? rep.inputs[i].max_abs_err : INFINITY;
+      emit(o, c->name, what, shape, err, tol, pass);
+    }
+  }
+  case_free(&k);
+  return st;
+}
+
+/* Analytic gradients against the f64 reference (every dtype). */
+static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t rows,
+                                 int64_t cols, uint64_t seed) {
+  norm_case k;
+  zmlx_status st = case_make(o, c, rows, cols, seed, 1, &k);
+  char shape[96], what[64], base[32];
+  case_shape(&k, shape, sizeof shape);
+  int64_t n = rows * cols;
+  double *h = malloc((size_t)n * sizeof *h + 1), *y = malloc((size_t)n * sizeof *y + 1);
+  double *dx = malloc((size_t)n * sizeof *dx + 1);
+  double *dw = malloc((size_t)cols * sizeof *dw + 1), *db = malloc((size_t)cols * sizeof *db + 1);
+  if (st == ZMLX_OK && (!h || !y || !dx || !dw || !db))
+    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
+  if (st == ZMLX_OK) {
+    zmlx_array *ins[4], *grads[4] = {0};
+    const char *names[4];
+    int ni = case_inputs(&k, ins, names);
+    ref_forward(c, o->dtype, rows, cols, k.x, k.r, k.w, k.b, h, y);
+    ref_backward(c, rows, cols, h, k.w, k.c1, k.c2, dx, c->has_w ? dw : NULL,
+                 c->has_b ? db : NULL);
+    zmlx_status op = zmlx_grad(loss_fn, &k, ins, ni, NULL, 0, grads);
+    double tol = grad_tol(o->dtype);
+    for (int i = 0; i < ni && st == ZMLX_OK; i++) {
+      const double *want = dx;
+      int64_t m = n;
+      if ((c->has_w && i == (c->has_r ? 2 : 1))) want = dw, m = cols;
+      if (c->has_b && i == ni - 1) want = db, m = cols;
+      double err = INFINITY, *got = NULL;
+      if (op == ZMLX_OK) st = download(grads[i], &got);
+      if (op == ZMLX_OK && st == ZMLX_OK) err = max_err(got, want, m);
+      free(got);
+      snprintf(base, sizeof base, "grad %s", names[i]);
+      variant_what(c, base, what, sizeof what);
+      if (st == ZMLX_OK) emit(o, c->name, what, shape, err, tol, op == ZMLX_OK && err <= tol);
+    }
+    zmlx_ad_release_all(grads, 4);
+  }
+  free(h);
+  free(y);
+  free(dx);
+  free(dw);
+  free(db);
+  case_free(&k);
+  return st;
+}
+
+/* Bad input: a status and a message naming the problem. */
+static void error_row(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                      zmlx_status want, const char *needle) {
+  const char *msg = zmlx_last_error();
+  int pass = got == want && strstr(msg, needle) != NULL;
+  emit(o, op, what, "bad input", pass ? 0.0 : 1.0, 0.0, pass);
+  zmlx_clear_error();
+}
+
+static zmlx_status error_cases(const zmlx_check_opts *o, const norm_cfg *c0) {
+  zmlx_device *dev = o->device;
+  zmlx_dtype dt = o->dtype;
+  norm_cfg c = *c0;
+  zmlx_array *x = NULL, *r = NULL, *bad_r = NULL, *w = NULL, *bad_w = NULL, *scalar = NULL,
+             *xi = NULL, *ri = NULL, *y = NULL, *h = NULL;
+  int64_t shape[2] = {3, 8}, rshape[2] = {3, 9}, wshape[1] = {8}, bwshape[1] = {7};
+  zmlx_status st = zmlx_array_full(dev, dt, 2, shape, 1.0, &x);
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 2, shape, 0.5, &r);
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 2, rshape, 0.5, &bad_r);
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 1, wshape, 1.0, &w);
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 1, bwshape, 1.0, &bad_w);
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 0, NULL, 1.0, &scalar);
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, ZMLX_I32, 2, shape, 1.0, &xi);
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, ZMLX_I32, 2, shape, 1.0, &ri);
+  if (st == ZMLX_OK) {
+    zmlx_array *rr = c.has_r ? r : NULL;
+    c.has_w = 1;
+    c.has_b = 0;
+    error_row(o, c.name, "error: x rank 0",
+              zmlx_norm_call(&c, scalar, c.has_r ? scalar : NULL, w, NULL, NULL, NULL, &y, &h),
+              ZMLX_ERR_SHAPE, "rank");
+    error_row(o, c.name, "error: weight of the wrong length",
+              zmlx_norm_call(&c, x, rr, bad_w, NULL, NULL, NULL, &y, &h), ZMLX_ERR_SHAPE, "[7]");
+    if (!c.rms)
+      error_row(o, c.name, "error: bias of the wrong length",
+                zmlx_norm_call(&c, x, rr, w, bad_w, NULL, NULL, &y, &h), ZMLX_ERR_SHAPE, "bias");
+    error_row(o, c.name, "error: x of dtype i32",
+              zmlx_norm_call(&c, xi, c.has_r ? ri : NULL, w, NULL, NULL, NULL, &y, &h), ZMLX_ERR_DTYPE,
+              "i32");
+    error_row(o, c.name, "error: weight of dtype i32",
+              zmlx_norm_call(&c, x, rr, ri, NULL, NULL, NULL, &y, &h), ZMLX_ERR_DTYPE, "i32");
+    if (c.has_r) {
+      error_row(o, c.name, "error: r of another shape",
+                zmlx_norm_call(&c, x, bad_r, w, NULL, NULL, NULL, &y, &h), ZMLX_ERR_SHAPE, "residual");
+      error_row(o, c.name, "error: r NULL", zmlx_norm_call(&c, x, NULL, w, NULL, NULL, NULL, &y, &h),
+                ZMLX_ERR_NULL_ARG, "residual");
+    }
+    zmlx_array_release(y);
+    zmlx_array_release(h);
+  }
+  zmlx_array *all[] = {x, r, bad_r, w, bad_w, scalar, xi, ri};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) zmlx_array_release(all[i]);
+  return st;
+}
+
+/* Every case of one op: the weighted forms at every shape, the weightless
+ * ones at a few, gradients, bad input. */
+static zmlx_status check_family(const zmlx_check_opts *o, const norm_cfg *c0) {
+  if (!o || !o->device) return zmlx_fail(ZMLX_ERR_NULL_ARG, "norm check: no device");
+  if (!zmlx_ad_is_float(o->dtype))
+    return zmlx_fail(ZMLX_ERR_DTYPE, "norm check: dtype %s (f32, f16 or bf16)",
+                     zmlx_dtype_name(o->dtype));
+  static const int64_t quick_cols[] = {1, 7, 64, 1000, 4097};
+  static const int64_t full_rows[][2] = {{2, 32768}, {256, 4096}, {37, 640}};
+  uint64_t seed = o->seed ^ (uint64_t)(c0->rms * 2 + c0->has_r) * 0x51ED27ull;
+  int idx = 0;
+  norm_cfg c = *c0;
+  c.eps = 1e-5f;
+  c.has_w = 1;
+  c.has_b = !c.rms;
+  /* Weighted forward. */
+  for (int rr = 0; rr < 2; rr++)
+    for (size_t j = 0; j < sizeof quick_cols / sizeof quick_cols[0]; j++)
+      ZMLX_CHECK(fwd_case(o, &c, rr ? 6 : 1, quick_cols[j], seed + (uint64_t)idx++));
+  if (!o->quick)
+    for (size_t j = 0; j < sizeof full_rows / sizeof full_rows[0]; j++)
+      ZMLX_CHECK(fwd_case(o, &c, full_rows[j][0], full_rows[j][1], seed + (uint64_t)idx++));
+  /* Without weights (and layernorm with g only). */
+  norm_cfg nw = c;
+  nw.has_w = nw.has_b = 0;
+  ZMLX_CHECK(fwd_case(o, &nw, 5, 7, seed + (uint64_t)idx++));
+  ZMLX_CHECK(fwd_case(o, &nw, 3, 4097, seed + (uint64_t)idx++));
+  if (!o->quick) ZMLX_CHECK(fwd_case(o, &nw, 2, 32768, seed + (uint64_t)idx++));
+  norm_cfg go = c;
+  go.has_b = 0;
+  if (!c.rms) ZMLX_CHECK(fwd_case(o, &go, 4, 1000, seed + (uint64_t)idx++));
+  /* Gradients. */
+  if (o->dtype == ZMLX_F32) {
+    ZMLX_CHECK(fd_case(o, &c, 3, 7, seed + (uint64_t)idx++));
+    ZMLX_CHECK(fd_case(o, &nw, 2, 9, seed + (uint64_t)idx++));
+    if (!o->quick) ZMLX_CHECK(fd_case(o, &c, 2, 40, seed + (uint64_t)idx++));
+  }
+  ZMLX_CHECK(ref_grad_case(o, &c, 4, 64, seed + (uint64_t)idx++));
+  ZMLX_CHECK(ref_grad_case(o, &c, 3, 1000, seed + (uint64_t)idx++));
+  ZMLX_CHECK(ref_grad_case(o, &nw, 5, 33, seed + (uint64_t)idx++));
+  if (!o->quick) {
+    ZMLX_CHECK(ref_grad_case(o, &c, 2, 4097, seed + (uint64_t)idx++));
+    ZMLX_CHECK(ref_grad_case(o, &c, 300, 256, seed + (uint64_t)idx++));
+    ZMLX_CHECK(ref_grad_case(o, &c, 2, 32768, seed + (uint64_t)idx++));
+  }
+  return error_cases(o, &c);
+}
+
+static zmlx_status check_rmsnorm(const zmlx_check_opts *o) {
+  norm_cfg c = {.name = "rmsnorm", .rms = 1};
+  return check_family(o, &c);
+}
+static zmlx_status check_layernorm(const zmlx_check_opts *o) {
+  norm_cfg c = {.name = "layernorm", .rms = 0};
+  return check_family(o, &c);
+}
+static zmlx_status check_add_rmsnorm(const zmlx_check_opts *o) {
+  norm_cfg c = {.name = "add_rmsnorm", .rms = 1, .has_r = 1};
+  return check_family(o, &c);
+}
+static zmlx_status check_add_layernorm(const zmlx_check_opts *o) {
+  norm_cfg c = {.name = "add_layernorm", .rms = 0, .has_r = 1};
+  return check_family(o, &c);
+}
+
+extern const zmlx_catalog_op zmlx_catalog_norm_ops[];
+const zmlx_catalog_op zmlx_catalog_norm_ops[] = {
+    {"rmsnorm", check_rmsnorm},
+    {"layernorm", check_layernorm},
+    {"add_rmsnorm", check_add_rmsnorm},
+    {"add_layernorm", check_add_layernorm},
+    {0},
+};
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef enum nb_kind { NB_RMS, NB_LAYER, NB_ADD_RMS, NB_ADD_LAYER } nb_kind;
+
+typedef struct norm_bench {
+  nb_kind kind;
+  zmlx_array *x, *r, *w, *b;
+} norm_bench;
+
+static zmlx_status norm_bench_run(void *p) {
+  norm_bench *c = p;
+  zmlx_array *y = NULL, *h = NULL;
+  zmlx_status st;
+  switch (c->kind) {
+    case NB_RMS: st = zmlx_rmsnorm(c->x, c->w, 1e-6, &y); break;
+    case NB_LAYER: st = zmlx_layernorm(c->x, c->w, c->b, 1e-5, &y); break;
+    case NB_ADD_RMS: st = zmlx_add_rmsnorm(c->x, c->r, c->w, 1e-6, &y, &h); break;
+    default: st = zmlx_add_layernorm(c->x, c->r, c->w, c->b, 1e-5, &y, &h); break;
+  }
+  zmlx_array_release(y);
+  zmlx_array_release(h);
+  return st;
+}
+
+/* bf16 [16384, 4096] with bf16 weights: bytes = x (+ r) read, y (+ h) written,
+ * weights read once. */
+static zmlx_status norm_bench_case(const zmlx_bench_opts *o, const char *op, nb_kind kind) {
+  int64_t shape[2] = {zmlx_bench_rows(o, 16384), 4096}, wl = shape[1];
+  const int residual = kind == NB_ADD_RMS || kind == NB_ADD_LAYER;
+  const int bias = kind == NB_LAYER || kind == NB_ADD_LAYER;
+  norm_bench c = {kind, NULL, NULL, NULL, NULL};
+  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 21, &c.x);
+  if (st == ZMLX_OK && residual) st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 22, &c.r);
+  if (st == ZMLX_OK) st = zmlx_bench_random(o->device, ZMLX_BF16, 1, &wl, 23, &c.w);
+  if (st == ZMLX_OK && bias) st = zmlx_bench_random(o->device, ZMLX_BF16, 1, &wl, 24, &c.b);
+  double n = (double)shape[0] * (double)shape[1];
+  double bytes = 2.0 * n * (residual ? 4 : 2) + 2.0 * (double)wl * (bias ? 2 : 1);
+  if (st == ZMLX_OK)
+    st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, norm_bench_run, &c);
+  zmlx_array_release(c.x);
+  zmlx_array_release(c.r);
+  zmlx_array_release(c.w);
+  zmlx_array_release(c.b);
+  return st;
+}
+
+static zmlx_status bench_rmsnorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "rmsnorm", NB_RMS);
+}
+static zmlx_status bench_layernorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "layernorm", NB_LAYER);
+}
+static zmlx_status bench_add_rmsnorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "add_rmsnorm", NB_ADD_RMS);
+}
+static zmlx_status bench_add_layernorm(const zmlx_bench_opts *o) {
+  return norm_bench_case(o, "add_layernorm", NB_ADD_LAYER);
+}
+
+extern const zmlx_catalog_bench zmlx_catalog_norm_bench[];
+const zmlx_catalog_bench zmlx_catalog_norm_bench[] = {
+    {"rmsnorm", bench_rmsnorm},
+    {"layernorm", bench_layernorm},
+    {"add_rmsnorm", bench_add_rmsnorm},
+    {"add_layernorm", bench_add_layernorm},
+    {0},
+};

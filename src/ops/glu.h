@@ -1,0 +1,27 @@
+/*
+ * What src/ops/glu.c shows its verifier (src/check/glu_check.c) beyond
+ * the public API.
+ */
+#ifndef ZMLX_OPS_GLU_H
+#define ZMLX_OPS_GLU_H
+
+#include "runtime/internal.h"
+
+typedef struct drop_cfg {
+  double p;
+  uint64_t seed;
+} drop_cfg;
+
+uint32_t zmlx_dropout_threshold(double p);
+
+zmlx_status zmlx_dropout_launch(zmlx_array *x, const drop_cfg *c, zmlx_array *out);
+
+int zmlx_glu_split_vec(zmlx_dtype dt);
+
+/* For the checks (this thread only): launches of the split forms' fast
+ * kernel, and a cap on its grid (0: none) that makes the grid-stride loop
+ * go round. */
+extern _Thread_local long zmlx_glu_split_launches;
+extern _Thread_local int64_t zmlx_glu_split_grid_cap;
+
+#endif
