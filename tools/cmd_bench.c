@@ -111,7 +111,7 @@ static zmlx_status measure_copy(zmlx_device *dev, int reps, double *gbs) {
   ZMLX_CHECK(zmlx_array_random_uniform(dev, ZMLX_BF16, 1, &n, 5, -1, 1, &c.src)); /* never time zeros */
   zmlx_status st = zmlx_array_empty(dev, ZMLX_BF16, 1, &n, &c.dst);
   double ms = 0;
-  if (st == ZMLX_OK) st = zmlx_bench_median_ms(dev, run_copy, &c, reps, 5, &ms);
+  if (st == ZMLX_OK) st = zck_bench_median_ms(dev, run_copy, &c, reps, 5, &ms);
   zmlx_array_release(c.src);
   zmlx_array_release(c.dst);
   if (st == ZMLX_OK) *gbs = 2.0 * (double)n * 2.0 / ms * 1e-6;

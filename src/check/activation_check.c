@@ -62,7 +62,7 @@ static const char *const MODE_NAME[] = {"fwd", "grad (fd)", "grad (vjp)", "jvp",
  * [-30, 30] (saturation, overflow of naive forms). Finite differences stay
  * off the kinks of relu and elu and where the f32 loss would lose digits. */
 static double act_sample(act_kind k, int mode, uint64_t *rng) {
-  double u = zmlx_rg_uniform(rng), v = zmlx_rg_uniform(rng);
+  double u = zck_uniform(rng, 0, 1), v = zck_uniform(rng, 0, 1);
   int fd = mode == M_FD || mode == M_GRAD2;
   if (k == A_LOG) return fd ? 0.3 + 2.7 * u : exp(-9 + 16 * u);
   if (k == A_EXP) return fd ? -2 + 4 * u : -10 + 20 * u;
@@ -87,7 +87,7 @@ static zmlx_status act_loss(void *ud, zmlx_array *const *in, int n, zmlx_array *
   act_ctx *c = ud;
   zmlx_array *y = NULL;
   ZMLX_CHECK(act_fn(ud, in, n, &y));
-  zmlx_status st = zmlx_opck_weighted_sum(y, c->w, out);
+  zmlx_status st = zck_weighted_sum(y, c->w, out);
   zmlx_array_release(y);
   return st;
 }
@@ -107,7 +107,7 @@ static zmlx_status act_loss2(void *ud, zmlx_array *const *in, int n, zmlx_array 
   act_ctx inner = {c->k, c->alpha, NULL};
   zmlx_array *g = NULL;
   ZMLX_CHECK(zmlx_grad(act_sum, &inner, in, n, NULL, 0, &g));
-  zmlx_status st = zmlx_opck_weighted_sum(g, c->w, out);
+  zmlx_status st = zck_weighted_sum(g, c->w, out);
   zmlx_array_release(g);
   return st;
 }
@@ -116,14 +116,14 @@ static zmlx_status act_loss2(void *ud, zmlx_array *const *in, int n, zmlx_array 
  * dense [shape[1], shape[0]] array (2-D only), so the kernel runs strided. */
 static zmlx_status make_input(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                               int transposed, const double *v, zmlx_array **out) {
-  if (!transposed) return zmlx_rg_upload(dev, dt, ndim, shape, v, out);
+  if (!transposed) return zck_upload(dev, dt, ndim, shape, v, out);
   int64_t r = shape[0], c = shape[1], bs[2] = {c, r};
   double *b = malloc(sizeof(double) * (size_t)(r * c > 0 ? r * c : 1));
   if (!b) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   for (int64_t i = 0; i < r; i++)
     for (int64_t j = 0; j < c; j++) b[j * r + i] = v[i * c + j];
   zmlx_array *base = NULL;
-  zmlx_status st = zmlx_rg_upload(dev, dt, 2, bs, b, &base);
+  zmlx_status st = zck_upload(dev, dt, 2, bs, b, &base);
   free(b);
   if (st == ZMLX_OK) st = zmlx_array_transpose(base, NULL, out);
   zmlx_array_release(base);
@@ -132,7 +132,7 @@ static zmlx_status make_input(zmlx_device *dev, zmlx_dtype dt, int ndim, const i
 
 static double pick_alpha(act_kind k, uint64_t *rng) {
   static const double alphas[] = {1.0, 0.5, 1.6732632423543772 /* SELU's */};
-  return k == A_ELU ? alphas[(int)(zmlx_rg_uniform(rng) * 3) % 3] : 0;
+  return k == A_ELU ? alphas[(int)(zck_uniform(rng, 0, 1) * 3) % 3] : 0;
 }
 
 static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64_t *shape,
@@ -153,7 +153,7 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
   double *want = malloc(sizeof(double) * cap), *got = NULL;
   zmlx_array *ax = NULL, *aw = NULL, *y = NULL, *r = NULL;
   zmlx_status st = ZMLX_OK;
-  double tol = zmlx_rg_tol(dt);
+  double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
   if (!x || !g || !want) {
     st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
@@ -163,20 +163,20 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
     if (n >= 2) x[0] = -30, x[1] = 30;
     if (n >= 3 && mode != M_FWD) x[2] = 0;
   }
-  for (int64_t i = 0; i < n; i++) x[i] = zmlx_rg_round(dt, x[i]);
-  for (int64_t i = 0; i < n; i++) g[i] = zmlx_rg_round(dt, 2 * zmlx_rg_uniform(rng) - 1);
+  for (int64_t i = 0; i < n; i++) x[i] = zck_round(dt, x[i]);
+  for (int64_t i = 0; i < n; i++) g[i] = zck_round(dt, 2 * zck_uniform(rng, 0, 1) - 1);
   st = make_input(dev, dt, ndim, shape, transposed, x, &ax);
-  if (st == ZMLX_OK && mode != M_FWD) st = zmlx_rg_upload(dev, dt, ndim, shape, g, &aw);
+  if (st == ZMLX_OK && mode != M_FWD) st = zck_upload(dev, dt, ndim, shape, g, &aw);
   if (st != ZMLX_OK) goto done;
   act_ctx c = {k, alpha, NULL};
   if (mode == M_FWD) {
-    zmlx_rg_poison_pool(dev, dt, ndim, shape);
+    zck_poison_pool(dev, dt, ndim, shape);
     st = zmlx_activation_call(k, ax, alpha, &y);
     if (st == ZMLX_OK && (y->dtype != dt || y->ndim != ndim ||
                           memcmp(y->shape, shape, sizeof(int64_t) * (size_t)ndim) != 0))
       st = zmlx_fail(ZMLX_ERR_INTERNAL, "result has dtype %s and a different shape or rank",
                      zmlx_dtype_name(y->dtype));
-    if (st == ZMLX_OK) st = zmlx_rg_download(y, &got);
+    if (st == ZMLX_OK) st = zck_download(y, &got);
     if (st != ZMLX_OK) goto done;
     for (int64_t i = 0; i < n; i++) want[i] = act_ref(k, x[i], alpha, NULL);
   } else if (fd) {
@@ -186,13 +186,13 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zmlx_rg_emit(o, op, what, dt, name, e, 1e-2, rep.passed);
+    zck_emit(o, op, what, dt, name, e, 1e-2, rep.passed);
     goto done;
   } else {
     int argn = 0;
     if (mode == M_VJP) st = zmlx_vjp(act_fn, &c, &ax, 1, &argn, 1, aw, &y, &r);
     else st = zmlx_jvp(act_fn, &c, &ax, &aw, 1, &y, &r);
-    if (st == ZMLX_OK) st = zmlx_rg_download(r, &got);
+    if (st == ZMLX_OK) st = zck_download(r, &got);
     if (st != ZMLX_OK) goto done;
     for (int64_t i = 0; i < n; i++) {
       double d;
@@ -200,10 +200,10 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
       want[i] = g[i] * d;
     }
   }
-  double e = zmlx_rg_err(got, want, n);
-  zmlx_rg_emit(o, op, what, dt, name, e, tol, e <= tol);
+  double e = zck_err_rel1(got, want, n);
+  zck_emit(o, op, what, dt, name, e, tol, e <= tol);
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, op, what, dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, op, what, dt, name, st);
   free(x); free(g); free(want); free(got);
   zmlx_array_release(ax); zmlx_array_release(aw); zmlx_array_release(y);
   zmlx_array_release(r);
@@ -226,12 +226,12 @@ static void act_specials(const zmlx_check_opts *o, act_kind k) {
   const char *op = zmlx_activation_name(k);
   zmlx_array *ax = NULL, *y = NULL;
   double *got = NULL, alpha = 1.0, e = 0;
-  zmlx_status st = zmlx_rg_upload(o->device, dt, 1, &n, xs, &ax);
+  zmlx_status st = zck_upload(o->device, dt, 1, &n, xs, &ax);
   if (st == ZMLX_OK) st = zmlx_activation_call(k, ax, alpha, &y);
-  if (st == ZMLX_OK) st = zmlx_rg_download(y, &got);
+  if (st == ZMLX_OK) st = zck_download(y, &got);
   if (st == ZMLX_OK) {
     for (int64_t i = 0; i < n; i++) {
-      double want = zmlx_rg_round(dt, act_ref(k, zmlx_rg_round(dt, xs[i]), alpha, NULL));
+      double want = zck_round(dt, act_ref(k, zck_round(dt, xs[i]), alpha, NULL));
       if (k == A_RELU && isnan(xs[i])) want = 0;
       double ei;
       if (isnan(want) || isnan(got[i])) ei = isnan(want) && isnan(got[i]) ? 0 : INFINITY;
@@ -239,14 +239,14 @@ static void act_specials(const zmlx_check_opts *o, act_kind k) {
       else ei = fabs(got[i] - want) / (1 + fabs(want));
       e = fmax(e, ei);
     }
-    double tol = zmlx_rg_tol(dt);
+    double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
     char label[96];
     size_t len = 0;
     for (int64_t i = 0; i < n && len < sizeof label; i++)
       len += (size_t)snprintf(label + len, sizeof label - len, "%s%g", i ? " " : "", xs[i]);
-    zmlx_rg_emit(o, op, "specials", dt, label, e, tol, e <= tol);
+    zck_emit(o, op, "specials", dt, label, e, tol, e <= tol);
   } else {
-    zmlx_rg_emit_fail(o, op, "specials", dt, "specials", st);
+    zck_emit_fail(o, op, "specials", dt, "specials", st);
   }
   free(got);
   zmlx_array_release(ax);
@@ -260,17 +260,17 @@ static void act_bad(const zmlx_check_opts *o, act_kind k) {
   const char *op = zmlx_activation_name(k);
   if (zmlx_array_zeros(o->device, o->dtype, 2, sh, &a) != ZMLX_OK ||
       zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &ai) != ZMLX_OK) {
-    zmlx_rg_emit_fail(o, op, "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, op, "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
     goto done;
   }
-  zmlx_rg_expect(o, op, "bad: dtype i32", zmlx_activation_call(k, ai, 1.0, &y), y, ZMLX_ERR_DTYPE, "i32");
+  zck_expect(o, op, "bad: dtype i32", zmlx_activation_call(k, ai, 1.0, &y), y, ZMLX_ERR_DTYPE, "i32");
   y = NULL;
-  zmlx_rg_expect(o, op, "bad: x NULL", zmlx_activation_call(k, NULL, 1.0, &y), y, ZMLX_ERR_NULL_ARG, "'x'");
+  zck_expect(o, op, "bad: x NULL", zmlx_activation_call(k, NULL, 1.0, &y), y, ZMLX_ERR_NULL_ARG, "'x'");
   y = NULL;
-  zmlx_rg_expect(o, op, "bad: out NULL", zmlx_activation_call(k, a, 1.0, NULL), NULL, ZMLX_ERR_NULL_ARG,
+  zck_expect(o, op, "bad: out NULL", zmlx_activation_call(k, a, 1.0, NULL), NULL, ZMLX_ERR_NULL_ARG,
                  "'out'");
   if (k == A_ELU) {
-    zmlx_rg_expect(o, op, "bad: alpha nan", zmlx_elu(a, NAN, &y), y, ZMLX_ERR_INVALID_ARG,
+    zck_expect(o, op, "bad: alpha nan", zmlx_elu(a, NAN, &y), y, ZMLX_ERR_INVALID_ARG,
                    "alpha");
     y = NULL;
   }
@@ -345,7 +345,7 @@ const zmlx_catalog_op zmlx_catalog_activation_ops[] = {
 
 /* bf16 [16384, 14336] (an MLP's hidden activations: 16k tokens of a 14336
  * FFN), read once and written once; a CPU device (OpenCL) times a 64th of
- * the rows (zmlx_bench_rows). */
+ * the rows (zck_bench_rows). */
 typedef struct act_bench {
   act_kind k;
   zmlx_array *x;
@@ -361,12 +361,12 @@ static zmlx_status act_bench_run(void *p) {
 
 static zmlx_status act_bench_case(const zmlx_bench_opts *o, act_kind k) {
   ZMLX_REQUIRE_ARG(o);
-  int64_t shape[2] = {zmlx_bench_rows(o, 16384), 14336};
+  int64_t shape[2] = {zck_bench_rows(o, 16384), 14336};
   act_bench b = {k, NULL};
   double bytes = 2.0 * 2.0 * (double)shape[0] * (double)shape[1];
-  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 41 + (uint64_t)k, &b.x);
+  zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 2, shape, 41 + (uint64_t)k, &b.x);
   if (st == ZMLX_OK)
-    st = zmlx_bench_time_emit(o, zmlx_activation_name(k), ZMLX_BF16, 2, shape, bytes, act_bench_run, &b);
+    st = zck_bench_time_emit(o, zmlx_activation_name(k), ZMLX_BF16, 2, shape, bytes, act_bench_run, &b);
   zmlx_array_release(b.x);
   return st;
 }

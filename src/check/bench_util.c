@@ -10,7 +10,7 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-zmlx_status zmlx_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx), void *ctx,
+zmlx_status zck_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx), void *ctx,
                                  int reps, int inner, double *ms) {
   if (reps < 1 || inner < 1) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "bench: reps and inner must be >= 1");
   double *t = malloc((size_t)reps * sizeof *t);
@@ -31,13 +31,13 @@ zmlx_status zmlx_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx)
   return st;
 }
 
-int64_t zmlx_bench_rows(const zmlx_bench_opts *o, int64_t rows) {
+int64_t zck_bench_rows(const zmlx_bench_opts *o, int64_t rows) {
   zmlx_device_info info;
   if (zmlx_device_get_info(o->device, &info) != ZMLX_OK || !info.is_cpu) return rows;
   return rows / 64 > 0 ? rows / 64 : 1;
 }
 
-zmlx_status zmlx_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+zmlx_status zck_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                               uint64_t seed, zmlx_array **out) {
   return zmlx_array_random_uniform(dev, dt, ndim, shape, seed, -1.0, 1.0, out);
 }
@@ -46,7 +46,7 @@ zmlx_status zmlx_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const i
  * but the whole row stays under a second or two. */
 static int inner_calls(double bytes) { return bytes > 1e9 ? 3 : bytes > 1e8 ? 10 : 50; }
 
-zmlx_status zmlx_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+zmlx_status zck_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
                                  int ndim, const int64_t *shape, double bytes,
                                  zmlx_status (*run)(void *ctx), void *ctx) {
   zmlx_bench_row row;
@@ -58,7 +58,7 @@ zmlx_status zmlx_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_
   for (int i = 0; i < ndim && len < sizeof row.shape; i++)
     len += (size_t)snprintf(row.shape + len, sizeof row.shape - len, "%s%lld", i ? "x" : "",
                             (long long)shape[i]);
-  zmlx_status st = zmlx_bench_median_ms(o->device, run, ctx, o->reps > 0 ? o->reps : 21,
+  zmlx_status st = zck_bench_median_ms(o->device, run, ctx, o->reps > 0 ? o->reps : 21,
                                         inner_calls(bytes), &row.ms);
   if (st == ZMLX_OK) o->emit(o->ctx, &row);
   return st;

@@ -65,19 +65,19 @@ typedef struct zmlx_catalog_bench {
 
 /* Median milliseconds of `run(ctx)` on `dev`: a warm-up, then `reps`
  * samples of `inner` calls each with the device drained per sample. */
-zmlx_status zmlx_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx), void *ctx,
+zmlx_status zck_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx), void *ctx,
                                  int reps, int inner, double *ms);
 
 /* The rows to time an LLM shape of `rows` rows at: all of them on a GPU;
  * on a CPU backend (OpenCL) a 64th (at least 1), so a run takes seconds. */
-int64_t zmlx_bench_rows(const zmlx_bench_opts *o, int64_t rows);
+int64_t zck_bench_rows(const zmlx_bench_opts *o, int64_t rows);
 /* A device array of uniform random values in [-1, 1) (benchmarks never time
  * zeros: some kernels and caches shortcut them). */
-zmlx_status zmlx_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+zmlx_status zck_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                               uint64_t seed, zmlx_array **out);
 /* Times `run` (the median of o->reps samples) and emits the row with the
  * shape written as "AxBxC", the form bench/peer_catalog.py uses. */
-zmlx_status zmlx_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+zmlx_status zck_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
                                  int ndim, const int64_t *shape, double bytes,
                                  zmlx_status (*run)(void *ctx), void *ctx);
 

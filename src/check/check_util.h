@@ -1,12 +1,14 @@
 /*
- * Helpers of the catalog's verifier (`zmlx check`) and benchmarks, defined
- * in check_util.c. Not part of libzmlx: the check library that the CLI and
- * the tests link.
+ * Helpers of the catalog's verifier (`zmlx check`), shared by every
+ * src/check/<family>_check.c and defined in check_util.c. Not part of
+ * libzmlx: the check library that the CLI, the tests and bench/ link.
+ * Prefix zck_ (zmlx check): nothing here is public API.
  *
- * Two naming sets remain because two families were written side by side:
- * zmlx_opck_* (first for softmax) and zmlx_rg_* (first for RoPE); every
- * family uses one or both. They overlap (upload/download, tolerances, row
- * emission).
+ * A case draws host values (zck_uniform, rounded to the dtype the device
+ * will hold: zck_round), uploads them (zck_upload / zck_random), runs the
+ * op into poisoned outputs, downloads (zck_download), measures the error
+ * against an f64 reference (zck_err_*), compares it with the tolerance
+ * table (zck_tol) and emits a row (zck_emit). Bad input: zck_expect.
  */
 #ifndef ZMLX_CHECK_CHECK_UTIL_H
 #define ZMLX_CHECK_CHECK_UTIL_H
@@ -14,47 +16,81 @@
 #include "check/catalog.h"
 #include "ops/kernel_util.h"
 
-/* ---------------- the zmlx_opck_* set (kernel_util.c, check_util.c) */
+/* --------------------------------------------------------- host values */
 
-uint64_t zmlx_opck_next(uint64_t *state);
-double zmlx_opck_uniform(uint64_t *state, double lo, double hi);
-double zmlx_opck_round(zmlx_dtype dt, double v);
-zmlx_status zmlx_opck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                             const double *v, zmlx_array **out);
-double *zmlx_opck_download(zmlx_array *a);
-double zmlx_opck_err_rel1(const double *got, const double *want, int64_t n);
-double zmlx_opck_err_relmax(const double *got, const double *want, int64_t n);
-/* max |got - want| / max |terms|: the error of a sum whose terms may cancel,
- * against the size of its terms (`terms`: per element, from the reference). */
-double zmlx_opck_err_terms(const double *got, const double *want, const double *terms,
-                           int64_t n);
-double zmlx_opck_tol(zmlx_dtype dt);
-void zmlx_opck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                    const char *shape, double err, double tol, int pass);
-void zmlx_opck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, const char *extra);
+/* xorshift64: the next raw value of `state` (0 is replaced by a constant). */
+uint64_t zck_next(uint64_t *state);
+/* Uniform in [lo, hi). */
+double zck_uniform(uint64_t *state, double lo, double hi);
+/* v as a value of dtype dt holds it (f32, f16, bf16: rounded to nearest
+ * even; other dtypes unchanged). */
+double zck_round(zmlx_dtype dt, double v);
+
+/* Element i of a host buffer of dtype dt, written from / read as f64. */
+void zck_store(zmlx_dtype dt, void *buf, int64_t i, double v);
+double zck_load(zmlx_dtype dt, const void *buf, int64_t i);
+
+/* ------------------------------------------------------ device arrays */
+
+/* An array of dtype dt from f64 host values (converted like a C cast for
+ * integers, rounded for floats). */
+zmlx_status zck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                       const double *v, zmlx_array **out);
+/* Values uniform in [lo, hi) rounded to dt, written into v (the shape's
+ * size) and uploaded. */
+zmlx_status zck_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
+                       double lo, double hi, uint64_t *rng, double *v, zmlx_array **out);
+/* a's values (any dtype, any strides) as f64 in C order; *v is malloc'ed
+ * (the caller frees it), NULL on failure. */
+zmlx_status zck_download(zmlx_array *a, double **v);
+/* Fill the device's pool with NaN at this size, so that the next
+ * allocation of it (an output the op allocates itself) starts poisoned. */
+void zck_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape);
 /* sum(y * w): the scalar loss whose gradient the checks compare, for a
  * cotangent w of y's shape. */
-zmlx_status zmlx_opck_weighted_sum(zmlx_array *y, zmlx_array *w, zmlx_array **out);
-void zmlx_opck_bad(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
-                   zmlx_status want);
+zmlx_status zck_weighted_sum(zmlx_array *y, zmlx_array *w, zmlx_array **out);
 
-/* ------------------ the zmlx_rg_* set (kernel_util.c, check_util.c) */
+/* ------------------------------------------------------------- errors */
+/* Equal non-finite values count as exact; NaN or inf where the reference
+ * is finite is an infinite error. */
 
-double zmlx_rg_uniform(uint64_t *s);
-double zmlx_rg_round(zmlx_dtype dt, double v);
-zmlx_status zmlx_rg_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           const double *v, zmlx_array **out);
-zmlx_status zmlx_rg_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                           double lo, double hi, uint64_t *rng, double *v, zmlx_array **out);
-zmlx_status zmlx_rg_download(zmlx_array *a, double **v);
-double zmlx_rg_err(const double *got, const double *want, int64_t n);
-void zmlx_rg_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                  const char *shape, double err, double tol, int pass);
-void zmlx_rg_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
-                       const char *shape, zmlx_status st);
-void zmlx_rg_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
-                    zmlx_array *to_release, zmlx_status want, const char *needle);
-double zmlx_rg_tol(zmlx_dtype dt);
-void zmlx_rg_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape);
+/* max |got - want| / (1 + |want|). */
+double zck_err_rel1(const double *got, const double *want, int64_t n);
+/* max |got - want| / max(max |terms|, 1e-6): the error of a sum whose terms
+ * may cancel, against the size of its terms (per element, from the
+ * reference). */
+double zck_err_terms(const double *got, const double *want, const double *terms, int64_t n);
+/* zck_err_terms with the reference as its own terms: for gradients, whose
+ * entries may all be small. */
+double zck_err_relmax(const double *got, const double *want, int64_t n);
+
+/* --------------------------------------------------------- tolerances */
+
+/* The tolerance table: a row per kind of result, a column per dtype (check_util.c). */
+typedef enum zck_tol_kind {
+  ZCK_TOL_ROW,        /* a row statistic and what it normalizes (softmax, cross-entropy) */
+  ZCK_TOL_ELEMENTWISE,/* pointwise ops and per-row reductions (activations, GLU, RoPE,
+                       * quantization, reductions) */
+  ZCK_TOL_NORM,       /* norm forwards (mean and rstd, then a scale) */
+  ZCK_TOL_NORM_GRAD,  /* norm gradients (two row sums per element) */
+  ZCK_TOL_FD,         /* analytic gradient vs central finite differences in f32 */
+  ZCK_TOL_KINDS
+} zck_tol_kind;
+double zck_tol(zck_tol_kind kind, zmlx_dtype dt);
+
+/* --------------------------------------------------------------- rows */
+
+/* Emit one row (shape: the case, at most 95 characters are kept). */
+void zck_emit(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+              const char *shape, double err, double tol, int pass);
+/* A failed case: the op or the check's plumbing returned `st`. */
+void zck_emit_fail(const zmlx_check_opts *o, const char *op, const char *what, zmlx_dtype dt,
+                   const char *shape, zmlx_status st);
+/* Bad input: passes when the call returned `want` and, for a failure, its
+ * message names `needle` (NULL: says anything). Releases to_release. */
+void zck_expect(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
+                zmlx_array *to_release, zmlx_status want, const char *needle);
+/* "[2, 3, 4]" followed by " extra" when extra is not NULL. */
+void zck_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape, const char *extra);
 
 #endif /* ZMLX_CHECK_CHECK_UTIL_H */

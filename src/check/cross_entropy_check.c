@@ -63,7 +63,7 @@ static zmlx_status ce_case(const zmlx_check_opts *o, int64_t rows, int64_t V,
   snprintf(extra, sizeof extra, "%s%s ls %g %s", co->reduction == ZMLX_CE_MEAN ? "mean" : "sum",
            co->ignore_index >= -1 ? " ignore" : "", co->label_smoothing,
            tdt == ZMLX_I64 ? "i64" : "i32");
-  zmlx_opck_shape_str(shp, sizeof shp, 2, xs, extra);
+  zck_shape_str(shp, sizeof shp, 2, xs, extra);
   const int64_t n = rows * V;
   double *xv = malloc((size_t)n * sizeof *xv), *gw = malloc((size_t)n * sizeof *gw);
   double *tv = malloc((size_t)rows * sizeof *tv);
@@ -75,22 +75,22 @@ static zmlx_status ce_case(const zmlx_check_opts *o, int64_t rows, int64_t V,
     st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
     goto done;
   }
-  for (int64_t i = 0; i < n; i++) xv[i] = zmlx_opck_round(dt, zmlx_opck_uniform(rng, -6, 6));
+  for (int64_t i = 0; i < n; i++) xv[i] = zck_round(dt, zck_uniform(rng, -6, 6));
   for (int64_t r = 0; r < rows; r++) {
-    ti[r] = (int64_t)(zmlx_opck_next(rng) % (uint64_t)V);
+    ti[r] = (int64_t)(zck_next(rng) % (uint64_t)V);
     /* every third row ignored when the case uses an ignore index */
     if (co->ignore_index >= -1 && r % 3 == 1) ti[r] = co->ignore_index;
     tv[r] = (double)ti[r];
   }
   double lwant = ce_ref(xv, ti, rows, V, co, gw);
-  st = zmlx_opck_upload(o->device, dt, 2, xs, xv, &x);
-  if (st == ZMLX_OK) st = zmlx_opck_upload(o->device, tdt, 1, &rows, tv, &t);
+  st = zck_upload(o->device, dt, 2, xs, xv, &x);
+  if (st == ZMLX_OK) st = zck_upload(o->device, tdt, 1, &rows, tv, &t);
   if (st == ZMLX_OK) st = zmlx_array_full(o->device, dt, 2, xs, NAN, &grad);
   if (st == ZMLX_OK) st = zmlx_array_full(o->device, ZMLX_F32, 1, &rows, NAN, &rows_arr);
   if (st == ZMLX_OK) st = zmlx_cross_entropy_compute(x, t, co, rows_arr, &loss, &g2, grad);
   if (st != ZMLX_OK) goto done;
-  lgot = zmlx_opck_download(loss);
-  ggot = zmlx_opck_download(grad);
+  zck_download(loss, &lgot);
+  zck_download(grad, &ggot);
   if (!lgot || !ggot) {
     st = zmlx_fail(ZMLX_ERR_BACKEND, "check: download failed");
     goto done;
@@ -98,11 +98,11 @@ static zmlx_status ce_case(const zmlx_check_opts *o, int64_t rows, int64_t V,
   /* the loss is computed in f32 from the stored logits: f32-level error,
    * looser for sums over many rows */
   double ltol = 1e-4;
-  double le = zmlx_opck_err_rel1(lgot, &lwant, 1);
-  zmlx_opck_emit(o, op, "fwd loss", dt, shp, le, ltol, le <= ltol);
-  double gt = zmlx_opck_tol(dt);
-  double ge = zmlx_opck_err_relmax(ggot, gw, n);
-  zmlx_opck_emit(o, op, "fused grad", dt, shp, ge, gt, ge <= gt);
+  double le = zck_err_rel1(lgot, &lwant, 1);
+  zck_emit(o, op, "fwd loss", dt, shp, le, ltol, le <= ltol);
+  double gt = zck_tol(ZCK_TOL_ROW, dt);
+  double ge = zck_err_relmax(ggot, gw, n);
+  zck_emit(o, op, "fused grad", dt, shp, ge, gt, ge <= gt);
   if (gradcheck) {
     ce_fn_data fd = {*co};
     zmlx_array *ins[2] = {x, t};
@@ -111,7 +111,7 @@ static zmlx_status ce_case(const zmlx_check_opts *o, int64_t rows, int64_t V,
     zmlx_status gs = zmlx_check_grad(ce_fn, &fd, ins, 2, 1e-3, 1e-2, &rep);
     int pass = gs == ZMLX_OK && rep.passed;
     if (gs != ZMLX_OK) zmlx_clear_error();
-    zmlx_opck_emit(o, op, "grad (finite diff)", dt, shp,
+    zck_emit(o, op, "grad (finite diff)", dt, shp,
                    gs == ZMLX_OK ? rep.inputs[0].max_abs_err : INFINITY, 1e-2, pass);
   }
 done:
@@ -137,11 +137,11 @@ static void ce_unchecked_target(const zmlx_check_opts *o, zmlx_array *x, zmlx_ar
   double *lv = NULL, *gv = NULL;
   zmlx_status st = zmlx_cross_entropy(x, t, NULL, &loss, &g);
   if (st == ZMLX_OK) {
-    lv = zmlx_opck_download(loss);
-    gv = zmlx_opck_download(g);
+    zck_download(loss, &lv);
+    zck_download(g, &gv);
   }
   int pass = lv && gv && isnan(lv[0]) && isnan(gv[5]) && !isnan(gv[0]);
-  zmlx_opck_emit(o, "cross_entropy", "bad: unchecked target -> NaN", o->dtype, "[3, 5]",
+  zck_emit(o, "cross_entropy", "bad: unchecked target -> NaN", o->dtype, "[3, 5]",
                  pass ? 0.0 : 1.0, 0.0, pass);
   zmlx_clear_error();
   free(lv);
@@ -159,33 +159,33 @@ static void ce_bad_inputs(const zmlx_check_opts *o) {
   zmlx_array_zeros(o->device, o->dtype, 2, xs, &x);
   zmlx_array_full(o->device, o->dtype, 0, NULL, 1.0, &s);
   zmlx_array_zeros(o->device, ZMLX_I32, 2, xs, &xi);
-  zmlx_opck_upload(o->device, ZMLX_I32, 1, &t3, tok, &t);
+  zck_upload(o->device, ZMLX_I32, 1, &t3, tok, &t);
   zmlx_array_zeros(o->device, ZMLX_I32, 1, &t4, &tbad);
   zmlx_array_zeros(o->device, ZMLX_F32, 1, &t3, &tf);
-  zmlx_opck_upload(o->device, ZMLX_I64, 1, &t3, tr, &trange);
-  zmlx_opck_upload(o->device, ZMLX_I32, 1, &t3, tn, &tneg);
+  zck_upload(o->device, ZMLX_I64, 1, &t3, tr, &trange);
+  zck_upload(o->device, ZMLX_I32, 1, &t3, tn, &tneg);
   zmlx_cross_entropy_opts ls = zmlx_cross_entropy_defaults, red = zmlx_cross_entropy_defaults, chk = zmlx_cross_entropy_defaults;
   chk.check_targets = 1;
   ls.label_smoothing = 1.5;
   red.reduction = (zmlx_ce_reduction)7;
-  zmlx_opck_bad(o, op, "NULL logits", zmlx_cross_entropy(NULL, t, NULL, &loss, &g),
-                ZMLX_ERR_NULL_ARG);
-  zmlx_opck_bad(o, op, "rank-0 logits", zmlx_cross_entropy(s, t, NULL, &loss, &g),
-                ZMLX_ERR_SHAPE);
-  zmlx_opck_bad(o, op, "i32 logits", zmlx_cross_entropy(xi, t, NULL, &loss, &g), ZMLX_ERR_DTYPE);
-  zmlx_opck_bad(o, op, "targets [4] for logits [3, 5]",
-                zmlx_cross_entropy(x, tbad, NULL, &loss, &g), ZMLX_ERR_SHAPE);
-  zmlx_opck_bad(o, op, "f32 targets", zmlx_cross_entropy(x, tf, NULL, &loss, &g), ZMLX_ERR_DTYPE);
-  zmlx_opck_bad(o, op, "target 5 >= vocab 5 (checked)",
-                zmlx_cross_entropy(x, trange, &chk, &loss, &g), ZMLX_ERR_INVALID_ARG);
-  zmlx_opck_bad(o, op, "target -2 (ignore_index -100, checked)",
-                zmlx_cross_entropy(x, tneg, &chk, &loss, &g), ZMLX_ERR_INVALID_ARG);
+  zck_expect(o, op, "NULL logits", zmlx_cross_entropy(NULL, t, NULL, &loss, &g), NULL,
+                ZMLX_ERR_NULL_ARG, NULL);
+  zck_expect(o, op, "rank-0 logits", zmlx_cross_entropy(s, t, NULL, &loss, &g), NULL,
+                ZMLX_ERR_SHAPE, NULL);
+  zck_expect(o, op, "i32 logits", zmlx_cross_entropy(xi, t, NULL, &loss, &g), NULL, ZMLX_ERR_DTYPE, NULL);
+  zck_expect(o, op, "targets [4] for logits [3, 5]",
+             zmlx_cross_entropy(x, tbad, NULL, &loss, &g), NULL, ZMLX_ERR_SHAPE, NULL);
+  zck_expect(o, op, "f32 targets", zmlx_cross_entropy(x, tf, NULL, &loss, &g), NULL, ZMLX_ERR_DTYPE, NULL);
+  zck_expect(o, op, "target 5 >= vocab 5 (checked)",
+                zmlx_cross_entropy(x, trange, &chk, &loss, &g), NULL, ZMLX_ERR_INVALID_ARG, NULL);
+  zck_expect(o, op, "target -2 (ignore_index -100, checked)",
+                zmlx_cross_entropy(x, tneg, &chk, &loss, &g), NULL, ZMLX_ERR_INVALID_ARG, NULL);
   ce_unchecked_target(o, x, trange);
   ce_unchecked_target(o, x, tneg);
-  zmlx_opck_bad(o, op, "label_smoothing 1.5", zmlx_cross_entropy(x, t, &ls, &loss, &g),
-                ZMLX_ERR_INVALID_ARG);
-  zmlx_opck_bad(o, op, "reduction 7", zmlx_cross_entropy(x, t, &red, &loss, &g),
-                ZMLX_ERR_INVALID_ARG);
+  zck_expect(o, op, "label_smoothing 1.5", zmlx_cross_entropy(x, t, &ls, &loss, &g), NULL,
+                ZMLX_ERR_INVALID_ARG, NULL);
+  zck_expect(o, op, "reduction 7", zmlx_cross_entropy(x, t, &red, &loss, &g), NULL,
+                ZMLX_ERR_INVALID_ARG, NULL);
   zmlx_array *arr[] = {x, s, xi, t, tbad, tf, trange, tneg, loss, g};
   for (size_t i = 0; i < sizeof arr / sizeof arr[0]; i++) zmlx_array_release(arr[i]);
 }
@@ -240,9 +240,9 @@ static zmlx_status ce_bench_run(void *p) {
  * also writes the gradient. */
 static zmlx_status ce_bench_case(const zmlx_bench_opts *o, const char *op, int64_t rows,
                                  int64_t vocab, int with_grad) {
-  int64_t shape[2] = {zmlx_bench_rows(o, rows), vocab};
+  int64_t shape[2] = {zck_bench_rows(o, rows), vocab};
   ce_bench c = {NULL, NULL, with_grad};
-  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 51, &c.x);
+  zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 2, shape, 51, &c.x);
   zmlx_array *u = NULL;
   /* targets: uniform floats in [0, vocab) truncated to i64 */
   if (st == ZMLX_OK)
@@ -251,7 +251,7 @@ static zmlx_status ce_bench_case(const zmlx_bench_opts *o, const char *op, int64
   zmlx_array_release(u);
   double n = (double)shape[0] * (double)vocab;
   double bytes = 2.0 * n * (with_grad ? 2 : 1) + 8.0 * (double)shape[0];
-  if (st == ZMLX_OK) st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, ce_bench_run, &c);
+  if (st == ZMLX_OK) st = zck_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, ce_bench_run, &c);
   zmlx_array_release(c.x);
   zmlx_array_release(c.t);
   return st;

@@ -150,7 +150,7 @@ static zmlx_status glu_loss(void *ud, zmlx_array *const *in, int n, zmlx_array *
   glu_gctx *g = ud;
   zmlx_array *y = NULL;
   ZMLX_CHECK(glu_fn(ud, in, n, &y));
-  zmlx_status st = zmlx_opck_weighted_sum(y, g->w, out);
+  zmlx_status st = zck_weighted_sum(y, g->w, out);
   zmlx_array_release(y);
   return st;
 }
@@ -165,7 +165,7 @@ static int kind_split(glu_kind k) {
 static void emit_path(const zmlx_check_opts *o, const char *op, zmlx_dtype dt, const char *name,
                       long before, int want) {
   int got = zmlx_glu_split_launches != before;
-  zmlx_rg_emit(o, op, want ? "path: 16-byte kernel" : "path: engine", dt, name, got != want, 0,
+  zck_emit(o, op, want ? "path: 16-byte kernel" : "path: engine", dt, name, got != want, 0,
                got == want);
 }
 
@@ -203,21 +203,21 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
     st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
-  st = zmlx_rg_random(dev, dt, nd[0], sh[0], -3, 3, rng, x0, &in[0]);
-  if (st == ZMLX_OK && nin > 1) st = zmlx_rg_random(dev, dt, nd[1], sh[1], -1, 1, rng, x1, &in[1]);
+  st = zck_random(dev, dt, nd[0], sh[0], -3, 3, rng, x0, &in[0]);
+  if (st == ZMLX_OK && nin > 1) st = zck_random(dev, dt, nd[1], sh[1], -1, 1, rng, x1, &in[1]);
   if (st != ZMLX_OK) goto done;
-  double tol = zmlx_rg_tol(dt);
+  double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
   if (mode == 0) {
-    zmlx_rg_poison_pool(dev, dt, 2, osh);
+    zck_poison_pool(dev, dt, 2, osh);
     st = kind_call(k, in, &y);
-    if (st == ZMLX_OK) st = zmlx_rg_download(y, &got);
+    if (st == ZMLX_OK) st = zck_download(y, &got);
     if (st != ZMLX_OK) goto done;
     kind_ref(k, rows, F, x0, x1, NULL, want, NULL, NULL);
-    double e = zmlx_rg_err(got, want, no);
-    zmlx_rg_emit(o, op, what, dt, name, e, tol, e <= tol);
+    double e = zck_err_rel1(got, want, no);
+    zck_emit(o, op, what, dt, name, e, tol, e <= tol);
     if (kind_split(k)) emit_path(o, op, dt, name, launches, F % zmlx_glu_split_vec(dt) == 0);
   } else if (mode == 1) {
-    st = zmlx_rg_random(dev, dt, 2, osh, -1, 1, rng, g, &w);
+    st = zck_random(dev, dt, 2, osh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;
     glu_gctx gc = {k, w};
     zmlx_grad_check_report rep;
@@ -226,30 +226,30 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
     double e = 0;
     for (int i = 0; i < nin; i++) e = fmax(e, rep.inputs[i].max_abs_err);
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zmlx_rg_emit(o, op, what, dt, name, e, 1e-2, rep.passed);
+    zck_emit(o, op, what, dt, name, e, 1e-2, rep.passed);
   } else {
-    st = zmlx_rg_random(dev, dt, 2, osh, -1, 1, rng, g, &w);
+    st = zck_random(dev, dt, 2, osh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;
     glu_gctx gc = {k, NULL};
     int argn[2] = {0, 1};
     st = zmlx_vjp(glu_fn, &gc, in, nin, argn, nin, w, &y, grads);
-    if (st == ZMLX_OK) st = zmlx_rg_download(grads[0], &got);
-    if (st == ZMLX_OK && nin > 1) st = zmlx_rg_download(grads[1], &got1);
+    if (st == ZMLX_OK) st = zck_download(grads[0], &got);
+    if (st == ZMLX_OK && nin > 1) st = zck_download(grads[1], &got1);
     if (st != ZMLX_OK) goto done;
     kind_ref(k, rows, F, x0, x1, g, want, w0, w1);
     if (kind_split(k)) emit_path(o, op, dt, name, launches, 0);
-    double e = zmlx_rg_err(got, w0, n0);
+    double e = zck_err_rel1(got, w0, n0);
     /* Bias gradients sum `rows` terms: scale the tolerance by that count. */
     int is_bias = nin > 1 && nd[1] == 1;
     if (nin > 1) {
-      double e1 = zmlx_rg_err(got1, w1, n1);
+      double e1 = zck_err_rel1(got1, w1, n1);
       if (is_bias) e1 /= sqrt((double)rows);
       e = fmax(e, e1);
     }
-    zmlx_rg_emit(o, op, what, dt, name, e, tol, e <= tol);
+    zck_emit(o, op, what, dt, name, e, tol, e <= tol);
   }
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, op, what, dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, op, what, dt, name, st);
   free(x0); free(x1); free(g); free(want); free(w0); free(w1); free(got); free(got1);
   zmlx_array_release(in[0]); zmlx_array_release(in[1]); zmlx_array_release(y);
   zmlx_array_release(w); zmlx_array_release(grads[0]); zmlx_array_release(grads[1]);
@@ -313,25 +313,25 @@ static void glu_view_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, in
     st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
-  st = zmlx_rg_random(dev, dt, nd, bsh, -3, 3, rng, bv, &base);
+  st = zck_random(dev, dt, nd, bsh, -3, 3, rng, bv, &base);
   if (st == ZMLX_OK) st = zmlx_slice(base, start, stop, NULL, &in[0]);
-  if (st == ZMLX_OK && has_bias) st = zmlx_rg_random(dev, dt, 1, bbsh, -1, 1, rng, bbv, &bbase);
+  if (st == ZMLX_OK && has_bias) st = zck_random(dev, dt, 1, bbsh, -1, 1, rng, bbv, &bbase);
   if (st == ZMLX_OK && has_bias) st = zmlx_slice(bbase, bstart, bstop, NULL, &in[1]);
   if (st != ZMLX_OK) goto done;
   view_values(in[0], bv, x0);
   if (has_bias) view_values(in[1], bbv, x1);
   int64_t osh[2] = {R, F};
-  zmlx_rg_poison_pool(dev, dt, 2, osh);
+  zck_poison_pool(dev, dt, 2, osh);
   long launches = zmlx_glu_split_launches;
   st = kind_call(k, in, &y);
-  if (st == ZMLX_OK) st = zmlx_rg_download(y, &got);
+  if (st == ZMLX_OK) st = zck_download(y, &got);
   if (st != ZMLX_OK) goto done;
   kind_ref(k, R, F, x0, x1, NULL, want, NULL, NULL);
-  double e = zmlx_rg_err(got, want, no), tol = zmlx_rg_tol(dt);
-  zmlx_rg_emit(o, op, "fwd (view)", dt, name, e, tol, e <= tol);
+  double e = zck_err_rel1(got, want, no), tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
+  zck_emit(o, op, "fwd (view)", dt, name, e, tol, e <= tol);
   emit_path(o, op, dt, name, launches, lfast[layout] && F % zmlx_glu_split_vec(dt) == 0);
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, op, "fwd (view)", dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, op, "fwd (view)", dt, name, st);
   free(bv); free(x0); free(bbv); free(x1); free(want); free(got);
   zmlx_array_release(base); zmlx_array_release(bbase); zmlx_array_release(in[0]);
   zmlx_array_release(in[1]); zmlx_array_release(y);
@@ -347,47 +347,47 @@ static void glu_bad(const zmlx_check_opts *o, glu_kind k) {
   if (zmlx_array_zeros(dev, dt, 2, sa, &a) || zmlx_array_zeros(dev, dt, 2, sb, &b) ||
       zmlx_array_zeros(dev, dt, 1, sc, &c) || zmlx_array_zeros(dev, ZMLX_I32, 2, sa, &ai) ||
       zmlx_array_zeros(dev, dt, 0, NULL, &s)) {
-    zmlx_rg_emit_fail(o, op, "bad input", dt, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, op, "bad input", dt, "setup", ZMLX_ERR_BACKEND);
     goto done;
   }
   switch (k) {
     case K_SWIGLU:
-      zmlx_rg_expect(o, op, "bad: shape mismatch", zmlx_swiglu(a, b, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: shape mismatch", zmlx_swiglu(a, b, &y), y, ZMLX_ERR_SHAPE,
                      "do not match");
       y = NULL;
-      zmlx_rg_expect(o, op, "bad: dtype i32", zmlx_swiglu(ai, ai, &y), y, ZMLX_ERR_DTYPE,
+      zck_expect(o, op, "bad: dtype i32", zmlx_swiglu(ai, ai, &y), y, ZMLX_ERR_DTYPE,
                      "dtype");
       y = NULL;
-      zmlx_rg_expect(o, op, "bad: scalar", zmlx_swiglu(s, s, &y), y, ZMLX_ERR_SHAPE, "rank");
+      zck_expect(o, op, "bad: scalar", zmlx_swiglu(s, s, &y), y, ZMLX_ERR_SHAPE, "rank");
       break;
     case K_GEGLU:
-      zmlx_rg_expect(o, op, "bad: shape mismatch", zmlx_geglu(a, b, 0, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: shape mismatch", zmlx_geglu(a, b, 0, &y), y, ZMLX_ERR_SHAPE,
                      "do not match");
       y = NULL;
-      zmlx_rg_expect(o, op, "bad: dtype mismatch", zmlx_geglu(a, ai, 0, &y), y, ZMLX_ERR_DTYPE,
+      zck_expect(o, op, "bad: dtype mismatch", zmlx_geglu(a, ai, 0, &y), y, ZMLX_ERR_DTYPE,
                      "dtype");
       break;
     case K_SWIGLU_SPLIT:
-      zmlx_rg_expect(o, op, "bad: odd last dim", zmlx_swiglu_split(b, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: odd last dim", zmlx_swiglu_split(b, &y), y, ZMLX_ERR_SHAPE,
                      "even");
       break;
     case K_GEGLU_SPLIT:
-      zmlx_rg_expect(o, op, "bad: odd last dim", zmlx_geglu_split(b, 0, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: odd last dim", zmlx_geglu_split(b, 0, &y), y, ZMLX_ERR_SHAPE,
                      "even");
       break;
     case K_BIAS_GELU:
-      zmlx_rg_expect(o, op, "bad: bias length", zmlx_bias_gelu(a, c, 0, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: bias length", zmlx_bias_gelu(a, c, 0, &y), y, ZMLX_ERR_SHAPE,
                      "bias");
       break;
     case K_BIAS_SILU:
-      zmlx_rg_expect(o, op, "bad: bias rank", zmlx_bias_silu(b, b, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: bias rank", zmlx_bias_silu(b, b, &y), y, ZMLX_ERR_SHAPE,
                      "bias");
       break;
     case K_BIAS_SWIGLU:
-      zmlx_rg_expect(o, op, "bad: odd last dim", zmlx_bias_swiglu(b, c, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: odd last dim", zmlx_bias_swiglu(b, c, &y), y, ZMLX_ERR_SHAPE,
                      "even");
       y = NULL;
-      zmlx_rg_expect(o, op, "bad: bias length", zmlx_bias_swiglu(a, c, &y), y, ZMLX_ERR_SHAPE,
+      zck_expect(o, op, "bad: bias length", zmlx_bias_swiglu(a, c, &y), y, ZMLX_ERR_SHAPE,
                      "bias");
       break;
     default:
@@ -484,7 +484,7 @@ static zmlx_status drop_loss(void *ud, zmlx_array *const *in, int n, zmlx_array 
   drop_gctx *g = ud;
   zmlx_array *y = NULL;
   ZMLX_CHECK(drop_fn(ud, in, n, &y));
-  zmlx_status st = zmlx_opck_weighted_sum(y, g->w, out);
+  zmlx_status st = zck_weighted_sum(y, g->w, out);
   zmlx_array_release(y);
   return st;
 }
@@ -497,26 +497,26 @@ static void drop_case(const zmlx_check_opts *o, int64_t rows, int64_t D, double 
   char name[96];
   snprintf(name, sizeof name, "[%lld, %lld] p=%g", (long long)rows, (long long)D, p);
   int64_t sh[2] = {rows, D}, n = rows * D;
-  uint64_t seed = (uint64_t)(zmlx_rg_uniform(rng) * 4294967296.0) |
-                  ((uint64_t)(zmlx_rg_uniform(rng) * 4294967296.0) << 32);
+  uint64_t seed = (uint64_t)(zck_uniform(rng, 0, 1) * 4294967296.0) |
+                  ((uint64_t)(zck_uniform(rng, 0, 1) * 4294967296.0) << 32);
   double *x = malloc(sizeof(double) * (size_t)n), *g = malloc(sizeof(double) * (size_t)n);
   double *got = NULL;
   zmlx_array *ax = NULL, *y = NULL, *w = NULL, *grad = NULL;
   zmlx_status st = ZMLX_OK;
   uint32_t th = zmlx_dropout_threshold(p);
   double scale = (float)(1.0 / (1.0 - p));
-  double tol = zmlx_rg_tol(dt);
+  double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
   if (!x || !g) {
     st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
-  st = zmlx_rg_random(dev, dt, 2, sh, 0.5, 2, rng, x, &ax); /* never 0: a 0 marks a drop */
+  st = zck_random(dev, dt, 2, sh, 0.5, 2, rng, x, &ax); /* never 0: a 0 marks a drop */
   if (st != ZMLX_OK) goto done;
   if (mode == 0) {
     drop_cfg c = {p, seed};
     st = zmlx_array_full(dev, dt, 2, sh, NAN, &y);
     if (st == ZMLX_OK) st = zmlx_dropout_launch(ax, &c, y);
-    if (st == ZMLX_OK) st = zmlx_rg_download(y, &got);
+    if (st == ZMLX_OK) st = zck_download(y, &got);
     if (st != ZMLX_OK) goto done;
     int64_t mism = 0, kept = 0;
     double e = 0;
@@ -529,14 +529,14 @@ static void drop_case(const zmlx_check_opts *o, int64_t rows, int64_t D, double 
       if (isnan(ei)) ei = INFINITY;
       e = fmax(e, ei);
     }
-    zmlx_rg_emit(o, "dropout", "fwd", dt, name, e, tol, e <= tol);
-    zmlx_rg_emit(o, "dropout", "mask = host philox", dt, name, (double)mism, 0, mism == 0);
+    zck_emit(o, "dropout", "fwd", dt, name, e, tol, e <= tol);
+    zck_emit(o, "dropout", "mask = host philox", dt, name, (double)mism, 0, mism == 0);
     double rate = (double)kept / (double)n, sd = sqrt(p * (1 - p) / (double)n);
     double dev_ = fabs(rate - (1 - p));
     double lim = 5 * sd + 1.0 / (double)n;
-    zmlx_rg_emit(o, "dropout", "keep rate", dt, name, dev_, lim, dev_ <= lim);
+    zck_emit(o, "dropout", "keep rate", dt, name, dev_, lim, dev_ <= lim);
   } else if (mode == 1) {
-    st = zmlx_rg_random(dev, dt, 2, sh, -1, 1, rng, g, &w);
+    st = zck_random(dev, dt, 2, sh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;
     drop_gctx gc = {p, seed, w};
     zmlx_grad_check_report rep;
@@ -544,14 +544,14 @@ static void drop_case(const zmlx_check_opts *o, int64_t rows, int64_t D, double 
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zmlx_rg_emit(o, "dropout", what, dt, name, e, 1e-2, rep.passed);
+    zck_emit(o, "dropout", what, dt, name, e, 1e-2, rep.passed);
   } else {
-    st = zmlx_rg_random(dev, dt, 2, sh, -1, 1, rng, g, &w);
+    st = zck_random(dev, dt, 2, sh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;
     drop_gctx gc = {p, seed, NULL};
     int argn = 0;
     st = zmlx_vjp(drop_fn, &gc, &ax, 1, &argn, 1, w, &y, &grad);
-    if (st == ZMLX_OK) st = zmlx_rg_download(grad, &got);
+    if (st == ZMLX_OK) st = zck_download(grad, &got);
     if (st != ZMLX_OK) goto done;
     double e = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -560,10 +560,10 @@ static void drop_case(const zmlx_check_opts *o, int64_t rows, int64_t D, double 
       if (isnan(ei)) ei = INFINITY;
       e = fmax(e, ei);
     }
-    zmlx_rg_emit(o, "dropout", what, dt, name, e, tol, e <= tol);
+    zck_emit(o, "dropout", what, dt, name, e, tol, e <= tol);
   }
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, "dropout", what, dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, "dropout", what, dt, name, st);
   free(x); free(g); free(got);
   zmlx_array_release(ax); zmlx_array_release(y); zmlx_array_release(w);
   zmlx_array_release(grad);
@@ -589,16 +589,16 @@ static zmlx_status check_dropout(const zmlx_check_opts *o) {
   int64_t sh[2] = {2, 3};
   if (zmlx_array_zeros(o->device, o->dtype, 2, sh, &a) == ZMLX_OK &&
       zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &ai) == ZMLX_OK) {
-    zmlx_rg_expect(o, "dropout", "bad: p = 1", zmlx_dropout(a, 1.0, 1, &y), y,
+    zck_expect(o, "dropout", "bad: p = 1", zmlx_dropout(a, 1.0, 1, &y), y,
                    ZMLX_ERR_INVALID_ARG, "p = ");
     y = NULL;
-    zmlx_rg_expect(o, "dropout", "bad: p < 0", zmlx_dropout(a, -0.1, 1, &y), y,
+    zck_expect(o, "dropout", "bad: p < 0", zmlx_dropout(a, -0.1, 1, &y), y,
                    ZMLX_ERR_INVALID_ARG, "p = ");
     y = NULL;
-    zmlx_rg_expect(o, "dropout", "bad: dtype i32", zmlx_dropout(ai, 0.5, 1, &y), y,
+    zck_expect(o, "dropout", "bad: dtype i32", zmlx_dropout(ai, 0.5, 1, &y), y,
                    ZMLX_ERR_DTYPE, "dtype");
   } else {
-    zmlx_rg_emit_fail(o, "dropout", "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, "dropout", "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
   }
   zmlx_array_release(a);
   zmlx_array_release(ai);
@@ -633,14 +633,14 @@ static zmlx_status glu_bench_run(void *p) {
 /* bf16 gate and up [16384, 14336] (or one [16384, 28672] split): read both,
  * write the product. */
 static zmlx_status glu_bench_case(const zmlx_bench_opts *o, const char *op, int split) {
-  int64_t shape[2] = {zmlx_bench_rows(o, 16384), 14336}, xshape[2] = {shape[0], 2 * shape[1]};
+  int64_t shape[2] = {zck_bench_rows(o, 16384), 14336}, xshape[2] = {shape[0], 2 * shape[1]};
   glu_bench c = {split, NULL, NULL};
-  zmlx_status st = split ? zmlx_bench_random(o->device, ZMLX_BF16, 2, xshape, 41, &c.a)
-                         : zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 41, &c.a);
-  if (st == ZMLX_OK && !split) st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 42, &c.b);
+  zmlx_status st = split ? zck_bench_random(o->device, ZMLX_BF16, 2, xshape, 41, &c.a)
+                         : zck_bench_random(o->device, ZMLX_BF16, 2, shape, 41, &c.a);
+  if (st == ZMLX_OK && !split) st = zck_bench_random(o->device, ZMLX_BF16, 2, shape, 42, &c.b);
   double bytes = 3.0 * 2.0 * (double)shape[0] * (double)shape[1];
   if (st == ZMLX_OK)
-    st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, glu_bench_run, &c);
+    st = zck_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, glu_bench_run, &c);
   zmlx_array_release(c.a);
   zmlx_array_release(c.b);
   return st;

@@ -19,104 +19,9 @@
  * reference with poisoned outputs, gradients against finite differences
  * (f32) and against an f64 reference (every dtype), bad input. */
 
-static uint64_t splitmix(uint64_t *s) {
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-static double urand(uint64_t *s, double lo, double hi) {
-  return lo + (hi - lo) * ((double)(splitmix(s) >> 11) * (1.0 / 9007199254740992.0));
-}
-
-static double round_dt(zmlx_dtype dt, double v) {
-  switch (dt) {
-  case ZMLX_F16: return zmlx_f16_to_f32(zmlx_f32_to_f16((float)v));
-  case ZMLX_BF16: return zmlx_bf16_to_f32(zmlx_f32_to_bf16((float)v));
-  default: return (float)v;
-  }
-}
-
-/* Random values rounded to dt into v[n]. */
-static void fill_random(double *v, int64_t n, uint64_t *s, double lo, double hi, zmlx_dtype dt) {
-  for (int64_t i = 0; i < n; i++) v[i] = round_dt(dt, urand(s, lo, hi));
-}
-
-static zmlx_status upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                          const double *v, int64_t n, zmlx_array **out) {
-  *out = NULL;
-  size_t es = zmlx_dtype_size(dt);
-  unsigned char *buf = malloc((size_t)n * es + 1);
-  if (!buf) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
-  for (int64_t i = 0; i < n; i++) {
-    if (dt == ZMLX_F32) {
-      float f = (float)v[i];
-      memcpy(buf + i * 4, &f, 4);
-    } else {
-      uint16_t u = dt == ZMLX_F16 ? zmlx_f32_to_f16((float)v[i]) : zmlx_f32_to_bf16((float)v[i]);
-      memcpy(buf + i * 2, &u, 2);
-    }
-  }
-  zmlx_status st = zmlx_array_from_host(dev, dt, ndim, shape, buf, out);
-  free(buf);
-  return st;
-}
-
-static zmlx_status download(zmlx_array *a, double **out) {
-  *out = NULL;
-  int64_t n = zmlx_array_size(a);
-  size_t nb = zmlx_array_nbytes(a);
-  unsigned char *buf = malloc(nb + 1);
-  double *v = malloc((size_t)n * sizeof *v + 1);
-  zmlx_status st = ZMLX_OK;
-  if (!buf || !v) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
-  if (st == ZMLX_OK) st = zmlx_array_to_host(a, buf, nb);
-  for (int64_t i = 0; st == ZMLX_OK && i < n; i++) {
-    zmlx_dtype dt = zmlx_array_dtype(a);
-    if (dt == ZMLX_F32) {
-      float f;
-      memcpy(&f, buf + i * 4, 4);
-      v[i] = f;
-    } else {
-      uint16_t u;
-      memcpy(&u, buf + i * 2, 2);
-      v[i] = dt == ZMLX_F16 ? zmlx_f16_to_f32(u) : zmlx_bf16_to_f32(u);
-    }
-  }
-  free(buf);
-  if (st != ZMLX_OK) {
-    free(v);
-    return st;
-  }
-  *out = v;
-  return ZMLX_OK;
-}
-
-/* max |got - want| / (1 + |want|); NaN or inf in got: inf. */
-static double max_err(const double *got, const double *want, int64_t n) {
-  double m = 0;
-  for (int64_t i = 0; i < n; i++) {
-    double e = fabs(got[i] - want[i]) / (1.0 + fabs(want[i]));
-    if (!(e == e) || isinf(e)) return INFINITY;
-    if (e > m) m = e;
-  }
-  return m;
-}
-
-static double fwd_tol(zmlx_dtype dt) {
-  return dt == ZMLX_F32 ? 1e-4 : (dt == ZMLX_F16 ? 2e-3 : 1e-2);
-}
-static double grad_tol(zmlx_dtype dt) {
-  return dt == ZMLX_F32 ? 2e-4 : (dt == ZMLX_F16 ? 4e-3 : 1.6e-2);
-}
-
-static void emit(const zmlx_check_opts *o, const char *op, const char *what, const char *shape,
-                 double err, double tol, int pass) {
-  zmlx_check_row row = {.op = op, .what = what, .backend = zmlx_device_backend(o->device),
-                        .dtype = o->dtype, .max_err = err, .tol = tol, .pass = pass};
-  snprintf(row.shape, sizeof row.shape, "%s", shape);
-  if (o->emit) o->emit(o->ctx, &row);
+/* Random values in [lo, hi) rounded to dt into v[n]. */
+static void fill(double *v, int64_t n, uint64_t *s, double lo, double hi, zmlx_dtype dt) {
+  for (int64_t i = 0; i < n; i++) v[i] = zck_round(dt, zck_uniform(s, lo, hi));
 }
 
 /* Statistics of one row of h in f64. */
@@ -138,7 +43,7 @@ static void ref_stats(const norm_cfg *c, const double *h, int64_t cols, double e
 static void ref_forward(const norm_cfg *c, zmlx_dtype dt, int64_t rows, int64_t cols,
                         const double *x, const double *r, const double *w, const double *b,
                         double *h, double *y) {
-  for (int64_t i = 0; i < rows * cols; i++) h[i] = r ? round_dt(dt, x[i] + r[i]) : x[i];
+  for (int64_t i = 0; i < rows * cols; i++) h[i] = r ? zck_round(dt, x[i] + r[i]) : x[i];
   for (int64_t i = 0; i < rows; i++) {
     const double *hr = h + i * cols;
     double mean, rstd;
@@ -234,20 +139,20 @@ static zmlx_status case_make(const zmlx_check_opts *o, const norm_cfg *c, int64_
       (with_loss && !k->c1) || (with_loss && c->has_r && !k->c2))
     return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
   /* An offset makes the mean matter for layernorm. */
-  fill_random(k->x, n, &s, -1.5, 2.5, dt);
-  if (k->r) fill_random(k->r, n, &s, -1.0, 1.0, dt);
-  if (k->w) fill_random(k->w, cols, &s, 0.5, 1.5, dt);
-  if (k->b) fill_random(k->b, cols, &s, -0.5, 0.5, dt);
-  if (k->c1) fill_random(k->c1, n, &s, -1.0, 1.0, dt);
-  if (k->c2) fill_random(k->c2, n, &s, -1.0, 1.0, dt);
+  fill(k->x, n, &s, -1.5, 2.5, dt);
+  if (k->r) fill(k->r, n, &s, -1.0, 1.0, dt);
+  if (k->w) fill(k->w, cols, &s, 0.5, 1.5, dt);
+  if (k->b) fill(k->b, cols, &s, -0.5, 0.5, dt);
+  if (k->c1) fill(k->c1, n, &s, -1.0, 1.0, dt);
+  if (k->c2) fill(k->c2, n, &s, -1.0, 1.0, dt);
   zmlx_device *dev = o->device;
   int64_t wshape[1] = {cols};
-  ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->x, n, &k->ax));
-  if (k->r) ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->r, n, &k->ar));
-  if (k->w) ZMLX_CHECK(upload(dev, dt, 1, wshape, k->w, cols, &k->aw));
-  if (k->b) ZMLX_CHECK(upload(dev, dt, 1, wshape, k->b, cols, &k->ab));
-  if (k->c1) ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->c1, n, &k->ac1));
-  if (k->c2) ZMLX_CHECK(upload(dev, dt, k->ndim, k->shape, k->c2, n, &k->ac2));
+  ZMLX_CHECK(zck_upload(dev, dt, k->ndim, k->shape, k->x, &k->ax));
+  if (k->r) ZMLX_CHECK(zck_upload(dev, dt, k->ndim, k->shape, k->r, &k->ar));
+  if (k->w) ZMLX_CHECK(zck_upload(dev, dt, 1, wshape, k->w, &k->aw));
+  if (k->b) ZMLX_CHECK(zck_upload(dev, dt, 1, wshape, k->b, &k->ab));
+  if (k->c1) ZMLX_CHECK(zck_upload(dev, dt, k->ndim, k->shape, k->c1, &k->ac1));
+  if (k->c2) ZMLX_CHECK(zck_upload(dev, dt, k->ndim, k->shape, k->c2, &k->ac2));
   return ZMLX_OK;
 }
 
@@ -286,18 +191,18 @@ static zmlx_status fwd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t
     ref_forward(c, o->dtype, rows, cols, k.x, k.r, k.w, k.b, want_h, want_y);
     zmlx_status op = zmlx_norm_call(c, k.ax, k.ar, k.aw, k.ab, py, ph, &y, &h);
     double err = INFINITY;
-    if (op == ZMLX_OK) st = download(y, &got_y);
-    if (op == ZMLX_OK && st == ZMLX_OK) err = max_err(got_y, want_y, n);
+    if (op == ZMLX_OK) st = zck_download(y, &got_y);
+    if (op == ZMLX_OK && st == ZMLX_OK) err = zck_err_rel1(got_y, want_y, n);
     if (op == ZMLX_OK && st == ZMLX_OK && c->has_r) {
-      st = download(h, &got_h);
+      st = zck_download(h, &got_h);
       if (st == ZMLX_OK) {
-        double eh = max_err(got_h, want_h, n);
+        double eh = zck_err_rel1(got_h, want_h, n);
         if (!(eh <= err)) err = eh;
       }
     }
     if (st == ZMLX_OK) {
-      double tol = fwd_tol(o->dtype);
-      emit(o, c->name, what, shape, err, tol, op == ZMLX_OK && err <= tol);
+      double tol = zck_tol(ZCK_TOL_NORM, o->dtype);
+      zck_emit(o, c->name, what, o->dtype, shape, err, tol, op == ZMLX_OK && err <= tol);
     }
   }
   free(want_y);
@@ -379,7 +284,7 @@ static zmlx_status fd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t 
       variant_what(c, base, what, sizeof what);
       int pass = op == ZMLX_OK && rep.inputs[i].checked && rep.inputs[i].passed;
       double err = op == ZMLX_OK ? rep.inputs[i].max_abs_err : INFINITY;
-      emit(o, c->name, what, shape, err, tol, pass);
+      zck_emit(o, c->name, what, o->dtype, shape, err, tol, pass);
     }
   }
   case_free(&k);
@@ -407,19 +312,19 @@ static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, in
     ref_backward(c, rows, cols, h, k.w, k.c1, k.c2, dx, c->has_w ? dw : NULL,
                  c->has_b ? db : NULL);
     zmlx_status op = zmlx_grad(loss_fn, &k, ins, ni, NULL, 0, grads);
-    double tol = grad_tol(o->dtype);
+    double tol = zck_tol(ZCK_TOL_NORM_GRAD, o->dtype);
     for (int i = 0; i < ni && st == ZMLX_OK; i++) {
       const double *want = dx;
       int64_t m = n;
       if ((c->has_w && i == (c->has_r ? 2 : 1))) want = dw, m = cols;
       if (c->has_b && i == ni - 1) want = db, m = cols;
       double err = INFINITY, *got = NULL;
-      if (op == ZMLX_OK) st = download(grads[i], &got);
-      if (op == ZMLX_OK && st == ZMLX_OK) err = max_err(got, want, m);
+      if (op == ZMLX_OK) st = zck_download(grads[i], &got);
+      if (op == ZMLX_OK && st == ZMLX_OK) err = zck_err_rel1(got, want, m);
       free(got);
       snprintf(base, sizeof base, "grad %s", names[i]);
       variant_what(c, base, what, sizeof what);
-      if (st == ZMLX_OK) emit(o, c->name, what, shape, err, tol, op == ZMLX_OK && err <= tol);
+      if (st == ZMLX_OK) zck_emit(o, c->name, what, o->dtype, shape, err, tol, op == ZMLX_OK && err <= tol);
     }
     zmlx_ad_release_all(grads, 4);
   }
@@ -430,15 +335,6 @@ static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, in
   free(db);
   case_free(&k);
   return st;
-}
-
-/* Bad input: a status and a message naming the problem. */
-static void error_row(const zmlx_check_opts *o, const char *op, const char *what, zmlx_status got,
-                      zmlx_status want, const char *needle) {
-  const char *msg = zmlx_last_error();
-  int pass = got == want && strstr(msg, needle) != NULL;
-  emit(o, op, what, "bad input", pass ? 0.0 : 1.0, 0.0, pass);
-  zmlx_clear_error();
 }
 
 static zmlx_status error_cases(const zmlx_check_opts *o, const norm_cfg *c0) {
@@ -460,23 +356,23 @@ static zmlx_status error_cases(const zmlx_check_opts *o, const norm_cfg *c0) {
     zmlx_array *rr = c.has_r ? r : NULL;
     c.has_w = 1;
     c.has_b = 0;
-    error_row(o, c.name, "error: x rank 0",
-              zmlx_norm_call(&c, scalar, c.has_r ? scalar : NULL, w, NULL, NULL, NULL, &y, &h),
+    zck_expect(o, c.name, "error: x rank 0",
+              zmlx_norm_call(&c, scalar, c.has_r ? scalar : NULL, w, NULL, NULL, NULL, &y, &h), NULL,
               ZMLX_ERR_SHAPE, "rank");
-    error_row(o, c.name, "error: weight of the wrong length",
-              zmlx_norm_call(&c, x, rr, bad_w, NULL, NULL, NULL, &y, &h), ZMLX_ERR_SHAPE, "[7]");
+    zck_expect(o, c.name, "error: weight of the wrong length",
+              zmlx_norm_call(&c, x, rr, bad_w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "[7]");
     if (!c.rms)
-      error_row(o, c.name, "error: bias of the wrong length",
-                zmlx_norm_call(&c, x, rr, w, bad_w, NULL, NULL, &y, &h), ZMLX_ERR_SHAPE, "bias");
-    error_row(o, c.name, "error: x of dtype i32",
-              zmlx_norm_call(&c, xi, c.has_r ? ri : NULL, w, NULL, NULL, NULL, &y, &h), ZMLX_ERR_DTYPE,
+      zck_expect(o, c.name, "error: bias of the wrong length",
+                zmlx_norm_call(&c, x, rr, w, bad_w, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "bias");
+    zck_expect(o, c.name, "error: x of dtype i32",
+              zmlx_norm_call(&c, xi, c.has_r ? ri : NULL, w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_DTYPE,
               "i32");
-    error_row(o, c.name, "error: weight of dtype i32",
-              zmlx_norm_call(&c, x, rr, ri, NULL, NULL, NULL, &y, &h), ZMLX_ERR_DTYPE, "i32");
+    zck_expect(o, c.name, "error: weight of dtype i32",
+              zmlx_norm_call(&c, x, rr, ri, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_DTYPE, "i32");
     if (c.has_r) {
-      error_row(o, c.name, "error: r of another shape",
-                zmlx_norm_call(&c, x, bad_r, w, NULL, NULL, NULL, &y, &h), ZMLX_ERR_SHAPE, "residual");
-      error_row(o, c.name, "error: r NULL", zmlx_norm_call(&c, x, NULL, w, NULL, NULL, NULL, &y, &h),
+      zck_expect(o, c.name, "error: r of another shape",
+                zmlx_norm_call(&c, x, bad_r, w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "residual");
+      zck_expect(o, c.name, "error: r NULL", zmlx_norm_call(&c, x, NULL, w, NULL, NULL, NULL, &y, &h), NULL,
                 ZMLX_ERR_NULL_ARG, "residual");
     }
     zmlx_array_release(y);
@@ -588,18 +484,18 @@ static zmlx_status norm_bench_run(void *p) {
 /* bf16 [16384, 4096] with bf16 weights: bytes = x (+ r) read, y (+ h) written,
  * weights read once. */
 static zmlx_status norm_bench_case(const zmlx_bench_opts *o, const char *op, nb_kind kind) {
-  int64_t shape[2] = {zmlx_bench_rows(o, 16384), 4096}, wl = shape[1];
+  int64_t shape[2] = {zck_bench_rows(o, 16384), 4096}, wl = shape[1];
   const int residual = kind == NB_ADD_RMS || kind == NB_ADD_LAYER;
   const int bias = kind == NB_LAYER || kind == NB_ADD_LAYER;
   norm_bench c = {kind, NULL, NULL, NULL, NULL};
-  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 21, &c.x);
-  if (st == ZMLX_OK && residual) st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 22, &c.r);
-  if (st == ZMLX_OK) st = zmlx_bench_random(o->device, ZMLX_BF16, 1, &wl, 23, &c.w);
-  if (st == ZMLX_OK && bias) st = zmlx_bench_random(o->device, ZMLX_BF16, 1, &wl, 24, &c.b);
+  zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 2, shape, 21, &c.x);
+  if (st == ZMLX_OK && residual) st = zck_bench_random(o->device, ZMLX_BF16, 2, shape, 22, &c.r);
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 1, &wl, 23, &c.w);
+  if (st == ZMLX_OK && bias) st = zck_bench_random(o->device, ZMLX_BF16, 1, &wl, 24, &c.b);
   double n = (double)shape[0] * (double)shape[1];
   double bytes = 2.0 * n * (residual ? 4 : 2) + 2.0 * (double)wl * (bias ? 2 : 1);
   if (st == ZMLX_OK)
-    st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, norm_bench_run, &c);
+    st = zck_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, norm_bench_run, &c);
   zmlx_array_release(c.x);
   zmlx_array_release(c.r);
   zmlx_array_release(c.w);

@@ -104,7 +104,7 @@ static double silu_ref(double w, double *d) {
 static void qc_random_ints(int mode, int64_t total, int qmax, uint64_t *rng, int *qv,
                            uint8_t *bytes) {
   for (int64_t i = 0; i < total; i++) {
-    double u = zmlx_rg_uniform(rng);
+    double u = zck_uniform(rng, 0, 1);
     if (mode == 8) {
       int v = (int)floor(u * (2 * qmax + 2)) - qmax - 1;
       if (v > qmax) v = qmax;
@@ -151,26 +151,26 @@ static void dq_case(const zmlx_check_opts *o, const char *op, int mode, zmlx_qua
   qc_random_ints(mode, total, 127, rng, qv, bytes);
   st = qc_upload_ints(dev, mode == 8 ? ZMLX_I8 : ZMLX_U8, c->ndim, qsh, bytes, c->view, &q);
   if (st == ZMLX_OK)
-    st = mode == 8 ? zmlx_rg_random(dev, sdt, snd, ssh, -0.03, 0.03, rng, sv, &s)
-                   : zmlx_rg_random(dev, sdt, snd, ssh, 0.02, 0.3, rng, sv, &s);
-  if (st == ZMLX_OK && mode == 4) st = zmlx_rg_random(dev, sdt, snd, ssh, -2, 1, rng, bv, &b);
+    st = mode == 8 ? zck_random(dev, sdt, snd, ssh, -0.03, 0.03, rng, sv, &s)
+                   : zck_random(dev, sdt, snd, ssh, 0.02, 0.3, rng, sv, &s);
+  if (st == ZMLX_OK && mode == 4) st = zck_random(dev, sdt, snd, ssh, -2, 1, rng, bv, &b);
   if (st == ZMLX_OK) st = qc_bytes(dev, dt, c->ndim, c->shape, 0xFF, &y);
   if (st == ZMLX_OK)
     st = mode == 8 ? zmlx_dequantize_int8_validate(op, q, s, dt, act)
                    : zmlx_dequantize_int4_validate(op, q, s, b, c->group, dt, act);
   if (st == ZMLX_OK) st = zmlx_dequantize_launch(mode, q, s, b, c->group, act, y);
-  if (st == ZMLX_OK) st = zmlx_rg_download(y, &got);
+  if (st == ZMLX_OK) st = zck_download(y, &got);
   if (st != ZMLX_OK) goto done;
   for (int64_t i = 0; i < total; i++) {
     double w = mode == 8 ? sv[i / cols] * qv[i] : sv[i / c->group] * qv[i] + bv[i / c->group];
     want[i] = act == ZMLX_QUANT_SILU ? silu_ref(w, NULL) : w;
   }
   {
-    double e = zmlx_rg_err(got, want, total), tol = zmlx_rg_tol(dt);
-    zmlx_rg_emit(o, op, "fwd", dt, name, e, tol, e <= tol);
+    double e = zck_err_rel1(got, want, total), tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
+    zck_emit(o, op, "fwd", dt, name, e, tol, e <= tol);
   }
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, op, "fwd", dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, op, "fwd", dt, name, st);
   free(qv); free(bytes); free(sv); free(bv); free(want); free(got);
   zmlx_array_release(q); zmlx_array_release(s); zmlx_array_release(b); zmlx_array_release(y);
   zmlx_clear_error();
@@ -195,7 +195,7 @@ static zmlx_status dq_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **ou
     *out = y;
     return ZMLX_OK;
   }
-  zmlx_status st = zmlx_opck_weighted_sum(y, g->w, out);
+  zmlx_status st = zck_weighted_sum(y, g->w, out);
   zmlx_array_release(y);
   return st;
 }
@@ -233,11 +233,11 @@ static void dq_grad_case(const zmlx_check_opts *o, const char *op, int mode, zml
   qc_random_ints(mode, total, fd ? 8 : 127, rng, qv, bytes);
   st = zmlx_array_from_host(dev, mode == 8 ? ZMLX_I8 : ZMLX_U8, c->ndim, qsh, bytes, &q);
   if (st == ZMLX_OK)
-    st = mode == 8 ? zmlx_rg_random(dev, dt, snd, ssh, -0.03 * (fd ? 4 : 1), 0.03 * (fd ? 4 : 1),
+    st = mode == 8 ? zck_random(dev, dt, snd, ssh, -0.03 * (fd ? 4 : 1), 0.03 * (fd ? 4 : 1),
                                     rng, sv, &in[0])
-                   : zmlx_rg_random(dev, dt, snd, ssh, 0.02, 0.3, rng, sv, &in[0]);
-  if (st == ZMLX_OK && mode == 4) st = zmlx_rg_random(dev, dt, snd, ssh, -2, 1, rng, bv, &in[1]);
-  if (st == ZMLX_OK) st = zmlx_rg_random(dev, dt, c->ndim, c->shape, -1, 1, rng, gv, &g);
+                   : zck_random(dev, dt, snd, ssh, 0.02, 0.3, rng, sv, &in[0]);
+  if (st == ZMLX_OK && mode == 4) st = zck_random(dev, dt, snd, ssh, -2, 1, rng, bv, &in[1]);
+  if (st == ZMLX_OK) st = zck_random(dev, dt, c->ndim, c->shape, -1, 1, rng, gv, &g);
   if (st != ZMLX_OK) goto done;
   if (fd) {
     dq_gctx gc = {mode, c->group, act, dt, q, g};
@@ -248,13 +248,13 @@ static void dq_grad_case(const zmlx_check_opts *o, const char *op, int mode, zml
     for (int i = 0; i < nin; i++) e = fmax(e, rep.inputs[i].max_abs_err);
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
     int pass = rep.passed && rep.jvp_checked;
-    zmlx_rg_emit(o, op, what, dt, name, e, 1e-2, pass);
+    zck_emit(o, op, what, dt, name, e, 1e-2, pass);
   } else {
     dq_gctx gc = {mode, c->group, act, dt, q, NULL};
     int argn[2] = {0, 1};
     st = zmlx_vjp(dq_fn, &gc, in, nin, argn, nin, g, &y, grads);
-    if (st == ZMLX_OK) st = zmlx_rg_download(grads[0], &got_s);
-    if (st == ZMLX_OK && mode == 4) st = zmlx_rg_download(grads[1], &got_b);
+    if (st == ZMLX_OK) st = zck_download(grads[0], &got_s);
+    if (st == ZMLX_OK && mode == 4) st = zck_download(grads[1], &got_b);
     if (st != ZMLX_OK) goto done;
     for (int64_t i = 0; i < total; i++) {
       int64_t k = mode == 8 ? i / cols : i / c->group;
@@ -263,13 +263,13 @@ static void dq_grad_case(const zmlx_check_opts *o, const char *op, int mode, zml
       ws[k] += gv[i] * d * qv[i];
       wb[k] += gv[i] * d;
     }
-    double e = zmlx_opck_err_relmax(got_s, ws, ns);
-    if (mode == 4) e = fmax(e, zmlx_opck_err_relmax(got_b, wb, ns));
-    double tol = zmlx_rg_tol(dt);
-    zmlx_rg_emit(o, op, what, dt, name, e, tol, e <= tol);
+    double e = zck_err_relmax(got_s, ws, ns);
+    if (mode == 4) e = fmax(e, zck_err_relmax(got_b, wb, ns));
+    double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
+    zck_emit(o, op, what, dt, name, e, tol, e <= tol);
   }
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, op, what, dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, op, what, dt, name, st);
   free(qv); free(bytes); free(sv); free(bv); free(gv); free(ws); free(wb);
   free(got_s); free(got_b);
   zmlx_array_release(q); zmlx_array_release(in[0]); zmlx_array_release(in[1]);
@@ -294,13 +294,13 @@ static void dq_bad(const zmlx_check_opts *o, const char *op, int mode, zmlx_quan
       qc_bytes(dev, dt, 2, sh22, 0, &s22) || qc_bytes(dev, dt, 2, sh23, 0, &s23) ||
       qc_bytes(dev, dt, 2, sh21, 0, &s21) || qc_bytes(dev, ZMLX_I32, 1, sh3, 0, &si) ||
       qc_bytes(dev, ZMLX_I8, 0, NULL, 0, &sc)) {
-    zmlx_rg_emit_fail(o, op, "bad input", dt, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, op, "bad input", dt, "setup", ZMLX_ERR_BACKEND);
     goto done;
   }
 #define EXPECT(what, call, want, needle)                     \
   do {                                                       \
     y = NULL;                                                \
-    zmlx_rg_expect(o, op, what, call, y, want, needle);      \
+    zck_expect(o, op, what, call, y, want, needle);      \
   } while (0)
   if (mode == 8) {
     EXPECT("bad: NULL q", zmlx_dequantize_int8_rows(NULL, s3, dt, act, &y), ZMLX_ERR_NULL_ARG,
@@ -410,12 +410,12 @@ static void dq_grad_q_refused(const zmlx_check_opts *o, const char *op, int mode
   if (qc_bytes(o->device, mode == 8 ? ZMLX_I8 : ZMLX_U8, 2, qsh, 0, &q) != ZMLX_OK ||
       qc_bytes(o->device, ZMLX_F32, mode == 8 ? 1 : 2, mode == 8 ? ssh8 : ssh4, 0, &s) !=
           ZMLX_OK) {
-    zmlx_rg_emit_fail(o, op, "grad q", o->dtype, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, op, "grad q", o->dtype, "setup", ZMLX_ERR_BACKEND);
   } else {
     dq_qctx c = {mode, act, s};
     int argn = 0;
     zmlx_status st = zmlx_grad(dq_fn_q, &c, &q, 1, &argn, 1, &gq);
-    zmlx_rg_expect(o, op, "bad: grad w.r.t. integer q", st, gq, ZMLX_ERR_DTYPE, "");
+    zck_expect(o, op, "bad: grad w.r.t. integer q", st, gq, ZMLX_ERR_DTYPE, "");
   }
   zmlx_array_release(q);
   zmlx_array_release(s);
@@ -437,7 +437,7 @@ static zmlx_status check_dequant_int4_silu(const zmlx_check_opts *o) {
 
 /* --------------------------------------------------------------- quantize */
 
-static float round_sdt(zmlx_dtype dt, float v) { return (float)zmlx_rg_round(dt, v); }
+static float round_sdt(zmlx_dtype dt, float v) { return (float)zck_round(dt, v); }
 
 /* Relative tolerance of a scale computed on two machines: the f32 division
  * may differ by an ulp or two, which rounding to the scales' dtype can turn
@@ -473,12 +473,12 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
   /* rows of different magnitudes, int4 rows off-centre; the first row of a
    * multi-row case is constant (int8: 0), the scale-0 path */
   for (int64_t r = 0; r < rows; r++) {
-    double mag = pow(10, 2 * zmlx_rg_uniform(rng) - 1);
-    double off = mode == 4 ? mag * (2 * zmlx_rg_uniform(rng) - 1) : 0;
-    double cst = mode == 4 ? zmlx_rg_round(dt, off) : 0;
+    double mag = pow(10, 2 * zck_uniform(rng, 0, 1) - 1);
+    double off = mode == 4 ? mag * (2 * zck_uniform(rng, 0, 1) - 1) : 0;
+    double cst = mode == 4 ? zck_round(dt, off) : 0;
     for (int64_t j = 0; j < cols; j++) {
-      const double u = 2 * zmlx_rg_uniform(rng) - 1;
-      xv[r * cols + j] = r == 0 && rows > 2 ? cst : zmlx_rg_round(dt, off + mag * u);
+      const double u = 2 * zck_uniform(rng, 0, 1) - 1;
+      xv[r * cols + j] = r == 0 && rows > 2 ? cst : zck_round(dt, off + mag * u);
     }
   }
   {
@@ -499,12 +499,12 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
       }
       big[c->ndim - 1] = stop[c->ndim - 1] = 2 * cols;
       step[c->ndim - 1] = 2;
-      st = zmlx_rg_upload(dev, dt, c->ndim, big, wide, &xb);
+      st = zck_upload(dev, dt, c->ndim, big, wide, &xb);
       free(wide);
       if (st == ZMLX_OK) st = zmlx_array_slice(xb, start, stop, step, &x);
       zmlx_array_release(xb);
     } else {
-      st = zmlx_rg_upload(dev, dt, c->ndim, big, xv, &x);
+      st = zck_upload(dev, dt, c->ndim, big, xv, &x);
     }
   }
   if (st == ZMLX_OK && api) {
@@ -523,8 +523,8 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
     if (st == ZMLX_OK) st = zmlx_quantize_launch(mode, x, c->group, q, s, b);
   }
   if (st == ZMLX_OK) st = zmlx_array_to_host(q, qb, (size_t)nq);
-  if (st == ZMLX_OK) st = zmlx_rg_download(s, &sv);
-  if (st == ZMLX_OK && mode == 4) st = zmlx_rg_download(b, &bv);
+  if (st == ZMLX_OK) st = zck_download(s, &sv);
+  if (st == ZMLX_OK && mode == 4) st = zck_download(b, &bv);
   if (st != ZMLX_OK) goto done;
   double serr = 0, rt = 0;
   int64_t mism = 0, ties = 0;
@@ -571,13 +571,13 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
       if (!(r <= rt)) rt = r;
     }
   }
-  zmlx_rg_emit(o, op, "scales = ref", dt, name, serr, scale_tol(sdt), serr <= scale_tol(sdt));
+  zck_emit(o, op, "scales = ref", dt, name, serr, scale_tol(sdt), serr <= scale_tol(sdt));
   char tn[96];
   snprintf(tn, sizeof tn, "%.60s ties %lld", name, (long long)ties);
-  zmlx_rg_emit(o, op, "ints = round(x / s)", dt, tn, (double)mism, 0, mism == 0);
-  zmlx_rg_emit(o, op, "|x - deq| / (step/2)", dt, name, rt, 1.0, rt <= 1.0);
+  zck_emit(o, op, "ints = round(x / s)", dt, tn, (double)mism, 0, mism == 0);
+  zck_emit(o, op, "|x - deq| / (step/2)", dt, name, rt, 1.0, rt <= 1.0);
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, op, "fwd", dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, op, "fwd", dt, name, st);
   free(xv); free(sv); free(bv); free(qb);
   zmlx_array_release(x); zmlx_array_release(q); zmlx_array_release(s);
   zmlx_array_release(b);
@@ -593,25 +593,25 @@ static void q_bad(const zmlx_check_opts *o, const char *op, int mode) {
   if (qc_bytes(dev, dt, 2, sh, 0, &x) || qc_bytes(dev, dt, 2, sh48, 0, &x48) ||
       qc_bytes(dev, ZMLX_I32, 2, sh, 0, &xi) || qc_bytes(dev, dt, 0, NULL, 0, &sc) ||
       qc_bytes(dev, dt, 2, sh0, 0, &x0)) {
-    zmlx_rg_emit_fail(o, op, "bad input", dt, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, op, "bad input", dt, "setup", ZMLX_ERR_BACKEND);
     goto done;
   }
 #define Q8(xx, sdt) zmlx_quantize_int8_rows(xx, sdt, &q, &s)
 #define Q4(xx, g, sdt) zmlx_quantize_int4(xx, g, sdt, &q, &s, &b)
   if (mode == 8) {
-    zmlx_rg_expect(o, op, "bad: x i32", Q8(xi, ZMLX_F32), NULL, ZMLX_ERR_DTYPE, "x has dtype i32");
-    zmlx_rg_expect(o, op, "bad: x scalar", Q8(sc, ZMLX_F32), NULL, ZMLX_ERR_SHAPE, "rank");
-    zmlx_rg_expect(o, op, "bad: cols 0", Q8(x0, ZMLX_F32), NULL, ZMLX_ERR_SHAPE, "is 0");
-    zmlx_rg_expect(o, op, "bad: scale_dtype i8", Q8(x, ZMLX_I8), NULL, ZMLX_ERR_DTYPE,
+    zck_expect(o, op, "bad: x i32", Q8(xi, ZMLX_F32), NULL, ZMLX_ERR_DTYPE, "x has dtype i32");
+    zck_expect(o, op, "bad: x scalar", Q8(sc, ZMLX_F32), NULL, ZMLX_ERR_SHAPE, "rank");
+    zck_expect(o, op, "bad: cols 0", Q8(x0, ZMLX_F32), NULL, ZMLX_ERR_SHAPE, "is 0");
+    zck_expect(o, op, "bad: scale_dtype i8", Q8(x, ZMLX_I8), NULL, ZMLX_ERR_DTYPE,
                    "scale_dtype");
-    zmlx_rg_expect(o, op, "bad: NULL x", Q8(NULL, ZMLX_F32), NULL, ZMLX_ERR_NULL_ARG, "'x'");
+    zck_expect(o, op, "bad: NULL x", Q8(NULL, ZMLX_F32), NULL, ZMLX_ERR_NULL_ARG, "'x'");
   } else {
-    zmlx_rg_expect(o, op, "bad: group 16", Q4(x, 16, ZMLX_F32), NULL, ZMLX_ERR_INVALID_ARG,
+    zck_expect(o, op, "bad: group 16", Q4(x, 16, ZMLX_F32), NULL, ZMLX_ERR_INVALID_ARG,
                    "group_size 16");
-    zmlx_rg_expect(o, op, "bad: cols 48 % group 32", Q4(x48, 32, ZMLX_F32), NULL, ZMLX_ERR_SHAPE,
+    zck_expect(o, op, "bad: cols 48 % group 32", Q4(x48, 32, ZMLX_F32), NULL, ZMLX_ERR_SHAPE,
                    "not a multiple of group_size 32");
-    zmlx_rg_expect(o, op, "bad: x i32", Q4(xi, 32, ZMLX_F32), NULL, ZMLX_ERR_DTYPE, "x has dtype");
-    zmlx_rg_expect(o, op, "bad: scale_dtype u8", Q4(x, 32, ZMLX_U8), NULL, ZMLX_ERR_DTYPE,
+    zck_expect(o, op, "bad: x i32", Q4(xi, 32, ZMLX_F32), NULL, ZMLX_ERR_DTYPE, "x has dtype");
+    zck_expect(o, op, "bad: scale_dtype u8", Q4(x, 32, ZMLX_U8), NULL, ZMLX_ERR_DTYPE,
                    "scale_dtype");
   }
 #undef Q8
@@ -696,7 +696,7 @@ static zmlx_status dq_bench_run(void *p) {
  * (and biases) are read once, the output written once. */
 static zmlx_status dq_bench_case(const zmlx_bench_opts *o, const char *op, int mode,
                                  zmlx_quant_act act) {
-  const int64_t rows = zmlx_bench_rows(o, 14336), cols = 4096;
+  const int64_t rows = zck_bench_rows(o, 14336), cols = 4096;
   int64_t shape[2] = {rows, cols}, qsh[2] = {rows, mode == 8 ? cols : cols / 2};
   int64_t ssh[2] = {rows, cols / 64};
   const int64_t nq = qsh[0] * qsh[1], ns = mode == 8 ? rows : rows * (cols / 64);
@@ -704,15 +704,15 @@ static zmlx_status dq_bench_case(const zmlx_bench_opts *o, const char *op, int m
   uint8_t *h = malloc((size_t)nq);
   if (!h) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   uint64_t rng = 0x5151ULL;
-  for (int64_t i = 0; i < nq; i++) h[i] = (uint8_t)(zmlx_rg_uniform(&rng) * 256);
+  for (int64_t i = 0; i < nq; i++) h[i] = (uint8_t)(zck_uniform(&rng, 0, 1) * 256);
   zmlx_status st = zmlx_array_from_host(o->device, mode == 8 ? ZMLX_I8 : ZMLX_U8, 2, qsh, h, &c.q);
   free(h);
   if (st == ZMLX_OK)
-    st = zmlx_bench_random(o->device, ZMLX_BF16, mode == 8 ? 1 : 2, ssh, 61, &c.s);
-  if (st == ZMLX_OK && mode == 4) st = zmlx_bench_random(o->device, ZMLX_BF16, 2, ssh, 62, &c.b);
+    st = zck_bench_random(o->device, ZMLX_BF16, mode == 8 ? 1 : 2, ssh, 61, &c.s);
+  if (st == ZMLX_OK && mode == 4) st = zck_bench_random(o->device, ZMLX_BF16, 2, ssh, 62, &c.b);
   double bytes = (double)nq + 2.0 * (double)ns * (mode == 4 ? 2 : 1) + 2.0 * (double)(rows * cols);
   if (st == ZMLX_OK)
-    st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, dq_bench_run, &c);
+    st = zck_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, dq_bench_run, &c);
   zmlx_array_release(c.q);
   zmlx_array_release(c.s);
   zmlx_array_release(c.b);

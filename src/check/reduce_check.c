@@ -122,7 +122,7 @@ static zmlx_status red_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **o
     *out = y;
     return ZMLX_OK;
   }
-  zmlx_status st = zmlx_opck_weighted_sum(y, d->w, out);
+  zmlx_status st = zck_weighted_sum(y, d->w, out);
   zmlx_array_release(y);
   return st;
 }
@@ -159,17 +159,17 @@ static void make_input(zmlx_dtype dt, in_kind kind, int64_t n, int64_t cols, uin
     /* a permutation of well separated values: no ties, no kink within eps */
     for (int64_t i = 0; i < n; i++) xv[i] = (double)i;
     for (int64_t i = n - 1; i > 0; i--) {
-      int64_t j = (int64_t)(zmlx_rg_uniform(rng) * (double)(i + 1));
+      int64_t j = (int64_t)(zck_uniform(rng, 0, 1) * (double)(i + 1));
       if (j > i) j = i;
       double t = xv[i];
       xv[i] = xv[j];
       xv[j] = t;
     }
-    for (int64_t i = 0; i < n; i++) xv[i] = zmlx_rg_round(dt, (xv[i] - (double)n / 2) * 0.0625);
+    for (int64_t i = 0; i < n; i++) xv[i] = zck_round(dt, (xv[i] - (double)n / 2) * 0.0625);
     return;
   }
   const double off = kind == IN_OFFSET ? 1000.0 : 0.0;
-  for (int64_t i = 0; i < n; i++) xv[i] = zmlx_rg_round(dt, off + 8 * zmlx_rg_uniform(rng) - 4);
+  for (int64_t i = 0; i < n; i++) xv[i] = zck_round(dt, off + 8 * zck_uniform(rng, 0, 1) - 4);
   if (kind == IN_NAN && n > 3) {
     /* NaNs in some rows (ranked above every number), -inf in others: the
      * first row all -inf, the last starting with one */
@@ -228,25 +228,25 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     }
     for (int64_t r = 0; r < rows; r++)
       for (int64_t j = 0; j < cols; j++) tv[j * rows + r] = xv[r * cols + j];
-    st = zmlx_rg_upload(dev, dt, 2, ts, tv, &xs);
+    st = zck_upload(dev, dt, 2, ts, tv, &xs);
     free(tv);
     const int perm[2] = {1, 0};
     if (st == ZMLX_OK) st = zmlx_array_transpose(xs, perm, &x);
   } else {
-    st = zmlx_rg_upload(dev, dt, c->ndim, c->shape, xv, &x);
+    st = zck_upload(dev, dt, c->ndim, c->shape, xv, &x);
   }
   if (st != ZMLX_OK) goto done;
   int64_t oshape[ZMLX_MAX_DIMS];
   const int ond = zmlx_reduce_out_shape(x, op == OP_TOPK || c->keepdims, nout, oshape);
-  const double tol = zmlx_rg_tol(dt);
+  const double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
 
   if (c->mode == 0) {
     /* forward into poisoned outputs (the op allocates: poison the pool) */
-    zmlx_rg_poison_pool(dev, dt, ond, oshape);
-    zmlx_rg_poison_pool(dev, ZMLX_F32, ond, oshape); /* i32 indices: NaN bits */
+    zck_poison_pool(dev, dt, ond, oshape);
+    zck_poison_pool(dev, ZMLX_F32, ond, oshape); /* i32 indices: NaN bits */
     st = run_op(op, x, c->param, c->keepdims, op_is_index(op) ? NULL : &y,
                 op_is_index(op) || op == OP_TOPK ? &yi : NULL);
-    if (st == ZMLX_OK && y) st = zmlx_rg_download(y, &got);
+    if (st == ZMLX_OK && y) st = zck_download(y, &got);
     if (st == ZMLX_OK && yi) st = download_i32(yi, &gi);
     if (st != ZMLX_OK) goto done;
     if (op <= ZMLX_REDUCE_STD && !zmlx_reduce_is_select((zmlx_reduce_kind)op)) {
@@ -256,7 +256,7 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
                                   : fabs(got[i] - want[i]) / (1 + fabs(want[i]));
         if (!(d <= e)) e = d;
       }
-      zmlx_rg_emit(o, opn, what, dt, name, e, tol, e <= tol);
+      zck_emit(o, opn, what, dt, name, e, tol, e <= tol);
     } else {
       /* selection is exact: values (ties and NaN included) and indices must
        * match the reference's order; the error is the mismatch count */
@@ -268,25 +268,25 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
         }
         if (gi) bad += (int64_t)gi[i] != wi[i];
       }
-      zmlx_rg_emit(o, opn, what, dt, name, (double)bad, 0, bad == 0);
+      zck_emit(o, opn, what, dt, name, (double)bad, 0, bad == 0);
     }
   } else if (c->mode == 1) {
-    st = zmlx_rg_random(dev, dt, ond, oshape, -1, 1, rng, gv, &g);
+    st = zck_random(dev, dt, ond, oshape, -1, 1, rng, gv, &g);
     if (st != ZMLX_OK) goto done;
     red_fn_data fd = {op, c->param, c->keepdims, NULL};
     int argn = 0;
     st = zmlx_vjp(red_fn, &fd, &x, 1, &argn, 1, g, &vout, &dx);
-    if (st == ZMLX_OK) st = zmlx_rg_download(dx, &got);
+    if (st == ZMLX_OK) st = zck_download(dx, &got);
     if (st != ZMLX_OK) goto done;
     for (int64_t r = 0; r < rows; r++)
       ref_vjp_row(op, xv + r * cols, cols, c->param, want + r * nout, wi + r * nout,
                   gv + r * nout, dw + r * cols);
-    double e = zmlx_rg_err(got, dw, size);
+    double e = zck_err_rel1(got, dw, size);
     /* var / std: the device starts from its rounded output and mean */
     double vt = op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD ? 2 * tol : tol;
-    zmlx_rg_emit(o, opn, what, dt, name, e, vt, e <= vt);
+    zck_emit(o, opn, what, dt, name, e, vt, e <= vt);
   } else {
-    st = zmlx_rg_random(dev, ZMLX_F32, ond, oshape, -1, 1, rng, gv, &g);
+    st = zck_random(dev, ZMLX_F32, ond, oshape, -1, 1, rng, gv, &g);
     if (st != ZMLX_OK) goto done;
     red_fn_data fd = {op, c->param, c->keepdims, g};
     zmlx_grad_check_report rep;
@@ -296,10 +296,10 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
     char nm[112];
     snprintf(nm, sizeof nm, "%s%s", name, rep.jvp_checked ? " +jvp" : "");
-    zmlx_rg_emit(o, opn, what, dt, nm, e, 1e-2, rep.passed);
+    zck_emit(o, opn, what, dt, nm, e, 1e-2, rep.passed);
   }
 done:
-  if (st != ZMLX_OK) zmlx_rg_emit_fail(o, opn, what, dt, name, st);
+  if (st != ZMLX_OK) zck_emit_fail(o, opn, what, dt, name, st);
   free(xv);
   free(want);
   free(wi);
@@ -325,7 +325,7 @@ static void red_bad(const zmlx_check_opts *o, int op) {
   if (zmlx_array_zeros(dev, o->dtype, 2, sa, &a) || zmlx_array_zeros(dev, ZMLX_I32, 2, sa, &ai) ||
       zmlx_array_zeros(dev, o->dtype, 0, NULL, &s) ||
       zmlx_array_zeros(dev, o->dtype, 2, se, &e)) {
-    zmlx_rg_emit_fail(o, opn, "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, opn, "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
     goto done;
   }
   const int p = op == OP_TOPK ? 2 : 0;
@@ -334,7 +334,7 @@ static void red_bad(const zmlx_check_opts *o, int op) {
     zmlx_status st_ = (call);                                             \
     zmlx_array_release(yi);                                               \
     yi = NULL;                                                            \
-    zmlx_rg_expect(o, opn, what, st_, y, want, needle);                   \
+    zck_expect(o, opn, what, st_, y, want, needle);                   \
     y = NULL;                                                             \
   } while (0)
   EXPECT("bad: NULL x", run_op(op, NULL, p, 0, &y, &yi), ZMLX_ERR_NULL_ARG, "'x'");
@@ -452,14 +452,14 @@ static zmlx_status red_bench_run(void *p) {
  * written. */
 static zmlx_status red_bench_case(const zmlx_bench_opts *o, int op, int param, int64_t rows,
                                   int64_t cols) {
-  int64_t shape[2] = {zmlx_bench_rows(o, rows), cols};
+  int64_t shape[2] = {zck_bench_rows(o, rows), cols};
   red_bench b = {op, param, NULL};
-  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 31 + (uint64_t)op, &b.x);
+  zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 2, shape, 31 + (uint64_t)op, &b.x);
   const double n = (double)shape[0] * (double)shape[1];
   const double nout = (double)shape[0] * op_nout(op, param);
   double bytes = 2.0 * n + (op_is_index(op) ? 4.0 : op == OP_TOPK ? 6.0 : 2.0) * nout;
   if (st == ZMLX_OK)
-    st = zmlx_bench_time_emit(o, OP_NAMES[op], ZMLX_BF16, 2, shape, bytes, red_bench_run, &b);
+    st = zck_bench_time_emit(o, OP_NAMES[op], ZMLX_BF16, 2, shape, bytes, red_bench_run, &b);
   zmlx_array_release(b.x);
   return st;
 }

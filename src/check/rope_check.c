@@ -121,29 +121,29 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
-  for (int64_t b = 0; b < c->B; b++) off[b] = (double)(int)(zmlx_rg_uniform(rng) * 40);
+  for (int64_t b = 0; b < c->B; b++) off[b] = (double)(int)(zck_uniform(rng, 0, 1) * 40);
   for (int64_t p = 0; p < P; p++)
     for (int i = 0; i < R / 2; i++) {
       double ang = p * 0.7 * pow(500.0, -(2.0 * i) / R);
       ct[p * (R / 2) + i] = (float)cos(ang);
       stb[p * (R / 2) + i] = (float)sin(ang);
     }
-  st = zmlx_rg_random(dev, dt, 4, shq, -1, 1, rng, xq, &q);
-  if (st == ZMLX_OK) st = zmlx_rg_random(dev, dt, 4, shk, -1, 1, rng, xk, &k);
+  st = zck_random(dev, dt, 4, shq, -1, 1, rng, xq, &q);
+  if (st == ZMLX_OK) st = zck_random(dev, dt, 4, shk, -1, 1, rng, xk, &k);
   if (st == ZMLX_OK && c->offsets) {
     int64_t sb = c->B;
-    st = zmlx_rg_upload(dev, ZMLX_I32, 1, &sb, off, &aoff);
+    st = zck_upload(dev, ZMLX_I32, 1, &sb, off, &aoff);
   }
   if (st == ZMLX_OK && c->table) {
     int64_t st2[2] = {P, R / 2};
-    st = zmlx_rg_upload(dev, ZMLX_F32, 2, st2, ct, &acos);
-    if (st == ZMLX_OK) st = zmlx_rg_upload(dev, ZMLX_F32, 2, st2, stb, &asin);
+    st = zck_upload(dev, ZMLX_F32, 2, st2, ct, &acos);
+    if (st == ZMLX_OK) st = zck_upload(dev, ZMLX_F32, 2, st2, stb, &asin);
   }
   if (st != ZMLX_OK) goto done;
   zmlx_rope_opts ro = {.mode = c->mode, .layout = c->layout, .rotary_dims = c->R,
                        .base = c->base, .scale = c->scale, .offsets = aoff, .cos = acos,
                        .sin = asin};
-  double tol = zmlx_rg_tol(dt);
+  double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
   if (grad == 0) {
     /* Forward into poisoned outputs, q and k (GQA) in one pass each. */
     rope_cfg cq, ck;
@@ -153,15 +153,15 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 4, shk, NAN, &ko);
     if (st == ZMLX_OK) st = zmlx_rope_launch(q, &cq, qo);
     if (st == ZMLX_OK) st = zmlx_rope_launch(k, &ck, ko);
-    if (st == ZMLX_OK) st = zmlx_rg_download(qo, &gotq);
-    if (st == ZMLX_OK) st = zmlx_rg_download(ko, &gotk);
+    if (st == ZMLX_OK) st = zck_download(qo, &gotq);
+    if (st == ZMLX_OK) st = zck_download(ko, &gotk);
     if (st != ZMLX_OK) goto done;
     rope_ref(xq, wq, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
              c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, 1);
     rope_ref(xk, wk, c->B, c->S, c->Hk, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
              c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, 1);
-    double e = fmax(zmlx_rg_err(gotq, wq, nq), zmlx_rg_err(gotk, wk, nk));
-    zmlx_rg_emit(o, "rope", "fwd q,k", dt, name, e, tol, e <= tol);
+    double e = fmax(zck_err_rel1(gotq, wq, nq), zck_err_rel1(gotk, wk, nk));
+    zck_emit(o, "rope", "fwd q,k", dt, name, e, tol, e <= tol);
     /* The public GQA entry point must give the same. */
     zmlx_array_release(qo);
     zmlx_array_release(ko);
@@ -169,16 +169,16 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     free(gotq);
     free(gotk);
     gotq = gotk = NULL;
-    zmlx_rg_poison_pool(dev, dt, 4, shq);
+    zck_poison_pool(dev, dt, 4, shq);
     st = zmlx_rope_qk(q, k, &ro, &qo, &ko);
-    if (st == ZMLX_OK) st = zmlx_rg_download(qo, &gotq);
-    if (st == ZMLX_OK) st = zmlx_rg_download(ko, &gotk);
+    if (st == ZMLX_OK) st = zck_download(qo, &gotq);
+    if (st == ZMLX_OK) st = zck_download(ko, &gotk);
     if (st != ZMLX_OK) goto done;
-    e = fmax(zmlx_rg_err(gotq, wq, nq), zmlx_rg_err(gotk, wk, nk));
-    zmlx_rg_emit(o, "rope", "fwd rope_qk", dt, name, e, tol, e <= tol);
+    e = fmax(zck_err_rel1(gotq, wq, nq), zck_err_rel1(gotk, wk, nk));
+    zck_emit(o, "rope", "fwd rope_qk", dt, name, e, tol, e <= tol);
   } else if (grad == 1) {
     /* f32 finite differences on q. */
-    st = zmlx_rg_random(dev, ZMLX_F32, 4, shq, -1, 1, rng, wq, &w);
+    st = zck_random(dev, ZMLX_F32, 4, shq, -1, 1, rng, wq, &w);
     if (st != ZMLX_OK) goto done;
     rope_gctx g = {ro, w};
     zmlx_grad_check_report rep;
@@ -186,15 +186,15 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zmlx_rg_emit(o, "rope", "grad x (fd)", ZMLX_F32, name, e, 1e-2, rep.passed);
+    zck_emit(o, "rope", "grad x (fd)", ZMLX_F32, name, e, 1e-2, rep.passed);
   } else {
     /* Analytic VJP in o->dtype vs the f64 inverse rotation. */
-    st = zmlx_rg_random(dev, dt, 4, shq, -1, 1, rng, wq, &w);
+    st = zck_random(dev, dt, 4, shq, -1, 1, rng, wq, &w);
     if (st != ZMLX_OK) goto done;
     int argn = 0;
     rope_gctx g = {ro, NULL};
     st = zmlx_vjp(rope_fn, &g, &q, 1, &argn, 1, w, &qo, grads);
-    if (st == ZMLX_OK) st = zmlx_rg_download(grads[0], &gotq);
+    if (st == ZMLX_OK) st = zck_download(grads[0], &gotq);
     if (st != ZMLX_OK) goto done;
     double *want = malloc(sizeof(double) * (size_t)nq);
     if (!want) {
@@ -203,13 +203,13 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     }
     rope_ref(wq, want, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
              c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, -1);
-    double e = zmlx_rg_err(gotq, want, nq);
+    double e = zck_err_rel1(gotq, want, nq);
     free(want);
-    zmlx_rg_emit(o, "rope", "grad x (vjp)", dt, name, e, tol, e <= tol);
+    zck_emit(o, "rope", "grad x (vjp)", dt, name, e, tol, e <= tol);
   }
 done:
   if (st != ZMLX_OK)
-    zmlx_rg_emit_fail(o, "rope", grad == 0 ? "fwd q,k" : "grad x", dt, name, st);
+    zck_emit_fail(o, "rope", grad == 0 ? "fwd q,k" : "grad x", dt, name, st);
   free(xq); free(xk); free(wq); free(wk); free(off); free(ct); free(stb);
   free(gotq); free(gotk);
   zmlx_array_release(q); zmlx_array_release(k); zmlx_array_release(aoff);
@@ -227,22 +227,22 @@ static void rope_bad_inputs(const zmlx_check_opts *o) {
   if (zmlx_array_zeros(dev, dt, 3, s3, &x3) != ZMLX_OK || zmlx_array_zeros(dev, dt, 4, s4, &x) ||
       zmlx_array_zeros(dev, dt, 4, so, &xo) || zmlx_array_zeros(dev, ZMLX_I32, 4, s4, &xi) ||
       zmlx_array_zeros(dev, dt, 4, sk, &k)) {
-    zmlx_rg_emit_fail(o, "rope", "bad input", dt, "setup", ZMLX_ERR_BACKEND);
+    zck_emit_fail(o, "rope", "bad input", dt, "setup", ZMLX_ERR_BACKEND);
     goto done;
   }
-  zmlx_rg_expect(o, "rope", "bad: rank 3", zmlx_rope(x3, NULL, &y), y, ZMLX_ERR_SHAPE, "rank");
+  zck_expect(o, "rope", "bad: rank 3", zmlx_rope(x3, NULL, &y), y, ZMLX_ERR_SHAPE, "rank");
   y = NULL;
-  zmlx_rg_expect(o, "rope", "bad: odd head_dim", zmlx_rope(xo, NULL, &y), y, ZMLX_ERR_SHAPE,
+  zck_expect(o, "rope", "bad: odd head_dim", zmlx_rope(xo, NULL, &y), y, ZMLX_ERR_SHAPE,
                  "odd");
   y = NULL;
   zmlx_rope_opts big = {.rotary_dims = 10};
-  zmlx_rg_expect(o, "rope", "bad: rotary > head_dim", zmlx_rope(x, &big, &y), y, ZMLX_ERR_SHAPE,
+  zck_expect(o, "rope", "bad: rotary > head_dim", zmlx_rope(x, &big, &y), y, ZMLX_ERR_SHAPE,
                  "rotary_dims");
   y = NULL;
-  zmlx_rg_expect(o, "rope", "bad: dtype i32", zmlx_rope(xi, NULL, &y), y, ZMLX_ERR_DTYPE,
+  zck_expect(o, "rope", "bad: dtype i32", zmlx_rope(xi, NULL, &y), y, ZMLX_ERR_DTYPE,
                  "dtype");
   y = NULL;
-  zmlx_rg_expect(o, "rope", "bad: q/k seq mismatch", zmlx_rope_qk(x, k, NULL, &y, &y2), y,
+  zck_expect(o, "rope", "bad: q/k seq mismatch", zmlx_rope_qk(x, k, NULL, &y, &y2), y,
                  ZMLX_ERR_SHAPE, "seq");
   zmlx_array_release(y2);
 done:
@@ -311,16 +311,16 @@ static zmlx_status rope_bench_run(void *p) {
  * whose bytes count as the tables' size; they stay in L2). */
 static zmlx_status rope_bench_case(const zmlx_bench_opts *o, const char *op, zmlx_rope_mode mode,
                                    int tables) {
-  int64_t shape[4] = {zmlx_bench_rows(o, 8), 4096, 32, 128}, tshape[2] = {4096, 64};
+  int64_t shape[4] = {zck_bench_rows(o, 8), 4096, 32, 128}, tshape[2] = {4096, 64};
   rope_bench c;
   memset(&c, 0, sizeof c);
   c.opts.mode = mode;
-  zmlx_status st = zmlx_bench_random(o->device, ZMLX_BF16, 4, shape, 31, &c.x);
-  if (st == ZMLX_OK && tables) st = zmlx_bench_random(o->device, ZMLX_F32, 2, tshape, 32, &c.opts.cos);
-  if (st == ZMLX_OK && tables) st = zmlx_bench_random(o->device, ZMLX_F32, 2, tshape, 33, &c.opts.sin);
+  zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 4, shape, 31, &c.x);
+  if (st == ZMLX_OK && tables) st = zck_bench_random(o->device, ZMLX_F32, 2, tshape, 32, &c.opts.cos);
+  if (st == ZMLX_OK && tables) st = zck_bench_random(o->device, ZMLX_F32, 2, tshape, 33, &c.opts.sin);
   double n = (double)shape[0] * (double)shape[1] * (double)shape[2] * (double)shape[3];
   double bytes = 4.0 * n + (tables ? 2.0 * 4.0 * 4096 * 64 : 0);
-  if (st == ZMLX_OK) st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 4, shape, bytes, rope_bench_run, &c);
+  if (st == ZMLX_OK) st = zck_bench_time_emit(o, op, ZMLX_BF16, 4, shape, bytes, rope_bench_run, &c);
   zmlx_array_release(c.x);
   zmlx_array_release(c.opts.cos);
   zmlx_array_release(c.opts.sin);

@@ -102,7 +102,7 @@ static zmlx_status sm_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **ou
     *out = y;
     return ZMLX_OK;
   }
-  zmlx_status st = zmlx_opck_weighted_sum(y, d->w, out);
+  zmlx_status st = zck_weighted_sum(y, d->w, out);
   zmlx_array_release(y);
   return st;
 }
@@ -123,7 +123,7 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
   if (c->mask_kind || c->causal || c->scale != 1.0)
     snprintf(extra, sizeof extra, "%s%s scale %g", c->mask_kind == 1 ? "add-mask " :
              c->mask_kind == 2 ? "bool-mask " : "", c->causal ? "causal" : "", c->scale);
-  zmlx_opck_shape_str(shp, sizeof shp, c->ndim, c->shape, extra[0] ? extra : NULL);
+  zck_shape_str(shp, sizeof shp, c->ndim, c->shape, extra[0] ? extra : NULL);
 
   zmlx_status st = ZMLX_OK;
   double *xv = malloc((size_t)size * sizeof *xv), *v = malloc((size_t)size * sizeof *v);
@@ -136,10 +136,10 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
     st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
     goto done;
   }
-  for (int64_t i = 0; i < size; i++) xv[i] = zmlx_opck_round(dt, zmlx_opck_uniform(rng, -4, 4));
+  for (int64_t i = 0; i < size; i++) xv[i] = zck_round(dt, zck_uniform(rng, -4, 4));
   for (int64_t i = 0; i < mrows * cols; i++) {
-    double u = zmlx_opck_uniform(rng, 0, 1);
-    if (c->mask_kind == 1) mv[i] = u < 0.2 && !gradcheck ? -INFINITY : zmlx_opck_round(dt, u * 2 - 1);
+    double u = zck_uniform(rng, 0, 1);
+    if (c->mask_kind == 1) mv[i] = u < 0.2 && !gradcheck ? -INFINITY : zck_round(dt, u * 2 - 1);
     else mv[i] = u < 0.75 ? 1 : 0;
   }
   for (int64_t r = 0; r < rows; r++)
@@ -153,10 +153,10 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
     }
   ref_rows(c->mode, v, rows, cols, want);
 
-  ZMLX_CHECK(zmlx_opck_upload(o->device, dt, c->ndim, c->shape, xv, &x));
+  ZMLX_CHECK(zck_upload(o->device, dt, c->ndim, c->shape, xv, &x));
   if (c->mask_kind) {
     int64_t ms[2] = {sq, cols};
-    st = zmlx_opck_upload(o->device, c->mask_kind == 2 ? ZMLX_BOOL : dt, 2, ms, mv, &mask);
+    st = zck_upload(o->device, c->mask_kind == 2 ? ZMLX_BOOL : dt, 2, ms, mv, &mask);
     if (st != ZMLX_OK) goto done;
   }
   sm_args a = {c->mode, mask, c->scale, c->causal};
@@ -166,18 +166,18 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
   if (st == ZMLX_OK) st = zmlx_softmax_validate(op, x, &a);
   if (st == ZMLX_OK) st = zmlx_softmax_forward_into(x, &a, out);
   if (st != ZMLX_OK) goto done;
-  got = zmlx_opck_download(out);
+  zck_download(out, &got);
   if (!got) {
     st = zmlx_fail(ZMLX_ERR_BACKEND, "check: download failed");
     goto done;
   }
-  double tol = zmlx_opck_tol(dt);
-  double e = zmlx_opck_err_rel1(got, want, nout);
-  zmlx_opck_emit(o, op, "fwd", dt, shp, e, tol, e <= tol);
+  double tol = zck_tol(ZCK_TOL_ROW, dt);
+  double e = zck_err_rel1(got, want, nout);
+  zck_emit(o, op, "fwd", dt, shp, e, tol, e <= tol);
 
   /* VJP through autograd against the f64 reference */
-  for (int64_t i = 0; i < nout; i++) gv[i] = zmlx_opck_round(dt, zmlx_opck_uniform(rng, -1, 1));
-  st = zmlx_opck_upload(o->device, dt, ond, c->shape, gv, &g);
+  for (int64_t i = 0; i < nout; i++) gv[i] = zck_round(dt, zck_uniform(rng, -1, 1));
+  st = zck_upload(o->device, dt, ond, c->shape, gv, &g);
   if (st != ZMLX_OK) goto done;
   ref_vjp(c->mode, xv, want, gv, rows, cols, c->scale, dwant);
   {
@@ -186,15 +186,15 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
     int argn = 0;
     zmlx_status vs = zmlx_vjp(sm_fn, &fd, ins, mask ? 2 : 1, &argn, 1, g, &vout, &dx);
     if (vs != ZMLX_OK) {
-      zmlx_opck_emit(o, op, "vjp x", dt, shp, INFINITY, tol, 0);
+      zck_emit(o, op, "vjp x", dt, shp, INFINITY, tol, 0);
       zmlx_clear_error();
     } else {
-      dgot = zmlx_opck_download(dx);
+      zck_download(dx, &dgot);
       ref_vjp_terms(c->mode, xv, want, gv, rows, cols, c->scale, dmag);
-      e = dgot ? zmlx_opck_err_terms(dgot, dwant, dmag, size) : INFINITY;
+      e = dgot ? zck_err_terms(dgot, dwant, dmag, size) : INFINITY;
       /* the device starts from its own rounded y: allow for it */
       double vt = tol * 2;
-      zmlx_opck_emit(o, op, "vjp x", dt, shp, e, vt, e <= vt);
+      zck_emit(o, op, "vjp x", dt, shp, e, vt, e <= vt);
     }
   }
   if (gradcheck) {
@@ -205,8 +205,8 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
       st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
       goto done;
     }
-    for (int64_t i = 0; i < nout; i++) wv[i] = zmlx_opck_uniform(rng, -1, 1);
-    st = zmlx_opck_upload(o->device, ZMLX_F32, ond, c->shape, wv, &w);
+    for (int64_t i = 0; i < nout; i++) wv[i] = zck_uniform(rng, -1, 1);
+    st = zck_upload(o->device, ZMLX_F32, ond, c->shape, wv, &w);
     free(wv);
     if (st != ZMLX_OK) goto done;
     sm_fn_data fd = {a, w};
@@ -219,7 +219,7 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
     if (gs == ZMLX_OK && mask && rep.inputs[1].checked && rep.inputs[1].max_abs_err > ge)
       ge = rep.inputs[1].max_abs_err;
     if (gs != ZMLX_OK) zmlx_clear_error();
-    zmlx_opck_emit(o, op, "grad (finite diff)", dt, shp, ge, 1e-2, pass);
+    zck_emit(o, op, "grad (finite diff)", dt, shp, ge, 1e-2, pass);
     zmlx_array_release(w);
   }
 done:
@@ -251,18 +251,19 @@ static void sm_bad_inputs(const zmlx_check_opts *o, const char *op, int mode, in
   zmlx_array_zeros(o->device, o->dtype, 2, msh, &m);
   zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &mi);
   sm_args a = {mode, NULL, 1.0, 0};
-  zmlx_opck_bad(o, op, "NULL x", zmlx_softmax_run(op, NULL, &a, &out), ZMLX_ERR_NULL_ARG);
-  zmlx_opck_bad(o, op, "rank-0 x", zmlx_softmax_run(op, s, &a, &out), ZMLX_ERR_SHAPE);
-  zmlx_opck_bad(o, op, "i32 x", zmlx_softmax_run(op, xi, &a, &out), ZMLX_ERR_DTYPE);
+  zck_expect(o, op, "NULL x", zmlx_softmax_run(op, NULL, &a, &out), NULL, ZMLX_ERR_NULL_ARG, NULL);
+  zck_expect(o, op, "rank-0 x", zmlx_softmax_run(op, s, &a, &out), NULL, ZMLX_ERR_SHAPE, NULL);
+  zck_expect(o, op, "i32 x", zmlx_softmax_run(op, xi, &a, &out), NULL, ZMLX_ERR_DTYPE, NULL);
   if (masked) {
     sm_args b = {mode, m, 1.0, 0};
-    zmlx_opck_bad(o, op, "mask [3, 4] for x [3, 5]", zmlx_softmax_run(op, x, &b, &out), ZMLX_ERR_SHAPE);
+    zck_expect(o, op, "mask [3, 4] for x [3, 5]", zmlx_softmax_run(op, x, &b, &out), NULL,
+               ZMLX_ERR_SHAPE, NULL);
     sm_args c = {mode, mi, 1.0, 0};
-    zmlx_opck_bad(o, op, "i32 mask", zmlx_softmax_run(op, x, &c, &out), ZMLX_ERR_DTYPE);
+    zck_expect(o, op, "i32 mask", zmlx_softmax_run(op, x, &c, &out), NULL, ZMLX_ERR_DTYPE, NULL);
     sm_args d = {mode, NULL, 1.0, 1};
-    zmlx_opck_bad(o, op, "causal on rank-1 x", zmlx_softmax_run(op, x1, &d, &out), ZMLX_ERR_SHAPE);
+    zck_expect(o, op, "causal on rank-1 x", zmlx_softmax_run(op, x1, &d, &out), NULL, ZMLX_ERR_SHAPE, NULL);
     sm_args e = {mode, NULL, INFINITY, 0};
-    zmlx_opck_bad(o, op, "scale inf", zmlx_softmax_run(op, x, &e, &out), ZMLX_ERR_INVALID_ARG);
+    zck_expect(o, op, "scale inf", zmlx_softmax_run(op, x, &e, &out), NULL, ZMLX_ERR_INVALID_ARG, NULL);
   }
   zmlx_array_release(out);
   zmlx_array_release(s);
@@ -360,12 +361,12 @@ static zmlx_status sm_bench_run(void *p) {
 static zmlx_status sm_bench_case(const zmlx_bench_opts *o, const char *op,
                                  zmlx_status (*fn)(zmlx_array *, zmlx_array **), int64_t rows,
                                  int64_t cols, int row_output) {
-  int64_t shape[2] = {zmlx_bench_rows(o, rows), cols};
+  int64_t shape[2] = {zck_bench_rows(o, rows), cols};
   sm_bench b = {fn, NULL};
-  ZMLX_CHECK(zmlx_bench_random(o->device, ZMLX_BF16, 2, shape, 11, &b.x));
+  ZMLX_CHECK(zck_bench_random(o->device, ZMLX_BF16, 2, shape, 11, &b.x));
   double n = (double)shape[0] * (double)cols;
   double bytes = 2.0 * n + (row_output ? 2.0 * (double)shape[0] : 2.0 * n);
-  zmlx_status st = zmlx_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, sm_bench_run, &b);
+  zmlx_status st = zck_bench_time_emit(o, op, ZMLX_BF16, 2, shape, bytes, sm_bench_run, &b);
   zmlx_array_release(b.x);
   return st;
 }

@@ -79,7 +79,7 @@ void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
   call->threadgroup[0] = want;
 }
 
-/* The kernel description both zmlx_opck_* constructors share: row-contiguous
+/* The kernel description both zmlx_ops_kernel constructors share: row-contiguous
  * inputs (strided views are made dense by the kernel object). */
 static zmlx_kernel_desc opck_desc(const char *name, const char *zk, const char *const *inputs,
                                   int n_inputs, const char *const *outputs, int n_outputs,

@@ -1,5 +1,7 @@
 #include "test_support.h"
 
+#include "check/check_util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,71 +55,24 @@ uint64_t zt_seed(void) {
   return seed;
 }
 
-static uint64_t xorshift(uint64_t *s) {
-  uint64_t x = *s;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return *s = x;
-}
-
 void zt_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state) {
   for (size_t i = 0; i < n; i++) {
-    double u = (double)(xorshift(state) >> 11) * (1.0 / 9007199254740992.0);
-    x[i] = (float)(lo + (hi - lo) * u);
+    x[i] = (float)zck_uniform(state, lo, hi);
   }
 }
 
 void *zt_pack(zmlx_dtype dt, const float *src, size_t n) {
-  size_t es = zmlx_dtype_size(dt);
-  unsigned char *out = malloc(n * es + 1);
+  unsigned char *out = malloc(n * zmlx_dtype_size(dt) + 1);
   assert_non_null(out);
-  for (size_t i = 0; i < n; i++) {
-    void *p = out + i * es;
-    float v = src[i];
-    switch (dt) {
-      case ZMLX_BOOL: *(uint8_t *)p = v != 0; break;
-      case ZMLX_U8: *(uint8_t *)p = (uint8_t)v; break;
-      case ZMLX_I8: *(int8_t *)p = (int8_t)v; break;
-      case ZMLX_I32: *(int32_t *)p = (int32_t)v; break;
-      case ZMLX_U32: *(uint32_t *)p = (uint32_t)v; break;
-      case ZMLX_I64: *(int64_t *)p = (int64_t)v; break;
-      case ZMLX_F16: *(uint16_t *)p = zmlx_f32_to_f16(v); break;
-      case ZMLX_BF16: *(uint16_t *)p = zmlx_f32_to_bf16(v); break;
-      case ZMLX_F32: *(float *)p = v; break;
-      case ZMLX_F64: *(double *)p = v; break;
-      default: break;
-    }
-  }
+  for (size_t i = 0; i < n; i++) zck_store(dt, out, (int64_t)i, src[i]);
   return out;
 }
 
-double zt_decode(zmlx_dtype dt, const void *vp) {
-  const unsigned char *p = vp;
-  switch (dt) {
-    case ZMLX_BOOL:
-    case ZMLX_U8: return *(const uint8_t *)p;
-    case ZMLX_I8: return *(const int8_t *)p;
-    case ZMLX_I32: return *(const int32_t *)p;
-    case ZMLX_U32: return *(const uint32_t *)p;
-    case ZMLX_I64: return (double)*(const int64_t *)p;
-    case ZMLX_F16: return zmlx_f16_to_f32(*(const uint16_t *)p);
-    case ZMLX_BF16: return zmlx_bf16_to_f32(*(const uint16_t *)p);
-    case ZMLX_F32: return *(const float *)p;
-    case ZMLX_F64: return *(const double *)p;
-    default: return NAN;
-  }
-}
+double zt_decode(zmlx_dtype dt, const void *vp) { return zck_load(dt, vp, 0); }
 
 double *zt_download(zmlx_array *a) {
-  size_t n = (size_t)zmlx_array_size(a), es = zmlx_dtype_size(zmlx_array_dtype(a));
-  unsigned char *raw = malloc(n * es + 1);
-  double *out = malloc(n * sizeof *out + 1);
-  assert_non_null(raw);
-  assert_non_null(out);
-  ZT_OK(zmlx_array_to_host(a, raw, n * es));
-  for (size_t i = 0; i < n; i++) out[i] = zt_decode(zmlx_array_dtype(a), raw + i * es);
-  free(raw);
+  double *out = NULL;
+  ZT_OK(zck_download(a, &out));
   return out;
 }
 
@@ -168,11 +123,4 @@ void zt_assert_close(const double *got, const double *want, size_t n, double ato
   }
 }
 
-double zt_round_to(zmlx_dtype dt, double v) {
-  switch (dt) {
-    case ZMLX_F16: return zmlx_f16_to_f32(zmlx_f32_to_f16((float)v));
-    case ZMLX_BF16: return zmlx_bf16_to_f32(zmlx_f32_to_bf16((float)v));
-    case ZMLX_F32: return (float)v;
-    default: return v;
-  }
-}
+double zt_round_to(zmlx_dtype dt, double v) { return zck_round(dt, v); }
