@@ -12,6 +12,7 @@ ZMLX_FAMILY(zmlx_catalog_cross_entropy_ops)
 ZMLX_FAMILY(zmlx_catalog_norm_ops)
 ZMLX_FAMILY(zmlx_catalog_rope_ops)
 ZMLX_FAMILY(zmlx_catalog_glu_ops)
+ZMLX_FAMILY(zmlx_catalog_dropout_ops)
 ZMLX_FAMILY(zmlx_catalog_activation_ops)
 ZMLX_FAMILY(zmlx_catalog_quant_ops)
 ZMLX_FAMILY(zmlx_catalog_reduce_ops)
@@ -47,6 +48,7 @@ static void build_table(void) {
   add_family(zmlx_catalog_norm_ops, &n);
   add_family(zmlx_catalog_rope_ops, &n);
   add_family(zmlx_catalog_glu_ops, &n);
+  add_family(zmlx_catalog_dropout_ops, &n);
   add_family(zmlx_catalog_activation_ops, &n);
   add_family(zmlx_catalog_reduce_ops, &n);
   add_family(zmlx_catalog_quant_ops, &n);

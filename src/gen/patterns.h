@@ -2,7 +2,7 @@
  * Codegen patterns (DESIGN 3.3): pure functions that turn expression graphs
  * (gen/expr.h) into dialect kernel *bodies* (docs/DIALECT.md) plus the
  * launch geometry to run them. The kernel object (src/kernel) adds the
- * signature, compiles and caches; the builders (elementwise.c, reduce.c)
+ * signature, compiles and caches; the builders (elementwise.c, map_reduce.c)
  * pick a pattern per call and launch it.
  *
  * Every generator is a pure function of its arguments: equal graphs and
@@ -144,8 +144,8 @@ zmlx_pattern_geometry zmlx_pattern_col_geometry(int64_t cols, const zmlx_device_
 int zmlx_pattern_simd_combine(const zmlx_expr *combine, const char **kind);
 
 /* ------------------------------------------------ builder internals
- * Shared by elementwise.c (which defines the public zmlx_op_* entry points)
- * and reduce.c. */
+ * Shared by op.c (the public zmlx_op_* entry points), elementwise.c and
+ * map_reduce.c. */
 
 typedef struct zmlx_op_vtable {
   const char *kind; /* "elementwise", "reduce", "map_reduce" */

@@ -1,9 +1,7 @@
 /* GLU family (issue 5): swiglu, geglu (two inputs, or one split in halves),
  * bias fusions (bias+gelu, bias+silu, bias+swiglu) — elementwise
  * expression ops through zmlx_apply_expr (vector loads, engine-derived VJP
- * and JVP, any order), halves taken as strided views with zmlx_slice — and
- * dropout, a dialect kernel (kernels/dropout.zk) on the counter-based
- * Philox RNG whose VJP is the same kernel on the cotangent.
+ * and JVP, any order), halves taken as strided views with zmlx_slice.
  *
  * The split forms (swiglu_split, geglu_split, bias_swiglu) have a fast path
  * outside autograd: the engine sees the halves as strided views and falls
@@ -23,7 +21,6 @@
 #include "ops/kernel_util.h"
 #include "ops/glu.h"
 
-extern const char zmlx_res_dropout_zk[];
 extern const char zmlx_res_glu_split_zk[];
 
 /* ------------------------------------------------------------ validation */
@@ -292,87 +289,4 @@ zmlx_status zmlx_bias_swiglu(zmlx_array *x, zmlx_array *bias, zmlx_array **out) 
   zmlx_array_release(c);
   zmlx_array_release(d);
   return st;
-}
-
-/* -------------------------------------------------------------- dropout */
-
-static zmlx_kernel *drop_kernel;
-static zmlx_status drop_kernel_st;
-static char drop_kernel_err[512];
-
-static void drop_kernel_init(void) {
-  static const char *const in[] = {"x"};
-  static const char *const pn[] = {"n", "seed_lo", "seed_hi", "thresh", "scale"};
-  static const zmlx_dtype pd[] = {ZMLX_I64, ZMLX_U32, ZMLX_U32, ZMLX_U32, ZMLX_F32};
-  drop_kernel_st = zmlx_ops_kernel_one_out("zmlx_dropout", zmlx_res_dropout_zk, in, 1, pn, pd, 5,
-                                          &drop_kernel);
-  if (drop_kernel_st != ZMLX_OK)
-    snprintf(drop_kernel_err, sizeof drop_kernel_err, "%s", zmlx_last_error());
-}
-
-
-uint32_t zmlx_dropout_threshold(double p) { return (uint32_t)llround(p * 16777216.0); }
-
-zmlx_status zmlx_dropout_launch(zmlx_array *x, const drop_cfg *c, zmlx_array *out) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, drop_kernel_init);
-  if (drop_kernel_st != ZMLX_OK) return zmlx_fail(drop_kernel_st, "dropout: %s", drop_kernel_err);
-  if (x->size == 0) return ZMLX_OK;
-  double params[5] = {(double)x->size, (double)(uint32_t)c->seed,
-                      (double)(uint32_t)(c->seed >> 32), (double)zmlx_dropout_threshold(c->p),
-                      1.0 / (1.0 - c->p)};
-  zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = &out,
-                           .params = params, .device = x->buffer->device};
-  zmlx_ops_grid_1d(&call, (x->size + 3) / 4);
-  return zmlx_kernel_launch(drop_kernel, &call);
-}
-
-static zmlx_status drop_apply(zmlx_array *x, const drop_cfg *c, zmlx_array **out);
-
-static zmlx_status drop_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const uint8_t *need,
-                            zmlx_array **grads) {
-  if (!need[0]) return ZMLX_OK;
-  return drop_apply(cot[0], (const drop_cfg *)n->ctx, &grads[0]);
-}
-
-static zmlx_status drop_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out_tan) {
-  if (!tan[0]) return ZMLX_OK;
-  return drop_apply(tan[0], (const drop_cfg *)n->ctx, &out_tan[0]);
-}
-
-static const zmlx_ad_rule DROPOUT_RULE = {"dropout", drop_vjp, drop_jvp, free};
-
-static zmlx_status drop_apply(zmlx_array *x, const drop_cfg *c, zmlx_array **out) {
-  zmlx_array *y = NULL;
-  ZMLX_CHECK(zmlx_array_alloc(x->buffer->device, NULL, x->dtype, x->ndim, x->shape, &y));
-  zmlx_status st = zmlx_dropout_launch(x, c, y);
-  if (st == ZMLX_OK && zmlx_ad_should_record(&x, 1)) {
-    drop_cfg *cc = malloc(sizeof *cc);
-    if (!cc) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-    else {
-      *cc = *c;
-      st = zmlx_ad_record(&DROPOUT_RULE, cc, &x, 1, &y, 1, 0);
-    }
-  }
-  if (st != ZMLX_OK) {
-    zmlx_array_release(y);
-    return st;
-  }
-  *out = y;
-  return ZMLX_OK;
-}
-
-static zmlx_status drop_validate(zmlx_array *x, double p) {
-  ZMLX_CHECK(check_float("dropout", "x", x));
-  if (!(p >= 0 && p < 1))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "dropout: p = %g must be in [0, 1)", p);
-  return ZMLX_OK;
-}
-
-zmlx_status zmlx_dropout(zmlx_array *x, double p, uint64_t seed, zmlx_array **out) {
-  ZMLX_REQUIRE_ARG(out);
-  *out = NULL;
-  ZMLX_CHECK(drop_validate(x, p));
-  drop_cfg c = {p, seed};
-  return drop_apply(x, &c, out);
 }

@@ -7,15 +7,6 @@
 
 #include "runtime/internal.h"
 
-typedef struct drop_cfg {
-  double p;
-  uint64_t seed;
-} drop_cfg;
-
-uint32_t zmlx_dropout_threshold(double p);
-
-zmlx_status zmlx_dropout_launch(zmlx_array *x, const drop_cfg *c, zmlx_array *out);
-
 int zmlx_glu_split_vec(zmlx_dtype dt);
 
 /* For the checks (this thread only): launches of the split forms' fast

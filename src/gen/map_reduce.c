@@ -1,5 +1,6 @@
 /*
- * Expression builders, part 2: zmlx_reduce and zmlx_map_reduce (ZMLX's
+ * Expression builders, part 2 (part 1: elementwise.c; the op object they
+ * return: op.c): zmlx_reduce and zmlx_map_reduce (ZMLX's
  * api.reduce / api.map_reduce) over the last dimension.
  *
  * Every small expression of a desc is parsed by the engine with its own
