@@ -3,6 +3,7 @@
  * They read inputs through <name>_shape / <name>_strides, so transposed and
  * sliced views go in without a copy. Compiled and cached like any kernel. */
 #include "autograd/ad.h"
+#include "kernel/kernel.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -179,13 +180,11 @@ zmlx_status zmlx_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_arr
   if (src->size == 0) return ZMLX_OK;
   zmlx_kernel *k = NULL;
   ZMLX_CHECK(get_kernel(K_SCATTER, &k));
-  const int64_t row = (int64_t)1 << 30;
   double params[2] = {(double)src->size, (double)(window->offset - dst->offset)};
   zmlx_array *in[2] = {src, window};
   zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &dst,
-                        .grid = {src->size < row ? src->size : row, (src->size + row - 1) / row, 1},
-                        .threadgroup = {256, 1, 1}, .params = params,
-                        .device = dst->buffer->device};
+                        .params = params, .device = dst->buffer->device};
+  zmlx_kernel_call_grid_1d(&c, src->size);
   return zmlx_kernel_launch(k, &c);
 }
 

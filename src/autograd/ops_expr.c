@@ -35,12 +35,6 @@ struct zmlx_ad_expr {
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static zmlx_ad_expr *cache[CACHE_BUCKETS];
 
-static uint32_t fnv1a(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
-  return h;
-}
-
 /* Names are identifiers (the parser checks), so '\x1f' and ',' cannot
  * appear in them and the key is unambiguous. */
 static char *make_key(const char *text, const char *const *in, int n_in, const char *const *par,
@@ -97,7 +91,7 @@ zmlx_status zmlx_ad_expr_get(const char *text, const char *const *input_names, i
   if (n_params > 0) ZMLX_REQUIRE_ARG(param_names);
   char *key = make_key(text, input_names, n_inputs, param_names, n_params);
   if (!key) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  uint32_t b = fnv1a(key) % CACHE_BUCKETS;
+  uint32_t b = zmlx_fnv1a32(key) % CACHE_BUCKETS;
   pthread_mutex_lock(&cache_lock);
   zmlx_ad_expr *e = cache[b];
   while (e && strcmp(e->key, key)) e = e->next;

@@ -41,7 +41,7 @@ static uint32_t new_generation(void) {
 /* f64 is not among them: it is host-side in zmlx and the expression
  * kernels refuse it, so nothing could propagate its gradient. */
 int zmlx_ad_is_float(zmlx_dtype dt) {
-  return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
+  return zmlx_dtype_is_f32_f16_bf16(dt);
 }
 
 int zmlx_ad_recording(void) {

@@ -197,6 +197,16 @@ typedef struct zmlx_expr_function {
 int zmlx_expr_function_count(void);
 const zmlx_expr_function *zmlx_expr_function_at(int i);
 
+/* A function as the parser sees it (expr_functions.c): a primitive op or a
+ * builder that composes primitives from the argument nodes. */
+typedef struct zmlx_expr_fn_entry {
+  zmlx_expr_function pub;
+  zmlx_eop op;                                             /* a primitive: one node of this op */
+  int32_t (*build)(zmlx_expr *e, const int32_t *a, int n); /* a composition (op unused) */
+} zmlx_expr_fn_entry;
+/* The function named by the len bytes at s, or NULL. */
+const zmlx_expr_fn_entry *zmlx_expr_find_function(const char *s, size_t len);
+
 /* ------------------------------------------------------------ derivatives
  * (expr_diff.c). Both return a new graph; `e` is unchanged. Gradients are
  * taken w.r.t. inputs only, never parameters.

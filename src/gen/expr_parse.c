@@ -30,138 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ------------------------------------------------------------ functions */
-
-typedef int32_t (*fn_build)(zmlx_expr *e, const int32_t *a, int n);
-
-typedef struct fn_entry {
-  zmlx_expr_function pub;
-  zmlx_eop op;    /* a primitive: one node of this op */
-  fn_build build; /* a composition (op unused) */
-} fn_entry;
-
-static int32_t cst(zmlx_expr *e, double v) { return zmlx_expr_const(e, v); }
-
-static int32_t build_clamp(zmlx_expr *e, const int32_t *a, int n) {
-  (void)n;
-  int32_t lo = zmlx_expr_op2(e, ZMLX_EOP_MAX, a[0], a[1]);
-  return zmlx_expr_op2(e, ZMLX_EOP_MIN, lo, a[2]);
-}
-
-static int32_t build_silu(zmlx_expr *e, const int32_t *a, int n) {
-  (void)n;
-  return zmlx_expr_op2(e, ZMLX_EOP_MUL, a[0], zmlx_expr_op1(e, ZMLX_EOP_SIGMOID, a[0]));
-}
-
-static int32_t build_mish(zmlx_expr *e, const int32_t *a, int n) {
-  (void)n;
-  int32_t sp = zmlx_expr_op1(e, ZMLX_EOP_SOFTPLUS, a[0]);
-  return zmlx_expr_op2(e, ZMLX_EOP_MUL, a[0], zmlx_expr_op1(e, ZMLX_EOP_TANH, sp));
-}
-
-/* x * 0.5 * (1 + erf(x / sqrt(2))) */
-static int32_t build_gelu(zmlx_expr *e, const int32_t *a, int n) {
-  (void)n;
-  int32_t x = a[0];
-  int32_t u = zmlx_expr_op2(e, ZMLX_EOP_MUL, x, cst(e, 0.70710678118654752440));
-  int32_t cdf = zmlx_expr_op2(e, ZMLX_EOP_MUL, cst(e, 0.5),
-                              zmlx_expr_op2(e, ZMLX_EOP_ADD, cst(e, 1.0),
-                                            zmlx_expr_op1(e, ZMLX_EOP_ERF, u)));
-  return zmlx_expr_op2(e, ZMLX_EOP_MUL, x, cdf);
-}
-
-/* 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))) */
-static int32_t build_gelu_tanh(zmlx_expr *e, const int32_t *a, int n) {
-  (void)n;
-  int32_t x = a[0];
-  int32_t x3 = zmlx_expr_op2(e, ZMLX_EOP_MUL, x, zmlx_expr_op2(e, ZMLX_EOP_MUL, x, x));
-  int32_t poly = zmlx_expr_op2(e, ZMLX_EOP_ADD, x,
-                               zmlx_expr_op2(e, ZMLX_EOP_MUL, cst(e, 0.044715), x3));
-  int32_t t = zmlx_expr_op1(
-      e, ZMLX_EOP_TANH, zmlx_expr_op2(e, ZMLX_EOP_MUL, cst(e, 0.79788456080286535588), poly));
-  int32_t half_x = zmlx_expr_op2(e, ZMLX_EOP_MUL, cst(e, 0.5), x);
-  return zmlx_expr_op2(e, ZMLX_EOP_MUL, half_x, zmlx_expr_op2(e, ZMLX_EOP_ADD, cst(e, 1.0), t));
-}
-
-/* x > 0 ? x : neg, with the strict test giving f'(0) = the negative side. */
-static int32_t positive_or(zmlx_expr *e, int32_t x, int32_t neg) {
-  int32_t pos = zmlx_expr_op2(e, ZMLX_EOP_GT, x, cst(e, 0.0));
-  return zmlx_expr_op(e, ZMLX_EOP_SELECT, pos, x, neg);
-}
-
-static int32_t build_leaky_relu(zmlx_expr *e, const int32_t *a, int n) {
-  (void)n;
-  return positive_or(e, a[0], zmlx_expr_op2(e, ZMLX_EOP_MUL, a[1], a[0]));
-}
-
-static int32_t build_elu(zmlx_expr *e, const int32_t *a, int n) {
-  int32_t alpha = n > 1 ? a[1] : cst(e, 1.0);
-  int32_t neg = zmlx_expr_op2(e, ZMLX_EOP_MUL, alpha, zmlx_expr_op1(e, ZMLX_EOP_EXPM1, a[0]));
-  return positive_or(e, a[0], neg);
-}
-
-#define PRIM(name, n, doc, op) {{name, n, n, doc}, op, NULL}
-#define MACRO(name, lo, hi, doc, fn) {{name, lo, hi, doc}, ZMLX_EOP_CONST, fn}
-
-static const fn_entry functions[] = {
-    PRIM("exp", 1, "e^x", ZMLX_EOP_EXP),
-    PRIM("exp2", 1, "2^x", ZMLX_EOP_EXP2),
-    PRIM("expm1", 1, "e^x - 1, accurate near 0", ZMLX_EOP_EXPM1),
-    PRIM("log", 1, "natural logarithm", ZMLX_EOP_LOG),
-    PRIM("log2", 1, "base-2 logarithm", ZMLX_EOP_LOG2),
-    PRIM("log1p", 1, "log(1 + x), accurate near 0", ZMLX_EOP_LOG1P),
-    PRIM("sqrt", 1, "square root", ZMLX_EOP_SQRT),
-    PRIM("rsqrt", 1, "1 / sqrt(x)", ZMLX_EOP_RSQRT),
-    PRIM("abs", 1, "|x|", ZMLX_EOP_ABS),
-    PRIM("sign", 1, "-1, 0 or 1", ZMLX_EOP_SIGN),
-    PRIM("sin", 1, "sine", ZMLX_EOP_SIN),
-    PRIM("cos", 1, "cosine", ZMLX_EOP_COS),
-    PRIM("tan", 1, "tangent", ZMLX_EOP_TAN),
-    PRIM("tanh", 1, "hyperbolic tangent", ZMLX_EOP_TANH),
-    PRIM("sinh", 1, "hyperbolic sine", ZMLX_EOP_SINH),
-    PRIM("cosh", 1, "hyperbolic cosine", ZMLX_EOP_COSH),
-    PRIM("asin", 1, "arc sine", ZMLX_EOP_ASIN),
-    PRIM("acos", 1, "arc cosine", ZMLX_EOP_ACOS),
-    PRIM("atan", 1, "arc tangent", ZMLX_EOP_ATAN),
-    PRIM("atan2", 2, "atan2(y, x): angle of the point (x, y)", ZMLX_EOP_ATAN2),
-    PRIM("erf", 1, "error function", ZMLX_EOP_ERF),
-    PRIM("erfc", 1, "1 - erf(x), accurate for large x", ZMLX_EOP_ERFC),
-    PRIM("floor", 1, "largest integer <= x", ZMLX_EOP_FLOOR),
-    PRIM("ceil", 1, "smallest integer >= x", ZMLX_EOP_CEIL),
-    PRIM("round", 1, "nearest integer, halves away from zero", ZMLX_EOP_ROUND),
-    PRIM("min", 2, "the smaller argument (a NaN argument loses)", ZMLX_EOP_MIN),
-    PRIM("max", 2, "the larger argument (a NaN argument loses)", ZMLX_EOP_MAX),
-    MACRO("clamp", 3, 3, "clamp(x, lo, hi) = min(max(x, lo), hi)", build_clamp),
-    PRIM("pow", 2, "pow(x, y) = x ** y", ZMLX_EOP_POW),
-    PRIM("where", 3, "where(c, a, b) = c != 0 ? a : b", ZMLX_EOP_SELECT),
-    PRIM("sigmoid", 1, "1 / (1 + exp(-x))", ZMLX_EOP_SIGMOID),
-    MACRO("silu", 1, 1, "x * sigmoid(x)", build_silu),
-    MACRO("gelu", 1, 1, "x * 0.5 * (1 + erf(x / sqrt(2)))", build_gelu),
-    MACRO("gelu_tanh", 1, 1, "0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))",
-          build_gelu_tanh),
-    PRIM("softplus", 1, "log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))", ZMLX_EOP_SOFTPLUS),
-    PRIM("relu", 1, "max(x, 0)", ZMLX_EOP_RELU),
-    MACRO("leaky_relu", 2, 2, "leaky_relu(x, alpha) = x > 0 ? x : alpha * x", build_leaky_relu),
-    MACRO("elu", 1, 2, "elu(x, alpha = 1) = x > 0 ? x : alpha * expm1(x)", build_elu),
-    MACRO("mish", 1, 1, "x * tanh(softplus(x))", build_mish),
-};
-
-#define N_FUNCTIONS ((int)(sizeof functions / sizeof functions[0]))
-
-int zmlx_expr_function_count(void) { return N_FUNCTIONS; }
-
-const zmlx_expr_function *zmlx_expr_function_at(int i) {
-  return i >= 0 && i < N_FUNCTIONS ? &functions[i].pub : NULL;
-}
-
 static int name_is(const char *s, size_t len, const char *name) {
   return strlen(name) == len && memcmp(s, name, len) == 0;
-}
-
-static const fn_entry *find_function(const char *s, size_t len) {
-  for (int i = 0; i < N_FUNCTIONS; i++)
-    if (name_is(s, len, functions[i].pub.name)) return &functions[i];
-  return NULL;
 }
 
 static int is_keyword(const char *s, size_t len) {
@@ -548,7 +418,7 @@ static OUT_OF_LINE int32_t parse_name(parser *p, const token *t) {
   if (v && v->kind == SYM_INPUT) return zmlx_expr_input(p->e, v->value);
   if (v && v->kind == SYM_PARAM) return zmlx_expr_param(p->e, v->value);
   if (v) return v->value;
-  if (find_function(s, t->len)) {
+  if (zmlx_expr_find_function(s, t->len)) {
     perr(p, t->pos, "'%.*s' is a function: call it as %.*s(...)", (int)t->len, s, (int)t->len, s);
     return -1;
   }
@@ -556,7 +426,7 @@ static OUT_OF_LINE int32_t parse_name(parser *p, const token *t) {
   return -1;
 }
 
-static OUT_OF_LINE void arity_error(parser *p, const token *t, const fn_entry *f, int n) {
+static OUT_OF_LINE void arity_error(parser *p, const token *t, const zmlx_expr_fn_entry *f, int n) {
   const zmlx_expr_function *pub = &f->pub;
   char want[64];
   if (pub->min_args == pub->max_args)
@@ -566,7 +436,7 @@ static OUT_OF_LINE void arity_error(parser *p, const token *t, const fn_entry *f
   perr(p, t->pos, "function '%s' takes %s, got %d", pub->name, want, n);
 }
 
-static OUT_OF_LINE void call_not_closed(parser *p, const fn_entry *f, size_t open) {
+static OUT_OF_LINE void call_not_closed(parser *p, const zmlx_expr_fn_entry *f, size_t open) {
   char want[96];
   snprintf(want, sizeof want, "',' or ')' in the call to '%s' opened", f->pub.name);
   expected(p, want, open);
@@ -574,7 +444,7 @@ static OUT_OF_LINE void call_not_closed(parser *p, const fn_entry *f, size_t ope
 
 /* The current token is the '(' after the function name `t`. */
 static OUT_OF_LINE int32_t parse_call(parser *p, const token *t) {
-  const fn_entry *f = find_function(p->src + t->pos, t->len);
+  const zmlx_expr_fn_entry *f = zmlx_expr_find_function(p->src + t->pos, t->len);
   if (!f) {
     sym *v = sym_find(&p->syms, p->src + t->pos, t->len);
     if (v)
@@ -722,9 +592,9 @@ static int parse_assignment(parser *p) {
   token t = p->tok;
   const char *s = p->src + t.pos;
   sym *v = sym_find(&p->syms, s, t.len);
-  if (is_keyword(s, t.len) || find_function(s, t.len) || (v && v->kind != SYM_LOCAL)) {
+  if (is_keyword(s, t.len) || zmlx_expr_find_function(s, t.len) || (v && v->kind != SYM_LOCAL)) {
     const char *what = is_keyword(s, t.len)        ? "a constant"
-                       : find_function(s, t.len)   ? "a function"
+                       : zmlx_expr_find_function(s, t.len)   ? "a function"
                        : v->kind == SYM_INPUT      ? "an input"
                                                    : "a parameter";
     perr(p, t.pos, "cannot assign to '%.*s': it is %s", (int)t.len, s, what);
@@ -813,7 +683,7 @@ static zmlx_status declare(symtab *t, const char *name, int kind, int index) {
                      "at most %d characters)",
                      what, index, ZMLX_EXPR_MAX_IDENT);
   size_t n = strlen(name);
-  if (is_keyword(name, n) || find_function(name, n))
+  if (is_keyword(name, n) || zmlx_expr_find_function(name, n))
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "expression: %s name '%s' is reserved", what, name);
   if (sym_find(t, name, n))
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "expression: name '%s' is declared twice", name);

@@ -123,14 +123,6 @@ static void expr_assign(gen *g, const char *indent, const zmlx_expr *e,
   expr_block(g, indent, e, inputs, stores);
 }
 
-/* FNV-1a of the body: kernel names tell kernels apart in profilers and
- * logs, and stay a pure function of the text. */
-static uint32_t body_hash(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
-  return h;
-}
-
 /* Hand the text to `out`, named `<prefix>_<hash>`. */
 static zmlx_status gen_finish(gen *g, const char *prefix, zmlx_pattern_kernel *out) {
   if (g->st != ZMLX_OK) {
@@ -140,7 +132,7 @@ static zmlx_status gen_finish(gen *g, const char *prefix, zmlx_pattern_kernel *o
   char *body = NULL;
   ZMLX_CHECK(zmlx_sb_finish(&g->sb, &body));
   out->body = body;
-  snprintf(out->name, sizeof out->name, "%s_%08x", prefix, (unsigned)body_hash(body));
+  snprintf(out->name, sizeof out->name, "%s_%08x", prefix, (unsigned)zmlx_fnv1a32(body));
   return ZMLX_OK;
 }
 

@@ -73,16 +73,11 @@ static zmlx_status launch_elementwise(int which, zmlx_array *in, zmlx_array *out
   zmlx_kernel *k = NULL;
   ZMLX_CHECK(get_builtin(which, &k));
   if (out->size == 0) return ZMLX_OK;
-  const int64_t row = (int64_t)1 << 30;
   zmlx_kernel_call call = {.n_inputs = in ? 1 : 0, .n_outputs = 1,
                            .inputs = in ? &in : NULL, .outputs = &out, .params = params,
                            .templates = t, .n_templates = nt, .stream = s,
                            .device = out->buffer->device};
-  call.grid[0] = out->size < row ? out->size : row;
-  call.grid[1] = (out->size + row - 1) / row;
-  call.grid[2] = 1;
-  call.threadgroup[0] = 256;
-  call.threadgroup[1] = call.threadgroup[2] = 1;
+  zmlx_kernel_call_grid_1d(&call, out->size);
   return zmlx_kernel_launch(k, &call);
 }
 

@@ -45,6 +45,11 @@ uint64_t zmlx_cache_generation(void);
 /* Turn a compiler log into a user message: the log, then the offending
  * source line (mapped into the body when body_first_line > 0) with a caret. */
 zmlx_status zmlx_compile_error(const zmlx_compile_request *req, const char *log);
+/* The status of a failed ops->compile that returned `st` and `log`: a
+ * compile error with the log, and the backend's own message after it when
+ * the log does not hold it; other failures keep their status. */
+zmlx_status zmlx_compile_failure(const zmlx_compile_request *req, zmlx_status st,
+                                 const char *log);
 
 /* Hex of a key (65 bytes with NUL). */
 void zmlx_cache_key_hex(const zmlx_cache_key *key, char hex[65]);

@@ -723,3 +723,12 @@ zmlx_status zmlx_kernel_source(zmlx_kernel *k, zmlx_backend backend, const zmlx_
   ZMLX_CHECK(check_templates(k, t, nt));
   return zmlx_kernel_assemble(k, d, dtypes, t, nt, wants_guard(k), out, NULL);
 }
+
+void zmlx_kernel_call_grid_1d(zmlx_kernel_call *c, int64_t n) {
+  const int64_t row = (int64_t)1 << 30;
+  c->grid[0] = n < row ? (n > 0 ? n : 1) : row;
+  c->grid[1] = n > row ? (n + row - 1) / row : 1;
+  c->grid[2] = 1;
+  c->threadgroup[0] = 256;
+  c->threadgroup[1] = c->threadgroup[2] = 1;
+}

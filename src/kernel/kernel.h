@@ -59,6 +59,11 @@ zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
  * (a file without the line is all body). desc->header must be NULL. */
 zmlx_status zmlx_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out);
 
+/* Grid of a launch over n work items (at least 1), threadgroups of 256: 1-D,
+ * or 2-D past 2^30 items, since grid dimensions stop at 2^31 - 1 on some
+ * backends; the kernel computes its item as y * grid_size.x + x. */
+void zmlx_kernel_call_grid_1d(zmlx_kernel_call *c, int64_t n);
+
 /* Whether identifier `ident` occurs as a whole token in `text`. */
 int zmlx_mentions_identifier(const char *text, const char *ident);
 

@@ -59,7 +59,7 @@ zmlx_status zmlx_activation_call(act_kind k, zmlx_array *x, double alpha, zmlx_a
   if (!out) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'out' is NULL", op);
   *out = NULL;
   if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'x' is NULL", op);
-  if (x->dtype != ZMLX_F32 && x->dtype != ZMLX_F16 && x->dtype != ZMLX_BF16)
+  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; supported: f32, f16, bf16", op,
                      zmlx_dtype_name(x->dtype));
   int n_par = k == A_ELU;

@@ -47,7 +47,7 @@ static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts
  * range, on the host. */
 static zmlx_status ce_validate(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o) {
   const char *op = "cross_entropy";
-  if (x->dtype != ZMLX_F32 && x->dtype != ZMLX_F16 && x->dtype != ZMLX_BF16)
+  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: logits have dtype %s; f32, f16 or bf16 is needed", op,
                      zmlx_dtype_name(x->dtype));
   if (t->dtype != ZMLX_I32 && t->dtype != ZMLX_I64)

@@ -43,7 +43,7 @@ zmlx_status zmlx_dropout_launch(zmlx_array *x, const drop_cfg *c, zmlx_array *ou
                       1.0 / (1.0 - c->p)};
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = &out,
                            .params = params, .device = x->buffer->device};
-  zmlx_ops_grid_1d(&call, (x->size + 3) / 4);
+  zmlx_kernel_call_grid_1d(&call, (x->size + 3) / 4);
   return zmlx_kernel_launch(drop_kernel, &call);
 }
 

@@ -27,7 +27,7 @@ extern const char zmlx_res_glu_split_zk[];
 
 static zmlx_status check_float(const char *op, const char *name, const zmlx_array *a) {
   if (!a) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", op, name);
-  if (a->dtype != ZMLX_F32 && a->dtype != ZMLX_F16 && a->dtype != ZMLX_BF16)
+  if (!zmlx_dtype_is_f32_f16_bf16(a->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s; supported: f32, f16, bf16", op, name,
                      zmlx_dtype_name(a->dtype));
   if (a->ndim < 1)

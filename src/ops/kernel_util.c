@@ -144,17 +144,6 @@ zmlx_status zmlx_ops_kernel_one_out(const char *name, const char *file, const ch
   return zmlx_kernel_create_from_zk(&d, out);
 }
 
-/* Launch over a dense 1-D count of work items, 2-D past 2^30. */
-void zmlx_ops_grid_1d(zmlx_kernel_call *c, int64_t n) {
-  const int64_t row = (int64_t)1 << 30;
-  c->grid[0] = n < row ? (n > 0 ? n : 1) : row;
-  c->grid[1] = (n + row - 1) / row;
-  if (c->grid[1] < 1) c->grid[1] = 1;
-  c->grid[2] = 1;
-  c->threadgroup[0] = 256;
-  c->threadgroup[1] = c->threadgroup[2] = 1;
-}
-
 int zmlx_ops_xdt(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
 
 int zmlx_ops_native_simd(const zmlx_device *dev) {

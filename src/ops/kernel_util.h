@@ -61,7 +61,5 @@ zmlx_status zmlx_ops_kernel_one_out(const char *name, const char *file, const ch
                                     zmlx_kernel **out);
 /* One threadgroup per row (at most 65536 groups, each looping over rows). */
 void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call);
-/* Launch over a dense 1-D count of work items, 2-D past 2^30, groups of 256. */
-void zmlx_ops_grid_1d(zmlx_kernel_call *c, int64_t n);
 
 #endif /* ZMLX_OPS_KERNEL_UTIL_H */

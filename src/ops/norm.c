@@ -165,12 +165,8 @@ static int chunk_width(zmlx_dtype dt, zmlx_array *const *arrays, int n, int64_t 
 /* ------------------------------------------------------------- validation */
 
 
-static int is_float16_32(zmlx_dtype dt) {
-  return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
-}
-
 static zmlx_status check_param(const norm_cfg *c, const char *what, zmlx_array *p, int64_t cols) {
-  if (!is_float16_32(p->dtype))
+  if (!zmlx_dtype_is_f32_f16_bf16(p->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s (f32, f16 or bf16 required)", c->name,
                      what, zmlx_dtype_name(p->dtype));
   if (p->ndim != 1 || p->shape[0] != cols) {
@@ -186,7 +182,7 @@ static zmlx_status validate(const norm_cfg *c, zmlx_array *x, zmlx_array *r, zml
                             zmlx_array *b) {
   if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: x is NULL", c->name);
   if (c->has_r && !r) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: the residual r is NULL", c->name);
-  if (!is_float16_32(x->dtype))
+  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s (f32, f16 or bf16 required)", c->name,
                      zmlx_dtype_name(x->dtype));
   if (x->ndim < 1)

@@ -74,19 +74,17 @@ static zmlx_status kernels(const char *op) {
 
 /* ------------------------------------------------------------ validation */
 
-static int is_float(zmlx_dtype dt) { return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16; }
-
 
 static zmlx_status need_float(const char *op, const char *name, const zmlx_array *a) {
   if (!a) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", op, name);
-  if (!is_float(a->dtype))
+  if (!zmlx_dtype_is_f32_f16_bf16(a->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s; f32, f16 or bf16 is needed", op, name,
                      zmlx_dtype_name(a->dtype));
   return ZMLX_OK;
 }
 
 static zmlx_status need_dtype_arg(const char *op, const char *name, zmlx_dtype dt) {
-  if ((int)dt < 0 || dt >= ZMLX_DTYPE_COUNT || !is_float(dt))
+  if ((int)dt < 0 || dt >= ZMLX_DTYPE_COUNT || !zmlx_dtype_is_f32_f16_bf16(dt))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s %s is not supported; use f32, f16 or bf16", op, name,
                      zmlx_dtype_name(dt));
   return ZMLX_OK;
@@ -239,7 +237,7 @@ zmlx_status zmlx_dequantize_launch(int mode, zmlx_array *q, zmlx_array *s, zmlx_
   zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 1, .inputs = in, .outputs = outs,
                            .templates = t, .n_templates = 4, .params = params,
                            .device = q->buffer->device};
-  zmlx_ops_grid_1d(&call, n);
+  zmlx_kernel_call_grid_1d(&call, n);
   return zmlx_kernel_launch(k_dq, &call);
 }
 
@@ -277,7 +275,7 @@ zmlx_status zmlx_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array 
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 3, .inputs = &x, .outputs = outs,
                            .templates = t, .n_templates = 1, .params = params,
                            .device = x->buffer->device};
-  zmlx_ops_grid_1d(&call, n);
+  zmlx_kernel_call_grid_1d(&call, n);
   call.threadgroup[0] = 64;
   return zmlx_kernel_launch(k_q4, &call);
 }
@@ -311,7 +309,7 @@ static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
                                 {"CH", ZMLX_TEMPLATE_INT, ZMLX_F32, 0}};
       zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 2, .inputs = in, .outputs = outs,
                                .templates = t, .n_templates = 2, .params = params, .device = dev};
-      zmlx_ops_grid_1d(&call, n);
+      zmlx_kernel_call_grid_1d(&call, n);
       call.threadgroup[0] = 64;
       st = zmlx_kernel_launch(k_vjp4, &call);
     }
@@ -328,7 +326,7 @@ static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
                                 {"CH", ZMLX_TEMPLATE_INT, ZMLX_F32, VJP8_CHUNK}};
       zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = outs,
                                .templates = t, .n_templates = 2, .params = params, .device = dev};
-      zmlx_ops_grid_1d(&call, n);
+      zmlx_kernel_call_grid_1d(&call, n);
       call.threadgroup[0] = 64;
       st = zmlx_kernel_launch(k_vjp8, &call);
     }

@@ -76,7 +76,7 @@ static int64_t row_count(const zmlx_array *x) { return x->size / last_dim(x); }
 static zmlx_status validate_x(const char *op, const zmlx_array *x, int want_index) {
   char s[96];
   if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'x' is NULL", op);
-  if (x->dtype != ZMLX_F32 && x->dtype != ZMLX_F16 && x->dtype != ZMLX_BF16)
+  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; supported: f32, f16, bf16", op,
                      zmlx_dtype_name(x->dtype));
   if (x->ndim < 1)

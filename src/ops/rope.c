@@ -46,10 +46,6 @@ static zmlx_status get_rope_kernel(zmlx_kernel **k) {
 /* ------------------------------------------------------------ the op */
 
 
-static int is_float16_32(zmlx_dtype dt) {
-  return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
-}
-
 /* `arg` names x as the user's call does, e.g. "zmlx_rope_qk: argument 'q'". */
 zmlx_status zmlx_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_opts *in,
                                rope_cfg *c) {
@@ -58,7 +54,7 @@ zmlx_status zmlx_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_o
   if (in) c->o = *in;
   c->sgn = 1.0f;
   char buf[96];
-  if (!is_float16_32(x->dtype))
+  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "rope: x has dtype %s; supported: f32, f16, bf16",
                      zmlx_dtype_name(x->dtype));
   if (x->ndim != 4)
@@ -164,7 +160,7 @@ zmlx_status zmlx_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out) 
   zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &out,
                            .templates = t, .n_templates = 4, .params = params,
                            .device = x->buffer->device};
-  zmlx_ops_grid_1d(&call, rows * W);
+  zmlx_kernel_call_grid_1d(&call, rows * W);
   zmlx_status st = zmlx_kernel_launch(k, &call);
   zmlx_array_release(dummy);
   return st;

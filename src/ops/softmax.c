@@ -49,13 +49,9 @@ static zmlx_status kernels(void) {
 
 
 
-static int float_dtype(zmlx_dtype dt) {
-  return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
-}
-
 /* Validation of the forward's arguments; names the problem. */
 zmlx_status zmlx_softmax_validate(const char *op, zmlx_array *x, const sm_args *a) {
-  if (!float_dtype(x->dtype))
+  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
     return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; f32, f16 or bf16 is needed", op,
                      zmlx_dtype_name(x->dtype));
   if (x->ndim < 1)
@@ -70,7 +66,7 @@ zmlx_status zmlx_softmax_validate(const char *op, zmlx_array *x, const sm_args *
     return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: scale %g is not finite", op, a->scale);
   if (a->mask) {
     zmlx_array *m = a->mask;
-    if (!float_dtype(m->dtype) && m->dtype != ZMLX_BOOL)
+    if (!zmlx_dtype_is_f32_f16_bf16(m->dtype) && m->dtype != ZMLX_BOOL)
       return zmlx_fail(ZMLX_ERR_DTYPE, "%s: mask has dtype %s; an additive f32/f16/bf16 mask "
                        "or a bool mask is needed", op, zmlx_dtype_name(m->dtype));
     if (m->buffer->device != x->buffer->device)

@@ -46,6 +46,15 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
 /* Format a shape as "[2, 3, 4]" into buf (always NUL-terminated). */
 const char *zmlx_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 
+/* f32, f16 or bf16: the dtypes the float ops compute in (and autograd
+ * differentiates). */
+bool zmlx_dtype_is_f32_f16_bf16(zmlx_dtype dt);
+
+/* FNV-1a: 32-bit of a string (names, hash buckets), 64-bit of bytes
+ * (checksums). Not for anything an attacker controls. */
+uint32_t zmlx_fnv1a32(const char *s);
+uint64_t zmlx_fnv1a64(const void *data, size_t n);
+
 /* ------------------------------------------------------- stderr capture */
 
 /* While a driver call runs, what it prints on stderr goes to a temporary
@@ -63,6 +72,10 @@ void zmlx_stderr_capture_begin(zmlx_stderr_capture *c);
 char *zmlx_stderr_capture_end(zmlx_stderr_capture *c);
 /* Write captured text back to stderr and free it (NULL: nothing). */
 void zmlx_stderr_release(char *text);
+/* A failed build's log followed by what the driver printed meanwhile
+ * (PoCL: "1 error generated."), so that both reach the error message.
+ * Takes both (either may be NULL); returns the joined text (malloc'ed). */
+char *zmlx_stderr_append(char *log, char *captured);
 
 /* ---------------------------------------------------------- devices/streams */
 

@@ -86,3 +86,19 @@ void zmlx_stderr_release(char *text) {
   fflush(stderr);
   free(text);
 }
+
+char *zmlx_stderr_append(char *log, char *captured) {
+  if (!captured) return log;
+  if (!log) return captured;
+  size_t a = strlen(log), b = strlen(captured);
+  char *s = malloc(a + b + 2);
+  if (s) {
+    memcpy(s, log, a);
+    size_t k = a;
+    if (a && log[a - 1] != '\n') s[k++] = '\n';
+    memcpy(s + k, captured, b + 1);
+  }
+  free(log);
+  free(captured);
+  return s;
+}

@@ -83,3 +83,20 @@ zmlx_status zmlx_sb_finish(zmlx_sb *sb, char **out) {
   zmlx_sb_init(sb);
   return ZMLX_OK;
 }
+
+bool zmlx_dtype_is_f32_f16_bf16(zmlx_dtype dt) {
+  return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
+}
+
+uint32_t zmlx_fnv1a32(const char *s) {
+  uint32_t h = 2166136261u;
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+  return h;
+}
+
+uint64_t zmlx_fnv1a64(const void *data, size_t n) {
+  const unsigned char *p = data;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}

@@ -9,90 +9,17 @@
  */
 #ifdef ZMLX_HAVE_OPENCL
 
-#ifndef CL_TARGET_OPENCL_VERSION
-#define CL_TARGET_OPENCL_VERSION 300
-#endif
-/* clCreateCommandQueue is still needed for OpenCL 1.x devices. */
-#define CL_USE_DEPRECATED_OPENCL_1_2_APIS
-
-#ifdef __APPLE__
-#include <OpenCL/cl.h>
-#else
-#include <CL/cl.h>
-#endif
-
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/internal.h"
-
-#ifndef CL_PLATFORM_NOT_FOUND_KHR
-#define CL_PLATFORM_NOT_FOUND_KHR -1001
-#endif
+#include "backends/opencl/ocl.h"
 
 /* Options for every build. Fast-math flags are left out on purpose: results
  * must match the other backends and the host references. */
 #define ZMLX_CL_BUILD_OPTIONS "-cl-std=CL1.2"
-
-/* ------------------------------------------------------------ error names */
-
-/* Messages name the CL error so a user can look it up. */
-static const char *ocl_error_name(cl_int err) {
-  switch (err) {
-#define E(x) \
-  case x: return #x;
-    E(CL_SUCCESS) E(CL_DEVICE_NOT_FOUND) E(CL_DEVICE_NOT_AVAILABLE)
-    E(CL_COMPILER_NOT_AVAILABLE) E(CL_MEM_OBJECT_ALLOCATION_FAILURE)
-    E(CL_OUT_OF_RESOURCES) E(CL_OUT_OF_HOST_MEMORY) E(CL_PROFILING_INFO_NOT_AVAILABLE)
-    E(CL_MEM_COPY_OVERLAP) E(CL_IMAGE_FORMAT_MISMATCH) E(CL_IMAGE_FORMAT_NOT_SUPPORTED)
-    E(CL_BUILD_PROGRAM_FAILURE) E(CL_MAP_FAILURE) E(CL_MISALIGNED_SUB_BUFFER_OFFSET)
-    E(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST) E(CL_COMPILE_PROGRAM_FAILURE)
-    E(CL_LINKER_NOT_AVAILABLE) E(CL_LINK_PROGRAM_FAILURE) E(CL_DEVICE_PARTITION_FAILED)
-    E(CL_KERNEL_ARG_INFO_NOT_AVAILABLE) E(CL_INVALID_VALUE) E(CL_INVALID_DEVICE_TYPE)
-    E(CL_INVALID_PLATFORM) E(CL_INVALID_DEVICE) E(CL_INVALID_CONTEXT)
-    E(CL_INVALID_QUEUE_PROPERTIES) E(CL_INVALID_COMMAND_QUEUE) E(CL_INVALID_HOST_PTR)
-    E(CL_INVALID_MEM_OBJECT) E(CL_INVALID_IMAGE_FORMAT_DESCRIPTOR) E(CL_INVALID_IMAGE_SIZE)
-    E(CL_INVALID_SAMPLER) E(CL_INVALID_BINARY) E(CL_INVALID_BUILD_OPTIONS)
-    E(CL_INVALID_PROGRAM) E(CL_INVALID_PROGRAM_EXECUTABLE) E(CL_INVALID_KERNEL_NAME)
-    E(CL_INVALID_KERNEL_DEFINITION) E(CL_INVALID_KERNEL) E(CL_INVALID_ARG_INDEX)
-    E(CL_INVALID_ARG_VALUE) E(CL_INVALID_ARG_SIZE) E(CL_INVALID_KERNEL_ARGS)
-    E(CL_INVALID_WORK_DIMENSION) E(CL_INVALID_WORK_GROUP_SIZE) E(CL_INVALID_WORK_ITEM_SIZE)
-    E(CL_INVALID_GLOBAL_OFFSET) E(CL_INVALID_EVENT_WAIT_LIST) E(CL_INVALID_EVENT)
-    E(CL_INVALID_OPERATION) E(CL_INVALID_GL_OBJECT) E(CL_INVALID_BUFFER_SIZE)
-    E(CL_INVALID_MIP_LEVEL) E(CL_INVALID_GLOBAL_WORK_SIZE) E(CL_INVALID_PROPERTY)
-    E(CL_INVALID_IMAGE_DESCRIPTOR) E(CL_INVALID_COMPILER_OPTIONS) E(CL_INVALID_LINKER_OPTIONS)
-    E(CL_INVALID_DEVICE_PARTITION_COUNT) E(CL_PLATFORM_NOT_FOUND_KHR)
-#ifdef CL_INVALID_PIPE_SIZE /* OpenCL 2.0+ headers */
-    E(CL_INVALID_PIPE_SIZE) E(CL_INVALID_DEVICE_QUEUE)
-#endif
-#ifdef CL_INVALID_SPEC_ID /* OpenCL 2.2+ headers */
-    E(CL_INVALID_SPEC_ID) E(CL_MAX_SIZE_RESTRICTION_EXCEEDED)
-#endif
-#undef E
-  }
-  return "CL_UNKNOWN_ERROR";
-}
-
-/* Allocation-type failures become ZMLX_ERR_OUT_OF_MEMORY whatever the
- * call; anything else gets the caller's category. */
-static zmlx_status ocl_status(cl_int err, zmlx_status otherwise) {
-  switch (err) {
-    case CL_OUT_OF_HOST_MEMORY:
-    case CL_MEM_OBJECT_ALLOCATION_FAILURE:
-      return ZMLX_ERR_OUT_OF_MEMORY;
-    default:
-      return otherwise;
-  }
-}
-
-/* "<what>: CL_XXX (-n)" as the thread's error. */
-static zmlx_status ocl_fail(cl_int err, zmlx_status otherwise, const char *what) {
-  return zmlx_fail(ocl_status(err, otherwise), "OpenCL: %s failed: %s (%d)", what,
-                   ocl_error_name(err), (int)err);
-}
 
 /* ------------------------------------------------------------ device table */
 
@@ -205,16 +132,6 @@ static int device_usable(cl_device_id d) {
   return available && compiler;
 }
 
-/* FNV-1a 64: checksums binaries and keeps over-long identities distinct
- * after truncation. Not cryptographic: it guards against accidents (torn
- * files, another device's binary), the cache's SHA-256 key does the rest. */
-static uint64_t fnv1a(const void *data, size_t n) {
-  const uint8_t *p = data;
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 /* Everything that changes a program binary: platform (name + version:
  * the compiler), device name, driver, device and OpenCL C versions. */
 static zmlx_status build_identity(cl_platform_id pl, cl_device_id d, zmlx_sb *sb) {
@@ -265,7 +182,7 @@ static int open_device(cl_platform_id pl, cl_device_id d, ocl_dev *out) {
     return -1;
   out->identity = identity_string(pl, d);
   if (!out->identity) return -1;
-  out->identity_hash = fnv1a(out->identity, strlen(out->identity));
+  out->identity_hash = zmlx_fnv1a64(out->identity, strlen(out->identity));
   cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)pl, 0};
   cl_int err = CL_SUCCESS;
   out->context = clCreateContext(props, 1, &d, NULL, NULL, &err);
@@ -546,48 +463,8 @@ static char *build_log(cl_program prog, cl_device_id d) {
   return s;
 }
 
-/* A failed build's log followed by what the driver printed on stderr
- * meanwhile (PoCL: "1 error generated."), so both reach the message and
- * neither the terminal. Takes ownership of both; either may be NULL. */
-static char *append_chatter(char *log, char *chatter) {
-  if (!chatter) return log;
-  if (!log) return chatter;
-  size_t a = strlen(log), b = strlen(chatter);
-  char *s = malloc(a + b + 2);
-  if (s) {
-    memcpy(s, log, a);
-    s[a] = (a && log[a - 1] != '\n') ? '\n' : '\0';
-    memcpy(s + a + (s[a] ? 1 : 0), chatter, b + 1);
-  }
-  free(log);
-  free(chatter);
-  return s;
-}
-
-/* Binaries from compile() travel in an envelope that load() verifies
- * before the driver sees a byte, because drivers do not survive damaged
- * binaries: PoCL 3.1 asserts or segfaults in clCreateProgramWithBinary on a
- * truncated or bit-flipped one. Layout (integers little-endian):
- *    0  magic "ZMLXOCL1"
- *    8  u64 payload bytes
- *   16  u64 FNV-1a of the payload
- *   24  u64 identity hash of the device that built it
- *   32  the driver's program binary (CL_PROGRAM_BINARIES) */
-#define ENVELOPE_MAGIC "ZMLXOCL1"
-#define ENVELOPE_HEADER 32u
-
-static void put_u64(unsigned char *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const unsigned char *p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-  return v;
-}
-
 /* The one device binary of a program built for a single device, in its
- * envelope. */
+ * envelope (envelope.c). */
 static zmlx_status program_binary(const ocl_dev *d, cl_program prog, void **binary,
                                   size_t *binary_size) {
   size_t size = 0;
@@ -595,42 +472,17 @@ static zmlx_status program_binary(const ocl_dev *d, cl_program prog, void **bina
   if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARY_SIZES)");
   if (size == 0)
     return zmlx_fail(ZMLX_ERR_BACKEND, "OpenCL: the driver returned an empty program binary");
-  unsigned char *env = malloc(ENVELOPE_HEADER + size);
+  unsigned char *env = ocl_envelope_alloc(size);
   if (!env) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  unsigned char *payload = env + ENVELOPE_HEADER;
+  unsigned char *payload = env + OCL_ENVELOPE_HEADER;
   err = clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof payload, &payload, NULL);
   if (err != CL_SUCCESS) {
     free(env);
     return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARIES)");
   }
-  memcpy(env, ENVELOPE_MAGIC, 8);
-  put_u64(env + 8, size);
-  put_u64(env + 16, fnv1a(payload, size));
-  put_u64(env + 24, d->identity_hash);
+  ocl_envelope_seal(env, size, d->identity_hash);
   *binary = env;
-  *binary_size = ENVELOPE_HEADER + size;
-  return ZMLX_OK;
-}
-
-/* The driver binary inside a verified envelope. */
-static zmlx_status open_envelope(const ocl_dev *d, const void *binary, size_t size,
-                                 const unsigned char **payload, size_t *payload_size) {
-  const unsigned char *b = binary;
-  if (size < ENVELOPE_HEADER || memcmp(b, ENVELOPE_MAGIC, 8) != 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "not a zmlx OpenCL binary (%zu bytes, no header)",
-                     size);
-  uint64_t n = get_u64(b + 8);
-  if (n != size - ENVELOPE_HEADER || n == 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
-                     "corrupt zmlx OpenCL binary: header says %llu bytes, %zu present",
-                     (unsigned long long)n, size - ENVELOPE_HEADER);
-  if (get_u64(b + 16) != fnv1a(b + ENVELOPE_HEADER, (size_t)n))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "corrupt zmlx OpenCL binary: checksum mismatch");
-  if (get_u64(b + 24) != d->identity_hash)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
-                     "OpenCL binary was built for another device, driver or compiler");
-  *payload = b + ENVELOPE_HEADER;
-  *payload_size = (size_t)n;
+  *binary_size = OCL_ENVELOPE_HEADER + size;
   return ZMLX_OK;
 }
 
@@ -666,7 +518,7 @@ static zmlx_status ocl_compile(int dev, const char *source, const char *entry, v
   if (log) *log = build_log(prog, d->device);
   zmlx_status st;
   if (err != CL_SUCCESS) {
-    if (log) *log = append_chatter(*log, chatter);
+    if (log) *log = zmlx_stderr_append(*log, chatter);
     else free(chatter);
     st = zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE), "OpenCL build failed (%s, %d)",
                    ocl_error_name(err), (int)err);
@@ -699,7 +551,7 @@ static zmlx_status program_from_binary(const ocl_dev *d, const void *binary, siz
                                        cl_program *out) {
   const unsigned char *bin = NULL;
   size_t size = 0;
-  ZMLX_CHECK(open_envelope(d, binary, env_size, &bin, &size));
+  ZMLX_CHECK(ocl_envelope_open(d->identity_hash, binary, env_size, &bin, &size));
   cl_int bin_status = CL_SUCCESS, err = CL_SUCCESS;
   cl_program prog = clCreateProgramWithBinary(d->context, 1, &d->device, &size, &bin,
                                               &bin_status, &err);

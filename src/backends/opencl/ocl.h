@@ -1,0 +1,49 @@
+/*
+ * What the OpenCL backend's files share (not installed, not used above
+ * src/backends/opencl): the CL headers at the version zmlx targets, the
+ * translation of CL error codes into statuses and messages (errors.c) and
+ * the envelope of cached program binaries (envelope.c).
+ */
+#ifndef ZMLX_BACKENDS_OPENCL_OCL_H
+#define ZMLX_BACKENDS_OPENCL_OCL_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 300
+#endif
+/* clCreateCommandQueue is still needed for OpenCL 1.x devices. */
+#define CL_USE_DEPRECATED_OPENCL_1_2_APIS
+
+#ifdef __APPLE__
+#include <OpenCL/cl.h>
+#else
+#include <CL/cl.h>
+#endif
+
+#include "runtime/internal.h"
+
+#ifndef CL_PLATFORM_NOT_FOUND_KHR
+#define CL_PLATFORM_NOT_FOUND_KHR -1001
+#endif
+
+/* The CL_* name of an error code ("CL_UNKNOWN_ERROR" when not known). */
+const char *ocl_error_name(cl_int err);
+/* Allocation-type failures become ZMLX_ERR_OUT_OF_MEMORY whatever the
+ * call; anything else gets the caller's category. */
+zmlx_status ocl_status(cl_int err, zmlx_status otherwise);
+/* "OpenCL: <what> failed: CL_XXX (-n)" as the thread's error. */
+zmlx_status ocl_fail(cl_int err, zmlx_status otherwise, const char *what);
+
+/* Program binaries in the disk cache travel in an envelope (envelope.c)
+ * that is verified before the driver sees a byte: OCL_ENVELOPE_HEADER
+ * bytes (magic, payload size, checksum, device identity), then the
+ * driver's binary. alloc: room for a payload (written at env +
+ * OCL_ENVELOPE_HEADER); seal: write the header in front of it; open: the
+ * payload of a verified envelope, or ZMLX_ERR_INVALID_ARG saying what is
+ * wrong. */
+#define OCL_ENVELOPE_HEADER 32u
+unsigned char *ocl_envelope_alloc(size_t payload_size);
+void ocl_envelope_seal(unsigned char *env, size_t payload_size, uint64_t identity_hash);
+zmlx_status ocl_envelope_open(uint64_t identity_hash, const void *binary, size_t size,
+                              const unsigned char **payload, size_t *payload_size);
+
+#endif
