@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernel/kernel_set.h"
 #include "runtime/backend.h"
 #include "test_kernels.h"
 #include "test_support.h"
@@ -803,6 +804,70 @@ static void test_source_every_backend(void **state) {
   }
 }
 
+/* ------------------------------------------------------------ kernel sets */
+
+static const zmlx_kernel_spec SET_SPECS[] = {
+    ZMLX_KSPEC("zt_set_scale",
+               "uint i = thread_position_in_grid.x;\n"
+               "if (i < (uint)n) out_store(i, x_load(i) * a + b_load(0));\n",
+               "x, b", "out", "n:i64, a:f32", .dense_inputs = 1),
+    ZMLX_KSPEC("zt_set_badtype", "out_store(0, 0);\n", "", "out", "n:int"),
+    ZMLX_KSPEC("zt_set_reserved", "out_store(0, 0);\n", "float", "out", NULL),
+    ZMLX_KSPEC("zt_set_prelude",
+               "uint i = thread_position_in_grid.x;\n"
+               "if (i < (uint)n) out_store(i, zt_twice(x_load(i)));\n",
+               "x", "out", "n:i64",
+               .prelude = "inline float zt_twice(float v) { return 2.0f * v; }\n"
+                          "//-- body --\n"),
+};
+
+/* The table creates each kernel once, launches it like any kernel, and
+ * remembers a creation failure with its message. */
+static void test_kernel_set(void **state) {
+  (void)state;
+  static zmlx_kernel_set set = ZMLX_KERNEL_SET("test", SET_SPECS);
+  zmlx_kernel *k1 = NULL, *k2 = NULL;
+  ZT_OK(zmlx_kernel_set_get(&set, 0, &k1));
+  ZT_OK(zmlx_kernel_set_get(&set, 0, &k2));
+  assert_ptr_equal(k1, k2);
+  for (int again = 0; again < 2; again++) {
+    ZT_FAILS(zmlx_kernel_set_get(&set, 1, &k1), ZMLX_ERR_INVALID_ARG, "'n' needs a type");
+    ZT_FAILS(zmlx_kernel_set_get(&set, 2, &k1), ZMLX_ERR_INVALID_ARG, "float");
+  }
+  if (!strstr(zmlx_last_error(), "test kernels: kernel 'zt_set_reserved'"))
+    fail_msg("the message does not name the set and the kernel: %s", zmlx_last_error());
+  ZT_FAILS(zmlx_kernel_set_get(&set, 9, &k1), ZMLX_ERR_INVALID_ARG, "no entry 9");
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  for (int d = 0; d < nd; d++) {
+    int64_t n = 1000, one = 1;
+    float *x = random_floats((size_t)n, -3, 3, 77), b = 0.25f;
+    zmlx_array *in[2] = {zt_array(devs[d], ZMLX_F32, 1, &n, x), zt_array(devs[d], ZMLX_F32, 1, &one, &b)};
+    zmlx_array *out = zt_poisoned(devs[d], ZMLX_F32, 1, &n), *out2 = zt_poisoned(devs[d], ZMLX_F32, 1, &n);
+    double params[2] = {(double)n, -1.5};
+    zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &out,
+                          .params = params};
+    zmlx_kernel_call_grid_1d(&c, n);
+    ZT_OK(zmlx_kernel_set_launch(&set, 0, &c));
+    zmlx_kernel_call c2 = {.n_inputs = 1, .n_outputs = 1, .inputs = in, .outputs = &out2,
+                           .params = params};
+    zmlx_kernel_call_grid_1d(&c2, n);
+    ZT_OK(zmlx_kernel_set_launch(&set, 3, &c2));
+    double *got = zt_download(out), *got2 = zt_download(out2);
+    double *want = malloc((size_t)n * sizeof *want), *want2 = malloc((size_t)n * sizeof *want2);
+    for (int64_t i = 0; i < n; i++) {
+      want[i] = (double)x[i] * -1.5 + 0.25;
+      want2[i] = 2.0 * x[i];
+    }
+    zt_assert_close(got, want, (size_t)n, 1e-6, 1e-6, "kernel set entry 0");
+    zt_assert_close(got2, want2, (size_t)n, 0, 0, "kernel set entry with a prelude");
+    free(got), free(got2), free(want), free(want2), free(x);
+    zmlx_array_release(in[0]), zmlx_array_release(in[1]);
+    zmlx_array_release(out), zmlx_array_release(out2);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_elementwise),
@@ -825,6 +890,7 @@ int main(void) {
       cmocka_unit_test(test_compile_log_formats),
       cmocka_unit_test(test_compile_error_has_log_and_line),
       cmocka_unit_test(test_source_every_backend),
+      cmocka_unit_test(test_kernel_set),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -4,6 +4,7 @@
  * sliced views go in without a copy. Compiled and cached like any kernel. */
 #include "autograd/ad.h"
 #include "kernel/kernel.h"
+#include "kernel/kernel_set.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -88,47 +89,15 @@ static const char GEMM_BODY[] =
 
 enum { K_SUM, K_SCATTER, K_GEMM, K_COUNT };
 
-static zmlx_kernel *kernels[K_COUNT];
-static zmlx_status create_status;
-static char create_error[1024];
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-
-static zmlx_status create_one(int which) {
-  static const char *const x_in[] = {"x"}, *const scatter_in[] = {"src", "win"};
-  static const char *const ab_in[] = {"a", "b"}, *const out_o[] = {"out"}, *const dst_o[] = {"dst"};
-  static const char *const sum_p[] = {"nk", "n_out", "n_red"}, *const scatter_p[] = {"n", "woff"};
-  static const char *const gemm_p[] = {"M", "N", "K"};
-  static const zmlx_dtype sum_pd[] = {ZMLX_I32, ZMLX_I64, ZMLX_I64};
-  static const zmlx_dtype scatter_pd[] = {ZMLX_I64, ZMLX_I64};
-  static const zmlx_dtype gemm_pd[] = {ZMLX_I32, ZMLX_I32, ZMLX_I32};
-  static const zmlx_kernel_desc descs[K_COUNT] = {
-      [K_SUM] = {.name = "zmlx_ad_sum", .input_names = x_in, .n_inputs = 1,
-                 .output_names = out_o, .n_outputs = 1, .source = SUM_BODY,
-                 .param_names = sum_p, .param_dtypes = sum_pd, .n_params = 3},
-      [K_SCATTER] = {.name = "zmlx_ad_scatter", .input_names = scatter_in, .n_inputs = 2,
-                     .output_names = dst_o, .n_outputs = 1, .source = SCATTER_BODY,
-                     .param_names = scatter_p, .param_dtypes = scatter_pd, .n_params = 2},
-      [K_GEMM] = {.name = "zmlx_ad_gemm", .input_names = ab_in, .n_inputs = 2,
-                  .output_names = out_o, .n_outputs = 1, .source = GEMM_BODY,
-                  .param_names = gemm_p, .param_dtypes = gemm_pd, .n_params = 3},
-  };
-  return zmlx_kernel_create(&descs[which], &kernels[which]);
-}
-
-static void create_all(void) {
-  for (int i = 0; i < K_COUNT && create_status == ZMLX_OK; i++) {
-    create_status = create_one(i);
-    if (create_status != ZMLX_OK)
-      strncpy(create_error, zmlx_last_error(), sizeof create_error - 1);
-  }
-}
+static const zmlx_kernel_spec SPECS[K_COUNT] = {
+    [K_SUM] = ZMLX_KSPEC("zmlx_ad_sum", SUM_BODY, "x", "out", "nk:i32, n_out:i64, n_red:i64"),
+    [K_SCATTER] = ZMLX_KSPEC("zmlx_ad_scatter", SCATTER_BODY, "src, win", "dst", "n:i64, woff:i64"),
+    [K_GEMM] = ZMLX_KSPEC("zmlx_ad_gemm", GEMM_BODY, "a, b", "out", "M:i32, N:i32, K:i32"),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("autograd", SPECS);
 
 static zmlx_status get_kernel(int which, zmlx_kernel **out) {
-  pthread_once(&once, create_all);
-  if (create_status != ZMLX_OK)
-    return zmlx_fail(create_status, "autograd kernels: %s", create_error);
-  *out = kernels[which];
-  return ZMLX_OK;
+  return zmlx_kernel_set_get(&KERNELS, which, out);
 }
 
 /* ------------------------------------------------------------------- sum */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernel/kernel.h"
+#include "kernel/kernel_set.h"
 #include "runtime/internal.h"
 
 extern const char zmlx_res_copy_zk[];
@@ -16,54 +17,18 @@ extern const char zmlx_res_random_zk[];
 
 enum { BUILTIN_COPY, BUILTIN_FILL, BUILTIN_ARANGE, BUILTIN_RANDOM, BUILTIN_COUNT };
 
-typedef struct builtin_def {
-  const char *name;
-  const char *file;                 /* .zk text: [header] //-- body -- body */
-  const char *inputs[1];
-  int n_inputs;
-  const char *output;
-  const char *params[5];
-  zmlx_dtype param_dtypes[5];
-  int n_params;
-} builtin_def;
-
-static const builtin_def defs[BUILTIN_COUNT] = {
-    [BUILTIN_COPY] = {"copy", zmlx_res_copy_zk, {"src"}, 1, "dst", {"n"}, {ZMLX_I64}, 1},
-    [BUILTIN_FILL] = {"fill", zmlx_res_fill_zk, {NULL}, 0, "out", {"n", "value", "ivalue"},
-                      {ZMLX_I64, ZMLX_F32, ZMLX_I64}, 3},
-    [BUILTIN_ARANGE] = {"arange", zmlx_res_arange_zk, {NULL}, 0, "out",
-                        {"n", "start", "step", "istart", "istep"},
-                        {ZMLX_I64, ZMLX_F32, ZMLX_F32, ZMLX_I64, ZMLX_I64}, 5},
-    [BUILTIN_RANDOM] = {"random", zmlx_res_random_zk, {NULL}, 0, "out",
-                        {"n", "seed_lo", "seed_hi", "p0", "p1"},
-                        {ZMLX_I64, ZMLX_U32, ZMLX_U32, ZMLX_F32, ZMLX_F32}, 5},
+static const zmlx_kernel_spec SPECS[BUILTIN_COUNT] = {
+    [BUILTIN_COPY] = ZMLX_KSPEC("copy", zmlx_res_copy_zk, "src", "dst", "n:i64"),
+    [BUILTIN_FILL] = ZMLX_KSPEC("fill", zmlx_res_fill_zk, "", "out", "n:i64, value:f32, ivalue:i64"),
+    [BUILTIN_ARANGE] = ZMLX_KSPEC("arange", zmlx_res_arange_zk, "", "out",
+                                  "n:i64, start:f32, step:f32, istart:i64, istep:i64"),
+    [BUILTIN_RANDOM] = ZMLX_KSPEC("random", zmlx_res_random_zk, "", "out",
+                                  "n:i64, seed_lo:u32, seed_hi:u32, p0:f32, p1:f32"),
 };
-
-static zmlx_kernel *kernels[BUILTIN_COUNT];
-static zmlx_status create_status = ZMLX_OK;
-static char create_error[1024];
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-
-static zmlx_status create_builtin(const builtin_def *d, zmlx_kernel **out) {
-  zmlx_kernel_desc desc = {.name = d->name, .input_names = d->inputs, .n_inputs = d->n_inputs,
-                           .output_names = &d->output, .n_outputs = 1, .source = d->file,
-                           .param_names = d->params, .param_dtypes = d->param_dtypes,
-                           .n_params = d->n_params};
-  return zmlx_kernel_create_from_zk(&desc, out);
-}
-
-static void create_all(void) {
-  for (int i = 0; i < BUILTIN_COUNT && create_status == ZMLX_OK; i++) {
-    create_status = create_builtin(&defs[i], &kernels[i]);
-    if (create_status != ZMLX_OK) snprintf(create_error, sizeof create_error, "%s", zmlx_last_error());
-  }
-}
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("built-in", SPECS);
 
 static zmlx_status get_builtin(int which, zmlx_kernel **out) {
-  pthread_once(&once, create_all);
-  if (create_status != ZMLX_OK) return zmlx_fail(create_status, "built-in kernels: %s", create_error);
-  *out = kernels[which];
-  return ZMLX_OK;
+  return zmlx_kernel_set_get(&KERNELS, which, out);
 }
 
 /* Launch one thread per element of a dense output, 2-D past 2^30 threads. */
@@ -145,7 +110,7 @@ zmlx_status zmlx_builtin_source(int which, zmlx_backend backend, zmlx_dtype dt, 
   const char *tname = which == BUILTIN_RANDOM ? "NORMAL" : "FILL_INT";
   zmlx_template_arg t = {.name = tname, .kind = ZMLX_TEMPLATE_BOOL,
                          .value = which == BUILTIN_RANDOM ? 1 : is_integer_dtype(dt)};
-  zmlx_kernel_call call = {.n_inputs = defs[which].n_inputs, .n_outputs = 1,
+  zmlx_kernel_call call = {.n_inputs = which == BUILTIN_COPY ? 1 : 0, .n_outputs = 1,
                            .output_dtypes = &dtypes[1], .templates = &t,
                            .n_templates = which == BUILTIN_COPY ? 0 : 1};
   return zmlx_kernel_source(k, backend, &call, dtypes, out);

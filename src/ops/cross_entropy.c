@@ -19,25 +19,16 @@ extern const char zmlx_res_cross_entropy_zk[];
 
 extern const char zmlx_res_ce_count_zk[];
 
-static zmlx_kernel *k_ce, *k_count;
-static zmlx_status k_status = ZMLX_OK;
-static char k_error[1024];
-static pthread_once_t k_once = PTHREAD_ONCE_INIT;
+enum { K_CE, K_COUNT };
 
-static void k_create(void) {
-  static const char *const in[] = {"x", "t", "count"}, *const out[] = {"loss", "grad"};
-  static const char *const par[] = {"rows", "cols", "ignore_index", "eps"};
-  static const zmlx_dtype pdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32};
-  static const char *const cin[] = {"t"}, *const cout[] = {"count"};
-  static const char *const cpar[] = {"rows", "ignore_index"};
-  static const zmlx_dtype cpdt[] = {ZMLX_I64, ZMLX_I64};
-  k_status = zmlx_ops_vec_kernel("zmlx_cross_entropy", zmlx_res_cross_entropy_zk, in, 3, out,
-                                      2, par, pdt, 4, &k_ce);
-  if (k_status == ZMLX_OK)
-    k_status = zmlx_ops_kernel("zmlx_ce_count", zmlx_res_ce_count_zk, cin, 1, cout, 1,
-                                        cpar, cpdt, 2, &k_count);
-  if (k_status != ZMLX_OK) snprintf(k_error, sizeof k_error, "%s", zmlx_last_error());
-}
+static const zmlx_kernel_spec SPECS[] = {
+    [K_CE] = ZMLX_KSPEC("zmlx_cross_entropy", zmlx_res_cross_entropy_zk, "x, t, count", "loss, grad",
+                        "rows:i64, cols:i64, ignore_index:i64, eps:f32", .prelude = zmlx_res_vec_io_zk,
+                        .dense_inputs = 1),
+    [K_COUNT] = ZMLX_KSPEC("zmlx_ce_count", zmlx_res_ce_count_zk, "t", "count",
+                           "rows:i64, ignore_index:i64", .dense_inputs = 1),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("cross_entropy", SPECS);
 
 const zmlx_cross_entropy_opts zmlx_cross_entropy_defaults = {-100, 0.0, ZMLX_CE_MEAN, 0};
 
@@ -107,6 +98,8 @@ static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts
 static zmlx_status ce_count(zmlx_array *t, const zmlx_cross_entropy_opts *o, zmlx_array *count) {
   double params[2] = {(double)t->size, (double)o->ignore_index};
   zmlx_array *outs[1] = {count};
+  zmlx_kernel *k_count;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_COUNT, &k_count));
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &t, .outputs = outs,
                            .params = params, .device = t->buffer->device,
                            .grid = {256, 1, 1}, .threadgroup = {256, 1, 1}};
@@ -116,8 +109,8 @@ static zmlx_status ce_count(zmlx_array *t, const zmlx_cross_entropy_opts *o, zml
 /* The fused kernel: loss rows (f32, scaled) and optionally the gradient. */
 static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o,
                              zmlx_array *loss_rows, zmlx_array *grad) {
-  pthread_once(&k_once, k_create);
-  if (k_status != ZMLX_OK) return zmlx_fail(k_status, "cross_entropy kernel: %s", k_error);
+  zmlx_kernel *k_ce;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_CE, &k_ce));
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = x->size / cols;
   if (rows == 0) return ZMLX_OK;

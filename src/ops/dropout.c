@@ -16,27 +16,20 @@
 
 extern const char zmlx_res_dropout_zk[];
 
-static zmlx_kernel *drop_kernel;
-static zmlx_status drop_kernel_st;
-static char drop_kernel_err[512];
+enum { K_DROPOUT };
 
-static void drop_kernel_init(void) {
-  static const char *const in[] = {"x"};
-  static const char *const pn[] = {"n", "seed_lo", "seed_hi", "thresh", "scale"};
-  static const zmlx_dtype pd[] = {ZMLX_I64, ZMLX_U32, ZMLX_U32, ZMLX_U32, ZMLX_F32};
-  drop_kernel_st = zmlx_ops_kernel_one_out("zmlx_dropout", zmlx_res_dropout_zk, in, 1, pn, pd, 5,
-                                          &drop_kernel);
-  if (drop_kernel_st != ZMLX_OK)
-    snprintf(drop_kernel_err, sizeof drop_kernel_err, "%s", zmlx_last_error());
-}
+static const zmlx_kernel_spec SPECS[] = {
+    [K_DROPOUT] = ZMLX_KSPEC("zmlx_dropout", zmlx_res_dropout_zk, "x", "out",
+                             "n:i64, seed_lo:u32, seed_hi:u32, thresh:u32, scale:f32", .dense_inputs = 1),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("dropout", SPECS);
 
 
 uint32_t zmlx_dropout_threshold(double p) { return (uint32_t)llround(p * 16777216.0); }
 
 zmlx_status zmlx_dropout_launch(zmlx_array *x, const drop_cfg *c, zmlx_array *out) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, drop_kernel_init);
-  if (drop_kernel_st != ZMLX_OK) return zmlx_fail(drop_kernel_st, "dropout: %s", drop_kernel_err);
+  zmlx_kernel *drop_kernel;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_DROPOUT, &drop_kernel));
   if (x->size == 0) return ZMLX_OK;
   double params[5] = {(double)x->size, (double)(uint32_t)c->seed,
                       (double)(uint32_t)(c->seed >> 32), (double)zmlx_dropout_threshold(c->p),

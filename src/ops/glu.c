@@ -108,23 +108,14 @@ static zmlx_status apply4(const char *expr, zmlx_array *a, zmlx_array *b, zmlx_a
 
 /* ------------------------------------------------ split forms: fast path */
 
-static zmlx_kernel *gs_kernel;
-static zmlx_status gs_kernel_st;
-static char gs_kernel_err[512];
+enum { K_SPLIT };
 
-static void gs_kernel_init(void) {
-  static const char *const in[] = {"x", "bias"};
-  static const char *const outs[] = {"out"};
-  static const char *const pn[] = {"n", "fc", "xrs"};
-  static const zmlx_dtype pd[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64};
-  /* not row-contiguous: x is read in place through its row stride */
-  zmlx_kernel_desc d = {.name = "zmlx_glu_split", .input_names = in, .n_inputs = 2,
-                        .output_names = outs, .n_outputs = 1, .source = zmlx_res_glu_split_zk,
-                        .param_names = pn, .param_dtypes = pd, .n_params = 3};
-  gs_kernel_st = zmlx_kernel_create_from_zk(&d, &gs_kernel);
-  if (gs_kernel_st != ZMLX_OK)
-    snprintf(gs_kernel_err, sizeof gs_kernel_err, "%s", zmlx_last_error());
-}
+/* Not dense_inputs: x is read in place through its row stride. */
+static const zmlx_kernel_spec SPECS[] = {
+    [K_SPLIT] = ZMLX_KSPEC("zmlx_glu_split", zmlx_res_glu_split_zk, "x, bias", "out",
+                           "n:i64, fc:i64, xrs:i64"),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("glu", SPECS);
 
 /* For the checks (this thread only): launches of the fast kernel, and a cap
  * on its grid (0: none) that makes the grid-stride loop go round. */
@@ -168,9 +159,8 @@ static int split_fast_ok(const zmlx_array *x, const zmlx_array *bias) {
 /* out = act(x_lo (+ bias_lo)) * (x_hi (+ bias_hi)) with the fast kernel;
  * act: 0 silu, 1 gelu (erf), 2 gelu (tanh). Requires split_fast_ok. */
 static zmlx_status split_fast(int act, zmlx_array *x, zmlx_array *bias, zmlx_array **out) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, gs_kernel_init);
-  if (gs_kernel_st != ZMLX_OK) return zmlx_fail(gs_kernel_st, "glu split: %s", gs_kernel_err);
+  zmlx_kernel *gs_kernel;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_SPLIT, &gs_kernel));
   zmlx_device *dev = x->buffer->device;
   const int vec = zmlx_glu_split_vec(x->dtype);
   const int64_t F = x->shape[x->ndim - 1] / 2;

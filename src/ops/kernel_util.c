@@ -1,7 +1,5 @@
-/* Kernel helpers the catalog families share (declared in kernel_util.h):
- * kernels from .zk files (with or without the 16-byte access helpers of
- * kernels/vec_io.zk in front), and the geometry of row and elementwise
- * launches. */
+/* Launch helpers the catalog families share (declared in kernel_util.h):
+ * the geometry of row kernels and the template values they take. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,24 +7,6 @@
 #include "gen/patterns.h"
 #include "kernel/kernel.h"
 #include "ops/kernel_util.h"
-
-extern const char zmlx_res_vec_io_zk[];
-
-zmlx_status zmlx_ops_vec_kernel_from_desc(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
-  ZMLX_REQUIRE_ARG(desc);
-  ZMLX_REQUIRE_ARG(desc->source);
-  size_t a = strlen(zmlx_res_vec_io_zk), b = strlen(desc->source);
-  char *src = malloc(a + b + 2);
-  if (!src) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  memcpy(src, zmlx_res_vec_io_zk, a);
-  src[a] = '\n';
-  memcpy(src + a + 1, desc->source, b + 1);
-  zmlx_kernel_desc d = *desc;
-  d.source = src;
-  zmlx_status st = zmlx_kernel_create_from_zk(&d, out);
-  free(src);
-  return st;
-}
 
 /* Streaming geometry of the row kernels: TILE chunks in flight per thread
  * and the threads per row. ZMLX_ROW_TILE / ZMLX_ROW_THREADS override them
@@ -79,39 +59,6 @@ void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
   call->threadgroup[0] = want;
 }
 
-/* The kernel description both zmlx_ops_kernel constructors share: row-contiguous
- * inputs (strided views are made dense by the kernel object). */
-static zmlx_kernel_desc opck_desc(const char *name, const char *zk, const char *const *inputs,
-                                  int n_inputs, const char *const *outputs, int n_outputs,
-                                  const char *const *params, const zmlx_dtype *param_dtypes,
-                                  int n_params) {
-  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
-                        .output_names = outputs, .n_outputs = n_outputs, .source = zk,
-                        .ensure_row_contiguous = 1, .param_names = params,
-                        .param_dtypes = param_dtypes, .n_params = n_params};
-  return d;
-}
-
-zmlx_status zmlx_ops_kernel(const char *name, const char *zk, const char *const *inputs,
-                            int n_inputs, const char *const *outputs, int n_outputs,
-                            const char *const *params, const zmlx_dtype *param_dtypes,
-                            int n_params, zmlx_kernel **out) {
-  zmlx_kernel_desc d = opck_desc(name, zk, inputs, n_inputs, outputs, n_outputs, params,
-                                 param_dtypes, n_params);
-  return zmlx_kernel_create_from_zk(&d, out);
-}
-
-zmlx_status zmlx_ops_vec_kernel(const char *name, const char *zk,
-                                const char *const *inputs, int n_inputs,
-                                const char *const *outputs, int n_outputs,
-                                const char *const *params,
-                                const zmlx_dtype *param_dtypes, int n_params,
-                                zmlx_kernel **out) {
-  zmlx_kernel_desc d = opck_desc(name, zk, inputs, n_inputs, outputs, n_outputs, params,
-                                 param_dtypes, n_params);
-  return zmlx_ops_vec_kernel_from_desc(&d, out);
-}
-
 /* One threadgroup per row (at most 65536 groups, each looping over rows). */
 void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call) {
   zmlx_device_info info;
@@ -130,18 +77,6 @@ void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_ke
   call->grid[1] = call->grid[2] = 1;
   call->threadgroup[0] = tg;
   call->threadgroup[1] = call->threadgroup[2] = 1;
-}
-
-zmlx_status zmlx_ops_kernel_one_out(const char *name, const char *file, const char *const *inputs,
-                                    int n_inputs, const char *const *params,
-                                    const zmlx_dtype *param_dtypes, int n_params,
-                                    zmlx_kernel **out) {
-  static const char *const outs[] = {"out"};
-  zmlx_kernel_desc d = {.name = name, .input_names = inputs, .n_inputs = n_inputs,
-                        .output_names = outs, .n_outputs = 1, .source = file,
-                        .ensure_row_contiguous = 1, .param_names = params,
-                        .param_dtypes = param_dtypes, .n_params = n_params};
-  return zmlx_kernel_create_from_zk(&d, out);
 }
 
 int zmlx_ops_xdt(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }

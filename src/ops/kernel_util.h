@@ -1,21 +1,18 @@
 /*
- * Kernel helpers the op families share (defined in kernel_util.c): kernels
- * from .zk text (with or without the 16-byte access helpers of
- * kernels/vec_io.zk in front), and the geometry of row and elementwise
- * launches.
+ * What the op families share for their kernels: the kernel-set tables
+ * (kernel/kernel_set.h), the 16-byte access helpers of kernels/vec_io.zk
+ * (a spec's prelude), and the geometry of row launches (kernel_util.c).
  */
 #ifndef ZMLX_OPS_KERNEL_UTIL_H
 #define ZMLX_OPS_KERNEL_UTIL_H
 
 #include "kernel/kernel.h"
+#include "kernel/kernel_set.h"
 #include "runtime/internal.h"
 
-/* A kernel from a .zk file with kernels/vec_io.zk's 16-byte access helpers
- * (ZV_LOAD, ZV_STORE, ZV_ROUND, ZV_GROUP_REDUCE) in front of it (kernel_util.c).
- * Only for kernels that use them: the helpers' text mentions barriers, so
- * the kernel object treats the kernel as one with barriers (its grid must
- * then be whole threadgroups). */
-zmlx_status zmlx_ops_vec_kernel_from_desc(const zmlx_kernel_desc *desc, zmlx_kernel **out);
+/* kernels/vec_io.zk: the 16-byte access helpers, a kernel_spec prelude. */
+extern const char zmlx_res_vec_io_zk[];
+
 /* Geometry of a row kernel that holds its row in registers, `chunks`
  * 16-byte chunks per row: the fewest threads (a power of two, at least a
  * SIMD group, at most 256) that hold the row in <= 4 chunks each, so many
@@ -41,24 +38,6 @@ int zmlx_ops_native_simd(const zmlx_device *dev);
 int zmlx_ops_stream_tile(void);
 void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass);
 
-/* A kernel from .zk text with row-contiguous inputs (strided views are
- * made dense by the kernel object). */
-zmlx_status zmlx_ops_kernel(const char *name, const char *zk, const char *const *inputs,
-                            int n_inputs, const char *const *outputs, int n_outputs,
-                            const char *const *params, const zmlx_dtype *param_dtypes,
-                            int n_params, zmlx_kernel **out);
-/* The same with kernels/vec_io.zk's helpers in front (zmlx_ops_vec_kernel_from_desc). */
-zmlx_status zmlx_ops_vec_kernel(const char *name, const char *zk,
-                                const char *const *inputs, int n_inputs,
-                                const char *const *outputs, int n_outputs,
-                                const char *const *params,
-                                const zmlx_dtype *param_dtypes, int n_params,
-                                zmlx_kernel **out);
-/* The same with one output named "out". */
-zmlx_status zmlx_ops_kernel_one_out(const char *name, const char *file, const char *const *inputs,
-                                    int n_inputs, const char *const *params,
-                                    const zmlx_dtype *param_dtypes, int n_params,
-                                    zmlx_kernel **out);
 /* One threadgroup per row (at most 65536 groups, each looping over rows). */
 void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call);
 

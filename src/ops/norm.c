@@ -27,110 +27,44 @@ extern const char zmlx_res_norm_wsum_zk[];
 
 /* ---------------------------------------------------------------- kernels */
 
-/* The forward gets the 16-byte access helpers (kernels/vec_io.zk); the
- * others do not need them (and their text would mark a barrier-free kernel
- * as one with barriers, which constrains its grid). */
-static zmlx_status make_kernel(const char *name, const char *file, const char *const *in,
-                               int n_in, const char *const *out, int n_out,
-                               const char *const *params, const zmlx_dtype *pdt, int n_params,
-                               zmlx_kernel **k) {
-  zmlx_kernel_desc d = {.name = name, .input_names = in, .n_inputs = n_in,
-                        .output_names = out, .n_outputs = n_out, .source = file,
-                        .param_names = params, .param_dtypes = pdt, .n_params = n_params};
-  return file == zmlx_res_norm_fwd_zk ? zmlx_ops_vec_kernel_from_desc(&d, k)
-                                      : zmlx_kernel_create_from_zk(&d, k);
-}
+/* Every variant is its own kernel: the forward by which of r, w, b it
+ * reads (bits 0, 1, 2), the backward by w and dh (bits 0, 1), the weight
+ * gradient by whether it also sums the bias. Only the forward takes the
+ * 16-byte access helpers (kernels/vec_io.zk): their text would mark the
+ * barrier-free kernels as ones with barriers, which constrains the grid. */
+enum { K_FWD = 0, K_BWD = 8, K_WGRAD = 12, K_WSUM = 14, K_COUNT };
 
-static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
-static zmlx_kernel *fwd_kernels[8];  /* bit 0: r, bit 1: w, bit 2: b */
-static zmlx_kernel *bwd_kernels[4];  /* bit 0: w, bit 1: dh */
-static zmlx_kernel *wgrad_kernels[2];/* bit 0: b */
-static zmlx_kernel *wsum_kernel;
-
-static zmlx_status get_fwd(int v, zmlx_kernel **out) {
-  zmlx_status st = ZMLX_OK;
-  pthread_mutex_lock(&kernel_lock);
-  if (!fwd_kernels[v]) {
-    const char *in[4];
-    int n = 0;
-    in[n++] = "x";
-    if (v & 1) in[n++] = "r";
-    if (v & 2) in[n++] = "w";
-    if (v & 4) in[n++] = "b";
-    const char *outs[3];
-    int no = 0;
-    outs[no++] = "y";
-    if (v & 1) outs[no++] = "h";
-    outs[no++] = "stats";
-    static const char *const params[3] = {"zrows", "zcols", "eps"};
-    static const zmlx_dtype pdt[3] = {ZMLX_I64, ZMLX_I64, ZMLX_F32};
-    char name[32];
-    snprintf(name, sizeof name, "zmlx_norm_fwd%d", v);
-    st = make_kernel(name, zmlx_res_norm_fwd_zk, in, n, outs, no, params, pdt, 3,
-                     &fwd_kernels[v]);
-  }
-  *out = fwd_kernels[v];
-  pthread_mutex_unlock(&kernel_lock);
-  return st;
-}
-
-static zmlx_status get_bwd(int v, zmlx_kernel **out) {
-  zmlx_status st = ZMLX_OK;
-  pthread_mutex_lock(&kernel_lock);
-  if (!bwd_kernels[v]) {
-    const char *in[5];
-    int n = 0;
-    in[n++] = "h";
-    in[n++] = "dy";
-    if (v & 1) in[n++] = "w";
-    in[n++] = "stats";
-    if (v & 2) in[n++] = "dh";
-    static const char *const outs[1] = {"dx"};
-    static const char *const params[2] = {"zrows", "zcols"};
-    static const zmlx_dtype pdt[2] = {ZMLX_I64, ZMLX_I64};
-    char name[32];
-    snprintf(name, sizeof name, "zmlx_norm_bwd%d", v);
-    st = make_kernel(name, zmlx_res_norm_bwd_zk, in, n, outs, 1, params, pdt, 2,
-                     &bwd_kernels[v]);
-  }
-  *out = bwd_kernels[v];
-  pthread_mutex_unlock(&kernel_lock);
-  return st;
-}
-
-static zmlx_status get_wgrad(int v, zmlx_kernel **out) {
-  zmlx_status st = ZMLX_OK;
-  pthread_mutex_lock(&kernel_lock);
-  if (!wgrad_kernels[v]) {
-    static const char *const in[3] = {"h", "dy", "stats"};
-    static const char *const outs[2] = {"pw", "pb"};
-    static const char *const params[3] = {"zrows", "zcols", "zchunk"};
-    static const zmlx_dtype pdt[3] = {ZMLX_I64, ZMLX_I64, ZMLX_I64};
-    char name[32];
-    snprintf(name, sizeof name, "zmlx_norm_wgrad%d", v);
-    st = make_kernel(name, zmlx_res_norm_wgrad_zk, in, 3, outs, v ? 2 : 1, params, pdt, 3,
-                     &wgrad_kernels[v]);
-  }
-  *out = wgrad_kernels[v];
-  pthread_mutex_unlock(&kernel_lock);
-  return st;
-}
-
-static zmlx_status get_wsum(zmlx_kernel **out) {
-  zmlx_status st = ZMLX_OK;
-  pthread_mutex_lock(&kernel_lock);
-  if (!wsum_kernel) {
-    static const char *const in[1] = {"part"};
-    static const char *const outs[1] = {"out"};
-    static const char *const params[2] = {"zcols", "zchunks"};
-    static const zmlx_dtype pdt[2] = {ZMLX_I64, ZMLX_I64};
-    st = make_kernel("zmlx_norm_wsum", zmlx_res_norm_wsum_zk, in, 1, outs, 1, params, pdt, 2,
-                     &wsum_kernel);
-  }
-  *out = wsum_kernel;
-  pthread_mutex_unlock(&kernel_lock);
-  return st;
-}
+#define FWD_PARAMS "zrows:i64, zcols:i64, eps:f32"
+#define BWD_PARAMS "zrows:i64, zcols:i64"
+#define WGRAD_PARAMS "zrows:i64, zcols:i64, zchunk:i64"
+static const zmlx_kernel_spec SPECS[K_COUNT] = {
+    [K_FWD + 0] = ZMLX_KSPEC("zmlx_norm_fwd0", zmlx_res_norm_fwd_zk, "x", "y, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_FWD + 1] = ZMLX_KSPEC("zmlx_norm_fwd1", zmlx_res_norm_fwd_zk, "x, r", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_FWD + 2] = ZMLX_KSPEC("zmlx_norm_fwd2", zmlx_res_norm_fwd_zk, "x, w", "y, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_FWD + 3] = ZMLX_KSPEC("zmlx_norm_fwd3", zmlx_res_norm_fwd_zk, "x, r, w", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_FWD + 4] = ZMLX_KSPEC("zmlx_norm_fwd4", zmlx_res_norm_fwd_zk, "x, b", "y, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_FWD + 5] = ZMLX_KSPEC("zmlx_norm_fwd5", zmlx_res_norm_fwd_zk, "x, r, b", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_FWD + 6] = ZMLX_KSPEC("zmlx_norm_fwd6", zmlx_res_norm_fwd_zk, "x, w, b", "y, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_FWD + 7] = ZMLX_KSPEC("zmlx_norm_fwd7", zmlx_res_norm_fwd_zk, "x, r, w, b", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
+    [K_BWD + 0] = ZMLX_KSPEC("zmlx_norm_bwd0", zmlx_res_norm_bwd_zk, "h, dy, stats", "dx", BWD_PARAMS),
+    [K_BWD + 1] = ZMLX_KSPEC("zmlx_norm_bwd1", zmlx_res_norm_bwd_zk, "h, dy, w, stats", "dx", BWD_PARAMS),
+    [K_BWD + 2] = ZMLX_KSPEC("zmlx_norm_bwd2", zmlx_res_norm_bwd_zk, "h, dy, stats, dh", "dx", BWD_PARAMS),
+    [K_BWD + 3] = ZMLX_KSPEC("zmlx_norm_bwd3", zmlx_res_norm_bwd_zk, "h, dy, w, stats, dh", "dx", BWD_PARAMS),
+    [K_WGRAD + 0] = ZMLX_KSPEC("zmlx_norm_wgrad0", zmlx_res_norm_wgrad_zk, "h, dy, stats", "pw",
+                               WGRAD_PARAMS),
+    [K_WGRAD + 1] = ZMLX_KSPEC("zmlx_norm_wgrad1", zmlx_res_norm_wgrad_zk, "h, dy, stats", "pw, pb",
+                               WGRAD_PARAMS),
+    [K_WSUM] = ZMLX_KSPEC("zmlx_norm_wsum", zmlx_res_norm_wsum_zk, "part", "out", "zcols:i64, zchunks:i64"),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("norm", SPECS);
 
 /* --------------------------------------------------------------- geometry */
 
@@ -259,7 +193,7 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
     zmlx_kernel *k = NULL;
     int tg = 0, cache = 0;
     int64_t groups = 0;
-    st = get_fwd(v, &k);
+    st = zmlx_kernel_set_get(&KERNELS, K_FWD + v, &k);
     if (st == ZMLX_OK) st = row_geometry(x->buffer->device, rows, cols, &tg, &cache, &groups);
     zmlx_array *all[6] = {x, r, w, b, *y, h ? *h : NULL};
     int vec = st == ZMLX_OK ? chunk_width(x->dtype, all, 6, cols) : 0, nv = 0;
@@ -345,7 +279,7 @@ static zmlx_status launch_bwd(const norm_cfg *c, zmlx_array *h, zmlx_array *dy, 
   zmlx_kernel *k = NULL;
   int tg = 0, cache = 0;
   int64_t groups = 0;
-  zmlx_status st = get_bwd(v, &k);
+  zmlx_status st = zmlx_kernel_set_get(&KERNELS, K_BWD + v, &k);
   if (st == ZMLX_OK) st = row_geometry(h->buffer->device, rows, cols, &tg, &cache, &groups);
   if (st == ZMLX_OK) {
     zmlx_array *ins[5];
@@ -400,8 +334,8 @@ static zmlx_status launch_wgrad(zmlx_array *h, zmlx_array *dy, zmlx_array *stats
   zmlx_array *pw = NULL, *pb = NULL;
   int64_t pshape[2] = {chunks, cols};
   zmlx_kernel *kg = NULL, *ks = NULL;
-  st = get_wgrad(want_b ? 1 : 0, &kg);
-  if (st == ZMLX_OK) st = get_wsum(&ks);
+  st = zmlx_kernel_set_get(&KERNELS, K_WGRAD + (want_b ? 1 : 0), &kg);
+  if (st == ZMLX_OK) st = zmlx_kernel_set_get(&KERNELS, K_WSUM, &ks);
   if (st == ZMLX_OK) st = zmlx_array_alloc(dev, NULL, ZMLX_F32, 2, pshape, &pw);
   if (st == ZMLX_OK && want_b) st = zmlx_array_alloc(dev, NULL, ZMLX_F32, 2, pshape, &pb);
   if (st == ZMLX_OK) {

@@ -30,47 +30,21 @@ extern const char zmlx_res_quant_vjp_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
-static zmlx_kernel *k_dq, *k_q8, *k_q4, *k_vjp4, *k_vjp8;
-static zmlx_status k_st;
-static char k_err[512];
+enum { K_DQ, K_Q8, K_Q4, K_VJP4, K_VJP8 };
 
-static void k_init(void) {
-  static const char *const dq_in[] = {"q", "scales", "biases"};
-  static const char *const dq_pn[] = {"n", "total", "cols", "gshift", "act"};
-  static const zmlx_dtype i64x3[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_I32, ZMLX_I32};
-  static const zmlx_dtype q4_pd[] = {ZMLX_I64, ZMLX_I32};
-  static const char *const x_in[] = {"x"};
-  static const char *const q8_out[] = {"q", "scales"};
-  static const char *const q8_pn[] = {"rows", "cols"};
-  static const char *const q4_out[] = {"packed", "scales", "biases"};
-  static const char *const q4_pn[] = {"n", "G"};
-  static const char *const vjp_in[] = {"q", "g"};
-  static const char *const vjp_out[] = {"gs", "gb"};
-  static const char *const vjp_pn[] = {"n", "cols", "nch", "G"};
-  static const char *const dq_out[] = {"out"};
-  k_st = zmlx_ops_kernel("zmlx_quant_dequant", zmlx_res_quant_dequant_zk, dq_in, 3, dq_out,
-                                  1, dq_pn, i64x3, 5, &k_dq);
-  if (k_st == ZMLX_OK)
-    k_st = zmlx_ops_kernel("zmlx_quant_q8", zmlx_res_quant_q8_zk, x_in, 1, q8_out, 2,
-                                    q8_pn, i64x3, 2, &k_q8);
-  if (k_st == ZMLX_OK)
-    k_st = zmlx_ops_kernel("zmlx_quant_q4", zmlx_res_quant_q4_zk, x_in, 1, q4_out, 3,
-                                    q4_pn, q4_pd, 2, &k_q4);
-  if (k_st == ZMLX_OK)
-    k_st = zmlx_ops_kernel("zmlx_quant_vjp4", zmlx_res_quant_vjp_zk, vjp_in, 2, vjp_out, 2,
-                                    vjp_pn, i64x3, 4, &k_vjp4);
-  if (k_st == ZMLX_OK)
-    k_st = zmlx_ops_kernel("zmlx_quant_vjp8", zmlx_res_quant_vjp_zk, vjp_in, 2, vjp_out, 1,
-                                    vjp_pn, i64x3, 4, &k_vjp8);
-  if (k_st != ZMLX_OK) snprintf(k_err, sizeof k_err, "%s", zmlx_last_error());
-}
-
-static zmlx_status kernels(const char *op) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, k_init);
-  if (k_st != ZMLX_OK) return zmlx_fail(k_st, "%s: quantization kernels: %s", op, k_err);
-  return ZMLX_OK;
-}
+static const zmlx_kernel_spec SPECS[] = {
+    [K_DQ] = ZMLX_KSPEC("zmlx_quant_dequant", zmlx_res_quant_dequant_zk, "q, scales, biases", "out",
+                        "n:i64, total:i64, cols:i64, gshift:i32, act:i32", .dense_inputs = 1),
+    [K_Q8] = ZMLX_KSPEC("zmlx_quant_q8", zmlx_res_quant_q8_zk, "x", "q, scales", "rows:i64, cols:i64",
+                        .dense_inputs = 1),
+    [K_Q4] = ZMLX_KSPEC("zmlx_quant_q4", zmlx_res_quant_q4_zk, "x", "packed, scales, biases",
+                        "n:i64, G:i32", .dense_inputs = 1),
+    [K_VJP4] = ZMLX_KSPEC("zmlx_quant_vjp4", zmlx_res_quant_vjp_zk, "q, g", "gs, gb",
+                          "n:i64, cols:i64, nch:i64, G:i32", .dense_inputs = 1),
+    [K_VJP8] = ZMLX_KSPEC("zmlx_quant_vjp8", zmlx_res_quant_vjp_zk, "q, g", "gs",
+                          "n:i64, cols:i64, nch:i64, G:i32", .dense_inputs = 1),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("quantization", SPECS);
 
 /* ------------------------------------------------------------ validation */
 
@@ -210,7 +184,6 @@ static int aligned(const zmlx_array *a, size_t align) {
 /* out (dense, offset 0, [..., cols]) = act(dequantize). mode 8: b unused. */
 zmlx_status zmlx_dequantize_launch(int mode, zmlx_array *q, zmlx_array *s, zmlx_array *b, int group,
                                    zmlx_quant_act act, zmlx_array *out) {
-  ZMLX_CHECK(kernels(mode == 8 ? "dequantize_int8_rows" : "dequantize_int4"));
   const int64_t total = out->size;
   if (total == 0) return ZMLX_OK;
   const int64_t cols = out->shape[out->ndim - 1];
@@ -238,13 +211,12 @@ zmlx_status zmlx_dequantize_launch(int mode, zmlx_array *q, zmlx_array *s, zmlx_
                            .templates = t, .n_templates = 4, .params = params,
                            .device = q->buffer->device};
   zmlx_kernel_call_grid_1d(&call, n);
-  return zmlx_kernel_launch(k_dq, &call);
+  return zmlx_kernel_set_launch(&KERNELS, K_DQ, &call);
 }
 
 /* Quantize into preallocated dense outputs (b: int4 only). */
 zmlx_status zmlx_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array *q, zmlx_array *s,
                                  zmlx_array *b) {
-  ZMLX_CHECK(kernels(mode == 8 ? "quantize_int8_rows" : "quantize_int4"));
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = x->size / cols;
   if (rows == 0) return ZMLX_OK;
@@ -267,7 +239,7 @@ zmlx_status zmlx_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array 
     call.grid[1] = call.grid[2] = 1;
     call.threadgroup[0] = tg;
     call.threadgroup[1] = call.threadgroup[2] = 1;
-    return zmlx_kernel_launch(k_q8, &call);
+    return zmlx_kernel_set_launch(&KERNELS, K_Q8, &call);
   }
   zmlx_array *outs[3] = {q, s, b};
   const int64_t n = x->size / group;
@@ -277,7 +249,7 @@ zmlx_status zmlx_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array 
                            .device = x->buffer->device};
   zmlx_kernel_call_grid_1d(&call, n);
   call.threadgroup[0] = 64;
-  return zmlx_kernel_launch(k_q4, &call);
+  return zmlx_kernel_set_launch(&KERNELS, K_Q4, &call);
 }
 
 /* ------------------------------------------------------------ autograd */
@@ -291,7 +263,6 @@ typedef struct dq_ctx {
 static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
                             const zmlx_ad_meta *sm, int want_s, int want_b, zmlx_array **gs,
                             zmlx_array **gb) {
-  ZMLX_CHECK(kernels("dequantize (gradient)"));
   const int64_t cols = g->shape[g->ndim - 1];
   const int64_t rows = cols ? g->size / cols : 0;
   if (rows == 0 || cols == 0) return ZMLX_OK; /* NULL: zero */
@@ -311,7 +282,7 @@ static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
                                .templates = t, .n_templates = 2, .params = params, .device = dev};
       zmlx_kernel_call_grid_1d(&call, n);
       call.threadgroup[0] = 64;
-      st = zmlx_kernel_launch(k_vjp4, &call);
+      st = zmlx_kernel_set_launch(&KERNELS, K_VJP4, &call);
     }
   } else {
     const int64_t nch = (cols + VJP8_CHUNK - 1) / VJP8_CHUNK;
@@ -328,7 +299,7 @@ static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
                                .templates = t, .n_templates = 2, .params = params, .device = dev};
       zmlx_kernel_call_grid_1d(&call, n);
       call.threadgroup[0] = 64;
-      st = zmlx_kernel_launch(k_vjp8, &call);
+      st = zmlx_kernel_set_launch(&KERNELS, K_VJP8, &call);
     }
     zmlx_array *sum = NULL;
     if (st == ZMLX_OK && nch > 1) {

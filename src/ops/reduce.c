@@ -24,37 +24,17 @@ extern const char zmlx_res_reduce_bwd_zk[];
 
 /* ------------------------------------------------------------------ kernels */
 
-static zmlx_kernel *k_red, *k_sel, *k_bwd;
-static zmlx_status k_status = ZMLX_OK;
-static char k_error[1024];
-static pthread_once_t k_once = PTHREAD_ONCE_INIT;
+enum { K_RED, K_SEL, K_BWD };
 
-static void k_create(void) {
-  static const char *const xin[] = {"x"}, *const rout[] = {"out"};
-  static const char *const rpar[] = {"rows", "cols", "root", "denom"};
-  static const zmlx_dtype rdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32};
-  static const char *const sout[] = {"vals", "idx"};
-  static const char *const spar[] = {"rows", "cols", "k", "sgn"};
-  static const zmlx_dtype sdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32};
-  static const char *const bin[] = {"x", "g", "aux", "idx"}, *const bout[] = {"dx"};
-  static const char *const bpar[] = {"rows", "cols", "k", "root", "denom", "scale"};
-  static const zmlx_dtype bdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32, ZMLX_F32};
-  k_status = zmlx_ops_kernel("zmlx_reduce", zmlx_res_reduce_zk, xin, 1, rout, 1, rpar,
-                                      rdt, 4, &k_red);
-  if (k_status == ZMLX_OK)
-    k_status = zmlx_ops_kernel("zmlx_reduce_select", zmlx_res_reduce_sel_zk, xin, 1,
-                                        sout, 2, spar, sdt, 4, &k_sel);
-  if (k_status == ZMLX_OK)
-    k_status = zmlx_ops_kernel("zmlx_reduce_bwd", zmlx_res_reduce_bwd_zk, bin, 4, bout,
-                                        1, bpar, bdt, 6, &k_bwd);
-  if (k_status != ZMLX_OK) snprintf(k_error, sizeof k_error, "%s", zmlx_last_error());
-}
-
-static zmlx_status kernels(void) {
-  pthread_once(&k_once, k_create);
-  if (k_status != ZMLX_OK) return zmlx_fail(k_status, "reduction kernels: %s", k_error);
-  return ZMLX_OK;
-}
+static const zmlx_kernel_spec SPECS[] = {
+    [K_RED] = ZMLX_KSPEC("zmlx_reduce", zmlx_res_reduce_zk, "x", "out",
+                         "rows:i64, cols:i64, root:i64, denom:f32", .dense_inputs = 1),
+    [K_SEL] = ZMLX_KSPEC("zmlx_reduce_select", zmlx_res_reduce_sel_zk, "x", "vals, idx",
+                         "rows:i64, cols:i64, k:i64, sgn:f32", .dense_inputs = 1),
+    [K_BWD] = ZMLX_KSPEC("zmlx_reduce_bwd", zmlx_res_reduce_bwd_zk, "x, g, aux, idx", "dx",
+                         "rows:i64, cols:i64, k:i64, root:i64, denom:f32, scale:f32", .dense_inputs = 1),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("reduction", SPECS);
 
 static const char *const KIND_NAMES[] = {"sum", "mean", "max", "min", "var", "std"};
 
@@ -114,7 +94,8 @@ int zmlx_reduce_out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *
 /* sum / mean / var / std of x into the dense out ([rows] elements). */
 static zmlx_status red_forward_into(zmlx_array *x, zmlx_reduce_kind kind, int ddof,
                                     zmlx_array *out) {
-  ZMLX_CHECK(kernels());
+  zmlx_kernel *k_red;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_RED, &k_red));
   const int64_t cols = last_dim(x), rows = row_count(x);
   if (rows == 0) return ZMLX_OK;
   /* sum and mean share a variant (MODE 0), var and std another (MODE 1) */
@@ -173,7 +154,8 @@ static int sel_threads(zmlx_device *dev, int native, int kcap, int64_t chunks) {
  * (the values or indices an op does not return are k elements per row). */
 static zmlx_status sel_forward_into(zmlx_array *x, int k, int is_min, zmlx_array *vals,
                                     zmlx_array *idx) {
-  ZMLX_CHECK(kernels());
+  zmlx_kernel *k_sel;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_SEL, &k_sel));
   const int64_t cols = last_dim(x), rows = row_count(x);
   if (rows == 0) return ZMLX_OK;
   const int vec = vec_width(x, cols);
@@ -222,7 +204,8 @@ static zmlx_status bwd_launch(int mode, zmlx_array *x, zmlx_array *g, zmlx_array
                               zmlx_array *idx, int64_t rows, int64_t cols, int64_t k, double denom,
                               double scale, zmlx_dtype dt, int ndim, const int64_t *shape,
                               zmlx_array **out) {
-  ZMLX_CHECK(kernels());
+  zmlx_kernel *k_bwd;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_BWD, &k_bwd));
   zmlx_array *dx = NULL;
   ZMLX_CHECK(zmlx_array_alloc(g->buffer->device, NULL, dt, ndim, shape, &dx));
   zmlx_status st = ZMLX_OK;

@@ -19,29 +19,14 @@ extern const char zmlx_res_rope_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
-static zmlx_kernel *rope_kernel;
-static zmlx_status rope_kernel_st;
-static char rope_kernel_err[512];
+enum { K_ROPE };
 
-static void rope_kernel_init(void) {
-  static const char *const in[] = {"x", "offsets", "cosv", "sinv"};
-  static const char *const pn[] = {"n", "W", "S", "H", "D", "R", "layout", "table_len",
-                                   "sgn", "log2_base", "scale"};
-  static const zmlx_dtype pd[] = {ZMLX_I64, ZMLX_I32, ZMLX_I32, ZMLX_I32, ZMLX_I32, ZMLX_I32,
-                                  ZMLX_I32, ZMLX_I32, ZMLX_F32, ZMLX_F32, ZMLX_F32};
-  rope_kernel_st = zmlx_ops_kernel_one_out("zmlx_rope", zmlx_res_rope_zk, in, 4, pn, pd, 11,
-                                          &rope_kernel);
-  if (rope_kernel_st != ZMLX_OK)
-    snprintf(rope_kernel_err, sizeof rope_kernel_err, "%s", zmlx_last_error());
-}
-
-static zmlx_status get_rope_kernel(zmlx_kernel **k) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, rope_kernel_init);
-  if (rope_kernel_st != ZMLX_OK) return zmlx_fail(rope_kernel_st, "rope: %s", rope_kernel_err);
-  *k = rope_kernel;
-  return ZMLX_OK;
-}
+static const zmlx_kernel_spec SPECS[] = {
+    [K_ROPE] = ZMLX_KSPEC("zmlx_rope", zmlx_res_rope_zk, "x, offsets, cosv, sinv", "out",
+                          "n:i64, W:i32, S:i32, H:i32, D:i32, R:i32, layout:i32, table_len:i32, sgn:f32, "
+                          "log2_base:f32, scale:f32", .dense_inputs = 1),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("rope", SPECS);
 
 /* ------------------------------------------------------------ the op */
 
@@ -131,7 +116,7 @@ zmlx_status zmlx_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_o
 /* out (dense, preallocated, x's shape and dtype) = rope of x. */
 zmlx_status zmlx_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out) {
   zmlx_kernel *k = NULL;
-  ZMLX_CHECK(get_rope_kernel(&k));
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_ROPE, &k));
   if (x->size == 0) return ZMLX_OK;
   const zmlx_rope_opts *o = &c->o;
   int64_t D = x->shape[3];

@@ -21,31 +21,16 @@ extern const char zmlx_res_softmax_bwd_zk[];
 
 /* ------------------------------------------------------------------ kernels */
 
-static zmlx_kernel *k_fwd, *k_bwd;
-static zmlx_status k_status = ZMLX_OK;
-static char k_error[1024];
-static pthread_once_t k_once = PTHREAD_ONCE_INIT;
+enum { K_FWD, K_BWD };
 
-static void k_create(void) {
-  static const char *const fin[] = {"x", "mask"}, *const fout[] = {"out"};
-  static const char *const fpar[] = {"rows", "cols", "mrows", "sq", "coff", "scale"};
-  static const zmlx_dtype fdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_I64, ZMLX_F32};
-  static const char *const bin[] = {"a", "b", "c"}, *const bout[] = {"dx"};
-  static const char *const bpar[] = {"rows", "cols", "scale"};
-  static const zmlx_dtype bdt[] = {ZMLX_I64, ZMLX_I64, ZMLX_F32};
-  k_status = zmlx_ops_vec_kernel("zmlx_softmax_fwd", zmlx_res_softmax_zk, fin, 2, fout, 1,
-                                      fpar, fdt, 6, &k_fwd);
-  if (k_status == ZMLX_OK)
-    k_status = zmlx_ops_kernel("zmlx_softmax_bwd", zmlx_res_softmax_bwd_zk, bin, 3,
-                                        bout, 1, bpar, bdt, 3, &k_bwd);
-  if (k_status != ZMLX_OK) snprintf(k_error, sizeof k_error, "%s", zmlx_last_error());
-}
-
-static zmlx_status kernels(void) {
-  pthread_once(&k_once, k_create);
-  if (k_status != ZMLX_OK) return zmlx_fail(k_status, "softmax kernels: %s", k_error);
-  return ZMLX_OK;
-}
+static const zmlx_kernel_spec SPECS[] = {
+    [K_FWD] = ZMLX_KSPEC("zmlx_softmax_fwd", zmlx_res_softmax_zk, "x, mask", "out",
+                         "rows:i64, cols:i64, mrows:i64, sq:i64, coff:i64, scale:f32",
+                         .prelude = zmlx_res_vec_io_zk, .dense_inputs = 1),
+    [K_BWD] = ZMLX_KSPEC("zmlx_softmax_bwd", zmlx_res_softmax_bwd_zk, "a, b, c", "dx",
+                         "rows:i64, cols:i64, scale:f32", .dense_inputs = 1),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("softmax", SPECS);
 
 
 
@@ -94,7 +79,8 @@ zmlx_status zmlx_softmax_validate(const char *op, zmlx_array *x, const sm_args *
 
 /* Forward into a preallocated dense output (the check poisons it first). */
 zmlx_status zmlx_softmax_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *out) {
-  ZMLX_CHECK(kernels());
+  zmlx_kernel *k_fwd;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_FWD, &k_fwd));
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = cols ? x->size / cols : 0;
   if (rows == 0) return ZMLX_OK;
@@ -152,7 +138,8 @@ static zmlx_status sm_alloc_out(zmlx_array *x, int mode, zmlx_array **out) {
  * or 2 (a = x, b = g [rows], c = lse [rows]). */
 static zmlx_status sm_bwd(int kmode, zmlx_array *a, zmlx_array *b, zmlx_array *c, double scale,
                           zmlx_dtype out_dt, zmlx_array **out) {
-  ZMLX_CHECK(kernels());
+  zmlx_kernel *k_bwd;
+  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_BWD, &k_bwd));
   ZMLX_CHECK(zmlx_array_alloc(a->buffer->device, NULL, out_dt, a->ndim, a->shape, out));
   const int64_t cols = a->shape[a->ndim - 1];
   const int64_t rows = cols ? a->size / cols : 0;
