@@ -10,6 +10,7 @@
 
 #ifdef ZMLX_HAVE_CUDA
 #include "backends/cuda/nvrtc.h"
+#include "kernel/kernel.h"
 #include "runtime/internal.h"
 
 static void compile_for_sm90a(const char *what, const char *src) {

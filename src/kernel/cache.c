@@ -290,6 +290,12 @@ void zmlx_cache_shutdown(void) {
   pthread_mutex_unlock(&g_table.lock);
 }
 
+/* The kernel layer's functions go before the backends that loaded them. */
+void zmlx_shutdown(void) {
+  zmlx_cache_shutdown();
+  zmlx_runtime_shutdown();
+}
+
 /* ====================================================== disk: location */
 
 static char g_dir[PATH_MAX];

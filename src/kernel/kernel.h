@@ -59,6 +59,18 @@ zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
  * (a file without the line is all body). desc->header must be NULL. */
 zmlx_status zmlx_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out);
 
+/* Fill with a value, write arange, random: built-in kernels (kernel/builtins.c). */
+zmlx_status zmlx_builtin_fill(zmlx_array *a, double value, zmlx_stream *s);
+zmlx_status zmlx_builtin_copy(zmlx_array *src, zmlx_array *dst, zmlx_stream *s);
+zmlx_status zmlx_builtin_arange(zmlx_array *a, double start, double step, zmlx_stream *s);
+zmlx_status zmlx_builtin_random(zmlx_array *a, uint64_t seed, int normal, double p0,
+                                double p1, zmlx_stream *s);
+
+/* The built-in kernels' sources for a backend and dtype (tests compile the
+ * CUDA ones with NVRTC on machines without a GPU). */
+int zmlx_builtin_count(void);
+zmlx_status zmlx_builtin_source(int which, zmlx_backend backend, zmlx_dtype dt, char **out);
+
 /* Grid of a launch over n work items (at least 1), threadgroups of 256: 1-D,
  * or 2-D past 2^30 items, since grid dimensions stop at 2^31 - 1 on some
  * backends; the kernel computes its item as y * grid_size.x + x. */

@@ -119,22 +119,6 @@ zmlx_status zmlx_array_empty(zmlx_device *dev, zmlx_dtype dt, int ndim, const in
   return zmlx_array_alloc(dev, NULL, dt, ndim, shape, out);
 }
 
-zmlx_status zmlx_array_full(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                            double value, zmlx_array **out) {
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
-  zmlx_status st = zmlx_builtin_fill(*out, value, NULL);
-  if (st != ZMLX_OK) {
-    zmlx_array_release(*out);
-    *out = NULL;
-  }
-  return st;
-}
-
-zmlx_status zmlx_array_zeros(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                             zmlx_array **out) {
-  return zmlx_array_full(dev, dt, ndim, shape, 0.0, out);
-}
-
 zmlx_status zmlx_array_from_host(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                                  const void *data, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(data);
@@ -150,45 +134,6 @@ zmlx_status zmlx_array_from_host(zmlx_device *dev, zmlx_dtype dt, int ndim, cons
     *out = NULL;
   }
   return st;
-}
-
-zmlx_status zmlx_array_arange(zmlx_device *dev, zmlx_dtype dt, double start, double step,
-                              int64_t n, zmlx_array **out) {
-  if (n < 0) return zmlx_fail(ZMLX_ERR_SHAPE, "arange: negative length %lld", (long long)n);
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, 1, &n, out));
-  zmlx_status st = zmlx_builtin_arange(*out, start, step, NULL);
-  if (st != ZMLX_OK) {
-    zmlx_array_release(*out);
-    *out = NULL;
-  }
-  return st;
-}
-
-static zmlx_status random_array(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
-                                uint64_t seed, int normal, double p0, double p1,
-                                zmlx_array **out) {
-  if (dt != ZMLX_F32 && dt != ZMLX_F16 && dt != ZMLX_BF16 && dt != ZMLX_F64)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "random arrays must be floating point, not %s",
-                     zmlx_dtype_name(dt));
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
-  zmlx_status st = zmlx_builtin_random(*out, seed, normal, p0, p1, NULL);
-  if (st != ZMLX_OK) {
-    zmlx_array_release(*out);
-    *out = NULL;
-  }
-  return st;
-}
-
-zmlx_status zmlx_array_random_uniform(zmlx_device *dev, zmlx_dtype dt, int ndim,
-                                      const int64_t *shape, uint64_t seed, double low,
-                                      double high, zmlx_array **out) {
-  return random_array(dev, dt, ndim, shape, seed, 0, low, high, out);
-}
-
-zmlx_status zmlx_array_random_normal(zmlx_device *dev, zmlx_dtype dt, int ndim,
-                                     const int64_t *shape, uint64_t seed, double mean,
-                                     double stddev, zmlx_array **out) {
-  return random_array(dev, dt, ndim, shape, seed, 1, mean, stddev, out);
 }
 
 /* ------------------------------------------------------- reference counting */
@@ -234,24 +179,6 @@ int zmlx_array_is_contiguous(const zmlx_array *a) {
 
 /* --------------------------------------------------------------- host access */
 
-zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_bytes) {
-  ZMLX_REQUIRE_ARG(a);
-  ZMLX_REQUIRE_ARG(dst);
-  size_t bytes = zmlx_array_nbytes(a);
-  if (dst_bytes != bytes)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "to_host: destination has %zu bytes, array has %zu",
-                     dst_bytes, bytes);
-  if (bytes == 0) return ZMLX_OK;
-  zmlx_array *dense = NULL;
-  ZMLX_CHECK(zmlx_array_contiguous(a, &dense));
-  zmlx_device *d = dense->buffer->device;
-  zmlx_status st =
-      d->ops->read(d->index, d->default_stream->handle, dense->buffer->handle,
-                   (size_t)dense->offset * zmlx_dtype_size(dense->dtype), dst, bytes);
-  zmlx_array_release(dense);
-  return st;
-}
-
 static double element_to_double(zmlx_dtype dt, const void *p) {
   switch (dt) {
     case ZMLX_BOOL:
@@ -290,13 +217,13 @@ zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out) {
 
 /* -------------------------------------------------------------------- views */
 
-zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape, zmlx_array **out) {
-  ZMLX_REQUIRE_ARG(a);
-  ZMLX_REQUIRE_ARG(out);
+/* Checks a reshape of a to (ndim, shape) and resolves its -1 into resolved. */
+zmlx_status zmlx_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *shape,
+                                  int64_t *resolved) {
   if (ndim && !shape) return zmlx_fail(ZMLX_ERR_NULL_ARG, "reshape: shape is NULL with ndim %d", ndim);
   if (ndim < 0 || ndim > ZMLX_MAX_DIMS)
     return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
-  int64_t resolved[ZMLX_MAX_DIMS], known = 1;
+  int64_t known = 1;
   int infer = -1;
   for (int i = 0; i < ndim; i++) {
     resolved[i] = shape[i];
@@ -316,13 +243,7 @@ zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape, zm
                      zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape), (long long)a->size,
                      zmlx_shape_str(b2, sizeof b2, ndim, shape));
   }
-  zmlx_array *src = NULL;
-  ZMLX_CHECK(zmlx_array_contiguous(a, &src));
-  int64_t strides[ZMLX_MAX_DIMS];
-  zmlx_contiguous_strides(ndim, resolved, strides);
-  zmlx_status st = zmlx_array_make_view(src, ndim, resolved, strides, src->offset, out);
-  zmlx_array_release(src);
-  return st;
+  return ZMLX_OK;
 }
 
 zmlx_status zmlx_array_transpose(zmlx_array *a, const int *perm, zmlx_array **out) {
@@ -369,39 +290,3 @@ zmlx_status zmlx_array_slice(zmlx_array *a, const int64_t *start, const int64_t 
   return zmlx_array_make_view(a, a->ndim, shape, strides, offset, out);
 }
 
-zmlx_status zmlx_array_contiguous(zmlx_array *a, zmlx_array **out) {
-  ZMLX_REQUIRE_ARG(a);
-  ZMLX_REQUIRE_ARG(out);
-  if (zmlx_array_is_contiguous(a)) {
-    atomic_fetch_add(&a->refcount, 1);
-    *out = a;
-    return ZMLX_OK;
-  }
-  return zmlx_array_astype(a, a->dtype, out);
-}
-
-zmlx_status zmlx_array_astype(zmlx_array *a, zmlx_dtype dt, zmlx_array **out) {
-  ZMLX_REQUIRE_ARG(a);
-  ZMLX_REQUIRE_ARG(out);
-  ZMLX_CHECK(zmlx_array_alloc(a->buffer->device, NULL, dt, a->ndim, a->shape, out));
-  zmlx_status st = a->size ? zmlx_builtin_copy(a, *out, NULL) : ZMLX_OK;
-  if (st != ZMLX_OK) {
-    zmlx_array_release(*out);
-    *out = NULL;
-  }
-  return st;
-}
-
-zmlx_status zmlx_array_to_device(zmlx_array *a, zmlx_device *dev, zmlx_array **out) {
-  ZMLX_REQUIRE_ARG(a);
-  ZMLX_REQUIRE_ARG(out);
-  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
-  if (dev == a->buffer->device) return zmlx_array_contiguous(a, out);
-  size_t bytes = zmlx_array_nbytes(a);
-  void *tmp = malloc(bytes ? bytes : 1);
-  if (!tmp) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (%zu bytes)", bytes);
-  zmlx_status st = zmlx_array_to_host(a, tmp, bytes);
-  if (st == ZMLX_OK) st = zmlx_array_from_host(dev, a->dtype, a->ndim, a->shape, tmp, out);
-  free(tmp);
-  return st;
-}

@@ -289,10 +289,7 @@ zmlx_status zmlx_device_synchronize(zmlx_device *dev) {
 
 /* ---------------------------------------------------------------- shutdown */
 
-void zmlx_cache_shutdown(void);
-
-void zmlx_shutdown(void) {
-  zmlx_cache_shutdown();
+void zmlx_runtime_shutdown(void) {
   for (int b = 0; b < ZMLX_BACKEND_COUNT; b++) {
     backend_slot *slot = &slots[b];
     if (!slot->ops || slot->count == 0) continue;

@@ -134,17 +134,13 @@ zmlx_status zmlx_array_make_view(zmlx_array *base, int ndim, const int64_t *shap
 zmlx_status zmlx_check_shape(zmlx_dtype dt, int ndim, const int64_t *shape, int64_t *size);
 void zmlx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 
-/* Fill with a value, write arange, random: built-in kernels (runtime/builtins.c). */
-zmlx_status zmlx_builtin_fill(zmlx_array *a, double value, zmlx_stream *s);
-zmlx_status zmlx_builtin_copy(zmlx_array *src, zmlx_array *dst, zmlx_stream *s);
-zmlx_status zmlx_builtin_arange(zmlx_array *a, double start, double step, zmlx_stream *s);
-zmlx_status zmlx_builtin_random(zmlx_array *a, uint64_t seed, int normal, double p0,
-                                double p1, zmlx_stream *s);
-
-/* The built-in kernels' sources for a backend and dtype (tests compile the
- * CUDA ones with NVRTC on machines without a GPU). */
-int zmlx_builtin_count(void);
-zmlx_status zmlx_builtin_source(int which, zmlx_backend backend, zmlx_dtype dt, char **out);
+/* Checks a reshape of a to (ndim, shape): sizes, one -1 inferred into
+ * resolved, the element count kept. */
+zmlx_status zmlx_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *shape,
+                                 int64_t *resolved);
+/* Syncs and frees the devices' default streams and shuts the backends down
+ * (the second half of zmlx_shutdown, after the kernel layer's). */
+void zmlx_runtime_shutdown(void);
 
 /* Host reference for the counter-based RNG (tests compare against it). */
 void zmlx_philox4x32(uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
