@@ -40,10 +40,10 @@ static double median_ms(zmlx_device *dev, work_fn fn, void *ctx, int reps, int i
   fn(ctx); /* warm-up: compile, allocator */
   CHECK(zmlx_device_synchronize(dev));
   for (int r = 0; r < reps; r++) {
-    double t0 = zmlx_now_ms();
+    double t0 = zmlxi_now_ms();
     for (int i = 0; i < inner; i++) fn(ctx);
     CHECK(zmlx_device_synchronize(dev));
-    t[r] = (zmlx_now_ms() - t0) / inner;
+    t[r] = (zmlxi_now_ms() - t0) / inner;
   }
   qsort(t, (size_t)reps, sizeof *t, cmp_double);
   double m = t[reps / 2];

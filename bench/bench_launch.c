@@ -1,7 +1,7 @@
 /* Launch-path and cache benchmarks, per backend:
  *   launch (given outputs)   host time per zmlx_kernel_launch on a cache hit, tiny kernel
  *   launch (alloc outputs)   the same, MLX-style, allocating the output each call
- *   memory hit               zmlx_cache_get_function for a loaded key
+ *   memory hit               zmlxi_cache_get_function for a loaded key
  *   key + memory hit         SHA-256 key of the assembled source + lookup (new kernel object)
  *   cold compile             first launch of a never-seen kernel, disk cache off
  *   disk-warm start          first launch in a new process with the binary on disk
@@ -77,7 +77,7 @@ static double launch_us(zmlx_kernel *k, zmlx_array *in, zmlx_array *out, int all
   double *t = malloc((size_t)reps * sizeof *t);
   for (int r = 0; r < reps; r++) {
     zmlx_array *outs[64];
-    double t0 = zmlx_now_ms();
+    double t0 = zmlxi_now_ms();
     for (int i = 0; i < batch; i++) {
       zmlx_array *o = alloc ? NULL : out;
       zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &o,
@@ -88,7 +88,7 @@ static double launch_us(zmlx_kernel *k, zmlx_array *in, zmlx_array *out, int all
       if (alloc && i % 64 == 63)
         for (int j = 0; j < 64; j++) zmlx_array_release(outs[j]);
     }
-    t[r] = (zmlx_now_ms() - t0) * 1e3 / batch;
+    t[r] = (zmlxi_now_ms() - t0) * 1e3 / batch;
     CHECK(zmlx_device_synchronize(dev));
   }
   qsort(t, (size_t)reps, sizeof *t, cmp_double);
@@ -114,10 +114,10 @@ static double backend_launch_us(zmlx_kernel *k, zmlx_array *in, zmlx_array *out,
       {.kind = ZMLX_ARG_SCALAR, .value = &grid[2], .size = 4}};
   double *t = malloc((size_t)reps * sizeof *t);
   for (int r = 0; r < reps; r++) {
-    double t0 = zmlx_now_ms();
+    double t0 = zmlxi_now_ms();
     for (int i = 0; i < batch; i++)
       CHECK(dev->ops->launch(dev->index, dev->default_stream->handle, fn, blocks, threads, 0, args, 5));
-    t[r] = (zmlx_now_ms() - t0) * 1e3 / batch;
+    t[r] = (zmlxi_now_ms() - t0) * 1e3 / batch;
     CHECK(zmlx_device_synchronize(dev));
   }
   qsort(t, (size_t)reps, sizeof *t, cmp_double);
@@ -130,20 +130,20 @@ static double memory_hit_us(zmlx_kernel *k, zmlx_device *dev, int with_key) {
   char *src;
   int line;
   zmlx_dtype dts[2] = {ZMLX_F32, ZMLX_F32};
-  CHECK(zmlx_kernel_assemble(k, dev->ops->dialect, dts, NULL, 0, 1, &src, &line));
+  CHECK(zmlxi_kernel_assemble(k, dev->ops->dialect, dts, NULL, 0, 1, &src, &line));
   zmlx_compile_request req = {.device = dev, .entry = k->entry, .source = src, .options = "",
                               .body_first_line = line, .what = "bench"};
   zmlx_cache_key key;
-  CHECK(zmlx_cache_make_key(&req, &key));
+  CHECK(zmlxi_cache_make_key(&req, &key));
   void *fn;
-  CHECK(zmlx_cache_get_function(&req, &key, &fn));
+  CHECK(zmlxi_cache_get_function(&req, &key, &fn));
   const int iters = with_key ? 20000 : 1000000;
-  double t0 = zmlx_now_ms();
+  double t0 = zmlxi_now_ms();
   for (int i = 0; i < iters; i++) {
-    if (with_key) CHECK(zmlx_cache_make_key(&req, &key));
-    CHECK(zmlx_cache_get_function(&req, &key, &fn));
+    if (with_key) CHECK(zmlxi_cache_make_key(&req, &key));
+    CHECK(zmlxi_cache_get_function(&req, &key, &fn));
   }
-  double us = (zmlx_now_ms() - t0) * 1e3 / iters;
+  double us = (zmlxi_now_ms() - t0) * 1e3 / iters;
   free(src);
   return us;
 }
@@ -151,9 +151,9 @@ static double memory_hit_us(zmlx_kernel *k, zmlx_device *dev, int with_key) {
 static double first_launch_ms(zmlx_kernel *k, zmlx_array *in, zmlx_array *out) {
   zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &out,
                         .grid = {in->size, 1, 1}, .threadgroup = {64, 1, 1}};
-  double t0 = zmlx_now_ms();
+  double t0 = zmlxi_now_ms();
   CHECK(zmlx_kernel_launch(k, &c));
-  double ms = zmlx_now_ms() - t0;
+  double ms = zmlxi_now_ms() - t0;
   CHECK(zmlx_device_synchronize(in->buffer->device));
   return ms;
 }

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/internal.h" /* zmlx_fail for the failing callbacks */
+#include "runtime/internal.h" /* zmlxi_fail for the failing callbacks */
 
 #define MAX_DEVS 4
 
@@ -993,7 +993,7 @@ static zmlx_status failing_loss(void *ud, zmlx_array *const *in, int n, zmlx_arr
   zmlx_status st;
   TRY(zmlx_mul(in[0], in[0], &a));
   TRY(apply1("exp(x)", a, &b));
-  st = zmlx_fail(ZMLX_ERR_INVALID_ARG, "deliberate failure in the callback");
+  st = zmlxi_fail(ZMLX_ERR_INVALID_ARG, "deliberate failure in the callback");
 done:
   zmlx_array_release(a), zmlx_array_release(b);
   return st;
@@ -1012,7 +1012,7 @@ static zmlx_status silent_fn(void *ud, zmlx_array *const *in, int n, zmlx_array 
 static zmlx_status bad_vjp(void *ud, zmlx_array *const *in, int n, zmlx_array *const *outs,
                            zmlx_array *const *cot, int n_out, zmlx_array **grads) {
   (void)ud, (void)in, (void)n, (void)outs, (void)cot, (void)n_out, (void)grads;
-  return zmlx_fail(ZMLX_ERR_BACKEND, "deliberate VJP failure");
+  return zmlxi_fail(ZMLX_ERR_BACKEND, "deliberate VJP failure");
 }
 
 static zmlx_status identity_forward(void *ud, zmlx_array *const *in, int n, zmlx_array **out,

@@ -46,13 +46,13 @@ static int64_t count_of(int nd, const int64_t *shape) {
 static zmlx_expr *parse(const char *text, const char *const *in, int n, const char *const *par,
                         int np) {
   zmlx_expr *e = NULL;
-  ZT_OK(zmlx_expr_parse(text, in, n, par, np, &e));
+  ZT_OK(zmlxi_expr_parse(text, in, n, par, np, &e));
   return e;
 }
 
 static double eval1(const zmlx_expr *e, const double *in, const double *par) {
   double r[4];
-  ZT_OK(zmlx_expr_eval(e, in, par, r));
+  ZT_OK(zmlxi_expr_eval(e, in, par, r));
   return r[0];
 }
 
@@ -82,8 +82,8 @@ static void check_case(zmlx_device *dev, const ew_case *c) {
   zmlx_op *op = NULL;
   ZT_OK(zmlx_elementwise(c->text, names, ni, pnames, c->n_params, &op));
   zmlx_expr *f = parse(c->text, names, ni, pnames, c->n_params), *vjp = NULL, *jvp = NULL;
-  ZT_OK(zmlx_expr_vjp(f, 0, &vjp));
-  ZT_OK(zmlx_expr_jvp(f, 0, &jvp));
+  ZT_OK(zmlxi_expr_vjp(f, 0, &vjp));
+  ZT_OK(zmlxi_expr_jvp(f, 0, &jvp));
   float *x[2], *g = rnd(n, -1, 1, 3), *t[2];
   zmlx_array *in[2], *tan[2], *cot = zt_array(dev, ZMLX_F32, 2, shape, g);
   for (int i = 0; i < ni; i++) {
@@ -104,7 +104,7 @@ static void check_case(zmlx_device *dev, const ew_case *c) {
     zt_assert_close(&got[k], &want, 1, 1e-5, 1e-5, c->text);
     /* Engine graphs in f64: VJP inputs (x.., g), JVP inputs (x.., t..). */
     double vg[3] = {v[0], ni > 1 ? v[1] : g[k], g[k]}, gr[2];
-    ZT_OK(zmlx_expr_eval(vjp, vg, c->params, gr));
+    ZT_OK(zmlxi_expr_eval(vjp, vg, c->params, gr));
     double vt[4] = {v[0], ni > 1 ? v[1] : t[0][k], t[0][k], ni > 1 ? t[1][k] : 0};
     double jt = eval1(jvp, vt, c->params), fd_jvp = 0;
     for (int i = 0; i < ni; i++) {
@@ -126,7 +126,7 @@ static void check_case(zmlx_device *dev, const ew_case *c) {
     zmlx_array_release(in[i]), zmlx_array_release(tan[i]), zmlx_array_release(grads[i]);
   }
   zmlx_array_release(out), zmlx_array_release(tout), zmlx_array_release(cot);
-  zmlx_expr_free(f), zmlx_expr_free(vjp), zmlx_expr_free(jvp);
+  zmlxi_expr_free(f), zmlxi_expr_free(vjp), zmlxi_expr_free(jvp);
   zmlx_op_destroy(op);
 }
 
@@ -150,7 +150,7 @@ static void test_half_dtypes(void **state) {
   zmlx_op *op = NULL;
   ZT_OK(zmlx_elementwise("s = sigmoid(x); x * s * y", XY, 2, NULL, 0, &op));
   zmlx_expr *f = parse("s = sigmoid(x); x * s * y", XY, 2, NULL, 0), *vjp = NULL;
-  ZT_OK(zmlx_expr_vjp(f, 0, &vjp));
+  ZT_OK(zmlxi_expr_vjp(f, 0, &vjp));
   for (int d = 0; d < nd; d++)
     for (int t = 0; t < 2; t++) {
       int64_t n = 4097;
@@ -166,7 +166,7 @@ static void test_half_dtypes(void **state) {
       for (int64_t i = 0; i < n; i++) {
         double v[3] = {zt_round_to(dts[t], x[i]), zt_round_to(dts[t], y[i]), zt_round_to(dts[t], g[i])};
         double want = eval1(f, v, NULL), gr[2];
-        ZT_OK(zmlx_expr_eval(vjp, v, NULL, gr));
+        ZT_OK(zmlxi_expr_eval(vjp, v, NULL, gr));
         zt_assert_close(&o[i], &want, 1, tol, tol, "16-bit forward");
         zt_assert_close(&g0[i], &gr[0], 1, tol, tol, "16-bit grad x");
         zt_assert_close(&g1[i], &gr[1], 1, tol, tol, "16-bit grad y");
@@ -175,7 +175,7 @@ static void test_half_dtypes(void **state) {
       zmlx_array_release(in[0]), zmlx_array_release(in[1]), zmlx_array_release(cot);
       zmlx_array_release(out), zmlx_array_release(grads[0]), zmlx_array_release(grads[1]);
     }
-  zmlx_expr_free(f), zmlx_expr_free(vjp);
+  zmlxi_expr_free(f), zmlxi_expr_free(vjp);
   zmlx_op_destroy(op);
 }
 

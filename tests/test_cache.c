@@ -226,24 +226,24 @@ static void test_checksum_without_driver_help(void **state) {
   zmlx_compile_request req = {.device = &fake, .entry = "zmlx_k_fake", .source = unique_tag,
                               .options = "", .what = "kernel 'fake'"};
   zmlx_cache_key key;
-  ZT_OK(zmlx_cache_make_key(&req, &key));
+  ZT_OK(zmlxi_cache_make_key(&req, &key));
   void *fn = NULL;
-  ZT_OK(zmlx_cache_get_function(&req, &key, &fn)); /* compiled, written to disk */
+  ZT_OK(zmlxi_cache_get_function(&req, &key, &fn)); /* compiled, written to disk */
   assert_int_equal(fake_compiles, 1);
   ZT_OK(zmlx_cache_clear_memory());
   fake_loaded[0] = '\0';
-  ZT_OK(zmlx_cache_get_function(&req, &key, &fn)); /* from disk */
+  ZT_OK(zmlxi_cache_get_function(&req, &key, &fn)); /* from disk */
   assert_int_equal(fake_compiles, 1);
   assert_string_equal(fake_loaded, "fake binary: any bytes load");
 
   char hex[65], path[4200];
-  zmlx_cache_key_hex(&key, hex);
+  zmlxi_cache_key_hex(&key, hex);
   snprintf(path, sizeof path, "%s/%s.bin", zmlx_cache_dir(), hex);
   corrupt_file(path);
   ZT_OK(zmlx_cache_clear_memory());
   zmlx_cache_stats s0 = stats();
   fake_loaded[0] = '\0';
-  ZT_OK(zmlx_cache_get_function(&req, &key, &fn));
+  ZT_OK(zmlxi_cache_get_function(&req, &key, &fn));
   zmlx_cache_stats s1 = stats();
   /* the damaged bytes never reached the loader: rejected, compiled again */
   assert_string_equal(fake_loaded, "fake binary: any bytes load");

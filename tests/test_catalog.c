@@ -101,12 +101,12 @@ static void test_shard_checks(void **state) {
   (void)state;
   zmlx_device *devs[4];
   int nd = zt_devices(devs, 4);
-  const zmlx_catalog_op *const *ops = zmlx_catalog_ops();
+  const zmlx_catalog_op *const *ops = zck_catalog_ops();
   if (!nd || !ops[0]) skip();
   zmlx_dtype dts[3] = {ZMLX_F32, ZMLX_F16, ZMLX_BF16};
   failures f = {0};
   int64_t live = zmlx_array_live_count();
-  zmlx_kernel_set_launch_observer(observe_launch, &launched);
+  zmlxi_kernel_set_launch_observer(observe_launch, &launched);
   int checked = 0;
   for (int i = 0; ops[i]; i++) {
     if (!in_shard(i)) continue;
@@ -121,7 +121,7 @@ static void test_shard_checks(void **state) {
       }
     fprintf(stderr, "checked %s\n", ops[i]->name);
   }
-  zmlx_kernel_set_launch_observer(NULL, NULL);
+  zmlxi_kernel_set_launch_observer(NULL, NULL);
   fprintf(stderr, "shard %d/%d: %d ops, %d check cases, %d failed\n", shard_index, shard_count,
           checked, f.rows, f.failed);
   if (!checked) fail_msg("shard %d/%d holds no op", shard_index, shard_count);
@@ -141,13 +141,13 @@ static void test_shard_compiles_for_sm90a(void **state) {
    * build, only minutes slower; without CUDA there is no NVRTC to call. */
   skip();
 #else
-  if (!zmlx_nvrtc_available() || !launched.n) skip();
+  if (!zmlxi_nvrtc_available() || !launched.n) skip();
   int errors = 0;
   for (int i = 0; i < launched.n; i++) {
     void *cubin = NULL;
     size_t size = 0;
     char *log = NULL;
-    if (zmlx_nvrtc_compile(launched.src[i], "catalog", "sm_90a", &cubin, &size, &log) != ZMLX_OK) {
+    if (zmlxi_nvrtc_compile(launched.src[i], "catalog", "sm_90a", &cubin, &size, &log) != ZMLX_OK) {
       fprintf(stderr, "NVRTC sm_90a: %s\n", zmlx_last_error());
       errors++;
     }

@@ -31,7 +31,7 @@ static const double PAR_NONE[1] = {0.0};
 
 static zmlx_expr *parse3(const char *text) {
   zmlx_expr *e = NULL;
-  zmlx_status st = zmlx_expr_parse(text, XYZ, 3, ALPHA, 1, &e);
+  zmlx_status st = zmlxi_expr_parse(text, XYZ, 3, ALPHA, 1, &e);
   if (st != ZMLX_OK) print_error("parse of '%s' failed: %s\n", text, zmlx_last_error());
   assert_int_equal(st, ZMLX_OK);
   assert_non_null(e);
@@ -40,7 +40,7 @@ static zmlx_expr *parse3(const char *text) {
 
 /* All roots of e at (inputs, params) into out[]. */
 static void eval_all(const zmlx_expr *e, const double *in, const double *par, double *out) {
-  assert_int_equal(zmlx_expr_eval(e, in, par, out), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_eval(e, in, par, out), ZMLX_OK);
 }
 
 static double eval1(const zmlx_expr *e, const double *in, const double *par) {
@@ -52,7 +52,7 @@ static double eval1(const zmlx_expr *e, const double *in, const double *par) {
 
 static char *to_string(const zmlx_expr *e) {
   char *s = NULL;
-  assert_int_equal(zmlx_expr_to_string(e, &s), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_to_string(e, &s), ZMLX_OK);
   return s;
 }
 
@@ -62,7 +62,7 @@ static void assert_text(const char *expr_text, const char *want) {
   if (strcmp(s, want) != 0) print_error("'%s' printed as '%s', want '%s'\n", expr_text, s, want);
   assert_string_equal(s, want);
   free(s);
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
 }
 
 /* Emit with inputs read as in<i>_load(idx), params as param_<i>, roots
@@ -79,12 +79,12 @@ static char *emit(const zmlx_expr *e) {
   assert_true(e->n_inputs <= 8 && e->n_params <= 2 && e->n_roots <= 8);
   zmlx_expr_emit_ctx ctx = {in_text, par_text, store, NULL, NULL};
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_status st = zmlx_expr_emit(e, &ctx, &sb);
+  zmlxi_sb_init(&sb);
+  zmlx_status st = zmlxi_expr_emit(e, &ctx, &sb);
   if (st != ZMLX_OK) print_error("emit failed: %s\n", zmlx_last_error());
   assert_int_equal(st, ZMLX_OK);
   char *s = NULL;
-  assert_int_equal(zmlx_sb_finish(&sb, &s), ZMLX_OK);
+  assert_int_equal(zmlxi_sb_finish(&sb, &s), ZMLX_OK);
   return s;
 }
 
@@ -140,7 +140,7 @@ static void assert_only_allowed_identifiers(const char *src) {
  * message, and a caret line. */
 static void expect_error_n(const char *text, size_t len, const char *where, const char *what) {
   zmlx_expr *e = NULL;
-  zmlx_status st = zmlx_expr_parse_n(text, len, XYZ, 3, ALPHA, 1, &e);
+  zmlx_status st = zmlxi_expr_parse_n(text, len, XYZ, 3, ALPHA, 1, &e);
   const char *msg = zmlx_last_error();
   if (st != ZMLX_ERR_PARSE || strncmp(msg, where, strlen(where)) != 0 || !strstr(msg, what))
     print_error("text '%.60s': status %s, message:\n%s\nwant '%s' ... '%s'\n", text,
@@ -237,19 +237,19 @@ static void test_precedence(void **state) {
     if (!close_to(got, cases[i].want, 1e-15, 1e-15))
       print_error("'%s' = %.17g, want %.17g\n", cases[i].text, got, cases[i].want);
     assert_true(close_to(got, cases[i].want, 1e-15, 1e-15));
-    zmlx_expr_free(e);
+    zmlxi_expr_free(e);
   }
   /* nan is a literal too. */
   zmlx_expr *e = parse3("nan + x");
   assert_true(isnan(eval1(e, in, par)));
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
 }
 
 static double number(const char *text) {
   const double in[3] = {0, 0, 0};
   zmlx_expr *e = parse3(text);
   double v = eval1(e, in, PAR_NONE);
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
   return v;
 }
 
@@ -282,7 +282,7 @@ static void test_numbers(void **state) {
     assert_string_equal(text, "(x * 0.5) + 1.25");
     free(src);
     free(text);
-    zmlx_expr_free(e);
+    zmlxi_expr_free(e);
   }
   setlocale(LC_NUMERIC, "C");
 }
@@ -292,33 +292,33 @@ static void test_inputs_and_names(void **state) {
   zmlx_expr *e = NULL;
   const char *bad1[] = {"1x"}, *bad2[] = {"x", "x"}, *bad3[] = {"exp"}, *bad4[] = {"inf"},
              *bad5[] = {""}, *bad6[] = {"a-b"};
-  assert_int_equal(zmlx_expr_parse("1", bad1, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_parse("1", bad2, 2, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_parse("1", bad3, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_parse("1", bad4, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_parse("1", bad5, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_parse("1", bad6, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_parse("1", XYZ, 1, XYZ, 1, &e), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_parse(NULL, XYZ, 1, NULL, 0, &e), ZMLX_ERR_NULL_ARG);
-  assert_int_equal(zmlx_expr_parse("x", XYZ, 1, NULL, 0, NULL), ZMLX_ERR_NULL_ARG);
+  assert_int_equal(zmlxi_expr_parse("1", bad1, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_parse("1", bad2, 2, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_parse("1", bad3, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_parse("1", bad4, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_parse("1", bad5, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_parse("1", bad6, 1, NULL, 0, &e), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_parse("1", XYZ, 1, XYZ, 1, &e), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_parse(NULL, XYZ, 1, NULL, 0, &e), ZMLX_ERR_NULL_ARG);
+  assert_int_equal(zmlxi_expr_parse("x", XYZ, 1, NULL, 0, NULL), ZMLX_ERR_NULL_ARG);
   assert_null(e);
 
   /* No inputs at all: a constant program. */
-  assert_int_equal(zmlx_expr_parse("2 * 3", NULL, 0, NULL, 0, &e), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_parse("2 * 3", NULL, 0, NULL, 0, &e), ZMLX_OK);
   double v = 0.0;
-  assert_int_equal(zmlx_expr_eval(e, NULL, NULL, &v), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_eval(e, NULL, NULL, &v), ZMLX_OK);
   assert_true(v == 6.0);
-  assert_true(zmlx_expr_root_is_const(e, 0, &v) && v == 6.0);
-  zmlx_expr_free(e);
+  assert_true(zmlxi_expr_root_is_const(e, 0, &v) && v == 6.0);
+  zmlxi_expr_free(e);
 
   /* Queries. */
   e = parse3("x * alpha + 1");
-  assert_true(zmlx_expr_uses_input(e, 0));
-  assert_false(zmlx_expr_uses_input(e, 1));
-  assert_true(zmlx_expr_uses_param(e, 0));
-  assert_false(zmlx_expr_root_is_const(e, 0, NULL));
-  zmlx_expr_free(e);
-  zmlx_expr_free(NULL);
+  assert_true(zmlxi_expr_uses_input(e, 0));
+  assert_false(zmlxi_expr_uses_input(e, 1));
+  assert_true(zmlxi_expr_uses_param(e, 0));
+  assert_false(zmlxi_expr_root_is_const(e, 0, NULL));
+  zmlxi_expr_free(e);
+  zmlxi_expr_free(NULL);
 }
 
 /* ------------------------------------------------------------- functions */
@@ -502,8 +502,8 @@ static void test_every_function(void **state) {
   for (size_t k = 0; k < N_FN_CASES; k++) {
     const fn_case *c = &fn_cases[k];
     zmlx_expr *e = parse3(c->text), *vjp = NULL, *jvp = NULL;
-    assert_int_equal(zmlx_expr_vjp(e, 0, &vjp), ZMLX_OK);
-    assert_int_equal(zmlx_expr_jvp(e, ZMLX_EXPR_WITH_PRIMAL, &jvp), ZMLX_OK);
+    assert_int_equal(zmlxi_expr_vjp(e, 0, &vjp), ZMLX_OK);
+    assert_int_equal(zmlxi_expr_jvp(e, ZMLX_EXPR_WITH_PRIMAL, &jvp), ZMLX_OK);
     for (int i = 0; i < 4; i++) {
       check_forward(c, e, c->pts[i]);
       check_vjp(c, e, vjp, c->pts[i]);
@@ -517,21 +517,21 @@ static void test_every_function(void **state) {
     free(s1);
     free(s2);
     free(s3);
-    zmlx_expr_free(e);
-    zmlx_expr_free(vjp);
-    zmlx_expr_free(jvp);
+    zmlxi_expr_free(e);
+    zmlxi_expr_free(vjp);
+    zmlxi_expr_free(jvp);
   }
 }
 
 /* The table and the cases above agree: no function goes untested. */
 static void test_function_table_covered(void **state) {
   (void)state;
-  int n = zmlx_expr_function_count();
+  int n = zmlxi_expr_function_count();
   assert_int_equal(n, 39);
-  assert_null(zmlx_expr_function_at(-1));
-  assert_null(zmlx_expr_function_at(n));
+  assert_null(zmlxi_expr_function_at(-1));
+  assert_null(zmlxi_expr_function_at(n));
   for (int i = 0; i < n; i++) {
-    const zmlx_expr_function *f = zmlx_expr_function_at(i);
+    const zmlx_expr_function *f = zmlxi_expr_function_at(i);
     assert_true(f->min_args >= 1 && f->min_args <= f->max_args && f->max_args <= 3);
     assert_true(f->doc && f->doc[0]);
     char call[64];
@@ -543,19 +543,19 @@ static void test_function_table_covered(void **state) {
     }
     if (!found) print_error("function '%s' has no test case\n", f->name);
     assert_true(found);
-    for (int j = 0; j < i; j++) assert_string_not_equal(zmlx_expr_function_at(j)->name, f->name);
+    for (int j = 0; j < i; j++) assert_string_not_equal(zmlxi_expr_function_at(j)->name, f->name);
   }
 }
 
 /* Gradient of root 0 w.r.t. input i at p (3 inputs). */
 static double grad_at(const char *text, int i, double x, double y, double z) {
   zmlx_expr *e = parse3(text), *vjp = NULL;
-  assert_int_equal(zmlx_expr_vjp(e, 0, &vjp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(e, 0, &vjp), ZMLX_OK);
   double in[4] = {x, y, z, 1.0}, g[3];
   const double par[1] = {0.1};
   eval_all(vjp, in, par, g);
-  zmlx_expr_free(e);
-  zmlx_expr_free(vjp);
+  zmlxi_expr_free(e);
+  zmlxi_expr_free(vjp);
   return g[i];
 }
 
@@ -622,9 +622,9 @@ static void gen_leaf(rng *r, zmlx_sb *sb, int n_locals) {
   int n = (int)(sizeof leaves / sizeof leaves[0]);
   int k = rng_int(r, n + n_locals);
   if (k < n)
-    zmlx_sb_append(sb, leaves[k]);
+    zmlxi_sb_append(sb, leaves[k]);
   else
-    zmlx_sb_printf(sb, "a%d", k - n);
+    zmlxi_sb_printf(sb, "a%d", k - n);
 }
 
 /* Template with A, B, C, D standing for random subexpressions. */
@@ -633,9 +633,9 @@ static void gen_template(rng *r, zmlx_sb *sb, const char *t, int depth, int n_lo
     if (*t >= 'A' && *t <= 'D') {
       gen(r, sb, depth - 1, n_locals);
     } else if (*t == ' ' && rng_int(r, 8) == 0) {
-      zmlx_sb_append(sb, "  ");
+      zmlxi_sb_append(sb, "  ");
     } else {
-      zmlx_sb_appendn(sb, t, 1);
+      zmlxi_sb_appendn(sb, t, 1);
     }
   }
 }
@@ -665,16 +665,16 @@ static void gen(rng *r, zmlx_sb *sb, int depth, int n_locals) {
 /* A program: up to two assignments, then the result expression. */
 static char *gen_program(rng *r) {
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
+  zmlxi_sb_init(&sb);
   int n_locals = rng_int(r, 3);
   for (int i = 0; i < n_locals; i++) {
-    zmlx_sb_printf(&sb, "a%d = ", i);
+    zmlxi_sb_printf(&sb, "a%d = ", i);
     gen(r, &sb, 3, i);
-    zmlx_sb_append(&sb, rng_int(r, 2) ? ";" : "\n");
+    zmlxi_sb_append(&sb, rng_int(r, 2) ? ";" : "\n");
   }
   gen(r, &sb, 5, n_locals);
   char *s = NULL;
-  assert_int_equal(zmlx_sb_finish(&sb, &s), ZMLX_OK);
+  assert_int_equal(zmlxi_sb_finish(&sb, &s), ZMLX_OK);
   return s;
 }
 
@@ -735,18 +735,18 @@ static void check_point(const char *text, const zmlx_expr *e, const zmlx_expr *v
 static void check_round_trip(const zmlx_expr *e, const double *p, const double *par) {
   char *s = to_string(e);
   zmlx_expr *back = NULL;
-  zmlx_status st = zmlx_expr_parse(s, XYZ, 3, ALPHA, 1, &back);
+  zmlx_status st = zmlxi_expr_parse(s, XYZ, 3, ALPHA, 1, &back);
   if (st != ZMLX_OK) print_error("re-parse of '%s': %s\n", s, zmlx_last_error());
   assert_int_equal(st, ZMLX_OK);
   double a = eval1(e, p, par), b = eval1(back, p, par);
   assert_true(a == b || (isnan(a) && isnan(b)));
   free(s);
-  zmlx_expr_free(back);
+  zmlxi_expr_free(back);
 }
 
 static void check_emit_deterministic(const char *text, const zmlx_expr *vjp) {
   zmlx_expr *again = parse3(text), *vjp2 = NULL;
-  assert_int_equal(zmlx_expr_vjp(again, 0, &vjp2), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(again, 0, &vjp2), ZMLX_OK);
   char *s1 = emit(vjp), *s2 = emit(vjp2), *s3 = emit(again);
   assert_string_equal(s1, s2);
   assert_only_allowed_identifiers(s1);
@@ -754,8 +754,8 @@ static void check_emit_deterministic(const char *text, const zmlx_expr *vjp) {
   free(s1);
   free(s2);
   free(s3);
-  zmlx_expr_free(again);
-  zmlx_expr_free(vjp2);
+  zmlxi_expr_free(again);
+  zmlxi_expr_free(vjp2);
 }
 
 static void test_random_programs(void **state) {
@@ -766,8 +766,8 @@ static void test_random_programs(void **state) {
   for (int t = 0; t < n_programs; t++) {
     char *text = gen_program(&r);
     zmlx_expr *e = parse3(text), *vjp = NULL, *jvp = NULL;
-    assert_int_equal(zmlx_expr_vjp(e, 0, &vjp), ZMLX_OK);
-    assert_int_equal(zmlx_expr_jvp(e, 0, &jvp), ZMLX_OK);
+    assert_int_equal(zmlxi_expr_vjp(e, 0, &vjp), ZMLX_OK);
+    assert_int_equal(zmlxi_expr_jvp(e, 0, &jvp), ZMLX_OK);
     for (int k = 0; k < 4; k++) {
       double p[3], par[1] = {rng_uniform(&r, 0.05, 0.3)}, dir[3];
       for (int i = 0; i < 3; i++) {
@@ -778,9 +778,9 @@ static void test_random_programs(void **state) {
       if (k == 0) check_round_trip(e, p, par);
     }
     if (t % 8 == 0) check_emit_deterministic(text, vjp);
-    zmlx_expr_free(e);
-    zmlx_expr_free(vjp);
-    zmlx_expr_free(jvp);
+    zmlxi_expr_free(e);
+    zmlxi_expr_free(vjp);
+    zmlxi_expr_free(jvp);
     free(text);
   }
   print_message("random programs: %d points, %d gradient checks, %d kink skips, %d jvp checks\n",
@@ -886,7 +886,7 @@ static void test_folding_edge_values(void **state) {
     double got = eval1(e, in, par);
     if (!same_value(got, cases[i].want))
       fail_msg("'%s' folds to %.17g, want %.17g", cases[i].text, got, cases[i].want);
-    zmlx_expr_free(e);
+    zmlxi_expr_free(e);
   }
 }
 
@@ -895,13 +895,13 @@ static void test_to_string_names(void **state) {
   (void)state;
   const char *ins[] = {"t0", "t1"};
   zmlx_expr *e = NULL, *back = NULL;
-  assert_int_equal(zmlx_expr_parse("exp(t0) * t1 + exp(t0)", ins, 2, NULL, 0, &e), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_parse("exp(t0) * t1 + exp(t0)", ins, 2, NULL, 0, &e), ZMLX_OK);
   char *s = to_string(e);
   assert_string_equal(s, "tt0 = exp(t0); tt0 + (tt0 * t1)");
-  assert_int_equal(zmlx_expr_parse(s, ins, 2, NULL, 0, &back), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_parse(s, ins, 2, NULL, 0, &back), ZMLX_OK);
   free(s);
-  zmlx_expr_free(back);
-  zmlx_expr_free(e);
+  zmlxi_expr_free(back);
+  zmlxi_expr_free(e);
 }
 
 static void test_cse_in_emitted_source(void **state) {
@@ -912,8 +912,8 @@ static void test_cse_in_emitted_source(void **state) {
   assert_int_equal(count_substr(s, "in0_load(idx)"), 1);
   free(s);
   /* x, sigmoid, *, + */
-  assert_int_equal(zmlx_expr_live_count(e), 4);
-  zmlx_expr_free(e);
+  assert_int_equal(zmlxi_expr_live_count(e), 4);
+  zmlxi_expr_free(e);
 
   /* Derivatives reuse the forward value: one exp for sigmoid and its
    * derivative, one tanh for tanh and 1 - t*t. */
@@ -922,27 +922,27 @@ static void test_cse_in_emitted_source(void **state) {
       {"silu(x)", "exp("},    {"mish(x)", "tanh("}, {"gelu_tanh(x)", "tanh("}};
   for (size_t i = 0; i < sizeof reuse / sizeof reuse[0]; i++) {
     zmlx_expr *f = parse3(reuse[i].text), *vjp = NULL;
-    assert_int_equal(zmlx_expr_vjp(f, ZMLX_EXPR_WITH_PRIMAL, &vjp), ZMLX_OK);
+    assert_int_equal(zmlxi_expr_vjp(f, ZMLX_EXPR_WITH_PRIMAL, &vjp), ZMLX_OK);
     char *src = emit(vjp);
     if (count_substr(src, reuse[i].fn) != 1)
       print_error("vjp of %s:\n%s", reuse[i].text, src);
     assert_int_equal(count_substr(src, reuse[i].fn), 1);
     free(src);
-    zmlx_expr_free(f);
-    zmlx_expr_free(vjp);
+    zmlxi_expr_free(f);
+    zmlxi_expr_free(vjp);
   }
 }
 
 static void expect_vjp_text(const char *text, const char *want) {
   zmlx_expr *e = NULL, *vjp = NULL;
-  assert_int_equal(zmlx_expr_parse(text, XYZ, 1, NULL, 0, &e), ZMLX_OK);
-  assert_int_equal(zmlx_expr_vjp(e, 0, &vjp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_parse(text, XYZ, 1, NULL, 0, &e), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(e, 0, &vjp), ZMLX_OK);
   char *s = to_string(vjp);
   if (strcmp(s, want)) print_error("vjp of %s: '%s', want '%s'\n", text, s, want);
   assert_string_equal(s, want);
   free(s);
-  zmlx_expr_free(e);
-  zmlx_expr_free(vjp);
+  zmlxi_expr_free(e);
+  zmlxi_expr_free(vjp);
 }
 
 /* The stable derivative forms named in the design. */
@@ -989,7 +989,7 @@ static void test_emit_format(void **state) {
     if (strcmp(s, cases[i].want)) print_error("%s emitted:\n%s", cases[i].text, s);
     assert_string_equal(s, cases[i].want);
     free(s);
-    zmlx_expr_free(e);
+    zmlxi_expr_free(e);
   }
 }
 
@@ -1000,27 +1000,27 @@ static void test_emit_ctx(void **state) {
   const char *store[] = {"C[i] = %s; D[i] = %s"};
   zmlx_expr_emit_ctx ctx = {in_text, par_text, store, "v_", "\t"};
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  assert_int_equal(zmlx_expr_emit(e, &ctx, &sb), ZMLX_OK);
+  zmlxi_sb_init(&sb);
+  assert_int_equal(zmlxi_expr_emit(e, &ctx, &sb), ZMLX_OK);
   /* A store that uses its value twice gets a temporary. */
   assert_string_equal(sb.data, "\tfloat v_0 = A[i];\n\tfloat v_1 = B[i];\n\tfloat v_2 = p.alpha;\n"
                                "\tfloat v_3 = (v_0 * v_1) * v_2;\n\tC[i] = v_3; D[i] = v_3;\n");
-  zmlx_sb_free(&sb);
+  zmlxi_sb_free(&sb);
 
   /* Missing text for a used input or parameter; a store without %s. */
-  zmlx_sb_init(&sb);
+  zmlxi_sb_init(&sb);
   const char *missing[] = {"A[i]", NULL, NULL};
   zmlx_expr_emit_ctx bad = {missing, par_text, store, NULL, NULL};
-  assert_int_equal(zmlx_expr_emit(e, &bad, &sb), ZMLX_ERR_NULL_ARG);
+  assert_int_equal(zmlxi_expr_emit(e, &bad, &sb), ZMLX_ERR_NULL_ARG);
   assert_non_null(strstr(zmlx_last_error(), "'y'"));
   bad = (zmlx_expr_emit_ctx){in_text, NULL, store, NULL, NULL};
-  assert_int_equal(zmlx_expr_emit(e, &bad, &sb), ZMLX_ERR_NULL_ARG);
+  assert_int_equal(zmlxi_expr_emit(e, &bad, &sb), ZMLX_ERR_NULL_ARG);
   const char *no_value[] = {"C[i] = 0"};
   bad = (zmlx_expr_emit_ctx){in_text, par_text, no_value, NULL, NULL};
-  assert_int_equal(zmlx_expr_emit(e, &bad, &sb), ZMLX_ERR_INVALID_ARG);
-  assert_int_equal(zmlx_expr_emit(e, NULL, &sb), ZMLX_ERR_NULL_ARG);
-  zmlx_sb_free(&sb);
-  zmlx_expr_free(e);
+  assert_int_equal(zmlxi_expr_emit(e, &bad, &sb), ZMLX_ERR_INVALID_ARG);
+  assert_int_equal(zmlxi_expr_emit(e, NULL, &sb), ZMLX_ERR_NULL_ARG);
+  zmlxi_sb_free(&sb);
+  zmlxi_expr_free(e);
 }
 
 static void test_emit_deterministic(void **state) {
@@ -1029,25 +1029,25 @@ static void test_emit_deterministic(void **state) {
   char *first = NULL;
   for (int round = 0; round < 3; round++) {
     zmlx_expr *e = parse3(text), *vjp = NULL, *jvp = NULL;
-    assert_int_equal(zmlx_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp), ZMLX_OK);
-    assert_int_equal(zmlx_expr_jvp(e, 0, &jvp), ZMLX_OK);
+    assert_int_equal(zmlxi_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp), ZMLX_OK);
+    assert_int_equal(zmlxi_expr_jvp(e, 0, &jvp), ZMLX_OK);
     zmlx_sb all;
-    zmlx_sb_init(&all);
+    zmlxi_sb_init(&all);
     char *a = emit(e), *b = emit(vjp), *c = emit(jvp), *b2 = emit(vjp);
     assert_string_equal(b, b2);
-    zmlx_sb_printf(&all, "%s--\n%s--\n%s", a, b, c);
+    zmlxi_sb_printf(&all, "%s--\n%s--\n%s", a, b, c);
     if (!first)
-      first = zmlx_strdup(all.data);
+      first = zmlxi_strdup(all.data);
     else
       assert_string_equal(first, all.data);
     free(a);
     free(b);
     free(b2);
     free(c);
-    zmlx_sb_free(&all);
-    zmlx_expr_free(e);
-    zmlx_expr_free(vjp);
-    zmlx_expr_free(jvp);
+    zmlxi_sb_free(&all);
+    zmlxi_expr_free(e);
+    zmlxi_expr_free(vjp);
+    zmlxi_expr_free(jvp);
   }
   free(first);
 }
@@ -1057,7 +1057,7 @@ static void test_emit_deterministic(void **state) {
 static void test_derivative_graphs(void **state) {
   (void)state;
   zmlx_expr *e = parse3("x * x * y + alpha"), *vjp = NULL, *jvp = NULL;
-  assert_int_equal(zmlx_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp), ZMLX_OK);
   assert_int_equal(vjp->n_inputs, 4);
   assert_string_equal(vjp->input_names[3], "g");
   assert_int_equal(vjp->n_params, 1);
@@ -1068,22 +1068,22 @@ static void test_derivative_graphs(void **state) {
   assert_true(out[1] == 3.0 * 2 * 1.5 * -2.0);
   assert_true(out[2] == 3.0 * 1.5 * 1.5);
   double zero = -1;
-  assert_true(zmlx_expr_root_is_const(vjp, 3, &zero) && zero == 0.0);
+  assert_true(zmlxi_expr_root_is_const(vjp, 3, &zero) && zero == 0.0);
 
-  assert_int_equal(zmlx_expr_jvp(e, 0, &jvp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_jvp(e, 0, &jvp), ZMLX_OK);
   assert_int_equal(jvp->n_inputs, 6);
   assert_string_equal(jvp->input_names[3], "t_x");
   assert_string_equal(jvp->input_names[5], "t_z");
   assert_int_equal(jvp->n_roots, 1);
-  assert_false(zmlx_expr_uses_input(jvp, 5)); /* t_z: f does not depend on z */
+  assert_false(zmlxi_expr_uses_input(jvp, 5)); /* t_z: f does not depend on z */
   double tin[6] = {1.5, -2.0, 7.0, 1.0, 10.0, 100.0}, t[1];
   eval_all(jvp, tin, par, t);
   assert_true(t[0] == 2 * 1.5 * -2.0 + 1.5 * 1.5 * 10.0);
 
   /* Second order: the VJP of the VJP (several roots, several cotangents). */
   zmlx_expr *g1 = NULL, *g2 = NULL;
-  assert_int_equal(zmlx_expr_vjp(e, 0, &g1), ZMLX_OK);
-  assert_int_equal(zmlx_expr_vjp(g1, 0, &g2), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(e, 0, &g1), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(g1, 0, &g2), ZMLX_OK);
   assert_int_equal(g2->n_inputs, 7); /* x y z g g0 g1 g2 */
   assert_string_equal(g2->input_names[4], "g0");
   assert_string_equal(g2->input_names[6], "g2");
@@ -1096,27 +1096,27 @@ static void test_derivative_graphs(void **state) {
   char *s = emit(g2);
   assert_only_allowed_identifiers(s);
   free(s);
-  zmlx_expr_free(g1);
-  zmlx_expr_free(g2);
-  zmlx_expr_free(e);
-  zmlx_expr_free(vjp);
-  zmlx_expr_free(jvp);
+  zmlxi_expr_free(g1);
+  zmlxi_expr_free(g2);
+  zmlxi_expr_free(e);
+  zmlxi_expr_free(vjp);
+  zmlxi_expr_free(jvp);
 
   /* Generated names never collide with the user's. */
   const char *ins[] = {"g", "t_g"};
-  assert_int_equal(zmlx_expr_parse("g * t_g", ins, 2, NULL, 0, &e), ZMLX_OK);
-  assert_int_equal(zmlx_expr_vjp(e, 0, &vjp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_parse("g * t_g", ins, 2, NULL, 0, &e), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(e, 0, &vjp), ZMLX_OK);
   assert_string_equal(vjp->input_names[2], "g_");
-  assert_int_equal(zmlx_expr_jvp(e, 0, &jvp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_jvp(e, 0, &jvp), ZMLX_OK);
   assert_string_equal(jvp->input_names[2], "t_g_");
   assert_string_equal(jvp->input_names[3], "t_t_g");
   s = to_string(vjp);
   assert_string_equal(s, "[(t_g * g_), (g * g_)]");
   free(s);
-  zmlx_expr_free(e);
-  zmlx_expr_free(vjp);
-  zmlx_expr_free(jvp);
-  assert_int_equal(zmlx_expr_vjp(NULL, 0, &vjp), ZMLX_ERR_NULL_ARG);
+  zmlxi_expr_free(e);
+  zmlxi_expr_free(vjp);
+  zmlxi_expr_free(jvp);
+  assert_int_equal(zmlxi_expr_vjp(NULL, 0, &vjp), ZMLX_ERR_NULL_ARG);
 }
 
 /* ---------------------------------------------------- hostile / bad text */
@@ -1212,15 +1212,15 @@ static void test_deep_nesting(void **state) {
   /* Well inside the limit is fine. */
   s = repeat("(", 200, "x", ")", 200);
   zmlx_expr *e = parse3(s);
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
   free(s);
   s = repeat("-", 200, "x", "", 0);
   e = parse3(s);
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
   free(s);
   s = repeat("x + (", 100, "x", ")", 100);
   e = parse3(s);
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
   free(s);
 }
 
@@ -1233,8 +1233,8 @@ static void test_long_inputs(void **state) {
   free(s);
   const double in[3] = {0.5, 0, 0};
   assert_true(eval1(e, in, PAR) == 0.5 * (n + 1));
-  assert_int_equal(zmlx_expr_vjp(e, 0, &vjp), ZMLX_OK);
-  assert_int_equal(zmlx_expr_jvp(e, 0, &jvp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_vjp(e, 0, &vjp), ZMLX_OK);
+  assert_int_equal(zmlxi_expr_jvp(e, 0, &jvp), ZMLX_OK);
   double gin[4] = {0.5, 0, 0, 1.0}, g[3];
   eval_all(vjp, gin, PAR, g);
   assert_true(g[0] == n + 1);
@@ -1244,25 +1244,25 @@ static void test_long_inputs(void **state) {
   assert_true(eval1(back, in, PAR) == 0.5 * (n + 1));
   free(src);
   free(text);
-  zmlx_expr_free(back);
-  zmlx_expr_free(e);
-  zmlx_expr_free(vjp);
-  zmlx_expr_free(jvp);
+  zmlxi_expr_free(back);
+  zmlxi_expr_free(e);
+  zmlxi_expr_free(vjp);
+  zmlxi_expr_free(jvp);
 
   /* A long chain of statements. */
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_sb_append(&sb, "a = x\n");
-  for (int i = 0; i < 20000; i++) zmlx_sb_append(&sb, "a = sin(a) * 0.5 + x\n");
-  zmlx_sb_append(&sb, "a");
+  zmlxi_sb_init(&sb);
+  zmlxi_sb_append(&sb, "a = x\n");
+  for (int i = 0; i < 20000; i++) zmlxi_sb_append(&sb, "a = sin(a) * 0.5 + x\n");
+  zmlxi_sb_append(&sb, "a");
   e = parse3(sb.data);
-  zmlx_sb_free(&sb);
-  assert_int_equal(zmlx_expr_vjp(e, 0, &vjp), ZMLX_OK);
+  zmlxi_sb_free(&sb);
+  assert_int_equal(zmlxi_expr_vjp(e, 0, &vjp), ZMLX_OK);
   src = emit(vjp);
   assert_true(strlen(src) > 20000);
   free(src);
-  zmlx_expr_free(e);
-  zmlx_expr_free(vjp);
+  zmlxi_expr_free(e);
+  zmlxi_expr_free(vjp);
 
   /* An error at the end of a very long line shows a window around it. */
   s = repeat("x + ", 5000, "$", "", 0);

@@ -719,19 +719,19 @@ static void expect_location(int (*find)(const char *, long *, long *), const cha
 
 static void test_compile_log_formats(void **state) {
   (void)state;
-  expect_location(zmlx_log_location_nvrtc,
+  expect_location(zmlxi_log_location_nvrtc,
                   "kernel.cu(40): warning #177-D: variable \"t\" was declared but never referenced\n"
                   "kernel.cu(12): error: identifier \"foo\" is undefined\n", 12, 0);
-  expect_location(zmlx_log_location_nvrtc, "k.cu(3): catastrophic error: cannot open source file\n",
+  expect_location(zmlxi_log_location_nvrtc, "k.cu(3): catastrophic error: cannot open source file\n",
                   3, 0);
-  expect_location(zmlx_log_location_nvrtc, "k.cu(9): warning: unused\n", 0, 0);
-  expect_location(zmlx_log_location_clang,
+  expect_location(zmlxi_log_location_nvrtc, "k.cu(9): warning: unused\n", 0, 0);
+  expect_location(zmlxi_log_location_clang,
                   "<source>:5:1: warning: unused variable 'u'\n"
                   "<source>:7:13: error: use of undeclared identifier 'foo'\n", 7, 13);
-  expect_location(zmlx_log_location_clang, "input.cl:21: error: expected ';'\n", 21, 0);
-  expect_location(zmlx_log_location_clang,
+  expect_location(zmlxi_log_location_clang, "input.cl:21: error: expected ';'\n", 21, 0);
+  expect_location(zmlxi_log_location_clang,
                   "error: /tmp/pocl/kcache/AB/program.cl:9:5: use of undeclared identifier\n", 9, 5);
-  expect_location(zmlx_log_location_clang, "1 warning generated.\n", 0, 0);
+  expect_location(zmlxi_log_location_clang, "1 warning generated.\n", 0, 0);
 }
 
 static void test_compile_error_has_log_and_line(void **state) {
@@ -827,16 +827,16 @@ static void test_kernel_set(void **state) {
   (void)state;
   static zmlx_kernel_set set = ZMLX_KERNEL_SET("test", SET_SPECS);
   zmlx_kernel *k1 = NULL, *k2 = NULL;
-  ZT_OK(zmlx_kernel_set_get(&set, 0, &k1));
-  ZT_OK(zmlx_kernel_set_get(&set, 0, &k2));
+  ZT_OK(zmlxi_kernel_set_get(&set, 0, &k1));
+  ZT_OK(zmlxi_kernel_set_get(&set, 0, &k2));
   assert_ptr_equal(k1, k2);
   for (int again = 0; again < 2; again++) {
-    ZT_FAILS(zmlx_kernel_set_get(&set, 1, &k1), ZMLX_ERR_INVALID_ARG, "'n' needs a type");
-    ZT_FAILS(zmlx_kernel_set_get(&set, 2, &k1), ZMLX_ERR_INVALID_ARG, "float");
+    ZT_FAILS(zmlxi_kernel_set_get(&set, 1, &k1), ZMLX_ERR_INVALID_ARG, "'n' needs a type");
+    ZT_FAILS(zmlxi_kernel_set_get(&set, 2, &k1), ZMLX_ERR_INVALID_ARG, "float");
   }
   if (!strstr(zmlx_last_error(), "test kernels: kernel 'zt_set_reserved'"))
     fail_msg("the message does not name the set and the kernel: %s", zmlx_last_error());
-  ZT_FAILS(zmlx_kernel_set_get(&set, 9, &k1), ZMLX_ERR_INVALID_ARG, "no entry 9");
+  ZT_FAILS(zmlxi_kernel_set_get(&set, 9, &k1), ZMLX_ERR_INVALID_ARG, "no entry 9");
   zmlx_device *devs[MAX_DEVS];
   int nd = zt_devices(devs, MAX_DEVS);
   if (!nd) skip();
@@ -848,12 +848,12 @@ static void test_kernel_set(void **state) {
     double params[2] = {(double)n, -1.5};
     zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &out,
                           .params = params};
-    zmlx_kernel_call_grid_1d(&c, n);
-    ZT_OK(zmlx_kernel_set_launch(&set, 0, &c));
+    zmlxi_kernel_call_grid_1d(&c, n);
+    ZT_OK(zmlxi_kernel_set_launch(&set, 0, &c));
     zmlx_kernel_call c2 = {.n_inputs = 1, .n_outputs = 1, .inputs = in, .outputs = &out2,
                            .params = params};
-    zmlx_kernel_call_grid_1d(&c2, n);
-    ZT_OK(zmlx_kernel_set_launch(&set, 3, &c2));
+    zmlxi_kernel_call_grid_1d(&c2, n);
+    ZT_OK(zmlxi_kernel_set_launch(&set, 3, &c2));
     double *got = zt_download(out), *got2 = zt_download(out2);
     double *want = malloc((size_t)n * sizeof *want), *want2 = malloc((size_t)n * sizeof *want2);
     for (int64_t i = 0; i < n; i++) {

@@ -17,7 +17,7 @@ static void compile_for_sm90a(const char *what, const char *src) {
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
-  zmlx_status st = zmlx_nvrtc_compile(src, what, "sm_90a", &cubin, &size, &log);
+  zmlx_status st = zmlxi_nvrtc_compile(src, what, "sm_90a", &cubin, &size, &log);
   if (st != ZMLX_OK) fail_msg("NVRTC sm_90a: %s: %s", what, zmlx_last_error());
   assert_true(size > 0);
   /* an ELF cubin */
@@ -28,7 +28,7 @@ static void compile_for_sm90a(const char *what, const char *src) {
 
 static void test_test_kernels_compile(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   for (int i = 0; i < ZT_K_COUNT; i++) {
     const zt_kernel_def *def = &zt_kernels[i];
     zmlx_kernel *k = NULL;
@@ -46,12 +46,12 @@ static void test_test_kernels_compile(void **state) {
 
 static void test_builtin_kernels_compile(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   zmlx_dtype dts[] = {ZMLX_F32, ZMLX_F16, ZMLX_BF16, ZMLX_I32, ZMLX_I64, ZMLX_U8, ZMLX_BOOL};
-  for (int b = 0; b < zmlx_builtin_count(); b++)
+  for (int b = 0; b < zmlxi_builtin_count(); b++)
     for (size_t d = 0; d < sizeof dts / sizeof *dts; d++) {
       char *src = NULL, what[64];
-      ZT_OK(zmlx_builtin_source(b, ZMLX_BACKEND_CUDA, dts[d], &src));
+      ZT_OK(zmlxi_builtin_source(b, ZMLX_BACKEND_CUDA, dts[d], &src));
       snprintf(what, sizeof what, "builtin-%d-%s", b, zmlx_dtype_name(dts[d]));
       compile_for_sm90a(what, src);
       zmlx_free(src);
@@ -60,11 +60,11 @@ static void test_builtin_kernels_compile(void **state) {
 
 static void test_compile_error_is_reported(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
-  zmlx_status st = zmlx_nvrtc_compile("extern \"C\" __global__ void k() { undefined_name = 1; }",
+  zmlx_status st = zmlxi_nvrtc_compile("extern \"C\" __global__ void k() { undefined_name = 1; }",
                                       "broken.cu", "sm_90a", &cubin, &size, &log);
   assert_int_equal(st, ZMLX_ERR_COMPILE);
   assert_non_null(strstr(zmlx_last_error(), "undefined_name"));
@@ -72,7 +72,7 @@ static void test_compile_error_is_reported(void **state) {
 }
 
 int main(void) {
-  if (!zmlx_nvrtc_available())
+  if (!zmlxi_nvrtc_available())
     fprintf(stderr, "[test_nvrtc] libnvrtc not found: the NVRTC checks are skipped\n");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_test_kernels_compile),

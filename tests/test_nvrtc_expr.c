@@ -41,7 +41,7 @@ static void compile_for_sm90a(const char *what, const char *src, int min_kernels
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
-  zmlx_status st = zmlx_nvrtc_compile(src, what, "sm_90a", &cubin, &size, &log);
+  zmlx_status st = zmlxi_nvrtc_compile(src, what, "sm_90a", &cubin, &size, &log);
   if (st != ZMLX_OK) fail_msg("NVRTC sm_90a: %s: %s\n--- source:\n%s", what, zmlx_last_error(), src);
   assert_true(size > 4);
   assert_memory_equal(cubin, "\x7f" "ELF", 4); /* a cubin */
@@ -88,14 +88,14 @@ static void compile_elementwise(const char *expr, int n_inputs, int n_params,
 
 static void test_every_function(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   const zmlx_dtype dts[] = {ZMLX_F32, ZMLX_BF16};
   static const char *const args[] = {"x", "x, y", "x, y, z"};
-  int n_fn = zmlx_expr_function_count();
+  int n_fn = zmlxi_expr_function_count();
   assert_true(n_fn >= 39);
   int before = n_compiled;
   for (int i = 0; i < n_fn; i++) {
-    const zmlx_expr_function *f = zmlx_expr_function_at(i);
+    const zmlx_expr_function *f = zmlxi_expr_function_at(i);
     assert_true(f->min_args >= 1 && f->max_args <= 3 && f->min_args <= f->max_args);
     for (int n = f->min_args; n <= f->max_args; n++) {
       char expr[96];
@@ -110,7 +110,7 @@ static void test_every_function(void **state) {
 /* Operators, statements, parameters, constants and a wide program. */
 static void test_language_constructs(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   const zmlx_dtype dts[] = {ZMLX_F32, ZMLX_BF16};
   static const char *const programs[] = {
       "x * sigmoid(x) * y",
@@ -135,7 +135,7 @@ static void test_language_constructs(void **state) {
  * and the broadcast / strided kernel printed with each. */
 static void test_elementwise_layouts(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   static const char *const xy[] = {"x", "y"};
   zmlx_op *op = NULL;
   ZT_OK(zmlx_elementwise("x * sigmoid(x) * y", xy, 2, NULL, 0, &op));
@@ -166,8 +166,8 @@ static void test_elementwise_layouts(void **state) {
    * input, several outputs (the VJP graph) and 16-bit storage. */
   static const char *const xyz[] = {"x", "y", "z"};
   zmlx_expr *e = NULL, *vjp = NULL;
-  ZT_OK(zmlx_expr_parse("x * sigmoid(y) + z", xyz, 3, NULL, 0, &e));
-  ZT_OK(zmlx_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp));
+  ZT_OK(zmlxi_expr_parse("x * sigmoid(y) + z", xyz, 3, NULL, 0, &e));
+  ZT_OK(zmlxi_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp));
   const zmlx_expr *graphs[] = {e, vjp};
   const zmlx_ew_layout layouts[] = {ZMLX_EW_CONTIGUOUS, ZMLX_EW_STRIDED, ZMLX_EW_VECTOR};
   const zmlx_dtype storage[] = {ZMLX_F32, ZMLX_F16, ZMLX_BF16};
@@ -178,20 +178,20 @@ static void test_elementwise_layouts(void **state) {
         int n_arrays = graphs[g]->n_inputs + graphs[g]->n_roots;
         for (int i = 0; i < n_arrays; i++) dts[i] = storage[(d + i) % 3];
         zmlx_pattern_kernel pk;
-        ZT_OK(zmlx_pattern_elementwise(graphs[g], layouts[l], dts, &pk));
+        ZT_OK(zmlxi_pattern_elementwise(graphs[g], layouts[l], dts, &pk));
         zmlx_sb sb;
-        zmlx_sb_init(&sb);
-        ZT_OK(zmlx_pattern_append_source(&pk, ZMLX_BACKEND_CUDA, dts, "pattern", &sb));
+        zmlxi_sb_init(&sb);
+        ZT_OK(zmlxi_pattern_append_source(&pk, ZMLX_BACKEND_CUDA, dts, "pattern", &sb));
         char *src = NULL;
-        ZT_OK(zmlx_sb_finish(&sb, &src));
+        ZT_OK(zmlxi_sb_finish(&sb, &src));
         char what[96];
         snprintf(what, sizeof what, "elementwise-%s-layout%d-%d.cu", g ? "vjp" : "fwd", l, d);
         compile_for_sm90a(what, src, 1);
         free(src);
-        zmlx_pattern_kernel_free(&pk);
+        zmlxi_pattern_kernel_free(&pk);
       }
-  zmlx_expr_free(vjp);
-  zmlx_expr_free(e);
+  zmlxi_expr_free(vjp);
+  zmlxi_expr_free(e);
 }
 
 static void compile_reduce_op(zmlx_op *op, const char *what) {
@@ -201,7 +201,7 @@ static void compile_reduce_op(zmlx_op *op, const char *what) {
 
 static void test_reductions(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   const struct {
     const char *what;
     zmlx_reduce_desc d;
@@ -230,7 +230,7 @@ static void test_reductions(void **state) {
 
 static void test_map_reductions(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   const zmlx_reduce_desc max_g = {"-inf", NULL, "max(acc, x)", "max(a, b)", NULL};
   const zmlx_reduce_desc sum_exp_g = {"0", "exp(x - r0)", "acc + x", "a + b", NULL};
   const zmlx_reduce_desc max_t = {"-inf", NULL, "max(acc, x)", NULL, NULL};
@@ -282,36 +282,36 @@ static void test_map_reductions(void **state) {
  * column (leading-axis) reduction, which only run inside zmlx_op_vjp. */
 static void test_gradient_sum_patterns(void **state) {
   (void)state;
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   static const char *const acc_x[] = {"acc", "x"}, *const a_b[] = {"a", "b"};
   zmlx_expr *init = NULL, *step = NULL, *combine = NULL;
-  ZT_OK(zmlx_expr_parse("0", NULL, 0, NULL, 0, &init));
-  ZT_OK(zmlx_expr_parse("acc + x", acc_x, 2, NULL, 0, &step));
-  ZT_OK(zmlx_expr_parse("a + b", a_b, 2, NULL, 0, &combine));
+  ZT_OK(zmlxi_expr_parse("0", NULL, 0, NULL, 0, &init));
+  ZT_OK(zmlxi_expr_parse("acc + x", acc_x, 2, NULL, 0, &step));
+  ZT_OK(zmlxi_expr_parse("a + b", a_b, 2, NULL, 0, &combine));
   zmlx_row_reduction r = {init, step, combine, NULL};
   const zmlx_dtype storage[] = {ZMLX_F32, ZMLX_F16, ZMLX_BF16};
   for (int kind = 0; kind < 3; kind++)
     for (int d = 0; d < 3; d++) {
       zmlx_pattern_kernel pk;
-      if (kind == 0) ZT_OK(zmlx_pattern_col_reduce(&r, &pk));
-      if (kind == 1) ZT_OK(zmlx_pattern_row_reduce(&r, ZMLX_ROW_PER_GROUP, &pk));
-      if (kind == 2) ZT_OK(zmlx_pattern_row_reduce(&r, ZMLX_ROW_PER_THREAD, &pk));
+      if (kind == 0) ZT_OK(zmlxi_pattern_col_reduce(&r, &pk));
+      if (kind == 1) ZT_OK(zmlxi_pattern_row_reduce(&r, ZMLX_ROW_PER_GROUP, &pk));
+      if (kind == 2) ZT_OK(zmlxi_pattern_row_reduce(&r, ZMLX_ROW_PER_THREAD, &pk));
       zmlx_dtype dts[2] = {storage[d], storage[d]};
       zmlx_sb sb;
-      zmlx_sb_init(&sb);
-      ZT_OK(zmlx_pattern_append_source(&pk, ZMLX_BACKEND_CUDA, dts, "pattern", &sb));
+      zmlxi_sb_init(&sb);
+      ZT_OK(zmlxi_pattern_append_source(&pk, ZMLX_BACKEND_CUDA, dts, "pattern", &sb));
       char *src = NULL;
-      ZT_OK(zmlx_sb_finish(&sb, &src));
+      ZT_OK(zmlxi_sb_finish(&sb, &src));
       char what[64];
       snprintf(what, sizeof what, "sum-%s-%s.cu", kind == 0 ? "cols" : kind == 1 ? "group" : "thread",
                zmlx_dtype_name(storage[d]));
       compile_for_sm90a(what, src, 1);
       free(src);
-      zmlx_pattern_kernel_free(&pk);
+      zmlxi_pattern_kernel_free(&pk);
     }
-  zmlx_expr_free(init);
-  zmlx_expr_free(step);
-  zmlx_expr_free(combine);
+  zmlxi_expr_free(init);
+  zmlxi_expr_free(step);
+  zmlxi_expr_free(combine);
 }
 
 static int report(void **state) {
@@ -322,7 +322,7 @@ static int report(void **state) {
 }
 
 int main(void) {
-  if (!zmlx_nvrtc_available())
+  if (!zmlxi_nvrtc_available())
     fprintf(stderr, "[test_nvrtc_expr] libnvrtc not found: the NVRTC checks are skipped\n");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_function),

@@ -46,7 +46,7 @@ static float *rnd(size_t n, float lo, float hi, uint64_t salt) {
 
 static zmlx_expr *parse(const char *text, const char *const *names, int n) {
   zmlx_expr *e = NULL;
-  ZT_OK(zmlx_expr_parse(text, names, n, NULL, 0, &e));
+  ZT_OK(zmlxi_expr_parse(text, names, n, NULL, 0, &e));
   return e;
 }
 
@@ -59,7 +59,7 @@ static zmlx_device_info info_of(zmlx_device *dev) {
 static void run_kernel(const zmlx_pattern_kernel *pk, zmlx_array **in, zmlx_array **out,
                        const double *params, zmlx_pattern_geometry g) {
   zmlx_kernel *k = NULL;
-  ZT_OK(zmlx_pattern_kernel_create(pk, &k));
+  ZT_OK(zmlxi_pattern_kernel_create(pk, &k));
   zmlx_kernel_call c = {.n_inputs = pk->n_inputs, .n_outputs = pk->n_outputs, .inputs = in,
                         .outputs = out, .params = params};
   memcpy(c.grid, g.grid, sizeof g.grid);
@@ -74,7 +74,7 @@ static int64_t rows_for(int64_t cols) { return cols <= 33 ? 300 : 5; }
  * mode (SIMD helpers where they are native, threadgroup memory on OpenCL).
  * Every mode's CUDA source is compiled by test_nvrtc_every_pattern. */
 static zmlx_row_mode row_mode(zmlx_device *dev, int i) {
-  return i == 0 ? ZMLX_ROW_PER_THREAD : zmlx_pattern_group_mode(zmlx_device_backend(dev));
+  return i == 0 ? ZMLX_ROW_PER_THREAD : zmlxi_pattern_group_mode(zmlx_device_backend(dev));
 }
 
 /* -------------------------------------------------------- elementwise */
@@ -98,7 +98,7 @@ static void check_ew_graph(zmlx_device *dev, const zmlx_expr *e, zmlx_ew_layout 
   zmlx_dtype dts[8];
   for (int i = 0; i < ni + no; i++) dts[i] = dt;
   zmlx_pattern_kernel pk;
-  ZT_OK(zmlx_pattern_elementwise(e, layout, dts, &pk));
+  ZT_OK(zmlxi_pattern_elementwise(e, layout, dts, &pk));
   float *x[8];
   zmlx_array *in[8], *out[8];
   for (int i = 0; i < ni; i++) {
@@ -107,13 +107,13 @@ static void check_ew_graph(zmlx_device *dev, const zmlx_expr *e, zmlx_ew_layout 
   }
   for (int j = 0; j < no; j++) out[j] = zt_poisoned(dev, dt, 1, &n);
   zmlx_device_info info = info_of(dev);
-  int width = zmlx_pattern_vector_width(dts, ni + no);
+  int width = zmlxi_pattern_vector_width(dts, ni + no);
   double params[1] = {(double)n};
-  run_kernel(&pk, in, out, params, zmlx_pattern_elementwise_geometry(layout, n, width, &info));
+  run_kernel(&pk, in, out, params, zmlxi_pattern_elementwise_geometry(layout, n, width, &info));
   double *want = malloc((size_t)(n * no) * sizeof *want + 1), r[8], v[8];
   for (int64_t k = 0; k < n; k++) {
     for (int i = 0; i < ni; i++) v[i] = zt_round_to(dt, x[i][k]);
-    ZT_OK(zmlx_expr_eval(e, v, NULL, r));
+    ZT_OK(zmlxi_expr_eval(e, v, NULL, r));
     for (int j = 0; j < no; j++) want[j * n + k] = r[j];
   }
   for (int j = 0; j < no; j++) {
@@ -128,7 +128,7 @@ static void check_ew_graph(zmlx_device *dev, const zmlx_expr *e, zmlx_ew_layout 
   }
   for (int i = 0; i < ni; i++) zmlx_array_release(in[i]), free(x[i]);
   free(want);
-  zmlx_pattern_kernel_free(&pk);
+  zmlxi_pattern_kernel_free(&pk);
 }
 
 static void test_elementwise_flat_and_vector(void **state) {
@@ -144,7 +144,7 @@ static void test_elementwise_flat_and_vector(void **state) {
           check_ew_graph(devs[d], e, ZMLX_EW_CONTIGUOUS, DTS[t], COLS[s], EW_CASES[c].text);
           check_ew_graph(devs[d], e, ZMLX_EW_VECTOR, DTS[t], COLS[s], EW_CASES[c].text);
         }
-      zmlx_expr_free(e);
+      zmlxi_expr_free(e);
     }
 }
 
@@ -155,7 +155,7 @@ static void test_elementwise_several_outputs(void **state) {
   int nd = zt_devices(devs, MAX_DEVS);
   if (!nd) skip();
   zmlx_expr *f = parse("x * y + sin(x)", XYZ, 2), *g = NULL;
-  ZT_OK(zmlx_expr_vjp(f, ZMLX_EXPR_WITH_PRIMAL, &g));
+  ZT_OK(zmlxi_expr_vjp(f, ZMLX_EXPR_WITH_PRIMAL, &g));
   assert_int_equal(g->n_roots, 3);
   for (int d = 0; d < nd; d++)
     for (int t = 0; t < N_DTS; t++)
@@ -163,8 +163,8 @@ static void test_elementwise_several_outputs(void **state) {
         check_ew_graph(devs[d], g, ZMLX_EW_CONTIGUOUS, DTS[t], COLS[s], "several outputs");
         check_ew_graph(devs[d], g, ZMLX_EW_VECTOR, DTS[t], COLS[s], "several outputs");
       }
-  zmlx_expr_free(g);
-  zmlx_expr_free(f);
+  zmlxi_expr_free(g);
+  zmlxi_expr_free(f);
 }
 
 /* Mixed dtypes in the vector layout: 8 elements per chunk, the f32 array
@@ -176,28 +176,28 @@ static void test_vector_mixed_dtypes(void **state) {
   if (!nd) skip();
   zmlx_expr *e = parse("x * y", XYZ, 2);
   zmlx_dtype dts[3] = {ZMLX_BF16, ZMLX_F32, ZMLX_F16};
-  assert_int_equal(zmlx_pattern_vector_width(dts, 3), 8);
+  assert_int_equal(zmlxi_pattern_vector_width(dts, 3), 8);
   zmlx_dtype f32s[2] = {ZMLX_F32, ZMLX_F32}, ints[2] = {ZMLX_F32, ZMLX_I32};
-  assert_int_equal(zmlx_pattern_vector_width(f32s, 2), 4);
-  assert_int_equal(zmlx_pattern_vector_width(ints, 2), 0);
+  assert_int_equal(zmlxi_pattern_vector_width(f32s, 2), 4);
+  assert_int_equal(zmlxi_pattern_vector_width(ints, 2), 0);
   for (int d = 0; d < nd; d++) {
     int64_t n = 1003;
     zmlx_pattern_kernel pk;
-    ZT_OK(zmlx_pattern_elementwise(e, ZMLX_EW_VECTOR, dts, &pk));
+    ZT_OK(zmlxi_pattern_elementwise(e, ZMLX_EW_VECTOR, dts, &pk));
     float *x = rnd((size_t)n, -3, 3, 1), *y = rnd((size_t)n, -3, 3, 2);
     zmlx_array *in[2] = {zt_array(devs[d], ZMLX_BF16, 1, &n, x), zt_array(devs[d], ZMLX_F32, 1, &n, y)};
     zmlx_array *out = zt_poisoned(devs[d], ZMLX_F16, 1, &n);
     zmlx_device_info info = info_of(devs[d]);
     double params[1] = {(double)n};
-    run_kernel(&pk, in, &out, params, zmlx_pattern_elementwise_geometry(ZMLX_EW_VECTOR, n, 8, &info));
+    run_kernel(&pk, in, &out, params, zmlxi_pattern_elementwise_geometry(ZMLX_EW_VECTOR, n, 8, &info));
     double *got = zt_download(out), *want = malloc((size_t)n * sizeof *want);
     for (int64_t i = 0; i < n; i++) want[i] = zt_round_to(ZMLX_BF16, x[i]) * (double)y[i];
     zt_assert_close(got, want, (size_t)n, 1e-3, 2e-3, "vector bf16 * f32 -> f16");
     free(got), free(want), free(x), free(y);
     zmlx_array_release(in[0]), zmlx_array_release(in[1]), zmlx_array_release(out);
-    zmlx_pattern_kernel_free(&pk);
+    zmlxi_pattern_kernel_free(&pk);
   }
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
 }
 
 /* ------------------------------------------------ broadcasting (builder) */
@@ -385,14 +385,14 @@ static void check_row_reduce(zmlx_device *dev, const red_case *rc, zmlx_row_mode
   zmlx_expr *g[3];
   zmlx_row_reduction r = parse_reduction(rc, g);
   zmlx_pattern_kernel pk;
-  ZT_OK(zmlx_pattern_row_reduce(&r, mode, &pk));
+  ZT_OK(zmlxi_pattern_row_reduce(&r, mode, &pk));
   int64_t shape[2] = {rows, cols};
   size_t n = (size_t)(rows * cols);
   float *x = rnd(n, rc->lo, rc->hi, (uint64_t)(cols * 3 + rc->kind));
   zmlx_array *in = zt_array(dev, dt, 2, shape, x), *out = zt_poisoned(dev, dt, 1, &rows);
   zmlx_device_info info = info_of(dev);
   double params[2] = {(double)rows, (double)cols};
-  run_kernel(&pk, &in, &out, params, zmlx_pattern_row_geometry(mode, rows, cols, &info));
+  run_kernel(&pk, &in, &out, params, zmlxi_pattern_row_geometry(mode, rows, cols, &info));
   double *got = zt_download(out), *xr = malloc(n * sizeof *xr);
   for (size_t i = 0; i < n; i++) xr[i] = zt_round_to(dt, x[i]);
   for (int64_t i = 0; i < rows; i++) {
@@ -406,8 +406,8 @@ static void check_row_reduce(zmlx_device *dev, const red_case *rc, zmlx_row_mode
   }
   free(got), free(xr), free(x);
   zmlx_array_release(in), zmlx_array_release(out);
-  zmlx_pattern_kernel_free(&pk);
-  for (int k = 0; k < 3; k++) zmlx_expr_free(g[k]);
+  zmlxi_pattern_kernel_free(&pk);
+  for (int k = 0; k < 3; k++) zmlxi_expr_free(g[k]);
 }
 
 static void test_row_reduce(void **state) {
@@ -435,7 +435,7 @@ static void test_col_reduce(void **state) {
   zmlx_expr *g[3];
   zmlx_row_reduction r = parse_reduction(&RED_CASES[0], g);
   zmlx_pattern_kernel pk;
-  ZT_OK(zmlx_pattern_col_reduce(&r, &pk));
+  ZT_OK(zmlxi_pattern_col_reduce(&r, &pk));
   for (int d = 0; d < nd; d++)
     for (int t = 0; t < N_DTS; t++)
       for (int s = 0; s < N_COLS; s++) {
@@ -446,7 +446,7 @@ static void test_col_reduce(void **state) {
         zmlx_array *out = zt_poisoned(devs[d], DTS[t], 1, &cols);
         zmlx_device_info info = info_of(devs[d]);
         double params[2] = {(double)rows, (double)cols};
-        run_kernel(&pk, &in, &out, params, zmlx_pattern_col_geometry(cols, &info));
+        run_kernel(&pk, &in, &out, params, zmlxi_pattern_col_geometry(cols, &info));
         double *got = zt_download(out);
         for (int64_t j = 0; j < cols; j++) {
           double want = 0, sa = 0;
@@ -459,8 +459,8 @@ static void test_col_reduce(void **state) {
         free(got), free(x);
         zmlx_array_release(in), zmlx_array_release(out);
       }
-  zmlx_pattern_kernel_free(&pk);
-  for (int k = 0; k < 3; k++) zmlx_expr_free(g[k]);
+  zmlxi_pattern_kernel_free(&pk);
+  for (int k = 0; k < 3; k++) zmlxi_expr_free(g[k]);
 }
 
 /* ------------------------------------------------------ map-reduce */
@@ -502,7 +502,7 @@ static void mr_build(mr_graphs *m, mr_kind kind, int *n_reduce) {
 }
 
 static void mr_free(mr_graphs *m) {
-  for (int i = 0; i < m->n; i++) zmlx_expr_free(m->g[i]);
+  for (int i = 0; i < m->n; i++) zmlxi_expr_free(m->g[i]);
 }
 
 static void mr_reference(mr_kind kind, const double *x, int64_t cols, double *out) {
@@ -532,16 +532,16 @@ static void check_map_reduce(zmlx_device *dev, mr_kind kind, zmlx_row_mode mode,
   mr_build(&m, kind, &n_reduce);
   zmlx_pattern_kernel pk;
   if (kind == MR_ONLINE)
-    ZT_OK(zmlx_pattern_row_online(NULL, NULL, m.write, mode, &pk));
+    ZT_OK(zmlxi_pattern_row_online(NULL, NULL, m.write, mode, &pk));
   else
-    ZT_OK(zmlx_pattern_row_map_reduce(m.r, n_reduce, m.write, mode, &pk));
+    ZT_OK(zmlxi_pattern_row_map_reduce(m.r, n_reduce, m.write, mode, &pk));
   int64_t shape[2] = {rows, cols};
   size_t n = (size_t)(rows * cols);
   float *x = rnd(n, -6, 6, (uint64_t)(cols * 7 + kind));
   zmlx_array *in = zt_array(dev, dt, 2, shape, x), *out = zt_poisoned(dev, dt, 2, shape);
   zmlx_device_info info = info_of(dev);
   double params[2] = {(double)rows, (double)cols};
-  run_kernel(&pk, &in, &out, params, zmlx_pattern_row_geometry(mode, rows, cols, &info));
+  run_kernel(&pk, &in, &out, params, zmlxi_pattern_row_geometry(mode, rows, cols, &info));
   double *got = zt_download(out), *xr = malloc(n * sizeof *xr), *want = malloc(n * sizeof *want);
   for (size_t i = 0; i < n; i++) xr[i] = zt_round_to(dt, x[i]);
   for (int64_t i = 0; i < rows; i++) mr_reference(kind, xr + i * cols, cols, want + i * cols);
@@ -552,7 +552,7 @@ static void check_map_reduce(zmlx_device *dev, mr_kind kind, zmlx_row_mode mode,
   zt_assert_close(got, want, n, kind == MR_SOFTMAX || kind == MR_ONLINE ? 1e-6 : 1e-4, rtol, msg);
   free(got), free(xr), free(want), free(x);
   zmlx_array_release(in), zmlx_array_release(out);
-  zmlx_pattern_kernel_free(&pk);
+  zmlxi_pattern_kernel_free(&pk);
   mr_free(&m);
 }
 
@@ -592,14 +592,14 @@ static void test_online_special_values(void **state) {
     for (int m = 0; m < 2; m++) {
       zmlx_row_mode mode = row_mode(devs[d], m);
       zmlx_pattern_kernel on, two;
-      ZT_OK(zmlx_pattern_row_online(NULL, NULL, g.write, mode, &on));
-      ZT_OK(zmlx_pattern_row_map_reduce(g.r, 2, g.write, mode, &two));
+      ZT_OK(zmlxi_pattern_row_online(NULL, NULL, g.write, mode, &on));
+      ZT_OK(zmlxi_pattern_row_map_reduce(g.r, 2, g.write, mode, &two));
       int64_t shape[2] = {4, 40};
       zmlx_array *in = zt_array(devs[d], ZMLX_F32, 2, shape, &x[0][0]);
       zmlx_array *o1 = zt_poisoned(devs[d], ZMLX_F32, 2, shape), *o2 = zt_poisoned(devs[d], ZMLX_F32, 2, shape);
       zmlx_device_info info = info_of(devs[d]);
       double params[2] = {4, 40};
-      zmlx_pattern_geometry geo = zmlx_pattern_row_geometry(mode, 4, 40, &info);
+      zmlx_pattern_geometry geo = zmlxi_pattern_row_geometry(mode, 4, 40, &info);
       run_kernel(&on, &in, &o1, params, geo);
       run_kernel(&two, &in, &o2, params, geo);
       double *a = zt_download(o1), *b = zt_download(o2);
@@ -610,7 +610,7 @@ static void test_online_special_values(void **state) {
       assert_true(a[0] == 0.0 && a[1] == 0.0);
       free(a), free(b);
       zmlx_array_release(in), zmlx_array_release(o1), zmlx_array_release(o2);
-      zmlx_pattern_kernel_free(&on), zmlx_pattern_kernel_free(&two);
+      zmlxi_pattern_kernel_free(&on), zmlxi_pattern_kernel_free(&two);
     }
   mr_free(&g);
 }
@@ -619,26 +619,26 @@ static void test_online_special_values(void **state) {
 
 static void test_threads_per_row(void **state) {
   (void)state;
-  assert_int_equal(zmlx_pattern_threads_per_row(1, 1024, 32), 32);
-  assert_int_equal(zmlx_pattern_threads_per_row(100, 1024, 32), 32);
-  assert_int_equal(zmlx_pattern_threads_per_row(129, 1024, 32), 64);
-  assert_int_equal(zmlx_pattern_threads_per_row(1000, 1024, 32), 256);
-  assert_int_equal(zmlx_pattern_threads_per_row(4097, 1024, 32), 1024);
-  assert_int_equal(zmlx_pattern_threads_per_row(1 << 20, 4096, 32), 1024); /* capped at 1024 */
-  assert_int_equal(zmlx_pattern_threads_per_row(4097, 256, 32), 256);      /* device limit */
-  assert_int_equal(zmlx_pattern_threads_per_row(4097, 600, 32), 512);      /* power of two */
-  assert_int_equal(zmlx_pattern_threads_per_row(4097, 16, 32), 16);        /* tiny device */
-  assert_int_equal(zmlx_pattern_threads_per_row(8, 1024, 64), 64);         /* wider SIMD */
+  assert_int_equal(zmlxi_pattern_threads_per_row(1, 1024, 32), 32);
+  assert_int_equal(zmlxi_pattern_threads_per_row(100, 1024, 32), 32);
+  assert_int_equal(zmlxi_pattern_threads_per_row(129, 1024, 32), 64);
+  assert_int_equal(zmlxi_pattern_threads_per_row(1000, 1024, 32), 256);
+  assert_int_equal(zmlxi_pattern_threads_per_row(4097, 1024, 32), 1024);
+  assert_int_equal(zmlxi_pattern_threads_per_row(1 << 20, 4096, 32), 1024); /* capped at 1024 */
+  assert_int_equal(zmlxi_pattern_threads_per_row(4097, 256, 32), 256);      /* device limit */
+  assert_int_equal(zmlxi_pattern_threads_per_row(4097, 600, 32), 512);      /* power of two */
+  assert_int_equal(zmlxi_pattern_threads_per_row(4097, 16, 32), 16);        /* tiny device */
+  assert_int_equal(zmlxi_pattern_threads_per_row(8, 1024, 64), 64);         /* wider SIMD */
   zmlx_device_info info = {.max_threads_per_threadgroup = 1024, .simd_width = 32,
                            .compute_units = 4};
-  zmlx_pattern_geometry g = zmlx_pattern_row_geometry(ZMLX_ROW_PER_GROUP, 10, 4097, &info);
+  zmlx_pattern_geometry g = zmlxi_pattern_row_geometry(ZMLX_ROW_PER_GROUP, 10, 4097, &info);
   assert_int_equal(g.threadgroup[0], 1024);
   assert_int_equal(g.grid[0], 10 * 1024);
-  g = zmlx_pattern_elementwise_geometry(ZMLX_EW_VECTOR, 8 * 100 + 5, 8, &info);
+  g = zmlxi_pattern_elementwise_geometry(ZMLX_EW_VECTOR, 8 * 100 + 5, 8, &info);
   assert_int_equal(g.grid[0], 100);
-  g = zmlx_pattern_elementwise_geometry(ZMLX_EW_VECTOR, 5, 8, &info); /* tail only */
+  g = zmlxi_pattern_elementwise_geometry(ZMLX_EW_VECTOR, 5, 8, &info); /* tail only */
   assert_int_equal(g.grid[0], 5);
-  g = zmlx_pattern_elementwise_geometry(ZMLX_EW_CONTIGUOUS, (int64_t)1 << 40, 0, &info);
+  g = zmlxi_pattern_elementwise_geometry(ZMLX_EW_CONTIGUOUS, (int64_t)1 << 40, 0, &info);
   assert_int_equal(g.grid[0], 4 * 2048 * 16); /* grid-stride: the grid is capped */
 }
 
@@ -697,14 +697,14 @@ static void test_source_determinism(void **state) {
 #ifdef ZMLX_HAVE_CUDA
 static void nvrtc_compile(const zmlx_pattern_kernel *pk, const zmlx_dtype *dts) {
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  ZT_OK(zmlx_pattern_append_source(pk, ZMLX_BACKEND_CUDA, dts, "nvrtc", &sb));
+  zmlxi_sb_init(&sb);
+  ZT_OK(zmlxi_pattern_append_source(pk, ZMLX_BACKEND_CUDA, dts, "nvrtc", &sb));
   char *src = NULL;
-  ZT_OK(zmlx_sb_finish(&sb, &src));
+  ZT_OK(zmlxi_sb_finish(&sb, &src));
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
-  zmlx_status st = zmlx_nvrtc_compile(src, pk->name, "sm_90a", &cubin, &size, &log);
+  zmlx_status st = zmlxi_nvrtc_compile(src, pk->name, "sm_90a", &cubin, &size, &log);
   if (st != ZMLX_OK) fail_msg("NVRTC sm_90a: %s: %s", pk->name, zmlx_last_error());
   assert_memory_equal(cubin, "\x7f" "ELF", 4);
   free(cubin), free(log), free(src);
@@ -717,11 +717,11 @@ static void nvrtc_ew(const char *text, int n_inputs) {
       zmlx_dtype dts[8];
       for (int i = 0; i < 8; i++) dts[i] = DTS[t];
       zmlx_pattern_kernel pk;
-      ZT_OK(zmlx_pattern_elementwise(e, (zmlx_ew_layout)layout, dts, &pk));
+      ZT_OK(zmlxi_pattern_elementwise(e, (zmlx_ew_layout)layout, dts, &pk));
       nvrtc_compile(&pk, dts);
-      zmlx_pattern_kernel_free(&pk);
+      zmlxi_pattern_kernel_free(&pk);
     }
-  zmlx_expr_free(e);
+  zmlxi_expr_free(e);
 }
 
 static void nvrtc_rows(zmlx_dtype dt) {
@@ -731,15 +731,15 @@ static void nvrtc_rows(zmlx_dtype dt) {
     for (int mode = 0; mode < 3; mode++) {
       zmlx_expr *g[3];
       zmlx_row_reduction r = parse_reduction(&RED_CASES[c], g);
-      ZT_OK(zmlx_pattern_row_reduce(&r, (zmlx_row_mode)mode, &pk));
+      ZT_OK(zmlxi_pattern_row_reduce(&r, (zmlx_row_mode)mode, &pk));
       nvrtc_compile(&pk, dts);
-      zmlx_pattern_kernel_free(&pk);
+      zmlxi_pattern_kernel_free(&pk);
       if (mode == 0) {
-        ZT_OK(zmlx_pattern_col_reduce(&r, &pk));
+        ZT_OK(zmlxi_pattern_col_reduce(&r, &pk));
         nvrtc_compile(&pk, dts);
-        zmlx_pattern_kernel_free(&pk);
+        zmlxi_pattern_kernel_free(&pk);
       }
-      for (int k = 0; k < 3; k++) zmlx_expr_free(g[k]);
+      for (int k = 0; k < 3; k++) zmlxi_expr_free(g[k]);
     }
   for (int kind = MR_SOFTMAX; kind <= MR_RMSNORM; kind++)
     for (int mode = 0; mode < 3; mode++) {
@@ -747,11 +747,11 @@ static void nvrtc_rows(zmlx_dtype dt) {
       int n_reduce;
       mr_build(&m, (mr_kind)kind, &n_reduce);
       if (kind == MR_ONLINE)
-        ZT_OK(zmlx_pattern_row_online(NULL, NULL, m.write, (zmlx_row_mode)mode, &pk));
+        ZT_OK(zmlxi_pattern_row_online(NULL, NULL, m.write, (zmlx_row_mode)mode, &pk));
       else
-        ZT_OK(zmlx_pattern_row_map_reduce(m.r, n_reduce, m.write, (zmlx_row_mode)mode, &pk));
+        ZT_OK(zmlxi_pattern_row_map_reduce(m.r, n_reduce, m.write, (zmlx_row_mode)mode, &pk));
       nvrtc_compile(&pk, dts);
-      zmlx_pattern_kernel_free(&pk);
+      zmlxi_pattern_kernel_free(&pk);
       mr_free(&m);
     }
 }
@@ -760,7 +760,7 @@ static void nvrtc_rows(zmlx_dtype dt) {
 static void test_nvrtc_every_pattern(void **state) {
   (void)state;
 #ifdef ZMLX_HAVE_CUDA
-  if (!zmlx_nvrtc_available()) skip();
+  if (!zmlxi_nvrtc_available()) skip();
   for (size_t c = 0; c < sizeof EW_CASES / sizeof *EW_CASES; c++)
     nvrtc_ew(EW_CASES[c].text, EW_CASES[c].n_inputs);
   for (int t = 0; t < N_DTS; t++) nvrtc_rows(DTS[t]);

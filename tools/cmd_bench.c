@@ -157,7 +157,7 @@ int zmlx_cmd_bench(const cli_command *self, int argc, char **argv) {
   if (json && !(b.json = fopen(json, "w"))) return cli_report(ZMLX_ERR_IO, "opening the JSON file");
   if (b.json)
     fprintf(b.json, "{\"device\": \"%s\", \"copy_gbs\": %.2f, \"rows\": [\n", info.name, b.copy_gbs);
-  const zmlx_catalog_bench *const *benches = zmlx_catalog_benches();
+  const zmlx_catalog_bench *const *benches = zck_catalog_benches();
   int failed = 0;
   for (int i = 0; benches[i]; i++) {
     if (glob && fnmatch(glob, benches[i]->name, 0)) continue;

@@ -98,7 +98,7 @@ static int pick_devices(const char *backend, zmlx_device **devs) {
 
 static int run_checks(const check_args *a, uint64_t seed, zmlx_device *const *devs, int n_devs,
                       const zmlx_dtype *dts, int n_dts, tally *t) {
-  const zmlx_catalog_op *const *ops = zmlx_catalog_ops();
+  const zmlx_catalog_op *const *ops = zck_catalog_ops();
   int ran = 0;
   for (int d = 0; d < n_devs; d++)
     for (int k = 0; k < n_dts; k++)

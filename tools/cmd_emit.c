@@ -135,9 +135,9 @@ int cli_parse_expr(const char *expr, cli_names *inputs, int infer, const cli_nam
     zmlx_expr *e = NULL;
     zmlx_clear_error();
     zmlx_status st =
-        zmlx_expr_parse(expr, inputs->ptr, inputs->n, params->ptr, params->n, &e);
+        zmlxi_expr_parse(expr, inputs->ptr, inputs->n, params->ptr, params->n, &e);
     if (st == ZMLX_OK) {
-      zmlx_expr_free(e);
+      zmlxi_expr_free(e);
       return CLI_OK;
     }
     const char *name = NULL;
@@ -277,7 +277,7 @@ static zmlx_backend resolve_backend(zmlx_backend b) {
  * of each of its kernels (a source may hold several: dense, vector and
  * broadcast layouts). */
 static void print_kernels_only(const char *src, zmlx_backend backend) {
-  const zmlx_dialect *d = zmlx_dialect_for(backend);
+  const zmlx_dialect *d = zmlxi_dialect_for(backend);
   const char *prelude = d ? d->prelude : NULL;
   size_t plen = prelude ? strlen(prelude) : 0;
   const char *p = src;

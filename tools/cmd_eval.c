@@ -417,8 +417,8 @@ int zmlx_cmd_eval(const cli_command *self, int argc, char **argv) {
 int zmlx_cmd_functions(const cli_command *self, int argc, char **argv) {
   if (!cli_expect_no_args(self, argc, argv)) return CLI_USAGE;
   printf("%-11s %-5s %s\n", "function", "args", "definition");
-  for (int i = 0; i < zmlx_expr_function_count(); i++) {
-    const zmlx_expr_function *f = zmlx_expr_function_at(i);
+  for (int i = 0; i < zmlxi_expr_function_count(); i++) {
+    const zmlx_expr_function *f = zmlxi_expr_function_at(i);
     char args[16];
     if (f->min_args == f->max_args)
       snprintf(args, sizeof args, "%d", f->min_args);

@@ -75,66 +75,66 @@ struct zmlx_ad_node {
 /* ------------------------------------------------------------------ tape */
 
 /* Is an op run now recorded (given a tracked input)? */
-int zmlx_ad_recording(void);
+int zmlxi_ad_recording(void);
 /* Pause / resume recording on this thread (nestable). */
-void zmlx_ad_pause(void);
-void zmlx_ad_resume(void);
+void zmlxi_ad_pause(void);
+void zmlxi_ad_resume(void);
 /* The value index of `a` on this thread's tape, 0 when `a` is a constant
  * (no id, or an id of another tape). */
-uint32_t zmlx_ad_value_of(const zmlx_array *a);
+uint32_t zmlxi_ad_value_of(const zmlx_array *a);
 /* Whether any of the arrays is tracked and recording is on. */
-int zmlx_ad_should_record(zmlx_array *const *in, int n_in);
+int zmlxi_ad_should_record(zmlx_array *const *in, int n_in);
 
 /* Record one op. `in`/`out` are the op's arrays; the outputs must be arrays
  * the op created in this call (they receive value ids). Takes ownership of
  * ctx (freed through rule->free_ctx on every path, including when nothing
  * is recorded). */
-zmlx_status zmlx_ad_record(const zmlx_ad_rule *rule, void *ctx, zmlx_array *const *in, int n_in,
+zmlx_status zmlxi_ad_record(const zmlx_ad_rule *rule, void *ctx, zmlx_array *const *in, int n_in,
                            zmlx_array *const *out, int n_out, unsigned save);
 
 /* Levels. push creates the tape on first use; pop frees it with the last
- * level. `view` arrays given to zmlx_ad_make_leaf get value ids. */
-zmlx_status zmlx_ad_level_push(void);
-void zmlx_ad_level_pop(void);
-zmlx_status zmlx_ad_make_leaf(zmlx_array *view);
+ * level. `view` arrays given to zmlxi_ad_make_leaf get value ids. */
+zmlx_status zmlxi_ad_level_push(void);
+void zmlxi_ad_level_pop(void);
+zmlx_status zmlxi_ad_make_leaf(zmlx_array *view);
 /* Whether the context around the innermost level records (an enclosing
  * level that is not paused): only then is a sweep worth recording. */
-int zmlx_ad_enclosing_records(void);
+int zmlxi_ad_enclosing_records(void);
 /* Node range of the innermost level: [start, count). */
-int32_t zmlx_ad_level_start(void);
-int32_t zmlx_ad_node_count(void);
-zmlx_ad_node *zmlx_ad_node_at(int32_t i);
-uint32_t zmlx_ad_value_count(void);
+int32_t zmlxi_ad_level_start(void);
+int32_t zmlxi_ad_node_count(void);
+zmlx_ad_node *zmlxi_ad_node_at(int32_t i);
+uint32_t zmlxi_ad_value_count(void);
 
 /* ------------------------------------------------------------- sweeps */
 
 /* Reverse sweep over the innermost level: cotangent `seed` for value
  * `root`; grads[l] for each leaf value (new references, the leaf's shape
  * and dtype; zeros where the root does not depend on it). */
-zmlx_status zmlx_ad_backward(uint32_t root, zmlx_array *seed, const uint32_t *leaves,
+zmlx_status zmlxi_ad_backward(uint32_t root, zmlx_array *seed, const uint32_t *leaves,
                              const zmlx_ad_meta *leaf_meta, int n_leaves, zmlx_array **grads);
 /* Forward sweep over the innermost level: tangents for leaf values (NULL:
  * zero); *out_tan = the tangent of value `root` (zeros of root_meta when
  * it does not depend on any leaf). */
-zmlx_status zmlx_ad_forward(const uint32_t *leaves, zmlx_array *const *tangents, int n_leaves,
+zmlx_status zmlxi_ad_forward(const uint32_t *leaves, zmlx_array *const *tangents, int n_leaves,
                             uint32_t root, const zmlx_ad_meta *root_meta, zmlx_array **out_tan);
 
 /* ------------------------------------------------------------- helpers */
 
-void zmlx_ad_meta_of(const zmlx_array *a, zmlx_ad_meta *m);
+void zmlxi_ad_meta_of(const zmlx_array *a, zmlx_ad_meta *m);
 /* Differentiable dtypes: f32, f16, bf16. */
-int zmlx_ad_is_float(zmlx_dtype dt);
+int zmlxi_ad_is_float(zmlx_dtype dt);
 /* Zeros with the metadata's shape, dtype and device. */
-zmlx_status zmlx_ad_zeros(const zmlx_ad_meta *m, zmlx_array **out);
+zmlx_status zmlxi_ad_zeros(const zmlx_ad_meta *m, zmlx_array **out);
 /* Sum `g` over broadcast axes down to the metadata's shape and cast it to
  * `dt`; a new reference (possibly `g` itself). Differentiable. */
-zmlx_status zmlx_ad_reduce_to(zmlx_array *g, const zmlx_ad_meta *m, zmlx_dtype dt,
+zmlx_status zmlxi_ad_reduce_to(zmlx_array *g, const zmlx_ad_meta *m, zmlx_dtype dt,
                               zmlx_array **out);
 /* New reference to `a` in dtype `dt` (the same array when it already is). */
-zmlx_status zmlx_ad_cast(zmlx_array *a, zmlx_dtype dt, zmlx_array **out);
+zmlx_status zmlxi_ad_cast(zmlx_array *a, zmlx_dtype dt, zmlx_array **out);
 /* Release n arrays and set them to NULL. */
-void zmlx_ad_release_all(zmlx_array **a, int n);
-int zmlx_ad_same_shape(const zmlx_array *a, int ndim, const int64_t *shape);
+void zmlxi_ad_release_all(zmlx_array **a, int n);
+int zmlxi_ad_same_shape(const zmlx_array *a, int ndim, const int64_t *shape);
 
 /* ------------------------------------------------- expression ops (cached) */
 
@@ -142,30 +142,30 @@ int zmlx_ad_same_shape(const zmlx_array *a, int ndim, const int64_t *shape);
  * JVP can be built as expression ops themselves (higher order). Cached for
  * the process by (text, input names, parameter names); never freed. */
 typedef struct zmlx_ad_expr zmlx_ad_expr;
-zmlx_status zmlx_ad_expr_get(const char *text, const char *const *input_names, int n_inputs,
+zmlx_status zmlxi_ad_expr_get(const char *text, const char *const *input_names, int n_inputs,
                              const char *const *param_names, int n_params, zmlx_ad_expr **out);
 /* Differentiable call of an expression op. */
-zmlx_status zmlx_ad_expr_apply(zmlx_ad_expr *e, zmlx_array *const *inputs, int n,
+zmlx_status zmlxi_ad_expr_apply(zmlx_ad_expr *e, zmlx_array *const *inputs, int n,
                                const double *params, zmlx_array **out);
 /* Shorthand for the library's own one-input ops ("x * s"; param may be
  * NULL for none, then p is ignored). */
-zmlx_status zmlx_ad_map1(const char *text, zmlx_array *x, const char *param, double p,
+zmlx_status zmlxi_ad_map1(const char *text, zmlx_array *x, const char *param, double p,
                          zmlx_array **out);
 /* The adjoint of a strided slice (slice's VJP): new zeros with the
  * metadata's shape and src's dtype, with `src` written into the window that
  * start/step select. Recorded like any op (its VJP is the slice). */
-zmlx_status zmlx_ad_pad(zmlx_array *src, const zmlx_ad_meta *m, const int64_t *start,
+zmlx_status zmlxi_ad_pad(zmlx_array *src, const zmlx_ad_meta *m, const int64_t *start,
                         const int64_t *step, zmlx_array **out);
 
 /* --------------------------------------------------------- dialect kernels */
 
 /* out (dense, new) = sum of x over the axes with axis_mask bit set. */
-zmlx_status zmlx_ad_kernel_sum(zmlx_array *x, unsigned axis_mask, zmlx_array **out);
+zmlx_status zmlxi_ad_kernel_sum(zmlx_array *x, unsigned axis_mask, zmlx_array **out);
 /* Write every element of src into the strided view `window` of `dst`
  * (`window` is a view of dst's buffer with src's shape). */
-zmlx_status zmlx_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_array *dst);
+zmlx_status zmlxi_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_array *dst);
 /* out = a @ b for a [B..., M, K], b [B..., K, N] (same batch shape, any
  * strides) into the dense, preallocated out [B..., M, N]. */
-zmlx_status zmlx_ad_kernel_gemm(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out);
+zmlx_status zmlxi_ad_kernel_gemm(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out);
 
 #endif /* ZMLX_AUTOGRAD_AD_H */

@@ -38,7 +38,7 @@ static zmlx_status download(zmlx_array *a, double **out) {
   unsigned char *raw = malloc(n * es + 1);
   *out = malloc(n * sizeof **out + 1);
   zmlx_status st = raw && *out ? zmlx_array_to_host(a, raw, n * es)
-                               : zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
+                               : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
   for (size_t i = 0; i < n && st == ZMLX_OK; i++) (*out)[i] = to_f64(a->dtype, raw + i * es);
   free(raw);
   if (st != ZMLX_OK) {
@@ -51,7 +51,7 @@ static zmlx_status download(zmlx_array *a, double **out) {
 static zmlx_status upload(const zmlx_array *like, const double *v, zmlx_array **out) {
   size_t n = (size_t)like->size, es = zmlx_dtype_size(like->dtype);
   unsigned char *raw = malloc(n * es + 1);
-  if (!raw) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
+  if (!raw) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
   for (size_t i = 0; i < n; i++) from_f64(like->dtype, v[i], raw + i * es);
   zmlx_status st = zmlx_array_from_host(like->buffer->device, like->dtype, like->ndim,
                                         like->shape, raw, out);
@@ -71,9 +71,9 @@ typedef struct checker {
 static zmlx_status eval_scalar(checker *c, double *out) {
   zmlx_array *y = NULL;
   zmlx_status st = c->fn(c->user_data, c->args, c->n, &y);
-  if (st == ZMLX_OK && !y) st = zmlx_fail(ZMLX_ERR_INVALID_ARG, "check_grad: fn returned no array");
+  if (st == ZMLX_OK && !y) st = zmlxi_fail(ZMLX_ERR_INVALID_ARG, "check_grad: fn returned no array");
   if (st == ZMLX_OK && y->size != 1)
-    st = zmlx_fail(ZMLX_ERR_SHAPE, "check_grad: fn must return one element, not %lld",
+    st = zmlxi_fail(ZMLX_ERR_SHAPE, "check_grad: fn must return one element, not %lld",
                    (long long)y->size);
   if (st == ZMLX_OK) st = zmlx_array_item(y, 0, out);
   zmlx_array_release(y);
@@ -98,7 +98,7 @@ static zmlx_status numeric_partial(checker *c, int i, double *x, int64_t j, doub
   zmlx_array *like = c->args[i];
   double x0 = x[j], xp = round_to(like->dtype, x0 + eps), xm = round_to(like->dtype, x0 - eps);
   if (xp == xm)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "check_grad: eps %g vanishes at %g in %s", eps, x0,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "check_grad: eps %g vanishes at %g in %s", eps, x0,
                      zmlx_dtype_name(like->dtype));
   double fp = 0, fm = 0;
   x[j] = xp;
@@ -118,7 +118,7 @@ static zmlx_status check_input(checker *c, int i, zmlx_array *grad, double eps, 
   zmlx_status st = download(c->args[i], &x);
   if (st == ZMLX_OK) st = download(grad, &g);
   if (st == ZMLX_OK && !(*numeric = calloc((size_t)c->args[i]->size + 1, sizeof **numeric)))
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
   r->checked = 1;
   for (int64_t j = 0; j < c->args[i]->size && st == ZMLX_OK; j++) {
     double num = 0;
@@ -165,7 +165,7 @@ static zmlx_status check_jvp(checker *c, double **numeric, double tol,
   for (int i = 0; i < c->n && st == ZMLX_OK; i++) {
     if (!numeric[i]) continue;
     double *v = malloc((size_t)c->args[i]->size * sizeof *v + 1);
-    if (!v) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
+    if (!v) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check_grad: out of host memory");
     if (st == ZMLX_OK) direction(c->args[i], &state, v);
     for (int64_t j = 0; st == ZMLX_OK && j < c->args[i]->size; j++) want += numeric[i][j] * v[j];
     if (st == ZMLX_OK) st = upload(c->args[i], v, &tan[i]);
@@ -181,7 +181,7 @@ static zmlx_status check_jvp(checker *c, double **numeric, double tol,
   } else if (st == ZMLX_ERR_UNSUPPORTED) {
     st = ZMLX_OK; /* some op has no forward rule: reported as not checked */
   }
-  zmlx_ad_release_all(tan, c->n);
+  zmlxi_ad_release_all(tan, c->n);
   zmlx_array_release(y);
   zmlx_array_release(t);
   return st;
@@ -195,11 +195,11 @@ static zmlx_status check_args(zmlx_ad_fn fn, zmlx_array *const *inputs, int n,
   ZMLX_REQUIRE_ARG(report);
   memset(report, 0, sizeof *report);
   if (n < 1 || n > ZMLX_GRAD_CHECK_MAX_INPUTS)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "check_grad: %d inputs (1 to %d)", n,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "check_grad: %d inputs (1 to %d)", n,
                      ZMLX_GRAD_CHECK_MAX_INPUTS);
   ZMLX_REQUIRE_ARG(inputs);
   for (int i = 0; i < n; i++)
-    if (!inputs[i]) return zmlx_fail(ZMLX_ERR_NULL_ARG, "check_grad: input %d is NULL", i);
+    if (!inputs[i]) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "check_grad: input %d is NULL", i);
   report->n_inputs = n;
   return ZMLX_OK;
 }
@@ -215,7 +215,7 @@ zmlx_status zmlx_check_grad(zmlx_ad_fn fn, void *user_data, zmlx_array *const *i
   int argnums[ZMLX_GRAD_CHECK_MAX_INPUTS], nf = 0;
   for (int i = 0; i < n_inputs; i++) {
     args[i] = inputs[i];
-    if (zmlx_ad_is_float(inputs[i]->dtype)) argnums[nf++] = i;
+    if (zmlxi_ad_is_float(inputs[i]->dtype)) argnums[nf++] = i;
   }
   checker c = {fn, user_data, args, n_inputs};
   zmlx_status st = zmlx_grad(fn, user_data, inputs, n_inputs, argnums, nf, grads);
@@ -225,7 +225,7 @@ zmlx_status zmlx_check_grad(zmlx_ad_fn fn, void *user_data, zmlx_array *const *i
   if (st == ZMLX_OK) st = check_jvp(&c, numeric, tol, report);
   report->passed = st == ZMLX_OK && (!report->jvp_checked || report->jvp_passed);
   for (int k = 0; k < nf; k++) report->passed &= report->inputs[argnums[k]].passed;
-  zmlx_ad_release_all(grads, nf);
+  zmlxi_ad_release_all(grads, nf);
   for (int i = 0; i < n_inputs; i++) free(numeric[i]);
   return st;
 }

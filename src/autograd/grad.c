@@ -34,7 +34,7 @@ static const zmlx_ad_rule IDENTITY_RULE = {"identity", identity_vjp, identity_jv
 
 /* A new handle on the same elements: no copy, no id. */
 static zmlx_status fresh_view(zmlx_array *a, zmlx_array **out) {
-  return zmlx_array_make_view(a, a->ndim, a->shape, a->strides, a->offset, out);
+  return zmlxi_array_make_view(a, a->ndim, a->shape, a->strides, a->offset, out);
 }
 
 zmlx_status zmlx_stop_gradient(zmlx_array *a, zmlx_array **out) {
@@ -44,7 +44,7 @@ zmlx_status zmlx_stop_gradient(zmlx_array *a, zmlx_array **out) {
   return fresh_view(a, out);
 }
 
-int zmlx_grad_is_recording(void) { return zmlx_ad_recording(); }
+int zmlx_grad_is_recording(void) { return zmlxi_ad_recording(); }
 
 /* ------------------------------------------------------------------ trace */
 
@@ -62,9 +62,9 @@ typedef struct trace {
 } trace;
 
 static void trace_end(trace *t) {
-  if (t->pushed) zmlx_ad_level_pop();
+  if (t->pushed) zmlxi_ad_level_pop();
   t->pushed = 0;
-  if (t->leaf) zmlx_ad_release_all(t->leaf, t->n_leaves);
+  if (t->leaf) zmlxi_ad_release_all(t->leaf, t->n_leaves);
   free(t->call_in);
   free(t->leaf_input);
   free(t->leaf);
@@ -74,10 +74,10 @@ static void trace_end(trace *t) {
 
 static zmlx_status check_inputs(zmlx_ad_fn fn, zmlx_array *const *inputs, int n) {
   ZMLX_REQUIRE_ARG(fn);
-  if (n < 0) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "autograd: negative input count %d", n);
-  if (n && !inputs) return zmlx_fail(ZMLX_ERR_NULL_ARG, "autograd: inputs is NULL");
+  if (n < 0) return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "autograd: negative input count %d", n);
+  if (n && !inputs) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "autograd: inputs is NULL");
   for (int i = 0; i < n; i++)
-    if (!inputs[i]) return zmlx_fail(ZMLX_ERR_NULL_ARG, "autograd: input %d is NULL", i);
+    if (!inputs[i]) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "autograd: input %d is NULL", i);
   return ZMLX_OK;
 }
 
@@ -86,7 +86,7 @@ static zmlx_status pick_leaves(trace *t, const int *argnums, int n_argnums,
                                zmlx_array *const *inputs) {
   int n = t->n_inputs, nl = argnums ? n_argnums : n;
   if (nl < 0 || (argnums == NULL && n_argnums > 0 && n_argnums != n))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "autograd: bad argnums count %d", n_argnums);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "autograd: bad argnums count %d", n_argnums);
   t->n_leaves = nl;
   size_t cap = (size_t)(nl > 0 ? nl : 1);
   t->leaf_input = calloc(cap, sizeof *t->leaf_input);
@@ -94,17 +94,17 @@ static zmlx_status pick_leaves(trace *t, const int *argnums, int n_argnums,
   t->leaf_val = calloc(cap, sizeof *t->leaf_val);
   t->leaf_meta = calloc(cap, sizeof *t->leaf_meta);
   if (!t->leaf_input || !t->leaf || !t->leaf_val || !t->leaf_meta)
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory");
   for (int l = 0; l < nl; l++) {
     int i = argnums ? argnums[l] : l;
     if (i < 0 || i >= n)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "autograd: argnums[%d] = %d is not an input index "
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "autograd: argnums[%d] = %d is not an input index "
                        "(0..%d)", l, i, n - 1);
     for (int m = 0; m < l; m++)
       if (t->leaf_input[m] == i)
-        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "autograd: argnums lists input %d twice", i);
-    if (!zmlx_ad_is_float(inputs[i]->dtype))
-      return zmlx_fail(ZMLX_ERR_DTYPE, "autograd: input %d is %s; only f32, f16 and bf16 arrays "
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "autograd: argnums lists input %d twice", i);
+    if (!zmlxi_ad_is_float(inputs[i]->dtype))
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "autograd: input %d is %s; only f32, f16 and bf16 arrays "
                        "are differentiable", i, zmlx_dtype_name(inputs[i]->dtype));
     t->leaf_input[l] = i;
   }
@@ -118,21 +118,21 @@ static zmlx_status trace_begin(trace *t, zmlx_array *const *inputs, int n, const
   memset(t, 0, sizeof *t);
   t->n_inputs = n;
   t->call_in = calloc((size_t)(n > 0 ? n : 1), sizeof *t->call_in);
-  if (!t->call_in) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory");
+  if (!t->call_in) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory");
   ZMLX_CHECK(pick_leaves(t, argnums, n_argnums, inputs));
   for (int i = 0; i < n; i++) t->call_in[i] = inputs[i];
   for (int l = 0; l < t->n_leaves; l++) {
     zmlx_array *src = inputs[t->leaf_input[l]];
     ZMLX_CHECK(fresh_view(src, &t->leaf[l]));
-    ZMLX_CHECK(zmlx_ad_record(&IDENTITY_RULE, NULL, &src, 1, &t->leaf[l], 1, 0));
+    ZMLX_CHECK(zmlxi_ad_record(&IDENTITY_RULE, NULL, &src, 1, &t->leaf[l], 1, 0));
     t->call_in[t->leaf_input[l]] = t->leaf[l];
-    zmlx_ad_meta_of(src, &t->leaf_meta[l]);
+    zmlxi_ad_meta_of(src, &t->leaf_meta[l]);
   }
-  ZMLX_CHECK(zmlx_ad_level_push());
+  ZMLX_CHECK(zmlxi_ad_level_push());
   t->pushed = 1;
   for (int l = 0; l < t->n_leaves; l++) {
-    if (!zmlx_ad_value_of(t->leaf[l])) ZMLX_CHECK(zmlx_ad_make_leaf(t->leaf[l]));
-    t->leaf_val[l] = zmlx_ad_value_of(t->leaf[l]);
+    if (!zmlxi_ad_value_of(t->leaf[l])) ZMLX_CHECK(zmlxi_ad_make_leaf(t->leaf[l]));
+    t->leaf_val[l] = zmlxi_ad_value_of(t->leaf[l]);
   }
   return ZMLX_OK;
 }
@@ -145,9 +145,9 @@ static zmlx_status trace_run(trace *t, zmlx_ad_fn fn, void *user_data) {
     return st;
   }
   if (!out)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "autograd: the function returned ZMLX_OK but no array");
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "autograd: the function returned ZMLX_OK but no array");
   t->out = out;
-  t->out_val = zmlx_ad_value_of(out);
+  t->out_val = zmlxi_ad_value_of(out);
   return ZMLX_OK;
 }
 
@@ -156,13 +156,13 @@ static zmlx_status trace_run(trace *t, zmlx_ad_fn fn, void *user_data) {
 /* Run a sweep with recording on only when an enclosing level will read
  * what it records (grad of grad); the outermost sweep records nothing. */
 static int sweep_begin(void) {
-  int pause = !zmlx_ad_enclosing_records();
-  if (pause) zmlx_ad_pause();
+  int pause = !zmlxi_ad_enclosing_records();
+  if (pause) zmlxi_ad_pause();
   return pause;
 }
 
 static void sweep_end(int paused) {
-  if (paused) zmlx_ad_resume();
+  if (paused) zmlxi_ad_resume();
 }
 
 /* The cotangent that starts the sweep: ones for a scalar, else the
@@ -172,26 +172,26 @@ static zmlx_status make_seed(const trace *t, zmlx_array *cotangent, zmlx_array *
   char b1[200], b2[200];
   if (!cotangent) {
     if (y->size != 1)
-      return zmlx_fail(ZMLX_ERR_SHAPE, "grad: the function must return a scalar (one element); "
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "grad: the function must return a scalar (one element); "
                        "it returned shape %s (use zmlx_vjp with a cotangent)",
-                       zmlx_shape_str(b1, sizeof b1, y->ndim, y->shape));
-    if (!zmlx_ad_is_float(y->dtype))
-      return zmlx_fail(ZMLX_ERR_DTYPE, "grad: the function returned %s, not f32, f16 or bf16",
+                       zmlxi_shape_str(b1, sizeof b1, y->ndim, y->shape));
+    if (!zmlxi_ad_is_float(y->dtype))
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "grad: the function returned %s, not f32, f16 or bf16",
                        zmlx_dtype_name(y->dtype));
     return zmlx_array_full(y->buffer->device, y->dtype, y->ndim, y->shape, 1.0, seed);
   }
-  if (!zmlx_ad_same_shape(cotangent, y->ndim, y->shape))
-    return zmlx_fail(ZMLX_ERR_SHAPE, "vjp: the cotangent has shape %s, the output %s",
-                     zmlx_shape_str(b1, sizeof b1, cotangent->ndim, cotangent->shape),
-                     zmlx_shape_str(b2, sizeof b2, y->ndim, y->shape));
-  if (!zmlx_ad_is_float(y->dtype) || !zmlx_ad_is_float(cotangent->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "vjp: output %s and cotangent %s must be f32, f16 or bf16",
+  if (!zmlxi_ad_same_shape(cotangent, y->ndim, y->shape))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "vjp: the cotangent has shape %s, the output %s",
+                     zmlxi_shape_str(b1, sizeof b1, cotangent->ndim, cotangent->shape),
+                     zmlxi_shape_str(b2, sizeof b2, y->ndim, y->shape));
+  if (!zmlxi_ad_is_float(y->dtype) || !zmlxi_ad_is_float(cotangent->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "vjp: output %s and cotangent %s must be f32, f16 or bf16",
                      zmlx_dtype_name(y->dtype), zmlx_dtype_name(cotangent->dtype));
-  return zmlx_ad_cast(cotangent, y->dtype, seed);
+  return zmlxi_ad_cast(cotangent, y->dtype, seed);
 }
 
 static zmlx_status check_grads_arg(int n_leaves, zmlx_array **grads) {
-  if (n_leaves > 0 && !grads) return zmlx_fail(ZMLX_ERR_NULL_ARG, "autograd: grads is NULL");
+  if (n_leaves > 0 && !grads) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "autograd: grads is NULL");
   for (int l = 0; l < n_leaves; l++) grads[l] = NULL;
   return ZMLX_OK;
 }
@@ -203,7 +203,7 @@ static zmlx_status run_reverse(zmlx_ad_fn fn, void *user_data, zmlx_array *const
   if (out) *out = NULL;
   ZMLX_CHECK(check_inputs(fn, inputs, n));
   if (argnums && n_argnums < 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "autograd: negative argnums count %d", n_argnums);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "autograd: negative argnums count %d", n_argnums);
   ZMLX_CHECK(check_grads_arg(argnums ? n_argnums : n, grads));
   trace t;
   zmlx_array *seed = NULL;
@@ -212,7 +212,7 @@ static zmlx_status run_reverse(zmlx_ad_fn fn, void *user_data, zmlx_array *const
   if (st == ZMLX_OK) st = make_seed(&t, cotangent, &seed);
   if (st == ZMLX_OK) {
     int paused = sweep_begin();
-    st = zmlx_ad_backward(t.out_val, seed, t.leaf_val, t.leaf_meta, t.n_leaves, grads);
+    st = zmlxi_ad_backward(t.out_val, seed, t.leaf_val, t.leaf_meta, t.n_leaves, grads);
     sweep_end(paused);
   }
   zmlx_array_release(seed);
@@ -247,12 +247,12 @@ static zmlx_status check_tangents(zmlx_array *const *primals, zmlx_array *const 
     zmlx_array *tg = tangents[i];
     if (!tg) continue;
     char b1[200], b2[200];
-    if (!zmlx_ad_same_shape(tg, primals[i]->ndim, primals[i]->shape))
-      return zmlx_fail(ZMLX_ERR_SHAPE, "jvp: tangent %d has shape %s, its primal %s", i,
-                       zmlx_shape_str(b1, sizeof b1, tg->ndim, tg->shape),
-                       zmlx_shape_str(b2, sizeof b2, primals[i]->ndim, primals[i]->shape));
-    if (!zmlx_ad_is_float(tg->dtype))
-      return zmlx_fail(ZMLX_ERR_DTYPE, "jvp: tangent %d is %s", i, zmlx_dtype_name(tg->dtype));
+    if (!zmlxi_ad_same_shape(tg, primals[i]->ndim, primals[i]->shape))
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "jvp: tangent %d has shape %s, its primal %s", i,
+                       zmlxi_shape_str(b1, sizeof b1, tg->ndim, tg->shape),
+                       zmlxi_shape_str(b2, sizeof b2, primals[i]->ndim, primals[i]->shape));
+    if (!zmlxi_ad_is_float(tg->dtype))
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "jvp: tangent %d is %s", i, zmlx_dtype_name(tg->dtype));
   }
   return ZMLX_OK;
 }
@@ -262,12 +262,12 @@ static zmlx_status jvp_leaves(zmlx_array *const *primals, zmlx_array *const *tan
                               int **argnums, int *n_leaves, zmlx_array ***leaf_tan) {
   *argnums = calloc((size_t)(n > 0 ? n : 1), sizeof **argnums);
   *leaf_tan = calloc((size_t)(n > 0 ? n : 1), sizeof **leaf_tan);
-  if (!*argnums || !*leaf_tan) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "jvp: out of host memory");
+  if (!*argnums || !*leaf_tan) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "jvp: out of host memory");
   *n_leaves = 0;
   for (int i = 0; i < n; i++) {
     if (!tangents || !tangents[i]) continue;
     (*argnums)[*n_leaves] = i;
-    ZMLX_CHECK(zmlx_ad_cast(tangents[i], primals[i]->dtype, &(*leaf_tan)[*n_leaves]));
+    ZMLX_CHECK(zmlxi_ad_cast(tangents[i], primals[i]->dtype, &(*leaf_tan)[*n_leaves]));
     (*n_leaves)++;
   }
   return ZMLX_OK;
@@ -289,13 +289,13 @@ zmlx_status zmlx_jvp(zmlx_ad_fn fn, void *user_data, zmlx_array *const *primals,
   if (st == ZMLX_OK) st = trace_run(&t, fn, user_data);
   if (st == ZMLX_OK) {
     zmlx_ad_meta m;
-    zmlx_ad_meta_of(t.out, &m);
+    zmlxi_ad_meta_of(t.out, &m);
     int paused = sweep_begin();
-    st = zmlx_ad_forward(t.leaf_val, leaf_tan, n_leaves, t.out_val, &m, out_tangent);
+    st = zmlxi_ad_forward(t.leaf_val, leaf_tan, n_leaves, t.out_val, &m, out_tangent);
     sweep_end(paused);
   }
   trace_end(&t);
-  if (leaf_tan) zmlx_ad_release_all(leaf_tan, n_leaves);
+  if (leaf_tan) zmlxi_ad_release_all(leaf_tan, n_leaves);
   free(leaf_tan);
   free(argnums);
   if (st == ZMLX_OK) *out = t.out;

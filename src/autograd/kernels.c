@@ -97,7 +97,7 @@ static const zmlx_kernel_spec SPECS[K_COUNT] = {
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("autograd", SPECS);
 
 static zmlx_status get_kernel(int which, zmlx_kernel **out) {
-  return zmlx_kernel_set_get(&KERNELS, which, out);
+  return zmlxi_kernel_set_get(&KERNELS, which, out);
 }
 
 /* ------------------------------------------------------------------- sum */
@@ -120,7 +120,7 @@ static zmlx_status launch_sum(zmlx_array *view, int nk, zmlx_array *out, int64_t
   return zmlx_kernel_launch(k, &c);
 }
 
-zmlx_status zmlx_ad_kernel_sum(zmlx_array *x, unsigned axis_mask, zmlx_array **out) {
+zmlx_status zmlxi_ad_kernel_sum(zmlx_array *x, unsigned axis_mask, zmlx_array **out) {
   int perm[ZMLX_MAX_DIMS], nk = 0, np = 0;
   int64_t shape[ZMLX_MAX_DIMS], n_red = 1;
   for (int d = 0; d < x->ndim; d++) /* kept axes first, in order */
@@ -133,19 +133,19 @@ zmlx_status zmlx_ad_kernel_sum(zmlx_array *x, unsigned axis_mask, zmlx_array **o
       perm[np++] = d;
       n_red *= x->shape[d];
     }
-  ZMLX_CHECK(zmlx_array_alloc(x->buffer->device, NULL, x->dtype, nk, shape, out));
+  ZMLX_CHECK(zmlxi_array_alloc(x->buffer->device, NULL, x->dtype, nk, shape, out));
   if ((*out)->size == 0) return ZMLX_OK;
   zmlx_array *view = NULL;
   zmlx_status st = zmlx_array_transpose(x, perm, &view);
   if (st == ZMLX_OK) st = launch_sum(view, nk, *out, n_red);
   zmlx_array_release(view);
-  if (st != ZMLX_OK) zmlx_ad_release_all(out, 1);
+  if (st != ZMLX_OK) zmlxi_ad_release_all(out, 1);
   return st;
 }
 
 /* ---------------------------------------------------------------- scatter */
 
-zmlx_status zmlx_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_array *dst) {
+zmlx_status zmlxi_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_array *dst) {
   if (src->size == 0) return ZMLX_OK;
   zmlx_kernel *k = NULL;
   ZMLX_CHECK(get_kernel(K_SCATTER, &k));
@@ -153,20 +153,20 @@ zmlx_status zmlx_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_arr
   zmlx_array *in[2] = {src, window};
   zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &dst,
                         .params = params, .device = dst->buffer->device};
-  zmlx_kernel_call_grid_1d(&c, src->size);
+  zmlxi_kernel_call_grid_1d(&c, src->size);
   return zmlx_kernel_launch(k, &c);
 }
 
 /* ------------------------------------------------------------------- gemm */
 
-zmlx_status zmlx_ad_kernel_gemm(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out) {
+zmlx_status zmlxi_ad_kernel_gemm(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out) {
   (void)ctx;
   int nd = a->ndim;
   int64_t m = a->shape[nd - 2], kk = a->shape[nd - 1], n = b->shape[nd - 1];
   int64_t batch = out->size / (m * n > 0 ? m * n : 1);
   if (out->size == 0) return ZMLX_OK;
   if (m > INT32_MAX || n > INT32_MAX || kk > INT32_MAX || batch > 65535 || (m + 15) / 16 > 65535)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "matmul: the built-in GEMM takes M, N, K < 2^31, "
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "matmul: the built-in GEMM takes M, N, K < 2^31, "
                      "M < 2^20 and at most 65535 batch entries (plug in a library GEMM with "
                      "zmlx_set_gemm for more)");
   zmlx_kernel *k = NULL;

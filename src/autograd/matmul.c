@@ -13,12 +13,12 @@
 #include <string.h>
 
 static pthread_mutex_t gemm_lock = PTHREAD_MUTEX_INITIALIZER;
-static zmlx_gemm_fn gemm_fn = zmlx_ad_kernel_gemm;
+static zmlx_gemm_fn gemm_fn = zmlxi_ad_kernel_gemm;
 static void *gemm_ctx;
 
 zmlx_status zmlx_set_gemm(zmlx_gemm_fn fn, void *ctx) {
   pthread_mutex_lock(&gemm_lock);
-  gemm_fn = fn ? fn : zmlx_ad_kernel_gemm;
+  gemm_fn = fn ? fn : zmlxi_ad_kernel_gemm;
   gemm_ctx = fn ? ctx : NULL;
   pthread_mutex_unlock(&gemm_lock);
   return ZMLX_OK;
@@ -42,12 +42,12 @@ typedef struct mm_shape {
 
 static zmlx_status mm_check(const zmlx_array *a, const zmlx_array *b, mm_shape *s) {
   char b1[200], b2[200];
-  zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape);
-  zmlx_shape_str(b2, sizeof b2, b->ndim, b->shape);
+  zmlxi_shape_str(b1, sizeof b1, a->ndim, a->shape);
+  zmlxi_shape_str(b2, sizeof b2, b->ndim, b->shape);
   if (a->ndim < 2 || b->ndim < 2 || a->shape[a->ndim - 1] != b->shape[b->ndim - 2])
-    return zmlx_fail(ZMLX_ERR_SHAPE, "matmul: %s @ %s: need [..., M, K] @ [..., K, N]", b1, b2);
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "matmul: %s @ %s: need [..., M, K] @ [..., K, N]", b1, b2);
   if (a->buffer->device != b->buffer->device)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "matmul: the operands live on different devices");
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "matmul: the operands live on different devices");
   s->m = a->shape[a->ndim - 2];
   s->k = a->shape[a->ndim - 1];
   s->n = b->shape[b->ndim - 1];
@@ -57,7 +57,7 @@ static zmlx_status mm_check(const zmlx_array *a, const zmlx_array *b, mm_shape *
     int ka = d - (s->nb - na), kb = d - (s->nb - nb);
     int64_t x = ka >= 0 ? a->shape[ka] : 1, y = kb >= 0 ? b->shape[kb] : 1;
     if (x != y && x != 1 && y != 1)
-      return zmlx_fail(ZMLX_ERR_SHAPE, "matmul: batch axes of %s and %s do not broadcast", b1, b2);
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "matmul: batch axes of %s and %s do not broadcast", b1, b2);
     s->batch[d] = x == 1 ? y : x;
   }
   return ZMLX_OK;
@@ -72,7 +72,7 @@ static zmlx_status batch_view(zmlx_array *a, const mm_shape *s, zmlx_array **out
     shape[d] = d < s->nb ? s->batch[d] : a->shape[k];
     strides[d] = k < 0 || (d < s->nb && a->shape[k] != shape[d]) ? 0 : a->strides[k];
   }
-  return zmlx_array_make_view(a, nd, shape, strides, a->offset, out);
+  return zmlxi_array_make_view(a, nd, shape, strides, a->offset, out);
 }
 
 static zmlx_status mm_forward(zmlx_array *a, zmlx_array *b, const mm_shape *s, zmlx_array **out) {
@@ -82,13 +82,13 @@ static zmlx_status mm_forward(zmlx_array *a, zmlx_array *b, const mm_shape *s, z
   shape[s->nb + 1] = s->n;
   zmlx_dtype dt = a->dtype == b->dtype ? a->dtype : ZMLX_F32;
   zmlx_array *av = NULL, *bv = NULL;
-  zmlx_status st = zmlx_array_alloc(a->buffer->device, NULL, dt, s->nb + 2, shape, out);
+  zmlx_status st = zmlxi_array_alloc(a->buffer->device, NULL, dt, s->nb + 2, shape, out);
   if (st == ZMLX_OK) st = batch_view(a, s, &av);
   if (st == ZMLX_OK) st = batch_view(b, s, &bv);
   if (st == ZMLX_OK && (*out)->size) st = run_gemm(av, bv, *out);
   zmlx_array_release(av);
   zmlx_array_release(bv);
-  if (st != ZMLX_OK) zmlx_ad_release_all(out, 1);
+  if (st != ZMLX_OK) zmlxi_ad_release_all(out, 1);
   return st;
 }
 
@@ -147,7 +147,7 @@ zmlx_status zmlx_matmul(zmlx_array *a, zmlx_array *b, zmlx_array **out) {
   ZMLX_CHECK(mm_check(a, b, &s));
   ZMLX_CHECK(mm_forward(a, b, &s, out));
   zmlx_array *in[2] = {a, b};
-  zmlx_status st = zmlx_ad_record(&MATMUL_RULE, NULL, in, 2, out, 1, ZMLX_AD_SAVE_INPUTS);
-  if (st != ZMLX_OK) zmlx_ad_release_all(out, 1);
+  zmlx_status st = zmlxi_ad_record(&MATMUL_RULE, NULL, in, 2, out, 1, ZMLX_AD_SAVE_INPUTS);
+  if (st != ZMLX_OK) zmlxi_ad_release_all(out, 1);
   return st;
 }

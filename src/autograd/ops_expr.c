@@ -40,20 +40,20 @@ static zmlx_ad_expr *cache[CACHE_BUCKETS];
 static char *make_key(const char *text, const char *const *in, int n_in, const char *const *par,
                       int n_par) {
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_sb_append(&sb, text);
-  zmlx_sb_append(&sb, "\x1f");
-  for (int i = 0; i < n_in; i++) zmlx_sb_printf(&sb, "%s%s", i ? "," : "", in[i] ? in[i] : "?");
-  zmlx_sb_append(&sb, "\x1f");
-  for (int i = 0; i < n_par; i++) zmlx_sb_printf(&sb, "%s%s", i ? "," : "", par[i] ? par[i] : "?");
+  zmlxi_sb_init(&sb);
+  zmlxi_sb_append(&sb, text);
+  zmlxi_sb_append(&sb, "\x1f");
+  for (int i = 0; i < n_in; i++) zmlxi_sb_printf(&sb, "%s%s", i ? "," : "", in[i] ? in[i] : "?");
+  zmlxi_sb_append(&sb, "\x1f");
+  for (int i = 0; i < n_par; i++) zmlxi_sb_printf(&sb, "%s%s", i ? "," : "", par[i] ? par[i] : "?");
   char *key = NULL;
-  return zmlx_sb_finish(&sb, &key) == ZMLX_OK ? key : NULL;
+  return zmlxi_sb_finish(&sb, &key) == ZMLX_OK ? key : NULL;
 }
 
 static void expr_free(zmlx_ad_expr *e) {
   if (!e) return;
   zmlx_op_destroy(e->op);
-  zmlx_expr_free(e->graph);
+  zmlxi_expr_free(e->graph);
   free(e->vjp);
   free(e->key);
   pthread_mutex_destroy(&e->lock);
@@ -65,16 +65,16 @@ static zmlx_status expr_new(const char *text, const char *const *in, int n_in,
   zmlx_ad_expr *e = calloc(1, sizeof *e);
   if (!e) {
     free(key);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   }
   e->key = key;
   e->n_inputs = n_in;
   e->n_params = n_par;
   pthread_mutex_init(&e->lock, NULL);
   zmlx_status st = zmlx_elementwise(text, in, n_in, par, n_par, &e->op);
-  if (st == ZMLX_OK) st = zmlx_expr_parse(text, in, n_in, par, n_par, &e->graph);
+  if (st == ZMLX_OK) st = zmlxi_expr_parse(text, in, n_in, par, n_par, &e->graph);
   if (st == ZMLX_OK && !(e->vjp = calloc((size_t)n_in, sizeof *e->vjp)))
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   if (st != ZMLX_OK) {
     expr_free(e);
     return st;
@@ -83,15 +83,15 @@ static zmlx_status expr_new(const char *text, const char *const *in, int n_in,
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_ad_expr_get(const char *text, const char *const *input_names, int n_inputs,
+zmlx_status zmlxi_ad_expr_get(const char *text, const char *const *input_names, int n_inputs,
                              const char *const *param_names, int n_params, zmlx_ad_expr **out) {
   ZMLX_REQUIRE_ARG(text);
   ZMLX_REQUIRE_ARG(out);
   if (n_inputs > 0) ZMLX_REQUIRE_ARG(input_names);
   if (n_params > 0) ZMLX_REQUIRE_ARG(param_names);
   char *key = make_key(text, input_names, n_inputs, param_names, n_params);
-  if (!key) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  uint32_t b = zmlx_fnv1a32(key) % CACHE_BUCKETS;
+  if (!key) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  uint32_t b = zmlxi_fnv1a32(key) % CACHE_BUCKETS;
   pthread_mutex_lock(&cache_lock);
   zmlx_ad_expr *e = cache[b];
   while (e && strcmp(e->key, key)) e = e->next;
@@ -113,18 +113,18 @@ zmlx_status zmlx_ad_expr_get(const char *text, const char *const *input_names, i
  * single-root graphs). */
 static zmlx_status root_text(const zmlx_expr *g, int j, char **out) {
   zmlx_expr *c = NULL;
-  ZMLX_CHECK(zmlx_expr_clone(g, NULL, 0, &c));
+  ZMLX_CHECK(zmlxi_expr_clone(g, NULL, 0, &c));
   c->roots[0] = c->roots[j];
   c->n_roots = 1;
-  zmlx_status st = zmlx_expr_to_string(c, out);
-  zmlx_expr_free(c);
+  zmlx_status st = zmlxi_expr_to_string(c, out);
+  zmlxi_expr_free(c);
   return st;
 }
 
 static zmlx_status derived_op(const zmlx_expr *g, int root, zmlx_ad_expr **out) {
   char *text = NULL;
   ZMLX_CHECK(root_text(g, root, &text));
-  zmlx_status st = zmlx_ad_expr_get(text, (const char *const *)g->input_names, g->n_inputs,
+  zmlx_status st = zmlxi_ad_expr_get(text, (const char *const *)g->input_names, g->n_inputs,
                                     (const char *const *)g->param_names, g->n_params, out);
   free(text);
   return st;
@@ -132,16 +132,16 @@ static zmlx_status derived_op(const zmlx_expr *g, int root, zmlx_ad_expr **out) 
 
 static zmlx_status derive(zmlx_ad_expr *e) {
   zmlx_expr *v = NULL, *j = NULL;
-  zmlx_status st = zmlx_expr_vjp(e->graph, 0, &v);
+  zmlx_status st = zmlxi_expr_vjp(e->graph, 0, &v);
   for (int i = 0; i < e->n_inputs && st == ZMLX_OK; i++) {
     double c;
-    if (zmlx_expr_root_is_const(v, i, &c) && c == 0.0) continue; /* no path from input i */
+    if (zmlxi_expr_root_is_const(v, i, &c) && c == 0.0) continue; /* no path from input i */
     st = derived_op(v, i, &e->vjp[i]);
   }
-  if (st == ZMLX_OK) st = zmlx_expr_jvp(e->graph, 0, &j);
+  if (st == ZMLX_OK) st = zmlxi_expr_jvp(e->graph, 0, &j);
   if (st == ZMLX_OK) st = derived_op(j, 0, &e->jvp);
-  zmlx_expr_free(v);
-  zmlx_expr_free(j);
+  zmlxi_expr_free(v);
+  zmlxi_expr_free(j);
   return st;
 }
 
@@ -150,7 +150,7 @@ static zmlx_status ensure_derived(zmlx_ad_expr *e) {
   zmlx_status st = e->derived ? ZMLX_OK : derive(e);
   if (st == ZMLX_OK) e->derived = 1;
   pthread_mutex_unlock(&e->lock);
-  if (st != ZMLX_OK) zmlx_fail_context(st, "building the derivative ops of '%s'", e->key);
+  if (st != ZMLX_OK) zmlxi_fail_context(st, "building the derivative ops of '%s'", e->key);
   return st;
 }
 
@@ -166,7 +166,7 @@ typedef struct apply_ctx {
 static zmlx_status ctx_new(zmlx_op *op, zmlx_ad_expr *e, const double *params, int n_params,
                            apply_ctx **out) {
   apply_ctx *c = malloc(sizeof *c + (size_t)(n_params > 0 ? n_params : 1) * sizeof(double));
-  if (!c) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!c) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   c->op = op;
   c->expr = e;
   c->n_params = n_params;
@@ -177,12 +177,12 @@ static zmlx_status ctx_new(zmlx_op *op, zmlx_ad_expr *e, const double *params, i
 
 /* Does differentiating through this rule need recorded (expression) ops? */
 static int higher_order(const zmlx_ad_node *n, zmlx_array *const *extra, int n_extra) {
-  return zmlx_ad_should_record(n->in, n->n_in) || zmlx_ad_should_record(extra, n_extra);
+  return zmlxi_ad_should_record(n->in, n->n_in) || zmlxi_ad_should_record(extra, n_extra);
 }
 
 static zmlx_status need_expr(const apply_ctx *c, const char *what) {
   if (c->expr) return ensure_derived(c->expr);
-  return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s of an op called through zmlx_apply needs its "
+  return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "%s of an op called through zmlx_apply needs its "
                    "expression text: use zmlx_apply_expr for ops differentiated twice", what);
 }
 
@@ -194,13 +194,13 @@ static zmlx_status apply_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, cons
     return zmlx_op_vjp(c->op, n->in, n->n_in, p, cot[0], NULL, grads);
   ZMLX_CHECK(need_expr(c, "grad of grad"));
   zmlx_array **args = calloc((size_t)n->n_in + 1, sizeof *args);
-  if (!args) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!args) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   memcpy(args, n->in, (size_t)n->n_in * sizeof *args);
   args[n->n_in] = cot[0];
   zmlx_status st = ZMLX_OK;
   for (int i = 0; i < n->n_in && st == ZMLX_OK; i++)
     if (need[i] && c->expr->vjp[i])
-      st = zmlx_ad_expr_apply(c->expr->vjp[i], args, n->n_in + 1, p, &grads[i]);
+      st = zmlxi_ad_expr_apply(c->expr->vjp[i], args, n->n_in + 1, p, &grads[i]);
   free(args);
   return st;
 }
@@ -212,7 +212,7 @@ static zmlx_status apply_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx
   ZMLX_CHECK(need_expr(c, "differentiating a JVP"));
   int m = n->n_in;
   zmlx_array **args = calloc((size_t)(2 * m), sizeof *args), *zero = NULL;
-  if (!args) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!args) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = ZMLX_OK;
   for (int i = 0; i < m && st == ZMLX_OK; i++) {
     args[i] = n->in[i];
@@ -221,7 +221,7 @@ static zmlx_status apply_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx
     if (!tan[i] && !zero) st = zmlx_array_zeros(n->in_meta[0].device, ZMLX_F32, 0, NULL, &zero);
     if (!tan[i]) args[m + i] = zero;
   }
-  if (st == ZMLX_OK) st = zmlx_ad_expr_apply(c->expr->jvp, args, 2 * m, c->params, &out_tan[0]);
+  if (st == ZMLX_OK) st = zmlxi_ad_expr_apply(c->expr->jvp, args, 2 * m, c->params, &out_tan[0]);
   zmlx_array_release(zero);
   free(args);
   return st;
@@ -234,16 +234,16 @@ static const zmlx_ad_rule APPLY_RULE = {"expression op", apply_vjp, apply_jvp, f
 static zmlx_status apply_op(zmlx_op *op, zmlx_ad_expr *e, zmlx_array *const *inputs, int n,
                             const double *params, int n_params, zmlx_array **out) {
   ZMLX_CHECK(zmlx_op_call(op, inputs, n, params, NULL, out));
-  if (!zmlx_ad_should_record(inputs, n)) return ZMLX_OK;
+  if (!zmlxi_ad_should_record(inputs, n)) return ZMLX_OK;
   apply_ctx *c = NULL;
   zmlx_status st = ctx_new(op, e, params, n_params, &c);
   if (st == ZMLX_OK)
-    st = zmlx_ad_record(&APPLY_RULE, c, inputs, n, out, 1, ZMLX_AD_SAVE_INPUTS);
-  if (st != ZMLX_OK) zmlx_ad_release_all(out, 1);
+    st = zmlxi_ad_record(&APPLY_RULE, c, inputs, n, out, 1, ZMLX_AD_SAVE_INPUTS);
+  if (st != ZMLX_OK) zmlxi_ad_release_all(out, 1);
   return st;
 }
 
-zmlx_status zmlx_ad_expr_apply(zmlx_ad_expr *e, zmlx_array *const *inputs, int n,
+zmlx_status zmlxi_ad_expr_apply(zmlx_ad_expr *e, zmlx_array *const *inputs, int n,
                                const double *params, zmlx_array **out) {
   return apply_op(e->op, e, inputs, n, params, e->n_params, out);
 }
@@ -258,11 +258,11 @@ zmlx_status zmlx_apply(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
    * expression language) names the shared derivative ops, so the op can be
    * differentiated more than once. First-order kernels stay the op's own. */
   zmlx_ad_expr *e = NULL;
-  const zmlx_expr *g = zmlx_op_forward_expr(op);
+  const zmlx_expr *g = zmlxi_op_forward_expr(op);
   if (g) {
     char *text = NULL;
-    ZMLX_CHECK(zmlx_expr_to_string(g, &text));
-    zmlx_status st = zmlx_ad_expr_get(text, (const char *const *)g->input_names, g->n_inputs,
+    ZMLX_CHECK(zmlxi_expr_to_string(g, &text));
+    zmlx_status st = zmlxi_ad_expr_get(text, (const char *const *)g->input_names, g->n_inputs,
                                       (const char *const *)g->param_names, g->n_params, &e);
     free(text);
     ZMLX_CHECK(st);
@@ -278,8 +278,8 @@ zmlx_status zmlx_apply_expr(const char *expr, const char *const *input_names,
   *out = NULL;
   if (n_params > 0) ZMLX_REQUIRE_ARG(params);
   zmlx_ad_expr *e = NULL;
-  ZMLX_CHECK(zmlx_ad_expr_get(expr, input_names, n_inputs, param_names, n_params, &e));
-  return zmlx_ad_expr_apply(e, inputs, n_inputs, params, out);
+  ZMLX_CHECK(zmlxi_ad_expr_get(expr, input_names, n_inputs, param_names, n_params, &e));
+  return zmlxi_ad_expr_apply(e, inputs, n_inputs, params, out);
 }
 
 /* ------------------------------------------------------------ arithmetic */
@@ -290,7 +290,7 @@ static zmlx_status cached(_Atomic(zmlx_ad_expr *) *slot, const char *text,
                           zmlx_ad_expr **out) {
   *out = atomic_load(slot);
   if (*out) return ZMLX_OK;
-  ZMLX_CHECK(zmlx_ad_expr_get(text, in, n_in, par, n_par, out));
+  ZMLX_CHECK(zmlxi_ad_expr_get(text, in, n_in, par, n_par, out));
   atomic_store(slot, *out);
   return ZMLX_OK;
 }
@@ -305,7 +305,7 @@ static zmlx_status binary(_Atomic(zmlx_ad_expr *) *slot, const char *text, zmlx_
   zmlx_ad_expr *e = NULL;
   ZMLX_CHECK(cached(slot, text, AB, 2, NULL, 0, &e));
   zmlx_array *in[2] = {a, b};
-  return zmlx_ad_expr_apply(e, in, 2, NULL, out);
+  return zmlxi_ad_expr_apply(e, in, 2, NULL, out);
 }
 
 zmlx_status zmlx_add(zmlx_array *a, zmlx_array *b, zmlx_array **out) {
@@ -328,11 +328,11 @@ zmlx_status zmlx_div(zmlx_array *a, zmlx_array *b, zmlx_array **out) {
   return binary(&slot, "a / b", a, b, out);
 }
 
-zmlx_status zmlx_ad_map1(const char *text, zmlx_array *x, const char *param, double p,
+zmlx_status zmlxi_ad_map1(const char *text, zmlx_array *x, const char *param, double p,
                          zmlx_array **out) {
   static const char *const X[] = {"x"};
   const char *par[1] = {param};
   zmlx_ad_expr *e = NULL;
-  ZMLX_CHECK(zmlx_ad_expr_get(text, X, 1, par, param ? 1 : 0, &e));
-  return zmlx_ad_expr_apply(e, &x, 1, &p, out);
+  ZMLX_CHECK(zmlxi_ad_expr_get(text, X, 1, par, param ? 1 : 0, &e));
+  return zmlxi_ad_expr_apply(e, &x, 1, &p, out);
 }

@@ -13,8 +13,8 @@
 
 /* Record a one-input, one-output op; *out is released if that fails. */
 static zmlx_status record1(const zmlx_ad_rule *rule, void *ctx, zmlx_array *in, zmlx_array **out) {
-  zmlx_status st = zmlx_ad_record(rule, ctx, &in, 1, out, 1, 0);
-  if (st != ZMLX_OK) zmlx_ad_release_all(out, 1);
+  zmlx_status st = zmlxi_ad_record(rule, ctx, &in, 1, out, 1, 0);
+  if (st != ZMLX_OK) zmlxi_ad_release_all(out, 1);
   return st;
 }
 
@@ -27,11 +27,11 @@ static void *ctx_dup(const void *p, size_t n) {
 
 static zmlx_status record1_ctx(const zmlx_ad_rule *rule, const void *ctx, size_t n,
                                zmlx_array *in, zmlx_array **out) {
-  if (!zmlx_ad_should_record(&in, 1)) return ZMLX_OK;
+  if (!zmlxi_ad_should_record(&in, 1)) return ZMLX_OK;
   void *c = ctx_dup(ctx, n);
   if (!c) {
-    zmlx_ad_release_all(out, 1);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    zmlxi_ad_release_all(out, 1);
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   }
   return record1(rule, c, in, out);
 }
@@ -112,12 +112,12 @@ static zmlx_status pad_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const 
 
 static zmlx_status pad_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out) {
   const window_ctx *w = n->ctx;
-  return zmlx_ad_pad(tan[0], &n->out_meta[0], w->start, w->step, &out[0]);
+  return zmlxi_ad_pad(tan[0], &n->out_meta[0], w->start, w->step, &out[0]);
 }
 
 static const zmlx_ad_rule PAD_RULE = {"pad", pad_vjp, pad_jvp, free};
 
-zmlx_status zmlx_ad_pad(zmlx_array *src, const zmlx_ad_meta *m, const int64_t *start,
+zmlx_status zmlxi_ad_pad(zmlx_array *src, const zmlx_ad_meta *m, const int64_t *start,
                         const int64_t *step, zmlx_array **out) {
   window_ctx w;
   memcpy(w.start, start, (size_t)m->ndim * sizeof *start);
@@ -127,12 +127,12 @@ zmlx_status zmlx_ad_pad(zmlx_array *src, const zmlx_ad_meta *m, const int64_t *s
   zmlx_array *win = NULL;
   ZMLX_CHECK(zmlx_array_zeros(m->device, src->dtype, m->ndim, m->shape, out));
   zmlx_status st = zmlx_array_slice(*out, w.start, stop, w.step, &win);
-  if (st == ZMLX_OK && !zmlx_ad_same_shape(win, src->ndim, src->shape))
-    st = zmlx_fail(ZMLX_ERR_INTERNAL, "pad: the window does not have the source's shape");
-  if (st == ZMLX_OK) st = zmlx_ad_kernel_scatter(src, win, *out);
+  if (st == ZMLX_OK && !zmlxi_ad_same_shape(win, src->ndim, src->shape))
+    st = zmlxi_fail(ZMLX_ERR_INTERNAL, "pad: the window does not have the source's shape");
+  if (st == ZMLX_OK) st = zmlxi_ad_kernel_scatter(src, win, *out);
   zmlx_array_release(win);
   if (st != ZMLX_OK) {
-    zmlx_ad_release_all(out, 1);
+    zmlxi_ad_release_all(out, 1);
     return st;
   }
   return record1_ctx(&PAD_RULE, &w, sizeof w, src, out);
@@ -142,7 +142,7 @@ static zmlx_status slice_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, cons
                              zmlx_array **grads) {
   (void)need;
   const window_ctx *w = n->ctx;
-  return zmlx_ad_pad(cot[0], &n->in_meta[0], w->start, w->step, &grads[0]);
+  return zmlxi_ad_pad(cot[0], &n->in_meta[0], w->start, w->step, &grads[0]);
 }
 
 static zmlx_status slice_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out) {
@@ -195,15 +195,15 @@ static zmlx_status concat_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, con
 static zmlx_status concat_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out) {
   const concat_ctx *c = n->ctx;
   zmlx_array **full = calloc((size_t)n->n_in, sizeof *full);
-  if (!full) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!full) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = ZMLX_OK;
   for (int i = 0; i < n->n_in && st == ZMLX_OK; i++) {
     zmlx_ad_meta m = n->in_meta[i];
     m.dtype = n->out_meta[0].dtype;
-    st = tan[i] ? zmlx_ad_cast(tan[i], m.dtype, &full[i]) : zmlx_ad_zeros(&m, &full[i]);
+    st = tan[i] ? zmlxi_ad_cast(tan[i], m.dtype, &full[i]) : zmlxi_ad_zeros(&m, &full[i]);
   }
   if (st == ZMLX_OK) st = zmlx_concat(full, n->n_in, c->axis, &out[0]);
-  zmlx_ad_release_all(full, n->n_in);
+  zmlxi_ad_release_all(full, n->n_in);
   free(full);
   return st;
 }
@@ -212,13 +212,13 @@ static const zmlx_ad_rule CONCAT_RULE = {"concat", concat_vjp, concat_jvp, free}
 
 static zmlx_status concat_check(zmlx_array *const *arrays, int n, int *axis, int64_t *shape) {
   ZMLX_REQUIRE_ARG(arrays);
-  if (n < 1) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "concat: needs at least one array");
+  if (n < 1) return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "concat: needs at least one array");
   for (int i = 0; i < n; i++)
-    if (!arrays[i]) return zmlx_fail(ZMLX_ERR_NULL_ARG, "concat: array %d is NULL", i);
+    if (!arrays[i]) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "concat: array %d is NULL", i);
   const zmlx_array *a0 = arrays[0];
   int nd = a0->ndim, ax = *axis < 0 ? *axis + nd : *axis;
   if (nd == 0 || ax < 0 || ax >= nd)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "concat: axis %d is outside an array of %d dims",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "concat: axis %d is outside an array of %d dims",
                      *axis, nd);
   memcpy(shape, a0->shape, (size_t)nd * sizeof *shape);
   shape[ax] = 0;
@@ -228,10 +228,10 @@ static zmlx_status concat_check(zmlx_array *const *arrays, int n, int *axis, int
     int ok = a->ndim == nd && a->dtype == a0->dtype && a->buffer->device == a0->buffer->device;
     for (int d = 0; d < nd && ok; d++) ok = d == ax || a->shape[d] == a0->shape[d];
     if (!ok)
-      return zmlx_fail(ZMLX_ERR_SHAPE, "concat: array %d (%s %s) does not match array 0 (%s %s) "
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "concat: array %d (%s %s) does not match array 0 (%s %s) "
                        "outside axis %d, or lives on another device", i, zmlx_dtype_name(a->dtype),
-                       zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape),
-                       zmlx_dtype_name(a0->dtype), zmlx_shape_str(b2, sizeof b2, nd, a0->shape), ax);
+                       zmlxi_shape_str(b1, sizeof b1, a->ndim, a->shape),
+                       zmlx_dtype_name(a0->dtype), zmlxi_shape_str(b2, sizeof b2, nd, a0->shape), ax);
     shape[ax] += a->shape[ax];
   }
   *axis = ax;
@@ -252,7 +252,7 @@ static zmlx_status concat_fill(zmlx_array *const *arrays, int n, int axis, zmlx_
     stop[axis] = offsets[i + 1];
     zmlx_array *win = NULL;
     st = zmlx_array_slice(out, start, stop, NULL, &win);
-    if (st == ZMLX_OK) st = zmlx_ad_kernel_scatter(arrays[i], win, out);
+    if (st == ZMLX_OK) st = zmlxi_ad_kernel_scatter(arrays[i], win, out);
     zmlx_array_release(win);
   }
   return st;
@@ -264,14 +264,14 @@ zmlx_status zmlx_concat(zmlx_array *const *arrays, int n, int axis, zmlx_array *
   int64_t shape[ZMLX_MAX_DIMS];
   ZMLX_CHECK(concat_check(arrays, n, &axis, shape));
   concat_ctx *c = malloc(sizeof *c + (size_t)(n + 1) * sizeof(int64_t));
-  if (!c) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!c) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   c->axis = axis;
-  zmlx_status st = zmlx_array_alloc(arrays[0]->buffer->device, NULL, arrays[0]->dtype,
+  zmlx_status st = zmlxi_array_alloc(arrays[0]->buffer->device, NULL, arrays[0]->dtype,
                                     arrays[0]->ndim, shape, out);
   if (st == ZMLX_OK) st = concat_fill(arrays, n, axis, *out, c->offset);
-  if (st == ZMLX_OK) st = zmlx_ad_record(&CONCAT_RULE, c, arrays, n, out, 1, 0);
+  if (st == ZMLX_OK) st = zmlxi_ad_record(&CONCAT_RULE, c, arrays, n, out, 1, 0);
   else free(c);
-  if (st != ZMLX_OK) zmlx_ad_release_all(out, 1);
+  if (st != ZMLX_OK) zmlxi_ad_release_all(out, 1);
   return st;
 }
 
@@ -280,7 +280,7 @@ zmlx_status zmlx_concat(zmlx_array *const *arrays, int n, int axis, zmlx_array *
 static zmlx_status broadcast_vjp(const zmlx_ad_node *n, zmlx_array *const *cot,
                                  const uint8_t *need, zmlx_array **grads) {
   (void)need;
-  return zmlx_ad_reduce_to(cot[0], &n->in_meta[0], cot[0]->dtype, &grads[0]);
+  return zmlxi_ad_reduce_to(cot[0], &n->in_meta[0], cot[0]->dtype, &grads[0]);
 }
 
 static zmlx_status broadcast_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out) {
@@ -301,9 +301,9 @@ static zmlx_status broadcast_strides(const zmlx_array *a, int ndim, const int64_
       strides[d] = 0;
     } else {
       char b1[200], b2[200];
-      return zmlx_fail(ZMLX_ERR_SHAPE, "broadcast_to: shape %s does not broadcast to %s",
-                       zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape),
-                       zmlx_shape_str(b2, sizeof b2, ndim, shape));
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "broadcast_to: shape %s does not broadcast to %s",
+                       zmlxi_shape_str(b1, sizeof b1, a->ndim, a->shape),
+                       zmlxi_shape_str(b2, sizeof b2, ndim, shape));
     }
   }
   return ZMLX_OK;
@@ -314,13 +314,13 @@ zmlx_status zmlx_broadcast_to(zmlx_array *a, int ndim, const int64_t *shape, zml
   *out = NULL;
   ZMLX_REQUIRE_ARG(a);
   if (ndim < a->ndim || ndim > ZMLX_MAX_DIMS || (ndim && !shape))
-    return zmlx_fail(ZMLX_ERR_SHAPE, "broadcast_to: %d target dims for an array of %d", ndim,
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "broadcast_to: %d target dims for an array of %d", ndim,
                      a->ndim);
   int64_t strides[ZMLX_MAX_DIMS], size;
-  ZMLX_CHECK(zmlx_check_shape(a->dtype, ndim, shape, &size));
+  ZMLX_CHECK(zmlxi_check_shape(a->dtype, ndim, shape, &size));
   ZMLX_CHECK(broadcast_strides(a, ndim, shape, strides));
   zmlx_array *view = NULL;
-  ZMLX_CHECK(zmlx_array_make_view(a, ndim, shape, strides, a->offset, &view));
+  ZMLX_CHECK(zmlxi_array_make_view(a, ndim, shape, strides, a->offset, &view));
   zmlx_status st = zmlx_array_astype(view, a->dtype, out); /* always a new dense array */
   zmlx_array_release(view);
   if (st != ZMLX_OK) return st;
@@ -332,11 +332,11 @@ zmlx_status zmlx_broadcast_to(zmlx_array *a, int ndim, const int64_t *shape, zml
 static zmlx_status astype_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const uint8_t *need,
                               zmlx_array **grads) {
   (void)need;
-  return zmlx_ad_cast(cot[0], n->in_meta[0].dtype, &grads[0]);
+  return zmlxi_ad_cast(cot[0], n->in_meta[0].dtype, &grads[0]);
 }
 
 static zmlx_status astype_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_array **out) {
-  return zmlx_ad_cast(tan[0], n->out_meta[0].dtype, &out[0]);
+  return zmlxi_ad_cast(tan[0], n->out_meta[0].dtype, &out[0]);
 }
 
 static const zmlx_ad_rule ASTYPE_RULE = {"astype", astype_vjp, astype_jvp, NULL};
@@ -361,11 +361,11 @@ static zmlx_status axes_mask(const zmlx_array *a, const int *axes, int n, unsign
     return ZMLX_OK;
   }
   if (n < 0 || n > a->ndim)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "sum: %d axes for an array of %d dims", n, a->ndim);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "sum: %d axes for an array of %d dims", n, a->ndim);
   for (int i = 0; i < n; i++) {
     int ax = axes[i] < 0 ? axes[i] + a->ndim : axes[i];
     if (ax < 0 || ax >= a->ndim || (*mask >> ax & 1u))
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "sum: axis %d is out of range or repeated for an "
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "sum: axis %d is out of range or repeated for an "
                        "array of %d dims", axes[i], a->ndim);
     *mask |= 1u << ax;
   }
@@ -403,13 +403,13 @@ static const zmlx_ad_rule SUM_RULE = {"sum", sum_vjp, sum_jvp, free};
 
 static zmlx_status sum_forward(zmlx_array *a, unsigned mask, int keepdims, zmlx_array **out) {
   zmlx_array *s = NULL;
-  ZMLX_CHECK(zmlx_ad_kernel_sum(a, mask, &s));
+  ZMLX_CHECK(zmlxi_ad_kernel_sum(a, mask, &s));
   if (!keepdims) {
     *out = s;
     return ZMLX_OK;
   }
   zmlx_ad_meta m;
-  zmlx_ad_meta_of(a, &m);
+  zmlxi_ad_meta_of(a, &m);
   int64_t shape[ZMLX_MAX_DIMS];
   kept_shape(&m, mask, shape);
   zmlx_status st = zmlx_array_reshape(s, a->ndim, shape, out);
@@ -422,7 +422,7 @@ zmlx_status zmlx_sum(zmlx_array *a, const int *axes, int n_axes, int keepdims, z
   *out = NULL;
   ZMLX_REQUIRE_ARG(a);
   if (a->dtype == ZMLX_F64 || a->dtype == ZMLX_BOOL)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "sum: %s arrays are not supported",
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "sum: %s arrays are not supported",
                      zmlx_dtype_name(a->dtype));
   sum_ctx c = {.keepdims = keepdims != 0};
   ZMLX_CHECK(axes_mask(a, axes, n_axes, &c.mask));
@@ -442,7 +442,7 @@ zmlx_status zmlx_mean(zmlx_array *a, const int *axes, int n_axes, int keepdims, 
   zmlx_array *s = NULL;
   ZMLX_CHECK(zmlx_sum(a, axes, n_axes, keepdims, &s));
   /* An empty mean is 0/0 = NaN, as in NumPy. */
-  zmlx_status st = zmlx_ad_map1("x * s", s, "s", count ? 1.0 / (double)count : NAN, out);
+  zmlx_status st = zmlxi_ad_map1("x * s", s, "s", count ? 1.0 / (double)count : NAN, out);
   zmlx_array_release(s);
   return st;
 }

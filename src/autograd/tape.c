@@ -40,24 +40,24 @@ static uint32_t new_generation(void) {
 
 /* f64 is not among them: it is host-side in zmlx and the expression
  * kernels refuse it, so nothing could propagate its gradient. */
-int zmlx_ad_is_float(zmlx_dtype dt) {
-  return zmlx_dtype_is_f32_f16_bf16(dt);
+int zmlxi_ad_is_float(zmlx_dtype dt) {
+  return zmlxi_dtype_is_f32_f16_bf16(dt);
 }
 
-int zmlx_ad_recording(void) {
+int zmlxi_ad_recording(void) {
   const ad_tape *t = tls_tape;
   return t && t->n_levels > 0 && t->paused == 0;
 }
 
-void zmlx_ad_pause(void) {
+void zmlxi_ad_pause(void) {
   if (tls_tape) tls_tape->paused++;
 }
 
-void zmlx_ad_resume(void) {
+void zmlxi_ad_resume(void) {
   if (tls_tape && tls_tape->paused > 0) tls_tape->paused--;
 }
 
-uint32_t zmlx_ad_value_of(const zmlx_array *a) {
+uint32_t zmlxi_ad_value_of(const zmlx_array *a) {
   const ad_tape *t = tls_tape;
   if (!t || !a || !a->grad_node) return 0;
   uintptr_t v = (uintptr_t)a->grad_node;
@@ -66,14 +66,14 @@ uint32_t zmlx_ad_value_of(const zmlx_array *a) {
   return idx;
 }
 
-int zmlx_ad_should_record(zmlx_array *const *in, int n_in) {
-  if (!zmlx_ad_recording()) return 0;
+int zmlxi_ad_should_record(zmlx_array *const *in, int n_in) {
+  if (!zmlxi_ad_recording()) return 0;
   for (int i = 0; i < n_in; i++)
-    if (zmlx_ad_value_of(in[i])) return 1;
+    if (zmlxi_ad_value_of(in[i])) return 1;
   return 0;
 }
 
-void zmlx_ad_meta_of(const zmlx_array *a, zmlx_ad_meta *m) {
+void zmlxi_ad_meta_of(const zmlx_array *a, zmlx_ad_meta *m) {
   memset(m, 0, sizeof *m);
   m->dtype = a->dtype;
   m->ndim = a->ndim;
@@ -120,7 +120,7 @@ static zmlx_status append_node(ad_tape *t, zmlx_ad_node *n) {
   if (t->n_nodes == t->cap_nodes) {
     int32_t cap = t->cap_nodes ? 2 * t->cap_nodes : 64;
     zmlx_ad_node **p = realloc(t->nodes, (size_t)cap * sizeof *p);
-    if (!p) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory (tape)");
+    if (!p) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory (tape)");
     t->nodes = p;
     t->cap_nodes = cap;
   }
@@ -130,7 +130,7 @@ static zmlx_status append_node(ad_tape *t, zmlx_ad_node *n) {
 
 static zmlx_status new_value(ad_tape *t, zmlx_array *a, uint32_t *idx) {
   if (t->n_values == UINT32_MAX)
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: more than 2^32 values on one tape");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: more than 2^32 values on one tape");
   *idx = ++t->n_values;
   a->grad_node = (void *)(((uintptr_t)t->gen << 32) | *idx);
   return ZMLX_OK;
@@ -139,15 +139,15 @@ static zmlx_status new_value(ad_tape *t, zmlx_array *a, uint32_t *idx) {
 static void fill_node(zmlx_ad_node *n, zmlx_array *const *in, zmlx_array *const *out,
                       unsigned save) {
   for (int i = 0; i < n->n_in; i++) {
-    zmlx_ad_meta_of(in[i], &n->in_meta[i]);
-    n->in_val[i] = zmlx_ad_value_of(in[i]);
+    zmlxi_ad_meta_of(in[i], &n->in_meta[i]);
+    n->in_val[i] = zmlxi_ad_value_of(in[i]);
     if (save & ZMLX_AD_SAVE_INPUTS) {
       zmlx_array_retain(in[i]);
       n->in[i] = in[i];
     }
   }
   for (int j = 0; j < n->n_out; j++) {
-    zmlx_ad_meta_of(out[j], &n->out_meta[j]);
+    zmlxi_ad_meta_of(out[j], &n->out_meta[j]);
     if (save & ZMLX_AD_SAVE_OUTPUTS) {
       zmlx_array_retain(out[j]);
       n->out[j] = out[j];
@@ -155,17 +155,17 @@ static void fill_node(zmlx_ad_node *n, zmlx_array *const *in, zmlx_array *const 
   }
 }
 
-zmlx_status zmlx_ad_record(const zmlx_ad_rule *rule, void *ctx, zmlx_array *const *in, int n_in,
+zmlx_status zmlxi_ad_record(const zmlx_ad_rule *rule, void *ctx, zmlx_array *const *in, int n_in,
                            zmlx_array *const *out, int n_out, unsigned save) {
   ad_tape *t = tls_tape;
-  if (!zmlx_ad_should_record(in, n_in)) {
+  if (!zmlxi_ad_should_record(in, n_in)) {
     if (rule->free_ctx && ctx) rule->free_ctx(ctx);
     return ZMLX_OK;
   }
   zmlx_ad_node *n = node_alloc(n_in, n_out);
   if (!n) {
     if (rule->free_ctx && ctx) rule->free_ctx(ctx);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory (node)");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory (node)");
   }
   n->rule = rule;
   n->ctx = ctx;
@@ -178,7 +178,7 @@ zmlx_status zmlx_ad_record(const zmlx_ad_rule *rule, void *ctx, zmlx_array *cons
   /* Ids last: after a failure above the outputs stay plain arrays. Integer
    * outputs (indices, masks) carry no gradient and stay constants. */
   for (int j = 0; j < n_out && st == ZMLX_OK; j++)
-    if (zmlx_ad_is_float(out[j]->dtype)) st = new_value(t, out[j], &n->out_val[j]);
+    if (zmlxi_ad_is_float(out[j]->dtype)) st = new_value(t, out[j], &n->out_val[j]);
   return st;
 }
 
@@ -190,23 +190,23 @@ static void tape_free(ad_tape *t) {
   free(t);
 }
 
-zmlx_status zmlx_ad_level_push(void) {
+zmlx_status zmlxi_ad_level_push(void) {
   ad_tape *t = tls_tape;
   if (!t) {
     t = calloc(1, sizeof *t);
-    if (!t) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory (tape)");
+    if (!t) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "autograd: out of host memory (tape)");
     t->gen = new_generation();
     tls_tape = t;
   }
   if (t->n_levels == AD_MAX_LEVELS)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "autograd: grad calls nested more than %d deep",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "autograd: grad calls nested more than %d deep",
                      AD_MAX_LEVELS);
   t->levels[t->n_levels++] = (ad_level){.node_start = t->n_nodes, .saved_paused = t->paused};
   t->paused = 0;
   return ZMLX_OK;
 }
 
-void zmlx_ad_level_pop(void) {
+void zmlxi_ad_level_pop(void) {
   ad_tape *t = tls_tape;
   if (!t || t->n_levels == 0) return;
   t->paused = t->levels[--t->n_levels].saved_paused;
@@ -218,25 +218,25 @@ void zmlx_ad_level_pop(void) {
   }
 }
 
-zmlx_status zmlx_ad_make_leaf(zmlx_array *view) {
+zmlx_status zmlxi_ad_make_leaf(zmlx_array *view) {
   ad_tape *t = tls_tape;
-  if (!t || t->n_levels == 0) return zmlx_fail(ZMLX_ERR_INTERNAL, "autograd: leaf outside a level");
+  if (!t || t->n_levels == 0) return zmlxi_fail(ZMLX_ERR_INTERNAL, "autograd: leaf outside a level");
   uint32_t idx;
   return new_value(t, view, &idx);
 }
 
-int zmlx_ad_enclosing_records(void) {
+int zmlxi_ad_enclosing_records(void) {
   const ad_tape *t = tls_tape;
   return t && t->n_levels > 1 && t->levels[t->n_levels - 1].saved_paused == 0;
 }
 
-int32_t zmlx_ad_level_start(void) {
+int32_t zmlxi_ad_level_start(void) {
   const ad_tape *t = tls_tape;
   return t && t->n_levels ? t->levels[t->n_levels - 1].node_start : 0;
 }
 
-int32_t zmlx_ad_node_count(void) { return tls_tape ? tls_tape->n_nodes : 0; }
+int32_t zmlxi_ad_node_count(void) { return tls_tape ? tls_tape->n_nodes : 0; }
 
-zmlx_ad_node *zmlx_ad_node_at(int32_t i) { return tls_tape->nodes[i]; }
+zmlx_ad_node *zmlxi_ad_node_at(int32_t i) { return tls_tape->nodes[i]; }
 
-uint32_t zmlx_ad_value_count(void) { return tls_tape ? tls_tape->n_values : 0; }
+uint32_t zmlxi_ad_value_count(void) { return tls_tape ? tls_tape->n_values : 0; }

@@ -79,7 +79,7 @@ typedef struct act_ctx {
 static zmlx_status act_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
   (void)n;
   act_ctx *c = ud;
-  return zmlx_activation_call(c->k, in[0], c->alpha, out);
+  return zmlxi_activation_call(c->k, in[0], c->alpha, out);
 }
 
 /* sum(w * f(x)) */
@@ -119,7 +119,7 @@ static zmlx_status make_input(zmlx_device *dev, zmlx_dtype dt, int ndim, const i
   if (!transposed) return zck_upload(dev, dt, ndim, shape, v, out);
   int64_t r = shape[0], c = shape[1], bs[2] = {c, r};
   double *b = malloc(sizeof(double) * (size_t)(r * c > 0 ? r * c : 1));
-  if (!b) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!b) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   for (int64_t i = 0; i < r; i++)
     for (int64_t j = 0; j < c; j++) b[j * r + i] = v[i * c + j];
   zmlx_array *base = NULL;
@@ -140,10 +140,10 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
   zmlx_device *dev = o->device;
   int fd = mode == M_FD || mode == M_GRAD2;
   zmlx_dtype dt = fd ? ZMLX_F32 : o->dtype;
-  const char *op = zmlx_activation_name(k), *what = MODE_NAME[mode];
+  const char *op = zmlxi_activation_name(k), *what = MODE_NAME[mode];
   double alpha = pick_alpha(k, rng);
   char name[96], sh[64];
-  zmlx_shape_str(sh, sizeof sh, ndim, shape);
+  zmlxi_shape_str(sh, sizeof sh, ndim, shape);
   if (k == A_ELU) snprintf(name, sizeof name, "%s%s alpha=%.4g", sh, transposed ? "^T" : "", alpha);
   else snprintf(name, sizeof name, "%s%s", sh, transposed ? "^T view" : "");
   int64_t n = 1;
@@ -155,7 +155,7 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
   zmlx_status st = ZMLX_OK;
   double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
   if (!x || !g || !want) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   for (int64_t i = 0; i < n; i++) x[i] = act_sample(k, mode, rng);
@@ -171,10 +171,10 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
   act_ctx c = {k, alpha, NULL};
   if (mode == M_FWD) {
     zck_poison_pool(dev, dt, ndim, shape);
-    st = zmlx_activation_call(k, ax, alpha, &y);
+    st = zmlxi_activation_call(k, ax, alpha, &y);
     if (st == ZMLX_OK && (y->dtype != dt || y->ndim != ndim ||
                           memcmp(y->shape, shape, sizeof(int64_t) * (size_t)ndim) != 0))
-      st = zmlx_fail(ZMLX_ERR_INTERNAL, "result has dtype %s and a different shape or rank",
+      st = zmlxi_fail(ZMLX_ERR_INTERNAL, "result has dtype %s and a different shape or rank",
                      zmlx_dtype_name(y->dtype));
     if (st == ZMLX_OK) st = zck_download(y, &got);
     if (st != ZMLX_OK) goto done;
@@ -223,11 +223,11 @@ static void act_specials(const zmlx_check_opts *o, act_kind k) {
   if (k == A_TANH || k == A_SIGMOID || k == A_RELU || k == A_SOFTPLUS || k == A_ELU)
     xs[n++] = -INFINITY; /* a clear limit; for silu, gelu, mish -inf * 0 is NaN */
   zmlx_dtype dt = o->dtype;
-  const char *op = zmlx_activation_name(k);
+  const char *op = zmlxi_activation_name(k);
   zmlx_array *ax = NULL, *y = NULL;
   double *got = NULL, alpha = 1.0, e = 0;
   zmlx_status st = zck_upload(o->device, dt, 1, &n, xs, &ax);
-  if (st == ZMLX_OK) st = zmlx_activation_call(k, ax, alpha, &y);
+  if (st == ZMLX_OK) st = zmlxi_activation_call(k, ax, alpha, &y);
   if (st == ZMLX_OK) st = zck_download(y, &got);
   if (st == ZMLX_OK) {
     for (int64_t i = 0; i < n; i++) {
@@ -257,17 +257,17 @@ static void act_specials(const zmlx_check_opts *o, act_kind k) {
 static void act_bad(const zmlx_check_opts *o, act_kind k) {
   zmlx_array *a = NULL, *ai = NULL, *y = NULL;
   int64_t sh[2] = {2, 3};
-  const char *op = zmlx_activation_name(k);
+  const char *op = zmlxi_activation_name(k);
   if (zmlx_array_zeros(o->device, o->dtype, 2, sh, &a) != ZMLX_OK ||
       zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &ai) != ZMLX_OK) {
     zck_emit_fail(o, op, "bad input", o->dtype, "setup", ZMLX_ERR_BACKEND);
     goto done;
   }
-  zck_expect(o, op, "bad: dtype i32", zmlx_activation_call(k, ai, 1.0, &y), y, ZMLX_ERR_DTYPE, "i32");
+  zck_expect(o, op, "bad: dtype i32", zmlxi_activation_call(k, ai, 1.0, &y), y, ZMLX_ERR_DTYPE, "i32");
   y = NULL;
-  zck_expect(o, op, "bad: x NULL", zmlx_activation_call(k, NULL, 1.0, &y), y, ZMLX_ERR_NULL_ARG, "'x'");
+  zck_expect(o, op, "bad: x NULL", zmlxi_activation_call(k, NULL, 1.0, &y), y, ZMLX_ERR_NULL_ARG, "'x'");
   y = NULL;
-  zck_expect(o, op, "bad: out NULL", zmlx_activation_call(k, a, 1.0, NULL), NULL, ZMLX_ERR_NULL_ARG,
+  zck_expect(o, op, "bad: out NULL", zmlxi_activation_call(k, a, 1.0, NULL), NULL, ZMLX_ERR_NULL_ARG,
                  "'out'");
   if (k == A_ELU) {
     zck_expect(o, op, "bad: alpha nan", zmlx_elu(a, NAN, &y), y, ZMLX_ERR_INVALID_ARG,
@@ -332,7 +332,7 @@ ACT_CHECK(check_mish, A_MISH)
 ACT_CHECK(check_elu, A_ELU)
 #undef ACT_CHECK
 
-const zmlx_catalog_op zmlx_catalog_activation_ops[] = {
+const zmlx_catalog_op zck_catalog_activation_ops[] = {
     {"exp", check_exp},         {"log", check_log},
     {"tanh", check_tanh},       {"sigmoid", check_sigmoid},
     {"relu", check_relu},       {"silu", check_silu},
@@ -354,7 +354,7 @@ typedef struct act_bench {
 static zmlx_status act_bench_run(void *p) {
   act_bench *b = p;
   zmlx_array *y = NULL;
-  zmlx_status st = zmlx_activation_call(b->k, b->x, 1.0, &y);
+  zmlx_status st = zmlxi_activation_call(b->k, b->x, 1.0, &y);
   zmlx_array_release(y);
   return st;
 }
@@ -366,7 +366,7 @@ static zmlx_status act_bench_case(const zmlx_bench_opts *o, act_kind k) {
   double bytes = 2.0 * 2.0 * (double)shape[0] * (double)shape[1];
   zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 2, shape, 41 + (uint64_t)k, &b.x);
   if (st == ZMLX_OK)
-    st = zck_bench_time_emit(o, zmlx_activation_name(k), ZMLX_BF16, 2, shape, bytes, act_bench_run, &b);
+    st = zck_bench_time_emit(o, zmlxi_activation_name(k), ZMLX_BF16, 2, shape, bytes, act_bench_run, &b);
   zmlx_array_release(b.x);
   return st;
 }
@@ -378,7 +378,7 @@ static zmlx_status bench_gelu_tanh(const zmlx_bench_opts *o) {
 static zmlx_status bench_gelu(const zmlx_bench_opts *o) { return act_bench_case(o, A_GELU); }
 static zmlx_status bench_exp(const zmlx_bench_opts *o) { return act_bench_case(o, A_EXP); }
 
-const zmlx_catalog_bench zmlx_catalog_activation_bench[] = {
+const zmlx_catalog_bench zck_catalog_activation_bench[] = {
     {"silu", bench_silu},
     {"gelu_tanh", bench_gelu_tanh},
     {"gelu", bench_gelu},

@@ -12,16 +12,16 @@ static int cmp_double(const void *a, const void *b) {
 
 zmlx_status zck_bench_median_ms(zmlx_device *dev, zmlx_status (*run)(void *ctx), void *ctx,
                                  int reps, int inner, double *ms) {
-  if (reps < 1 || inner < 1) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "bench: reps and inner must be >= 1");
+  if (reps < 1 || inner < 1) return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "bench: reps and inner must be >= 1");
   double *t = malloc((size_t)reps * sizeof *t);
-  if (!t) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!t) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = run(ctx); /* warm-up: compile, allocator pools */
   if (st == ZMLX_OK) st = zmlx_device_synchronize(dev);
   for (int r = 0; r < reps && st == ZMLX_OK; r++) {
-    double t0 = zmlx_now_ms();
+    double t0 = zmlxi_now_ms();
     for (int i = 0; i < inner && st == ZMLX_OK; i++) st = run(ctx);
     if (st == ZMLX_OK) st = zmlx_device_synchronize(dev);
-    t[r] = (zmlx_now_ms() - t0) / inner;
+    t[r] = (zmlxi_now_ms() - t0) / inner;
   }
   if (st == ZMLX_OK) {
     qsort(t, (size_t)reps, sizeof *t, cmp_double);

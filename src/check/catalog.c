@@ -7,25 +7,25 @@
 #include <stddef.h>
 
 #define ZMLX_FAMILY(sym) extern const zmlx_catalog_op sym[];
-ZMLX_FAMILY(zmlx_catalog_softmax_ops)
-ZMLX_FAMILY(zmlx_catalog_cross_entropy_ops)
-ZMLX_FAMILY(zmlx_catalog_norm_ops)
-ZMLX_FAMILY(zmlx_catalog_rope_ops)
-ZMLX_FAMILY(zmlx_catalog_glu_ops)
-ZMLX_FAMILY(zmlx_catalog_dropout_ops)
-ZMLX_FAMILY(zmlx_catalog_activation_ops)
-ZMLX_FAMILY(zmlx_catalog_quant_ops)
-ZMLX_FAMILY(zmlx_catalog_reduce_ops)
+ZMLX_FAMILY(zck_catalog_softmax_ops)
+ZMLX_FAMILY(zck_catalog_cross_entropy_ops)
+ZMLX_FAMILY(zck_catalog_norm_ops)
+ZMLX_FAMILY(zck_catalog_rope_ops)
+ZMLX_FAMILY(zck_catalog_glu_ops)
+ZMLX_FAMILY(zck_catalog_dropout_ops)
+ZMLX_FAMILY(zck_catalog_activation_ops)
+ZMLX_FAMILY(zck_catalog_quant_ops)
+ZMLX_FAMILY(zck_catalog_reduce_ops)
 #undef ZMLX_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
-ZMLX_BENCHES(zmlx_catalog_softmax_bench)
-ZMLX_BENCHES(zmlx_catalog_cross_entropy_bench)
-ZMLX_BENCHES(zmlx_catalog_norm_bench)
-ZMLX_BENCHES(zmlx_catalog_rope_bench)
-ZMLX_BENCHES(zmlx_catalog_glu_bench)
-ZMLX_BENCHES(zmlx_catalog_activation_bench)
-ZMLX_BENCHES(zmlx_catalog_reduce_bench)
-ZMLX_BENCHES(zmlx_catalog_quant_bench)
+ZMLX_BENCHES(zck_catalog_softmax_bench)
+ZMLX_BENCHES(zck_catalog_cross_entropy_bench)
+ZMLX_BENCHES(zck_catalog_norm_bench)
+ZMLX_BENCHES(zck_catalog_rope_bench)
+ZMLX_BENCHES(zck_catalog_glu_bench)
+ZMLX_BENCHES(zck_catalog_activation_bench)
+ZMLX_BENCHES(zck_catalog_reduce_bench)
+ZMLX_BENCHES(zck_catalog_quant_bench)
 #undef ZMLX_BENCHES
 
 #define MAX_OPS 128
@@ -43,36 +43,36 @@ static void add_benches(const zmlx_catalog_bench *family, int *n) {
 
 static void build_table(void) {
   int n = 0;
-  add_family(zmlx_catalog_softmax_ops, &n);
-  add_family(zmlx_catalog_cross_entropy_ops, &n);
-  add_family(zmlx_catalog_norm_ops, &n);
-  add_family(zmlx_catalog_rope_ops, &n);
-  add_family(zmlx_catalog_glu_ops, &n);
-  add_family(zmlx_catalog_dropout_ops, &n);
-  add_family(zmlx_catalog_activation_ops, &n);
-  add_family(zmlx_catalog_reduce_ops, &n);
-  add_family(zmlx_catalog_quant_ops, &n);
+  add_family(zck_catalog_softmax_ops, &n);
+  add_family(zck_catalog_cross_entropy_ops, &n);
+  add_family(zck_catalog_norm_ops, &n);
+  add_family(zck_catalog_rope_ops, &n);
+  add_family(zck_catalog_glu_ops, &n);
+  add_family(zck_catalog_dropout_ops, &n);
+  add_family(zck_catalog_activation_ops, &n);
+  add_family(zck_catalog_reduce_ops, &n);
+  add_family(zck_catalog_quant_ops, &n);
   all_ops[n] = NULL;
   n = 0;
-  add_benches(zmlx_catalog_softmax_bench, &n);
-  add_benches(zmlx_catalog_cross_entropy_bench, &n);
-  add_benches(zmlx_catalog_norm_bench, &n);
-  add_benches(zmlx_catalog_rope_bench, &n);
-  add_benches(zmlx_catalog_glu_bench, &n);
-  add_benches(zmlx_catalog_activation_bench, &n);
-  add_benches(zmlx_catalog_reduce_bench, &n);
-  add_benches(zmlx_catalog_quant_bench, &n);
+  add_benches(zck_catalog_softmax_bench, &n);
+  add_benches(zck_catalog_cross_entropy_bench, &n);
+  add_benches(zck_catalog_norm_bench, &n);
+  add_benches(zck_catalog_rope_bench, &n);
+  add_benches(zck_catalog_glu_bench, &n);
+  add_benches(zck_catalog_activation_bench, &n);
+  add_benches(zck_catalog_reduce_bench, &n);
+  add_benches(zck_catalog_quant_bench, &n);
   all_benches[n] = NULL;
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-const zmlx_catalog_op *const *zmlx_catalog_ops(void) {
+const zmlx_catalog_op *const *zck_catalog_ops(void) {
   pthread_once(&once, build_table);
   return all_ops;
 }
 
-const zmlx_catalog_bench *const *zmlx_catalog_benches(void) {
+const zmlx_catalog_bench *const *zck_catalog_benches(void) {
   pthread_once(&once, build_table);
   return all_benches;
 }

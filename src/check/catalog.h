@@ -82,8 +82,8 @@ zmlx_status zck_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_d
                                  zmlx_status (*run)(void *ctx), void *ctx);
 
 /* All ops, in catalog order; NULL-terminated. */
-const zmlx_catalog_op *const *zmlx_catalog_ops(void);
+const zmlx_catalog_op *const *zck_catalog_ops(void);
 /* All benchmark cases, in catalog order; NULL-terminated. */
-const zmlx_catalog_bench *const *zmlx_catalog_benches(void);
+const zmlx_catalog_bench *const *zck_catalog_benches(void);
 
 #endif

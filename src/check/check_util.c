@@ -77,7 +77,7 @@ zmlx_status zck_upload(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t 
                        const double *v, zmlx_array **out) {
   int64_t n = shape_size(ndim, shape);
   void *buf = malloc((size_t)(n > 0 ? n : 1) * zmlx_dtype_size(dt));
-  if (!buf) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+  if (!buf) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
   for (int64_t i = 0; i < n; i++) zck_store(dt, buf, i, v[i]);
   zmlx_status st = zmlx_array_from_host(dev, dt, ndim, shape, buf, out);
   free(buf);
@@ -99,7 +99,7 @@ zmlx_status zck_download(zmlx_array *a, double **v) {
   void *buf = malloc((size_t)(n > 0 ? n : 1) * es);
   double *d = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
   zmlx_status st = buf && d ? zmlx_array_to_host(a, buf, (size_t)n * es)
-                            : zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+                            : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
   for (int64_t i = 0; st == ZMLX_OK && i < n; i++) d[i] = zck_load(dt, buf, i);
   free(buf);
   if (st != ZMLX_OK) {

@@ -72,7 +72,7 @@ static zmlx_status ce_case(const zmlx_check_opts *o, int64_t rows, int64_t V,
   zmlx_array *x = NULL, *t = NULL, *grad = NULL, *rows_arr = NULL, *loss = NULL, *g2 = NULL;
   zmlx_status st = ZMLX_OK;
   if (!xv || !gw || !tv || !ti) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
     goto done;
   }
   for (int64_t i = 0; i < n; i++) xv[i] = zck_round(dt, zck_uniform(rng, -6, 6));
@@ -87,12 +87,12 @@ static zmlx_status ce_case(const zmlx_check_opts *o, int64_t rows, int64_t V,
   if (st == ZMLX_OK) st = zck_upload(o->device, tdt, 1, &rows, tv, &t);
   if (st == ZMLX_OK) st = zmlx_array_full(o->device, dt, 2, xs, NAN, &grad);
   if (st == ZMLX_OK) st = zmlx_array_full(o->device, ZMLX_F32, 1, &rows, NAN, &rows_arr);
-  if (st == ZMLX_OK) st = zmlx_cross_entropy_compute(x, t, co, rows_arr, &loss, &g2, grad);
+  if (st == ZMLX_OK) st = zmlxi_cross_entropy_compute(x, t, co, rows_arr, &loss, &g2, grad);
   if (st != ZMLX_OK) goto done;
   zck_download(loss, &lgot);
   zck_download(grad, &ggot);
   if (!lgot || !ggot) {
-    st = zmlx_fail(ZMLX_ERR_BACKEND, "check: download failed");
+    st = zmlxi_fail(ZMLX_ERR_BACKEND, "check: download failed");
     goto done;
   }
   /* the loss is computed in f32 from the stored logits: f32-level error,
@@ -164,7 +164,7 @@ static void ce_bad_inputs(const zmlx_check_opts *o) {
   zmlx_array_zeros(o->device, ZMLX_F32, 1, &t3, &tf);
   zck_upload(o->device, ZMLX_I64, 1, &t3, tr, &trange);
   zck_upload(o->device, ZMLX_I32, 1, &t3, tn, &tneg);
-  zmlx_cross_entropy_opts ls = zmlx_cross_entropy_defaults, red = zmlx_cross_entropy_defaults, chk = zmlx_cross_entropy_defaults;
+  zmlx_cross_entropy_opts ls = zmlxi_cross_entropy_defaults, red = zmlxi_cross_entropy_defaults, chk = zmlxi_cross_entropy_defaults;
   chk.check_targets = 1;
   ls.label_smoothing = 1.5;
   red.reduction = (zmlx_ce_reduction)7;
@@ -214,7 +214,7 @@ static zmlx_status check_cross_entropy(const zmlx_check_opts *o) {
   return ZMLX_OK;
 }
 
-const zmlx_catalog_op zmlx_catalog_cross_entropy_ops[] = {
+const zmlx_catalog_op zck_catalog_cross_entropy_ops[] = {
     {"cross_entropy", check_cross_entropy},
     {0},
 };
@@ -263,7 +263,7 @@ static zmlx_status bench_cross_entropy(const zmlx_bench_opts *o) {
   return ce_bench_case(o, "cross_entropy", 8192, 128256, 0);
 }
 
-const zmlx_catalog_bench zmlx_catalog_cross_entropy_bench[] = {
+const zmlx_catalog_bench zck_catalog_cross_entropy_bench[] = {
     {"cross_entropy", bench_cross_entropy},
     {0},
 };

@@ -18,7 +18,7 @@ static int host_keep(uint64_t seed, uint64_t i, uint32_t thresh) {
   uint32_t c[4] = {(uint32_t)grp, (uint32_t)(grp >> 32), 0, 0};
   uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
   uint32_t w[4];
-  zmlx_philox4x32(c, key, w);
+  zmlxi_philox4x32(c, key, w);
   return (w[i % 4] >> 8) >= thresh;
 }
 
@@ -57,11 +57,11 @@ static void drop_case(const zmlx_check_opts *o, int64_t rows, int64_t D, double 
   double *got = NULL;
   zmlx_array *ax = NULL, *y = NULL, *w = NULL, *grad = NULL;
   zmlx_status st = ZMLX_OK;
-  uint32_t th = zmlx_dropout_threshold(p);
+  uint32_t th = zmlxi_dropout_threshold(p);
   double scale = (float)(1.0 / (1.0 - p));
   double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
   if (!x || !g) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   st = zck_random(dev, dt, 2, sh, 0.5, 2, rng, x, &ax); /* never 0: a 0 marks a drop */
@@ -69,7 +69,7 @@ static void drop_case(const zmlx_check_opts *o, int64_t rows, int64_t D, double 
   if (mode == 0) {
     drop_cfg c = {p, seed};
     st = zmlx_array_full(dev, dt, 2, sh, NAN, &y);
-    if (st == ZMLX_OK) st = zmlx_dropout_launch(ax, &c, y);
+    if (st == ZMLX_OK) st = zmlxi_dropout_launch(ax, &c, y);
     if (st == ZMLX_OK) st = zck_download(y, &got);
     if (st != ZMLX_OK) goto done;
     int64_t mism = 0, kept = 0;
@@ -159,7 +159,7 @@ static zmlx_status check_dropout(const zmlx_check_opts *o) {
   return ZMLX_OK;
 }
 
-const zmlx_catalog_op zmlx_catalog_dropout_ops[] = {
+const zmlx_catalog_op zck_catalog_dropout_ops[] = {
     {"dropout", check_dropout},
     {0},
 };

@@ -160,11 +160,11 @@ static int kind_split(glu_kind k) {
          k == K_BIAS_SWIGLU;
 }
 
-/* A row on which path a split form took since zmlx_glu_split_launches was `before`:
+/* A row on which path a split form took since zmlxi_glu_split_launches was `before`:
  * the 16-byte kernel (want) or the engine. */
 static void emit_path(const zmlx_check_opts *o, const char *op, zmlx_dtype dt, const char *name,
                       long before, int want) {
-  int got = zmlx_glu_split_launches != before;
+  int got = zmlxi_glu_split_launches != before;
   zck_emit(o, op, want ? "path: 16-byte kernel" : "path: engine", dt, name, got != want, 0,
                got == want);
 }
@@ -183,12 +183,12 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
   int nin = kind_inputs(k, rows, F, sh, nd);
   snprintf(name, sizeof name, "[%lld, %lld] -> [%lld, %lld]", (long long)sh[0][0],
            (long long)sh[0][1], (long long)rows, (long long)F);
-  if (zmlx_glu_split_grid_cap > 0) {
+  if (zmlxi_glu_split_grid_cap > 0) {
     size_t l = strlen(name);
-    snprintf(name + l, sizeof name - l, " grid %lld", (long long)zmlx_glu_split_grid_cap);
+    snprintf(name + l, sizeof name - l, " grid %lld", (long long)zmlxi_glu_split_grid_cap);
   }
   const char *what = mode == 0 ? "fwd" : mode == 1 ? "grad (fd)" : "grad (vjp)";
-  long launches = zmlx_glu_split_launches;
+  long launches = zmlxi_glu_split_launches;
   int64_t n0 = sh[0][0] * sh[0][1], n1 = nin > 1 ? (nd[1] == 2 ? sh[1][0] * sh[1][1] : sh[1][0]) : 1;
   int64_t no = rows * F;
   double *x0 = malloc(sizeof(double) * (size_t)n0), *x1 = malloc(sizeof(double) * (size_t)n1);
@@ -200,7 +200,7 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
   int64_t osh[2] = {rows, F};
   zmlx_status st = ZMLX_OK;
   if (!x0 || !x1 || !g || !want || !w0 || !w1) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   st = zck_random(dev, dt, nd[0], sh[0], -3, 3, rng, x0, &in[0]);
@@ -215,7 +215,7 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
     kind_ref(k, rows, F, x0, x1, NULL, want, NULL, NULL);
     double e = zck_err_rel1(got, want, no);
     zck_emit(o, op, what, dt, name, e, tol, e <= tol);
-    if (kind_split(k)) emit_path(o, op, dt, name, launches, F % zmlx_glu_split_vec(dt) == 0);
+    if (kind_split(k)) emit_path(o, op, dt, name, launches, F % zmlxi_glu_split_vec(dt) == 0);
   } else if (mode == 1) {
     st = zck_random(dev, dt, 2, osh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;
@@ -310,7 +310,7 @@ static void glu_view_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, in
   zmlx_array *base = NULL, *bbase = NULL, *in[2] = {NULL, NULL}, *y = NULL;
   zmlx_status st = ZMLX_OK;
   if (!bv || !x0 || !bbv || !x1 || !want) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   st = zck_random(dev, dt, nd, bsh, -3, 3, rng, bv, &base);
@@ -322,14 +322,14 @@ static void glu_view_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, in
   if (has_bias) view_values(in[1], bbv, x1);
   int64_t osh[2] = {R, F};
   zck_poison_pool(dev, dt, 2, osh);
-  long launches = zmlx_glu_split_launches;
+  long launches = zmlxi_glu_split_launches;
   st = kind_call(k, in, &y);
   if (st == ZMLX_OK) st = zck_download(y, &got);
   if (st != ZMLX_OK) goto done;
   kind_ref(k, R, F, x0, x1, NULL, want, NULL, NULL);
   double e = zck_err_rel1(got, want, no), tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
   zck_emit(o, op, "fwd (view)", dt, name, e, tol, e <= tol);
-  emit_path(o, op, dt, name, launches, lfast[layout] && F % zmlx_glu_split_vec(dt) == 0);
+  emit_path(o, op, dt, name, launches, lfast[layout] && F % zmlxi_glu_split_vec(dt) == 0);
 done:
   if (st != ZMLX_OK) zck_emit_fail(o, op, "fwd (view)", dt, name, st);
   free(bv); free(x0); free(bbv); free(x1); free(want); free(got);
@@ -416,11 +416,11 @@ static zmlx_status glu_check_kinds(const zmlx_check_opts *o, const glu_kind *kin
     if (kind_split(k)) {
       /* the fast kernel's grid-stride loop, going round: more threads than
        * a row's chunks (the row carries), then fewer */
-      zmlx_glu_split_grid_cap = 100;
+      zmlxi_glu_split_grid_cap = 100;
       glu_case(o, k, 17, 64, 0, &rng);
-      zmlx_glu_split_grid_cap = 5;
+      zmlxi_glu_split_grid_cap = 5;
       glu_case(o, k, 3, 64, 0, &rng);
-      zmlx_glu_split_grid_cap = 0;
+      zmlxi_glu_split_grid_cap = 0;
       for (int l = V_ROW_OFFSET; l <= V_OFFSET_3D; l++) glu_view_case(o, k, 3, 64, l, &rng);
       if (k == K_BIAS_SWIGLU) glu_view_case(o, k, 3, 64, V_BIAS_MISALIGNED, &rng);
       /* gradients where the forward alone would take the fast kernel: the
@@ -457,7 +457,7 @@ static zmlx_status check_bias_swiglu(const zmlx_check_opts *o) {
   return glu_check_kinds(o, k, 1);
 }
 
-const zmlx_catalog_op zmlx_catalog_glu_ops[] = {
+const zmlx_catalog_op zck_catalog_glu_ops[] = {
     {"swiglu", check_swiglu},
     {"geglu", check_geglu},
     {"bias_gelu", check_bias_gelu},
@@ -502,7 +502,7 @@ static zmlx_status bench_swiglu(const zmlx_bench_opts *o) {
   return glu_bench_case(o, "swiglu_split", 1);
 }
 
-const zmlx_catalog_bench zmlx_catalog_glu_bench[] = {
+const zmlx_catalog_bench zck_catalog_glu_bench[] = {
     {"swiglu", bench_swiglu},
     {0},
 };

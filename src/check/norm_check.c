@@ -137,7 +137,7 @@ static zmlx_status case_make(const zmlx_check_opts *o, const norm_cfg *c, int64_
   if (with_loss && c->has_r) k->c2 = malloc(nb);
   if (!k->x || (c->has_r && !k->r) || (c->has_w && !k->w) || (c->has_b && !k->b) ||
       (with_loss && !k->c1) || (with_loss && c->has_r && !k->c2))
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
   /* An offset makes the mean matter for layernorm. */
   fill(k->x, n, &s, -1.5, 2.5, dt);
   if (k->r) fill(k->r, n, &s, -1.0, 1.0, dt);
@@ -157,7 +157,7 @@ static zmlx_status case_make(const zmlx_check_opts *o, const norm_cfg *c, int64_
 }
 
 static const char *case_shape(const norm_case *k, char *buf, size_t cap) {
-  return zmlx_shape_str(buf, cap, k->ndim, k->shape);
+  return zmlxi_shape_str(buf, cap, k->ndim, k->shape);
 }
 
 static const char *variant_what(const norm_cfg *c, const char *base, char *buf, size_t cap) {
@@ -185,11 +185,11 @@ static zmlx_status fwd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t
   if (st == ZMLX_OK) {
     want_y = malloc((size_t)n * sizeof *want_y + 1);
     want_h = malloc((size_t)n * sizeof *want_h + 1);
-    if (!want_y || !want_h) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of memory");
+    if (!want_y || !want_h) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of memory");
   }
   if (st == ZMLX_OK) {
     ref_forward(c, o->dtype, rows, cols, k.x, k.r, k.w, k.b, want_h, want_y);
-    zmlx_status op = zmlx_norm_call(c, k.ax, k.ar, k.aw, k.ab, py, ph, &y, &h);
+    zmlx_status op = zmlxi_norm_call(c, k.ax, k.ar, k.aw, k.ab, py, ph, &y, &h);
     double err = INFINITY;
     if (op == ZMLX_OK) st = zck_download(y, &got_y);
     if (op == ZMLX_OK && st == ZMLX_OK) err = zck_err_rel1(got_y, want_y, n);
@@ -226,7 +226,7 @@ static zmlx_status loss_fn(void *ud, zmlx_array *const *in, int n_in, zmlx_array
   zmlx_array *b = k->c.has_b ? in[i++] : NULL;
   (void)n_in;
   zmlx_array *y = NULL, *h = NULL, *m = NULL, *s = NULL, *m2 = NULL, *s2 = NULL;
-  zmlx_status st = zmlx_norm_call(&k->c, in[0], r, w, b, NULL, NULL, &y, &h);
+  zmlx_status st = zmlxi_norm_call(&k->c, in[0], r, w, b, NULL, NULL, &y, &h);
   if (st == ZMLX_OK) st = zmlx_mul(y, k->ac1, &m);
   if (st == ZMLX_OK) st = zmlx_sum(m, NULL, 0, 0, &s);
   if (st == ZMLX_OK && k->c.has_r) {
@@ -303,7 +303,7 @@ static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, in
   double *dx = malloc((size_t)n * sizeof *dx + 1);
   double *dw = malloc((size_t)cols * sizeof *dw + 1), *db = malloc((size_t)cols * sizeof *db + 1);
   if (st == ZMLX_OK && (!h || !y || !dx || !dw || !db))
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
   if (st == ZMLX_OK) {
     zmlx_array *ins[4], *grads[4] = {0};
     const char *names[4];
@@ -326,7 +326,7 @@ static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, in
       variant_what(c, base, what, sizeof what);
       if (st == ZMLX_OK) zck_emit(o, c->name, what, o->dtype, shape, err, tol, op == ZMLX_OK && err <= tol);
     }
-    zmlx_ad_release_all(grads, 4);
+    zmlxi_ad_release_all(grads, 4);
   }
   free(h);
   free(y);
@@ -357,22 +357,22 @@ static zmlx_status error_cases(const zmlx_check_opts *o, const norm_cfg *c0) {
     c.has_w = 1;
     c.has_b = 0;
     zck_expect(o, c.name, "error: x rank 0",
-              zmlx_norm_call(&c, scalar, c.has_r ? scalar : NULL, w, NULL, NULL, NULL, &y, &h), NULL,
+              zmlxi_norm_call(&c, scalar, c.has_r ? scalar : NULL, w, NULL, NULL, NULL, &y, &h), NULL,
               ZMLX_ERR_SHAPE, "rank");
     zck_expect(o, c.name, "error: weight of the wrong length",
-              zmlx_norm_call(&c, x, rr, bad_w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "[7]");
+              zmlxi_norm_call(&c, x, rr, bad_w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "[7]");
     if (!c.rms)
       zck_expect(o, c.name, "error: bias of the wrong length",
-                zmlx_norm_call(&c, x, rr, w, bad_w, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "bias");
+                zmlxi_norm_call(&c, x, rr, w, bad_w, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "bias");
     zck_expect(o, c.name, "error: x of dtype i32",
-              zmlx_norm_call(&c, xi, c.has_r ? ri : NULL, w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_DTYPE,
+              zmlxi_norm_call(&c, xi, c.has_r ? ri : NULL, w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_DTYPE,
               "i32");
     zck_expect(o, c.name, "error: weight of dtype i32",
-              zmlx_norm_call(&c, x, rr, ri, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_DTYPE, "i32");
+              zmlxi_norm_call(&c, x, rr, ri, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_DTYPE, "i32");
     if (c.has_r) {
       zck_expect(o, c.name, "error: r of another shape",
-                zmlx_norm_call(&c, x, bad_r, w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "residual");
-      zck_expect(o, c.name, "error: r NULL", zmlx_norm_call(&c, x, NULL, w, NULL, NULL, NULL, &y, &h), NULL,
+                zmlxi_norm_call(&c, x, bad_r, w, NULL, NULL, NULL, &y, &h), NULL, ZMLX_ERR_SHAPE, "residual");
+      zck_expect(o, c.name, "error: r NULL", zmlxi_norm_call(&c, x, NULL, w, NULL, NULL, NULL, &y, &h), NULL,
                 ZMLX_ERR_NULL_ARG, "residual");
     }
     zmlx_array_release(y);
@@ -386,9 +386,9 @@ static zmlx_status error_cases(const zmlx_check_opts *o, const norm_cfg *c0) {
 /* Every case of one op: the weighted forms at every shape, the weightless
  * ones at a few, gradients, bad input. */
 static zmlx_status check_family(const zmlx_check_opts *o, const norm_cfg *c0) {
-  if (!o || !o->device) return zmlx_fail(ZMLX_ERR_NULL_ARG, "norm check: no device");
-  if (!zmlx_ad_is_float(o->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "norm check: dtype %s (f32, f16 or bf16)",
+  if (!o || !o->device) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "norm check: no device");
+  if (!zmlxi_ad_is_float(o->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "norm check: dtype %s (f32, f16 or bf16)",
                      zmlx_dtype_name(o->dtype));
   static const int64_t quick_cols[] = {1, 7, 64, 1000, 4097};
   static const int64_t full_rows[][2] = {{2, 32768}, {256, 4096}, {37, 640}};
@@ -448,8 +448,8 @@ static zmlx_status check_add_layernorm(const zmlx_check_opts *o) {
   return check_family(o, &c);
 }
 
-extern const zmlx_catalog_op zmlx_catalog_norm_ops[];
-const zmlx_catalog_op zmlx_catalog_norm_ops[] = {
+extern const zmlx_catalog_op zck_catalog_norm_ops[];
+const zmlx_catalog_op zck_catalog_norm_ops[] = {
     {"rmsnorm", check_rmsnorm},
     {"layernorm", check_layernorm},
     {"add_rmsnorm", check_add_rmsnorm},
@@ -516,8 +516,8 @@ static zmlx_status bench_add_layernorm(const zmlx_bench_opts *o) {
   return norm_bench_case(o, "add_layernorm", NB_ADD_LAYER);
 }
 
-extern const zmlx_catalog_bench zmlx_catalog_norm_bench[];
-const zmlx_catalog_bench zmlx_catalog_norm_bench[] = {
+extern const zmlx_catalog_bench zck_catalog_norm_bench[];
+const zmlx_catalog_bench zck_catalog_norm_bench[] = {
     {"rmsnorm", bench_rmsnorm},
     {"layernorm", bench_layernorm},
     {"add_rmsnorm", bench_add_rmsnorm},

@@ -36,7 +36,7 @@ static int64_t qc_total(const qcase *c) {
 static void qc_name(char *buf, size_t cap, const qcase *c, int mode, zmlx_dtype sdt,
                     const char *extra) {
   char s[64];
-  zmlx_shape_str(s, sizeof s, c->ndim, c->shape);
+  zmlxi_shape_str(s, sizeof s, c->ndim, c->shape);
   if (mode == 4)
     snprintf(buf, cap, "%s g%d scales %s%s%s", s, c->group, zmlx_dtype_name(sdt),
              c->view ? " view" : "", extra ? extra : "");
@@ -63,7 +63,7 @@ static zmlx_status qc_bytes(zmlx_device *dev, zmlx_dtype dt, int ndim, const int
   for (int i = 0; i < ndim; i++) n *= shape[i];
   size_t nb = (size_t)n * zmlx_dtype_size(dt);
   void *h = malloc(nb ? nb : 1);
-  if (!h) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!h) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   memset(h, byte, nb);
   zmlx_status st = zmlx_array_from_host(dev, dt, ndim, shape, h, out);
   free(h);
@@ -80,7 +80,7 @@ static zmlx_status qc_upload_ints(zmlx_device *dev, zmlx_dtype dt, int ndim, con
   for (int i = 0; i < ndim; i++) n *= shape[i];
   int64_t big = n + pad, start = pad, stop = n + pad;
   uint8_t *h = malloc((size_t)big);
-  if (!h) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!h) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   memset(h, 0x5A, (size_t)pad);
   memcpy(h + pad, bytes, (size_t)n);
   zmlx_array *a = NULL, *v = NULL;
@@ -145,7 +145,7 @@ static void dq_case(const zmlx_check_opts *o, const char *op, int mode, zmlx_qua
   zmlx_array *q = NULL, *s = NULL, *b = NULL, *y = NULL;
   zmlx_status st = ZMLX_OK;
   if (!qv || !bytes || !sv || !bv || !want) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   qc_random_ints(mode, total, 127, rng, qv, bytes);
@@ -156,9 +156,9 @@ static void dq_case(const zmlx_check_opts *o, const char *op, int mode, zmlx_qua
   if (st == ZMLX_OK && mode == 4) st = zck_random(dev, sdt, snd, ssh, -2, 1, rng, bv, &b);
   if (st == ZMLX_OK) st = qc_bytes(dev, dt, c->ndim, c->shape, 0xFF, &y);
   if (st == ZMLX_OK)
-    st = mode == 8 ? zmlx_dequantize_int8_validate(op, q, s, dt, act)
-                   : zmlx_dequantize_int4_validate(op, q, s, b, c->group, dt, act);
-  if (st == ZMLX_OK) st = zmlx_dequantize_launch(mode, q, s, b, c->group, act, y);
+    st = mode == 8 ? zmlxi_dequantize_int8_validate(op, q, s, dt, act)
+                   : zmlxi_dequantize_int4_validate(op, q, s, b, c->group, dt, act);
+  if (st == ZMLX_OK) st = zmlxi_dequantize_launch(mode, q, s, b, c->group, act, y);
   if (st == ZMLX_OK) st = zck_download(y, &got);
   if (st != ZMLX_OK) goto done;
   for (int64_t i = 0; i < total; i++) {
@@ -226,7 +226,7 @@ static void dq_grad_case(const zmlx_check_opts *o, const char *op, int mode, zml
   zmlx_array *q = NULL, *in[2] = {NULL, NULL}, *g = NULL, *y = NULL, *grads[2] = {NULL, NULL};
   zmlx_status st = ZMLX_OK;
   if (!qv || !bytes || !sv || !bv || !gv || !ws || !wb) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   /* finite differences: small integers keep w = q s near 1 (silu curvature) */
@@ -467,7 +467,7 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
   zmlx_array *x = NULL, *q = NULL, *s = NULL, *b = NULL;
   zmlx_status st = ZMLX_OK;
   if (!xv || !qb) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   /* rows of different magnitudes, int4 rows off-centre; the first row of a
@@ -490,7 +490,7 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
       int64_t step[ZMLX_MAX_DIMS];
       for (int i = 0; i < c->ndim; i++) step[i] = 1;
       if (!wide) {
-        st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+        st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
         goto done;
       }
       for (int64_t i = 0; i < total; i++) {
@@ -512,15 +512,15 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
                    : zmlx_quantize_int4(x, c->group, sdt, &q, &s, &b);
     if (st == ZMLX_OK &&
         (q->dtype != (mode == 8 ? ZMLX_I8 : ZMLX_U8) || s->dtype != sdt ||
-         !zmlx_ad_same_shape(q, c->ndim, qsh) || !zmlx_ad_same_shape(s, snd, ssh) ||
-         (mode == 4 && (b->dtype != sdt || !zmlx_ad_same_shape(b, snd, ssh)))))
-      st = zmlx_fail(ZMLX_ERR_INTERNAL, "%s: outputs of the wrong shape or dtype", op);
+         !zmlxi_ad_same_shape(q, c->ndim, qsh) || !zmlxi_ad_same_shape(s, snd, ssh) ||
+         (mode == 4 && (b->dtype != sdt || !zmlxi_ad_same_shape(b, snd, ssh)))))
+      st = zmlxi_fail(ZMLX_ERR_INTERNAL, "%s: outputs of the wrong shape or dtype", op);
   } else if (st == ZMLX_OK) {
     st = qc_bytes(dev, mode == 8 ? ZMLX_I8 : ZMLX_U8, c->ndim, qsh, 0x63, &q);
     if (st == ZMLX_OK) st = qc_bytes(dev, sdt, snd, ssh, 0xFF, &s);
     if (st == ZMLX_OK && mode == 4) st = qc_bytes(dev, sdt, snd, ssh, 0xFF, &b);
-    if (st == ZMLX_OK) st = zmlx_quantize_validate(op, mode, x, c->group, sdt);
-    if (st == ZMLX_OK) st = zmlx_quantize_launch(mode, x, c->group, q, s, b);
+    if (st == ZMLX_OK) st = zmlxi_quantize_validate(op, mode, x, c->group, sdt);
+    if (st == ZMLX_OK) st = zmlxi_quantize_launch(mode, x, c->group, q, s, b);
   }
   if (st == ZMLX_OK) st = zmlx_array_to_host(q, qb, (size_t)nq);
   if (st == ZMLX_OK) st = zck_download(s, &sv);
@@ -663,7 +663,7 @@ static zmlx_status check_quant_int4(const zmlx_check_opts *o) {
   return q_check(o, "quant_int4", 4);
 }
 
-const zmlx_catalog_op zmlx_catalog_quant_ops[] = {
+const zmlx_catalog_op zck_catalog_quant_ops[] = {
     {"dequant_int8", check_dequant_int8},
     {"dequant_int8_silu", check_dequant_int8_silu},
     {"dequant_int4", check_dequant_int4},
@@ -702,7 +702,7 @@ static zmlx_status dq_bench_case(const zmlx_bench_opts *o, const char *op, int m
   const int64_t nq = qsh[0] * qsh[1], ns = mode == 8 ? rows : rows * (cols / 64);
   dq_bench c = {mode, act, NULL, NULL, NULL};
   uint8_t *h = malloc((size_t)nq);
-  if (!h) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!h) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   uint64_t rng = 0x5151ULL;
   for (int64_t i = 0; i < nq; i++) h[i] = (uint8_t)(zck_uniform(&rng, 0, 1) * 256);
   zmlx_status st = zmlx_array_from_host(o->device, mode == 8 ? ZMLX_I8 : ZMLX_U8, 2, qsh, h, &c.q);
@@ -732,7 +732,7 @@ static zmlx_status bench_dequant_int8_silu(const zmlx_bench_opts *o) {
   return dq_bench_case(o, "dequant_int8_silu", 8, ZMLX_QUANT_SILU);
 }
 
-const zmlx_catalog_bench zmlx_catalog_quant_bench[] = {
+const zmlx_catalog_bench zck_catalog_quant_bench[] = {
     {"dequant_int4", bench_dequant_int4},
     {"dequant_int4_silu", bench_dequant_int4_silu},
     {"dequant_int8", bench_dequant_int8},

@@ -130,7 +130,7 @@ static zmlx_status red_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **o
 /* Host copy of an i32 array. */
 static zmlx_status download_i32(zmlx_array *a, int32_t **v) {
   int32_t *d = malloc(sizeof(int32_t) * (size_t)(a->size > 0 ? a->size : 1));
-  if (!d) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!d) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = zmlx_array_to_host(a, d, sizeof(int32_t) * (size_t)a->size);
   if (st != ZMLX_OK) {
     free(d);
@@ -182,7 +182,7 @@ static void make_input(zmlx_dtype dt, in_kind kind, int64_t n, int64_t cols, uin
 
 static void case_name(const red_case *c, int op, char *buf, size_t cap) {
   char s[64];
-  zmlx_shape_str(s, sizeof s, c->ndim, c->shape);
+  zmlxi_shape_str(s, sizeof s, c->ndim, c->shape);
   const char *in = c->input == IN_OFFSET ? " offset 1000" : c->input == IN_NAN ? " nan/-inf"
                    : c->input == IN_DISTINCT ? " distinct" : "";
   char p[24] = "";
@@ -212,7 +212,7 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
   zmlx_array *xs = NULL, *x = NULL, *y = NULL, *yi = NULL, *g = NULL, *vout = NULL, *dx = NULL;
   zmlx_status st = ZMLX_OK;
   if (!xv || !want || !wi || !gv || !dw) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   make_input(dt, c->input, size, cols, rng, xv);
@@ -223,7 +223,7 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     int64_t ts[2] = {cols, rows};
     double *tv = malloc(sizeof(double) * (size_t)size);
     if (!tv) {
-      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+      st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
       goto done;
     }
     for (int64_t r = 0; r < rows; r++)
@@ -237,7 +237,7 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
   }
   if (st != ZMLX_OK) goto done;
   int64_t oshape[ZMLX_MAX_DIMS];
-  const int ond = zmlx_reduce_out_shape(x, op == OP_TOPK || c->keepdims, nout, oshape);
+  const int ond = zmlxi_reduce_out_shape(x, op == OP_TOPK || c->keepdims, nout, oshape);
   const double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
 
   if (c->mode == 0) {
@@ -249,7 +249,7 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     if (st == ZMLX_OK && y) st = zck_download(y, &got);
     if (st == ZMLX_OK && yi) st = download_i32(yi, &gi);
     if (st != ZMLX_OK) goto done;
-    if (op <= ZMLX_REDUCE_STD && !zmlx_reduce_is_select((zmlx_reduce_kind)op)) {
+    if (op <= ZMLX_REDUCE_STD && !zmlxi_reduce_is_select((zmlx_reduce_kind)op)) {
       double e = 0;
       for (int64_t i = 0; i < no; i++) {
         double d = isnan(want[i]) ? (isnan(got[i]) ? 0 : INFINITY)
@@ -425,7 +425,7 @@ static zmlx_status check_argmax(const zmlx_check_opts *o) {
 }
 static zmlx_status check_topk(const zmlx_check_opts *o) { return red_check_op(o, OP_TOPK); }
 
-const zmlx_catalog_op zmlx_catalog_reduce_ops[] = {
+const zmlx_catalog_op zck_catalog_reduce_ops[] = {
     {"sum", check_sum},   {"mean", check_mean},     {"max", check_max},
     {"min", check_min},   {"var", check_var},       {"std", check_std},
     {"argmax", check_argmax}, {"topk", check_topk}, {0},
@@ -492,7 +492,7 @@ static zmlx_status bench_topk(const zmlx_bench_opts *o) {
   return red_bench_case(o, OP_TOPK, 8, 8192, 128256);
 }
 
-const zmlx_catalog_bench zmlx_catalog_reduce_bench[] = {
+const zmlx_catalog_bench zck_catalog_reduce_bench[] = {
     {"sum", bench_sum},   {"mean", bench_mean},     {"max", bench_max},
     {"min", bench_min},   {"var", bench_var},       {"std", bench_std},
     {"argmax", bench_argmax}, {"topk", bench_topk}, {0},

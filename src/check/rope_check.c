@@ -118,7 +118,7 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
   zmlx_array *grads[1] = {NULL};
   zmlx_status st = ZMLX_OK;
   if (!xq || !xk || !wq || !wk || !off || !ct || !stb) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
   for (int64_t b = 0; b < c->B; b++) off[b] = (double)(int)(zck_uniform(rng, 0, 1) * 40);
@@ -147,12 +147,12 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
   if (grad == 0) {
     /* Forward into poisoned outputs, q and k (GQA) in one pass each. */
     rope_cfg cq, ck;
-    st = zmlx_rope_validate("zmlx_rope_qk: argument 'q'", q, &ro, &cq);
-    if (st == ZMLX_OK) st = zmlx_rope_validate("zmlx_rope_qk: argument 'k'", k, &ro, &ck);
+    st = zmlxi_rope_validate("zmlx_rope_qk: argument 'q'", q, &ro, &cq);
+    if (st == ZMLX_OK) st = zmlxi_rope_validate("zmlx_rope_qk: argument 'k'", k, &ro, &ck);
     if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 4, shq, NAN, &qo);
     if (st == ZMLX_OK) st = zmlx_array_full(dev, dt, 4, shk, NAN, &ko);
-    if (st == ZMLX_OK) st = zmlx_rope_launch(q, &cq, qo);
-    if (st == ZMLX_OK) st = zmlx_rope_launch(k, &ck, ko);
+    if (st == ZMLX_OK) st = zmlxi_rope_launch(q, &cq, qo);
+    if (st == ZMLX_OK) st = zmlxi_rope_launch(k, &ck, ko);
     if (st == ZMLX_OK) st = zck_download(qo, &gotq);
     if (st == ZMLX_OK) st = zck_download(ko, &gotk);
     if (st != ZMLX_OK) goto done;
@@ -198,7 +198,7 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     if (st != ZMLX_OK) goto done;
     double *want = malloc(sizeof(double) * (size_t)nq);
     if (!want) {
-      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+      st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
       goto done;
     }
     rope_ref(wq, want, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
@@ -286,7 +286,7 @@ static zmlx_status rope_check(const zmlx_check_opts *o) {
   return ZMLX_OK;
 }
 
-const zmlx_catalog_op zmlx_catalog_rope_ops[] = {
+const zmlx_catalog_op zck_catalog_rope_ops[] = {
     {"rope", rope_check},
     {0},
 };
@@ -333,7 +333,7 @@ static zmlx_status rope_bench_all(const zmlx_bench_opts *o) {
   return rope_bench_case(o, "rope_interleaved", ZMLX_ROPE_INTERLEAVED, 0);
 }
 
-const zmlx_catalog_bench zmlx_catalog_rope_bench[] = {
+const zmlx_catalog_bench zck_catalog_rope_bench[] = {
     {"rope", rope_bench_all},
     {0},
 };

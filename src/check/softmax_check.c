@@ -97,7 +97,7 @@ static zmlx_status sm_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **ou
   sm_args a = d->a;
   if (n > 1) a.mask = in[1];
   zmlx_array *y = NULL;
-  ZMLX_CHECK(zmlx_softmax_run(MODE_NAMES[a.mode], in[0], &a, &y));
+  ZMLX_CHECK(zmlxi_softmax_run(MODE_NAMES[a.mode], in[0], &a, &y));
   if (!d->w) {
     *out = y;
     return ZMLX_OK;
@@ -133,7 +133,7 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
   double *got = NULL, *dgot = NULL;
   zmlx_array *x = NULL, *mask = NULL, *out = NULL, *g = NULL, *vout = NULL, *dx = NULL;
   if (!xv || !v || !mv || !want || !gv || !dwant || !dmag) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
     goto done;
   }
   for (int64_t i = 0; i < size; i++) xv[i] = zck_round(dt, zck_uniform(rng, -4, 4));
@@ -163,12 +163,12 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
   int ond = c->mode == SM_LOGSUMEXP ? c->ndim - 1 : c->ndim;
   const int64_t nout = c->mode == SM_LOGSUMEXP ? rows : size;
   st = zmlx_array_full(o->device, dt, ond, c->shape, NAN, &out);
-  if (st == ZMLX_OK) st = zmlx_softmax_validate(op, x, &a);
-  if (st == ZMLX_OK) st = zmlx_softmax_forward_into(x, &a, out);
+  if (st == ZMLX_OK) st = zmlxi_softmax_validate(op, x, &a);
+  if (st == ZMLX_OK) st = zmlxi_softmax_forward_into(x, &a, out);
   if (st != ZMLX_OK) goto done;
   zck_download(out, &got);
   if (!got) {
-    st = zmlx_fail(ZMLX_ERR_BACKEND, "check: download failed");
+    st = zmlxi_fail(ZMLX_ERR_BACKEND, "check: download failed");
     goto done;
   }
   double tol = zck_tol(ZCK_TOL_ROW, dt);
@@ -202,7 +202,7 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
     double *wv = malloc((size_t)nout * sizeof *wv);
     zmlx_array *w = NULL;
     if (!wv) {
-      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
+      st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
       goto done;
     }
     for (int64_t i = 0; i < nout; i++) wv[i] = zck_uniform(rng, -1, 1);
@@ -251,19 +251,19 @@ static void sm_bad_inputs(const zmlx_check_opts *o, const char *op, int mode, in
   zmlx_array_zeros(o->device, o->dtype, 2, msh, &m);
   zmlx_array_zeros(o->device, ZMLX_I32, 2, sh, &mi);
   sm_args a = {mode, NULL, 1.0, 0};
-  zck_expect(o, op, "NULL x", zmlx_softmax_run(op, NULL, &a, &out), NULL, ZMLX_ERR_NULL_ARG, NULL);
-  zck_expect(o, op, "rank-0 x", zmlx_softmax_run(op, s, &a, &out), NULL, ZMLX_ERR_SHAPE, NULL);
-  zck_expect(o, op, "i32 x", zmlx_softmax_run(op, xi, &a, &out), NULL, ZMLX_ERR_DTYPE, NULL);
+  zck_expect(o, op, "NULL x", zmlxi_softmax_run(op, NULL, &a, &out), NULL, ZMLX_ERR_NULL_ARG, NULL);
+  zck_expect(o, op, "rank-0 x", zmlxi_softmax_run(op, s, &a, &out), NULL, ZMLX_ERR_SHAPE, NULL);
+  zck_expect(o, op, "i32 x", zmlxi_softmax_run(op, xi, &a, &out), NULL, ZMLX_ERR_DTYPE, NULL);
   if (masked) {
     sm_args b = {mode, m, 1.0, 0};
-    zck_expect(o, op, "mask [3, 4] for x [3, 5]", zmlx_softmax_run(op, x, &b, &out), NULL,
+    zck_expect(o, op, "mask [3, 4] for x [3, 5]", zmlxi_softmax_run(op, x, &b, &out), NULL,
                ZMLX_ERR_SHAPE, NULL);
     sm_args c = {mode, mi, 1.0, 0};
-    zck_expect(o, op, "i32 mask", zmlx_softmax_run(op, x, &c, &out), NULL, ZMLX_ERR_DTYPE, NULL);
+    zck_expect(o, op, "i32 mask", zmlxi_softmax_run(op, x, &c, &out), NULL, ZMLX_ERR_DTYPE, NULL);
     sm_args d = {mode, NULL, 1.0, 1};
-    zck_expect(o, op, "causal on rank-1 x", zmlx_softmax_run(op, x1, &d, &out), NULL, ZMLX_ERR_SHAPE, NULL);
+    zck_expect(o, op, "causal on rank-1 x", zmlxi_softmax_run(op, x1, &d, &out), NULL, ZMLX_ERR_SHAPE, NULL);
     sm_args e = {mode, NULL, INFINITY, 0};
-    zck_expect(o, op, "scale inf", zmlx_softmax_run(op, x, &e, &out), NULL, ZMLX_ERR_INVALID_ARG, NULL);
+    zck_expect(o, op, "scale inf", zmlxi_softmax_run(op, x, &e, &out), NULL, ZMLX_ERR_INVALID_ARG, NULL);
   }
   zmlx_array_release(out);
   zmlx_array_release(s);
@@ -334,7 +334,7 @@ static zmlx_status check_softmax_masked(const zmlx_check_opts *o) {
   return ZMLX_OK;
 }
 
-const zmlx_catalog_op zmlx_catalog_softmax_ops[] = {
+const zmlx_catalog_op zck_catalog_softmax_ops[] = {
     {"softmax", check_softmax},
     {"log_softmax", check_log_softmax},
     {"logsumexp", check_logsumexp},
@@ -384,7 +384,7 @@ static zmlx_status bench_logsumexp(const zmlx_bench_opts *o) {
   return sm_bench_case(o, "logsumexp", zmlx_logsumexp, 4096, 32768, 1);
 }
 
-const zmlx_catalog_bench zmlx_catalog_softmax_bench[] = {
+const zmlx_catalog_bench zck_catalog_softmax_bench[] = {
     {"softmax", bench_softmax},
     {"log_softmax", bench_log_softmax},
     {"logsumexp", bench_logsumexp},

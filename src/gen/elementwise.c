@@ -36,7 +36,7 @@ typedef struct ew_op {
 static uint32_t used_mask(const zmlx_expr *e) {
   uint32_t m = 0;
   for (int i = 0; i < e->n_inputs; i++)
-    if (zmlx_expr_uses_input(e, i)) m |= 1u << i;
+    if (zmlxi_expr_uses_input(e, i)) m |= 1u << i;
   return m;
 }
 
@@ -62,8 +62,8 @@ static zmlx_status check_dtypes(zmlx_array *const *a, int n, const zmlx_expr *e,
                                 zmlx_dtype *dts) {
   for (int i = 0; i < n; i++) {
     dts[i] = a[i]->dtype;
-    if (!zmlx_expr_dtype_ok(dts[i]))
-      return zmlx_fail(ZMLX_ERR_DTYPE, "elementwise: input '%s' is %s; expression kernels "
+    if (!zmlxi_expr_dtype_ok(dts[i]))
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "elementwise: input '%s' is %s; expression kernels "
                        "compute in f32 and take every dtype but f64", e->input_names[i],
                        zmlx_dtype_name(dts[i]));
   }
@@ -87,10 +87,10 @@ static zmlx_status broadcast_into(bshape *s, const zmlx_array *a, const char *na
     int64_t x = ka >= 0 ? a->shape[ka] : 1, y = ks >= 0 ? s->shape[ks] : 1;
     if (x != y && x != 1 && y != 1) {
       char b1[200], b2[200];
-      return zmlx_fail(ZMLX_ERR_SHAPE, "elementwise: %s of shape %s does not broadcast with %s "
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "elementwise: %s of shape %s does not broadcast with %s "
                        "(shape %s): dimension %d is %lld vs %lld", name,
-                       zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape), who,
-                       zmlx_shape_str(b2, sizeof b2, s->ndim, s->shape), d - nd,
+                       zmlxi_shape_str(b1, sizeof b1, a->ndim, a->shape), who,
+                       zmlxi_shape_str(b2, sizeof b2, s->ndim, s->shape), d - nd,
                        (long long)x, (long long)y);
     }
     r.shape[d] = x == 1 ? y : x;
@@ -132,9 +132,9 @@ static int fits_into(const zmlx_array *a, const bshape *s) {
 
 static zmlx_status shape_mismatch(const char *what, const zmlx_array *a, const bshape *s) {
   char b1[200], b2[200];
-  return zmlx_fail(ZMLX_ERR_SHAPE, "elementwise: %s has shape %s, which does not broadcast to "
-                   "the shape %s", what, zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape),
-                   zmlx_shape_str(b2, sizeof b2, s->ndim, s->shape));
+  return zmlxi_fail(ZMLX_ERR_SHAPE, "elementwise: %s has shape %s, which does not broadcast to "
+                   "the shape %s", what, zmlxi_shape_str(b1, sizeof b1, a->ndim, a->shape),
+                   zmlxi_shape_str(b2, sizeof b2, s->ndim, s->shape));
 }
 
 /* ------------------------------------------------------------ launch plan */
@@ -189,7 +189,7 @@ static void coalesce(const ew_plan *p, coalesced *c) {
   }
   /* Merge from the innermost axis outwards. */
   for (int d = c->ndim - 2; d >= 0; d--) {
-    zmlx_contiguous_strides(c->ndim, c->shape, dense);
+    zmlxi_contiguous_strides(c->ndim, c->shape, dense);
     if (!mergeable(c, p, d, dense)) continue;
     c->shape[d] *= c->shape[d + 1];
     for (int i = 0; i < n; i++) c->strides[i][d] = c->strides[i][d + 1];
@@ -232,7 +232,7 @@ static int touched_dtypes(const zmlx_expr *e, uint32_t used, const zmlx_dtype *a
 
 static int vector_width_for(const ew_plan *p, const zmlx_dtype *dts, int64_t n) {
   zmlx_dtype used[ZMLX_KERNEL_MAX_ARRAYS];
-  int w = zmlx_pattern_vector_width(used, touched_dtypes(p->e, p->used, dts, used));
+  int w = zmlxi_pattern_vector_width(used, touched_dtypes(p->e, p->used, dts, used));
   if (w == 0 || n < w) return 0;
   for (int i = 0; i < p->e->n_inputs; i++)
     if ((p->used >> i & 1u) && !aligned16(p->in[i])) return 0;
@@ -249,7 +249,7 @@ typedef struct ew_build_ctx {
 
 static zmlx_status ew_build(const void *ctx, zmlx_pattern_kernel *out) {
   const ew_build_ctx *c = ctx;
-  return zmlx_pattern_elementwise(c->e, c->layout, c->dtypes, out);
+  return zmlxi_pattern_elementwise(c->e, c->layout, c->dtypes, out);
 }
 
 /* "F|v|f32,bf16>bf16": what the body depends on. Contiguous and strided
@@ -270,7 +270,7 @@ static zmlx_status get_ew_kernel(zmlx_op *op, const ew_plan *p, zmlx_ew_layout l
   char key[160];
   kernel_key(key, sizeof key, p, layout, dts);
   ew_build_ctx ctx = {p->e, layout, dts};
-  return zmlx_op_kernel(op, key, ew_build, &ctx, k);
+  return zmlxi_op_kernel(op, key, ew_build, &ctx, k);
 }
 
 /* Views with the coalesced geometry for the strided layout: inputs get
@@ -278,15 +278,15 @@ static zmlx_status get_ew_kernel(zmlx_op *op, const ew_plan *p, zmlx_ew_layout l
 static zmlx_status strided_views(const ew_plan *p, const coalesced *c, zmlx_array **views) {
   int n = p->e->n_inputs;
   int64_t dense[ZMLX_MAX_DIMS];
-  zmlx_contiguous_strides(c->ndim, c->shape, dense);
+  zmlxi_contiguous_strides(c->ndim, c->shape, dense);
   for (int d = 1; d < c->ndim; d++)
     if (c->shape[d] > INT32_MAX)
-      return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "elementwise: a broadcast dimension of %lld elements "
+      return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "elementwise: a broadcast dimension of %lld elements "
                        "exceeds the kernels' 32-bit shape entries", (long long)c->shape[d]);
   for (int i = 0; i < n; i++)
-    ZMLX_CHECK(zmlx_array_make_view(p->in[i], c->ndim, c->shape, c->strides[i], p->in[i]->offset,
+    ZMLX_CHECK(zmlxi_array_make_view(p->in[i], c->ndim, c->shape, c->strides[i], p->in[i]->offset,
                                     &views[i]));
-  return zmlx_array_make_view(p->out[0], c->ndim, c->shape, dense, p->out[0]->offset, &views[n]);
+  return zmlxi_array_make_view(p->out[0], c->ndim, c->shape, dense, p->out[0]->offset, &views[n]);
 }
 
 static zmlx_status launch_plan(zmlx_kernel *k, const ew_plan *p, zmlx_array **arrays,
@@ -296,7 +296,7 @@ static zmlx_status launch_plan(zmlx_kernel *k, const ew_plan *p, zmlx_array **ar
   for (int i = 0; i < e->n_params; i++) params[i] = p->params[i];
   params[e->n_params] = (double)n;
   zmlx_device *dev = p->out[0]->buffer->device;
-  zmlx_pattern_geometry g = zmlx_pattern_elementwise_geometry(layout, n, width, &dev->info);
+  zmlx_pattern_geometry g = zmlxi_pattern_elementwise_geometry(layout, n, width, &dev->info);
   zmlx_kernel_call call = {.n_inputs = e->n_inputs, .n_outputs = e->n_roots,
                            .inputs = arrays, .outputs = arrays + e->n_inputs,
                            .params = params, .stream = p->stream, .device = dev};
@@ -335,7 +335,7 @@ static zmlx_status run_plan(zmlx_op *op, const ew_plan *p) {
 
 static zmlx_status alloc_like(zmlx_array *ref, zmlx_stream *s, zmlx_dtype dt, const bshape *shape,
                               zmlx_array **out) {
-  return zmlx_array_alloc(ref->buffer->device, s, dt, shape->ndim, shape->shape, out);
+  return zmlxi_array_alloc(ref->buffer->device, s, dt, shape->ndim, shape->shape, out);
 }
 
 static zmlx_status ew_call(zmlx_op *op, zmlx_array *const *inputs, const double *params,
@@ -366,16 +366,16 @@ static const char *const ACC_X[] = {"acc", "x"};
 static const char *const A_B[] = {"a", "b"};
 
 static void sum_graphs_free(sum_graphs *g) {
-  zmlx_expr_free(g->init);
-  zmlx_expr_free(g->step);
-  zmlx_expr_free(g->combine);
+  zmlxi_expr_free(g->init);
+  zmlxi_expr_free(g->step);
+  zmlxi_expr_free(g->combine);
 }
 
 static zmlx_status sum_graphs_parse(sum_graphs *g) {
   memset(g, 0, sizeof *g);
-  zmlx_status st = zmlx_expr_parse("0", NULL, 0, NULL, 0, &g->init);
-  if (st == ZMLX_OK) st = zmlx_expr_parse("acc + x", ACC_X, 2, NULL, 0, &g->step);
-  if (st == ZMLX_OK) st = zmlx_expr_parse("a + b", A_B, 2, NULL, 0, &g->combine);
+  zmlx_status st = zmlxi_expr_parse("0", NULL, 0, NULL, 0, &g->init);
+  if (st == ZMLX_OK) st = zmlxi_expr_parse("acc + x", ACC_X, 2, NULL, 0, &g->step);
+  if (st == ZMLX_OK) st = zmlxi_expr_parse("a + b", A_B, 2, NULL, 0, &g->combine);
   if (st != ZMLX_OK) sum_graphs_free(g);
   return st;
 }
@@ -386,8 +386,8 @@ static zmlx_status sum_build(const void *ctx, zmlx_pattern_kernel *out) {
   sum_graphs g;
   ZMLX_CHECK(sum_graphs_parse(&g));
   zmlx_row_reduction r = {g.init, g.step, g.combine, NULL};
-  zmlx_status st = mode < 0 ? zmlx_pattern_col_reduce(&r, out)
-                            : zmlx_pattern_row_reduce(&r, (zmlx_row_mode)mode, out);
+  zmlx_status st = mode < 0 ? zmlxi_pattern_col_reduce(&r, out)
+                            : zmlxi_pattern_row_reduce(&r, (zmlx_row_mode)mode, out);
   sum_graphs_free(&g);
   return st;
 }
@@ -397,19 +397,19 @@ static zmlx_status sum_build(const void *ctx, zmlx_pattern_kernel *out) {
 static zmlx_status sum_2d(zmlx_op *op, zmlx_array *src, int64_t rows, int64_t cols, int columns,
                           zmlx_array *dst, zmlx_stream *s) {
   zmlx_device *dev = src->buffer->device;
-  int mode = columns ? -1 : (int)zmlx_pattern_group_mode(dev->ops->kind);
+  int mode = columns ? -1 : (int)zmlxi_pattern_group_mode(dev->ops->kind);
   char key[32];
   snprintf(key, sizeof key, "sum|%d", mode);
   zmlx_kernel *k = NULL;
-  ZMLX_CHECK(zmlx_op_kernel(op, key, sum_build, &mode, &k));
+  ZMLX_CHECK(zmlxi_op_kernel(op, key, sum_build, &mode, &k));
   int64_t shape2[2] = {rows, cols}, strides2[2] = {cols, 1};
   int64_t dn = columns ? cols : rows, one = 1;
   zmlx_array *in = NULL, *outv = NULL;
-  zmlx_status st = zmlx_array_make_view(src, 2, shape2, strides2, src->offset, &in);
-  if (st == ZMLX_OK) st = zmlx_array_make_view(dst, 1, &dn, &one, dst->offset, &outv);
+  zmlx_status st = zmlxi_array_make_view(src, 2, shape2, strides2, src->offset, &in);
+  if (st == ZMLX_OK) st = zmlxi_array_make_view(dst, 1, &dn, &one, dst->offset, &outv);
   if (st == ZMLX_OK) {
-    zmlx_pattern_geometry g = columns ? zmlx_pattern_col_geometry(cols, &dev->info)
-                                      : zmlx_pattern_row_geometry((zmlx_row_mode)mode, rows, cols,
+    zmlx_pattern_geometry g = columns ? zmlxi_pattern_col_geometry(cols, &dev->info)
+                                      : zmlxi_pattern_row_geometry((zmlx_row_mode)mode, rows, cols,
                                                                   &dev->info);
     double params[2] = {(double)rows, (double)cols};
     zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &in, .outputs = &outv,
@@ -494,16 +494,16 @@ static void release_all(zmlx_array **a, int n) {
 static zmlx_status vjp_outputs(zmlx_array *const *inputs, int n, const bshape *s, zmlx_stream *st,
                                zmlx_array **grads, zmlx_array **kout, int *summed) {
   int64_t total = shape_size(s), dense[ZMLX_MAX_DIMS];
-  zmlx_contiguous_strides(s->ndim, s->shape, dense);
+  zmlxi_contiguous_strides(s->ndim, s->shape, dense);
   for (int i = 0; i < n; i++) {
     zmlx_array *in = inputs[i];
-    ZMLX_CHECK(zmlx_array_alloc(in->buffer->device, st, grad_dtype(in->dtype), in->ndim, in->shape,
+    ZMLX_CHECK(zmlxi_array_alloc(in->buffer->device, st, grad_dtype(in->dtype), in->ndim, in->shape,
                                 &grads[i]));
     summed[i] = in->size != total;
     if (summed[i])
       ZMLX_CHECK(alloc_like(in, st, ZMLX_F32, s, &kout[i]));
     else
-      ZMLX_CHECK(zmlx_array_make_view(grads[i], s->ndim, s->shape, dense, 0, &kout[i]));
+      ZMLX_CHECK(zmlxi_array_make_view(grads[i], s->ndim, s->shape, dense, 0, &kout[i]));
   }
   return ZMLX_OK;
 }
@@ -514,8 +514,8 @@ static zmlx_status ew_vjp(zmlx_op *op, zmlx_array *const *inputs, const double *
   int n = op->n_inputs;
   zmlx_dtype dts[EW_MAX_INPUTS];
   ZMLX_CHECK(check_dtypes(inputs, n, o->fwd, dts));
-  if (!zmlx_expr_dtype_ok(cot->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "elementwise VJP: the cotangent is %s", zmlx_dtype_name(cot->dtype));
+  if (!zmlxi_expr_dtype_ok(cot->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "elementwise VJP: the cotangent is %s", zmlx_dtype_name(cot->dtype));
   ew_plan p = {.e = o->vjp, .used = o->vjp_used, .dir = 'V', .params = params, .stream = s};
   ZMLX_CHECK(broadcast_inputs(o->fwd, inputs, n, &p.shape));
   if (!fits_into(cot, &p.shape)) return shape_mismatch("the cotangent", cot, &p.shape);
@@ -548,8 +548,8 @@ static zmlx_status jvp_tangents(ew_op *o, zmlx_array *const *inputs, zmlx_array 
       char what[200];
       snprintf(what, sizeof what, "the tangent of input '%s'", o->fwd->input_names[i]);
       if (!fits_into(tangents[i], &si)) return shape_mismatch(what, tangents[i], &si);
-      if (!zmlx_expr_dtype_ok(tangents[i]->dtype))
-        return zmlx_fail(ZMLX_ERR_DTYPE, "elementwise JVP: %s is f64", what);
+      if (!zmlxi_expr_dtype_ok(tangents[i]->dtype))
+        return zmlxi_fail(ZMLX_ERR_DTYPE, "elementwise JVP: %s is f64", what);
       continue;
     }
     /* No tangent: a zero scalar broadcast over the input. */
@@ -584,18 +584,18 @@ static zmlx_status ew_jvp(zmlx_op *op, zmlx_array *const *inputs, const double *
 static zmlx_status ew_source_of(const zmlx_expr *e, zmlx_backend b, const zmlx_dtype *dts,
                                 const char *dir, zmlx_sb *sb) {
   zmlx_dtype used[ZMLX_KERNEL_MAX_ARRAYS];
-  int vec = zmlx_pattern_vector_width(used, touched_dtypes(e, used_mask(e), dts, used)) > 0;
+  int vec = zmlxi_pattern_vector_width(used, touched_dtypes(e, used_mask(e), dts, used)) > 0;
   zmlx_ew_layout layouts[2] = {vec ? ZMLX_EW_VECTOR : ZMLX_EW_CONTIGUOUS, ZMLX_EW_STRIDED};
   static const char *const what[] = {"dense inputs", "broadcast or strided inputs",
                                      "dense inputs, 16-byte vectors"};
   for (int i = 0; i < 2; i++) {
     zmlx_pattern_kernel pk;
-    ZMLX_CHECK(zmlx_pattern_elementwise(e, layouts[i], dts, &pk));
+    ZMLX_CHECK(zmlxi_pattern_elementwise(e, layouts[i], dts, &pk));
     char banner[128];
     snprintf(banner, sizeof banner, "%s, %s", dir, what[layouts[i]]);
-    if (i) zmlx_sb_append(sb, "\n");
-    zmlx_status st = zmlx_pattern_append_source(&pk, b, dts, banner, sb);
-    zmlx_pattern_kernel_free(&pk);
+    if (i) zmlxi_sb_append(sb, "\n");
+    zmlx_status st = zmlxi_pattern_append_source(&pk, b, dts, banner, sb);
+    zmlxi_pattern_kernel_free(&pk);
     ZMLX_CHECK(st);
   }
   return ZMLX_OK;
@@ -626,10 +626,10 @@ static zmlx_status ew_source(zmlx_op *op, zmlx_backend b, zmlx_op_direction dir,
 
 static void ew_destroy(zmlx_op *op) {
   ew_op *o = (ew_op *)op;
-  zmlx_op_fini(op);
-  zmlx_expr_free(o->fwd);
-  zmlx_expr_free(o->vjp);
-  zmlx_expr_free(o->jvp);
+  zmlxi_op_fini(op);
+  zmlxi_expr_free(o->fwd);
+  zmlxi_expr_free(o->vjp);
+  zmlxi_expr_free(o->jvp);
   free(o);
 }
 
@@ -643,22 +643,22 @@ zmlx_status zmlx_elementwise(const char *expr, const char *const *input_names, i
   *out = NULL;
   ZMLX_REQUIRE_ARG(expr);
   if (n_inputs < 1 || n_inputs > EW_MAX_INPUTS)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_elementwise: %d inputs (1 to %d: the VJP kernel "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_elementwise: %d inputs (1 to %d: the VJP kernel "
                      "holds every input, the cotangent and every gradient)", n_inputs,
                      EW_MAX_INPUTS);
   if (n_params < 0 || n_params > ZMLX_KERNEL_MAX_PARAMS - 1)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_elementwise: %d parameters (at most %d)",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_elementwise: %d parameters (at most %d)",
                      n_params, ZMLX_KERNEL_MAX_PARAMS - 1);
   ew_op *o = calloc(1, sizeof *o);
-  if (!o) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  zmlx_status st = zmlx_expr_parse(expr, input_names, n_inputs, param_names, n_params, &o->fwd);
-  if (st == ZMLX_OK) st = zmlx_expr_vjp(o->fwd, 0, &o->vjp);
-  if (st == ZMLX_OK) st = zmlx_expr_jvp(o->fwd, 0, &o->jvp);
-  if (st == ZMLX_OK) st = zmlx_op_init(&o->base, &EW_VTABLE, n_inputs, n_params);
+  if (!o) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  zmlx_status st = zmlxi_expr_parse(expr, input_names, n_inputs, param_names, n_params, &o->fwd);
+  if (st == ZMLX_OK) st = zmlxi_expr_vjp(o->fwd, 0, &o->vjp);
+  if (st == ZMLX_OK) st = zmlxi_expr_jvp(o->fwd, 0, &o->jvp);
+  if (st == ZMLX_OK) st = zmlxi_op_init(&o->base, &EW_VTABLE, n_inputs, n_params);
   if (st != ZMLX_OK) {
-    zmlx_expr_free(o->fwd);
-    zmlx_expr_free(o->vjp);
-    zmlx_expr_free(o->jvp);
+    zmlxi_expr_free(o->fwd);
+    zmlxi_expr_free(o->vjp);
+    zmlxi_expr_free(o->jvp);
     free(o);
     return st;
   }
@@ -669,7 +669,7 @@ zmlx_status zmlx_elementwise(const char *expr, const char *const *input_names, i
   return ZMLX_OK;
 }
 
-const zmlx_expr *zmlx_op_forward_expr(const zmlx_op *op) {
+const zmlx_expr *zmlxi_op_forward_expr(const zmlx_op *op) {
   if (!op || op->vt != &EW_VTABLE) return NULL;
   return ((const ew_op *)op)->fwd;
 }

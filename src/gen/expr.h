@@ -6,7 +6,7 @@
  *   leaky_relu(x, alpha)               alpha: a scalar parameter per call
  *
  * Pipeline and guarantees:
- *   - zmlx_expr_parse builds a hash-consed DAG directly (the DAG is the AST).
+ *   - zmlxi_expr_parse builds a hash-consed DAG directly (the DAG is the AST).
  *     Every node is created through the simplifying constructor
  *     (expr_simplify.c), so constant folding, algebraic identities and common
  *     subexpression sharing happen as the graph is built.
@@ -19,9 +19,9 @@
  *     from the graph: numbers are re-printed from doubles, inputs and
  *     parameters through C text the caller supplies, temporaries under a
  *     caller-chosen prefix. User identifiers are not printed at all.
- *   - Kernels compute in f32; zmlx_expr_eval is the f64 reference.
+ *   - Kernels compute in f32; zmlxi_expr_eval is the f64 reference.
  *
- * Errors go through zmlx_fail(): ZMLX_ERR_PARSE for bad text (message
+ * Errors go through zmlxi_fail(): ZMLX_ERR_PARSE for bad text (message
  * "LINE:COL: what\n  <source line>\n  <caret>"), ZMLX_ERR_INVALID_ARG /
  * ZMLX_ERR_NULL_ARG for bad calls, ZMLX_ERR_OUT_OF_MEMORY when the graph
  * cannot grow (also when it would exceed ZMLX_EXPR_MAX_NODES).
@@ -112,7 +112,7 @@ typedef struct zmlx_eop_info {
   int commutative;   /* exact IEEE commutativity: args are put in id order */
 } zmlx_eop_info;
 
-const zmlx_eop_info *zmlx_eop_get(zmlx_eop op);
+const zmlx_eop_info *zmlxi_eop_get(zmlx_eop op);
 
 typedef struct zmlx_enode {
   int32_t op;     /* zmlx_eop */
@@ -143,47 +143,47 @@ typedef struct zmlx_expr {
  * return 0 (node 0 is always the constant 0). */
 
 /* An empty graph with the given symbol names (copied; not validated here). */
-zmlx_status zmlx_expr_create(const char *const *input_names, int n_inputs,
+zmlx_status zmlxi_expr_create(const char *const *input_names, int n_inputs,
                              const char *const *param_names, int n_params, zmlx_expr **out);
 /* Deep copy; extra_inputs more inputs are appended, named by extra_names. */
-zmlx_status zmlx_expr_clone(const zmlx_expr *e, const char *const *extra_names,
+zmlx_status zmlxi_expr_clone(const zmlx_expr *e, const char *const *extra_names,
                             int extra_inputs, zmlx_expr **out);
-void zmlx_expr_free(zmlx_expr *e);
+void zmlxi_expr_free(zmlx_expr *e);
 
-int32_t zmlx_expr_const(zmlx_expr *e, double v);
-int32_t zmlx_expr_input(zmlx_expr *e, int index);
-int32_t zmlx_expr_param(zmlx_expr *e, int index);
+int32_t zmlxi_expr_const(zmlx_expr *e, double v);
+int32_t zmlxi_expr_input(zmlx_expr *e, int index);
+int32_t zmlxi_expr_param(zmlx_expr *e, int index);
 /* Simplifying constructor for every non-leaf op (unused args: -1). */
-int32_t zmlx_expr_op(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c);
+int32_t zmlxi_expr_op(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c);
 static inline int32_t zmlx_expr_op1(zmlx_expr *e, zmlx_eop op, int32_t a) {
-  return zmlx_expr_op(e, op, a, -1, -1);
+  return zmlxi_expr_op(e, op, a, -1, -1);
 }
 static inline int32_t zmlx_expr_op2(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b) {
-  return zmlx_expr_op(e, op, a, b, -1);
+  return zmlxi_expr_op(e, op, a, b, -1);
 }
 /* Hash-cons a node exactly as given (no simplification). */
-int32_t zmlx_expr_intern(zmlx_expr *e, const zmlx_enode *n);
+int32_t zmlxi_expr_intern(zmlx_expr *e, const zmlx_enode *n);
 /* Append a root. */
-zmlx_status zmlx_expr_add_root(zmlx_expr *e, int32_t node);
+zmlx_status zmlxi_expr_add_root(zmlx_expr *e, int32_t node);
 
 /* The rewrite rules (expr_simplify.c): the id of an equivalent existing or
  * simpler node, or -1 when `op(a, b, c)` should be interned as it is. */
-int32_t zmlx_expr_simplify_node(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c);
+int32_t zmlxi_expr_simplify_node(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c);
 
 /* Mark, in `live` (n_nodes bytes), every node reachable from the roots. */
-void zmlx_expr_mark_live(const zmlx_expr *e, uint8_t *live);
+void zmlxi_expr_mark_live(const zmlx_expr *e, uint8_t *live);
 
 /* ----------------------------------------------------------------- parsing */
 
 /* Parse `text` with the given inputs and scalar parameters. Names must be
  * identifiers ([A-Za-z_][A-Za-z0-9_]*, at most ZMLX_EXPR_MAX_IDENT bytes),
  * distinct, and neither a function name nor `inf` / `nan`. The result has
- * one root. Caller frees with zmlx_expr_free. */
-zmlx_status zmlx_expr_parse(const char *text, const char *const *input_names, int n_inputs,
+ * one root. Caller frees with zmlxi_expr_free. */
+zmlx_status zmlxi_expr_parse(const char *text, const char *const *input_names, int n_inputs,
                             const char *const *param_names, int n_params, zmlx_expr **out);
 /* Same for `len` bytes that need not be NUL-terminated (a NUL byte inside is
  * a parse error). */
-zmlx_status zmlx_expr_parse_n(const char *text, size_t len, const char *const *input_names,
+zmlx_status zmlxi_expr_parse_n(const char *text, size_t len, const char *const *input_names,
                               int n_inputs, const char *const *param_names, int n_params,
                               zmlx_expr **out);
 
@@ -194,8 +194,8 @@ typedef struct zmlx_expr_function {
   const char *doc; /* one line: the definition, e.g. "x * sigmoid(x)" */
 } zmlx_expr_function;
 
-int zmlx_expr_function_count(void);
-const zmlx_expr_function *zmlx_expr_function_at(int i);
+int zmlxi_expr_function_count(void);
+const zmlx_expr_function *zmlxi_expr_function_at(int i);
 
 /* A function as the parser sees it (expr_functions.c): a primitive op or a
  * builder that composes primitives from the argument nodes. */
@@ -205,7 +205,7 @@ typedef struct zmlx_expr_fn_entry {
   int32_t (*build)(zmlx_expr *e, const int32_t *a, int n); /* a composition (op unused) */
 } zmlx_expr_fn_entry;
 /* The function named by the len bytes at s, or NULL. */
-const zmlx_expr_fn_entry *zmlx_expr_find_function(const char *s, size_t len);
+const zmlx_expr_fn_entry *zmlxi_expr_find_function(const char *s, size_t len);
 
 /* ------------------------------------------------------------ derivatives
  * (expr_diff.c). Both return a new graph; `e` is unchanged. Gradients are
@@ -220,17 +220,17 @@ const zmlx_expr_fn_entry *zmlx_expr_find_function(const char *s, size_t len);
  * Roots = [e's roots when ZMLX_EXPR_WITH_PRIMAL] + one tangent per root. */
 #define ZMLX_EXPR_WITH_PRIMAL 1u
 
-zmlx_status zmlx_expr_vjp(const zmlx_expr *e, unsigned flags, zmlx_expr **out);
-zmlx_status zmlx_expr_jvp(const zmlx_expr *e, unsigned flags, zmlx_expr **out);
+zmlx_status zmlxi_expr_vjp(const zmlx_expr *e, unsigned flags, zmlx_expr **out);
+zmlx_status zmlxi_expr_jvp(const zmlx_expr *e, unsigned flags, zmlx_expr **out);
 
 /* ---------------------------------------------------------- interpretation */
 
 /* Evaluate every root in f64: inputs[n_inputs], params[n_params] (either may
  * be NULL when its count is 0), out[n_roots]. */
-zmlx_status zmlx_expr_eval(const zmlx_expr *e, const double *inputs, const double *params,
+zmlx_status zmlxi_expr_eval(const zmlx_expr *e, const double *inputs, const double *params,
                            double *out);
 /* The f64 semantics of one op (also used for constant folding). */
-double zmlx_expr_apply(zmlx_eop op, double a, double b, double c);
+double zmlxi_expr_apply(zmlx_eop op, double a, double b, double c);
 
 /* ---------------------------------------------------------------- emission */
 
@@ -259,23 +259,23 @@ typedef struct zmlx_expr_emit_ctx {
  * are used (exp, log1p, fmax, ...; no zmlx_* activation helpers): sigmoid,
  * softplus etc. are written out in their stable forms. The output is a pure
  * function of the graph and ctx, so equal inputs give byte-identical text. */
-zmlx_status zmlx_expr_emit(const zmlx_expr *e, const zmlx_expr_emit_ctx *ctx, zmlx_sb *sb);
+zmlx_status zmlxi_expr_emit(const zmlx_expr *e, const zmlx_expr_emit_ctx *ctx, zmlx_sb *sb);
 
 /* Human-readable program in the expression language itself: shared nodes as
  * "tN = ...;" statements, then the root. With one root the text parses back
  * (same inputs and parameters) to an equivalent graph; several roots are
  * printed as a final "[r0, r1, ...]" line. Caller frees *out with free(). */
-zmlx_status zmlx_expr_to_string(const zmlx_expr *e, char **out);
+zmlx_status zmlxi_expr_to_string(const zmlx_expr *e, char **out);
 
 /* ----------------------------------------------------------------- queries */
 
 /* 1 if root j is a constant (value in *value when non-NULL), else 0. */
-int zmlx_expr_root_is_const(const zmlx_expr *e, int j, double *value);
+int zmlxi_expr_root_is_const(const zmlx_expr *e, int j, double *value);
 /* 1 if some root depends on input i. */
-int zmlx_expr_uses_input(const zmlx_expr *e, int i);
+int zmlxi_expr_uses_input(const zmlx_expr *e, int i);
 /* 1 if some root depends on parameter i. */
-int zmlx_expr_uses_param(const zmlx_expr *e, int i);
+int zmlxi_expr_uses_param(const zmlx_expr *e, int i);
 /* Number of nodes reachable from the roots (shared nodes count once). */
-int32_t zmlx_expr_live_count(const zmlx_expr *e);
+int32_t zmlxi_expr_live_count(const zmlx_expr *e);
 
 #endif /* ZMLX_GEN_EXPR_H */

@@ -67,7 +67,7 @@ static const zmlx_eop_info op_info[ZMLX_EOP_COUNT] = {
     [ZMLX_EOP_SELECT] = {"where", 3, 0, 0},
 };
 
-const zmlx_eop_info *zmlx_eop_get(zmlx_eop op) {
+const zmlx_eop_info *zmlxi_eop_get(zmlx_eop op) {
   if ((int)op < 0 || op >= ZMLX_EOP_COUNT) return NULL;
   return &op_info[op];
 }
@@ -135,7 +135,7 @@ static int grow_nodes(zmlx_expr *e) {
   return 1;
 }
 
-int32_t zmlx_expr_intern(zmlx_expr *e, const zmlx_enode *n) {
+int32_t zmlxi_expr_intern(zmlx_expr *e, const zmlx_enode *n) {
   if (e->failed) return 0;
   /* Keep the load factor under 1/2 so probes stay short. */
   if ((uint64_t)(e->n_nodes + 1) * 2 > e->table_cap && !grow_table(e)) {
@@ -158,9 +158,9 @@ int32_t zmlx_expr_intern(zmlx_expr *e, const zmlx_enode *n) {
 
 /* ------------------------------------------------------------ constructors */
 
-int32_t zmlx_expr_const(zmlx_expr *e, double v) {
+int32_t zmlxi_expr_const(zmlx_expr *e, double v) {
   zmlx_enode n = {ZMLX_EOP_CONST, {-1, -1, -1}, isnan(v) ? NAN : v};
-  return zmlx_expr_intern(e, &n);
+  return zmlxi_expr_intern(e, &n);
 }
 
 static int32_t leaf(zmlx_expr *e, zmlx_eop op, int index, int count) {
@@ -169,20 +169,20 @@ static int32_t leaf(zmlx_expr *e, zmlx_eop op, int index, int count) {
     return 0;
   }
   zmlx_enode n = {op, {index, -1, -1}, 0.0};
-  return zmlx_expr_intern(e, &n);
+  return zmlxi_expr_intern(e, &n);
 }
 
-int32_t zmlx_expr_input(zmlx_expr *e, int index) {
+int32_t zmlxi_expr_input(zmlx_expr *e, int index) {
   return leaf(e, ZMLX_EOP_INPUT, index, e->n_inputs);
 }
 
-int32_t zmlx_expr_param(zmlx_expr *e, int index) {
+int32_t zmlxi_expr_param(zmlx_expr *e, int index) {
   return leaf(e, ZMLX_EOP_PARAM, index, e->n_params);
 }
 
 /* Internal callers only, but a wrong id must fail, not read out of bounds. */
 static int args_valid(const zmlx_expr *e, zmlx_eop op, const int32_t *args) {
-  const zmlx_eop_info *info = zmlx_eop_get(op);
+  const zmlx_eop_info *info = zmlxi_eop_get(op);
   if (!info || info->arity == 0) return 0;
   for (int k = 0; k < 3; k++) {
     int used = k < info->arity;
@@ -192,7 +192,7 @@ static int args_valid(const zmlx_expr *e, zmlx_eop op, const int32_t *args) {
   return 1;
 }
 
-int32_t zmlx_expr_op(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c) {
+int32_t zmlxi_expr_op(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c) {
   if (e->failed) return 0;
   int32_t args[3] = {a, b, c};
   if (!args_valid(e, op, args)) {
@@ -203,13 +203,13 @@ int32_t zmlx_expr_op(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c)
     args[0] = b;
     args[1] = a;
   }
-  int32_t r = zmlx_expr_simplify_node(e, op, args[0], args[1], args[2]);
+  int32_t r = zmlxi_expr_simplify_node(e, op, args[0], args[1], args[2]);
   if (r >= 0 || e->failed) return e->failed ? 0 : r;
   zmlx_enode n = {op, {args[0], args[1], args[2]}, 0.0};
-  return zmlx_expr_intern(e, &n);
+  return zmlxi_expr_intern(e, &n);
 }
 
-zmlx_status zmlx_expr_add_root(zmlx_expr *e, int32_t node) {
+zmlx_status zmlxi_expr_add_root(zmlx_expr *e, int32_t node) {
   if (e->failed) return e->failed;
   if (node < 0 || node >= e->n_nodes) return set_failed(e, ZMLX_ERR_INTERNAL);
   int32_t *r = realloc(e->roots, sizeof *r * (size_t)(e->n_roots + 1));
@@ -226,7 +226,7 @@ static char **copy_names(const char *const *names, int n, int extra, const char 
   if (!out) return NULL;
   for (int i = 0; i < n + extra; i++) {
     const char *s = i < n ? names[i] : more[i - n];
-    out[i] = zmlx_strdup(s ? s : "");
+    out[i] = zmlxi_strdup(s ? s : "");
     if (!out[i]) {
       for (int j = 0; j < i; j++) free(out[j]);
       free(out);
@@ -242,7 +242,7 @@ static void free_names(char **names, int n) {
   free(names);
 }
 
-void zmlx_expr_free(zmlx_expr *e) {
+void zmlxi_expr_free(zmlx_expr *e) {
   if (!e) return;
   free(e->nodes);
   free(e->table);
@@ -252,34 +252,34 @@ void zmlx_expr_free(zmlx_expr *e) {
   free(e);
 }
 
-zmlx_status zmlx_expr_create(const char *const *input_names, int n_inputs,
+zmlx_status zmlxi_expr_create(const char *const *input_names, int n_inputs,
                              const char *const *param_names, int n_params, zmlx_expr **out) {
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   if (n_inputs < 0 || n_params < 0 || (n_inputs && !input_names) || (n_params && !param_names))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "expression: bad input/parameter name lists");
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "expression: bad input/parameter name lists");
   zmlx_expr *e = calloc(1, sizeof *e);
-  if (!e) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
+  if (!e) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
   e->input_names = copy_names(input_names, n_inputs, 0, NULL);
   e->param_names = copy_names(param_names, n_params, 0, NULL);
   e->n_inputs = e->input_names ? n_inputs : 0;
   e->n_params = e->param_names ? n_params : 0;
   /* Node 0 is the constant 0: what failed constructors hand back. */
-  if (!e->input_names || !e->param_names || zmlx_expr_const(e, 0.0) != 0) {
-    zmlx_expr_free(e);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
+  if (!e->input_names || !e->param_names || zmlxi_expr_const(e, 0.0) != 0) {
+    zmlxi_expr_free(e);
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
   }
   *out = e;
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_expr_clone(const zmlx_expr *e, const char *const *extra_names,
+zmlx_status zmlxi_expr_clone(const zmlx_expr *e, const char *const *extra_names,
                             int extra_inputs, zmlx_expr **out) {
   ZMLX_REQUIRE_ARG(e);
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   zmlx_expr *c = calloc(1, sizeof *c);
-  if (!c) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
+  if (!c) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
   c->nodes = malloc(sizeof *c->nodes * (size_t)e->cap_nodes);
   c->table = malloc(sizeof *c->table * (size_t)e->table_cap);
   c->roots = malloc(sizeof *c->roots * (size_t)(e->n_roots ? e->n_roots : 1));
@@ -289,8 +289,8 @@ zmlx_status zmlx_expr_clone(const zmlx_expr *e, const char *const *extra_names,
   c->n_inputs = c->input_names ? e->n_inputs + extra_inputs : 0;
   c->n_params = c->param_names ? e->n_params : 0;
   if (!c->nodes || !c->table || !c->roots || !c->input_names || !c->param_names) {
-    zmlx_expr_free(c);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
+    zmlxi_expr_free(c);
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
   }
   memcpy(c->nodes, e->nodes, sizeof *c->nodes * (size_t)e->n_nodes);
   memcpy(c->table, e->table, sizeof *c->table * (size_t)e->table_cap);
@@ -306,7 +306,7 @@ zmlx_status zmlx_expr_clone(const zmlx_expr *e, const char *const *extra_names,
 
 /* ------------------------------------------------------------ queries */
 
-void zmlx_expr_mark_live(const zmlx_expr *e, uint8_t *live) {
+void zmlxi_expr_mark_live(const zmlx_expr *e, uint8_t *live) {
   memset(live, 0, (size_t)e->n_nodes);
   for (int j = 0; j < e->n_roots; j++) live[e->roots[j]] = 1;
   /* Children have smaller ids, so one downward sweep reaches everything. */
@@ -318,7 +318,7 @@ void zmlx_expr_mark_live(const zmlx_expr *e, uint8_t *live) {
   }
 }
 
-int zmlx_expr_root_is_const(const zmlx_expr *e, int j, double *value) {
+int zmlxi_expr_root_is_const(const zmlx_expr *e, int j, double *value) {
   if (!e || j < 0 || j >= e->n_roots) return 0;
   const zmlx_enode *n = &e->nodes[e->roots[j]];
   if (n->op != ZMLX_EOP_CONST) return 0;
@@ -331,7 +331,7 @@ static int uses_leaf(const zmlx_expr *e, zmlx_eop op, int index) {
   uint8_t *live = malloc((size_t)e->n_nodes);
   /* Without memory, answer "used": the conservative choice for callers. */
   if (!live) return 1;
-  zmlx_expr_mark_live(e, live);
+  zmlxi_expr_mark_live(e, live);
   int used = 0;
   for (int32_t i = 0; i < e->n_nodes && !used; i++)
     used = live[i] && e->nodes[i].op == (int32_t)op && e->nodes[i].arg[0] == index;
@@ -339,15 +339,15 @@ static int uses_leaf(const zmlx_expr *e, zmlx_eop op, int index) {
   return used;
 }
 
-int zmlx_expr_uses_input(const zmlx_expr *e, int i) { return uses_leaf(e, ZMLX_EOP_INPUT, i); }
+int zmlxi_expr_uses_input(const zmlx_expr *e, int i) { return uses_leaf(e, ZMLX_EOP_INPUT, i); }
 
-int zmlx_expr_uses_param(const zmlx_expr *e, int i) { return uses_leaf(e, ZMLX_EOP_PARAM, i); }
+int zmlxi_expr_uses_param(const zmlx_expr *e, int i) { return uses_leaf(e, ZMLX_EOP_PARAM, i); }
 
-int32_t zmlx_expr_live_count(const zmlx_expr *e) {
+int32_t zmlxi_expr_live_count(const zmlx_expr *e) {
   if (!e || e->n_nodes == 0) return 0;
   uint8_t *live = malloc((size_t)e->n_nodes);
   if (!live) return -1;
-  zmlx_expr_mark_live(e, live);
+  zmlxi_expr_mark_live(e, live);
   int32_t count = 0;
   for (int32_t i = 0; i < e->n_nodes; i++) count += live[i];
   free(live);

@@ -52,7 +52,7 @@
 #define LN2 0.69314718055994530942
 #define TWO_OVER_SQRT_PI 1.12837916709551257390
 
-static int32_t C(zmlx_expr *e, double v) { return zmlx_expr_const(e, v); }
+static int32_t C(zmlx_expr *e, double v) { return zmlxi_expr_const(e, v); }
 static int32_t op1(zmlx_expr *e, zmlx_eop op, int32_t a) { return zmlx_expr_op1(e, op, a); }
 static int32_t op2(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b) {
   return zmlx_expr_op2(e, op, a, b);
@@ -65,7 +65,7 @@ static int32_t neg(zmlx_expr *e, int32_t a) { return op1(e, ZMLX_EOP_NEG, a); }
 
 /* 1 where `cond` holds, else 0 (or the reverse): a gradient mask. */
 static int32_t mask(zmlx_expr *e, int32_t cond, int when_true) {
-  return zmlx_expr_op(e, ZMLX_EOP_SELECT, cond, C(e, when_true ? 1.0 : 0.0),
+  return zmlxi_expr_op(e, ZMLX_EOP_SELECT, cond, C(e, when_true ? 1.0 : 0.0),
                       C(e, when_true ? 0.0 : 1.0));
 }
 
@@ -130,7 +130,7 @@ static int32_t partial(zmlx_expr *e, int32_t id, int k) {
   zmlx_enode n = e->nodes[id]; /* a copy: building may move the arena */
   zmlx_eop op = (zmlx_eop)n.op;
   if (op == ZMLX_EOP_SELECT) return k == 0 ? C(e, 0.0) : mask(e, n.arg[0], k == 1);
-  if (zmlx_eop_get(op)->arity == 1) return partial_unary(e, op, id, n.arg[0]);
+  if (zmlxi_eop_get(op)->arity == 1) return partial_unary(e, op, id, n.arg[0]);
   return partial_binary(e, op, id, n.arg[0], n.arg[1], k);
 }
 
@@ -144,7 +144,7 @@ static uint8_t *depends_on_inputs(const zmlx_expr *e) {
   if (!active) return NULL;
   for (int32_t i = 0; i < e->n_nodes; i++) {
     const zmlx_enode *n = &e->nodes[i];
-    int arity = zmlx_eop_get((zmlx_eop)n->op)->arity;
+    int arity = zmlxi_eop_get((zmlx_eop)n->op)->arity;
     active[i] = n->op == ZMLX_EOP_INPUT;
     for (int k = 0; k < arity; k++) active[i] |= active[n->arg[k]];
   }
@@ -166,11 +166,11 @@ static int name_taken(const zmlx_expr *e, char *const *extra, int n_extra, const
 /* `base`, with '_' appended until it clashes with no existing name. */
 static char *unique_name(const zmlx_expr *e, char *const *extra, int n_extra, const char *base) {
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_sb_append(&sb, base);
-  while (!sb.oom && name_taken(e, extra, n_extra, sb.data)) zmlx_sb_append(&sb, "_");
+  zmlxi_sb_init(&sb);
+  zmlxi_sb_append(&sb, base);
+  while (!sb.oom && name_taken(e, extra, n_extra, sb.data)) zmlxi_sb_append(&sb, "_");
   char *s = NULL;
-  if (zmlx_sb_finish(&sb, &s) != ZMLX_OK) return NULL;
+  if (zmlxi_sb_finish(&sb, &s) != ZMLX_OK) return NULL;
   return s;
 }
 
@@ -213,12 +213,12 @@ typedef struct pass {
 
 static zmlx_status pass_begin(const zmlx_expr *e, int vjp, pass *ps, const char *what) {
   memset(ps, 0, sizeof *ps);
-  if (!e) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: expression is NULL", what);
-  if (e->failed) return zmlx_fail(e->failed, "%s: the expression failed to build", what);
+  if (!e) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: expression is NULL", what);
+  if (e->failed) return zmlxi_fail(e->failed, "%s: the expression failed to build", what);
   char **names = derivative_names(e, vjp);
   int n_extra = vjp ? e->n_roots : e->n_inputs;
-  zmlx_status st = names ? zmlx_expr_clone(e, (const char *const *)names, n_extra, &ps->g)
-                         : zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", what);
+  zmlx_status st = names ? zmlxi_expr_clone(e, (const char *const *)names, n_extra, &ps->g)
+                         : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", what);
   free_names(names, n_extra);
   if (st != ZMLX_OK) return st;
   ps->n0 = e->n_nodes;
@@ -227,8 +227,8 @@ static zmlx_status pass_begin(const zmlx_expr *e, int vjp, pass *ps, const char 
   if (!ps->active || !ps->d) {
     free(ps->active);
     free(ps->d);
-    zmlx_expr_free(ps->g);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", what);
+    zmlxi_expr_free(ps->g);
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", what);
   }
   for (int32_t i = 0; i < ps->n0; i++) ps->d[i] = -1;
   return ZMLX_OK;
@@ -246,9 +246,9 @@ static zmlx_status set_roots(pass *ps, int with_primal, const int32_t *derivs, i
   int32_t *old = g->roots;
   g->roots = NULL;
   g->n_roots = 0;
-  for (int j = 0; with_primal && j < n_old; j++) zmlx_expr_add_root(g, old[j]);
+  for (int j = 0; with_primal && j < n_old; j++) zmlxi_expr_add_root(g, old[j]);
   free(old);
-  for (int j = 0; j < n; j++) zmlx_expr_add_root(g, derivs[j] >= 0 ? derivs[j] : 0);
+  for (int j = 0; j < n; j++) zmlxi_expr_add_root(g, derivs[j] >= 0 ? derivs[j] : 0);
   return g->failed;
 }
 
@@ -256,10 +256,10 @@ static zmlx_status pass_end(pass *ps, zmlx_status st, zmlx_expr **out, const cha
   free(ps->active);
   free(ps->d);
   if (st == ZMLX_OK && ps->g->failed)
-    st = zmlx_fail(ps->g->failed, "%s: derivative graph too large (more than %d nodes) or out "
+    st = zmlxi_fail(ps->g->failed, "%s: derivative graph too large (more than %d nodes) or out "
                    "of memory", what, ZMLX_EXPR_MAX_NODES);
   if (st != ZMLX_OK) {
-    zmlx_expr_free(ps->g);
+    zmlxi_expr_free(ps->g);
     return st;
   }
   *out = ps->g;
@@ -273,7 +273,7 @@ static void backpropagate(pass *ps) {
   for (int32_t i = ps->n0 - 1; i >= 0 && !g->failed; i--) {
     if (ps->d[i] < 0) continue;
     zmlx_enode n = g->nodes[i];
-    int arity = zmlx_eop_get((zmlx_eop)n.op)->arity;
+    int arity = zmlxi_eop_get((zmlx_eop)n.op)->arity;
     for (int k = 0; k < arity; k++) {
       if (!ps->active[n.arg[k]]) continue;
       int32_t p = partial(g, i, k);
@@ -282,20 +282,20 @@ static void backpropagate(pass *ps) {
   }
 }
 
-zmlx_status zmlx_expr_vjp(const zmlx_expr *e, unsigned flags, zmlx_expr **out) {
+zmlx_status zmlxi_expr_vjp(const zmlx_expr *e, unsigned flags, zmlx_expr **out) {
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   pass ps;
-  ZMLX_CHECK(pass_begin(e, 1, &ps, "zmlx_expr_vjp"));
+  ZMLX_CHECK(pass_begin(e, 1, &ps, "zmlxi_expr_vjp"));
   zmlx_expr *g = ps.g;
   for (int j = 0; j < e->n_roots; j++)
     if (ps.active[e->roots[j]])
-      accumulate(g, &ps.d[e->roots[j]], zmlx_expr_input(g, e->n_inputs + j));
+      accumulate(g, &ps.d[e->roots[j]], zmlxi_expr_input(g, e->n_inputs + j));
   backpropagate(&ps);
   int32_t *grads = malloc(sizeof *grads * (size_t)(e->n_inputs ? e->n_inputs : 1));
   zmlx_status st = ZMLX_OK;
   if (!grads) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_expr_vjp: out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlxi_expr_vjp: out of host memory");
   } else {
     for (int i = 0; i < e->n_inputs; i++) grads[i] = -1;
     for (int32_t i = 0; i < ps.n0; i++)
@@ -304,7 +304,7 @@ zmlx_status zmlx_expr_vjp(const zmlx_expr *e, unsigned flags, zmlx_expr **out) {
     set_roots(&ps, flags & ZMLX_EXPR_WITH_PRIMAL, grads, e->n_inputs);
     free(grads);
   }
-  return pass_end(&ps, st, out, "zmlx_expr_vjp");
+  return pass_end(&ps, st, out, "zmlxi_expr_vjp");
 }
 
 /* Forward sweep over the nodes the roots need. */
@@ -314,10 +314,10 @@ static void propagate_tangents(pass *ps, const uint8_t *live, int n_inputs) {
     if (!live[i] || !ps->active[i]) continue;
     zmlx_enode n = g->nodes[i];
     if (n.op == ZMLX_EOP_INPUT) {
-      ps->d[i] = zmlx_expr_input(g, n_inputs + n.arg[0]);
+      ps->d[i] = zmlxi_expr_input(g, n_inputs + n.arg[0]);
       continue;
     }
-    int arity = zmlx_eop_get((zmlx_eop)n.op)->arity;
+    int arity = zmlxi_eop_get((zmlx_eop)n.op)->arity;
     for (int k = 0; k < arity; k++) {
       int32_t t = ps->d[n.arg[k]];
       if (t < 0) continue;
@@ -327,23 +327,23 @@ static void propagate_tangents(pass *ps, const uint8_t *live, int n_inputs) {
   }
 }
 
-zmlx_status zmlx_expr_jvp(const zmlx_expr *e, unsigned flags, zmlx_expr **out) {
+zmlx_status zmlxi_expr_jvp(const zmlx_expr *e, unsigned flags, zmlx_expr **out) {
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   pass ps;
-  ZMLX_CHECK(pass_begin(e, 0, &ps, "zmlx_expr_jvp"));
+  ZMLX_CHECK(pass_begin(e, 0, &ps, "zmlxi_expr_jvp"));
   uint8_t *live = malloc((size_t)(ps.n0 ? ps.n0 : 1));
   int32_t *tangents = malloc(sizeof *tangents * (size_t)(e->n_roots ? e->n_roots : 1));
   zmlx_status st = ZMLX_OK;
   if (!live || !tangents) {
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_expr_jvp: out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlxi_expr_jvp: out of host memory");
   } else {
-    zmlx_expr_mark_live(e, live);
+    zmlxi_expr_mark_live(e, live);
     propagate_tangents(&ps, live, e->n_inputs);
     for (int j = 0; j < e->n_roots; j++) tangents[j] = ps.d[e->roots[j]];
     set_roots(&ps, flags & ZMLX_EXPR_WITH_PRIMAL, tangents, e->n_roots);
   }
   free(live);
   free(tangents);
-  return pass_end(&ps, st, out, "zmlx_expr_jvp");
+  return pass_end(&ps, st, out, "zmlxi_expr_jvp");
 }

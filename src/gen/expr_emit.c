@@ -1,6 +1,6 @@
 /*
- * Printing a graph: dialect C statements for kernels (zmlx_expr_emit) and
- * the expression language itself for people (zmlx_expr_to_string).
+ * Printing a graph: dialect C statements for kernels (zmlxi_expr_emit) and
+ * the expression language itself for people (zmlxi_expr_to_string).
  *
  * Both share one plan. A live node becomes a named temporary when
  *   - it is used twice or more (so shared subexpressions are computed once),
@@ -43,7 +43,7 @@ typedef struct printer {
 
 static const zmlx_enode *node_at(const printer *pr, int32_t id) { return &pr->e->nodes[id]; }
 
-static int arity_of(const zmlx_enode *n) { return zmlx_eop_get((zmlx_eop)n->op)->arity; }
+static int arity_of(const zmlx_enode *n) { return zmlxi_eop_get((zmlx_eop)n->op)->arity; }
 
 static int is_leaf_op(int32_t op) {
   return op == ZMLX_EOP_CONST || op == ZMLX_EOP_INPUT || op == ZMLX_EOP_PARAM;
@@ -94,8 +94,8 @@ static zmlx_status plan(printer *pr) {
   pr->height = calloc(n, 1);
   pr->temp_no = malloc(n * sizeof *pr->temp_no);
   if (!pr->live || !pr->uses || !pr->is_temp || !pr->height || !pr->temp_no)
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression printer: out of host memory");
-  zmlx_expr_mark_live(e, pr->live);
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression printer: out of host memory");
+  zmlxi_expr_mark_live(e, pr->live);
   for (int32_t i = 0; i < e->n_nodes; i++) {
     pr->temp_no[i] = -1;
     if (!pr->live[i] || is_leaf_op(e->nodes[i].op)) continue;
@@ -143,13 +143,13 @@ static void format_g(char *out, size_t cap, double v, int digits) {
 static void c_literal(zmlx_sb *sb, double v, int bare) {
   const char *open = bare ? "" : "(", *close = bare ? "" : ")";
   if (isnan(v)) {
-    zmlx_sb_append(sb, "ZMLX_NAN");
+    zmlxi_sb_append(sb, "ZMLX_NAN");
     return;
   }
   /* Finite doubles past FLT_MAX + half an ulp round to inf; converting them
    * with a cast would be undefined behaviour. */
   if (fabs(v) >= 0x1.ffffffp+127) {
-    zmlx_sb_printf(sb, v > 0 ? "ZMLX_INF" : "%s-ZMLX_INF%s", open, close);
+    zmlxi_sb_printf(sb, v > 0 ? "ZMLX_INF" : "%s-ZMLX_INF%s", open, close);
     return;
   }
   float f = fabs(v) > FLT_MAX ? (v > 0 ? FLT_MAX : -FLT_MAX) : (float)v;
@@ -157,25 +157,25 @@ static void c_literal(zmlx_sb *sb, double v, int bare) {
   format_g(buf, sizeof buf, (double)f, 9);
   const char *dot = strpbrk(buf, ".e") ? "" : ".0";
   if (signbit(f))
-    zmlx_sb_printf(sb, "%s%s%sf%s", open, buf, dot, close);
+    zmlxi_sb_printf(sb, "%s%s%sf%s", open, buf, dot, close);
   else
-    zmlx_sb_printf(sb, "%s%sf", buf, dot);
+    zmlxi_sb_printf(sb, "%s%sf", buf, dot);
 }
 
 /* The exact double, in a form the parser reads back. */
 static void text_literal(zmlx_sb *sb, double v, int bare) {
   const char *open = bare ? "" : "(", *close = bare ? "" : ")";
   if (isnan(v))
-    zmlx_sb_append(sb, "nan");
+    zmlxi_sb_append(sb, "nan");
   else if (isinf(v))
-    zmlx_sb_printf(sb, v > 0 ? "inf" : "%s-inf%s", open, close);
+    zmlxi_sb_printf(sb, v > 0 ? "inf" : "%s-inf%s", open, close);
   else {
     char buf[64];
     format_g(buf, sizeof buf, v, 17);
     if (signbit(v))
-      zmlx_sb_printf(sb, "%s%s%s", open, buf, close);
+      zmlxi_sb_printf(sb, "%s%s%s", open, buf, close);
     else
-      zmlx_sb_append(sb, buf);
+      zmlxi_sb_append(sb, buf);
   }
 }
 
@@ -184,7 +184,7 @@ static void text_literal(zmlx_sb *sb, double v, int bare) {
 static void render(printer *pr, int32_t id, zmlx_sb *sb, int bare);
 
 static void temp_name(const printer *pr, int32_t id, zmlx_sb *sb) {
-  zmlx_sb_printf(sb, "%s%d", pr->prefix, (int)pr->temp_no[id]);
+  zmlxi_sb_printf(sb, "%s%d", pr->prefix, (int)pr->temp_no[id]);
 }
 
 /* A where() condition in C: comparisons inline as the C test itself. */
@@ -192,11 +192,11 @@ static void c_condition(printer *pr, int32_t id, zmlx_sb *sb) {
   const zmlx_enode *n = node_at(pr, id);
   if (is_comparison(n->op) && pr->temp_no[id] < 0) {
     render(pr, n->arg[0], sb, 0);
-    zmlx_sb_printf(sb, " %s ", zmlx_eop_get((zmlx_eop)n->op)->name);
+    zmlxi_sb_printf(sb, " %s ", zmlxi_eop_get((zmlx_eop)n->op)->name);
     render(pr, n->arg[1], sb, 0);
   } else {
     render(pr, id, sb, 0);
-    zmlx_sb_append(sb, " != 0.0f");
+    zmlxi_sb_append(sb, " != 0.0f");
   }
 }
 
@@ -205,7 +205,7 @@ static const char *c_function(int32_t op) {
     case ZMLX_EOP_ABS: return "fabs";
     case ZMLX_EOP_MIN: return "fmin";
     case ZMLX_EOP_MAX: return "fmax";
-    default: return zmlx_eop_get((zmlx_eop)op)->name;
+    default: return zmlxi_eop_get((zmlx_eop)op)->name;
   }
 }
 
@@ -216,94 +216,94 @@ static int c_special(printer *pr, const zmlx_enode *n, zmlx_sb *sb, const char *
   int32_t a = n->arg[0];
   switch (n->op) {
     case ZMLX_EOP_NOT:
-      zmlx_sb_append(sb, "(");
+      zmlxi_sb_append(sb, "(");
       render(pr, a, sb, 0);
-      zmlx_sb_append(sb, " == 0.0f ? 1.0f : 0.0f)");
+      zmlxi_sb_append(sb, " == 0.0f ? 1.0f : 0.0f)");
       return 1;
     case ZMLX_EOP_SIGN:
-      zmlx_sb_append(sb, "(");
+      zmlxi_sb_append(sb, "(");
       render(pr, a, sb, 0);
-      zmlx_sb_append(sb, " > 0.0f ? 1.0f : (");
+      zmlxi_sb_append(sb, " > 0.0f ? 1.0f : (");
       render(pr, a, sb, 0);
-      zmlx_sb_append(sb, " < 0.0f ? -1.0f : 0.0f))");
+      zmlxi_sb_append(sb, " < 0.0f ? -1.0f : 0.0f))");
       return 1;
     case ZMLX_EOP_SIGMOID:
-      zmlx_sb_printf(sb, "%s1.0f / (1.0f + exp(-", o);
+      zmlxi_sb_printf(sb, "%s1.0f / (1.0f + exp(-", o);
       render(pr, a, sb, 0);
-      zmlx_sb_printf(sb, "))%s", c);
+      zmlxi_sb_printf(sb, "))%s", c);
       return 1;
     case ZMLX_EOP_SOFTPLUS: /* max(x, 0) + log1p(exp(-|x|)): never overflows */
-      zmlx_sb_printf(sb, "%sfmax(", o);
+      zmlxi_sb_printf(sb, "%sfmax(", o);
       render(pr, a, sb, 0);
-      zmlx_sb_append(sb, ", 0.0f) + log1p(exp(-fabs(");
+      zmlxi_sb_append(sb, ", 0.0f) + log1p(exp(-fabs(");
       render(pr, a, sb, 0);
-      zmlx_sb_printf(sb, ")))%s", c);
+      zmlxi_sb_printf(sb, ")))%s", c);
       return 1;
     case ZMLX_EOP_RELU:
-      zmlx_sb_append(sb, "fmax(");
+      zmlxi_sb_append(sb, "fmax(");
       render(pr, a, sb, 1);
-      zmlx_sb_append(sb, ", 0.0f)");
+      zmlxi_sb_append(sb, ", 0.0f)");
       return 1;
     case ZMLX_EOP_POW:
-      zmlx_sb_append(sb, "pow(");
+      zmlxi_sb_append(sb, "pow(");
       render(pr, a, sb, 1);
-      zmlx_sb_append(sb, ", ");
+      zmlxi_sb_append(sb, ", ");
       render(pr, n->arg[1], sb, 1);
-      zmlx_sb_append(sb, ")");
+      zmlxi_sb_append(sb, ")");
       return 1;
     case ZMLX_EOP_AND:
     case ZMLX_EOP_OR:
-      zmlx_sb_append(sb, "(");
+      zmlxi_sb_append(sb, "(");
       render(pr, a, sb, 0);
-      zmlx_sb_printf(sb, " != 0.0f %s ", n->op == ZMLX_EOP_AND ? "&&" : "||");
+      zmlxi_sb_printf(sb, " != 0.0f %s ", n->op == ZMLX_EOP_AND ? "&&" : "||");
       render(pr, n->arg[1], sb, 0);
-      zmlx_sb_append(sb, " != 0.0f ? 1.0f : 0.0f)");
+      zmlxi_sb_append(sb, " != 0.0f ? 1.0f : 0.0f)");
       return 1;
     case ZMLX_EOP_SELECT:
-      zmlx_sb_printf(sb, "%s", o);
+      zmlxi_sb_printf(sb, "%s", o);
       c_condition(pr, a, sb);
-      zmlx_sb_append(sb, " ? ");
+      zmlxi_sb_append(sb, " ? ");
       render(pr, n->arg[1], sb, 0);
-      zmlx_sb_append(sb, " : ");
+      zmlxi_sb_append(sb, " : ");
       render(pr, n->arg[2], sb, 0);
-      zmlx_sb_printf(sb, "%s", c);
+      zmlxi_sb_printf(sb, "%s", c);
       return 1;
     default: return 0;
   }
 }
 
 static void render_op(printer *pr, const zmlx_enode *n, zmlx_sb *sb, int bare) {
-  const zmlx_eop_info *info = zmlx_eop_get((zmlx_eop)n->op);
+  const zmlx_eop_info *info = zmlxi_eop_get((zmlx_eop)n->op);
   const char *o = bare ? "" : "(", *c = bare ? "" : ")";
   if (pr->c_mode && c_special(pr, n, sb, o, c)) return;
   if (pr->c_mode && is_comparison(n->op)) {
-    zmlx_sb_append(sb, "(");
+    zmlxi_sb_append(sb, "(");
     render(pr, n->arg[0], sb, 0);
-    zmlx_sb_printf(sb, " %s ", info->name);
+    zmlxi_sb_printf(sb, " %s ", info->name);
     render(pr, n->arg[1], sb, 0);
-    zmlx_sb_append(sb, " ? 1.0f : 0.0f)");
+    zmlxi_sb_append(sb, " ? 1.0f : 0.0f)");
     return;
   }
   if (info->is_operator && info->arity == 1) {
-    zmlx_sb_printf(sb, "%s%s", o, info->name);
+    zmlxi_sb_printf(sb, "%s%s", o, info->name);
     render(pr, n->arg[0], sb, 0);
-    zmlx_sb_append(sb, c);
+    zmlxi_sb_append(sb, c);
     return;
   }
   if (info->is_operator) {
-    zmlx_sb_append(sb, o);
+    zmlxi_sb_append(sb, o);
     render(pr, n->arg[0], sb, 0);
-    zmlx_sb_printf(sb, " %s ", info->name);
+    zmlxi_sb_printf(sb, " %s ", info->name);
     render(pr, n->arg[1], sb, 0);
-    zmlx_sb_append(sb, c);
+    zmlxi_sb_append(sb, c);
     return;
   }
-  zmlx_sb_printf(sb, "%s(", pr->c_mode ? c_function(n->op) : info->name);
+  zmlxi_sb_printf(sb, "%s(", pr->c_mode ? c_function(n->op) : info->name);
   for (int k = 0; k < info->arity; k++) { /* commas delimit: no parentheses needed */
-    if (k) zmlx_sb_append(sb, ", ");
+    if (k) zmlxi_sb_append(sb, ", ");
     render(pr, n->arg[k], sb, 1);
   }
-  zmlx_sb_append(sb, ")");
+  zmlxi_sb_append(sb, ")");
 }
 
 /* Recursion is bounded: a node deeper than MAX_INLINE is a temporary. */
@@ -317,9 +317,9 @@ static void render(printer *pr, int32_t id, zmlx_sb *sb, int bare) {
     else
       text_literal(sb, n->value, bare);
   } else if (n->op == ZMLX_EOP_INPUT) {
-    zmlx_sb_append(sb, pr->e->input_names[n->arg[0]]);
+    zmlxi_sb_append(sb, pr->e->input_names[n->arg[0]]);
   } else if (n->op == ZMLX_EOP_PARAM) {
-    zmlx_sb_append(sb, pr->e->param_names[n->arg[0]]);
+    zmlxi_sb_append(sb, pr->e->param_names[n->arg[0]]);
   } else {
     render_op(pr, n, sb, bare);
   }
@@ -331,9 +331,9 @@ static void store_root(zmlx_sb *sb, const char *tmpl, const char *value) {
   for (const char *s = tmpl; *s;) {
     const char *hit = strstr(s, "%s");
     size_t n = hit ? (size_t)(hit - s) : strlen(s);
-    zmlx_sb_appendn(sb, s, n);
+    zmlxi_sb_appendn(sb, s, n);
     if (!hit) break;
-    zmlx_sb_append(sb, value);
+    zmlxi_sb_append(sb, value);
     s = hit + 2;
   }
 }
@@ -350,11 +350,11 @@ static zmlx_status check_ctx(const printer *pr, const int32_t *in_ids, const int
   const zmlx_expr_emit_ctx *ctx = pr->ctx;
   for (int i = 0; i < e->n_inputs; i++)
     if (in_ids[i] >= 0 && (!ctx->input_text || !ctx->input_text[i]))
-      return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_expr_emit: no text for input %d ('%s')", i,
+      return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlxi_expr_emit: no text for input %d ('%s')", i,
                        e->input_names[i]);
   for (int i = 0; i < e->n_params; i++)
     if (par_ids[i] >= 0 && (!ctx->param_text || !ctx->param_text[i]))
-      return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_expr_emit: no text for parameter %d ('%s')", i,
+      return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlxi_expr_emit: no text for parameter %d ('%s')", i,
                        e->param_names[i]);
   return ZMLX_OK;
 }
@@ -364,9 +364,9 @@ static void emit_leaves(printer *pr, const int32_t *ids, int count,
   for (int i = 0; i < count; i++) {
     if (ids[i] < 0) continue;
     pr->temp_no[ids[i]] = pr->n_temps++;
-    zmlx_sb_printf(sb, "%sfloat ", indent);
+    zmlxi_sb_printf(sb, "%sfloat ", indent);
     temp_name(pr, ids[i], sb);
-    zmlx_sb_printf(sb, " = %s;\n", text[i]);
+    zmlxi_sb_printf(sb, " = %s;\n", text[i]);
   }
 }
 
@@ -377,9 +377,9 @@ static void emit_temps(printer *pr, zmlx_sb *sb, const char *indent, const char 
   for (int32_t id = 0; id < pr->e->n_nodes; id++) {
     const zmlx_enode *n = node_at(pr, id);
     if (!pr->live[id] || !pr->is_temp[id] || is_leaf_op(n->op)) continue;
-    zmlx_sb_printf(sb, "%s%s%s%d = ", indent, decl, pr->prefix, (int)pr->n_temps);
+    zmlxi_sb_printf(sb, "%s%s%s%d = ", indent, decl, pr->prefix, (int)pr->n_temps);
     render_op(pr, n, sb, 1);
-    zmlx_sb_append(sb, end);
+    zmlxi_sb_append(sb, end);
     pr->temp_no[id] = pr->n_temps++;
   }
 }
@@ -387,18 +387,18 @@ static void emit_temps(printer *pr, zmlx_sb *sb, const char *indent, const char 
 static zmlx_status emit_roots(printer *pr, zmlx_sb *sb, const char *indent) {
   for (int j = 0; j < pr->e->n_roots; j++) {
     zmlx_sb value;
-    zmlx_sb_init(&value);
+    zmlxi_sb_init(&value);
     /* Parenthesized: the store text may be a macro that does not wrap its
      * argument. */
     render(pr, pr->e->roots[j], &value, 0);
     if (value.oom) {
-      zmlx_sb_free(&value);
-      return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_expr_emit: out of host memory");
+      zmlxi_sb_free(&value);
+      return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlxi_expr_emit: out of host memory");
     }
-    zmlx_sb_append(sb, indent);
+    zmlxi_sb_append(sb, indent);
     store_root(sb, pr->ctx->root_store[j], value.data);
-    zmlx_sb_append(sb, ";\n");
-    zmlx_sb_free(&value);
+    zmlxi_sb_append(sb, ";\n");
+    zmlxi_sb_free(&value);
   }
   return ZMLX_OK;
 }
@@ -408,17 +408,17 @@ static zmlx_status check_emit_args(const zmlx_expr *e, const zmlx_expr_emit_ctx 
   ZMLX_REQUIRE_ARG(e);
   ZMLX_REQUIRE_ARG(ctx);
   ZMLX_REQUIRE_ARG(sb);
-  if (e->failed) return zmlx_fail(e->failed, "zmlx_expr_emit: the expression failed to build");
+  if (e->failed) return zmlxi_fail(e->failed, "zmlxi_expr_emit: the expression failed to build");
   if (e->n_roots && !ctx->root_store)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_expr_emit: ctx->root_store is NULL");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlxi_expr_emit: ctx->root_store is NULL");
   for (int j = 0; j < e->n_roots; j++)
     if (!ctx->root_store[j] || count_placeholders(ctx->root_store[j]) == 0)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG,
-                       "zmlx_expr_emit: store template of root %d must contain %%s", j);
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
+                       "zmlxi_expr_emit: store template of root %d must contain %%s", j);
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_expr_emit(const zmlx_expr *e, const zmlx_expr_emit_ctx *ctx, zmlx_sb *sb) {
+zmlx_status zmlxi_expr_emit(const zmlx_expr *e, const zmlx_expr_emit_ctx *ctx, zmlx_sb *sb) {
   ZMLX_CHECK(check_emit_args(e, ctx, sb));
   printer pr = {.e = e, .c_mode = 1, .ctx = ctx};
   pr.prefix = ctx->temp_prefix ? ctx->temp_prefix : "t";
@@ -426,8 +426,8 @@ zmlx_status zmlx_expr_emit(const zmlx_expr *e, const zmlx_expr_emit_ctx *ctx, zm
   int32_t *in_ids = malloc(sizeof *in_ids * (size_t)(e->n_inputs + 1));
   int32_t *par_ids = malloc(sizeof *par_ids * (size_t)(e->n_params + 1));
   zmlx_status st = in_ids && par_ids ? plan(&pr)
-                                     : zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY,
-                                                 "zmlx_expr_emit: out of host memory");
+                                     : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY,
+                                                 "zmlxi_expr_emit: out of host memory");
   if (st == ZMLX_OK) {
     leaf_nodes(&pr, ZMLX_EOP_INPUT, in_ids, e->n_inputs);
     leaf_nodes(&pr, ZMLX_EOP_PARAM, par_ids, e->n_params);
@@ -440,7 +440,7 @@ zmlx_status zmlx_expr_emit(const zmlx_expr *e, const zmlx_expr_emit_ctx *ctx, zm
     st = emit_roots(&pr, sb, indent);
   }
   if (st == ZMLX_OK && sb->oom)
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_expr_emit: out of host memory");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlxi_expr_emit: out of host memory");
   free(in_ids);
   free(par_ids);
   printer_free(&pr);
@@ -461,33 +461,33 @@ static int prefix_clashes(const zmlx_expr *e, const char *prefix) {
   return 0;
 }
 
-zmlx_status zmlx_expr_to_string(const zmlx_expr *e, char **out) {
+zmlx_status zmlxi_expr_to_string(const zmlx_expr *e, char **out) {
   ZMLX_REQUIRE_ARG(e);
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
-  if (e->failed) return zmlx_fail(e->failed, "zmlx_expr_to_string: the expression failed to build");
+  if (e->failed) return zmlxi_fail(e->failed, "zmlxi_expr_to_string: the expression failed to build");
   zmlx_sb prefix, sb;
-  zmlx_sb_init(&prefix);
-  zmlx_sb_init(&sb);
-  zmlx_sb_append(&prefix, "t");
-  while (!prefix.oom && prefix_clashes(e, prefix.data)) zmlx_sb_append(&prefix, "t");
+  zmlxi_sb_init(&prefix);
+  zmlxi_sb_init(&sb);
+  zmlxi_sb_append(&prefix, "t");
+  while (!prefix.oom && prefix_clashes(e, prefix.data)) zmlxi_sb_append(&prefix, "t");
   printer pr = {.e = e, .c_mode = 0, .prefix = prefix.oom ? "t" : prefix.data};
   zmlx_status st = plan(&pr);
   if (st == ZMLX_OK) {
     emit_temps(&pr, &sb, "", "", "; ");
-    if (e->n_roots != 1) zmlx_sb_append(&sb, "[");
+    if (e->n_roots != 1) zmlxi_sb_append(&sb, "[");
     for (int j = 0; j < e->n_roots; j++) {
-      if (j) zmlx_sb_append(&sb, ", ");
+      if (j) zmlxi_sb_append(&sb, ", ");
       render(&pr, e->roots[j], &sb, e->n_roots == 1);
     }
-    if (e->n_roots != 1) zmlx_sb_append(&sb, "]");
+    if (e->n_roots != 1) zmlxi_sb_append(&sb, "]");
   }
   printer_free(&pr);
-  if (prefix.oom) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_expr_to_string: out of memory");
-  zmlx_sb_free(&prefix);
+  if (prefix.oom) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlxi_expr_to_string: out of memory");
+  zmlxi_sb_free(&prefix);
   if (st != ZMLX_OK) {
-    zmlx_sb_free(&sb);
+    zmlxi_sb_free(&sb);
     return st;
   }
-  return zmlx_sb_finish(&sb, out);
+  return zmlxi_sb_finish(&sb, out);
 }

@@ -1,7 +1,7 @@
 /*
  * The f64 interpreter: the reference semantics of every op. The emitter
  * (expr_emit.c) writes the same formulas in f32, and the constant folder
- * uses zmlx_expr_apply, so a folded constant is what the kernel would have
+ * uses zmlxi_expr_apply, so a folded constant is what the kernel would have
  * computed (up to f32 rounding).
  */
 #include "gen/expr.h"
@@ -75,8 +75,8 @@ static double apply_binary(zmlx_eop op, double a, double b) {
   }
 }
 
-double zmlx_expr_apply(zmlx_eop op, double a, double b, double c) {
-  const zmlx_eop_info *info = zmlx_eop_get(op);
+double zmlxi_expr_apply(zmlx_eop op, double a, double b, double c) {
+  const zmlx_eop_info *info = zmlxi_eop_get(op);
   if (!info) return NAN;
   if (op == ZMLX_EOP_SELECT) return a != 0.0 ? b : c;
   if (info->arity == 1) return apply_unary(op, a);
@@ -84,19 +84,19 @@ double zmlx_expr_apply(zmlx_eop op, double a, double b, double c) {
   return NAN;
 }
 
-zmlx_status zmlx_expr_eval(const zmlx_expr *e, const double *inputs, const double *params,
+zmlx_status zmlxi_expr_eval(const zmlx_expr *e, const double *inputs, const double *params,
                            double *out) {
   ZMLX_REQUIRE_ARG(e);
   ZMLX_REQUIRE_ARG(out);
   if ((e->n_inputs && !inputs) || (e->n_params && !params))
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_expr_eval: input or parameter values are NULL");
-  if (e->failed) return zmlx_fail(e->failed, "zmlx_expr_eval: the expression failed to build");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlxi_expr_eval: input or parameter values are NULL");
+  if (e->failed) return zmlxi_fail(e->failed, "zmlxi_expr_eval: the expression failed to build");
   /* Only ids up to the largest root matter; children precede parents. */
   int32_t top = -1;
   for (int j = 0; j < e->n_roots; j++)
     if (e->roots[j] > top) top = e->roots[j];
   double *v = malloc(sizeof *v * (size_t)(top + 1 > 0 ? top + 1 : 1));
-  if (!v) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_expr_eval: out of host memory");
+  if (!v) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlxi_expr_eval: out of host memory");
   for (int32_t i = 0; i <= top; i++) {
     const zmlx_enode *n = &e->nodes[i];
     switch (n->op) {
@@ -104,11 +104,11 @@ zmlx_status zmlx_expr_eval(const zmlx_expr *e, const double *inputs, const doubl
       case ZMLX_EOP_INPUT: v[i] = inputs[n->arg[0]]; break;
       case ZMLX_EOP_PARAM: v[i] = params[n->arg[0]]; break;
       default: {
-        int arity = zmlx_eop_get((zmlx_eop)n->op)->arity;
+        int arity = zmlxi_eop_get((zmlx_eop)n->op)->arity;
         double a = v[n->arg[0]];
         double b = arity > 1 ? v[n->arg[1]] : 0.0;
         double c = arity > 2 ? v[n->arg[2]] : 0.0;
-        v[i] = zmlx_expr_apply((zmlx_eop)n->op, a, b, c);
+        v[i] = zmlxi_expr_apply((zmlx_eop)n->op, a, b, c);
       }
     }
   }

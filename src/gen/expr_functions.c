@@ -12,7 +12,7 @@
 #include <string.h>
 
 
-static int32_t cst(zmlx_expr *e, double v) { return zmlx_expr_const(e, v); }
+static int32_t cst(zmlx_expr *e, double v) { return zmlxi_expr_const(e, v); }
 
 static int32_t build_clamp(zmlx_expr *e, const int32_t *a, int n) {
   (void)n;
@@ -58,7 +58,7 @@ static int32_t build_gelu_tanh(zmlx_expr *e, const int32_t *a, int n) {
 /* x > 0 ? x : neg, with the strict test giving f'(0) = the negative side. */
 static int32_t positive_or(zmlx_expr *e, int32_t x, int32_t neg) {
   int32_t pos = zmlx_expr_op2(e, ZMLX_EOP_GT, x, cst(e, 0.0));
-  return zmlx_expr_op(e, ZMLX_EOP_SELECT, pos, x, neg);
+  return zmlxi_expr_op(e, ZMLX_EOP_SELECT, pos, x, neg);
 }
 
 static int32_t build_leaky_relu(zmlx_expr *e, const int32_t *a, int n) {
@@ -120,9 +120,9 @@ static const zmlx_expr_fn_entry functions[] = {
 
 #define N_FUNCTIONS ((int)(sizeof functions / sizeof functions[0]))
 
-int zmlx_expr_function_count(void) { return N_FUNCTIONS; }
+int zmlxi_expr_function_count(void) { return N_FUNCTIONS; }
 
-const zmlx_expr_function *zmlx_expr_function_at(int i) {
+const zmlx_expr_function *zmlxi_expr_function_at(int i) {
   return i >= 0 && i < N_FUNCTIONS ? &functions[i].pub : NULL;
 }
 
@@ -130,7 +130,7 @@ static int name_is(const char *s, size_t len, const char *name) {
   return strlen(name) == len && memcmp(s, name, len) == 0;
 }
 
-const zmlx_expr_fn_entry *zmlx_expr_find_function(const char *s, size_t len) {
+const zmlx_expr_fn_entry *zmlxi_expr_find_function(const char *s, size_t len) {
   for (int i = 0; i < N_FUNCTIONS; i++)
     if (name_is(s, len, functions[i].pub.name)) return &functions[i];
   return NULL;

@@ -142,20 +142,20 @@ static void report(parser *p, size_t pos, const char *msg) {
     to = from + 120 < le ? from + 120 : le;
   }
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_sb_printf(&sb, "%zu:%zu: %s\n  %s", line, pos - ls + 1, msg, from > ls ? "..." : "");
+  zmlxi_sb_init(&sb);
+  zmlxi_sb_printf(&sb, "%zu:%zu: %s\n  %s", line, pos - ls + 1, msg, from > ls ? "..." : "");
   for (size_t i = from; i < to; i++) {
     unsigned char ch = (unsigned char)p->src[i];
     char out = ch == '\t' ? ' ' : (ch < 0x20 || ch >= 0x7f ? '?' : (char)ch);
-    zmlx_sb_appendn(&sb, &out, 1);
+    zmlxi_sb_appendn(&sb, &out, 1);
   }
-  zmlx_sb_printf(&sb, "%s\n  %*s^", to < le ? "..." : "", (int)(pos - from + (from > ls ? 3 : 0)),
+  zmlxi_sb_printf(&sb, "%s\n  %*s^", to < le ? "..." : "", (int)(pos - from + (from > ls ? 3 : 0)),
                  "");
   if (sb.oom)
-    zmlx_fail(ZMLX_ERR_PARSE, "%zu:%zu: %s", line, pos - ls + 1, msg);
+    zmlxi_fail(ZMLX_ERR_PARSE, "%zu:%zu: %s", line, pos - ls + 1, msg);
   else
-    zmlx_fail(ZMLX_ERR_PARSE, "%s", sb.data);
-  zmlx_sb_free(&sb);
+    zmlxi_fail(ZMLX_ERR_PARSE, "%s", sb.data);
+  zmlxi_sb_free(&sb);
 }
 
 /* Out of line, like every helper with buffers that the recursive parse
@@ -393,32 +393,32 @@ static int32_t parse_unary(parser *p);
 
 static OUT_OF_LINE void unknown_identifier(parser *p, const token *t) {
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_sb_printf(&sb, "unknown identifier '%.*s'", (int)t->len, p->src + t->pos);
+  zmlxi_sb_init(&sb);
+  zmlxi_sb_printf(&sb, "unknown identifier '%.*s'", (int)t->len, p->src + t->pos);
   const char *sep = " (inputs: ";
   for (int i = 0; i < p->e->n_inputs && i < 16; i++, sep = ", ")
-    zmlx_sb_printf(&sb, "%s%s", sep, p->e->input_names[i]);
-  if (p->e->n_inputs > 16) zmlx_sb_append(&sb, ", ...");
+    zmlxi_sb_printf(&sb, "%s%s", sep, p->e->input_names[i]);
+  if (p->e->n_inputs > 16) zmlxi_sb_append(&sb, ", ...");
   if (p->e->n_params) {
-    zmlx_sb_append(&sb, p->e->n_inputs ? "; parameters: " : " (parameters: ");
+    zmlxi_sb_append(&sb, p->e->n_inputs ? "; parameters: " : " (parameters: ");
     for (int i = 0; i < p->e->n_params && i < 16; i++)
-      zmlx_sb_printf(&sb, "%s%s", i ? ", " : "", p->e->param_names[i]);
-    if (p->e->n_params > 16) zmlx_sb_append(&sb, ", ...");
+      zmlxi_sb_printf(&sb, "%s%s", i ? ", " : "", p->e->param_names[i]);
+    if (p->e->n_params > 16) zmlxi_sb_append(&sb, ", ...");
   }
-  if (p->e->n_inputs || p->e->n_params) zmlx_sb_append(&sb, ")");
+  if (p->e->n_inputs || p->e->n_params) zmlxi_sb_append(&sb, ")");
   perr(p, t->pos, "%s", sb.oom ? "unknown identifier" : sb.data);
-  zmlx_sb_free(&sb);
+  zmlxi_sb_free(&sb);
 }
 
 static OUT_OF_LINE int32_t parse_name(parser *p, const token *t) {
   const char *s = p->src + t->pos;
-  if (name_is(s, t->len, "inf")) return zmlx_expr_const(p->e, INFINITY);
-  if (name_is(s, t->len, "nan")) return zmlx_expr_const(p->e, NAN);
+  if (name_is(s, t->len, "inf")) return zmlxi_expr_const(p->e, INFINITY);
+  if (name_is(s, t->len, "nan")) return zmlxi_expr_const(p->e, NAN);
   sym *v = sym_find(&p->syms, s, t->len);
-  if (v && v->kind == SYM_INPUT) return zmlx_expr_input(p->e, v->value);
-  if (v && v->kind == SYM_PARAM) return zmlx_expr_param(p->e, v->value);
+  if (v && v->kind == SYM_INPUT) return zmlxi_expr_input(p->e, v->value);
+  if (v && v->kind == SYM_PARAM) return zmlxi_expr_param(p->e, v->value);
   if (v) return v->value;
-  if (zmlx_expr_find_function(s, t->len)) {
+  if (zmlxi_expr_find_function(s, t->len)) {
     perr(p, t->pos, "'%.*s' is a function: call it as %.*s(...)", (int)t->len, s, (int)t->len, s);
     return -1;
   }
@@ -444,7 +444,7 @@ static OUT_OF_LINE void call_not_closed(parser *p, const zmlx_expr_fn_entry *f, 
 
 /* The current token is the '(' after the function name `t`. */
 static OUT_OF_LINE int32_t parse_call(parser *p, const token *t) {
-  const zmlx_expr_fn_entry *f = zmlx_expr_find_function(p->src + t->pos, t->len);
+  const zmlx_expr_fn_entry *f = zmlxi_expr_find_function(p->src + t->pos, t->len);
   if (!f) {
     sym *v = sym_find(&p->syms, p->src + t->pos, t->len);
     if (v)
@@ -475,14 +475,14 @@ static OUT_OF_LINE int32_t parse_call(parser *p, const token *t) {
     return -1;
   }
   if (f->build) return f->build(p->e, args, n);
-  return zmlx_expr_op(p->e, f->op, args[0], args[1], args[2]);
+  return zmlxi_expr_op(p->e, f->op, args[0], args[1], args[2]);
 }
 
 static int32_t parse_primary(parser *p) {
   token t = p->tok;
   if (t.kind == TK_NUM) {
     next(p);
-    return zmlx_expr_const(p->e, t.num);
+    return zmlxi_expr_const(p->e, t.num);
   }
   if (t.kind == TK_IDENT) {
     next(p);
@@ -582,7 +582,7 @@ static int32_t parse_expr(parser *p) {
     }
     if (a >= 0) next(p);
     int32_t b = a >= 0 ? parse_expr(p) : -1;
-    c = b < 0 ? -1 : zmlx_expr_op(p->e, ZMLX_EOP_SELECT, c, a, b);
+    c = b < 0 ? -1 : zmlxi_expr_op(p->e, ZMLX_EOP_SELECT, c, a, b);
   }
   leave(p);
   return c;
@@ -592,9 +592,9 @@ static int parse_assignment(parser *p) {
   token t = p->tok;
   const char *s = p->src + t.pos;
   sym *v = sym_find(&p->syms, s, t.len);
-  if (is_keyword(s, t.len) || zmlx_expr_find_function(s, t.len) || (v && v->kind != SYM_LOCAL)) {
+  if (is_keyword(s, t.len) || zmlxi_expr_find_function(s, t.len) || (v && v->kind != SYM_LOCAL)) {
     const char *what = is_keyword(s, t.len)        ? "a constant"
-                       : zmlx_expr_find_function(s, t.len)   ? "a function"
+                       : zmlxi_expr_find_function(s, t.len)   ? "a function"
                        : v->kind == SYM_INPUT      ? "an input"
                                                    : "a parameter";
     perr(p, t.pos, "cannot assign to '%.*s': it is %s", (int)t.len, s, what);
@@ -678,17 +678,17 @@ static int valid_identifier(const char *s) {
 static zmlx_status declare(symtab *t, const char *name, int kind, int index) {
   const char *what = kind == SYM_INPUT ? "input" : "parameter";
   if (!valid_identifier(name))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
                      "expression: %s name %d is not an identifier ([A-Za-z_][A-Za-z0-9_]*, "
                      "at most %d characters)",
                      what, index, ZMLX_EXPR_MAX_IDENT);
   size_t n = strlen(name);
-  if (is_keyword(name, n) || zmlx_expr_find_function(name, n))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "expression: %s name '%s' is reserved", what, name);
+  if (is_keyword(name, n) || zmlxi_expr_find_function(name, n))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "expression: %s name '%s' is reserved", what, name);
   if (sym_find(t, name, n))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "expression: name '%s' is declared twice", name);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "expression: name '%s' is declared twice", name);
   if (!sym_set(t, name, n, kind, index))
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "expression: out of host memory");
   return ZMLX_OK;
 }
 
@@ -699,34 +699,34 @@ static zmlx_status declare_all(symtab *t, const char *const *inputs, int n_input
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_expr_parse_n(const char *text, size_t len, const char *const *input_names,
+zmlx_status zmlxi_expr_parse_n(const char *text, size_t len, const char *const *input_names,
                               int n_inputs, const char *const *param_names, int n_params,
                               zmlx_expr **out) {
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
-  if (!text && len) return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_expr_parse: text is NULL");
+  if (!text && len) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlxi_expr_parse: text is NULL");
   parser p = {.src = text ? text : "", .len = len};
-  zmlx_status st = zmlx_expr_create(input_names, n_inputs, param_names, n_params, &p.e);
+  zmlx_status st = zmlxi_expr_create(input_names, n_inputs, param_names, n_params, &p.e);
   if (st == ZMLX_OK) st = declare_all(&p.syms, input_names, n_inputs, param_names, n_params);
   int32_t root = st == ZMLX_OK ? parse_program(&p) : -1;
-  if (st == ZMLX_OK && root >= 0) st = zmlx_expr_add_root(p.e, root);
+  if (st == ZMLX_OK && root >= 0) st = zmlxi_expr_add_root(p.e, root);
   free(p.syms.slots);
   if (st == ZMLX_OK && p.e->failed)
-    st = zmlx_fail(p.e->failed, "expression: too large (more than %d nodes) or out of memory",
+    st = zmlxi_fail(p.e->failed, "expression: too large (more than %d nodes) or out of memory",
                    ZMLX_EXPR_MAX_NODES);
   else if (st == ZMLX_OK && p.failed)
     st = ZMLX_ERR_PARSE; /* the message is already recorded */
   if (st != ZMLX_OK) {
-    zmlx_expr_free(p.e);
+    zmlxi_expr_free(p.e);
     return st;
   }
   *out = p.e;
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_expr_parse(const char *text, const char *const *input_names, int n_inputs,
+zmlx_status zmlxi_expr_parse(const char *text, const char *const *input_names, int n_inputs,
                             const char *const *param_names, int n_params, zmlx_expr **out) {
   ZMLX_REQUIRE_ARG(text);
-  return zmlx_expr_parse_n(text, strlen(text), input_names, n_inputs, param_names, n_params,
+  return zmlxi_expr_parse_n(text, strlen(text), input_names, n_inputs, param_names, n_params,
                            out);
 }

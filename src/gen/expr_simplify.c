@@ -1,11 +1,11 @@
 /*
- * Local rewrite rules, applied by zmlx_expr_op to every node as it is built
+ * Local rewrite rules, applied by zmlxi_expr_op to every node as it is built
  * (so parsed text, gradients and tangents are all simplified, and a rule
  * never has to revisit a finished graph).
  *
  * Rules (a, b: any nodes; c: a condition):
  *   constant folding of any op whose arguments are all constants, with the
- *     interpreter's f64 semantics (zmlx_expr_apply);
+ *     interpreter's f64 semantics (zmlxi_expr_apply);
  *   where(const, a, b) -> a or b; where(c, a, a) -> a; min(a,a), max(a,a) -> a
  *   --a -> a;  a + 0, 0 + a, a - 0 -> a;  0 - a -> -a;  a - a -> 0
  *   a + (-b) -> a - b;  a - (-b) -> a + b;  (-a) * (-b) -> a * b
@@ -49,7 +49,7 @@ static int can_rewrite(const zmlx_expr *e) { return e->rewrite_depth < MAX_REWRI
 
 static int32_t build(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c) {
   e->rewrite_depth++;
-  int32_t r = zmlx_expr_op(e, op, a, b, c);
+  int32_t r = zmlxi_expr_op(e, op, a, b, c);
   e->rewrite_depth--;
   return r;
 }
@@ -60,7 +60,7 @@ static int32_t fold(zmlx_expr *e, zmlx_eop op, const int32_t *args, int arity) {
     if (!is_op(e, args[k], ZMLX_EOP_CONST)) return -1;
     v[k] = node(e, args[k])->value;
   }
-  return zmlx_expr_const(e, zmlx_expr_apply(op, v[0], v[1], v[2]));
+  return zmlxi_expr_const(e, zmlxi_expr_apply(op, v[0], v[1], v[2]));
 }
 
 /* `m` is where(c, x, 0) or where(c, 0, x): push op(., other) into the
@@ -116,7 +116,7 @@ static int32_t simplify_add(zmlx_expr *e, int32_t a, int32_t b) {
 
 static int32_t simplify_sub(zmlx_expr *e, int32_t a, int32_t b) {
   if (is_zero(e, b)) return a;
-  if (a == b) return zmlx_expr_const(e, 0.0);
+  if (a == b) return zmlxi_expr_const(e, 0.0);
   if (!can_rewrite(e)) return -1;
   if (is_zero(e, a)) return neg_of(e, b);
   if (is_op(e, b, ZMLX_EOP_NEG)) return build(e, ZMLX_EOP_ADD, a, node(e, b)->arg[0], -1);
@@ -156,7 +156,7 @@ static int32_t simplify_div(zmlx_expr *e, int32_t a, int32_t b) {
 
 static int32_t simplify_pow(zmlx_expr *e, int32_t a, int32_t b) {
   if (is_value(e, b, 1.0)) return a;
-  if (is_zero(e, b) || is_value(e, a, 1.0)) return zmlx_expr_const(e, 1.0);
+  if (is_zero(e, b) || is_value(e, a, 1.0)) return zmlxi_expr_const(e, 1.0);
   if (is_value(e, b, 2.0) && can_rewrite(e)) return build(e, ZMLX_EOP_MUL, a, a, -1);
   return -1;
 }
@@ -167,9 +167,9 @@ static int32_t simplify_select(zmlx_expr *e, int32_t c, int32_t a, int32_t b) {
   return -1;
 }
 
-int32_t zmlx_expr_simplify_node(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c) {
+int32_t zmlxi_expr_simplify_node(zmlx_expr *e, zmlx_eop op, int32_t a, int32_t b, int32_t c) {
   int32_t args[3] = {a, b, c};
-  int32_t r = fold(e, op, args, zmlx_eop_get(op)->arity);
+  int32_t r = fold(e, op, args, zmlxi_eop_get(op)->arity);
   if (r >= 0) return r;
   switch (op) {
     case ZMLX_EOP_NEG: return simplify_neg(e, a);

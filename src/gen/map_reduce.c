@@ -59,11 +59,11 @@ static int32_t graft(zmlx_expr *dst, const zmlx_expr *src, const int32_t *inmap)
   }
   for (int32_t id = 0; id < src->n_nodes; id++) {
     const zmlx_enode *n = &src->nodes[id];
-    if (n->op == ZMLX_EOP_CONST) map[id] = zmlx_expr_const(dst, n->value);
+    if (n->op == ZMLX_EOP_CONST) map[id] = zmlxi_expr_const(dst, n->value);
     else if (n->op == ZMLX_EOP_INPUT) map[id] = inmap[n->arg[0]];
-    else if (n->op == ZMLX_EOP_PARAM) map[id] = zmlx_expr_param(dst, n->arg[0]);
+    else if (n->op == ZMLX_EOP_PARAM) map[id] = zmlxi_expr_param(dst, n->arg[0]);
     else
-      map[id] = zmlx_expr_op(dst, (zmlx_eop)n->op, map[n->arg[0]],
+      map[id] = zmlxi_expr_op(dst, (zmlx_eop)n->op, map[n->arg[0]],
                              n->arg[1] >= 0 ? map[n->arg[1]] : -1,
                              n->arg[2] >= 0 ? map[n->arg[2]] : -1);
   }
@@ -76,15 +76,15 @@ static int32_t graft(zmlx_expr *dst, const zmlx_expr *src, const int32_t *inmap)
 static zmlx_status make_step(const red_parts *p, int with_r0, zmlx_expr **out) {
   static const char *const names[] = {"acc", "x", "r0"};
   zmlx_expr *g = NULL;
-  ZMLX_CHECK(zmlx_expr_create(names, with_r0 ? 3 : 2, NULL, 0, &g));
-  int32_t xr[2] = {zmlx_expr_input(g, 1), with_r0 ? zmlx_expr_input(g, 2) : -1};
+  ZMLX_CHECK(zmlxi_expr_create(names, with_r0 ? 3 : 2, NULL, 0, &g));
+  int32_t xr[2] = {zmlxi_expr_input(g, 1), with_r0 ? zmlxi_expr_input(g, 2) : -1};
   int32_t m = p->map ? graft(g, p->map, xr) : xr[0];
-  int32_t acc_m[2] = {zmlx_expr_input(g, 0), m};
+  int32_t acc_m[2] = {zmlxi_expr_input(g, 0), m};
   int32_t root = graft(g, p->update, acc_m);
-  zmlx_status st = g->failed ? zmlx_fail(g->failed, "reduce: cannot build the step graph")
-                             : zmlx_expr_add_root(g, root);
+  zmlx_status st = g->failed ? zmlxi_fail(g->failed, "reduce: cannot build the step graph")
+                             : zmlxi_expr_add_root(g, root);
   if (st != ZMLX_OK) {
-    zmlx_expr_free(g);
+    zmlxi_expr_free(g);
     return st;
   }
   *out = g;
@@ -92,12 +92,12 @@ static zmlx_status make_step(const red_parts *p, int with_r0, zmlx_expr **out) {
 }
 
 static void parts_free(red_parts *p) {
-  zmlx_expr_free(p->init);
-  zmlx_expr_free(p->map);
-  zmlx_expr_free(p->update);
-  zmlx_expr_free(p->combine);
-  zmlx_expr_free(p->finalize);
-  zmlx_expr_free(p->step);
+  zmlxi_expr_free(p->init);
+  zmlxi_expr_free(p->map);
+  zmlxi_expr_free(p->update);
+  zmlxi_expr_free(p->combine);
+  zmlxi_expr_free(p->finalize);
+  zmlxi_expr_free(p->step);
   memset(p, 0, sizeof *p);
 }
 
@@ -106,15 +106,15 @@ static zmlx_status parse_field(const char *text, const char *const *names, int n
                                const char *who, const char *field, zmlx_expr **out) {
   *out = NULL;
   if (!text) return ZMLX_OK;
-  zmlx_status st = zmlx_expr_parse(text, names, n, NULL, 0, out);
-  return st == ZMLX_OK ? st : zmlx_fail_context(st, "%s %s", who, field);
+  zmlx_status st = zmlxi_expr_parse(text, names, n, NULL, 0, out);
+  return st == ZMLX_OK ? st : zmlxi_fail_context(st, "%s %s", who, field);
 }
 
 static zmlx_status parse_parts(const zmlx_reduce_desc *d, int with_r0, const char *who,
                                red_parts *p) {
   memset(p, 0, sizeof *p);
   if (!d->init || !d->update)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: init and update are required (e.g. \"0\" and "
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: init and update are required (e.g. \"0\" and "
                      "\"acc + x\")", who);
   zmlx_status st = parse_field(d->init, NULL, 0, who, "init", &p->init);
   if (st == ZMLX_OK) st = parse_field(d->map, X_R0, with_r0 ? 2 : 1, who, "map", &p->map);
@@ -131,25 +131,25 @@ static zmlx_status parse_parts(const zmlx_reduce_desc *d, int with_r0, const cha
 
 static int const_root(const zmlx_expr *e, double want) {
   double v;
-  return e && zmlx_expr_root_is_const(e, 0, &v) && v == want;
+  return e && zmlxi_expr_root_is_const(e, 0, &v) && v == want;
 }
 
 static int binary_kind(const zmlx_expr *e, const char *kind) {
   const char *k = NULL;
-  return e && zmlx_pattern_simd_combine(e, &k) && !strcmp(k, kind);
+  return e && zmlxi_pattern_simd_combine(e, &k) && !strcmp(k, kind);
 }
 
 /* map1(x, r0) is exactly exp(map0(x) - r0)? Both are grafted into one
  * hash-consed graph, where equal structure means equal node ids. */
 static int map1_is_exp_shift(const red_parts *p0, const red_parts *p1) {
   zmlx_expr *g = NULL;
-  if (zmlx_expr_create(X_R0, 2, NULL, 0, &g) != ZMLX_OK) return 0;
-  int32_t xr[2] = {zmlx_expr_input(g, 0), zmlx_expr_input(g, 1)};
+  if (zmlxi_expr_create(X_R0, 2, NULL, 0, &g) != ZMLX_OK) return 0;
+  int32_t xr[2] = {zmlxi_expr_input(g, 0), zmlxi_expr_input(g, 1)};
   int32_t m0 = p0->map ? graft(g, p0->map, xr) : xr[0];
   int32_t want = zmlx_expr_op1(g, ZMLX_EOP_EXP, zmlx_expr_op2(g, ZMLX_EOP_SUB, m0, xr[1]));
   int32_t got = p1->map ? graft(g, p1->map, xr) : xr[0];
   int same = !g->failed && want == got;
-  zmlx_expr_free(g);
+  zmlxi_expr_free(g);
   return same;
 }
 
@@ -172,15 +172,15 @@ typedef struct red_build_ctx {
 static zmlx_status red_build(const void *ctx, zmlx_pattern_kernel *out) {
   const red_op *o = ((const red_build_ctx *)ctx)->op;
   zmlx_row_mode mode = ((const red_build_ctx *)ctx)->mode;
-  if (!o->map_reduce) return zmlx_pattern_row_reduce(&o->rows[0], mode, out);
+  if (!o->map_reduce) return zmlxi_pattern_row_reduce(&o->rows[0], mode, out);
   if (o->online)
-    return zmlx_pattern_row_online(o->parts[0].map, o->parts[1].finalize, o->write, mode, out);
-  return zmlx_pattern_row_map_reduce(o->rows, o->n_reduce, o->write, mode, out);
+    return zmlxi_pattern_row_online(o->parts[0].map, o->parts[1].finalize, o->write, mode, out);
+  return zmlxi_pattern_row_map_reduce(o->rows, o->n_reduce, o->write, mode, out);
 }
 
 /* The row mode on a backend: per thread, or the backend's group mode. */
 static zmlx_row_mode mode_for(const red_op *o, zmlx_backend b) {
-  return o->per_group ? zmlx_pattern_group_mode(b) : ZMLX_ROW_PER_THREAD;
+  return o->per_group ? zmlxi_pattern_group_mode(b) : ZMLX_ROW_PER_THREAD;
 }
 
 static zmlx_dtype out_dtype(zmlx_dtype in) {
@@ -192,19 +192,19 @@ static zmlx_dtype out_dtype(zmlx_dtype in) {
 static zmlx_status fill_empty_rows(const red_op *o, zmlx_array *out, zmlx_stream *s) {
   const red_parts *p = &o->parts[0];
   double acc = 0, res;
-  ZMLX_CHECK(zmlx_expr_eval(p->init, NULL, NULL, &acc));
+  ZMLX_CHECK(zmlxi_expr_eval(p->init, NULL, NULL, &acc));
   double in[3] = {acc, 0.0, 0.0};
   res = acc;
-  if (p->finalize) ZMLX_CHECK(zmlx_expr_eval(p->finalize, in, NULL, &res));
-  return zmlx_builtin_fill(out, res, s);
+  if (p->finalize) ZMLX_CHECK(zmlxi_expr_eval(p->finalize, in, NULL, &res));
+  return zmlxi_builtin_fill(out, res, s);
 }
 
 static zmlx_status check_input(const red_op *o, const zmlx_array *x) {
-  if (!zmlx_expr_dtype_ok(x->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: input is %s; expression kernels compute in f32 and take "
+  if (!zmlxi_expr_dtype_ok(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: input is %s; expression kernels compute in f32 and take "
                      "every dtype but f64", o->base.vt->kind, zmlx_dtype_name(x->dtype));
   if (x->ndim < 1)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: reduces the last dimension, but the input is a 0-d "
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: reduces the last dimension, but the input is a 0-d "
                      "scalar", o->base.vt->kind);
   return ZMLX_OK;
 }
@@ -216,8 +216,8 @@ static zmlx_status launch_rows(red_op *o, zmlx_array *x, zmlx_array *out, zmlx_s
   char key[16];
   snprintf(key, sizeof key, "R|%d", (int)ctx.mode);
   zmlx_kernel *k = NULL;
-  ZMLX_CHECK(zmlx_op_kernel(&o->base, key, red_build, &ctx, &k));
-  zmlx_pattern_geometry g = zmlx_pattern_row_geometry(ctx.mode, rows, cols, &dev->info);
+  ZMLX_CHECK(zmlxi_op_kernel(&o->base, key, red_build, &ctx, &k));
+  zmlx_pattern_geometry g = zmlxi_pattern_row_geometry(ctx.mode, rows, cols, &dev->info);
   double params[2] = {(double)rows, (double)cols};
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = &out,
                            .params = params, .stream = s, .device = dev};
@@ -235,7 +235,7 @@ static zmlx_status red_call(zmlx_op *op, zmlx_array *const *inputs, const double
   int64_t cols = x->shape[x->ndim - 1], rows = 1;
   for (int d = 0; d + 1 < x->ndim; d++) rows *= x->shape[d];
   int out_ndim = o->map_reduce ? x->ndim : x->ndim - 1;
-  ZMLX_CHECK(zmlx_array_alloc(x->buffer->device, s, out_dtype(x->dtype), out_ndim, x->shape, out));
+  ZMLX_CHECK(zmlxi_array_alloc(x->buffer->device, s, out_dtype(x->dtype), out_ndim, x->shape, out));
   zmlx_status st = ZMLX_OK;
   if (rows > 0 && cols == 0 && !o->map_reduce) st = fill_empty_rows(o, *out, s);
   else if (rows > 0 && cols > 0) st = launch_rows(o, x, *out, s, rows, cols);
@@ -250,7 +250,7 @@ static zmlx_status red_source(zmlx_op *op, zmlx_backend b, zmlx_op_direction dir
                               const zmlx_dtype *in_dts, zmlx_sb *sb) {
   red_op *o = (red_op *)op;
   if (dir != ZMLX_OP_FORWARD)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have only a forward kernel", op->vt->kind);
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have only a forward kernel", op->vt->kind);
   red_build_ctx ctx = {o, mode_for(o, b)};
   zmlx_pattern_kernel pk;
   ZMLX_CHECK(red_build(&ctx, &pk));
@@ -259,8 +259,8 @@ static zmlx_status red_source(zmlx_op *op, zmlx_backend b, zmlx_op_direction dir
                                                : "forward, single-pass online, one thread per row")
                      : o->per_group ? "forward, one threadgroup per row"
                                     : "forward, one thread per row";
-  zmlx_status st = zmlx_pattern_append_source(&pk, b, dts, what, sb);
-  zmlx_pattern_kernel_free(&pk);
+  zmlx_status st = zmlxi_pattern_append_source(&pk, b, dts, what, sb);
+  zmlxi_pattern_kernel_free(&pk);
   return st;
 }
 
@@ -268,9 +268,9 @@ static zmlx_status red_source(zmlx_op *op, zmlx_backend b, zmlx_op_direction dir
 
 static void red_destroy(zmlx_op *op) {
   red_op *o = (red_op *)op;
-  zmlx_op_fini(op);
+  zmlxi_op_fini(op);
   for (int k = 0; k < 2; k++) parts_free(&o->parts[k]);
-  zmlx_expr_free(o->write);
+  zmlxi_expr_free(o->write);
   free(o);
 }
 
@@ -292,8 +292,8 @@ static void finish_setup(red_op *o) {
 
 static zmlx_status red_new(const zmlx_op_vtable *vt, red_op **out) {
   red_op *o = calloc(1, sizeof *o);
-  if (!o) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  zmlx_status st = zmlx_op_init(&o->base, vt, 1, 0);
+  if (!o) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  zmlx_status st = zmlxi_op_init(&o->base, vt, 1, 0);
   if (st != ZMLX_OK) {
     free(o);
     return st;
@@ -322,10 +322,10 @@ zmlx_status zmlx_reduce(const zmlx_reduce_desc *desc, zmlx_op **out) {
 static zmlx_status choose_strategy(red_op *o, zmlx_map_reduce_strategy strategy) {
   if (strategy != ZMLX_MAP_REDUCE_AUTO && strategy != ZMLX_MAP_REDUCE_TWO_PASS &&
       strategy != ZMLX_MAP_REDUCE_ONLINE)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "map_reduce: unknown strategy %d", (int)strategy);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "map_reduce: unknown strategy %d", (int)strategy);
   int shape = o->n_reduce == 2 && softmax_shape(o->parts);
   if (strategy == ZMLX_MAP_REDUCE_ONLINE && !shape)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "map_reduce: the online strategy needs the softmax "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "map_reduce: the online strategy needs the softmax "
                      "shape: reduce[0] = {init \"-inf\", update \"max(acc, x)\", no finalize}, "
                      "reduce[1] = {init \"0\", map \"exp(x - r0)\" (x: reduce[0]'s map), update "
                      "\"acc + x\"}");
@@ -338,8 +338,8 @@ static zmlx_status map_reduce_parse(red_op *o, const zmlx_map_reduce_desc *d) {
   for (int k = 0; k < o->n_reduce; k++)
     ZMLX_CHECK(parse_parts(&d->reduce[k], k == 1, who[k], &o->parts[k]));
   ZMLX_CHECK(parse_field(d->write, WRITE_NAMES, 4, "map_reduce", "write", &o->write));
-  if (o->n_reduce == 1 && zmlx_expr_uses_input(o->write, 2))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "map_reduce write: r1 is used but there is only one "
+  if (o->n_reduce == 1 && zmlxi_expr_uses_input(o->write, 2))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "map_reduce write: r1 is used but there is only one "
                      "reduction (n_reduce = 1)");
   return ZMLX_OK;
 }
@@ -349,9 +349,9 @@ zmlx_status zmlx_map_reduce(const zmlx_map_reduce_desc *desc, zmlx_op **out) {
   *out = NULL;
   ZMLX_REQUIRE_ARG(desc);
   if (desc->n_reduce < 1 || desc->n_reduce > 2)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "map_reduce: n_reduce is %d (1 or 2)", desc->n_reduce);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "map_reduce: n_reduce is %d (1 or 2)", desc->n_reduce);
   if (!desc->write)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "map_reduce: write is required (e.g. \"exp(x - r0) / r1\")");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "map_reduce: write is required (e.g. \"exp(x - r0) / r1\")");
   red_op *o = NULL;
   ZMLX_CHECK(red_new(&MAP_REDUCE_VTABLE, &o));
   o->map_reduce = 1;

@@ -11,18 +11,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-zmlx_status zmlx_op_init(zmlx_op *op, const zmlx_op_vtable *vt, int n_inputs, int n_params) {
+zmlx_status zmlxi_op_init(zmlx_op *op, const zmlx_op_vtable *vt, int n_inputs, int n_params) {
   op->vt = vt;
   op->n_inputs = n_inputs;
   op->n_params = n_params;
   op->kernels = NULL;
   op->n_kernels = op->cap_kernels = 0;
   if (pthread_mutex_init(&op->lock, NULL) != 0)
-    return zmlx_fail(ZMLX_ERR_INTERNAL, "op: cannot create a mutex");
+    return zmlxi_fail(ZMLX_ERR_INTERNAL, "op: cannot create a mutex");
   return ZMLX_OK;
 }
 
-void zmlx_op_fini(zmlx_op *op) {
+void zmlxi_op_fini(zmlx_op *op) {
   for (int i = 0; i < op->n_kernels; i++) zmlx_kernel_destroy(op->kernels[i].kernel);
   free(op->kernels);
   pthread_mutex_destroy(&op->lock);
@@ -32,7 +32,7 @@ static zmlx_status add_kernel(zmlx_op *op, const char *key, zmlx_kernel *k) {
   if (op->n_kernels == op->cap_kernels) {
     int cap = op->cap_kernels ? 2 * op->cap_kernels : 4;
     zmlx_op_kernel_entry *t = realloc(op->kernels, (size_t)cap * sizeof *t);
-    if (!t) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!t) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     op->kernels = t;
     op->cap_kernels = cap;
   }
@@ -45,12 +45,12 @@ static zmlx_status add_kernel(zmlx_op *op, const char *key, zmlx_kernel *k) {
 static zmlx_status make_kernel(zmlx_op_build_fn build, const void *ctx, zmlx_kernel **out) {
   zmlx_pattern_kernel pk;
   ZMLX_CHECK(build(ctx, &pk));
-  zmlx_status st = zmlx_pattern_kernel_create(&pk, out);
-  zmlx_pattern_kernel_free(&pk);
+  zmlx_status st = zmlxi_pattern_kernel_create(&pk, out);
+  zmlxi_pattern_kernel_free(&pk);
   return st;
 }
 
-zmlx_status zmlx_op_kernel(zmlx_op *op, const char *key, zmlx_op_build_fn build,
+zmlx_status zmlxi_op_kernel(zmlx_op *op, const char *key, zmlx_op_build_fn build,
                            const void *ctx, zmlx_kernel **out) {
   pthread_mutex_lock(&op->lock);
   for (int i = 0; i < op->n_kernels; i++)
@@ -68,7 +68,7 @@ zmlx_status zmlx_op_kernel(zmlx_op *op, const char *key, zmlx_op_build_fn build,
   return st;
 }
 
-int zmlx_expr_dtype_ok(zmlx_dtype dt) { return dt != ZMLX_F64 && zmlx_dtype_size(dt) != 0; }
+int zmlxi_expr_dtype_ok(zmlx_dtype dt) { return dt != ZMLX_F64 && zmlx_dtype_size(dt) != 0; }
 
 /* ------------------------------------------------------------ public API */
 
@@ -76,14 +76,14 @@ static zmlx_status check_call(const char *call, zmlx_op *op, zmlx_array *const *
                               int n_inputs, const double *params) {
   ZMLX_REQUIRE_ARG_OF(call, op);
   if (n_inputs != op->n_inputs)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s op takes %d input%s; the call gives %d",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s op takes %d input%s; the call gives %d",
                      op->vt->kind, op->n_inputs, op->n_inputs == 1 ? "" : "s", n_inputs);
   if (n_inputs && !inputs)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s op: inputs is NULL", op->vt->kind);
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s op: inputs is NULL", op->vt->kind);
   for (int i = 0; i < n_inputs; i++)
-    if (!inputs[i]) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s op: input %d is NULL", op->vt->kind, i);
+    if (!inputs[i]) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s op: input %d is NULL", op->vt->kind, i);
   if (op->n_params && !params)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s op takes %d parameter%s; params is NULL",
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s op takes %d parameter%s; params is NULL",
                      op->vt->kind, op->n_params, op->n_params == 1 ? "" : "s");
   return ZMLX_OK;
 }
@@ -92,7 +92,7 @@ static zmlx_status check_call(const char *call, zmlx_op *op, zmlx_array *const *
  * `s`: a stream of another device is refused before anything is made. */
 static zmlx_status check_stream(const zmlx_op *op, zmlx_array *const *inputs, const zmlx_stream *s) {
   if (!s || !op->n_inputs || s->device == inputs[0]->buffer->device) return ZMLX_OK;
-  return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s op: the stream belongs to %s device %d, the inputs "
+  return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s op: the stream belongs to %s device %d, the inputs "
                    "to %s device %d", op->vt->kind, zmlx_backend_name(s->device->ops->kind),
                    s->device->index, zmlx_backend_name(inputs[0]->buffer->device->ops->kind),
                    inputs[0]->buffer->device->index);
@@ -121,7 +121,7 @@ zmlx_status zmlx_op_vjp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
   ZMLX_REQUIRE_ARG(cotangent);
   ZMLX_CHECK(check_stream(op, inputs, stream));
   if (!op->vt->vjp)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have no VJP (only elementwise ops do)",
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have no VJP (only elementwise ops do)",
                      op->vt->kind);
   return op->vt->vjp(op, inputs, params, cotangent, stream, grads);
 }
@@ -135,7 +135,7 @@ zmlx_status zmlx_op_jvp(zmlx_op *op, zmlx_array *const *inputs, int n_inputs,
   ZMLX_REQUIRE_ARG(tangents);
   ZMLX_CHECK(check_stream(op, inputs, stream));
   if (!op->vt->jvp)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have no JVP (only elementwise ops do)",
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "%s ops have no JVP (only elementwise ops do)",
                      op->vt->kind);
   return op->vt->jvp(op, inputs, params, tangents, stream, out_tangent);
 }
@@ -147,22 +147,22 @@ zmlx_status zmlx_op_source(zmlx_op *op, zmlx_backend backend, zmlx_op_direction 
   ZMLX_REQUIRE_ARG(op);
   if (op->n_inputs) ZMLX_REQUIRE_ARG(input_dtypes);
   if (dir != ZMLX_OP_FORWARD && dir != ZMLX_OP_VJP && dir != ZMLX_OP_JVP)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_op_source: unknown direction %d", (int)dir);
-  if (!zmlx_dialect_for(backend))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_op_source: backend must be cuda, opencl or "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_op_source: unknown direction %d", (int)dir);
+  if (!zmlxi_dialect_for(backend))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_op_source: backend must be cuda, opencl or "
                      "metal, not %s", zmlx_backend_name(backend));
   for (int i = 0; i < op->n_inputs; i++)
-    if (!zmlx_expr_dtype_ok(input_dtypes[i]))
-      return zmlx_fail(ZMLX_ERR_DTYPE, "%s op: input %d has dtype %s (expression kernels compute "
+    if (!zmlxi_expr_dtype_ok(input_dtypes[i]))
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "%s op: input %d has dtype %s (expression kernels compute "
                        "in f32 and take every dtype but f64)", op->vt->kind, i,
                        zmlx_dtype_name(input_dtypes[i]));
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
+  zmlxi_sb_init(&sb);
   zmlx_status st = op->vt->source(op, backend, dir, input_dtypes, &sb);
   if (st != ZMLX_OK) {
-    zmlx_sb_free(&sb);
+    zmlxi_sb_free(&sb);
     return st;
   }
-  return zmlx_sb_finish(&sb, out);
+  return zmlxi_sb_finish(&sb, out);
 }
 

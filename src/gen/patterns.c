@@ -35,16 +35,16 @@ static const char *const PARAM_NAMES[ZMLX_KERNEL_MAX_PARAMS] = {
 #undef NAMES10
 
 /* Threadgroup memory of the tree combine: one float per thread. Row
- * geometry never asks for more threads (zmlx_pattern_threads_per_row). */
+ * geometry never asks for more threads (zmlxi_pattern_threads_per_row). */
 #define TREE_SLOTS 1024
 
-void zmlx_pattern_kernel_free(zmlx_pattern_kernel *pk) {
+void zmlxi_pattern_kernel_free(zmlx_pattern_kernel *pk) {
   if (!pk) return;
   free(pk->body);
   pk->body = NULL;
 }
 
-zmlx_status zmlx_pattern_kernel_create(const zmlx_pattern_kernel *pk, zmlx_kernel **out) {
+zmlx_status zmlxi_pattern_kernel_create(const zmlx_pattern_kernel *pk, zmlx_kernel **out) {
   zmlx_kernel_desc d = {.name = pk->name,
                         .input_names = IN_NAMES,
                         .n_inputs = pk->n_inputs,
@@ -58,19 +58,19 @@ zmlx_status zmlx_pattern_kernel_create(const zmlx_pattern_kernel *pk, zmlx_kerne
   return zmlx_kernel_create(&d, out);
 }
 
-zmlx_status zmlx_pattern_append_source(const zmlx_pattern_kernel *pk, zmlx_backend b,
+zmlx_status zmlxi_pattern_append_source(const zmlx_pattern_kernel *pk, zmlx_backend b,
                                        const zmlx_dtype *dtypes, const char *banner,
                                        zmlx_sb *sb) {
   zmlx_kernel *k = NULL;
-  ZMLX_CHECK(zmlx_pattern_kernel_create(pk, &k));
+  ZMLX_CHECK(zmlxi_pattern_kernel_create(pk, &k));
   zmlx_kernel_call call = {.n_inputs = pk->n_inputs, .n_outputs = pk->n_outputs,
                            .output_dtypes = dtypes + pk->n_inputs};
   char *src = NULL;
   zmlx_status st = zmlx_kernel_source(k, b, &call, dtypes, &src);
   zmlx_kernel_destroy(k);
   if (st != ZMLX_OK) return st;
-  zmlx_sb_printf(sb, "/* ==== %s: kernel '%s' ==== */\n", banner, pk->name);
-  zmlx_sb_append(sb, src);
+  zmlxi_sb_printf(sb, "/* ==== %s: kernel '%s' ==== */\n", banner, pk->name);
+  zmlxi_sb_append(sb, src);
   zmlx_free(src);
   return ZMLX_OK;
 }
@@ -83,7 +83,7 @@ typedef struct gen {
 } gen;
 
 static void gen_init(gen *g) {
-  zmlx_sb_init(&g->sb);
+  zmlxi_sb_init(&g->sb);
   g->st = ZMLX_OK;
 }
 
@@ -96,9 +96,9 @@ static void line(gen *g, const char *indent, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  zmlx_sb_append(&g->sb, indent);
-  zmlx_sb_append(&g->sb, buf);
-  zmlx_sb_append(&g->sb, "\n");
+  zmlxi_sb_append(&g->sb, indent);
+  zmlxi_sb_append(&g->sb, buf);
+  zmlxi_sb_append(&g->sb, "\n");
 }
 
 /* Statements computing every root of `e` into `stores`, in a block. */
@@ -110,7 +110,7 @@ static void expr_block(gen *g, const char *indent, const zmlx_expr *e,
   line(g, indent, "{");
   zmlx_expr_emit_ctx ctx = {.input_text = inputs, .param_text = PARAM_NAMES,
                             .root_store = stores, .temp_prefix = "t", .indent = inner};
-  g->st = zmlx_expr_emit(e, &ctx, &g->sb);
+  g->st = zmlxi_expr_emit(e, &ctx, &g->sb);
   line(g, indent, "}");
 }
 
@@ -126,13 +126,13 @@ static void expr_assign(gen *g, const char *indent, const zmlx_expr *e,
 /* Hand the text to `out`, named `<prefix>_<hash>`. */
 static zmlx_status gen_finish(gen *g, const char *prefix, zmlx_pattern_kernel *out) {
   if (g->st != ZMLX_OK) {
-    zmlx_sb_free(&g->sb);
+    zmlxi_sb_free(&g->sb);
     return g->st;
   }
   char *body = NULL;
-  ZMLX_CHECK(zmlx_sb_finish(&g->sb, &body));
+  ZMLX_CHECK(zmlxi_sb_finish(&g->sb, &body));
   out->body = body;
-  snprintf(out->name, sizeof out->name, "%s_%08x", prefix, (unsigned)zmlx_fnv1a32(body));
+  snprintf(out->name, sizeof out->name, "%s_%08x", prefix, (unsigned)zmlxi_fnv1a32(body));
   return ZMLX_OK;
 }
 
@@ -144,7 +144,7 @@ static void add_param(zmlx_pattern_kernel *pk, const char *name, zmlx_dtype dt) 
 
 /* ------------------------------------------------------------ heuristics */
 
-int zmlx_pattern_threads_per_row(int64_t cols, int max_threads, int simd_width) {
+int zmlxi_pattern_threads_per_row(int64_t cols, int max_threads, int simd_width) {
   int limit = max_threads < 1024 ? max_threads : 1024;
   if (limit < 1) limit = 1;
   int cap = 1;
@@ -177,7 +177,7 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
-zmlx_pattern_geometry zmlx_pattern_elementwise_geometry(zmlx_ew_layout layout, int64_t n,
+zmlx_pattern_geometry zmlxi_pattern_elementwise_geometry(zmlx_ew_layout layout, int64_t n,
                                                         int width,
                                                         const zmlx_device_info *info) {
   int64_t work = n;
@@ -190,14 +190,14 @@ zmlx_pattern_geometry zmlx_pattern_elementwise_geometry(zmlx_ew_layout layout, i
   return g;
 }
 
-zmlx_pattern_geometry zmlx_pattern_row_geometry(zmlx_row_mode mode, int64_t rows, int64_t cols,
+zmlx_pattern_geometry zmlxi_pattern_row_geometry(zmlx_row_mode mode, int64_t rows, int64_t cols,
                                                 const zmlx_device_info *info) {
   if (mode == ZMLX_ROW_PER_THREAD) {
     zmlx_pattern_geometry g = {{clamp64(rows, 1, thread_cap(info)), 1, 1},
                                {group_threads(info), 1, 1}};
     return g;
   }
-  int tg = zmlx_pattern_threads_per_row(cols, info->max_threads_per_threadgroup,
+  int tg = zmlxi_pattern_threads_per_row(cols, info->max_threads_per_threadgroup,
                                         info->simd_width);
   /* Barriers need whole threadgroups: the grid is groups * tg. */
   int64_t groups = clamp64(rows, 1, (int64_t)1 << 20);
@@ -205,7 +205,7 @@ zmlx_pattern_geometry zmlx_pattern_row_geometry(zmlx_row_mode mode, int64_t rows
   return g;
 }
 
-zmlx_pattern_geometry zmlx_pattern_col_geometry(int64_t cols, const zmlx_device_info *info) {
+zmlx_pattern_geometry zmlxi_pattern_col_geometry(int64_t cols, const zmlx_device_info *info) {
   zmlx_pattern_geometry g = {{clamp64(cols, 1, thread_cap(info)), 1, 1},
                              {group_threads(info), 1, 1}};
   return g;
@@ -215,7 +215,7 @@ zmlx_pattern_geometry zmlx_pattern_col_geometry(int64_t cols, const zmlx_device_
 
 static int dtype_bytes16(zmlx_dtype dt) { return dt == ZMLX_F16 || dt == ZMLX_BF16; }
 
-int zmlx_pattern_vector_width(const zmlx_dtype *dtypes, int n) {
+int zmlxi_pattern_vector_width(const zmlx_dtype *dtypes, int n) {
   int smallest = 4;
   for (int i = 0; i < n; i++) {
     if (dtypes[i] != ZMLX_F32 && !dtype_bytes16(dtypes[i])) return 0;
@@ -264,19 +264,19 @@ static void ew_strided(gen *g, const zmlx_expr *e) {
   ew_names_fill(&nm, e, "in%d_load(zo%d)", "out%d_store(zi, %%s)");
   line(g, "", "%s", GRID_LOOP);
   int any = 0;
-  for (int i = 0; i < e->n_inputs; i++) any |= zmlx_expr_uses_input(e, i);
+  for (int i = 0; i < e->n_inputs; i++) any |= zmlxi_expr_uses_input(e, i);
   if (any) {
     line(g, "  ", "zmlx_i64 zrem = zi;");
     for (int i = 0; i < e->n_inputs; i++)
-      if (zmlx_expr_uses_input(e, i)) line(g, "  ", "zmlx_i64 zo%d = 0;", i);
+      if (zmlxi_expr_uses_input(e, i)) line(g, "  ", "zmlx_i64 zo%d = 0;", i);
     line(g, "  ", "for (int zd = out0_ndim - 1; zd > 0; zd--) {");
     line(g, "    ", "const zmlx_i64 zc = zrem %% out0_shape[zd];");
     line(g, "    ", "zrem /= out0_shape[zd];");
     for (int i = 0; i < e->n_inputs; i++)
-      if (zmlx_expr_uses_input(e, i)) line(g, "    ", "zo%d += zc * in%d_strides[zd];", i, i);
+      if (zmlxi_expr_uses_input(e, i)) line(g, "    ", "zo%d += zc * in%d_strides[zd];", i, i);
     line(g, "  ", "}");
     for (int i = 0; i < e->n_inputs; i++)
-      if (zmlx_expr_uses_input(e, i)) line(g, "  ", "zo%d += zrem * in%d_strides[0];", i, i);
+      if (zmlxi_expr_uses_input(e, i)) line(g, "  ", "zo%d += zrem * in%d_strides[0];", i, i);
   }
   expr_block(g, "  ", e, nm.in_p, nm.out_p);
   line(g, "", "}");
@@ -330,9 +330,9 @@ static void ew_vector(gen *g, const zmlx_expr *e, const zmlx_dtype *dtypes) {
   zmlx_dtype used[ZMLX_KERNEL_MAX_ARRAYS];
   int n_used = 0;
   for (int i = 0; i < e->n_inputs; i++)
-    if (zmlx_expr_uses_input(e, i)) used[n_used++] = dtypes[i];
+    if (zmlxi_expr_uses_input(e, i)) used[n_used++] = dtypes[i];
   for (int j = 0; j < e->n_roots; j++) used[n_used++] = dtypes[e->n_inputs + j];
-  int width = zmlx_pattern_vector_width(used, n_used);
+  int width = zmlxi_pattern_vector_width(used, n_used);
   ew_names nm;
   ew_names_fill(&nm, e, "zx%d[ze]", "zy%d[ze] = %%s");
   line(g, "", "const zmlx_i64 zchunks = zn / %d;", width);
@@ -340,7 +340,7 @@ static void ew_vector(gen *g, const zmlx_expr *e, const zmlx_dtype *dtypes) {
               "zc += (zmlx_i64)grid_size.x) {");
   char arr[16];
   for (int i = 0; i < e->n_inputs; i++) {
-    if (!zmlx_expr_uses_input(e, i)) continue;
+    if (!zmlxi_expr_uses_input(e, i)) continue;
     snprintf(arr, sizeof arr, "zx%d", i);
     line(g, "  ", "float %s[%d];", arr, width);
     vec_load(g, IN_NAMES[i], dtypes[i], arr, width);
@@ -364,19 +364,19 @@ static void ew_vector(gen *g, const zmlx_expr *e, const zmlx_dtype *dtypes) {
   line(g, "", "}");
 }
 
-zmlx_status zmlx_pattern_elementwise(const zmlx_expr *e, zmlx_ew_layout layout,
+zmlx_status zmlxi_pattern_elementwise(const zmlx_expr *e, zmlx_ew_layout layout,
                                      const zmlx_dtype *dtypes, zmlx_pattern_kernel *out) {
   ZMLX_REQUIRE_ARG(e);
   ZMLX_REQUIRE_ARG(out);
   memset(out, 0, sizeof *out);
   if (e->n_inputs + e->n_roots > ZMLX_KERNEL_MAX_ARRAYS || e->n_roots < 1 ||
       e->n_params + 1 > ZMLX_KERNEL_MAX_PARAMS)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "elementwise pattern: %d inputs, %d outputs and %d "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "elementwise pattern: %d inputs, %d outputs and %d "
                      "parameters exceed the kernel limits (%d arrays, %d parameters)",
                      e->n_inputs, e->n_roots, e->n_params, ZMLX_KERNEL_MAX_ARRAYS,
                      ZMLX_KERNEL_MAX_PARAMS - 1);
   if (layout == ZMLX_EW_VECTOR && !dtypes)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "elementwise pattern: the vector layout needs dtypes");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "elementwise pattern: the vector layout needs dtypes");
   out->n_inputs = e->n_inputs;
   out->n_outputs = e->n_roots;
   for (int i = 0; i < e->n_params; i++) add_param(out, PARAM_NAMES[i], ZMLX_F32);
@@ -402,7 +402,7 @@ static int is_input(const zmlx_expr *e, int32_t id, int index) {
   return e->nodes[id].op == ZMLX_EOP_INPUT && e->nodes[id].arg[0] == index;
 }
 
-int zmlx_pattern_simd_combine(const zmlx_expr *c, const char **kind) {
+int zmlxi_pattern_simd_combine(const zmlx_expr *c, const char **kind) {
   if (!c || c->n_roots != 1) return 0;
   const zmlx_enode *r = &c->nodes[c->roots[0]];
   const char *k = r->op == ZMLX_EOP_ADD ? "sum"
@@ -416,8 +416,8 @@ int zmlx_pattern_simd_combine(const zmlx_expr *c, const char **kind) {
   return 1;
 }
 
-zmlx_row_mode zmlx_pattern_group_mode(zmlx_backend b) {
-  const zmlx_dialect *d = zmlx_dialect_for(b);
+zmlx_row_mode zmlxi_pattern_group_mode(zmlx_backend b) {
+  const zmlx_dialect *d = zmlxi_dialect_for(b);
   return d && !d->native_simd ? ZMLX_ROW_PER_GROUP_SHARED : ZMLX_ROW_PER_GROUP;
 }
 
@@ -507,7 +507,7 @@ static void tree_combine(gen *g, const zmlx_expr *combine, const char *kind, con
 static void group_combine(rowgen *rg, const zmlx_expr *combine, const char *kind,
                           const char *var, const char *pad) {
   if (!per_group(rg)) return;
-  if (combine && zmlx_pattern_simd_combine(combine, &kind)) combine = NULL;
+  if (combine && zmlxi_pattern_simd_combine(combine, &kind)) combine = NULL;
   if (rg->mode == ZMLX_ROW_PER_GROUP && !combine)
     simd_combine(&rg->g, kind, var, pad);
   else
@@ -554,9 +554,9 @@ static void write_loop(rowgen *rg, const zmlx_expr *write) {
 
 static zmlx_status check_reduction(const zmlx_row_reduction *r, zmlx_row_mode mode) {
   if (!r || !r->init || !r->step)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "row pattern: a reduction needs init and step graphs");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "row pattern: a reduction needs init and step graphs");
   if (mode != ZMLX_ROW_PER_THREAD && !r->combine)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "row pattern: a threadgroup per row needs a combine");
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "row pattern: a threadgroup per row needs a combine");
   return ZMLX_OK;
 }
 
@@ -572,11 +572,11 @@ static void row_kernel_init(zmlx_pattern_kernel *out) {
 static int needs_tree(zmlx_row_mode mode, const zmlx_row_reduction *r, int n) {
   if (mode == ZMLX_ROW_PER_GROUP_SHARED) return 1;
   for (int k = 0; k < n; k++)
-    if (r[k].combine && !zmlx_pattern_simd_combine(r[k].combine, NULL)) return 1;
+    if (r[k].combine && !zmlxi_pattern_simd_combine(r[k].combine, NULL)) return 1;
   return 0;
 }
 
-zmlx_status zmlx_pattern_row_reduce(const zmlx_row_reduction *r, zmlx_row_mode mode,
+zmlx_status zmlxi_pattern_row_reduce(const zmlx_row_reduction *r, zmlx_row_mode mode,
                                     zmlx_pattern_kernel *out) {
   ZMLX_REQUIRE_ARG(out);
   ZMLX_CHECK(check_reduction(r, mode));
@@ -594,13 +594,13 @@ zmlx_status zmlx_pattern_row_reduce(const zmlx_row_reduction *r, zmlx_row_mode m
   return gen_finish(&rg.g, mode_prefix(mode, "row_reduce", prefix, sizeof prefix), out);
 }
 
-zmlx_status zmlx_pattern_row_map_reduce(const zmlx_row_reduction *r, int n_reduce,
+zmlx_status zmlxi_pattern_row_map_reduce(const zmlx_row_reduction *r, int n_reduce,
                                         const zmlx_expr *write, zmlx_row_mode mode,
                                         zmlx_pattern_kernel *out) {
   ZMLX_REQUIRE_ARG(out);
   ZMLX_REQUIRE_ARG(write);
   if (n_reduce < 1 || n_reduce > 2)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "row map-reduce: 1 or 2 reductions, not %d", n_reduce);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "row map-reduce: 1 or 2 reductions, not %d", n_reduce);
   for (int k = 0; k < n_reduce; k++) ZMLX_CHECK(check_reduction(&r[k], mode));
   row_kernel_init(out);
   rowgen rg = {.mode = mode};
@@ -652,7 +652,7 @@ static void online_combine(rowgen *rg) {
   line(g, "  ", "zm = zmax;");
 }
 
-zmlx_status zmlx_pattern_row_online(const zmlx_expr *map0, const zmlx_expr *finalize1,
+zmlx_status zmlxi_pattern_row_online(const zmlx_expr *map0, const zmlx_expr *finalize1,
                                     const zmlx_expr *write, zmlx_row_mode mode,
                                     zmlx_pattern_kernel *out) {
   ZMLX_REQUIRE_ARG(out);
@@ -678,7 +678,7 @@ zmlx_status zmlx_pattern_row_online(const zmlx_expr *map0, const zmlx_expr *fina
   return gen_finish(&rg.g, mode_prefix(mode, "row_online", prefix, sizeof prefix), out);
 }
 
-zmlx_status zmlx_pattern_col_reduce(const zmlx_row_reduction *r, zmlx_pattern_kernel *out) {
+zmlx_status zmlxi_pattern_col_reduce(const zmlx_row_reduction *r, zmlx_pattern_kernel *out) {
   ZMLX_REQUIRE_ARG(out);
   ZMLX_CHECK(check_reduction(r, ZMLX_ROW_PER_THREAD));
   row_kernel_init(out);

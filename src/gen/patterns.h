@@ -46,9 +46,9 @@ typedef struct zmlx_pattern_kernel {
   char *body; /* malloc'ed */
 } zmlx_pattern_kernel;
 
-void zmlx_pattern_kernel_free(zmlx_pattern_kernel *pk);
+void zmlxi_pattern_kernel_free(zmlx_pattern_kernel *pk);
 /* A kernel object for a generated kernel. */
-zmlx_status zmlx_pattern_kernel_create(const zmlx_pattern_kernel *pk, zmlx_kernel **out);
+zmlx_status zmlxi_pattern_kernel_create(const zmlx_pattern_kernel *pk, zmlx_kernel **out);
 
 /* Grid (threads, as the kernel object counts) and threadgroup of a launch. */
 typedef struct zmlx_pattern_geometry {
@@ -59,7 +59,7 @@ typedef struct zmlx_pattern_geometry {
 /* Threads per threadgroup for a row of `cols` elements: a power of two,
  * at least the SIMD width (so SIMD helpers see whole groups), at most
  * min(max_threads, 1024), growing until each thread has about 4 elements. */
-int zmlx_pattern_threads_per_row(int64_t cols, int max_threads, int simd_width);
+int zmlxi_pattern_threads_per_row(int64_t cols, int max_threads, int simd_width);
 
 /* ------------------------------------------------------------ elementwise */
 
@@ -78,16 +78,16 @@ typedef enum zmlx_ew_layout {
 /* Elements per chunk of the vector layout for these array dtypes (inputs
  * the graph reads, then outputs): 16 / the smallest element size, or 0
  * when some dtype is not f32/f16/bf16. */
-int zmlx_pattern_vector_width(const zmlx_dtype *dtypes, int n);
+int zmlxi_pattern_vector_width(const zmlx_dtype *dtypes, int n);
 
 /* An n-ary elementwise kernel: graph inputs are the kernel's inputs, graph
  * roots its outputs, graph parameters its f32 scalars; then "zn" (i64).
  * `dtypes` (inputs then outputs) is read only by the vector layout. */
-zmlx_status zmlx_pattern_elementwise(const zmlx_expr *e, zmlx_ew_layout layout,
+zmlx_status zmlxi_pattern_elementwise(const zmlx_expr *e, zmlx_ew_layout layout,
                                      const zmlx_dtype *dtypes, zmlx_pattern_kernel *out);
-/* Geometry for n elements (`width`: zmlx_pattern_vector_width, vector only):
+/* Geometry for n elements (`width`: zmlxi_pattern_vector_width, vector only):
  * a grid-stride loop over at most a few waves of threads. */
-zmlx_pattern_geometry zmlx_pattern_elementwise_geometry(zmlx_ew_layout layout, int64_t n,
+zmlx_pattern_geometry zmlxi_pattern_elementwise_geometry(zmlx_ew_layout layout, int64_t n,
                                                         int width,
                                                         const zmlx_device_info *info);
 
@@ -109,39 +109,39 @@ typedef enum zmlx_row_mode {
   ZMLX_ROW_PER_GROUP,
   /* One threadgroup per row; partials merge in a threadgroup memory tree
    * only. For OpenCL, whose SIMD helpers are themselves a threadgroup
-   * memory emulation (see zmlx_pattern_group_mode). */
+   * memory emulation (see zmlxi_pattern_group_mode). */
   ZMLX_ROW_PER_GROUP_SHARED
 } zmlx_row_mode;
 
 /* The threadgroup-per-row mode for a backend: PER_GROUP where its dialect's
  * SIMD helpers are native, PER_GROUP_SHARED where they are emulated. */
-zmlx_row_mode zmlx_pattern_group_mode(zmlx_backend b);
+zmlx_row_mode zmlxi_pattern_group_mode(zmlx_backend b);
 
 /* in0 [zrows, zcols] (row-contiguous) -> out0 [zrows]. */
-zmlx_status zmlx_pattern_row_reduce(const zmlx_row_reduction *r, zmlx_row_mode mode,
+zmlx_status zmlxi_pattern_row_reduce(const zmlx_row_reduction *r, zmlx_row_mode mode,
                                     zmlx_pattern_kernel *out);
 /* Two-pass map-reduce: n_reduce (1 or 2) chained reductions, then `write`
  * for every element. in0 [zrows, zcols] -> out0 [zrows, zcols]. */
-zmlx_status zmlx_pattern_row_map_reduce(const zmlx_row_reduction *r, int n_reduce,
+zmlx_status zmlxi_pattern_row_map_reduce(const zmlx_row_reduction *r, int n_reduce,
                                         const zmlx_expr *write, zmlx_row_mode mode,
                                         zmlx_pattern_kernel *out);
 /* Single-pass online softmax shape: r0 = max of map0(x) and r1 =
  * finalize1(sum of exp(map0(x) - r0), n, r0) in one sweep (running max and
  * rescaled sum), then `write`. map0 (input 0: x) and finalize1 may be NULL. */
-zmlx_status zmlx_pattern_row_online(const zmlx_expr *map0, const zmlx_expr *finalize1,
+zmlx_status zmlxi_pattern_row_online(const zmlx_expr *map0, const zmlx_expr *finalize1,
                                     const zmlx_expr *write, zmlx_row_mode mode,
                                     zmlx_pattern_kernel *out);
 /* Reduction over the leading axis, one thread per column:
  * in0 [zrows, zcols] -> out0 [zcols]. */
-zmlx_status zmlx_pattern_col_reduce(const zmlx_row_reduction *r, zmlx_pattern_kernel *out);
+zmlx_status zmlxi_pattern_col_reduce(const zmlx_row_reduction *r, zmlx_pattern_kernel *out);
 
-zmlx_pattern_geometry zmlx_pattern_row_geometry(zmlx_row_mode mode, int64_t rows, int64_t cols,
+zmlx_pattern_geometry zmlxi_pattern_row_geometry(zmlx_row_mode mode, int64_t rows, int64_t cols,
                                                 const zmlx_device_info *info);
-zmlx_pattern_geometry zmlx_pattern_col_geometry(int64_t cols, const zmlx_device_info *info);
+zmlx_pattern_geometry zmlxi_pattern_col_geometry(int64_t cols, const zmlx_device_info *info);
 
 /* 1 if `combine` is exactly a + b, max(a, b) or min(a, b) (then the SIMD
  * helpers do the work); *kind gets "sum", "max" or "min". */
-int zmlx_pattern_simd_combine(const zmlx_expr *combine, const char **kind);
+int zmlxi_pattern_simd_combine(const zmlx_expr *combine, const char **kind);
 
 /* ------------------------------------------------ builder internals
  * Shared by op.c (the public zmlx_op_* entry points), elementwise.c and
@@ -174,25 +174,25 @@ struct zmlx_op {
   int n_kernels, cap_kernels;
 };
 
-zmlx_status zmlx_op_init(zmlx_op *op, const zmlx_op_vtable *vt, int n_inputs, int n_params);
+zmlx_status zmlxi_op_init(zmlx_op *op, const zmlx_op_vtable *vt, int n_inputs, int n_params);
 /* The forward graph of an elementwise op (NULL for other ops): autograd
  * rebuilds its derivatives as recordable ops for higher-order gradients. */
-const zmlx_expr *zmlx_op_forward_expr(const zmlx_op *op);
-void zmlx_op_fini(zmlx_op *op);
+const zmlx_expr *zmlxi_op_forward_expr(const zmlx_op *op);
+void zmlxi_op_fini(zmlx_op *op);
 
 /* The op's kernel object for `key`, generated by `build` on first use. */
 typedef zmlx_status (*zmlx_op_build_fn)(const void *ctx, zmlx_pattern_kernel *out);
-zmlx_status zmlx_op_kernel(zmlx_op *op, const char *key, zmlx_op_build_fn build,
+zmlx_status zmlxi_op_kernel(zmlx_op *op, const char *key, zmlx_op_build_fn build,
                            const void *ctx, zmlx_kernel **out);
 
 /* Append the full source of a generated kernel for backend `b` (with a
  * banner naming it) to sb. `dtypes`: inputs then outputs. */
-zmlx_status zmlx_pattern_append_source(const zmlx_pattern_kernel *pk, zmlx_backend b,
+zmlx_status zmlxi_pattern_append_source(const zmlx_pattern_kernel *pk, zmlx_backend b,
                                        const zmlx_dtype *dtypes, const char *banner,
                                        zmlx_sb *sb);
 
 /* Compute / output dtype of expression kernels: f32, f16 and bf16 are
  * kept; everything else computes and stores as f32. 0 for f64 (refused). */
-int zmlx_expr_dtype_ok(zmlx_dtype dt);
+int zmlxi_expr_dtype_ok(zmlx_dtype dt);
 
 #endif /* ZMLX_GEN_PATTERNS_H */

@@ -13,8 +13,8 @@
 
 zmlx_status zmlx_array_full(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                             double value, zmlx_array **out) {
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
-  zmlx_status st = zmlx_builtin_fill(*out, value, NULL);
+  ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, dt, ndim, shape, out));
+  zmlx_status st = zmlxi_builtin_fill(*out, value, NULL);
   if (st != ZMLX_OK) {
     zmlx_array_release(*out);
     *out = NULL;
@@ -29,9 +29,9 @@ zmlx_status zmlx_array_zeros(zmlx_device *dev, zmlx_dtype dt, int ndim, const in
 
 zmlx_status zmlx_array_arange(zmlx_device *dev, zmlx_dtype dt, double start, double step,
                               int64_t n, zmlx_array **out) {
-  if (n < 0) return zmlx_fail(ZMLX_ERR_SHAPE, "arange: negative length %lld", (long long)n);
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, 1, &n, out));
-  zmlx_status st = zmlx_builtin_arange(*out, start, step, NULL);
+  if (n < 0) return zmlxi_fail(ZMLX_ERR_SHAPE, "arange: negative length %lld", (long long)n);
+  ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, dt, 1, &n, out));
+  zmlx_status st = zmlxi_builtin_arange(*out, start, step, NULL);
   if (st != ZMLX_OK) {
     zmlx_array_release(*out);
     *out = NULL;
@@ -43,10 +43,10 @@ static zmlx_status random_array(zmlx_device *dev, zmlx_dtype dt, int ndim, const
                                 uint64_t seed, int normal, double p0, double p1,
                                 zmlx_array **out) {
   if (dt != ZMLX_F32 && dt != ZMLX_F16 && dt != ZMLX_BF16 && dt != ZMLX_F64)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "random arrays must be floating point, not %s",
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "random arrays must be floating point, not %s",
                      zmlx_dtype_name(dt));
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
-  zmlx_status st = zmlx_builtin_random(*out, seed, normal, p0, p1, NULL);
+  ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, dt, ndim, shape, out));
+  zmlx_status st = zmlxi_builtin_random(*out, seed, normal, p0, p1, NULL);
   if (st != ZMLX_OK) {
     zmlx_array_release(*out);
     *out = NULL;
@@ -71,7 +71,7 @@ zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_bytes) {
   ZMLX_REQUIRE_ARG(dst);
   size_t bytes = zmlx_array_nbytes(a);
   if (dst_bytes != bytes)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "to_host: destination has %zu bytes, array has %zu",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "to_host: destination has %zu bytes, array has %zu",
                      dst_bytes, bytes);
   if (bytes == 0) return ZMLX_OK;
   zmlx_array *dense = NULL;
@@ -98,8 +98,8 @@ zmlx_status zmlx_array_contiguous(zmlx_array *a, zmlx_array **out) {
 zmlx_status zmlx_array_astype(zmlx_array *a, zmlx_dtype dt, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(out);
-  ZMLX_CHECK(zmlx_array_alloc(a->buffer->device, NULL, dt, a->ndim, a->shape, out));
-  zmlx_status st = a->size ? zmlx_builtin_copy(a, *out, NULL) : ZMLX_OK;
+  ZMLX_CHECK(zmlxi_array_alloc(a->buffer->device, NULL, dt, a->ndim, a->shape, out));
+  zmlx_status st = a->size ? zmlxi_builtin_copy(a, *out, NULL) : ZMLX_OK;
   if (st != ZMLX_OK) {
     zmlx_array_release(*out);
     *out = NULL;
@@ -110,11 +110,11 @@ zmlx_status zmlx_array_astype(zmlx_array *a, zmlx_dtype dt, zmlx_array **out) {
 zmlx_status zmlx_array_to_device(zmlx_array *a, zmlx_device *dev, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(out);
-  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
   if (dev == a->buffer->device) return zmlx_array_contiguous(a, out);
   size_t bytes = zmlx_array_nbytes(a);
   void *tmp = malloc(bytes ? bytes : 1);
-  if (!tmp) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (%zu bytes)", bytes);
+  if (!tmp) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (%zu bytes)", bytes);
   zmlx_status st = zmlx_array_to_host(a, tmp, bytes);
   if (st == ZMLX_OK) st = zmlx_array_from_host(dev, a->dtype, a->ndim, a->shape, tmp, out);
   free(tmp);
@@ -125,12 +125,12 @@ zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape, zm
   ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(out);
   int64_t resolved[ZMLX_MAX_DIMS];
-  ZMLX_CHECK(zmlx_reshape_resolve(a, ndim, shape, resolved));
+  ZMLX_CHECK(zmlxi_reshape_resolve(a, ndim, shape, resolved));
   zmlx_array *src = NULL;
   ZMLX_CHECK(zmlx_array_contiguous(a, &src));
   int64_t strides[ZMLX_MAX_DIMS];
-  zmlx_contiguous_strides(ndim, resolved, strides);
-  zmlx_status st = zmlx_array_make_view(src, ndim, resolved, strides, src->offset, out);
+  zmlxi_contiguous_strides(ndim, resolved, strides);
+  zmlx_status st = zmlxi_array_make_view(src, ndim, resolved, strides, src->offset, out);
   zmlx_array_release(src);
   return st;
 }

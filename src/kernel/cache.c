@@ -55,17 +55,17 @@ static int sha256_bytes(const void *data, size_t size, uint8_t out[32]) {
   return EVP_Digest(data, size, out, &len, EVP_sha256(), NULL) == 1 && len == 32;
 }
 
-zmlx_status zmlx_cache_make_key(const zmlx_compile_request *req, zmlx_cache_key *out) {
+zmlx_status zmlxi_cache_make_key(const zmlx_compile_request *req, zmlx_cache_key *out) {
   ZMLX_REQUIRE_ARG(req);
   ZMLX_REQUIRE_ARG(out);
   ZMLX_REQUIRE_ARG(req->device);
   ZMLX_REQUIRE_ARG(req->source);
   const zmlx_device *dev = req->device;
   if (!dev->ops)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_cache_make_key: device has no backend");
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlxi_cache_make_key: device has no backend");
 
   EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  if (!ctx) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory while hashing a kernel");
+  if (!ctx) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory while hashing a kernel");
   unsigned int len = 0;
   int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
            digest_field(ctx, "zmlx-cache-v1", SIZE_MAX) &&
@@ -76,11 +76,11 @@ zmlx_status zmlx_cache_make_key(const zmlx_compile_request *req, zmlx_cache_key 
            digest_field(ctx, req->source, SIZE_MAX) &&
            EVP_DigestFinal_ex(ctx, out->bytes, &len) == 1 && len == sizeof out->bytes;
   EVP_MD_CTX_free(ctx);
-  if (!ok) return zmlx_fail(ZMLX_ERR_INTERNAL, "SHA-256 of a kernel source failed in OpenSSL");
+  if (!ok) return zmlxi_fail(ZMLX_ERR_INTERNAL, "SHA-256 of a kernel source failed in OpenSSL");
   return ZMLX_OK;
 }
 
-void zmlx_cache_key_hex(const zmlx_cache_key *key, char hex[65]) {
+void zmlxi_cache_key_hex(const zmlx_cache_key *key, char hex[65]) {
   static const char digits[] = "0123456789abcdef";
   for (int i = 0; i < 32; i++) {
     hex[2 * i] = digits[key->bytes[i] >> 4];
@@ -103,7 +103,7 @@ static void stat_add_ms(atomic_uint_least64_t *ns, double ms) {
   if (ms > 0) atomic_fetch_add(ns, (uint_least64_t)(ms * 1e6 + 0.5));
 }
 
-uint64_t zmlx_cache_generation(void) { return atomic_load(&g_generation); }
+uint64_t zmlxi_cache_generation(void) { return atomic_load(&g_generation); }
 
 /* ========================================================= memory table */
 
@@ -168,7 +168,7 @@ static int table_resize(size_t n) {
 static zmlx_status table_reserve_one(void) {
   if (!g_table.buckets) {
     if (!table_resize(64))
-      return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (kernel cache)");
+      return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (kernel cache)");
     return ZMLX_OK;
   }
   if ((g_table.count + 1) * 4 > g_table.n_buckets * 3) table_resize(g_table.n_buckets * 2);
@@ -214,7 +214,7 @@ static zmlx_status claim(zmlx_device *dev, const zmlx_cache_key *key, void **fun
   zmlx_status st = table_reserve_one();
   cache_entry *e = st == ZMLX_OK ? calloc(1, sizeof *e) : NULL;
   if (st == ZMLX_OK && !e)
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (kernel cache)");
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory (kernel cache)");
   if (e) {
     e->key = *key;
     e->device = dev;
@@ -279,7 +279,7 @@ zmlx_status zmlx_cache_clear_memory(void) {
   return ZMLX_OK;
 }
 
-void zmlx_cache_shutdown(void) {
+void zmlxi_cache_shutdown(void) {
   zmlx_cache_clear_memory();
   pthread_mutex_lock(&g_table.lock);
   if (g_table.count == 0) {
@@ -292,8 +292,8 @@ void zmlx_cache_shutdown(void) {
 
 /* The kernel layer's functions go before the backends that loaded them. */
 void zmlx_shutdown(void) {
-  zmlx_cache_shutdown();
-  zmlx_runtime_shutdown();
+  zmlxi_cache_shutdown();
+  zmlxi_runtime_shutdown();
 }
 
 /* ====================================================== disk: location */
@@ -393,7 +393,7 @@ static int entry_path(const zmlx_cache_key *key, char *path, size_t cap) {
   const char *dir = zmlx_cache_dir();
   if (!*dir) return 0;
   char hex[65];
-  zmlx_cache_key_hex(key, hex);
+  zmlxi_cache_key_hex(key, hex);
   int n = snprintf(path, cap, "%s/%s" ENTRY_SUFFIX, dir, hex);
   return n > 0 && (size_t)n < cap;
 }
@@ -572,7 +572,7 @@ static int disk_load(const zmlx_compile_request *req, const zmlx_cache_key *key,
   char path[PATH_MAX];
   if (!entry_path(key, path, sizeof path)) return 0;
   const zmlx_device *dev = req->device;
-  double t0 = zmlx_now_ms();
+  double t0 = zmlxi_now_ms();
   void *payload = NULL;
   size_t size = 0;
   struct stat id;
@@ -590,7 +590,7 @@ static int disk_load(const zmlx_compile_request *req, const zmlx_cache_key *key,
     reject_entry(path, &id);
     return 0;
   }
-  stat_add_ms(&g_stats.disk_load_ns, zmlx_now_ms() - t0);
+  stat_add_ms(&g_stats.disk_load_ns, zmlxi_now_ms() - t0);
   atomic_fetch_add(&g_stats.disk_hits, 1);
   return 1;
 }
@@ -638,11 +638,11 @@ static zmlx_status scan_dir(int remove, scan_result *res) {
   memset(res, 0, sizeof *res);
   const char *dir = zmlx_cache_dir();
   if (!*dir)
-    return zmlx_fail(ZMLX_ERR_IO, "no cache directory: set ZMLX_CACHE_DIR, XDG_CACHE_HOME or HOME");
+    return zmlxi_fail(ZMLX_ERR_IO, "no cache directory: set ZMLX_CACHE_DIR, XDG_CACHE_HOME or HOME");
   DIR *d = opendir(dir);
   if (!d) {
     if (errno == ENOENT) return ZMLX_OK;
-    return zmlx_fail(ZMLX_ERR_IO, "cannot open the cache directory %s: %s", dir, strerror(errno));
+    return zmlxi_fail(ZMLX_ERR_IO, "cannot open the cache directory %s: %s", dir, strerror(errno));
   }
   int dfd = dirfd(d);
   struct dirent *de;
@@ -681,11 +681,11 @@ zmlx_status zmlx_cache_disk_usage(int64_t *entries, int64_t *bytes) {
 
 static zmlx_status check_request(const zmlx_compile_request *req) {
   if (!req->device || !req->source || !req->entry)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG,
-                     "zmlx_cache_get_function: the request needs a device, a source and an entry");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG,
+                     "zmlxi_cache_get_function: the request needs a device, a source and an entry");
   const zmlx_backend_ops *ops = req->device->ops;
   if (!ops || !ops->compile || !ops->load)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "%s: the %s backend cannot compile kernels",
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "%s: the %s backend cannot compile kernels",
                      req->what ? req->what : req->entry, ops ? ops->name : "device's");
   return ZMLX_OK;
 }
@@ -700,12 +700,12 @@ static zmlx_status compile_and_store(const zmlx_compile_request *req, const zmlx
   void *bin = NULL;
   size_t size = 0;
   char *log = NULL;
-  double t0 = zmlx_now_ms();
+  double t0 = zmlxi_now_ms();
   zmlx_status st = ops->compile(dev->index, req->source, req->entry, &bin, &size, &log);
-  stat_add_ms(&g_stats.compile_ns, zmlx_now_ms() - t0);
+  stat_add_ms(&g_stats.compile_ns, zmlxi_now_ms() - t0);
   atomic_fetch_add(&g_stats.misses, 1);
   if (st != ZMLX_OK) {
-    st = zmlx_compile_failure(req, st, log);
+    st = zmlxi_compile_failure(req, st, log);
     free(bin);
     free(log);
     return st;
@@ -715,12 +715,12 @@ static zmlx_status compile_and_store(const zmlx_compile_request *req, const zmlx
   if (st == ZMLX_OK && zmlx_cache_disk_enabled()) disk_store((uint32_t)ops->kind, key, bin, size);
   free(bin);
   if (st != ZMLX_OK)
-    return zmlx_fail_context(st, "%s: loading the compiled kernel",
+    return zmlxi_fail_context(st, "%s: loading the compiled kernel",
                              req->what ? req->what : req->entry);
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_cache_get_function(const zmlx_compile_request *req, const zmlx_cache_key *key,
+zmlx_status zmlxi_cache_get_function(const zmlx_compile_request *req, const zmlx_cache_key *key,
                                     void **function) {
   ZMLX_REQUIRE_ARG(req);
   ZMLX_REQUIRE_ARG(key);

@@ -30,31 +30,31 @@ typedef struct zmlx_compile_request {
   const char *what;    /* for messages: "kernel 'softmax'" */
 } zmlx_compile_request;
 
-zmlx_status zmlx_cache_make_key(const zmlx_compile_request *req, zmlx_cache_key *out);
+zmlx_status zmlxi_cache_make_key(const zmlx_compile_request *req, zmlx_cache_key *out);
 
 /* A loaded function for `req` on req->device: memory table, then disk, then
  * compile (and write to disk). The function stays owned by the cache until
  * zmlx_cache_clear_memory() / zmlx_shutdown(); callers that keep the pointer
- * must compare zmlx_cache_generation() before reusing it. */
-zmlx_status zmlx_cache_get_function(const zmlx_compile_request *req, const zmlx_cache_key *key,
+ * must compare zmlxi_cache_generation() before reusing it. */
+zmlx_status zmlxi_cache_get_function(const zmlx_compile_request *req, const zmlx_cache_key *key,
                                     void **function);
 
 /* Bumped whenever loaded functions are unloaded. */
-uint64_t zmlx_cache_generation(void);
+uint64_t zmlxi_cache_generation(void);
 
 /* Turn a compiler log into a user message: the log, then the offending
  * source line (mapped into the body when body_first_line > 0) with a caret. */
-zmlx_status zmlx_compile_error(const zmlx_compile_request *req, const char *log);
+zmlx_status zmlxi_compile_error(const zmlx_compile_request *req, const char *log);
 /* The status of a failed ops->compile that returned `st` and `log`: a
  * compile error with the log, and the backend's own message after it when
  * the log does not hold it; other failures keep their status. */
-zmlx_status zmlx_compile_failure(const zmlx_compile_request *req, zmlx_status st,
+zmlx_status zmlxi_compile_failure(const zmlx_compile_request *req, zmlx_status st,
                                  const char *log);
 
 /* Hex of a key (65 bytes with NUL). */
-void zmlx_cache_key_hex(const zmlx_cache_key *key, char hex[65]);
+void zmlxi_cache_key_hex(const zmlx_cache_key *key, char hex[65]);
 
 /* Called by zmlx_shutdown(). */
-void zmlx_cache_shutdown(void);
+void zmlxi_cache_shutdown(void);
 
 #endif /* ZMLX_KERNEL_CACHE_H */

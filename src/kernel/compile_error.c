@@ -38,16 +38,16 @@ static size_t trimmed_len(const char *s) {
 static void append_log(zmlx_sb *sb, const char *log) {
   size_t n = trimmed_len(log);
   if (n == 0) {
-    zmlx_sb_append(sb, "(the compiler gave no log)\n");
+    zmlxi_sb_append(sb, "(the compiler gave no log)\n");
     return;
   }
   if (n > LOG_CAP) {
-    zmlx_sb_appendn(sb, log, LOG_CAP);
-    zmlx_sb_printf(sb, "\n... (compiler log truncated: %zu more bytes)\n", n - LOG_CAP);
+    zmlxi_sb_appendn(sb, log, LOG_CAP);
+    zmlxi_sb_printf(sb, "\n... (compiler log truncated: %zu more bytes)\n", n - LOG_CAP);
     return;
   }
-  zmlx_sb_appendn(sb, log, n);
-  zmlx_sb_append(sb, "\n");
+  zmlxi_sb_appendn(sb, log, n);
+  zmlxi_sb_append(sb, "\n");
 }
 
 /* "at line L of the kernel body:" + the line + a caret under the column.
@@ -58,41 +58,41 @@ static void append_location(zmlx_sb *sb, const zmlx_compile_request *req, const 
   if (!req->source || !log || !ops || !ops->error_location) return;
   if (!ops->error_location(log, &line, &col) || line < 1) return;
   if (req->body_first_line > 0 && line >= req->body_first_line)
-    zmlx_sb_printf(sb, "at line %ld of the kernel body", line - req->body_first_line + 1);
+    zmlxi_sb_printf(sb, "at line %ld of the kernel body", line - req->body_first_line + 1);
   else
-    zmlx_sb_printf(sb, "at line %ld of the generated source", line);
+    zmlxi_sb_printf(sb, "at line %ld of the generated source", line);
   const char *text;
   size_t len;
   if (!source_line(req->source, line, &text, &len)) {
-    zmlx_sb_append(sb, "\n");
+    zmlxi_sb_append(sb, "\n");
     return;
   }
   size_t shown = len > SOURCE_LINE_CAP ? SOURCE_LINE_CAP : len;
-  zmlx_sb_append(sb, ":\n    ");
-  zmlx_sb_appendn(sb, text, shown);
-  zmlx_sb_append(sb, shown < len ? " ...\n" : "\n");
+  zmlxi_sb_append(sb, ":\n    ");
+  zmlxi_sb_appendn(sb, text, shown);
+  zmlxi_sb_append(sb, shown < len ? " ...\n" : "\n");
   if (col < 1 || (size_t)(col - 1) > shown) return;
-  zmlx_sb_append(sb, "    ");
-  for (long i = 0; i < col - 1; i++) zmlx_sb_append(sb, text[i] == '\t' ? "\t" : " ");
-  zmlx_sb_append(sb, "^\n");
+  zmlxi_sb_append(sb, "    ");
+  for (long i = 0; i < col - 1; i++) zmlxi_sb_append(sb, text[i] == '\t' ? "\t" : " ");
+  zmlxi_sb_append(sb, "^\n");
 }
 
-zmlx_status zmlx_compile_error(const zmlx_compile_request *req, const char *log) {
+zmlx_status zmlxi_compile_error(const zmlx_compile_request *req, const char *log) {
   const char *backend = req && req->device && req->device->ops ? req->device->ops->name : "?";
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
+  zmlxi_sb_init(&sb);
   if (req && req->what && *req->what)
-    zmlx_sb_printf(&sb, "%.200s", req->what);
+    zmlxi_sb_printf(&sb, "%.200s", req->what);
   else
-    zmlx_sb_printf(&sb, "kernel '%.200s'", req && req->entry ? req->entry : "?");
-  zmlx_sb_printf(&sb, ": compilation failed (%s)\n", backend);
+    zmlxi_sb_printf(&sb, "kernel '%.200s'", req && req->entry ? req->entry : "?");
+  zmlxi_sb_printf(&sb, ": compilation failed (%s)\n", backend);
   append_log(&sb, log);
   if (req) append_location(&sb, req, log);
   char *msg = NULL;
-  if (zmlx_sb_finish(&sb, &msg) != ZMLX_OK)
-    return zmlx_fail(ZMLX_ERR_COMPILE, "kernel compilation failed (%s); out of memory for the log",
+  if (zmlxi_sb_finish(&sb, &msg) != ZMLX_OK)
+    return zmlxi_fail(ZMLX_ERR_COMPILE, "kernel compilation failed (%s); out of memory for the log",
                      backend);
-  zmlx_fail(ZMLX_ERR_COMPILE, "%s", msg);
+  zmlxi_fail(ZMLX_ERR_COMPILE, "%s", msg);
   free(msg);
   return ZMLX_ERR_COMPILE;
 }
@@ -100,24 +100,24 @@ zmlx_status zmlx_compile_error(const zmlx_compile_request *req, const char *log)
 /* A compile failure with a log (or reported as such) becomes the
  * user-facing message; anything else (compiler library missing, ...) keeps
  * the backend's own message with context. */
-zmlx_status zmlx_compile_failure(const zmlx_compile_request *req, zmlx_status st,
+zmlx_status zmlxi_compile_failure(const zmlx_compile_request *req, zmlx_status st,
                                  const char *log) {
   if (st != ZMLX_ERR_COMPILE && !(log && *log))
-    return zmlx_fail_context(st, "%s: cannot compile (%s)", req->what ? req->what : req->entry,
+    return zmlxi_fail_context(st, "%s: cannot compile (%s)", req->what ? req->what : req->entry,
                              req->device->ops->name);
   /* The backend's own message can say what the log does not (a missing
    * entry point after a clean build, say): keep it after the log. */
   const char *why = zmlx_last_error();
-  if (!*why || (log && strstr(log, why))) return zmlx_compile_error(req, log);
+  if (!*why || (log && strstr(log, why))) return zmlxi_compile_error(req, log);
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
+  zmlxi_sb_init(&sb);
   size_t n = trimmed_len(log);
-  zmlx_sb_appendn(&sb, log ? log : "", n);
-  if (n) zmlx_sb_append(&sb, "\n");
-  zmlx_sb_append(&sb, why);
+  zmlxi_sb_appendn(&sb, log ? log : "", n);
+  if (n) zmlxi_sb_append(&sb, "\n");
+  zmlxi_sb_append(&sb, why);
   char *text = NULL;
-  if (zmlx_sb_finish(&sb, &text) != ZMLX_OK) return zmlx_compile_error(req, log);
-  zmlx_status ret = zmlx_compile_error(req, text);
+  if (zmlxi_sb_finish(&sb, &text) != ZMLX_OK) return zmlxi_compile_error(req, log);
+  zmlx_status ret = zmlxi_compile_error(req, text);
   free(text);
   return ret;
 }

@@ -48,7 +48,7 @@ static const char *reserved_name_reason(const char *s, char *buf, size_t cap) {
   if (!strncmp(s, "zmlx_", 5) || !strncmp(s, "ZMLX_", 5) || !strncmp(s, "__", 2))
     return "in a prefix the dialect reserves (zmlx_, ZMLX_, __)";
   for (int b = 0; b < ZMLX_BACKEND_COUNT; b++) {
-    const zmlx_dialect *d = zmlx_dialect_for((zmlx_backend)b);
+    const zmlx_dialect *d = zmlxi_dialect_for((zmlx_backend)b);
     for (int i = 0; d && d->reserved_words && d->reserved_words[i]; i++)
       if (!strcmp(s, d->reserved_words[i])) {
         snprintf(buf, cap, "reserved in %s", d->language);
@@ -61,17 +61,17 @@ static const char *reserved_name_reason(const char *s, char *buf, size_t cap) {
 /* A kernel name, array, parameter or template name: an identifier of at
  * most MAX_NAME_LEN characters that no backend's language reserves. */
 static zmlx_status check_one_name(const char *kernel, const char *what, const char *s) {
-  if (!s) return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': %s is NULL", kernel, what);
+  if (!s) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': %s is NULL", kernel, what);
   if (!is_identifier(s))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%s' is not a C identifier", kernel,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%s' is not a C identifier", kernel,
                      what, s);
   if (strlen(s) > MAX_NAME_LEN)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%.20s...' is %zu characters long "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%.20s...' is %zu characters long "
                      "(at most %d)", kernel, what, s, strlen(s), MAX_NAME_LEN);
   char reason[64];
   const char *why = reserved_name_reason(s, reason, sizeof reason);
   if (why)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%s' is %s; pick another name", kernel,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %s '%s' is %s; pick another name", kernel,
                      what, s, why);
   return ZMLX_OK;
 }
@@ -79,7 +79,7 @@ static zmlx_status check_one_name(const char *kernel, const char *what, const ch
 static zmlx_status check_names(const char *kernel, const char *what, const char *const *names,
                                int n) {
   if (n > 0 && !names)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': %s names are NULL", kernel, what);
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': %s names are NULL", kernel, what);
   for (int i = 0; i < n; i++) {
     char label[48];
     snprintf(label, sizeof label, "%s name %d", what, i);
@@ -101,7 +101,7 @@ static zmlx_status check_param_vs_arrays(const zmlx_kernel_desc *d, const char *
       if (strncmp(name, arrays[i], len)) continue;
       for (size_t k = 0; k < sizeof suffixes / sizeof *suffixes; k++)
         if (!strcmp(name + len, suffixes[k]))
-          return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': param '%s' clashes with %s '%s'%s",
+          return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': param '%s' clashes with %s '%s'%s",
                            d->name, name, io ? "output" : "input", arrays[i],
                            *suffixes[k] ? " (its geometry)" : "");
     }
@@ -112,19 +112,19 @@ static zmlx_status check_param_vs_arrays(const zmlx_kernel_desc *d, const char *
 static zmlx_status check_desc(const zmlx_kernel_desc *d) {
   /* The kernel's own name only goes into its entry point, zmlx_k_<name>. */
   if (!is_identifier(d->name))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel: name '%s' is not a C identifier",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel: name '%s' is not a C identifier",
                      d->name ? d->name : "(null)");
   if (strlen(d->name) > MAX_NAME_LEN)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel: name '%.20s...' is %zu characters long (at "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel: name '%.20s...' is %zu characters long (at "
                      "most %d)", d->name, strlen(d->name), MAX_NAME_LEN);
-  if (!d->source) return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': source is NULL", d->name);
+  if (!d->source) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': source is NULL", d->name);
   if (d->n_inputs < 0 || d->n_outputs < 1 ||
       d->n_inputs + d->n_outputs > ZMLX_KERNEL_MAX_ARRAYS)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
                      "kernel '%s': needs at least one output and at most %d arrays (got %d inputs, "
                      "%d outputs)", d->name, ZMLX_KERNEL_MAX_ARRAYS, d->n_inputs, d->n_outputs);
   if (d->n_params < 0 || d->n_params > ZMLX_KERNEL_MAX_PARAMS)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': at most %d scalar params", d->name,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': at most %d scalar params", d->name,
                      ZMLX_KERNEL_MAX_PARAMS);
   ZMLX_CHECK(check_names(d->name, "input", d->input_names, d->n_inputs));
   ZMLX_CHECK(check_names(d->name, "output", d->output_names, d->n_outputs));
@@ -133,13 +133,13 @@ static zmlx_status check_desc(const zmlx_kernel_desc *d) {
     ZMLX_CHECK(check_param_vs_arrays(d, d->param_names[i]));
     for (int j = 0; j < i; j++)
       if (!strcmp(d->param_names[i], d->param_names[j]))
-        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': param name '%s' is used twice",
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': param name '%s' is used twice",
                          d->name, d->param_names[i]);
   }
   for (int i = 0; i < d->n_params; i++) {
     zmlx_dtype t = d->param_dtypes ? d->param_dtypes[i] : ZMLX_F32;
     if (t != ZMLX_F32 && t != ZMLX_F64 && t != ZMLX_I32 && t != ZMLX_U32 && t != ZMLX_I64)
-      return zmlx_fail(ZMLX_ERR_DTYPE, "kernel '%s': param '%s' has dtype %s (use f32, f64, i32, "
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "kernel '%s': param '%s' has dtype %s (use f32, f64, i32, "
                        "u32 or i64)", d->name, d->param_names[i], zmlx_dtype_name(t));
   }
   return ZMLX_OK;
@@ -151,7 +151,7 @@ static void scan_references(zmlx_kernel *k) {
     const char *n = k->names[i];
 #define MENTIONS(suffix) \
   (snprintf(ident, sizeof ident, "%s" suffix, n), \
-   zmlx_mentions_identifier(k->body, ident) || zmlx_mentions_identifier(k->header, ident))
+   zmlxi_mentions_identifier(k->body, ident) || zmlxi_mentions_identifier(k->header, ident))
     k->want_shape[i] = (unsigned char)MENTIONS("_shape");
     k->want_strides[i] = (unsigned char)MENTIONS("_strides");
     k->want_ndim[i] = (unsigned char)MENTIONS("_ndim");
@@ -170,7 +170,7 @@ static zmlx_status copy_strings(char ***dst, const char *const *src, int n) {
   *dst = calloc((size_t)(n ? n : 1), sizeof **dst);
   if (!*dst) return ZMLX_ERR_OUT_OF_MEMORY;
   for (int i = 0; i < n; i++)
-    if (!((*dst)[i] = zmlx_strdup(src[i]))) return ZMLX_ERR_OUT_OF_MEMORY;
+    if (!((*dst)[i] = zmlxi_strdup(src[i]))) return ZMLX_ERR_OUT_OF_MEMORY;
   return ZMLX_OK;
 }
 
@@ -180,15 +180,15 @@ zmlx_status zmlx_kernel_create(const zmlx_kernel_desc *desc, zmlx_kernel **out) 
   *out = NULL;
   ZMLX_CHECK(check_desc(desc));
   zmlx_kernel *k = calloc(1, sizeof *k);
-  if (!k) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!k) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   k->n_inputs = desc->n_inputs;
   k->n_outputs = desc->n_outputs;
   k->n_params = desc->n_params;
   k->ensure_row_contiguous = desc->ensure_row_contiguous;
   k->atomic_outputs = desc->atomic_outputs;
   pthread_mutex_init(&k->lock, NULL);
-  int ok = (k->name = zmlx_strdup(desc->name)) && (k->body = zmlx_strdup(desc->source)) &&
-           (!desc->header || (k->header = zmlx_strdup(desc->header)));
+  int ok = (k->name = zmlxi_strdup(desc->name)) && (k->body = zmlxi_strdup(desc->source)) &&
+           (!desc->header || (k->header = zmlxi_strdup(desc->header)));
   size_t elen = strlen(desc->name) + 8;
   ok = ok && (k->entry = malloc(elen));
   if (ok) snprintf(k->entry, elen, "zmlx_k_%s", desc->name);
@@ -202,12 +202,12 @@ zmlx_status zmlx_kernel_create(const zmlx_kernel_desc *desc, zmlx_kernel **out) 
     k->param_dtypes[i] = desc->param_dtypes ? desc->param_dtypes[i] : ZMLX_F32;
   if (!ok) {
     zmlx_kernel_destroy(k);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   }
   for (int i = 0; i < k->n_inputs + k->n_outputs; i++)
     for (int j = 0; j < i; j++)
       if (!strcmp(k->names[i], k->names[j])) {
-        zmlx_status st = zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': array name '%s' is used twice",
+        zmlx_status st = zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': array name '%s' is used twice",
                                    k->name, k->names[i]);
         zmlx_kernel_destroy(k);
         return st;
@@ -219,17 +219,17 @@ zmlx_status zmlx_kernel_create(const zmlx_kernel_desc *desc, zmlx_kernel **out) 
 
 #define ZK_BODY_MARKER "//-- body --\n"
 
-zmlx_status zmlx_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
+zmlx_status zmlxi_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out) {
   ZMLX_REQUIRE_ARG(desc);
   ZMLX_REQUIRE_ARG(desc->source);
   if (desc->header)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': a .zk file carries its own header",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': a .zk file carries its own header",
                      desc->name ? desc->name : "(null)");
   const char *marker = strstr(desc->source, ZK_BODY_MARKER);
   if (!marker) return zmlx_kernel_create(desc, out);
   size_t n = (size_t)(marker - desc->source);
   char *header = malloc(n + 1);
-  if (!header) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!header) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   memcpy(header, desc->source, n);
   header[n] = '\0';
   zmlx_kernel_desc d = *desc;
@@ -267,17 +267,17 @@ zmlx_status zmlx_kernel_destroy(zmlx_kernel *k) {
 
 static zmlx_status check_templates(const zmlx_kernel *k, const zmlx_template_arg *t, int n) {
   if (n < 0 || n > ZMLX_KERNEL_MAX_TEMPLATES || (n && !t))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %d template args (at most %d)", k->name, n,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': %d template args (at most %d)", k->name, n,
                      ZMLX_KERNEL_MAX_TEMPLATES);
   for (int i = 0; i < n; i++) {
     if (!valid_identifier(t[i].name))
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': template name '%s' is not an identifier",
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': template name '%s' is not an identifier",
                        k->name, t[i].name ? t[i].name : "(null)");
     if (t[i].kind == ZMLX_TEMPLATE_DTYPE && zmlx_dtype_size(t[i].dtype) == 0)
-      return zmlx_fail(ZMLX_ERR_DTYPE, "kernel '%s': template '%s' has an invalid dtype", k->name,
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "kernel '%s': template '%s' has an invalid dtype", k->name,
                        t[i].name);
     if ((unsigned)t[i].kind > ZMLX_TEMPLATE_BOOL)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': template '%s' has an invalid kind",
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': template '%s' has an invalid kind",
                        k->name, t[i].name);
   }
   return ZMLX_OK;
@@ -319,7 +319,7 @@ static zmlx_kernel_variant *add_variant(zmlx_kernel *k, zmlx_device *dev, const 
   memcpy(var->dtypes, dt, (size_t)(k->n_inputs + k->n_outputs) * sizeof *dt);
   for (int i = 0; i < nt; i++) {
     var->templates[i] = t[i];
-    if (!(var->templates[i].name = zmlx_strdup(t[i].name))) {
+    if (!(var->templates[i].name = zmlxi_strdup(t[i].name))) {
       for (int j = 0; j < i; j++) free((char *)var->templates[j].name);
       return NULL;
     }
@@ -336,14 +336,14 @@ static zmlx_status compile_variant(zmlx_kernel *k, zmlx_device *dev, const zmlx_
                                    const zmlx_template_arg *t, int nt, void **function) {
   char *src = NULL;
   int body_line = 0;
-  ZMLX_CHECK(zmlx_kernel_assemble(k, dev->ops->dialect, dt, t, nt, wants_guard(k), &src, &body_line));
+  ZMLX_CHECK(zmlxi_kernel_assemble(k, dev->ops->dialect, dt, t, nt, wants_guard(k), &src, &body_line));
   char what[160];
   snprintf(what, sizeof what, "kernel '%s'", k->name);
   zmlx_compile_request req = {.device = dev, .entry = k->entry, .source = src, .options = "",
                               .body_first_line = body_line, .what = what};
   zmlx_cache_key key;
-  zmlx_status st = zmlx_cache_make_key(&req, &key);
-  if (st == ZMLX_OK) st = zmlx_cache_get_function(&req, &key, function);
+  zmlx_status st = zmlxi_cache_make_key(&req, &key);
+  if (st == ZMLX_OK) st = zmlxi_cache_get_function(&req, &key, function);
   free(src);
   return st;
 }
@@ -351,7 +351,7 @@ static zmlx_status compile_variant(zmlx_kernel *k, zmlx_device *dev, const zmlx_
 /* The loaded function for this call, compiling at most once per variant. */
 static zmlx_status get_function(zmlx_kernel *k, zmlx_device *dev, const zmlx_dtype *dt,
                                 const zmlx_template_arg *t, int nt, void **function) {
-  uint64_t gen = zmlx_cache_generation();
+  uint64_t gen = zmlxi_cache_generation();
   pthread_mutex_lock(&k->lock);
   zmlx_kernel_variant *var = find_variant(k, dev, dt, t, nt);
   if (var && var->function && var->generation == gen) {
@@ -381,13 +381,13 @@ static zmlx_status resolve_device(const zmlx_kernel *k, zmlx_kernel_call *c, zml
   for (int i = 0; i < k->n_inputs && !dev; i++) dev = c->inputs[i]->buffer->device;
   for (int i = 0; i < k->n_outputs && !dev; i++)
     if (c->outputs[i]) dev = c->outputs[i]->buffer->device;
-  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
   if (c->stream && c->stream->device != dev)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': the stream belongs to another device",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': the stream belongs to another device",
                      k->name);
   for (int i = 0; i < k->n_inputs; i++)
     if (c->inputs[i]->buffer->device != dev)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': input '%s' is on %s device %d, the "
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': input '%s' is on %s device %d, the "
                        "launch is on %s device %d", k->name, k->names[i],
                        zmlx_backend_name(c->inputs[i]->buffer->device->ops->kind),
                        c->inputs[i]->buffer->device->index, zmlx_backend_name(dev->ops->kind),
@@ -398,21 +398,21 @@ static zmlx_status resolve_device(const zmlx_kernel *k, zmlx_kernel_call *c, zml
 
 static zmlx_status check_call(const zmlx_kernel *k, const zmlx_kernel_call *c) {
   if (c->n_inputs != k->n_inputs || c->n_outputs != k->n_outputs)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s' takes %d input%s and %d output%s; the call "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s' takes %d input%s and %d output%s; the call "
                      "gives %d and %d", k->name, k->n_inputs, k->n_inputs == 1 ? "" : "s",
                      k->n_outputs, k->n_outputs == 1 ? "" : "s", c->n_inputs, c->n_outputs);
   if (k->n_inputs && !c->inputs)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': inputs is NULL but the kernel takes %d",
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': inputs is NULL but the kernel takes %d",
                      k->name, k->n_inputs);
   for (int i = 0; i < k->n_inputs; i++)
     if (!c->inputs[i])
-      return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': input %d ('%s') is NULL", k->name, i,
+      return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': input %d ('%s') is NULL", k->name, i,
                        k->names[i]);
   if (!c->outputs)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': outputs (an array of %d slots) is NULL",
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': outputs (an array of %d slots) is NULL",
                      k->name, k->n_outputs);
   if (k->n_params && !c->params)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': params is NULL but the kernel takes %d",
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': params is NULL but the kernel takes %d",
                      k->name, k->n_params);
   return check_templates(k, c->templates, c->n_templates);
 }
@@ -423,7 +423,7 @@ static zmlx_status check_geometry(const zmlx_kernel *k, const zmlx_device *dev,
   int64_t tg_total = 1;
   for (int d = 0; d < 3; d++) {
     if (c->grid[d] < 1 || c->grid[d] > (int64_t)UINT32_MAX || c->threadgroup[d] < 1)
-      return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': grid (%lld, %lld, %lld) / threadgroup (%d, "
+      return zmlxi_fail(ZMLX_ERR_LAUNCH, "kernel '%s': grid (%lld, %lld, %lld) / threadgroup (%d, "
                        "%d, %d): every dimension must be in 1..%u", k->name,
                        (long long)c->grid[0], (long long)c->grid[1], (long long)c->grid[2],
                        c->threadgroup[0], c->threadgroup[1], c->threadgroup[2], UINT32_MAX);
@@ -431,25 +431,25 @@ static zmlx_status check_geometry(const zmlx_kernel *k, const zmlx_device *dev,
     threads[d] = (uint32_t)c->threadgroup[d];
     blocks[d] = (uint32_t)((c->grid[d] + c->threadgroup[d] - 1) / c->threadgroup[d]);
     if (!wants_guard(k) && c->grid[d] % c->threadgroup[d])
-      return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s' uses barriers or SIMD helpers, so its grid "
+      return zmlxi_fail(ZMLX_ERR_LAUNCH, "kernel '%s' uses barriers or SIMD helpers, so its grid "
                        "must be a multiple of the threadgroup (dimension %d: grid %lld, "
                        "threadgroup %d)", k->name, d, (long long)c->grid[d], c->threadgroup[d]);
   }
   int limit = dev->info.max_threads_per_threadgroup;
   if (k->uses_simd && !dev->info.native_simd && limit > 1024) limit = 1024;
   if (tg_total > limit)
-    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': threadgroup of %lld threads exceeds the "
+    return zmlxi_fail(ZMLX_ERR_LAUNCH, "kernel '%s': threadgroup of %lld threads exceeds the "
                      "device limit of %d", k->name, (long long)tg_total, limit);
   for (int d = 0; d < 3; d++)
     if (dev->info.max_threadgroups[d] > 0 && blocks[d] > dev->info.max_threadgroups[d])
-      return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %u threadgroups along %c exceed the "
+      return zmlxi_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %u threadgroups along %c exceed the "
                        "device's %lld", k->name, blocks[d], "xyz"[d],
                        (long long)dev->info.max_threadgroups[d]);
   if (k->uses_dynamic_shared && c->dynamic_shared_bytes == 0)
-    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s' reads zmlx_dynamic_shared but the call gives "
+    return zmlxi_fail(ZMLX_ERR_LAUNCH, "kernel '%s' reads zmlx_dynamic_shared but the call gives "
                      "no dynamic_shared_bytes", k->name);
   if (c->dynamic_shared_bytes > dev->info.max_shared_memory)
-    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %zu bytes of dynamic threadgroup memory "
+    return zmlxi_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %zu bytes of dynamic threadgroup memory "
                      "exceed the device's %zu", k->name, c->dynamic_shared_bytes,
                      dev->info.max_shared_memory);
   return ZMLX_OK;
@@ -463,7 +463,7 @@ static zmlx_status prepare_outputs(const zmlx_kernel *k, zmlx_device *dev, zmlx_
     owned[i] = 0;
     int wants_new = c->output_shapes && c->output_shapes[i];
     if (c->outputs[i] && wants_new)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' is both given (outputs[%d] "
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' is both given (outputs[%d] "
                        "is not NULL, perhaps an earlier launch's) and asked for "
                        "(output_shapes[%d]): set outputs[%d] = NULL for a new array, or "
                        "output_shapes[%d] = NULL to write into the given one", k->name, name, i,
@@ -471,26 +471,26 @@ static zmlx_status prepare_outputs(const zmlx_kernel *k, zmlx_device *dev, zmlx_
     if (c->outputs[i]) {
       zmlx_array *o = c->outputs[i];
       if (o->buffer->device != dev)
-        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' is on another device",
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' is on another device",
                          k->name, name);
       if (!zmlx_array_is_contiguous(o))
-        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' must be contiguous",
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': output '%s' must be contiguous",
                          k->name, name);
       continue;
     }
     if (!c->output_ndims || !wants_new || !c->output_dtypes)
-      return zmlx_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': output '%s' is not given, and "
+      return zmlxi_fail(ZMLX_ERR_NULL_ARG, "kernel '%s': output '%s' is not given, and "
                        "output_ndims / output_shapes / output_dtypes are missing", k->name, name);
-    zmlx_status st = zmlx_array_alloc(dev, s, c->output_dtypes[i], c->output_ndims[i],
+    zmlx_status st = zmlxi_array_alloc(dev, s, c->output_dtypes[i], c->output_ndims[i],
                                       c->output_shapes[i], &c->outputs[i]);
-    if (st != ZMLX_OK) return zmlx_fail_context(st, "kernel '%s': output '%s'", k->name, name);
+    if (st != ZMLX_OK) return zmlxi_fail_context(st, "kernel '%s': output '%s'", k->name, name);
     owned[i] = 1;
   }
   if (k->atomic_outputs)
     for (int i = 0; i < k->n_outputs; i++) {
       zmlx_dtype dt = c->outputs[i]->dtype;
       if (dt != ZMLX_F32 && dt != ZMLX_I32 && dt != ZMLX_U32)
-        return zmlx_fail(ZMLX_ERR_DTYPE, "kernel '%s': atomic output '%s' must be f32, i32 or u32, "
+        return zmlxi_fail(ZMLX_ERR_DTYPE, "kernel '%s': atomic output '%s' must be f32, i32 or u32, "
                          "not %s", k->name, k->names[k->n_inputs + i], zmlx_dtype_name(dt));
     }
   return ZMLX_OK;
@@ -585,7 +585,7 @@ static zmlx_status check_threadgroup_memory(const zmlx_kernel *k, const zmlx_dev
   size_t fixed = dev->ops->static_shared ? dev->ops->static_shared(dev->index, fn) : 0;
   size_t limit = dev->info.max_shared_memory;
   if (fixed > limit || c->dynamic_shared_bytes > limit - fixed)
-    return zmlx_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %zu bytes of static threadgroup memory + %zu "
+    return zmlxi_fail(ZMLX_ERR_LAUNCH, "kernel '%s': %zu bytes of static threadgroup memory + %zu "
                      "dynamic exceed the device's %zu", k->name, fixed, c->dynamic_shared_bytes,
                      limit);
   return ZMLX_OK;
@@ -602,7 +602,7 @@ static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream
   ZMLX_CHECK(check_threadgroup_memory(k, dev, fn, c));
   if (c->has_init_value)
     for (int i = 0; i < k->n_outputs; i++)
-      ZMLX_CHECK(zmlx_builtin_fill(arrays[k->n_inputs + i], c->init_value, s));
+      ZMLX_CHECK(zmlxi_builtin_fill(arrays[k->n_inputs + i], c->init_value, s));
   launch_scratch ls;
   build_args(&ls, k, arrays, c);
   return dev->ops->launch(dev->index, s->handle, fn, blocks, threads, c->dynamic_shared_bytes,
@@ -612,7 +612,7 @@ static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream
 static zmlx_launch_observer launch_observer;
 static void *launch_observer_ctx;
 
-void zmlx_kernel_set_launch_observer(zmlx_launch_observer fn, void *ctx) {
+void zmlxi_kernel_set_launch_observer(zmlx_launch_observer fn, void *ctx) {
   launch_observer = fn;
   launch_observer_ctx = ctx;
 }
@@ -623,7 +623,7 @@ zmlx_status zmlx_kernel_launch(zmlx_kernel *k, zmlx_kernel_call *c) {
   ZMLX_CHECK(check_call(k, c));
   zmlx_device *dev = NULL;
   ZMLX_CHECK(resolve_device(k, c, &dev));
-  zmlx_stream *s = zmlx_stream_or_default(c->stream, dev);
+  zmlx_stream *s = zmlxi_stream_or_default(c->stream, dev);
   int owned[ZMLX_KERNEL_MAX_ARRAYS] = {0};
   zmlx_status st = prepare_outputs(k, dev, s, c, owned);
   if (st != ZMLX_OK) {
@@ -648,16 +648,16 @@ zmlx_status zmlx_kernel_apply(zmlx_kernel *k, zmlx_array *const *inputs, const d
   ZMLX_REQUIRE_ARG(k);
   ZMLX_REQUIRE_ARG(outputs);
   if (k->n_inputs < 1)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_apply: kernel '%s' has no input to take "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_apply: kernel '%s' has no input to take "
                      "the output shape from: use zmlx_kernel_launch", k->name);
   ZMLX_REQUIRE_ARG(inputs);
-  if (!inputs[0]) return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_apply: inputs[0] is NULL");
+  if (!inputs[0]) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_apply: inputs[0] is NULL");
   if (k->n_params > 0 && !params)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_apply: kernel '%s' takes %d params, params "
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_apply: kernel '%s' takes %d params, params "
                      "is NULL", k->name, k->n_params);
   for (int i = 0; i < k->n_outputs; i++)
     if (outputs[i])
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_apply: outputs[%d] is not NULL (it "
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_apply: outputs[%d] is not NULL (it "
                        "makes new outputs; release an earlier one and set the slot to NULL, or "
                        "use zmlx_kernel_launch to write into it)", i);
   const zmlx_array *x = inputs[0];
@@ -701,30 +701,30 @@ zmlx_status zmlx_kernel_source(zmlx_kernel *k, zmlx_backend backend, const zmlx_
                                const zmlx_dtype *input_dtypes, char **out) {
   ZMLX_REQUIRE_ARG(k);
   ZMLX_REQUIRE_ARG(out);
-  const zmlx_dialect *d = zmlx_dialect_for(backend);
+  const zmlx_dialect *d = zmlxi_dialect_for(backend);
   if (!d)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_source: backend must be cuda, opencl or "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kernel_source: backend must be cuda, opencl or "
                      "metal, not %s", zmlx_backend_name(backend));
   zmlx_dtype dtypes[ZMLX_KERNEL_MAX_ARRAYS];
   for (int i = 0; i < k->n_inputs; i++) {
     if (c && c->inputs && c->inputs[i]) dtypes[i] = c->inputs[i]->dtype;
     else if (input_dtypes) dtypes[i] = input_dtypes[i];
-    else return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_source: no dtype for input '%s'",
+    else return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_source: no dtype for input '%s'",
                           k->names[i]);
   }
   for (int i = 0; i < k->n_outputs; i++) {
     if (c && c->outputs && c->outputs[i]) dtypes[k->n_inputs + i] = c->outputs[i]->dtype;
     else if (c && c->output_dtypes) dtypes[k->n_inputs + i] = c->output_dtypes[i];
-    else return zmlx_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_source: no dtype for output '%s'",
+    else return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_kernel_source: no dtype for output '%s'",
                           k->names[k->n_inputs + i]);
   }
   const zmlx_template_arg *t = c ? c->templates : NULL;
   int nt = c ? c->n_templates : 0;
   ZMLX_CHECK(check_templates(k, t, nt));
-  return zmlx_kernel_assemble(k, d, dtypes, t, nt, wants_guard(k), out, NULL);
+  return zmlxi_kernel_assemble(k, d, dtypes, t, nt, wants_guard(k), out, NULL);
 }
 
-void zmlx_kernel_call_grid_1d(zmlx_kernel_call *c, int64_t n) {
+void zmlxi_kernel_call_grid_1d(zmlx_kernel_call *c, int64_t n) {
   const int64_t row = (int64_t)1 << 30;
   c->grid[0] = n < row ? (n > 0 ? n : 1) : row;
   c->grid[1] = n > row ? (n + row - 1) / row : 1;

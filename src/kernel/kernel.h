@@ -20,7 +20,7 @@ typedef struct zmlx_kernel_variant {
   int n_templates;
   zmlx_template_arg templates[ZMLX_KERNEL_MAX_TEMPLATES]; /* names owned */
   void *function;
-  uint64_t generation; /* zmlx_cache_generation() when `function` was fetched */
+  uint64_t generation; /* zmlxi_cache_generation() when `function` was fetched */
 } zmlx_kernel_variant;
 
 struct zmlx_kernel {
@@ -49,7 +49,7 @@ struct zmlx_kernel {
 /* Assemble the full source of `k` for dialect `d`. `dtypes` holds the
  * n_inputs + n_outputs array dtypes. *body_first_line gets the 1-based line
  * where the user body starts (for compile-error mapping). */
-zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
+zmlx_status zmlxi_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
                                  const zmlx_dtype *dtypes, const zmlx_template_arg *templates,
                                  int n_templates, int guard_grid, char **source,
                                  int *body_first_line);
@@ -57,27 +57,27 @@ zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
 /* Create a kernel from a dialect file (.zk): `desc->source` is the file's
  * text — optional helper functions, a line "//-- body --", then the body
  * (a file without the line is all body). desc->header must be NULL. */
-zmlx_status zmlx_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out);
+zmlx_status zmlxi_kernel_create_from_zk(const zmlx_kernel_desc *desc, zmlx_kernel **out);
 
 /* Fill with a value, write arange, random: built-in kernels (kernel/builtins.c). */
-zmlx_status zmlx_builtin_fill(zmlx_array *a, double value, zmlx_stream *s);
-zmlx_status zmlx_builtin_copy(zmlx_array *src, zmlx_array *dst, zmlx_stream *s);
-zmlx_status zmlx_builtin_arange(zmlx_array *a, double start, double step, zmlx_stream *s);
-zmlx_status zmlx_builtin_random(zmlx_array *a, uint64_t seed, int normal, double p0,
+zmlx_status zmlxi_builtin_fill(zmlx_array *a, double value, zmlx_stream *s);
+zmlx_status zmlxi_builtin_copy(zmlx_array *src, zmlx_array *dst, zmlx_stream *s);
+zmlx_status zmlxi_builtin_arange(zmlx_array *a, double start, double step, zmlx_stream *s);
+zmlx_status zmlxi_builtin_random(zmlx_array *a, uint64_t seed, int normal, double p0,
                                 double p1, zmlx_stream *s);
 
 /* The built-in kernels' sources for a backend and dtype (tests compile the
  * CUDA ones with NVRTC on machines without a GPU). */
-int zmlx_builtin_count(void);
-zmlx_status zmlx_builtin_source(int which, zmlx_backend backend, zmlx_dtype dt, char **out);
+int zmlxi_builtin_count(void);
+zmlx_status zmlxi_builtin_source(int which, zmlx_backend backend, zmlx_dtype dt, char **out);
 
 /* Grid of a launch over n work items (at least 1), threadgroups of 256: 1-D,
  * or 2-D past 2^30 items, since grid dimensions stop at 2^31 - 1 on some
  * backends; the kernel computes its item as y * grid_size.x + x. */
-void zmlx_kernel_call_grid_1d(zmlx_kernel_call *c, int64_t n);
+void zmlxi_kernel_call_grid_1d(zmlx_kernel_call *c, int64_t n);
 
 /* Whether identifier `ident` occurs as a whole token in `text`. */
-int zmlx_mentions_identifier(const char *text, const char *ident);
+int zmlxi_mentions_identifier(const char *text, const char *ident);
 
 /* A test hook: `fn` sees every launch's kernel and call (inputs and outputs
  * resolved) before the backend compiles or runs it, so a test can rebuild
@@ -85,6 +85,6 @@ int zmlx_mentions_identifier(const char *text, const char *ident);
  * compiles them for CUDA with NVRTC on machines without a GPU). NULL
  * removes it. Process-wide; set it while no launch runs. */
 typedef void (*zmlx_launch_observer)(void *ctx, zmlx_kernel *k, const zmlx_kernel_call *c);
-void zmlx_kernel_set_launch_observer(zmlx_launch_observer fn, void *ctx);
+void zmlxi_kernel_set_launch_observer(zmlx_launch_observer fn, void *ctx);
 
 #endif /* ZMLX_KERNEL_KERNEL_H */

@@ -38,16 +38,16 @@ static zmlx_status split_names(const char *kernel, const char *text, int typed, 
   l->n = 0;
   if (!text || !*text) return ZMLX_OK;
   if (strlen(text) >= sizeof l->buf)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': name list too long", kernel);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': name list too long", kernel);
   strcpy(l->buf, text);
   for (char *save = NULL, *tok = strtok_r(l->buf, ",", &save); tok;
        tok = strtok_r(NULL, ",", &save)) {
     if (l->n == MAX_NAMES)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': more than %d names", kernel, MAX_NAMES);
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': more than %d names", kernel, MAX_NAMES);
     char *type = typed ? strchr(tok, ':') : NULL;
     if (type) *type++ = '\0';
     if (typed && (!type || !dtype_of(trim(type), &l->dtypes[l->n])))
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': parameter '%s' needs a type "
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "kernel '%s': parameter '%s' needs a type "
                        "(name:i32, u32, i64, f32 or f64)", kernel, trim(tok));
     l->names[l->n++] = trim(tok);
   }
@@ -64,7 +64,7 @@ static zmlx_status create(const zmlx_kernel_spec *s, zmlx_kernel **out) {
   if (s->prelude) {
     size_t a = strlen(s->prelude), b = strlen(s->source);
     joined = malloc(a + b + 2);
-    if (!joined) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!joined) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     memcpy(joined, s->prelude, a);
     joined[a] = '\n';
     memcpy(joined + a + 1, s->source, b + 1);
@@ -74,14 +74,14 @@ static zmlx_status create(const zmlx_kernel_spec *s, zmlx_kernel **out) {
                         .output_names = outs.names, .n_outputs = outs.n, .source = source,
                         .ensure_row_contiguous = s->dense_inputs, .param_names = params.names,
                         .param_dtypes = params.dtypes, .n_params = params.n};
-  zmlx_status st = zmlx_kernel_create_from_zk(&d, out);
+  zmlx_status st = zmlxi_kernel_create_from_zk(&d, out);
   free(joined);
   return st;
 }
 
-zmlx_status zmlx_kernel_set_get(zmlx_kernel_set *set, int i, zmlx_kernel **out) {
+zmlx_status zmlxi_kernel_set_get(zmlx_kernel_set *set, int i, zmlx_kernel **out) {
   if (i < 0 || i >= set->count || i >= ZMLX_KERNEL_SET_MAX)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s kernels: no entry %d", set->what, i);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s kernels: no entry %d", set->what, i);
   zmlx_kernel *k = atomic_load_explicit(&set->kernels[i], memory_order_acquire);
   if (k) {
     *out = k;
@@ -95,20 +95,20 @@ zmlx_status zmlx_kernel_set_get(zmlx_kernel_set *set, int i, zmlx_kernel **out) 
       atomic_store_explicit(&set->kernels[i], k, memory_order_release);
     } else {
       set->failed[i] = st;
-      set->error[i] = zmlx_strdup(zmlx_last_error());
+      set->error[i] = zmlxi_strdup(zmlx_last_error());
     }
   }
   zmlx_status failed = set->failed[i];
   pthread_mutex_unlock(&set->lock);
   if (failed != ZMLX_OK)
-    return zmlx_fail(failed, "%s kernels: %s", set->what,
+    return zmlxi_fail(failed, "%s kernels: %s", set->what,
                      set->error[i] ? set->error[i] : "(no message)");
   *out = k;
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_kernel_set_launch(zmlx_kernel_set *set, int i, zmlx_kernel_call *call) {
+zmlx_status zmlxi_kernel_set_launch(zmlx_kernel_set *set, int i, zmlx_kernel_call *call) {
   zmlx_kernel *k = NULL;
-  ZMLX_CHECK(zmlx_kernel_set_get(set, i, &k));
+  ZMLX_CHECK(zmlxi_kernel_set_get(set, i, &k));
   return zmlx_kernel_launch(k, call);
 }

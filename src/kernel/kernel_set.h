@@ -6,13 +6,13 @@
  * message). Replaces the hand-written pthread_once tables each family had.
  *
  *   static const zmlx_kernel_spec SPECS[] = {
- *       [K_FWD] = ZMLX_KSPEC("zmlx_softmax_fwd", zmlx_res_softmax_zk, "x, mask", "out",
- *                            "rows:i64, cols:i64, scale:f32", .prelude = zmlx_res_vec_io_zk),
+ *       [K_FWD] = ZMLX_KSPEC("zmlx_softmax_fwd", zmlxi_res_softmax_zk, "x, mask", "out",
+ *                            "rows:i64, cols:i64, scale:f32", .prelude = zmlxi_res_vec_io_zk),
  *   };
  *   static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("softmax", SPECS);
  *   ...
  *   zmlx_kernel *k;
- *   ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_FWD, &k));
+ *   ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_FWD, &k));
  */
 #ifndef ZMLX_KERNEL_KERNEL_SET_H
 #define ZMLX_KERNEL_KERNEL_SET_H
@@ -56,8 +56,8 @@ typedef struct zmlx_kernel_set {
    .lock = PTHREAD_MUTEX_INITIALIZER}
 
 /* Entry i's kernel object (owned by the set, alive until process exit). */
-zmlx_status zmlx_kernel_set_get(zmlx_kernel_set *set, int i, zmlx_kernel **out);
+zmlx_status zmlxi_kernel_set_get(zmlx_kernel_set *set, int i, zmlx_kernel **out);
 /* zmlx_kernel_launch of entry i. */
-zmlx_status zmlx_kernel_set_launch(zmlx_kernel_set *set, int i, zmlx_kernel_call *call);
+zmlx_status zmlxi_kernel_set_launch(zmlx_kernel_set *set, int i, zmlx_kernel_call *call);
 
 #endif

@@ -9,7 +9,7 @@
 
 static int is_ident_char(char c) { return isalnum((unsigned char)c) || c == '_'; }
 
-int zmlx_mentions_identifier(const char *text, const char *ident) {
+int zmlxi_mentions_identifier(const char *text, const char *ident) {
   if (!text || !ident || !*ident) return 0;
   size_t n = strlen(ident);
   for (const char *p = strstr(text, ident); p; p = strstr(p + 1, ident)) {
@@ -30,17 +30,17 @@ static void emit_templates(zmlx_sb *sb, const zmlx_dialect *d, const zmlx_templa
     switch (t[i].kind) {
       case ZMLX_TEMPLATE_DTYPE: {
         const char *dn = zmlx_dtype_name(t[i].dtype);
-        zmlx_sb_printf(sb, "typedef %s %s;\n", d->type_name(t[i].dtype), t[i].name);
-        zmlx_sb_printf(sb, "typedef %s %s_compute;\n", compute_type(d, t[i].dtype), t[i].name);
-        zmlx_sb_printf(sb, "#define %s_load(p, i) zmlx_load_%s((p), (i))\n", t[i].name, dn);
-        zmlx_sb_printf(sb, "#define %s_store(p, i, v) zmlx_store_%s((p), (i), (v))\n", t[i].name, dn);
+        zmlxi_sb_printf(sb, "typedef %s %s;\n", d->type_name(t[i].dtype), t[i].name);
+        zmlxi_sb_printf(sb, "typedef %s %s_compute;\n", compute_type(d, t[i].dtype), t[i].name);
+        zmlxi_sb_printf(sb, "#define %s_load(p, i) zmlx_load_%s((p), (i))\n", t[i].name, dn);
+        zmlxi_sb_printf(sb, "#define %s_store(p, i, v) zmlx_store_%s((p), (i), (v))\n", t[i].name, dn);
         break;
       }
       case ZMLX_TEMPLATE_INT:
-        zmlx_sb_printf(sb, "#define %s (%lld)\n", t[i].name, (long long)t[i].value);
+        zmlxi_sb_printf(sb, "#define %s (%lld)\n", t[i].name, (long long)t[i].value);
         break;
       case ZMLX_TEMPLATE_BOOL:
-        zmlx_sb_printf(sb, "#define %s %d\n", t[i].name, t[i].value ? 1 : 0);
+        zmlxi_sb_printf(sb, "#define %s %d\n", t[i].name, t[i].value ? 1 : 0);
         break;
     }
   }
@@ -51,9 +51,9 @@ static void emit_accessors(zmlx_sb *sb, const zmlx_kernel *k, const zmlx_dtype *
   int n = k->n_inputs + k->n_outputs;
   for (int i = 0; i < n; i++) {
     const char *dn = zmlx_dtype_name(dtypes[i]);
-    zmlx_sb_printf(sb, "#define %s_load(i) zmlx_load_%s(%s, (i))\n", k->names[i], dn, k->names[i]);
+    zmlxi_sb_printf(sb, "#define %s_load(i) zmlx_load_%s(%s, (i))\n", k->names[i], dn, k->names[i]);
     if (i >= k->n_inputs)
-      zmlx_sb_printf(sb, "#define %s_store(i, v) zmlx_store_%s(%s, (i), (v))\n", k->names[i], dn,
+      zmlxi_sb_printf(sb, "#define %s_store(i, v) zmlx_store_%s(%s, (i), (v))\n", k->names[i], dn,
                      k->names[i]);
   }
 }
@@ -64,7 +64,7 @@ static int count_lines(const char *s, size_t len) {
   return n;
 }
 
-zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
+zmlx_status zmlxi_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
                                  const zmlx_dtype *dtypes, const zmlx_template_arg *templates,
                                  int n_templates, int guard_grid, char **source,
                                  int *body_first_line) {
@@ -89,20 +89,20 @@ zmlx_status zmlx_kernel_assemble(const zmlx_kernel *k, const zmlx_dialect *d,
                      .uses_dynamic_shared = k->uses_dynamic_shared};
 
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  zmlx_sb_append(&sb, d->prelude);
-  zmlx_sb_printf(&sb, "\n/* ---- zmlx kernel '%s' ---- */\n", k->name);
+  zmlxi_sb_init(&sb);
+  zmlxi_sb_append(&sb, d->prelude);
+  zmlxi_sb_printf(&sb, "\n/* ---- zmlx kernel '%s' ---- */\n", k->name);
   emit_templates(&sb, d, templates, n_templates);
   if (k->header && *k->header) {
-    zmlx_sb_append(&sb, k->header);
-    zmlx_sb_append(&sb, "\n");
+    zmlxi_sb_append(&sb, k->header);
+    zmlxi_sb_append(&sb, "\n");
   }
   d->emit_kernel_begin(&spec, &sb);
   emit_accessors(&sb, k, dtypes);
   int first = count_lines(sb.data ? sb.data : "", sb.len) + 1;
-  zmlx_sb_append(&sb, k->body);
-  zmlx_sb_append(&sb, "\n");
+  zmlxi_sb_append(&sb, k->body);
+  zmlxi_sb_append(&sb, "\n");
   d->emit_kernel_end(&spec, &sb);
   if (body_first_line) *body_first_line = first;
-  return zmlx_sb_finish(&sb, source);
+  return zmlxi_sb_finish(&sb, source);
 }

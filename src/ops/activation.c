@@ -48,48 +48,48 @@ static const struct {
 
 /* ------------------------------------------------------------------ ops */
 
-const char *zmlx_activation_name(act_kind k) { return ACT[k].name; }
+const char *zmlxi_activation_name(act_kind k) { return ACT[k].name; }
 
 static _Atomic(zmlx_ad_expr *) act_slot[A_COUNT];
 
-zmlx_status zmlx_activation_call(act_kind k, zmlx_array *x, double alpha, zmlx_array **out) {
+zmlx_status zmlxi_activation_call(act_kind k, zmlx_array *x, double alpha, zmlx_array **out) {
   static const char *const in_names[] = {"x"};
   static const char *const par_names[] = {"alpha"};
   const char *op = ACT[k].name;
-  if (!out) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'out' is NULL", op);
+  if (!out) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'out' is NULL", op);
   *out = NULL;
-  if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'x' is NULL", op);
-  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; supported: f32, f16, bf16", op,
+  if (!x) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'x' is NULL", op);
+  if (!zmlxi_dtype_is_f32_f16_bf16(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; supported: f32, f16, bf16", op,
                      zmlx_dtype_name(x->dtype));
   int n_par = k == A_ELU;
   if (n_par && !isfinite(alpha))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: alpha = %g must be finite", op, alpha);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: alpha = %g must be finite", op, alpha);
   zmlx_ad_expr *e = atomic_load(&act_slot[k]);
   if (!e) {
     /* Racing first calls get the same object: the expression cache is keyed by text. */
-    ZMLX_CHECK(zmlx_ad_expr_get(ACT[k].expr, in_names, 1, par_names, n_par, &e));
+    ZMLX_CHECK(zmlxi_ad_expr_get(ACT[k].expr, in_names, 1, par_names, n_par, &e));
     atomic_store(&act_slot[k], e);
   }
-  return zmlx_ad_expr_apply(e, &x, 1, n_par ? &alpha : NULL, out);
+  return zmlxi_ad_expr_apply(e, &x, 1, n_par ? &alpha : NULL, out);
 }
 
-zmlx_status zmlx_exp(zmlx_array *x, zmlx_array **out) { return zmlx_activation_call(A_EXP, x, 0, out); }
-zmlx_status zmlx_log(zmlx_array *x, zmlx_array **out) { return zmlx_activation_call(A_LOG, x, 0, out); }
-zmlx_status zmlx_tanh(zmlx_array *x, zmlx_array **out) { return zmlx_activation_call(A_TANH, x, 0, out); }
+zmlx_status zmlx_exp(zmlx_array *x, zmlx_array **out) { return zmlxi_activation_call(A_EXP, x, 0, out); }
+zmlx_status zmlx_log(zmlx_array *x, zmlx_array **out) { return zmlxi_activation_call(A_LOG, x, 0, out); }
+zmlx_status zmlx_tanh(zmlx_array *x, zmlx_array **out) { return zmlxi_activation_call(A_TANH, x, 0, out); }
 zmlx_status zmlx_sigmoid(zmlx_array *x, zmlx_array **out) {
-  return zmlx_activation_call(A_SIGMOID, x, 0, out);
+  return zmlxi_activation_call(A_SIGMOID, x, 0, out);
 }
-zmlx_status zmlx_relu(zmlx_array *x, zmlx_array **out) { return zmlx_activation_call(A_RELU, x, 0, out); }
-zmlx_status zmlx_silu(zmlx_array *x, zmlx_array **out) { return zmlx_activation_call(A_SILU, x, 0, out); }
+zmlx_status zmlx_relu(zmlx_array *x, zmlx_array **out) { return zmlxi_activation_call(A_RELU, x, 0, out); }
+zmlx_status zmlx_silu(zmlx_array *x, zmlx_array **out) { return zmlxi_activation_call(A_SILU, x, 0, out); }
 zmlx_status zmlx_gelu_tanh(zmlx_array *x, zmlx_array **out) {
-  return zmlx_activation_call(A_GELU_TANH, x, 0, out);
+  return zmlxi_activation_call(A_GELU_TANH, x, 0, out);
 }
-zmlx_status zmlx_gelu(zmlx_array *x, zmlx_array **out) { return zmlx_activation_call(A_GELU, x, 0, out); }
+zmlx_status zmlx_gelu(zmlx_array *x, zmlx_array **out) { return zmlxi_activation_call(A_GELU, x, 0, out); }
 zmlx_status zmlx_softplus(zmlx_array *x, zmlx_array **out) {
-  return zmlx_activation_call(A_SOFTPLUS, x, 0, out);
+  return zmlxi_activation_call(A_SOFTPLUS, x, 0, out);
 }
-zmlx_status zmlx_mish(zmlx_array *x, zmlx_array **out) { return zmlx_activation_call(A_MISH, x, 0, out); }
+zmlx_status zmlx_mish(zmlx_array *x, zmlx_array **out) { return zmlxi_activation_call(A_MISH, x, 0, out); }
 zmlx_status zmlx_elu(zmlx_array *x, double alpha, zmlx_array **out) {
-  return zmlx_activation_call(A_ELU, x, alpha, out);
+  return zmlxi_activation_call(A_ELU, x, alpha, out);
 }

@@ -22,9 +22,9 @@ typedef enum act_kind {
   A_COUNT
 } act_kind;
 
-zmlx_status zmlx_activation_call(act_kind k, zmlx_array *x, double alpha, zmlx_array **out);
+zmlx_status zmlxi_activation_call(act_kind k, zmlx_array *x, double alpha, zmlx_array **out);
 
 /* The op's name, e.g. "gelu_tanh". */
-const char *zmlx_activation_name(act_kind k);
+const char *zmlxi_activation_name(act_kind k);
 
 #endif

@@ -15,22 +15,22 @@
 #include "runtime/internal.h"
 #include "ops/cross_entropy.h"
 
-extern const char zmlx_res_cross_entropy_zk[];
+extern const char zmlxi_res_cross_entropy_zk[];
 
-extern const char zmlx_res_ce_count_zk[];
+extern const char zmlxi_res_ce_count_zk[];
 
 enum { K_CE, K_COUNT };
 
 static const zmlx_kernel_spec SPECS[] = {
-    [K_CE] = ZMLX_KSPEC("zmlx_cross_entropy", zmlx_res_cross_entropy_zk, "x, t, count", "loss, grad",
-                        "rows:i64, cols:i64, ignore_index:i64, eps:f32", .prelude = zmlx_res_vec_io_zk,
+    [K_CE] = ZMLX_KSPEC("zmlx_cross_entropy", zmlxi_res_cross_entropy_zk, "x, t, count", "loss, grad",
+                        "rows:i64, cols:i64, ignore_index:i64, eps:f32", .prelude = zmlxi_res_vec_io_zk,
                         .dense_inputs = 1),
-    [K_COUNT] = ZMLX_KSPEC("zmlx_ce_count", zmlx_res_ce_count_zk, "t", "count",
+    [K_COUNT] = ZMLX_KSPEC("zmlx_ce_count", zmlxi_res_ce_count_zk, "t", "count",
                            "rows:i64, ignore_index:i64", .dense_inputs = 1),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("cross_entropy", SPECS);
 
-const zmlx_cross_entropy_opts zmlx_cross_entropy_defaults = {-100, 0.0, ZMLX_CE_MEAN, 0};
+const zmlx_cross_entropy_opts zmlxi_cross_entropy_defaults = {-100, 0.0, ZMLX_CE_MEAN, 0};
 
 static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts *o, int64_t V);
 
@@ -38,32 +38,32 @@ static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts
  * range, on the host. */
 static zmlx_status ce_validate(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o) {
   const char *op = "cross_entropy";
-  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: logits have dtype %s; f32, f16 or bf16 is needed", op,
+  if (!zmlxi_dtype_is_f32_f16_bf16(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: logits have dtype %s; f32, f16 or bf16 is needed", op,
                      zmlx_dtype_name(x->dtype));
   if (t->dtype != ZMLX_I32 && t->dtype != ZMLX_I64)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: targets have dtype %s; i32 or i64 class indices are "
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: targets have dtype %s; i32 or i64 class indices are "
                      "needed", op, zmlx_dtype_name(t->dtype));
   if (x->ndim < 1)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: logits are a scalar; [..., vocab] is needed", op);
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: logits are a scalar; [..., vocab] is needed", op);
   int shape_ok = t->ndim == x->ndim - 1;
   for (int i = 0; shape_ok && i < t->ndim; i++) shape_ok = t->shape[i] == x->shape[i];
   if (!shape_ok) {
     char xs[96], ts[96];
-    zmlx_shape_str(xs, sizeof xs, x->ndim, x->shape);
-    zmlx_shape_str(ts, sizeof ts, t->ndim, t->shape);
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: targets shape %s must be the logits shape %s without "
+    zmlxi_shape_str(xs, sizeof xs, x->ndim, x->shape);
+    zmlxi_shape_str(ts, sizeof ts, t->ndim, t->shape);
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: targets shape %s must be the logits shape %s without "
                      "its last axis", op, ts, xs);
   }
   const int64_t V = x->shape[x->ndim - 1];
-  if (V == 0) return zmlx_fail(ZMLX_ERR_SHAPE, "%s: the vocabulary (last) axis is 0", op);
+  if (V == 0) return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: the vocabulary (last) axis is 0", op);
   if (t->buffer->device != x->buffer->device)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: logits and targets are on different devices", op);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: logits and targets are on different devices", op);
   if (!(o->label_smoothing >= 0.0 && o->label_smoothing <= 1.0))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: label_smoothing %g is outside [0, 1]", op,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: label_smoothing %g is outside [0, 1]", op,
                      o->label_smoothing);
   if (o->reduction != ZMLX_CE_MEAN && o->reduction != ZMLX_CE_SUM)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: unknown reduction %d (ZMLX_CE_MEAN or "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: unknown reduction %d (ZMLX_CE_MEAN or "
                      "ZMLX_CE_SUM)", op, (int)o->reduction);
   return o->check_targets ? ce_check_targets(t, o, V) : ZMLX_OK;
 }
@@ -74,7 +74,7 @@ static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts
   const int64_t n = t->size;
   if (n == 0) return ZMLX_OK;
   int64_t *tv = malloc((size_t)n * sizeof *tv);
-  if (!tv) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
+  if (!tv) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
   zmlx_status st;
   if (t->dtype == ZMLX_I64) {
     st = zmlx_array_to_host(t, tv, (size_t)n * sizeof *tv);
@@ -86,7 +86,7 @@ static zmlx_status ce_check_targets(zmlx_array *t, const zmlx_cross_entropy_opts
   for (int64_t i = 0; st == ZMLX_OK && i < n; i++) {
     if (tv[i] == o->ignore_index) continue;
     if (tv[i] < 0 || tv[i] >= V)
-      st = zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: target %lld at row %lld is out of range [0, %lld) "
+      st = zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: target %lld at row %lld is out of range [0, %lld) "
                      "and is not ignore_index %lld", op, (long long)tv[i], (long long)i,
                      (long long)V, (long long)o->ignore_index);
   }
@@ -99,7 +99,7 @@ static zmlx_status ce_count(zmlx_array *t, const zmlx_cross_entropy_opts *o, zml
   double params[2] = {(double)t->size, (double)o->ignore_index};
   zmlx_array *outs[1] = {count};
   zmlx_kernel *k_count;
-  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_COUNT, &k_count));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_COUNT, &k_count));
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &t, .outputs = outs,
                            .params = params, .device = t->buffer->device,
                            .grid = {256, 1, 1}, .threadgroup = {256, 1, 1}};
@@ -110,7 +110,7 @@ static zmlx_status ce_count(zmlx_array *t, const zmlx_cross_entropy_opts *o, zml
 static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o,
                              zmlx_array *loss_rows, zmlx_array *grad) {
   zmlx_kernel *k_ce;
-  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_CE, &k_ce));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_CE, &k_ce));
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = x->size / cols;
   if (rows == 0) return ZMLX_OK;
@@ -118,9 +118,9 @@ static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entr
   zmlx_array *dummy = NULL, *count = NULL;
   int64_t one = 1;
   zmlx_status st = ZMLX_OK;
-  if (!grad) st = zmlx_array_alloc(x->buffer->device, NULL, x->dtype, 1, &one, &dummy);
+  if (!grad) st = zmlxi_array_alloc(x->buffer->device, NULL, x->dtype, 1, &one, &dummy);
   if (st == ZMLX_OK && mean)
-    st = zmlx_array_alloc(x->buffer->device, NULL, ZMLX_I32, 1, &one, &count);
+    st = zmlxi_array_alloc(x->buffer->device, NULL, ZMLX_I32, 1, &one, &count);
   if (st == ZMLX_OK && mean) st = ce_count(t, o, count);
   if (st != ZMLX_OK) {
     zmlx_array_release(dummy);
@@ -137,23 +137,23 @@ static zmlx_status ce_launch(zmlx_array *x, zmlx_array *t, const zmlx_cross_entr
   const int aligned = (!zmlx_array_is_contiguous(x) || ((size_t)x->offset * es) % 16 == 0) &&
                       (!grad || ((size_t)grad->offset * es) % 16 == 0);
   const int vec = cols % width == 0 && aligned ? width : 0;
-  const int xdt = zmlx_ops_xdt(x->dtype);
+  const int xdt = zmlxi_ops_xdt(x->dtype);
   int tg = 0, nv = 0;
-  if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
-  const int native = zmlx_ops_native_simd(x->buffer->device);
+  if (vec) zmlxi_ops_chunk_geometry(x->buffer->device, cols / vec, 8, &tg, &nv);
+  const int native = zmlxi_ops_native_simd(x->buffer->device);
   zmlx_template_arg tmpl[7] = {{"WG", ZMLX_TEMPLATE_BOOL, ZMLX_F32, grad ? 1 : 0},
                                {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
                                {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, xdt},
                                {"MEAN", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mean},
                                {"NV", ZMLX_TEMPLATE_INT, ZMLX_F32, nv},
                                {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native},
-                               {"TILE", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_stream_tile()}};
+                               {"TILE", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_stream_tile()}};
   zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 2, .inputs = in, .outputs = outs,
                            .templates = tmpl, .n_templates = 7, .params = params,
                            .device = x->buffer->device};
-  zmlx_ops_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
-  if (nv) zmlx_ops_use_chunk_geometry(&call, tg, nv);
-  else if (vec) zmlx_ops_use_stream_geometry(&call, grad != NULL);
+  zmlxi_ops_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
+  if (nv) zmlxi_ops_use_chunk_geometry(&call, tg, nv);
+  else if (vec) zmlxi_ops_use_stream_geometry(&call, grad != NULL);
   st = zmlx_kernel_launch(k_ce, &call);
   zmlx_array_release(dummy);
   zmlx_array_release(count);
@@ -187,7 +187,7 @@ static zmlx_status ce_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_ar
   zmlx_array *s = NULL;
   zmlx_status st = zmlx_sum(p, NULL, 0, 0, &s);
   zmlx_array_release(p);
-  if (st == ZMLX_OK) st = zmlx_ad_cast(s, ZMLX_F32, &out_tan[0]);
+  if (st == ZMLX_OK) st = zmlxi_ad_cast(s, ZMLX_F32, &out_tan[0]);
   zmlx_array_release(s);
   return st;
 }
@@ -197,16 +197,16 @@ static const zmlx_ad_rule CE_RULE = {"cross_entropy", ce_vjp, ce_jvp, ce_ctx_fre
 /* Everything but recording: loss (f32 scalar) and, when grad_out, the
  * gradient in the logits' dtype. `grad_into`: a preallocated gradient
  * (the check's poisoned array) instead of a new one. */
-zmlx_status zmlx_cross_entropy_compute(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o,
+zmlx_status zmlxi_cross_entropy_compute(zmlx_array *x, zmlx_array *t, const zmlx_cross_entropy_opts *o,
                                        zmlx_array *loss_rows_into, zmlx_array **loss, zmlx_array **grad_out,
                                        zmlx_array *grad_into) {
   ZMLX_CHECK(ce_validate(x, t, o));
   zmlx_array *rows = loss_rows_into, *grad = grad_into;
   zmlx_status st = ZMLX_OK;
-  if (!rows) st = zmlx_array_alloc(x->buffer->device, NULL, ZMLX_F32, t->ndim, t->shape, &rows);
+  if (!rows) st = zmlxi_array_alloc(x->buffer->device, NULL, ZMLX_F32, t->ndim, t->shape, &rows);
   else zmlx_array_retain(rows);
   if (st == ZMLX_OK && grad_out && !grad)
-    st = zmlx_array_alloc(x->buffer->device, NULL, x->dtype, x->ndim, x->shape, &grad);
+    st = zmlxi_array_alloc(x->buffer->device, NULL, x->dtype, x->ndim, x->shape, &grad);
   else if (grad)
     zmlx_array_retain(grad);
   if (st == ZMLX_OK) st = ce_launch(x, t, o, rows, grad_out ? grad : NULL);
@@ -231,24 +231,24 @@ zmlx_status zmlx_cross_entropy(zmlx_array *logits, zmlx_array *targets,
   if (grad_logits) *grad_logits = NULL;
   ZMLX_REQUIRE_ARG(logits);
   ZMLX_REQUIRE_ARG(targets);
-  const zmlx_cross_entropy_opts *o = opts ? opts : &zmlx_cross_entropy_defaults;
+  const zmlx_cross_entropy_opts *o = opts ? opts : &zmlxi_cross_entropy_defaults;
   zmlx_array *in[2] = {logits, targets};
-  const int record = zmlx_ad_should_record(in, 2);
+  const int record = zmlxi_ad_should_record(in, 2);
   zmlx_array *l = NULL, *g = NULL;
   zmlx_status st;
   /* the forward is opaque to autograd: its internal sum is not recorded */
-  zmlx_ad_pause();
-  st = zmlx_cross_entropy_compute(logits, targets, o, NULL, &l, (record || grad_logits) ? &g : NULL, NULL);
-  zmlx_ad_resume();
+  zmlxi_ad_pause();
+  st = zmlxi_cross_entropy_compute(logits, targets, o, NULL, &l, (record || grad_logits) ? &g : NULL, NULL);
+  zmlxi_ad_resume();
   if (st != ZMLX_OK) return st;
   if (record) {
     ce_ctx *c = malloc(sizeof *c);
     if (!c) {
-      st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "cross_entropy: out of host memory");
+      st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "cross_entropy: out of host memory");
     } else {
       zmlx_array_retain(g);
       c->grad = g;
-      st = zmlx_ad_record(&CE_RULE, c, in, 2, &l, 1, 0);
+      st = zmlxi_ad_record(&CE_RULE, c, in, 2, &l, 1, 0);
     }
   }
   if (st != ZMLX_OK) {

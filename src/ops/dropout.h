@@ -14,9 +14,9 @@ typedef struct drop_cfg {
 
 /* p as the kernel's 24-bit threshold: an element is kept when the top 24
  * bits of its Philox word are >= it. */
-uint32_t zmlx_dropout_threshold(double p);
+uint32_t zmlxi_dropout_threshold(double p);
 
 /* out (dense, x's shape and dtype) = dropout of x; no autograd record. */
-zmlx_status zmlx_dropout_launch(zmlx_array *x, const drop_cfg *c, zmlx_array *out);
+zmlx_status zmlxi_dropout_launch(zmlx_array *x, const drop_cfg *c, zmlx_array *out);
 
 #endif

@@ -21,17 +21,17 @@
 #include "ops/kernel_util.h"
 #include "ops/glu.h"
 
-extern const char zmlx_res_glu_split_zk[];
+extern const char zmlxi_res_glu_split_zk[];
 
 /* ------------------------------------------------------------ validation */
 
 static zmlx_status check_float(const char *op, const char *name, const zmlx_array *a) {
-  if (!a) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", op, name);
-  if (!zmlx_dtype_is_f32_f16_bf16(a->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s; supported: f32, f16, bf16", op, name,
+  if (!a) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", op, name);
+  if (!zmlxi_dtype_is_f32_f16_bf16(a->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s; supported: f32, f16, bf16", op, name,
                      zmlx_dtype_name(a->dtype));
   if (a->ndim < 1)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: %s must have rank >= 1, got a scalar", op, name);
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: %s must have rank >= 1, got a scalar", op, name);
   return ZMLX_OK;
 }
 
@@ -39,14 +39,14 @@ static zmlx_status check_same(const char *op, const zmlx_array *a, const zmlx_ar
                               const char *an, const char *bn) {
   char s1[96], s2[96];
   if (a->dtype != b->dtype)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s is %s but %s is %s", op, an,
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: %s is %s but %s is %s", op, an,
                      zmlx_dtype_name(a->dtype), bn, zmlx_dtype_name(b->dtype));
   if (a->ndim != b->ndim || memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) != 0)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: shapes of %s %s and %s %s do not match", op, an,
-                     zmlx_shape_str(s1, sizeof s1, a->ndim, a->shape), bn,
-                     zmlx_shape_str(s2, sizeof s2, b->ndim, b->shape));
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: shapes of %s %s and %s %s do not match", op, an,
+                     zmlxi_shape_str(s1, sizeof s1, a->ndim, a->shape), bn,
+                     zmlxi_shape_str(s2, sizeof s2, b->ndim, b->shape));
   if (a->buffer->device != b->buffer->device)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: %s and %s are on different devices", op, an, bn);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: %s and %s are on different devices", op, an, bn);
   return ZMLX_OK;
 }
 
@@ -54,14 +54,14 @@ static zmlx_status check_bias(const char *op, const zmlx_array *x, const zmlx_ar
   char s1[96], s2[96];
   ZMLX_CHECK(check_float(op, "bias", bias));
   if (bias->dtype != x->dtype)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x is %s but bias is %s", op, zmlx_dtype_name(x->dtype),
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: x is %s but bias is %s", op, zmlx_dtype_name(x->dtype),
                      zmlx_dtype_name(bias->dtype));
   if (bias->ndim != 1 || bias->shape[0] != x->shape[x->ndim - 1])
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: bias must be [last dim of x] for x %s, got bias %s", op,
-                     zmlx_shape_str(s1, sizeof s1, x->ndim, x->shape),
-                     zmlx_shape_str(s2, sizeof s2, bias->ndim, bias->shape));
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: bias must be [last dim of x] for x %s, got bias %s", op,
+                     zmlxi_shape_str(s1, sizeof s1, x->ndim, x->shape),
+                     zmlxi_shape_str(s2, sizeof s2, bias->ndim, bias->shape));
   if (bias->buffer->device != x->buffer->device)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: x and bias are on different devices", op);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: x and bias are on different devices", op);
   return ZMLX_OK;
 }
 
@@ -69,9 +69,9 @@ static zmlx_status check_even(const char *op, const zmlx_array *x) {
   char s1[96];
   int64_t d = x->shape[x->ndim - 1];
   if (d % 2 != 0 || d == 0)
-    return zmlx_fail(ZMLX_ERR_SHAPE,
+    return zmlxi_fail(ZMLX_ERR_SHAPE,
                      "%s: the last dim of x %s must be even (split in halves) and non-zero", op,
-                     zmlx_shape_str(s1, sizeof s1, x->ndim, x->shape));
+                     zmlxi_shape_str(s1, sizeof s1, x->ndim, x->shape));
   return ZMLX_OK;
 }
 
@@ -112,17 +112,17 @@ enum { K_SPLIT };
 
 /* Not dense_inputs: x is read in place through its row stride. */
 static const zmlx_kernel_spec SPECS[] = {
-    [K_SPLIT] = ZMLX_KSPEC("zmlx_glu_split", zmlx_res_glu_split_zk, "x, bias", "out",
+    [K_SPLIT] = ZMLX_KSPEC("zmlx_glu_split", zmlxi_res_glu_split_zk, "x, bias", "out",
                            "n:i64, fc:i64, xrs:i64"),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("glu", SPECS);
 
 /* For the checks (this thread only): launches of the fast kernel, and a cap
  * on its grid (0: none) that makes the grid-stride loop go round. */
-_Thread_local long zmlx_glu_split_launches;
-_Thread_local int64_t zmlx_glu_split_grid_cap;
+_Thread_local long zmlxi_glu_split_launches;
+_Thread_local int64_t zmlxi_glu_split_grid_cap;
 
-int zmlx_glu_split_vec(zmlx_dtype dt) { return dt == ZMLX_F32 ? 4 : 8; }
+int zmlxi_glu_split_vec(zmlx_dtype dt) { return dt == ZMLX_F32 ? 4 : 8; }
 
 /* x [..., 2F] as rows of its last axis: the row stride in elements when
  * the last axis is dense and the leading axes fold into one stride (2F for
@@ -148,7 +148,7 @@ static int64_t split_row_stride(const zmlx_array *x) {
  * buffers are 16-byte aligned), bias dense and aligned likewise. */
 static int split_fast_ok(const zmlx_array *x, const zmlx_array *bias) {
   if (x->size == 0) return 0;
-  const int64_t vec = zmlx_glu_split_vec(x->dtype), F = x->shape[x->ndim - 1] / 2;
+  const int64_t vec = zmlxi_glu_split_vec(x->dtype), F = x->shape[x->ndim - 1] / 2;
   if (F % vec != 0 || x->offset % vec != 0) return 0;
   const int64_t rs = split_row_stride(x);
   if (rs < 0 || rs % vec != 0) return 0;
@@ -160,20 +160,20 @@ static int split_fast_ok(const zmlx_array *x, const zmlx_array *bias) {
  * act: 0 silu, 1 gelu (erf), 2 gelu (tanh). Requires split_fast_ok. */
 static zmlx_status split_fast(int act, zmlx_array *x, zmlx_array *bias, zmlx_array **out) {
   zmlx_kernel *gs_kernel;
-  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_SPLIT, &gs_kernel));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_SPLIT, &gs_kernel));
   zmlx_device *dev = x->buffer->device;
-  const int vec = zmlx_glu_split_vec(x->dtype);
+  const int vec = zmlxi_glu_split_vec(x->dtype);
   const int64_t F = x->shape[x->ndim - 1] / 2;
   const int64_t rows = x->size / (2 * F), fc = F / vec, n = rows * fc;
   int64_t shape[ZMLX_MAX_DIMS];
   memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
   shape[x->ndim - 1] = F;
   zmlx_array *y = NULL;
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, x->dtype, x->ndim, shape, &y));
+  ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, x->dtype, x->ndim, shape, &y));
   zmlx_device_info info;
   zmlx_status st = zmlx_device_get_info(dev, &info);
   if (st == ZMLX_OK) {
-    const int xdt = zmlx_ops_xdt(x->dtype);
+    const int xdt = zmlxi_ops_xdt(x->dtype);
     zmlx_template_arg t[4] = {{"ACT", ZMLX_TEMPLATE_INT, ZMLX_F32, act},
                               {"BIAS", ZMLX_TEMPLATE_BOOL, ZMLX_F32, bias ? 1 : 0},
                               {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
@@ -182,8 +182,8 @@ static zmlx_status split_fast(int act, zmlx_array *x, zmlx_array *bias, zmlx_arr
     zmlx_array *in[2] = {x, bias ? bias : x};
     /* one chunk per thread up to the engine's cap (sixteen waves), then
      * the grid-stride loop */
-    zmlx_pattern_geometry g = zmlx_pattern_elementwise_geometry(ZMLX_EW_CONTIGUOUS, n, 0, &info);
-    if (zmlx_glu_split_grid_cap > 0 && g.grid[0] > zmlx_glu_split_grid_cap) g.grid[0] = zmlx_glu_split_grid_cap;
+    zmlx_pattern_geometry g = zmlxi_pattern_elementwise_geometry(ZMLX_EW_CONTIGUOUS, n, 0, &info);
+    if (zmlxi_glu_split_grid_cap > 0 && g.grid[0] > zmlxi_glu_split_grid_cap) g.grid[0] = zmlxi_glu_split_grid_cap;
     zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &y,
                              .templates = t, .n_templates = 4, .params = params,
                              .device = dev};
@@ -195,7 +195,7 @@ static zmlx_status split_fast(int act, zmlx_array *x, zmlx_array *bias, zmlx_arr
     zmlx_array_release(y);
     return st;
   }
-  zmlx_glu_split_launches++;
+  zmlxi_glu_split_launches++;
   *out = y;
   return ZMLX_OK;
 }
@@ -226,7 +226,7 @@ static zmlx_status split_glu(const char *op, int act, const char *expr, zmlx_arr
   *out = NULL;
   ZMLX_CHECK(check_float(op, "x", x));
   ZMLX_CHECK(check_even(op, x));
-  if (split_fast_ok(x, NULL) && !zmlx_ad_should_record(&x, 1))
+  if (split_fast_ok(x, NULL) && !zmlxi_ad_should_record(&x, 1))
     return split_fast(act, x, NULL, out);
   zmlx_array *a = NULL, *b = NULL;
   ZMLX_CHECK(halves(op, x, &a, &b));
@@ -268,7 +268,7 @@ zmlx_status zmlx_bias_swiglu(zmlx_array *x, zmlx_array *bias, zmlx_array **out) 
   ZMLX_CHECK(check_bias("bias_swiglu", x, bias));
   ZMLX_CHECK(check_even("bias_swiglu", x));
   zmlx_array *xb[2] = {x, bias};
-  if (split_fast_ok(x, bias) && !zmlx_ad_should_record(xb, 2))
+  if (split_fast_ok(x, bias) && !zmlxi_ad_should_record(xb, 2))
     return split_fast(0, x, bias, out);
   zmlx_array *a = NULL, *b = NULL, *c = NULL, *d = NULL;
   ZMLX_CHECK(halves("bias_swiglu", x, &a, &b));

@@ -19,7 +19,7 @@ static int env_int(const char *name, int fallback, int lo, int hi) {
   return x >= lo && x <= hi ? x : fallback;
 }
 
-void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_thread, int *tg,
+void zmlxi_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_thread, int *tg,
                              int *nv) {
   zmlx_device_info info;
   int simd = 32, max_t = 1024;
@@ -40,15 +40,15 @@ void zmlx_ops_chunk_geometry(zmlx_device *dev, int64_t chunks, int max_per_threa
   *nv = per <= max_per_thread ? (int)per : 0;
 }
 
-void zmlx_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv) {
+void zmlxi_ops_use_chunk_geometry(zmlx_kernel_call *call, int tg, int nv) {
   if (!nv) return;
   call->grid[0] = call->grid[0] / call->threadgroup[0] * tg; /* same group count */
   call->threadgroup[0] = tg;
 }
 
-int zmlx_ops_stream_tile(void) { return env_int("ZMLX_ROW_TILE", 1, 1, 8); }
+int zmlxi_ops_stream_tile(void) { return env_int("ZMLX_ROW_TILE", 1, 1, 8); }
 
-void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
+void zmlxi_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
   /* Measured on the H100 (bench/NOTES.md): a kernel that only reads its
    * rows is fastest at 256 threads per row (more rows in flight per SM);
    * one that re-reads them to write a row as long is fastest with the
@@ -60,7 +60,7 @@ void zmlx_ops_use_stream_geometry(zmlx_kernel_call *call, int write_pass) {
 }
 
 /* One threadgroup per row (at most 65536 groups, each looping over rows). */
-void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call) {
+void zmlxi_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_kernel_call *call) {
   zmlx_device_info info;
   int max_threads = 256, simd = 32;
   if (zmlx_device_get_info(dev, &info) == ZMLX_OK) {
@@ -68,7 +68,7 @@ void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_ke
     simd = info.simd_width > 0 ? info.simd_width : 32;
   }
   if (max_threads > 1024) max_threads = 1024;
-  int tg = zmlx_pattern_threads_per_row(cols, max_threads, simd);
+  int tg = zmlxi_pattern_threads_per_row(cols, max_threads, simd);
   if (tg > 1024) tg = 1024;
   /* the kernels loop over rows with a stride of the group count */
   int64_t groups = rows < 65536 ? rows : 65536;
@@ -79,8 +79,8 @@ void zmlx_ops_row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, zmlx_ke
   call->threadgroup[1] = call->threadgroup[2] = 1;
 }
 
-int zmlx_ops_xdt(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
+int zmlxi_ops_xdt(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 1 : 2; }
 
-int zmlx_ops_native_simd(const zmlx_device *dev) {
-  return zmlx_pattern_group_mode(zmlx_device_backend(dev)) == ZMLX_ROW_PER_GROUP;
+int zmlxi_ops_native_simd(const zmlx_device *dev) {
+  return zmlxi_pattern_group_mode(zmlx_device_backend(dev)) == ZMLX_ROW_PER_GROUP;
 }

@@ -20,10 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const char zmlx_res_norm_fwd_zk[];
-extern const char zmlx_res_norm_bwd_zk[];
-extern const char zmlx_res_norm_wgrad_zk[];
-extern const char zmlx_res_norm_wsum_zk[];
+extern const char zmlxi_res_norm_fwd_zk[];
+extern const char zmlxi_res_norm_bwd_zk[];
+extern const char zmlxi_res_norm_wgrad_zk[];
+extern const char zmlxi_res_norm_wsum_zk[];
 
 /* ---------------------------------------------------------------- kernels */
 
@@ -38,31 +38,31 @@ enum { K_FWD = 0, K_BWD = 8, K_WGRAD = 12, K_WSUM = 14, K_COUNT };
 #define BWD_PARAMS "zrows:i64, zcols:i64"
 #define WGRAD_PARAMS "zrows:i64, zcols:i64, zchunk:i64"
 static const zmlx_kernel_spec SPECS[K_COUNT] = {
-    [K_FWD + 0] = ZMLX_KSPEC("zmlx_norm_fwd0", zmlx_res_norm_fwd_zk, "x", "y, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_FWD + 1] = ZMLX_KSPEC("zmlx_norm_fwd1", zmlx_res_norm_fwd_zk, "x, r", "y, h, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_FWD + 2] = ZMLX_KSPEC("zmlx_norm_fwd2", zmlx_res_norm_fwd_zk, "x, w", "y, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_FWD + 3] = ZMLX_KSPEC("zmlx_norm_fwd3", zmlx_res_norm_fwd_zk, "x, r, w", "y, h, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_FWD + 4] = ZMLX_KSPEC("zmlx_norm_fwd4", zmlx_res_norm_fwd_zk, "x, b", "y, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_FWD + 5] = ZMLX_KSPEC("zmlx_norm_fwd5", zmlx_res_norm_fwd_zk, "x, r, b", "y, h, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_FWD + 6] = ZMLX_KSPEC("zmlx_norm_fwd6", zmlx_res_norm_fwd_zk, "x, w, b", "y, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_FWD + 7] = ZMLX_KSPEC("zmlx_norm_fwd7", zmlx_res_norm_fwd_zk, "x, r, w, b", "y, h, stats",
-                             FWD_PARAMS, .prelude = zmlx_res_vec_io_zk),
-    [K_BWD + 0] = ZMLX_KSPEC("zmlx_norm_bwd0", zmlx_res_norm_bwd_zk, "h, dy, stats", "dx", BWD_PARAMS),
-    [K_BWD + 1] = ZMLX_KSPEC("zmlx_norm_bwd1", zmlx_res_norm_bwd_zk, "h, dy, w, stats", "dx", BWD_PARAMS),
-    [K_BWD + 2] = ZMLX_KSPEC("zmlx_norm_bwd2", zmlx_res_norm_bwd_zk, "h, dy, stats, dh", "dx", BWD_PARAMS),
-    [K_BWD + 3] = ZMLX_KSPEC("zmlx_norm_bwd3", zmlx_res_norm_bwd_zk, "h, dy, w, stats, dh", "dx", BWD_PARAMS),
-    [K_WGRAD + 0] = ZMLX_KSPEC("zmlx_norm_wgrad0", zmlx_res_norm_wgrad_zk, "h, dy, stats", "pw",
+    [K_FWD + 0] = ZMLX_KSPEC("zmlx_norm_fwd0", zmlxi_res_norm_fwd_zk, "x", "y, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_FWD + 1] = ZMLX_KSPEC("zmlx_norm_fwd1", zmlxi_res_norm_fwd_zk, "x, r", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_FWD + 2] = ZMLX_KSPEC("zmlx_norm_fwd2", zmlxi_res_norm_fwd_zk, "x, w", "y, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_FWD + 3] = ZMLX_KSPEC("zmlx_norm_fwd3", zmlxi_res_norm_fwd_zk, "x, r, w", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_FWD + 4] = ZMLX_KSPEC("zmlx_norm_fwd4", zmlxi_res_norm_fwd_zk, "x, b", "y, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_FWD + 5] = ZMLX_KSPEC("zmlx_norm_fwd5", zmlxi_res_norm_fwd_zk, "x, r, b", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_FWD + 6] = ZMLX_KSPEC("zmlx_norm_fwd6", zmlxi_res_norm_fwd_zk, "x, w, b", "y, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_FWD + 7] = ZMLX_KSPEC("zmlx_norm_fwd7", zmlxi_res_norm_fwd_zk, "x, r, w, b", "y, h, stats",
+                             FWD_PARAMS, .prelude = zmlxi_res_vec_io_zk),
+    [K_BWD + 0] = ZMLX_KSPEC("zmlx_norm_bwd0", zmlxi_res_norm_bwd_zk, "h, dy, stats", "dx", BWD_PARAMS),
+    [K_BWD + 1] = ZMLX_KSPEC("zmlx_norm_bwd1", zmlxi_res_norm_bwd_zk, "h, dy, w, stats", "dx", BWD_PARAMS),
+    [K_BWD + 2] = ZMLX_KSPEC("zmlx_norm_bwd2", zmlxi_res_norm_bwd_zk, "h, dy, stats, dh", "dx", BWD_PARAMS),
+    [K_BWD + 3] = ZMLX_KSPEC("zmlx_norm_bwd3", zmlxi_res_norm_bwd_zk, "h, dy, w, stats, dh", "dx", BWD_PARAMS),
+    [K_WGRAD + 0] = ZMLX_KSPEC("zmlx_norm_wgrad0", zmlxi_res_norm_wgrad_zk, "h, dy, stats", "pw",
                                WGRAD_PARAMS),
-    [K_WGRAD + 1] = ZMLX_KSPEC("zmlx_norm_wgrad1", zmlx_res_norm_wgrad_zk, "h, dy, stats", "pw, pb",
+    [K_WGRAD + 1] = ZMLX_KSPEC("zmlx_norm_wgrad1", zmlxi_res_norm_wgrad_zk, "h, dy, stats", "pw, pb",
                                WGRAD_PARAMS),
-    [K_WSUM] = ZMLX_KSPEC("zmlx_norm_wsum", zmlx_res_norm_wsum_zk, "part", "out", "zcols:i64, zchunks:i64"),
+    [K_WSUM] = ZMLX_KSPEC("zmlx_norm_wsum", zmlxi_res_norm_wsum_zk, "part", "out", "zcols:i64, zchunks:i64"),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("norm", SPECS);
 
@@ -75,7 +75,7 @@ static zmlx_status row_geometry(zmlx_device *dev, int64_t rows, int64_t cols, in
                                 int *cache, int64_t *groups) {
   zmlx_device_info info;
   ZMLX_CHECK(zmlx_device_get_info(dev, &info));
-  int t = zmlx_pattern_threads_per_row(cols, info.max_threads_per_threadgroup,
+  int t = zmlxi_pattern_threads_per_row(cols, info.max_threads_per_threadgroup,
                                        info.simd_width > 0 ? info.simd_width : 32);
   if (t > 1024) t = 1024;
   *tg = t;
@@ -100,13 +100,13 @@ static int chunk_width(zmlx_dtype dt, zmlx_array *const *arrays, int n, int64_t 
 
 
 static zmlx_status check_param(const norm_cfg *c, const char *what, zmlx_array *p, int64_t cols) {
-  if (!zmlx_dtype_is_f32_f16_bf16(p->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s (f32, f16 or bf16 required)", c->name,
+  if (!zmlxi_dtype_is_f32_f16_bf16(p->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s (f32, f16 or bf16 required)", c->name,
                      what, zmlx_dtype_name(p->dtype));
   if (p->ndim != 1 || p->shape[0] != cols) {
     char buf[96];
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: %s has shape %s, wanted [%lld] (the length of x's "
-                     "last dim)", c->name, what, zmlx_shape_str(buf, sizeof buf, p->ndim, p->shape),
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: %s has shape %s, wanted [%lld] (the length of x's "
+                     "last dim)", c->name, what, zmlxi_shape_str(buf, sizeof buf, p->ndim, p->shape),
                      (long long)cols);
   }
   return ZMLX_OK;
@@ -114,36 +114,36 @@ static zmlx_status check_param(const norm_cfg *c, const char *what, zmlx_array *
 
 static zmlx_status validate(const norm_cfg *c, zmlx_array *x, zmlx_array *r, zmlx_array *w,
                             zmlx_array *b) {
-  if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: x is NULL", c->name);
-  if (c->has_r && !r) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: the residual r is NULL", c->name);
-  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s (f32, f16 or bf16 required)", c->name,
+  if (!x) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: x is NULL", c->name);
+  if (c->has_r && !r) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: the residual r is NULL", c->name);
+  if (!zmlxi_dtype_is_f32_f16_bf16(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s (f32, f16 or bf16 required)", c->name,
                      zmlx_dtype_name(x->dtype));
   if (x->ndim < 1)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: x has rank 0; the norm runs over the last dim, so x "
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: x has rank 0; the norm runs over the last dim, so x "
                      "needs rank >= 1", c->name);
   if (!(c->eps >= 0.0f) || isinf(c->eps))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: eps = %g (must be finite and >= 0)", c->name,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: eps = %g (must be finite and >= 0)", c->name,
                      (double)c->eps);
   int64_t cols = x->shape[x->ndim - 1];
   if (c->has_r) {
     if (r->dtype != x->dtype)
-      return zmlx_fail(ZMLX_ERR_DTYPE, "%s: the residual r has dtype %s but x has %s", c->name,
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: the residual r has dtype %s but x has %s", c->name,
                        zmlx_dtype_name(r->dtype), zmlx_dtype_name(x->dtype));
-    if (!zmlx_ad_same_shape(r, x->ndim, x->shape)) {
+    if (!zmlxi_ad_same_shape(r, x->ndim, x->shape)) {
       char a[96], bb[96];
-      return zmlx_fail(ZMLX_ERR_SHAPE, "%s: the residual r has shape %s but x has %s (must "
-                       "match)", c->name, zmlx_shape_str(a, sizeof a, r->ndim, r->shape),
-                       zmlx_shape_str(bb, sizeof bb, x->ndim, x->shape));
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: the residual r has shape %s but x has %s (must "
+                       "match)", c->name, zmlxi_shape_str(a, sizeof a, r->ndim, r->shape),
+                       zmlxi_shape_str(bb, sizeof bb, x->ndim, x->shape));
     }
     if (r->buffer->device != x->buffer->device)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: r is on another device than x", c->name);
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: r is on another device than x", c->name);
   }
   if (w) ZMLX_CHECK(check_param(c, c->rms ? "the weight w" : "the gain g", w, cols));
   if (b) ZMLX_CHECK(check_param(c, "the bias b", b, cols));
   if ((w && w->buffer->device != x->buffer->device) ||
       (b && b->buffer->device != x->buffer->device))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: the weights are on another device than x",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: the weights are on another device than x",
                      c->name);
   return ZMLX_OK;
 }
@@ -158,14 +158,14 @@ static zmlx_status dense(zmlx_array *a, zmlx_array **out) {
 
 static zmlx_status out_array(zmlx_array *pre, zmlx_array *like, zmlx_array **out) {
   if (pre) {
-    if (pre->dtype != like->dtype || !zmlx_ad_same_shape(pre, like->ndim, like->shape) ||
+    if (pre->dtype != like->dtype || !zmlxi_ad_same_shape(pre, like->ndim, like->shape) ||
         !zmlx_array_is_contiguous(pre))
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "norm: a preallocated output does not match x");
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "norm: a preallocated output does not match x");
     zmlx_array_retain(pre);
     *out = pre;
     return ZMLX_OK;
   }
-  return zmlx_array_alloc(like->buffer->device, NULL, like->dtype, like->ndim, like->shape, out);
+  return zmlxi_array_alloc(like->buffer->device, NULL, like->dtype, like->ndim, like->shape, out);
 }
 
 /* y (and h when has_r) are new references; *stats too when stats != NULL. */
@@ -187,17 +187,17 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
   int64_t rows = cols ? x0->size / cols : 0;
   int64_t sshape[1] = {2 * rows};
   if (st == ZMLX_OK)
-    st = zmlx_array_alloc(x0->buffer->device, NULL, ZMLX_F32, 1, sshape, &stats);
+    st = zmlxi_array_alloc(x0->buffer->device, NULL, ZMLX_F32, 1, sshape, &stats);
   if (st == ZMLX_OK && rows > 0 && cols > 0) {
     int v = (c->has_r ? 1 : 0) | (w ? 2 : 0) | (b ? 4 : 0);
     zmlx_kernel *k = NULL;
     int tg = 0, cache = 0;
     int64_t groups = 0;
-    st = zmlx_kernel_set_get(&KERNELS, K_FWD + v, &k);
+    st = zmlxi_kernel_set_get(&KERNELS, K_FWD + v, &k);
     if (st == ZMLX_OK) st = row_geometry(x->buffer->device, rows, cols, &tg, &cache, &groups);
     zmlx_array *all[6] = {x, r, w, b, *y, h ? *h : NULL};
     int vec = st == ZMLX_OK ? chunk_width(x->dtype, all, 6, cols) : 0, nv = 0;
-    if (vec) zmlx_ops_chunk_geometry(x->buffer->device, cols / vec, MAX_CACHE, &tg, &nv);
+    if (vec) zmlxi_ops_chunk_geometry(x->buffer->device, cols / vec, MAX_CACHE, &tg, &nv);
     if (!nv) vec = 0;
     const int wvec = vec && (!w || w->dtype == x->dtype) && (!b || b->dtype == x->dtype) &&
                      chunk_width(x->dtype, &all[2], 2, cols) == vec;
@@ -212,7 +212,7 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
       if (c->has_r) outs[no++] = *h;
       outs[no++] = stats;
       zmlx_template_arg t[10] = {
-          {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = zmlx_ops_native_simd(x->buffer->device)},
+          {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = zmlxi_ops_native_simd(x->buffer->device)},
           {.name = "RMS", .kind = ZMLX_TEMPLATE_BOOL, .value = c->rms},
           {.name = "HAS_R", .kind = ZMLX_TEMPLATE_BOOL, .value = c->has_r},
           {.name = "HAS_W", .kind = ZMLX_TEMPLATE_BOOL, .value = w != NULL},
@@ -220,7 +220,7 @@ static zmlx_status norm_forward(const norm_cfg *c, zmlx_array *x0, zmlx_array *r
           {.name = "CACHE", .kind = ZMLX_TEMPLATE_INT, .value = cache},
           {.name = "VEC", .kind = ZMLX_TEMPLATE_INT, .value = vec},
           {.name = "NV", .kind = ZMLX_TEMPLATE_INT, .value = nv},
-          {.name = "XDT", .kind = ZMLX_TEMPLATE_INT, .value = zmlx_ops_xdt(x->dtype)},
+          {.name = "XDT", .kind = ZMLX_TEMPLATE_INT, .value = zmlxi_ops_xdt(x->dtype)},
           {.name = "WVEC", .kind = ZMLX_TEMPLATE_BOOL, .value = wvec}};
       double params[3] = {(double)rows, (double)cols, (double)c->eps};
       zmlx_kernel_call call = {.n_inputs = ni, .n_outputs = no, .inputs = ins, .outputs = outs,
@@ -273,13 +273,13 @@ static zmlx_status launch_bwd(const norm_cfg *c, zmlx_array *h, zmlx_array *dy, 
   *dx = NULL;
   int64_t cols = h->shape[h->ndim - 1];
   int64_t rows = cols ? h->size / cols : 0;
-  ZMLX_CHECK(zmlx_array_alloc(h->buffer->device, NULL, h->dtype, h->ndim, h->shape, dx));
+  ZMLX_CHECK(zmlxi_array_alloc(h->buffer->device, NULL, h->dtype, h->ndim, h->shape, dx));
   if (rows == 0 || cols == 0) return ZMLX_OK;
   int v = (w ? 1 : 0) | (dh ? 2 : 0);
   zmlx_kernel *k = NULL;
   int tg = 0, cache = 0;
   int64_t groups = 0;
-  zmlx_status st = zmlx_kernel_set_get(&KERNELS, K_BWD + v, &k);
+  zmlx_status st = zmlxi_kernel_set_get(&KERNELS, K_BWD + v, &k);
   if (st == ZMLX_OK) st = row_geometry(h->buffer->device, rows, cols, &tg, &cache, &groups);
   if (st == ZMLX_OK) {
     zmlx_array *ins[5];
@@ -290,7 +290,7 @@ static zmlx_status launch_bwd(const norm_cfg *c, zmlx_array *h, zmlx_array *dy, 
     ins[ni++] = stats;
     if (dh) ins[ni++] = dh;
     zmlx_template_arg t[5] = {
-        {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = zmlx_ops_native_simd(h->buffer->device)},
+        {.name = "NATIVE_SIMD", .kind = ZMLX_TEMPLATE_BOOL, .value = zmlxi_ops_native_simd(h->buffer->device)},
         {.name = "RMS", .kind = ZMLX_TEMPLATE_BOOL, .value = c->rms},
         {.name = "HAS_W", .kind = ZMLX_TEMPLATE_BOOL, .value = w != NULL},
         {.name = "HAS_DH", .kind = ZMLX_TEMPLATE_BOOL, .value = dh != NULL},
@@ -334,10 +334,10 @@ static zmlx_status launch_wgrad(zmlx_array *h, zmlx_array *dy, zmlx_array *stats
   zmlx_array *pw = NULL, *pb = NULL;
   int64_t pshape[2] = {chunks, cols};
   zmlx_kernel *kg = NULL, *ks = NULL;
-  st = zmlx_kernel_set_get(&KERNELS, K_WGRAD + (want_b ? 1 : 0), &kg);
-  if (st == ZMLX_OK) st = zmlx_kernel_set_get(&KERNELS, K_WSUM, &ks);
-  if (st == ZMLX_OK) st = zmlx_array_alloc(dev, NULL, ZMLX_F32, 2, pshape, &pw);
-  if (st == ZMLX_OK && want_b) st = zmlx_array_alloc(dev, NULL, ZMLX_F32, 2, pshape, &pb);
+  st = zmlxi_kernel_set_get(&KERNELS, K_WGRAD + (want_b ? 1 : 0), &kg);
+  if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_WSUM, &ks);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, 2, pshape, &pw);
+  if (st == ZMLX_OK && want_b) st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, 2, pshape, &pb);
   if (st == ZMLX_OK) {
     zmlx_array *ins[3] = {h, dy, stats};
     zmlx_array *outs[2] = {pw, pb};
@@ -354,7 +354,7 @@ static zmlx_status launch_wgrad(zmlx_array *h, zmlx_array *dy, zmlx_array *stats
     if (i == 0 && !want_w) continue;
     if (i == 1 && !want_b) continue;
     zmlx_array **dst = i ? db : dw;
-    st = zmlx_array_alloc(dev, NULL, i ? bdt : wdt, 1, wshape, dst);
+    st = zmlxi_array_alloc(dev, NULL, i ? bdt : wdt, 1, wshape, dst);
     if (st != ZMLX_OK) break;
     zmlx_array *in = i ? pb : pw;
     double params[2] = {(double)cols, (double)chunks};
@@ -440,7 +440,7 @@ static const zmlx_ad_rule NORM_RULE = {"norm", norm_vjp, NULL, ctx_free};
 
 /* ------------------------------------------------------------- entry point */
 
-zmlx_status zmlx_norm_call(const norm_cfg *c0, zmlx_array *x, zmlx_array *r, zmlx_array *w,
+zmlx_status zmlxi_norm_call(const norm_cfg *c0, zmlx_array *x, zmlx_array *r, zmlx_array *w,
                            zmlx_array *b, zmlx_array *pre_y, zmlx_array *pre_h,
                            zmlx_array **y, zmlx_array **h) {
   norm_cfg c = *c0;
@@ -453,7 +453,7 @@ zmlx_status zmlx_norm_call(const norm_cfg *c0, zmlx_array *x, zmlx_array *r, zml
   if (c.has_r) ins[n++] = r;
   if (w) ins[n++] = w;
   if (b) ins[n++] = b;
-  int record = zmlx_ad_should_record(ins, n);
+  int record = zmlxi_ad_should_record(ins, n);
   zmlx_array *stats = NULL;
   ZMLX_CHECK(norm_forward(&c, x, r, w, b, record ? NULL : pre_y, record ? NULL : pre_h, y,
                           c.has_r ? h : NULL, record ? &stats : NULL));
@@ -462,12 +462,12 @@ zmlx_status zmlx_norm_call(const norm_cfg *c0, zmlx_array *x, zmlx_array *r, zml
   zmlx_status st = ZMLX_OK;
   if (!ctx) {
     zmlx_array_release(stats);
-    st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", c.name);
+    st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", c.name);
   } else {
     ctx->cfg = c;
     ctx->stats = stats;
     zmlx_array *outs[2] = {*y, c.has_r ? *h : NULL};
-    st = zmlx_ad_record(&NORM_RULE, ctx, ins, n, outs, c.has_r ? 2 : 1,
+    st = zmlxi_ad_record(&NORM_RULE, ctx, ins, n, outs, c.has_r ? 2 : 1,
                         ZMLX_AD_SAVE_INPUTS | ZMLX_AD_SAVE_OUTPUTS);
   }
   if (st != ZMLX_OK) {
@@ -485,7 +485,7 @@ zmlx_status zmlx_rmsnorm(zmlx_array *x, zmlx_array *w, double eps, zmlx_array **
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   norm_cfg c = {.name = "rmsnorm", .rms = 1, .eps = (float)eps};
-  return zmlx_norm_call(&c, x, NULL, w, NULL, NULL, NULL, out, NULL);
+  return zmlxi_norm_call(&c, x, NULL, w, NULL, NULL, NULL, out, NULL);
 }
 
 zmlx_status zmlx_layernorm(zmlx_array *x, zmlx_array *g, zmlx_array *b, double eps,
@@ -493,7 +493,7 @@ zmlx_status zmlx_layernorm(zmlx_array *x, zmlx_array *g, zmlx_array *b, double e
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   norm_cfg c = {.name = "layernorm", .rms = 0, .eps = (float)eps};
-  return zmlx_norm_call(&c, x, NULL, g, b, NULL, NULL, out, NULL);
+  return zmlxi_norm_call(&c, x, NULL, g, b, NULL, NULL, out, NULL);
 }
 
 zmlx_status zmlx_add_rmsnorm(zmlx_array *x, zmlx_array *r, zmlx_array *w, double eps,
@@ -502,7 +502,7 @@ zmlx_status zmlx_add_rmsnorm(zmlx_array *x, zmlx_array *r, zmlx_array *w, double
   ZMLX_REQUIRE_ARG(sum);
   *normed = *sum = NULL;
   norm_cfg c = {.name = "add_rmsnorm", .rms = 1, .has_r = 1, .eps = (float)eps};
-  return zmlx_norm_call(&c, x, r, w, NULL, NULL, NULL, normed, sum);
+  return zmlxi_norm_call(&c, x, r, w, NULL, NULL, NULL, normed, sum);
 }
 
 zmlx_status zmlx_add_layernorm(zmlx_array *x, zmlx_array *r, zmlx_array *g, zmlx_array *b,
@@ -511,5 +511,5 @@ zmlx_status zmlx_add_layernorm(zmlx_array *x, zmlx_array *r, zmlx_array *g, zmlx
   ZMLX_REQUIRE_ARG(sum);
   *normed = *sum = NULL;
   norm_cfg c = {.name = "add_layernorm", .rms = 0, .has_r = 1, .eps = (float)eps};
-  return zmlx_norm_call(&c, x, r, g, b, NULL, NULL, normed, sum);
+  return zmlxi_norm_call(&c, x, r, g, b, NULL, NULL, normed, sum);
 }

@@ -15,7 +15,7 @@ typedef struct norm_cfg {
 
 /* Every norm: validates, runs the forward into pre_y / pre_h when given
  * (the check's poisoned outputs) or new arrays, records the autograd node. */
-zmlx_status zmlx_norm_call(const norm_cfg *c0, zmlx_array *x, zmlx_array *r, zmlx_array *w,
+zmlx_status zmlxi_norm_call(const norm_cfg *c0, zmlx_array *x, zmlx_array *r, zmlx_array *w,
                            zmlx_array *b, zmlx_array *pre_y, zmlx_array *pre_h,
                            zmlx_array **y, zmlx_array **h);
 

@@ -20,10 +20,10 @@
 #include "runtime/internal.h"
 #include "ops/quant.h"
 
-extern const char zmlx_res_quant_dequant_zk[];
-extern const char zmlx_res_quant_q8_zk[];
-extern const char zmlx_res_quant_q4_zk[];
-extern const char zmlx_res_quant_vjp_zk[];
+extern const char zmlxi_res_quant_dequant_zk[];
+extern const char zmlxi_res_quant_q8_zk[];
+extern const char zmlxi_res_quant_q4_zk[];
+extern const char zmlxi_res_quant_vjp_zk[];
 
 /* Columns per thread of the int8 gradient's partial sums. */
 #define VJP8_CHUNK 256
@@ -33,15 +33,15 @@ extern const char zmlx_res_quant_vjp_zk[];
 enum { K_DQ, K_Q8, K_Q4, K_VJP4, K_VJP8 };
 
 static const zmlx_kernel_spec SPECS[] = {
-    [K_DQ] = ZMLX_KSPEC("zmlx_quant_dequant", zmlx_res_quant_dequant_zk, "q, scales, biases", "out",
+    [K_DQ] = ZMLX_KSPEC("zmlx_quant_dequant", zmlxi_res_quant_dequant_zk, "q, scales, biases", "out",
                         "n:i64, total:i64, cols:i64, gshift:i32, act:i32", .dense_inputs = 1),
-    [K_Q8] = ZMLX_KSPEC("zmlx_quant_q8", zmlx_res_quant_q8_zk, "x", "q, scales", "rows:i64, cols:i64",
+    [K_Q8] = ZMLX_KSPEC("zmlx_quant_q8", zmlxi_res_quant_q8_zk, "x", "q, scales", "rows:i64, cols:i64",
                         .dense_inputs = 1),
-    [K_Q4] = ZMLX_KSPEC("zmlx_quant_q4", zmlx_res_quant_q4_zk, "x", "packed, scales, biases",
+    [K_Q4] = ZMLX_KSPEC("zmlx_quant_q4", zmlxi_res_quant_q4_zk, "x", "packed, scales, biases",
                         "n:i64, G:i32", .dense_inputs = 1),
-    [K_VJP4] = ZMLX_KSPEC("zmlx_quant_vjp4", zmlx_res_quant_vjp_zk, "q, g", "gs, gb",
+    [K_VJP4] = ZMLX_KSPEC("zmlx_quant_vjp4", zmlxi_res_quant_vjp_zk, "q, g", "gs, gb",
                           "n:i64, cols:i64, nch:i64, G:i32", .dense_inputs = 1),
-    [K_VJP8] = ZMLX_KSPEC("zmlx_quant_vjp8", zmlx_res_quant_vjp_zk, "q, g", "gs",
+    [K_VJP8] = ZMLX_KSPEC("zmlx_quant_vjp8", zmlxi_res_quant_vjp_zk, "q, g", "gs",
                           "n:i64, cols:i64, nch:i64, G:i32", .dense_inputs = 1),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("quantization", SPECS);
@@ -50,30 +50,30 @@ static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("quantization", SPECS);
 
 
 static zmlx_status need_float(const char *op, const char *name, const zmlx_array *a) {
-  if (!a) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", op, name);
-  if (!zmlx_dtype_is_f32_f16_bf16(a->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s; f32, f16 or bf16 is needed", op, name,
+  if (!a) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL", op, name);
+  if (!zmlxi_dtype_is_f32_f16_bf16(a->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s; f32, f16 or bf16 is needed", op, name,
                      zmlx_dtype_name(a->dtype));
   return ZMLX_OK;
 }
 
 static zmlx_status need_dtype_arg(const char *op, const char *name, zmlx_dtype dt) {
-  if ((int)dt < 0 || dt >= ZMLX_DTYPE_COUNT || !zmlx_dtype_is_f32_f16_bf16(dt))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: %s %s is not supported; use f32, f16 or bf16", op, name,
+  if ((int)dt < 0 || dt >= ZMLX_DTYPE_COUNT || !zmlxi_dtype_is_f32_f16_bf16(dt))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: %s %s is not supported; use f32, f16 or bf16", op, name,
                      zmlx_dtype_name(dt));
   return ZMLX_OK;
 }
 
 static zmlx_status need_group(const char *op, int g) {
   if (g != 32 && g != 64 && g != 128)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: group_size %d is not supported; use 32, 64 or 128",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: group_size %d is not supported; use 32, 64 or 128",
                      op, g);
   return ZMLX_OK;
 }
 
 static zmlx_status need_act(const char *op, zmlx_quant_act act) {
   if (act != ZMLX_QUANT_NONE && act != ZMLX_QUANT_SILU)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: act %d is not ZMLX_QUANT_NONE or ZMLX_QUANT_SILU",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: act %d is not ZMLX_QUANT_NONE or ZMLX_QUANT_SILU",
                      op, (int)act);
   return ZMLX_OK;
 }
@@ -81,7 +81,7 @@ static zmlx_status need_act(const char *op, zmlx_quant_act act) {
 static zmlx_status need_same_device(const char *op, const zmlx_array *a, const char *an,
                                     const zmlx_array *b, const char *bn) {
   if (a->buffer->device != b->buffer->device)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: %s and %s are on different devices", op, an, bn);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: %s and %s are on different devices", op, an, bn);
   return ZMLX_OK;
 }
 
@@ -93,24 +93,24 @@ static zmlx_status need_shape(const char *op, const char *name, const zmlx_array
       (ndim == 0 || memcmp(a->shape, shape, sizeof(int64_t) * (size_t)ndim) == 0))
     return ZMLX_OK;
   char s1[96], s2[96], s3[96];
-  return zmlx_fail(ZMLX_ERR_SHAPE, "%s: %s has shape %s but must be %s (%s) for %s %s", op, name,
-                   zmlx_shape_str(s1, sizeof s1, a->ndim, a->shape),
-                   zmlx_shape_str(s2, sizeof s2, ndim, shape), rule, ref_name,
-                   zmlx_shape_str(s3, sizeof s3, ref->ndim, ref->shape));
+  return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: %s has shape %s but must be %s (%s) for %s %s", op, name,
+                   zmlxi_shape_str(s1, sizeof s1, a->ndim, a->shape),
+                   zmlxi_shape_str(s2, sizeof s2, ndim, shape), rule, ref_name,
+                   zmlxi_shape_str(s3, sizeof s3, ref->ndim, ref->shape));
 }
 
 static zmlx_status need_rank(const char *op, const char *name, const zmlx_array *a) {
   if (a->ndim < 1)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: %s must have rank >= 1 ([..., cols]), got a scalar", op,
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: %s must have rank >= 1 ([..., cols]), got a scalar", op,
                      name);
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_dequantize_int8_validate(const char *op, zmlx_array *q, zmlx_array *s, zmlx_dtype odt,
+zmlx_status zmlxi_dequantize_int8_validate(const char *op, zmlx_array *q, zmlx_array *s, zmlx_dtype odt,
                                           zmlx_quant_act act) {
-  if (!q) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'q' is NULL", op);
+  if (!q) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'q' is NULL", op);
   if (q->dtype != ZMLX_I8)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: q has dtype %s; i8 is needed", op,
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: q has dtype %s; i8 is needed", op,
                      zmlx_dtype_name(q->dtype));
   ZMLX_CHECK(need_rank(op, "q", q));
   ZMLX_CHECK(need_float(op, "scales", s));
@@ -127,20 +127,20 @@ static void group_shape(const zmlx_array *a, int64_t cols, int group, int64_t *s
   shape[a->ndim - 1] = cols / group;
 }
 
-zmlx_status zmlx_dequantize_int4_validate(const char *op, zmlx_array *p, zmlx_array *s, zmlx_array *b,
+zmlx_status zmlxi_dequantize_int4_validate(const char *op, zmlx_array *p, zmlx_array *s, zmlx_array *b,
                                           int group, zmlx_dtype odt, zmlx_quant_act act) {
   char s1[96];
-  if (!p) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'packed' is NULL", op);
+  if (!p) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'packed' is NULL", op);
   if (p->dtype != ZMLX_U8)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: packed has dtype %s; u8 (two int4 per byte) is needed",
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: packed has dtype %s; u8 (two int4 per byte) is needed",
                      op, zmlx_dtype_name(p->dtype));
   ZMLX_CHECK(need_rank(op, "packed", p));
   ZMLX_CHECK(need_group(op, group));
   const int64_t cols = 2 * p->shape[p->ndim - 1];
   if (cols % group != 0)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: cols = 2 x packed's last dim = %lld (packed %s) is not a "
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: cols = 2 x packed's last dim = %lld (packed %s) is not a "
                      "multiple of group_size %d", op, (long long)cols,
-                     zmlx_shape_str(s1, sizeof s1, p->ndim, p->shape), group);
+                     zmlxi_shape_str(s1, sizeof s1, p->ndim, p->shape), group);
   ZMLX_CHECK(need_float(op, "scales", s));
   ZMLX_CHECK(need_float(op, "biases", b));
   int64_t gs[ZMLX_MAX_DIMS];
@@ -153,21 +153,21 @@ zmlx_status zmlx_dequantize_int4_validate(const char *op, zmlx_array *p, zmlx_ar
   return need_act(op, act);
 }
 
-zmlx_status zmlx_quantize_validate(const char *op, int mode, zmlx_array *x, int group,
+zmlx_status zmlxi_quantize_validate(const char *op, int mode, zmlx_array *x, int group,
                                    zmlx_dtype sdt) {
   char s1[96];
   ZMLX_CHECK(need_float(op, "x", x));
   ZMLX_CHECK(need_rank(op, "x", x));
   const int64_t cols = x->shape[x->ndim - 1];
   if (cols == 0)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: the last dim of x %s is 0", op,
-                     zmlx_shape_str(s1, sizeof s1, x->ndim, x->shape));
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: the last dim of x %s is 0", op,
+                     zmlxi_shape_str(s1, sizeof s1, x->ndim, x->shape));
   if (mode == 4) {
     ZMLX_CHECK(need_group(op, group));
     if (cols % group != 0)
-      return zmlx_fail(ZMLX_ERR_SHAPE,
+      return zmlxi_fail(ZMLX_ERR_SHAPE,
                        "%s: the last dim of x %s is not a multiple of group_size %d", op,
-                       zmlx_shape_str(s1, sizeof s1, x->ndim, x->shape), group);
+                       zmlxi_shape_str(s1, sizeof s1, x->ndim, x->shape), group);
   }
   return need_dtype_arg(op, "scale_dtype", sdt);
 }
@@ -182,7 +182,7 @@ static int aligned(const zmlx_array *a, size_t align) {
 }
 
 /* out (dense, offset 0, [..., cols]) = act(dequantize). mode 8: b unused. */
-zmlx_status zmlx_dequantize_launch(int mode, zmlx_array *q, zmlx_array *s, zmlx_array *b, int group,
+zmlx_status zmlxi_dequantize_launch(int mode, zmlx_array *q, zmlx_array *s, zmlx_array *b, int group,
                                    zmlx_quant_act act, zmlx_array *out) {
   const int64_t total = out->size;
   if (total == 0) return ZMLX_OK;
@@ -204,23 +204,23 @@ zmlx_status zmlx_dequantize_launch(int mode, zmlx_array *q, zmlx_array *s, zmlx_
   while (mode == 4 && (1 << gshift) < group) gshift++;
   double params[5] = {(double)n, (double)total, (double)cols, (double)gshift, (double)act};
   zmlx_template_arg t[4] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode},
-                            {"ODT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(out->dtype)},
+                            {"ODT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_xdt(out->dtype)},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
                             {"IDX32", ZMLX_TEMPLATE_BOOL, ZMLX_F32, total < ((int64_t)1 << 31)}};
   zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 1, .inputs = in, .outputs = outs,
                            .templates = t, .n_templates = 4, .params = params,
                            .device = q->buffer->device};
-  zmlx_kernel_call_grid_1d(&call, n);
-  return zmlx_kernel_set_launch(&KERNELS, K_DQ, &call);
+  zmlxi_kernel_call_grid_1d(&call, n);
+  return zmlxi_kernel_set_launch(&KERNELS, K_DQ, &call);
 }
 
 /* Quantize into preallocated dense outputs (b: int4 only). */
-zmlx_status zmlx_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array *q, zmlx_array *s,
+zmlx_status zmlxi_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array *q, zmlx_array *s,
                                  zmlx_array *b) {
   const int64_t cols = x->shape[x->ndim - 1];
   const int64_t rows = x->size / cols;
   if (rows == 0) return ZMLX_OK;
-  zmlx_template_arg t[1] = {{"SDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(s->dtype)}};
+  zmlx_template_arg t[1] = {{"SDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_xdt(s->dtype)}};
   if (mode == 8) {
     zmlx_array *outs[2] = {q, s};
     double params[2] = {(double)rows, (double)cols};
@@ -239,7 +239,7 @@ zmlx_status zmlx_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array 
     call.grid[1] = call.grid[2] = 1;
     call.threadgroup[0] = tg;
     call.threadgroup[1] = call.threadgroup[2] = 1;
-    return zmlx_kernel_set_launch(&KERNELS, K_Q8, &call);
+    return zmlxi_kernel_set_launch(&KERNELS, K_Q8, &call);
   }
   zmlx_array *outs[3] = {q, s, b};
   const int64_t n = x->size / group;
@@ -247,9 +247,9 @@ zmlx_status zmlx_quantize_launch(int mode, zmlx_array *x, int group, zmlx_array 
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 3, .inputs = &x, .outputs = outs,
                            .templates = t, .n_templates = 1, .params = params,
                            .device = x->buffer->device};
-  zmlx_kernel_call_grid_1d(&call, n);
+  zmlxi_kernel_call_grid_1d(&call, n);
   call.threadgroup[0] = 64;
-  return zmlx_kernel_set_launch(&KERNELS, K_Q4, &call);
+  return zmlxi_kernel_set_launch(&KERNELS, K_Q4, &call);
 }
 
 /* ------------------------------------------------------------ autograd */
@@ -271,8 +271,8 @@ static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
   zmlx_status st;
   if (c->mode == 4) {
     const int64_t n = g->size / c->group;
-    st = zmlx_array_alloc(dev, NULL, ZMLX_F32, sm->ndim, sm->shape, &s_out);
-    if (st == ZMLX_OK) st = zmlx_array_alloc(dev, NULL, ZMLX_F32, sm->ndim, sm->shape, &b_out);
+    st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, sm->ndim, sm->shape, &s_out);
+    if (st == ZMLX_OK) st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, sm->ndim, sm->shape, &b_out);
     if (st == ZMLX_OK) {
       zmlx_array *in[2] = {q, g}, *outs[2] = {s_out, b_out};
       double params[4] = {(double)n, (double)cols, 1, (double)c->group};
@@ -280,16 +280,16 @@ static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
                                 {"CH", ZMLX_TEMPLATE_INT, ZMLX_F32, 0}};
       zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 2, .inputs = in, .outputs = outs,
                                .templates = t, .n_templates = 2, .params = params, .device = dev};
-      zmlx_kernel_call_grid_1d(&call, n);
+      zmlxi_kernel_call_grid_1d(&call, n);
       call.threadgroup[0] = 64;
-      st = zmlx_kernel_set_launch(&KERNELS, K_VJP4, &call);
+      st = zmlxi_kernel_set_launch(&KERNELS, K_VJP4, &call);
     }
   } else {
     const int64_t nch = (cols + VJP8_CHUNK - 1) / VJP8_CHUNK;
     const int64_t n = rows * nch;
     zmlx_array *part = NULL;
     int64_t psh[2] = {rows, nch};
-    st = zmlx_array_alloc(dev, NULL, ZMLX_F32, 2, psh, &part);
+    st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, 2, psh, &part);
     if (st == ZMLX_OK) {
       zmlx_array *in[2] = {q, g}, *outs[1] = {part};
       double params[4] = {(double)n, (double)cols, (double)nch, 0};
@@ -297,9 +297,9 @@ static zmlx_status dq_grads(const dq_ctx *c, zmlx_array *q, zmlx_array *g,
                                 {"CH", ZMLX_TEMPLATE_INT, ZMLX_F32, VJP8_CHUNK}};
       zmlx_kernel_call call = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = outs,
                                .templates = t, .n_templates = 2, .params = params, .device = dev};
-      zmlx_kernel_call_grid_1d(&call, n);
+      zmlxi_kernel_call_grid_1d(&call, n);
       call.threadgroup[0] = 64;
-      st = zmlx_kernel_set_launch(&KERNELS, K_VJP8, &call);
+      st = zmlxi_kernel_set_launch(&KERNELS, K_VJP8, &call);
     }
     zmlx_array *sum = NULL;
     if (st == ZMLX_OK && nch > 1) {
@@ -341,12 +341,12 @@ static zmlx_status dq_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_ar
   if (!ts && !tb) return ZMLX_OK;
   zmlx_array *zs = NULL, *zb = NULL, *y = NULL;
   zmlx_status st = ZMLX_OK;
-  if (!ts) st = zmlx_ad_zeros(&n->in_meta[1], &zs);
-  if (st == ZMLX_OK && c->mode == 4 && !tb) st = zmlx_ad_zeros(&n->in_meta[2], &zb);
+  if (!ts) st = zmlxi_ad_zeros(&n->in_meta[1], &zs);
+  if (st == ZMLX_OK && c->mode == 4 && !tb) st = zmlxi_ad_zeros(&n->in_meta[2], &zb);
   const zmlx_ad_meta *om = &n->out_meta[0];
-  if (st == ZMLX_OK) st = zmlx_array_alloc(om->device, NULL, om->dtype, om->ndim, om->shape, &y);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(om->device, NULL, om->dtype, om->ndim, om->shape, &y);
   if (st == ZMLX_OK)
-    st = zmlx_dequantize_launch(c->mode, n->in[0], ts ? ts : zs, c->mode == 4 ? (tb ? tb : zb) : NULL, c->group,
+    st = zmlxi_dequantize_launch(c->mode, n->in[0], ts ? ts : zs, c->mode == 4 ? (tb ? tb : zb) : NULL, c->group,
                    ZMLX_QUANT_NONE, y);
   zmlx_array_release(zs);
   zmlx_array_release(zb);
@@ -367,7 +367,7 @@ static zmlx_status dq_run(const char *op, int mode, zmlx_array *q, zmlx_array *s
                           int group, zmlx_dtype odt, zmlx_quant_act act, zmlx_array **out) {
   zmlx_array *in[3] = {q, s, b};
   const int n_in = mode == 4 ? 3 : 2;
-  const int record = zmlx_ad_should_record(in, n_in);
+  const int record = zmlxi_ad_should_record(in, n_in);
   if (record && act == ZMLX_QUANT_SILU) {
     /* Differentiated: dequantize (recorded) then silu as an expression op,
      * so the chain rule (silu') is the engine's; same f32 arithmetic. */
@@ -390,15 +390,15 @@ static zmlx_status dq_run(const char *op, int mode, zmlx_array *q, zmlx_array *s
   for (int i = 0; i < q->ndim; i++) shape[i] = q->shape[i];
   if (mode == 4) shape[q->ndim - 1] *= 2; /* two int4 per byte */
   zmlx_array *y = NULL;
-  ZMLX_CHECK(zmlx_array_alloc(q->buffer->device, NULL, odt, q->ndim, shape, &y));
-  zmlx_status st = zmlx_dequantize_launch(mode, q, s, b, group, act, y);
+  ZMLX_CHECK(zmlxi_array_alloc(q->buffer->device, NULL, odt, q->ndim, shape, &y));
+  zmlx_status st = zmlxi_dequantize_launch(mode, q, s, b, group, act, y);
   if (st == ZMLX_OK && record) {
     dq_ctx *c = malloc(sizeof *c);
-    if (!c) st = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
+    if (!c) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
     else {
       c->mode = mode;
       c->group = group;
-      st = zmlx_ad_record(&DQ_RULE, c, in, n_in, &y, 1, ZMLX_AD_SAVE_INPUTS);
+      st = zmlxi_ad_record(&DQ_RULE, c, in, n_in, &y, 1, ZMLX_AD_SAVE_INPUTS);
     }
   }
   if (st != ZMLX_OK) {
@@ -414,7 +414,7 @@ zmlx_status zmlx_dequantize_int8_rows(zmlx_array *q, zmlx_array *scales, zmlx_dt
   static const char op[] = "dequantize_int8_rows";
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
-  ZMLX_CHECK(zmlx_dequantize_int8_validate(op, q, scales, out_dtype, act));
+  ZMLX_CHECK(zmlxi_dequantize_int8_validate(op, q, scales, out_dtype, act));
   return dq_run(op, 8, q, scales, NULL, 0, out_dtype, act, out);
 }
 
@@ -424,7 +424,7 @@ zmlx_status zmlx_dequantize_int4(zmlx_array *packed, zmlx_array *scales, zmlx_ar
   static const char op[] = "dequantize_int4";
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
-  ZMLX_CHECK(zmlx_dequantize_int4_validate(op, packed, scales, biases, group_size, out_dtype, act));
+  ZMLX_CHECK(zmlxi_dequantize_int4_validate(op, packed, scales, biases, group_size, out_dtype, act));
   return dq_run(op, 4, packed, scales, biases, group_size, out_dtype, act, out);
 }
 
@@ -436,22 +436,22 @@ static zmlx_status q_alloc(int mode, zmlx_array *x, int group, zmlx_dtype sdt, z
   int64_t shape[ZMLX_MAX_DIMS];
   for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
   if (mode == 8) {
-    ZMLX_CHECK(zmlx_array_alloc(dev, NULL, ZMLX_I8, x->ndim, shape, q));
-    return zmlx_array_alloc(dev, NULL, sdt, x->ndim - 1, shape, s);
+    ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, ZMLX_I8, x->ndim, shape, q));
+    return zmlxi_array_alloc(dev, NULL, sdt, x->ndim - 1, shape, s);
   }
   shape[x->ndim - 1] = cols / 2;
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, ZMLX_U8, x->ndim, shape, q));
+  ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, ZMLX_U8, x->ndim, shape, q));
   shape[x->ndim - 1] = cols / group;
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, sdt, x->ndim, shape, s));
-  return zmlx_array_alloc(dev, NULL, sdt, x->ndim, shape, b);
+  ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, sdt, x->ndim, shape, s));
+  return zmlxi_array_alloc(dev, NULL, sdt, x->ndim, shape, b);
 }
 
 static zmlx_status q_run(const char *op, int mode, zmlx_array *x, int group, zmlx_dtype sdt,
                          zmlx_array **q, zmlx_array **s, zmlx_array **b) {
-  ZMLX_CHECK(zmlx_quantize_validate(op, mode, x, group, sdt));
+  ZMLX_CHECK(zmlxi_quantize_validate(op, mode, x, group, sdt));
   zmlx_array *aq = NULL, *as = NULL, *ab = NULL;
   zmlx_status st = q_alloc(mode, x, group, sdt, &aq, &as, &ab);
-  if (st == ZMLX_OK) st = zmlx_quantize_launch(mode, x, group, aq, as, ab);
+  if (st == ZMLX_OK) st = zmlxi_quantize_launch(mode, x, group, aq, as, ab);
   if (st != ZMLX_OK) {
     zmlx_array_release(aq);
     zmlx_array_release(as);

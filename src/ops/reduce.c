@@ -17,9 +17,9 @@
 #include "runtime/internal.h"
 #include "ops/reduce.h"
 
-extern const char zmlx_res_reduce_zk[];
-extern const char zmlx_res_reduce_sel_zk[];
-extern const char zmlx_res_reduce_bwd_zk[];
+extern const char zmlxi_res_reduce_zk[];
+extern const char zmlxi_res_reduce_sel_zk[];
+extern const char zmlxi_res_reduce_bwd_zk[];
 
 
 /* ------------------------------------------------------------------ kernels */
@@ -27,11 +27,11 @@ extern const char zmlx_res_reduce_bwd_zk[];
 enum { K_RED, K_SEL, K_BWD };
 
 static const zmlx_kernel_spec SPECS[] = {
-    [K_RED] = ZMLX_KSPEC("zmlx_reduce", zmlx_res_reduce_zk, "x", "out",
+    [K_RED] = ZMLX_KSPEC("zmlx_reduce", zmlxi_res_reduce_zk, "x", "out",
                          "rows:i64, cols:i64, root:i64, denom:f32", .dense_inputs = 1),
-    [K_SEL] = ZMLX_KSPEC("zmlx_reduce_select", zmlx_res_reduce_sel_zk, "x", "vals, idx",
+    [K_SEL] = ZMLX_KSPEC("zmlx_reduce_select", zmlxi_res_reduce_sel_zk, "x", "vals, idx",
                          "rows:i64, cols:i64, k:i64, sgn:f32", .dense_inputs = 1),
-    [K_BWD] = ZMLX_KSPEC("zmlx_reduce_bwd", zmlx_res_reduce_bwd_zk, "x, g, aux, idx", "dx",
+    [K_BWD] = ZMLX_KSPEC("zmlx_reduce_bwd", zmlxi_res_reduce_bwd_zk, "x, g, aux, idx", "dx",
                          "rows:i64, cols:i64, k:i64, root:i64, denom:f32, scale:f32", .dense_inputs = 1),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("reduction", SPECS);
@@ -55,34 +55,34 @@ static int64_t row_count(const zmlx_array *x) { return x->size / last_dim(x); }
 
 static zmlx_status validate_x(const char *op, const zmlx_array *x, int want_index) {
   char s[96];
-  if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'x' is NULL", op);
-  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; supported: f32, f16, bf16", op,
+  if (!x) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument 'x' is NULL", op);
+  if (!zmlxi_dtype_is_f32_f16_bf16(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: x has dtype %s; supported: f32, f16, bf16", op,
                      zmlx_dtype_name(x->dtype));
   if (x->ndim < 1)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: x must have rank >= 1 (the reduction runs over the "
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: x must have rank >= 1 (the reduction runs over the "
                      "last axis), got a scalar", op);
   if (last_dim(x) == 0)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: the last dimension of x %s is 0: nothing to reduce",
-                     op, zmlx_shape_str(s, sizeof s, x->ndim, x->shape));
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: the last dimension of x %s is 0: nothing to reduce",
+                     op, zmlxi_shape_str(s, sizeof s, x->ndim, x->shape));
   if (want_index && last_dim(x) > 0x7fffffff)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: the last dimension of x %s does not fit the i32 "
-                     "indices", op, zmlx_shape_str(s, sizeof s, x->ndim, x->shape));
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: the last dimension of x %s does not fit the i32 "
+                     "indices", op, zmlxi_shape_str(s, sizeof s, x->ndim, x->shape));
   return ZMLX_OK;
 }
 
 static zmlx_status validate_k(const char *op, const zmlx_array *x, int k) {
   char s[96];
   if (k < 1 || k > TOPK_MAX)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: k = %d must be in 1..%d", op, k, TOPK_MAX);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: k = %d must be in 1..%d", op, k, TOPK_MAX);
   if (k > last_dim(x))
-    return zmlx_fail(ZMLX_ERR_SHAPE, "%s: k = %d is larger than the last dimension of x %s", op,
-                     k, zmlx_shape_str(s, sizeof s, x->ndim, x->shape));
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: k = %d is larger than the last dimension of x %s", op,
+                     k, zmlxi_shape_str(s, sizeof s, x->ndim, x->shape));
   return ZMLX_OK;
 }
 
 /* Output shape: x's without its last axis, with it as `last` when keep. */
-int zmlx_reduce_out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *shape) {
+int zmlxi_reduce_out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *shape) {
   for (int i = 0; i < x->ndim - 1; i++) shape[i] = x->shape[i];
   if (!keep) return x->ndim - 1;
   shape[x->ndim - 1] = last;
@@ -95,7 +95,7 @@ int zmlx_reduce_out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *
 static zmlx_status red_forward_into(zmlx_array *x, zmlx_reduce_kind kind, int ddof,
                                     zmlx_array *out) {
   zmlx_kernel *k_red;
-  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_RED, &k_red));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_RED, &k_red));
   const int64_t cols = last_dim(x), rows = row_count(x);
   if (rows == 0) return ZMLX_OK;
   /* sum and mean share a variant (MODE 0), var and std another (MODE 1) */
@@ -105,14 +105,14 @@ static zmlx_status red_forward_into(zmlx_array *x, zmlx_reduce_kind kind, int dd
   const int vec = vec_width(x, cols);
   zmlx_template_arg t[4] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
-                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(x->dtype)},
-                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(x->buffer->device)}};
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_xdt(x->dtype)},
+                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlxi_ops_native_simd(x->buffer->device)}};
   double params[4] = {(double)rows, (double)cols, kind == ZMLX_REDUCE_STD ? 1.0 : 0.0, denom};
   zmlx_array *outs[1] = {out};
   zmlx_kernel_call call = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = outs,
                            .templates = t, .n_templates = 4, .params = params,
                            .device = x->buffer->device};
-  zmlx_ops_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
+  zmlxi_ops_row_geometry(x->buffer->device, rows, vec ? cols / vec : cols, &call);
   return zmlx_kernel_launch(k_red, &call);
 }
 
@@ -155,18 +155,18 @@ static int sel_threads(zmlx_device *dev, int native, int kcap, int64_t chunks) {
 static zmlx_status sel_forward_into(zmlx_array *x, int k, int is_min, zmlx_array *vals,
                                     zmlx_array *idx) {
   zmlx_kernel *k_sel;
-  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_SEL, &k_sel));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_SEL, &k_sel));
   const int64_t cols = last_dim(x), rows = row_count(x);
   if (rows == 0) return ZMLX_OK;
   const int vec = vec_width(x, cols);
   const int kcap = kcap_of(k);
   const int64_t chunks = vec ? cols / vec : cols;
-  int native = zmlx_ops_native_simd(x->buffer->device);
+  int native = zmlxi_ops_native_simd(x->buffer->device);
   int tg = sel_threads(x->buffer->device, native, kcap, chunks);
   if (!tg) tg = sel_threads(x->buffer->device, native = 0, kcap, chunks);
   zmlx_template_arg t[4] = {{"KCAP", ZMLX_TEMPLATE_INT, ZMLX_F32, kcap},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
-                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlx_ops_xdt(x->dtype)},
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_xdt(x->dtype)},
                             {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, native}};
   double params[4] = {(double)rows, (double)cols, (double)k, is_min ? -1.0 : 1.0};
   zmlx_array *outs[2] = {vals, idx};
@@ -187,8 +187,8 @@ static zmlx_status sel_forward_into(zmlx_array *x, int k, int is_min, zmlx_array
 static zmlx_status select_alloc(zmlx_array *x, int k, int is_min, int nd, const int64_t *shape,
                                 zmlx_array **vals, zmlx_array **idx) {
   zmlx_array *v = NULL, *i = NULL;
-  zmlx_status st = zmlx_array_alloc(x->buffer->device, NULL, x->dtype, nd, shape, &v);
-  if (st == ZMLX_OK) st = zmlx_array_alloc(x->buffer->device, NULL, ZMLX_I32, nd, shape, &i);
+  zmlx_status st = zmlxi_array_alloc(x->buffer->device, NULL, x->dtype, nd, shape, &v);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(x->buffer->device, NULL, ZMLX_I32, nd, shape, &i);
   if (st == ZMLX_OK) st = sel_forward_into(x, k, is_min, v, i);
   if (st != ZMLX_OK || !vals) zmlx_array_release(v);
   if (st != ZMLX_OK || !idx) zmlx_array_release(i);
@@ -205,20 +205,20 @@ static zmlx_status bwd_launch(int mode, zmlx_array *x, zmlx_array *g, zmlx_array
                               double scale, zmlx_dtype dt, int ndim, const int64_t *shape,
                               zmlx_array **out) {
   zmlx_kernel *k_bwd;
-  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_BWD, &k_bwd));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_BWD, &k_bwd));
   zmlx_array *dx = NULL;
-  ZMLX_CHECK(zmlx_array_alloc(g->buffer->device, NULL, dt, ndim, shape, &dx));
+  ZMLX_CHECK(zmlxi_array_alloc(g->buffer->device, NULL, dt, ndim, shape, &dx));
   zmlx_status st = ZMLX_OK;
   if (rows > 0) {
     zmlx_array *in[4] = {x, g, aux ? aux : g, idx ? idx : g};
     zmlx_template_arg t[2] = {{"MODE", ZMLX_TEMPLATE_INT, ZMLX_F32, mode == 2 ? 1 : mode},
-                              {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlx_ops_native_simd(g->buffer->device)}};
+                              {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, zmlxi_ops_native_simd(g->buffer->device)}};
     double params[6] = {(double)rows, (double)cols, (double)k, mode == 2 ? 1.0 : 0.0, denom,
                         scale};
     zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &dx,
                              .templates = t, .n_templates = 2, .params = params,
                              .device = g->buffer->device};
-    zmlx_ops_row_geometry(g->buffer->device, rows, mode == 4 ? k : cols, &call);
+    zmlxi_ops_row_geometry(g->buffer->device, rows, mode == 4 ? k : cols, &call);
     st = zmlx_kernel_launch(k_bwd, &call);
   }
   if (st != ZMLX_OK) {
@@ -245,7 +245,7 @@ static void red_ctx_free(void *p) {
   free(c);
 }
 
-int zmlx_reduce_is_select(zmlx_reduce_kind k) { return k == ZMLX_REDUCE_MAX || k == ZMLX_REDUCE_MIN; }
+int zmlxi_reduce_is_select(zmlx_reduce_kind k) { return k == ZMLX_REDUCE_MAX || k == ZMLX_REDUCE_MIN; }
 
 static double var_denom(int64_t cols, int ddof) {
   return cols > ddof ? (double)(cols - ddof) : NAN;
@@ -287,11 +287,11 @@ static zmlx_status red_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_a
   for (int i = 0; i < xm->ndim; i++) size *= xm->shape[i];
   const int64_t rows = size / cols;
   zmlx_array *t = NULL, *y = NULL;
-  ZMLX_CHECK(zmlx_ad_cast(tan[0], xm->dtype, &t));
+  ZMLX_CHECK(zmlxi_ad_cast(tan[0], xm->dtype, &t));
   zmlx_status st = ZMLX_OK;
   if (c->kind == ZMLX_REDUCE_SUM || c->kind == ZMLX_REDUCE_MEAN) {
     /* linear: the reduction of the tangent */
-    st = zmlx_array_alloc(xm->device, NULL, ym->dtype, ym->ndim, ym->shape, &y);
+    st = zmlxi_array_alloc(xm->device, NULL, ym->dtype, ym->ndim, ym->shape, &y);
     if (st == ZMLX_OK) st = red_forward_into(t, c->kind, 0, y);
   } else if (c->kind == ZMLX_REDUCE_VAR || c->kind == ZMLX_REDUCE_STD) {
     /* <d out / d x, t> per row: the VJP with a cotangent of ones, times t,
@@ -302,7 +302,7 @@ static zmlx_status red_jvp(const zmlx_ad_node *n, zmlx_array *const *tan, zmlx_a
       st = bwd_launch(c->kind == ZMLX_REDUCE_VAR ? 1 : 2, n->in[0], ones, n->out[0], NULL, rows,
                       cols, 1, var_denom(cols, c->ddof), 1.0, xm->dtype, xm->ndim, xm->shape, &d);
     if (st == ZMLX_OK) st = zmlx_mul(d, t, &p);
-    if (st == ZMLX_OK) st = zmlx_array_alloc(xm->device, NULL, ym->dtype, ym->ndim, ym->shape, &y);
+    if (st == ZMLX_OK) st = zmlxi_array_alloc(xm->device, NULL, ym->dtype, ym->ndim, ym->shape, &y);
     if (st == ZMLX_OK) st = red_forward_into(p, ZMLX_REDUCE_SUM, 0, y);
     zmlx_array_release(ones);
     zmlx_array_release(d);
@@ -326,7 +326,7 @@ static const zmlx_ad_rule RED_RULE = {"reduction (last axis)", red_vjp, red_jvp,
 static zmlx_status record(zmlx_array *x, zmlx_reduce_kind kind, int ddof, int64_t k,
                           zmlx_array *idx, zmlx_array *y) {
   red_ctx *c = malloc(sizeof *c);
-  if (!c) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", KIND_NAMES[kind]);
+  if (!c) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", KIND_NAMES[kind]);
   c->kind = kind;
   c->ddof = ddof;
   c->k = k;
@@ -334,7 +334,7 @@ static zmlx_status record(zmlx_array *x, zmlx_reduce_kind kind, int ddof, int64_
   if (idx) zmlx_array_retain(idx);
   unsigned save = kind == ZMLX_REDUCE_VAR || kind == ZMLX_REDUCE_STD
                       ? ZMLX_AD_SAVE_INPUTS | ZMLX_AD_SAVE_OUTPUTS : 0;
-  return zmlx_ad_record(&RED_RULE, c, &x, 1, &y, 1, save);
+  return zmlxi_ad_record(&RED_RULE, c, &x, 1, &y, 1, save);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -344,21 +344,21 @@ zmlx_status zmlx_reduce_last(zmlx_array *x, zmlx_reduce_kind kind, int ddof, int
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   if ((int)kind < 0 || kind > ZMLX_REDUCE_STD)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "reduce_last: kind %d is not a zmlx_reduce_kind "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "reduce_last: kind %d is not a zmlx_reduce_kind "
                      "(sum, mean, max, min, var, std)", (int)kind);
   const char *op = KIND_NAMES[kind];
   ZMLX_CHECK(validate_x(op, x, 0));
   if (ddof < 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "%s: ddof = %d must be >= 0", op, ddof);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: ddof = %d must be >= 0", op, ddof);
   int64_t shape[ZMLX_MAX_DIMS];
-  int nd = zmlx_reduce_out_shape(x, keepdims, 1, shape);
+  int nd = zmlxi_reduce_out_shape(x, keepdims, 1, shape);
   zmlx_array *y = NULL, *idx = NULL;
-  const int rec = zmlx_ad_should_record(&x, 1);
+  const int rec = zmlxi_ad_should_record(&x, 1);
   zmlx_status st = ZMLX_OK;
-  if (zmlx_reduce_is_select(kind)) {
+  if (zmlxi_reduce_is_select(kind)) {
     st = select_alloc(x, 1, kind == ZMLX_REDUCE_MIN, nd, shape, &y, &idx);
   } else {
-    st = zmlx_array_alloc(x->buffer->device, NULL, x->dtype, nd, shape, &y);
+    st = zmlxi_array_alloc(x->buffer->device, NULL, x->dtype, nd, shape, &y);
     if (st == ZMLX_OK) st = red_forward_into(x, kind, ddof, y);
   }
   if (st == ZMLX_OK && rec) st = record(x, kind, ddof, 1, idx, y);
@@ -377,7 +377,7 @@ static zmlx_status arg_last(const char *op, zmlx_array *x, int is_min, int keepd
   *indices = NULL;
   ZMLX_CHECK(validate_x(op, x, 1));
   int64_t shape[ZMLX_MAX_DIMS];
-  int nd = zmlx_reduce_out_shape(x, keepdims, 1, shape);
+  int nd = zmlxi_reduce_out_shape(x, keepdims, 1, shape);
   return select_alloc(x, 1, is_min, nd, shape, NULL, indices);
 }
 
@@ -391,16 +391,16 @@ zmlx_status zmlx_argmin_last(zmlx_array *x, int keepdims, zmlx_array **indices) 
 
 zmlx_status zmlx_topk(zmlx_array *x, int k, zmlx_array **values, zmlx_array **indices) {
   if (!values && !indices)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "topk: values and indices are both NULL");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "topk: values and indices are both NULL");
   if (values) *values = NULL;
   if (indices) *indices = NULL;
   ZMLX_CHECK(validate_x("topk", x, 1));
   ZMLX_CHECK(validate_k("topk", x, k));
   int64_t shape[ZMLX_MAX_DIMS];
-  int nd = zmlx_reduce_out_shape(x, 1, k, shape);
+  int nd = zmlxi_reduce_out_shape(x, 1, k, shape);
   zmlx_array *y = NULL, *idx = NULL;
   zmlx_status st = select_alloc(x, k, 0, nd, shape, &y, &idx);
-  if (st == ZMLX_OK && zmlx_ad_should_record(&x, 1)) st = record(x, ZMLX_REDUCE_MAX, 0, k, idx, y);
+  if (st == ZMLX_OK && zmlxi_ad_should_record(&x, 1)) st = record(x, ZMLX_REDUCE_MAX, 0, k, idx, y);
   if (st != ZMLX_OK) {
     zmlx_array_release(y);
     zmlx_array_release(idx);

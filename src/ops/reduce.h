@@ -11,9 +11,9 @@
 #define TOPK_MAX 64
 
 /* Output shape: x's without its last axis, with it as `last` when keep. */
-int zmlx_reduce_out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *shape);
+int zmlxi_reduce_out_shape(const zmlx_array *x, int keep, int64_t last, int64_t *shape);
 
 /* max and min (their gradient goes to the selected element). */
-int zmlx_reduce_is_select(zmlx_reduce_kind k);
+int zmlxi_reduce_is_select(zmlx_reduce_kind k);
 
 #endif

@@ -15,14 +15,14 @@
 #include "ops/kernel_util.h"
 #include "ops/rope.h"
 
-extern const char zmlx_res_rope_zk[];
+extern const char zmlxi_res_rope_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
 enum { K_ROPE };
 
 static const zmlx_kernel_spec SPECS[] = {
-    [K_ROPE] = ZMLX_KSPEC("zmlx_rope", zmlx_res_rope_zk, "x, offsets, cosv, sinv", "out",
+    [K_ROPE] = ZMLX_KSPEC("zmlx_rope", zmlxi_res_rope_zk, "x, offsets, cosv, sinv", "out",
                           "n:i64, W:i32, S:i32, H:i32, D:i32, R:i32, layout:i32, table_len:i32, sgn:f32, "
                           "log2_base:f32, scale:f32", .dense_inputs = 1),
 };
@@ -32,91 +32,91 @@ static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("rope", SPECS);
 
 
 /* `arg` names x as the user's call does, e.g. "zmlx_rope_qk: argument 'q'". */
-zmlx_status zmlx_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_opts *in,
+zmlx_status zmlxi_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_opts *in,
                                rope_cfg *c) {
-  if (!x) return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s is NULL", arg);
+  if (!x) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s is NULL", arg);
   memset(c, 0, sizeof *c);
   if (in) c->o = *in;
   c->sgn = 1.0f;
   char buf[96];
-  if (!zmlx_dtype_is_f32_f16_bf16(x->dtype))
-    return zmlx_fail(ZMLX_ERR_DTYPE, "rope: x has dtype %s; supported: f32, f16, bf16",
+  if (!zmlxi_dtype_is_f32_f16_bf16(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "rope: x has dtype %s; supported: f32, f16, bf16",
                      zmlx_dtype_name(x->dtype));
   if (x->ndim != 4)
-    return zmlx_fail(ZMLX_ERR_SHAPE,
+    return zmlxi_fail(ZMLX_ERR_SHAPE,
                      "rope: x must have rank 4 ([batch, seq, heads, head_dim] or [batch, heads, "
                      "seq, head_dim]), got rank %d %s",
-                     x->ndim, zmlx_shape_str(buf, sizeof buf, x->ndim, x->shape));
+                     x->ndim, zmlxi_shape_str(buf, sizeof buf, x->ndim, x->shape));
   if (c->o.mode != ZMLX_ROPE_HALF_SPLIT && c->o.mode != ZMLX_ROPE_INTERLEAVED)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: unknown mode %d", (int)c->o.mode);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: unknown mode %d", (int)c->o.mode);
   if (c->o.layout != ZMLX_ROPE_BSHD && c->o.layout != ZMLX_ROPE_BHSD)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: unknown layout %d", (int)c->o.layout);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: unknown layout %d", (int)c->o.layout);
   int64_t D = x->shape[3];
   if (c->o.rotary_dims < 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: rotary_dims %d is negative", c->o.rotary_dims);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: rotary_dims %d is negative", c->o.rotary_dims);
   if (c->o.rotary_dims == 0) {
     if (D % 2 != 0)
-      return zmlx_fail(ZMLX_ERR_SHAPE,
+      return zmlxi_fail(ZMLX_ERR_SHAPE,
                        "rope: head_dim %lld is odd; rotating all of it needs an even head_dim "
                        "(half-split pairs i with i + head_dim/2): give an even rotary_dims",
                        (long long)D);
     c->o.rotary_dims = (int)D;
   }
   if (c->o.rotary_dims > D)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "rope: rotary_dims %d > head_dim %lld", c->o.rotary_dims,
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "rope: rotary_dims %d > head_dim %lld", c->o.rotary_dims,
                      (long long)D);
   if (c->o.rotary_dims % 2 != 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: rotary_dims %d is odd (pairs need it even)",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: rotary_dims %d is odd (pairs need it even)",
                      c->o.rotary_dims);
   if (c->o.base == 0) c->o.base = 10000.0;
   if (!(c->o.base > 0) || !isfinite(c->o.base))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: base %g must be positive", c->o.base);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: base %g must be positive", c->o.base);
   if (c->o.scale == 0) c->o.scale = 1.0;
   if (!isfinite(c->o.scale))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: scale %g is not finite", c->o.scale);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: scale %g is not finite", c->o.scale);
   int64_t B = x->shape[0];
   if (c->o.offsets) {
     zmlx_array *f = c->o.offsets;
     if (f->dtype != ZMLX_I32)
-      return zmlx_fail(ZMLX_ERR_DTYPE, "rope: offsets must be i32, got %s",
+      return zmlxi_fail(ZMLX_ERR_DTYPE, "rope: offsets must be i32, got %s",
                        zmlx_dtype_name(f->dtype));
     if (f->ndim != 1 || f->shape[0] != B)
-      return zmlx_fail(ZMLX_ERR_SHAPE, "rope: offsets must be [batch] = [%lld], got %s",
-                       (long long)B, zmlx_shape_str(buf, sizeof buf, f->ndim, f->shape));
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "rope: offsets must be [batch] = [%lld], got %s",
+                       (long long)B, zmlxi_shape_str(buf, sizeof buf, f->ndim, f->shape));
     if (f->buffer->device != x->buffer->device)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: offsets are on another device than x");
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: offsets are on another device than x");
   }
   if ((c->o.cos == NULL) != (c->o.sin == NULL))
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "rope: give both cos and sin tables, or neither");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "rope: give both cos and sin tables, or neither");
   if (c->o.cos) {
     zmlx_array *t[2] = {c->o.cos, c->o.sin};
     const char *nm[2] = {"cos", "sin"};
     for (int i = 0; i < 2; i++) {
       if (t[i]->dtype != ZMLX_F32)
-        return zmlx_fail(ZMLX_ERR_DTYPE, "rope: the %s table must be f32, got %s", nm[i],
+        return zmlxi_fail(ZMLX_ERR_DTYPE, "rope: the %s table must be f32, got %s", nm[i],
                          zmlx_dtype_name(t[i]->dtype));
       if (t[i]->ndim != 2 || t[i]->shape[1] != c->o.rotary_dims / 2 || t[i]->shape[0] < 1)
-        return zmlx_fail(ZMLX_ERR_SHAPE,
+        return zmlxi_fail(ZMLX_ERR_SHAPE,
                          "rope: the %s table must be [max_pos, rotary_dims/2 = %d], got %s",
                          nm[i], c->o.rotary_dims / 2,
-                         zmlx_shape_str(buf, sizeof buf, t[i]->ndim, t[i]->shape));
+                         zmlxi_shape_str(buf, sizeof buf, t[i]->ndim, t[i]->shape));
       if (t[i]->buffer->device != x->buffer->device)
-        return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope: the %s table is on another device", nm[i]);
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: the %s table is on another device", nm[i]);
     }
     if (c->o.sin->shape[0] != c->o.cos->shape[0])
-      return zmlx_fail(ZMLX_ERR_SHAPE, "rope: cos and sin tables differ in length");
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "rope: cos and sin tables differ in length");
   }
   int64_t seq = c->o.layout == ZMLX_ROPE_BSHD ? x->shape[1] : x->shape[2];
   int64_t heads = c->o.layout == ZMLX_ROPE_BSHD ? x->shape[2] : x->shape[1];
   if (seq > INT32_MAX || heads > INT32_MAX || D > INT32_MAX)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "rope: a dimension of x exceeds 2^31");
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "rope: a dimension of x exceeds 2^31");
   return ZMLX_OK;
 }
 
 /* out (dense, preallocated, x's shape and dtype) = rope of x. */
-zmlx_status zmlx_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out) {
+zmlx_status zmlxi_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out) {
   zmlx_kernel *k = NULL;
-  ZMLX_CHECK(zmlx_kernel_set_get(&KERNELS, K_ROPE, &k));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_ROPE, &k));
   if (x->size == 0) return ZMLX_OK;
   const zmlx_rope_opts *o = &c->o;
   int64_t D = x->shape[3];
@@ -145,7 +145,7 @@ zmlx_status zmlx_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out) 
   zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &out,
                            .templates = t, .n_templates = 4, .params = params,
                            .device = x->buffer->device};
-  zmlx_kernel_call_grid_1d(&call, rows * W);
+  zmlxi_kernel_call_grid_1d(&call, rows * W);
   zmlx_status st = zmlx_kernel_launch(k, &call);
   zmlx_array_release(dummy);
   return st;
@@ -178,23 +178,23 @@ static const zmlx_ad_rule ROPE_RULE = {"rope", rope_vjp, rope_jvp, rope_free_ctx
 
 static zmlx_status rope_apply(zmlx_array *x, const rope_cfg *c, zmlx_array **out) {
   zmlx_array *y = NULL;
-  ZMLX_CHECK(zmlx_array_alloc(x->buffer->device, NULL, x->dtype, x->ndim, x->shape, &y));
-  zmlx_status st = zmlx_rope_launch(x, c, y);
+  ZMLX_CHECK(zmlxi_array_alloc(x->buffer->device, NULL, x->dtype, x->ndim, x->shape, &y));
+  zmlx_status st = zmlxi_rope_launch(x, c, y);
   if (st != ZMLX_OK) {
     zmlx_array_release(y);
     return st;
   }
-  if (zmlx_ad_should_record(&x, 1)) {
+  if (zmlxi_ad_should_record(&x, 1)) {
     rope_cfg *cc = malloc(sizeof *cc);
     if (!cc) {
       zmlx_array_release(y);
-      return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+      return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     }
     *cc = *c;
     if (cc->o.offsets) zmlx_array_retain(cc->o.offsets);
     if (cc->o.cos) zmlx_array_retain(cc->o.cos);
     if (cc->o.sin) zmlx_array_retain(cc->o.sin);
-    st = zmlx_ad_record(&ROPE_RULE, cc, &x, 1, &y, 1, 0);
+    st = zmlxi_ad_record(&ROPE_RULE, cc, &x, 1, &y, 1, 0);
     if (st != ZMLX_OK) {
       zmlx_array_release(y);
       return st;
@@ -208,7 +208,7 @@ zmlx_status zmlx_rope(zmlx_array *x, const zmlx_rope_opts *opts, zmlx_array **ou
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   rope_cfg c;
-  ZMLX_CHECK(zmlx_rope_validate("zmlx_rope: argument 'x'", x, opts, &c));
+  ZMLX_CHECK(zmlxi_rope_validate("zmlx_rope: argument 'x'", x, opts, &c));
   return rope_apply(x, &c, out);
 }
 
@@ -218,23 +218,23 @@ zmlx_status zmlx_rope_qk(zmlx_array *q, zmlx_array *k, const zmlx_rope_opts *opt
   ZMLX_REQUIRE_ARG(k_out);
   *q_out = *k_out = NULL;
   rope_cfg cq, ck;
-  ZMLX_CHECK(zmlx_rope_validate("zmlx_rope_qk: argument 'q'", q, opts, &cq));
-  ZMLX_CHECK(zmlx_rope_validate("zmlx_rope_qk: argument 'k'", k, opts, &ck));
+  ZMLX_CHECK(zmlxi_rope_validate("zmlx_rope_qk: argument 'q'", q, opts, &cq));
+  ZMLX_CHECK(zmlxi_rope_validate("zmlx_rope_qk: argument 'k'", k, opts, &ck));
   int lay = cq.o.layout;
   int seq_ax = lay == ZMLX_ROPE_BSHD ? 1 : 2;
   char b1[96], b2[96];
   if (q->shape[0] != k->shape[0] || q->shape[seq_ax] != k->shape[seq_ax] ||
       q->shape[3] != k->shape[3])
-    return zmlx_fail(ZMLX_ERR_SHAPE,
+    return zmlxi_fail(ZMLX_ERR_SHAPE,
                      "rope_qk: q %s and k %s must agree in batch, seq and head_dim (only the "
                      "head counts may differ)",
-                     zmlx_shape_str(b1, sizeof b1, q->ndim, q->shape),
-                     zmlx_shape_str(b2, sizeof b2, k->ndim, k->shape));
+                     zmlxi_shape_str(b1, sizeof b1, q->ndim, q->shape),
+                     zmlxi_shape_str(b2, sizeof b2, k->ndim, k->shape));
   if (q->dtype != k->dtype)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "rope_qk: q is %s but k is %s", zmlx_dtype_name(q->dtype),
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "rope_qk: q is %s but k is %s", zmlx_dtype_name(q->dtype),
                      zmlx_dtype_name(k->dtype));
   if (q->buffer->device != k->buffer->device)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "rope_qk: q and k are on different devices");
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope_qk: q and k are on different devices");
   ZMLX_CHECK(rope_apply(q, &cq, q_out));
   zmlx_status st = rope_apply(k, &ck, k_out);
   if (st != ZMLX_OK) {

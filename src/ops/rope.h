@@ -13,10 +13,10 @@ typedef struct rope_cfg {
 } rope_cfg;
 
 /* `arg` names x as the user's call does, e.g. "zmlx_rope_qk: argument 'q'". */
-zmlx_status zmlx_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_opts *in,
+zmlx_status zmlxi_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_opts *in,
                                rope_cfg *c);
 
 /* out (dense, preallocated, x's shape and dtype) = rope of x. */
-zmlx_status zmlx_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out);
+zmlx_status zmlxi_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out);
 
 #endif

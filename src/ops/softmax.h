@@ -18,11 +18,11 @@ typedef struct sm_args {
 } sm_args;
 
 /* Validation of the forward's arguments; names the problem. */
-zmlx_status zmlx_softmax_validate(const char *op, zmlx_array *x, const sm_args *a);
+zmlx_status zmlxi_softmax_validate(const char *op, zmlx_array *x, const sm_args *a);
 
 /* Forward into a preallocated dense output (the check poisons it first). */
-zmlx_status zmlx_softmax_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *out);
+zmlx_status zmlxi_softmax_forward_into(zmlx_array *x, const sm_args *a, zmlx_array *out);
 
-zmlx_status zmlx_softmax_run(const char *op, zmlx_array *x, const sm_args *a, zmlx_array **out);
+zmlx_status zmlxi_softmax_run(const char *op, zmlx_array *x, const sm_args *a, zmlx_array **out);
 
 #endif

@@ -4,14 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-atomic_llong zmlx_live_arrays;
+atomic_llong zmlxi_live_arrays;
 
 /* ------------------------------------------------------------------ buffers */
 
 static zmlx_status buffer_create(zmlx_device *dev, zmlx_stream *s, size_t bytes,
                                  zmlx_buffer **out) {
   zmlx_buffer *b = calloc(1, sizeof *b);
-  if (!b) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!b) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = dev->ops->alloc(dev->index, s->handle, bytes, &b->handle);
   if (st != ZMLX_OK) {
     free(b);
@@ -35,7 +35,7 @@ static void buffer_release(zmlx_buffer *b) {
 
 /* ------------------------------------------------------------------- shapes */
 
-void zmlx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides) {
+void zmlxi_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides) {
   int64_t s = 1;
   for (int i = ndim - 1; i >= 0; i--) {
     strides[i] = s;
@@ -43,19 +43,19 @@ void zmlx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides) {
   }
 }
 
-zmlx_status zmlx_check_shape(zmlx_dtype dt, int ndim, const int64_t *shape, int64_t *size) {
-  if (zmlx_dtype_size(dt) == 0) return zmlx_fail(ZMLX_ERR_DTYPE, "invalid dtype %d", (int)dt);
+zmlx_status zmlxi_check_shape(zmlx_dtype dt, int ndim, const int64_t *shape, int64_t *size) {
+  if (zmlx_dtype_size(dt) == 0) return zmlxi_fail(ZMLX_ERR_DTYPE, "invalid dtype %d", (int)dt);
   if (ndim < 0 || ndim > ZMLX_MAX_DIMS)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
-  if (ndim > 0 && !shape) return zmlx_fail(ZMLX_ERR_NULL_ARG, "shape is NULL with ndim %d", ndim);
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
+  if (ndim > 0 && !shape) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "shape is NULL with ndim %d", ndim);
   int64_t n = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) {
       char b[200];
-      return zmlx_fail(ZMLX_ERR_SHAPE, "negative size in shape %s", zmlx_shape_str(b, sizeof b, ndim, shape));
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "negative size in shape %s", zmlxi_shape_str(b, sizeof b, ndim, shape));
     }
     if (shape[i] && n > INT64_MAX / 16 / shape[i])
-      return zmlx_fail(ZMLX_ERR_SHAPE, "shape is too large (overflows 64-bit sizes)");
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "shape is too large (overflows 64-bit sizes)");
     n *= shape[i];
   }
   *size = n;
@@ -73,26 +73,26 @@ static zmlx_array *array_new(zmlx_dtype dt, int ndim, const int64_t *shape) {
     a->shape[i] = shape[i];
     a->size *= shape[i];
   }
-  atomic_fetch_add(&zmlx_live_arrays, 1);
+  atomic_fetch_add(&zmlxi_live_arrays, 1);
   return a;
 }
 
-zmlx_status zmlx_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, int ndim,
+zmlx_status zmlxi_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, int ndim,
                              const int64_t *shape, zmlx_array **out) {
   int64_t size = 0;
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
-  ZMLX_CHECK(zmlx_check_shape(dt, ndim, shape, &size));
-  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
-  s = zmlx_stream_or_default(s, dev);
+  ZMLX_CHECK(zmlxi_check_shape(dt, ndim, shape, &size));
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
+  s = zmlxi_stream_or_default(s, dev);
   if (dt == ZMLX_F64 && !dev->info.has_fp64)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "device '%s' has no f64 support", dev->info.name);
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "device '%s' has no f64 support", dev->info.name);
   zmlx_array *a = array_new(dt, ndim, shape);
-  if (!a) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  zmlx_contiguous_strides(ndim, shape, a->strides);
+  if (!a) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  zmlxi_contiguous_strides(ndim, shape, a->strides);
   zmlx_status st = buffer_create(dev, s, (size_t)size * zmlx_dtype_size(dt), &a->buffer);
   if (st != ZMLX_OK) {
-    atomic_fetch_sub(&zmlx_live_arrays, 1);
+    atomic_fetch_sub(&zmlxi_live_arrays, 1);
     free(a);
     return st;
   }
@@ -100,10 +100,10 @@ zmlx_status zmlx_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, in
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_array_make_view(zmlx_array *base, int ndim, const int64_t *shape,
+zmlx_status zmlxi_array_make_view(zmlx_array *base, int ndim, const int64_t *shape,
                                  const int64_t *strides, int64_t offset, zmlx_array **out) {
   zmlx_array *a = array_new(base->dtype, ndim, shape);
-  if (!a) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!a) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   for (int i = 0; i < ndim; i++) a->strides[i] = strides[i];
   a->offset = offset;
   a->buffer = base->buffer;
@@ -116,13 +116,13 @@ zmlx_status zmlx_array_make_view(zmlx_array *base, int ndim, const int64_t *shap
 
 zmlx_status zmlx_array_empty(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                              zmlx_array **out) {
-  return zmlx_array_alloc(dev, NULL, dt, ndim, shape, out);
+  return zmlxi_array_alloc(dev, NULL, dt, ndim, shape, out);
 }
 
 zmlx_status zmlx_array_from_host(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                                  const void *data, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(data);
-  ZMLX_CHECK(zmlx_array_alloc(dev, NULL, dt, ndim, shape, out));
+  ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, dt, ndim, shape, out));
   zmlx_array *a = *out;
   zmlx_device *d = a->buffer->device;
   size_t bytes = (size_t)a->size * zmlx_dtype_size(dt);
@@ -148,12 +148,12 @@ zmlx_status zmlx_array_release(zmlx_array *a) {
   if (!a) return ZMLX_OK;
   if (atomic_fetch_sub(&a->refcount, 1) != 1) return ZMLX_OK;
   buffer_release(a->buffer);
-  atomic_fetch_sub(&zmlx_live_arrays, 1);
+  atomic_fetch_sub(&zmlxi_live_arrays, 1);
   free(a);
   return ZMLX_OK;
 }
 
-int64_t zmlx_array_live_count(void) { return atomic_load(&zmlx_live_arrays); }
+int64_t zmlx_array_live_count(void) { return atomic_load(&zmlxi_live_arrays); }
 
 /* ------------------------------------------------------------ introspection */
 
@@ -199,7 +199,7 @@ zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out) {
   ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(out);
   if (flat_index < 0 || flat_index >= a->size)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "item: index %lld outside an array of %lld elements",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "item: index %lld outside an array of %lld elements",
                      (long long)flat_index, (long long)a->size);
   int64_t off = a->offset, rem = flat_index;
   for (int i = a->ndim - 1; i >= 0; i--) {
@@ -218,11 +218,11 @@ zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out) {
 /* -------------------------------------------------------------------- views */
 
 /* Checks a reshape of a to (ndim, shape) and resolves its -1 into resolved. */
-zmlx_status zmlx_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *shape,
+zmlx_status zmlxi_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *shape,
                                   int64_t *resolved) {
-  if (ndim && !shape) return zmlx_fail(ZMLX_ERR_NULL_ARG, "reshape: shape is NULL with ndim %d", ndim);
+  if (ndim && !shape) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "reshape: shape is NULL with ndim %d", ndim);
   if (ndim < 0 || ndim > ZMLX_MAX_DIMS)
-    return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "reshape: ndim %d is outside 0..%d", ndim, ZMLX_MAX_DIMS);
   int64_t known = 1;
   int infer = -1;
   for (int i = 0; i < ndim; i++) {
@@ -231,7 +231,7 @@ zmlx_status zmlx_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *s
       infer = i;
       continue;
     }
-    if (shape[i] < 0) return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: invalid size %lld", (long long)shape[i]);
+    if (shape[i] < 0) return zmlxi_fail(ZMLX_ERR_SHAPE, "reshape: invalid size %lld", (long long)shape[i]);
     known *= shape[i];
   }
   if (infer >= 0) resolved[infer] = known ? a->size / known : 0;
@@ -239,9 +239,9 @@ zmlx_status zmlx_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *s
   for (int i = 0; i < ndim; i++) n *= resolved[i];
   if (n != a->size) {
     char b1[200], b2[200];
-    return zmlx_fail(ZMLX_ERR_SHAPE, "reshape: cannot view shape %s (%lld elements) as %s",
-                     zmlx_shape_str(b1, sizeof b1, a->ndim, a->shape), (long long)a->size,
-                     zmlx_shape_str(b2, sizeof b2, ndim, shape));
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "reshape: cannot view shape %s (%lld elements) as %s",
+                     zmlxi_shape_str(b1, sizeof b1, a->ndim, a->shape), (long long)a->size,
+                     zmlxi_shape_str(b2, sizeof b2, ndim, shape));
   }
   return ZMLX_OK;
 }
@@ -253,7 +253,7 @@ zmlx_status zmlx_array_transpose(zmlx_array *a, const int *perm, zmlx_array **ou
   for (int i = 0; i < a->ndim; i++) {
     p[i] = perm ? perm[i] : a->ndim - 1 - i;
     if (p[i] < 0 || p[i] >= a->ndim || seen[p[i]]++)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "transpose: axis list is not a permutation of 0..%d",
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "transpose: axis list is not a permutation of 0..%d",
                        a->ndim - 1);
   }
   int64_t shape[ZMLX_MAX_DIMS], strides[ZMLX_MAX_DIMS];
@@ -261,7 +261,7 @@ zmlx_status zmlx_array_transpose(zmlx_array *a, const int *perm, zmlx_array **ou
     shape[i] = a->shape[p[i]];
     strides[i] = a->strides[p[i]];
   }
-  return zmlx_array_make_view(a, a->ndim, shape, strides, a->offset, out);
+  return zmlxi_array_make_view(a, a->ndim, shape, strides, a->offset, out);
 }
 
 /* Python's slice.indices() for step > 0. */
@@ -276,17 +276,17 @@ zmlx_status zmlx_array_slice(zmlx_array *a, const int64_t *start, const int64_t 
   ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(out);
   if (a->ndim && (!start || !stop))
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "slice: start and stop are required");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "slice: start and stop are required");
   int64_t shape[ZMLX_MAX_DIMS], strides[ZMLX_MAX_DIMS], offset = a->offset;
   for (int i = 0; i < a->ndim; i++) {
     int64_t st = step ? step[i] : 1;
-    if (st <= 0) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "slice: step %lld on axis %d must be > 0",
+    if (st <= 0) return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "slice: step %lld on axis %d must be > 0",
                                   (long long)st, i);
     int64_t b = clamp_index(start[i], a->shape[i]), e = clamp_index(stop[i], a->shape[i]);
     shape[i] = e > b ? (e - b + st - 1) / st : 0;
     strides[i] = a->strides[i] * st;
     if (shape[i]) offset += b * a->strides[i];
   }
-  return zmlx_array_make_view(a, a->ndim, shape, strides, offset, out);
+  return zmlxi_array_make_view(a, a->ndim, shape, strides, offset, out);
 }
 

@@ -11,7 +11,7 @@
  *
  * Devices are numbered per backend. Buffers and streams are opaque `void *`
  * handles owned by the backend. All functions return a zmlx_status and set
- * the thread's error message (zmlx_fail) on failure.
+ * the thread's error message (zmlxi_fail) on failure.
  */
 #ifndef ZMLX_RUNTIME_BACKEND_H
 #define ZMLX_RUNTIME_BACKEND_H
@@ -161,21 +161,21 @@ typedef struct zmlx_backend_ops {
 
 /* Tables defined by each backend folder. An ops table is NULL when the
  * backend was not compiled in. */
-extern const zmlx_dialect zmlx_dialect_cuda;
-extern const zmlx_dialect zmlx_dialect_opencl;
-extern const zmlx_dialect zmlx_dialect_metal;
-extern const zmlx_backend_ops zmlx_backend_cuda_ops;
-extern const zmlx_backend_ops zmlx_backend_opencl_ops;
+extern const zmlx_dialect zmlxi_dialect_cuda;
+extern const zmlx_dialect zmlxi_dialect_opencl;
+extern const zmlx_dialect zmlxi_dialect_metal;
+extern const zmlx_backend_ops zmlxi_backend_cuda_ops;
+extern const zmlx_backend_ops zmlxi_backend_opencl_ops;
 
 /* Compiler-log formats (runtime/compile_log.c): clang's
  * "file:LINE:COL: error" and PoCL's "error: file:LINE:COL:", and NVRTC's
  * "file(LINE): error". */
-int zmlx_log_location_clang(const char *log, long *line, long *col);
-int zmlx_log_location_nvrtc(const char *log, long *line, long *col);
+int zmlxi_log_location_clang(const char *log, long *line, long *col);
+int zmlxi_log_location_nvrtc(const char *log, long *line, long *col);
 
 /* Registry (runtime/device.c). */
-const zmlx_dialect *zmlx_dialect_for(zmlx_backend b);
+const zmlx_dialect *zmlxi_dialect_for(zmlx_backend b);
 /* The backend whose buffers DLPack calls `device_type`, or AUTO for none. */
-zmlx_backend zmlx_backend_for_dlpack(int device_type);
+zmlx_backend zmlxi_backend_for_dlpack(int device_type);
 
 #endif /* ZMLX_RUNTIME_BACKEND_H */

@@ -101,11 +101,11 @@ static int nvrtc_error_line(const char *s, const char *end, long *line, long *co
   return 0;
 }
 
-int zmlx_log_location_clang(const char *log, long *line, long *col) {
+int zmlxi_log_location_clang(const char *log, long *line, long *col) {
   return first_location(log, clang_error_line, line, col);
 }
 
-int zmlx_log_location_nvrtc(const char *log, long *line, long *col) {
+int zmlxi_log_location_nvrtc(const char *log, long *line, long *col) {
   return first_location(log, nvrtc_error_line, line, col);
 }
 

@@ -23,10 +23,10 @@ typedef struct backend_slot {
  * folder under src/backends, an enum value, and a line here. */
 static backend_slot slots[ZMLX_BACKEND_COUNT] = {
 #ifdef ZMLX_HAVE_CUDA
-    [ZMLX_BACKEND_CUDA] = {.ops = &zmlx_backend_cuda_ops, .lock = PTHREAD_MUTEX_INITIALIZER},
+    [ZMLX_BACKEND_CUDA] = {.ops = &zmlxi_backend_cuda_ops, .lock = PTHREAD_MUTEX_INITIALIZER},
 #endif
 #ifdef ZMLX_HAVE_OPENCL
-    [ZMLX_BACKEND_OPENCL] = {.ops = &zmlx_backend_opencl_ops, .lock = PTHREAD_MUTEX_INITIALIZER},
+    [ZMLX_BACKEND_OPENCL] = {.ops = &zmlxi_backend_opencl_ops, .lock = PTHREAD_MUTEX_INITIALIZER},
 #endif
     [ZMLX_BACKEND_METAL] = {.source_only = 1},
 };
@@ -52,15 +52,15 @@ zmlx_status zmlx_backend_from_name(const char *name, zmlx_backend *out) {
       return ZMLX_OK;
     }
   }
-  return zmlx_fail(ZMLX_ERR_INVALID_ARG, "unknown backend '%s' (expected cuda, opencl, metal or auto)",
+  return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "unknown backend '%s' (expected cuda, opencl, metal or auto)",
                    name);
 }
 
-const zmlx_dialect *zmlx_dialect_for(zmlx_backend b) {
+const zmlx_dialect *zmlxi_dialect_for(zmlx_backend b) {
   switch (b) {
-    case ZMLX_BACKEND_CUDA: return &zmlx_dialect_cuda;
-    case ZMLX_BACKEND_OPENCL: return &zmlx_dialect_opencl;
-    case ZMLX_BACKEND_METAL: return &zmlx_dialect_metal;
+    case ZMLX_BACKEND_CUDA: return &zmlxi_dialect_cuda;
+    case ZMLX_BACKEND_OPENCL: return &zmlxi_dialect_opencl;
+    case ZMLX_BACKEND_METAL: return &zmlxi_dialect_metal;
     default: return NULL;
   }
 }
@@ -76,7 +76,7 @@ static zmlx_status make_device(backend_slot *slot, int index, zmlx_device *dev) 
   dev->info.index = index;
   ZMLX_CHECK(slot->ops->cache_identity(index, dev->cache_identity, sizeof dev->cache_identity));
   zmlx_stream *s = calloc(1, sizeof *s);
-  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!s) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   s->device = dev;
   s->is_default = 1;
   zmlx_status st = slot->ops->stream_create(index, &s->handle);
@@ -93,7 +93,7 @@ static void init_slot(backend_slot *slot) {
   slot->init_status = slot->ops->init(&count);
   if (slot->init_status == ZMLX_OK && count > 0) {
     slot->devices = calloc((size_t)count, sizeof *slot->devices);
-    if (!slot->devices) slot->init_status = zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!slot->devices) slot->init_status = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   }
   for (int i = 0; slot->init_status == ZMLX_OK && i < count; i++) {
     slot->init_status = make_device(slot, i, &slot->devices[i]);
@@ -107,13 +107,13 @@ static void init_slot(backend_slot *slot) {
 /* Initialise one backend on first use; the result is remembered. */
 static zmlx_status backend_init(zmlx_backend b, backend_slot **out) {
   if ((unsigned)b >= ZMLX_BACKEND_COUNT || b == ZMLX_BACKEND_AUTO)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "invalid backend %d", (int)b);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "invalid backend %d", (int)b);
   backend_slot *slot = &slots[b];
   if (slot->source_only)
-    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "the %s backend emits source only (zmlx_kernel_source); "
+    return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "the %s backend emits source only (zmlx_kernel_source); "
                      "it has no devices", zmlx_backend_name(b));
   if (!slot->ops)
-    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "the %s backend was not compiled into this build",
+    return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "the %s backend was not compiled into this build",
                      zmlx_backend_name(b));
   if (!atomic_load(&slot->initialised)) {
     pthread_mutex_lock(&slot->lock);
@@ -124,7 +124,7 @@ static zmlx_status backend_init(zmlx_backend b, backend_slot **out) {
     pthread_mutex_unlock(&slot->lock);
   }
   if (slot->init_status != ZMLX_OK)
-    return zmlx_fail(slot->init_status, "%s", slot->init_error);
+    return zmlxi_fail(slot->init_status, "%s", slot->init_error);
   *out = slot;
   return ZMLX_OK;
 }
@@ -143,7 +143,7 @@ zmlx_status zmlx_device_count(zmlx_backend b, int *count) {
   return ZMLX_OK;
 }
 
-zmlx_backend zmlx_backend_for_dlpack(int device_type) {
+zmlx_backend zmlxi_backend_for_dlpack(int device_type) {
   for (int b = 0; b < ZMLX_BACKEND_COUNT; b++)
     if (slots[b].ops && slots[b].ops->dlpack_device_type == device_type) return (zmlx_backend)b;
   return ZMLX_BACKEND_AUTO;
@@ -171,7 +171,7 @@ zmlx_status zmlx_device_get(zmlx_backend b, int index, zmlx_device **out) {
   backend_slot *slot = NULL;
   ZMLX_CHECK(backend_init(b, &slot));
   if (index < 0 || index >= slot->count)
-    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "%s device %d does not exist (%d available)",
+    return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "%s device %d does not exist (%d available)",
                      zmlx_backend_name(b), index, slot->count);
   *out = &slot->devices[index];
   return ZMLX_OK;
@@ -186,14 +186,14 @@ static zmlx_status choose_default(zmlx_device **out) {
     char *end;
     long v = strtol(env_d, &end, 10);
     if (*end || v < 0 || v > 1 << 20)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "ZMLX_DEVICE='%s' is not a device index", env_d);
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "ZMLX_DEVICE='%s' is not a device index", env_d);
     index = (int)v;
   }
   if (env_b && *env_b && strcmp(env_b, "auto")) {
     zmlx_backend b;
     ZMLX_CHECK(zmlx_backend_from_name(env_b, &b));
     zmlx_status st = zmlx_device_get(b, index, out);
-    if (st != ZMLX_OK) return zmlx_fail_context(st, "ZMLX_BACKEND=%s", env_b);
+    if (st != ZMLX_OK) return zmlxi_fail_context(st, "ZMLX_BACKEND=%s", env_b);
     return ZMLX_OK;
   }
   /* The first backend of the registry with a device. */
@@ -203,7 +203,7 @@ static zmlx_status choose_default(zmlx_device **out) {
     if (zmlx_device_count((zmlx_backend)b, &n) == ZMLX_OK && n > 0)
       return zmlx_device_get((zmlx_backend)b, index, out);
   }
-  return zmlx_fail(ZMLX_ERR_NO_DEVICE, "no CUDA GPU and no OpenCL device found (install an "
+  return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "no CUDA GPU and no OpenCL device found (install an "
                                        "OpenCL driver such as pocl-opencl-icd)");
 }
 
@@ -225,7 +225,7 @@ zmlx_status zmlx_set_default_device(zmlx_device *dev) {
   return ZMLX_OK;
 }
 
-zmlx_status zmlx_device_resolve(zmlx_device *dev, zmlx_device **out) {
+zmlx_status zmlxi_device_resolve(zmlx_device *dev, zmlx_device **out) {
   if (dev) {
     *out = dev;
     return ZMLX_OK;
@@ -246,15 +246,15 @@ zmlx_backend zmlx_device_backend(const zmlx_device *dev) {
 
 /* ----------------------------------------------------------------- streams */
 
-zmlx_stream *zmlx_stream_or_default(zmlx_stream *s, zmlx_device *dev) {
+zmlx_stream *zmlxi_stream_or_default(zmlx_stream *s, zmlx_device *dev) {
   return s ? s : dev->default_stream;
 }
 
 zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out) {
   ZMLX_REQUIRE_ARG(out);
-  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
   zmlx_stream *s = calloc(1, sizeof *s);
-  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!s) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   s->device = dev;
   zmlx_status st = dev->ops->stream_create(dev->index, &s->handle);
   if (st != ZMLX_OK) {
@@ -268,7 +268,7 @@ zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out) {
 zmlx_status zmlx_stream_destroy(zmlx_stream *s) {
   if (!s) return ZMLX_OK;
   if (s->is_default)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "the default stream of a device cannot be destroyed");
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "the default stream of a device cannot be destroyed");
   zmlx_status st = s->device->ops->stream_sync(s->device->index, s->handle);
   s->device->ops->stream_destroy(s->device->index, s->handle);
   free(s);
@@ -281,7 +281,7 @@ zmlx_status zmlx_stream_synchronize(zmlx_stream *s) {
 }
 
 zmlx_status zmlx_device_synchronize(zmlx_device *dev) {
-  ZMLX_CHECK(zmlx_device_resolve(dev, &dev));
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
   /* Streams made by zmlx_stream_create are the caller's to synchronise; the
    * default stream is the device's own. */
   return zmlx_stream_synchronize(dev->default_stream);
@@ -289,7 +289,7 @@ zmlx_status zmlx_device_synchronize(zmlx_device *dev) {
 
 /* ---------------------------------------------------------------- shutdown */
 
-void zmlx_runtime_shutdown(void) {
+void zmlxi_runtime_shutdown(void) {
   for (int b = 0; b < ZMLX_BACKEND_COUNT; b++) {
     backend_slot *slot = &slots[b];
     if (!slot->ops || slot->count == 0) continue;

@@ -29,7 +29,7 @@ static DLDataType dl_dtype(zmlx_dtype dt) {
 
 static zmlx_status from_dl_dtype(DLDataType t, zmlx_dtype *out) {
   if (t.lanes != 1)
-    return zmlx_fail(ZMLX_ERR_DTYPE, "DLPack: vector dtypes (lanes=%u) are not supported", t.lanes);
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "DLPack: vector dtypes (lanes=%u) are not supported", t.lanes);
   struct { int code, bits; zmlx_dtype dt; } map[] = {
       {ZMLX_DL_BOOL, 8, ZMLX_BOOL}, {kDLUInt, 8, ZMLX_U8},   {kDLInt, 8, ZMLX_I8},
       {kDLInt, 32, ZMLX_I32},       {kDLUInt, 32, ZMLX_U32}, {kDLInt, 64, ZMLX_I64},
@@ -41,7 +41,7 @@ static zmlx_status from_dl_dtype(DLDataType t, zmlx_dtype *out) {
       *out = map[i].dt;
       return ZMLX_OK;
     }
-  return zmlx_fail(ZMLX_ERR_DTYPE, "DLPack: dtype code %u with %u bits has no zmlx dtype", t.code,
+  return zmlxi_fail(ZMLX_ERR_DTYPE, "DLPack: dtype code %u with %u bits has no zmlx dtype", t.code,
                    t.bits);
 }
 
@@ -65,10 +65,10 @@ zmlx_status zmlx_array_to_dlpack(zmlx_array *a, void **dl_managed_tensor) {
   ZMLX_REQUIRE_ARG(dl_managed_tensor);
   zmlx_device *dev = a->buffer->device;
   if (!dev->ops->dlpack_data)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "DLPack export is not supported on %s",
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "DLPack export is not supported on %s",
                      zmlx_backend_name(dev->ops->kind));
   export_ctx *ctx = calloc(1, sizeof *ctx);
-  if (!ctx) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!ctx) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   /* Consumers must not see work that is still queued on our stream. */
   zmlx_status st = zmlx_stream_synchronize(dev->default_stream);
   if (st != ZMLX_OK) {
@@ -128,7 +128,7 @@ static zmlx_status device_for_dl(const DLDevice *d, zmlx_device *dev, zmlx_devic
     *out = dev;
     return ZMLX_OK;
   }
-  zmlx_backend b = zmlx_backend_for_dlpack((int)d->device_type);
+  zmlx_backend b = zmlxi_backend_for_dlpack((int)d->device_type);
   if (b != ZMLX_BACKEND_AUTO) return zmlx_device_get(b, d->device_id, out);
   return zmlx_default_device(out);
 }
@@ -141,11 +141,11 @@ static zmlx_status import_from_host(DLManagedTensor *m, zmlx_dtype dt, zmlx_devi
   int64_t n = 1;
   for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
   unsigned char *dense = malloc(n ? (size_t)n * es : 1);
-  if (!dense) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!dense) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   const unsigned char *base = (const unsigned char *)t->data + t->byte_offset;
   int64_t strides[ZMLX_MAX_DIMS];
   if (t->strides) memcpy(strides, t->strides, (size_t)t->ndim * sizeof *strides);
-  else zmlx_contiguous_strides(t->ndim, t->shape, strides);
+  else zmlxi_contiguous_strides(t->ndim, t->shape, strides);
   for (int64_t i = 0; i < n; i++) {
     int64_t rem = i, off = 0;
     for (int d = t->ndim - 1; d >= 0; d--) {
@@ -166,17 +166,17 @@ static zmlx_status import_zero_copy(DLManagedTensor *m, zmlx_dtype dt, zmlx_devi
   size_t es = zmlx_dtype_size(dt);
   int dense;
   int64_t extent = extent_elements(t, &dense);
-  if (dense < 0) return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "DLPack: negative strides are not supported");
+  if (dense < 0) return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "DLPack: negative strides are not supported");
   if (t->byte_offset % es)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "DLPack: byte_offset %llu is not a multiple of the "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "DLPack: byte_offset %llu is not a multiple of the "
                      "element size %zu", (unsigned long long)t->byte_offset, es);
   if (!dev->ops->wrap_foreign)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED, "DLPack import is not supported on %s",
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "DLPack import is not supported on %s",
                      zmlx_backend_name(dev->ops->kind));
   zmlx_buffer *b = calloc(1, sizeof *b);
   zmlx_array *a = NULL;
   int64_t strides[ZMLX_MAX_DIMS];
-  if (!b) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!b) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = dev->ops->wrap_foreign(dev->index, t->data, (size_t)extent * es + t->byte_offset,
                                           &b->handle);
   if (st != ZMLX_OK) {
@@ -189,10 +189,10 @@ static zmlx_status import_zero_copy(DLManagedTensor *m, zmlx_dtype dt, zmlx_devi
   b->release_foreign = call_deleter;
   b->foreign_ctx = m;
   if (t->strides) memcpy(strides, t->strides, (size_t)t->ndim * sizeof *strides);
-  else zmlx_contiguous_strides(t->ndim, t->shape, strides);
+  else zmlxi_contiguous_strides(t->ndim, t->shape, strides);
   /* A temporary owner so make_view can take its buffer reference. */
   zmlx_array owner = {.dtype = dt, .buffer = b};
-  st = zmlx_array_make_view(&owner, t->ndim, t->shape, strides, (int64_t)(t->byte_offset / es), &a);
+  st = zmlxi_array_make_view(&owner, t->ndim, t->shape, strides, (int64_t)(t->byte_offset / es), &a);
   atomic_fetch_sub(&b->refcount, 1); /* drop the temporary owner's reference */
   if (st != ZMLX_OK) {
     call_deleter(m);
@@ -212,14 +212,14 @@ zmlx_status zmlx_array_from_dlpack(void *dl_managed_tensor, zmlx_device *dev, zm
   zmlx_dtype dt = ZMLX_F32;
   int64_t size = 0;
   ZMLX_CHECK(from_dl_dtype(t->dtype, &dt));
-  ZMLX_CHECK(zmlx_check_shape(dt, t->ndim, t->shape, &size));
+  ZMLX_CHECK(zmlxi_check_shape(dt, t->ndim, t->shape, &size));
   if (!t->data && size)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "DLPack: tensor data is NULL");
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "DLPack: tensor data is NULL");
   ZMLX_CHECK(device_for_dl(&t->device, dev, &dev));
   if (t->device.device_type == kDLCPU || t->device.device_type == kDLCUDAHost)
     return import_from_host(m, dt, dev, out);
   if ((int)t->device.device_type != dev->ops->dlpack_device_type || t->device.device_id != dev->index)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "DLPack: tensor lives on device type %d id %d, not on "
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "DLPack: tensor lives on device type %d id %d, not on "
                      "%s device %d", (int)t->device.device_type, t->device.device_id,
                      zmlx_backend_name(dev->ops->kind), dev->index);
   return import_zero_copy(m, dt, dev, out);

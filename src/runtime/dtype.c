@@ -36,7 +36,7 @@ zmlx_status zmlx_dtype_from_name(const char *name, zmlx_dtype *out) {
     *out = name[0] == 'f' ? ZMLX_F32 : name[0] == 'h' ? ZMLX_F16 : ZMLX_BF16;
     return ZMLX_OK;
   }
-  return zmlx_fail(ZMLX_ERR_DTYPE, "unknown dtype '%s' (expected bool, u8, i8, i32, u32, i64, "
+  return zmlxi_fail(ZMLX_ERR_DTYPE, "unknown dtype '%s' (expected bool, u8, i8, i32, u32, i64, "
                                    "f16, bf16, f32 or f64)", name);
 }
 

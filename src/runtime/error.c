@@ -32,7 +32,7 @@ const char *zmlx_last_error(void) { return last_error; }
 
 void zmlx_clear_error(void) { last_error[0] = '\0'; }
 
-zmlx_status zmlx_fail(zmlx_status s, const char *fmt, ...) {
+zmlx_status zmlxi_fail(zmlx_status s, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(last_error, sizeof last_error, fmt, ap);
@@ -40,7 +40,7 @@ zmlx_status zmlx_fail(zmlx_status s, const char *fmt, ...) {
   return s;
 }
 
-zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...) {
+zmlx_status zmlxi_fail_context(zmlx_status s, const char *fmt, ...) {
   char prefix[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -59,7 +59,7 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...) {
   return s;
 }
 
-const char *zmlx_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+const char *zmlxi_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   size_t n = 0;
   if (cap == 0) return buf;
   buf[0] = '\0';

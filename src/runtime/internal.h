@@ -18,11 +18,11 @@
 /* ------------------------------------------------------------------ errors */
 
 /* Record a message for zmlx_last_error() on this thread and return `s`, so
- * that failing paths read `return zmlx_fail(ZMLX_ERR_SHAPE, "...", ...);`. */
-zmlx_status zmlx_fail(zmlx_status s, const char *fmt, ...)
+ * that failing paths read `return zmlxi_fail(ZMLX_ERR_SHAPE, "...", ...);`. */
+zmlx_status zmlxi_fail(zmlx_status s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Prefix the current message with context: "while X: <previous message>". */
-zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
+zmlx_status zmlxi_fail_context(zmlx_status s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 #define ZMLX_CHECK(expr)                 \
@@ -36,7 +36,7 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
 #define ZMLX_REQUIRE_ARG_OF(call, p)                                     \
   do {                                                                   \
     if ((p) == NULL)                                                     \
-      return zmlx_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL",   \
+      return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: argument '%s' is NULL",   \
                        (call), #p);                                      \
   } while (0)
 
@@ -44,16 +44,16 @@ zmlx_status zmlx_fail_context(zmlx_status s, const char *fmt, ...)
 #define ZMLX_REQUIRE_ARG(p) ZMLX_REQUIRE_ARG_OF(__func__, p)
 
 /* Format a shape as "[2, 3, 4]" into buf (always NUL-terminated). */
-const char *zmlx_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
+const char *zmlxi_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 
 /* f32, f16 or bf16: the dtypes the float ops compute in (and autograd
  * differentiates). */
-bool zmlx_dtype_is_f32_f16_bf16(zmlx_dtype dt);
+bool zmlxi_dtype_is_f32_f16_bf16(zmlx_dtype dt);
 
 /* FNV-1a: 32-bit of a string (names, hash buckets), 64-bit of bytes
  * (checksums). Not for anything an attacker controls. */
-uint32_t zmlx_fnv1a32(const char *s);
-uint64_t zmlx_fnv1a64(const void *data, size_t n);
+uint32_t zmlxi_fnv1a32(const char *s);
+uint64_t zmlxi_fnv1a64(const void *data, size_t n);
 
 /* ------------------------------------------------------- stderr capture */
 
@@ -68,14 +68,14 @@ typedef struct zmlx_stderr_capture {
   bool locked;
 } zmlx_stderr_capture;
 
-void zmlx_stderr_capture_begin(zmlx_stderr_capture *c);
-char *zmlx_stderr_capture_end(zmlx_stderr_capture *c);
+void zmlxi_stderr_capture_begin(zmlx_stderr_capture *c);
+char *zmlxi_stderr_capture_end(zmlx_stderr_capture *c);
 /* Write captured text back to stderr and free it (NULL: nothing). */
-void zmlx_stderr_release(char *text);
+void zmlxi_stderr_release(char *text);
 /* A failed build's log followed by what the driver printed meanwhile
  * (PoCL: "1 error generated."), so that both reach the error message.
  * Takes both (either may be NULL); returns the joined text (malloc'ed). */
-char *zmlx_stderr_append(char *log, char *captured);
+char *zmlxi_stderr_append(char *log, char *captured);
 
 /* ---------------------------------------------------------- devices/streams */
 
@@ -94,9 +94,9 @@ struct zmlx_stream {
 };
 
 /* The stream to use: `s` if given, else the device's default. */
-zmlx_stream *zmlx_stream_or_default(zmlx_stream *s, zmlx_device *dev);
+zmlx_stream *zmlxi_stream_or_default(zmlx_stream *s, zmlx_device *dev);
 /* Resolve a possibly-NULL device to the default device. */
-zmlx_status zmlx_device_resolve(zmlx_device *dev, zmlx_device **out);
+zmlx_status zmlxi_device_resolve(zmlx_device *dev, zmlx_device **out);
 
 /* ------------------------------------------------------------------ arrays */
 
@@ -125,50 +125,50 @@ struct zmlx_array {
 };
 
 /* Allocate an uninitialised dense array on `dev` (stream-ordered on `s`). */
-zmlx_status zmlx_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, int ndim,
+zmlx_status zmlxi_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, int ndim,
                              const int64_t *shape, zmlx_array **out);
 /* A view of `base`'s buffer with new geometry (takes a buffer reference). */
-zmlx_status zmlx_array_make_view(zmlx_array *base, int ndim, const int64_t *shape,
+zmlx_status zmlxi_array_make_view(zmlx_array *base, int ndim, const int64_t *shape,
                                  const int64_t *strides, int64_t offset, zmlx_array **out);
 /* Validate dtype/ndim/shape; compute element count into *size. */
-zmlx_status zmlx_check_shape(zmlx_dtype dt, int ndim, const int64_t *shape, int64_t *size);
-void zmlx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
+zmlx_status zmlxi_check_shape(zmlx_dtype dt, int ndim, const int64_t *shape, int64_t *size);
+void zmlxi_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 
 /* Checks a reshape of a to (ndim, shape): sizes, one -1 inferred into
  * resolved, the element count kept. */
-zmlx_status zmlx_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *shape,
+zmlx_status zmlxi_reshape_resolve(const zmlx_array *a, int ndim, const int64_t *shape,
                                  int64_t *resolved);
 /* Syncs and frees the devices' default streams and shuts the backends down
  * (the second half of zmlx_shutdown, after the kernel layer's). */
-void zmlx_runtime_shutdown(void);
+void zmlxi_runtime_shutdown(void);
 
 /* Host reference for the counter-based RNG (tests compare against it). */
-void zmlx_philox4x32(uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
-float zmlx_random_uniform_ref(uint64_t seed, uint64_t index);
-float zmlx_random_normal_ref(uint64_t seed, uint64_t index);
+void zmlxi_philox4x32(uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
+float zmlxi_random_uniform_ref(uint64_t seed, uint64_t index);
+float zmlxi_random_normal_ref(uint64_t seed, uint64_t index);
 
 /* ---------------------------------------------------------------- utility */
 
 /* Growable string used by source generators. Never fails: on OOM it sets
- * `oom` and later zmlx_sb_finish() reports it. */
+ * `oom` and later zmlxi_sb_finish() reports it. */
 typedef struct zmlx_sb {
   char *data;
   size_t len, cap;
   bool oom;
 } zmlx_sb;
 
-void zmlx_sb_init(zmlx_sb *sb);
-void zmlx_sb_free(zmlx_sb *sb);
-void zmlx_sb_append(zmlx_sb *sb, const char *s);
-void zmlx_sb_appendn(zmlx_sb *sb, const char *s, size_t n);
-void zmlx_sb_printf(zmlx_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void zmlxi_sb_init(zmlx_sb *sb);
+void zmlxi_sb_free(zmlx_sb *sb);
+void zmlxi_sb_append(zmlx_sb *sb, const char *s);
+void zmlxi_sb_appendn(zmlx_sb *sb, const char *s, size_t n);
+void zmlxi_sb_printf(zmlx_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Hand the string to the caller (free with free()), or ZMLX_ERR_OUT_OF_MEMORY. */
-zmlx_status zmlx_sb_finish(zmlx_sb *sb, char **out);
+zmlx_status zmlxi_sb_finish(zmlx_sb *sb, char **out);
 
-char *zmlx_strdup(const char *s);
-double zmlx_now_ms(void); /* monotonic clock */
+char *zmlxi_strdup(const char *s);
+double zmlxi_now_ms(void); /* monotonic clock */
 
 /* Global counters for leak checks. */
-extern atomic_llong zmlx_live_arrays;
+extern atomic_llong zmlxi_live_arrays;
 
 #endif /* ZMLX_RUNTIME_INTERNAL_H */

@@ -9,7 +9,7 @@ static uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t *hi) {
   return (uint32_t)p;
 }
 
-void zmlx_philox4x32(uint32_t c[4], const uint32_t key[2], uint32_t out[4]) {
+void zmlxi_philox4x32(uint32_t c[4], const uint32_t key[2], uint32_t out[4]) {
   uint32_t k0 = key[0], k1 = key[1];
   uint32_t x[4] = {c[0], c[1], c[2], c[3]};
   for (int r = 0; r < 10; r++) {
@@ -30,16 +30,16 @@ void zmlx_philox4x32(uint32_t c[4], const uint32_t key[2], uint32_t out[4]) {
 static void words(uint64_t seed, uint64_t index, uint32_t out[4]) {
   uint32_t c[4] = {(uint32_t)index, (uint32_t)(index >> 32), 0, 0};
   uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-  zmlx_philox4x32(c, key, out);
+  zmlxi_philox4x32(c, key, out);
 }
 
-float zmlx_random_uniform_ref(uint64_t seed, uint64_t index) {
+float zmlxi_random_uniform_ref(uint64_t seed, uint64_t index) {
   uint32_t w[4];
   words(seed, index, w);
   return (float)(w[0] >> 8) * 5.9604644775390625e-08f;
 }
 
-float zmlx_random_normal_ref(uint64_t seed, uint64_t index) {
+float zmlxi_random_normal_ref(uint64_t seed, uint64_t index) {
   uint32_t w[4];
   words(seed, index, w);
   float u0 = (float)(w[0] >> 8) * 5.9604644775390625e-08f;

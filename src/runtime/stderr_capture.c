@@ -11,7 +11,7 @@
  *
  * File descriptor 2 belongs to the whole process: one capture at a time
  * (a process-wide lock), and text another thread writes to stderr during
- * the call lands in the capture too. It is not lost: zmlx_stderr_release
+ * the call lands in the capture too. It is not lost: zmlxi_stderr_release
  * writes it back to stderr, which is what callers do unless the driver
  * call failed.
  */
@@ -32,7 +32,7 @@ static bool capture_disabled(void) {
   return e && *e && strcmp(e, "0") != 0;
 }
 
-void zmlx_stderr_capture_begin(zmlx_stderr_capture *c) {
+void zmlxi_stderr_capture_begin(zmlx_stderr_capture *c) {
   memset(c, 0, sizeof *c);
   c->saved_fd = -1;
   if (capture_disabled()) return;
@@ -71,7 +71,7 @@ static char *finish(zmlx_stderr_capture *c) {
   return text;
 }
 
-char *zmlx_stderr_capture_end(zmlx_stderr_capture *c) {
+char *zmlxi_stderr_capture_end(zmlx_stderr_capture *c) {
   char *text = finish(c);
   if (text && strspn(text, " \t\r\n") == strlen(text)) {
     free(text);
@@ -80,14 +80,14 @@ char *zmlx_stderr_capture_end(zmlx_stderr_capture *c) {
   return text;
 }
 
-void zmlx_stderr_release(char *text) {
+void zmlxi_stderr_release(char *text) {
   if (!text) return;
   fputs(text, stderr);
   fflush(stderr);
   free(text);
 }
 
-char *zmlx_stderr_append(char *log, char *captured) {
+char *zmlxi_stderr_append(char *log, char *captured) {
   if (!captured) return log;
   if (!log) return captured;
   size_t a = strlen(log), b = strlen(captured);

@@ -11,7 +11,7 @@ const char *zmlx_version_string(void) { return ZMLX_VERSION_STRING; }
 
 void zmlx_free(void *p) { free(p); }
 
-char *zmlx_strdup(const char *s) {
+char *zmlxi_strdup(const char *s) {
   if (!s) return NULL;
   size_t n = strlen(s) + 1;
   char *d = malloc(n);
@@ -19,17 +19,17 @@ char *zmlx_strdup(const char *s) {
   return d;
 }
 
-double zmlx_now_ms(void) {
+double zmlxi_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
-void zmlx_sb_init(zmlx_sb *sb) { memset(sb, 0, sizeof *sb); }
+void zmlxi_sb_init(zmlx_sb *sb) { memset(sb, 0, sizeof *sb); }
 
-void zmlx_sb_free(zmlx_sb *sb) {
+void zmlxi_sb_free(zmlx_sb *sb) {
   free(sb->data);
-  zmlx_sb_init(sb);
+  zmlxi_sb_init(sb);
 }
 
 static bool sb_reserve(zmlx_sb *sb, size_t extra) {
@@ -47,16 +47,16 @@ static bool sb_reserve(zmlx_sb *sb, size_t extra) {
   return true;
 }
 
-void zmlx_sb_appendn(zmlx_sb *sb, const char *s, size_t n) {
+void zmlxi_sb_appendn(zmlx_sb *sb, const char *s, size_t n) {
   if (!sb_reserve(sb, n)) return;
   memcpy(sb->data + sb->len, s, n);
   sb->len += n;
   sb->data[sb->len] = '\0';
 }
 
-void zmlx_sb_append(zmlx_sb *sb, const char *s) { zmlx_sb_appendn(sb, s, strlen(s)); }
+void zmlxi_sb_append(zmlx_sb *sb, const char *s) { zmlxi_sb_appendn(sb, s, strlen(s)); }
 
-void zmlx_sb_printf(zmlx_sb *sb, const char *fmt, ...) {
+void zmlxi_sb_printf(zmlx_sb *sb, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   va_list ap2;
@@ -70,31 +70,31 @@ void zmlx_sb_printf(zmlx_sb *sb, const char *fmt, ...) {
   va_end(ap2);
 }
 
-zmlx_status zmlx_sb_finish(zmlx_sb *sb, char **out) {
+zmlx_status zmlxi_sb_finish(zmlx_sb *sb, char **out) {
   if (sb->oom) {
-    zmlx_sb_free(sb);
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory while building a string");
+    zmlxi_sb_free(sb);
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory while building a string");
   }
   if (!sb->data) {
-    sb->data = zmlx_strdup("");
-    if (!sb->data) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    sb->data = zmlxi_strdup("");
+    if (!sb->data) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   }
   *out = sb->data;
-  zmlx_sb_init(sb);
+  zmlxi_sb_init(sb);
   return ZMLX_OK;
 }
 
-bool zmlx_dtype_is_f32_f16_bf16(zmlx_dtype dt) {
+bool zmlxi_dtype_is_f32_f16_bf16(zmlx_dtype dt) {
   return dt == ZMLX_F32 || dt == ZMLX_F16 || dt == ZMLX_BF16;
 }
 
-uint32_t zmlx_fnv1a32(const char *s) {
+uint32_t zmlxi_fnv1a32(const char *s) {
   uint32_t h = 2166136261u;
   for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
   return h;
 }
 
-uint64_t zmlx_fnv1a64(const void *data, size_t n) {
+uint64_t zmlxi_fnv1a64(const void *data, size_t n) {
   const unsigned char *p = data;
   uint64_t h = 1469598103934665603ull;
   for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;

@@ -2,7 +2,7 @@
  * libFuzzer target for the expression language: any bytes go through parse,
  * print + re-parse, VJP, JVP, emission and evaluation. Crashes, leaks and
  * sanitizer reports are failures, and so are two oracles checked here:
- *   - text printed by zmlx_expr_to_string parses back;
+ *   - text printed by zmlxi_expr_to_string parses back;
  *   - emitted C contains no identifier outside the dialect's math names,
  *     the temporaries and the ctx text given below (user text never leaks
  *     into kernel source).
@@ -67,23 +67,23 @@ static void emit_and_eval(const zmlx_expr *e) {
   if (e->n_inputs > 8 || e->n_roots > 8) return;
   zmlx_expr_emit_ctx ctx = {IN_TEXT, PAR_TEXT, STORE, NULL, NULL};
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
-  if (zmlx_expr_emit(e, &ctx, &sb) == ZMLX_OK && sb.data) check_identifiers(sb.data);
-  zmlx_sb_free(&sb);
+  zmlxi_sb_init(&sb);
+  if (zmlxi_expr_emit(e, &ctx, &sb) == ZMLX_OK && sb.data) check_identifiers(sb.data);
+  zmlxi_sb_free(&sb);
   double in[8] = {0.7, -1.3, 2.0, 1.0, 0.5, -0.25, 1.5, -2.0}, par[2] = {0.1, 3.0}, out[8];
-  zmlx_expr_eval(e, in, par, out);
+  zmlxi_expr_eval(e, in, par, out);
 }
 
 static void round_trip(const zmlx_expr *e) {
   char *s = NULL;
-  if (zmlx_expr_to_string(e, &s) != ZMLX_OK) return;
+  if (zmlxi_expr_to_string(e, &s) != ZMLX_OK) return;
   zmlx_expr *back = NULL;
-  zmlx_status st = zmlx_expr_parse(s, INPUTS, 3, PARAMS, 2, &back);
+  zmlx_status st = zmlxi_expr_parse(s, INPUTS, 3, PARAMS, 2, &back);
   if (st != ZMLX_OK && st != ZMLX_ERR_OUT_OF_MEMORY) {
     fprintf(stderr, "printed text does not parse back:\n%s\n%s\n", s, zmlx_last_error());
     abort();
   }
-  zmlx_expr_free(back);
+  zmlxi_expr_free(back);
   free(s);
 }
 
@@ -91,22 +91,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   zmlx_expr *e = NULL;
-  if (zmlx_expr_parse_n((const char *)data, size, INPUTS, 3, PARAMS, 2, &e) != ZMLX_OK) {
+  if (zmlxi_expr_parse_n((const char *)data, size, INPUTS, 3, PARAMS, 2, &e) != ZMLX_OK) {
     if (!zmlx_last_error()[0]) abort(); /* every failure says why */
     return 0;
   }
   round_trip(e);
   emit_and_eval(e);
   zmlx_expr *vjp = NULL, *jvp = NULL, *second = NULL;
-  if (zmlx_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp) == ZMLX_OK) {
+  if (zmlxi_expr_vjp(e, ZMLX_EXPR_WITH_PRIMAL, &vjp) == ZMLX_OK) {
     emit_and_eval(vjp);
     /* Second order on small graphs only, to keep each run fast. */
-    if (vjp->n_nodes < 4000 && zmlx_expr_vjp(vjp, 0, &second) == ZMLX_OK) emit_and_eval(second);
+    if (vjp->n_nodes < 4000 && zmlxi_expr_vjp(vjp, 0, &second) == ZMLX_OK) emit_and_eval(second);
   }
-  if (zmlx_expr_jvp(e, 0, &jvp) == ZMLX_OK) emit_and_eval(jvp);
-  zmlx_expr_free(second);
-  zmlx_expr_free(jvp);
-  zmlx_expr_free(vjp);
-  zmlx_expr_free(e);
+  if (zmlxi_expr_jvp(e, 0, &jvp) == ZMLX_OK) emit_and_eval(jvp);
+  zmlxi_expr_free(second);
+  zmlxi_expr_free(jvp);
+  zmlxi_expr_free(vjp);
+  zmlxi_expr_free(e);
   return 0;
 }

@@ -73,13 +73,13 @@ static zmlx_status cu_status(CUresult r, zmlx_status otherwise) {
 /* "<what>: CUDA_ERROR_X: description". */
 static zmlx_status cu_fail(zmlx_status s, const char *what, CUresult r) {
   char text[256];
-  zmlx_cu_describe(r, text, sizeof text);
-  return zmlx_fail(cu_status(r, s), "%s: %s", what, text);
+  zmlxi_cu_describe(r, text, sizeof text);
+  return zmlxi_fail(cu_status(r, s), "%s: %s", what, text);
 }
 
 static zmlx_status check_device(int dev) {
   if (dev >= 0 && dev < n_devices) return ZMLX_OK;
-  return zmlx_fail(ZMLX_ERR_INVALID_ARG, "CUDA device %d does not exist (%d found)", dev,
+  return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "CUDA device %d does not exist (%d found)", dev,
                    n_devices);
 }
 
@@ -89,8 +89,8 @@ static zmlx_status check_device(int dev) {
  * the query costs tens of nanoseconds. */
 static zmlx_status make_current(int dev) {
   CUcontext cur = NULL;
-  if (zmlx_cu.CtxGetCurrent(&cur) == CUDA_SUCCESS && cur == devices[dev].ctx) return ZMLX_OK;
-  CUresult r = zmlx_cu.CtxSetCurrent(devices[dev].ctx);
+  if (zmlxi_cu.CtxGetCurrent(&cur) == CUDA_SUCCESS && cur == devices[dev].ctx) return ZMLX_OK;
+  CUresult r = zmlxi_cu.CtxSetCurrent(devices[dev].ctx);
   return r == CUDA_SUCCESS ? ZMLX_OK : cu_fail(ZMLX_ERR_BACKEND, "cuCtxSetCurrent", r);
 }
 
@@ -107,7 +107,7 @@ static CUdeviceptr dptr(const void *buffer, size_t offset) {
 
 static int attribute(CUdevice d, CUdevice_attribute a) {
   int v = 0;
-  if (zmlx_cu.DeviceGetAttribute(&v, a, d) != CUDA_SUCCESS) return 0;
+  if (zmlxi_cu.DeviceGetAttribute(&v, a, d) != CUDA_SUCCESS) return 0;
   return v;
 }
 
@@ -124,12 +124,12 @@ static void fill_info(cuda_device *d, int index) {
   memset(info, 0, sizeof *info);
   info->backend = ZMLX_BACKEND_CUDA;
   info->index = index;
-  if (zmlx_cu.DeviceGetName(info->name, (int)sizeof info->name, d->dev) != CUDA_SUCCESS)
+  if (zmlxi_cu.DeviceGetName(info->name, (int)sizeof info->name, d->dev) != CUDA_SUCCESS)
     snprintf(info->name, sizeof info->name, "CUDA device %d", d->ordinal);
   snprintf(info->version, sizeof info->version, "compute capability %d.%d", major, minor);
   arch_name(major, minor, info->arch, sizeof info->arch);
   size_t mem = 0;
-  if (zmlx_cu.DeviceTotalMem(&mem, d->dev) == CUDA_SUCCESS) info->total_memory = mem;
+  if (zmlxi_cu.DeviceTotalMem(&mem, d->dev) == CUDA_SUCCESS) info->total_memory = mem;
   int shared = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
   if (shared <= 0) shared = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK);
   info->max_shared_memory = (size_t)shared;
@@ -150,20 +150,20 @@ static void fill_info(cuda_device *d, int index) {
  * would. Best effort: a failure only costs speed. */
 static void keep_pool_memory(CUdevice d) {
   CUmemoryPool pool;
-  if (zmlx_cu.DeviceGetDefaultMemPool(&pool, d) != CUDA_SUCCESS) return;
+  if (zmlxi_cu.DeviceGetDefaultMemPool(&pool, d) != CUDA_SUCCESS) return;
   cuuint64_t threshold = UINT64_MAX;
-  (void)zmlx_cu.MemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &threshold);
+  (void)zmlxi_cu.MemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &threshold);
 }
 
 /* Open CUDA device `ordinal` as zmlx device `index`; 0 if it cannot work. */
 static int open_device(int ordinal, int index, cuda_device *d) {
   memset(d, 0, sizeof *d);
   d->ordinal = ordinal;
-  if (zmlx_cu.DeviceGet(&d->dev, ordinal) != CUDA_SUCCESS) return 0;
-  if (zmlx_cu.DevicePrimaryCtxRetain(&d->ctx, d->dev) != CUDA_SUCCESS) return 0;
-  d->use_pools = zmlx_cu.MemAllocAsync && zmlx_cu.MemFreeAsync &&
+  if (zmlxi_cu.DeviceGet(&d->dev, ordinal) != CUDA_SUCCESS) return 0;
+  if (zmlxi_cu.DevicePrimaryCtxRetain(&d->ctx, d->dev) != CUDA_SUCCESS) return 0;
+  d->use_pools = zmlxi_cu.MemAllocAsync && zmlxi_cu.MemFreeAsync &&
                  attribute(d->dev, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED);
-  if (d->use_pools && zmlx_cu.DeviceGetDefaultMemPool && zmlx_cu.MemPoolSetAttribute)
+  if (d->use_pools && zmlxi_cu.DeviceGetDefaultMemPool && zmlxi_cu.MemPoolSetAttribute)
     keep_pool_memory(d->dev);
   fill_info(d, index);
   return 1;
@@ -173,10 +173,10 @@ static int open_device(int ordinal, int index, cuda_device *d) {
  * NVRTC to compile with: CUDA is simply absent, never an error. */
 static void probe(void) {
   n_devices = 0;
-  if (!zmlx_cu_load() || zmlx_cu.Init(0) != CUDA_SUCCESS || !zmlx_nvrtc_available()) return;
+  if (!zmlxi_cu_load() || zmlxi_cu.Init(0) != CUDA_SUCCESS || !zmlxi_nvrtc_available()) return;
   int total = 0;
-  if (zmlx_cu.DeviceGetCount(&total) != CUDA_SUCCESS) return;
-  if (zmlx_cu.DriverGetVersion(&driver_version) != CUDA_SUCCESS) driver_version = 0;
+  if (zmlxi_cu.DeviceGetCount(&total) != CUDA_SUCCESS) return;
+  if (zmlxi_cu.DriverGetVersion(&driver_version) != CUDA_SUCCESS) driver_version = 0;
   for (int i = 0; i < total && n_devices < CUDA_MAX_DEVICES; i++)
     if (open_device(i, n_devices, &devices[n_devices])) n_devices++;
 }
@@ -197,7 +197,7 @@ static zmlx_status cuda_init(int *device_count) {
  * context when its last user lets go). libcuda stays loaded. */
 static void cuda_shutdown(void) {
   pthread_mutex_lock(&state_lock);
-  for (int i = 0; i < n_devices; i++) (void)zmlx_cu.DevicePrimaryCtxRelease(devices[i].dev);
+  for (int i = 0; i < n_devices; i++) (void)zmlxi_cu.DevicePrimaryCtxRelease(devices[i].dev);
   n_devices = 0;
   probed = 0;
   pthread_mutex_unlock(&state_lock);
@@ -214,11 +214,11 @@ static zmlx_status cuda_cache_identity(int dev, char *buf, size_t cap) {
   ZMLX_REQUIRE_ARG(buf);
   ZMLX_CHECK(check_device(dev));
   int major = 0, minor = 0;
-  ZMLX_CHECK(zmlx_nvrtc_version(&major, &minor));
+  ZMLX_CHECK(zmlxi_nvrtc_version(&major, &minor));
   int n = snprintf(buf, cap, "cuda %s; driver %d; nvrtc %d.%d", devices[dev].info.arch,
                    driver_version, major, minor);
   if (n < 0 || (size_t)n >= cap)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "CUDA cache identity needs %d bytes, got %zu", n + 1,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "CUDA cache identity needs %d bytes, got %zu", n + 1,
                      cap);
   return ZMLX_OK;
 }
@@ -231,7 +231,7 @@ static zmlx_status cuda_stream_create(int dev, void **stream) {
   CUstream s = NULL;
   /* Non-blocking: no implicit ordering with the legacy NULL stream that
    * other libraries in the process may be using. */
-  CUresult r = zmlx_cu.StreamCreate(&s, CU_STREAM_NON_BLOCKING);
+  CUresult r = zmlxi_cu.StreamCreate(&s, CU_STREAM_NON_BLOCKING);
   if (r != CUDA_SUCCESS) return cu_fail(ZMLX_ERR_BACKEND, "cuStreamCreate", r);
   *stream = s;
   return ZMLX_OK;
@@ -239,12 +239,12 @@ static zmlx_status cuda_stream_create(int dev, void **stream) {
 
 static void cuda_stream_destroy(int dev, void *stream) {
   if (!stream || enter(dev) != ZMLX_OK) return;
-  (void)zmlx_cu.StreamDestroy((CUstream)stream);
+  (void)zmlxi_cu.StreamDestroy((CUstream)stream);
 }
 
 static zmlx_status cuda_stream_sync(int dev, void *stream) {
   ZMLX_CHECK(enter(dev));
-  CUresult r = zmlx_cu.StreamSynchronize((CUstream)stream);
+  CUresult r = zmlxi_cu.StreamSynchronize((CUstream)stream);
   return r == CUDA_SUCCESS ? ZMLX_OK : cu_fail(ZMLX_ERR_BACKEND, "cuStreamSynchronize", r);
 }
 
@@ -256,12 +256,12 @@ static zmlx_status cuda_alloc(int dev, void *stream, size_t bytes, void **buffer
   if (bytes == 0) bytes = 1; /* a distinct, valid pointer for empty arrays */
   CUdeviceptr p = 0;
   const int pools = devices[dev].use_pools;
-  CUresult r = pools ? zmlx_cu.MemAllocAsync(&p, bytes, (CUstream)stream)
-                     : zmlx_cu.MemAlloc(&p, bytes);
+  CUresult r = pools ? zmlxi_cu.MemAllocAsync(&p, bytes, (CUstream)stream)
+                     : zmlxi_cu.MemAlloc(&p, bytes);
   if (r != CUDA_SUCCESS) {
     char text[256];
-    zmlx_cu_describe(r, text, sizeof text);
-    return zmlx_fail(cu_status(r, ZMLX_ERR_BACKEND), "%s of %zu bytes on %s: %s",
+    zmlxi_cu_describe(r, text, sizeof text);
+    return zmlxi_fail(cu_status(r, ZMLX_ERR_BACKEND), "%s of %zu bytes on %s: %s",
                      pools ? "cuMemAllocAsync" : "cuMemAlloc", bytes, devices[dev].info.name,
                      text);
   }
@@ -272,14 +272,14 @@ static zmlx_status cuda_alloc(int dev, void *stream, size_t bytes, void **buffer
 static void cuda_free(int dev, void *stream, void *buffer) {
   if (!buffer || enter(dev) != ZMLX_OK) return;
   if (devices[dev].use_pools)
-    (void)zmlx_cu.MemFreeAsync(dptr(buffer, 0), (CUstream)stream);
+    (void)zmlxi_cu.MemFreeAsync(dptr(buffer, 0), (CUstream)stream);
   else
-    (void)zmlx_cu.MemFree(dptr(buffer, 0));
+    (void)zmlxi_cu.MemFree(dptr(buffer, 0));
 }
 
 static zmlx_status sync_after(void *stream, const char *what, CUresult r) {
   if (r != CUDA_SUCCESS) return cu_fail(ZMLX_ERR_BACKEND, what, r);
-  r = zmlx_cu.StreamSynchronize((CUstream)stream);
+  r = zmlxi_cu.StreamSynchronize((CUstream)stream);
   return r == CUDA_SUCCESS ? ZMLX_OK : cu_fail(ZMLX_ERR_BACKEND, "cuStreamSynchronize", r);
 }
 
@@ -290,7 +290,7 @@ static zmlx_status cuda_write(int dev, void *stream, void *buffer, size_t offset
   ZMLX_REQUIRE_ARG(buffer);
   ZMLX_REQUIRE_ARG(src);
   ZMLX_CHECK(enter(dev));
-  CUresult r = zmlx_cu.MemcpyHtoDAsync(dptr(buffer, offset), src, bytes, (CUstream)stream);
+  CUresult r = zmlxi_cu.MemcpyHtoDAsync(dptr(buffer, offset), src, bytes, (CUstream)stream);
   return sync_after(stream, "cuMemcpyHtoDAsync", r);
 }
 
@@ -300,7 +300,7 @@ static zmlx_status cuda_read(int dev, void *stream, const void *buffer, size_t o
   ZMLX_REQUIRE_ARG(buffer);
   ZMLX_REQUIRE_ARG(dst);
   ZMLX_CHECK(enter(dev));
-  CUresult r = zmlx_cu.MemcpyDtoHAsync(dst, dptr(buffer, offset), bytes, (CUstream)stream);
+  CUresult r = zmlxi_cu.MemcpyDtoHAsync(dst, dptr(buffer, offset), bytes, (CUstream)stream);
   return sync_after(stream, "cuMemcpyDtoHAsync", r);
 }
 
@@ -310,7 +310,7 @@ static zmlx_status cuda_copy(int dev, void *stream, void *dst, size_t dst_offset
   ZMLX_REQUIRE_ARG(dst);
   ZMLX_REQUIRE_ARG(src);
   ZMLX_CHECK(enter(dev));
-  CUresult r = zmlx_cu.MemcpyDtoDAsync(dptr(dst, dst_offset), dptr(src, src_offset), bytes,
+  CUresult r = zmlxi_cu.MemcpyDtoDAsync(dptr(dst, dst_offset), dptr(src, src_offset), bytes,
                                        (CUstream)stream);
   return r == CUDA_SUCCESS ? ZMLX_OK : cu_fail(ZMLX_ERR_BACKEND, "cuMemcpyDtoDAsync", r);
 }
@@ -323,7 +323,7 @@ static zmlx_status cuda_compile(int dev, const char *source, const char *entry, 
   ZMLX_CHECK(check_device(dev));
   char name[256]; /* "<entry>.cu": how the kernel is named in NVRTC's log */
   snprintf(name, sizeof name, "%s.cu", entry);
-  return zmlx_nvrtc_compile(source, name, devices[dev].info.arch, binary, binary_size, log);
+  return zmlxi_nvrtc_compile(source, name, devices[dev].info.arch, binary, binary_size, log);
 }
 
 static int range_ok(uint64_t offset, uint64_t count, uint64_t each, size_t size) {
@@ -341,21 +341,21 @@ static zmlx_status check_cubin(const void *binary, size_t size) {
   Elf64_Ehdr eh;
   if (size < sizeof eh || memcmp(b, ELFMAG, SELFMAG) != 0 || b[EI_CLASS] != ELFCLASS64 ||
       b[EI_DATA] != ELFDATA2LSB)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "not a cubin: no 64-bit ELF header (%zu bytes)", size);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "not a cubin: no 64-bit ELF header (%zu bytes)", size);
   memcpy(&eh, b, sizeof eh);
   if (eh.e_machine != EM_CUDA)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "not a cubin: ELF machine %u is not CUDA",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "not a cubin: ELF machine %u is not CUDA",
                      (unsigned)eh.e_machine);
   if ((eh.e_shnum && eh.e_shentsize != sizeof(Elf64_Shdr)) ||
       !range_ok(eh.e_shoff, eh.e_shnum, eh.e_shentsize, size) ||
       !range_ok(eh.e_phoff, eh.e_phnum, eh.e_phentsize, size))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "corrupt cubin: header tables past its %zu bytes",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "corrupt cubin: header tables past its %zu bytes",
                      size);
   for (unsigned i = 0; i < eh.e_shnum; i++) {
     Elf64_Shdr sh;
     memcpy(&sh, b + eh.e_shoff + (size_t)i * sizeof sh, sizeof sh);
     if (sh.sh_type != SHT_NOBITS && !range_ok(sh.sh_offset, sh.sh_size, 1, size))
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG, "corrupt cubin: section %u past its %zu bytes", i,
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "corrupt cubin: section %u past its %zu bytes", i,
                        size);
   }
   return ZMLX_OK;
@@ -364,11 +364,11 @@ static zmlx_status check_cubin(const void *binary, size_t size) {
 /* The driver parses the image in place; a cubin read from a cache file may
  * sit at any offset in its buffer, so misaligned images are copied. */
 static CUresult load_module(CUmodule *mod, const void *binary, size_t size) {
-  if (((uintptr_t)binary & 15u) == 0) return zmlx_cu.ModuleLoadData(mod, binary);
+  if (((uintptr_t)binary & 15u) == 0) return zmlxi_cu.ModuleLoadData(mod, binary);
   void *copy = aligned_alloc(16, (size + 15u) & ~(size_t)15u);
   if (!copy) return CUDA_ERROR_OUT_OF_MEMORY;
   memcpy(copy, binary, size);
-  CUresult r = zmlx_cu.ModuleLoadData(mod, copy);
+  CUresult r = zmlxi_cu.ModuleLoadData(mod, copy);
   free(copy);
   return r;
 }
@@ -382,12 +382,12 @@ static void read_param_sizes(cuda_function *f) { f->n_params = -1; }
 
 static zmlx_status new_function(CUmodule mod, CUfunction fn, void **function) {
   cuda_function *f = malloc(sizeof *f);
-  if (!f) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!f) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   f->fn = fn;
   f->mod = mod;
   read_param_sizes(f);
   int static_bytes = 0;
-  if (zmlx_cu.FuncGetAttribute(&static_bytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn) != CUDA_SUCCESS)
+  if (zmlxi_cu.FuncGetAttribute(&static_bytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn) != CUDA_SUCCESS)
     static_bytes = 0;
   f->static_shared = static_bytes > 0 ? (size_t)static_bytes : 0;
   atomic_init(&f->shared_limit, CUDA_DEFAULT_DYNAMIC_SHARED);
@@ -407,15 +407,15 @@ static zmlx_status cuda_load(int dev, const void *binary, size_t binary_size, co
   CUresult r = load_module(&mod, binary, binary_size);
   if (r != CUDA_SUCCESS) return cu_fail(ZMLX_ERR_BACKEND, "cuModuleLoadData", r);
   CUfunction fn = NULL;
-  r = zmlx_cu.ModuleGetFunction(&fn, mod, entry);
+  r = zmlxi_cu.ModuleGetFunction(&fn, mod, entry);
   if (r != CUDA_SUCCESS) {
-    (void)zmlx_cu.ModuleUnload(mod);
+    (void)zmlxi_cu.ModuleUnload(mod);
     char what[320];
     snprintf(what, sizeof what, "cuModuleGetFunction('%s')", entry);
     return cu_fail(ZMLX_ERR_BACKEND, what, r);
   }
   zmlx_status st = new_function(mod, fn, function);
-  if (st != ZMLX_OK) (void)zmlx_cu.ModuleUnload(mod);
+  if (st != ZMLX_OK) (void)zmlxi_cu.ModuleUnload(mod);
   return st;
 }
 
@@ -427,7 +427,7 @@ static size_t cuda_static_shared(int dev, void *function) {
 static void cuda_unload(int dev, void *function) {
   cuda_function *f = function;
   if (!f) return;
-  if (enter(dev) == ZMLX_OK) (void)zmlx_cu.ModuleUnload(f->mod);
+  if (enter(dev) == ZMLX_OK) (void)zmlxi_cu.ModuleUnload(f->mod);
   pthread_mutex_destroy(&f->lock);
   free(f);
 }
@@ -443,14 +443,14 @@ static zmlx_status raise_shared_limit(cuda_function *f, size_t bytes, int dev) {
   if (bytes > atomic_load_explicit(&f->shared_limit, memory_order_relaxed)) {
     CUresult r = bytes > (size_t)INT32_MAX
                      ? CUDA_ERROR_INVALID_VALUE
-                     : zmlx_cu.FuncSetAttribute(f->fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                     : zmlxi_cu.FuncSetAttribute(f->fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                                 (int)bytes);
     if (r == CUDA_SUCCESS) {
       atomic_store_explicit(&f->shared_limit, bytes, memory_order_release);
     } else {
       char text[256];
-      zmlx_cu_describe(r, text, sizeof text);
-      st = zmlx_fail(ZMLX_ERR_LAUNCH,
+      zmlxi_cu_describe(r, text, sizeof text);
+      st = zmlxi_fail(ZMLX_ERR_LAUNCH,
                      "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES = %zu): %s (%s allows %zu "
                      "bytes per threadgroup)",
                      bytes, text, devices[dev].info.name, devices[dev].info.max_shared_memory);
@@ -463,8 +463,8 @@ static zmlx_status raise_shared_limit(cuda_function *f, size_t bytes, int dev) {
 static zmlx_status launch_failed(CUresult r, const uint32_t blocks[3], const uint32_t threads[3],
                                  size_t shared) {
   char text[256];
-  zmlx_cu_describe(r, text, sizeof text);
-  return zmlx_fail(cu_status(r, ZMLX_ERR_LAUNCH),
+  zmlxi_cu_describe(r, text, sizeof text);
+  return zmlxi_fail(cu_status(r, ZMLX_ERR_LAUNCH),
                    "cuLaunchKernel: %s (%u x %u x %u threadgroups of %u x %u x %u threads, %zu "
                    "bytes of dynamic shared memory)",
                    text, blocks[0], blocks[1], blocks[2], threads[0], threads[1], threads[2],
@@ -473,9 +473,9 @@ static zmlx_status launch_failed(CUresult r, const uint32_t blocks[3], const uin
 
 static zmlx_status bad_arguments(const cuda_function *f, int n_args, int i, size_t given) {
   if (i < 0)
-    return zmlx_fail(ZMLX_ERR_LAUNCH, "CUDA launch: the kernel takes %d parameters, %d were passed",
+    return zmlxi_fail(ZMLX_ERR_LAUNCH, "CUDA launch: the kernel takes %d parameters, %d were passed",
                      f->n_params, n_args);
-  return zmlx_fail(ZMLX_ERR_LAUNCH,
+  return zmlxi_fail(ZMLX_ERR_LAUNCH,
                    "CUDA launch: parameter %d of the kernel has %u bytes, the argument %zu", i,
                    (unsigned)f->param_size[i], given);
 }
@@ -487,7 +487,7 @@ static zmlx_status cuda_launch(int dev, void *stream, void *function, const uint
                                const zmlx_launch_arg *args, int n_args) {
   cuda_function *f = function;
   if (!f || (n_args > 0 && !args) || n_args < 0 || n_args > CUDA_MAX_ARGS)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "CUDA launch: bad function or %d arguments (max %d)",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "CUDA launch: bad function or %d arguments (max %d)",
                      n_args, CUDA_MAX_ARGS);
   const int checked = f->n_params >= 0;
   if (checked && n_args != f->n_params) return bad_arguments(f, n_args, -1, 0);
@@ -502,13 +502,13 @@ static zmlx_status cuda_launch(int dev, void *stream, void *function, const uint
     } else if (args[i].value) {
       params[i] = (void *)args[i].value; /* the driver only reads it */
     } else {
-      return zmlx_fail(ZMLX_ERR_NULL_ARG, "CUDA launch: scalar argument %d has no value", i);
+      return zmlxi_fail(ZMLX_ERR_NULL_ARG, "CUDA launch: scalar argument %d has no value", i);
     }
   }
   ZMLX_CHECK(enter(dev));
   if (dynamic_shared > atomic_load_explicit(&f->shared_limit, memory_order_acquire))
     ZMLX_CHECK(raise_shared_limit(f, dynamic_shared, dev));
-  CUresult r = zmlx_cu.LaunchKernel(f->fn, blocks[0], blocks[1], blocks[2], threads[0], threads[1],
+  CUresult r = zmlxi_cu.LaunchKernel(f->fn, blocks[0], blocks[1], blocks[2], threads[0], threads[1],
                                     threads[2], (unsigned int)dynamic_shared, (CUstream)stream,
                                     params, NULL);
   return r == CUDA_SUCCESS ? ZMLX_OK : launch_failed(r, blocks, threads, dynamic_shared);
@@ -524,14 +524,14 @@ static zmlx_status cuda_wrap_foreign(int dev, void *data, size_t bytes, void **b
   ZMLX_REQUIRE_ARG(buffer);
   ZMLX_CHECK(enter(dev));
   if (!data && bytes > 0)
-    return zmlx_fail(ZMLX_ERR_NULL_ARG, "DLPack tensor of %zu bytes has a NULL data pointer", bytes);
-  if (data && zmlx_cu.PointerGetAttribute) {
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "DLPack tensor of %zu bytes has a NULL data pointer", bytes);
+  if (data && zmlxi_cu.PointerGetAttribute) {
     int ordinal = -1;
-    CUresult r = zmlx_cu.PointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+    CUresult r = zmlxi_cu.PointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
                                              dptr(data, 0));
     if (r != CUDA_SUCCESS) return cu_fail(ZMLX_ERR_INVALID_ARG, "DLPack pointer is not CUDA memory", r);
     if (ordinal != devices[dev].ordinal)
-      return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
                        "DLPack pointer lives on CUDA device %d, not on device %d (%s)", ordinal,
                        devices[dev].ordinal, devices[dev].info.name);
   }
@@ -539,10 +539,10 @@ static zmlx_status cuda_wrap_foreign(int dev, void *data, size_t bytes, void **b
   return ZMLX_OK;
 }
 
-const zmlx_backend_ops zmlx_backend_cuda_ops = {
+const zmlx_backend_ops zmlxi_backend_cuda_ops = {
     .kind = ZMLX_BACKEND_CUDA,
     .name = "cuda",
-    .dialect = &zmlx_dialect_cuda,
+    .dialect = &zmlxi_dialect_cuda,
     .init = cuda_init,
     .shutdown = cuda_shutdown,
     .device_info = cuda_device_info,
@@ -559,7 +559,7 @@ const zmlx_backend_ops zmlx_backend_cuda_ops = {
     .load = cuda_load,
     .unload = cuda_unload,
     .static_shared = cuda_static_shared,
-    .error_location = zmlx_log_location_nvrtc,
+    .error_location = zmlxi_log_location_nvrtc,
     .launch = cuda_launch,
     .buffer_is_address = 1,
     .dlpack_device_type = 2, /* kDLCUDA */

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-zmlx_cu_api zmlx_cu;
+zmlx_cu_api zmlxi_cu;
 
 static const struct {
   const char *symbol; /* the versioned name cuda.h maps the API name to */
@@ -60,7 +60,7 @@ static int resolve_all(void *lib) {
   for (size_t i = 0; i < sizeof cu_symbols / sizeof cu_symbols[0]; i++) {
     void *sym = dlsym(lib, cu_symbols[i].symbol);
     if (!sym && cu_symbols[i].required) return 0;
-    memcpy((char *)&zmlx_cu + cu_symbols[i].offset, &sym, sizeof sym);
+    memcpy((char *)&zmlxi_cu + cu_symbols[i].offset, &sym, sizeof sym);
   }
   return 1;
 }
@@ -72,7 +72,7 @@ static void load_once(void) {
   if (!lib) lib = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL);
   if (!lib) return;
   if (!resolve_all(lib)) {
-    memset(&zmlx_cu, 0, sizeof zmlx_cu);
+    memset(&zmlxi_cu, 0, sizeof zmlxi_cu);
     dlclose(lib);
     return;
   }
@@ -80,15 +80,15 @@ static void load_once(void) {
   cu_loaded = 1;
 }
 
-int zmlx_cu_load(void) {
+int zmlxi_cu_load(void) {
   pthread_once(&cu_once, load_once);
   return cu_loaded;
 }
 
-void zmlx_cu_describe(CUresult r, char *buf, size_t cap) {
+void zmlxi_cu_describe(CUresult r, char *buf, size_t cap) {
   const char *name = NULL, *text = NULL;
-  if (!cu_loaded || zmlx_cu.GetErrorName(r, &name) != CUDA_SUCCESS) name = NULL;
-  if (!cu_loaded || zmlx_cu.GetErrorString(r, &text) != CUDA_SUCCESS) text = NULL;
+  if (!cu_loaded || zmlxi_cu.GetErrorName(r, &name) != CUDA_SUCCESS) name = NULL;
+  if (!cu_loaded || zmlxi_cu.GetErrorString(r, &text) != CUDA_SUCCESS) text = NULL;
   if (name)
     snprintf(buf, cap, "%s: %s", name, text ? text : "no description");
   else

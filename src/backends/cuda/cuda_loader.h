@@ -52,14 +52,14 @@ typedef struct zmlx_cu_api {
   CUresult (*FuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *); /* driver 12.4+ */
 } zmlx_cu_api;
 
-/* Filled by zmlx_cu_load(); valid while it returns 1. */
-extern zmlx_cu_api zmlx_cu;
+/* Filled by zmlxi_cu_load(); valid while it returns 1. */
+extern zmlx_cu_api zmlxi_cu;
 
 /* Open libcuda and resolve the table (once per process). 1 when every
  * required symbol was found, 0 otherwise (no driver: not an error). */
-int zmlx_cu_load(void);
+int zmlxi_cu_load(void);
 
 /* "CUDA_ERROR_INVALID_VALUE: invalid argument" for messages. */
-void zmlx_cu_describe(CUresult r, char *buf, size_t cap);
+void zmlxi_cu_describe(CUresult r, char *buf, size_t cap);
 
 #endif /* ZMLX_BACKENDS_CUDA_LOADER_H */

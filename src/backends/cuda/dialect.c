@@ -6,7 +6,7 @@
  */
 #include "runtime/internal.h"
 
-extern const char zmlx_res_prelude_cuh[];
+extern const char zmlxi_res_prelude_cuh[];
 
 static const char *cuda_type_name(zmlx_dtype dt) {
   switch (dt) {
@@ -32,33 +32,33 @@ static const char *cuda_type_name(zmlx_dtype dt) {
  * geometry the body mentions. */
 static void emit_param(const zmlx_kparam *p, zmlx_sb *sb) {
   if (p->is_scalar) {
-    zmlx_sb_printf(sb, "    const %s %s,\n", cuda_type_name(p->dtype), p->name);
+    zmlxi_sb_printf(sb, "    const %s %s,\n", cuda_type_name(p->dtype), p->name);
     return;
   }
   if (p->is_output)
-    zmlx_sb_printf(sb, "    %s* %s,\n", cuda_type_name(p->dtype), p->name);
+    zmlxi_sb_printf(sb, "    %s* %s,\n", cuda_type_name(p->dtype), p->name);
   else
-    zmlx_sb_printf(sb, "    const %s* __restrict__ %s,\n", cuda_type_name(p->dtype), p->name);
-  if (p->want_shape) zmlx_sb_printf(sb, "    const ZMLX_GRID_CONST zmlx_kshape %s_shape_v,\n", p->name);
+    zmlxi_sb_printf(sb, "    const %s* __restrict__ %s,\n", cuda_type_name(p->dtype), p->name);
+  if (p->want_shape) zmlxi_sb_printf(sb, "    const ZMLX_GRID_CONST zmlx_kshape %s_shape_v,\n", p->name);
   if (p->want_strides)
-    zmlx_sb_printf(sb, "    const ZMLX_GRID_CONST zmlx_kstrides %s_strides_v,\n", p->name);
-  if (p->want_ndim) zmlx_sb_printf(sb, "    const int %s_ndim,\n", p->name);
+    zmlxi_sb_printf(sb, "    const ZMLX_GRID_CONST zmlx_kstrides %s_strides_v,\n", p->name);
+  if (p->want_ndim) zmlxi_sb_printf(sb, "    const int %s_ndim,\n", p->name);
 }
 
 /* <name>_shape / <name>_strides as pointers into the by-value structs. */
 static void emit_geometry_locals(const zmlx_kparam *p, zmlx_sb *sb) {
   if (p->is_scalar) return;
   if (p->want_shape)
-    zmlx_sb_printf(sb, "  ZMLX_UNUSED const int* %s_shape = %s_shape_v.v;\n", p->name, p->name);
+    zmlxi_sb_printf(sb, "  ZMLX_UNUSED const int* %s_shape = %s_shape_v.v;\n", p->name, p->name);
   if (p->want_strides)
-    zmlx_sb_printf(sb, "  ZMLX_UNUSED const zmlx_i64* %s_strides = %s_strides_v.v;\n", p->name,
+    zmlxi_sb_printf(sb, "  ZMLX_UNUSED const zmlx_i64* %s_strides = %s_strides_v.v;\n", p->name,
                    p->name);
 }
 
 /* The Metal index names. Marked unused because a body uses few of them and
  * NVRTC would otherwise warn about each one in the log. */
 static void emit_index_prologue(zmlx_sb *sb) {
-  zmlx_sb_append(sb,
+  zmlxi_sb_append(sb,
       "  ZMLX_UNUSED const uint3 thread_position_in_threadgroup = "
       "make_uint3(threadIdx.x, threadIdx.y, threadIdx.z);\n"
       "  ZMLX_UNUSED const uint3 threadgroup_position_in_grid = "
@@ -86,7 +86,7 @@ static void emit_index_prologue(zmlx_sb *sb) {
  * 64 bits: with a grid close to 2^32 the last block's global id would wrap
  * in 32-bit arithmetic and slip past the guard. */
 static void emit_guard(zmlx_sb *sb) {
-  zmlx_sb_append(sb,
+  zmlxi_sb_append(sb,
       "  if ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x >= zmlx_grid_x ||\n"
       "      (unsigned long long)blockIdx.y * blockDim.y + threadIdx.y >= zmlx_grid_y ||\n"
       "      (unsigned long long)blockIdx.z * blockDim.z + threadIdx.z >= zmlx_grid_z)\n"
@@ -94,9 +94,9 @@ static void emit_guard(zmlx_sb *sb) {
 }
 
 static void cuda_emit_kernel_begin(const zmlx_kspec *spec, zmlx_sb *sb) {
-  zmlx_sb_printf(sb, "extern \"C\" __global__ void %s(\n", spec->entry);
+  zmlxi_sb_printf(sb, "extern \"C\" __global__ void %s(\n", spec->entry);
   for (int i = 0; i < spec->n_params; i++) emit_param(&spec->params[i], sb);
-  zmlx_sb_append(sb,
+  zmlxi_sb_append(sb,
                  "    const unsigned int zmlx_grid_x, const unsigned int zmlx_grid_y,"
                  " const unsigned int zmlx_grid_z) {\n");
   for (int i = 0; i < spec->n_params; i++) emit_geometry_locals(&spec->params[i], sb);
@@ -106,7 +106,7 @@ static void cuda_emit_kernel_begin(const zmlx_kspec *spec, zmlx_sb *sb) {
 
 static void cuda_emit_kernel_end(const zmlx_kspec *spec, zmlx_sb *sb) {
   (void)spec;
-  zmlx_sb_append(sb, "}\n");
+  zmlxi_sb_append(sb, "}\n");
 }
 
 /* C++ keywords and CUDA's predefined names and qualifiers. */
@@ -119,12 +119,12 @@ static const char *const cuda_reserved[] = {
     "threadIdx", "blockIdx", "blockDim", "gridDim", "warpSize", "half", "nv_bfloat16",
     "__global__", "__device__", "__shared__", "__constant__", "__restrict__", NULL};
 
-const zmlx_dialect zmlx_dialect_cuda = {
+const zmlx_dialect zmlxi_dialect_cuda = {
     .kind = ZMLX_BACKEND_CUDA,
     .name = "cuda",
     .language = "CUDA C++",
     .native_simd = 1,
-    .prelude = zmlx_res_prelude_cuh,
+    .prelude = zmlxi_res_prelude_cuh,
     .type_name = cuda_type_name,
     .emit_kernel_begin = cuda_emit_kernel_begin,
     .emit_kernel_end = cuda_emit_kernel_end,

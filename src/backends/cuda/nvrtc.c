@@ -95,20 +95,20 @@ static void load_once(void) {
   api_ok = 1; /* the library stays open for the life of the process */
 }
 
-int zmlx_nvrtc_available(void) {
+int zmlxi_nvrtc_available(void) {
   pthread_once(&api_once, load_once);
   return api_ok;
 }
 
 static zmlx_status require_nvrtc(void) {
-  if (zmlx_nvrtc_available()) return ZMLX_OK;
-  return zmlx_fail(ZMLX_ERR_UNSUPPORTED,
+  if (zmlxi_nvrtc_available()) return ZMLX_OK;
+  return zmlxi_fail(ZMLX_ERR_UNSUPPORTED,
                    "NVRTC is not available: could not load libnvrtc.so, libnvrtc.so.13 or "
                    "libnvrtc.so.12 (from the loader path, $CUDA_HOME/lib64 or "
                    "/usr/local/cuda/lib64)");
 }
 
-zmlx_status zmlx_nvrtc_version(int *major, int *minor) {
+zmlx_status zmlxi_nvrtc_version(int *major, int *minor) {
   ZMLX_REQUIRE_ARG(major);
   ZMLX_REQUIRE_ARG(minor);
   ZMLX_CHECK(require_nvrtc());
@@ -147,13 +147,13 @@ static zmlx_status fetch_cubin(nvrtcProgram prog, void **cubin, size_t *size) {
   size_t n = 0;
   nvrtcResult r = api.GetCUBINSize(prog, &n);
   if (r != NVRTC_SUCCESS || n == 0)
-    return zmlx_fail(ZMLX_ERR_BACKEND, "nvrtcGetCUBINSize: %s", api.GetErrorString(r));
+    return zmlxi_fail(ZMLX_ERR_BACKEND, "nvrtcGetCUBINSize: %s", api.GetErrorString(r));
   char *bin = malloc(n);
-  if (!bin) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory for a %zu-byte cubin", n);
+  if (!bin) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory for a %zu-byte cubin", n);
   r = api.GetCUBIN(prog, bin);
   if (r != NVRTC_SUCCESS) {
     free(bin);
-    return zmlx_fail(ZMLX_ERR_BACKEND, "nvrtcGetCUBIN: %s", api.GetErrorString(r));
+    return zmlxi_fail(ZMLX_ERR_BACKEND, "nvrtcGetCUBIN: %s", api.GetErrorString(r));
   }
   *cubin = bin;
   *size = n;
@@ -165,18 +165,18 @@ static zmlx_status compile_program(nvrtcProgram prog, const char *name, const ch
                                    char **text) {
   char arch_opt[128];
   if (snprintf(arch_opt, sizeof arch_opt, "--gpu-architecture=%s", arch) >= (int)sizeof arch_opt)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "NVRTC: architecture name '%.32s...' is too long", arch);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "NVRTC: architecture name '%.32s...' is too long", arch);
   /* No fast math: the dialect promises IEEE float semantics on every
    * backend. -default-device lets header helpers omit __device__. */
   const char *const opts[] = {arch_opt, "-default-device", "--std=c++17", "-lineinfo"};
   nvrtcResult r = api.CompileProgram(prog, (int)(sizeof opts / sizeof opts[0]), opts);
   *text = program_log(prog);
   if (r == NVRTC_SUCCESS) return ZMLX_OK;
-  return zmlx_fail(nvrtc_status(r), "NVRTC could not compile '%s' for %s (%s):\n%s", name, arch,
+  return zmlxi_fail(nvrtc_status(r), "NVRTC could not compile '%s' for %s (%s):\n%s", name, arch,
                    api.GetErrorString(r), *text ? *text : "(no compiler log)");
 }
 
-zmlx_status zmlx_nvrtc_compile(const char *source, const char *name, const char *arch,
+zmlx_status zmlxi_nvrtc_compile(const char *source, const char *name, const char *arch,
                                void **cubin, size_t *size, char **log) {
   ZMLX_REQUIRE_ARG(source);
   ZMLX_REQUIRE_ARG(arch);
@@ -191,7 +191,7 @@ zmlx_status zmlx_nvrtc_compile(const char *source, const char *name, const char 
   nvrtcProgram prog = NULL;
   nvrtcResult r = api.CreateProgram(&prog, source, name, 0, NULL, NULL);
   if (r != NVRTC_SUCCESS)
-    return zmlx_fail(nvrtc_status(r), "nvrtcCreateProgram: %s", api.GetErrorString(r));
+    return zmlxi_fail(nvrtc_status(r), "nvrtcCreateProgram: %s", api.GetErrorString(r));
 
   char *text = NULL;
   zmlx_status st = compile_program(prog, name, arch, &text);

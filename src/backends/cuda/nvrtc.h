@@ -11,10 +11,10 @@
 #include <stddef.h>
 
 /* 1 if libnvrtc could be loaded (tried once, then remembered). */
-int zmlx_nvrtc_available(void);
+int zmlxi_nvrtc_available(void);
 
 /* Version of the loaded NVRTC, e.g. 13.0. */
-zmlx_status zmlx_nvrtc_version(int *major, int *minor);
+zmlx_status zmlxi_nvrtc_version(int *major, int *minor);
 
 /* Compile `source` for `arch` (a real architecture such as "sm_90a") into a
  * cubin. `name` names the program in the log ("softmax.cu"; NULL gives a
@@ -22,7 +22,7 @@ zmlx_status zmlx_nvrtc_version(int *major, int *minor);
  * `log` is not NULL) gets the compiler log, malloc'ed, or NULL when empty,
  * on success and on failure. A compile error returns ZMLX_ERR_COMPILE with
  * the log in the message. */
-zmlx_status zmlx_nvrtc_compile(const char *source, const char *name, const char *arch,
+zmlx_status zmlxi_nvrtc_compile(const char *source, const char *name, const char *arch,
                                void **cubin, size_t *size, char **log);
 
 #endif /* ZMLX_BACKENDS_CUDA_NVRTC_H */

@@ -9,7 +9,7 @@
  */
 #include "runtime/internal.h"
 
-extern const char zmlx_res_prelude_metal[];
+extern const char zmlxi_res_prelude_metal[];
 
 static const char *metal_type_name(zmlx_dtype dt) {
   switch (dt) {
@@ -34,28 +34,28 @@ static const char *metal_type_name(zmlx_dtype dt) {
 static void emit_param(const zmlx_kparam *p, int *slot, zmlx_sb *sb) {
   const char *t = metal_type_name(p->dtype);
   if (p->is_scalar) {
-    zmlx_sb_printf(sb, "    constant %s& %s [[buffer(%d)]],\n", t, p->name, (*slot)++);
+    zmlxi_sb_printf(sb, "    constant %s& %s [[buffer(%d)]],\n", t, p->name, (*slot)++);
     return;
   }
   if (p->is_output)
-    zmlx_sb_printf(sb, "    device %s* %s [[buffer(%d)]],\n", t, p->name, (*slot)++);
+    zmlxi_sb_printf(sb, "    device %s* %s [[buffer(%d)]],\n", t, p->name, (*slot)++);
   else
-    zmlx_sb_printf(sb, "    const device %s* %s [[buffer(%d)]],\n", t, p->name, (*slot)++);
+    zmlxi_sb_printf(sb, "    const device %s* %s [[buffer(%d)]],\n", t, p->name, (*slot)++);
   if (p->want_shape)
-    zmlx_sb_printf(sb, "    constant zmlx_kshape& %s_shape_v [[buffer(%d)]],\n", p->name, (*slot)++);
+    zmlxi_sb_printf(sb, "    constant zmlx_kshape& %s_shape_v [[buffer(%d)]],\n", p->name, (*slot)++);
   if (p->want_strides)
-    zmlx_sb_printf(sb, "    constant zmlx_kstrides& %s_strides_v [[buffer(%d)]],\n", p->name,
+    zmlxi_sb_printf(sb, "    constant zmlx_kstrides& %s_strides_v [[buffer(%d)]],\n", p->name,
                    (*slot)++);
   if (p->want_ndim)
-    zmlx_sb_printf(sb, "    constant int& %s_ndim [[buffer(%d)]],\n", p->name, (*slot)++);
+    zmlxi_sb_printf(sb, "    constant int& %s_ndim [[buffer(%d)]],\n", p->name, (*slot)++);
 }
 
 static void emit_geometry_locals(const zmlx_kparam *p, zmlx_sb *sb) {
   if (p->is_scalar) return;
   if (p->want_shape)
-    zmlx_sb_printf(sb, "  constant int* %s_shape = %s_shape_v.v;\n", p->name, p->name);
+    zmlxi_sb_printf(sb, "  constant int* %s_shape = %s_shape_v.v;\n", p->name, p->name);
   if (p->want_strides)
-    zmlx_sb_printf(sb, "  constant zmlx_i64* %s_strides = %s_strides_v.v;\n", p->name, p->name);
+    zmlxi_sb_printf(sb, "  constant zmlx_i64* %s_strides = %s_strides_v.v;\n", p->name, p->name);
 }
 
 /* Metal hands out every index the dialect names (and a few more) as
@@ -72,24 +72,24 @@ static void emit_index_attributes(zmlx_sb *sb) {
       "simdgroups_per_threadgroup",    "thread_index_in_quadgroup",
       "quadgroup_index_in_threadgroup", "quadgroups_per_threadgroup"};
   for (size_t i = 0; i < sizeof vec3 / sizeof vec3[0]; i++)
-    zmlx_sb_printf(sb, ",\n    uint3 %s [[%s]]", vec3[i], vec3[i]);
+    zmlxi_sb_printf(sb, ",\n    uint3 %s [[%s]]", vec3[i], vec3[i]);
   for (size_t i = 0; i < sizeof scalar / sizeof scalar[0]; i++)
-    zmlx_sb_printf(sb, ",\n    uint %s [[%s]]", scalar[i], scalar[i]);
+    zmlxi_sb_printf(sb, ",\n    uint %s [[%s]]", scalar[i], scalar[i]);
 }
 
 static void metal_emit_kernel_begin(const zmlx_kspec *spec, zmlx_sb *sb) {
   int slot = 0;
-  zmlx_sb_printf(sb, "[[kernel]] void %s(\n", spec->entry);
+  zmlxi_sb_printf(sb, "[[kernel]] void %s(\n", spec->entry);
   for (int i = 0; i < spec->n_params; i++) emit_param(&spec->params[i], &slot, sb);
-  zmlx_sb_printf(sb, "    constant uint3& zmlx_grid [[buffer(%d)]]", slot);
+  zmlxi_sb_printf(sb, "    constant uint3& zmlx_grid [[buffer(%d)]]", slot);
   if (spec->uses_dynamic_shared)
-    zmlx_sb_append(sb, ",\n    threadgroup uchar* zmlx_dyn_shared [[threadgroup(0)]]");
+    zmlxi_sb_append(sb, ",\n    threadgroup uchar* zmlx_dyn_shared [[threadgroup(0)]]");
   emit_index_attributes(sb);
-  zmlx_sb_append(sb, ") {\n");
+  zmlxi_sb_append(sb, ") {\n");
   for (int i = 0; i < spec->n_params; i++) emit_geometry_locals(&spec->params[i], sb);
-  zmlx_sb_append(sb, "  const uint3 grid_size = zmlx_grid;\n");
+  zmlxi_sb_append(sb, "  const uint3 grid_size = zmlx_grid;\n");
   if (spec->guard_grid)
-    zmlx_sb_append(sb,
+    zmlxi_sb_append(sb,
         "  if (thread_position_in_grid.x >= grid_size.x ||\n"
         "      thread_position_in_grid.y >= grid_size.y ||\n"
         "      thread_position_in_grid.z >= grid_size.z)\n"
@@ -98,7 +98,7 @@ static void metal_emit_kernel_begin(const zmlx_kspec *spec, zmlx_sb *sb) {
 
 static void metal_emit_kernel_end(const zmlx_kspec *spec, zmlx_sb *sb) {
   (void)spec;
-  zmlx_sb_append(sb, "}\n");
+  zmlxi_sb_append(sb, "}\n");
 }
 
 /* Metal's address spaces and the C++ keywords it keeps (Metal is C++14). */
@@ -108,12 +108,12 @@ static const char *const metal_reserved[] = {
     "namespace", "template", "typename", "using", "this", "new", "delete", "operator",
     "private", "public", "protected", "true", "false", "bool", "constexpr", NULL};
 
-const zmlx_dialect zmlx_dialect_metal = {
+const zmlx_dialect zmlxi_dialect_metal = {
     .kind = ZMLX_BACKEND_METAL,
     .name = "metal",
     .language = "Metal",
     .native_simd = 1,
-    .prelude = zmlx_res_prelude_metal,
+    .prelude = zmlxi_res_prelude_metal,
     .type_name = metal_type_name,
     .emit_kernel_begin = metal_emit_kernel_begin,
     .emit_kernel_end = metal_emit_kernel_end,

@@ -15,7 +15,7 @@
 #include "runtime/internal.h"
 
 /* The prelude text, embedded by CMake from prelude.cl. */
-extern const char zmlx_res_prelude_cl[];
+extern const char zmlxi_res_prelude_cl[];
 
 static const char *cl_type_name(zmlx_dtype dt) {
   switch (dt) {
@@ -40,18 +40,18 @@ static const char *cl_type_name(zmlx_dtype dt) {
 static void emit_param(const zmlx_kparam *p, zmlx_sb *sb) {
   const char *t = cl_type_name(p->dtype);
   if (p->is_scalar) {
-    zmlx_sb_printf(sb, "    const %s %s,\n", t, p->name);
+    zmlxi_sb_printf(sb, "    const %s %s,\n", t, p->name);
     return;
   }
   if (p->is_output)
-    zmlx_sb_printf(sb, "    __global %s* %s_base, ulong %s_off", t, p->name, p->name);
+    zmlxi_sb_printf(sb, "    __global %s* %s_base, ulong %s_off", t, p->name, p->name);
   else
-    zmlx_sb_printf(sb, "    __global const %s* restrict %s_base, ulong %s_off", t, p->name,
+    zmlxi_sb_printf(sb, "    __global const %s* restrict %s_base, ulong %s_off", t, p->name,
                    p->name);
-  if (p->want_shape) zmlx_sb_printf(sb, ",\n    zmlx_kshape %s_shape_v", p->name);
-  if (p->want_strides) zmlx_sb_printf(sb, ",\n    zmlx_kstrides %s_strides_v", p->name);
-  if (p->want_ndim) zmlx_sb_printf(sb, ",\n    int %s_ndim", p->name);
-  zmlx_sb_append(sb, ",\n");
+  if (p->want_shape) zmlxi_sb_printf(sb, ",\n    zmlx_kshape %s_shape_v", p->name);
+  if (p->want_strides) zmlxi_sb_printf(sb, ",\n    zmlx_kstrides %s_strides_v", p->name);
+  if (p->want_ndim) zmlxi_sb_printf(sb, ",\n    int %s_ndim", p->name);
+  zmlxi_sb_append(sb, ",\n");
 }
 
 /* The body sees plain pointers to element 0 and pointer-style geometry, as
@@ -60,21 +60,21 @@ static void emit_param_locals(const zmlx_kparam *p, zmlx_sb *sb) {
   const char *t = cl_type_name(p->dtype);
   if (p->is_scalar) return;
   if (p->is_output)
-    zmlx_sb_printf(sb, "  __global %s* %s = %s_base + %s_off;\n", t, p->name, p->name, p->name);
+    zmlxi_sb_printf(sb, "  __global %s* %s = %s_base + %s_off;\n", t, p->name, p->name, p->name);
   else
-    zmlx_sb_printf(sb, "  __global const %s* %s = %s_base + %s_off;\n", t, p->name, p->name,
+    zmlxi_sb_printf(sb, "  __global const %s* %s = %s_base + %s_off;\n", t, p->name, p->name,
                    p->name);
   if (p->want_shape)
-    zmlx_sb_printf(sb, "  const int* %s_shape = %s_shape_v.v;\n", p->name, p->name);
+    zmlxi_sb_printf(sb, "  const int* %s_shape = %s_shape_v.v;\n", p->name, p->name);
   if (p->want_strides)
-    zmlx_sb_printf(sb, "  const zmlx_i64* %s_strides = %s_strides_v.v;\n", p->name, p->name);
+    zmlxi_sb_printf(sb, "  const zmlx_i64* %s_strides = %s_strides_v.v;\n", p->name, p->name);
 }
 
 /* Metal-style index names as const locals. The SIMD group is the 32-wide
  * emulated one (the prelude never uses hardware sub-groups, see prelude.cl),
  * so lanes and group ids derive from the linear local id. */
 static void emit_index_names(zmlx_sb *sb) {
-  zmlx_sb_append(sb,
+  zmlxi_sb_append(sb,
       "  const uint3 thread_position_in_grid = (uint3)((uint)get_global_id(0), "
       "(uint)get_global_id(1), (uint)get_global_id(2));\n"
       "  const uint3 thread_position_in_threadgroup = (uint3)((uint)get_local_id(0), "
@@ -101,31 +101,31 @@ static void emit_index_names(zmlx_sb *sb) {
 }
 
 static void cl_emit_kernel_begin(const zmlx_kspec *spec, zmlx_sb *sb) {
-  zmlx_sb_printf(sb, "__kernel void %s(\n", spec->entry);
+  zmlxi_sb_printf(sb, "__kernel void %s(\n", spec->entry);
   for (int i = 0; i < spec->n_params; i++) emit_param(&spec->params[i], sb);
   /* float4, not uchar: the pointee type sets the buffer's alignment, and
    * NVIDIA's OpenCL places a `__local uchar*` buffer at an address where
    * int loads through zmlx_dynamic_shared(int) fault. 16 bytes covers every
    * dialect type, as CUDA's dynamic shared memory does. */
-  if (spec->uses_dynamic_shared) zmlx_sb_append(sb, "    __local float4* zmlx_dyn_shared,\n");
-  zmlx_sb_append(sb, "    uint zmlx_grid_x, uint zmlx_grid_y, uint zmlx_grid_z) {\n");
+  if (spec->uses_dynamic_shared) zmlxi_sb_append(sb, "    __local float4* zmlx_dyn_shared,\n");
+  zmlxi_sb_append(sb, "    uint zmlx_grid_x, uint zmlx_grid_y, uint zmlx_grid_z) {\n");
   /* OpenCL allows __local variables only at kernel function scope, so the
    * SIMD emulation's scratch is declared here, first, not in a helper. */
   if (spec->uses_simd)
-    zmlx_sb_append(sb, "  __local float zmlx_simd_scratch[ZMLX_SIMD_SCRATCH];\n");
+    zmlxi_sb_append(sb, "  __local float zmlx_simd_scratch[ZMLX_SIMD_SCRATCH];\n");
   for (int i = 0; i < spec->n_params; i++) emit_param_locals(&spec->params[i], sb);
   emit_index_names(sb);
   /* The guard compares the size_t global ids: the uint copies above would
    * wrap for a grid near 2^32 and let the last group's extras through. */
   if (spec->guard_grid)
-    zmlx_sb_append(sb,
+    zmlxi_sb_append(sb,
                    "  if (get_global_id(0) >= zmlx_grid_x || get_global_id(1) >= zmlx_grid_y ||"
                    " get_global_id(2) >= zmlx_grid_z) return;\n");
 }
 
 static void cl_emit_kernel_end(const zmlx_kspec *spec, zmlx_sb *sb) {
   (void)spec;
-  zmlx_sb_append(sb, "}\n");
+  zmlxi_sb_append(sb, "}\n");
 }
 
 /* OpenCL C's keywords, address spaces and scalar type names. */
@@ -135,12 +135,12 @@ static const char *const cl_reserved[] = {
     "pipe", "bool", "uchar", "ushort", "uint", "ulong", "half", "size_t", "ptrdiff_t",
     "intptr_t", "uintptr_t", "image2d_t", "image3d_t", "sampler_t", "event_t", NULL};
 
-const zmlx_dialect zmlx_dialect_opencl = {
+const zmlx_dialect zmlxi_dialect_opencl = {
     .kind = ZMLX_BACKEND_OPENCL,
     .name = "opencl",
     .language = "OpenCL C",
     .native_simd = 0,
-    .prelude = zmlx_res_prelude_cl,
+    .prelude = zmlxi_res_prelude_cl,
     .type_name = cl_type_name,
     .emit_kernel_begin = cl_emit_kernel_begin,
     .emit_kernel_end = cl_emit_kernel_end,

@@ -27,33 +27,33 @@ static uint64_t get_u64(const unsigned char *p) {
   return v;
 }
 
-unsigned char *ocl_envelope_alloc(size_t payload_size) {
+unsigned char *zmlxi_ocl_envelope_alloc(size_t payload_size) {
   return malloc(OCL_ENVELOPE_HEADER + payload_size);
 }
 
-void ocl_envelope_seal(unsigned char *env, size_t payload_size, uint64_t identity_hash) {
+void zmlxi_ocl_envelope_seal(unsigned char *env, size_t payload_size, uint64_t identity_hash) {
   memcpy(env, ENVELOPE_MAGIC, 8);
   put_u64(env + 8, payload_size);
-  put_u64(env + 16, zmlx_fnv1a64(env + OCL_ENVELOPE_HEADER, payload_size));
+  put_u64(env + 16, zmlxi_fnv1a64(env + OCL_ENVELOPE_HEADER, payload_size));
   put_u64(env + 24, identity_hash);
 }
 
 /* The driver binary inside a verified envelope. */
-zmlx_status ocl_envelope_open(uint64_t identity_hash, const void *binary, size_t size,
+zmlx_status zmlxi_ocl_envelope_open(uint64_t identity_hash, const void *binary, size_t size,
                               const unsigned char **payload, size_t *payload_size) {
   const unsigned char *b = binary;
   if (size < OCL_ENVELOPE_HEADER || memcmp(b, ENVELOPE_MAGIC, 8) != 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "not a zmlx OpenCL binary (%zu bytes, no header)",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "not a zmlx OpenCL binary (%zu bytes, no header)",
                      size);
   uint64_t n = get_u64(b + 8);
   if (n != size - OCL_ENVELOPE_HEADER || n == 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
                      "corrupt zmlx OpenCL binary: header says %llu bytes, %zu present",
                      (unsigned long long)n, size - OCL_ENVELOPE_HEADER);
-  if (get_u64(b + 16) != zmlx_fnv1a64(b + OCL_ENVELOPE_HEADER, (size_t)n))
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "corrupt zmlx OpenCL binary: checksum mismatch");
+  if (get_u64(b + 16) != zmlxi_fnv1a64(b + OCL_ENVELOPE_HEADER, (size_t)n))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "corrupt zmlx OpenCL binary: checksum mismatch");
   if (get_u64(b + 24) != identity_hash)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
                      "OpenCL binary was built for another device, driver or compiler");
   *payload = b + OCL_ENVELOPE_HEADER;
   *payload_size = (size_t)n;

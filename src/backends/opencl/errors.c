@@ -4,7 +4,7 @@
 #include "backends/opencl/ocl.h"
 
 /* Messages name the CL error so a user can look it up. */
-const char *ocl_error_name(cl_int err) {
+const char *zmlxi_ocl_error_name(cl_int err) {
   switch (err) {
 #define E(x) \
   case x: return #x;
@@ -42,7 +42,7 @@ const char *ocl_error_name(cl_int err) {
 
 /* Allocation-type failures become ZMLX_ERR_OUT_OF_MEMORY whatever the
  * call; anything else gets the caller's category. */
-zmlx_status ocl_status(cl_int err, zmlx_status otherwise) {
+zmlx_status zmlxi_ocl_status(cl_int err, zmlx_status otherwise) {
   switch (err) {
     case CL_OUT_OF_HOST_MEMORY:
     case CL_MEM_OBJECT_ALLOCATION_FAILURE:
@@ -53,9 +53,9 @@ zmlx_status ocl_status(cl_int err, zmlx_status otherwise) {
 }
 
 /* "<what>: CL_XXX (-n)" as the thread's error. */
-zmlx_status ocl_fail(cl_int err, zmlx_status otherwise, const char *what) {
-  return zmlx_fail(ocl_status(err, otherwise), "OpenCL: %s failed: %s (%d)", what,
-                   ocl_error_name(err), (int)err);
+zmlx_status zmlxi_ocl_fail(cl_int err, zmlx_status otherwise, const char *what) {
+  return zmlxi_fail(zmlxi_ocl_status(err, otherwise), "OpenCL: %s failed: %s (%d)", what,
+                   zmlxi_ocl_error_name(err), (int)err);
 }
 
 #else

@@ -26,12 +26,12 @@
 #endif
 
 /* The CL_* name of an error code ("CL_UNKNOWN_ERROR" when not known). */
-const char *ocl_error_name(cl_int err);
+const char *zmlxi_ocl_error_name(cl_int err);
 /* Allocation-type failures become ZMLX_ERR_OUT_OF_MEMORY whatever the
  * call; anything else gets the caller's category. */
-zmlx_status ocl_status(cl_int err, zmlx_status otherwise);
+zmlx_status zmlxi_ocl_status(cl_int err, zmlx_status otherwise);
 /* "OpenCL: <what> failed: CL_XXX (-n)" as the thread's error. */
-zmlx_status ocl_fail(cl_int err, zmlx_status otherwise, const char *what);
+zmlx_status zmlxi_ocl_fail(cl_int err, zmlx_status otherwise, const char *what);
 
 /* Program binaries in the disk cache travel in an envelope (envelope.c)
  * that is verified before the driver sees a byte: OCL_ENVELOPE_HEADER
@@ -41,9 +41,9 @@ zmlx_status ocl_fail(cl_int err, zmlx_status otherwise, const char *what);
  * payload of a verified envelope, or ZMLX_ERR_INVALID_ARG saying what is
  * wrong. */
 #define OCL_ENVELOPE_HEADER 32u
-unsigned char *ocl_envelope_alloc(size_t payload_size);
-void ocl_envelope_seal(unsigned char *env, size_t payload_size, uint64_t identity_hash);
-zmlx_status ocl_envelope_open(uint64_t identity_hash, const void *binary, size_t size,
+unsigned char *zmlxi_ocl_envelope_alloc(size_t payload_size);
+void zmlxi_ocl_envelope_seal(unsigned char *env, size_t payload_size, uint64_t identity_hash);
+zmlx_status zmlxi_ocl_envelope_open(uint64_t identity_hash, const void *binary, size_t size,
                               const unsigned char **payload, size_t *payload_size);
 
 #endif

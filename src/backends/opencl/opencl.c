@@ -42,7 +42,7 @@ static struct {
 
 static zmlx_status check_dev(int dev) {
   if (!g_cl.initialized || dev < 0 || dev >= g_cl.count)
-    return zmlx_fail(ZMLX_ERR_NO_DEVICE, "OpenCL: no device %d (%d available)", dev, g_cl.count);
+    return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "OpenCL: no device %d (%d available)", dev, g_cl.count);
   return ZMLX_OK;
 }
 
@@ -51,13 +51,13 @@ static zmlx_status check_dev(int dev) {
 static zmlx_status query_device_string(cl_device_id d, cl_device_info p, char **out) {
   size_t n = 0;
   cl_int err = clGetDeviceInfo(d, p, 0, NULL, &n);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
   char *s = calloc(n + 1, 1);
-  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!s) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   err = clGetDeviceInfo(d, p, n, s, NULL);
   if (err != CL_SUCCESS) {
     free(s);
-    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
+    return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
   }
   *out = s;
   return ZMLX_OK;
@@ -66,13 +66,13 @@ static zmlx_status query_device_string(cl_device_id d, cl_device_info p, char **
 static zmlx_status query_platform_string(cl_platform_id pl, cl_platform_info p, char **out) {
   size_t n = 0;
   cl_int err = clGetPlatformInfo(pl, p, 0, NULL, &n);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformInfo");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformInfo");
   char *s = calloc(n + 1, 1);
-  if (!s) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!s) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   err = clGetPlatformInfo(pl, p, n, s, NULL);
   if (err != CL_SUCCESS) {
     free(s);
-    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformInfo");
+    return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformInfo");
   }
   *out = s;
   return ZMLX_OK;
@@ -81,7 +81,7 @@ static zmlx_status query_platform_string(cl_platform_id pl, cl_platform_info p, 
 /* Fixed-size device properties (numbers); `what` names the query. */
 static zmlx_status query_device_value(cl_device_id d, cl_device_info p, void *v, size_t size) {
   cl_int err = clGetDeviceInfo(d, p, size, v, NULL);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetDeviceInfo");
   return ZMLX_OK;
 }
 
@@ -116,7 +116,7 @@ static zmlx_status make_queue(const ocl_dev *d, cl_command_queue *out) {
   else
 #endif
     q = clCreateCommandQueue(d->context, d->device, 0, &err);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateCommandQueue");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateCommandQueue");
   *out = q;
   return ZMLX_OK;
 }
@@ -138,17 +138,17 @@ static zmlx_status build_identity(cl_platform_id pl, cl_device_id d, zmlx_sb *sb
   static const cl_device_info dparams[] = {CL_DEVICE_NAME, CL_DEVICE_VENDOR, CL_DRIVER_VERSION,
                                            CL_DEVICE_VERSION, CL_DEVICE_OPENCL_C_VERSION};
   static const cl_platform_info pparams[] = {CL_PLATFORM_NAME, CL_PLATFORM_VERSION};
-  zmlx_sb_append(sb, "opencl|opts=" ZMLX_CL_BUILD_OPTIONS);
+  zmlxi_sb_append(sb, "opencl|opts=" ZMLX_CL_BUILD_OPTIONS);
   for (size_t i = 0; i < sizeof pparams / sizeof pparams[0]; i++) {
     char *s = NULL;
     ZMLX_CHECK(query_platform_string(pl, pparams[i], &s));
-    zmlx_sb_printf(sb, "|%s", s);
+    zmlxi_sb_printf(sb, "|%s", s);
     free(s);
   }
   for (size_t i = 0; i < sizeof dparams / sizeof dparams[0]; i++) {
     char *s = NULL;
     ZMLX_CHECK(query_device_string(d, dparams[i], &s));
-    zmlx_sb_printf(sb, "|%s", s);
+    zmlxi_sb_printf(sb, "|%s", s);
     free(s);
   }
   return ZMLX_OK;
@@ -157,10 +157,10 @@ static zmlx_status build_identity(cl_platform_id pl, cl_device_id d, zmlx_sb *sb
 /* The identity as one malloc'ed string (NULL on failure). */
 static char *identity_string(cl_platform_id pl, cl_device_id d) {
   zmlx_sb sb;
-  zmlx_sb_init(&sb);
+  zmlxi_sb_init(&sb);
   char *s = NULL;
-  if (build_identity(pl, d, &sb) != ZMLX_OK || zmlx_sb_finish(&sb, &s) != ZMLX_OK) {
-    zmlx_sb_free(&sb);
+  if (build_identity(pl, d, &sb) != ZMLX_OK || zmlxi_sb_finish(&sb, &s) != ZMLX_OK) {
+    zmlxi_sb_free(&sb);
     return NULL;
   }
   return s;
@@ -182,7 +182,7 @@ static int open_device(cl_platform_id pl, cl_device_id d, ocl_dev *out) {
     return -1;
   out->identity = identity_string(pl, d);
   if (!out->identity) return -1;
-  out->identity_hash = zmlx_fnv1a64(out->identity, strlen(out->identity));
+  out->identity_hash = zmlxi_fnv1a64(out->identity, strlen(out->identity));
   cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)pl, 0};
   cl_int err = CL_SUCCESS;
   out->context = clCreateContext(props, 1, &d, NULL, NULL, &err);
@@ -203,7 +203,7 @@ static zmlx_status add_platform_devices(cl_platform_id pl) {
   if (!ids || !grown) {
     free(ids);
     if (grown) g_cl.devs = grown;
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   }
   g_cl.devs = grown;
   if (clGetDeviceIDs(pl, CL_DEVICE_TYPE_ALL, n, ids, NULL) == CL_SUCCESS) {
@@ -239,11 +239,11 @@ static zmlx_status ocl_init(int *device_count) {
     *device_count = 0;
     return ZMLX_OK;
   }
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformIDs");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformIDs");
   cl_platform_id *pls = calloc(np, sizeof *pls);
-  if (!pls) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!pls) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   err = clGetPlatformIDs(np, pls, NULL);
-  zmlx_status st = err == CL_SUCCESS ? ZMLX_OK : ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformIDs");
+  zmlx_status st = err == CL_SUCCESS ? ZMLX_OK : zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetPlatformIDs");
   for (cl_uint i = 0; st == ZMLX_OK && i < np; i++) st = add_platform_devices(pls[i]);
   free(pls);
   if (st != ZMLX_OK) {
@@ -328,7 +328,7 @@ static zmlx_status ocl_device_info(int dev, zmlx_device_info *info) {
 static zmlx_status ocl_cache_identity(int dev, char *buf, size_t cap) {
   ZMLX_REQUIRE_ARG(buf);
   ZMLX_CHECK(check_dev(dev));
-  if (cap < 32) return zmlx_fail(ZMLX_ERR_INVALID_ARG, "cache identity buffer too small");
+  if (cap < 32) return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "cache identity buffer too small");
   const char *s = g_cl.devs[dev].identity;
   size_t n = strlen(s);
   if (n < cap) {
@@ -366,7 +366,7 @@ static void ocl_stream_destroy(int dev, void *stream) {
 static zmlx_status ocl_stream_sync(int dev, void *stream) {
   ZMLX_CHECK(check_dev(dev));
   cl_int err = clFinish(queue_of(dev, stream));
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clFinish");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clFinish");
   return ZMLX_OK;
 }
 
@@ -382,7 +382,7 @@ static zmlx_status ocl_alloc(int dev, void *stream, size_t bytes, void **buffer)
   ZMLX_REQUIRE_ARG(buffer);
   ZMLX_CHECK(check_dev(dev));
   if ((cl_ulong)bytes > g_cl.devs[dev].global_mem)
-    return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY,
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY,
                      "OpenCL: cannot allocate %zu bytes on a device with %llu bytes of memory",
                      bytes, (unsigned long long)g_cl.devs[dev].global_mem);
   cl_int err = CL_SUCCESS;
@@ -390,8 +390,8 @@ static zmlx_status ocl_alloc(int dev, void *stream, size_t bytes, void **buffer)
                             &err);
   if (err != CL_SUCCESS) {
     zmlx_status st = err == CL_INVALID_BUFFER_SIZE ? ZMLX_ERR_OUT_OF_MEMORY : ZMLX_ERR_BACKEND;
-    return zmlx_fail(ocl_status(err, st), "OpenCL: clCreateBuffer of %zu bytes failed: %s (%d)",
-                     bytes, ocl_error_name(err), (int)err);
+    return zmlxi_fail(zmlxi_ocl_status(err, st), "OpenCL: clCreateBuffer of %zu bytes failed: %s (%d)",
+                     bytes, zmlxi_ocl_error_name(err), (int)err);
   }
   *buffer = m;
   return ZMLX_OK;
@@ -413,7 +413,7 @@ static zmlx_status ocl_write(int dev, void *stream, void *buffer, size_t offset,
   ZMLX_REQUIRE_ARG(src);
   cl_int err = clEnqueueWriteBuffer(queue_of(dev, stream), (cl_mem)buffer, CL_TRUE, offset,
                                     bytes, src, 0, NULL, NULL);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueWriteBuffer");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueWriteBuffer");
   return ZMLX_OK;
 }
 
@@ -426,7 +426,7 @@ static zmlx_status ocl_read(int dev, void *stream, const void *buffer, size_t of
   ZMLX_REQUIRE_ARG(dst);
   cl_int err = clEnqueueReadBuffer(queue_of(dev, stream), (cl_mem)(uintptr_t)buffer, CL_TRUE,
                                    offset, bytes, dst, 0, NULL, NULL);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueReadBuffer");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueReadBuffer");
   return ZMLX_OK;
 }
 
@@ -438,7 +438,7 @@ static zmlx_status ocl_copy(int dev, void *stream, void *dst, size_t dst_offset,
   ZMLX_REQUIRE_ARG(src);
   cl_int err = clEnqueueCopyBuffer(queue_of(dev, stream), (cl_mem)(uintptr_t)src, (cl_mem)dst,
                                    src_offset, dst_offset, bytes, 0, NULL, NULL);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueCopyBuffer");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clEnqueueCopyBuffer");
   return ZMLX_OK;
 }
 
@@ -469,18 +469,18 @@ static zmlx_status program_binary(const ocl_dev *d, cl_program prog, void **bina
                                   size_t *binary_size) {
   size_t size = 0;
   cl_int err = clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARY_SIZES)");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARY_SIZES)");
   if (size == 0)
-    return zmlx_fail(ZMLX_ERR_BACKEND, "OpenCL: the driver returned an empty program binary");
-  unsigned char *env = ocl_envelope_alloc(size);
-  if (!env) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    return zmlxi_fail(ZMLX_ERR_BACKEND, "OpenCL: the driver returned an empty program binary");
+  unsigned char *env = zmlxi_ocl_envelope_alloc(size);
+  if (!env) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   unsigned char *payload = env + OCL_ENVELOPE_HEADER;
   err = clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof payload, &payload, NULL);
   if (err != CL_SUCCESS) {
     free(env);
-    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARIES)");
+    return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetProgramInfo(BINARIES)");
   }
-  ocl_envelope_seal(env, size, d->identity_hash);
+  zmlxi_ocl_envelope_seal(env, size, d->identity_hash);
   *binary = env;
   *binary_size = OCL_ENVELOPE_HEADER + size;
   return ZMLX_OK;
@@ -492,9 +492,9 @@ static zmlx_status check_entry(cl_program prog, const char *entry) {
   cl_int err = CL_SUCCESS;
   cl_kernel k = clCreateKernel(prog, entry, &err);
   if (err != CL_SUCCESS)
-    return zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE),
+    return zmlxi_fail(zmlxi_ocl_status(err, ZMLX_ERR_COMPILE),
                      "OpenCL: program has no usable kernel '%s': %s (%d)", entry,
-                     ocl_error_name(err), (int)err);
+                     zmlxi_ocl_error_name(err), (int)err);
   clReleaseKernel(k);
   return ZMLX_OK;
 }
@@ -510,20 +510,20 @@ static zmlx_status ocl_compile(int dev, const char *source, const char *entry, v
   const ocl_dev *d = &g_cl.devs[dev];
   cl_int err = CL_SUCCESS;
   cl_program prog = clCreateProgramWithSource(d->context, 1, &source, NULL, &err);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateProgramWithSource");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateProgramWithSource");
   zmlx_stderr_capture capture;
-  zmlx_stderr_capture_begin(&capture);
+  zmlxi_stderr_capture_begin(&capture);
   err = clBuildProgram(prog, 1, &d->device, ZMLX_CL_BUILD_OPTIONS, NULL, NULL);
-  char *chatter = zmlx_stderr_capture_end(&capture);
+  char *chatter = zmlxi_stderr_capture_end(&capture);
   if (log) *log = build_log(prog, d->device);
   zmlx_status st;
   if (err != CL_SUCCESS) {
-    if (log) *log = zmlx_stderr_append(*log, chatter);
+    if (log) *log = zmlxi_stderr_append(*log, chatter);
     else free(chatter);
-    st = zmlx_fail(ocl_status(err, ZMLX_ERR_COMPILE), "OpenCL build failed (%s, %d)",
-                   ocl_error_name(err), (int)err);
+    st = zmlxi_fail(zmlxi_ocl_status(err, ZMLX_ERR_COMPILE), "OpenCL build failed (%s, %d)",
+                   zmlxi_ocl_error_name(err), (int)err);
   } else {
-    zmlx_stderr_release(chatter);
+    zmlxi_stderr_release(chatter);
     st = check_entry(prog, entry);
   }
   if (st == ZMLX_OK) st = program_binary(d, prog, binary, binary_size);
@@ -551,19 +551,19 @@ static zmlx_status program_from_binary(const ocl_dev *d, const void *binary, siz
                                        cl_program *out) {
   const unsigned char *bin = NULL;
   size_t size = 0;
-  ZMLX_CHECK(ocl_envelope_open(d->identity_hash, binary, env_size, &bin, &size));
+  ZMLX_CHECK(zmlxi_ocl_envelope_open(d->identity_hash, binary, env_size, &bin, &size));
   cl_int bin_status = CL_SUCCESS, err = CL_SUCCESS;
   cl_program prog = clCreateProgramWithBinary(d->context, 1, &d->device, &size, &bin,
                                               &bin_status, &err);
   if (err == CL_SUCCESS && bin_status != CL_SUCCESS) err = bin_status;
   if (err != CL_SUCCESS) {
     if (prog) clReleaseProgram(prog);
-    return ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateProgramWithBinary");
+    return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clCreateProgramWithBinary");
   }
   err = clBuildProgram(prog, 1, &d->device, ZMLX_CL_BUILD_OPTIONS, NULL, NULL);
   if (err != CL_SUCCESS) {
     clReleaseProgram(prog);
-    return ocl_fail(err, ZMLX_ERR_BACKEND, "clBuildProgram from binary");
+    return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clBuildProgram from binary");
   }
   *out = prog;
   return ZMLX_OK;
@@ -576,12 +576,12 @@ static zmlx_status make_kernel(cl_program prog, cl_device_id device, const char 
   cl_int err = CL_SUCCESS;
   f->kernel = clCreateKernel(prog, entry, &err);
   if (err != CL_SUCCESS)
-    return zmlx_fail(ocl_status(err, ZMLX_ERR_BACKEND), "OpenCL: clCreateKernel('%s') failed: %s (%d)",
-                     entry, ocl_error_name(err), (int)err);
+    return zmlxi_fail(zmlxi_ocl_status(err, ZMLX_ERR_BACKEND), "OpenCL: clCreateKernel('%s') failed: %s (%d)",
+                     entry, zmlxi_ocl_error_name(err), (int)err);
   err = clGetKernelInfo(f->kernel, CL_KERNEL_NUM_ARGS, sizeof f->num_args, &f->num_args, NULL);
   if (err != CL_SUCCESS) {
     clReleaseKernel(f->kernel);
-    return ocl_fail(err, ZMLX_ERR_BACKEND, "clGetKernelInfo(NUM_ARGS)");
+    return zmlxi_ocl_fail(err, ZMLX_ERR_BACKEND, "clGetKernelInfo(NUM_ARGS)");
   }
   cl_ulong local = 0;
   err = clGetKernelWorkGroupInfo(f->kernel, device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof local, &local,
@@ -597,7 +597,7 @@ static zmlx_status ocl_load(int dev, const void *binary, size_t binary_size, con
   ZMLX_REQUIRE_ARG(function);
   ZMLX_CHECK(check_dev(dev));
   ocl_function *f = calloc(1, sizeof *f);
-  if (!f) return zmlx_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (!f) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   zmlx_status st = program_from_binary(&g_cl.devs[dev], binary, binary_size, &f->program);
   if (st == ZMLX_OK) {
     st = make_kernel(f->program, g_cl.devs[dev].device, entry, f);
@@ -606,7 +606,7 @@ static zmlx_status ocl_load(int dev, const void *binary, size_t binary_size, con
   if (st == ZMLX_OK && pthread_mutex_init(&f->lock, NULL) != 0) {
     clReleaseKernel(f->kernel);
     clReleaseProgram(f->program);
-    st = zmlx_fail(ZMLX_ERR_INTERNAL, "OpenCL: pthread_mutex_init failed");
+    st = zmlxi_fail(ZMLX_ERR_INTERNAL, "OpenCL: pthread_mutex_init failed");
   }
   if (st != ZMLX_OK) {
     free(f);
@@ -644,9 +644,9 @@ static cl_uint count_cl_args(const zmlx_launch_arg *args, int n_args) {
 static zmlx_status set_arg(cl_kernel k, cl_uint idx, size_t size, const void *value, int which) {
   cl_int err = clSetKernelArg(k, idx, size, value);
   if (err != CL_SUCCESS)
-    return zmlx_fail(ocl_status(err, ZMLX_ERR_LAUNCH),
+    return zmlxi_fail(zmlxi_ocl_status(err, ZMLX_ERR_LAUNCH),
                      "OpenCL: clSetKernelArg(%u) for launch argument %d (%zu bytes) failed: %s (%d)",
-                     (unsigned)idx, which, size, ocl_error_name(err), (int)err);
+                     (unsigned)idx, which, size, zmlxi_ocl_error_name(err), (int)err);
   return ZMLX_OK;
 }
 
@@ -657,7 +657,7 @@ static zmlx_status set_launch_arg(cl_kernel k, cl_uint *idx, const zmlx_launch_a
     return ZMLX_OK;
   }
   if (a->elem_size == 0 || a->byte_offset % a->elem_size != 0)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG,
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
                      "OpenCL: launch argument %d: byte offset %zu is not a multiple of the "
                      "element size %zu",
                      which, a->byte_offset, a->elem_size);
@@ -679,7 +679,7 @@ static zmlx_status set_all_args(ocl_function *f, size_t dynamic_shared,
   cl_uint supplied = count_cl_args(args, n_args);
   int has_dyn = f->num_args == supplied + 1;
   if (n_args < ZMLX_HIDDEN_GRID_ARGS || (f->num_args != supplied && !has_dyn))
-    return zmlx_fail(ZMLX_ERR_INTERNAL,
+    return zmlxi_fail(ZMLX_ERR_INTERNAL,
                      "OpenCL: kernel takes %u parameters, the launch supplies %u (from %d args)",
                      (unsigned)f->num_args, (unsigned)supplied, n_args);
   cl_uint idx = 0;
@@ -701,10 +701,10 @@ static zmlx_status enqueue(cl_command_queue q, ocl_function *f, const uint32_t b
   }
   cl_int err = clEnqueueNDRangeKernel(q, f->kernel, 3, NULL, global, local, 0, NULL, NULL);
   if (err != CL_SUCCESS)
-    return zmlx_fail(ocl_status(err, ZMLX_ERR_LAUNCH),
+    return zmlxi_fail(zmlxi_ocl_status(err, ZMLX_ERR_LAUNCH),
                      "OpenCL: kernel launch of %ux%ux%u work-groups of %ux%ux%u failed: %s (%d)",
                      blocks[0], blocks[1], blocks[2], threads[0], threads[1], threads[2],
-                     ocl_error_name(err), (int)err);
+                     zmlxi_ocl_error_name(err), (int)err);
   return ZMLX_OK;
 }
 
@@ -717,7 +717,7 @@ static zmlx_status ocl_launch(int dev, void *stream, void *function, const uint3
   if (n_args > 0) ZMLX_REQUIRE_ARG(args);
   ZMLX_CHECK(check_dev(dev));
   if (threads[0] == 0 || threads[1] == 0 || threads[2] == 0)
-    return zmlx_fail(ZMLX_ERR_LAUNCH, "OpenCL: threadgroup %ux%ux%u has a zero dimension",
+    return zmlxi_fail(ZMLX_ERR_LAUNCH, "OpenCL: threadgroup %ux%ux%u has a zero dimension",
                      threads[0], threads[1], threads[2]);
   /* An empty grid is a successful no-op (OpenCL 1.2 rejects it). */
   if (blocks[0] == 0 || blocks[1] == 0 || blocks[2] == 0) return ZMLX_OK;
@@ -748,13 +748,13 @@ static zmlx_status ocl_wrap_foreign(int dev, void *data, size_t bytes, void **bu
   size_t size = 0;
   cl_int err = clGetMemObjectInfo(m, CL_MEM_CONTEXT, sizeof ctx, &ctx, NULL);
   if (err == CL_SUCCESS) err = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL);
-  if (err != CL_SUCCESS) return ocl_fail(err, ZMLX_ERR_INVALID_ARG, "clGetMemObjectInfo");
+  if (err != CL_SUCCESS) return zmlxi_ocl_fail(err, ZMLX_ERR_INVALID_ARG, "clGetMemObjectInfo");
   if (ctx != g_cl.devs[dev].context)
-    return zmlx_fail(ZMLX_ERR_UNSUPPORTED,
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED,
                      "OpenCL: the foreign cl_mem belongs to another cl_context than device %d's",
                      dev);
   if (size < bytes)
-    return zmlx_fail(ZMLX_ERR_INVALID_ARG, "OpenCL: foreign cl_mem has %zu bytes, %zu needed",
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "OpenCL: foreign cl_mem has %zu bytes, %zu needed",
                      size, bytes);
   *buffer = m;
   return ZMLX_OK;
@@ -762,10 +762,10 @@ static zmlx_status ocl_wrap_foreign(int dev, void *data, size_t bytes, void **bu
 
 /* ------------------------------------------------------------ table */
 
-const zmlx_backend_ops zmlx_backend_opencl_ops = {
+const zmlx_backend_ops zmlxi_backend_opencl_ops = {
     .kind = ZMLX_BACKEND_OPENCL,
     .name = "opencl",
-    .dialect = &zmlx_dialect_opencl,
+    .dialect = &zmlxi_dialect_opencl,
     .init = ocl_init,
     .shutdown = ocl_shutdown,
     .device_info = ocl_device_info,
@@ -782,7 +782,7 @@ const zmlx_backend_ops zmlx_backend_opencl_ops = {
     .load = ocl_load,
     .unload = ocl_unload,
     .static_shared = ocl_static_shared,
-    .error_location = zmlx_log_location_clang,
+    .error_location = zmlxi_log_location_clang,
     .launch = ocl_launch,
     .buffer_is_address = 0,
     .dlpack_device_type = 4, /* kDLOpenCL */
