@@ -23,10 +23,12 @@ Lines starting with '#' are comments.
 
 The build directory (default build-mutate) is configured on first use; its
 kernel cache is kept between mutants (a mutant's kernels have new keys).
+The tool edits the working tree while it runs: run it in a worktree of its
+own (git worktree add /tmp/mut HEAD) to keep working meanwhile.
 Prints one row per mutant and the score; exits 1 when a mutant cannot be
 applied (its `old` line is gone: the list needs updating).
 """
-import argparse, fnmatch, glob, json, os, shlex, subprocess, sys, time
+import argparse, fnmatch, glob, json, os, shlex, signal, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,6 +82,8 @@ def apply(m):
 
 
 def main():
+    # A kill restores the mutated file too (SystemExit runs the finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build-mutate"))
     ap.add_argument("--only", default="*")
