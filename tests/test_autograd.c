@@ -702,7 +702,8 @@ static void test_grad_of_grad_matmul(void **state) {
 
 /* ------------------------------------------------------------- shape ops */
 
-enum { S_RESHAPE_T, S_SLICE, S_CONCAT, S_BROADCAST, S_SUM_AXES, S_MATMUL_BATCH, S_DIV_SUB, S_COUNT };
+enum { S_RESHAPE_T, S_CYCLE_T, S_SLICE, S_CONCAT, S_BROADCAST, S_SUM_AXES, S_MATMUL_BATCH, S_DIV_SUB,
+       S_COUNT };
 
 /* Each case ends in a nonlinearity so a wrong gradient cannot hide. */
 static zmlx_status shape_loss(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
@@ -716,6 +717,14 @@ static zmlx_status shape_loss(void *ud, zmlx_array *const *in, int n, zmlx_array
       TRY(zmlx_reshape(in[0], 2, s, &a));
       TRY(zmlx_transpose(a, NULL, &b));
       TRY(zmlx_mul(b, in[1], &c));
+      break;
+    }
+    case S_CYCLE_T: { /* x [2,3,4] transposed by (1, 2, 0) -> [3,4,2] times w: a
+                       * permutation that is not its own inverse */
+      int perm[3] = {1, 2, 0};
+      TRY(zmlx_transpose(in[0], perm, &a));
+      TRY(zmlx_mul(a, in[1], &b));
+      TRY(apply1("x * x * x", b, &c));
       break;
     }
     case S_SLICE: { /* x [6,5][1::2, ::2], then a slice of a slice */
@@ -785,6 +794,7 @@ static void test_shape_ops(void **state) {
   if (!nd) skip();
   struct { int n; int ndim[3]; int64_t shape[3][3]; const char *name; } cases[S_COUNT] = {
       [S_RESHAPE_T] = {2, {2, 2}, {{2, 6}, {4, 3}}, "reshape + transpose"},
+      [S_CYCLE_T] = {2, {3, 3}, {{2, 3, 4}, {3, 4, 2}}, "transpose by a 3-cycle"},
       [S_SLICE] = {1, {2}, {{6, 5}}, "strided slices"},
       [S_CONCAT] = {3, {2, 2, 2}, {{2, 3}, {1, 3}, {3, 3}}, "concat"},
       [S_BROADCAST] = {2, {2, 3}, {{3, 1}, {2, 3, 4}}, "broadcast_to"},

@@ -221,6 +221,56 @@ static void test_params_without_recompile(void **state) {
   }
 }
 
+/* ------------------------------------------------ IEEE edge values */
+
+/* Functions at the values where their definitions branch (±0, ±inf, NaN,
+ * the tails), run on each device and compared with hand-written results,
+ * not with the engine's interpreter (which shares the parser and the
+ * simplifier with the kernels). */
+static void test_edge_values(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  static const float xs[] = {0.0f, -0.0f, 2.5f, -3.0f, INFINITY, -INFINITY, -30.0f, 30.0f};
+  enum { N = sizeof xs / sizeof xs[0] };
+  static const struct {
+    const char *expr;
+    double want[N];
+    double rtol;
+  } cases[] = {
+      {"sign(x)", {0, 0, 1, -1, 1, -1, -1, 1}, 0},
+      {"relu(x)", {0, 0, 2.5, 0, INFINITY, 0, 0, 30}, 0},
+      {"abs(x)", {0, 0, 2.5, 3, INFINITY, INFINITY, 30, 30}, 0},
+      /* softplus(-30) = log1p(e^-30): its tail is 9.4e-14, not 0 */
+      {"softplus(x)", {0.6931471805599453, 0.6931471805599453, 2.578889734292549,
+                       0.04858735157374206, INFINITY, 0, 9.357622968840175e-14, 30}, 1e-5},
+      {"sigmoid(x)", {0.5, 0.5, 0.9241418199787566, 0.04742587317756678, 1, 0,
+                      9.357622968839299e-14, 1}, 1e-5},
+  };
+  int64_t n = N;
+  for (int d = 0; d < nd; d++) {
+    zmlx_array *in = zt_array(devs[d], ZMLX_F32, 1, &n, xs);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+      zmlx_op *op = NULL;
+      zmlx_array *out = NULL;
+      ZT_OK(zmlx_elementwise(cases[c].expr, X, 1, NULL, 0, &op));
+      ZT_OK(zmlx_op_call(op, &in, 1, NULL, NULL, &out));
+      double *got = zt_download(out);
+      for (int i = 0; i < N; i++) {
+        double w = cases[c].want[i], g = got[i];
+        int ok = isinf(w) ? g == w : fabs(g - w) <= cases[c].rtol * fabs(w);
+        if (!ok)
+          fail_msg("%s at x = %g: got %.9g, want %.9g", cases[c].expr, (double)xs[i], g, w);
+      }
+      free(got);
+      zmlx_array_release(out);
+      zmlx_op_destroy(op);
+    }
+    zmlx_array_release(in);
+  }
+}
+
 /* ------------------------------------------------ broadcast gradients */
 
 /* grad of `x * y + sin(y)` for broadcast shapes, against host sums. */
@@ -665,6 +715,7 @@ int main(void) {
       cmocka_unit_test(test_forward_vjp_jvp),
       cmocka_unit_test(test_half_dtypes),
       cmocka_unit_test(test_params_without_recompile),
+      cmocka_unit_test(test_edge_values),
       cmocka_unit_test(test_broadcast_gradients),
       cmocka_unit_test(test_dtype_rules),
       cmocka_unit_test(test_reduce),

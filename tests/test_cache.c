@@ -252,6 +252,73 @@ static void test_checksum_without_driver_help(void **state) {
   ZT_OK(zmlx_cache_clear_memory());
 }
 
+/* A backend whose binary is its source text, so a load shows which
+ * kernel's binary it got. */
+static zmlx_status source_compile(int dev, const char *source, const char *entry, void **binary,
+                                  size_t *binary_size, char **log) {
+  (void)dev, (void)entry;
+  *binary = zmlxi_strdup(source);
+  if (!*binary) return ZMLX_ERR_OUT_OF_MEMORY;
+  *binary_size = strlen(source) + 1;
+  *log = NULL;
+  fake_compiles++;
+  return ZMLX_OK;
+}
+
+/* An entry is accepted only for the key it was written for, all 32 bytes of
+ * it: a file under kernel B's name that carries kernel A's binary, with a
+ * header key that differs from B's in its last 16 bytes only, must be
+ * rejected (B compiled again), never loaded as B. */
+static void test_entry_of_another_key(void **state) {
+  (void)state;
+  if (!zmlx_cache_disk_enabled()) skip();
+  static const zmlx_backend_ops src_ops = {.kind = ZMLX_BACKEND_OPENCL, .name = "fake-src",
+                                           .compile = source_compile, .load = fake_load,
+                                           .unload = fake_unload};
+  static zmlx_device fake = {.ops = &src_ops};
+  snprintf(fake.cache_identity, sizeof fake.cache_identity, "fake-src device %s", unique_tag);
+  char src_a[128], src_b[128];
+  snprintf(src_a, sizeof src_a, "kernel A %s", unique_tag);
+  snprintf(src_b, sizeof src_b, "kernel B %s", unique_tag);
+  zmlx_compile_request a = {.device = &fake, .entry = "zmlx_k_a", .source = src_a,
+                            .options = "", .what = "kernel 'a'"};
+  zmlx_compile_request b = a;
+  b.source = src_b;
+  zmlx_cache_key ka, kb;
+  ZT_OK(zmlxi_cache_make_key(&a, &ka));
+  ZT_OK(zmlxi_cache_make_key(&b, &kb));
+  void *fn = NULL;
+  ZT_OK(zmlxi_cache_get_function(&a, &ka, &fn)); /* A compiled and written */
+  char ha[65], hb[65], pa[4200], pb[4200];
+  zmlxi_cache_key_hex(&ka, ha);
+  zmlxi_cache_key_hex(&kb, hb);
+  snprintf(pa, sizeof pa, "%s/%s.bin", zmlx_cache_dir(), ha);
+  snprintf(pb, sizeof pb, "%s/%s.bin", zmlx_cache_dir(), hb);
+  /* B's file: A's entry with the first half of its header key made B's */
+  FILE *f = fopen(pa, "rb");
+  assert_non_null(f);
+  unsigned char buf[4096];
+  size_t n = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  unsigned char *at = memmem(buf, n, ka.bytes, 32);
+  assert_non_null(at);
+  memcpy(at, kb.bytes, 16);
+  f = fopen(pb, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(buf, 1, n, f), n);
+  fclose(f);
+  ZT_OK(zmlx_cache_clear_memory());
+  zmlx_cache_stats s0 = stats();
+  int compiles = fake_compiles;
+  fake_loaded[0] = '\0';
+  ZT_OK(zmlxi_cache_get_function(&b, &kb, &fn));
+  zmlx_cache_stats s1 = stats();
+  assert_string_equal(fake_loaded, src_b);
+  assert_int_equal(fake_compiles, compiles + 1);
+  assert_int_equal(s1.disk_rejects, s0.disk_rejects + 1);
+  ZT_OK(zmlx_cache_clear_memory());
+}
+
 static void test_directory_mode(void **state) {
   (void)state;
   zmlx_device *dev = first_device();
@@ -363,6 +430,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_second_process_loads_from_disk),
       cmocka_unit_test(test_corrupt_entry_is_recompiled),
       cmocka_unit_test(test_checksum_without_driver_help),
+      cmocka_unit_test(test_entry_of_another_key),
       cmocka_unit_test(test_directory_mode),
       cmocka_unit_test(test_eight_threads),
       cmocka_unit_test(test_disk_disabled_writes_nothing),

@@ -804,6 +804,37 @@ static void test_source_every_backend(void **state) {
   }
 }
 
+/* A threadgroup of exactly the device's limit launches and computes; one
+ * thread more is refused with a message naming the limit. */
+static void test_threadgroup_at_the_limit(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  for (int d = 0; d < nd; d++) {
+    zmlx_device_info info;
+    ZT_OK(zmlx_device_get_info(devs[d], &info));
+    const int limit = info.max_threads_per_threadgroup;
+    zmlx_kernel *k = make(ZT_K_AXPB);
+    int64_t n = limit;
+    float *x = random_floats((size_t)n, -2, 2, 11), *y = random_floats((size_t)n, -2, 2, 12);
+    zmlx_array *in[2] = {zt_array(devs[d], ZMLX_F32, 1, &n, x), zt_array(devs[d], ZMLX_F32, 1, &n, y)};
+    zmlx_array *out = zt_poisoned(devs[d], ZMLX_F32, 1, &n);
+    launch(k, in, 2, &out, 1, n, limit, NULL, 0);
+    double *got = zt_download(out), *want = malloc((size_t)n * sizeof *want);
+    for (int64_t i = 0; i < n; i++) want[i] = (double)x[i] * y[i] + 1.0;
+    zt_assert_close(got, want, (size_t)n, 1e-6, 1e-6, "axpb at the threadgroup limit");
+    zmlx_kernel_call c = {.n_inputs = 2, .n_outputs = 1, .inputs = in, .outputs = &out,
+                          .grid = {n + 1, 1, 1}, .threadgroup = {limit + 1, 1, 1}};
+    char want_msg[64];
+    snprintf(want_msg, sizeof want_msg, "limit of %d", limit);
+    ZT_FAILS(zmlx_kernel_launch(k, &c), ZMLX_ERR_LAUNCH, want_msg);
+    free(got), free(want), free(x), free(y);
+    zmlx_array_release(in[0]), zmlx_array_release(in[1]), zmlx_array_release(out);
+    zmlx_kernel_destroy(k);
+  }
+}
+
 /* ------------------------------------------------------------ kernel sets */
 
 static const zmlx_kernel_spec SET_SPECS[] = {
@@ -891,6 +922,7 @@ int main(void) {
       cmocka_unit_test(test_compile_error_has_log_and_line),
       cmocka_unit_test(test_source_every_backend),
       cmocka_unit_test(test_kernel_set),
+      cmocka_unit_test(test_threadgroup_at_the_limit),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }
