@@ -34,6 +34,35 @@ double zck_round(zmlx_dtype dt, double v) {
   }
 }
 
+/* ------------------------------------------------------ input families */
+
+const char *zck_family_name(zck_family f) {
+  static const char *const names[ZCK_FAMILIES] = {"", " offset", " tiny", " ties", " inf/nan"};
+  return f >= 0 && f < ZCK_FAMILIES ? names[f] : " ?";
+}
+
+void zck_fill(zck_family f, double *v, int64_t rows, int64_t cols, double lo, double hi,
+              zmlx_dtype dt, uint64_t *rng) {
+  static const double ties[4] = {-1.0, -0.0, 0.0, 1.0};
+  for (int64_t r = 0; r < rows; r++) {
+    const double sign = zck_uniform(rng, 0, 1) < 0.5 ? -1.0 : 1.0;
+    const double offset = f == ZCK_OFFSET ? sign * zck_uniform(rng, 100, 1000) : 0.0;
+    for (int64_t j = 0; j < cols; j++) {
+      double x = zck_uniform(rng, lo, hi);
+      if (f == ZCK_OFFSET) x += offset;
+      if (f == ZCK_TINY) x *= 1e-3;
+      if (f == ZCK_TIES) x = ties[(int)(zck_uniform(rng, 0, 4)) & 3];
+      if (f == ZCK_SPECIAL) {
+        const double u = zck_uniform(rng, 0, 1);
+        if (u < 0.03) x = INFINITY;
+        else if (u < 0.06) x = -INFINITY;
+        else if (u < 0.09) x = NAN;
+      }
+      v[r * cols + j] = zck_round(dt, x);
+    }
+  }
+}
+
 /* ------------------------------------------------------ device arrays */
 
 static int64_t shape_size(int ndim, const int64_t *shape) {

@@ -30,6 +30,29 @@ double zck_round(zmlx_dtype dt, double v);
 void zck_store(zmlx_dtype dt, void *buf, int64_t i, double v);
 double zck_load(zmlx_dtype dt, const void *buf, int64_t i);
 
+/* ------------------------------------------------------ input families */
+
+/* The kinds of input a case draws, rows x cols values each. What a family
+ * is for: OFFSET (every row shifted by +-100..1000) catches a missing max
+ * subtraction (exp overflows) and cancelling variance formulas; TINY
+ * (magnitudes ~1e-3, a mean square near a norm's eps) catches eps in the
+ * wrong place; TIES (values from {-1, -0, +0, 1}) catches selection order
+ * and signed-zero bugs; SPECIAL puts +-inf and NaN among finite values. */
+typedef enum zck_family {
+  ZCK_UNIFORM,
+  ZCK_OFFSET,
+  ZCK_TINY,
+  ZCK_TIES,
+  ZCK_SPECIAL,
+  ZCK_FAMILIES
+} zck_family;
+/* "", " offset", " tiny", " ties", " inf/nan": appended to case names. */
+const char *zck_family_name(zck_family f);
+/* rows x cols values of family f over a base range [lo, hi), each rounded
+ * to dt (so the reference sees what the device holds). */
+void zck_fill(zck_family f, double *v, int64_t rows, int64_t cols, double lo, double hi,
+              zmlx_dtype dt, uint64_t *rng);
+
 /* ------------------------------------------------------ device arrays */
 
 /* An array of dtype dt from f64 host values (converted like a C cast for

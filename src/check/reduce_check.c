@@ -140,7 +140,7 @@ static zmlx_status download_i32(zmlx_array *a, int32_t **v) {
   return ZMLX_OK;
 }
 
-typedef enum { IN_RANDOM, IN_OFFSET, IN_DISTINCT, IN_NAN } in_kind;
+typedef enum { IN_RANDOM, IN_OFFSET, IN_DISTINCT, IN_NAN, IN_TIES } in_kind;
 
 typedef struct red_case {
   int ndim;
@@ -168,6 +168,10 @@ static void make_input(zmlx_dtype dt, in_kind kind, int64_t n, int64_t cols, uin
     for (int64_t i = 0; i < n; i++) xv[i] = zck_round(dt, (xv[i] - (double)n / 2) * 0.0625);
     return;
   }
+  if (kind == IN_TIES) { /* exact ties, signed zeros among them */
+    zck_fill(ZCK_TIES, xv, n / cols, cols, -1, 1, dt, rng);
+    return;
+  }
   const double off = kind == IN_OFFSET ? 1000.0 : 0.0;
   for (int64_t i = 0; i < n; i++) xv[i] = zck_round(dt, off + 8 * zck_uniform(rng, 0, 1) - 4);
   if (kind == IN_NAN && n > 3) {
@@ -184,7 +188,7 @@ static void case_name(const red_case *c, int op, char *buf, size_t cap) {
   char s[64];
   zmlxi_shape_str(s, sizeof s, c->ndim, c->shape);
   const char *in = c->input == IN_OFFSET ? " offset 1000" : c->input == IN_NAN ? " nan/-inf"
-                   : c->input == IN_DISTINCT ? " distinct" : "";
+                   : c->input == IN_DISTINCT ? " distinct" : c->input == IN_TIES ? " ties +-0" : "";
   char p[24] = "";
   if (op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD) snprintf(p, sizeof p, " ddof %d", c->param);
   if (op == OP_TOPK) snprintf(p, sizeof p, " k %d", c->param);
@@ -397,6 +401,12 @@ static zmlx_status red_check_op(const zmlx_check_opts *o, int op) {
   if (op == ZMLX_REDUCE_MAX || op == ZMLX_REDUCE_MIN || op_is_index(op) || op == OP_TOPK) {
     red_case cn = {2, {3, 37}, op == OP_TOPK ? 5 : 0, 0, IN_NAN, 0, 0};
     red_case_run(o, op, &cn, &rng);
+    /* ties everywhere (-0 = +0): the first index wins, values and indices
+     * exact; 37 columns reach the scalar path, 64 the 16-byte one */
+    red_case ct = {2, {4, 37}, op == OP_TOPK ? 5 : 0, 0, IN_TIES, 0, 0};
+    red_case_run(o, op, &ct, &rng);
+    red_case cv = {2, {4, 64}, op == OP_TOPK ? 8 : 0, 0, IN_TIES, 0, 0};
+    red_case_run(o, op, &cv, &rng);
   }
   if (!op_is_index(op)) {
     /* VJP against the f64 reference (ties allowed: both pick the first) */

@@ -84,6 +84,7 @@ typedef struct sm_case {
   int mask_kind; /* 0 none, 1 additive, 2 bool; mask shape = last two dims */
   int causal;
   double scale;
+  zck_family family; /* of the logits */
 } sm_case;
 
 /* Function for the autograd paths: scalar (sum of op(x) * w) or the op. */
@@ -123,6 +124,8 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
   if (c->mask_kind || c->causal || c->scale != 1.0)
     snprintf(extra, sizeof extra, "%s%s scale %g", c->mask_kind == 1 ? "add-mask " :
              c->mask_kind == 2 ? "bool-mask " : "", c->causal ? "causal" : "", c->scale);
+  else if (c->family != ZCK_UNIFORM)
+    snprintf(extra, sizeof extra, "%s", zck_family_name(c->family) + 1);
   zck_shape_str(shp, sizeof shp, c->ndim, c->shape, extra[0] ? extra : NULL);
 
   zmlx_status st = ZMLX_OK;
@@ -136,7 +139,7 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
     st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "check: out of host memory");
     goto done;
   }
-  for (int64_t i = 0; i < size; i++) xv[i] = zck_round(dt, zck_uniform(rng, -4, 4));
+  zck_fill(c->family, xv, rows, cols, -4, 4, dt, rng);
   for (int64_t i = 0; i < mrows * cols; i++) {
     double u = zck_uniform(rng, 0, 1);
     if (c->mask_kind == 1) mv[i] = u < 0.2 && !gradcheck ? -INFINITY : zck_round(dt, u * 2 - 1);
@@ -285,14 +288,22 @@ static zmlx_status sm_check_mode(const zmlx_check_opts *o, int mode) {
   const int64_t rows_list[] = {1, 5};
   for (int ri = 0; ri < 2; ri++)
     for (int ci = 0; ci < ncols; ci++) {
-      sm_case c = {mode, 2, {rows_list[ri], cols[ci]}, 0, 0, 1.0};
+      sm_case c = {mode, 2, {rows_list[ri], cols[ci]}, 0, 0, 1.0, ZCK_UNIFORM};
       ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
     }
+  /* Logits shifted by +-100..1000 per row: without the max subtraction
+   * exp overflows. Widths reach each path: 7 the scalar one, 1000 the row
+   * in registers, 16384 (f32: 4096 chunks) the streamed 16-byte one. */
+  static const int64_t OFFSET_COLS[] = {7, 1000, 16384};
+  for (int ci = 0; ci < 3; ci++) {
+    sm_case c = {mode, 2, {2, OFFSET_COLS[ci]}, 0, 0, 1.0, ZCK_OFFSET};
+    ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
+  }
   /* rank 3 and finite differences at small shapes (f32) */
-  sm_case c3 = {mode, 3, {2, 3, 7}, 0, 0, 1.0};
+  sm_case c3 = {mode, 3, {2, 3, 7}, 0, 0, 1.0, ZCK_UNIFORM};
   ZMLX_CHECK(sm_case_run(o, op, &c3, o->dtype == ZMLX_F32, &rng));
   if (o->dtype == ZMLX_F32) {
-    sm_case c1 = {mode, 1, {9}, 0, 0, 1.0};
+    sm_case c1 = {mode, 1, {9}, 0, 0, 1.0, ZCK_UNIFORM};
     ZMLX_CHECK(sm_case_run(o, op, &c1, 1, &rng));
   }
   sm_bad_inputs(o, op, mode, 0);
@@ -317,17 +328,17 @@ static zmlx_status check_softmax_masked(const zmlx_check_opts *o) {
       /* kind 0: additive; 1: bool; 2: causal; 3: additive + causal; 4: scale
        * alone (the 16-byte path) */
       sm_case c = {SM_SOFTMAX, 3, {2, 3, cols[ci]}, kind == 0 || kind == 3 ? 1 : kind == 1 ? 2 : 0,
-                   kind == 2 || kind == 3, kind == 1 ? 1.0 : 0.125};
+                   kind == 2 || kind == 3, kind == 1 ? 1.0 : 0.125, ZCK_UNIFORM};
       ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
     }
   {
-    sm_case c = {SM_SOFTMAX, 3, {1, 4, 4}, 0, 1, 1.0}; /* square causal: tril */
+    sm_case c = {SM_SOFTMAX, 3, {1, 4, 4}, 0, 1, 1.0, ZCK_UNIFORM}; /* square causal: tril */
     ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
   }
   if (o->dtype == ZMLX_F32) {
-    sm_case c = {SM_SOFTMAX, 3, {2, 3, 6}, 1, 1, 0.5};
+    sm_case c = {SM_SOFTMAX, 3, {2, 3, 6}, 1, 1, 0.5, ZCK_UNIFORM};
     ZMLX_CHECK(sm_case_run(o, op, &c, 1, &rng));
-    sm_case d = {SM_SOFTMAX, 3, {2, 3, 5}, 2, 0, 0.7};
+    sm_case d = {SM_SOFTMAX, 3, {2, 3, 5}, 2, 0, 0.7, ZCK_UNIFORM};
     ZMLX_CHECK(sm_case_run(o, op, &d, 1, &rng));
   }
   sm_bad_inputs(o, op, SM_SOFTMAX, 1);
