@@ -178,6 +178,11 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
   double e = zck_err_rel1(got, want, nout);
   zck_emit(o, op, "fwd", dt, shp, e, tol, e <= tol);
 
+  /* logsumexp's VJP, g exp(x - lse), reads the stored lse: in f16 / bf16 at
+   * |lse| ~ 1000 that output is off by up to 0.25 / 2 (half an ulp), which
+   * exp turns into a 28% / 640% error of dx in any implementation that
+   * saves its output. Offset rows check that VJP in f32 only. */
+  if (c->family == ZCK_OFFSET && c->mode == SM_LOGSUMEXP && dt != ZMLX_F32) goto done;
   /* VJP through autograd against the f64 reference */
   for (int64_t i = 0; i < nout; i++) gv[i] = zck_round(dt, zck_uniform(rng, -1, 1));
   st = zck_upload(o->device, dt, ond, c->shape, gv, &g);
