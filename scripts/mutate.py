@@ -28,7 +28,7 @@ own (git worktree add /tmp/mut HEAD) to keep working meanwhile.
 Prints one row per mutant and the score; exits 1 when a mutant cannot be
 applied (its `old` line is gone: the list needs updating).
 """
-import argparse, fnmatch, glob, json, os, shlex, signal, subprocess, sys, time
+import argparse, fnmatch, glob, json, os, re, shlex, signal, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,7 +147,7 @@ def main():
                 cmd = [os.path.join(a.build, "zmlx"), "check", "--seed", "1"] + shlex.split(m["check"])
                 rc, out = run(cmd, ROOT, env, a.timeout)
                 if rc:
-                    result, by = "killed", "zmlx check " + m["check"]
+                    result, by = "killed", "check " + m["check"]
             if result == "survived":
                 cmd = ["ctest", "--test-dir", a.build, "-j", str(os.cpu_count() or 2),
                        "--timeout", str(a.timeout)]
@@ -155,9 +155,10 @@ def main():
                     cmd += ["-R", m["tests"]]
                 rc, out = run(cmd, ROOT, env, a.timeout * 4)
                 if rc:
-                    failed = [l.split()[-3] if len(l.split()) > 3 else l
-                              for l in out.splitlines() if "***Failed" in l or "(Failed)" in l]
-                    result, by = "killed", "ctest " + (",".join(failed)[:60] or m.get("tests", ""))
+                    failed = re.findall(r"Test\s+#\d+:\s+(\S+)\s+\.*\s*\*+(?:Failed|Exception|Timeout)", out)
+                    failed += re.findall(r"^\s*\d+ - (\S+) \((?:Failed|Timeout|SEGFAULT|Subprocess aborted)\)", out, re.M)
+                    names = sorted(set(failed))
+                    result, by = "killed", ",".join(names) if names else "ctest"
         finally:
             open(os.path.join(ROOT, m["file"]), "w", encoding="utf-8").write(original)
         dt = time.time() - t0
