@@ -36,8 +36,8 @@ double zck_load(zmlx_dtype dt, const void *buf, int64_t i);
  * is for: OFFSET (every row shifted by +-100..1000) catches a missing max
  * subtraction (exp overflows) and cancelling variance formulas; TINY
  * (magnitudes ~1e-3, a mean square near a norm's eps) catches eps in the
- * wrong place; TIES (values from {-1, -0, +0, 1}) catches selection order
- * and signed-zero bugs; SPECIAL puts +-inf and NaN among finite values. */
+ * wrong place; TIES (rows from {-1, -0, +0} and {-0, +0, 1}: the max or the
+ * min is a tie of signed zeros) catches selection order and signed-zero bugs; SPECIAL puts +-inf and NaN among finite values. */
 typedef enum zck_family {
   ZCK_UNIFORM,
   ZCK_OFFSET,

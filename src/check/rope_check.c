@@ -122,6 +122,12 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     goto done;
   }
   for (int64_t b = 0; b < c->B; b++) off[b] = (double)(int)(zck_uniform(rng, 0, 1) * 40);
+  /* table boundaries: sequence 0 ends on the table's last row (position
+   * P - 1), the last one runs past it (positions clamp to that row) */
+  if (c->B > 1) {
+    off[0] = (double)(P - c->S);
+    off[c->B - 1] = (double)(P - c->S + 3);
+  }
   for (int64_t p = 0; p < P; p++)
     for (int i = 0; i < R / 2; i++) {
       double ang = p * 0.7 * pow(500.0, -(2.0 * i) / R);
