@@ -4,10 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kernel/kernel_set.h"
 #include "runtime/backend.h"
+#include "runtime/internal.h"
 #include "test_kernels.h"
 #include "test_support.h"
 
@@ -835,6 +839,61 @@ static void test_threadgroup_at_the_limit(void **state) {
   }
 }
 
+/* The child of test_guard_catches_write_past_end (a fresh process: a driver
+ * does not survive fork): launches a kernel that writes one element past
+ * its 16-element output on device `index` of the default backend, then
+ * frees the output, where the red zone is checked. */
+static int guard_child(int index) {
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (index >= nd) return 2;
+  static const char *const in[] = {"x"}, *const outn[] = {"out"};
+  zmlx_kernel_desc desc = {.name = "past_end", .input_names = in, .n_inputs = 1,
+                           .output_names = outn, .n_outputs = 1,
+                           .source = "uint i = thread_position_in_grid.x;\n"
+                                     "out_store(i, x_load(0));\n"};
+  zmlx_kernel *k = NULL;
+  int64_t n = 16, one = 1;
+  zmlx_array *x = NULL, *out = NULL;
+  if (zmlx_kernel_create(&desc, &k) || zmlx_array_full(devs[index], ZMLX_F32, 1, &one, 2, &x) ||
+      zmlx_array_empty(devs[index], ZMLX_F32, 1, &n, &out))
+    return 3;
+  zmlx_kernel_call c = {.n_inputs = 1, .n_outputs = 1, .inputs = &x, .outputs = &out,
+                        .grid = {n + 1, 1, 1}, .threadgroup = {1, 1, 1}};
+  if (zmlx_kernel_launch(k, &c) || zmlx_device_synchronize(devs[index])) return 4;
+  zmlx_array_release(out);
+  return 0; /* the write went unnoticed */
+}
+
+/* ZMLX_GUARD=1 (the test suite's setting): a kernel that writes one element
+ * past its output stops the process when the output is freed, with a
+ * message, instead of corrupting a neighbour in silence. */
+static void test_guard_catches_write_past_end(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  for (int d = 0; d < nd; d++) {
+    char arg[16];
+    snprintf(arg, sizeof arg, "%d", d);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      int devnull = open("/dev/null", O_WRONLY);
+      if (devnull >= 0) dup2(devnull, STDERR_FILENO);
+      setenv("ZMLX_GUARD", "1", 1);
+      execl("/proc/self/exe", "test_kernel", "--guard-child", arg, (char *)NULL);
+      _exit(5);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT))
+      fail_msg("a write past the end went unnoticed on device %d (child status 0x%x)", d,
+               status);
+  }
+}
+
 /* ------------------------------------------------------------ kernel sets */
 
 static const zmlx_kernel_spec SET_SPECS[] = {
@@ -899,7 +958,8 @@ static void test_kernel_set(void **state) {
   }
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--guard-child") == 0) return guard_child(atoi(argv[2]));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_elementwise),
       cmocka_unit_test(test_allocated_outputs),
@@ -923,6 +983,7 @@ int main(void) {
       cmocka_unit_test(test_source_every_backend),
       cmocka_unit_test(test_kernel_set),
       cmocka_unit_test(test_threadgroup_at_the_limit),
+      cmocka_unit_test(test_guard_catches_write_past_end),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

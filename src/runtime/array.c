@@ -12,11 +12,18 @@ static zmlx_status buffer_create(zmlx_device *dev, zmlx_stream *s, size_t bytes,
                                  zmlx_buffer **out) {
   zmlx_buffer *b = calloc(1, sizeof *b);
   if (!b) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  zmlx_status st = dev->ops->alloc(dev->index, s->handle, bytes, &b->handle);
+  const size_t guard = zmlxi_guard_bytes();
+  zmlx_status st = dev->ops->alloc(dev->index, s->handle, bytes + guard, &b->handle);
   if (st != ZMLX_OK) {
     free(b);
     return st;
   }
+  if (guard && (st = zmlxi_guard_arm(dev, s->handle, b->handle, bytes)) != ZMLX_OK) {
+    dev->ops->free(dev->index, s->handle, b->handle);
+    free(b);
+    return st;
+  }
+  b->guarded = guard != 0;
   atomic_init(&b->refcount, 1);
   b->device = dev;
   b->bytes = bytes;
@@ -28,8 +35,11 @@ static void buffer_release(zmlx_buffer *b) {
   if (atomic_fetch_sub(&b->refcount, 1) != 1) return;
   if (b->release_foreign)
     b->release_foreign(b->foreign_ctx);
-  else if (b->device->default_stream) /* NULL after zmlx_shutdown(): memory went with it */
-    b->device->ops->free(b->device->index, b->device->default_stream->handle, b->handle);
+  else if (b->device->default_stream) { /* NULL after zmlx_shutdown(): memory went with it */
+    void *stream = b->device->default_stream->handle;
+    if (b->guarded) zmlxi_guard_check(b->device, stream, b->handle, b->bytes);
+    b->device->ops->free(b->device->index, stream, b->handle);
+  }
   free(b);
 }
 

@@ -109,7 +109,15 @@ typedef struct zmlx_buffer {
   /* Foreign memory (DLPack import): called instead of ops->free. */
   void (*release_foreign)(void *ctx);
   void *foreign_ctx;
+  bool guarded; /* a red zone follows the bytes (guard.c) */
 } zmlx_buffer;
+
+/* Red zones (guard.c): the bytes each allocation gets beyond its size (0
+ * unless ZMLX_GUARD=1), filling them, and checking them at free (abort
+ * with a message when a kernel wrote there). */
+size_t zmlxi_guard_bytes(void);
+zmlx_status zmlxi_guard_arm(zmlx_device *dev, void *stream, void *handle, size_t bytes);
+void zmlxi_guard_check(zmlx_device *dev, void *stream, void *handle, size_t bytes);
 
 struct zmlx_array {
   atomic_int refcount;
