@@ -447,13 +447,17 @@ static double scale_tol(zmlx_dtype sdt) {
 }
 
 /* api 0: the kernel into poisoned outputs; 1: the public function (its
- * allocation and output shapes), then the same verification. */
+ * allocation and output shapes), then the same verification. exact_ties
+ * (int8): every row's scale is a power of two (its amax is 127 * 2^e) and
+ * every other value an exact k + 0.5 multiple of it, so the device's
+ * quotient is exact and each one is a true tie, rounded away from zero
+ * (no tie slack). */
 static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qcase *c,
-                   zmlx_dtype sdt, int api, uint64_t *rng) {
+                   zmlx_dtype sdt, int api, int exact_ties, uint64_t *rng) {
   zmlx_device *dev = o->device;
   zmlx_dtype dt = o->dtype;
   char name[96];
-  qc_name(name, sizeof name, c, mode, sdt, api ? " (api)" : NULL);
+  qc_name(name, sizeof name, c, mode, sdt, api ? " (api)" : exact_ties ? " exact ties" : NULL);
   const int64_t total = qc_total(c), cols = c->shape[c->ndim - 1], rows = total / cols;
   const int64_t unit = mode == 8 ? cols : c->group, ns = total / unit;
   int64_t ssh[ZMLX_MAX_DIMS], qsh[ZMLX_MAX_DIMS];
@@ -481,6 +485,14 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
       xv[r * cols + j] = r == 0 && rows > 2 ? cst : zck_round(dt, off + mag * u);
     }
   }
+  if (exact_ties && mode == 8)
+    for (int64_t r = 0; r < rows; r++) {
+      const double scale = ldexp(1.0, (int)zck_uniform(rng, -3, 4)); /* 2^-3 .. 2^3 */
+      for (int64_t j = 0; j < cols; j++) {
+        const double k = floor(zck_uniform(rng, -127, 127)); /* k + 0.5 in -126.5 .. 126.5 */
+        xv[r * cols + j] = j == 0 ? (r % 2 ? -127.0 : 127.0) * scale : (k + 0.5) * scale;
+      }
+    }
   {
     int64_t start[ZMLX_MAX_DIMS] = {0}, stop[ZMLX_MAX_DIMS], big[ZMLX_MAX_DIMS];
     zmlx_array *xb = NULL;
@@ -557,7 +569,7 @@ static void q_case(const zmlx_check_opts *o, const char *op, int mode, const qca
       double yq = sd > 0 ? (xs[j] - bd) / sd : 0;
       int qr = (int)fmin(fmax(round(yq), qlo), qhi);
       double frac = yq - floor(yq);
-      int tie = fabs(frac - 0.5) < 1e-4;
+      int tie = !exact_ties && fabs(frac - 0.5) < 1e-4;
       if (qd != qr) {
         if (tie && abs(qd - qr) == 1) ties++;
         else mism++;
@@ -635,10 +647,15 @@ static zmlx_status q_check(const zmlx_check_opts *o, const char *op, int mode) {
                                  {2, {2, 32768}, 0, 0}, {2, {9, 1000}, 0, 1},
                                  {2, {300, 130}, 0, 0}};
     for (size_t i = 0; i < sizeof quick / sizeof *quick; i++)
-      q_case(o, op, 8, &quick[i], SDT(i, quick), i == 0, &rng);
+      q_case(o, op, 8, &quick[i], SDT(i, quick), i == 0, 0, &rng);
+    /* exact .5 ties (scales of every dtype), at the scalar and 16-byte widths */
+    static const qcase tie_cases[] = {{2, {4, 7}, 0, 0}, {2, {4, 64}, 0, 0}};
+    static const zmlx_dtype tie_sdt[] = {ZMLX_F32, ZMLX_F16, ZMLX_BF16};
+    for (size_t i = 0; i < 2; i++)
+      for (size_t k = 0; k < 3; k++) q_case(o, op, 8, &tie_cases[i], tie_sdt[k], 0, 1, &rng);
     if (!o->quick)
       for (size_t i = 0; i < sizeof full / sizeof *full; i++)
-        q_case(o, op, 8, &full[i], SDT(i, full), 0, &rng);
+        q_case(o, op, 8, &full[i], SDT(i, full), 0, 0, &rng);
   } else {
     static const qcase quick[] = {{2, {1, 64}, 32, 0}, {2, {3, 128}, 64, 0},
                                   {2, {2, 4096}, 128, 0}, {2, {5, 256}, 32, 1},
@@ -647,10 +664,10 @@ static zmlx_status q_check(const zmlx_check_opts *o, const char *op, int mode) {
                                  {2, {17, 1024}, 128, 1}, {2, {2, 32768}, 128, 0},
                                  {2, {33, 4096}, 64, 0}};
     for (size_t i = 0; i < sizeof quick / sizeof *quick; i++)
-      q_case(o, op, 4, &quick[i], SDT(i, quick), i == 0, &rng);
+      q_case(o, op, 4, &quick[i], SDT(i, quick), i == 0, 0, &rng);
     if (!o->quick)
       for (size_t i = 0; i < sizeof full / sizeof *full; i++)
-        q_case(o, op, 4, &full[i], SDT(i, full), 0, &rng);
+        q_case(o, op, 4, &full[i], SDT(i, full), 0, 0, &rng);
   }
   q_bad(o, op, mode);
   return ZMLX_OK;
