@@ -182,11 +182,11 @@ static void act_case(const zmlx_check_opts *o, act_kind k, int ndim, const int64
   } else if (fd) {
     c.w = aw;
     zmlx_grad_check_report rep;
-    st = zmlx_check_grad(mode == M_FD ? act_loss : act_loss2, &c, &ax, 1, 1e-3, 1e-2, &rep);
+    st = zmlx_check_grad(mode == M_FD ? act_loss : act_loss2, &c, &ax, 1, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zck_emit(o, op, what, dt, name, e, 1e-2, rep.passed);
+    zck_emit(o, op, what, dt, name, e, zck_tol(ZCK_TOL_FD, ZMLX_F32), rep.passed);
     goto done;
   } else {
     int argn = 0;

@@ -47,8 +47,9 @@ void zck_fill(zck_family f, double *v, int64_t rows, int64_t cols, double lo, do
    * max, or its min, is a tie of signed zeros */
   static const double ties[2][3] = {{-1.0, -0.0, 0.0}, {-0.0, 0.0, 1.0}};
   for (int64_t r = 0; r < rows; r++) {
-    const double sign = zck_uniform(rng, 0, 1) < 0.5 ? -1.0 : 1.0;
-    const double offset = f == ZCK_OFFSET ? sign * zck_uniform(rng, 100, 1000) : 0.0;
+    double offset = 0.0;
+    if (f == ZCK_OFFSET)
+      offset = (zck_uniform(rng, 0, 1) < 0.5 ? -1.0 : 1.0) * zck_uniform(rng, 100, 1000);
     for (int64_t j = 0; j < cols; j++) {
       double x = zck_uniform(rng, lo, hi);
       if (f == ZCK_OFFSET) x += offset;

@@ -108,11 +108,11 @@ static zmlx_status ce_case(const zmlx_check_opts *o, int64_t rows, int64_t V,
     zmlx_array *ins[2] = {x, t};
     zmlx_grad_check_report rep;
     memset(&rep, 0, sizeof rep);
-    zmlx_status gs = zmlx_check_grad(ce_fn, &fd, ins, 2, 1e-3, 1e-2, &rep);
+    zmlx_status gs = zmlx_check_grad(ce_fn, &fd, ins, 2, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     int pass = gs == ZMLX_OK && rep.passed;
     if (gs != ZMLX_OK) zmlx_clear_error();
     zck_emit(o, op, "grad (finite diff)", dt, shp,
-                   gs == ZMLX_OK ? rep.inputs[0].max_abs_err : INFINITY, 1e-2, pass);
+                   gs == ZMLX_OK ? rep.inputs[0].max_abs_err : INFINITY, zck_tol(ZCK_TOL_FD, ZMLX_F32), pass);
   }
 done:
   free(xv);

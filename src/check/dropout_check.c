@@ -94,11 +94,11 @@ static void drop_case(const zmlx_check_opts *o, int64_t rows, int64_t D, double 
     if (st != ZMLX_OK) goto done;
     drop_gctx gc = {p, seed, w};
     zmlx_grad_check_report rep;
-    st = zmlx_check_grad(drop_loss, &gc, &ax, 1, 1e-3, 1e-2, &rep);
+    st = zmlx_check_grad(drop_loss, &gc, &ax, 1, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zck_emit(o, "dropout", what, dt, name, e, 1e-2, rep.passed);
+    zck_emit(o, "dropout", what, dt, name, e, zck_tol(ZCK_TOL_FD, ZMLX_F32), rep.passed);
   } else {
     st = zck_random(dev, dt, 2, sh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;

@@ -221,12 +221,12 @@ static void glu_case(const zmlx_check_opts *o, glu_kind k, int64_t rows, int64_t
     if (st != ZMLX_OK) goto done;
     glu_gctx gc = {k, w};
     zmlx_grad_check_report rep;
-    st = zmlx_check_grad(glu_loss, &gc, in, nin, 1e-3, 1e-2, &rep);
+    st = zmlx_check_grad(glu_loss, &gc, in, nin, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     if (st != ZMLX_OK) goto done;
     double e = 0;
     for (int i = 0; i < nin; i++) e = fmax(e, rep.inputs[i].max_abs_err);
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zck_emit(o, op, what, dt, name, e, 1e-2, rep.passed);
+    zck_emit(o, op, what, dt, name, e, zck_tol(ZCK_TOL_FD, ZMLX_F32), rep.passed);
   } else {
     st = zck_random(dev, dt, 2, osh, -1, 1, rng, g, &w);
     if (st != ZMLX_OK) goto done;

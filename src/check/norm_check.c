@@ -19,11 +19,6 @@
  * reference with poisoned outputs, gradients against finite differences
  * (f32) and against an f64 reference (every dtype), bad input. */
 
-/* Random values in [lo, hi) rounded to dt into v[n]. */
-static void fill(double *v, int64_t n, uint64_t *s, double lo, double hi, zmlx_dtype dt) {
-  for (int64_t i = 0; i < n; i++) v[i] = zck_round(dt, zck_uniform(s, lo, hi));
-}
-
 /* Statistics of one row of h in f64. */
 static void ref_stats(const norm_cfg *c, const double *h, int64_t cols, double eps, double *mean,
                       double *rstd) {
@@ -160,10 +155,10 @@ static zmlx_status case_make(const zmlx_check_opts *o, const norm_cfg *c, int64_
   /* An offset makes the mean matter for layernorm. */
   zck_fill(family, k->x, rows, cols, -1.5, 2.5, dt, &s);
   if (k->r) zck_fill(family, k->r, rows, cols, -1.0, 1.0, dt, &s);
-  if (k->w) fill(k->w, cols, &s, 0.5, 1.5, dt);
-  if (k->b) fill(k->b, cols, &s, -0.5, 0.5, dt);
-  if (k->c1) fill(k->c1, n, &s, -1.0, 1.0, dt);
-  if (k->c2) fill(k->c2, n, &s, -1.0, 1.0, dt);
+  if (k->w) zck_fill(ZCK_UNIFORM, k->w, 1, cols, 0.5, 1.5, dt, &s);
+  if (k->b) zck_fill(ZCK_UNIFORM, k->b, 1, cols, -0.5, 0.5, dt, &s);
+  if (k->c1) zck_fill(ZCK_UNIFORM, k->c1, 1, n, -1.0, 1.0, dt, &s);
+  if (k->c2) zck_fill(ZCK_UNIFORM, k->c2, 1, n, -1.0, 1.0, dt, &s);
   zmlx_device *dev = o->device;
   int64_t wshape[1] = {cols};
   ZMLX_CHECK(zck_upload(dev, dt, k->ndim, k->shape, k->x, &k->ax));
@@ -302,7 +297,7 @@ static zmlx_status fd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t 
     const char *names[4];
     int n = case_inputs(&k, ins, names);
     zmlx_grad_check_report rep;
-    const double tol = 1e-2;
+    const double tol = zck_tol(ZCK_TOL_FD, ZMLX_F32);
     zmlx_status op = zmlx_check_grad(loss_fn, &k, ins, n, 1e-3, tol, &rep);
     for (int i = 0; i < n; i++) {
       snprintf(base, sizeof base, "grad %s (fd)", names[i]);

@@ -242,13 +242,13 @@ static void dq_grad_case(const zmlx_check_opts *o, const char *op, int mode, zml
   if (fd) {
     dq_gctx gc = {mode, c->group, act, dt, q, g};
     zmlx_grad_check_report rep;
-    st = zmlx_check_grad(dq_fn, &gc, in, nin, 1e-3, 1e-2, &rep);
+    st = zmlx_check_grad(dq_fn, &gc, in, nin, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     if (st != ZMLX_OK) goto done;
     double e = 0;
     for (int i = 0; i < nin; i++) e = fmax(e, rep.inputs[i].max_abs_err);
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
     int pass = rep.passed && rep.jvp_checked;
-    zck_emit(o, op, what, dt, name, e, 1e-2, pass);
+    zck_emit(o, op, what, dt, name, e, zck_tol(ZCK_TOL_FD, ZMLX_F32), pass);
   } else {
     dq_gctx gc = {mode, c->group, act, dt, q, NULL};
     int argn[2] = {0, 1};

@@ -294,13 +294,13 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     if (st != ZMLX_OK) goto done;
     red_fn_data fd = {op, c->param, c->keepdims, g};
     zmlx_grad_check_report rep;
-    st = zmlx_check_grad(red_fn, &fd, &x, 1, 1e-3, 1e-2, &rep);
+    st = zmlx_check_grad(red_fn, &fd, &x, 1, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
     char nm[112];
     snprintf(nm, sizeof nm, "%s%s", name, rep.jvp_checked ? " +jvp" : "");
-    zck_emit(o, opn, what, dt, nm, e, 1e-2, rep.passed);
+    zck_emit(o, opn, what, dt, nm, e, zck_tol(ZCK_TOL_FD, ZMLX_F32), rep.passed);
   }
 done:
   if (st != ZMLX_OK) zck_emit_fail(o, opn, what, dt, name, st);

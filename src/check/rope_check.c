@@ -188,11 +188,11 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     if (st != ZMLX_OK) goto done;
     rope_gctx g = {ro, w};
     zmlx_grad_check_report rep;
-    st = zmlx_check_grad(rope_loss, &g, &q, 1, 1e-2, 1e-2, &rep);
+    st = zmlx_check_grad(rope_loss, &g, &q, 1, 1e-2, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    zck_emit(o, "rope", "grad x (fd)", ZMLX_F32, name, e, 1e-2, rep.passed);
+    zck_emit(o, "rope", "grad x (fd)", ZMLX_F32, name, e, zck_tol(ZCK_TOL_FD, ZMLX_F32), rep.passed);
   } else {
     /* Analytic VJP in o->dtype vs the f64 inverse rotation. */
     st = zck_random(dev, dt, 4, shq, -1, 1, rng, wq, &w);

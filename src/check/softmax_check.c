@@ -221,13 +221,13 @@ static zmlx_status sm_case_run(const zmlx_check_opts *o, const char *op, const s
     zmlx_array *ins[2] = {x, mask};
     zmlx_grad_check_report rep;
     memset(&rep, 0, sizeof rep);
-    zmlx_status gs = zmlx_check_grad(sm_fn, &fd, ins, mask ? 2 : 1, 1e-3, 1e-2, &rep);
+    zmlx_status gs = zmlx_check_grad(sm_fn, &fd, ins, mask ? 2 : 1, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
     int pass = gs == ZMLX_OK && rep.passed;
     double ge = gs == ZMLX_OK ? rep.inputs[0].max_abs_err : INFINITY;
     if (gs == ZMLX_OK && mask && rep.inputs[1].checked && rep.inputs[1].max_abs_err > ge)
       ge = rep.inputs[1].max_abs_err;
     if (gs != ZMLX_OK) zmlx_clear_error();
-    zck_emit(o, op, "grad (finite diff)", dt, shp, ge, 1e-2, pass);
+    zck_emit(o, op, "grad (finite diff)", dt, shp, ge, zck_tol(ZCK_TOL_FD, ZMLX_F32), pass);
     zmlx_array_release(w);
   }
 done:

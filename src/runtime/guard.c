@@ -17,12 +17,14 @@
 #define GUARD_BYTE 0xA5
 
 size_t zmlxi_guard_bytes(void) {
-  static int state = -1; /* benign race: every thread computes the same value */
-  if (state < 0) {
+  static atomic_int state = -1; /* every thread that races here computes the same value */
+  int v = atomic_load(&state);
+  if (v < 0) {
     const char *e = getenv("ZMLX_GUARD");
-    state = e && *e && strcmp(e, "0") != 0;
+    v = e && *e && strcmp(e, "0") != 0;
+    atomic_store(&state, v);
   }
-  return state ? GUARD_BYTES : 0;
+  return v ? GUARD_BYTES : 0;
 }
 
 zmlx_status zmlxi_guard_arm(zmlx_device *dev, void *stream, void *handle, size_t bytes) {
