@@ -6,9 +6,10 @@
  *
  * A case draws host values (zck_uniform, rounded to the dtype the device
  * will hold: zck_round), uploads them (zck_upload / zck_random), runs the
- * op into poisoned outputs, downloads (zck_download), measures the error
- * against an f64 reference (zck_err_*), compares it with the tolerance
- * table (zck_tol) and emits a row (zck_emit). Bad input: zck_expect.
+ * op into poisoned outputs, downloads (zck_download), compares with an f64
+ * reference under a bound derived from the dtype and the op's error
+ * analysis (zck_bound_of / zck_bound_sum, zck_within*: |got - want| <=
+ * atol + rtol |want|) and emits a row (zck_emit). Bad input: zck_expect.
  */
 #ifndef ZMLX_CHECK_CHECK_UTIL_H
 #define ZMLX_CHECK_CHECK_UTIL_H
@@ -73,33 +74,63 @@ void zck_poison_pool(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *s
  * cotangent w of y's shape. */
 zmlx_status zck_weighted_sum(zmlx_array *y, zmlx_array *w, zmlx_array **out);
 
-/* ------------------------------------------------------------- errors */
-/* Equal non-finite values count as exact; NaN or inf where the reference
- * is finite is an infinite error. */
-
-/* max |got - want| / (1 + |want|). */
-double zck_err_rel1(const double *got, const double *want, int64_t n);
-/* max |got - want| / max(max |terms|, 1e-6): the error of a sum whose terms
- * may cancel, against the size of its terms (per element, from the
- * reference). */
-double zck_err_terms(const double *got, const double *want, const double *terms, int64_t n);
-/* zck_err_terms with the reference as its own terms: for gradients, whose
- * entries may all be small. */
-double zck_err_relmax(const double *got, const double *want, int64_t n);
-
 /* --------------------------------------------------------- tolerances */
 
-/* The tolerance table: a row per kind of result, a column per dtype (check_util.c). */
+/* The kinds of result whose bounds are derived (zck_bound_of). */
 typedef enum zck_tol_kind {
   ZCK_TOL_ROW,        /* a row statistic and what it normalizes (softmax, cross-entropy) */
   ZCK_TOL_ELEMENTWISE,/* pointwise ops and per-row reductions (activations, GLU, RoPE,
-                       * quantization, reductions) */
+                       * quantization, reductions, dropout) */
   ZCK_TOL_NORM,       /* norm forwards (mean and rstd, then a scale) */
   ZCK_TOL_NORM_GRAD,  /* norm gradients (two row sums per element) */
-  ZCK_TOL_FD,         /* analytic gradient vs central finite differences in f32 */
   ZCK_TOL_KINDS
 } zck_tol_kind;
-double zck_tol(zck_tol_kind kind, zmlx_dtype dt);
+/* The tolerance of zmlx_check_grad's analytic gradient against central
+ * finite differences in f32 (step 1e-3): 1e-2 of the gradient's scale. The
+ * difference quotient's own error, u32 |f| / h + h^2 |f^(3)| / 6, is 6e-5
+ * |f| + 2e-7 |f^(3)|: the margin is for losses that sum many terms. */
+double zck_fd_tol(void);
+
+/* A derived bound |got - want| <= atol + rtol |want| + floor (check_util.c
+ * says where each term comes from); atol is per unit of the values the
+ * result comes from: zck_within_scaled multiplies it by each element's. */
+typedef struct zck_bound {
+  double atol, rtol, floor;
+} zck_bound;
+/* The unit roundoff of dt: 2^-24 (f32), 2^-11 (f16), 2^-8 (bf16). */
+double zck_unit_roundoff(zmlx_dtype dt);
+/* The bound of a result of kind `kind` stored in dtype dt. scale: the size
+ * of the values it is computed from (the largest |input|, at least 1): f32
+ * working error on values of that size does not shrink with the result
+ * (gelu's tail, a row whose terms cancel). n: the length of the longest sum
+ * behind one element (1 for pointwise results). */
+zck_bound zck_bound_of(zck_tol_kind kind, zmlx_dtype dt, double scale, int64_t n);
+/* The bound of a result that is a sum of n terms which may cancel (a
+ * layernorm's centred row, a gradient's row sums, a reduction): its atol is
+ * per unit of the terms' magnitude, which the caller passes per element to
+ * zck_within_scaled; rtol is the kind's f32 steps after the sum and the
+ * final rounding to dt. */
+zck_bound zck_bound_sum(zck_tol_kind kind, zmlx_dtype dt, int64_t n);
+/* The bound widened by `factor` (a result that goes through `factor` times
+ * the roundings of its kind, named where it is used). */
+zck_bound zck_bound_times(zck_bound b, double factor);
+/* Compare got with want under b: *err and *tol get |got - want| and
+ * atol + rtol |want| at the element where their ratio is largest (non-finite
+ * values: equal is exact, NaN or inf where the reference differs is an
+ * infinite error).
+ * Returns 1 when every element is within. */
+int zck_within(const double *got, const double *want, int64_t n, zck_bound b, double *err,
+               double *tol);
+/* zck_within with element i's atol times |scale[i]| (0 where it is not
+ * finite): for results whose f32 error follows their own input (gelu(-30)
+ * is not off by what gelu(30) may be) or the size of their own terms (a
+ * gradient's row sums). */
+int zck_within_scaled(const double *got, const double *want, const double *scale, int64_t n,
+                      zck_bound b, double *err, double *tol);
+/* zck_within (scale NULL) or zck_within_scaled, merged into a running worst (err, tol) pair: for results
+ * checked in parts (q and k, two gradients). Start from *err = -1. */
+int zck_within_acc(const double *got, const double *want, const double *scale, int64_t n,
+                   zck_bound b, double *err, double *tol);
 
 /* --------------------------------------------------------------- rows */
 

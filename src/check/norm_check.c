@@ -34,22 +34,25 @@ static void ref_stats(const norm_cfg *c, const double *h, int64_t cols, double e
   *rstd = 1.0 / sqrt(q / (double)cols + eps);
 }
 
-/* The condition of layernorm's forward on rows h: max |h| / sigma. The
- * device works in f32, so each h (and the row mean) carries an error of
- * u32 |h|, which (h - mean) / sigma turns into u32 |h| / sigma: a row shifted
- * far from 0 relative to its spread (the offset family) is that much
- * harder for any f32 implementation. RMS norms scale h, and keep the
- * relative error of h: their condition is 1. */
-static double layernorm_condition(const norm_cfg *c, const double *h, int64_t rows,
-                                  int64_t cols) {
-  if (c->rms) return 1.0;
-  double k = 1.0;
+/* The size of the terms behind each y of a row of h, in the units the f32
+ * error counts (zck_bound_sum): y = (h - mean) rstd w + b, where mean and
+ * the variance are sums over the row. Each h and the mean carry u32 |h| and
+ * u32 mean|h|, which rstd scales (a row shifted far from 0 relative to its
+ * spread, the offset family, is that much harder for any f32 code); rstd's
+ * own error is relative and scales the normalized value. */
+static void ref_forward_terms(const norm_cfg *c, const double *h, const double *w,
+                              const double *b, int64_t rows, int64_t cols, double *terms) {
   for (int64_t i = 0; i < rows; i++) {
-    double mean, rstd;
-    ref_stats(c, h + i * cols, cols, c->eps, &mean, &rstd);
-    for (int64_t j = 0; j < cols; j++) k = fmax(k, fabs(h[i * cols + j]) * rstd);
+    const double *hr = h + i * cols;
+    double mean, rstd, mabs = 0;
+    ref_stats(c, hr, cols, c->eps, &mean, &rstd);
+    for (int64_t j = 0; j < cols; j++) mabs += fabs(hr[j]) / (double)cols;
+    for (int64_t j = 0; j < cols; j++) {
+      double xh = fabs(hr[j] - mean) * rstd;
+      double t = rstd * (fabs(hr[j]) + mabs) + xh;
+      terms[i * cols + j] = t * (w ? fabs(w[j]) : 1.0) + (b ? fabs(b[j]) : 0.0);
+    }
   }
-  return k;
 }
 
 /* h = round(x + r) (or x), y = norm(h). */
@@ -92,6 +95,36 @@ static void ref_backward(const norm_cfg *c, int64_t rows, int64_t cols, const do
     for (int64_t j = 0; j < cols; j++) {
       double xh = (hr[j] - mean) * rstd, g = dyr[j] * (w ? w[j] : 1.0);
       dx[i * cols + j] = rstd * (g - bb - xh * a) + (dh ? dh[i * cols + j] : 0.0);
+    }
+  }
+}
+
+/* The size of the terms behind each gradient, in the units of
+ * zck_bound_sum: dx = rstd (g - mean(g) - xh mean(g xh)) with g = dy w,
+ * whose two row means cancel, and xh carrying u32 (|h| + mean|h|) rstd from
+ * the forward; dw and db sum dy xh and dy over the rows. */
+static void ref_backward_terms(const norm_cfg *c, int64_t rows, int64_t cols, const double *h,
+                               const double *w, const double *dy, const double *dh,
+                               double *tx, double *tw, double *tb) {
+  memset(tw, 0, (size_t)cols * sizeof *tw);
+  memset(tb, 0, (size_t)cols * sizeof *tb);
+  for (int64_t i = 0; i < rows; i++) {
+    const double *hr = h + i * cols, *dyr = dy + i * cols;
+    double mean, rstd, a = 0, bb = 0, mabs = 0;
+    ref_stats(c, hr, cols, c->eps, &mean, &rstd);
+    for (int64_t j = 0; j < cols; j++) mabs += fabs(hr[j]) / (double)cols;
+    for (int64_t j = 0; j < cols; j++) {
+      double xh = fabs(hr[j] - mean) * rstd + rstd * (fabs(hr[j]) + mabs);
+      double g = fabs(dyr[j] * (w ? w[j] : 1.0));
+      a += g * xh / (double)cols;
+      bb += c->rms ? 0.0 : g / (double)cols;
+      tw[j] += fabs(dyr[j]) * xh;
+      tb[j] += fabs(dyr[j]);
+    }
+    for (int64_t j = 0; j < cols; j++) {
+      double xh = fabs(hr[j] - mean) * rstd + rstd * (fabs(hr[j]) + mabs);
+      double g = fabs(dyr[j] * (w ? w[j] : 1.0));
+      tx[i * cols + j] = rstd * (g + bb + xh * a) + (dh ? fabs(dh[i * cols + j]) : 0.0);
     }
   }
 }
@@ -205,23 +238,23 @@ static zmlx_status fwd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t
   if (st == ZMLX_OK) {
     ref_forward(c, o->dtype, rows, cols, k.x, k.r, k.w, k.b, want_h, want_y);
     zmlx_status op = zmlxi_norm_call(c, k.ax, k.ar, k.aw, k.ab, py, ph, &y, &h);
-    double err = INFINITY;
+    double err = INFINITY, tol = 0;
     if (op == ZMLX_OK) st = zck_download(y, &got_y);
-    if (op == ZMLX_OK && st == ZMLX_OK) err = zck_err_rel1(got_y, want_y, n);
+    if (op == ZMLX_OK && st == ZMLX_OK) {
+      double *terms = malloc((size_t)n * sizeof *terms + 1);
+      if (!terms) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of memory");
+      else ref_forward_terms(c, want_h, k.w, k.b, rows, cols, terms);
+      if (terms)
+        zck_within_scaled(got_y, want_y, terms, n, zck_bound_sum(ZCK_TOL_NORM, o->dtype, cols), &err,
+                          &tol);
+      free(terms);
+    }
     if (op == ZMLX_OK && st == ZMLX_OK && c->has_r) {
+      /* h = x + r, once rounded to the dtype */
       st = zck_download(h, &got_h);
-      if (st == ZMLX_OK) {
-        double eh = zck_err_rel1(got_h, want_h, n);
-        if (!(eh <= err)) err = eh;
-      }
+      if (st == ZMLX_OK) zck_within_acc(got_h, want_h, NULL, n, zck_bound_of(ZCK_TOL_ELEMENTWISE, o->dtype, 0, 1), &err, &tol);
     }
     if (st == ZMLX_OK) {
-      /* the dtype's tolerance plus the f32 working error the row's
-       * condition amplifies (4 roundings: h, the mean's sum, h - mean, the
-       * scale) */
-      const double u32 = 0x1p-24;
-      double tol = zck_tol(ZCK_TOL_NORM, o->dtype) +
-                   4 * u32 * layernorm_condition(c, want_h, rows, cols);
       zck_emit(o, c->name, what, o->dtype, shape, err, tol, op == ZMLX_OK && err <= tol);
     }
   }
@@ -297,7 +330,7 @@ static zmlx_status fd_case(const zmlx_check_opts *o, const norm_cfg *c, int64_t 
     const char *names[4];
     int n = case_inputs(&k, ins, names);
     zmlx_grad_check_report rep;
-    const double tol = zck_tol(ZCK_TOL_FD, ZMLX_F32);
+    const double tol = zck_fd_tol();
     zmlx_status op = zmlx_check_grad(loss_fn, &k, ins, n, 1e-3, tol, &rep);
     for (int i = 0; i < n; i++) {
       snprintf(base, sizeof base, "grad %s (fd)", names[i]);
@@ -322,7 +355,9 @@ static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, in
   double *h = malloc((size_t)n * sizeof *h + 1), *y = malloc((size_t)n * sizeof *y + 1);
   double *dx = malloc((size_t)n * sizeof *dx + 1);
   double *dw = malloc((size_t)cols * sizeof *dw + 1), *db = malloc((size_t)cols * sizeof *db + 1);
-  if (st == ZMLX_OK && (!h || !y || !dx || !dw || !db))
+  double *tx = malloc((size_t)n * sizeof *tx + 1), *tw = malloc((size_t)cols * sizeof *tw + 1);
+  double *tb = malloc((size_t)cols * sizeof *tb + 1);
+  if (st == ZMLX_OK && (!h || !y || !dx || !dw || !db || !tx || !tw || !tb))
     st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "norm check: out of host memory");
   if (st == ZMLX_OK) {
     zmlx_array *ins[4], *grads[4] = {0};
@@ -331,16 +366,18 @@ static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, in
     ref_forward(c, o->dtype, rows, cols, k.x, k.r, k.w, k.b, h, y);
     ref_backward(c, rows, cols, h, k.w, k.c1, k.c2, dx, c->has_w ? dw : NULL,
                  c->has_b ? db : NULL);
+    ref_backward_terms(c, rows, cols, h, k.w, k.c1, k.c2, tx, tw, tb);
     zmlx_status op = zmlx_grad(loss_fn, &k, ins, ni, NULL, 0, grads);
-    double tol = zck_tol(ZCK_TOL_NORM_GRAD, o->dtype);
     for (int i = 0; i < ni && st == ZMLX_OK; i++) {
-      const double *want = dx;
-      int64_t m = n;
-      if ((c->has_w && i == (c->has_r ? 2 : 1))) want = dw, m = cols;
-      if (c->has_b && i == ni - 1) want = db, m = cols;
-      double err = INFINITY, *got = NULL;
+      const double *want = dx, *terms = tx;
+      int64_t m = n, sum_len = cols;
+      if ((c->has_w && i == (c->has_r ? 2 : 1))) want = dw, terms = tw, m = cols, sum_len = rows;
+      if (c->has_b && i == ni - 1) want = db, terms = tb, m = cols, sum_len = rows;
+      double err = INFINITY, tol = 0, *got = NULL;
       if (op == ZMLX_OK) st = zck_download(grads[i], &got);
-      if (op == ZMLX_OK && st == ZMLX_OK) err = zck_err_rel1(got, want, m);
+      if (op == ZMLX_OK && st == ZMLX_OK)
+        zck_within_scaled(got, want, terms, m, zck_bound_sum(ZCK_TOL_NORM_GRAD, o->dtype, sum_len),
+                          &err, &tol);
       free(got);
       snprintf(base, sizeof base, "grad %s", names[i]);
       variant_what(c, base, what, sizeof what);
@@ -353,6 +390,9 @@ static zmlx_status ref_grad_case(const zmlx_check_opts *o, const norm_cfg *c, in
   free(dx);
   free(dw);
   free(db);
+  free(tx);
+  free(tw);
+  free(tb);
   case_free(&k);
   return st;
 }

@@ -71,6 +71,33 @@ static void ref_row(int op, const double *x, int64_t cols, int param, double *ou
   }
 }
 
+/* The size of the terms behind a sum / mean / var / std of one row, in the
+ * units of zck_bound_sum: the terms' magnitudes (sum, mean: |x|; var: the
+ * squares of x - mean, each off by u32 (|x| + |mean|) before squaring);
+ * std = sqrt(var) halves var's relative error, and near 0 a change d of
+ * var moves the root by at most sqrt(d). */
+static double ref_row_terms(int op, const double *x, int64_t cols, int param, double out) {
+  double s = 0, a = 0;
+  for (int64_t j = 0; j < cols; j++) s += x[j], a += fabs(x[j]);
+  if (op == ZMLX_REDUCE_SUM) return a;
+  if (op == ZMLX_REDUCE_MEAN) return a / (double)cols;
+  const double m = s / (double)cols;
+  double q = 0;
+  for (int64_t j = 0; j < cols; j++) q += 2 * fabs(x[j] - m) * (fabs(x[j]) + fabs(m));
+  q = cols > param ? q / (double)(cols - param) : 0;
+  if (op == ZMLX_REDUCE_VAR || !(q > 0)) return q;
+  return q / (2 * fmax(fabs(out), sqrt(q * 0x1p-24))); /* std */
+}
+
+/* The same for element j of the VJP of var / std: g 2 (x - mean) / den,
+ * with x - mean off by u32 (|x| + |mean|); other ops: 0 (rtol alone). */
+static double ref_vjp_terms(int op, double x, double mean, double den, double out, double g) {
+  const double t = fabs(g) * 2 * (fabs(x) + fabs(mean)) / den;
+  if (op == ZMLX_REDUCE_VAR) return t;
+  if (op == ZMLX_REDUCE_STD) return out > 0 ? t / (2 * out) : 0;
+  return 0;
+}
+
 /* f64 VJP reference of one row: dx[0..cols) from the cotangent g (1 or k
  * values) and the reference's out / idx. */
 static void ref_vjp_row(int op, const double *x, int64_t cols, int param, const double *out,
@@ -242,7 +269,6 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
   if (st != ZMLX_OK) goto done;
   int64_t oshape[ZMLX_MAX_DIMS];
   const int ond = zmlxi_reduce_out_shape(x, op == OP_TOPK || c->keepdims, nout, oshape);
-  const double tol = zck_tol(ZCK_TOL_ELEMENTWISE, dt);
 
   if (c->mode == 0) {
     /* forward into poisoned outputs (the op allocates: poison the pool) */
@@ -254,13 +280,11 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     if (st == ZMLX_OK && yi) st = download_i32(yi, &gi);
     if (st != ZMLX_OK) goto done;
     if (op <= ZMLX_REDUCE_STD && !zmlxi_reduce_is_select((zmlx_reduce_kind)op)) {
-      double e = 0;
-      for (int64_t i = 0; i < no; i++) {
-        double d = isnan(want[i]) ? (isnan(got[i]) ? 0 : INFINITY)
-                                  : fabs(got[i] - want[i]) / (1 + fabs(want[i]));
-        if (!(d <= e)) e = d;
-      }
-      zck_emit(o, opn, what, dt, name, e, tol, e <= tol);
+      double e, t;
+      for (int64_t r = 0; r < rows; r++) /* gv is free until the VJP */
+        gv[r] = ref_row_terms(op, xv + r * cols, cols, c->param, want[r]);
+      int ok = zck_within_scaled(got, want, gv, no, zck_bound_sum(ZCK_TOL_ELEMENTWISE, dt, cols), &e, &t);
+      zck_emit(o, opn, what, dt, name, e, t, ok);
     } else {
       /* selection is exact: values (ties and NaN included) and indices must
        * match the reference's order; the error is the mismatch count */
@@ -285,22 +309,37 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     for (int64_t r = 0; r < rows; r++)
       ref_vjp_row(op, xv + r * cols, cols, c->param, want + r * nout, wi + r * nout,
                   gv + r * nout, dw + r * cols);
-    double e = zck_err_rel1(got, dw, size);
-    /* var / std: the device starts from its rounded output and mean */
-    double vt = op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD ? 2 * tol : tol;
-    zck_emit(o, opn, what, dt, name, e, vt, e <= vt);
+    double *terms = malloc(sizeof(double) * (size_t)size), e, t;
+    if (!terms) {
+      st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+      goto done;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+      double m = 0;
+      for (int64_t j = 0; j < cols; j++) m += xv[r * cols + j] / (double)cols;
+      for (int64_t j = 0; j < cols; j++)
+        terms[r * cols + j] = ref_vjp_terms(op, xv[r * cols + j], m, (double)(cols - c->param),
+                                            want[r * nout], gv[r * nout]);
+    }
+    /* var / std: the device starts from its rounded output and mean, two
+     * roundings to the dtype */
+    zck_bound b = zck_bound_sum(ZCK_TOL_ELEMENTWISE, dt, cols);
+    if (op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD) b = zck_bound_times(b, 2);
+    int ok = zck_within_scaled(got, dw, terms, size, b, &e, &t);
+    free(terms);
+    zck_emit(o, opn, what, dt, name, e, t, ok);
   } else {
     st = zck_random(dev, ZMLX_F32, ond, oshape, -1, 1, rng, gv, &g);
     if (st != ZMLX_OK) goto done;
     red_fn_data fd = {op, c->param, c->keepdims, g};
     zmlx_grad_check_report rep;
-    st = zmlx_check_grad(red_fn, &fd, &x, 1, 1e-3, zck_tol(ZCK_TOL_FD, ZMLX_F32), &rep);
+    st = zmlx_check_grad(red_fn, &fd, &x, 1, 1e-3, zck_fd_tol(), &rep);
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
     char nm[112];
     snprintf(nm, sizeof nm, "%s%s", name, rep.jvp_checked ? " +jvp" : "");
-    zck_emit(o, opn, what, dt, nm, e, zck_tol(ZCK_TOL_FD, ZMLX_F32), rep.passed);
+    zck_emit(o, opn, what, dt, nm, e, zck_fd_tol(), rep.passed);
   }
 done:
   if (st != ZMLX_OK) zck_emit_fail(o, opn, what, dt, name, st);
