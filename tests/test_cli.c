@@ -490,6 +490,30 @@ static void test_eval_silu_mul(void **state) {
   }
 }
 
+/* `zmlx check --paths` names the kernel variant each case launched: the
+ * softmax cases reach its three row paths (16-byte accesses held in
+ * registers, 16-byte streaming, scalar streaming), each under a row. */
+static void test_check_paths(void **state) {
+  (void)state;
+  if (!cli_built()) skip();
+  const char *backends[4];
+  if (eval_backends(backends, 4) == 0) skip();
+  cli_run r = RUN("check", "--backend", backends[0], "--quick", "--op", "softmax", "--dtype", "f32",
+                  "--seed", "1", "--paths");
+  expect_status(&r, 0, "check --paths");
+  expect_contains(r.out, "pass\n    launched ", "a variant under a row");
+  expect_contains(r.out, "zmlx_softmax_fwd[MODE=0 MASK=0 CAUSAL=0 VEC=4 XDT=0 NV=4", "register path");
+  expect_contains(r.out, "zmlx_softmax_fwd[MODE=0 MASK=0 CAUSAL=0 VEC=4 XDT=0 NV=0", "vector stream");
+  expect_contains(r.out, "zmlx_softmax_fwd[MODE=0 MASK=0 CAUSAL=0 VEC=0 XDT=0 NV=0", "scalar stream");
+  run_free(&r);
+  /* without --paths: rows only */
+  r = RUN("check", "--backend", backends[0], "--quick", "--op", "softmax", "--dtype", "f32",
+          "--seed", "1");
+  expect_status(&r, 0, "check");
+  assert_null(strstr(r.out, "launched"));
+  run_free(&r);
+}
+
 static void test_eval_broadcast_grad(void **state) {
   (void)state;
   if (!cli_built()) skip();
@@ -667,6 +691,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_unusable_cache_dir, free_pending),
       cmocka_unit_test_teardown(test_eval_out_of_memory, free_pending),
       cmocka_unit_test_teardown(test_emit_body_file_default, free_pending),
+      cmocka_unit_test_teardown(test_check_paths, free_pending),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

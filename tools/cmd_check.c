@@ -11,11 +11,13 @@
 
 const char zmlx_check_usage[] =
     "usage: zmlx check [--backend cuda|opencl] [--op GLOB] [--dtype f32|f16|bf16]\n"
-    "                  [--quick] [--seed N] [--seeds K]\n\n"
+    "                  [--quick] [--seed N] [--seeds K] [--paths]\n\n"
     "For every op of the catalog: the forward pass against an f64 C reference on\n"
     "fresh random inputs (outputs poisoned first), at edge and LLM shapes, and the\n"
     "backward pass with the gradient checker; then bad inputs. One row per case:\n"
-    "op, backend, dtype, shape, max error, tolerance, pass. The last line is\n"
+    "op, backend, dtype, shape, case, error and bound at the element where the\n"
+    "error is largest against its bound (|got - want| <= atol + rtol |want|, both\n"
+    "derived from the dtype and the op: src/check/check_util.c), pass. The last line is\n"
     "\"N passed, N failed\"; the exit status is 1 when any case failed.\n\n"
     "options:\n"
     "  --backend B   only this backend (default: every available one)\n"
@@ -25,11 +27,15 @@ const char zmlx_check_usage[] =
     "  --seed N      fixed seed (default: a fresh one, printed first)\n"
     "  --seeds K     run the whole check K times, seeds N, N+1, ..., N+K-1, and\n"
     "                print only the failing rows, each with the seed that repeats it\n"
-    "                (a tolerance sweep: kernels compile once for all K)\n";
+    "                (a tolerance sweep: kernels compile once for all K)\n"
+    "  --paths       under each row, the kernel variants the case launched (name,\n"
+    "                template switches such as VEC and NV, threadgroup): which\n"
+    "                case reaches which code path of the op\n";
 
 typedef struct tally {
   int passed, failed;
   int failures_only; /* --seeds: print only failing rows, with their seed */
+  int paths;         /* --paths: the variants each row's case launched */
   uint64_t seed;
 } tally;
 
@@ -43,6 +49,11 @@ static void print_row(void *ctx, const zmlx_check_row *r) {
          r->pass ? "pass" : "FAIL");
   if (t->failures_only) printf("  --seed %llu", (unsigned long long)t->seed);
   printf("\n");
+  if (t->paths)
+    for (const char *p = zck_launches_take(), *e; *p; p = e + 1) {
+      e = strchr(p, '\n');
+      printf("    launched %.*s\n", (int)(e - p), p);
+    }
   fflush(stdout);
 }
 
@@ -52,6 +63,7 @@ typedef struct check_args {
   uint64_t seed;
   int seed_given;
   long seeds;
+  int paths;
 } check_args;
 
 static int parse_args(int argc, char **argv, check_args *a) {
@@ -59,6 +71,7 @@ static int parse_args(int argc, char **argv, check_args *a) {
     const char *v = NULL;
     int r;
     if (!strcmp(argv[i], "--quick")) a->quick = 1;
+    else if (!strcmp(argv[i], "--paths")) a->paths = 1;
     else if ((r = cli_option(argc, argv, &i, "--backend", &v))) { if (r < 0) return 0; a->backend = v; }
     else if ((r = cli_option(argc, argv, &i, "--op", &v))) { if (r < 0) return 0; a->op_glob = v; }
     else if ((r = cli_option(argc, argv, &i, "--dtype", &v))) { if (r < 0) return 0; a->dtype = v; }
@@ -144,13 +157,15 @@ int zmlx_cmd_check(const cli_command *self, int argc, char **argv) {
   printf("%-18s %-8s %-5s %-28s %-12s %11s %10s  %s\n", "op", "backend", "dtype", "shape", "case",
          "max error", "tolerance", "result");
   if (!a.seeds) a.seeds = 1;
-  tally t = {.failures_only = a.seeds > 1};
+  tally t = {.failures_only = a.seeds > 1, .paths = a.paths};
+  if (a.paths) zck_launches_record(1);
   int ran = 0;
   for (long s = 0; s < a.seeds; s++) {
     t.seed = a.seed + (uint64_t)s;
     ran = run_checks(&a, t.seed, devs, n_devs, dts, n_dts, &t);
   }
   if (!ran) fprintf(stderr, "%s: no op matches '%s'\n", cli_path(), a.op_glob ? a.op_glob : "*");
+  if (a.paths) zck_launches_record(0);
   printf("%d passed, %d failed\n", t.passed, t.failed);
   return t.failed || !ran ? CLI_FAIL : CLI_OK;
 }

@@ -17,8 +17,8 @@ typedef struct zmlx_check_row {
   zmlx_backend backend;
   zmlx_dtype dtype;
   char shape[96];      /* "[4096, 32768]" or a short case description */
-  double max_err;      /* max |got - want| / (1 + |want|) or the case's own metric */
-  double tol;
+  double max_err;      /* |got - want| where it is largest against its bound, or the case's own metric */
+  double tol;          /* that element's bound, atol + rtol |want| (check_util.h) */
   int pass;
 } zmlx_check_row;
 
@@ -83,6 +83,12 @@ zmlx_status zck_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_d
 
 /* All ops, in catalog order; NULL-terminated. */
 const zmlx_catalog_op *const *zck_catalog_ops(void);
+
+/* Kernel variants launched since the last take ("softmax[MODE=0 VEC=4 NV=2]
+ * tg 64", a line each, once per distinct variant), recorded while on
+ * (launch_log.c; it uses the kernel layer's one launch observer). */
+void zck_launches_record(int on);
+const char *zck_launches_take(void);
 /* All benchmark cases, in catalog order; NULL-terminated. */
 const zmlx_catalog_bench *const *zck_catalog_benches(void);
 

@@ -214,10 +214,13 @@ static void ce_bad_inputs(const zmlx_check_opts *o) {
 
 static zmlx_status check_cross_entropy(const zmlx_check_opts *o) {
   uint64_t rng = o->seed * 2654435761u + 991u;
-  static const int64_t QV[] = {1, 7, 64, 1000, 4097};
-  static const int64_t FV[] = {1, 7, 64, 1000, 4097, 32768, 128256};
+  /* vocabularies reaching each path (`zmlx check --paths`): 1, 7 scalar;
+   * 64, 1000 the row in registers; 4097 scalar streaming; 16392 16-byte
+   * streaming (every dtype) */
+  static const int64_t QV[] = {1, 7, 64, 1000, 4097, 16392};
+  static const int64_t FV[] = {1, 7, 64, 1000, 4097, 16392, 32768, 128256};
   const int64_t *vs = o->quick ? QV : FV;
-  int nv = o->quick ? 5 : 7;
+  int nv = o->quick ? (int)(sizeof QV / sizeof QV[0]) : (int)(sizeof FV / sizeof FV[0]);
   zmlx_cross_entropy_opts plain = {-100, 0.0, ZMLX_CE_MEAN, 1}; /* host-checked targets */
   zmlx_cross_entropy_opts smooth = {-1, 0.1, ZMLX_CE_SUM, 0};
   zmlx_cross_entropy_opts ign = {-100, 0.0, ZMLX_CE_MEAN, 0};

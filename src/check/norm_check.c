@@ -450,7 +450,10 @@ static zmlx_status check_family(const zmlx_check_opts *o, const norm_cfg *c0) {
   if (!zmlxi_ad_is_float(o->dtype))
     return zmlxi_fail(ZMLX_ERR_DTYPE, "norm check: dtype %s (f32, f16 or bf16)",
                      zmlx_dtype_name(o->dtype));
-  static const int64_t quick_cols[] = {1, 7, 64, 1000, 4097};
+  /* 1, 7: scalar; 64, 1000: the row in registers, 16-byte accesses; 4097:
+   * scalar streaming; 16392: 16-byte streaming for every dtype (`zmlx check
+   * --paths` shows each case's kernel variant) */
+  static const int64_t quick_cols[] = {1, 7, 64, 1000, 4097, 16392};
   static const int64_t full_rows[][2] = {{2, 32768}, {256, 4096}, {37, 640}};
   uint64_t seed = o->seed ^ (uint64_t)(c0->rms * 2 + c0->has_r) * 0x51ED27ull;
   int idx = 0;

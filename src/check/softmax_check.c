@@ -311,14 +311,21 @@ static void sm_bad_inputs(const zmlx_check_opts *o, const char *op, int mode, in
   zmlx_array_release(mi);
 }
 
-static const int64_t QUICK_COLS[] = {1, 7, 64, 1000, 4097};
-static const int64_t FULL_COLS[] = {1, 7, 64, 1000, 4097, 32768};
+/* The row paths (`zmlx check --paths` shows each case's): 1 and 7 the
+ * scalar stream, 64 and 1000 the row held in registers with 16-byte
+ * accesses, 4097 (no multiple of the vector width) the scalar stream with
+ * 1024 threads, 16392 (a multiple of 8 past 2048 chunks of 4 or 8) the
+ * 16-byte stream for every dtype. */
+static const int64_t QUICK_COLS[] = {1, 7, 64, 1000, 4097, 16392};
+static const int64_t FULL_COLS[] = {1, 7, 64, 1000, 4097, 16392, 32768};
+#define N_QUICK_COLS ((int)(sizeof QUICK_COLS / sizeof QUICK_COLS[0]))
+#define N_FULL_COLS ((int)(sizeof FULL_COLS / sizeof FULL_COLS[0]))
 
 static zmlx_status sm_check_mode(const zmlx_check_opts *o, int mode) {
   const char *op = MODE_NAMES[mode];
   uint64_t rng = o->seed * 2654435761u + 17u + (uint64_t)mode;
   const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
-  int ncols = o->quick ? 5 : 6;
+  int ncols = o->quick ? N_QUICK_COLS : N_FULL_COLS;
   const int64_t rows_list[] = {1, 5};
   for (int ri = 0; ri < 2; ri++)
     for (int ci = 0; ci < ncols; ci++) {
@@ -327,8 +334,8 @@ static zmlx_status sm_check_mode(const zmlx_check_opts *o, int mode) {
     }
   /* Logits shifted by +-100..1000 per row: without the max subtraction
    * exp overflows. Widths reach each path: 7 the scalar one, 1000 the row
-   * in registers, 16384 (f32: 4096 chunks) the streamed 16-byte one. */
-  static const int64_t OFFSET_COLS[] = {7, 1000, 16384};
+   * in registers, 16392 the streamed 16-byte one (every dtype). */
+  static const int64_t OFFSET_COLS[] = {7, 1000, 16392};
   for (int ci = 0; ci < 3; ci++) {
     sm_case c = {mode, 2, {2, OFFSET_COLS[ci]}, 0, 0, 1.0, ZCK_OFFSET};
     ZMLX_CHECK(sm_case_run(o, op, &c, 0, &rng));
@@ -356,7 +363,7 @@ static zmlx_status check_softmax_masked(const zmlx_check_opts *o) {
   const char *op = "softmax_masked";
   uint64_t rng = o->seed * 2654435761u + 101u;
   const int64_t *cols = o->quick ? QUICK_COLS : FULL_COLS;
-  int ncols = o->quick ? 5 : 6;
+  int ncols = o->quick ? N_QUICK_COLS : N_FULL_COLS;
   for (int ci = 0; ci < ncols; ci++)
     for (int kind = 0; kind < 5; kind++) {
       /* kind 0: additive; 1: bool; 2: causal; 3: additive + causal; 4: scale
