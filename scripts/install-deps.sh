@@ -13,6 +13,7 @@ packages=(
   libdlpack-dev                       # DLPack header for zero-copy exchange
   libcmocka-dev                       # C test framework
   libclang-rt-14-dev                  # sanitizer and libFuzzer runtimes for clang
+  python3-dev python3-venv            # the Python extension (python/) and its test venv
 )
 
 missing=()

@@ -1,0 +1,383 @@
+"""zmlx from Python against NumPy references: arrays and DLPack, expression
+ops and @zmlx.jit with gradients, the kernel object, the catalog, errors.
+Fresh random inputs per run (the seed is printed on failure by pytest's
+report of `seed`)."""
+import gc
+import math
+import os
+
+import numpy as np
+import pytest
+
+import zmlx
+
+SEED = int(os.environ.get("ZMLX_TEST_SEED", np.random.SeedSequence().entropy % (1 << 32)))
+print(f"zmlx python tests: ZMLX_TEST_SEED={SEED}")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(SEED)
+
+
+TOL = {"f32": (1e-5, 1e-5), "f16": (2e-3, 2e-3), "bf16": (1.6e-2, 1.6e-2)}
+
+
+def close(got, want, dtype="f32", scale=1.0):
+    rtol, atol = TOL[dtype]
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# ------------------------------------------------------------------ arrays
+
+def test_numpy_round_trip_every_dtype(rng):
+    for np_dt, name in [(np.float32, "f32"), (np.float16, "f16"), (np.int32, "i32"),
+                        (np.int64, "i64"), (np.uint8, "u8"), (np.int8, "i8"), (np.float64, "f64")]:
+        x = (rng.standard_normal((3, 5)) * 10).astype(np_dt)
+        a = zmlx.asarray(x)
+        assert a.dtype == name and a.shape == (3, 5)
+        back = np.asarray(a)
+        assert back.dtype == np_dt
+        np.testing.assert_array_equal(back, x)
+
+
+def test_dlpack_from_numpy_and_strides(rng):
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    view = x[:, ::2]  # strided: DLPack carries the strides
+    a = zmlx.from_dlpack(view)
+    np.testing.assert_array_equal(np.asarray(a), view)
+    # a capsule is consumed once
+    cap = x.__dlpack__()
+    zmlx.from_dlpack(cap)
+    with pytest.raises(ValueError):
+        zmlx.from_dlpack(cap)
+
+
+def test_dlpack_export():
+    a = zmlx.arange(0, 1, 12, "f32")
+    dev_type, dev_id = a.__dlpack_device__()
+    info = zmlx.default_device()
+    assert dev_type == (2 if info.startswith("cuda") else 4) and dev_id == int(info.split(":")[1])
+    cap = a.__dlpack__()
+    assert "dltensor" in repr(cap)
+    # a consumer that asks for the CPU gets a host copy
+    host = a.__dlpack__(dl_device=(1, 0))
+    b = zmlx.from_dlpack(host)
+    np.testing.assert_array_equal(np.asarray(b), np.arange(12, dtype=np.float32))
+    if hasattr(np, "from_dlpack"):
+        try:
+            n = np.from_dlpack(a, device="cpu")
+        except TypeError:  # NumPy before 2.1 has no device argument
+            n = None
+        if n is not None:
+            np.testing.assert_array_equal(n, np.arange(12, dtype=np.float32))
+
+
+def test_bf16_through_buffers(rng):
+    x = rng.standard_normal(7).astype(np.float32)
+    a = zmlx.astype(zmlx.asarray(x), "bf16")
+    assert a.dtype == "bf16"
+    back = np.asarray(zmlx.astype(a, "f32"))
+    np.testing.assert_allclose(back, x, rtol=2 ** -8)
+
+
+def test_creators_and_random():
+    z = zmlx.zeros((2, 3), "f16")
+    assert z.dtype == "f16" and np.all(np.asarray(z) == 0)
+    r1 = np.asarray(zmlx.random_uniform((1000,), seed=5, low=-1, high=1))
+    r2 = np.asarray(zmlx.random_uniform((1000,), seed=5, low=-1, high=1))
+    np.testing.assert_array_equal(r1, r2)
+    assert -1 <= r1.min() and r1.max() < 1 and abs(r1.mean()) < 0.1
+    n = np.asarray(zmlx.random_normal((4000,), seed=9))
+    assert abs(n.mean()) < 0.1 and abs(n.std() - 1) < 0.1
+
+
+def test_operators(rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    y = rng.standard_normal((4,)).astype(np.float32)
+    a, b = zmlx.asarray(x), zmlx.asarray(y)
+    close(a + b, x + y)
+    close(a * b - 2.0, x * y - 2)
+    close(1.0 / (a * a + 1.0), 1 / (x * x + 1))
+    close(-a, -x)
+    m = rng.standard_normal((4, 5)).astype(np.float32)
+    close(a @ zmlx.asarray(m), x @ m, scale=4)
+    close(a.T, x.T)
+
+
+# ------------------------------------------------------- expression ops
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_elementwise_forward_and_grads(rng, dtype):
+    x = rng.uniform(-3, 3, (5, 7)).astype(np.float32)
+    y = rng.uniform(-3, 3, (7,)).astype(np.float32)  # broadcast
+    op = zmlx.elementwise("x * sigmoid(x) * y", ["x", "y"])
+    a, b = zmlx.astype(zmlx.asarray(x), dtype), zmlx.astype(zmlx.asarray(y), dtype)
+    xr, yr = np.asarray(zmlx.astype(a, "f32")), np.asarray(zmlx.astype(b, "f32"))
+    out = op(a, b)
+    assert out.dtype == dtype
+    close(zmlx.astype(out, "f32"), xr * sigmoid(xr) * yr, dtype, scale=3)
+    gx, gy = zmlx.grad(lambda p, q: zmlx.sum(op(p, q)), argnums=[0, 1])(a, b)
+    s = sigmoid(xr)
+    close(zmlx.astype(gx, "f32"), (s + xr * s * (1 - s)) * yr, dtype, scale=3)
+    close(zmlx.astype(gy, "f32"), (xr * s).sum(axis=0), dtype, scale=30)
+
+
+def test_elementwise_params_and_source():
+    op = zmlx.elementwise("alpha * x + beta", ["x"], ["alpha", "beta"])
+    a = zmlx.arange(0, 1, 5)
+    close(op(a, params=[2.0, 1.0]), 2 * np.arange(5) + 1)
+    close(op(a, params=[-1.0, 0.5]), -np.arange(5) + 0.5)  # no recompile
+    src = op.source("cuda")
+    assert "__global__" in src and "extern \"C\"" in src
+    with pytest.raises(TypeError):
+        op(a)  # parameters missing
+
+
+def test_op_vjp_and_jvp(rng):
+    x = rng.uniform(-2, 2, 9).astype(np.float32)
+    op = zmlx.elementwise("tanh(x) * x", ["x"])
+    a = zmlx.asarray(x)
+    g = rng.uniform(-1, 1, 9).astype(np.float32)
+    (gx,) = op.vjp([a], zmlx.asarray(g))
+    d = (1 - np.tanh(x) ** 2) * x + np.tanh(x)
+    close(gx, g * d)
+    out, t = zmlx.jvp(lambda p: op(p), [x], [np.ones(9, np.float32)])
+    close(out, np.tanh(x) * x)
+    close(t, d)
+    out, grads = zmlx.vjp(lambda p: op(p), [x], g)
+    close(grads[0], g * d)
+
+
+def test_reduce_and_map_reduce(rng):
+    x = rng.uniform(-1, 1, (4, 33)).astype(np.float32)
+    a = zmlx.asarray(x)
+    sumsq = zmlx.reduce("0", "acc + x", map="x * x", combine="a + b")
+    close(sumsq(a), (x * x).sum(axis=1), scale=33)
+    norm = zmlx.map_reduce([{"init": "0", "map": "x * x", "update": "acc + x", "combine": "a + b",
+                             "finalize": "rsqrt(acc / n + 1e-6)"}], "x * r0")
+    close(norm(a), x / np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-6), scale=3)
+
+
+def _jit_source_fn(x, y, *, k=2.0):
+    s = math.exp(-x)
+    t = k * x / (1 + s)
+    return t if x > 0.5 and y < 2 else zmlx.sigmoid(y) * abs(x) - max(x, y) ** 2
+
+
+def test_jit_lowers_and_differentiates(rng):
+    f = zmlx.jit(_jit_source_fn)
+    assert "?" in f.expr and "exp(" in f.expr and "sigmoid(" in f.expr
+    x = rng.uniform(-2, 2, 64).astype(np.float32)
+    y = rng.uniform(-3, 3, 64).astype(np.float32)
+
+    def ref(x, y, k):
+        t = k * x / (1 + np.exp(-x))
+        return np.where((x > 0.5) & (y < 2), t, sigmoid(y) * np.abs(x) - np.maximum(x, y) ** 2)
+
+    close(f(x, y), ref(x, y, 2.0), scale=10)
+    close(f(x, y, k=-0.5), ref(x, y, -0.5), scale=10)
+    # gradients through the lowered expression, against central differences in f64
+    gx = np.asarray(zmlx.grad(lambda p, q: zmlx.sum(f(p, q)))(zmlx.asarray(x), zmlx.asarray(y)))
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    h = 1e-6
+    num = (ref(xd + h, yd, 2.0) - ref(xd - h, yd, 2.0)) / (2 * h)
+    near_kink = np.abs(xd - 0.5) < 1e-3
+    np.testing.assert_allclose(gx[~near_kink], num[~near_kink], rtol=1e-3, atol=1e-3)
+
+
+def _jit_loop(x):
+    for _ in range(3):
+        x = x + 1
+    return x
+
+
+def test_jit_rejects_what_it_cannot_lower():
+    with pytest.raises(zmlx._jit.JitError) as e:
+        zmlx.jit(_jit_loop)
+    assert "For" in str(e.value) and e.value.lineno == _jit_loop.__code__.co_firstlineno + 1
+
+
+# ------------------------------------------------------------ kernel object
+
+def test_kernel_object(rng):
+    k = zmlx.kernel("axpb", ["x", "y"], ["out"],
+                    "uint i = thread_position_in_grid.x;\n"
+                    "out_store(i, x_load(i) * y_load(i) + b);\n",
+                    params=[("b", "f32")])
+    x = rng.standard_normal((7, 301)).astype(np.float32)
+    y = rng.standard_normal((7, 301)).astype(np.float32)
+    (out,) = k([zmlx.asarray(x), zmlx.asarray(y)], params=[1.5])
+    assert out.shape == (7, 301)
+    close(out, x * y + 1.5, scale=3)
+    # explicit outputs, grid and a template
+    k2 = zmlx.kernel("scale_t", ["x"], ["out"],
+                     "uint i = thread_position_in_grid.x;\n"
+                     "if (i < (uint)grid_size.x) out_store(i, (T)(x_load(i) * (float)N));\n")
+    (o2,) = k2([zmlx.asarray(x)], output_shapes=[x.shape], output_dtypes=["f32"],
+               grid=[x.size], threadgroup=[64], template={"T": "f32", "N": 3})
+    close(o2, 3 * x, scale=3)
+    src = k2.source("cuda", template={"T": "f16", "N": 2})
+    assert "__global__" in src and "x_load" in src
+
+
+def test_kernel_compile_error_has_log_and_line():
+    k = zmlx.kernel("broken", ["x"], ["out"], "uint i = thread_position_in_grid.x;\nout_store(i, nope);\n")
+    with pytest.raises(zmlx.Error) as e:
+        k([zmlx.arange(0, 1, 4)])
+    assert e.value.status == "ZMLX_ERR_COMPILE"
+    assert "nope" in str(e.value)
+
+
+# ------------------------------------------------------------------ catalog
+
+def softmax_ref(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_catalog_vs_numpy(rng, dtype):
+    x = rng.standard_normal((6, 40)).astype(np.float32) * 2
+    w = rng.standard_normal(40).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+
+    def dev(v):
+        return zmlx.astype(zmlx.asarray(v), dtype)
+
+    def host(a):
+        return np.asarray(zmlx.astype(a, "f32")).astype(np.float64)
+
+    xa, wa, ba = dev(x), dev(w), dev(b)
+    xr, wr, br = host(xa), host(wa), host(ba)
+    close(host(zmlx.softmax(xa)), softmax_ref(xr), dtype)
+    close(host(zmlx.log_softmax(xa)), np.log(softmax_ref(xr)), dtype, scale=8)
+    lse = np.log(np.exp(xr).sum(axis=-1))
+    close(host(zmlx.logsumexp(xa)), lse, dtype, scale=8)
+    rms = xr / np.sqrt((xr * xr).mean(axis=-1, keepdims=True) + 1e-6) * wr
+    close(host(zmlx.rmsnorm(xa, wa, 1e-6)), rms, dtype, scale=8)
+    mu = xr.mean(axis=-1, keepdims=True)
+    ln = (xr - mu) / np.sqrt(((xr - mu) ** 2).mean(axis=-1, keepdims=True) + 1e-5) * wr + br
+    close(host(zmlx.layernorm(xa, wa, ba, 1e-5)), ln, dtype, scale=8)
+    close(host(zmlx.silu(xa)), xr * sigmoid(xr), dtype, scale=4)
+    gelu = 0.5 * xr * (1 + np.vectorize(math.erf)(xr / math.sqrt(2)))
+    close(host(zmlx.gelu(xa)), gelu, dtype, scale=4)
+    close(host(zmlx.swiglu(xa, xa)), xr * sigmoid(xr) * xr, dtype, scale=16)
+    close(host(zmlx.swiglu_split(xa)), xr[:, :20] * sigmoid(xr[:, :20]) * xr[:, 20:], dtype, scale=16)
+    y, h = zmlx.add_rmsnorm(xa, xa, wa, 1e-6)
+    close(host(h), host(zmlx.add(xa, xa)), dtype, scale=8)
+    causal = np.where(np.arange(40)[None, :] > np.arange(6)[:, None] + 34, -np.inf, xr * 0.5)
+    close(host(zmlx.softmax_masked(xa, None, 0.5, True)), softmax_ref(causal), dtype)
+    close(host(zmlx.reduce_last(xa, "var")), xr.var(axis=-1), dtype, scale=8)
+    vals, idx = zmlx.topk(xa, 3)
+    order = np.argsort(-xr, axis=-1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(np.asarray(idx), order)
+    np.testing.assert_array_equal(np.asarray(zmlx.argmax(xa)), xr.argmax(axis=-1))
+
+
+def test_cross_entropy_and_its_gradient(rng):
+    x = rng.standard_normal((5, 11)).astype(np.float32) * 3
+    t = rng.integers(0, 11, 5).astype(np.int32)
+    t[1] = -100
+    loss, g = zmlx.cross_entropy(zmlx.asarray(x), zmlx.asarray(t), with_grad=True)
+    p = softmax_ref(x.astype(np.float64))
+    keep = t != -100
+    want = -np.log(p[keep, t[keep]]).mean()
+    close(loss, want, scale=4)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(5)[keep], t[keep]] = 1
+    gw = (p - onehot) * keep[:, None] / keep.sum()
+    close(g, gw)
+    # through autograd too
+    gg = zmlx.grad(lambda l: zmlx.cross_entropy(l, zmlx.asarray(t)))(zmlx.asarray(x))
+    close(gg, gw)
+
+
+def test_rope_and_dropout(rng):
+    B, S, H, D = 2, 5, 3, 8
+    x = rng.standard_normal((B, S, H, D)).astype(np.float32)
+    out = np.asarray(zmlx.rope(zmlx.asarray(x)))
+    half = D // 2
+    inv = 10000.0 ** (-np.arange(half) * 2.0 / D)
+    ang = np.arange(S)[:, None] * inv[None, :]
+    c, s = np.cos(ang)[None, :, None, :], np.sin(ang)[None, :, None, :]
+    want = np.concatenate([x[..., :half] * c - x[..., half:] * s,
+                           x[..., :half] * s + x[..., half:] * c], axis=-1)
+    close(out, want, scale=2)
+    ones = zmlx.ones((100000,))
+    d = np.asarray(zmlx.dropout(ones, 0.25, seed=3))
+    kept = d != 0
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_allclose(d[kept], 1 / 0.75, rtol=1e-6)
+
+
+def test_quantize_int8_round_trip(rng):
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    q, s = zmlx.quantize_int8(zmlx.asarray(x))
+    assert q.dtype == "i8" and s.shape == (4,)
+    back = np.asarray(zmlx.dequantize_int8(q, s))
+    assert np.all(np.abs(back - x) <= np.asarray(s)[:, None] / 2 + 1e-7)
+
+
+# ------------------------------------------------------------------- errors
+
+def test_parse_error_shows_caret():
+    with pytest.raises(zmlx.Error) as e:
+        zmlx.elementwise("x +* y", ["x", "y"])
+    msg = str(e.value)
+    assert e.value.status == "ZMLX_ERR_PARSE"
+    assert "^" in msg and "1:" in msg
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(zmlx.Error) as e:
+        zmlx.add(zmlx.zeros((2, 3)), zmlx.zeros((4, 5)))
+    assert "[2, 3]" in str(e.value) and "[4, 5]" in str(e.value)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(TypeError):
+        zmlx.softmax(np.zeros(3))  # not an Array
+    with pytest.raises(TypeError):
+        zmlx.zeros((2,), "complex64")
+    with pytest.raises(zmlx.Error):
+        zmlx.rmsnorm(zmlx.zeros((2, 3)), zmlx.zeros((4,)))
+    with pytest.raises(ValueError):
+        zmlx.cross_entropy(zmlx.zeros((2, 3)), zmlx.asarray(np.zeros(2, np.int32)), reduction="avg")
+
+
+def test_python_exception_in_grad_function_propagates():
+    class Boom(Exception):
+        pass
+
+    def f(x):
+        raise Boom("from the function")
+
+    with pytest.raises(Boom):
+        zmlx.grad(f)(zmlx.zeros((3,)))
+    with pytest.raises(TypeError):
+        zmlx.grad(lambda x: 3.0)(zmlx.zeros((3,)))
+
+
+def test_no_leaked_arrays(rng):
+    gc.collect()
+    before = zmlx.live_arrays()
+    x = zmlx.asarray(rng.standard_normal((3, 4)).astype(np.float32))
+    for _ in range(3):
+        zmlx.grad(lambda p: zmlx.sum(zmlx.softmax(p) * p))(x)
+        zmlx.softmax(x).tobytes()
+    del x
+    gc.collect()
+    assert zmlx.live_arrays() == before
+
+
+def test_cache_stats():
+    s = zmlx.cache_stats()
+    assert {"memory_hits", "misses", "compile_ms", "dir"} <= set(s)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Python package's tests (python/tests, pytest) against the build tree:
+# a venv in BUILD/venv made with the interpreter the extension was built for,
+# NumPy and pytest from PyPI (python/requirements-test.txt), then pytest with
+# PYTHONPATH=BUILD/python. Exit 77 (ctest: skipped) when the venv or the
+# packages cannot be had (no network), so a skip is never a pass.
+#   python-tests.sh PYTHON BUILD_DIR [pytest args...]
+set -uo pipefail
+python=${1:?python-tests: PYTHON}
+build=${2:?python-tests: BUILD_DIR}
+shift 2
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=$build/venv
+req=$root/python/requirements-test.txt
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$venv/requirements-test.txt"; then
+  rm -rf "$venv"
+  if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
+    echo "python-tests: cannot make a venv with $python (python3-venv): skipped"
+    exit 77
+  fi
+  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"; then
+    echo "python-tests: pip could not install $req (no network?): skipped"
+    rm -rf "$venv"
+    exit 77
+  fi
+  cp "$req" "$venv/requirements-test.txt"
+fi
+cd "$build" || exit 1
+PYTHONPATH="$build/python" exec "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  "$root/python/tests" "$@"
