@@ -709,6 +709,41 @@ ZMLX_API zmlx_status zmlx_cross_entropy(zmlx_array *logits, zmlx_array *targets,
                                         const zmlx_cross_entropy_opts *opts, zmlx_array **loss,
                                         zmlx_array **grad_logits);
 
+/* ------------------------------------------------------ catalog: attention */
+/* Scaled dot-product attention, softmax(scale q k^T + mask) v, per batch
+ * and query head, without storing the [q_len, kv_len] scores (a flash-style
+ * kernel with an online softmax; f32 statistics). GQA / MQA: kv heads must
+ * divide q heads, query head h reads kv head h / (q_heads / kv_heads).
+ * Differentiable in q, k, v and an additive mask (first order: the
+ * backward recomputes the scores from the row logsumexp, as
+ * FlashAttention-2 does). A fully masked query row gives 0 and lse -inf. */
+typedef enum zmlx_attention_layout {
+  ZMLX_ATTN_BHSD = 0, /* [batch, heads, seq, head_dim] */
+  ZMLX_ATTN_BSHD = 1  /* [batch, seq, heads, head_dim] */
+} zmlx_attention_layout;
+
+#define ZMLX_ATTENTION_MAX_HEAD_DIM 256
+
+typedef struct zmlx_attention_opts {
+  size_t struct_size;           /* sizeof(zmlx_attention_opts), or 0 (this header's size) */
+  zmlx_attention_layout layout; /* of q, k, v and the output */
+  int causal;                   /* key j is visible to query i when j <= i + kv_len - q_len */
+  double scale;                 /* 0: 1 / sqrt(head_dim) */
+  /* NULL, or added to the scores (f32 / f16 / bf16; -inf drops a key) or
+   * bool (nonzero keeps a key): [q_len, kv_len], [heads or 1, q_len,
+   * kv_len] or [batch or 1, heads or 1, q_len, kv_len]. */
+  zmlx_array *mask;
+} zmlx_attention_opts;
+
+/** q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (or the BSHD layout), one
+ *  dtype (f32, f16, bf16), D <= ZMLX_ATTENTION_MAX_HEAD_DIM. opts NULL:
+ *  BHSD, no mask, not causal, scale 1/sqrt(D). *out: q's shape and dtype;
+ *  *lse (may be NULL): [B, Hq, Sq] f32, the log-sum-exp of each row's
+ *  scaled, masked scores (differentiable too). */
+ZMLX_API zmlx_status zmlx_attention(zmlx_array *q, zmlx_array *k, zmlx_array *v,
+                                    const zmlx_attention_opts *opts, zmlx_array **out,
+                                    zmlx_array **lse);
+
 /* ---------------------------------------------------- catalog: activations */
 /* Elementwise activations (src/ops/activation.c), one function each. x is
  * f32, f16 or bf16 of any rank and layout (strided views and 0-d arrays

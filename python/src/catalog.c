@@ -235,6 +235,25 @@ static PyObject *py_rope(PyObject *m, PyObject *args, PyObject *kw) {
   return ret1(zmlx_rope(x, &o, &out), &out);
 }
 
+static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw) {
+  (void)m;
+  static char *kwlist[] = {"q", "k", "v", "mask", "causal", "scale", "layout", "with_lse", NULL};
+  zmlx_array *q, *k, *v, *out = NULL, *lse = NULL;
+  zmlx_attention_opts o = {.struct_size = sizeof o};
+  const char *layout = "bhsd";
+  int with_lse = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&|O&pdsp", kwlist, zpy_conv_array, &q,
+                                   zpy_conv_array, &k, zpy_conv_array, &v, zpy_conv_array_opt,
+                                   &o.mask, &o.causal, &o.scale, &layout, &with_lse))
+    return NULL;
+  if (!strcmp(layout, "bshd")) o.layout = ZMLX_ATTN_BSHD;
+  else if (strcmp(layout, "bhsd"))
+    return PyErr_Format(PyExc_ValueError, "layout is 'bhsd' or 'bshd', not '%s'", layout);
+  zmlx_status st = zmlx_attention(q, k, v, &o, &out, with_lse ? &lse : NULL);
+  if (with_lse) return ret2(st, &out, &lse);
+  return ret1(st, &out);
+}
+
 static PyObject *py_reduce_last(PyObject *m, PyObject *args, PyObject *kw) {
   (void)m;
   static char *kwlist[] = {"x", "kind", "ddof", "keepdims", NULL};
@@ -326,6 +345,8 @@ PyMethodDef zpy_catalog_functions[] = {
      "label_smoothing=0.0, reduction='mean', check_targets=False, with_grad=False)"},
     {"rope", KW(py_rope), "rope(x, mode='half_split', layout='bshd', rotary_dims=0, base=10000, "
      "scale=1, offsets=None, cos=None, sin=None)"},
+    {"attention", KW(py_attention), "attention(q, k, v, mask=None, causal=False, scale=0 "
+     "(1/sqrt(D)), layout='bhsd', with_lse=False) -> out (or (out, lse))"},
     {"reduce_last", KW(py_reduce_last), "reduce_last(x, kind, ddof=0, keepdims=False)"},
     {"argmax", KW(py_argmax), "argmax(x, keepdims=False): over the last axis (i32)"},
     {"argmin", KW(py_argmin), "argmin(x, keepdims=False): over the last axis (i32)"},

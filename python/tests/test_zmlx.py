@@ -381,3 +381,29 @@ def test_no_leaked_arrays(rng):
 def test_cache_stats():
     s = zmlx.cache_stats()
     assert {"memory_hits", "misses", "compile_ms", "dir"} <= set(s)
+
+
+def test_attention_vs_numpy_and_grads(rng):
+    B, Hq, Hkv, Sq, Sk, D = 2, 4, 2, 5, 9, 16
+    q = rng.standard_normal((B, Hq, Sq, D)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, Sk, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, Sk, D)).astype(np.float32)
+    kk, vv = np.repeat(k, Hq // Hkv, axis=1), np.repeat(v, Hq // Hkv, axis=1)
+    s = q.astype(np.float64) @ kk.transpose(0, 1, 3, 2) / math.sqrt(D)
+    s = np.where(np.arange(Sk)[None, :] <= np.arange(Sq)[:, None] + Sk - Sq, s, -np.inf)
+    p = softmax_ref(s)
+    out, lse = zmlx.attention(zmlx.asarray(q), zmlx.asarray(k), zmlx.asarray(v), causal=True,
+                              with_lse=True)
+    close(out, p @ vv, scale=4)
+    close(lse, np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1)) + s.max(-1), scale=8)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    gq, gk, gv = zmlx.grad(lambda a, b, c: zmlx.sum(zmlx.attention(a, b, c, causal=True) * zmlx.asarray(g)),
+                           argnums=[0, 1, 2])(q, k, v)
+    dp = g @ vv.transpose(0, 1, 3, 2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) / math.sqrt(D)
+    close(gq, ds @ kk, scale=8)
+    close(gk, (ds.transpose(0, 1, 3, 2) @ q).reshape(B, Hkv, Hq // Hkv, Sk, D).sum(2), scale=8)
+    close(gv, (p.transpose(0, 1, 3, 2) @ g).reshape(B, Hkv, Hq // Hkv, Sk, D).sum(2), scale=8)
+    with pytest.raises(zmlx.Error) as e:
+        zmlx.attention(zmlx.asarray(q), zmlx.asarray(k[:, :, :, :8]), zmlx.asarray(v))
+    assert e.value.status == "ZMLX_ERR_SHAPE" and "[2, 2, 9, 8]" in str(e.value)

@@ -34,6 +34,7 @@ from ._core import (  # noqa: F401  (re-exported)
     argmax,
     argmin,
     astype,
+    attention,
     bias_gelu,
     bias_silu,
     bias_swiglu,

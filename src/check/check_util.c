@@ -227,13 +227,19 @@ zck_bound zck_bound_times(zck_bound b, double factor) {
   return b;
 }
 
+/* err / tol, with 0 / 0 = 0 (an exact result where nothing is allowed). */
+static double ratio(double err, double tol) {
+  if (err == 0) return 0;
+  return tol > 0 ? err / tol : INFINITY;
+}
+
 static int within(const double *got, const double *want, const double *scale, int64_t n,
                   zck_bound b, double *err, double *tol) {
   for (int64_t i = 0; i < n; i++) {
     double d = abs_err(got[i], want[i]);
     double s = !scale ? 1 : isfinite(scale[i]) ? fabs(scale[i]) : 0;
     double t = b.atol * s + b.rtol * (isfinite(want[i]) ? fabs(want[i]) : 0) + b.floor;
-    if (*err < 0 || !(d * *tol <= *err * t)) { /* the first, or d / t > err / tol */
+    if (*err < 0 || ratio(d, t) > ratio(*err, *tol)) { /* the first, or a worse one */
       *err = d;
       *tol = t;
     }

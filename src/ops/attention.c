@@ -1,0 +1,269 @@
+/* Scaled dot-product attention (issue 10): causal or masked (additive or
+ * bool), GQA / MQA, [B, H, S, D] or [B, S, H, D], head_dim up to 256,
+ * f32 / f16 / bf16 with f32 statistics. Forward: a flash-style kernel
+ * (kernels/attention_fwd.zk: online softmax, the scores never stored) that
+ * also returns the row logsumexp. Backward: FlashAttention-2's
+ * recomputation from that logsumexp (attention_bwd_dq.zk per query row,
+ * attention_bwd_dkv.zk per key row, attention_bwd_dmask.zk for an additive
+ * mask's gradient). Checks and benchmarks: src/check/attention_check.c. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ad.h"
+#include "kernel/kernel.h"
+#include "kernel/kernel_set.h"
+#include "ops/attention.h"
+#include "ops/kernel_util.h"
+
+extern const char zmlxi_res_attention_common_zk[];
+extern const char zmlxi_res_attention_fwd_zk[];
+extern const char zmlxi_res_attention_bwd_dq_zk[];
+extern const char zmlxi_res_attention_bwd_dkv_zk[];
+extern const char zmlxi_res_attention_bwd_dmask_zk[];
+
+/* ------------------------------------------------------------ kernels */
+
+enum { K_FWD, K_DQ, K_DKV, K_DMASK };
+
+#define ATTN_PARAMS "n:i64, Hq:i32, Hkv:i32, Sq:i32, Sk:i32, layout:i32, mB:i32, mH:i32, scale:f32"
+static const zmlx_kernel_spec SPECS[] = {
+    [K_FWD] = ZMLX_KSPEC("zmlx_attention_fwd", zmlxi_res_attention_fwd_zk, "q, k, v, mask",
+                         "out, lse", ATTN_PARAMS, .prelude = zmlxi_res_attention_common_zk,
+                         .dense_inputs = 1),
+    [K_DQ] = ZMLX_KSPEC("zmlx_attention_bwd_dq", zmlxi_res_attention_bwd_dq_zk,
+                        "q, k, v, mask, o, dout, lse, glse", "dq, delta", ATTN_PARAMS,
+                        .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
+    [K_DKV] = ZMLX_KSPEC("zmlx_attention_bwd_dkv", zmlxi_res_attention_bwd_dkv_zk,
+                         "q, k, v, mask, dout, lse, delta", "dk, dv", ATTN_PARAMS,
+                         .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
+    [K_DMASK] = ZMLX_KSPEC("zmlx_attention_bwd_dmask", zmlxi_res_attention_bwd_dmask_zk,
+                           "q, k, v, mask, dout, lse, delta", "dm", ATTN_PARAMS,
+                           .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
+};
+static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("attention", SPECS);
+
+/* ---------------------------------------------------------- validation */
+
+static zmlx_status dims(const char *what, zmlx_array *a, int layout, int64_t *B, int64_t *H,
+                        int64_t *S, int64_t *D) {
+  char sh[96];
+  if (!a) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_attention: %s is NULL", what);
+  if (a->ndim != 4)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_attention: %s must have rank 4 (%s), got %s", what,
+                     layout ? "[batch, seq, heads, head_dim]" : "[batch, heads, seq, head_dim]",
+                     zmlxi_shape_str(sh, sizeof sh, a->ndim, a->shape));
+  *B = a->shape[0];
+  *H = a->shape[layout ? 2 : 1];
+  *S = a->shape[layout ? 1 : 2];
+  *D = a->shape[3];
+  return ZMLX_OK;
+}
+
+static zmlx_status check_mask(zmlx_array *m, attn_cfg *c) {
+  char sh[96];
+  if (m->dtype == ZMLX_BOOL) c->mask_kind = 2;
+  else if (zmlxi_dtype_is_f32_f16_bf16(m->dtype)) c->mask_kind = 1;
+  else
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_attention: mask has dtype %s; additive f32 / f16 / "
+                     "bf16 or bool (nonzero keeps)", zmlx_dtype_name(m->dtype));
+  if (m->ndim < 2 || m->ndim > 4 || m->shape[m->ndim - 2] != c->Sq || m->shape[m->ndim - 1] != c->Sk)
+    goto bad;
+  c->mB = m->ndim == 4 ? m->shape[0] : 1;
+  c->mH = m->ndim >= 3 ? m->shape[m->ndim - 3] : 1;
+  if ((c->mB != 1 && c->mB != c->B) || (c->mH != 1 && c->mH != c->Hq)) goto bad;
+  return ZMLX_OK;
+bad:
+  return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_attention: mask %s does not broadcast to [batch %lld, "
+                   "heads %lld, q_len %lld, kv_len %lld] (its last two axes must be [%lld, %lld])",
+                   zmlxi_shape_str(sh, sizeof sh, m->ndim, m->shape), (long long)c->B,
+                   (long long)c->Hq, (long long)c->Sq, (long long)c->Sk, (long long)c->Sq,
+                   (long long)c->Sk);
+}
+
+zmlx_status zmlxi_attention_validate(zmlx_array *q, zmlx_array *k, zmlx_array *v,
+                                    const zmlx_attention_opts *opts, attn_cfg *c) {
+  memset(c, 0, sizeof *c);
+  zmlx_attention_opts o = {0};
+  if (opts) {
+    if (opts->struct_size != 0 && opts->struct_size != sizeof o)
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_attention: opts->struct_size is %zu, this "
+                       "library's zmlx_attention_opts has %zu bytes (built against another zmlx.h?)",
+                       opts->struct_size, sizeof o);
+    o = *opts;
+  }
+  if (o.layout != ZMLX_ATTN_BHSD && o.layout != ZMLX_ATTN_BSHD)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_attention: unknown layout %d", (int)o.layout);
+  c->layout = o.layout;
+  c->causal = o.causal != 0;
+  int64_t Bk, Sv, Dv, Bv, Hv;
+  ZMLX_CHECK(dims("q", q, c->layout, &c->B, &c->Hq, &c->Sq, &c->D));
+  ZMLX_CHECK(dims("k", k, c->layout, &Bk, &c->Hkv, &c->Sk, &Dv));
+  char a[96], b[96];
+  if (Bk != c->B || Dv != c->D)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_attention: q %s and k %s differ in batch or head_dim",
+                     zmlxi_shape_str(a, sizeof a, 4, q->shape), zmlxi_shape_str(b, sizeof b, 4, k->shape));
+  ZMLX_CHECK(dims("v", v, c->layout, &Bv, &Hv, &Sv, &Dv));
+  if (memcmp(v->shape, k->shape, sizeof(int64_t) * 4) != 0)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_attention: v %s must have k's shape %s (v's head_dim "
+                     "equal to q's)", zmlxi_shape_str(a, sizeof a, 4, v->shape),
+                     zmlxi_shape_str(b, sizeof b, 4, k->shape));
+  if (c->Hkv < 1 || c->Hq % c->Hkv != 0)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_attention: kv heads %lld do not divide q heads %lld "
+                     "(q %s, k %s)", (long long)c->Hkv, (long long)c->Hq,
+                     zmlxi_shape_str(a, sizeof a, 4, q->shape), zmlxi_shape_str(b, sizeof b, 4, k->shape));
+  if (c->D < 1 || c->D > ZMLX_ATTENTION_MAX_HEAD_DIM)
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_attention: head_dim %lld is not supported "
+                     "(1 to %d)", (long long)c->D, ZMLX_ATTENTION_MAX_HEAD_DIM);
+  if (q->dtype != k->dtype || q->dtype != v->dtype || !zmlxi_dtype_is_f32_f16_bf16(q->dtype))
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_attention: q, k, v have dtypes %s, %s, %s; one of "
+                     "f32, f16, bf16 for all three", zmlx_dtype_name(q->dtype),
+                     zmlx_dtype_name(k->dtype), zmlx_dtype_name(v->dtype));
+  if (q->buffer->device != k->buffer->device || q->buffer->device != v->buffer->device)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_attention: q, k, v live on different devices");
+  if (c->B * c->Hq * c->Sq > INT32_MAX || c->Sq > INT32_MAX || c->Sk > INT32_MAX)
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_attention: more than 2^31 query rows");
+  c->scale = o.scale != 0 ? o.scale : 1.0 / sqrt((double)c->D);
+  if (!isfinite(c->scale))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_attention: scale %g is not finite", o.scale);
+  c->mB = c->mH = 1;
+  if (o.mask) {
+    c->mask = o.mask;
+    ZMLX_CHECK(check_mask(o.mask, c));
+    if (o.mask->buffer->device != q->buffer->device)
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_attention: the mask lives on another device");
+  }
+  return ZMLX_OK;
+}
+
+/* -------------------------------------------------------------- launch */
+
+static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **in, int n_in,
+                          zmlx_array **out, int n_out) {
+  if (n == 0) return ZMLX_OK;
+  zmlx_kernel *k;
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, which, &k));
+  double p[9] = {(double)n, (double)c->Hq, (double)c->Hkv, (double)c->Sq, (double)c->Sk,
+                 (double)c->layout, (double)c->mB, (double)c->mH, c->scale};
+  zmlx_template_arg t[3] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
+                            {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, c->mask_kind},
+                            {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal}};
+  zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = n_out, .inputs = in, .outputs = out,
+                           .templates = t, .n_templates = 3, .params = p,
+                           .device = in[0]->buffer->device};
+  zmlxi_kernel_call_grid_1d(&call, n);
+  return zmlx_kernel_launch(k, &call);
+}
+
+zmlx_status zmlxi_attention_forward_into(zmlx_array *q, zmlx_array *k, zmlx_array *v,
+                                        const attn_cfg *c, zmlx_array *out, zmlx_array *lse) {
+  zmlx_array *in[4] = {q, k, v, c->mask ? c->mask : q};
+  zmlx_array *outs[2] = {out, lse};
+  return launch(K_FWD, c, c->B * c->Hq * c->Sq, in, 4, outs, 2);
+}
+
+/* ------------------------------------------------------------ autograd */
+
+typedef struct attn_ctx {
+  attn_cfg c; /* c.mask: a bool mask (a constant, not a recorded input), retained */
+} attn_ctx;
+
+static void attn_ctx_free(void *p) {
+  attn_ctx *x = p;
+  if (x) zmlx_array_release(x->c.mask);
+  free(x);
+}
+
+/* dq, dk, dv (and the additive mask's gradient) for cotangents g of out and
+ * glse of lse. */
+static zmlx_status attn_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const uint8_t *need,
+                            zmlx_array **grads) {
+  const attn_ctx *x = n->ctx;
+  attn_cfg c = x->c;
+  zmlx_array *q = n->in[0], *k = n->in[1], *v = n->in[2];
+  if (n->n_in > 3) c.mask = n->in[3]; /* an additive mask is an input; a bool one stays in c */
+  zmlx_array *o = n->out[0], *lse = n->out[1], *mask = c.mask ? c.mask : q;
+  zmlx_device *dev = q->buffer->device;
+  zmlx_array *g = NULL, *glse = NULL, *dq = NULL, *delta = NULL, *dk = NULL, *dv = NULL;
+  int64_t rows_shape[3] = {c.B, c.Hq, c.Sq};
+  zmlx_status st = zmlxi_ad_cast(cot[0], q->dtype, &g);
+  if (st == ZMLX_OK) st = zmlxi_ad_cast(cot[1], ZMLX_F32, &glse);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(dev, NULL, q->dtype, 4, q->shape, &dq);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, 3, rows_shape, &delta);
+  if (st == ZMLX_OK) {
+    zmlx_array *in[8] = {q, k, v, mask, o, g, lse, glse};
+    zmlx_array *out[2] = {dq, delta};
+    st = launch(K_DQ, &c, c.B * c.Hq * c.Sq, in, 8, out, 2);
+  }
+  if (st == ZMLX_OK && (need[1] || need[2])) {
+    st = zmlxi_array_alloc(dev, NULL, k->dtype, 4, k->shape, &dk);
+    if (st == ZMLX_OK) st = zmlxi_array_alloc(dev, NULL, v->dtype, 4, v->shape, &dv);
+    if (st == ZMLX_OK) {
+      zmlx_array *in[7] = {q, k, v, mask, g, lse, delta};
+      zmlx_array *out[2] = {dk, dv};
+      st = launch(K_DKV, &c, c.B * c.Hkv * c.Sk, in, 7, out, 2);
+    }
+  }
+  if (st == ZMLX_OK && n->n_in > 3 && need[3] && c.mask_kind == 1) {
+    /* ds over [B, Hq, Sq, Sk]: the caller sums it down to the mask's shape */
+    int64_t full[4] = {c.B, c.Hq, c.Sq, c.Sk};
+    st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, 4, full, &grads[3]);
+    if (st == ZMLX_OK) {
+      zmlx_array *in[7] = {q, k, v, mask, g, lse, delta};
+      st = launch(K_DMASK, &c, c.B * c.Hq * c.Sq * c.Sk, in, 7, &grads[3], 1);
+    }
+  }
+  if (st == ZMLX_OK) {
+    if (need[0]) grads[0] = dq, dq = NULL;
+    if (need[1]) grads[1] = dk, dk = NULL;
+    if (need[2]) grads[2] = dv, dv = NULL;
+  }
+  zmlx_array_release(g);
+  zmlx_array_release(glse);
+  zmlx_array_release(dq);
+  zmlx_array_release(delta);
+  zmlx_array_release(dk);
+  zmlx_array_release(dv);
+  return st;
+}
+
+static const zmlx_ad_rule ATTN_RULE = {"attention", attn_vjp, NULL, attn_ctx_free};
+
+zmlx_status zmlx_attention(zmlx_array *q, zmlx_array *k, zmlx_array *v,
+                           const zmlx_attention_opts *opts, zmlx_array **out, zmlx_array **lse) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  if (lse) *lse = NULL;
+  attn_cfg c;
+  ZMLX_CHECK(zmlxi_attention_validate(q, k, v, opts, &c));
+  zmlx_device *dev = q->buffer->device;
+  zmlx_array *y = NULL, *l = NULL;
+  int64_t rows_shape[3] = {c.B, c.Hq, c.Sq};
+  zmlx_status st = zmlxi_array_alloc(dev, NULL, q->dtype, 4, q->shape, &y);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(dev, NULL, ZMLX_F32, 3, rows_shape, &l);
+  if (st == ZMLX_OK) st = zmlxi_attention_forward_into(q, k, v, &c, y, l);
+  attn_ctx *x = st == ZMLX_OK ? malloc(sizeof *x) : NULL;
+  if (st == ZMLX_OK && !x) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_attention: out of host memory");
+  if (st == ZMLX_OK) {
+    /* an additive mask is differentiable: a recorded input; a bool one is
+     * a constant the context keeps */
+    const int additive = c.mask_kind == 1;
+    x->c = c;
+    x->c.mask = additive ? NULL : c.mask;
+    if (x->c.mask) zmlx_array_retain(x->c.mask);
+    zmlx_array *in[4] = {q, k, v, c.mask};
+    zmlx_array *outs[2] = {y, l};
+    st = zmlxi_ad_record(&ATTN_RULE, x, in, additive ? 4 : 3, outs, 2,
+                        ZMLX_AD_SAVE_INPUTS | ZMLX_AD_SAVE_OUTPUTS);
+  }
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    zmlx_array_release(l);
+    return st;
+  }
+  *out = y;
+  if (lse) *lse = l;
+  else zmlx_array_release(l);
+  return ZMLX_OK;
+}
