@@ -147,6 +147,11 @@ ZMLX_API zmlx_status zmlx_default_device(zmlx_device **out);
 ZMLX_API zmlx_status zmlx_set_default_device(zmlx_device *dev);
 ZMLX_API zmlx_status zmlx_device_get_info(const zmlx_device *dev, zmlx_device_info *info);
 ZMLX_API zmlx_backend zmlx_device_backend(const zmlx_device *dev);
+/** The library behind this device's matmuls and the dtypes it takes, e.g.
+ *  "CLBlast 1.5.3 (f32)" or "cuBLAS 13.0 (f32, f16, bf16)"; NULL when
+ *  zmlx_matmul uses only the built-in dialect GEMM (it also does the dtypes
+ *  and layouts the library does not take). */
+ZMLX_API zmlx_status zmlx_device_gemm_library(const zmlx_device *dev, const char **library);
 
 /** Streams order device work. Each device has a default stream (NULL). */
 ZMLX_API zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out);

@@ -10,6 +10,7 @@ packages=(
   libssl-dev                          # OpenSSL libcrypto: SHA-256 cache keys
   ocl-icd-opencl-dev opencl-headers   # OpenCL through the ICD loader
   pocl-opencl-icd                     # OpenCL on the CPU (default backend without a GPU)
+  libclblast-dev                      # CLBlast: the library GEMM of OpenCL devices
   libdlpack-dev                       # DLPack header for zero-copy exchange
   libcmocka-dev                       # C test framework
   libclang-rt-14-dev                  # sanitizer and libFuzzer runtimes for clang

@@ -18,7 +18,7 @@ static const char *unavailable_reason(zmlx_status count_status) {
   return why;
 }
 
-static void print_device(const zmlx_device_info *info) {
+static void print_device(const zmlx_device *dev, const zmlx_device_info *info) {
   char shared[32];
   printf("    [%d] %s\n", info->index, info->name);
   double gib = (double)info->total_memory / (1024.0 * 1024.0 * 1024.0);
@@ -31,6 +31,10 @@ static void print_device(const zmlx_device_info *info) {
   printf("        SIMD width        %d (%s)\n", info->simd_width,
          info->native_simd ? "native" : "emulated through shared memory");
   printf("        compute units     %d\n", info->compute_units);
+  const char *gemm = NULL;
+  (void)zmlx_device_gemm_library(dev, &gemm);
+  printf("        matmul            %s%s\n", gemm ? gemm : "dialect GEMM only",
+         gemm ? "; dialect GEMM otherwise" : " (no library GEMM loaded)");
   printf("        fp16 / fp64       %s / %s\n", info->has_fp16 ? "yes" : "no",
          info->has_fp64 ? "yes" : "no");
 }
@@ -51,7 +55,7 @@ static void print_backend(zmlx_backend b) {
       printf("    [%d] error: %s\n", i, zmlx_last_error());
       continue;
     }
-    print_device(&info);
+    print_device(dev, &info);
   }
 }
 

@@ -167,5 +167,8 @@ zmlx_status zmlxi_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_ar
 /* out = a @ b for a [B..., M, K], b [B..., K, N] (same batch shape, any
  * strides) into the dense, preallocated out [B..., M, N]. */
 zmlx_status zmlxi_ad_kernel_gemm(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out);
+/* Products the device's library GEMM ran (the rest went to the dialect
+ * GEMM): the verifier's path rows read it. */
+extern _Thread_local long zmlxi_ad_gemm_library_runs;
 
 #endif /* ZMLX_AUTOGRAD_AD_H */

@@ -159,8 +159,77 @@ zmlx_status zmlxi_ad_kernel_scatter(zmlx_array *src, zmlx_array *window, zmlx_ar
 
 /* ------------------------------------------------------------------- gemm */
 
+_Thread_local long zmlxi_ad_gemm_library_runs;
+
+/* A [batch..., rows, cols] operand as a library sees it: row-major with a
+ * leading dimension, or stored transposed; 0 when its strides are neither
+ * (the dialect GEMM takes any strides). */
+static int lib_operand(const zmlx_array *x, int *trans, int64_t *ld) {
+  const int nd = x->ndim;
+  const int64_t rows = x->shape[nd - 2], cols = x->shape[nd - 1];
+  const int64_t sr = x->strides[nd - 2], sc = x->strides[nd - 1];
+  if (cols == 1 || sc == 1) {
+    *trans = 0;
+    *ld = rows == 1 ? cols : sr;
+    return *ld >= cols && *ld > 0;
+  }
+  if (rows == 1 || sr == 1) {
+    *trans = 1;
+    *ld = sc;
+    return *ld >= rows && *ld > 0;
+  }
+  return 0;
+}
+
+/* The batch axes of x collapsed into one stride over `batch` entries
+ * (broadcast axes have stride 0); 0 when they do not collapse. */
+static int lib_batch_stride(const zmlx_array *x, int64_t *stride) {
+  int64_t s = -1, expect = 0;
+  for (int d = x->ndim - 3; d >= 0; d--) {
+    if (x->shape[d] == 1) continue;
+    if (s < 0) {
+      s = x->strides[d];
+      expect = s * x->shape[d];
+    } else {
+      if (x->strides[d] != expect && !(s == 0 && x->strides[d] == 0)) return 0;
+      expect = x->strides[d] * x->shape[d];
+    }
+  }
+  *stride = s < 0 ? 0 : s;
+  return 1;
+}
+
+/* The device's library GEMM (cuBLAS, CLBlast) when it has one that takes
+ * this product: ZMLX_OK when it ran, ZMLX_ERR_UNSUPPORTED when the dialect
+ * GEMM should (error cleared), anything else a real failure. */
+static zmlx_status library_gemm(zmlx_array *a, zmlx_array *b, zmlx_array *out) {
+  zmlx_device *dev = out->buffer->device;
+  if (!dev->ops->gemm || a->dtype != out->dtype || b->dtype != out->dtype)
+    return ZMLX_ERR_UNSUPPORTED;
+  const int nd = a->ndim;
+  zmlx_gemm_args g = {.dtype = out->dtype,
+                      .m = a->shape[nd - 2], .n = b->shape[nd - 1], .k = a->shape[nd - 1],
+                      .a = a->buffer->handle, .b = b->buffer->handle, .c = out->buffer->handle,
+                      .a_off = a->offset, .b_off = b->offset, .c_off = out->offset,
+                      .ldc = out->shape[nd - 1]};
+  g.batch = out->size / (g.m * g.n);
+  g.c_batch = g.m * g.n;
+  if (!lib_operand(a, &g.trans_a, &g.lda) || !lib_operand(b, &g.trans_b, &g.ldb) ||
+      !lib_batch_stride(a, &g.a_batch) || !lib_batch_stride(b, &g.b_batch) || g.k == 0)
+    return ZMLX_ERR_UNSUPPORTED;
+  if (g.m > INT32_MAX || g.n > INT32_MAX || g.k > INT32_MAX || g.batch > INT32_MAX)
+    return ZMLX_ERR_UNSUPPORTED;
+  zmlx_status st = dev->ops->gemm(dev->index, zmlxi_stream_or_default(NULL, dev)->handle, &g);
+  if (st == ZMLX_ERR_UNSUPPORTED) zmlx_clear_error();
+  if (st == ZMLX_OK) zmlxi_ad_gemm_library_runs++;
+  return st;
+}
+
 zmlx_status zmlxi_ad_kernel_gemm(void *ctx, zmlx_array *a, zmlx_array *b, zmlx_array *out) {
   (void)ctx;
+  if (out->size == 0) return ZMLX_OK;
+  zmlx_status lib = library_gemm(a, b, out);
+  if (lib != ZMLX_ERR_UNSUPPORTED) return lib;
   int nd = a->ndim;
   int64_t m = a->shape[nd - 2], kk = a->shape[nd - 1], n = b->shape[nd - 1];
   int64_t batch = out->size / (m * n > 0 ? m * n : 1);

@@ -16,6 +16,7 @@ ZMLX_FAMILY(zck_catalog_dropout_ops)
 ZMLX_FAMILY(zck_catalog_activation_ops)
 ZMLX_FAMILY(zck_catalog_quant_ops)
 ZMLX_FAMILY(zck_catalog_attention_ops)
+ZMLX_FAMILY(zck_catalog_matmul_ops)
 ZMLX_FAMILY(zck_catalog_reduce_ops)
 #undef ZMLX_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
@@ -54,6 +55,7 @@ static void build_table(void) {
   add_family(zck_catalog_reduce_ops, &n);
   add_family(zck_catalog_quant_ops, &n);
   add_family(zck_catalog_attention_ops, &n);
+  add_family(zck_catalog_matmul_ops, &n);
   all_ops[n] = NULL;
   n = 0;
   add_benches(zck_catalog_softmax_bench, &n);

@@ -96,6 +96,19 @@ typedef struct zmlx_dialect {
 
 /* ------------------------------------------------------------ runtime ops */
 
+/* One strided-batched GEMM for a backend's library: C = A @ B, row-major,
+ * batch entries `*_batch` elements apart (0: the entry is shared). */
+typedef struct zmlx_gemm_args {
+  zmlx_dtype dtype;            /* of A, B and C */
+  int trans_a, trans_b;        /* 1: stored transposed (A as [K, M], B as [N, K]) */
+  int64_t m, n, k, batch;
+  const void *a, *b;           /* buffer handles */
+  void *c;
+  int64_t a_off, b_off, c_off; /* element offsets into the buffers */
+  int64_t lda, ldb, ldc;       /* row-major leading dimensions, in elements */
+  int64_t a_batch, b_batch, c_batch;
+} zmlx_gemm_args;
+
 typedef struct zmlx_backend_ops {
   zmlx_backend kind;
   const char *name;
@@ -145,6 +158,14 @@ typedef struct zmlx_backend_ops {
   zmlx_status (*launch)(int dev, void *stream, void *function, const uint32_t blocks[3],
                         const uint32_t threads[3], size_t dynamic_shared,
                         const zmlx_launch_arg *args, int n_args);
+
+  /* C = A @ B through the platform's BLAS (row-major, f32 accumulation),
+   * or ZMLX_ERR_UNSUPPORTED for what it does not take (a dtype, a layout):
+   * the caller then uses the dialect GEMM. NULL: no library GEMM. */
+  zmlx_status (*gemm)(int dev, void *stream, const zmlx_gemm_args *g);
+  /* The library behind gemm and the dtypes it takes, for `zmlx info`
+   * ("CLBlast 1.5 (f32)"); NULL when none is loaded on this device. */
+  const char *(*gemm_library)(int dev);
 
   /* 1 when a buffer handle is a device address (CUDA): an offset can be
    * folded into it and its alignment checked; 0 for opaque objects

@@ -244,6 +244,13 @@ zmlx_backend zmlx_device_backend(const zmlx_device *dev) {
   return dev ? dev->ops->kind : ZMLX_BACKEND_AUTO;
 }
 
+zmlx_status zmlx_device_gemm_library(const zmlx_device *dev, const char **library) {
+  ZMLX_REQUIRE_ARG(dev);
+  ZMLX_REQUIRE_ARG(library);
+  *library = dev->ops->gemm && dev->ops->gemm_library ? dev->ops->gemm_library(dev->index) : NULL;
+  return ZMLX_OK;
+}
+
 /* ----------------------------------------------------------------- streams */
 
 zmlx_stream *zmlxi_stream_or_default(zmlx_stream *s, zmlx_device *dev) {

@@ -25,6 +25,12 @@
 #define CL_PLATFORM_NOT_FOUND_KHR -1001
 #endif
 
+/* The library GEMM (gemm_clblast.c; only with CLBlast). */
+#ifdef ZMLX_HAVE_CLBLAST
+zmlx_status zmlxi_ocl_gemm(int dev, void *stream, const zmlx_gemm_args *g);
+const char *zmlxi_ocl_gemm_library(int dev);
+#endif
+
 /* The CL_* name of an error code ("CL_UNKNOWN_ERROR" when not known). */
 const char *zmlxi_ocl_error_name(cl_int err);
 /* Allocation-type failures become ZMLX_ERR_OUT_OF_MEMORY whatever the

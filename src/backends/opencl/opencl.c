@@ -783,6 +783,10 @@ const zmlx_backend_ops zmlxi_backend_opencl_ops = {
     .unload = ocl_unload,
     .static_shared = ocl_static_shared,
     .error_location = zmlxi_log_location_clang,
+#ifdef ZMLX_HAVE_CLBLAST
+    .gemm = zmlxi_ocl_gemm,
+    .gemm_library = zmlxi_ocl_gemm_library,
+#endif
     .launch = ocl_launch,
     .buffer_is_address = 0,
     .dlpack_device_type = 4, /* kDLOpenCL */
