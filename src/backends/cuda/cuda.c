@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "backends/cuda/cuda_loader.h"
+#include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/nvrtc.h"
 #include "runtime/internal.h"
 
@@ -196,6 +197,7 @@ static zmlx_status cuda_init(int *device_count) {
 /* Drop our references to the primary contexts (the driver destroys a
  * context when its last user lets go). libcuda stays loaded. */
 static void cuda_shutdown(void) {
+  zmlxi_cublas_shutdown();
   pthread_mutex_lock(&state_lock);
   for (int i = 0; i < n_devices; i++) (void)zmlxi_cu.DevicePrimaryCtxRelease(devices[i].dev);
   n_devices = 0;
@@ -520,6 +522,12 @@ static void *cuda_dlpack_data(void *buffer) { return buffer; }
 
 /* A DLPack kDLCUDA pointer is used as is (not owned). When the driver can
  * tell, the pointer must be CUDA memory of this very device. */
+/* cuBLAS in the device's context. */
+static zmlx_status cuda_gemm(int dev, void *stream, const zmlx_gemm_args *g) {
+  ZMLX_CHECK(enter(dev));
+  return zmlxi_cublas_gemm(dev, stream, g);
+}
+
 static zmlx_status cuda_wrap_foreign(int dev, void *data, size_t bytes, void **buffer) {
   ZMLX_REQUIRE_ARG(buffer);
   ZMLX_CHECK(enter(dev));
@@ -565,5 +573,7 @@ const zmlx_backend_ops zmlxi_backend_cuda_ops = {
     .dlpack_device_type = 2, /* kDLCUDA */
     .dlpack_data = cuda_dlpack_data,
     .wrap_foreign = cuda_wrap_foreign,
+    .gemm = cuda_gemm,
+    .gemm_library = zmlxi_cublas_library,
 };
 
