@@ -117,6 +117,21 @@ def cases():
     for name, f in acts.items():
         yield name, "16384x14336", (lambda f=f: f(a)), 2 * a.nbytes
     del a
+    for n in (4096, 8192):
+        for dt, name in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+            a = torch.randn(n, n, device="cuda", dtype=dt)
+            b = torch.randn(n, n, device="cuda", dtype=dt)
+            # rows keyed by op and shape: the f32 rows carry "f32" in the op name
+            yield ("matmul" if name == "bf16" else "matmul_f32", f"{n}x{n}",
+                   (lambda a=a, b=b: a @ b), 3 * a.nbytes)
+            del a, b
+    q, k, v = (torch.randn(4, 32, 4096, 128, **bf, requires_grad=True) for _ in range(3))
+    yield ("attention_causal", "4x32x4096x128",
+           (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)), 4 * q.nbytes)
+    yield ("attention_causal_fwd_bwd", "4x32x4096x128",
+           FwdBwd(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum(),
+                  q, k, v), 9 * q.nbytes)
+    del q, k, v
     logits = torch.randn(8192, 32000, **bf, requires_grad=True)
     tgt = torch.randint(0, 32000, (8192,), device="cuda")
     yield ("cross_entropy_fused", "8192x32000", FwdBwd(F.cross_entropy, logits, tgt),

@@ -74,8 +74,10 @@ static int read_peers(const char *path, bench_state *b) {
 static void print_row(void *ctx, const zmlx_bench_row *r) {
   bench_state *b = ctx;
   double gbs = r->bytes / r->ms * 1e-6;
+  double tflops = r->flops / r->ms * 1e-9;
   printf("%-16s %-26s %-5s %10.4f %9.1f %7.1f", r->op, r->shape, zmlx_dtype_name(r->dtype), r->ms,
          gbs, 100 * gbs / b->copy_gbs);
+  if (r->flops > 0) printf(" %8.2f TFLOP/s", tflops);
   for (int i = 0; i < b->n_peers; i++)
     if (!strcmp(b->peers[i].op, r->op) && !strcmp(b->peers[i].shape, r->shape))
       printf("  %s %.4f ms (%.2fx)", b->peers[i].peer, b->peers[i].ms, b->peers[i].ms / r->ms);
@@ -83,8 +85,9 @@ static void print_row(void *ctx, const zmlx_bench_row *r) {
   fflush(stdout);
   if (b->json)
     fprintf(b->json, "%s  {\"op\": \"%s\", \"shape\": \"%s\", \"dtype\": \"%s\", \"ms\": %.6f, "
-            "\"gbs\": %.2f, \"pct_copy\": %.2f}", b->rows ? ",\n" : "", r->op, r->shape,
-            zmlx_dtype_name(r->dtype), r->ms, gbs, 100 * gbs / b->copy_gbs);
+            "\"gbs\": %.2f, \"pct_copy\": %.2f, \"tflops\": %.3f}", b->rows ? ",\n" : "",
+            r->op, r->shape, zmlx_dtype_name(r->dtype), r->ms, gbs, 100 * gbs / b->copy_gbs,
+            tflops);
   b->rows++;
 }
 

@@ -402,3 +402,71 @@ const zmlx_catalog_op zck_catalog_attention_ops[] = {
     {"attention", check_attention},
     {0},
 };
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef struct attn_bench {
+  zmlx_array *q, *k, *v, *g;
+  zmlx_attention_opts o;
+} attn_bench;
+
+static zmlx_status attn_bench_fwd(void *p) {
+  attn_bench *c = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = zmlx_attention(c->q, c->k, c->v, &c->o, &y, NULL);
+  zmlx_array_release(y);
+  return st;
+}
+
+static zmlx_status attn_bench_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  attn_bench *c = ud;
+  return zmlx_attention(in[0], in[1], in[2], &c->o, out, NULL);
+}
+
+static zmlx_status attn_bench_fwd_bwd(void *p) {
+  attn_bench *c = p;
+  zmlx_array *in[3] = {c->q, c->k, c->v}, *y = NULL, *g[3] = {0};
+  int argn[3] = {0, 1, 2};
+  zmlx_status st = zmlx_vjp(attn_bench_fn, c, in, 3, argn, 3, c->g, &y, g);
+  zmlx_array_release(y);
+  for (int i = 0; i < 3; i++) zmlx_array_release(g[i]);
+  return st;
+}
+
+/* Causal bf16 attention at batch 4, 32 heads, seq 4096, head_dim 128 (the
+ * issue's shape; seq 256 and batch 1 on a CPU device, so a run takes
+ * seconds). FLOPs: 2 S^2 D per head for the two products, halved by the
+ * causal mask; the backward does 2.5 times the forward's (FlashAttention's
+ * count). */
+static zmlx_status bench_attention(const zmlx_bench_opts *o) {
+  zmlx_device_info info;
+  ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
+  const int64_t B = info.is_cpu ? 1 : 4, H = 32, S = info.is_cpu ? 256 : 4096, D = 128;
+  int64_t shape[4] = {B, H, S, D};
+  attn_bench c;
+  memset(&c, 0, sizeof c);
+  c.o.struct_size = sizeof c.o;
+  c.o.causal = 1;
+  zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 4, shape, 41, &c.q);
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 4, shape, 42, &c.k);
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 4, shape, 43, &c.v);
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 4, shape, 44, &c.g);
+  const double n = (double)B * H * S * D, fwd = 2.0 * (double)B * H * S * S * D;
+  if (st == ZMLX_OK)
+    st = zck_bench_time_emit_flops(o, "attention_causal", ZMLX_BF16, 4, shape, 4 * 2 * n, fwd,
+                                   attn_bench_fwd, &c);
+  if (st == ZMLX_OK)
+    st = zck_bench_time_emit_flops(o, "attention_causal_fwd_bwd", ZMLX_BF16, 4, shape, 9 * 2 * n,
+                                   3.5 * fwd, attn_bench_fwd_bwd, &c);
+  zmlx_array_release(c.q);
+  zmlx_array_release(c.k);
+  zmlx_array_release(c.v);
+  zmlx_array_release(c.g);
+  return st;
+}
+
+const zmlx_catalog_bench zck_catalog_attention_bench[] = {
+    {"attention", bench_attention},
+    {0},
+};

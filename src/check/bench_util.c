@@ -49,11 +49,18 @@ static int inner_calls(double bytes) { return bytes > 1e9 ? 3 : bytes > 1e8 ? 10
 zmlx_status zck_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
                                  int ndim, const int64_t *shape, double bytes,
                                  zmlx_status (*run)(void *ctx), void *ctx) {
+  return zck_bench_time_emit_flops(o, op, dt, ndim, shape, bytes, 0, run, ctx);
+}
+
+zmlx_status zck_bench_time_emit_flops(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+                                       int ndim, const int64_t *shape, double bytes, double flops,
+                                       zmlx_status (*run)(void *ctx), void *ctx) {
   zmlx_bench_row row;
   memset(&row, 0, sizeof row);
   row.op = op;
   row.dtype = dt;
   row.bytes = bytes;
+  row.flops = flops;
   size_t len = 0;
   for (int i = 0; i < ndim && len < sizeof row.shape; i++)
     len += (size_t)snprintf(row.shape + len, sizeof row.shape - len, "%s%lld", i ? "x" : "",

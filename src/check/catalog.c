@@ -28,6 +28,8 @@ ZMLX_BENCHES(zck_catalog_glu_bench)
 ZMLX_BENCHES(zck_catalog_activation_bench)
 ZMLX_BENCHES(zck_catalog_reduce_bench)
 ZMLX_BENCHES(zck_catalog_quant_bench)
+ZMLX_BENCHES(zck_catalog_attention_bench)
+ZMLX_BENCHES(zck_catalog_matmul_bench)
 #undef ZMLX_BENCHES
 
 #define MAX_OPS 128
@@ -66,6 +68,8 @@ static void build_table(void) {
   add_benches(zck_catalog_activation_bench, &n);
   add_benches(zck_catalog_reduce_bench, &n);
   add_benches(zck_catalog_quant_bench, &n);
+  add_benches(zck_catalog_attention_bench, &n);
+  add_benches(zck_catalog_matmul_bench, &n);
   all_benches[n] = NULL;
 }
 

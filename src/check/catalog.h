@@ -38,7 +38,8 @@ typedef struct zmlx_bench_row {
   char shape[96];
   zmlx_dtype dtype;
   double bytes;
-  double ms; /* median */
+  double flops; /* floating-point operations of one call, 0 for memory-bound ops */
+  double ms;    /* median */
 } zmlx_bench_row;
 
 typedef struct zmlx_bench_opts {
@@ -80,6 +81,12 @@ zmlx_status zck_bench_random(zmlx_device *dev, zmlx_dtype dt, int ndim, const in
 zmlx_status zck_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
                                  int ndim, const int64_t *shape, double bytes,
                                  zmlx_status (*run)(void *ctx), void *ctx);
+
+/* zck_bench_time_emit for a compute-bound op: the row carries its FLOPs
+ * (the table shows TFLOP/s). */
+zmlx_status zck_bench_time_emit_flops(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+                                       int ndim, const int64_t *shape, double bytes, double flops,
+                                       zmlx_status (*run)(void *ctx), void *ctx);
 
 /* All ops, in catalog order; NULL-terminated. */
 const zmlx_catalog_op *const *zck_catalog_ops(void);
