@@ -407,3 +407,41 @@ def test_attention_vs_numpy_and_grads(rng):
     with pytest.raises(zmlx.Error) as e:
         zmlx.attention(zmlx.asarray(q), zmlx.asarray(k[:, :, :, :8]), zmlx.asarray(v))
     assert e.value.status == "ZMLX_ERR_SHAPE" and "[2, 2, 9, 8]" in str(e.value)
+
+
+ACTIVATIONS = {
+    "exp": np.exp, "tanh": np.tanh, "sigmoid": sigmoid, "relu": lambda x: np.maximum(x, 0),
+    "silu": lambda x: x * sigmoid(x), "softplus": lambda x: np.log1p(np.exp(x)),
+    "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_vs_numpy(rng, name):
+    x = rng.uniform(-4, 4, (3, 50)).astype(np.float32)
+    close(getattr(zmlx, name)(zmlx.asarray(x)), ACTIVATIONS[name](x.astype(np.float64)), scale=4)
+    close(zmlx.elu(zmlx.asarray(x), 0.5), np.where(x > 0, x, 0.5 * np.expm1(x)))
+    close(zmlx.log(zmlx.asarray(np.abs(x) + 0.1)), np.log(np.abs(x) + 0.1))
+
+
+def test_glu_family_and_reductions(rng):
+    x = rng.uniform(-3, 3, (4, 16)).astype(np.float32)
+    b = rng.uniform(-1, 1, 16).astype(np.float32)
+    xa, ba = zmlx.asarray(x), zmlx.asarray(b)
+    gelu = lambda t: 0.5 * t * (1 + np.vectorize(math.erf)(t / math.sqrt(2)))
+    close(zmlx.geglu(xa, xa), gelu(x.astype(np.float64)) * x, scale=8)
+    close(zmlx.geglu_split(xa), gelu(x[:, :8].astype(np.float64)) * x[:, 8:], scale=8)
+    close(zmlx.bias_silu(xa, ba), (x + b) * sigmoid(x + b), scale=4)
+    close(zmlx.bias_gelu(xa, ba), gelu((x + b).astype(np.float64)), scale=4)
+    h = x + b
+    close(zmlx.bias_swiglu(xa, ba), h[:, :8] * sigmoid(h[:, :8]) * h[:, 8:], scale=8)
+    for kind, ref in (("sum", x.sum(-1)), ("mean", x.mean(-1)), ("max", x.max(-1)),
+                      ("min", x.min(-1)), ("std", x.std(-1))):
+        close(zmlx.reduce_last(xa, kind), ref, scale=16)
+    np.testing.assert_array_equal(np.asarray(zmlx.argmin(xa)), x.argmin(-1))
+    close(zmlx.sum(xa, axes=[0]), x.sum(0), scale=4)
+    close(zmlx.mean(xa), x.mean(), scale=4)
+    lsm = zmlx.log_softmax(xa)
+    close(zmlx.add_layernorm(xa, xa, ba, ba)[1], 2 * x, scale=2)
+    assert lsm.shape == (4, 16)
