@@ -749,6 +749,51 @@ ZMLX_API zmlx_status zmlx_attention(zmlx_array *q, zmlx_array *k, zmlx_array *v,
                                     const zmlx_attention_opts *opts, zmlx_array **out,
                                     zmlx_array **lse);
 
+/* ---------------------------------------------------------- KV block cache */
+/* Keys and values of every layer in fixed-size blocks (vLLM's layout:
+ * [layers, blocks, block_size, kv_heads, head_dim] each), a free list of
+ * blocks, a block table per sequence, fork with reference counts and
+ * copy-on-write. Extending, writing and forking either succeed or change
+ * nothing (out of blocks: ZMLX_ERR_OUT_OF_MEMORY). Not thread-safe: one
+ * thread (or a lock) per cache. */
+typedef struct zmlx_kv_cache zmlx_kv_cache;
+
+typedef struct zmlx_kv_cache_desc {
+  size_t struct_size;   /* sizeof(zmlx_kv_cache_desc), or 0 (this header's size) */
+  int layers, kv_heads, head_dim;
+  int block_size;       /* tokens per block: 8, 16 or 32 */
+  int64_t num_blocks;   /* blocks in the pool, shared by every sequence */
+  zmlx_dtype dtype;     /* f32, f16 or bf16 */
+  zmlx_device *device;  /* NULL: the default device */
+} zmlx_kv_cache_desc;
+
+ZMLX_API zmlx_status zmlx_kv_cache_create(const zmlx_kv_cache_desc *desc, zmlx_kv_cache **out);
+/** NULL is accepted. */
+ZMLX_API zmlx_status zmlx_kv_cache_destroy(zmlx_kv_cache *cache);
+/** A new empty sequence; *seq is its id (ids are never reused). */
+ZMLX_API zmlx_status zmlx_kv_cache_add_sequence(zmlx_kv_cache *cache, int64_t *seq);
+/** Room for n more tokens of seq in every layer (positions len .. len + n
+ *  - 1, written next with zmlx_kv_cache_write). */
+ZMLX_API zmlx_status zmlx_kv_cache_extend(zmlx_kv_cache *cache, int64_t seq, int64_t n);
+/** k and v [n, kv_heads, head_dim] (f32 / f16 / bf16, converted) written
+ *  at positions [start, start + n) of seq in `layer`; a block the sequence
+ *  shares with a fork is copied first (copy-on-write). */
+ZMLX_API zmlx_status zmlx_kv_cache_write(zmlx_kv_cache *cache, int64_t seq, int layer,
+                                         int64_t start, zmlx_array *k, zmlx_array *v);
+/** A new sequence sharing every block of seq (its prefix) until either
+ *  writes into a shared block. */
+ZMLX_API zmlx_status zmlx_kv_cache_fork(zmlx_kv_cache *cache, int64_t seq, int64_t *child);
+/** Drop seq: its blocks return to the free list when no fork holds them. */
+ZMLX_API zmlx_status zmlx_kv_cache_free_sequence(zmlx_kv_cache *cache, int64_t seq);
+/** seq's keys and values in `layer`, gathered through its block table into
+ *  new dense arrays [len, kv_heads, head_dim] of the cache's dtype. */
+ZMLX_API zmlx_status zmlx_kv_cache_read(zmlx_kv_cache *cache, int64_t seq, int layer,
+                                        zmlx_array **k, zmlx_array **v);
+ZMLX_API zmlx_status zmlx_kv_cache_length(const zmlx_kv_cache *cache, int64_t seq, int64_t *len);
+/** Blocks free and held (either may be NULL). */
+ZMLX_API zmlx_status zmlx_kv_cache_stats(const zmlx_kv_cache *cache, int64_t *free_blocks,
+                                         int64_t *used_blocks);
+
 /* ---------------------------------------------------- catalog: activations */
 /* Elementwise activations (src/ops/activation.c), one function each. x is
  * f32, f16 or bf16 of any rank and layout (strided views and 0-d arrays

@@ -1,0 +1,280 @@
+/* The KV block cache: random sequences of add / extend + write / overwrite
+ * / fork / free over many sequences against a host model, with every live
+ * sequence read back equal to what was written after each step (so no
+ * block is reachable from two sequences unless forked, and copy-on-write
+ * keeps forks apart); block counts conserved; out of blocks changes
+ * nothing; bad input is a status. */
+#include "test_support.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DEVS 4
+#define MAX_SEQS 64
+#define MAX_TOK 400
+enum { L = 2, H = 2, D = 3, BS = 8, NB = 40, W = H * D };
+
+typedef struct model_seq {
+  int alive;
+  int64_t len;
+  float k[L][MAX_TOK][W], v[L][MAX_TOK][W];
+} model_seq;
+
+static model_seq *model;
+static int64_t n_model;
+
+static uint64_t next(uint64_t *s) {
+  *s ^= *s << 13;
+  *s ^= *s >> 7;
+  *s ^= *s << 17;
+  return *s;
+}
+
+/* Write n tokens at `start` of seq in every layer (values recorded in the model). */
+static zmlx_status write_tokens(zmlx_device *dev, zmlx_kv_cache *c, int64_t seq, int64_t start,
+                                int64_t n, uint64_t *rng) {
+  float *k = malloc(sizeof(float) * (size_t)(n * W + 1)), *v = malloc(sizeof(float) * (size_t)(n * W + 1));
+  zmlx_status st = ZMLX_OK;
+  for (int l = 0; l < L && st == ZMLX_OK; l++) {
+    zt_fill_uniform(k, (size_t)(n * W), -1, 1, rng);
+    zt_fill_uniform(v, (size_t)(n * W), -1, 1, rng);
+    int64_t sh[3] = {n, H, D};
+    zmlx_array *ak = zt_array(dev, ZMLX_F32, 3, sh, k), *av = zt_array(dev, ZMLX_F32, 3, sh, v);
+    st = zmlx_kv_cache_write(c, seq, l, start, ak, av);
+    if (st == ZMLX_OK)
+      for (int64_t t = 0; t < n; t++) {
+        memcpy(model[seq].k[l][start + t], k + t * W, sizeof(float) * W);
+        memcpy(model[seq].v[l][start + t], v + t * W, sizeof(float) * W);
+      }
+    zmlx_array_release(ak);
+    zmlx_array_release(av);
+  }
+  free(k);
+  free(v);
+  return st;
+}
+
+static void check_all(zmlx_kv_cache *c, const char *after) {
+  for (int64_t s = 0; s < n_model; s++) {
+    if (!model[s].alive) continue;
+    int64_t len = -1;
+    ZT_OK(zmlx_kv_cache_length(c, s, &len));
+    assert_int_equal(len, model[s].len);
+    for (int l = 0; l < L; l++) {
+      zmlx_array *k = NULL, *v = NULL;
+      ZT_OK(zmlx_kv_cache_read(c, s, l, &k, &v));
+      double *gk = zt_download(k), *gv = zt_download(v);
+      for (int64_t t = 0; t < len; t++)
+        for (int e = 0; e < W; e++)
+          if (gk[t * W + e] != model[s].k[l][t][e] || gv[t * W + e] != model[s].v[l][t][e])
+            fail_msg("after %s: sequence %lld layer %d token %lld element %d: k %g (want %g), v %g "
+                     "(want %g)", after, (long long)s, l, (long long)t, e, gk[t * W + e],
+                     model[s].k[l][t][e], gv[t * W + e], model[s].v[l][t][e]);
+      free(gk);
+      free(gv);
+      zmlx_array_release(k);
+      zmlx_array_release(v);
+    }
+  }
+}
+
+static void test_random_operations(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  model = calloc(MAX_SEQS, sizeof *model);
+  assert_non_null(model);
+  for (int d = 0; d < nd; d++) {
+    uint64_t rng = zt_seed() * 2654435761u + 77u + (uint64_t)d;
+    zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = L, .kv_heads = H, .head_dim = D,
+                               .block_size = BS, .num_blocks = NB, .dtype = ZMLX_F32,
+                               .device = devs[d]};
+    zmlx_kv_cache *c = NULL;
+    ZT_OK(zmlx_kv_cache_create(&desc, &c));
+    memset(model, 0, MAX_SEQS * sizeof *model);
+    n_model = 0;
+    int ooms = 0, forks = 0, cows = 0;
+    for (int step = 0; step < 250; step++) {
+      int64_t live[MAX_SEQS], nl = 0;
+      for (int64_t s = 0; s < n_model; s++)
+        if (model[s].alive) live[nl++] = s;
+      unsigned op = (unsigned)(next(&rng) % 10);
+      char what[64];
+      if ((nl == 0 || op < 2) && n_model < MAX_SEQS) { /* add */
+        int64_t id;
+        ZT_OK(zmlx_kv_cache_add_sequence(c, &id));
+        assert_int_equal(id, n_model);
+        model[n_model++].alive = 1;
+        snprintf(what, sizeof what, "add %lld", (long long)id);
+      } else if (nl == 0) {
+        continue;
+      } else if (op < 6) { /* extend + write */
+        int64_t s = live[next(&rng) % (uint64_t)nl], n = 1 + (int64_t)(next(&rng) % 20);
+        if (model[s].len + n > MAX_TOK) continue;
+        int64_t fb0, fb1;
+        ZT_OK(zmlx_kv_cache_stats(c, &fb0, NULL));
+        zmlx_status st = zmlx_kv_cache_extend(c, s, n);
+        if (st == ZMLX_ERR_OUT_OF_MEMORY) { /* nothing changed */
+          ooms++;
+          ZT_OK(zmlx_kv_cache_stats(c, &fb1, NULL));
+          assert_int_equal(fb0, fb1);
+          zmlx_clear_error();
+        } else {
+          ZT_OK(st);
+          int64_t start = model[s].len;
+          model[s].len += n;
+          st = write_tokens(devs[d], c, s, start, n, &rng);
+          if (st == ZMLX_ERR_OUT_OF_MEMORY) { /* a shared last block and no block to copy it to */
+            ooms++;
+            zmlx_clear_error();
+            model[s].len = start; /* the model keeps its values; write them back later */
+            ZT_OK(zmlx_kv_cache_free_sequence(c, s));
+            model[s].alive = 0;
+          } else {
+            ZT_OK(st);
+          }
+        }
+        snprintf(what, sizeof what, "extend %lld by %lld", (long long)s, (long long)n);
+      } else if (op < 7) { /* overwrite old tokens (copy-on-write when shared) */
+        int64_t s = live[next(&rng) % (uint64_t)nl];
+        if (model[s].len == 0) continue;
+        int64_t start = (int64_t)(next(&rng) % (uint64_t)model[s].len);
+        int64_t n = 1 + (int64_t)(next(&rng) % (uint64_t)(model[s].len - start));
+        zmlx_status st = write_tokens(devs[d], c, s, start, n, &rng);
+        if (st == ZMLX_ERR_OUT_OF_MEMORY) {
+          ooms++;
+          zmlx_clear_error();
+        } else {
+          ZT_OK(st);
+          cows++;
+        }
+        snprintf(what, sizeof what, "overwrite %lld [%lld, +%lld)", (long long)s, (long long)start,
+                 (long long)n);
+      } else if (op < 8 && n_model < MAX_SEQS) { /* fork */
+        int64_t s = live[next(&rng) % (uint64_t)nl], child;
+        ZT_OK(zmlx_kv_cache_fork(c, s, &child));
+        assert_int_equal(child, n_model);
+        memcpy(&model[child], &model[s], sizeof model[s]);
+        n_model++;
+        forks++;
+        snprintf(what, sizeof what, "fork %lld -> %lld", (long long)s, (long long)child);
+      } else { /* free */
+        int64_t s = live[next(&rng) % (uint64_t)nl];
+        ZT_OK(zmlx_kv_cache_free_sequence(c, s));
+        model[s].alive = 0;
+        snprintf(what, sizeof what, "free %lld", (long long)s);
+      }
+      int64_t fb, ub;
+      ZT_OK(zmlx_kv_cache_stats(c, &fb, &ub));
+      assert_int_equal(fb + ub, NB);
+      check_all(c, what);
+    }
+    /* every block comes back when every sequence is freed */
+    for (int64_t s = 0; s < n_model; s++)
+      if (model[s].alive) ZT_OK(zmlx_kv_cache_free_sequence(c, s));
+    int64_t fb;
+    ZT_OK(zmlx_kv_cache_stats(c, &fb, NULL));
+    assert_int_equal(fb, NB);
+    fprintf(stderr, "kv cache: %d forks, %d overwrites, %d out-of-blocks refusals\n", forks, cows,
+            ooms);
+    ZT_OK(zmlx_kv_cache_destroy(c));
+  }
+  free(model);
+}
+
+/* A fork shares the parent's partial last block; both then extend into it
+ * and overwrite a shared full block: each keeps its own values. */
+static void test_fork_copy_on_write(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  model = calloc(MAX_SEQS, sizeof *model);
+  assert_non_null(model);
+  uint64_t rng = zt_seed() * 2654435761u + 91u;
+  zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = L, .kv_heads = H, .head_dim = D,
+                             .block_size = BS, .num_blocks = NB, .dtype = ZMLX_F32,
+                             .device = devs[0]};
+  zmlx_kv_cache *c = NULL;
+  ZT_OK(zmlx_kv_cache_create(&desc, &c));
+  int64_t p, ch, fb0, fb1;
+  ZT_OK(zmlx_kv_cache_add_sequence(c, &p));
+  model[0].alive = 1;
+  n_model = 1;
+  ZT_OK(zmlx_kv_cache_extend(c, p, BS + 3)); /* one full block, one partial */
+  model[0].len = BS + 3;
+  ZT_OK(write_tokens(devs[0], c, p, 0, BS + 3, &rng));
+  ZT_OK(zmlx_kv_cache_stats(c, &fb0, NULL));
+  ZT_OK(zmlx_kv_cache_fork(c, p, &ch));
+  memcpy(&model[1], &model[0], sizeof model[0]);
+  n_model = 2;
+  ZT_OK(zmlx_kv_cache_stats(c, &fb1, NULL));
+  assert_int_equal(fb0, fb1); /* a fork takes no block */
+  for (int64_t s = 0; s < 2; s++) {
+    ZT_OK(zmlx_kv_cache_extend(c, s, 2));
+    model[s].len += 2;
+    ZT_OK(write_tokens(devs[0], c, s, BS + 3, 2, &rng)); /* into the shared partial block */
+  }
+  check_all(c, "both extend into the shared block");
+  ZT_OK(write_tokens(devs[0], c, 1, 2, 1, &rng)); /* the shared full block */
+  check_all(c, "the child overwrites the shared full block");
+  ZT_OK(zmlx_kv_cache_destroy(c));
+  free(model);
+}
+
+static void test_bad_input(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 1, .kv_heads = 2, .head_dim = 4,
+                             .block_size = 16, .num_blocks = 2, .dtype = ZMLX_F16,
+                             .device = devs[0]};
+  zmlx_kv_cache *c = NULL;
+  zmlx_kv_cache_desc bad = desc;
+  bad.block_size = 12;
+  ZT_FAILS(zmlx_kv_cache_create(&bad, &c), ZMLX_ERR_INVALID_ARG, "block_size 12");
+  bad = desc;
+  bad.dtype = ZMLX_I32;
+  ZT_FAILS(zmlx_kv_cache_create(&bad, &c), ZMLX_ERR_DTYPE, "i32");
+  bad = desc;
+  bad.struct_size = 4;
+  ZT_FAILS(zmlx_kv_cache_create(&bad, &c), ZMLX_ERR_INVALID_ARG, "struct_size");
+  ZT_FAILS(zmlx_kv_cache_create(NULL, &c), ZMLX_ERR_NULL_ARG, NULL);
+  ZT_OK(zmlx_kv_cache_create(&desc, &c));
+  int64_t s, fb;
+  ZT_OK(zmlx_kv_cache_add_sequence(c, &s));
+  ZT_FAILS(zmlx_kv_cache_extend(c, s, 33), ZMLX_ERR_OUT_OF_MEMORY, "need 3 blocks, 2 are free");
+  int64_t len;
+  ZT_OK(zmlx_kv_cache_length(c, s, &len));
+  assert_int_equal(len, 0);
+  ZT_OK(zmlx_kv_cache_extend(c, s, 3));
+  int64_t sh[3] = {3, 2, 4}, sh_bad[3] = {3, 3, 4};
+  float vals[24] = {0};
+  zmlx_array *k = zt_array(devs[0], ZMLX_F32, 3, sh, vals), *kb = zt_array(devs[0], ZMLX_F32, 3, sh_bad, vals);
+  ZT_FAILS(zmlx_kv_cache_write(c, s, 0, 1, k, k), ZMLX_ERR_INVALID_ARG, "outside sequence");
+  ZT_FAILS(zmlx_kv_cache_write(c, s, 1, 0, k, k), ZMLX_ERR_INVALID_ARG, "layer 1 of 1");
+  ZT_FAILS(zmlx_kv_cache_write(c, s, 0, 0, kb, kb), ZMLX_ERR_SHAPE, "[3, 3, 4]");
+  ZT_OK(zmlx_kv_cache_write(c, s, 0, 0, k, k));
+  ZT_OK(zmlx_kv_cache_free_sequence(c, s));
+  ZT_FAILS(zmlx_kv_cache_write(c, s, 0, 0, k, k), ZMLX_ERR_INVALID_ARG, "was freed");
+  ZT_FAILS(zmlx_kv_cache_extend(c, s, 1), ZMLX_ERR_INVALID_ARG, "was freed");
+  ZT_FAILS(zmlx_kv_cache_fork(c, 99, &s), ZMLX_ERR_INVALID_ARG, "does not exist");
+  ZT_OK(zmlx_kv_cache_stats(c, &fb, NULL));
+  assert_int_equal(fb, 2);
+  zmlx_array_release(k);
+  zmlx_array_release(kb);
+  ZT_OK(zmlx_kv_cache_destroy(c));
+  ZT_OK(zmlx_kv_cache_destroy(NULL));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_random_operations),
+      cmocka_unit_test(test_fork_copy_on_write),
+      cmocka_unit_test(test_bad_input),
+  };
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
+}
