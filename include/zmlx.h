@@ -790,6 +790,13 @@ ZMLX_API zmlx_status zmlx_kv_cache_free_sequence(zmlx_kv_cache *cache, int64_t s
 ZMLX_API zmlx_status zmlx_kv_cache_read(zmlx_kv_cache *cache, int64_t seq, int layer,
                                         zmlx_array **k, zmlx_array **v);
 ZMLX_API zmlx_status zmlx_kv_cache_length(const zmlx_kv_cache *cache, int64_t seq, int64_t *len);
+/** PagedAttention decode: one query token per sequence, q [batch, q_heads,
+ *  head_dim] (q_heads a multiple of the cache's kv_heads; f32 / f16 /
+ *  bf16), against the whole context of sequence seqs[i] in `layer`, read
+ *  through its block table; scale 0 means 1 / sqrt(head_dim). *out: q's
+ *  shape and dtype (0 for an empty context). */
+ZMLX_API zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *cache, int layer, zmlx_array *q,
+                                             const int64_t *seqs, double scale, zmlx_array **out);
 /** Blocks free and held (either may be NULL). */
 ZMLX_API zmlx_status zmlx_kv_cache_stats(const zmlx_kv_cache *cache, int64_t *free_blocks,
                                          int64_t *used_blocks);

@@ -6,6 +6,7 @@
  * nothing; bad input is a status. */
 #include "test_support.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,6 +225,100 @@ static void test_fork_copy_on_write(void **state) {
   free(model);
 }
 
+/* Decode against naive attention in f64 over what the cache holds: mixed
+ * context lengths in one batch (1, 15, 16, 17, 300 and an empty one), GQA,
+ * every dtype and the issue's head dims. */
+static void decode_case(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, int hkv, uint64_t *rng) {
+  static const int64_t lens[] = {1, 15, 16, 17, 300, 0};
+  const int64_t B = 6;
+  zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 2, .kv_heads = hkv,
+                             .head_dim = hd, .block_size = 16, .num_blocks = 40, .dtype = dt,
+                             .device = dev};
+  zmlx_kv_cache *c = NULL;
+  ZT_OK(zmlx_kv_cache_create(&desc, &c));
+  int64_t seqs[6];
+  for (int64_t i = 0; i < B; i++) {
+    ZT_OK(zmlx_kv_cache_add_sequence(c, &seqs[i]));
+    ZT_OK(zmlx_kv_cache_extend(c, seqs[i], lens[i]));
+    if (!lens[i]) continue;
+    int64_t sh[3] = {lens[i], hkv, hd};
+    size_t n = (size_t)(lens[i] * hkv * hd);
+    float *v = malloc(n * sizeof *v);
+    zt_fill_uniform(v, n, -1, 1, rng);
+    zmlx_array *ak = zt_array(dev, ZMLX_F32, 3, sh, v);
+    zt_fill_uniform(v, n, -1, 1, rng);
+    zmlx_array *av = zt_array(dev, ZMLX_F32, 3, sh, v);
+    ZT_OK(zmlx_kv_cache_write(c, seqs[i], 1, 0, ak, av));
+    zmlx_array_release(ak);
+    zmlx_array_release(av);
+    free(v);
+  }
+  int64_t qsh[3] = {B, hq, hd};
+  size_t nq = (size_t)(B * hq * hd);
+  float *qv = malloc(nq * sizeof *qv);
+  zt_fill_uniform(qv, nq, -2, 2, rng);
+  zmlx_array *q = zt_array(dev, dt, 3, qsh, qv), *y = NULL;
+  double *qh = zt_download(q);
+  ZT_OK(zmlx_kv_cache_attention(c, 1, q, seqs, 0, &y));
+  double *got = zt_download(y), *want = calloc(nq, sizeof *want);
+  const double scale = 1.0 / sqrt((double)hd);
+  for (int64_t i = 0; i < B; i++) {
+    if (!lens[i]) continue;
+    zmlx_array *k = NULL, *v = NULL;
+    ZT_OK(zmlx_kv_cache_read(c, seqs[i], 1, &k, &v));
+    double *kh = zt_download(k), *vh = zt_download(v);
+    for (int h = 0; h < hq; h++) {
+      const int g = h / (hq / hkv);
+      const double *qr = qh + (i * hq + h) * hd;
+      double *s = malloc(sizeof(double) * (size_t)lens[i]), mx = -INFINITY, l = 0;
+      for (int64_t p = 0; p < lens[i]; p++) {
+        double dot = 0;
+        for (int d = 0; d < hd; d++) dot += qr[d] * kh[(p * hkv + g) * hd + d];
+        s[p] = dot * scale;
+        mx = fmax(mx, s[p]);
+      }
+      for (int64_t p = 0; p < lens[i]; p++) l += s[p] = exp(s[p] - mx);
+      for (int d = 0; d < hd; d++) {
+        double o = 0;
+        for (int64_t p = 0; p < lens[i]; p++) o += s[p] / l * vh[(p * hkv + g) * hd + d];
+        want[(i * hq + h) * hd + d] = o;
+      }
+      free(s);
+    }
+    free(kh);
+    free(vh);
+    zmlx_array_release(k);
+    zmlx_array_release(v);
+  }
+  /* f32 statistics; the output rounded once to the dtype */
+  const double u = dt == ZMLX_F32 ? 0x1p-24 : dt == ZMLX_F16 ? 0x1p-11 : 0x1p-8;
+  char what[64];
+  snprintf(what, sizeof what, "decode %s head_dim %d", zmlx_dtype_name(dt), hd);
+  zt_assert_close(got, want, nq, 2e-5 + u, 2e-5 + u, what);
+  free(qh);
+  free(qv);
+  free(got);
+  free(want);
+  zmlx_array_release(q);
+  zmlx_array_release(y);
+  ZT_OK(zmlx_kv_cache_destroy(c));
+}
+
+static void test_paged_decode(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  uint64_t rng = zt_seed() * 2654435761u + 123u;
+  static const int hds[] = {64, 80, 96, 128, 256};
+  static const zmlx_dtype dts[] = {ZMLX_F32, ZMLX_F16, ZMLX_BF16};
+  for (int d = 0; d < nd; d++) {
+    for (int i = 0; i < 3; i++) decode_case(devs[d], dts[i], 64, 4, 2, &rng);
+    for (int i = 1; i < 5; i++) decode_case(devs[d], ZMLX_F32, hds[i], 2, 1, &rng);
+    decode_case(devs[d], ZMLX_BF16, 128, 8, 8, &rng);
+  }
+}
+
 static void test_bad_input(void **state) {
   (void)state;
   zmlx_device *devs[MAX_DEVS];
@@ -262,6 +357,21 @@ static void test_bad_input(void **state) {
   ZT_FAILS(zmlx_kv_cache_write(c, s, 0, 0, k, k), ZMLX_ERR_INVALID_ARG, "was freed");
   ZT_FAILS(zmlx_kv_cache_extend(c, s, 1), ZMLX_ERR_INVALID_ARG, "was freed");
   ZT_FAILS(zmlx_kv_cache_fork(c, 99, &s), ZMLX_ERR_INVALID_ARG, "does not exist");
+  {
+    int64_t s2, qb[3] = {1, 3, 4}, qd[3] = {1, 2, 5};
+    float z[16] = {0};
+    zmlx_array *q3 = zt_array(devs[0], ZMLX_F16, 3, qb, z), *q5 = zt_array(devs[0], ZMLX_F16, 3, qd, z);
+    zmlx_array *y = NULL;
+    ZT_OK(zmlx_kv_cache_add_sequence(c, &s2));
+    ZT_FAILS(zmlx_kv_cache_attention(c, 0, q3, &s2, 0, &y), ZMLX_ERR_SHAPE, "[1, 3, 4]");
+    ZT_FAILS(zmlx_kv_cache_attention(c, 0, q5, &s2, 0, &y), ZMLX_ERR_SHAPE, "head_dim 4");
+    ZT_FAILS(zmlx_kv_cache_attention(c, 0, q3, &s, 0, &y), ZMLX_ERR_SHAPE, NULL);
+    ZT_FAILS(zmlx_kv_cache_attention(c, 2, q3, &s2, 0, &y), ZMLX_ERR_INVALID_ARG, "layer 2");
+    assert_null(y);
+    ZT_OK(zmlx_kv_cache_free_sequence(c, s2));
+    zmlx_array_release(q3);
+    zmlx_array_release(q5);
+  }
   ZT_OK(zmlx_kv_cache_stats(c, &fb, NULL));
   assert_int_equal(fb, 2);
   zmlx_array_release(k);
@@ -274,6 +384,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_random_operations),
       cmocka_unit_test(test_fork_copy_on_write),
+      cmocka_unit_test(test_paged_decode),
       cmocka_unit_test(test_bad_input),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));

@@ -5,6 +5,7 @@
  * bookkeeping is on the host; the rows move by kernels/kv_rows.zk (a write
  * scatters new tokens into their slots, a read gathers a sequence) and
  * block copies by the backend's device copy. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,11 +14,16 @@
 #include "runtime/internal.h"
 
 extern const char zmlxi_res_kv_rows_zk[];
+extern const char zmlxi_res_paged_decode_zk[];
 
-enum { K_ROWS };
+enum { K_ROWS, K_DECODE };
 static const zmlx_kernel_spec SPECS[] = {
     [K_ROWS] = ZMLX_KSPEC("zmlx_kv_rows", zmlxi_res_kv_rows_zk, "src, rows", "dst",
                           "n:i64, W:i64, base:i64", .dense_inputs = 1),
+    [K_DECODE] = ZMLX_KSPEC("zmlx_paged_decode", zmlxi_res_paged_decode_zk,
+                            "q, kc, vc, tables, lens", "out",
+                            "n:i64, Hq:i32, Hkv:i32, MB:i32, BS:i32, base:i64, scale:f32",
+                            .dense_inputs = 1),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("kv cache", SPECS);
 
@@ -331,4 +337,73 @@ zmlx_status zmlx_kv_cache_read(zmlx_kv_cache *c, int64_t seq, int layer, zmlx_ar
     *k = *v = NULL;
   }
   return st;
+}
+
+/* ------------------------------------------------------ decode attention */
+
+zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
+                                    const int64_t *seqs, double scale, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_REQUIRE_ARG(c);
+  ZMLX_REQUIRE_ARG(q);
+  ZMLX_REQUIRE_ARG(seqs);
+  char sh[96];
+  if (layer < 0 || layer >= c->d.layers)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_attention: layer %d of %d", layer,
+                     c->d.layers);
+  if (q->ndim != 3 || q->shape[2] != c->d.head_dim || q->shape[1] % c->d.kv_heads != 0 ||
+      q->shape[1] < 1)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_kv_cache_attention: q %s must be [batch, q_heads, "
+                     "head_dim %d] with q_heads a multiple of the cache's kv_heads %d",
+                     zmlxi_shape_str(sh, sizeof sh, q->ndim, q->shape), c->d.head_dim, c->d.kv_heads);
+  if (!zmlxi_dtype_is_f32_f16_bf16(q->dtype) || q->buffer->device != c->dev)
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_kv_cache_attention: q must be f32, f16 or bf16 on the "
+                     "cache's device (it is %s)", zmlx_dtype_name(q->dtype));
+  const int64_t B = q->shape[0], Hq = q->shape[1];
+  int64_t mb = 1;
+  for (int64_t i = 0; i < B; i++) {
+    kv_seq *s = NULL;
+    ZMLX_CHECK(get_seq(c, "zmlx_kv_cache_attention", seqs[i], &s));
+    if (s->n_blocks > mb) mb = s->n_blocks;
+    if (s->len > INT32_MAX)
+      return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_kv_cache_attention: a context of 2^31 tokens");
+  }
+  /* the batch's block tables, padded to the longest, and context lengths */
+  int32_t *tab = calloc((size_t)(B * mb + 1), sizeof *tab), *lens = calloc((size_t)B + 1, sizeof *lens);
+  zmlx_array *at = NULL, *al = NULL, *y = NULL;
+  zmlx_status st = tab && lens ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  for (int64_t i = 0; st == ZMLX_OK && i < B; i++) {
+    const kv_seq *s = &c->seqs[seqs[i]];
+    memcpy(tab + i * mb, s->blocks, (size_t)s->n_blocks * sizeof *tab);
+    lens[i] = (int32_t)s->len;
+  }
+  int64_t tsh[2] = {B, mb};
+  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 2, tsh, tab, &at);
+  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 1, &B, lens, &al);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &y);
+  if (st == ZMLX_OK && B * Hq > 0) {
+    zmlx_kernel *k;
+    st = zmlxi_kernel_set_get(&KERNELS, K_DECODE, &k);
+    double p[7] = {(double)(B * Hq), (double)Hq, (double)c->d.kv_heads, (double)mb,
+                   (double)c->d.block_size,
+                   (double)((int64_t)layer * c->d.num_blocks * c->d.block_size),
+                   scale != 0 ? scale : 1.0 / sqrt((double)c->d.head_dim)};
+    zmlx_template_arg t[1] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->d.head_dim}};
+    zmlx_array *in[5] = {q, c->k, c->v, at, al};
+    zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 1, .inputs = in, .outputs = &y,
+                             .templates = t, .n_templates = 1, .params = p, .device = c->dev};
+    zmlxi_kernel_call_grid_1d(&call, B * Hq);
+    if (st == ZMLX_OK) st = zmlx_kernel_launch(k, &call);
+  }
+  free(tab);
+  free(lens);
+  zmlx_array_release(at);
+  zmlx_array_release(al);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    return st;
+  }
+  *out = y;
+  return ZMLX_OK;
 }
