@@ -445,3 +445,35 @@ def test_glu_family_and_reductions(rng):
     lsm = zmlx.log_softmax(xa)
     close(zmlx.add_layernorm(xa, xa, ba, ba)[1], 2 * x, scale=2)
     assert lsm.shape == (4, 16)
+
+
+def test_kv_cache_fork_and_decode(rng):
+    c = zmlx.KVCache(layers=1, kv_heads=2, head_dim=8, num_blocks=8, block_size=8)
+    a = c.add_sequence()
+    c.extend(a, 11)
+    k = rng.standard_normal((11, 2, 8)).astype(np.float32)
+    v = rng.standard_normal((11, 2, 8)).astype(np.float32)
+    c.write(a, 0, 0, zmlx.asarray(k), zmlx.asarray(v))
+    b = c.fork(a)
+    assert c.stats()["used_blocks"] == 2  # the fork shares them
+    c.extend(b, 1)
+    k1 = rng.standard_normal((1, 2, 8)).astype(np.float32)
+    c.write(b, 0, 11, zmlx.asarray(k1), zmlx.asarray(k1))  # copy-on-write of the shared block
+    ka, _ = c.read(a, 0)
+    kb, _ = c.read(b, 0)
+    np.testing.assert_array_equal(np.asarray(ka), k)
+    np.testing.assert_array_equal(np.asarray(kb), np.concatenate([k, k1]))
+    q = rng.standard_normal((1, 4, 8)).astype(np.float32)
+    out = np.asarray(c.attention(0, zmlx.asarray(q), [a]))
+    kk = np.repeat(k, 2, axis=1).astype(np.float64)  # GQA: kv head h // 2
+    vv = np.repeat(v, 2, axis=1).astype(np.float64)
+    s = np.einsum("hd,thd->ht", q[0], kk) / math.sqrt(8)
+    p = softmax_ref(s)
+    close(out[0], np.einsum("ht,thd->hd", p, vv), scale=4)
+    c.free_sequence(b)
+    with pytest.raises(zmlx.Error) as e:
+        c.extend(b, 1)
+    assert "was freed" in str(e.value)
+    with pytest.raises(zmlx.Error) as e:
+        c.extend(a, 1000)
+    assert e.value.status == "ZMLX_ERR_OUT_OF_MEMORY"

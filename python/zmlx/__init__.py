@@ -26,6 +26,7 @@ from ._core import (  # noqa: F401  (re-exported)
     Array,
     Error,
     Kernel,
+    KVCache,
     Op,
     add,
     add_layernorm,
