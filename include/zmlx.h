@@ -790,6 +790,17 @@ ZMLX_API zmlx_status zmlx_kv_cache_free_sequence(zmlx_kv_cache *cache, int64_t s
 ZMLX_API zmlx_status zmlx_kv_cache_read(zmlx_kv_cache *cache, int64_t seq, int layer,
                                         zmlx_array **k, zmlx_array **v);
 ZMLX_API zmlx_status zmlx_kv_cache_length(const zmlx_kv_cache *cache, int64_t seq, int64_t *len);
+/** zmlx_kv_cache_write with RoPE fused in (one kernel): k is rotated at
+ *  positions start .. start + n - 1 of seq before it is written, and the
+ *  step's queries q [n, q_heads, head_dim] come back rotated the same way
+ *  in *q_out (a new array of q's dtype). rope: mode, rotary_dims, base,
+ *  scale as for zmlx_rope (NULL: half-split over the whole head_dim, base
+ *  10000); the positions come from `start`, so offsets and tables are not
+ *  taken. */
+ZMLX_API zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *cache, int64_t seq, int layer,
+                                              int64_t start, zmlx_array *k, zmlx_array *v,
+                                              zmlx_array *q, const zmlx_rope_opts *rope,
+                                              zmlx_array **q_out);
 /** PagedAttention decode: one query token per sequence, q [batch, q_heads,
  *  head_dim] (q_heads a multiple of the cache's kv_heads; f32 / f16 /
  *  bf16), against the whole context of sequence seqs[i] in `layer`, read

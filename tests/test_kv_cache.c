@@ -319,6 +319,68 @@ static void test_paged_decode(void **state) {
   }
 }
 
+/* RoPE fused into the write: the cache holds exactly what zmlx_rope of the
+ * new keys at their positions gives, V as written, and q_out is zmlx_rope
+ * of q; two steps (positions 0.. then 5..), both modes, partial rotary
+ * dims, GQA. */
+static void test_rope_write(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  uint64_t rng = zt_seed() * 2654435761u + 321u;
+  for (int mode = 0; mode < 2; mode++)
+    for (int rd = 0; rd <= 4; rd += 4) {
+      zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 2, .kv_heads = 2,
+                                 .head_dim = 8, .block_size = 8, .num_blocks = 4,
+                                 .dtype = ZMLX_F32, .device = devs[0]};
+      zmlx_kv_cache *c = NULL;
+      ZT_OK(zmlx_kv_cache_create(&desc, &c));
+      int64_t s;
+      ZT_OK(zmlx_kv_cache_add_sequence(c, &s));
+      zmlx_rope_opts ro = {.mode = (zmlx_rope_mode)mode, .rotary_dims = rd, .base = 500, .scale = 0.5};
+      int64_t at = 0;
+      for (int step = 0; step < 2; step++) {
+        const int64_t n = step ? 3 : 5;
+        ZT_OK(zmlx_kv_cache_extend(c, s, n));
+        int64_t ks[3] = {n, 2, 8}, qs[3] = {n, 4, 8}, k4[4] = {1, n, 2, 8}, q4[4] = {1, n, 4, 8};
+        float kv[24 * 5], vv[24 * 5], qv[32 * 5];
+        zt_fill_uniform(kv, (size_t)(n * 16), -1, 1, &rng);
+        zt_fill_uniform(vv, (size_t)(n * 16), -1, 1, &rng);
+        zt_fill_uniform(qv, (size_t)(n * 32), -1, 1, &rng);
+        zmlx_array *k = zt_array(devs[0], ZMLX_F32, 3, ks, kv), *v = zt_array(devs[0], ZMLX_F32, 3, ks, vv);
+        zmlx_array *q = zt_array(devs[0], ZMLX_F32, 3, qs, qv), *qo = NULL;
+        ZT_OK(zmlx_kv_cache_write_rope(c, s, 1, at, k, v, q, &ro, &qo));
+        /* the reference: zmlx_rope with offsets = [at] */
+        float off = (float)at;
+        int64_t one = 1;
+        zmlx_array *aoff = NULL, *k4v = NULL, *q4v = NULL, *kr = NULL, *qr = NULL;
+        zmlx_array *off_f = zt_array(devs[0], ZMLX_F32, 1, &one, &off);
+        ZT_OK(zmlx_array_astype(off_f, ZMLX_I32, &aoff));
+        zmlx_array_release(off_f);
+        zmlx_rope_opts rr = ro;
+        rr.offsets = aoff;
+        ZT_OK(zmlx_array_reshape(k, 4, k4, &k4v));
+        ZT_OK(zmlx_array_reshape(q, 4, q4, &q4v));
+        ZT_OK(zmlx_rope(k4v, &rr, &kr));
+        ZT_OK(zmlx_rope(q4v, &rr, &qr));
+        zmlx_array *ck = NULL, *cv = NULL;
+        ZT_OK(zmlx_kv_cache_read(c, s, 1, &ck, &cv));
+        double *gk = zt_download(ck), *gv = zt_download(cv), *wk = zt_download(kr);
+        double *gq = zt_download(qo), *wq = zt_download(qr);
+        zt_assert_close(gk + at * 16, wk, (size_t)(n * 16), 1e-6, 1e-6, "rotated k in the cache");
+        for (int64_t i = 0; i < n * 16; i++) assert_true(gv[at * 16 + i] == (double)vv[i]);
+        zt_assert_close(gq, wq, (size_t)(n * 32), 1e-6, 1e-6, "rotated q");
+        free(gk); free(gv); free(wk); free(gq); free(wq);
+        zmlx_array_release(ck); zmlx_array_release(cv); zmlx_array_release(kr); zmlx_array_release(qr);
+        zmlx_array_release(k4v); zmlx_array_release(q4v); zmlx_array_release(aoff);
+        zmlx_array_release(k); zmlx_array_release(v); zmlx_array_release(q); zmlx_array_release(qo);
+        at += n;
+      }
+      ZT_OK(zmlx_kv_cache_destroy(c));
+    }
+}
+
 static void test_bad_input(void **state) {
   (void)state;
   zmlx_device *devs[MAX_DEVS];
@@ -347,7 +409,7 @@ static void test_bad_input(void **state) {
   assert_int_equal(len, 0);
   ZT_OK(zmlx_kv_cache_extend(c, s, 3));
   int64_t sh[3] = {3, 2, 4}, sh_bad[3] = {3, 3, 4};
-  float vals[24] = {0};
+  float vals[36] = {0};
   zmlx_array *k = zt_array(devs[0], ZMLX_F32, 3, sh, vals), *kb = zt_array(devs[0], ZMLX_F32, 3, sh_bad, vals);
   ZT_FAILS(zmlx_kv_cache_write(c, s, 0, 1, k, k), ZMLX_ERR_INVALID_ARG, "outside sequence");
   ZT_FAILS(zmlx_kv_cache_write(c, s, 1, 0, k, k), ZMLX_ERR_INVALID_ARG, "layer 1 of 1");
@@ -385,6 +447,7 @@ int main(void) {
       cmocka_unit_test(test_random_operations),
       cmocka_unit_test(test_fork_copy_on_write),
       cmocka_unit_test(test_paged_decode),
+      cmocka_unit_test(test_rope_write),
       cmocka_unit_test(test_bad_input),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));

@@ -15,8 +15,9 @@
 
 extern const char zmlxi_res_kv_rows_zk[];
 extern const char zmlxi_res_paged_decode_zk[];
+extern const char zmlxi_res_kv_rope_write_zk[];
 
-enum { K_ROWS, K_DECODE };
+enum { K_ROWS, K_DECODE, K_ROPE_WRITE };
 static const zmlx_kernel_spec SPECS[] = {
     [K_ROWS] = ZMLX_KSPEC("zmlx_kv_rows", zmlxi_res_kv_rows_zk, "src, rows", "dst",
                           "n:i64, W:i64, base:i64", .dense_inputs = 1),
@@ -24,6 +25,10 @@ static const zmlx_kernel_spec SPECS[] = {
                             "q, kc, vc, tables, lens", "out",
                             "n:i64, Hq:i32, Hkv:i32, MB:i32, BS:i32, base:i64, scale:f32",
                             .dense_inputs = 1),
+    [K_ROPE_WRITE] = ZMLX_KSPEC("zmlx_kv_rope_write", zmlxi_res_kv_rope_write_zk,
+                                "k, v, q, rows", "kc, vc, qout",
+                                "n:i64, Wi:i32, Hkv:i32, Hq:i32, D:i32, R:i32, start:i64, base:i64, "
+                                "log2_base:f32, scale:f32", .dense_inputs = 1),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("kv cache", SPECS);
 
@@ -172,7 +177,7 @@ zmlx_status zmlx_kv_cache_fork(zmlx_kv_cache *c, int64_t seq, int64_t *child) {
     t->alive = 0;
     return st;
   }
-  memcpy(t->blocks, s->blocks, (size_t)s->n_blocks * sizeof *t->blocks);
+  if (s->n_blocks) memcpy(t->blocks, s->blocks, (size_t)s->n_blocks * sizeof *t->blocks);
   t->n_blocks = s->n_blocks;
   t->len = s->len;
   for (int64_t i = 0; i < s->n_blocks; i++) c->refs[s->blocks[i]]++;
@@ -375,7 +380,7 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
   zmlx_status st = tab && lens ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   for (int64_t i = 0; st == ZMLX_OK && i < B; i++) {
     const kv_seq *s = &c->seqs[seqs[i]];
-    memcpy(tab + i * mb, s->blocks, (size_t)s->n_blocks * sizeof *tab);
+    if (s->n_blocks) memcpy(tab + i * mb, s->blocks, (size_t)s->n_blocks * sizeof *tab);
     lens[i] = (int32_t)s->len;
   }
   int64_t tsh[2] = {B, mb};
@@ -405,5 +410,79 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
     return st;
   }
   *out = y;
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------- RoPE + cache write */
+
+zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *c, int64_t seq, int layer, int64_t start,
+                                     zmlx_array *k, zmlx_array *v, zmlx_array *q,
+                                     const zmlx_rope_opts *rope, zmlx_array **q_out) {
+  ZMLX_REQUIRE_ARG(q_out);
+  *q_out = NULL;
+  kv_seq *s = NULL;
+  ZMLX_CHECK(get_seq(c, "zmlx_kv_cache_write_rope", seq, &s));
+  ZMLX_REQUIRE_ARG(k);
+  ZMLX_REQUIRE_ARG(q);
+  if (layer < 0 || layer >= c->d.layers)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: layer %d of %d", layer,
+                     c->d.layers);
+  const int64_t n = k->ndim >= 1 ? k->shape[0] : 0;
+  ZMLX_CHECK(check_tokens(c, "k", k, n));
+  ZMLX_CHECK(check_tokens(c, "v", v, n));
+  char sh[96];
+  if (q->ndim != 3 || q->shape[0] != n || q->shape[2] != c->d.head_dim ||
+      q->shape[1] % c->d.kv_heads != 0 || !zmlxi_dtype_is_f32_f16_bf16(q->dtype))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_kv_cache_write_rope: q %s must be [%lld tokens, "
+                     "q_heads (a multiple of %d), head_dim %d] of f32 / f16 / bf16",
+                     zmlxi_shape_str(sh, sizeof sh, q->ndim, q->shape), (long long)n,
+                     c->d.kv_heads, c->d.head_dim);
+  zmlx_rope_opts o = {0};
+  if (rope) o = *rope;
+  const int D = c->d.head_dim, R = o.rotary_dims ? o.rotary_dims : D;
+  if (R % 2 || R > D || R < 0)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: rotary_dims %d (even, <= "
+                     "head_dim %d)", R, D);
+  if (o.mode != ZMLX_ROPE_HALF_SPLIT && o.mode != ZMLX_ROPE_INTERLEAVED)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: unknown mode %d", (int)o.mode);
+  if (o.offsets || o.cos || o.sin)
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_kv_cache_write_rope: positions come from the "
+                     "sequence (start); offsets and cos/sin tables are not taken here");
+  if (start < 0 || start + n > s->len)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: positions [%lld, %lld) are "
+                     "outside sequence %lld's %lld tokens (zmlx_kv_cache_extend first)",
+                     (long long)start, (long long)(start + n), (long long)seq, (long long)s->len);
+  const double base = o.base != 0 ? o.base : 10000.0, scale = o.scale != 0 ? o.scale : 1.0;
+  zmlx_array *qo = NULL;
+  ZMLX_CHECK(zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &qo));
+  if (n == 0) {
+    *q_out = qo;
+    return ZMLX_OK;
+  }
+  const int64_t bs = c->d.block_size, Hq = q->shape[1];
+  zmlx_status st = own_blocks(c, s, start / bs, (start + n - 1) / bs);
+  zmlx_array *rows = NULL;
+  if (st == ZMLX_OK) st = slot_rows(c, s, start, n, &rows);
+  zmlx_kernel *kern = NULL;
+  if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_ROPE_WRITE, &kern);
+  if (st == ZMLX_OK) {
+    const int Wi = D - R / 2;
+    double p[10] = {(double)(n * (c->d.kv_heads + Hq) * Wi), Wi, c->d.kv_heads, (double)Hq, D, R,
+                    (double)start, (double)((int64_t)layer * c->d.num_blocks * bs),
+                    (double)(float)log2(base), scale};
+    zmlx_template_arg t[1] = {{"INTERLEAVED", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
+                               o.mode == ZMLX_ROPE_INTERLEAVED}};
+    zmlx_array *in[4] = {k, v, q, rows}, *outs[3] = {c->k, c->v, qo};
+    zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 3, .inputs = in, .outputs = outs,
+                             .templates = t, .n_templates = 1, .params = p, .device = c->dev};
+    zmlxi_kernel_call_grid_1d(&call, n * (c->d.kv_heads + Hq) * Wi);
+    st = zmlx_kernel_launch(kern, &call);
+  }
+  zmlx_array_release(rows);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(qo);
+    return st;
+  }
+  *q_out = qo;
   return ZMLX_OK;
 }
