@@ -228,15 +228,16 @@ static void test_fork_copy_on_write(void **state) {
 /* Decode against naive attention in f64 over what the cache holds: mixed
  * context lengths in one batch (1, 15, 16, 17, 300 and an empty one), GQA,
  * every dtype and the issue's head dims. */
-static void decode_case(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, int hkv, uint64_t *rng) {
-  static const int64_t lens[] = {1, 15, 16, 17, 300, 0};
-  const int64_t B = 6;
+static void decode_case_lens(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, int hkv,
+                             const int64_t *lens, int64_t B, uint64_t *rng) {
+  int64_t blocks = 0;
+  for (int64_t i = 0; i < B; i++) blocks += (lens[i] + 15) / 16;
   zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 2, .kv_heads = hkv,
-                             .head_dim = hd, .block_size = 16, .num_blocks = 40, .dtype = dt,
-                             .device = dev};
+                             .head_dim = hd, .block_size = 16, .num_blocks = blocks + 1,
+                             .dtype = dt, .device = dev};
   zmlx_kv_cache *c = NULL;
   ZT_OK(zmlx_kv_cache_create(&desc, &c));
-  int64_t seqs[6];
+  int64_t seqs[8];
   for (int64_t i = 0; i < B; i++) {
     ZT_OK(zmlx_kv_cache_add_sequence(c, &seqs[i]));
     ZT_OK(zmlx_kv_cache_extend(c, seqs[i], lens[i]));
@@ -304,6 +305,11 @@ static void decode_case(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, int hkv
   ZT_OK(zmlx_kv_cache_destroy(c));
 }
 
+static void decode_case(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, int hkv, uint64_t *rng) {
+  static const int64_t lens[] = {1, 15, 16, 17, 300, 0};
+  decode_case_lens(dev, dt, hd, hq, hkv, lens, 6, rng);
+}
+
 static void test_paged_decode(void **state) {
   (void)state;
   zmlx_device *devs[MAX_DEVS];
@@ -316,6 +322,14 @@ static void test_paged_decode(void **state) {
     for (int i = 0; i < 3; i++) decode_case(devs[d], dts[i], 64, 4, 2, &rng);
     for (int i = 1; i < 5; i++) decode_case(devs[d], ZMLX_F32, hds[i], 2, 1, &rng);
     decode_case(devs[d], ZMLX_BF16, 128, 8, 8, &rng);
+    /* split-K: forced 7-token partitions (empty ones included), then long
+     * contexts that the default rule splits */
+    setenv("ZMLX_DECODE_PARTITION", "7", 1);
+    decode_case(devs[d], ZMLX_F32, 64, 4, 2, &rng);
+    decode_case(devs[d], ZMLX_F16, 80, 2, 2, &rng);
+    unsetenv("ZMLX_DECODE_PARTITION");
+    static const int64_t long_lens[] = {4096, 33000, 1};
+    decode_case_lens(devs[d], ZMLX_F32, 64, 4, 2, long_lens, 3, &rng);
   }
 }
 

@@ -16,8 +16,10 @@
 extern const char zmlxi_res_kv_rows_zk[];
 extern const char zmlxi_res_paged_decode_zk[];
 extern const char zmlxi_res_kv_rope_write_zk[];
+extern const char zmlxi_res_paged_decode_part_zk[];
+extern const char zmlxi_res_paged_decode_combine_zk[];
 
-enum { K_ROWS, K_DECODE, K_ROPE_WRITE };
+enum { K_ROWS, K_DECODE, K_ROPE_WRITE, K_PART, K_COMBINE };
 static const zmlx_kernel_spec SPECS[] = {
     [K_ROWS] = ZMLX_KSPEC("zmlx_kv_rows", zmlxi_res_kv_rows_zk, "src, rows", "dst",
                           "n:i64, W:i64, base:i64", .dense_inputs = 1),
@@ -29,6 +31,12 @@ static const zmlx_kernel_spec SPECS[] = {
                                 "k, v, q, rows", "kc, vc, qout",
                                 "n:i64, Wi:i32, Hkv:i32, Hq:i32, D:i32, R:i32, start:i64, base:i64, "
                                 "log2_base:f32, scale:f32", .dense_inputs = 1),
+    [K_PART] = ZMLX_KSPEC("zmlx_paged_decode_part", zmlxi_res_paged_decode_part_zk,
+                          "q, kc, vc, tables, lens", "pm, pl, pacc",
+                          "n:i64, Hq:i32, Hkv:i32, MB:i32, BS:i32, base:i64, scale:f32, NP:i32, "
+                          "P:i32", .dense_inputs = 1),
+    [K_COMBINE] = ZMLX_KSPEC("zmlx_paged_decode_combine", zmlxi_res_paged_decode_combine_zk,
+                             "pm, pl, pacc", "out", "n:i64, NP:i32", .dense_inputs = 1),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("kv cache", SPECS);
 
@@ -346,6 +354,59 @@ zmlx_status zmlx_kv_cache_read(zmlx_kv_cache *c, int64_t seq, int layer, zmlx_ar
 
 /* ------------------------------------------------------ decode attention */
 
+/* Tokens per partition of the split-K form, 0 for one pass. The rule is
+ * provisional (to be measured on the H100, issue 11): split contexts of
+ * 2048 tokens and more into 512-token partitions while the batch has few
+ * rows to keep the device busy (under 8192 (sequence, head) rows).
+ * ZMLX_DECODE_PARTITION=N forces N-token partitions (0: never split). */
+static int64_t split_partition(int64_t max_len, int64_t rows) {
+  const char *env = getenv("ZMLX_DECODE_PARTITION");
+  if (env && *env) {
+    long long p = atoll(env);
+    return p > 0 && p < max_len ? p : 0;
+  }
+  return max_len >= 2048 && rows < 8192 ? 512 : 0;
+}
+
+/* Partials per (row, partition), then their merge into y. */
+static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx_array *at,
+                                zmlx_array *al, int64_t mb, double scale, int64_t np_,
+                                int64_t part, zmlx_array *y) {
+  const int64_t B = q->shape[0], Hq = q->shape[1], rows = B * Hq, D = c->d.head_dim;
+  int64_t s1 = rows * np_, s2[2] = {rows * np_, D};
+  zmlx_array *pm = NULL, *pl = NULL, *pacc = NULL;
+  zmlx_kernel *kp = NULL, *kc = NULL;
+  zmlx_status st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 1, &s1, &pm);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 1, &s1, &pl);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 2, s2, &pacc);
+  if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_PART, &kp);
+  if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_COMBINE, &kc);
+  zmlx_template_arg t[1] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, D}};
+  if (st == ZMLX_OK) {
+    double p[9] = {(double)(rows * np_), (double)Hq, (double)c->d.kv_heads, (double)mb,
+                   (double)c->d.block_size,
+                   (double)((int64_t)layer * c->d.num_blocks * c->d.block_size),
+                   scale != 0 ? scale : 1.0 / sqrt((double)D), (double)np_, (double)part};
+    zmlx_array *in[5] = {q, c->k, c->v, at, al}, *outs[3] = {pm, pl, pacc};
+    zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 3, .inputs = in, .outputs = outs,
+                             .templates = t, .n_templates = 1, .params = p, .device = c->dev};
+    zmlxi_kernel_call_grid_1d(&call, rows * np_);
+    st = zmlx_kernel_launch(kp, &call);
+  }
+  if (st == ZMLX_OK) {
+    double p[2] = {(double)(rows * D), (double)np_};
+    zmlx_array *in[3] = {pm, pl, pacc};
+    zmlx_kernel_call call = {.n_inputs = 3, .n_outputs = 1, .inputs = in, .outputs = &y,
+                             .templates = t, .n_templates = 1, .params = p, .device = c->dev};
+    zmlxi_kernel_call_grid_1d(&call, rows * D);
+    st = zmlx_kernel_launch(kc, &call);
+  }
+  zmlx_array_release(pm);
+  zmlx_array_release(pl);
+  zmlx_array_release(pacc);
+  return st;
+}
+
 zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
                                     const int64_t *seqs, double scale, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(out);
@@ -387,7 +448,12 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
   if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 2, tsh, tab, &at);
   if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 1, &B, lens, &al);
   if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &y);
-  if (st == ZMLX_OK && B * Hq > 0) {
+  int64_t max_len = 0;
+  for (int64_t i = 0; i < B; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
+  const int64_t part = split_partition(max_len, B * Hq);
+  if (st == ZMLX_OK && B * Hq > 0 && part > 0) {
+    st = split_decode(c, layer, q, at, al, mb, scale, (max_len + part - 1) / part, part, y);
+  } else if (st == ZMLX_OK && B * Hq > 0) {
     zmlx_kernel *k;
     st = zmlxi_kernel_set_get(&KERNELS, K_DECODE, &k);
     double p[7] = {(double)(B * Hq), (double)Hq, (double)c->d.kv_heads, (double)mb,
