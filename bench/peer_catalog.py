@@ -132,6 +132,26 @@ def cases():
            FwdBwd(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum(),
                   q, k, v), 9 * q.nbytes)
     del q, k, v
+    # paged decode's peers: gather the blocks into a contiguous cache, then
+    # SDPA (what a PyTorch server without a paged kernel does), and SDPA on
+    # an already contiguous cache; batch 32, 32 q / 8 kv heads, ctx 4096
+    B, H, HKV, D, ctx, bs = 32, 32, 8, 128, 4096, 16
+    blocks = B * ctx // bs
+    kc = torch.randn(blocks, bs, HKV, D, **bf)
+    vc = torch.randn(blocks, bs, HKV, D, **bf)
+    table = torch.randperm(blocks, device="cuda").view(B, ctx // bs)
+    qd = torch.randn(B, H, 1, D, **bf)
+
+    def gather_sdpa():
+        k = kc[table].view(B, ctx, HKV, D).transpose(1, 2).repeat_interleave(H // HKV, 1)
+        v = vc[table].view(B, ctx, HKV, D).transpose(1, 2).repeat_interleave(H // HKV, 1)
+        return F.scaled_dot_product_attention(qd, k, v)
+
+    kk = torch.randn(B, H, ctx, D, **bf)
+    vv = torch.randn(B, H, ctx, D, **bf)
+    yield "paged_decode", f"{B}x{H}x{D}", gather_sdpa, 2 * kc.nbytes
+    yield "paged_decode_contig", f"{B}x{H}x{D}", (lambda: F.scaled_dot_product_attention(qd, kk, vv)), 2 * kc.nbytes
+    del kc, vc, kk, vv
     logits = torch.randn(8192, 32000, **bf, requires_grad=True)
     tgt = torch.randint(0, 32000, (8192,), device="cuda")
     yield ("cross_entropy_fused", "8192x32000", FwdBwd(F.cross_entropy, logits, tgt),

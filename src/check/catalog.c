@@ -17,6 +17,7 @@ ZMLX_FAMILY(zck_catalog_activation_ops)
 ZMLX_FAMILY(zck_catalog_quant_ops)
 ZMLX_FAMILY(zck_catalog_attention_ops)
 ZMLX_FAMILY(zck_catalog_matmul_ops)
+ZMLX_FAMILY(zck_catalog_kv_cache_ops)
 ZMLX_FAMILY(zck_catalog_reduce_ops)
 #undef ZMLX_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
@@ -30,6 +31,7 @@ ZMLX_BENCHES(zck_catalog_reduce_bench)
 ZMLX_BENCHES(zck_catalog_quant_bench)
 ZMLX_BENCHES(zck_catalog_attention_bench)
 ZMLX_BENCHES(zck_catalog_matmul_bench)
+ZMLX_BENCHES(zck_catalog_kv_cache_bench)
 #undef ZMLX_BENCHES
 
 #define MAX_OPS 128
@@ -58,6 +60,7 @@ static void build_table(void) {
   add_family(zck_catalog_quant_ops, &n);
   add_family(zck_catalog_attention_ops, &n);
   add_family(zck_catalog_matmul_ops, &n);
+  add_family(zck_catalog_kv_cache_ops, &n);
   all_ops[n] = NULL;
   n = 0;
   add_benches(zck_catalog_softmax_bench, &n);
@@ -70,6 +73,7 @@ static void build_table(void) {
   add_benches(zck_catalog_quant_bench, &n);
   add_benches(zck_catalog_attention_bench, &n);
   add_benches(zck_catalog_matmul_bench, &n);
+  add_benches(zck_catalog_kv_cache_bench, &n);
   all_benches[n] = NULL;
 }
 

@@ -1,0 +1,200 @@
+/* `zmlx check` and `zmlx bench` cases of src/ops/kv_cache.c (the KV block
+ * cache; its allocator invariants are tests/test_kv_cache.c): PagedAttention
+ * decode, one pass and split-K, over a batch of mixed context lengths
+ * (0, 1, 15, 16, 17, 300, and 4096 in the full check) against f64
+ * attention over what the cache holds, GQA, every dtype; the fused RoPE
+ * write against zmlx_rope. The launches also give test_catalog its NVRTC
+ * compiles of these kernels. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check/check_util.h"
+
+static zmlx_status fill_cache(const zmlx_check_opts *o, zmlx_kv_cache *c, const int64_t *lens,
+                              int64_t B, int hkv, int hd, int64_t *seqs, uint64_t *rng) {
+  for (int64_t i = 0; i < B; i++) {
+    ZMLX_CHECK(zmlx_kv_cache_add_sequence(c, &seqs[i]));
+    ZMLX_CHECK(zmlx_kv_cache_extend(c, seqs[i], lens[i]));
+    if (!lens[i]) continue;
+    int64_t sh[3] = {lens[i], hkv, hd};
+    size_t n = (size_t)(lens[i] * hkv * hd);
+    double *v = malloc(n * sizeof *v);
+    zmlx_array *ak = NULL, *av = NULL;
+    zmlx_status st = v ? zck_random(o->device, o->dtype, 3, sh, -1, 1, rng, v, &ak)
+                       : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, sh, -1, 1, rng, v, &av);
+    if (st == ZMLX_OK) st = zmlx_kv_cache_write(c, seqs[i], 0, 0, ak, av);
+    free(v);
+    zmlx_array_release(ak);
+    zmlx_array_release(av);
+    ZMLX_CHECK(st);
+  }
+  return ZMLX_OK;
+}
+
+/* out for q against each sequence in f64, and the terms' size per element
+ * (sum_p p |v|, times 1 + the score's magnitude). */
+static zmlx_status reference(zmlx_kv_cache *c, const int64_t *seqs, const int64_t *lens, int64_t B,
+                             int hq, int hkv, int hd, const double *q, double *want, double *terms) {
+  const double scale = 1.0 / sqrt((double)hd);
+  for (int64_t i = 0; i < B; i++) {
+    if (!lens[i]) continue;
+    zmlx_array *k = NULL, *v = NULL;
+    double *kh = NULL, *vh = NULL;
+    ZMLX_CHECK(zmlx_kv_cache_read(c, seqs[i], 0, &k, &v));
+    zmlx_status st = zck_download(k, &kh);
+    if (st == ZMLX_OK) st = zck_download(v, &vh);
+    double *s = malloc(sizeof(double) * (size_t)lens[i]);
+    if (st == ZMLX_OK && !s) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (int h = 0; st == ZMLX_OK && h < hq; h++) {
+      const int g = h / (hq / hkv);
+      const double *qr = q + (i * hq + h) * hd;
+      double mx = -INFINITY, l = 0, amax = 0;
+      for (int64_t p = 0; p < lens[i]; p++) {
+        double dot = 0, adot = 0;
+        for (int d = 0; d < hd; d++)
+          dot += qr[d] * kh[(p * hkv + g) * hd + d], adot += fabs(qr[d] * kh[(p * hkv + g) * hd + d]);
+        s[p] = dot * scale;
+        mx = fmax(mx, s[p]);
+        amax = fmax(amax, adot * scale);
+      }
+      for (int64_t p = 0; p < lens[i]; p++) l += s[p] = exp(s[p] - mx);
+      for (int d = 0; d < hd; d++) {
+        double o = 0, a = 0;
+        for (int64_t p = 0; p < lens[i]; p++) {
+          o += s[p] / l * vh[(p * hkv + g) * hd + d];
+          a += s[p] / l * fabs(vh[(p * hkv + g) * hd + d]);
+        }
+        want[(i * hq + h) * hd + d] = o;
+        terms[(i * hq + h) * hd + d] = a * (1 + 2 * amax);
+      }
+    }
+    free(s);
+    free(kh);
+    free(vh);
+    zmlx_array_release(k);
+    zmlx_array_release(v);
+    ZMLX_CHECK(st);
+  }
+  return ZMLX_OK;
+}
+
+static void decode_case(const zmlx_check_opts *o, const int64_t *lens, int64_t B, int hq, int hkv,
+                        int hd, const char *partition, uint64_t *rng) {
+  char name[96];
+  snprintf(name, sizeof name, "B%lld Hq%d Hkv%d D%d max ctx %lld%s%s", (long long)B, hq, hkv, hd,
+           (long long)lens[B - 1], partition ? " split " : "", partition ? partition : "");
+  int64_t blocks = 1;
+  for (int64_t i = 0; i < B; i++) blocks += (lens[i] + 15) / 16;
+  zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 1, .kv_heads = hkv,
+                             .head_dim = hd, .block_size = 16, .num_blocks = blocks,
+                             .dtype = o->dtype, .device = o->device};
+  zmlx_kv_cache *c = NULL;
+  int64_t seqs[16];
+  const int64_t nq = B * hq * hd;
+  double *q = malloc(sizeof(double) * (size_t)nq), *want = calloc((size_t)nq, sizeof(double));
+  double *terms = calloc((size_t)nq, sizeof(double)), *got = NULL;
+  zmlx_array *aq = NULL, *y = NULL;
+  int64_t qsh[3] = {B, hq, hd};
+  zmlx_status st = q && want && terms ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of memory");
+  if (st == ZMLX_OK) st = zmlx_kv_cache_create(&desc, &c);
+  if (st == ZMLX_OK) st = fill_cache(o, c, lens, B, hkv, hd, seqs, rng);
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, qsh, -2, 2, rng, q, &aq);
+  if (partition) setenv("ZMLX_DECODE_PARTITION", partition, 1);
+  if (st == ZMLX_OK) st = zmlx_kv_cache_attention(c, 0, aq, seqs, 0, &y);
+  if (partition) unsetenv("ZMLX_DECODE_PARTITION");
+  if (st == ZMLX_OK) st = zck_download(y, &got);
+  if (st == ZMLX_OK) st = reference(c, seqs, lens, B, hq, hkv, hd, q, want, terms);
+  if (st == ZMLX_OK) {
+    int64_t maxl = 1;
+    for (int64_t i = 0; i < B; i++) maxl = lens[i] > maxl ? lens[i] : maxl;
+    double e, t;
+    int ok = zck_within_scaled(got, want, terms, nq, zck_bound_sum(ZCK_TOL_ROW, o->dtype, hd + maxl),
+                               &e, &t);
+    zck_emit(o, "paged_decode", "fwd", o->dtype, name, e, t, ok);
+  } else {
+    zck_emit_fail(o, "paged_decode", "fwd", o->dtype, name, st);
+  }
+  free(q);
+  free(want);
+  free(terms);
+  free(got);
+  zmlx_array_release(aq);
+  zmlx_array_release(y);
+  zmlx_kv_cache_destroy(c);
+  zmlx_clear_error();
+}
+
+static zmlx_status check_paged_decode(const zmlx_check_opts *o) {
+  uint64_t rng = o->seed * 2654435761u + 7001u;
+  static const int64_t mixed[] = {0, 1, 15, 16, 17, 300};
+  static const int64_t longer[] = {17, 4096};
+  decode_case(o, mixed, 6, 4, 2, 64, NULL, &rng);
+  decode_case(o, mixed, 6, 4, 2, 64, "7", &rng);
+  decode_case(o, mixed, 6, 8, 1, 128, NULL, &rng);
+  if (!o->quick) {
+    decode_case(o, longer, 2, 8, 2, 128, NULL, &rng); /* split by the default rule */
+    decode_case(o, mixed, 6, 2, 2, 256, NULL, &rng);
+  }
+  return ZMLX_OK;
+}
+
+const zmlx_catalog_op zck_catalog_kv_cache_ops[] = {
+    {"paged_decode", check_paged_decode},
+    {0},
+};
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef struct decode_bench {
+  zmlx_kv_cache *c;
+  zmlx_array *q;
+  int64_t seqs[64];
+} decode_bench;
+
+static zmlx_status decode_bench_run(void *p) {
+  decode_bench *b = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = zmlx_kv_cache_attention(b->c, 0, b->q, b->seqs, 0, &y);
+  zmlx_array_release(y);
+  return st;
+}
+
+/* The issue's decode shape: batch 32, 32 q heads, 8 kv heads, head_dim
+ * 128, context 4096, block 16, bf16 (batch 2, context 512 on a CPU
+ * device). Bytes: the K and V the step reads. */
+static zmlx_status bench_paged_decode(const zmlx_bench_opts *o) {
+  zmlx_device_info info;
+  ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
+  const int64_t B = info.is_cpu ? 2 : 32, ctx = info.is_cpu ? 512 : 4096, H = 32, HKV = 8, D = 128;
+  decode_bench b;
+  memset(&b, 0, sizeof b);
+  zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 1, .kv_heads = (int)HKV,
+                             .head_dim = (int)D, .block_size = 16,
+                             .num_blocks = B * ctx / 16 + 1, .dtype = ZMLX_BF16,
+                             .device = o->device};
+  zmlx_status st = zmlx_kv_cache_create(&desc, &b.c);
+  int64_t ksh[3] = {ctx, HKV, D}, qsh[3] = {B, H, D};
+  zmlx_array *k = NULL;
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 3, ksh, 61, &k);
+  for (int64_t i = 0; st == ZMLX_OK && i < B; i++) {
+    st = zmlx_kv_cache_add_sequence(b.c, &b.seqs[i]);
+    if (st == ZMLX_OK) st = zmlx_kv_cache_extend(b.c, b.seqs[i], ctx);
+    if (st == ZMLX_OK) st = zmlx_kv_cache_write(b.c, b.seqs[i], 0, 0, k, k);
+  }
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 3, qsh, 62, &b.q);
+  const double kv_bytes = 2.0 * (double)B * ctx * HKV * D * 2;
+  if (st == ZMLX_OK)
+    st = zck_bench_time_emit(o, "paged_decode", ZMLX_BF16, 3, qsh, kv_bytes, decode_bench_run, &b);
+  zmlx_array_release(k);
+  zmlx_array_release(b.q);
+  zmlx_kv_cache_destroy(b.c);
+  return st;
+}
+
+const zmlx_catalog_bench zck_catalog_kv_cache_bench[] = {
+    {"paged_decode", bench_paged_decode},
+    {0},
+};
