@@ -200,6 +200,19 @@ double *zpy_double_list(PyObject *seq_in, Py_ssize_t *n, const char *what) {
   return v;
 }
 
+int zpy_dtype_list(PyObject *o, zmlx_dtype *out, int cap) {
+  if (o == Py_None) return 1;
+  PyObject *seq = PySequence_Fast(o, "dtypes must be a sequence");
+  if (!seq) return 0;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && i < cap; i++)
+    if (!zpy_conv_dtype(PySequence_Fast_GET_ITEM(seq, i), &out[i])) {
+      Py_DECREF(seq);
+      return 0;
+    }
+  Py_DECREF(seq);
+  return 1;
+}
+
 PyObject *zpy_device_name(zmlx_device *dev) {
   zmlx_device_info info;
   zmlx_status st = zmlx_device_get_info(dev, &info);

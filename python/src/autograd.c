@@ -81,25 +81,23 @@ static PyObject *grads_list(zmlx_array **g, int n) {
   return l;
 }
 
-static PyObject *py_value_and_grad(PyObject *mod, PyObject *args, PyObject *kw) {
-  (void)mod;
-  static char *kwlist[] = {"fn", "inputs", "argnums", NULL};
-  PyObject *fn, *inputs, *argo = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &fn, &inputs, &argo)) return NULL;
-  Py_ssize_t n = 0;
-  zmlx_array **in = zpy_array_list(inputs, &n, "inputs must be zmlx.Array");
-  if (!in) return NULL;
-  int argnums[ZMLX_MAX_DIMS], na = 0;
-  if (n > ZMLX_MAX_DIMS || !parse_argnums(argo, n, argnums, &na)) {
-    PyMem_Free(in);
+/* inputs (a sequence of Arrays) and argnums (None: all) of a grad call;
+ * *in is PyMem_Malloc'ed. 0 with a Python exception set on bad input. */
+static int grad_inputs(PyObject *inputs, PyObject *argo, zmlx_array ***in, Py_ssize_t *n,
+                       int *argnums, int *na) {
+  *in = zpy_array_list(inputs, n, "inputs must be zmlx.Array");
+  if (!*in) return 0;
+  if (*n > ZMLX_MAX_DIMS || !parse_argnums(argo, *n, argnums, na)) {
+    PyMem_Free(*in);
+    *in = NULL;
     if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "at most %d inputs", ZMLX_MAX_DIMS);
-    return NULL;
+    return 0;
   }
-  callback cb = {fn, 0};
-  zmlx_array *value = NULL, *grads[ZMLX_MAX_DIMS] = {0};
-  zmlx_status st = zmlx_value_and_grad(trampoline, &cb, in, (int)n, argnums, na, &value, grads);
-  PyMem_Free(in);
-  if (st != ZMLX_OK) return fail(&cb, st);
+  return 1;
+}
+
+/* (value, [grads]) taking over the references. */
+static PyObject *value_and_grads(zmlx_array *value, zmlx_array **grads, int na) {
   PyObject *v = zpy_array_wrap(value), *g = grads_list(grads, na);
   if (!v || !g) {
     Py_XDECREF(v);
@@ -107,6 +105,23 @@ static PyObject *py_value_and_grad(PyObject *mod, PyObject *args, PyObject *kw) 
     return NULL;
   }
   return Py_BuildValue("(NN)", v, g);
+}
+
+static PyObject *py_value_and_grad(PyObject *mod, PyObject *args, PyObject *kw) {
+  (void)mod;
+  static char *kwlist[] = {"fn", "inputs", "argnums", NULL};
+  PyObject *fn, *inputs, *argo = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &fn, &inputs, &argo)) return NULL;
+  Py_ssize_t n = 0;
+  zmlx_array **in = NULL;
+  int argnums[ZMLX_MAX_DIMS], na = 0;
+  if (!grad_inputs(inputs, argo, &in, &n, argnums, &na)) return NULL;
+  callback cb = {fn, 0};
+  zmlx_array *value = NULL, *grads[ZMLX_MAX_DIMS] = {0};
+  zmlx_status st = zmlx_value_and_grad(trampoline, &cb, in, (int)n, argnums, na, &value, grads);
+  PyMem_Free(in);
+  if (st != ZMLX_OK) return fail(&cb, st);
+  return value_and_grads(value, grads, na);
 }
 
 static PyObject *py_vjp(PyObject *mod, PyObject *args, PyObject *kw) {
@@ -118,26 +133,15 @@ static PyObject *py_vjp(PyObject *mod, PyObject *args, PyObject *kw) {
                                    &argo))
     return NULL;
   Py_ssize_t n = 0;
-  zmlx_array **in = zpy_array_list(inputs, &n, "inputs must be zmlx.Array");
-  if (!in) return NULL;
+  zmlx_array **in = NULL;
   int argnums[ZMLX_MAX_DIMS], na = 0;
-  if (n > ZMLX_MAX_DIMS || !parse_argnums(argo, n, argnums, &na)) {
-    PyMem_Free(in);
-    if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "at most %d inputs", ZMLX_MAX_DIMS);
-    return NULL;
-  }
+  if (!grad_inputs(inputs, argo, &in, &n, argnums, &na)) return NULL;
   callback cb = {fn, 0};
   zmlx_array *out = NULL, *grads[ZMLX_MAX_DIMS] = {0};
   zmlx_status st = zmlx_vjp(trampoline, &cb, in, (int)n, argnums, na, ct, &out, grads);
   PyMem_Free(in);
   if (st != ZMLX_OK) return fail(&cb, st);
-  PyObject *v = zpy_array_wrap(out), *g = grads_list(grads, na);
-  if (!v || !g) {
-    Py_XDECREF(v);
-    Py_XDECREF(g);
-    return NULL;
-  }
-  return Py_BuildValue("(NN)", v, g);
+  return value_and_grads(out, grads, na);
 }
 
 static PyObject *py_jvp(PyObject *mod, PyObject *args, PyObject *kw) {

@@ -46,6 +46,10 @@ const char **zpy_str_list(PyObject *seq, Py_ssize_t *n, const char *what);
 /* A list of numbers as doubles (PyMem_Malloc'ed, NULL for None). */
 double *zpy_double_list(PyObject *seq, Py_ssize_t *n, const char *what);
 
+/* A sequence of dtypes into out[0..cap) (entries past it ignored); None
+ * leaves out as it is. */
+int zpy_dtype_list(PyObject *o, zmlx_dtype *out, int cap);
+
 /* "opencl:0" of a device. */
 PyObject *zpy_device_name(zmlx_device *dev);
 

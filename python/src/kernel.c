@@ -184,16 +184,7 @@ static PyObject *kernel_source(zpy_kernel *self, PyObject *args, PyObject *kw) {
   if (st != ZMLX_OK) return zpy_raise(st);
   zmlx_dtype dts[MAX_IO];
   for (int i = 0; i < MAX_IO; i++) dts[i] = ZMLX_F32;
-  if (dtypes != Py_None) {
-    PyObject *seq = PySequence_Fast(dtypes, "dtypes must be a sequence");
-    if (!seq) return NULL;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && i < MAX_IO; i++)
-      if (!zpy_conv_dtype(PySequence_Fast_GET_ITEM(seq, i), &dts[i])) {
-        Py_DECREF(seq);
-        return NULL;
-      }
-    Py_DECREF(seq);
-  }
+  if (!zpy_dtype_list(dtypes, dts, MAX_IO)) return NULL;
   zmlx_kernel_call c;
   memset(&c, 0, sizeof c);
   c.n_inputs = self->n_inputs;

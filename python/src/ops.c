@@ -74,16 +74,7 @@ static PyObject *op_source(zpy_op *self, PyObject *args, PyObject *kw) {
                                                       : ZMLX_OP_FORWARD;
   zmlx_dtype dts[16];
   for (int i = 0; i < 16; i++) dts[i] = ZMLX_F32;
-  if (dtypes != Py_None) {
-    PyObject *seq = PySequence_Fast(dtypes, "dtypes must be a sequence");
-    if (!seq) return NULL;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && i < 16; i++)
-      if (!zpy_conv_dtype(PySequence_Fast_GET_ITEM(seq, i), &dts[i])) {
-        Py_DECREF(seq);
-        return NULL;
-      }
-    Py_DECREF(seq);
-  }
+  if (!zpy_dtype_list(dtypes, dts, 16)) return NULL;
   char *src = NULL;
   st = zmlx_op_source(self->op, b, dir, dts, &src);
   if (st != ZMLX_OK) return zpy_raise(st);
