@@ -207,7 +207,7 @@ static zmlx_status library_gemm(zmlx_array *a, zmlx_array *b, zmlx_array *out) {
   if (!dev->ops->gemm || a->dtype != out->dtype || b->dtype != out->dtype)
     return ZMLX_ERR_UNSUPPORTED;
   const int nd = a->ndim;
-  zmlx_gemm_args g = {.dtype = out->dtype,
+  zmlx_gemm_args g = {.dtype = out->dtype, .c_dtype = out->dtype,
                       .m = a->shape[nd - 2], .n = b->shape[nd - 1], .k = a->shape[nd - 1],
                       .a = a->buffer->handle, .b = b->buffer->handle, .c = out->buffer->handle,
                       .a_off = a->offset, .b_off = b->offset, .c_off = out->offset,
@@ -219,7 +219,28 @@ static zmlx_status library_gemm(zmlx_array *a, zmlx_array *b, zmlx_array *out) {
     return ZMLX_ERR_UNSUPPORTED;
   if (g.m > INT32_MAX || g.n > INT32_MAX || g.k > INT32_MAX || g.batch > INT32_MAX)
     return ZMLX_ERR_UNSUPPORTED;
-  zmlx_status st = dev->ops->gemm(dev->index, zmlxi_stream_or_default(NULL, dev)->handle, &g);
+  /* 16-bit products land in f32 first and are rounded once: a library's
+   * split-K may otherwise sum its partials in the 16-bit output (cuBLAS
+   * bf16 at K = 4097 was off by 2.4x the bound of one rounding) */
+  zmlx_array *c32 = NULL;
+  void *stream = zmlxi_stream_or_default(NULL, dev)->handle;
+  if (out->dtype != ZMLX_F32) {
+    ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, ZMLX_F32, out->ndim, out->shape, &c32));
+    g.c = c32->buffer->handle;
+    g.c_off = c32->offset;
+    g.c_dtype = ZMLX_F32;
+  }
+  zmlx_status st = dev->ops->gemm(dev->index, stream, &g);
+  if (st == ZMLX_OK && c32) {
+    zmlx_array *cast = NULL;
+    st = zmlx_array_astype(c32, out->dtype, &cast);
+    if (st == ZMLX_OK)
+      st = dev->ops->copy(dev->index, stream, out->buffer->handle,
+                          (size_t)out->offset * zmlx_dtype_size(out->dtype), cast->buffer->handle,
+                          (size_t)cast->offset * zmlx_dtype_size(out->dtype), zmlx_array_nbytes(out));
+    zmlx_array_release(cast);
+  }
+  zmlx_array_release(c32);
   if (st == ZMLX_ERR_UNSUPPORTED) zmlx_clear_error();
   if (st == ZMLX_OK) zmlxi_ad_gemm_library_runs++;
   return st;

@@ -99,7 +99,8 @@ typedef struct zmlx_dialect {
 /* One strided-batched GEMM for a backend's library: C = A @ B, row-major,
  * batch entries `*_batch` elements apart (0: the entry is shared). */
 typedef struct zmlx_gemm_args {
-  zmlx_dtype dtype;            /* of A, B and C */
+  zmlx_dtype dtype;            /* of A and B (and C unless c_dtype says otherwise) */
+  zmlx_dtype c_dtype;          /* of C: dtype, or f32 for 16-bit A and B (one rounding later) */
   int trans_a, trans_b;        /* 1: stored transposed (A as [K, M], B as [N, K]) */
   int64_t m, n, k, batch;
   const void *a, *b;           /* buffer handles */

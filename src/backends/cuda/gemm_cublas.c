@@ -105,6 +105,8 @@ zmlx_status zmlxi_cublas_gemm(int dev, void *stream, const zmlx_gemm_args *g) {
     default:
       return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "cuBLAS GEMM: dtype %s", zmlx_dtype_name(g->dtype));
   }
+  const int ctype = g->c_dtype == ZMLX_F32 ? CB_R_32F : type;
+  const size_t ces = g->c_dtype == ZMLX_F32 ? 4 : es;
   void *h = NULL;
   ZMLX_CHECK(handle_of(dev, &h));
   const char *tf32 = getenv("ZMLX_TF32");
@@ -113,14 +115,14 @@ zmlx_status zmlxi_cublas_gemm(int dev, void *stream, const zmlx_gemm_args *g) {
   const float one = 1.0f, zero = 0.0f;
   const char *a = (const char *)g->a + g->a_off * (int64_t)es;
   const char *b = (const char *)g->b + g->b_off * (int64_t)es;
-  char *c = (char *)g->c + g->c_off * (int64_t)es;
+  char *c = (char *)g->c + g->c_off * (int64_t)ces;
   /* column-major C^T [n x m] = B^T [n x k] A^T [k x m]: B first */
   pthread_mutex_lock(&cb.lock); /* a handle's stream binding is per call */
   int r = cb.set_stream(h, (CUstream)stream);
   if (r == 0)
     r = cb.gemm(h, g->trans_b ? CB_OP_T : CB_OP_N, g->trans_a ? CB_OP_T : CB_OP_N, (int)g->n,
                 (int)g->m, (int)g->k, &one, b, type, (int)g->ldb, (long long)g->b_batch, a, type,
-                (int)g->lda, (long long)g->a_batch, &zero, c, type, (int)g->ldc,
+                (int)g->lda, (long long)g->a_batch, &zero, c, ctype, (int)g->ldc,
                 (long long)g->c_batch, (int)g->batch, compute, CB_GEMM_DEFAULT);
   pthread_mutex_unlock(&cb.lock);
   if (r != 0)

@@ -16,7 +16,7 @@ const char *zmlxi_ocl_gemm_library(int dev) {
 
 zmlx_status zmlxi_ocl_gemm(int dev, void *stream, const zmlx_gemm_args *g) {
   (void)dev;
-  if (g->dtype != ZMLX_F32)
+  if (g->dtype != ZMLX_F32 || g->c_dtype != ZMLX_F32)
     return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "CLBlast GEMM: f32 only (its Hgemm accumulates in "
                      "half precision), not %s", zmlx_dtype_name(g->dtype));
   cl_command_queue q = (cl_command_queue)stream;
