@@ -204,7 +204,7 @@ static int lib_batch_stride(const zmlx_array *x, int64_t *stride) {
  * GEMM should (error cleared), anything else a real failure. */
 static zmlx_status library_gemm(zmlx_array *a, zmlx_array *b, zmlx_array *out) {
   zmlx_device *dev = out->buffer->device;
-  if (!dev->ops->gemm || a->dtype != out->dtype || b->dtype != out->dtype)
+  if (!zmlxi_device_gemm_takes(dev, out->dtype) || a->dtype != out->dtype || b->dtype != out->dtype)
     return ZMLX_ERR_UNSUPPORTED;
   const int nd = a->ndim;
   zmlx_gemm_args g = {.dtype = out->dtype, .c_dtype = out->dtype,

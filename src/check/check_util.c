@@ -213,10 +213,11 @@ zck_bound zck_bound_of(zck_tol_kind kind, zmlx_dtype dt, double scale, int64_t n
 }
 
 zck_bound zck_bound_sum(zck_tol_kind kind, zmlx_dtype dt, int64_t n) {
-  zck_bound b = zck_bound_of(kind, dt, 1, n);
-  const double k = kind >= 0 && kind < ZCK_TOL_KINDS ? K32[kind] : 0;
-  b.atol = b.rtol - zck_unit_roundoff(dt); /* (K + 4 sqrt(n)) u32 per unit of the terms */
-  b.rtol = zck_unit_roundoff(dt) + k * 0x1p-24; /* the last f32 steps, the rounding to dt */
+  const double u32 = 0x1p-24, k = kind >= 0 && kind < ZCK_TOL_KINDS ? K32[kind] : 0;
+  zck_bound b;
+  b.atol = (k + 4 * sqrt((double)(n > 1 ? n : 1))) * u32; /* per unit of the terms */
+  b.rtol = zck_unit_roundoff(dt) + k * u32; /* the last f32 steps, the rounding to dt */
+  b.floor = dt == ZMLX_F16 ? 0x1p-25 : 0;
   return b;
 }
 

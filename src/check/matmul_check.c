@@ -115,19 +115,10 @@ static void mm_case_run(const zmlx_check_opts *o, const mm_case *c, int grads, u
     int ok = zck_within_scaled(got, want, terms, nout, zck_bound_sum(ZCK_TOL_ELEMENTWISE, dt, c->k),
                                &e, &t);
     zck_emit(o, "matmul", "fwd", dt, name, e, t, ok);
-    const char *lib = NULL;
-    (void)zmlx_device_gemm_library(o->device, &lib);
-    /* products of a dtype the library lists ("cuBLAS 13.0 (f32, f16,
-     * bf16)", "CLBlast 1.5.3 (f32)") go to it, unless their batch axes do
-     * not collapse into one stride (a [B, 1] operand against a [B'] one)
-     * or there is nothing to sum (K = 0) */
-    char tag[16];
-    snprintf(tag, sizeof tag, "%s", zmlx_dtype_name(dt));
-    const char *paren = lib ? strchr(lib, '(') : NULL;
-    int takes = 0;
-    for (const char *q = paren; q && (q = strstr(q, tag)) != NULL; q += strlen(tag))
-      if (q[-1] == '(' || q[-1] == ' ') takes = 1; /* a whole name: not "bf16"'s "f16" */
-    int want_lib = takes && c->k > 0 && !(c->ba && c->bb);
+    /* products of a dtype the device's library takes go to it, unless
+     * their batch axes do not collapse into one stride (a [B, 1] operand
+     * against a [B'] one) or there is nothing to sum (K = 0) */
+    int want_lib = zmlxi_device_gemm_takes(o->device, dt) && c->k > 0 && !(c->ba && c->bb);
     int ran_lib = zmlxi_ad_gemm_library_runs != before;
     zck_emit(o, "matmul", want_lib ? "path: library GEMM" : "path: dialect GEMM", dt, name,
              ran_lib != want_lib, 0, ran_lib == want_lib);

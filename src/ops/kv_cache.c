@@ -285,40 +285,58 @@ static zmlx_status move_rows(zmlx_kv_cache *c, int mode, zmlx_array *src, zmlx_a
   return zmlx_kernel_launch(k, &call);
 }
 
-static zmlx_status check_tokens(zmlx_kv_cache *c, const char *what, zmlx_array *x, int64_t n) {
+static zmlx_status check_tokens(zmlx_kv_cache *c, const char *call, const char *what, zmlx_array *x,
+                                int64_t n) {
   char sh[96];
-  if (!x) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_kv_cache_write: %s is NULL", what);
+  if (!x) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: %s is NULL", call, what);
   if (x->ndim != 3 || x->shape[0] != n || x->shape[1] != c->d.kv_heads || x->shape[2] != c->d.head_dim)
-    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_kv_cache_write: %s %s must be [%lld tokens, kv_heads %d, "
-                     "head_dim %d]", what, zmlxi_shape_str(sh, sizeof sh, x->ndim, x->shape),
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: %s %s must be [%lld tokens, kv_heads %d, "
+                     "head_dim %d]", call, what, zmlxi_shape_str(sh, sizeof sh, x->ndim, x->shape),
                      (long long)n, c->d.kv_heads, c->d.head_dim);
   if (!zmlxi_dtype_is_f32_f16_bf16(x->dtype))
-    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_kv_cache_write: %s has dtype %s", what,
-                     zmlx_dtype_name(x->dtype));
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "%s: %s has dtype %s", call, what, zmlx_dtype_name(x->dtype));
   if (x->buffer->device != c->dev)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write: %s lives on another device", what);
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: %s lives on another device", call, what);
   return ZMLX_OK;
+}
+
+/* What both writes check: the sequence, the layer, k and v [n, kv_heads,
+ * head_dim] and positions [start, start + n) within the sequence. */
+static zmlx_status check_write(zmlx_kv_cache *c, const char *call, int64_t seq, int layer,
+                               int64_t start, zmlx_array *k, zmlx_array *v, kv_seq **s,
+                               int64_t *n) {
+  ZMLX_CHECK(get_seq(c, call, seq, s));
+  if (layer < 0 || layer >= c->d.layers)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: layer %d of %d", call, layer, c->d.layers);
+  if (!k) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: k is NULL", call);
+  *n = k->ndim >= 1 ? k->shape[0] : 0;
+  ZMLX_CHECK(check_tokens(c, call, "k", k, *n));
+  ZMLX_CHECK(check_tokens(c, call, "v", v, *n));
+  if (start < 0 || start + *n > (*s)->len)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: positions [%lld, %lld) are outside sequence "
+                     "%lld's %lld tokens (zmlx_kv_cache_extend first)", call, (long long)start,
+                     (long long)(start + *n), (long long)seq, (long long)(*s)->len);
+  return ZMLX_OK;
+}
+
+/* The cache rows of positions [start, start + n) of s (n > 0), its shared
+ * blocks among them copied first: the slots a write may fill. */
+static zmlx_status claim_slots(zmlx_kv_cache *c, kv_seq *s, int64_t start, int64_t n,
+                               zmlx_array **rows) {
+  const int64_t bs = c->d.block_size;
+  ZMLX_CHECK(own_blocks(c, s, start / bs, (start + n - 1) / bs));
+  return slot_rows(c, s, start, n, rows);
 }
 
 zmlx_status zmlx_kv_cache_write(zmlx_kv_cache *c, int64_t seq, int layer, int64_t start,
                                 zmlx_array *k, zmlx_array *v) {
   kv_seq *s = NULL;
-  ZMLX_CHECK(get_seq(c, "zmlx_kv_cache_write", seq, &s));
-  if (layer < 0 || layer >= c->d.layers)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write: layer %d of %d", layer, c->d.layers);
-  if (!k) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_kv_cache_write: k is NULL");
-  const int64_t n = k->ndim >= 1 ? k->shape[0] : 0;
-  ZMLX_CHECK(check_tokens(c, "k", k, n));
-  ZMLX_CHECK(check_tokens(c, "v", v, n));
-  if (start < 0 || start + n > s->len)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write: positions [%lld, %lld) are "
-                     "outside sequence %lld's %lld tokens (zmlx_kv_cache_extend first)",
-                     (long long)start, (long long)(start + n), (long long)seq, (long long)s->len);
+  int64_t n = 0;
+  ZMLX_CHECK(check_write(c, "zmlx_kv_cache_write", seq, layer, start, k, v, &s, &n));
   if (n == 0) return ZMLX_OK;
-  const int64_t bs = c->d.block_size;
-  ZMLX_CHECK(own_blocks(c, s, start / bs, (start + n - 1) / bs));
   zmlx_array *rows = NULL;
-  ZMLX_CHECK(slot_rows(c, s, start, n, &rows));
+  ZMLX_CHECK(claim_slots(c, s, start, n, &rows));
+  const int64_t bs = c->d.block_size;
   const int64_t base = (int64_t)layer * c->d.num_blocks * bs;
   zmlx_status st = move_rows(c, 0, k, rows, base, c->k, n);
   if (st == ZMLX_OK) st = move_rows(c, 0, v, rows, base, c->v, n);
@@ -487,15 +505,9 @@ zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *c, int64_t seq, int layer, i
   ZMLX_REQUIRE_ARG(q_out);
   *q_out = NULL;
   kv_seq *s = NULL;
-  ZMLX_CHECK(get_seq(c, "zmlx_kv_cache_write_rope", seq, &s));
-  ZMLX_REQUIRE_ARG(k);
+  int64_t n = 0;
+  ZMLX_CHECK(check_write(c, "zmlx_kv_cache_write_rope", seq, layer, start, k, v, &s, &n));
   ZMLX_REQUIRE_ARG(q);
-  if (layer < 0 || layer >= c->d.layers)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: layer %d of %d", layer,
-                     c->d.layers);
-  const int64_t n = k->ndim >= 1 ? k->shape[0] : 0;
-  ZMLX_CHECK(check_tokens(c, "k", k, n));
-  ZMLX_CHECK(check_tokens(c, "v", v, n));
   char sh[96];
   if (q->ndim != 3 || q->shape[0] != n || q->shape[2] != c->d.head_dim ||
       q->shape[1] % c->d.kv_heads != 0 || !zmlxi_dtype_is_f32_f16_bf16(q->dtype))
@@ -514,10 +526,6 @@ zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *c, int64_t seq, int layer, i
   if (o.offsets || o.cos || o.sin)
     return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_kv_cache_write_rope: positions come from the "
                      "sequence (start); offsets and cos/sin tables are not taken here");
-  if (start < 0 || start + n > s->len)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: positions [%lld, %lld) are "
-                     "outside sequence %lld's %lld tokens (zmlx_kv_cache_extend first)",
-                     (long long)start, (long long)(start + n), (long long)seq, (long long)s->len);
   const double base = o.base != 0 ? o.base : 10000.0, scale = o.scale != 0 ? o.scale : 1.0;
   zmlx_array *qo = NULL;
   ZMLX_CHECK(zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &qo));
@@ -526,9 +534,8 @@ zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *c, int64_t seq, int layer, i
     return ZMLX_OK;
   }
   const int64_t bs = c->d.block_size, Hq = q->shape[1];
-  zmlx_status st = own_blocks(c, s, start / bs, (start + n - 1) / bs);
   zmlx_array *rows = NULL;
-  if (st == ZMLX_OK) st = slot_rows(c, s, start, n, &rows);
+  zmlx_status st = claim_slots(c, s, start, n, &rows);
   zmlx_kernel *kern = NULL;
   if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_ROPE_WRITE, &kern);
   if (st == ZMLX_OK) {

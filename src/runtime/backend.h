@@ -167,6 +167,9 @@ typedef struct zmlx_backend_ops {
   /* The library behind gemm and the dtypes it takes, for `zmlx info`
    * ("CLBlast 1.5 (f32)"); NULL when none is loaded on this device. */
   const char *(*gemm_library)(int dev);
+  /* The dtypes of A and B gemm takes on this device, a bit per zmlx_dtype
+   * (0 when its library is not loaded). */
+  unsigned (*gemm_dtypes)(int dev);
 
   /* 1 when a buffer handle is a device address (CUDA): an offset can be
    * folded into it and its alignment checked; 0 for opaque objects

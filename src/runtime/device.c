@@ -251,6 +251,10 @@ zmlx_status zmlx_device_gemm_library(const zmlx_device *dev, const char **librar
   return ZMLX_OK;
 }
 
+int zmlxi_device_gemm_takes(const zmlx_device *dev, zmlx_dtype dt) {
+  return dev->ops->gemm && dev->ops->gemm_dtypes && (dev->ops->gemm_dtypes(dev->index) >> dt & 1u);
+}
+
 /* ----------------------------------------------------------------- streams */
 
 zmlx_stream *zmlxi_stream_or_default(zmlx_stream *s, zmlx_device *dev) {

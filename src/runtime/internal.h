@@ -95,6 +95,8 @@ struct zmlx_stream {
 
 /* The stream to use: `s` if given, else the device's default. */
 zmlx_stream *zmlxi_stream_or_default(zmlx_stream *s, zmlx_device *dev);
+/* Whether the device's library GEMM takes operands of dtype dt. */
+int zmlxi_device_gemm_takes(const zmlx_device *dev, zmlx_dtype dt);
 /* Resolve a possibly-NULL device to the default device. */
 zmlx_status zmlxi_device_resolve(zmlx_device *dev, zmlx_device **out);
 

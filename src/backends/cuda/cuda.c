@@ -575,5 +575,6 @@ const zmlx_backend_ops zmlxi_backend_cuda_ops = {
     .wrap_foreign = cuda_wrap_foreign,
     .gemm = cuda_gemm,
     .gemm_library = zmlxi_cublas_library,
+    .gemm_dtypes = zmlxi_cublas_dtypes,
 };
 

@@ -94,6 +94,11 @@ const char *zmlxi_cublas_library(int dev) {
   return cb.name;
 }
 
+unsigned zmlxi_cublas_dtypes(int dev) {
+  (void)dev;
+  return loaded() ? 1u << ZMLX_F32 | 1u << ZMLX_F16 | 1u << ZMLX_BF16 : 0;
+}
+
 zmlx_status zmlxi_cublas_gemm(int dev, void *stream, const zmlx_gemm_args *g) {
   if (!loaded()) return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "cuBLAS is not loaded");
   int type;

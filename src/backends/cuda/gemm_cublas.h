@@ -10,6 +10,8 @@
 zmlx_status zmlxi_cublas_gemm(int dev, void *stream, const zmlx_gemm_args *g);
 /* "cuBLAS 13.0 (f32, f16, bf16)", or NULL when libcublas does not load. */
 const char *zmlxi_cublas_library(int dev);
+/* f32, f16 and bf16 (bits by zmlx_dtype) once libcublas loads, else 0. */
+unsigned zmlxi_cublas_dtypes(int dev);
 /* Destroy the handles (zmlx_shutdown). */
 void zmlxi_cublas_shutdown(void);
 

@@ -14,6 +14,11 @@ const char *zmlxi_ocl_gemm_library(int dev) {
   return "CLBlast " ZMLX_CLBLAST_VERSION " (f32)";
 }
 
+unsigned zmlxi_ocl_gemm_dtypes(int dev) {
+  (void)dev;
+  return 1u << ZMLX_F32;
+}
+
 zmlx_status zmlxi_ocl_gemm(int dev, void *stream, const zmlx_gemm_args *g) {
   (void)dev;
   if (g->dtype != ZMLX_F32 || g->c_dtype != ZMLX_F32)

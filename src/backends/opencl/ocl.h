@@ -1,8 +1,9 @@
 /*
  * What the OpenCL backend's files share (not installed, not used above
  * src/backends/opencl): the CL headers at the version zmlx targets, the
- * translation of CL error codes into statuses and messages (errors.c) and
- * the envelope of cached program binaries (envelope.c).
+ * translation of CL error codes into statuses and messages (errors.c), the
+ * envelope of cached program binaries (envelope.c), a loaded function and
+ * its launch (launch_args.c), and the library GEMM (gemm_clblast.c).
  */
 #ifndef ZMLX_BACKENDS_OPENCL_OCL_H
 #define ZMLX_BACKENDS_OPENCL_OCL_H
@@ -19,16 +20,39 @@
 #include <CL/cl.h>
 #endif
 
+#include <pthread.h>
+
 #include "runtime/internal.h"
 
 #ifndef CL_PLATFORM_NOT_FOUND_KHR
 #define CL_PLATFORM_NOT_FOUND_KHR -1001
 #endif
 
+/* A loaded kernel. clSetKernelArg is not thread-safe on one cl_kernel, so
+ * argument setting and the enqueue that captures them share a lock. */
+typedef struct ocl_function {
+  cl_program program;
+  cl_kernel kernel;
+  cl_uint num_args;
+  /* CL_KERNEL_LOCAL_MEM_SIZE before any argument is set: the kernel's own
+   * __local arrays. PoCL aborts the process on a launch past the device's
+   * local memory instead of failing it, so launches check first. */
+  size_t static_local;
+  pthread_mutex_t lock;
+} ocl_function;
+
+/* launch_args.c: set every kernel parameter of a launch (the function's
+ * lock held), then enqueue it on q. */
+zmlx_status zmlxi_ocl_set_args(ocl_function *f, size_t dynamic_shared,
+                               const zmlx_launch_arg *args, int n_args);
+zmlx_status zmlxi_ocl_enqueue(cl_command_queue q, ocl_function *f, const uint32_t blocks[3],
+                              const uint32_t threads[3]);
+
 /* The library GEMM (gemm_clblast.c; only with CLBlast). */
 #ifdef ZMLX_HAVE_CLBLAST
 zmlx_status zmlxi_ocl_gemm(int dev, void *stream, const zmlx_gemm_args *g);
 const char *zmlxi_ocl_gemm_library(int dev);
+unsigned zmlxi_ocl_gemm_dtypes(int dev);
 #endif
 
 /* The CL_* name of an error code ("CL_UNKNOWN_ERROR" when not known). */

@@ -531,18 +531,6 @@ static zmlx_status ocl_compile(int dev, const char *source, const char *entry, v
   return st;
 }
 
-/* A loaded kernel. clSetKernelArg is not thread-safe on one cl_kernel, so
- * argument setting and the enqueue that captures them share a lock. */
-typedef struct ocl_function {
-  cl_program program;
-  cl_kernel kernel;
-  cl_uint num_args;
-  /* CL_KERNEL_LOCAL_MEM_SIZE before any argument is set: the kernel's own
-   * __local arrays. PoCL aborts the process on a launch past the device's
-   * local memory instead of failing it, so launches check first. */
-  size_t static_local;
-  pthread_mutex_t lock;
-} ocl_function;
 
 /* Program from an enveloped binary. The envelope catches damage and other
  * devices' binaries; whatever the driver still refuses fails in
@@ -633,81 +621,6 @@ static void ocl_unload(int dev, void *function) {
 
 /* ------------------------------------------------------------ launch */
 
-/* Kernel parameters the launch args fill: a buffer is (cl_mem, ulong
- * element offset), a scalar is one parameter. */
-static cl_uint count_cl_args(const zmlx_launch_arg *args, int n_args) {
-  cl_uint n = 0;
-  for (int i = 0; i < n_args; i++) n += args[i].kind == ZMLX_ARG_BUFFER ? 2u : 1u;
-  return n;
-}
-
-static zmlx_status set_arg(cl_kernel k, cl_uint idx, size_t size, const void *value, int which) {
-  cl_int err = clSetKernelArg(k, idx, size, value);
-  if (err != CL_SUCCESS)
-    return zmlxi_fail(zmlxi_ocl_status(err, ZMLX_ERR_LAUNCH),
-                     "OpenCL: clSetKernelArg(%u) for launch argument %d (%zu bytes) failed: %s (%d)",
-                     (unsigned)idx, which, size, zmlxi_ocl_error_name(err), (int)err);
-  return ZMLX_OK;
-}
-
-/* One launch arg at kernel parameter *idx; advances *idx. */
-static zmlx_status set_launch_arg(cl_kernel k, cl_uint *idx, const zmlx_launch_arg *a, int which) {
-  if (a->kind == ZMLX_ARG_SCALAR) {
-    ZMLX_CHECK(set_arg(k, (*idx)++, a->size, a->value, which));
-    return ZMLX_OK;
-  }
-  if (a->elem_size == 0 || a->byte_offset % a->elem_size != 0)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
-                     "OpenCL: launch argument %d: byte offset %zu is not a multiple of the "
-                     "element size %zu",
-                     which, a->byte_offset, a->elem_size);
-  cl_mem m = (cl_mem)a->buffer;
-  cl_ulong off = (cl_ulong)(a->byte_offset / a->elem_size);
-  ZMLX_CHECK(set_arg(k, (*idx)++, sizeof m, &m, which));
-  ZMLX_CHECK(set_arg(k, (*idx)++, sizeof off, &off, which));
-  return ZMLX_OK;
-}
-
-/* Set every parameter: user args, then (if the kernel declares it) the
- * dynamic __local buffer, then the last 3 args (the hidden grid). Whether
- * the kernel takes the __local parameter is read from its parameter count,
- * which the signature fixes; OpenCL rejects a 0-byte __local arg, so an
- * unsized one gets 1 byte. Extra dynamic bytes for a kernel that does not
- * use them are ignored, as CUDA would allocate and ignore them. */
-static zmlx_status set_all_args(ocl_function *f, size_t dynamic_shared,
-                                const zmlx_launch_arg *args, int n_args) {
-  cl_uint supplied = count_cl_args(args, n_args);
-  int has_dyn = f->num_args == supplied + 1;
-  if (n_args < ZMLX_HIDDEN_GRID_ARGS || (f->num_args != supplied && !has_dyn))
-    return zmlxi_fail(ZMLX_ERR_INTERNAL,
-                     "OpenCL: kernel takes %u parameters, the launch supplies %u (from %d args)",
-                     (unsigned)f->num_args, (unsigned)supplied, n_args);
-  cl_uint idx = 0;
-  int first_hidden = n_args - ZMLX_HIDDEN_GRID_ARGS;
-  for (int i = 0; i < n_args; i++) {
-    if (i == first_hidden && has_dyn)
-      ZMLX_CHECK(set_arg(f->kernel, idx++, dynamic_shared ? dynamic_shared : 1, NULL, -1));
-    ZMLX_CHECK(set_launch_arg(f->kernel, &idx, &args[i], i));
-  }
-  return ZMLX_OK;
-}
-
-static zmlx_status enqueue(cl_command_queue q, ocl_function *f, const uint32_t blocks[3],
-                           const uint32_t threads[3]) {
-  size_t global[3], local[3];
-  for (int i = 0; i < 3; i++) {
-    global[i] = (size_t)blocks[i] * threads[i];
-    local[i] = threads[i];
-  }
-  cl_int err = clEnqueueNDRangeKernel(q, f->kernel, 3, NULL, global, local, 0, NULL, NULL);
-  if (err != CL_SUCCESS)
-    return zmlxi_fail(zmlxi_ocl_status(err, ZMLX_ERR_LAUNCH),
-                     "OpenCL: kernel launch of %ux%ux%u work-groups of %ux%ux%u failed: %s (%d)",
-                     blocks[0], blocks[1], blocks[2], threads[0], threads[1], threads[2],
-                     zmlxi_ocl_error_name(err), (int)err);
-  return ZMLX_OK;
-}
-
 static zmlx_status ocl_launch(int dev, void *stream, void *function, const uint32_t blocks[3],
                              const uint32_t threads[3], size_t dynamic_shared,
                              const zmlx_launch_arg *args, int n_args) {
@@ -723,8 +636,8 @@ static zmlx_status ocl_launch(int dev, void *stream, void *function, const uint3
   if (blocks[0] == 0 || blocks[1] == 0 || blocks[2] == 0) return ZMLX_OK;
   ocl_function *f = function;
   pthread_mutex_lock(&f->lock);
-  zmlx_status st = set_all_args(f, dynamic_shared, args, n_args);
-  if (st == ZMLX_OK) st = enqueue(queue_of(dev, stream), f, blocks, threads);
+  zmlx_status st = zmlxi_ocl_set_args(f, dynamic_shared, args, n_args);
+  if (st == ZMLX_OK) st = zmlxi_ocl_enqueue(queue_of(dev, stream), f, blocks, threads);
   pthread_mutex_unlock(&f->lock);
   return st;
 }
@@ -786,6 +699,7 @@ const zmlx_backend_ops zmlxi_backend_opencl_ops = {
 #ifdef ZMLX_HAVE_CLBLAST
     .gemm = zmlxi_ocl_gemm,
     .gemm_library = zmlxi_ocl_gemm_library,
+    .gemm_dtypes = zmlxi_ocl_gemm_dtypes,
 #endif
     .launch = ocl_launch,
     .buffer_is_address = 0,
