@@ -73,7 +73,8 @@ static void ref_row(int op, const double *x, int64_t cols, int param, double *ou
 
 /* The size of the terms behind a sum / mean / var / std of one row, in the
  * units of zck_bound_sum: the terms' magnitudes (sum, mean: |x|; var: the
- * squares of x - mean, each off by u32 (|x| + |mean|) before squaring);
+ * squares of x - mean, each off by u32 (|x| + mean|x|) before squaring: the
+ * mean is a sum, off by a part of its terms' size, not of its own);
  * std = sqrt(var) halves var's relative error, and near 0 a change d of
  * var moves the root by at most sqrt(d). */
 static double ref_row_terms(int op, const double *x, int64_t cols, int param, double out) {
@@ -83,16 +84,18 @@ static double ref_row_terms(int op, const double *x, int64_t cols, int param, do
   if (op == ZMLX_REDUCE_MEAN) return a / (double)cols;
   const double m = s / (double)cols;
   double q = 0;
-  for (int64_t j = 0; j < cols; j++) q += 2 * fabs(x[j] - m) * (fabs(x[j]) + fabs(m));
+  for (int64_t j = 0; j < cols; j++) q += 2 * fabs(x[j] - m) * (fabs(x[j]) + a / (double)cols);
   q = cols > param ? q / (double)(cols - param) : 0;
   if (op == ZMLX_REDUCE_VAR || !(q > 0)) return q;
   return q / (2 * fmax(fabs(out), sqrt(q * 0x1p-24))); /* std */
 }
 
 /* The same for element j of the VJP of var / std: g 2 (x - mean) / den,
- * with x - mean off by u32 (|x| + |mean|); other ops: 0 (rtol alone). */
-static double ref_vjp_terms(int op, double x, double mean, double den, double out, double g) {
-  const double t = fabs(g) * 2 * (fabs(x) + fabs(mean)) / den;
+ * with x - mean off by u32 (|x| + mean|x|) (mabs: the row's mean |x|, the
+ * size of the terms the mean sums; a seed with mean ~ 0 and |x| ~ 2 showed
+ * |mean| is not it); other ops: 0 (rtol alone). */
+static double ref_vjp_terms(int op, double x, double mabs, double den, double out, double g) {
+  const double t = fabs(g) * 2 * (fabs(x) + mabs) / den;
   if (op == ZMLX_REDUCE_VAR) return t;
   if (op == ZMLX_REDUCE_STD) return out > 0 ? t / (2 * out) : 0;
   return 0;
@@ -315,8 +318,8 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
       goto done;
     }
     for (int64_t r = 0; r < rows; r++) {
-      double m = 0;
-      for (int64_t j = 0; j < cols; j++) m += xv[r * cols + j] / (double)cols;
+      double m = 0; /* mean |x| */
+      for (int64_t j = 0; j < cols; j++) m += fabs(xv[r * cols + j]) / (double)cols;
       for (int64_t j = 0; j < cols; j++)
         terms[r * cols + j] = ref_vjp_terms(op, xv[r * cols + j], m, (double)(cols - c->param),
                                             want[r * nout], gv[r * nout]);
