@@ -812,6 +812,63 @@ ZMLX_API zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *cache, int layer, zm
 ZMLX_API zmlx_status zmlx_kv_cache_stats(const zmlx_kv_cache *cache, int64_t *free_blocks,
                                          int64_t *used_blocks);
 
+/* ------------------------------------------------------------- AdamW */
+/* Fused AdamW (PyTorch's torch.optim.AdamW semantics: decoupled weight
+ * decay, bias correction; no amsgrad, no maximize): per element
+ *   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+ *   p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)
+ * in one kernel that reads g, p, m, v once and writes p, m, v once, for up
+ * to ZMLX_ADAMW_TENSORS_PER_LAUNCH tensors of any sizes per launch (a
+ * longer list takes more launches). lr and step are arguments of each call
+ * (no recompile). Optional clipping of the gradients by their global L2
+ * norm, computed on the device (the host never waits). */
+#define ZMLX_ADAMW_TENSORS_PER_LAUNCH 6
+
+typedef struct zmlx_adamw_opts {
+  size_t struct_size;  /* sizeof(zmlx_adamw_opts), or 0 (this header's size) */
+  double beta1, beta2; /* 0 and 0: PyTorch's 0.9 and 0.999 */
+  double eps;          /* 0: 1e-8 */
+  double weight_decay; /* decoupled (0 is no decay; PyTorch's default is 0.01) */
+  /* > 0: scale every gradient by min(1, max_grad_norm / (norm + 1e-6)),
+   * norm the L2 norm of all of them together (clip_grad_norm_). */
+  double max_grad_norm;
+  /* zmlx_adamw_create only: keep f32 master copies of f16 / bf16 params
+   * (the update runs on the master, the param receives its rounding). */
+  int master_weights;
+} zmlx_adamw_opts;
+
+/** One step over n tensors, updated in place: params[i] (dense; f32, f16
+ *  or bf16), grads[i] (params[i]'s shape, f32 / f16 / bf16, any layout),
+ *  exp_avg[i] and exp_avg_sq[i] (dense f32 of params[i]'s shape), and
+ *  master (NULL, or n dense f32 master copies: the update runs on
+ *  master[i] and params[i] receives its rounding). step >= 1 is the
+ *  count including this step. grad_norm (may be NULL): a new f32 scalar
+ *  array, the global L2 norm of the gradients before clipping. A list
+ *  whose arrays do not match is refused before anything is written. */
+ZMLX_API zmlx_status zmlx_adamw_step(const zmlx_adamw_opts *opts, double lr, int64_t step, int n,
+                                     zmlx_array *const *params, zmlx_array *const *grads,
+                                     zmlx_array *const *exp_avg, zmlx_array *const *exp_avg_sq,
+                                     zmlx_array *const *master, zmlx_array **grad_norm);
+
+/* The optimizer as an object: it holds exp_avg, exp_avg_sq (zeros at
+ * creation), the step count and, with master_weights, the f32 masters. */
+typedef struct zmlx_adamw zmlx_adamw;
+/** params: n arrays, retained (updated in place by each step). */
+ZMLX_API zmlx_status zmlx_adamw_create(zmlx_array *const *params, int n,
+                                       const zmlx_adamw_opts *opts, zmlx_adamw **out);
+/** NULL is accepted. */
+ZMLX_API zmlx_status zmlx_adamw_destroy(zmlx_adamw *opt);
+/** Step count + 1, then zmlx_adamw_step with the held state; grads: one
+ *  per param, in the order of creation. */
+ZMLX_API zmlx_status zmlx_adamw_update(zmlx_adamw *opt, zmlx_array *const *grads, int n,
+                                       double lr, zmlx_array **grad_norm);
+/** Tensor i's state: new references to its exp_avg and exp_avg_sq (and
+ *  its master copy, NULL without one); any pointer may be NULL. *step
+ *  (may be NULL): steps taken. */
+ZMLX_API zmlx_status zmlx_adamw_state(const zmlx_adamw *opt, int i, zmlx_array **exp_avg,
+                                      zmlx_array **exp_avg_sq, zmlx_array **master,
+                                      int64_t *step);
+
 /* ---------------------------------------------------- catalog: activations */
 /* Elementwise activations (src/ops/activation.c), one function each. x is
  * f32, f16 or bf16 of any rank and layout (strided views and 0-d arrays

@@ -19,6 +19,7 @@ ZMLX_FAMILY(zck_catalog_attention_ops)
 ZMLX_FAMILY(zck_catalog_matmul_ops)
 ZMLX_FAMILY(zck_catalog_kv_cache_ops)
 ZMLX_FAMILY(zck_catalog_reduce_ops)
+ZMLX_FAMILY(zck_catalog_adamw_ops)
 #undef ZMLX_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
 ZMLX_BENCHES(zck_catalog_softmax_bench)
@@ -32,6 +33,7 @@ ZMLX_BENCHES(zck_catalog_quant_bench)
 ZMLX_BENCHES(zck_catalog_attention_bench)
 ZMLX_BENCHES(zck_catalog_matmul_bench)
 ZMLX_BENCHES(zck_catalog_kv_cache_bench)
+ZMLX_BENCHES(zck_catalog_adamw_bench)
 #undef ZMLX_BENCHES
 
 #define MAX_OPS 128
@@ -61,6 +63,7 @@ static void build_table(void) {
   add_family(zck_catalog_attention_ops, &n);
   add_family(zck_catalog_matmul_ops, &n);
   add_family(zck_catalog_kv_cache_ops, &n);
+  add_family(zck_catalog_adamw_ops, &n);
   all_ops[n] = NULL;
   n = 0;
   add_benches(zck_catalog_softmax_bench, &n);
@@ -74,6 +77,7 @@ static void build_table(void) {
   add_benches(zck_catalog_attention_bench, &n);
   add_benches(zck_catalog_matmul_bench, &n);
   add_benches(zck_catalog_kv_cache_bench, &n);
+  add_benches(zck_catalog_adamw_bench, &n);
   all_benches[n] = NULL;
 }
 
