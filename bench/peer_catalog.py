@@ -152,6 +152,15 @@ def cases():
     yield "paged_decode", f"{B}x{H}x{D}", gather_sdpa, 2 * kc.nbytes
     yield "paged_decode_contig", f"{B}x{H}x{D}", (lambda: F.scaled_dot_product_attention(qd, kk, vv)), 2 * kc.nbytes
     del kc, vc, kk, vv
+    # AdamW's peer: torch.optim.AdamW(fused=True) over 16 f32 params of
+    # 4096 x 4096 (28 bytes an element: p, g, m, v read, p, m, v written)
+    ps = [torch.randn(4096, 4096, device="cuda", requires_grad=True) for _ in range(16)]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, fused=True)
+    opt.step()  # the state exists before timing
+    yield "adamw", "16x4096x4096", opt.step, 28 * 16 * 4096 * 4096
+    del ps, opt
     logits = torch.randn(8192, 32000, **bf, requires_grad=True)
     tgt = torch.randint(0, 32000, (8192,), device="cuda")
     yield ("cross_entropy_fused", "8192x32000", FwdBwd(F.cross_entropy, logits, tgt),
