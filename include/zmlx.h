@@ -812,6 +812,71 @@ ZMLX_API zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *cache, int layer, zm
 ZMLX_API zmlx_status zmlx_kv_cache_stats(const zmlx_kv_cache *cache, int64_t *free_blocks,
                                          int64_t *used_blocks);
 
+/* ----------------------------------------------------- mixture of experts */
+/* Gating, dispatch and SwiGLU experts (src/nn/moe.c). Pairs: token t's
+ * j-th choice is pair t k + j. Every kernel sums in a fixed order (no
+ * atomics): results are the same bits on every run. */
+#define ZMLX_MOE_MAX_K 8
+
+typedef enum zmlx_moe_scoring {
+  ZMLX_MOE_SOFTMAX_TOPK = 0, /* softmax over all experts, keep the top k probabilities */
+  ZMLX_MOE_TOPK_SOFTMAX = 1, /* top k logits, softmax over those k (Mixtral) */
+  ZMLX_MOE_SIGMOID = 2       /* sigmoid scores (DeepSeek-V3; with bias and renormalize) */
+} zmlx_moe_scoring;
+
+typedef struct zmlx_moe_gate_opts {
+  size_t struct_size;        /* sizeof(zmlx_moe_gate_opts), or 0 (this header's size) */
+  int k;                     /* experts per token, 1 .. ZMLX_MOE_MAX_K; 0: 2 */
+  zmlx_moe_scoring scoring;
+  int renormalize;           /* divide the chosen weights by their sum */
+  double scaling;            /* weights times this (routed_scaling_factor); 0: 1 */
+  /* NULL or [experts] (float): added to the scores to choose the experts,
+   * never to the weights (DeepSeek-V3's e_score_correction_bias). */
+  zmlx_array *bias;
+} zmlx_moe_gate_opts;
+
+/** logits [tokens, experts] (f32 / f16 / bf16) -> *weights [tokens, k]
+ *  f32 and *indices [tokens, k] i32, the chosen experts by descending
+ *  score; ties go to the lower expert index, a NaN score is never chosen
+ *  before a number. One kernel. Differentiable in logits (through the
+ *  weights; the choice itself is piecewise constant). */
+ZMLX_API zmlx_status zmlx_moe_gate(zmlx_array *logits, const zmlx_moe_gate_opts *opts,
+                                   zmlx_array **weights, zmlx_array **indices);
+/** Groups the pairs of indices [tokens, k] (i32) by expert on the device,
+ *  stably (pairs of an expert keep their order), with no host sync:
+ *  *offsets [experts + 1] i32 (expert e's pairs sit at [offsets[e],
+ *  offsets[e + 1]) of the grouping), *order [pairs] i32 (the pair at each
+ *  grouped position), *slot [pairs] i32 (each pair's position; -1 for an
+ *  index outside [0, experts), which no expert takes). */
+ZMLX_API zmlx_status zmlx_moe_dispatch(zmlx_array *indices, int experts, zmlx_array **offsets,
+                                       zmlx_array **order, zmlx_array **slot);
+/** SwiGLU experts over the routed pairs, combined back per token:
+ *  out[t] = sum_j weights[t, j] w2[e] (silu(w1[e] x[t]) * (w3[e] x[t])),
+ *  e = indices[t, j]. x [tokens, hidden]; weights [tokens, k] (float),
+ *  indices [tokens, k] i32 (zmlx_moe_gate's); w1, w3 [experts, inter,
+ *  hidden], w2 [experts, hidden, inter]; *out: x's shape and dtype. Each
+ *  pair reads its expert's rows once (the decode path: a few tokens read
+ *  only their chosen experts' weights), f32 accumulation. Differentiable
+ *  in x, weights, w1, w3, w2 (the weight gradients sum each expert's pairs
+ *  in dispatch order). */
+ZMLX_API zmlx_status zmlx_moe_experts(zmlx_array *x, zmlx_array *weights, zmlx_array *indices,
+                                      zmlx_array *w1, zmlx_array *w3, zmlx_array *w2,
+                                      zmlx_array **out);
+
+typedef struct zmlx_moe_opts {
+  size_t struct_size;       /* sizeof(zmlx_moe_opts), or 0 (this header's size) */
+  zmlx_moe_gate_opts gate;
+  /* Optional shared expert, all three or none: shared_w1, shared_w3
+   * [inter_s, hidden], shared_w2 [hidden, inter_s]. */
+  zmlx_array *shared_w1, *shared_w3, *shared_w2;
+} zmlx_moe_opts;
+
+/** The MoE layer: logits = x router^T (router [experts, hidden]), gate,
+ *  experts, + the shared expert's SwiGLU MLP. Differentiable in x, router
+ *  and every weight. */
+ZMLX_API zmlx_status zmlx_moe(zmlx_array *x, zmlx_array *router, zmlx_array *w1, zmlx_array *w3,
+                              zmlx_array *w2, const zmlx_moe_opts *opts, zmlx_array **out);
+
 /* ------------------------------------------------------------- AdamW */
 /* Fused AdamW (PyTorch's torch.optim.AdamW semantics: decoupled weight
  * decay, bias correction; no amsgrad, no maximize): per element

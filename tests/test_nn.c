@@ -1,8 +1,8 @@
-/* Fused AdamW (src/nn/adamw.c): bad input is a status, names what is
- * wrong and changes nothing; the object counts only the steps it took.
- * The numbers (every dtype, lists, clipping, masters, 10 steps against
- * f64) are the catalog's `adamw` check (src/check/adamw_check.c), which
- * test_catalog runs. */
+/* The model layer's bad input (src/nn): fused AdamW and MoE calls that
+ * must fail return a status whose message names what is wrong, and change
+ * nothing (the AdamW object counts only the steps it took). The numbers
+ * are the catalog's `adamw`, `moe_gate`, `moe_dispatch` and `moe` checks
+ * (src/check/adamw_check.c, moe_check.c), which test_catalog runs. */
 #include "test_support.h"
 
 #include <math.h>
@@ -89,9 +89,63 @@ static void test_adamw_bad_input(void **s) {
   for_each_device(bad_input);
 }
 
+/* MoE: k out of range, expert weights of the wrong shape, indices of the
+ * wrong dtype, a shared expert with a missing matrix. */
+static void moe_bad_input(zmlx_device *dev) {
+  float v[64];
+  for (int i = 0; i < 64; i++) v[i] = (float)(i % 7) * 0.1f;
+  int64_t s_l[2] = {2, 4}, s_x[2] = {2, 3}, s_r[2] = {4, 3}, s_w13[3] = {4, 5, 3}, s_w2[3] = {4, 3, 5};
+  int64_t s_bad[3] = {4, 3, 3}, s_e[1] = {4};
+  zmlx_array *l = zt_array(dev, ZMLX_F32, 2, s_l, v), *x = zt_array(dev, ZMLX_F32, 2, s_x, v);
+  zmlx_array *r = zt_array(dev, ZMLX_F32, 2, s_r, v), *w1 = zt_array(dev, ZMLX_F32, 3, s_w13, v);
+  zmlx_array *w3 = zt_array(dev, ZMLX_F32, 3, s_w13, v), *w2 = zt_array(dev, ZMLX_F32, 3, s_w2, v);
+  zmlx_array *wb = zt_array(dev, ZMLX_F32, 3, s_bad, v), *bias5 = NULL;
+  zmlx_array *w = NULL, *ix = NULL, *y = NULL, *off = NULL, *ord = NULL, *slot = NULL;
+  zmlx_moe_gate_opts g = {.struct_size = sizeof g, .k = 5};
+  ZT_FAILS(zmlx_moe_gate(l, &g, &w, &ix), ZMLX_ERR_INVALID_ARG, "k = 5 with 4 experts");
+  assert_null(w);
+  g.k = 9;
+  ZT_FAILS(zmlx_moe_gate(l, &g, &w, &ix), ZMLX_ERR_INVALID_ARG, "k = 9");
+  g.k = 2;
+  g.scoring = (zmlx_moe_scoring)7;
+  ZT_FAILS(zmlx_moe_gate(l, &g, &w, &ix), ZMLX_ERR_INVALID_ARG, "unknown scoring 7");
+  g.scoring = ZMLX_MOE_SIGMOID;
+  int64_t s5 = 5;
+  bias5 = zt_array(dev, ZMLX_F32, 1, &s5, v);
+  g.bias = bias5;
+  ZT_FAILS(zmlx_moe_gate(l, &g, &w, &ix), ZMLX_ERR_SHAPE, "bias [5]");
+  g.bias = NULL;
+  ZT_FAILS(zmlx_moe_gate(x, &(zmlx_moe_gate_opts){.struct_size = 3}, &w, &ix), ZMLX_ERR_INVALID_ARG,
+           "struct_size is 3");
+  ZT_OK(zmlx_moe_gate(l, &g, &w, &ix));
+  /* experts: w2 of w1's shape, k > experts, indices that are not i32 */
+  ZT_FAILS(zmlx_moe_experts(x, w, ix, w1, w3, w1, &y), ZMLX_ERR_SHAPE,
+           "w2 is [4, 5, 3], want [experts 4, 3, 5]");
+  ZT_FAILS(zmlx_moe_experts(x, w, ix, w1, wb, w2, &y), ZMLX_ERR_SHAPE, "w3 is [4, 3, 3]");
+  ZT_FAILS(zmlx_moe_experts(x, w, w, w1, w3, w2, &y), ZMLX_ERR_SHAPE, "(float, i32)");
+  assert_null(y);
+  ZT_FAILS(zmlx_moe_dispatch(w, 4, &off, &ord, &slot), ZMLX_ERR_DTYPE, "indices have dtype f32");
+  ZT_FAILS(zmlx_moe_dispatch(ix, 0, &off, &ord, &slot), ZMLX_ERR_INVALID_ARG, "0 experts");
+  /* the layer: router of the wrong width, half a shared expert */
+  ZT_FAILS(zmlx_moe(x, l, w1, w3, w2, NULL, &y), ZMLX_ERR_SHAPE, "router [2, 4]");
+  zmlx_moe_opts mo = {.struct_size = sizeof mo, .shared_w1 = w1};
+  ZT_FAILS(zmlx_moe(x, r, w1, w3, w2, &mo, &y), ZMLX_ERR_NULL_ARG, "shared_w3");
+  zmlx_array *e4 = zt_array(dev, ZMLX_F32, 1, s_e, v);
+  ZT_FAILS(zmlx_moe(x, r, e4, w3, w2, NULL, &y), ZMLX_ERR_SHAPE, "w1 is [4]");
+  assert_null(y);
+  zmlx_array *all[] = {l, x, r, w1, w3, w2, wb, bias5, w, ix, e4};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) zmlx_array_release(all[i]);
+}
+
+static void test_moe_bad_input(void **s) {
+  (void)s;
+  for_each_device(moe_bad_input);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_adamw_bad_input),
+      cmocka_unit_test(test_moe_bad_input),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

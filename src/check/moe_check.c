@@ -1,0 +1,552 @@
+/* `zmlx check` and `zmlx bench` cases of src/nn/moe.c against per-token
+ * loop references in f64:
+ *   moe_gate      every scoring, renormalize, scaling and bias, ties (logits
+ *                 on a small integer grid), forward and VJP;
+ *   moe_dispatch  offsets / order / slot against a host stable counting sort;
+ *   moe           the layer (router matmul, gate, experts, shared expert),
+ *                 forward and the gradients of x, router and every weight,
+ *                 at 1, 7, 64 and 513 tokens, 8 and 64 experts, k 1, 2, 8.
+ * The device's choice of experts is checked as a valid top-k of the f64
+ * scores (near-ties within the scores' f32 error may go either way; exact
+ * ties must go to the lower index), and the reference's weights and
+ * gradients are computed for the experts the device chose.
+ *
+ * Bounds: every result is compared per element with an atol per unit of
+ * the element's magnitude, computed by running the same reference on
+ * absolute values with each nonlinearity replaced by a bound of its value
+ * and slope (|silu(a)| <= |a|, |silu'| <= 1.1, |silu''| <= 0.5), so the
+ * error a rounding anywhere upstream can cause is covered. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check/check_util.h"
+#include "nn/moe.h"
+
+static const double U32 = 0x1p-24;
+
+static double sigmoid(double x) { return 1 / (1 + exp(-x)); }
+static double silu(double x) { return x * sigmoid(x); }
+static double dsilu(double x) {
+  double s = sigmoid(x);
+  return s * (1 + x * (1 - s));
+}
+
+/* ------------------------------------------------------- gate reference */
+
+typedef struct gate_ref {
+  int64_t E;
+  int k, scoring, renorm;
+  double scaling;
+  const double *bias; /* NULL or [E] */
+} gate_ref;
+
+/* Expert e's score (p, logit or sigmoid) for a row of logits. */
+static double score_of(const gate_ref *g, const double *l, int64_t e) {
+  if (g->scoring == ZMLX_MOE_SIGMOID) return sigmoid(l[e]);
+  if (g->scoring == ZMLX_MOE_TOPK_SOFTMAX) return l[e];
+  double mx = -INFINITY, s = 0;
+  for (int64_t i = 0; i < g->E; i++) mx = fmax(mx, l[i]);
+  for (int64_t i = 0; i < g->E; i++) s += exp(l[i] - mx);
+  return exp(l[e] - mx) / s;
+}
+
+static double select_of(const gate_ref *g, const double *l, int64_t e) {
+  return score_of(g, l, e) + (g->bias ? g->bias[e] : 0);
+}
+
+/* Whether ix (k experts, device order) is a top-k of the f64 selection
+ * scores: distinct and in range, descending, nothing left out scoring
+ * higher, within tol; exact ties ordered (and cut) by the lower index. */
+static int choice_valid(const gate_ref *g, const double *l, const int *ix, double tol) {
+  double lo = INFINITY;
+  for (int j = 0; j < g->k; j++) {
+    if (ix[j] < 0 || ix[j] >= g->E) return 0;
+    for (int m = 0; m < j; m++)
+      if (ix[m] == ix[j]) return 0;
+    double s = select_of(g, l, ix[j]);
+    if (j > 0) {
+      double prev = select_of(g, l, ix[j - 1]);
+      if (s > prev + tol || (s == prev && ix[j] < ix[j - 1])) return 0;
+    }
+    lo = fmin(lo, s);
+  }
+  for (int64_t e = 0; e < g->E; e++) {
+    int chosen = 0;
+    for (int j = 0; j < g->k; j++) chosen |= ix[j] == e;
+    if (chosen) continue;
+    double s = select_of(g, l, e);
+    if (s > lo + tol) return 0;
+    for (int j = 0; j < g->k; j++) /* an exact tie with a chosen one: the lower index wins */
+      if (s == select_of(g, l, ix[j]) && e < ix[j]) return 0;
+  }
+  return 1;
+}
+
+/* The chosen scores s_j, their sum S, and the weights w_j. */
+static void chosen_scores(const gate_ref *g, const double *l, const int *ix, double *s, double *S,
+                          double *w) {
+  double m = -INFINITY;
+  for (int j = 0; j < g->k; j++) s[j] = score_of(g, l, ix[j]), m = fmax(m, s[j]);
+  if (g->scoring == ZMLX_MOE_TOPK_SOFTMAX)
+    for (int j = 0; j < g->k; j++) s[j] = exp(s[j] - m);
+  *S = 0;
+  for (int j = 0; j < g->k; j++) *S += s[j];
+  const int norm = g->renorm || g->scoring == ZMLX_MOE_TOPK_SOFTMAX;
+  for (int j = 0; j < g->k; j++) w[j] = (norm ? s[j] / *S : s[j]) * g->scaling;
+}
+
+/* dlogits of one token (E values) for the cotangent dw of its weights;
+ * magnitude: the same on absolute values (dw >= 0 given). */
+static void gate_bwd_ref(const gate_ref *g, const double *l, const int *ix, const double *dw,
+                         int magnitude, double *dl) {
+  double s[ZMLX_MOE_MAX_K], w[ZMLX_MOE_MAX_K], ds[ZMLX_MOE_MAX_K], S;
+  chosen_scores(g, l, ix, s, &S, w);
+  const int norm = g->renorm || g->scoring == ZMLX_MOE_TOPK_SOFTMAX;
+  double gw = 0;
+  for (int j = 0; j < g->k; j++) gw += dw[j] * s[j] / S;
+  for (int j = 0; j < g->k; j++) {
+    double gj = dw[j] * g->scaling;
+    ds[j] = norm ? (magnitude ? gj + fabs(g->scaling) * gw : gj - g->scaling * gw) / S : gj;
+    if (magnitude) ds[j] = fabs(ds[j]);
+  }
+  for (int64_t e = 0; e < g->E; e++) dl[e] = 0;
+  if (g->scoring == ZMLX_MOE_SOFTMAX_TOPK) {
+    double c = 0;
+    for (int j = 0; j < g->k; j++) c += ds[j] * s[j];
+    for (int64_t e = 0; e < g->E; e++) {
+      double d = 0;
+      for (int j = 0; j < g->k; j++) d += ix[j] == e ? ds[j] : 0;
+      double p = score_of(g, l, e);
+      dl[e] = magnitude ? p * (d + c) : p * (d - c);
+    }
+    return;
+  }
+  for (int j = 0; j < g->k; j++)
+    dl[ix[j]] = g->scoring == ZMLX_MOE_SIGMOID ? ds[j] * s[j] * (1 - s[j]) : ds[j] * s[j];
+}
+
+/* The f32 error of a chosen weight relative to it: E exponentials and sums,
+ * the renormalization's k-term sum, the scaling. */
+static double weight_rel(const gate_ref *g) { return (double)(2 * g->E + 2 * g->k + 32) * U32; }
+
+/* ------------------------------------------------------------ gate check */
+
+typedef struct gate_case {
+  int64_t T, E;
+  int k, scoring, renorm, bias, ties;
+  double scaling;
+} gate_case;
+
+static zmlx_status gate_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  zmlx_array *ix = NULL;
+  zmlx_status st = zmlx_moe_gate(in[0], ud, out, &ix);
+  zmlx_array_release(ix);
+  return st;
+}
+
+static const char *const SCORING_NAME[3] = {"softmax-topk", "topk-softmax", "sigmoid"};
+
+static void gate_case_run(const zmlx_check_opts *o, const gate_case *gc, uint64_t *rng) {
+  char name[96];
+  snprintf(name, sizeof name, "T%lld E%lld k%d %s%s%s%s", (long long)gc->T, (long long)gc->E,
+           gc->k, SCORING_NAME[gc->scoring], gc->renorm ? " renorm" : "", gc->bias ? " bias" : "",
+           gc->ties ? " ties" : "");
+  const int64_t T = gc->T, E = gc->E, n = T * E;
+  const int k = gc->k;
+  double *l = malloc(sizeof(double) * (size_t)n), *bias = malloc(sizeof(double) * (size_t)E);
+  double *dw = malloc(sizeof(double) * (size_t)(T * k)), *gw = NULL, *gdl = NULL, *gix = NULL;
+  double *want_w = malloc(sizeof(double) * (size_t)(T * k));
+  double *want_dl = malloc(sizeof(double) * (size_t)n), *mag_dl = malloc(sizeof(double) * (size_t)n);
+  zmlx_array *al = NULL, *ab = NULL, *aw = NULL, *aix = NULL, *adw = NULL, *agl = NULL;
+  zmlx_status st = l && bias && dw && want_w && want_dl && mag_dl
+                       ? ZMLX_OK
+                       : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  for (int64_t i = 0; st == ZMLX_OK && i < n; i++)
+    l[i] = gc->ties ? floor(zck_uniform(rng, -2, 3)) : zck_round(o->dtype, zck_uniform(rng, -4, 4));
+  for (int64_t e = 0; st == ZMLX_OK && e < E; e++)
+    bias[e] = gc->ties ? 0.25 * floor(zck_uniform(rng, 0, 3)) : zck_round(ZMLX_F32, zck_uniform(rng, -0.5, 0.5));
+  for (int64_t i = 0; st == ZMLX_OK && i < T * k; i++) dw[i] = zck_uniform(rng, -1, 1);
+  int64_t lsh[2] = {T, E}, wsh[2] = {T, k};
+  if (st == ZMLX_OK) st = zck_upload(o->device, o->dtype, 2, lsh, l, &al);
+  if (st == ZMLX_OK && gc->bias) st = zck_upload(o->device, ZMLX_F32, 1, &E, bias, &ab);
+  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, wsh, dw, &adw);
+  zmlx_moe_gate_opts opts = {.struct_size = sizeof opts, .k = k, .scoring = gc->scoring,
+                             .renormalize = gc->renorm, .scaling = gc->scaling, .bias = ab};
+  if (st == ZMLX_OK) st = zmlx_moe_gate(al, &opts, &aw, &aix);
+  if (st == ZMLX_OK) st = zck_download(aw, &gw);
+  if (st == ZMLX_OK) st = zck_download(aix, &gix);
+  const gate_ref g = {E, k, gc->scoring, gc->renorm, gc->scaling ? gc->scaling : 1,
+                      gc->bias ? bias : NULL};
+  int chose_ok = 1;
+  double werr = -1, wtol = 1;
+  if (st == ZMLX_OK) {
+    for (int64_t t = 0; t < T; t++) {
+      int ix[ZMLX_MOE_MAX_K];
+      for (int j = 0; j < k; j++) ix[j] = (int)gix[t * k + j];
+      const double tol = (double)(2 * E + 64) * U32 * 4;
+      if (!choice_valid(&g, l + t * E, ix, tol)) chose_ok = 0;
+      if (!chose_ok) break;
+      double s[ZMLX_MOE_MAX_K], S;
+      chosen_scores(&g, l + t * E, ix, s, &S, want_w + t * k);
+      gate_bwd_ref(&g, l + t * E, ix, dw + t * k, 0, want_dl + t * E);
+      double adw_[ZMLX_MOE_MAX_K];
+      for (int j = 0; j < k; j++) adw_[j] = fabs(dw[t * k + j]);
+      gate_bwd_ref(&g, l + t * E, ix, adw_, 1, mag_dl + t * E);
+    }
+    zck_emit(o, "moe_gate", "choice", o->dtype, name, chose_ok ? 0 : 1, 0, chose_ok);
+  }
+  if (st == ZMLX_OK && chose_ok) {
+    zck_bound b = {0, weight_rel(&g), 0};
+    int ok = zck_within(gw, want_w, T * k, b, &werr, &wtol);
+    zck_emit(o, "moe_gate", "fwd", o->dtype, name, werr, wtol, ok);
+  }
+  if (st == ZMLX_OK && chose_ok) {
+    /* the VJP: the weights' cotangent dw back to the logits */
+    zmlx_array *y = NULL;
+    int arg = 0;
+    st = zmlx_vjp(gate_fn, &opts, &al, 1, &arg, 1, adw, &y, &agl);
+    zmlx_array_release(y);
+    if (st == ZMLX_OK) st = zck_download(agl, &gdl);
+    if (st == ZMLX_OK) {
+      /* dl: the weights' f32 error, then the sums over the k choices (and
+       * the row's E scores for softmax), rounded to the logits' dtype */
+      zck_bound b = zck_bound_sum(ZCK_TOL_ROW, o->dtype, E + k);
+      b.atol += 2 * weight_rel(&g);
+      double e, t;
+      int ok = zck_within_scaled(gdl, want_dl, mag_dl, n, b, &e, &t);
+      zck_emit(o, "moe_gate", "grad logits", o->dtype, name, e, t, ok);
+    }
+  }
+  if (st != ZMLX_OK) zck_emit_fail(o, "moe_gate", "fwd", o->dtype, name, st);
+  free(l), free(bias), free(dw), free(gw), free(gdl), free(gix), free(want_w), free(want_dl);
+  free(mag_dl);
+  zmlx_array *all[6] = {al, ab, aw, aix, adw, agl};
+  for (int i = 0; i < 6; i++) zmlx_array_release(all[i]);
+  zmlx_clear_error();
+}
+
+static zmlx_status check_moe_gate(const zmlx_check_opts *o) {
+  uint64_t rng = o->seed * 2654435761u + 9203u;
+  for (int sc = 0; sc < 3; sc++) {
+    const gate_case cases[] = {
+        {7, 8, 2, sc, 0, 0, 0, 0},
+        {64, 64, 8, sc, 1, sc == 2, 0, 2.5},
+        {513, 8, 2, sc, sc == 2, sc == 2, 1, 0}, /* ties */
+        {1, 64, 1, sc, 0, 0, 0, 0},
+        {513, 64, 8, sc, 1, 1, 0, 0},
+    };
+    const int n = o->quick ? 4 : 5;
+    for (int i = 0; i < n; i++) gate_case_run(o, &cases[i], &rng);
+  }
+  return ZMLX_OK;
+}
+
+/* -------------------------------------------------------- dispatch check */
+
+static void dispatch_case(const zmlx_check_opts *o, int64_t T, int k, int E, int out_of_range,
+                          uint64_t *rng) {
+  char name[96];
+  snprintf(name, sizeof name, "T%lld k%d E%d%s", (long long)T, k, E,
+           out_of_range ? " out-of-range indices" : "");
+  const int64_t P = T * k;
+  double *ix = malloc(sizeof(double) * (size_t)P);
+  int64_t *cnt = calloc((size_t)E + 1, sizeof(int64_t));
+  double *goff = NULL, *gord = NULL, *gslot = NULL;
+  zmlx_array *aix = NULL, *off = NULL, *ord = NULL, *slot = NULL;
+  zmlx_status st = ix && cnt ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  for (int64_t p = 0; st == ZMLX_OK && p < P; p++) {
+    ix[p] = floor(zck_uniform(rng, 0, E));
+    if (out_of_range && p % 7 == 3) ix[p] = p % 2 ? -1 : E;
+  }
+  int64_t sh[2] = {T, k};
+  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_I32, 2, sh, ix, &aix);
+  if (st == ZMLX_OK) st = zmlx_moe_dispatch(aix, E, &off, &ord, &slot);
+  if (st == ZMLX_OK) st = zck_download(off, &goff);
+  if (st == ZMLX_OK) st = zck_download(ord, &gord);
+  if (st == ZMLX_OK) st = zck_download(slot, &gslot);
+  if (st == ZMLX_OK) {
+    /* a stable counting sort on the host */
+    int bad = 0;
+    for (int64_t p = 0; p < P; p++)
+      if (ix[p] >= 0 && ix[p] < E) cnt[(int64_t)ix[p] + 1]++;
+    for (int e = 0; e < E; e++) cnt[e + 1] += cnt[e];
+    for (int e = 0; e <= E; e++) bad += goff[e] != (double)cnt[e];
+    for (int64_t p = 0; p < P; p++) {
+      int in = ix[p] >= 0 && ix[p] < E;
+      int64_t pos = in ? cnt[(int64_t)ix[p]]++ : -1;
+      bad += gslot[p] != (double)pos;
+      if (in) bad += gord[pos] != (double)p;
+    }
+    zck_emit(o, "moe_dispatch", "offsets, order, slot", o->dtype, name, bad, 0, bad == 0);
+  } else {
+    zck_emit_fail(o, "moe_dispatch", "offsets, order, slot", o->dtype, name, st);
+  }
+  free(ix), free(cnt), free(goff), free(gord), free(gslot);
+  zmlx_array *all[4] = {aix, off, ord, slot};
+  for (int i = 0; i < 4; i++) zmlx_array_release(all[i]);
+  zmlx_clear_error();
+}
+
+static zmlx_status check_moe_dispatch(const zmlx_check_opts *o) {
+  uint64_t rng = o->seed * 2654435761u + 9301u;
+  dispatch_case(o, 1, 2, 8, 0, &rng);
+  dispatch_case(o, 7, 8, 64, 0, &rng);
+  dispatch_case(o, 513, 8, 64, 0, &rng); /* 17 chunks of 256 pairs */
+  dispatch_case(o, 64, 1, 8, 1, &rng);
+  if (!o->quick) dispatch_case(o, 4096, 8, 64, 0, &rng);
+  return ZMLX_OK;
+}
+
+/* ------------------------------------------------------ layer reference */
+
+/* One token through one SwiGLU MLP (W1, W3 [I, H], W2 [H, I]) scaled by
+ * w: y += w mlp(x). With dy: dx, dW1, dW3, dW2 accumulate the gradients
+ * and *dw gets dy . mlp(x). mag: the magnitude network (inputs taken
+ * absolute, |silu(a)| <= |a|, errors of a and b through silu and the
+ * product bounded by 2.1 |a| |b|, silu' by 1.1 + 0.5 |a| for the error of
+ * a inside it). tmp: 4 I doubles. */
+static void mlp_row(int mag, const double *x, const double *W1, const double *W3,
+                    const double *W2, int64_t H, int64_t I, double w, double *y, const double *dy,
+                    double *dx, double *dW1, double *dW3, double *dW2, double *dw, double *tmp) {
+  double *a = tmp, *b = tmp + I, *act = tmp + 2 * I, *dact = tmp + 3 * I;
+#define V(v) (mag ? fabs(v) : (v))
+  for (int64_t i = 0; i < I; i++) {
+    double sa = 0, sb = 0;
+    for (int64_t h = 0; h < H; h++) sa += V(W1[i * H + h]) * V(x[h]), sb += V(W3[i * H + h]) * V(x[h]);
+    a[i] = sa, b[i] = sb;
+    act[i] = mag ? 2.1 * sa * sb : silu(sa) * sb;
+  }
+  double dsum = 0;
+  for (int64_t h = 0; h < H; h++) {
+    double d = 0;
+    for (int64_t i = 0; i < I; i++) d += V(W2[h * I + i]) * act[i];
+    if (y) y[h] += V(w) * d;
+    if (dy) dsum += V(dy[h]) * d;
+  }
+  if (!dy) return;
+  if (dw) *dw = dsum;
+  for (int64_t i = 0; i < I; i++) {
+    double d = 0;
+    for (int64_t h = 0; h < H; h++) {
+      d += V(dy[h]) * V(W2[h * I + i]);
+      if (dW2) dW2[h * I + i] += V(w) * V(dy[h]) * act[i];
+    }
+    dact[i] = V(w) * d;
+  }
+  for (int64_t i = 0; i < I; i++) {
+    double da = mag ? dact[i] * b[i] * (1.1 + 0.5 * a[i]) : dact[i] * b[i] * dsilu(a[i]);
+    double db = mag ? dact[i] * 2.1 * a[i] : dact[i] * silu(a[i]);
+    for (int64_t h = 0; h < H; h++) {
+      if (dx) dx[h] += da * V(W1[i * H + h]) + db * V(W3[i * H + h]);
+      if (dW1) dW1[i * H + h] += da * V(x[h]);
+      if (dW3) dW3[i * H + h] += db * V(x[h]);
+    }
+  }
+#undef V
+}
+
+enum { L_X, L_ROUTER, L_W1, L_W3, L_W2, L_S1, L_S3, L_S2, L_COUNT };
+static const char *const LAYER_NAME[L_COUNT] = {"x", "router", "w1", "w3", "w2",
+                                                "shared_w1", "shared_w3", "shared_w2"};
+
+typedef struct layer_dims {
+  int64_t T, E, H, I, Is;
+  int k, shared;
+} layer_dims;
+
+static int64_t layer_size(const layer_dims *d, int which) {
+  switch (which) {
+  case L_X: return d->T * d->H;
+  case L_ROUTER: return d->E * d->H;
+  case L_W1: case L_W3: case L_W2: return d->E * d->I * d->H;
+  default: return d->Is * d->H;
+  }
+}
+
+/* The layer's forward y and every gradient for the cotangent dy, per
+ * token (mag: the magnitude network). lg: the logits, ix: the chosen
+ * experts (the device's), g: the gate. v[i]: the host values of input i;
+ * grads[i] (zeroed by the caller): their gradients. */
+static void layer_ref(int mag, const layer_dims *d, const gate_ref *g, const double *const *v,
+                      const double *lg, const int *ix, const double *dy, double *y,
+                      double **grads, double *tmp) {
+  const int64_t H = d->H, I = d->I, E = d->E;
+  const int k = d->k;
+  double *dl = tmp + 4 * (I > d->Is ? I : d->Is);
+  for (int64_t t = 0; t < d->T; t++) {
+    const double *x = v[L_X] + t * H;
+    double s[ZMLX_MOE_MAX_K], w[ZMLX_MOE_MAX_K], dw[ZMLX_MOE_MAX_K], S;
+    chosen_scores(g, lg + t * E, ix + t * k, s, &S, w);
+    for (int j = 0; j < k; j++) {
+      const int64_t e = ix[t * k + j];
+      mlp_row(mag, x, v[L_W1] + e * I * H, v[L_W3] + e * I * H, v[L_W2] + e * H * I, H, I, w[j],
+              y + t * H, dy + t * H, grads[L_X] + t * H, grads[L_W1] + e * I * H,
+              grads[L_W3] + e * I * H, grads[L_W2] + e * H * I, &dw[j], tmp);
+    }
+    if (d->shared)
+      mlp_row(mag, x, v[L_S1], v[L_S3], v[L_S2], H, d->Is, 1.0, y + t * H, dy + t * H,
+              grads[L_X] + t * H, grads[L_S1], grads[L_S3], grads[L_S2], NULL, tmp);
+    gate_bwd_ref(g, lg + t * E, ix + t * k, dw, mag, dl);
+    for (int64_t e = 0; e < E; e++)
+      for (int64_t h = 0; h < H; h++) {
+        const double r = v[L_ROUTER][e * H + h];
+        grads[L_X][t * H + h] += dl[e] * (mag ? fabs(r) : r);
+        grads[L_ROUTER][e * H + h] += dl[e] * (mag ? fabs(x[h]) : x[h]);
+      }
+  }
+}
+
+typedef struct layer_fn_ctx {
+  zmlx_moe_opts opts;
+  int shared;
+} layer_fn_ctx;
+
+static zmlx_status layer_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  layer_fn_ctx *c = ud;
+  zmlx_moe_opts o = c->opts;
+  if (c->shared) o.shared_w1 = in[L_S1], o.shared_w3 = in[L_S3], o.shared_w2 = in[L_S2];
+  return zmlx_moe(in[L_X], in[L_ROUTER], in[L_W1], in[L_W3], in[L_W2], &o, out);
+}
+
+typedef struct layer_case {
+  int64_t T, E;
+  int k, scoring, renorm, shared;
+} layer_case;
+
+/* Host values and device arrays of the layer's inputs. */
+static zmlx_status layer_inputs(const zmlx_check_opts *o, const layer_dims *d, uint64_t *rng,
+                                double **v, zmlx_array **a) {
+  const int64_t shapes[L_COUNT][3] = {{d->T, d->H}, {d->E, d->H}, {d->E, d->I, d->H},
+                                      {d->E, d->I, d->H}, {d->E, d->H, d->I}, {d->Is, d->H},
+                                      {d->Is, d->H}, {d->H, d->Is}};
+  const int ndim[L_COUNT] = {2, 2, 3, 3, 3, 2, 2, 2};
+  const double range[L_COUNT] = {1, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3};
+  for (int i = 0; i < L_COUNT; i++) {
+    if (i >= L_S1 && !d->shared) continue;
+    v[i] = malloc(sizeof(double) * (size_t)layer_size(d, i));
+    if (!v[i]) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+    ZMLX_CHECK(zck_random(o->device, o->dtype, ndim[i], shapes[i], -range[i], range[i], rng, v[i],
+                          &a[i]));
+  }
+  return ZMLX_OK;
+}
+
+/* The device's logits (the same matmul the layer runs) and its choice. */
+static zmlx_status device_routing(zmlx_array *x, zmlx_array *router, const zmlx_moe_gate_opts *go,
+                                  double **lg, double **ixd) {
+  zmlx_array *rt = NULL, *logits = NULL, *w = NULL, *ix = NULL;
+  zmlx_status st = zmlx_array_transpose(router, NULL, &rt);
+  if (st == ZMLX_OK) st = zmlx_matmul(x, rt, &logits);
+  if (st == ZMLX_OK) st = zmlx_moe_gate(logits, go, &w, &ix);
+  if (st == ZMLX_OK) st = zck_download(logits, lg);
+  if (st == ZMLX_OK) st = zck_download(ix, ixd);
+  zmlx_array *all[4] = {rt, logits, w, ix};
+  for (int i = 0; i < 4; i++) zmlx_array_release(all[i]);
+  return st;
+}
+
+static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint64_t *rng) {
+  const layer_dims d = {lc->T, lc->E, 32, 48, 40, lc->k, lc->shared};
+  char name[96];
+  snprintf(name, sizeof name, "T%lld E%lld k%d H%lld I%lld %s%s%s", (long long)d.T,
+           (long long)d.E, d.k, (long long)d.H, (long long)d.I, SCORING_NAME[lc->scoring],
+           lc->renorm ? " renorm" : "", d.shared ? " shared" : "");
+  double *v[L_COUNT] = {0}, *want[L_COUNT] = {0}, *magn[L_COUNT] = {0}, *got[L_COUNT] = {0};
+  zmlx_array *a[L_COUNT] = {0}, *ga[L_COUNT] = {0}, *ady = NULL, *ay = NULL;
+  double *dy = NULL, *lg = NULL, *ixd = NULL, *gy = NULL;
+  const int64_t TH = d.T * d.H;
+  double *y = calloc((size_t)TH, sizeof(double)), *ymag = calloc((size_t)TH, sizeof(double));
+  double *tmp = malloc(sizeof(double) * (size_t)(4 * (d.I > d.Is ? d.I : d.Is) + d.E));
+  int *ix = malloc(sizeof(int) * (size_t)(d.T * d.k));
+  dy = malloc(sizeof(double) * (size_t)TH);
+  zmlx_status st = y && ymag && tmp && ix && dy ? ZMLX_OK
+                                                : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of memory");
+  const int n_in = d.shared ? L_COUNT : L_S1;
+  for (int i = 0; st == ZMLX_OK && i < n_in; i++) {
+    want[i] = calloc((size_t)layer_size(&d, i), sizeof(double));
+    magn[i] = calloc((size_t)layer_size(&d, i), sizeof(double));
+    if (!want[i] || !magn[i]) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  }
+  if (st == ZMLX_OK) st = layer_inputs(o, &d, rng, v, a);
+  int64_t ysh[2] = {d.T, d.H};
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, ysh, -1, 1, rng, dy, &ady);
+  layer_fn_ctx fc;
+  memset(&fc, 0, sizeof fc);
+  fc.opts.struct_size = sizeof fc.opts;
+  fc.opts.gate = (zmlx_moe_gate_opts){.struct_size = sizeof fc.opts.gate, .k = d.k,
+                                      .scoring = lc->scoring, .renormalize = lc->renorm};
+  fc.shared = d.shared;
+  if (st == ZMLX_OK) st = device_routing(a[L_X], a[L_ROUTER], &fc.opts.gate, &lg, &ixd);
+  int argn[L_COUNT] = {0, 1, 2, 3, 4, 5, 6, 7};
+  if (st == ZMLX_OK) st = zmlx_vjp(layer_fn, &fc, a, n_in, argn, n_in, ady, &ay, ga);
+  if (st == ZMLX_OK) st = zck_download(ay, &gy);
+  for (int i = 0; st == ZMLX_OK && i < n_in; i++) st = zck_download(ga[i], &got[i]);
+  if (st != ZMLX_OK) {
+    zck_emit_fail(o, "moe", "fwd", o->dtype, name, st);
+    goto done;
+  }
+  const gate_ref g = {d.E, d.k, lc->scoring, lc->renorm, 1, NULL};
+  int chose_ok = 1;
+  for (int64_t t = 0; t < d.T * d.k; t++) ix[t] = (int)ixd[t];
+  for (int64_t t = 0; t < d.T && chose_ok; t++)
+    chose_ok = choice_valid(&g, lg + t * d.E, ix + t * d.k, (double)(2 * d.E + 64) * U32 * 4);
+  zck_emit(o, "moe", "choice", o->dtype, name, chose_ok ? 0 : 1, 0, chose_ok);
+  if (!chose_ok) goto done;
+  layer_ref(0, &d, &g, (const double *const *)v, lg, ix, dy, y, want, tmp);
+  layer_ref(1, &d, &g, (const double *const *)v, lg, ix, dy, ymag, magn, tmp);
+  /* per unit of magnitude: the longest chain of sums (H into a, I into
+   * the output, E into the router's softmax) three times over (the up,
+   * down and gate steps), the gate's weights, and for 16-bit dtypes the
+   * roundings of the values the layer stores between ops (logits, the
+   * shared expert's products) */
+  zck_bound b = zck_bound_times(zck_bound_sum(ZCK_TOL_ROW, o->dtype, d.H + d.I + d.E), 3);
+  b.atol += weight_rel(&g) + (o->dtype == ZMLX_F32 ? 0 : 8 * zck_unit_roundoff(o->dtype));
+  double e, tol;
+  int ok = zck_within_scaled(gy, y, ymag, TH, b, &e, &tol);
+  zck_emit(o, "moe", "fwd", o->dtype, name, e, tol, ok);
+  for (int i = 0; i < n_in; i++) {
+    char what[32];
+    snprintf(what, sizeof what, "grad %s", LAYER_NAME[i]);
+    /* gradients sum over tokens too (T more terms) */
+    zck_bound bg = b;
+    bg.atol += 4 * sqrt((double)d.T) * U32 * 3;
+    ok = zck_within_scaled(got[i], want[i], magn[i], layer_size(&d, i), bg, &e, &tol);
+    zck_emit(o, "moe", what, o->dtype, name, e, tol, ok);
+  }
+done:
+  for (int i = 0; i < L_COUNT; i++) {
+    free(v[i]), free(want[i]), free(magn[i]), free(got[i]);
+    zmlx_array_release(a[i]);
+    zmlx_array_release(ga[i]);
+  }
+  free(y), free(ymag), free(tmp), free(ix), free(dy), free(lg), free(ixd), free(gy);
+  zmlx_array_release(ady);
+  zmlx_array_release(ay);
+  zmlx_clear_error();
+}
+
+static zmlx_status check_moe(const zmlx_check_opts *o) {
+  uint64_t rng = o->seed * 2654435761u + 9409u;
+  const layer_case cases[] = {
+      {1, 8, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 0},
+      {7, 64, 8, ZMLX_MOE_TOPK_SOFTMAX, 0, 1},
+      {64, 8, 1, ZMLX_MOE_SIGMOID, 1, 0},
+      {513, 64, 8, ZMLX_MOE_SOFTMAX_TOPK, 1, 1},
+      {513, 8, 2, ZMLX_MOE_SIGMOID, 1, 0},
+      {64, 64, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 1},
+  };
+  const int n = o->quick ? 4 : 6;
+  for (int i = 0; i < n; i++) layer_case_run(o, &cases[i], &rng);
+  return ZMLX_OK;
+}
+
+const zmlx_catalog_op zck_catalog_moe_ops[] = {
+    {"moe_gate", check_moe_gate},
+    {"moe_dispatch", check_moe_dispatch},
+    {"moe", check_moe},
+    {0},
+};

@@ -1,0 +1,42 @@
+/*
+ * What src/nn/moe.c shows its verifier (src/check/moe_check.c) and the
+ * layer code beyond the public API.
+ */
+#ifndef ZMLX_NN_MOE_H
+#define ZMLX_NN_MOE_H
+
+#include "runtime/internal.h"
+
+typedef struct moe_gate_cfg {
+  int64_t T, E;
+  int k, scoring, renormalize;
+  double scaling;   /* resolved: 1 when the caller gave 0 */
+  zmlx_array *bias; /* borrowed */
+} moe_gate_cfg;
+
+typedef struct moe_expert_cfg {
+  int64_t T, H, I, E;
+  int k;
+} moe_expert_cfg;
+
+/* What the experts' forward keeps for the backward (f32): act, pre1, pre3
+ * [pairs, inter], down [pairs, hidden]; all but act NULL without save. */
+typedef struct moe_saved {
+  zmlx_array *act, *pre1, *pre3, *down;
+} moe_saved;
+
+/* The pairs of dense i32 indices grouped by expert: offsets [experts + 1],
+ * order [pairs] (pair index at each grouped position), slot [pairs] (the
+ * inverse; -1 for an index outside [0, experts)). */
+zmlx_status zmlxi_moe_dispatch(zmlx_array *indices, int64_t experts, zmlx_array **offsets,
+                              zmlx_array **order, zmlx_array **slot);
+zmlx_status zmlxi_moe_experts_validate(zmlx_array *x, zmlx_array *weights, zmlx_array *indices,
+                                      zmlx_array *w1, zmlx_array *w3, zmlx_array *w2,
+                                      moe_expert_cfg *c);
+/* The experts' forward alone (no autograd) on dense arrays. */
+zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
+                                     zmlx_array *indices, zmlx_array *w1, zmlx_array *w3,
+                                     zmlx_array *w2, int save, moe_saved *s, zmlx_array **out);
+void zmlxi_moe_saved_free(moe_saved *s);
+
+#endif
