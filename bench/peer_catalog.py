@@ -152,6 +152,38 @@ def cases():
     yield "paged_decode", f"{B}x{H}x{D}", gather_sdpa, 2 * kc.nbytes
     yield "paged_decode_contig", f"{B}x{H}x{D}", (lambda: F.scaled_dot_product_attention(qd, kk, vv)), 2 * kc.nbytes
     del kc, vc, kk, vv
+    # MoE's peers: the per-expert loop of Hugging Face's Mixtral / Qwen-MoE
+    # blocks (a host sync per expert), 64 experts, top-8, hidden 2048,
+    # expert dim 1408, bf16; decode bytes are the distinct chosen experts'
+    # weights, prefill's the dense GEMM of the same FLOPs beside it
+    E, K, Hm, Im = 64, 8, 2048, 1408
+    w1 = torch.randn(E, Im, Hm, **bf) * 0.02
+    w3 = torch.randn(E, Im, Hm, **bf) * 0.02
+    w2 = torch.randn(E, Hm, Im, **bf) * 0.02
+
+    def moe_loop(x, ix, wt):
+        out = torch.zeros_like(x)
+        for e in range(E):
+            tok, slot = torch.where(ix == e)
+            if tok.numel() == 0:
+                continue
+            h = x[tok]
+            y = (F.silu(h @ w1[e].T) * (h @ w3[e].T)) @ w2[e].T
+            out.index_add_(0, tok, y * wt[tok, slot, None].to(y.dtype))
+        return out
+
+    for T in (1, 8, 64, 4096):
+        x = torch.randn(T, Hm, **bf)
+        ix = torch.stack([torch.randperm(E, device="cuda")[:K] for _ in range(T)])
+        wt = torch.full((T, K), 1.0 / K, device="cuda")
+        distinct = int(torch.unique(ix).numel())
+        op = "moe_decode" if T < 4096 else "moe_prefill"
+        nbytes = distinct * 3 * Im * Hm * 2 if T < 4096 else 3 * E * Im * Hm * 2 + 2 * T * Hm * 2
+        yield op, f"{T}x{Hm}", (lambda x=x, ix=ix, wt=wt: moe_loop(x, ix, wt)), nbytes
+    a = torch.randn(4096 * K, Hm, **bf)
+    b = torch.randn(Hm, 3 * Im, **bf)
+    yield "moe_prefill_dense_gemm", f"4096x{Hm}", (lambda: a @ b), a.nbytes + b.nbytes
+    del w1, w3, w2, a, b
     # AdamW's peer: torch.optim.AdamW(fused=True) over 16 f32 params of
     # 4096 x 4096 (28 bytes an element: p, g, m, v read, p, m, v written)
     ps = [torch.randn(4096, 4096, device="cuda", requires_grad=True) for _ in range(16)]

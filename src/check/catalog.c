@@ -35,6 +35,7 @@ ZMLX_BENCHES(zck_catalog_attention_bench)
 ZMLX_BENCHES(zck_catalog_matmul_bench)
 ZMLX_BENCHES(zck_catalog_kv_cache_bench)
 ZMLX_BENCHES(zck_catalog_adamw_bench)
+ZMLX_BENCHES(zck_catalog_moe_bench)
 #undef ZMLX_BENCHES
 
 #define MAX_OPS 128
@@ -80,6 +81,7 @@ static void build_table(void) {
   add_benches(zck_catalog_matmul_bench, &n);
   add_benches(zck_catalog_kv_cache_bench, &n);
   add_benches(zck_catalog_adamw_bench, &n);
+  add_benches(zck_catalog_moe_bench, &n);
   all_benches[n] = NULL;
 }
 

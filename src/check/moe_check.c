@@ -550,3 +550,108 @@ const zmlx_catalog_op zck_catalog_moe_ops[] = {
     {"moe", check_moe},
     {0},
 };
+
+/* ---------------------------------------------------------------- benchmarks */
+
+typedef struct moe_bench {
+  zmlx_array *x, *w, *ix, *w1, *w3, *w2, *router;
+  zmlx_moe_opts o;
+} moe_bench;
+
+static zmlx_status moe_experts_run(void *p) {
+  moe_bench *b = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = zmlx_moe_experts(b->x, b->w, b->ix, b->w1, b->w3, b->w2, &y);
+  zmlx_array_release(y);
+  return st;
+}
+
+static zmlx_status moe_layer_run(void *p) {
+  moe_bench *b = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = zmlx_moe(b->x, b->router, b->w1, b->w3, b->w2, &b->o, &y);
+  zmlx_array_release(y);
+  return st;
+}
+
+static void moe_bench_free(moe_bench *b) {
+  zmlx_array *all[7] = {b->x, b->w, b->ix, b->w1, b->w3, b->w2, b->router};
+  for (int i = 0; i < 7; i++) zmlx_array_release(all[i]);
+  memset(b, 0, sizeof *b);
+}
+
+/* Routing of T tokens, k distinct random experts each; returns how many
+ * distinct experts the batch reads. */
+static zmlx_status bench_routing(zmlx_device *dev, int64_t T, int k, int64_t E, uint64_t *rng,
+                                 moe_bench *b, int64_t *distinct) {
+  double *ix = malloc(sizeof(double) * (size_t)(T * k)), *w = malloc(sizeof(double) * (size_t)(T * k));
+  char *used = calloc((size_t)E, 1);
+  zmlx_status st = ix && w && used ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of memory");
+  *distinct = 0;
+  for (int64_t t = 0; st == ZMLX_OK && t < T; t++)
+    for (int j = 0; j < k; j++) {
+      int64_t e;
+      int again;
+      do {
+        e = (int64_t)floor(zck_uniform(rng, 0, (double)E));
+        again = 0;
+        for (int m = 0; m < j; m++) again |= ix[t * k + m] == (double)e;
+      } while (again);
+      ix[t * k + j] = (double)e;
+      w[t * k + j] = 1.0 / k;
+      if (!used[e]) used[e] = 1, ++*distinct;
+    }
+  int64_t sh[2] = {T, k};
+  if (st == ZMLX_OK) st = zck_upload(dev, ZMLX_I32, 2, sh, ix, &b->ix);
+  if (st == ZMLX_OK) st = zck_upload(dev, ZMLX_F32, 2, sh, w, &b->w);
+  free(ix), free(w), free(used);
+  return st;
+}
+
+/* The issue's shapes: 64 experts, top-8, hidden 2048, expert dim 1408,
+ * bf16 (hidden 512, expert dim 352 on a CPU device). Decode (1, 8, 64
+ * tokens, the experts alone on a fixed routing): bytes are the distinct
+ * chosen experts' weights (what must be read). Prefill (4096 tokens, 256
+ * on a CPU device; the whole layer): FLOPs 6 T k H I of the experts. */
+static zmlx_status bench_moe(const zmlx_bench_opts *o) {
+  zmlx_device_info info;
+  ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
+  const int64_t E = 64, H = info.is_cpu ? 512 : 2048, I = info.is_cpu ? 352 : 1408;
+  const int k = 8;
+  uint64_t rng = 1234567;
+  moe_bench b;
+  memset(&b, 0, sizeof b);
+  int64_t s13[3] = {E, I, H}, s2[3] = {E, H, I}, sr[2] = {E, H};
+  zmlx_status st = zck_bench_random(o->device, ZMLX_BF16, 3, s13, 81, &b.w1);
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 3, s13, 82, &b.w3);
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 3, s2, 83, &b.w2);
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 2, sr, 84, &b.router);
+  const int64_t decode_tokens[3] = {1, 8, 64};
+  for (int i = 0; i < 3 && st == ZMLX_OK; i++) {
+    const int64_t T = decode_tokens[i];
+    int64_t distinct = 0, xs[2] = {T, H};
+    st = bench_routing(o->device, T, k, E, &rng, &b, &distinct);
+    if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 2, xs, 85, &b.x);
+    const double bytes = (double)distinct * 3.0 * (double)(I * H) * 2.0;
+    if (st == ZMLX_OK)
+      st = zck_bench_time_emit(o, "moe_decode", ZMLX_BF16, 2, xs, bytes, moe_experts_run, &b);
+    zmlx_array_release(b.x), zmlx_array_release(b.w), zmlx_array_release(b.ix);
+    b.x = b.w = b.ix = NULL;
+  }
+  const int64_t T = info.is_cpu ? 256 : 4096;
+  int64_t xs[2] = {T, H};
+  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 2, xs, 86, &b.x);
+  b.o.struct_size = sizeof b.o;
+  b.o.gate = (zmlx_moe_gate_opts){.struct_size = sizeof b.o.gate, .k = k, .renormalize = 1};
+  const double flops = 6.0 * (double)T * k * (double)(H * I);
+  const double bytes = 3.0 * (double)(E * I * H) * 2.0 + 2.0 * (double)(T * H) * 2.0;
+  if (st == ZMLX_OK)
+    st = zck_bench_time_emit_flops(o, "moe_prefill", ZMLX_BF16, 2, xs, bytes, flops, moe_layer_run, &b);
+  moe_bench_free(&b);
+  return st;
+}
+
+const zmlx_catalog_bench zck_catalog_moe_bench[] = {
+    {"moe", bench_moe},
+    {0},
+};
