@@ -863,6 +863,26 @@ ZMLX_API zmlx_status zmlx_moe_experts(zmlx_array *x, zmlx_array *weights, zmlx_a
                                       zmlx_array *w1, zmlx_array *w3, zmlx_array *w2,
                                       zmlx_array **out);
 
+/* An expert weight in one of the catalog's quantized formats (see
+ * "catalog: quantization"), over its last axis (cols). */
+typedef struct zmlx_moe_qweight {
+  zmlx_array *q;      /* int8: i8 [experts, rows, cols]; int4: u8 [experts, rows, cols / 2] */
+  zmlx_array *scales; /* int8: [experts, rows]; int4: [experts, rows, cols / group_size] */
+  zmlx_array *biases; /* int4: scales' shape; int8: NULL */
+  int bits;           /* 8 or 4 */
+  int group_size;     /* int4: 32, 64 or 128 */
+} zmlx_moe_qweight;
+
+/** zmlx_moe_experts on quantized expert weights (w1, w3: rows inter, cols
+ *  hidden; w2: rows hidden, cols inter; one format for the three),
+ *  dequantized in the kernels as they are read (each chosen weight byte
+ *  read once per pair: the quantized decode path). Inference only: inside
+ *  a grad call with x or weights tracked it returns ZMLX_ERR_UNSUPPORTED. */
+ZMLX_API zmlx_status zmlx_moe_experts_quantized(zmlx_array *x, zmlx_array *weights,
+                                                zmlx_array *indices, const zmlx_moe_qweight *w1,
+                                                const zmlx_moe_qweight *w3,
+                                                const zmlx_moe_qweight *w2, zmlx_array **out);
+
 typedef struct zmlx_moe_opts {
   size_t struct_size;       /* sizeof(zmlx_moe_opts), or 0 (this header's size) */
   zmlx_moe_gate_opts gate;

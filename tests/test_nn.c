@@ -133,6 +133,17 @@ static void moe_bad_input(zmlx_device *dev) {
   zmlx_array *e4 = zt_array(dev, ZMLX_F32, 1, s_e, v);
   ZT_FAILS(zmlx_moe(x, r, e4, w3, w2, NULL, &y), ZMLX_ERR_SHAPE, "w1 is [4]");
   assert_null(y);
+  /* quantized experts: a bad bit width, formats that differ, a dense w */
+  zmlx_moe_qweight q8 = {.q = w1, .scales = r, .bits = 5};
+  ZT_FAILS(zmlx_moe_experts_quantized(x, w, ix, &q8, &q8, &q8, &y), ZMLX_ERR_INVALID_ARG,
+           "w1 has bits 5");
+  zmlx_moe_qweight q4 = {.q = w1, .scales = r, .bits = 4, .group_size = 32};
+  q8.bits = 8;
+  ZT_FAILS(zmlx_moe_experts_quantized(x, w, ix, &q8, &q4, &q8, &y), ZMLX_ERR_INVALID_ARG,
+           "share one format");
+  ZT_FAILS(zmlx_moe_experts_quantized(x, w, ix, &q8, &q8, &q8, &y), ZMLX_ERR_SHAPE,
+           "w1.q is [4, 5, 3] f32, want [4, 5, 3] i8");
+  assert_null(y);
   zmlx_array *all[] = {l, x, r, w1, w3, w2, wb, bias5, w, ix, e4};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) zmlx_array_release(all[i]);
 }

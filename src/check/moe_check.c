@@ -544,12 +544,6 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
   return ZMLX_OK;
 }
 
-const zmlx_catalog_op zck_catalog_moe_ops[] = {
-    {"moe_gate", check_moe_gate},
-    {"moe_dispatch", check_moe_dispatch},
-    {"moe", check_moe},
-    {0},
-};
 
 /* ---------------------------------------------------------------- benchmarks */
 
@@ -570,6 +564,25 @@ static zmlx_status moe_layer_run(void *p) {
   moe_bench *b = p;
   zmlx_array *y = NULL;
   zmlx_status st = zmlx_moe(b->x, b->router, b->w1, b->w3, b->w2, &b->o, &y);
+  zmlx_array_release(y);
+  return st;
+}
+
+static void qweight_release(zmlx_moe_qweight *w) {
+  zmlx_array_release(w->q), zmlx_array_release(w->scales), zmlx_array_release(w->biases);
+  memset(w, 0, sizeof *w);
+}
+
+typedef struct qdecode_bench {
+  moe_bench *b;
+  zmlx_moe_qweight *q; /* w1, w3, w2 */
+} qdecode_bench;
+
+static zmlx_status moe_quant_run(void *p) {
+  qdecode_bench *c = p;
+  zmlx_array *y = NULL;
+  zmlx_status st = zmlx_moe_experts_quantized(c->b->x, c->b->w, c->b->ix, &c->q[0], &c->q[1],
+                                              &c->q[2], &y);
   zmlx_array_release(y);
   return st;
 }
@@ -638,6 +651,30 @@ static zmlx_status bench_moe(const zmlx_bench_opts *o) {
     zmlx_array_release(b.x), zmlx_array_release(b.w), zmlx_array_release(b.ix);
     b.x = b.w = b.ix = NULL;
   }
+  /* the quantized decode path at 1 token: bytes of the chosen experts'
+   * packed weights, scales and biases */
+  for (int bits = 8; bits >= 4 && st == ZMLX_OK; bits -= 4) {
+    zmlx_moe_qweight q[3];
+    memset(q, 0, sizeof q);
+    zmlx_array *src[3] = {b.w1, b.w3, b.w2};
+    for (int m = 0; m < 3 && st == ZMLX_OK; m++) {
+      q[m].bits = bits, q[m].group_size = bits == 4 ? 32 : 0;
+      st = bits == 8 ? zmlx_quantize_int8_rows(src[m], ZMLX_BF16, &q[m].q, &q[m].scales)
+                     : zmlx_quantize_int4(src[m], 32, ZMLX_BF16, &q[m].q, &q[m].scales, &q[m].biases);
+    }
+    int64_t distinct = 0, xs[2] = {1, H};
+    if (st == ZMLX_OK) st = bench_routing(o->device, 1, k, E, &rng, &b, &distinct);
+    if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 2, xs, 87, &b.x);
+    const double per_weight = bits == 8 ? 1.0 + 2.0 / (double)H : 0.5 + 4.0 / 32; /* + scales, biases */
+    const double bytes = (double)distinct * 3.0 * (double)(I * H) * per_weight;
+    qdecode_bench qb = {&b, q};
+    if (st == ZMLX_OK)
+      st = zck_bench_time_emit(o, bits == 8 ? "moe_decode_int8" : "moe_decode_int4", ZMLX_BF16, 2,
+                               xs, bytes, moe_quant_run, &qb);
+    for (int m = 0; m < 3; m++) qweight_release(&q[m]);
+    zmlx_array_release(b.x), zmlx_array_release(b.w), zmlx_array_release(b.ix);
+    b.x = b.w = b.ix = NULL;
+  }
   const int64_t T = info.is_cpu ? 256 : 4096;
   int64_t xs[2] = {T, H};
   if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 2, xs, 86, &b.x);
@@ -653,5 +690,119 @@ static zmlx_status bench_moe(const zmlx_bench_opts *o) {
 
 const zmlx_catalog_bench zck_catalog_moe_bench[] = {
     {"moe", bench_moe},
+    {0},
+};
+
+/* ---------------------------------------------------- quantized experts */
+
+/* Host values of a quantized weight [E, rows, cols], dequantized in f64. */
+static zmlx_status host_dequant(const zmlx_moe_qweight *w, int64_t E, int64_t rows, int64_t cols,
+                                double *out) {
+  double *q = NULL, *sc = NULL, *bi = NULL;
+  zmlx_status st = zck_download(w->q, &q);
+  if (st == ZMLX_OK) st = zck_download(w->scales, &sc);
+  if (st == ZMLX_OK && w->bits == 4) st = zck_download(w->biases, &bi);
+  for (int64_t r = 0; st == ZMLX_OK && r < E * rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      if (w->bits == 8) {
+        out[r * cols + c] = q[r * cols + c] * sc[r];
+      } else {
+        const int byte = (int)q[(r * cols + c) / 2], nib = c % 2 ? byte >> 4 : byte & 15;
+        const int64_t g = r * (cols / w->group_size) + c / w->group_size;
+        out[r * cols + c] = nib * sc[g] + bi[g];
+      }
+    }
+  free(q), free(sc), free(bi);
+  return st;
+}
+
+/* A random weight [E, rows, cols] quantized on the device, and its
+ * dequantized host values. */
+static zmlx_status make_qweight(const zmlx_check_opts *o, int bits, int group, int64_t E,
+                                int64_t rows, int64_t cols, uint64_t *rng, zmlx_moe_qweight *w,
+                                double *deq) {
+  int64_t sh[3] = {E, rows, cols};
+  zmlx_array *dense = NULL;
+  zmlx_status st = zck_random(o->device, ZMLX_F32, 3, sh, -0.3, 0.3, rng, deq, &dense);
+  memset(w, 0, sizeof *w);
+  w->bits = bits;
+  w->group_size = group;
+  if (st == ZMLX_OK && bits == 8) st = zmlx_quantize_int8_rows(dense, o->dtype, &w->q, &w->scales);
+  if (st == ZMLX_OK && bits == 4)
+    st = zmlx_quantize_int4(dense, group, o->dtype, &w->q, &w->scales, &w->biases);
+  zmlx_array_release(dense);
+  if (st == ZMLX_OK) st = host_dequant(w, E, rows, cols, deq);
+  return st;
+}
+
+static void quant_case(const zmlx_check_opts *o, int bits, int group, int64_t T, int64_t E, int k,
+                       uint64_t *rng) {
+  const int64_t H = 128, I = 128; /* both multiples of every group size */
+  char name[96];
+  snprintf(name, sizeof name, "int%d%s%.0d T%lld E%lld k%d H%lld I%lld", bits,
+           bits == 4 ? " group " : "", bits == 4 ? group : 0, (long long)T, (long long)E, k,
+           (long long)H, (long long)I);
+  zmlx_moe_qweight q1, q3, q2;
+  memset(&q1, 0, sizeof q1), memset(&q3, 0, sizeof q3), memset(&q2, 0, sizeof q2);
+  const int64_t nw = E * I * H;
+  double *d1 = malloc(sizeof(double) * (size_t)nw), *d3 = malloc(sizeof(double) * (size_t)nw);
+  double *d2 = malloc(sizeof(double) * (size_t)nw), *xh = malloc(sizeof(double) * (size_t)(T * H));
+  double *want = calloc((size_t)(T * H), sizeof(double)), *mag = calloc((size_t)(T * H), sizeof(double));
+  double *tmp = malloc(sizeof(double) * (size_t)(4 * I)), *got = NULL;
+  moe_bench b;
+  memset(&b, 0, sizeof b);
+  zmlx_array *y = NULL;
+  zmlx_status st = d1 && d2 && d3 && xh && want && mag && tmp
+                       ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (st == ZMLX_OK) st = make_qweight(o, bits, group, E, I, H, rng, &q1, d1);
+  if (st == ZMLX_OK) st = make_qweight(o, bits, group, E, I, H, rng, &q3, d3);
+  if (st == ZMLX_OK) st = make_qweight(o, bits, group, E, H, I, rng, &q2, d2);
+  int64_t distinct, xs[2] = {T, H};
+  if (st == ZMLX_OK) st = bench_routing(o->device, T, k, E, rng, &b, &distinct);
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, xs, -1, 1, rng, xh, &b.x);
+  if (st == ZMLX_OK) st = zmlx_moe_experts_quantized(b.x, b.w, b.ix, &q1, &q3, &q2, &y);
+  if (st == ZMLX_OK) st = zck_download(y, &got);
+  double *ix = NULL;
+  if (st == ZMLX_OK) st = zck_download(b.ix, &ix);
+  if (st == ZMLX_OK) {
+    for (int64_t t = 0; t < T; t++)
+      for (int j = 0; j < k; j++) {
+        const int64_t e = (int64_t)ix[t * k + j];
+        for (int m = 0; m < 2; m++)
+          mlp_row(m, xh + t * H, d1 + e * I * H, d3 + e * I * H, d2 + e * H * I, H, I, 1.0 / k,
+                  (m ? mag : want) + t * H, NULL, NULL, NULL, NULL, NULL, NULL, tmp);
+      }
+    /* the dequantized weights are exact in f32 (q times a stored scale,
+     * plus a stored bias, one rounding each: 2 u32 on the weight) */
+    zck_bound bd = zck_bound_times(zck_bound_sum(ZCK_TOL_ROW, o->dtype, H + I), 3);
+    bd.atol += 4 * U32;
+    double e, tol;
+    int ok = zck_within_scaled(got, want, mag, T * H, bd, &e, &tol);
+    zck_emit(o, "moe_quant", "fwd", o->dtype, name, e, tol, ok);
+  } else {
+    zck_emit_fail(o, "moe_quant", "fwd", o->dtype, name, st);
+  }
+  free(d1), free(d2), free(d3), free(xh), free(want), free(mag), free(tmp), free(got), free(ix);
+  qweight_release(&q1), qweight_release(&q3), qweight_release(&q2);
+  moe_bench_free(&b);
+  zmlx_array_release(y);
+  zmlx_clear_error();
+}
+
+static zmlx_status check_moe_quant(const zmlx_check_opts *o) {
+  uint64_t rng = o->seed * 2654435761u + 9511u;
+  quant_case(o, 8, 0, 1, 8, 2, &rng);
+  quant_case(o, 4, 32, 1, 64, 8, &rng);
+  quant_case(o, 4, 64, 7, 8, 2, &rng);
+  quant_case(o, 8, 0, 64, 64, 8, &rng);
+  if (!o->quick) quant_case(o, 4, 128, 64, 64, 8, &rng);
+  return ZMLX_OK;
+}
+
+const zmlx_catalog_op zck_catalog_moe_ops[] = {
+    {"moe_gate", check_moe_gate},
+    {"moe_dispatch", check_moe_dispatch},
+    {"moe", check_moe},
+    {"moe_quant", check_moe_quant},
     {0},
 };

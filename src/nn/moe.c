@@ -49,10 +49,10 @@ static const zmlx_kernel_spec SPECS[] = {
     [K_DISPATCH] = ZMLX_KSPEC("zmlx_moe_dispatch", zmlxi_res_moe_dispatch_zk, "indices",
                               "cnt, base, offsets, order, slot", "P:i64, E:i32, C:i32",
                               .prelude = zmlxi_res_moe_common_zk, .dense_inputs = 1),
-    [K_UP] = EXPERT_SPEC("zmlx_moe_up", zmlxi_res_moe_up_zk, "x, indices, w1, w3",
-                         "act, pre1, pre3"),
-    [K_DOWN] = EXPERT_SPEC("zmlx_moe_down", zmlxi_res_moe_down_zk, "act, indices, weights, w2",
-                           "out, down"),
+    [K_UP] = EXPERT_SPEC("zmlx_moe_up", zmlxi_res_moe_up_zk,
+                         "x, indices, w1, w3, s1, b1, s3, b3", "act, pre1, pre3"),
+    [K_DOWN] = EXPERT_SPEC("zmlx_moe_down", zmlxi_res_moe_down_zk,
+                           "act, indices, weights, w2, s2, b2", "out, down"),
     [K_BWD_ACT] = EXPERT_SPEC("zmlx_moe_bwd_act", zmlxi_res_moe_bwd_act_zk,
                               "dy, indices, weights, w2, pre1, pre3", "da, db"),
     [K_BWD_WEIGHTS] = EXPERT_SPEC("zmlx_moe_bwd_weights", zmlxi_res_moe_bwd_weights_zk,
@@ -329,6 +329,11 @@ zmlx_status zmlxi_moe_experts_validate(zmlx_array *x, zmlx_array *weights, zmlx_
   return ZMLX_OK;
 }
 
+/* A quantized weight's scales and biases, or (dense, or int8 without
+ * biases) its own array as an input the kernel never reads. */
+#define MOE_S(m) ((m)->scales ? (m)->scales : (m)->w)
+#define MOE_B(m) ((m)->biases ? (m)->biases : (m)->w)
+
 static void expert_params(const moe_expert_cfg *c, int64_t n, double *p) {
   p[0] = (double)n;
   p[1] = c->k;
@@ -340,13 +345,15 @@ static void expert_params(const moe_expert_cfg *c, int64_t n, double *p) {
 /* The forward: act (and with save the pre-activations and per-choice
  * outputs in s) and out. */
 zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
-                                     zmlx_array *indices, zmlx_array *w1, zmlx_array *w3,
-                                     zmlx_array *w2, int save, moe_saved *s, zmlx_array **out) {
+                                     zmlx_array *indices, const moe_w *w1, const moe_w *w3,
+                                     const moe_w *w2, int save, moe_saved *s, zmlx_array **out) {
   zmlx_device *dev = x->buffer->device;
   const int64_t P = c->T * c->k;
   memset(s, 0, sizeof *s);
   double p[5];
-  zmlx_template_arg t[1] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save}};
+  zmlx_template_arg t[3] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
+                            {"QBITS", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->bits},
+                            {"GROUP", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->group}};
   zmlx_status st = alloc(dev, ZMLX_F32, P, c->I, &s->act);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre1);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre3);
@@ -354,15 +361,15 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   if (st == ZMLX_OK) st = alloc(dev, x->dtype, c->T, c->H, out);
   if (st == ZMLX_OK) {
     expert_params(c, P * c->I, p);
-    zmlx_array *in[4] = {x, indices, w1, w3};
+    zmlx_array *in[8] = {x, indices, w1->w, w3->w, MOE_S(w1), MOE_B(w1), MOE_S(w3), MOE_B(w3)};
     zmlx_array *o[3] = {s->act, save ? s->pre1 : s->act, save ? s->pre3 : s->act};
-    st = launch(K_UP, p, t, 1, P * c->I, in, 4, o, 3);
+    st = launch(K_UP, p, t, 3, P * c->I, in, 8, o, 3);
   }
   if (st == ZMLX_OK) {
     expert_params(c, c->T * c->H, p);
-    zmlx_array *in[4] = {s->act, indices, weights, w2};
+    zmlx_array *in[6] = {s->act, indices, weights, w2->w, MOE_S(w2), MOE_B(w2)};
     zmlx_array *o[2] = {*out, save ? s->down : *out};
-    st = launch(K_DOWN, p, t, 1, c->T * c->H, in, 4, o, 2);
+    st = launch(K_DOWN, p, t, 3, c->T * c->H, in, 6, o, 2);
   }
   if (st != ZMLX_OK) {
     zmlxi_moe_saved_free(s);
@@ -461,9 +468,10 @@ zmlx_status zmlx_moe_experts(zmlx_array *x, zmlx_array *weights, zmlx_array *ind
   moe_saved s;
   memset(&s, 0, sizeof s);
   zmlx_array *y = NULL;
+  const moe_w m1 = {dense[2], NULL, NULL, 0, 0}, m3 = {dense[3], NULL, NULL, 0, 0},
+              m2 = {dense[4], NULL, NULL, 0, 0};
   if (st == ZMLX_OK)
-    st = zmlxi_moe_experts_forward(&c, dense[0], dense[1], dense[5], dense[2], dense[3], dense[4],
-                                  save, &s, &y);
+    st = zmlxi_moe_experts_forward(&c, dense[0], dense[1], dense[5], &m1, &m3, &m2, save, &s, &y);
   experts_ctx *ctx = NULL;
   if (st == ZMLX_OK && save) {
     ctx = malloc(sizeof *ctx);
@@ -485,6 +493,95 @@ zmlx_status zmlx_moe_experts(zmlx_array *x, zmlx_array *weights, zmlx_array *ind
   }
   *out = y;
   return ZMLX_OK;
+}
+
+/* ---------------------------------------------------- quantized experts */
+
+/* A quantized weight of `rows` x `cols` per expert (E experts). */
+static zmlx_status qweight_check(const char *name, const zmlx_moe_qweight *w, int64_t E,
+                                 int64_t rows, int64_t cols, zmlx_array *x, moe_w *m) {
+  char a[96], b[96];
+  if (!w || !w->q || !w->scales)
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_moe_experts_quantized: %s needs q and scales", name);
+  const int four = w->bits == 4;
+  if (w->bits != 8 && !four)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_experts_quantized: %s has bits %d (8 or 4)",
+                     name, w->bits);
+  if (four && w->group_size != 32 && w->group_size != 64 && w->group_size != 128)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_experts_quantized: %s has group_size %d "
+                     "(32, 64 or 128)", name, w->group_size);
+  if (four && (cols % w->group_size || !w->biases))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_moe_experts_quantized: %s: int4 needs biases and cols "
+                     "%lld a multiple of group_size %d", name, (long long)cols, w->group_size);
+  const int64_t qs[3] = {E, rows, four ? cols / 2 : cols};
+  const int64_t ss[3] = {E, rows, four ? cols / w->group_size : 1};
+  const zmlx_array *q = w->q, *sc = w->scales;
+  if (q->ndim != 3 || memcmp(q->shape, qs, sizeof qs) || q->dtype != (four ? ZMLX_U8 : ZMLX_I8))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_moe_experts_quantized: %s.q is %s %s, want %s %s", name,
+                     zmlxi_shape_str(a, sizeof a, q->ndim, q->shape), zmlx_dtype_name(q->dtype),
+                     zmlxi_shape_str(b, sizeof b, 3, qs), four ? "u8" : "i8");
+  const int sn = four ? 3 : 2;
+  for (const zmlx_array *v = sc; v; v = v == sc && four ? w->biases : NULL)
+    if (v->ndim != sn || memcmp(v->shape, ss, sizeof(int64_t) * (size_t)sn) ||
+        !zmlxi_dtype_is_f32_f16_bf16(v->dtype))
+      return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_moe_experts_quantized: %s's scales / biases %s %s, "
+                       "want %s (float)", name, zmlxi_shape_str(a, sizeof a, v->ndim, v->shape),
+                       zmlx_dtype_name(v->dtype), zmlxi_shape_str(b, sizeof b, sn, ss));
+  if (q->buffer->device != x->buffer->device || sc->buffer->device != x->buffer->device ||
+      (four && w->biases->buffer->device != x->buffer->device))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_experts_quantized: %s and x live on "
+                     "different devices", name);
+  *m = (moe_w){w->q, w->scales, four ? w->biases : NULL, w->bits, four ? w->group_size : 0};
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_moe_experts_quantized(zmlx_array *x, zmlx_array *weights, zmlx_array *indices,
+                                       const zmlx_moe_qweight *w1, const zmlx_moe_qweight *w3,
+                                       const zmlx_moe_qweight *w2, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_REQUIRE_ARG(w1);
+  ZMLX_REQUIRE_ARG(w3);
+  ZMLX_REQUIRE_ARG(w2);
+  if (!w1->q || !w1->q->ndim)
+    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "zmlx_moe_experts_quantized: w1.q must be [experts, "
+                     "inter, hidden%s]", w1->bits == 4 ? " / 2" : "");
+  if (w3->bits != w1->bits || w2->bits != w1->bits || w3->group_size != w1->group_size ||
+      w2->group_size != w1->group_size)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_experts_quantized: w1, w3, w2 must share one "
+                     "format (bits %d / %d / %d, group_size %d / %d / %d)", w1->bits, w3->bits,
+                     w2->bits, w1->group_size, w3->group_size, w2->group_size);
+  /* the dense checks on stand-ins of the dequantized shapes */
+  moe_expert_cfg c;
+  memset(&c, 0, sizeof c);
+  ZMLX_REQUIRE_ARG(x);
+  ZMLX_REQUIRE_ARG(weights);
+  ZMLX_REQUIRE_ARG(indices);
+  if (x->ndim != 2 || w1->q->ndim != 3)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_moe_experts_quantized: x must be [tokens, hidden] "
+                     "and w1.q [experts, inter, ...]");
+  c.T = x->shape[0], c.H = x->shape[1], c.E = w1->q->shape[0], c.I = w1->q->shape[1];
+  moe_w m1, m3, m2;
+  ZMLX_CHECK(qweight_check("w1", w1, c.E, c.I, c.H, x, &m1));
+  ZMLX_CHECK(qweight_check("w3", w3, c.E, c.I, c.H, x, &m3));
+  ZMLX_CHECK(qweight_check("w2", w2, c.E, c.H, c.I, x, &m2));
+  if (!zmlxi_dtype_is_f32_f16_bf16(x->dtype) || indices->ndim != 2 || indices->shape[0] != c.T ||
+      indices->dtype != ZMLX_I32 || weights->ndim != 2 || weights->shape[0] != c.T ||
+      weights->shape[1] != indices->shape[1] || !zmlxi_dtype_is_f32_f16_bf16(weights->dtype))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_moe_experts_quantized: x (float), weights and indices "
+                     "[tokens %lld, k] (float, i32)", (long long)c.T);
+  c.k = (int)indices->shape[1];
+  if (c.k < 1 || c.k > ZMLX_MOE_MAX_K || c.k > c.E)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_experts_quantized: k = %d with %lld experts",
+                     c.k, (long long)c.E);
+  zmlx_array *tracked[2] = {x, weights};
+  if (zmlxi_ad_should_record(tracked, 2))
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_moe_experts_quantized: not differentiable "
+                     "(inference only); use zmlx_moe_experts on dequantized weights for gradients");
+  moe_saved s;
+  zmlx_status st = zmlxi_moe_experts_forward(&c, x, weights, indices, &m1, &m3, &m2, 0, &s, out);
+  zmlxi_moe_saved_free(&s);
+  return st;
 }
 
 /* --------------------------------------------------------------- layer */

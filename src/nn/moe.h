@@ -25,6 +25,14 @@ typedef struct moe_saved {
   zmlx_array *act, *pre1, *pre3, *down;
 } moe_saved;
 
+/* An expert weight as the kernels read it: dense (bits 0: w alone), int8
+ * per row (w i8, scales) or int4 per group (w packed u8, scales, biases,
+ * group). */
+typedef struct moe_w {
+  zmlx_array *w, *scales, *biases;
+  int bits, group;
+} moe_w;
+
 /* The pairs of dense i32 indices grouped by expert: offsets [experts + 1],
  * order [pairs] (pair index at each grouped position), slot [pairs] (the
  * inverse; -1 for an index outside [0, experts)). */
@@ -35,8 +43,8 @@ zmlx_status zmlxi_moe_experts_validate(zmlx_array *x, zmlx_array *weights, zmlx_
                                       moe_expert_cfg *c);
 /* The experts' forward alone (no autograd) on dense arrays. */
 zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
-                                     zmlx_array *indices, zmlx_array *w1, zmlx_array *w3,
-                                     zmlx_array *w2, int save, moe_saved *s, zmlx_array **out);
+                                     zmlx_array *indices, const moe_w *w1, const moe_w *w3,
+                                     const moe_w *w2, int save, moe_saved *s, zmlx_array **out);
 void zmlxi_moe_saved_free(moe_saved *s);
 
 #endif
