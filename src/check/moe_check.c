@@ -449,12 +449,13 @@ static zmlx_status device_routing(zmlx_array *x, zmlx_array *router, const zmlx_
   return st;
 }
 
-static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint64_t *rng) {
+static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint64_t *rng,
+                           const char *form) {
   const layer_dims d = {lc->T, lc->E, 32, 48, 40, lc->k, lc->shared};
   char name[96];
-  snprintf(name, sizeof name, "T%lld E%lld k%d H%lld I%lld %s%s%s", (long long)d.T,
+  snprintf(name, sizeof name, "T%lld E%lld k%d H%lld I%lld %s%s%s%s", (long long)d.T,
            (long long)d.E, d.k, (long long)d.H, (long long)d.I, SCORING_NAME[lc->scoring],
-           lc->renorm ? " renorm" : "", d.shared ? " shared" : "");
+           lc->renorm ? " renorm" : "", d.shared ? " shared" : "", form ? form : "");
   double *v[L_COUNT] = {0}, *want[L_COUNT] = {0}, *magn[L_COUNT] = {0}, *got[L_COUNT] = {0};
   zmlx_array *a[L_COUNT] = {0}, *ga[L_COUNT] = {0}, *ady = NULL, *ay = NULL;
   double *dy = NULL, *lg = NULL, *ixd = NULL, *gy = NULL;
@@ -540,7 +541,16 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
       {64, 64, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 1},
   };
   const int n = o->quick ? 4 : 6;
-  for (int i = 0; i < n; i++) layer_case_run(o, &cases[i], &rng);
+  for (int i = 0; i < n; i++) layer_case_run(o, &cases[i], &rng, NULL);
+  /* the forward's other row form (a SIMD group per row on a CPU, a thread
+   * per row on a GPU) */
+  zmlx_device_info info;
+  ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
+  const char *other = info.native_simd ? "0" : "1";
+  setenv("ZMLX_MOE_SIMD_ROWS", other, 1);
+  layer_case_run(o, &cases[1], &rng, info.native_simd ? " thread rows" : " simd rows");
+  layer_case_run(o, &cases[3], &rng, info.native_simd ? " thread rows" : " simd rows");
+  unsetenv("ZMLX_MOE_SIMD_ROWS");
   return ZMLX_OK;
 }
 

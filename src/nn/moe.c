@@ -20,6 +20,7 @@
 #include "nn/moe.h"
 
 extern const char zmlxi_res_moe_common_zk[];
+extern const char zmlxi_res_moe_rows_zk[];
 extern const char zmlxi_res_moe_gate_zk[];
 extern const char zmlxi_res_moe_gate_bwd_zk[];
 extern const char zmlxi_res_moe_dispatch_zk[];
@@ -49,10 +50,12 @@ static const zmlx_kernel_spec SPECS[] = {
     [K_DISPATCH] = ZMLX_KSPEC("zmlx_moe_dispatch", zmlxi_res_moe_dispatch_zk, "indices",
                               "cnt, base, offsets, order, slot", "P:i64, E:i32, C:i32",
                               .prelude = zmlxi_res_moe_common_zk, .dense_inputs = 1),
-    [K_UP] = EXPERT_SPEC("zmlx_moe_up", zmlxi_res_moe_up_zk,
-                         "x, indices, w1, w3, s1, b1, s3, b3", "act, pre1, pre3"),
-    [K_DOWN] = EXPERT_SPEC("zmlx_moe_down", zmlxi_res_moe_down_zk,
-                           "act, indices, weights, w2, s2, b2", "out, down"),
+    [K_UP] = ZMLX_KSPEC("zmlx_moe_up", zmlxi_res_moe_up_zk, "x, indices, w1, w3, s1, b1, s3, b3",
+                        "act, pre1, pre3", EXPERT_PARAMS, .prelude = zmlxi_res_moe_rows_zk,
+                        .dense_inputs = 1),
+    [K_DOWN] = ZMLX_KSPEC("zmlx_moe_down", zmlxi_res_moe_down_zk,
+                          "act, indices, weights, w2, s2, b2", "out, down", EXPERT_PARAMS,
+                          .prelude = zmlxi_res_moe_rows_zk, .dense_inputs = 1),
     [K_BWD_ACT] = EXPERT_SPEC("zmlx_moe_bwd_act", zmlxi_res_moe_bwd_act_zk,
                               "dy, indices, weights, w2, pre1, pre3", "da, db"),
     [K_BWD_WEIGHTS] = EXPERT_SPEC("zmlx_moe_bwd_weights", zmlxi_res_moe_bwd_weights_zk,
@@ -344,6 +347,29 @@ static void expert_params(const moe_expert_cfg *c, int64_t n, double *p) {
 
 /* The forward: act (and with save the pre-activations and per-choice
  * outputs in s) and out. */
+/* SIMD group per row (coalesced loads) where the device has native SIMD
+ * groups, else a thread per row; ZMLX_MOE_SIMD_ROWS=0/1 overrides (the
+ * check runs the SIMD form on CPUs too, through the emulation). */
+static int simd_rows(zmlx_device *dev) {
+  const char *env = getenv("ZMLX_MOE_SIMD_ROWS");
+  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  zmlx_device_info info;
+  return zmlx_device_get_info(dev, &info) == ZMLX_OK && info.native_simd;
+}
+
+/* A row kernel's launch: rows threads, times the SIMD width in the SIMD
+ * form, in whole 256-thread groups (the kernels' text names SIMD helpers,
+ * so the launch checks ask for whole groups in either form). */
+static zmlx_status launch_rows(int which, const double *params, const zmlx_template_arg *t, int nt,
+                               int simd, int64_t rows, zmlx_array *const *in, int n_in,
+                               zmlx_array **out, int n_out) {
+  if (rows == 0) return ZMLX_OK;
+  zmlx_device_info info;
+  ZMLX_CHECK(zmlx_device_get_info(in[0]->buffer->device, &info));
+  const int64_t threads = (rows * (simd ? info.simd_width : 1) + 255) / 256 * 256;
+  return launch(which, params, t, nt, threads, in, n_in, out, n_out);
+}
+
 zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
                                      zmlx_array *indices, const moe_w *w1, const moe_w *w3,
                                      const moe_w *w2, int save, moe_saved *s, zmlx_array **out) {
@@ -351,9 +377,11 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   const int64_t P = c->T * c->k;
   memset(s, 0, sizeof *s);
   double p[5];
-  zmlx_template_arg t[3] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
+  const int simd = simd_rows(dev);
+  zmlx_template_arg t[4] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
                             {"QBITS", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->bits},
-                            {"GROUP", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->group}};
+                            {"GROUP", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->group},
+                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, simd}};
   zmlx_status st = alloc(dev, ZMLX_F32, P, c->I, &s->act);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre1);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre3);
@@ -363,13 +391,13 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
     expert_params(c, P * c->I, p);
     zmlx_array *in[8] = {x, indices, w1->w, w3->w, MOE_S(w1), MOE_B(w1), MOE_S(w3), MOE_B(w3)};
     zmlx_array *o[3] = {s->act, save ? s->pre1 : s->act, save ? s->pre3 : s->act};
-    st = launch(K_UP, p, t, 3, P * c->I, in, 8, o, 3);
+    st = launch_rows(K_UP, p, t, 4, simd, P * c->I, in, 8, o, 3);
   }
   if (st == ZMLX_OK) {
     expert_params(c, c->T * c->H, p);
     zmlx_array *in[6] = {s->act, indices, weights, w2->w, MOE_S(w2), MOE_B(w2)};
     zmlx_array *o[2] = {*out, save ? s->down : *out};
-    st = launch(K_DOWN, p, t, 3, c->T * c->H, in, 6, o, 2);
+    st = launch_rows(K_DOWN, p, t, 4, simd, c->T * c->H, in, 6, o, 2);
   }
   if (st != ZMLX_OK) {
     zmlxi_moe_saved_free(s);
