@@ -7,6 +7,7 @@ PyTorch eager and torch.compile (bf16, CUDA events, median of 21 samples of
     python3 bench/peer_catalog.py [--json FILE] [--op NAME]
 """
 import json
+import os
 import statistics
 import sys
 
@@ -205,7 +206,10 @@ def main():
     for op, shape, fn, nbytes in cases():
         if only and op != only:
             continue
-        for peer, f in (("torch eager", fn), ("torch.compile", fn.compiled() if isinstance(fn, FwdBwd) else torch.compile(fn))):
+        peers = [("torch eager", fn)]
+        if not os.environ.get("PEER_EAGER_ONLY"):  # compiling takes minutes per case
+            peers.append(("torch.compile", fn.compiled() if isinstance(fn, FwdBwd) else torch.compile(fn)))
+        for peer, f in peers:
             try:
                 ms = median_ms(f)
             except Exception as e:  # a peer that cannot run is reported, not hidden

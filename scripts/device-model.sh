@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The model layer's benchmarks on the GPU machine (the device tool), over a
 # build made here and carried as build-device/ with .devlibs/ (see
-# scripts/device-tests.sh): for each op named (default: the model layer's),
-# its PyTorch peers (bench/peer_catalog.py --op) and `zmlx bench --op` with
-# their times merged in, in the same run. Results under $OUT:
-# model_bench.txt (the tables), peers_<op>.txt, bench_<op>.json.
-#   device: bash scripts/device-model.sh [op ...]
+# scripts/device-tests.sh): PyTorch's peers of the named peer ops
+# (bench/peer_catalog.py --op, eager only unless PEER_COMPILE=1), then
+# `zmlx bench --op` of the named bench entries with those times merged in,
+# all in the same run. Results under $OUT: model_bench.txt (the tables),
+# peers.txt, peers.jsonl, bench_<entry>.json.
+#   device: PEER_OPS="adamw moe_decode" BENCH="adamw moe" bash scripts/device-model.sh
 . "$(dirname "$0")/device-env.sh"
 export ZMLX_CACHE_DIR=/tmp/zc_model
-ops=${*:-adamw paged_decode attention_causal matmul}
-for op in $ops; do
-  PYTHONUNBUFFERED=1 timeout 200 python3 bench/peer_catalog.py --op "$op" \
-    --json "$OUT/peers_$op.jsonl" >"$OUT/peers_$op.txt" 2>&1
-  # the catalog names the bench case by its family (matmul_f32 rows are matmul's)
-  timeout 200 "$B/zmlx" bench --backend cuda --op "${op%%_causal*}*" --json "$OUT/bench_$op.json" \
-    --peer "$OUT/peers_$op.jsonl" 2>&1 | tee -a "$OUT/model_bench.txt"
+[ -n "${PEER_COMPILE:-}" ] || export PEER_EAGER_ONLY=1
+: >"$OUT/peers.jsonl"
+for op in ${PEER_OPS:-adamw moe_decode moe_prefill moe_prefill_dense_gemm paged_decode}; do
+  PYTHONUNBUFFERED=1 timeout 150 python3 bench/peer_catalog.py --op "$op" --json /tmp/peer_$op.jsonl \
+    >>"$OUT/peers.txt" 2>&1
+  cat /tmp/peer_$op.jsonl >>"$OUT/peers.jsonl" 2>/dev/null
+done
+for entry in ${BENCH:-adamw moe paged_decode}; do
+  timeout 150 "$B/zmlx" bench --backend cuda --op "$entry" --json "$OUT/bench_$entry.json" \
+    --peer "$OUT/peers.jsonl" 2>&1 | tee -a "$OUT/model_bench.txt"
 done
