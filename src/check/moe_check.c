@@ -415,6 +415,7 @@ static zmlx_status layer_fn(void *ud, zmlx_array *const *in, int n, zmlx_array *
 typedef struct layer_case {
   int64_t T, E;
   int k, scoring, renorm, shared;
+  int64_t inter; /* 0: 48 (a whole number of 16-byte chunks); 42: scalar weight reads */
 } layer_case;
 
 /* Host values and device arrays of the layer's inputs. */
@@ -451,7 +452,7 @@ static zmlx_status device_routing(zmlx_array *x, zmlx_array *router, const zmlx_
 
 static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint64_t *rng,
                            const char *form) {
-  const layer_dims d = {lc->T, lc->E, 32, 48, 40, lc->k, lc->shared};
+  const layer_dims d = {lc->T, lc->E, 32, lc->inter ? lc->inter : 48, 40, lc->k, lc->shared};
   char name[96];
   snprintf(name, sizeof name, "T%lld E%lld k%d H%lld I%lld %s%s%s%s", (long long)d.T,
            (long long)d.E, d.k, (long long)d.H, (long long)d.I, SCORING_NAME[lc->scoring],
@@ -533,12 +534,12 @@ done:
 static zmlx_status check_moe(const zmlx_check_opts *o) {
   uint64_t rng = o->seed * 2654435761u + 9409u;
   const layer_case cases[] = {
-      {1, 8, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 0},
-      {7, 64, 8, ZMLX_MOE_TOPK_SOFTMAX, 0, 1},
-      {64, 8, 1, ZMLX_MOE_SIGMOID, 1, 0},
-      {513, 64, 8, ZMLX_MOE_SOFTMAX_TOPK, 1, 1},
-      {513, 8, 2, ZMLX_MOE_SIGMOID, 1, 0},
-      {64, 64, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 1},
+      {1, 8, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 0, 0},
+      {7, 64, 8, ZMLX_MOE_TOPK_SOFTMAX, 0, 1, 0},
+      {64, 8, 1, ZMLX_MOE_SIGMOID, 1, 0, 42},
+      {513, 64, 8, ZMLX_MOE_SOFTMAX_TOPK, 1, 1, 0},
+      {513, 8, 2, ZMLX_MOE_SIGMOID, 1, 0, 0},
+      {64, 64, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 1, 0},
   };
   const int n = o->quick ? 4 : 6;
   for (int i = 0; i < n; i++) layer_case_run(o, &cases[i], &rng, NULL);

@@ -61,13 +61,19 @@ static zmlx_status create(const zmlx_kernel_spec *s, zmlx_kernel **out) {
   ZMLX_CHECK(split_names(s->name, s->params, 1, &params));
   char *joined = NULL;
   const char *source = s->source;
-  if (s->prelude) {
-    size_t a = strlen(s->prelude), b = strlen(s->source);
-    joined = malloc(a + b + 2);
+  if (s->prelude || s->prelude2) {
+    /* prelude, prelude2 and the source, a newline after each part */
+    const char *parts[3] = {s->prelude ? s->prelude : "", s->prelude2 ? s->prelude2 : "", s->source};
+    size_t len[3], total = 3;
+    for (int i = 0; i < 3; i++) total += len[i] = strlen(parts[i]);
+    joined = malloc(total);
     if (!joined) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-    memcpy(joined, s->prelude, a);
-    joined[a] = '\n';
-    memcpy(joined + a + 1, s->source, b + 1);
+    size_t at = 0;
+    for (int i = 0; i < 3; i++) {
+      memcpy(joined + at, parts[i], len[i]);
+      at += len[i];
+      joined[at++] = i < 2 ? '\n' : '\0';
+    }
     source = joined;
   }
   zmlx_kernel_desc d = {.name = s->name, .input_names = in.names, .n_inputs = in.n,

@@ -31,6 +31,7 @@ typedef struct zmlx_kernel_spec {
   const char *outputs;  /* "out" or "vals, idx" */
   const char *params;   /* "rows:i64, scale:f32" (i32, u32, i64, f32, f64); NULL: none */
   const char *prelude;  /* optional text placed before source (shared helpers) */
+  const char *prelude2; /* optional text placed after prelude (a second set of helpers) */
   int dense_inputs;     /* strided inputs are copied dense first (ensure_row_contiguous) */
 } zmlx_kernel_spec;
 

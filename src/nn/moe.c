@@ -18,6 +18,7 @@
 #include "kernel/kernel.h"
 #include "kernel/kernel_set.h"
 #include "nn/moe.h"
+#include "ops/kernel_util.h"
 
 extern const char zmlxi_res_moe_common_zk[];
 extern const char zmlxi_res_moe_rows_zk[];
@@ -51,11 +52,12 @@ static const zmlx_kernel_spec SPECS[] = {
                               "cnt, base, offsets, order, slot", "P:i64, E:i32, C:i32",
                               .prelude = zmlxi_res_moe_common_zk, .dense_inputs = 1),
     [K_UP] = ZMLX_KSPEC("zmlx_moe_up", zmlxi_res_moe_up_zk, "x, indices, w1, w3, s1, b1, s3, b3",
-                        "act, pre1, pre3", EXPERT_PARAMS, .prelude = zmlxi_res_moe_rows_zk,
-                        .dense_inputs = 1),
+                        "act, pre1, pre3", EXPERT_PARAMS, .prelude = zmlxi_res_vec_io_zk,
+                        .prelude2 = zmlxi_res_moe_rows_zk, .dense_inputs = 1),
     [K_DOWN] = ZMLX_KSPEC("zmlx_moe_down", zmlxi_res_moe_down_zk,
                           "act, indices, weights, w2, s2, b2", "out, down", EXPERT_PARAMS,
-                          .prelude = zmlxi_res_moe_rows_zk, .dense_inputs = 1),
+                          .prelude = zmlxi_res_vec_io_zk,
+                          .prelude2 = zmlxi_res_moe_rows_zk, .dense_inputs = 1),
     [K_BWD_ACT] = EXPERT_SPEC("zmlx_moe_bwd_act", zmlxi_res_moe_bwd_act_zk,
                               "dy, indices, weights, w2, pre1, pre3", "da, db"),
     [K_BWD_WEIGHTS] = EXPERT_SPEC("zmlx_moe_bwd_weights", zmlxi_res_moe_bwd_weights_zk,
@@ -357,6 +359,20 @@ static int simd_rows(zmlx_device *dev) {
   return zmlx_device_get_info(dev, &info) == ZMLX_OK && info.native_simd;
 }
 
+/* Elements per 16-byte chunk when the dense expert weights can be read in
+ * chunks (one float dtype for the three, rows a whole number of chunks,
+ * 16-byte aligned starts), else 0 (scalar reads). */
+static int weight_vec(const moe_expert_cfg *c, const moe_w *w1, const moe_w *w3, const moe_w *w2) {
+  if (w1->bits || w1->w->dtype != w3->w->dtype || w1->w->dtype != w2->w->dtype) return 0;
+  const zmlx_dtype dt = w1->w->dtype;
+  const int vec = dt == ZMLX_F32 ? 4 : 8;
+  const size_t es = zmlx_dtype_size(dt);
+  const moe_w *all[3] = {w1, w3, w2};
+  for (int i = 0; i < 3; i++)
+    if (((size_t)all[i]->w->offset * es) % 16) return 0;
+  return c->H % vec == 0 && c->I % vec == 0 ? vec : 0;
+}
+
 /* A row kernel's launch: rows threads, times the SIMD width in the SIMD
  * form, in whole 256-thread groups (the kernels' text names SIMD helpers,
  * so the launch checks ask for whole groups in either form). */
@@ -377,11 +393,13 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   const int64_t P = c->T * c->k;
   memset(s, 0, sizeof *s);
   double p[5];
-  const int simd = simd_rows(dev);
-  zmlx_template_arg t[4] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
+  const int simd = simd_rows(dev), vec = weight_vec(c, w1, w3, w2);
+  zmlx_template_arg t[6] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
                             {"QBITS", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->bits},
                             {"GROUP", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->group},
-                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, simd}};
+                            {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, simd},
+                            {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, vec ? zmlxi_ops_xdt(w1->w->dtype) : 0}};
   zmlx_status st = alloc(dev, ZMLX_F32, P, c->I, &s->act);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre1);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre3);
@@ -391,13 +409,13 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
     expert_params(c, P * c->I, p);
     zmlx_array *in[8] = {x, indices, w1->w, w3->w, MOE_S(w1), MOE_B(w1), MOE_S(w3), MOE_B(w3)};
     zmlx_array *o[3] = {s->act, save ? s->pre1 : s->act, save ? s->pre3 : s->act};
-    st = launch_rows(K_UP, p, t, 4, simd, P * c->I, in, 8, o, 3);
+    st = launch_rows(K_UP, p, t, 6, simd, P * c->I, in, 8, o, 3);
   }
   if (st == ZMLX_OK) {
     expert_params(c, c->T * c->H, p);
     zmlx_array *in[6] = {s->act, indices, weights, w2->w, MOE_S(w2), MOE_B(w2)};
     zmlx_array *o[2] = {*out, save ? s->down : *out};
-    st = launch_rows(K_DOWN, p, t, 4, simd, c->T * c->H, in, 6, o, 2);
+    st = launch_rows(K_DOWN, p, t, 6, simd, c->T * c->H, in, 6, o, 2);
   }
   if (st != ZMLX_OK) {
     zmlxi_moe_saved_free(s);
