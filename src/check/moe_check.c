@@ -531,6 +531,57 @@ done:
   zmlx_clear_error();
 }
 
+/* zmlx_moe_experts with indices outside [0, E) (-1, E): such a pair is
+ * routed nowhere and adds nothing, in the per-pair and the grouped form. */
+static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) {
+  const int64_t T = 7, E = 8, H = 32, I = 48;
+  const int k = 2;
+  char name[96];
+  snprintf(name, sizeof name, "T%lld E%lld k%d, indices -1 and E, %s rows", (long long)T,
+           (long long)E, k, grouped ? "grouped" : "pair");
+  double *hx = malloc(sizeof(double) * (size_t)(T * H)), *h1 = malloc(sizeof(double) * (size_t)(E * I * H));
+  double *h3 = malloc(sizeof(double) * (size_t)(E * I * H)), *h2 = malloc(sizeof(double) * (size_t)(E * H * I));
+  double *want = calloc((size_t)(T * H), sizeof(double)), *mag = calloc((size_t)(T * H), sizeof(double));
+  double *tmp = malloc(sizeof(double) * (size_t)(4 * I)), *got = NULL, ix[T * 2], w[T * 2];
+  zmlx_array *ax = NULL, *a1 = NULL, *a3 = NULL, *a2 = NULL, *aix = NULL, *aw = NULL, *y = NULL;
+  zmlx_status st = hx && h1 && h3 && h2 && want && mag && tmp
+                       ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  int64_t xs[2] = {T, H}, s13[3] = {E, I, H}, s2[3] = {E, H, I}, ps[2] = {T, k};
+  for (int64_t p = 0; p < T * k; p++) {
+    ix[p] = p % 5 == 1 ? -1 : p % 5 == 3 ? (double)E : floor(zck_uniform(rng, 0, (double)E));
+    w[p] = zck_uniform(rng, 0.1, 1);
+  }
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, xs, -1, 1, rng, hx, &ax);
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, s13, -0.3, 0.3, rng, h1, &a1);
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, s13, -0.3, 0.3, rng, h3, &a3);
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, s2, -0.3, 0.3, rng, h2, &a2);
+  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_I32, 2, ps, ix, &aix);
+  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, ps, w, &aw);
+  setenv("ZMLX_MOE_GROUPED", grouped ? "1" : "0", 1);
+  if (st == ZMLX_OK) st = zmlx_moe_experts(ax, aw, aix, a1, a3, a2, &y);
+  unsetenv("ZMLX_MOE_GROUPED");
+  if (st == ZMLX_OK) st = zck_download(y, &got);
+  if (st == ZMLX_OK) {
+    for (int64_t p = 0; p < T * k; p++) {
+      if (ix[p] < 0 || ix[p] >= E) continue;
+      const int64_t e = (int64_t)ix[p], t = p / k;
+      for (int m = 0; m < 2; m++)
+        mlp_row(m, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H, I, w[p],
+                (m ? mag : want) + t * H, NULL, NULL, NULL, NULL, NULL, NULL, tmp);
+    }
+    zck_bound b = zck_bound_times(zck_bound_sum(ZCK_TOL_ROW, o->dtype, H + I), 3);
+    double e, tol;
+    int ok = zck_within_scaled(got, want, mag, T * H, b, &e, &tol);
+    zck_emit(o, "moe", "unrouted pairs", o->dtype, name, e, tol, ok);
+  } else {
+    zck_emit_fail(o, "moe", "unrouted pairs", o->dtype, name, st);
+  }
+  free(hx), free(h1), free(h3), free(h2), free(want), free(mag), free(tmp), free(got);
+  zmlx_array *all[7] = {ax, a1, a3, a2, aix, aw, y};
+  for (int i = 0; i < 7; i++) zmlx_array_release(all[i]);
+  zmlx_clear_error();
+}
+
 static zmlx_status check_moe(const zmlx_check_opts *o) {
   uint64_t rng = o->seed * 2654435761u + 9409u;
   const layer_case cases[] = {
@@ -552,6 +603,8 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
   layer_case_run(o, &cases[1], &rng, info.native_simd ? " thread rows" : " simd rows");
   layer_case_run(o, &cases[3], &rng, info.native_simd ? " thread rows" : " simd rows");
   unsetenv("ZMLX_MOE_SIMD_ROWS");
+  unrouted_case(o, 0, &rng);
+  unrouted_case(o, 1, &rng);
   return ZMLX_OK;
 }
 

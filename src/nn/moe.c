@@ -27,6 +27,7 @@ extern const char zmlxi_res_moe_gate_bwd_zk[];
 extern const char zmlxi_res_moe_dispatch_zk[];
 extern const char zmlxi_res_moe_up_zk[];
 extern const char zmlxi_res_moe_down_zk[];
+extern const char zmlxi_res_moe_combine_zk[];
 extern const char zmlxi_res_moe_bwd_act_zk[];
 extern const char zmlxi_res_moe_bwd_weights_zk[];
 extern const char zmlxi_res_moe_bwd_dx_zk[];
@@ -35,7 +36,7 @@ extern const char zmlxi_res_moe_bwd_w2_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
-enum { K_GATE, K_GATE_BWD, K_DISPATCH, K_UP, K_DOWN, K_BWD_ACT, K_BWD_WEIGHTS, K_BWD_DX,
+enum { K_GATE, K_GATE_BWD, K_DISPATCH, K_UP, K_DOWN, K_COMBINE, K_BWD_ACT, K_BWD_WEIGHTS, K_BWD_DX,
        K_BWD_W13, K_BWD_W2 };
 
 #define GATE_PARAMS "T:i64, E:i32, scaling:f32"
@@ -51,13 +52,16 @@ static const zmlx_kernel_spec SPECS[] = {
     [K_DISPATCH] = ZMLX_KSPEC("zmlx_moe_dispatch", zmlxi_res_moe_dispatch_zk, "indices",
                               "cnt, base, offsets, order, slot", "P:i64, E:i32, C:i32",
                               .prelude = zmlxi_res_moe_common_zk, .dense_inputs = 1),
-    [K_UP] = ZMLX_KSPEC("zmlx_moe_up", zmlxi_res_moe_up_zk, "x, indices, w1, w3, s1, b1, s3, b3",
+    [K_UP] = ZMLX_KSPEC("zmlx_moe_up", zmlxi_res_moe_up_zk, "x, indices, w1, w3, s1, b1, s3, b3, offsets, order",
                         "act, pre1, pre3", EXPERT_PARAMS, .prelude = zmlxi_res_vec_io_zk,
                         .prelude2 = zmlxi_res_moe_rows_zk, .dense_inputs = 1),
     [K_DOWN] = ZMLX_KSPEC("zmlx_moe_down", zmlxi_res_moe_down_zk,
-                          "act, indices, weights, w2, s2, b2", "out, down", EXPERT_PARAMS,
+                          "act, indices, weights, w2, s2, b2, offsets, order", "out, down",
+                          EXPERT_PARAMS,
                           .prelude = zmlxi_res_vec_io_zk,
                           .prelude2 = zmlxi_res_moe_rows_zk, .dense_inputs = 1),
+    [K_COMBINE] = EXPERT_SPEC("zmlx_moe_combine", zmlxi_res_moe_combine_zk, "weights, indices",
+                              "out, down"),
     [K_BWD_ACT] = EXPERT_SPEC("zmlx_moe_bwd_act", zmlxi_res_moe_bwd_act_zk,
                               "dy, indices, weights, w2, pre1, pre3", "da, db"),
     [K_BWD_WEIGHTS] = EXPERT_SPEC("zmlx_moe_bwd_weights", zmlxi_res_moe_bwd_weights_zk,
@@ -359,6 +363,15 @@ static int simd_rows(zmlx_device *dev) {
   return zmlx_device_get_info(dev, &info) == ZMLX_OK && info.native_simd;
 }
 
+/* Rows per (expert, row) looping over the expert's pairs once the batch
+ * has more pairs than experts (a weight row then serves several pairs from
+ * cache), else rows per pair; ZMLX_MOE_GROUPED=0/1 overrides. */
+static int grouped_rows(const moe_expert_cfg *c) {
+  const char *env = getenv("ZMLX_MOE_GROUPED");
+  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  return c->T * c->k > c->E;
+}
+
 /* Elements per 16-byte chunk when the dense expert weights can be read in
  * chunks (one float dtype for the three, rows a whole number of chunks,
  * 16-byte aligned starts), else 0 (scalar reads). */
@@ -374,16 +387,27 @@ static int weight_vec(const moe_expert_cfg *c, const moe_w *w1, const moe_w *w3,
 }
 
 /* A row kernel's launch: rows threads, times the SIMD width in the SIMD
- * form, in whole 256-thread groups (the kernels' text names SIMD helpers,
- * so the launch checks ask for whole groups in either form). */
+ * form, in whole threadgroups (the kernels' text names SIMD helpers, so
+ * the launch checks ask for whole groups in either form). A group is 256
+ * threads, or one SIMD group where SIMD is emulated (in threadgroup memory,
+ * behind barriers that every thread of the group must reach equally often:
+ * the grouped rows' pair loops differ from one SIMD group to the next). */
 static zmlx_status launch_rows(int which, const double *params, const zmlx_template_arg *t, int nt,
                                int simd, int64_t rows, zmlx_array *const *in, int n_in,
                                zmlx_array **out, int n_out) {
   if (rows == 0) return ZMLX_OK;
   zmlx_device_info info;
   ZMLX_CHECK(zmlx_device_get_info(in[0]->buffer->device, &info));
-  const int64_t threads = (rows * (simd ? info.simd_width : 1) + 255) / 256 * 256;
-  return launch(which, params, t, nt, threads, in, n_in, out, n_out);
+  const int group = simd && !info.native_simd ? info.simd_width : 256;
+  const int64_t threads = (rows * (simd ? info.simd_width : 1) + group - 1) / group * group;
+  zmlx_kernel *k;
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, which, &k));
+  zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = n_out, .inputs = in, .outputs = out,
+                           .templates = t, .n_templates = nt, .params = params,
+                           .device = in[0]->buffer->device};
+  zmlxi_kernel_call_grid_1d(&call, threads);
+  call.threadgroup[0] = group;
+  return zmlx_kernel_launch(k, &call);
 }
 
 zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
@@ -394,7 +418,7 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   memset(s, 0, sizeof *s);
   double p[5];
   const int simd = simd_rows(dev), vec = weight_vec(c, w1, w3, w2);
-  zmlx_template_arg t[6] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
+  zmlx_template_arg t[7] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
                             {"QBITS", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->bits},
                             {"GROUP", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->group},
                             {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, simd},
@@ -404,18 +428,39 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre1);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre3);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->H, &s->down);
+  const int grouped = grouped_rows(c);
+  zmlx_array *offsets = NULL, *order = NULL, *slot = NULL;
+  if (st == ZMLX_OK && grouped && !save) st = alloc(dev, ZMLX_F32, P, c->H, &s->down);
   if (st == ZMLX_OK) st = alloc(dev, x->dtype, c->T, c->H, out);
+  if (st == ZMLX_OK && grouped) st = zmlxi_moe_dispatch(indices, c->E, &offsets, &order, &slot);
+  zmlx_array *grp[2] = {offsets ? offsets : indices, order ? order : indices};
+  t[6] = (zmlx_template_arg){"GROUPED", ZMLX_TEMPLATE_BOOL, ZMLX_F32, grouped};
   if (st == ZMLX_OK) {
-    expert_params(c, P * c->I, p);
-    zmlx_array *in[8] = {x, indices, w1->w, w3->w, MOE_S(w1), MOE_B(w1), MOE_S(w3), MOE_B(w3)};
+    const int64_t rows = grouped ? c->E * c->I : P * c->I;
+    expert_params(c, rows, p);
+    zmlx_array *in[10] = {x, indices, w1->w, w3->w, MOE_S(w1), MOE_B(w1), MOE_S(w3), MOE_B(w3),
+                          grp[0], grp[1]};
     zmlx_array *o[3] = {s->act, save ? s->pre1 : s->act, save ? s->pre3 : s->act};
-    st = launch_rows(K_UP, p, t, 6, simd, P * c->I, in, 8, o, 3);
+    st = launch_rows(K_UP, p, t, 7, simd, rows, in, 10, o, 3);
   }
   if (st == ZMLX_OK) {
+    const int64_t rows = grouped ? c->E * c->H : c->T * c->H;
+    expert_params(c, rows, p);
+    zmlx_array *in[8] = {s->act, indices, weights, w2->w, MOE_S(w2), MOE_B(w2), grp[0], grp[1]};
+    zmlx_array *o[2] = {*out, s->down ? s->down : *out};
+    st = launch_rows(K_DOWN, p, t, 7, simd, rows, in, 8, o, 2);
+  }
+  if (st == ZMLX_OK && grouped) {
     expert_params(c, c->T * c->H, p);
-    zmlx_array *in[6] = {s->act, indices, weights, w2->w, MOE_S(w2), MOE_B(w2)};
-    zmlx_array *o[2] = {*out, save ? s->down : *out};
-    st = launch_rows(K_DOWN, p, t, 6, simd, c->T * c->H, in, 6, o, 2);
+    zmlx_array *in[2] = {weights, indices}, *o[2] = {*out, s->down};
+    st = launch(K_COMBINE, p, NULL, 0, c->T * c->H, in, 2, o, 2);
+  }
+  zmlx_array_release(offsets);
+  zmlx_array_release(order);
+  zmlx_array_release(slot);
+  if (st == ZMLX_OK && grouped && !save) {
+    zmlx_array_release(s->down);
+    s->down = NULL;
   }
   if (st != ZMLX_OK) {
     zmlxi_moe_saved_free(s);
