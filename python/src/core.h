@@ -60,6 +60,7 @@ int zpy_add_autograd(PyObject *m);
 int zpy_add_kernel(PyObject *m);
 int zpy_add_catalog(PyObject *m);
 int zpy_add_kvcache(PyObject *m);
+int zpy_add_nn(PyObject *m); /* zmlx.AdamW, adamw_step, the MoE calls */
 extern PyMethodDef zpy_array_functions[];
 extern PyMethodDef zpy_ops_functions[];
 extern PyMethodDef zpy_autograd_functions[];

@@ -477,3 +477,110 @@ def test_kv_cache_fork_and_decode(rng):
     with pytest.raises(zmlx.Error) as e:
         c.extend(a, 1000)
     assert e.value.status == "ZMLX_ERR_OUT_OF_MEMORY"
+
+
+# ------------------------------------------------------------ model layer
+
+def adamw_ref(p, g, m, v, lr, step, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+    p = p * (1 - lr * wd)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    denom = np.sqrt(v) / math.sqrt(1 - b2 ** step) + eps
+    return p - lr / (1 - b1 ** step) * m / denom, m, v
+
+
+def test_adamw_object_matches_numpy(rng):
+    shapes = [(3, 5), (7,), (2, 2, 2), (1,), (64,), (4, 9), (3,), (11,)]  # 8 tensors: 2 launches
+    ps = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    params = [zmlx.asarray(p) for p in ps]
+    opt = zmlx.AdamW(params, weight_decay=0.01)
+    ms = [np.zeros_like(p, dtype=np.float64) for p in ps]
+    vs = [np.zeros_like(p, dtype=np.float64) for p in ps]
+    ref = [p.astype(np.float64) for p in ps]
+    for step in range(1, 4):
+        gs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        lr = 1e-2 * step
+        norm = opt.step([zmlx.asarray(g) for g in gs], lr)
+        want_norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in gs))
+        close(np.asarray(norm), want_norm)
+        for i, g in enumerate(gs):
+            ref[i], ms[i], vs[i] = adamw_ref(ref[i], g.astype(np.float64), ms[i], vs[i], lr, step,
+                                             wd=0.01)
+    for i in range(len(shapes)):
+        close(np.asarray(params[i]), ref[i])
+        close(np.asarray(opt.state(i)["exp_avg"]), ms[i])
+    assert opt.state(0)["steps"] == 3 and opt.state(0)["master"] is None
+
+
+def test_adamw_step_clips_and_refuses_bad_lists(rng):
+    p = zmlx.asarray(rng.standard_normal(10).astype(np.float32))
+    g = rng.standard_normal(10).astype(np.float32) * 10
+    m, v = zmlx.zeros((10,)), zmlx.zeros((10,))
+    p0 = np.asarray(p).astype(np.float64)
+    norm = zmlx.adamw_step([p], [zmlx.asarray(g)], [m], [v], 1e-3, 1, max_grad_norm=1.0)
+    n = float(np.linalg.norm(g.astype(np.float64)))
+    close(np.asarray(norm), n)
+    want, _, _ = adamw_ref(p0, g.astype(np.float64) / (n + 1e-6), 0, 0, 1e-3, 1)
+    close(np.asarray(p), want)
+    with pytest.raises(zmlx.Error, match=r"exp_avg\[0\] has shape \[3\], params\[0\] \[10\]"):
+        zmlx.adamw_step([p], [zmlx.asarray(g)], [zmlx.zeros((3,))], [v], 1e-3, 2)
+    with pytest.raises(ValueError, match="grads has 2 arrays, params 1"):
+        zmlx.adamw_step([p], [zmlx.asarray(g)] * 2, [m], [v], 1e-3, 2)
+
+
+def softmax_np(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def silu_np(x):
+    return x * sigmoid(x)
+
+
+def test_moe_gate_dispatch_and_experts_match_numpy(rng):
+    T, E, k, H, I = 9, 8, 2, 16, 24
+    logits = rng.standard_normal((T, E)).astype(np.float32)
+    w, ix = zmlx.moe_gate(zmlx.asarray(logits), k=k, renormalize=True)
+    w, ix = np.asarray(w), np.asarray(ix)
+    want_ix = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(ix, want_ix)
+    p = softmax_np(logits.astype(np.float64))
+    chosen = np.take_along_axis(p, want_ix, 1)
+    close(w, chosen / chosen.sum(1, keepdims=True))
+    off, order, slot = (np.asarray(a) for a in zmlx.moe_dispatch(zmlx.asarray(ix), E))
+    flat = ix.reshape(-1)
+    np.testing.assert_array_equal(order, np.argsort(flat, kind="stable"))
+    np.testing.assert_array_equal(off, np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=E))]))
+    np.testing.assert_array_equal(slot[order], np.arange(T * k))
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    w1 = (rng.standard_normal((E, I, H)) * 0.2).astype(np.float32)
+    w3 = (rng.standard_normal((E, I, H)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((E, H, I)) * 0.2).astype(np.float32)
+    y = np.asarray(zmlx.moe_experts(zmlx.asarray(x), zmlx.asarray(w), zmlx.asarray(ix),
+                                    zmlx.asarray(w1), zmlx.asarray(w3), zmlx.asarray(w2)))
+    want = np.zeros((T, H))
+    for t in range(T):
+        for j in range(k):
+            e = ix[t, j]
+            h = silu_np(w1[e] @ x[t]) * (w3[e] @ x[t])
+            want[t] += w[t, j] * (w2[e] @ h)
+    close(y, want)
+    with pytest.raises(zmlx.Error, match="k = 9 with 8 experts"):
+        zmlx.moe_gate(zmlx.asarray(logits), k=9)
+    with pytest.raises(ValueError, match="scoring is"):
+        zmlx.moe_gate(zmlx.asarray(logits), scoring="argmax")
+
+
+def test_moe_layer_gradient_reaches_every_weight(rng):
+    T, E, H, I = 5, 4, 8, 12
+    arrs = [rng.standard_normal(s).astype(np.float32) * 0.3
+            for s in [(T, H), (E, H), (E, I, H), (E, I, H), (E, H, I)]]
+    xs = [zmlx.asarray(a) for a in arrs]
+
+    def loss(x, router, w1, w3, w2):
+        return zmlx.sum(zmlx.moe(x, router, w1, w3, w2, k=2, scoring="sigmoid", renormalize=True))
+
+    grads = zmlx.grad(loss, argnums=[0, 1, 2, 3, 4])(*xs)
+    for g, a in zip(grads, arrs):
+        assert g.shape == a.shape
+        assert np.abs(np.asarray(g)).sum() > 0  # every input gets a gradient (values: zmlx check)
