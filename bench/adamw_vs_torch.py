@@ -1,0 +1,149 @@
+"""zmlx's fused AdamW against torch.optim.AdamW(fused=True), step for step on
+the same tensors (issue 12), on a CUDA device. The params, gradients and
+optimizer state are torch tensors; zmlx works on them in place through
+DLPack (zero copy), called through ctypes so the script needs only the
+built libzmlx.so. Each step, both take the same gradients; the largest
+difference of the params (in f32 ulps of the param, and against a bound of
+8 ulp + 8 ulp of the update) and of the moments are printed, and the script
+exits 1 when a step is out of bound. Then both are timed on the issue's
+16 x 4096 x 4096.
+
+  python3 bench/adamw_vs_torch.py [path/to/libzmlx.so]
+"""
+import ctypes
+import sys
+import time
+
+import torch
+
+LIB = sys.argv[1] if len(sys.argv) > 1 else "build-device/libzmlx.so"
+lib = ctypes.CDLL(LIB)
+api = ctypes.pythonapi
+api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+lib.zmlx_last_error.restype = ctypes.c_char_p
+
+
+class Opts(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("beta1", ctypes.c_double),
+                ("beta2", ctypes.c_double), ("eps", ctypes.c_double),
+                ("weight_decay", ctypes.c_double), ("max_grad_norm", ctypes.c_double),
+                ("master_weights", ctypes.c_int)]
+
+
+def ok(st):
+    if st != 0:
+        raise RuntimeError(lib.zmlx_last_error().decode())
+
+
+dev = ctypes.c_void_p()
+ok(lib.zmlx_default_device(ctypes.byref(dev)))
+
+
+def to_zmlx(t):
+    """A zmlx array viewing torch tensor t (zero copy; zmlx calls the deleter)."""
+    cap = t.__dlpack__()
+    ptr = api.PyCapsule_GetPointer(cap, b"dltensor")
+    out = ctypes.c_void_p()
+    ok(lib.zmlx_array_from_dlpack(ctypes.c_void_p(ptr), dev, ctypes.byref(out)))
+    api.PyCapsule_SetName(cap, b"used_dltensor")
+    return out
+
+
+def arr_list(ts):
+    return (ctypes.c_void_p * len(ts))(*[to_zmlx(t).value for t in ts])
+
+
+def release(arrs):
+    for a in arrs:
+        lib.zmlx_array_release(ctypes.c_void_p(a))
+
+
+WD, LR, STEPS = 0.01, 1e-3, 10
+opts = Opts(ctypes.sizeof(Opts), 0.9, 0.999, 1e-8, WD, 0.0, 0)
+
+
+def zmlx_step(ps, gs, ms, vs, lr, step):
+    torch.cuda.synchronize()
+    lists = [arr_list(x) for x in (ps, gs, ms, vs)]
+    ok(lib.zmlx_adamw_step(ctypes.byref(opts), ctypes.c_double(lr), ctypes.c_int64(step),
+                           len(ps), *lists, None, None))
+    ok(lib.zmlx_device_synchronize(dev))
+    for arrs in lists:
+        release(arrs)
+
+
+def compare():
+    torch.manual_seed(0)
+    shapes = [(4096,), (1000, 37), (1,), (3, 5, 7), (2048, 2048), (511,), (64, 4097), (8,)]
+    ps = [torch.randn(s, device="cuda") for s in shapes]
+    pt = [torch.nn.Parameter(p.clone()) for p in ps]
+    torch_opt = torch.optim.AdamW(pt, lr=LR, weight_decay=WD, fused=True)
+    ms = [torch.zeros_like(p) for p in ps]
+    vs = [torch.zeros_like(p) for p in ps]
+    u = 2.0 ** -24
+    worst_bad = 0
+    for step in range(1, STEPS + 1):
+        lr = LR * (1 + step % 3)
+        for g in torch_opt.param_groups:
+            g["lr"] = lr
+        gs = [torch.randn_like(p) * (1e-3 if i % 3 == 1 else 1.0) for i, p in enumerate(ps)]
+        before = [p.clone() for p in ps]
+        for p, g in zip(pt, gs):
+            p.grad = g.clone()
+        torch_opt.step()
+        zmlx_step(ps, gs, ms, vs, lr, step)
+        dp = max(float(((a - b.detach()).abs() / (b.detach().abs() * u + 1e-30)).max())
+                 for a, b in zip(ps, pt))
+        bound_bad = 0
+        for a, b, p0 in zip(ps, pt, before):
+            upd = (p0 * (1 - lr * WD) - b.detach()).abs()
+            bound = 8 * u * b.detach().abs() + 8 * u * upd + 1e-30
+            bound_bad += int(((a - b.detach()).abs() > bound).sum())
+        dm = max(float((m - torch_opt.state[b]["exp_avg"]).abs().max()) for m, b in zip(ms, pt))
+        dv = max(float((v - torch_opt.state[b]["exp_avg_sq"]).abs().max()) for v, b in zip(vs, pt))
+        print(f"step {step:2d} lr {lr:.0e}: params max diff {dp:6.2f} ulp, {bound_bad} elements out "
+              f"of bound; exp_avg max diff {dm:.2e}, exp_avg_sq {dv:.2e}")
+        worst_bad += bound_bad
+    return worst_bad
+
+
+def timing():
+    ps = [torch.randn(4096, 4096, device="cuda") for _ in range(16)]
+    gs = [torch.randn_like(p) for p in ps]
+    ms = [torch.zeros_like(p) for p in ps]
+    vs = [torch.zeros_like(p) for p in ps]
+    lists = [arr_list(x) for x in (ps, gs, ms, vs)]
+    pt = [torch.nn.Parameter(p.clone()) for p in ps]
+    for p, g in zip(pt, gs):
+        p.grad = g
+    topt = torch.optim.AdamW(pt, lr=LR, weight_decay=WD, fused=True)
+
+    def run_zmlx(step):
+        ok(lib.zmlx_adamw_step(ctypes.byref(opts), ctypes.c_double(LR), ctypes.c_int64(step),
+                               16, *lists, None, None))
+
+    for name, fn in (("zmlx", run_zmlx), ("torch fused", lambda s: topt.step())):
+        fn(1)
+        torch.cuda.synchronize()
+        ok(lib.zmlx_device_synchronize(dev))
+        times = []
+        for s in range(2, 23):
+            t0 = time.perf_counter()
+            fn(s)
+            torch.cuda.synchronize()
+            ok(lib.zmlx_device_synchronize(dev))
+            times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        ms_ = times[len(times) // 2]
+        print(f"{name:12s} 16x4096x4096 f32: {ms_:.3f} ms, {28 * 16 * 4096 * 4096 / ms_ * 1e-6:.0f} GB/s")
+    for arrs in lists:
+        release(arrs)
+
+
+if __name__ == "__main__":
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    bad = compare()
+    timing()
+    sys.exit(1 if bad else 0)
