@@ -372,17 +372,22 @@ static int grouped_rows(const moe_expert_cfg *c) {
   return c->T * c->k > c->E;
 }
 
-/* Elements per 16-byte chunk when the dense expert weights can be read in
- * chunks (one float dtype for the three, rows a whole number of chunks,
- * 16-byte aligned starts), else 0 (scalar reads). */
+/* The 16-byte read of ZM_ROW_DOT (moe_rows.zk), elements a chunk, or 0 for
+ * column reads: dense weights of one float dtype with rows a whole number
+ * of chunks (4 f32, 8 f16 / bf16 elements); int8 rows of a multiple of 16;
+ * int4 always (groups are multiples of 32 columns); every weight's start
+ * 16-byte aligned. ZMLX_MOE_VEC=0 turns it off (the check's scalar rows). */
 static int weight_vec(const moe_expert_cfg *c, const moe_w *w1, const moe_w *w3, const moe_w *w2) {
-  if (w1->bits || w1->w->dtype != w3->w->dtype || w1->w->dtype != w2->w->dtype) return 0;
-  const zmlx_dtype dt = w1->w->dtype;
-  const int vec = dt == ZMLX_F32 ? 4 : 8;
-  const size_t es = zmlx_dtype_size(dt);
+  const char *env = getenv("ZMLX_MOE_VEC");
+  if (env && env[0] == '0') return 0;
   const moe_w *all[3] = {w1, w3, w2};
   for (int i = 0; i < 3; i++)
-    if (((size_t)all[i]->w->offset * es) % 16) return 0;
+    if (((size_t)all[i]->w->offset * zmlx_dtype_size(all[i]->w->dtype)) % 16) return 0;
+  if (w1->bits == 8) return c->H % 16 == 0 && c->I % 16 == 0 ? 16 : 0;
+  if (w1->bits == 4) return 32;
+  const zmlx_dtype dt = w1->w->dtype;
+  if (dt != w3->w->dtype || dt != w2->w->dtype) return 0;
+  const int vec = dt == ZMLX_F32 ? 4 : 8;
   return c->H % vec == 0 && c->I % vec == 0 ? vec : 0;
 }
 
@@ -423,7 +428,8 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
                             {"GROUP", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->group},
                             {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, simd},
                             {"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, vec},
-                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, vec ? zmlxi_ops_xdt(w1->w->dtype) : 0}};
+                            {"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32,
+                             vec && !w1->bits ? zmlxi_ops_xdt(w1->w->dtype) : 0}};
   zmlx_status st = alloc(dev, ZMLX_F32, P, c->I, &s->act);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre1);
   if (st == ZMLX_OK && save) st = alloc(dev, ZMLX_F32, P, c->I, &s->pre3);
