@@ -77,10 +77,11 @@ static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("moe", SPECS);
 
 #define DISPATCH_CHUNK 256
 
-/* A launch of kernel `which` over n threads (the 1-D grid rule). */
-static zmlx_status launch(int which, const double *params, const zmlx_template_arg *t, int nt,
-                          int64_t n, zmlx_array *const *in, int n_in, zmlx_array **out,
-                          int n_out) {
+/* A launch of kernel `which` over n threads (the 1-D grid rule) in
+ * threadgroups of `group` threads. */
+static zmlx_status launch_group(int which, const double *params, const zmlx_template_arg *t,
+                                int nt, int64_t n, int group, zmlx_array *const *in, int n_in,
+                                zmlx_array **out, int n_out) {
   if (n == 0) return ZMLX_OK;
   zmlx_kernel *k;
   ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, which, &k));
@@ -88,7 +89,14 @@ static zmlx_status launch(int which, const double *params, const zmlx_template_a
                            .templates = t, .n_templates = nt, .params = params,
                            .device = in[0]->buffer->device};
   zmlxi_kernel_call_grid_1d(&call, n);
+  call.threadgroup[0] = group;
   return zmlx_kernel_launch(k, &call);
+}
+
+static zmlx_status launch(int which, const double *params, const zmlx_template_arg *t, int nt,
+                          int64_t n, zmlx_array *const *in, int n_in, zmlx_array **out,
+                          int n_out) {
+  return launch_group(which, params, t, nt, n, 256, in, n_in, out, n_out);
 }
 
 static zmlx_status alloc(zmlx_device *dev, zmlx_dtype dt, int64_t a, int64_t b, zmlx_array **out) {
@@ -405,14 +413,7 @@ static zmlx_status launch_rows(int which, const double *params, const zmlx_templ
   ZMLX_CHECK(zmlx_device_get_info(in[0]->buffer->device, &info));
   const int group = simd && !info.native_simd ? info.simd_width : 256;
   const int64_t threads = (rows * (simd ? info.simd_width : 1) + group - 1) / group * group;
-  zmlx_kernel *k;
-  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, which, &k));
-  zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = n_out, .inputs = in, .outputs = out,
-                           .templates = t, .n_templates = nt, .params = params,
-                           .device = in[0]->buffer->device};
-  zmlxi_kernel_call_grid_1d(&call, threads);
-  call.threadgroup[0] = group;
-  return zmlx_kernel_launch(k, &call);
+  return launch_group(which, params, t, nt, threads, group, in, n_in, out, n_out);
 }
 
 zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
