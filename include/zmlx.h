@@ -850,6 +850,19 @@ ZMLX_API zmlx_status zmlx_moe_gate(zmlx_array *logits, const zmlx_moe_gate_opts 
  *  index outside [0, experts), which no expert takes). */
 ZMLX_API zmlx_status zmlx_moe_dispatch(zmlx_array *indices, int experts, zmlx_array **offsets,
                                        zmlx_array **order, zmlx_array **slot);
+/** x [tokens, hidden] (float) gathered into dispatch order: *out [tokens
+ *  x k, hidden], row q = x[order[q] / k] (0 where no pair lands). order and
+ *  slot: zmlx_moe_dispatch's (slot serves the backward). Differentiable in
+ *  x. With zmlx_moe_combine, for experts computed by other means (a library
+ *  GEMM per expert over offsets). */
+ZMLX_API zmlx_status zmlx_moe_permute(zmlx_array *x, zmlx_array *order, zmlx_array *slot, int k,
+                                      zmlx_array **out);
+/** Rows y [tokens x k, hidden] in dispatch order back to token order,
+ *  weighted: out[t] = sum_j weights[t, j] y[slot[t k + j]] ([tokens,
+ *  hidden], y's dtype; a slot of -1 adds nothing). Differentiable in y and
+ *  weights. */
+ZMLX_API zmlx_status zmlx_moe_combine(zmlx_array *y, zmlx_array *weights, zmlx_array *order,
+                                      zmlx_array *slot, zmlx_array **out);
 /** SwiGLU experts over the routed pairs, combined back per token:
  *  out[t] = sum_j weights[t, j] w2[e] (silu(w1[e] x[t]) * (w3[e] x[t])),
  *  e = indices[t, j]. x [tokens, hidden]; weights [tokens, k] (float),

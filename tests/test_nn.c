@@ -133,6 +133,14 @@ static void moe_bad_input(zmlx_device *dev) {
   zmlx_array *e4 = zt_array(dev, ZMLX_F32, 1, s_e, v);
   ZT_FAILS(zmlx_moe(x, r, e4, w3, w2, NULL, &y), ZMLX_ERR_SHAPE, "w1 is [4]");
   assert_null(y);
+  /* permute / combine: routing arrays of the wrong size */
+  ZT_OK(zmlx_moe_dispatch(ix, 4, &off, &ord, &slot));
+  ZT_FAILS(zmlx_moe_permute(x, ord, slot, 3, &y), ZMLX_ERR_SHAPE, "tokens x k = 6 entries");
+  ZT_FAILS(zmlx_moe_permute(x, ord, slot, 0, &y), ZMLX_ERR_INVALID_ARG, "k = 0");
+  ZT_FAILS(zmlx_moe_combine(x, w, ord, slot, &y), ZMLX_ERR_SHAPE, "[tokens x k, hidden]");
+  ZT_FAILS(zmlx_moe_combine(r, w, w, slot, &y), ZMLX_ERR_SHAPE, "must be i32");
+  assert_null(y);
+  zmlx_array_release(off), zmlx_array_release(ord), zmlx_array_release(slot);
   /* quantized experts: a bad bit width, formats that differ, a dense w */
   zmlx_moe_qweight q8 = {.q = w1, .scales = r, .bits = 5};
   ZT_FAILS(zmlx_moe_experts_quantized(x, w, ix, &q8, &q8, &q8, &y), ZMLX_ERR_INVALID_ARG,

@@ -300,6 +300,116 @@ static zmlx_status check_moe_dispatch(const zmlx_check_opts *o) {
   return ZMLX_OK;
 }
 
+/* ------------------------------------------------- permute and combine */
+
+typedef struct route_arrays {
+  zmlx_array *order, *slot;
+  int k;
+} route_arrays;
+
+static zmlx_status permute_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  const route_arrays *r = ud;
+  return zmlx_moe_permute(in[0], r->order, r->slot, r->k, out);
+}
+
+static zmlx_status combine_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  const route_arrays *r = ud;
+  return zmlx_moe_combine(in[0], in[1], r->order, r->slot, out);
+}
+
+/* zmlx_moe_permute and zmlx_moe_combine and their VJPs against host loops,
+ * some pairs routed nowhere (index -1 or E). */
+static void permute_case(const zmlx_check_opts *o, int64_t T, int k, int E, uint64_t *rng) {
+  const int64_t H = 24, P = T * k;
+  char name[96];
+  snprintf(name, sizeof name, "T%lld k%d E%d H%lld", (long long)T, k, E, (long long)H);
+  double *ix = malloc(sizeof(double) * (size_t)P), *w = malloc(sizeof(double) * (size_t)P);
+  double *x = malloc(sizeof(double) * (size_t)(T * H)), *y = malloc(sizeof(double) * (size_t)(P * H));
+  double *g = malloc(sizeof(double) * (size_t)(P * H)), *dy = malloc(sizeof(double) * (size_t)(T * H));
+  double *hord = NULL, *hslot = NULL, *got[5] = {0};
+  zmlx_array *aix = NULL, *aw = NULL, *ax = NULL, *ay = NULL, *ag = NULL, *ady = NULL;
+  zmlx_array *off = NULL, *res[5] = {0};
+  route_arrays route = {NULL, NULL, k};
+  zmlx_status st = ix && w && x && y && g && dy ? ZMLX_OK
+                                                : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of memory");
+  for (int64_t p = 0; p < P; p++) {
+    ix[p] = p % 11 == 5 ? -1 : p % 13 == 7 ? E : floor(zck_uniform(rng, 0, E));
+    w[p] = zck_uniform(rng, 0, 1);
+  }
+  int64_t ps[2] = {T, k}, xs[2] = {T, H}, ys[2] = {P, H};
+  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_I32, 2, ps, ix, &aix);
+  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, ps, w, &aw);
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, xs, -1, 1, rng, x, &ax);
+  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, ys, -1, 1, rng, y, &ay);
+  if (st == ZMLX_OK) st = zck_random(o->device, ZMLX_F32, 2, ys, -1, 1, rng, g, &ag);
+  if (st == ZMLX_OK) st = zck_random(o->device, ZMLX_F32, 2, xs, -1, 1, rng, dy, &ady);
+  if (st == ZMLX_OK) st = zmlx_moe_dispatch(aix, E, &off, &route.order, &route.slot);
+  if (st == ZMLX_OK) st = zck_download(route.order, &hord);
+  if (st == ZMLX_OK) st = zck_download(route.slot, &hslot);
+  int arg0 = 0, args[2] = {0, 1};
+  /* res: permute's output and x's gradient, combine's output and the
+   * gradients of y and the weights */
+  if (st == ZMLX_OK) st = zmlx_vjp(permute_fn, &route, &ax, 1, &arg0, 1, ag, &res[0], &res[1]);
+  zmlx_array *cin[2] = {ay, aw};
+  if (st == ZMLX_OK) st = zmlx_vjp(combine_fn, &route, cin, 2, args, 2, ady, &res[2], &res[3]);
+  for (int i = 0; st == ZMLX_OK && i < 5; i++) st = zck_download(res[i], &got[i]);
+  if (st == ZMLX_OK) {
+    double *want = calloc((size_t)(P * H), sizeof(double)), *mag = calloc((size_t)(P * H), sizeof(double));
+    const char *what[5] = {"permute", "grad x", "combine", "grad y", "grad weights"};
+    const int64_t count[5] = {P * H, T * H, T * H, P * H, P};
+    for (int c = 0; c < 5 && want && mag; c++) {
+      memset(want, 0, sizeof(double) * (size_t)(P * H));
+      memset(mag, 0, sizeof(double) * (size_t)(P * H));
+      if (c == 0) /* permute */
+        for (int64_t q = 0; q < P; q++)
+          for (int64_t h = 0; h < H && hord[q] >= 0; h++)
+            want[q * H + h] = x[(int64_t)hord[q] / k * H + h], mag[q * H + h] = 1;
+      if (c == 1 || c == 2) /* permute's VJP, the combine */
+        for (int64_t p = 0; p < P; p++)
+          for (int64_t h = 0; h < H && hslot[p] >= 0; h++) {
+            const double v = (c == 1 ? g : y)[(int64_t)hslot[p] * H + h] * (c == 2 ? w[p] : 1);
+            want[p / k * H + h] += v, mag[p / k * H + h] += fabs(v);
+          }
+      if (c == 3) /* combine's VJP in y */
+        for (int64_t q = 0; q < P; q++)
+          for (int64_t h = 0; h < H && hord[q] >= 0; h++) {
+            const int64_t p = (int64_t)hord[q];
+            want[q * H + h] = w[p] * dy[p / k * H + h], mag[q * H + h] = fabs(want[q * H + h]);
+          }
+      if (c == 4) /* combine's VJP in the weights */
+        for (int64_t p = 0; p < P; p++)
+          for (int64_t h = 0; h < H && hslot[p] >= 0; h++) {
+            const double v = dy[p / k * H + h] * y[(int64_t)hslot[p] * H + h];
+            want[p] += v, mag[p] += fabs(v);
+          }
+      /* sums of k (or H) terms stored in the dtype; a gradient's terms
+       * carry the cotangent, rounded to the output's dtype first */
+      zck_bound b = zck_bound_sum(ZCK_TOL_ELEMENTWISE, o->dtype, c == 4 ? H : k);
+      if (c == 1 || c == 3 || c == 4) b.atol += zck_unit_roundoff(o->dtype);
+      double e, tol;
+      int ok = zck_within_scaled(got[c], want, mag, count[c], b, &e, &tol);
+      zck_emit(o, "moe_permute", what[c], o->dtype, name, e, tol, ok);
+    }
+    free(want), free(mag);
+  }
+  if (st != ZMLX_OK) zck_emit_fail(o, "moe_permute", "permute", o->dtype, name, st);
+  free(ix), free(w), free(x), free(y), free(g), free(dy), free(hord), free(hslot);
+  for (int i = 0; i < 5; i++) free(got[i]), zmlx_array_release(res[i]);
+  zmlx_array *all[9] = {aix, aw, ax, ay, ag, ady, off, route.order, route.slot};
+  for (int i = 0; i < 9; i++) zmlx_array_release(all[i]);
+  zmlx_clear_error();
+}
+
+static zmlx_status check_moe_permute(const zmlx_check_opts *o) {
+  uint64_t rng = o->seed * 2654435761u + 9601u;
+  permute_case(o, 1, 2, 8, &rng);
+  permute_case(o, 7, 8, 64, &rng);
+  permute_case(o, 513, 2, 8, &rng);
+  return ZMLX_OK;
+}
+
 /* ------------------------------------------------------ layer reference */
 
 /* One token through one SwiGLU MLP (W1, W3 [I, H], W2 [H, I]) scaled by
@@ -872,6 +982,7 @@ static zmlx_status check_moe_quant(const zmlx_check_opts *o) {
 const zmlx_catalog_op zck_catalog_moe_ops[] = {
     {"moe_gate", check_moe_gate},
     {"moe_dispatch", check_moe_dispatch},
+    {"moe_permute", check_moe_permute},
     {"moe", check_moe},
     {"moe_quant", check_moe_quant},
     {0},

@@ -33,11 +33,14 @@ extern const char zmlxi_res_moe_bwd_weights_zk[];
 extern const char zmlxi_res_moe_bwd_dx_zk[];
 extern const char zmlxi_res_moe_bwd_w13_zk[];
 extern const char zmlxi_res_moe_bwd_w2_zk[];
+extern const char zmlxi_res_moe_gather_zk[];
+extern const char zmlxi_res_moe_scatter_zk[];
+extern const char zmlxi_res_moe_combine_dw_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
 enum { K_GATE, K_GATE_BWD, K_DISPATCH, K_UP, K_DOWN, K_COMBINE, K_BWD_ACT, K_BWD_WEIGHTS, K_BWD_DX,
-       K_BWD_W13, K_BWD_W2 };
+       K_BWD_W13, K_BWD_W2, K_GATHER, K_SCATTER, K_COMBINE_DW };
 
 #define GATE_PARAMS "T:i64, E:i32, scaling:f32"
 #define EXPERT_PARAMS "n:i64, K:i32, E:i32, H:i32, I:i32"
@@ -72,6 +75,11 @@ static const zmlx_kernel_spec SPECS[] = {
                               "da, db, x, offsets, order", "dw1, dw3"),
     [K_BWD_W2] = EXPERT_SPEC("zmlx_moe_bwd_w2", zmlxi_res_moe_bwd_w2_zk,
                              "dy, act, weights, offsets, order", "dw2"),
+    [K_GATHER] = EXPERT_SPEC("zmlx_moe_gather", zmlxi_res_moe_gather_zk, "x, order, weights", "out"),
+    [K_SCATTER] = EXPERT_SPEC("zmlx_moe_scatter", zmlxi_res_moe_scatter_zk, "y, slot, weights",
+                              "out"),
+    [K_COMBINE_DW] = EXPERT_SPEC("zmlx_moe_combine_dw", zmlxi_res_moe_combine_dw_zk, "dy, y, slot",
+                                 "dw"),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("moe", SPECS);
 
@@ -109,6 +117,15 @@ static void release_all(zmlx_array **a, int n) {
     zmlx_array_release(a[i]);
     a[i] = NULL;
   }
+}
+
+/* The expert kernels' parameters (EXPERT_PARAMS) for n threads. */
+static void expert_params(const moe_expert_cfg *c, int64_t n, double *p) {
+  p[0] = (double)n;
+  p[1] = c->k;
+  p[2] = (double)c->E;
+  p[3] = (double)c->H;
+  p[4] = (double)c->I;
 }
 
 /* ------------------------------------------------------------- gating */
@@ -239,7 +256,8 @@ zmlx_status zmlxi_moe_dispatch(zmlx_array *indices, int64_t experts, zmlx_array 
   zmlx_status st = alloc(dev, ZMLX_I32, experts * C, -1, &a[0]);
   if (st == ZMLX_OK) st = alloc(dev, ZMLX_I32, experts * C, -1, &a[1]);
   if (st == ZMLX_OK) st = alloc(dev, ZMLX_I32, experts + 1, -1, &a[2]);
-  if (st == ZMLX_OK) st = alloc(dev, ZMLX_I32, P > 0 ? P : 1, -1, &a[3]);
+  const int64_t order_n = P > 0 ? P : 1; /* -1 where no pair lands (unrouted pairs) */
+  if (st == ZMLX_OK) st = zmlx_array_full(dev, ZMLX_I32, 1, &order_n, -1, &a[3]);
   if (st == ZMLX_OK) st = zmlx_array_full(dev, ZMLX_I32, 1, &P, -1, &a[4]);
   double p[3] = {(double)P, (double)experts, (double)C};
   for (int stage = 0; stage < 3 && st == ZMLX_OK; stage++) {
@@ -278,6 +296,158 @@ zmlx_status zmlx_moe_dispatch(zmlx_array *indices, int experts, zmlx_array **off
   zmlx_status st = zmlxi_moe_dispatch(dense, experts, offsets, order, slot);
   zmlx_array_release(dense);
   return st;
+}
+
+/* ---------------------------------------------------- permute, combine */
+
+/* Launch of the gather or scatter kernel: rows x H threads. */
+static zmlx_status move_rows(int which, int64_t rows, int64_t H, int k, int weighted,
+                             zmlx_array *src, zmlx_array *map, zmlx_array *weights,
+                             zmlx_array *out) {
+  const moe_expert_cfg c = {.H = H, .k = k};
+  double p[5];
+  expert_params(&c, rows * H, p);
+  zmlx_template_arg t[1] = {{"WEIGHTED", ZMLX_TEMPLATE_BOOL, ZMLX_F32, weighted}};
+  zmlx_array *in[3] = {src, map, weights ? weights : map};
+  return launch(which, p, t, 1, rows * H, in, 3, &out, 1);
+}
+
+typedef struct route_ctx {
+  int k;
+  zmlx_array *order, *slot; /* retained */
+} route_ctx;
+
+static void route_ctx_free(void *p) {
+  route_ctx *c = p;
+  if (c) zmlx_array_release(c->order), zmlx_array_release(c->slot);
+  free(c);
+}
+
+static route_ctx *route_ctx_new(int k, zmlx_array *order, zmlx_array *slot) {
+  route_ctx *c = malloc(sizeof *c);
+  if (!c) return NULL;
+  c->k = k;
+  c->order = order, c->slot = slot;
+  zmlx_array_retain(order), zmlx_array_retain(slot);
+  return c;
+}
+
+static zmlx_status permute_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const uint8_t *need,
+                               zmlx_array **grads) {
+  if (!need[0]) return ZMLX_OK;
+  const route_ctx *c = n->ctx;
+  const zmlx_ad_meta *m = &n->in_meta[0];
+  zmlx_array *g = NULL;
+  ZMLX_CHECK(zmlx_array_contiguous(cot[0], &g));
+  zmlx_status st = alloc(m->device, ZMLX_F32, m->shape[0], m->shape[1], &grads[0]);
+  if (st == ZMLX_OK)
+    st = move_rows(K_SCATTER, m->shape[0], m->shape[1], c->k, 0, g, c->slot, NULL, grads[0]);
+  zmlx_array_release(g);
+  return st;
+}
+
+static const zmlx_ad_rule PERMUTE_RULE = {"moe_permute", permute_vjp, NULL, route_ctx_free};
+
+/* order, slot: i32 of pairs = tokens x k entries (zmlx_moe_dispatch's). */
+static zmlx_status check_route(const char *fn, zmlx_array *order, zmlx_array *slot, int64_t pairs) {
+  char a[96], b[96];
+  if (!order || !slot) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: order and slot are required", fn);
+  if (order->dtype != ZMLX_I32 || slot->dtype != ZMLX_I32 || order->size != pairs ||
+      slot->size != pairs)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: order %s %s and slot %s %s must be i32 of tokens x k = "
+                     "%lld entries (zmlx_moe_dispatch's)", fn,
+                     zmlxi_shape_str(a, sizeof a, order->ndim, order->shape),
+                     zmlx_dtype_name(order->dtype), zmlxi_shape_str(b, sizeof b, slot->ndim, slot->shape),
+                     zmlx_dtype_name(slot->dtype), (long long)pairs);
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_moe_permute(zmlx_array *x, zmlx_array *order, zmlx_array *slot, int k,
+                             zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_REQUIRE_ARG(x);
+  char a[96];
+  if (x->ndim != 2 || !zmlxi_dtype_is_f32_f16_bf16(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_moe_permute: x must be [tokens, hidden] of a float "
+                     "dtype, got %s %s", zmlxi_shape_str(a, sizeof a, x->ndim, x->shape),
+                     zmlx_dtype_name(x->dtype));
+  if (k < 1 || k > ZMLX_MOE_MAX_K)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_permute: k = %d (1 to %d)", k, ZMLX_MOE_MAX_K);
+  const int64_t T = x->shape[0], H = x->shape[1], P = T * k;
+  ZMLX_CHECK(check_route("zmlx_moe_permute", order, slot, P));
+  zmlx_array *y = NULL;
+  zmlx_status st = alloc(x->buffer->device, x->dtype, P, H, &y);
+  if (st == ZMLX_OK) st = move_rows(K_GATHER, P, H, k, 0, x, order, NULL, y);
+  route_ctx *c = st == ZMLX_OK ? route_ctx_new(k, order, slot) : NULL;
+  if (st == ZMLX_OK && !c) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_moe_permute: out of memory");
+  if (st == ZMLX_OK) st = zmlxi_ad_record(&PERMUTE_RULE, c, &x, 1, &y, 1, 0);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    return st;
+  }
+  *out = y;
+  return ZMLX_OK;
+}
+
+/* Inputs of the node: y, weights. */
+static zmlx_status combine_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const uint8_t *need,
+                               zmlx_array **grads) {
+  const route_ctx *c = n->ctx;
+  zmlx_array *y = n->in[0], *w = n->in[1], *dy = NULL;
+  const int64_t P = y->shape[0], H = y->shape[1], T = P / c->k;
+  zmlx_status st = zmlx_array_contiguous(cot[0], &dy);
+  if (st == ZMLX_OK && need[0]) {
+    st = alloc(y->buffer->device, ZMLX_F32, P, H, &grads[0]);
+    if (st == ZMLX_OK) st = move_rows(K_GATHER, P, H, c->k, 1, dy, c->order, w, grads[0]);
+  }
+  if (st == ZMLX_OK && need[1]) {
+    const moe_expert_cfg cfg = {.H = H, .k = c->k};
+    double p[5];
+    expert_params(&cfg, T * c->k, p);
+    st = alloc(y->buffer->device, ZMLX_F32, T, c->k, &grads[1]);
+    zmlx_array *in[3] = {dy, y, c->slot};
+    if (st == ZMLX_OK) st = launch(K_COMBINE_DW, p, NULL, 0, T * c->k, in, 3, &grads[1], 1);
+  }
+  zmlx_array_release(dy);
+  if (st != ZMLX_OK) release_all(grads, 2);
+  return st;
+}
+
+static const zmlx_ad_rule COMBINE_RULE = {"moe_combine", combine_vjp, NULL, route_ctx_free};
+
+zmlx_status zmlx_moe_combine(zmlx_array *y, zmlx_array *weights, zmlx_array *order,
+                             zmlx_array *slot, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_REQUIRE_ARG(y);
+  ZMLX_REQUIRE_ARG(weights);
+  char a[96], b[96];
+  if (y->ndim != 2 || weights->ndim != 2 || !zmlxi_dtype_is_f32_f16_bf16(y->dtype) ||
+      !zmlxi_dtype_is_f32_f16_bf16(weights->dtype) ||
+      y->shape[0] != weights->shape[0] * weights->shape[1])
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_moe_combine: y %s must be [tokens x k, hidden] for "
+                     "weights %s [tokens, k] (float dtypes)",
+                     zmlxi_shape_str(a, sizeof a, y->ndim, y->shape),
+                     zmlxi_shape_str(b, sizeof b, weights->ndim, weights->shape));
+  const int k = (int)weights->shape[1];
+  if (k < 1 || k > ZMLX_MOE_MAX_K)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_combine: k = %d (1 to %d)", k, ZMLX_MOE_MAX_K);
+  const int64_t T = weights->shape[0], H = y->shape[1];
+  ZMLX_CHECK(check_route("zmlx_moe_combine", order, slot, T * k));
+  zmlx_array *o = NULL;
+  zmlx_status st = alloc(y->buffer->device, y->dtype, T, H, &o);
+  if (st == ZMLX_OK) st = move_rows(K_SCATTER, T, H, k, 1, y, slot, weights, o);
+  route_ctx *c = st == ZMLX_OK ? route_ctx_new(k, order, slot) : NULL;
+  if (st == ZMLX_OK && !c) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "zmlx_moe_combine: out of memory");
+  zmlx_array *in[2] = {y, weights};
+  if (st == ZMLX_OK) st = zmlxi_ad_record(&COMBINE_RULE, c, in, 2, &o, 1, ZMLX_AD_SAVE_INPUTS);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(o);
+    return st;
+  }
+  *out = o;
+  return ZMLX_OK;
 }
 
 /* ------------------------------------------------------------ experts */
@@ -351,13 +521,6 @@ zmlx_status zmlxi_moe_experts_validate(zmlx_array *x, zmlx_array *weights, zmlx_
 #define MOE_S(m) ((m)->scales ? (m)->scales : (m)->w)
 #define MOE_B(m) ((m)->biases ? (m)->biases : (m)->w)
 
-static void expert_params(const moe_expert_cfg *c, int64_t n, double *p) {
-  p[0] = (double)n;
-  p[1] = c->k;
-  p[2] = (double)c->E;
-  p[3] = (double)c->H;
-  p[4] = (double)c->I;
-}
 
 /* The forward: act (and with save the pre-activations and per-choice
  * outputs in s) and out. */
