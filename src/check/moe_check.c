@@ -920,7 +920,7 @@ static void quant_case(const zmlx_check_opts *o, int bits, int group, int64_t T,
   const char *env = getenv("ZMLX_MOE_VEC");
   snprintf(name, sizeof name, "int%d%s%.0d T%lld E%lld k%d H%lld I%lld%s", bits,
            bits == 4 ? " group " : "", bits == 4 ? group : 0, (long long)T, (long long)E, k,
-           (long long)H, (long long)I, env && env[0] == '0' ? " column reads" : "");
+           (long long)H, (long long)I, env && env[0] == '1' ? " 16-byte reads" : "");
   zmlx_moe_qweight q1, q3, q2;
   memset(&q1, 0, sizeof q1), memset(&q3, 0, sizeof q3), memset(&q2, 0, sizeof q2);
   const int64_t nw = E * I * H;
@@ -971,8 +971,8 @@ static void quant_case(const zmlx_check_opts *o, int bits, int group, int64_t T,
 static zmlx_status check_moe_quant(const zmlx_check_opts *o) {
   uint64_t rng = o->seed * 2654435761u + 9511u;
   quant_case(o, 8, 0, 1, 8, 2, &rng);
-  /* the column reads the 16-byte chunks replace */
-  setenv("ZMLX_MOE_VEC", "0", 1);
+  /* the 16-byte chunked reads (off by default for quantized weights) */
+  setenv("ZMLX_MOE_VEC", "1", 1);
   quant_case(o, 8, 0, 7, 8, 2, &rng);
   quant_case(o, 4, 32, 7, 8, 2, &rng);
   unsetenv("ZMLX_MOE_VEC");

@@ -545,15 +545,19 @@ static int grouped_rows(const moe_expert_cfg *c) {
 
 /* The 16-byte read of ZM_ROW_DOT (moe_rows.zk), elements a chunk, or 0 for
  * column reads: dense weights of one float dtype with rows a whole number
- * of chunks (4 f32, 8 f16 / bf16 elements); int8 rows of a multiple of 16;
- * int4 always (groups are multiples of 32 columns); every weight's start
- * 16-byte aligned. ZMLX_MOE_VEC=0 turns it off (the check's scalar rows). */
+ * of chunks (4 f32, 8 f16 / bf16 elements), every start 16-byte aligned.
+ * Quantized weights read by columns: on the H100 the chunked forms (16 int8
+ * or 32 int4 a lane, serial decode) measured slower at one token (int8
+ * 105 vs 79 us, int4 195 vs 137 us; bench/NOTES.md). ZMLX_MOE_VEC=0 turns
+ * chunks off, =1 turns them on for quantized weights too (the check runs
+ * both). */
 static int weight_vec(const moe_expert_cfg *c, const moe_w *w1, const moe_w *w3, const moe_w *w2) {
   const char *env = getenv("ZMLX_MOE_VEC");
   if (env && env[0] == '0') return 0;
   const moe_w *all[3] = {w1, w3, w2};
   for (int i = 0; i < 3; i++)
     if (((size_t)all[i]->w->offset * zmlx_dtype_size(all[i]->w->dtype)) % 16) return 0;
+  if (w1->bits && !(env && env[0] == '1')) return 0;
   if (w1->bits == 8) return c->H % 16 == 0 && c->I % 16 == 0 ? 16 : 0;
   if (w1->bits == 4) return 32;
   const zmlx_dtype dt = w1->w->dtype;
