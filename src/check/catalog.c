@@ -20,6 +20,7 @@ ZMLX_FAMILY(zck_catalog_matmul_ops)
 ZMLX_FAMILY(zck_catalog_kv_cache_ops)
 ZMLX_FAMILY(zck_catalog_reduce_ops)
 ZMLX_FAMILY(zck_catalog_adamw_ops)
+ZMLX_FAMILY(zck_catalog_moe_route_ops)
 ZMLX_FAMILY(zck_catalog_moe_ops)
 #undef ZMLX_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
@@ -66,6 +67,7 @@ static void build_table(void) {
   add_family(zck_catalog_matmul_ops, &n);
   add_family(zck_catalog_kv_cache_ops, &n);
   add_family(zck_catalog_adamw_ops, &n);
+  add_family(zck_catalog_moe_route_ops, &n);
   add_family(zck_catalog_moe_ops, &n);
   all_ops[n] = NULL;
   n = 0;

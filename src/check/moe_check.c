@@ -1,15 +1,12 @@
 /* `zmlx check` and `zmlx bench` cases of src/nn/moe.c against per-token
- * loop references in f64:
- *   moe_gate      every scoring, renormalize, scaling and bias, ties (logits
- *                 on a small integer grid), forward and VJP;
- *   moe_dispatch  offsets / order / slot against a host stable counting sort;
- *   moe           the layer (router matmul, gate, experts, shared expert),
- *                 forward and the gradients of x, router and every weight,
- *                 at 1, 7, 64 and 513 tokens, 8 and 64 experts, k 1, 2, 8.
- * The device's choice of experts is checked as a valid top-k of the f64
- * scores (near-ties within the scores' f32 error may go either way; exact
- * ties must go to the lower index), and the reference's weights and
- * gradients are computed for the experts the device chose.
+ * loop references in f64 (moe_ref.c):
+ *   moe        the layer (router matmul, gate, experts, shared expert),
+ *              forward and the gradients of x, router and every weight, at
+ *              1, 7, 64 and 513 tokens, 8 and 64 experts, k 1, 2, 8, both
+ *              row forms; unrouted pairs in the per-pair and grouped rows;
+ *   moe_quant  the experts on int8 / int4 weights against the host's
+ *              dequantization, both read widths.
+ * The gate's own cases are moe_route_check.c's.
  *
  * Bounds: every result is compared per element with an atol per unit of
  * the element's magnitude, computed by running the same reference on
@@ -22,445 +19,10 @@
 #include <string.h>
 
 #include "check/check_util.h"
+#include "check/moe_ref.h"
 #include "nn/moe.h"
 
 static const double U32 = 0x1p-24;
-
-static double sigmoid(double x) { return 1 / (1 + exp(-x)); }
-static double silu(double x) { return x * sigmoid(x); }
-static double dsilu(double x) {
-  double s = sigmoid(x);
-  return s * (1 + x * (1 - s));
-}
-
-/* ------------------------------------------------------- gate reference */
-
-typedef struct gate_ref {
-  int64_t E;
-  int k, scoring, renorm;
-  double scaling;
-  const double *bias; /* NULL or [E] */
-} gate_ref;
-
-/* Expert e's score (p, logit or sigmoid) for a row of logits. */
-static double score_of(const gate_ref *g, const double *l, int64_t e) {
-  if (g->scoring == ZMLX_MOE_SIGMOID) return sigmoid(l[e]);
-  if (g->scoring == ZMLX_MOE_TOPK_SOFTMAX) return l[e];
-  double mx = -INFINITY, s = 0;
-  for (int64_t i = 0; i < g->E; i++) mx = fmax(mx, l[i]);
-  for (int64_t i = 0; i < g->E; i++) s += exp(l[i] - mx);
-  return exp(l[e] - mx) / s;
-}
-
-static double select_of(const gate_ref *g, const double *l, int64_t e) {
-  return score_of(g, l, e) + (g->bias ? g->bias[e] : 0);
-}
-
-/* Whether ix (k experts, device order) is a top-k of the f64 selection
- * scores: distinct and in range, descending, nothing left out scoring
- * higher, within tol; exact ties ordered (and cut) by the lower index. */
-static int choice_valid(const gate_ref *g, const double *l, const int *ix, double tol) {
-  double lo = INFINITY;
-  for (int j = 0; j < g->k; j++) {
-    if (ix[j] < 0 || ix[j] >= g->E) return 0;
-    for (int m = 0; m < j; m++)
-      if (ix[m] == ix[j]) return 0;
-    double s = select_of(g, l, ix[j]);
-    if (j > 0) {
-      double prev = select_of(g, l, ix[j - 1]);
-      if (s > prev + tol || (s == prev && ix[j] < ix[j - 1])) return 0;
-    }
-    lo = fmin(lo, s);
-  }
-  for (int64_t e = 0; e < g->E; e++) {
-    int chosen = 0;
-    for (int j = 0; j < g->k; j++) chosen |= ix[j] == e;
-    if (chosen) continue;
-    double s = select_of(g, l, e);
-    if (s > lo + tol) return 0;
-    for (int j = 0; j < g->k; j++) /* an exact tie with a chosen one: the lower index wins */
-      if (s == select_of(g, l, ix[j]) && e < ix[j]) return 0;
-  }
-  return 1;
-}
-
-/* The chosen scores s_j, their sum S, and the weights w_j. */
-static void chosen_scores(const gate_ref *g, const double *l, const int *ix, double *s, double *S,
-                          double *w) {
-  double m = -INFINITY;
-  for (int j = 0; j < g->k; j++) s[j] = score_of(g, l, ix[j]), m = fmax(m, s[j]);
-  if (g->scoring == ZMLX_MOE_TOPK_SOFTMAX)
-    for (int j = 0; j < g->k; j++) s[j] = exp(s[j] - m);
-  *S = 0;
-  for (int j = 0; j < g->k; j++) *S += s[j];
-  const int norm = g->renorm || g->scoring == ZMLX_MOE_TOPK_SOFTMAX;
-  for (int j = 0; j < g->k; j++) w[j] = (norm ? s[j] / *S : s[j]) * g->scaling;
-}
-
-/* dlogits of one token (E values) for the cotangent dw of its weights;
- * magnitude: the same on absolute values (dw >= 0 given). */
-static void gate_bwd_ref(const gate_ref *g, const double *l, const int *ix, const double *dw,
-                         int magnitude, double *dl) {
-  double s[ZMLX_MOE_MAX_K], w[ZMLX_MOE_MAX_K], ds[ZMLX_MOE_MAX_K], S;
-  chosen_scores(g, l, ix, s, &S, w);
-  const int norm = g->renorm || g->scoring == ZMLX_MOE_TOPK_SOFTMAX;
-  double gw = 0;
-  for (int j = 0; j < g->k; j++) gw += dw[j] * s[j] / S;
-  for (int j = 0; j < g->k; j++) {
-    double gj = dw[j] * g->scaling;
-    ds[j] = norm ? (magnitude ? gj + fabs(g->scaling) * gw : gj - g->scaling * gw) / S : gj;
-    if (magnitude) ds[j] = fabs(ds[j]);
-  }
-  for (int64_t e = 0; e < g->E; e++) dl[e] = 0;
-  if (g->scoring == ZMLX_MOE_SOFTMAX_TOPK) {
-    double c = 0;
-    for (int j = 0; j < g->k; j++) c += ds[j] * s[j];
-    for (int64_t e = 0; e < g->E; e++) {
-      double d = 0;
-      for (int j = 0; j < g->k; j++) d += ix[j] == e ? ds[j] : 0;
-      double p = score_of(g, l, e);
-      dl[e] = magnitude ? p * (d + c) : p * (d - c);
-    }
-    return;
-  }
-  for (int j = 0; j < g->k; j++)
-    dl[ix[j]] = g->scoring == ZMLX_MOE_SIGMOID ? ds[j] * s[j] * (1 - s[j]) : ds[j] * s[j];
-}
-
-/* The f32 error of a chosen weight relative to it: E exponentials and sums,
- * the renormalization's k-term sum, the scaling. */
-static double weight_rel(const gate_ref *g) { return (double)(2 * g->E + 2 * g->k + 32) * U32; }
-
-/* ------------------------------------------------------------ gate check */
-
-typedef struct gate_case {
-  int64_t T, E;
-  int k, scoring, renorm, bias, ties;
-  double scaling;
-} gate_case;
-
-static zmlx_status gate_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
-  (void)n;
-  zmlx_array *ix = NULL;
-  zmlx_status st = zmlx_moe_gate(in[0], ud, out, &ix);
-  zmlx_array_release(ix);
-  return st;
-}
-
-static const char *const SCORING_NAME[3] = {"softmax-topk", "topk-softmax", "sigmoid"};
-
-static void gate_case_run(const zmlx_check_opts *o, const gate_case *gc, uint64_t *rng) {
-  char name[96];
-  snprintf(name, sizeof name, "T%lld E%lld k%d %s%s%s%s", (long long)gc->T, (long long)gc->E,
-           gc->k, SCORING_NAME[gc->scoring], gc->renorm ? " renorm" : "", gc->bias ? " bias" : "",
-           gc->ties ? " ties" : "");
-  const int64_t T = gc->T, E = gc->E, n = T * E;
-  const int k = gc->k;
-  double *l = malloc(sizeof(double) * (size_t)n), *bias = malloc(sizeof(double) * (size_t)E);
-  double *dw = malloc(sizeof(double) * (size_t)(T * k)), *gw = NULL, *gdl = NULL, *gix = NULL;
-  double *want_w = malloc(sizeof(double) * (size_t)(T * k));
-  double *want_dl = malloc(sizeof(double) * (size_t)n), *mag_dl = malloc(sizeof(double) * (size_t)n);
-  zmlx_array *al = NULL, *ab = NULL, *aw = NULL, *aix = NULL, *adw = NULL, *agl = NULL;
-  zmlx_status st = l && bias && dw && want_w && want_dl && mag_dl
-                       ? ZMLX_OK
-                       : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  for (int64_t i = 0; st == ZMLX_OK && i < n; i++)
-    l[i] = gc->ties ? floor(zck_uniform(rng, -2, 3)) : zck_round(o->dtype, zck_uniform(rng, -4, 4));
-  for (int64_t e = 0; st == ZMLX_OK && e < E; e++)
-    bias[e] = gc->ties ? 0.25 * floor(zck_uniform(rng, 0, 3)) : zck_round(ZMLX_F32, zck_uniform(rng, -0.5, 0.5));
-  for (int64_t i = 0; st == ZMLX_OK && i < T * k; i++) dw[i] = zck_uniform(rng, -1, 1);
-  int64_t lsh[2] = {T, E}, wsh[2] = {T, k};
-  if (st == ZMLX_OK) st = zck_upload(o->device, o->dtype, 2, lsh, l, &al);
-  if (st == ZMLX_OK && gc->bias) st = zck_upload(o->device, ZMLX_F32, 1, &E, bias, &ab);
-  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, wsh, dw, &adw);
-  zmlx_moe_gate_opts opts = {.struct_size = sizeof opts, .k = k, .scoring = gc->scoring,
-                             .renormalize = gc->renorm, .scaling = gc->scaling, .bias = ab};
-  if (st == ZMLX_OK) st = zmlx_moe_gate(al, &opts, &aw, &aix);
-  if (st == ZMLX_OK) st = zck_download(aw, &gw);
-  if (st == ZMLX_OK) st = zck_download(aix, &gix);
-  const gate_ref g = {E, k, gc->scoring, gc->renorm, gc->scaling ? gc->scaling : 1,
-                      gc->bias ? bias : NULL};
-  int chose_ok = 1;
-  double werr = -1, wtol = 1;
-  if (st == ZMLX_OK) {
-    for (int64_t t = 0; t < T; t++) {
-      int ix[ZMLX_MOE_MAX_K];
-      for (int j = 0; j < k; j++) ix[j] = (int)gix[t * k + j];
-      const double tol = (double)(2 * E + 64) * U32 * 4;
-      if (!choice_valid(&g, l + t * E, ix, tol)) chose_ok = 0;
-      if (!chose_ok) break;
-      double s[ZMLX_MOE_MAX_K], S;
-      chosen_scores(&g, l + t * E, ix, s, &S, want_w + t * k);
-      gate_bwd_ref(&g, l + t * E, ix, dw + t * k, 0, want_dl + t * E);
-      double adw_[ZMLX_MOE_MAX_K];
-      for (int j = 0; j < k; j++) adw_[j] = fabs(dw[t * k + j]);
-      gate_bwd_ref(&g, l + t * E, ix, adw_, 1, mag_dl + t * E);
-    }
-    zck_emit(o, "moe_gate", "choice", o->dtype, name, chose_ok ? 0 : 1, 0, chose_ok);
-  }
-  if (st == ZMLX_OK && chose_ok) {
-    zck_bound b = {0, weight_rel(&g), 0};
-    int ok = zck_within(gw, want_w, T * k, b, &werr, &wtol);
-    zck_emit(o, "moe_gate", "fwd", o->dtype, name, werr, wtol, ok);
-  }
-  if (st == ZMLX_OK && chose_ok) {
-    /* the VJP: the weights' cotangent dw back to the logits */
-    zmlx_array *y = NULL;
-    int arg = 0;
-    st = zmlx_vjp(gate_fn, &opts, &al, 1, &arg, 1, adw, &y, &agl);
-    zmlx_array_release(y);
-    if (st == ZMLX_OK) st = zck_download(agl, &gdl);
-    if (st == ZMLX_OK) {
-      /* dl: the weights' f32 error, then the sums over the k choices (and
-       * the row's E scores for softmax), rounded to the logits' dtype */
-      zck_bound b = zck_bound_sum(ZCK_TOL_ROW, o->dtype, E + k);
-      b.atol += 2 * weight_rel(&g);
-      double e, t;
-      int ok = zck_within_scaled(gdl, want_dl, mag_dl, n, b, &e, &t);
-      zck_emit(o, "moe_gate", "grad logits", o->dtype, name, e, t, ok);
-    }
-  }
-  if (st != ZMLX_OK) zck_emit_fail(o, "moe_gate", "fwd", o->dtype, name, st);
-  free(l), free(bias), free(dw), free(gw), free(gdl), free(gix), free(want_w), free(want_dl);
-  free(mag_dl);
-  zmlx_array *all[6] = {al, ab, aw, aix, adw, agl};
-  for (int i = 0; i < 6; i++) zmlx_array_release(all[i]);
-  zmlx_clear_error();
-}
-
-static zmlx_status check_moe_gate(const zmlx_check_opts *o) {
-  uint64_t rng = o->seed * 2654435761u + 9203u;
-  for (int sc = 0; sc < 3; sc++) {
-    const gate_case cases[] = {
-        {7, 8, 2, sc, 0, 0, 0, 0},
-        {64, 64, 8, sc, 1, sc == 2, 0, 2.5},
-        {513, 8, 2, sc, sc == 2, sc == 2, 1, 0}, /* ties */
-        {1, 64, 1, sc, 0, 0, 0, 0},
-        {513, 64, 8, sc, 1, 1, 0, 0},
-    };
-    const int n = o->quick ? 4 : 5;
-    for (int i = 0; i < n; i++) gate_case_run(o, &cases[i], &rng);
-  }
-  return ZMLX_OK;
-}
-
-/* -------------------------------------------------------- dispatch check */
-
-static void dispatch_case(const zmlx_check_opts *o, int64_t T, int k, int E, int out_of_range,
-                          uint64_t *rng) {
-  char name[96];
-  snprintf(name, sizeof name, "T%lld k%d E%d%s", (long long)T, k, E,
-           out_of_range ? " out-of-range indices" : "");
-  const int64_t P = T * k;
-  double *ix = malloc(sizeof(double) * (size_t)P);
-  int64_t *cnt = calloc((size_t)E + 1, sizeof(int64_t));
-  double *goff = NULL, *gord = NULL, *gslot = NULL;
-  zmlx_array *aix = NULL, *off = NULL, *ord = NULL, *slot = NULL;
-  zmlx_status st = ix && cnt ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  for (int64_t p = 0; st == ZMLX_OK && p < P; p++) {
-    ix[p] = floor(zck_uniform(rng, 0, E));
-    if (out_of_range && p % 7 == 3) ix[p] = p % 2 ? -1 : E;
-  }
-  int64_t sh[2] = {T, k};
-  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_I32, 2, sh, ix, &aix);
-  if (st == ZMLX_OK) st = zmlx_moe_dispatch(aix, E, &off, &ord, &slot);
-  if (st == ZMLX_OK) st = zck_download(off, &goff);
-  if (st == ZMLX_OK) st = zck_download(ord, &gord);
-  if (st == ZMLX_OK) st = zck_download(slot, &gslot);
-  if (st == ZMLX_OK) {
-    /* a stable counting sort on the host */
-    int bad = 0;
-    for (int64_t p = 0; p < P; p++)
-      if (ix[p] >= 0 && ix[p] < E) cnt[(int64_t)ix[p] + 1]++;
-    for (int e = 0; e < E; e++) cnt[e + 1] += cnt[e];
-    for (int e = 0; e <= E; e++) bad += goff[e] != (double)cnt[e];
-    for (int64_t p = 0; p < P; p++) {
-      int in = ix[p] >= 0 && ix[p] < E;
-      int64_t pos = in ? cnt[(int64_t)ix[p]]++ : -1;
-      bad += gslot[p] != (double)pos;
-      if (in) bad += gord[pos] != (double)p;
-    }
-    zck_emit(o, "moe_dispatch", "offsets, order, slot", o->dtype, name, bad, 0, bad == 0);
-  } else {
-    zck_emit_fail(o, "moe_dispatch", "offsets, order, slot", o->dtype, name, st);
-  }
-  free(ix), free(cnt), free(goff), free(gord), free(gslot);
-  zmlx_array *all[4] = {aix, off, ord, slot};
-  for (int i = 0; i < 4; i++) zmlx_array_release(all[i]);
-  zmlx_clear_error();
-}
-
-static zmlx_status check_moe_dispatch(const zmlx_check_opts *o) {
-  uint64_t rng = o->seed * 2654435761u + 9301u;
-  dispatch_case(o, 1, 2, 8, 0, &rng);
-  dispatch_case(o, 7, 8, 64, 0, &rng);
-  dispatch_case(o, 513, 8, 64, 0, &rng); /* 17 chunks of 256 pairs */
-  dispatch_case(o, 64, 1, 8, 1, &rng);
-  if (!o->quick) dispatch_case(o, 4096, 8, 64, 0, &rng);
-  return ZMLX_OK;
-}
-
-/* ------------------------------------------------- permute and combine */
-
-typedef struct route_arrays {
-  zmlx_array *order, *slot;
-  int k;
-} route_arrays;
-
-static zmlx_status permute_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
-  (void)n;
-  const route_arrays *r = ud;
-  return zmlx_moe_permute(in[0], r->order, r->slot, r->k, out);
-}
-
-static zmlx_status combine_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
-  (void)n;
-  const route_arrays *r = ud;
-  return zmlx_moe_combine(in[0], in[1], r->order, r->slot, out);
-}
-
-/* zmlx_moe_permute and zmlx_moe_combine and their VJPs against host loops,
- * some pairs routed nowhere (index -1 or E). */
-static void permute_case(const zmlx_check_opts *o, int64_t T, int k, int E, uint64_t *rng) {
-  const int64_t H = 24, P = T * k;
-  char name[96];
-  snprintf(name, sizeof name, "T%lld k%d E%d H%lld", (long long)T, k, E, (long long)H);
-  double *ix = malloc(sizeof(double) * (size_t)P), *w = malloc(sizeof(double) * (size_t)P);
-  double *x = malloc(sizeof(double) * (size_t)(T * H)), *y = malloc(sizeof(double) * (size_t)(P * H));
-  double *g = malloc(sizeof(double) * (size_t)(P * H)), *dy = malloc(sizeof(double) * (size_t)(T * H));
-  double *hord = NULL, *hslot = NULL, *got[5] = {0};
-  zmlx_array *aix = NULL, *aw = NULL, *ax = NULL, *ay = NULL, *ag = NULL, *ady = NULL;
-  zmlx_array *off = NULL, *res[5] = {0};
-  route_arrays route = {NULL, NULL, k};
-  zmlx_status st = ix && w && x && y && g && dy ? ZMLX_OK
-                                                : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of memory");
-  for (int64_t p = 0; p < P; p++) {
-    ix[p] = p % 11 == 5 ? -1 : p % 13 == 7 ? E : floor(zck_uniform(rng, 0, E));
-    w[p] = zck_uniform(rng, 0, 1);
-  }
-  int64_t ps[2] = {T, k}, xs[2] = {T, H}, ys[2] = {P, H};
-  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_I32, 2, ps, ix, &aix);
-  if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, ps, w, &aw);
-  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, xs, -1, 1, rng, x, &ax);
-  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, ys, -1, 1, rng, y, &ay);
-  if (st == ZMLX_OK) st = zck_random(o->device, ZMLX_F32, 2, ys, -1, 1, rng, g, &ag);
-  if (st == ZMLX_OK) st = zck_random(o->device, ZMLX_F32, 2, xs, -1, 1, rng, dy, &ady);
-  if (st == ZMLX_OK) st = zmlx_moe_dispatch(aix, E, &off, &route.order, &route.slot);
-  if (st == ZMLX_OK) st = zck_download(route.order, &hord);
-  if (st == ZMLX_OK) st = zck_download(route.slot, &hslot);
-  int arg0 = 0, args[2] = {0, 1};
-  /* res: permute's output and x's gradient, combine's output and the
-   * gradients of y and the weights */
-  if (st == ZMLX_OK) st = zmlx_vjp(permute_fn, &route, &ax, 1, &arg0, 1, ag, &res[0], &res[1]);
-  zmlx_array *cin[2] = {ay, aw};
-  if (st == ZMLX_OK) st = zmlx_vjp(combine_fn, &route, cin, 2, args, 2, ady, &res[2], &res[3]);
-  for (int i = 0; st == ZMLX_OK && i < 5; i++) st = zck_download(res[i], &got[i]);
-  if (st == ZMLX_OK) {
-    double *want = calloc((size_t)(P * H), sizeof(double)), *mag = calloc((size_t)(P * H), sizeof(double));
-    const char *what[5] = {"permute", "grad x", "combine", "grad y", "grad weights"};
-    const int64_t count[5] = {P * H, T * H, T * H, P * H, P};
-    for (int c = 0; c < 5 && want && mag; c++) {
-      memset(want, 0, sizeof(double) * (size_t)(P * H));
-      memset(mag, 0, sizeof(double) * (size_t)(P * H));
-      if (c == 0) /* permute */
-        for (int64_t q = 0; q < P; q++)
-          for (int64_t h = 0; h < H && hord[q] >= 0; h++)
-            want[q * H + h] = x[(int64_t)hord[q] / k * H + h], mag[q * H + h] = 1;
-      if (c == 1 || c == 2) /* permute's VJP, the combine */
-        for (int64_t p = 0; p < P; p++)
-          for (int64_t h = 0; h < H && hslot[p] >= 0; h++) {
-            const double v = (c == 1 ? g : y)[(int64_t)hslot[p] * H + h] * (c == 2 ? w[p] : 1);
-            want[p / k * H + h] += v, mag[p / k * H + h] += fabs(v);
-          }
-      if (c == 3) /* combine's VJP in y */
-        for (int64_t q = 0; q < P; q++)
-          for (int64_t h = 0; h < H && hord[q] >= 0; h++) {
-            const int64_t p = (int64_t)hord[q];
-            want[q * H + h] = w[p] * dy[p / k * H + h], mag[q * H + h] = fabs(want[q * H + h]);
-          }
-      if (c == 4) /* combine's VJP in the weights */
-        for (int64_t p = 0; p < P; p++)
-          for (int64_t h = 0; h < H && hslot[p] >= 0; h++) {
-            const double v = dy[p / k * H + h] * y[(int64_t)hslot[p] * H + h];
-            want[p] += v, mag[p] += fabs(v);
-          }
-      /* sums of k (or H) terms stored in the dtype; a gradient's terms
-       * carry the cotangent, rounded to the output's dtype first */
-      zck_bound b = zck_bound_sum(ZCK_TOL_ELEMENTWISE, o->dtype, c == 4 ? H : k);
-      if (c == 1 || c == 3 || c == 4) {
-        b.atol += zck_unit_roundoff(o->dtype);
-        /* each cotangent term's rounding into f16's subnormals (|y|, w <= 1) */
-        b.floor *= (double)(c == 4 ? H + 1 : k + 1);
-      }
-      double e, tol;
-      int ok = zck_within_scaled(got[c], want, mag, count[c], b, &e, &tol);
-      zck_emit(o, "moe_permute", what[c], o->dtype, name, e, tol, ok);
-    }
-    free(want), free(mag);
-  }
-  if (st != ZMLX_OK) zck_emit_fail(o, "moe_permute", "permute", o->dtype, name, st);
-  free(ix), free(w), free(x), free(y), free(g), free(dy), free(hord), free(hslot);
-  for (int i = 0; i < 5; i++) free(got[i]), zmlx_array_release(res[i]);
-  zmlx_array *all[9] = {aix, aw, ax, ay, ag, ady, off, route.order, route.slot};
-  for (int i = 0; i < 9; i++) zmlx_array_release(all[i]);
-  zmlx_clear_error();
-}
-
-static zmlx_status check_moe_permute(const zmlx_check_opts *o) {
-  uint64_t rng = o->seed * 2654435761u + 9601u;
-  permute_case(o, 1, 2, 8, &rng);
-  permute_case(o, 7, 8, 64, &rng);
-  permute_case(o, 513, 2, 8, &rng);
-  return ZMLX_OK;
-}
-
-/* ------------------------------------------------------ layer reference */
-
-/* One token through one SwiGLU MLP (W1, W3 [I, H], W2 [H, I]) scaled by
- * w: y += w mlp(x). With dy: dx, dW1, dW3, dW2 accumulate the gradients
- * and *dw gets dy . mlp(x). mag: the magnitude network (inputs taken
- * absolute, |silu(a)| <= |a|, errors of a and b through silu and the
- * product bounded by 2.1 |a| |b|, silu' by 1.1 + 0.5 |a| for the error of
- * a inside it). tmp: 4 I doubles. */
-static void mlp_row(int mag, const double *x, const double *W1, const double *W3,
-                    const double *W2, int64_t H, int64_t I, double w, double *y, const double *dy,
-                    double *dx, double *dW1, double *dW3, double *dW2, double *dw, double *tmp) {
-  double *a = tmp, *b = tmp + I, *act = tmp + 2 * I, *dact = tmp + 3 * I;
-#define V(v) (mag ? fabs(v) : (v))
-  for (int64_t i = 0; i < I; i++) {
-    double sa = 0, sb = 0;
-    for (int64_t h = 0; h < H; h++) sa += V(W1[i * H + h]) * V(x[h]), sb += V(W3[i * H + h]) * V(x[h]);
-    a[i] = sa, b[i] = sb;
-    act[i] = mag ? 2.1 * sa * sb : silu(sa) * sb;
-  }
-  double dsum = 0;
-  for (int64_t h = 0; h < H; h++) {
-    double d = 0;
-    for (int64_t i = 0; i < I; i++) d += V(W2[h * I + i]) * act[i];
-    if (y) y[h] += V(w) * d;
-    if (dy) dsum += V(dy[h]) * d;
-  }
-  if (!dy) return;
-  if (dw) *dw = dsum;
-  for (int64_t i = 0; i < I; i++) {
-    double d = 0;
-    for (int64_t h = 0; h < H; h++) {
-      d += V(dy[h]) * V(W2[h * I + i]);
-      if (dW2) dW2[h * I + i] += V(w) * V(dy[h]) * act[i];
-    }
-    dact[i] = V(w) * d;
-  }
-  for (int64_t i = 0; i < I; i++) {
-    double da = mag ? dact[i] * b[i] * (1.1 + 0.5 * a[i]) : dact[i] * b[i] * dsilu(a[i]);
-    double db = mag ? dact[i] * 2.1 * a[i] : dact[i] * silu(a[i]);
-    for (int64_t h = 0; h < H; h++) {
-      if (dx) dx[h] += da * V(W1[i * H + h]) + db * V(W3[i * H + h]);
-      if (dW1) dW1[i * H + h] += da * V(x[h]);
-      if (dW3) dW3[i * H + h] += db * V(x[h]);
-    }
-  }
-#undef V
-}
 
 enum { L_X, L_ROUTER, L_W1, L_W3, L_W2, L_S1, L_S3, L_S2, L_COUNT };
 static const char *const LAYER_NAME[L_COUNT] = {"x", "router", "w1", "w3", "w2",
@@ -484,7 +46,7 @@ static int64_t layer_size(const layer_dims *d, int which) {
  * token (mag: the magnitude network). lg: the logits, ix: the chosen
  * experts (the device's), g: the gate. v[i]: the host values of input i;
  * grads[i] (zeroed by the caller): their gradients. */
-static void layer_ref(int mag, const layer_dims *d, const gate_ref *g, const double *const *v,
+static void layer_ref(int mag, const layer_dims *d, const zck_moe_gate *g, const double *const *v,
                       const double *lg, const int *ix, const double *dy, double *y,
                       double **grads, double *tmp) {
   const int64_t H = d->H, I = d->I, E = d->E;
@@ -493,17 +55,17 @@ static void layer_ref(int mag, const layer_dims *d, const gate_ref *g, const dou
   for (int64_t t = 0; t < d->T; t++) {
     const double *x = v[L_X] + t * H;
     double s[ZMLX_MOE_MAX_K], w[ZMLX_MOE_MAX_K], dw[ZMLX_MOE_MAX_K], S;
-    chosen_scores(g, lg + t * E, ix + t * k, s, &S, w);
+    zck_moe_chosen_scores(g, lg + t * E, ix + t * k, s, &S, w);
     for (int j = 0; j < k; j++) {
       const int64_t e = ix[t * k + j];
-      mlp_row(mag, x, v[L_W1] + e * I * H, v[L_W3] + e * I * H, v[L_W2] + e * H * I, H, I, w[j],
+      zck_moe_mlp_row(mag, x, v[L_W1] + e * I * H, v[L_W3] + e * I * H, v[L_W2] + e * H * I, H, I, w[j],
               y + t * H, dy + t * H, grads[L_X] + t * H, grads[L_W1] + e * I * H,
               grads[L_W3] + e * I * H, grads[L_W2] + e * H * I, &dw[j], tmp);
     }
     if (d->shared)
-      mlp_row(mag, x, v[L_S1], v[L_S3], v[L_S2], H, d->Is, 1.0, y + t * H, dy + t * H,
+      zck_moe_mlp_row(mag, x, v[L_S1], v[L_S3], v[L_S2], H, d->Is, 1.0, y + t * H, dy + t * H,
               grads[L_X] + t * H, grads[L_S1], grads[L_S3], grads[L_S2], NULL, tmp);
-    gate_bwd_ref(g, lg + t * E, ix + t * k, dw, mag, dl);
+    zck_moe_gate_bwd(g, lg + t * E, ix + t * k, dw, mag, dl);
     for (int64_t e = 0; e < E; e++)
       for (int64_t h = 0; h < H; h++) {
         const double r = v[L_ROUTER][e * H + h];
@@ -569,7 +131,7 @@ static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint6
   const layer_dims d = {lc->T, lc->E, 32, lc->inter ? lc->inter : 48, 40, lc->k, lc->shared};
   char name[96];
   snprintf(name, sizeof name, "T%lld E%lld k%d H%lld I%lld %s%s%s%s", (long long)d.T,
-           (long long)d.E, d.k, (long long)d.H, (long long)d.I, SCORING_NAME[lc->scoring],
+           (long long)d.E, d.k, (long long)d.H, (long long)d.I, zck_moe_scoring_name[lc->scoring],
            lc->renorm ? " renorm" : "", d.shared ? " shared" : "", form ? form : "");
   double *v[L_COUNT] = {0}, *want[L_COUNT] = {0}, *magn[L_COUNT] = {0}, *got[L_COUNT] = {0};
   zmlx_array *a[L_COUNT] = {0}, *ga[L_COUNT] = {0}, *ady = NULL, *ay = NULL;
@@ -605,11 +167,11 @@ static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint6
     zck_emit_fail(o, "moe", "fwd", o->dtype, name, st);
     goto done;
   }
-  const gate_ref g = {d.E, d.k, lc->scoring, lc->renorm, 1, NULL};
+  const zck_moe_gate g = {d.E, d.k, lc->scoring, lc->renorm, 1, NULL};
   int chose_ok = 1;
   for (int64_t t = 0; t < d.T * d.k; t++) ix[t] = (int)ixd[t];
   for (int64_t t = 0; t < d.T && chose_ok; t++)
-    chose_ok = choice_valid(&g, lg + t * d.E, ix + t * d.k, (double)(2 * d.E + 64) * U32 * 4);
+    chose_ok = zck_moe_choice_valid(&g, lg + t * d.E, ix + t * d.k, (double)(2 * d.E + 64) * U32 * 4);
   zck_emit(o, "moe", "choice", o->dtype, name, chose_ok ? 0 : 1, 0, chose_ok);
   if (!chose_ok) goto done;
   layer_ref(0, &d, &g, (const double *const *)v, lg, ix, dy, y, want, tmp);
@@ -620,7 +182,7 @@ static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint6
    * roundings of the values the layer stores between ops (logits, the
    * shared expert's products) */
   zck_bound b = zck_bound_times(zck_bound_sum(ZCK_TOL_ROW, o->dtype, d.H + d.I + d.E), 3);
-  b.atol += weight_rel(&g) + (o->dtype == ZMLX_F32 ? 0 : 8 * zck_unit_roundoff(o->dtype));
+  b.atol += zck_moe_weight_rel(&g) + (o->dtype == ZMLX_F32 ? 0 : 8 * zck_unit_roundoff(o->dtype));
   double e, tol;
   int ok = zck_within_scaled(gy, y, ymag, TH, b, &e, &tol);
   zck_emit(o, "moe", "fwd", o->dtype, name, e, tol, ok);
@@ -680,7 +242,7 @@ static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) 
       if (ix[p] < 0 || ix[p] >= E) continue;
       const int64_t e = (int64_t)ix[p], t = p / k;
       for (int m = 0; m < 2; m++)
-        mlp_row(m, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H, I, w[p],
+        zck_moe_mlp_row(m, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H, I, w[p],
                 (m ? mag : want) + t * H, NULL, NULL, NULL, NULL, NULL, NULL, tmp);
     }
     zck_bound b = zck_bound_times(zck_bound_sum(ZCK_TOL_ROW, o->dtype, H + I), 3);
@@ -948,7 +510,7 @@ static void quant_case(const zmlx_check_opts *o, int bits, int group, int64_t T,
       for (int j = 0; j < k; j++) {
         const int64_t e = (int64_t)ix[t * k + j];
         for (int m = 0; m < 2; m++)
-          mlp_row(m, xh + t * H, d1 + e * I * H, d3 + e * I * H, d2 + e * H * I, H, I, 1.0 / k,
+          zck_moe_mlp_row(m, xh + t * H, d1 + e * I * H, d3 + e * I * H, d2 + e * H * I, H, I, 1.0 / k,
                   (m ? mag : want) + t * H, NULL, NULL, NULL, NULL, NULL, NULL, tmp);
       }
     /* the dequantized weights are exact in f32 (q times a stored scale,
@@ -984,9 +546,6 @@ static zmlx_status check_moe_quant(const zmlx_check_opts *o) {
 }
 
 const zmlx_catalog_op zck_catalog_moe_ops[] = {
-    {"moe_gate", check_moe_gate},
-    {"moe_dispatch", check_moe_dispatch},
-    {"moe_permute", check_moe_permute},
     {"moe", check_moe},
     {"moe_quant", check_moe_quant},
     {0},

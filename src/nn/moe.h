@@ -1,11 +1,31 @@
 /*
- * What src/nn/moe.c shows its verifier (src/check/moe_check.c) and the
- * layer code beyond the public API.
+ * What the MoE files (moe_kernels.c, moe_route.c, moe.c) share with each
+ * other and with their verifiers (src/check/moe*_check.c) beyond the public
+ * API.
  */
 #ifndef ZMLX_NN_MOE_H
 #define ZMLX_NN_MOE_H
 
 #include "runtime/internal.h"
+
+/* ------------------------------------------------ kernels (moe_kernels.c) */
+
+/* The MoE kernels, entries of one kernel set. */
+enum { K_GATE, K_GATE_BWD, K_DISPATCH, K_UP, K_DOWN, K_COMBINE, K_BWD_ACT, K_BWD_WEIGHTS, K_BWD_DX,
+       K_BWD_W13, K_BWD_W2, K_GATHER, K_SCATTER, K_COMBINE_DW };
+
+/* Kernel `which` over n threads (the 1-D grid rule) in threadgroups of
+ * `group` threads (zmlxi_moe_launch: 256); nothing for n == 0. */
+zmlx_status zmlxi_moe_launch_group(int which, const double *params, const zmlx_template_arg *t,
+                                   int nt, int64_t n, int group, zmlx_array *const *in, int n_in,
+                                   zmlx_array **out, int n_out);
+zmlx_status zmlxi_moe_launch(int which, const double *params, const zmlx_template_arg *t, int nt,
+                             int64_t n, zmlx_array *const *in, int n_in, zmlx_array **out,
+                             int n_out);
+/* A dense [a, b] array (b < 0: [a]). */
+zmlx_status zmlxi_moe_alloc(zmlx_device *dev, zmlx_dtype dt, int64_t a, int64_t b, zmlx_array **out);
+/* Release n arrays and clear their slots. */
+void zmlxi_moe_release(zmlx_array **a, int n);
 
 typedef struct moe_gate_cfg {
   int64_t T, E;
@@ -18,6 +38,9 @@ typedef struct moe_expert_cfg {
   int64_t T, H, I, E;
   int k;
 } moe_expert_cfg;
+
+/* The expert kernels' parameters (n:i64, K, E, H, I) for n threads. */
+void zmlxi_moe_params(const moe_expert_cfg *c, int64_t n, double *p);
 
 /* What the experts' forward keeps for the backward (f32): act, pre1, pre3
  * [pairs, inter], down [pairs, hidden]; all but act NULL without save. */

@@ -1,0 +1,41 @@
+/*
+ * The f64 references the MoE checks share (moe_ref.c): src/check/
+ * moe_route_check.c (gate, dispatch, permute / combine) and moe_check.c
+ * (experts, the layer, quantized weights, benchmarks).
+ */
+#ifndef ZMLX_CHECK_MOE_REF_H
+#define ZMLX_CHECK_MOE_REF_H
+
+#include "zmlx.h"
+
+/* A gate's configuration, as zmlx_moe_gate_opts resolved. */
+typedef struct zck_moe_gate {
+  int64_t E;
+  int k, scoring, renorm;
+  double scaling;
+  const double *bias; /* NULL or [E] */
+} zck_moe_gate;
+
+/* "softmax-topk", "topk-softmax", "sigmoid" (by zmlx_moe_scoring). */
+extern const char *const zck_moe_scoring_name[3];
+
+/* Whether ix (k experts, device order) is a top-k of the f64 selection
+ * scores of logits row l within tol (exact ties by the lower index). */
+int zck_moe_choice_valid(const zck_moe_gate *g, const double *l, const int *ix, double tol);
+/* The chosen scores s_j, their sum S and the weights w_j of row l. */
+void zck_moe_chosen_scores(const zck_moe_gate *g, const double *l, const int *ix, double *s,
+                           double *S, double *w);
+/* One token's dlogits (E values) for the cotangent dw of its weights; with
+ * magnitude, the same on absolute values. */
+void zck_moe_gate_bwd(const zck_moe_gate *g, const double *l, const int *ix, const double *dw,
+                      int magnitude, double *dl);
+/* The f32 error of a chosen weight relative to it. */
+double zck_moe_weight_rel(const zck_moe_gate *g);
+/* One token through one SwiGLU MLP scaled by w (y += w mlp(x)), and with dy
+ * its gradients (dx, dW1, dW3, dW2 accumulate; *dw = dy . mlp(x)); mag: the
+ * magnitude network. tmp: 4 I doubles. */
+void zck_moe_mlp_row(int mag, const double *x, const double *W1, const double *W3,
+                     const double *W2, int64_t H, int64_t I, double w, double *y, const double *dy,
+                     double *dx, double *dW1, double *dW3, double *dW2, double *dw, double *tmp);
+
+#endif
