@@ -158,8 +158,27 @@ ZMLX_API zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out);
 ZMLX_API zmlx_status zmlx_stream_destroy(zmlx_stream *s);
 /** Block until all work queued on the stream has finished. */
 ZMLX_API zmlx_status zmlx_stream_synchronize(zmlx_stream *s);
-/** Block until all work on every stream of the device has finished. */
+/** Block until the device's default stream and the calling thread's current
+ *  stream (zmlx_set_current_stream) have finished their work. */
 ZMLX_API zmlx_status zmlx_device_synchronize(zmlx_device *dev);
+/** Wrap a stream another library owns — a CUstream on CUDA (NULL: the legacy
+ *  default stream), a cl_command_queue on OpenCL — so zmlx work can run on it
+ *  (PyTorch's current stream, CuPy's). zmlx never destroys the native stream:
+ *  zmlx_stream_destroy releases only the wrapper. The owner must keep the
+ *  native stream alive while zmlx buffers allocated on it live, since they are
+ *  freed on the stream they were allocated on. */
+ZMLX_API zmlx_status zmlx_stream_wrap(zmlx_device *dev, void *native, zmlx_stream **out);
+/** The backend's handle of a stream (CUstream / cl_command_queue). */
+ZMLX_API zmlx_status zmlx_stream_native(const zmlx_stream *s, void **native);
+/** Make `s` the calling thread's current stream of its device: work that
+ *  names no stream — catalog ops, autograd, allocations, copies, DLPack
+ *  export — runs on it instead of the device's default stream. NULL restores
+ *  the default stream. The thread holds a reference, so `s` may be destroyed
+ *  while current; it is released when another stream is made current. */
+ZMLX_API zmlx_status zmlx_set_current_stream(zmlx_stream *s);
+/** The calling thread's current stream on `dev` (NULL: the default device);
+ *  *out is NULL when that is the device's default stream. */
+ZMLX_API zmlx_status zmlx_current_stream(zmlx_device *dev, zmlx_stream **out);
 
 /* ------------------------------------- arrays (never recorded by autograd) */
 
@@ -247,6 +266,12 @@ ZMLX_API zmlx_status zmlx_array_to_device(zmlx_array *a, zmlx_device *dev, zmlx_
  * producer's deleter until the last view is released; kDLCPU tensors are
  * copied onto `dev`. */
 ZMLX_API zmlx_status zmlx_array_to_dlpack(zmlx_array *a, void **dl_managed_tensor);
+/** Export for a consumer that will read on `consumer` (the DLPack protocol's
+ *  stream argument): no wait when that is the calling thread's current stream
+ *  (the work that wrote `a` is ordered before the consumer's), else the
+ *  current stream is synchronized first, like zmlx_array_to_dlpack. */
+ZMLX_API zmlx_status zmlx_array_to_dlpack_on(zmlx_array *a, zmlx_stream *consumer,
+                                             void **dl_managed_tensor);
 ZMLX_API zmlx_status zmlx_array_from_dlpack(void *dl_managed_tensor, zmlx_device *dev,
                                             zmlx_array **out);
 

@@ -649,6 +649,85 @@ static void test_bad_inputs(void **state) {
   }
 }
 
+/* ------------------------------------------------- streams owned by others */
+
+/* Softmax of each row of a [rows, cols] host matrix, in f64. */
+static void softmax_rows(const float *x, int rows, int cols, double *out) {
+  for (int r = 0; r < rows; r++) {
+    double mx = -INFINITY, sum = 0;
+    for (int c = 0; c < cols; c++) mx = fmax(mx, x[r * cols + c]);
+    for (int c = 0; c < cols; c++) sum += exp(x[r * cols + c] - mx);
+    for (int c = 0; c < cols; c++) out[r * cols + c] = exp(x[r * cols + c] - mx) / sum;
+  }
+}
+
+/* A stream another library owns (here one zmlx made, seen only through its
+ * native handle) wrapped and made current: catalog ops, allocations, reads
+ * and the DLPack handoff run on it; the wrapper may go while the thread and
+ * the buffers allocated on it still hold it; the owner's stream outlives
+ * them all. ASan checks the reference counting. */
+static void test_wrapped_current_stream(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = devices(devs);
+  for (int d = 0; d < nd; d++) {
+    zmlx_device *dev = devs[d];
+    int64_t live0 = zmlx_array_live_count();
+    zmlx_stream *owner = NULL, *wrapped = NULL, *cur = NULL;
+    void *native = NULL, *seen = NULL;
+    ZT_OK(zmlx_stream_create(dev, &owner));
+    ZT_OK(zmlx_stream_native(owner, &native));
+    ZT_OK(zmlx_stream_wrap(dev, native, &wrapped));
+    ZT_OK(zmlx_stream_native(wrapped, &seen));
+    assert_ptr_equal(seen, native);
+    ZT_OK(zmlx_current_stream(dev, &cur));
+    assert_null(cur);
+    ZT_OK(zmlx_set_current_stream(wrapped));
+    ZT_OK(zmlx_current_stream(dev, &cur));
+    assert_ptr_equal(cur, wrapped);
+
+    enum { ROWS = 7, COLS = 300 };
+    int64_t shape[2] = {ROWS, COLS};
+    float host[ROWS * COLS];
+    uint64_t rng = zt_seed();
+    zt_fill_uniform(host, ROWS * COLS, -4, 4, &rng);
+    zmlx_array *x = zt_array(dev, ZMLX_F32, 2, shape, host), *y = NULL;
+    ZT_OK(zmlx_softmax(x, &y));
+    /* The wrapper goes while current and while y's buffer was allocated on it. */
+    ZT_OK(zmlx_stream_destroy(wrapped));
+    double want[ROWS * COLS], *got = zt_download(y);
+    softmax_rows(host, ROWS, COLS, want);
+    zt_assert_close(got, want, ROWS * COLS, 1e-6, 1e-5, "softmax on a wrapped current stream");
+    free(got);
+
+    /* Handoff to a consumer on the current stream (no wait) and to one
+     * elsewhere (a wait): both see the same memory. */
+    void *p1 = NULL, *p2 = NULL;
+    ZT_OK(zmlx_current_stream(dev, &cur));
+    ZT_OK(zmlx_array_to_dlpack_on(y, cur, &p1));
+    ZT_OK(zmlx_array_to_dlpack_on(y, owner, &p2));
+    DLManagedTensor *m1 = p1, *m2 = p2;
+    assert_ptr_equal(m1->dl_tensor.data, m2->dl_tensor.data);
+    m1->deleter(m1);
+    m2->deleter(m2);
+    ZT_OK(zmlx_device_synchronize(dev));
+
+    ZT_OK(zmlx_set_current_stream(NULL));
+    ZT_OK(zmlx_current_stream(dev, &cur));
+    assert_null(cur);
+    zmlx_array_release(x);
+    zmlx_array_release(y); /* freed on the owner's stream, still alive */
+    ZT_OK(zmlx_stream_destroy(owner));
+    assert_int_equal(zmlx_array_live_count(), live0);
+
+    /* Bad arguments are statuses. */
+    ZT_FAILS(zmlx_stream_native(NULL, &seen), ZMLX_ERR_NULL_ARG, NULL);
+    ZT_FAILS(zmlx_stream_wrap(dev, native, NULL), ZMLX_ERR_NULL_ARG, NULL);
+    ZT_FAILS(zmlx_current_stream(dev, NULL), ZMLX_ERR_NULL_ARG, NULL);
+    ZT_FAILS(zmlx_array_to_dlpack_on(NULL, NULL, &p1), ZMLX_ERR_NULL_ARG, NULL);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_export_dense),
@@ -657,6 +736,7 @@ int main(void) {
       cmocka_unit_test(test_deleter_chain),
       cmocka_unit_test(test_import_host),
       cmocka_unit_test(test_bad_inputs),
+      cmocka_unit_test(test_wrapped_current_stream),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -101,7 +101,7 @@ typedef struct copy_ctx {
 static zmlx_status run_copy(void *p) {
   copy_ctx *c = p;
   zmlx_device *d = c->dev;
-  return d->ops->copy(d->index, d->default_stream->handle, c->dst->buffer->handle, 0,
+  return d->ops->copy(d->index, zmlxi_stream_or_default(NULL, d)->handle, c->dst->buffer->handle, 0,
                       c->src->buffer->handle, 0, zmlx_array_nbytes(c->src));
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "stream.h"
 
 PyObject *zpy_error;
 
@@ -368,7 +369,6 @@ static PyObject *array_dlpack(zpy_array *self, PyObject *args, PyObject *kw) {
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO", kwlist, &stream, &max_version, &dl_device,
                                    &copy))
     return NULL;
-  (void)stream;
   (void)max_version;
   zmlx_device *dev = zmlx_array_device(self->a);
   zmlx_device_info info;
@@ -387,12 +387,16 @@ static PyObject *array_dlpack(zpy_array *self, PyObject *args, PyObject *kw) {
       return export_host_copy(self);
     }
   }
-  /* The consumer reads after this returns: finish the work that writes it
-   * (stream-ordered handoff needs the consumer's stream in zmlx's terms;
-   * a device sync is always correct). */
-  st = zmlx_device_synchronize(dev);
+  /* The consumer reads on the stream it names: no wait when that is the
+   * stream zmlx ran on (or it asked for none), else zmlx's work is finished
+   * first. */
+  zmlx_stream *consumer = NULL;
+  int ordered = 0;
+  if (!zpy_consumer_stream(stream, dev, &consumer, &ordered)) return NULL;
+  if (ordered && zmlx_current_stream(dev, &consumer) == ZMLX_OK && !consumer)
+    consumer = NULL; /* zmlx's default stream: still finish its work */
   void *m = NULL;
-  if (st == ZMLX_OK) st = zmlx_array_to_dlpack(self->a, &m);
+  st = zmlx_array_to_dlpack_on(self->a, consumer, &m);
   if (st != ZMLX_OK) return zpy_raise(st);
   PyObject *cap = PyCapsule_New(m, "dltensor", capsule_delete);
   if (!cap) ((DLManagedTensor *)m)->deleter(m);
@@ -490,6 +494,39 @@ static PyObject *py_from_buffer(PyObject *mod, PyObject *args, PyObject *kw) {
   return zpy_array_wrap(a);
 }
 
+/* x.__dlpack__(), naming the stream zmlx will read on when x is a CUDA
+ * tensor and this thread runs zmlx on a stream of its own (set_stream):
+ * the producer then orders its work before ours without a host wait. */
+static PyObject *call_producer_dlpack(PyObject *x, zmlx_device *dev) {
+  PyObject *where = PyObject_CallMethod(x, "__dlpack_device__", NULL);
+  if (!where) {
+    PyErr_Clear();
+    return PyObject_CallMethod(x, "__dlpack__", NULL);
+  }
+  long type = PyTuple_Check(where) && PyTuple_GET_SIZE(where) == 2
+                  ? PyLong_AsLong(PyTuple_GET_ITEM(where, 0)) : -1;
+  long index = type == kDLCUDA ? PyLong_AsLong(PyTuple_GET_ITEM(where, 1)) : 0;
+  Py_DECREF(where);
+  if (PyErr_Occurred()) return NULL;
+  long long handle = 0;
+  zmlx_device *cuda = dev;
+  if (type != kDLCUDA || (!cuda && zmlx_device_get(ZMLX_BACKEND_CUDA, (int)index, &cuda) != ZMLX_OK)) {
+    zmlx_clear_error();
+    return PyObject_CallMethod(x, "__dlpack__", NULL);
+  }
+  int r = zpy_producer_stream_arg(cuda, &handle);
+  if (r == 0) return NULL;
+  if (r < 0) return PyObject_CallMethod(x, "__dlpack__", NULL);
+  PyObject *kw = Py_BuildValue("{s:L}", "stream", handle);
+  PyObject *meth = kw ? PyObject_GetAttrString(x, "__dlpack__") : NULL;
+  PyObject *empty = meth ? PyTuple_New(0) : NULL;
+  PyObject *cap = empty ? PyObject_Call(meth, empty, kw) : NULL;
+  Py_XDECREF(empty);
+  Py_XDECREF(meth);
+  Py_XDECREF(kw);
+  return cap;
+}
+
 static PyObject *py_from_dlpack(PyObject *mod, PyObject *args, PyObject *kw) {
   (void)mod;
   static char *kwlist[] = {"x", "device", NULL};
@@ -501,7 +538,7 @@ static PyObject *py_from_dlpack(PyObject *mod, PyObject *args, PyObject *kw) {
     cap = x;
     Py_INCREF(cap);
   } else {
-    cap = PyObject_CallMethod(x, "__dlpack__", NULL);
+    cap = call_producer_dlpack(x, dev);
     if (!cap) return NULL;
   }
   DLManagedTensor *m = PyCapsule_GetPointer(cap, "dltensor");

@@ -4,6 +4,7 @@
  * ctypes or cffi: a kernel call from Python is one C function call with
  * its arguments converted in C (python/README.md has the measurement). */
 #include "core.h"
+#include "stream.h"
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "zmlx._core",
@@ -22,7 +23,7 @@ PyMODINIT_FUNC PyInit__core(void) {
       zpy_add_nn(m) < 0 ||
       add_functions(m, zpy_array_functions) < 0 || add_functions(m, zpy_ops_functions) < 0 ||
       add_functions(m, zpy_autograd_functions) < 0 || add_functions(m, zpy_kernel_functions) < 0 ||
-      add_functions(m, zpy_catalog_functions) < 0 ||
+      add_functions(m, zpy_catalog_functions) < 0 || add_functions(m, zpy_stream_functions) < 0 ||
       PyModule_AddStringConstant(m, "__version__", zmlx_version_string()) < 0) {
     Py_DECREF(m);
     return NULL;

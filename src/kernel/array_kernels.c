@@ -78,7 +78,7 @@ zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_bytes) {
   ZMLX_CHECK(zmlx_array_contiguous(a, &dense));
   zmlx_device *d = dense->buffer->device;
   zmlx_status st =
-      d->ops->read(d->index, d->default_stream->handle, dense->buffer->handle,
+      d->ops->read(d->index, zmlxi_stream_or_default(NULL, d)->handle, dense->buffer->handle,
                    (size_t)dense->offset * zmlx_dtype_size(dense->dtype), dst, bytes);
   zmlx_array_release(dense);
   return st;

@@ -24,6 +24,10 @@ static zmlx_status buffer_create(zmlx_device *dev, zmlx_stream *s, size_t bytes,
     return st;
   }
   b->guarded = guard != 0;
+  if (!s->is_default) {
+    zmlxi_stream_retain(s);
+    b->stream = s;
+  }
   atomic_init(&b->refcount, 1);
   b->device = dev;
   b->bytes = bytes;
@@ -36,10 +40,11 @@ static void buffer_release(zmlx_buffer *b) {
   if (b->release_foreign)
     b->release_foreign(b->foreign_ctx);
   else if (b->device->default_stream) { /* NULL after zmlx_shutdown(): memory went with it */
-    void *stream = b->device->default_stream->handle;
+    void *stream = (b->stream ? b->stream : b->device->default_stream)->handle;
     if (b->guarded) zmlxi_guard_check(b->device, stream, b->handle, b->bytes);
     b->device->ops->free(b->device->index, stream, b->handle);
   }
+  zmlxi_stream_release(b->stream);
   free(b);
 }
 
@@ -136,7 +141,7 @@ zmlx_status zmlx_array_from_host(zmlx_device *dev, zmlx_dtype dt, int ndim, cons
   zmlx_array *a = *out;
   zmlx_device *d = a->buffer->device;
   size_t bytes = (size_t)a->size * zmlx_dtype_size(dt);
-  zmlx_status st = bytes ? d->ops->write(d->index, d->default_stream->handle, a->buffer->handle,
+  zmlx_status st = bytes ? d->ops->write(d->index, zmlxi_stream_or_default(NULL, d)->handle, a->buffer->handle,
                                          0, data, bytes)
                          : ZMLX_OK;
   if (st != ZMLX_OK) {
@@ -219,7 +224,7 @@ zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out) {
   unsigned char tmp[8];
   zmlx_device *d = a->buffer->device;
   size_t es = zmlx_dtype_size(a->dtype);
-  ZMLX_CHECK(d->ops->read(d->index, d->default_stream->handle, a->buffer->handle,
+  ZMLX_CHECK(d->ops->read(d->index, zmlxi_stream_or_default(NULL, d)->handle, a->buffer->handle,
                           (size_t)off * es, tmp, es));
   *out = element_to_double(a->dtype, tmp);
   return ZMLX_OK;

@@ -257,22 +257,64 @@ int zmlxi_device_gemm_takes(const zmlx_device *dev, zmlx_dtype dt) {
 
 /* ----------------------------------------------------------------- streams */
 
+/* The calling thread's current stream (held), set by zmlx_set_current_stream. */
+static _Thread_local zmlx_stream *current_stream;
+
 zmlx_stream *zmlxi_stream_or_default(zmlx_stream *s, zmlx_device *dev) {
-  return s ? s : dev->default_stream;
+  if (s) return s;
+  if (current_stream && current_stream->device == dev) return current_stream;
+  return dev->default_stream;
+}
+
+void zmlxi_stream_retain(zmlx_stream *s) {
+  if (s && !s->is_default) atomic_fetch_add(&s->refs, 1);
+}
+
+void zmlxi_stream_release(zmlx_stream *s) {
+  if (!s || s->is_default || atomic_fetch_sub(&s->refs, 1) != 1) return;
+  /* After zmlx_shutdown the backend is gone, and its streams with it. */
+  if (!s->borrowed && s->device->default_stream)
+    s->device->ops->stream_destroy(s->device->index, s->handle);
+  free(s);
+}
+
+static zmlx_status stream_new(zmlx_device *dev, void *handle, int borrowed, zmlx_stream **out) {
+  zmlx_stream *s = calloc(1, sizeof *s);
+  if (!s) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  s->device = dev;
+  s->borrowed = borrowed;
+  atomic_init(&s->refs, 1);
+  if (borrowed) {
+    s->handle = handle;
+  } else {
+    zmlx_status st = dev->ops->stream_create(dev->index, &s->handle);
+    if (st != ZMLX_OK) {
+      free(s);
+      return st;
+    }
+  }
+  *out = s;
+  return ZMLX_OK;
 }
 
 zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out) {
   ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
   ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
-  zmlx_stream *s = calloc(1, sizeof *s);
-  if (!s) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  s->device = dev;
-  zmlx_status st = dev->ops->stream_create(dev->index, &s->handle);
-  if (st != ZMLX_OK) {
-    free(s);
-    return st;
-  }
-  *out = s;
+  return stream_new(dev, NULL, 0, out);
+}
+
+zmlx_status zmlx_stream_wrap(zmlx_device *dev, void *native, zmlx_stream **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
+  return stream_new(dev, native, 1, out);
+}
+
+zmlx_status zmlx_stream_native(const zmlx_stream *s, void **native) {
+  ZMLX_REQUIRE_ARG(s);
+  ZMLX_REQUIRE_ARG(native);
+  *native = s->handle;
   return ZMLX_OK;
 }
 
@@ -280,9 +322,9 @@ zmlx_status zmlx_stream_destroy(zmlx_stream *s) {
   if (!s) return ZMLX_OK;
   if (s->is_default)
     return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "the default stream of a device cannot be destroyed");
-  zmlx_status st = s->device->ops->stream_sync(s->device->index, s->handle);
-  s->device->ops->stream_destroy(s->device->index, s->handle);
-  free(s);
+  /* Our own streams finish their work first; a borrowed one is its owner's. */
+  zmlx_status st = s->borrowed ? ZMLX_OK : s->device->ops->stream_sync(s->device->index, s->handle);
+  zmlxi_stream_release(s);
   return st;
 }
 
@@ -291,10 +333,28 @@ zmlx_status zmlx_stream_synchronize(zmlx_stream *s) {
   return s->device->ops->stream_sync(s->device->index, s->handle);
 }
 
+zmlx_status zmlx_set_current_stream(zmlx_stream *s) {
+  if (s && s->is_default) s = NULL;
+  zmlxi_stream_retain(s);
+  zmlxi_stream_release(current_stream);
+  current_stream = s;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_current_stream(zmlx_device *dev, zmlx_stream **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
+  if (current_stream && current_stream->device == dev) *out = current_stream;
+  return ZMLX_OK;
+}
+
 zmlx_status zmlx_device_synchronize(zmlx_device *dev) {
   ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
   /* Streams made by zmlx_stream_create are the caller's to synchronise; the
-   * default stream is the device's own. */
+   * default stream is the device's own, the current one the thread's. */
+  zmlx_stream *cur = zmlxi_stream_or_default(NULL, dev);
+  if (cur != dev->default_stream) ZMLX_CHECK(zmlx_stream_synchronize(cur));
   return zmlx_stream_synchronize(dev->default_stream);
 }
 

@@ -61,20 +61,30 @@ static void export_deleter(DLManagedTensor *self) {
 }
 
 zmlx_status zmlx_array_to_dlpack(zmlx_array *a, void **dl_managed_tensor) {
+  return zmlx_array_to_dlpack_on(a, NULL, dl_managed_tensor);
+}
+
+/* Whether a consumer reading on `consumer` is already ordered after the work
+ * zmlx queued for `dev` (the thread's current stream). */
+static int consumer_is_ordered(zmlx_stream *consumer, zmlx_device *dev) {
+  zmlx_stream *cur = zmlxi_stream_or_default(NULL, dev);
+  return consumer && consumer->device == dev && consumer->handle == cur->handle;
+}
+
+zmlx_status zmlx_array_to_dlpack_on(zmlx_array *a, zmlx_stream *consumer,
+                                    void **dl_managed_tensor) {
   ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(dl_managed_tensor);
+  *dl_managed_tensor = NULL;
   zmlx_device *dev = a->buffer->device;
   if (!dev->ops->dlpack_data)
     return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "DLPack export is not supported on %s",
                      zmlx_backend_name(dev->ops->kind));
+  /* Consumers must not see work that is still queued on our stream. */
+  if (!consumer_is_ordered(consumer, dev))
+    ZMLX_CHECK(zmlx_stream_synchronize(zmlxi_stream_or_default(NULL, dev)));
   export_ctx *ctx = calloc(1, sizeof *ctx);
   if (!ctx) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  /* Consumers must not see work that is still queued on our stream. */
-  zmlx_status st = zmlx_stream_synchronize(dev->default_stream);
-  if (st != ZMLX_OK) {
-    free(ctx);
-    return st;
-  }
   memcpy(ctx->shape, a->shape, sizeof ctx->shape);
   memcpy(ctx->strides, a->strides, sizeof ctx->strides);
   zmlx_array_retain(a);

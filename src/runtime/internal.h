@@ -91,10 +91,17 @@ struct zmlx_stream {
   zmlx_device *device;
   void *handle;              /* backend stream (CUstream / cl_command_queue) */
   int is_default;
+  int borrowed;              /* zmlx_stream_wrap: the handle is not ours to destroy */
+  atomic_int refs;           /* the user's, a thread's current, each buffer allocated on it */
 };
 
-/* The stream to use: `s` if given, else the device's default. */
+/* The stream to use: `s` if given, else the calling thread's current stream
+ * on dev (zmlx_set_current_stream), else the device's default. */
 zmlx_stream *zmlxi_stream_or_default(zmlx_stream *s, zmlx_device *dev);
+/* References held by buffers and threads on non-default streams; the last
+ * release destroys the native stream (unless borrowed) and the wrapper. */
+void zmlxi_stream_retain(zmlx_stream *s);
+void zmlxi_stream_release(zmlx_stream *s);
 /* Whether the device's library GEMM takes operands of dtype dt. */
 int zmlxi_device_gemm_takes(const zmlx_device *dev, zmlx_dtype dt);
 /* Resolve a possibly-NULL device to the default device. */
@@ -112,6 +119,9 @@ typedef struct zmlx_buffer {
   void (*release_foreign)(void *ctx);
   void *foreign_ctx;
   bool guarded; /* a red zone follows the bytes (guard.c) */
+  /* The non-default stream it was allocated on (held): freed there, so the
+   * free is ordered after that stream's work. NULL: the default stream. */
+  zmlx_stream *stream;
 } zmlx_buffer;
 
 /* Red zones (guard.c): the bytes each allocation gets beyond its size (0

@@ -1,0 +1,255 @@
+"""zmlx.torch against PyTorch's own ops: values and gradients of every op,
+torch.library's opcheck (schema, fake kernel, autograd registration),
+torch.compile with fullgraph=True (a graph break fails), a small model
+trained step for step against pure PyTorch, and patch(model) on randomly
+initialised Hugging Face models (when transformers is installed).
+
+Runs on CUDA tensors when torch sees a GPU (zero copy, PyTorch's stream),
+else on CPU tensors (copied to zmlx's default device)."""
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import zmlx  # noqa: E402
+import zmlx.torch as zt  # noqa: E402
+
+SEED = int(os.environ.get("ZMLX_TEST_SEED", torch.seed() % (1 << 31)))
+print(f"zmlx.torch tests: ZMLX_TEST_SEED={SEED}")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# |got - want| <= atol + rtol |want|: a few units of each dtype's rounding.
+TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(SEED)
+
+
+def rand(gen, *shape, dtype=torch.float32, scale=1.0, grad=False):
+    t = (torch.randn(*shape, generator=gen) * scale).to(device=DEVICE, dtype=dtype)
+    return t.requires_grad_(grad)
+
+
+def close(got, want, dtype=torch.float32, scale=1.0):
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol * scale)
+
+
+def rms_ref(x, w, eps):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
+
+
+UNARY = {
+    "softmax": lambda x: torch.softmax(x.float(), -1), "log_softmax": lambda x: torch.log_softmax(x.float(), -1),
+    "silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu, "sigmoid": torch.sigmoid, "softplus": F.softplus, "mish": F.mish,
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unary_ops_and_grads(gen, name, dtype):
+    x = rand(gen, 5, 33, dtype=dtype, scale=2.0, grad=True)
+    xr = x.detach().float().requires_grad_(True)
+    y, want = getattr(zt, name)(x), UNARY[name](xr)
+    assert y.dtype == dtype and y.device == x.device
+    close(y, want, dtype, scale=2.0)
+    g = rand(gen, 5, 33)
+    (gx,), (gr,) = torch.autograd.grad(y, (x,), g.to(dtype)), torch.autograd.grad(want, (xr,), g)
+    close(gx, gr, dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_norms_and_glu_and_grads(gen, dtype):
+    x = rand(gen, 3, 7, 96, dtype=dtype, grad=True)
+    w = rand(gen, 96, dtype=dtype, grad=True)
+    b = rand(gen, 96, dtype=dtype, grad=True)
+    for got, ref in [
+        (lambda: zt.rms_norm(x, w, 1e-6), lambda xr, wr, br: rms_ref(xr, wr, 1e-6)),
+        (lambda: zt.layer_norm(x, w, b, 1e-5), lambda xr, wr, br: F.layer_norm(xr, (96,), wr, br, 1e-5)),
+        (lambda: zt.swiglu(x, w.expand_as(x)), lambda xr, wr, br: F.silu(xr) * wr),
+        (lambda: zt.geglu(x, w.expand_as(x), True),
+         lambda xr, wr, br: F.gelu(xr, approximate="tanh") * wr),
+    ]:
+        xr, wr, br = (t.detach().float().requires_grad_(True) for t in (x, w, b))
+        y, want = got(), ref(xr, wr, br)
+        close(y, want.to(dtype), dtype, scale=4.0)
+        g = rand(gen, 3, 7, 96)
+        grads = torch.autograd.grad(y, (x, w), g.to(dtype), allow_unused=True)
+        wants = torch.autograd.grad(want, (xr, wr), g, allow_unused=True)
+        for a, r in zip(grads, wants):
+            close(a, r, dtype, scale=30.0)  # sums of 7 x 3 rows for the weight
+
+
+def test_cross_entropy_matches_torch(gen):
+    logits = rand(gen, 37, 500, scale=3.0, grad=True)
+    targets = torch.randint(0, 500, (37,), generator=gen).to(DEVICE)
+    targets[5] = -100
+    for red in ("mean", "sum"):
+        lr = logits.detach().clone().requires_grad_(True)
+        loss = zt.cross_entropy(logits, targets, reduction=red)
+        want = F.cross_entropy(lr, targets, ignore_index=-100, reduction=red)
+        close(loss, want, scale=10.0)
+        (g,), (gr,) = torch.autograd.grad(loss, (logits,)), torch.autograd.grad(want, (lr,))
+        close(g, gr)
+
+
+def test_elementwise_with_gradients_and_broadcast(gen):
+    f = zt.elementwise("x * sigmoid(x) * y + (x > 0 ? x : 0.5 * x)", ["x", "y"])
+    x, y = rand(gen, 4, 9, grad=True), rand(gen, 9, grad=True)
+    xr, yr = (t.detach().clone().requires_grad_(True) for t in (x, y))
+    out = f(x, y)
+    want = xr * torch.sigmoid(xr) * yr + torch.where(xr > 0, xr, 0.5 * xr)
+    close(out, want)
+    g = rand(gen, 4, 9)
+    for a, r in zip(torch.autograd.grad(out, (x, y), g), torch.autograd.grad(want, (xr, yr), g)):
+        close(a, r, scale=4.0)
+
+
+def test_opcheck_schema_fake_and_autograd(gen):
+    x, w = rand(gen, 4, 64, grad=True), rand(gen, 64, grad=True)
+    t = torch.randint(0, 64, (4,), generator=gen).to(DEVICE)
+    cases = [
+        (torch.ops.zmlx.rms_norm.default, (x, w, 1e-6)),
+        (torch.ops.zmlx.layer_norm.default, (x, w, None, 1e-5)),
+        (torch.ops.zmlx.swiglu.default, (x, x.detach().clone().requires_grad_(True))),
+        (torch.ops.zmlx.softmax.default, (x,)),
+        (torch.ops.zmlx.cross_entropy.default, (x, t, -100, 0.0, "mean")),
+        (torch.ops.zmlx.elementwise.default, ("x * tanh(x)", ["x"], [x])),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_compile_has_no_graph_break(gen):
+    def block(x, w):
+        h = zt.rms_norm(x, w, 1e-6)
+        return zt.swiglu(h, h * 2).sum()
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    x, w = rand(gen, 6, 32, grad=True), rand(gen, 32, grad=True)
+    out = compiled(x, w)
+    close(out, block(x, w), scale=10.0)
+    out.backward()
+    assert x.grad is not None and w.grad is not None
+    explain = torch._dynamo.explain(block)(x, w)
+    assert explain.graph_break_count == 0, explain.break_reasons
+
+
+class TinyBlock(torch.nn.Module):
+    """RMSNorm -> SwiGLU MLP -> logits, with either torch's or zmlx's ops."""
+
+    def __init__(self, use_zmlx, d=32, hidden=64, vocab=50):
+        super().__init__()
+        self.use_zmlx = use_zmlx
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.norm = torch.nn.Parameter(torch.ones(d))
+        self.gate = torch.nn.Linear(d, hidden, bias=False)
+        self.up = torch.nn.Linear(d, hidden, bias=False)
+        self.down = torch.nn.Linear(hidden, d, bias=False)
+        self.head = torch.nn.Linear(d, vocab, bias=False)
+
+    def forward(self, tokens, targets):
+        x = self.emb(tokens)
+        if self.use_zmlx:
+            h = zt.rms_norm(x, self.norm, 1e-6)
+            x = x + self.down(zt.swiglu(self.gate(h), self.up(h)))
+            return zt.cross_entropy(self.head(x).flatten(0, 1), targets.flatten())
+        h = rms_ref(x, self.norm, 1e-6)
+        x = x + self.down(F.silu(self.gate(h)) * self.up(h))
+        return F.cross_entropy(self.head(x).flatten(0, 1), targets.flatten())
+
+
+def test_small_model_trains_like_pure_torch(gen):
+    torch.manual_seed(SEED)
+    ours = TinyBlock(True).to(DEVICE)
+    ref = TinyBlock(False).to(DEVICE)
+    ref.load_state_dict(ours.state_dict())
+    opt_a = torch.optim.AdamW(ours.parameters(), lr=1e-2)
+    opt_b = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    losses = []
+    tokens = torch.randint(0, 50, (4, 16), generator=gen).to(DEVICE)
+    targets = torch.roll(tokens, -1, dims=1)  # learnable: the next token of a fixed batch
+    for step in range(8):
+        for model, opt in ((ours, opt_a), (ref, opt_b)):
+            opt.zero_grad()
+            loss = model(tokens, targets)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        a, b = losses[-2], losses[-1]
+        assert abs(a - b) <= 1e-4 * (1 + abs(b)), (step, a, b)
+    assert losses[-1] < losses[0]
+
+
+def test_bad_input_raises_with_zmlx_message(gen):
+    with pytest.raises(zmlx.Error) as e:
+        zt.elementwise("x +* y", ["x", "y"])
+    assert "^" in str(e.value)
+    f = zt.elementwise("x * y", ["x", "y"])
+    with pytest.raises(TypeError):
+        f(rand(gen, 3))
+    with pytest.raises(Exception) as e:
+        zt.swiglu(rand(gen, 3, 4), rand(gen, 3, 5))
+    assert "[3, 4]" in str(e.value) and "[3, 5]" in str(e.value)
+    with pytest.raises(ValueError):
+        zt.cross_entropy(rand(gen, 3, 4), torch.zeros(3, dtype=torch.long, device=DEVICE), reduction="none")
+
+
+# ------------------------------------------------------------ patch(model)
+
+def _tiny_hf(kind):
+    transformers = pytest.importorskip("transformers")
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(**common)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen3MoeConfig(**common, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                          moe_intermediate_size=32, decoder_sparse_step=1)
+        model = transformers.Qwen3MoeForCausalLM(cfg)
+    return model.to(DEVICE).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3_moe"])
+def test_patch_hf_model_matches_unpatched(kind):
+    torch.manual_seed(SEED)
+    model = _tiny_hf(kind)
+    ids = torch.randint(0, 128, (2, 24)).to(DEVICE)
+    with torch.no_grad():
+        want = model(ids, labels=ids)
+    report = zt.patch(model)
+    text = str(report)
+    assert report.patched, text
+    assert any(cls.endswith("RMSNorm") for _, cls, _ in report.patched), text
+    if kind == "llama":
+        assert any("swiglu" in what for _, _, what in report.patched), text
+    else:  # every layer is sparse: the experts are named as skipped, with the reason
+        assert any("MoE experts" in why for _, _, why in report.skipped), text
+    assert any(name == "loss_function" for name, _, _ in report.patched), text
+    assert any("rotary" in why for _, _, why in report.skipped), text
+    with torch.no_grad():
+        got = model(ids, labels=ids)
+    close(got.logits, want.logits, scale=10.0)
+    close(got.loss, want.loss, scale=10.0)
+    # a patched model trains: gradients reach every parameter
+    model.train()
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing or kind == "qwen3_moe", missing  # unrouted experts get none
+    restored = zt.unpatch(model)
+    assert restored == len(report.patched)
+    assert "patched" in str(zt.patch(model, include=["nothing"]))
+    zt.unpatch(model)
+
+
+def test_patch_report_says_why_nothing_was_patched():
+    report = zt.patch(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    assert not report.patched
+    assert "nothing was patched" in str(report)
