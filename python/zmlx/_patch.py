@@ -13,8 +13,11 @@ Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE):
 * ``loss``: the model's ``loss_function`` (causal-LM cross-entropy over
   shifted labels) -> ``zmlx.torch.cross_entropy``.
 
-MoE blocks and their fused 3-D experts are reported as skipped (zmlx's MoE
-layer has no torch op yet). Rotary embeddings are reported as skipped: transformers applies the cos /
+* ``moe``: fused 3-D experts (``*Experts`` with ``gate_up_proj`` [E, 2I, H]
+  and ``down_proj`` [E, H, I], SiLU) -> ``zmlx.torch.moe_experts``; the
+  router stays transformers' own.
+
+Rotary embeddings are reported as skipped: transformers applies the cos /
 sin tables through a module-level function indexed by ``position_ids``,
 while zmlx's rope takes per-sequence offsets.
 """
@@ -36,7 +39,7 @@ _MLP_CLASSES = {
     "LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen2MoeMLP", "Qwen3MLP", "Qwen3MoeMLP",
     "MixtralBlockSparseTop2MLP",
 }
-_KINDS = ("rmsnorm", "mlp", "loss")
+_KINDS = ("rmsnorm", "mlp", "moe", "loss")
 _LOSS_ATTRS = ("loss_function", "_loss_function")
 
 
@@ -124,6 +127,29 @@ def _patch_mlp(m: torch.nn.Module) -> Tuple[Optional[str], str]:
     return None, f"zmlx.torch.{kind} between the projections"
 
 
+def _patch_experts(m: torch.nn.Module) -> Optional[str]:
+    """transformers' fused 3-D experts (gate_up_proj [E, 2I, H], down_proj
+    [E, H, I], forward(hidden, top_k_index, top_k_weights)) -> moe_experts."""
+    gate_up, down = getattr(m, "gate_up_proj", None), getattr(m, "down_proj", None)
+    if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)
+            and gate_up.dim() == 3 and down.dim() == 3 and gate_up.shape[1] % 2 == 0):
+        return "MoE experts without 3-D gate_up_proj / down_proj parameters"
+    if getattr(m, "has_bias", False) or getattr(m, "gate_up_proj_bias", None) is not None:
+        return "MoE experts with biases: zmlx's experts have none"
+    kind, why = _activation(m)
+    if kind != "swiglu":
+        return why or "MoE experts whose activation is not SiLU"
+    inter = gate_up.shape[1] // 2
+
+    def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+        w = m.gate_up_proj
+        return ztorch.moe_experts(hidden_states, top_k_weights.to(hidden_states.dtype), top_k_index,
+                                  w[:, :inter], w[:, inter:], m.down_proj)
+
+    m.forward = forward
+    return None
+
+
 def _causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None,
                     ignore_index: int = -100, shift_labels=None, **kwargs):
     """transformers' ForCausalLMLoss through zmlx's fused cross-entropy."""
@@ -145,7 +171,7 @@ def patch(model: torch.nn.Module, include: Optional[Iterable[str]] = None,
     """Replace known modules' forwards with zmlx ops, in place; returns a
     PatchReport (print it: it names every patched and skipped module and why).
 
-    include / exclude: kinds ("rmsnorm", "mlp", "loss") or fnmatch patterns
+    include / exclude: kinds ("rmsnorm", "mlp", "moe", "loss") or fnmatch patterns
     on module names ("model.layers.0.*"); None includes everything."""
     report = PatchReport()
     for name, m in model.named_modules():
@@ -154,9 +180,17 @@ def patch(model: torch.nn.Module, include: Optional[Iterable[str]] = None,
             report.skipped.append((name, cls, "already patched"))
             continue
         kind = "rmsnorm" if cls.endswith("RMSNorm") else "mlp" if cls.endswith("MLP") else None
-        if cls.endswith("Experts") or cls.endswith("SparseMoeBlock"):
-            report.skipped.append((name, cls, "MoE experts: zmlx's MoE layer is not a torch op yet "
-                                   "(zmlx.moe_experts runs it on zmlx arrays)"))
+        if cls.endswith("Experts"):
+            if not _selected("moe", name, include, exclude):
+                report.skipped.append((name, cls, "left out by include/exclude"))
+                continue
+            original = m.forward
+            why = _patch_experts(m)
+            if why:
+                report.skipped.append((name, cls, why))
+            else:
+                m._zmlx_original_forward = original
+                report.patched.append((name, cls, "zmlx.torch.moe_experts (fused SwiGLU experts)"))
             continue
         if cls.endswith("RotaryEmbedding"):
             report.skipped.append((name, cls, "rotary: applied by position_ids in a function, "

@@ -25,7 +25,8 @@ from . import _core
 
 __all__ = [
     "rms_norm", "layer_norm", "softmax", "log_softmax", "silu", "gelu", "gelu_tanh", "relu",
-    "sigmoid", "softplus", "mish", "swiglu", "geglu", "cross_entropy", "elementwise", "patch",
+    "sigmoid", "softplus", "mish", "swiglu", "geglu", "moe_experts", "cross_entropy", "elementwise",
+    "patch",
     "unpatch", "PatchReport",
 ]
 
@@ -166,6 +167,9 @@ _layer_norm = _define("layer_norm", "Tensor x, Tensor? weight, Tensor? bias, flo
 _swiglu = _define("swiglu", "Tensor gate, Tensor up", lambda g, u: zmlx.swiglu(g, u), 2, (0, 1))
 _geglu = _define("geglu", "Tensor gate, Tensor up, bool approximate",
                  lambda g, u, approx: zmlx.geglu(g, u, approx), 2, (0, 1))
+_moe_experts = _define(
+    "moe_experts", "Tensor x, Tensor weights, Tensor indices, Tensor w1, Tensor w3, Tensor w2",
+    lambda x, wt, ix, w1, w3, w2: zmlx.moe_experts(x, wt, ix, w1, w3, w2), 6, (0, 1, 3, 4, 5))
 _cross_entropy = _define(
     "cross_entropy",
     "Tensor logits, Tensor targets, int ignore_index, float label_smoothing, str reduction",
@@ -194,6 +198,18 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: bool = False) -> torch.Tensor:
     """gelu(gate) * up in one kernel (tanh approximation if approximate)."""
     return _geglu(gate, up, bool(approximate))
+
+
+def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w1: torch.Tensor,
+                w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """SwiGLU experts over routed tokens, combined per token:
+    out[t] = sum_j weights[t, j] * w2[e] @ (silu(w1[e] @ x[t]) * (w3[e] @ x[t])),
+    e = indices[t, j]. x [tokens, hidden]; weights / indices [tokens, k];
+    w1, w3 [experts, inter, hidden]; w2 [experts, hidden, inter]. Each pair
+    reads only its expert's rows; gradients to x, weights, w1, w3, w2.
+    Strided weights (slices of a fused gate_up projection) are copied dense
+    per call."""
+    return _moe_experts(x, weights, indices.to(torch.int32), w1, w3, w2)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
