@@ -215,6 +215,26 @@ def test_small_model_trains_like_pure_torch(gen):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="zero copy and streams are for CUDA tensors")
+def test_cuda_zero_copy_and_torch_side_stream(gen):
+    x = torch.randn(1000, device="cuda")
+    a = zmlx.from_dlpack(x)
+    assert torch.from_dlpack(a).data_ptr() == x.data_ptr()
+    out = zt.silu(x)
+    assert out.device == x.device
+    # zmlx runs on the side stream PyTorch makes current: the result is
+    # ordered after the producer there with no sync in between
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        big = torch.randn(2048, 4096, device="cuda")
+        got = zt.softmax(big)
+        want = torch.softmax(big, -1)
+        ok = torch.allclose(got, want, rtol=2e-5, atol=2e-5)
+    side.synchronize()
+    assert ok
+    assert zmlx.current_stream("cuda:0") is None  # restored after the op
+
+
 def test_bad_input_raises_with_zmlx_message(gen):
     with pytest.raises(zmlx.Error) as e:
         zt.elementwise("x +* y", ["x", "y"])
