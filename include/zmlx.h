@@ -837,6 +837,15 @@ ZMLX_API zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *cache, int layer, zm
 ZMLX_API zmlx_status zmlx_kv_cache_stats(const zmlx_kv_cache *cache, int64_t *free_blocks,
                                          int64_t *used_blocks);
 
+/* ------------------------------------------------------------- embedding */
+/** Rows of a table: *out [..., D] = table[ids[...]] for table [V, D] (f32,
+ *  f16, bf16) and ids of any shape (i32 or i64). An id outside [0, V)
+ *  gives a zero row and no gradient (ids are not read on the host, so the
+ *  call never waits for the device). Differentiable in table: the gradient
+ *  groups the tokens by id on the device and sums each row's cotangents in
+ *  token order (no atomics: the same bits on every run). (src/nn/embedding.c) */
+ZMLX_API zmlx_status zmlx_embedding(zmlx_array *table, zmlx_array *ids, zmlx_array **out);
+
 /* ----------------------------------------------------- mixture of experts */
 /* Gating, dispatch and SwiGLU experts (src/nn/moe.c). Pairs: token t's
  * j-th choice is pair t k + j. Every kernel sums in a fixed order (no

@@ -204,6 +204,13 @@ static PyObject *py_moe_experts(PyObject *m, PyObject *args) {
   return ret_n(zmlx_moe_experts(x, w, ix, w1, w3, w2, &out), &out, 1);
 }
 
+static PyObject *py_embedding(PyObject *m, PyObject *args) {
+  (void)m;
+  zmlx_array *table, *ids, *out = NULL;
+  if (!PyArg_ParseTuple(args, "O&O&", zpy_conv_array, &table, zpy_conv_array, &ids)) return NULL;
+  return ret_n(zmlx_embedding(table, ids, &out), &out, 1);
+}
+
 static PyObject *py_moe(PyObject *m, PyObject *args, PyObject *kw) {
   (void)m;
   static char *kwlist[] = {"x", "router", "w1", "w3", "w2", "k", "scoring", "renormalize",
@@ -237,6 +244,9 @@ PyMethodDef zpy_nn_functions[] = {
      "-> (weights f32, indices i32)"},
     {"moe_dispatch", py_moe_dispatch, METH_VARARGS,
      "moe_dispatch(indices, experts) -> (offsets, order, slot)"},
+    {"embedding", py_embedding, METH_VARARGS,
+     "embedding(table, ids): table [V, D] rows by ids (i32/i64, any shape); an id outside "
+     "[0, V) is a zero row. Differentiable in table."},
     {"moe_experts", py_moe_experts, METH_VARARGS,
      "moe_experts(x, weights, indices, w1, w3, w2): SwiGLU experts over the routed pairs, combined"},
     {"moe", KW(py_moe),

@@ -584,3 +584,19 @@ def test_moe_layer_gradient_reaches_every_weight(rng):
     for g, a in zip(grads, arrs):
         assert g.shape == a.shape
         assert np.abs(np.asarray(g)).sum() > 0  # every input gets a gradient (values: zmlx check)
+
+
+def test_embedding_rows_and_gradient(rng):
+    V, D = 11, 6
+    table = rng.standard_normal((V, D)).astype(np.float32)
+    ids = np.array([[1, 3, 3, 10], [0, -1, 11, 3]], dtype=np.int32)
+    got = zmlx.embedding(zmlx.asarray(table), zmlx.asarray(ids)).numpy()
+    want = np.where(((ids >= 0) & (ids < V))[..., None], table[np.clip(ids, 0, V - 1)], 0)
+    np.testing.assert_array_equal(got, want)
+    g = rng.standard_normal((2, 4, D)).astype(np.float32)
+    _, (dt,) = zmlx.vjp(lambda t: zmlx.embedding(t, zmlx.asarray(ids)), [table], g)
+    want_dt = np.zeros_like(table)
+    for t, i in enumerate(ids.reshape(-1)):
+        if 0 <= i < V:
+            want_dt[i] += g.reshape(-1, D)[t]
+    close(dt.numpy(), want_dt)

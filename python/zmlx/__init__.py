@@ -50,6 +50,7 @@ from ._core import (  # noqa: F401  (re-exported)
     dropout,
     elementwise,
     elu,
+    embedding,
     exp,
     from_buffer,
     from_dlpack,

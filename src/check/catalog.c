@@ -22,6 +22,7 @@ ZMLX_FAMILY(zck_catalog_reduce_ops)
 ZMLX_FAMILY(zck_catalog_adamw_ops)
 ZMLX_FAMILY(zck_catalog_moe_route_ops)
 ZMLX_FAMILY(zck_catalog_moe_ops)
+ZMLX_FAMILY(zck_catalog_embedding_ops)
 #undef ZMLX_FAMILY
 #define ZMLX_BENCHES(sym) extern const zmlx_catalog_bench sym[] __attribute__((weak));
 ZMLX_BENCHES(zck_catalog_softmax_bench)
@@ -69,6 +70,7 @@ static void build_table(void) {
   add_family(zck_catalog_adamw_ops, &n);
   add_family(zck_catalog_moe_route_ops, &n);
   add_family(zck_catalog_moe_ops, &n);
+  add_family(zck_catalog_embedding_ops, &n);
   all_ops[n] = NULL;
   n = 0;
   add_benches(zck_catalog_softmax_bench, &n);
