@@ -944,6 +944,55 @@ typedef struct zmlx_moe_opts {
 ZMLX_API zmlx_status zmlx_moe(zmlx_array *x, zmlx_array *router, zmlx_array *w1, zmlx_array *w3,
                               zmlx_array *w2, const zmlx_moe_opts *opts, zmlx_array **out);
 
+/* ------------------------------------------------------ language model */
+/* A decoder-only transformer built from the catalog (src/nn/lm.c):
+ * embedding -> layers of [RMSNorm -> causal attention (RoPE, GQA, flash
+ * kernel) -> residual, RMSNorm -> MoE (top-k SwiGLU experts) or a dense
+ * SwiGLU MLP -> residual] -> RMSNorm -> output projection. Training goes
+ * through autograd (every op is recorded); generation through the paged KV
+ * cache (zmlx_lm_prefill / zmlx_lm_decode). */
+typedef struct zmlx_lm_config {
+  size_t struct_size; /* sizeof(zmlx_lm_config), or 0 (this header's size) */
+  int vocab;          /* 0: 256 (bytes) */
+  int dim;            /* model width, a multiple of heads */
+  int layers;
+  int heads, kv_heads; /* kv_heads divides heads (0: heads); head_dim = dim / heads */
+  int ffn_dim;        /* each expert's (or the dense MLP's) inner width */
+  int experts;        /* 0: a dense SwiGLU MLP in every layer */
+  int top_k;          /* experts per token (0: 2) */
+  double rope_base;   /* 0: 10000 */
+  double norm_eps;    /* 0: 1e-5 */
+  uint64_t seed;      /* of the initial weights */
+  zmlx_dtype dtype;   /* of the weights: f32, f16 or bf16; 0 (a zeroed config): f32 */
+  zmlx_device *device; /* NULL: the default device */
+} zmlx_lm_config;
+
+typedef struct zmlx_lm zmlx_lm;
+/** A model with freshly initialised weights (normal, std 0.02; the output
+ *  projections of each residual branch scaled by 1 / sqrt(2 layers); norms 1). */
+ZMLX_API zmlx_status zmlx_lm_create(const zmlx_lm_config *cfg, zmlx_lm **out);
+/** NULL is accepted. */
+ZMLX_API zmlx_status zmlx_lm_destroy(zmlx_lm *lm);
+/** The resolved configuration (defaults filled in). */
+ZMLX_API zmlx_status zmlx_lm_get_config(const zmlx_lm *lm, zmlx_lm_config *out);
+/** The parameters (borrowed, updated in place by an optimizer) and their
+ *  names ("layers.0.wq", ...), in a fixed order; either pointer may be NULL. */
+ZMLX_API zmlx_status zmlx_lm_parameters(const zmlx_lm *lm, int *n, zmlx_array *const **params,
+                                        const char *const **names);
+/** Logits [batch, seq, vocab] (f32) of tokens [batch, seq] (i32) with the
+ *  given parameters (NULL: the model's own; inside a grad call pass the
+ *  arrays being differentiated). */
+ZMLX_API zmlx_status zmlx_lm_logits(zmlx_lm *lm, zmlx_array *const *params, zmlx_array *tokens,
+                                    zmlx_array **logits);
+/** Mean next-token cross-entropy (an f32 scalar) of tokens [batch, seq]
+ *  against targets [batch, seq] (i32; -100 ignored). */
+ZMLX_API zmlx_status zmlx_lm_loss(zmlx_lm *lm, zmlx_array *const *params, zmlx_array *tokens,
+                                  zmlx_array *targets, zmlx_array **loss);
+/** The loss and its gradient to every parameter (grads: as many slots as
+ *  zmlx_lm_parameters gives, new references). */
+ZMLX_API zmlx_status zmlx_lm_value_and_grad(zmlx_lm *lm, zmlx_array *tokens, zmlx_array *targets,
+                                            zmlx_array **loss, zmlx_array **grads);
+
 /* ------------------------------------------------------------- AdamW */
 /* Fused AdamW (PyTorch's torch.optim.AdamW semantics: decoupled weight
  * decay, bias correction; no amsgrad, no maximize): per element

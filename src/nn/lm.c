@@ -1,0 +1,329 @@
+/* A decoder-only transformer from the catalog's ops (issue 14): the model
+ * holds its parameters in one list (names, shapes, init) and its forward
+ * is plain calls of differentiable ops, so autograd trains it and the same
+ * code runs on every backend. Generation through the paged KV cache lives
+ * in lm_decode.c. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/lm.h"
+
+/* --------------------------------------------------------- configuration */
+
+static zmlx_status resolve_config(const zmlx_lm_config *in, zmlx_lm_config *c) {
+  ZMLX_REQUIRE_ARG_OF("zmlx_lm_create", in);
+  if (in->struct_size != 0 && in->struct_size != sizeof *c)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: cfg->struct_size is %zu, this "
+                     "library's zmlx_lm_config has %zu bytes", in->struct_size, sizeof *c);
+  *c = *in;
+  c->struct_size = sizeof *c;
+  if (!c->vocab) c->vocab = 256;
+  if (!c->kv_heads) c->kv_heads = c->heads;
+  if (!c->top_k) c->top_k = 2;
+  if (c->rope_base == 0) c->rope_base = 10000;
+  if (c->norm_eps == 0) c->norm_eps = 1e-5;
+  if (c->dtype == (zmlx_dtype)0) c->dtype = ZMLX_F32; /* a zeroed config means f32 */
+  if (c->vocab < 1 || c->dim < 1 || c->layers < 1 || c->heads < 1 || c->ffn_dim < 1 ||
+      c->experts < 0 || c->kv_heads < 1)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: vocab %d, dim %d, layers %d, heads "
+                     "%d, kv_heads %d, ffn_dim %d, experts %d: sizes must be positive", c->vocab,
+                     c->dim, c->layers, c->heads, c->kv_heads, c->ffn_dim, c->experts);
+  if (c->dim % c->heads || c->heads % c->kv_heads || (c->dim / c->heads) % 2)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: dim %d over %d heads (kv heads %d): "
+                     "heads must divide dim into an even head_dim, kv_heads must divide heads",
+                     c->dim, c->heads, c->kv_heads);
+  if (c->dim / c->heads > ZMLX_ATTENTION_MAX_HEAD_DIM)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: head_dim %d > %d", c->dim / c->heads,
+                     ZMLX_ATTENTION_MAX_HEAD_DIM);
+  if (c->experts && (c->top_k < 1 || c->top_k > c->experts || c->top_k > ZMLX_MOE_MAX_K))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: top_k %d with %d experts",
+                     c->top_k, c->experts);
+  if (c->dtype != ZMLX_F32 && c->dtype != ZMLX_F16 && c->dtype != ZMLX_BF16)
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_lm_create: weights of dtype %s; f32, f16 or bf16",
+                     zmlx_dtype_name(c->dtype));
+  return zmlxi_device_resolve(c->device, &c->device);
+}
+
+/* ------------------------------------------------------------ parameters */
+
+/* Add parameter `name` of the given shape: normal(0, std), or `fill` when
+ * std is 0. */
+static zmlx_status add_param(zmlx_lm *lm, const char *name, int ndim, const int64_t *shape,
+                             double std, double fill) {
+  if (lm->n_params == ZMLX_LM_MAX_PARAMS)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: more than %d parameters",
+                     ZMLX_LM_MAX_PARAMS);
+  int i = lm->n_params;
+  snprintf(lm->names_buf[i], sizeof lm->names_buf[i], "%s", name);
+  lm->names[i] = lm->names_buf[i];
+  const zmlx_lm_config *c = &lm->cfg;
+  zmlx_status st = std > 0 ? zmlx_array_random_normal(c->device, c->dtype, ndim, shape,
+                                                      c->seed * 1000003u + (uint64_t)i, 0, std,
+                                                      &lm->params[i])
+                           : zmlx_array_full(c->device, c->dtype, ndim, shape, fill, &lm->params[i]);
+  if (st == ZMLX_OK) lm->n_params++;
+  return st;
+}
+
+static zmlx_status add_layer_params(zmlx_lm *lm, int l) {
+  const zmlx_lm_config *c = &lm->cfg;
+  const int64_t D = c->dim, hd = c->dim / c->heads, F = c->ffn_dim, E = c->experts;
+  const double std = 0.02, out_std = 0.02 / sqrt(2.0 * c->layers);
+  char n[48];
+  int64_t d1[1] = {D}, wq[2] = {D, c->heads * hd}, wkv[2] = {D, c->kv_heads * hd};
+  int64_t wo[2] = {c->heads * hd, D};
+#define P(suffix, nd, shape, s, f)                                        \
+  do {                                                                    \
+    snprintf(n, sizeof n, "layers.%d.%s", l, suffix);                     \
+    ZMLX_CHECK(add_param(lm, n, nd, shape, s, f));                        \
+  } while (0)
+  P("attn_norm", 1, d1, 0, 1);
+  P("wq", 2, wq, std, 0);
+  P("wk", 2, wkv, std, 0);
+  P("wv", 2, wkv, std, 0);
+  P("wo", 2, wo, out_std, 0);
+  P("ffn_norm", 1, d1, 0, 1);
+  if (E) {
+    int64_t router[2] = {E, D}, w13[3] = {E, F, D}, w2[3] = {E, D, F};
+    P("router", 2, router, std, 0);
+    P("w1", 3, w13, std, 0);
+    P("w3", 3, w13, std, 0);
+    P("w2", 3, w2, out_std, 0);
+  } else {
+    int64_t w13[2] = {D, F}, w2[2] = {F, D};
+    P("w1", 2, w13, std, 0);
+    P("w3", 2, w13, std, 0);
+    P("w2", 2, w2, out_std, 0);
+  }
+#undef P
+  return ZMLX_OK;
+}
+
+static zmlx_status add_all_params(zmlx_lm *lm) {
+  const zmlx_lm_config *c = &lm->cfg;
+  int64_t emb[2] = {c->vocab, c->dim}, d1[1] = {c->dim}, head[2] = {c->dim, c->vocab};
+  ZMLX_CHECK(add_param(lm, "embed", 2, emb, 0.02, 0));
+  for (int l = 0; l < c->layers; l++) {
+    lm->layer_first[l] = lm->n_params;
+    ZMLX_CHECK(add_layer_params(lm, l));
+  }
+  lm->final_norm = lm->n_params;
+  ZMLX_CHECK(add_param(lm, "norm", 1, d1, 0, 1));
+  return add_param(lm, "head", 2, head, 0.02, 0);
+}
+
+zmlx_status zmlx_lm_create(const zmlx_lm_config *cfg, zmlx_lm **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  zmlx_lm_config c;
+  ZMLX_CHECK(resolve_config(cfg, &c));
+  zmlx_lm *lm = calloc(1, sizeof *lm);
+  int *first = calloc((size_t)c.layers, sizeof *first);
+  if (!lm || !first) {
+    free(lm), free(first);
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  }
+  lm->cfg = c;
+  lm->layer_first = first;
+  zmlx_status st = add_all_params(lm);
+  if (st != ZMLX_OK) {
+    zmlx_lm_destroy(lm);
+    return st;
+  }
+  *out = lm;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_lm_destroy(zmlx_lm *lm) {
+  if (!lm) return ZMLX_OK;
+  for (int i = 0; i < lm->n_params; i++) zmlx_array_release(lm->params[i]);
+  free(lm->layer_first);
+  free(lm);
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_lm_get_config(const zmlx_lm *lm, zmlx_lm_config *out) {
+  ZMLX_REQUIRE_ARG(lm);
+  ZMLX_REQUIRE_ARG(out);
+  *out = lm->cfg;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_lm_parameters(const zmlx_lm *lm, int *n, zmlx_array *const **params,
+                               const char *const **names) {
+  ZMLX_REQUIRE_ARG(lm);
+  if (n) *n = lm->n_params;
+  if (params) *params = lm->params;
+  if (names) *names = lm->names;
+  return ZMLX_OK;
+}
+
+/* --------------------------------------------------------------- forward */
+
+/* out = x @ w for x [..., K] flattened to [N, K]. */
+static zmlx_status linear(zmlx_array *x, zmlx_array *w, zmlx_array **out) {
+  return zmlx_matmul(x, w, out);
+}
+
+/* *x = *x + y (both released/replaced; y released). */
+static zmlx_status residual(zmlx_array **x, zmlx_array *y) {
+  zmlx_array *sum = NULL;
+  zmlx_status st = zmlx_add(*x, y, &sum);
+  zmlx_array_release(y);
+  if (st != ZMLX_OK) return st;
+  zmlx_array_release(*x);
+  *x = sum;
+  return ZMLX_OK;
+}
+
+static zmlx_status reshape4(zmlx_array *a, int64_t B, int64_t S, int64_t H, int64_t hd,
+                            zmlx_array **out) {
+  int64_t sh[4] = {B, S, H, hd};
+  return zmlx_reshape(a, 4, sh, out);
+}
+
+zmlx_status zmlxi_lm_attention_block(zmlx_lm *lm, zmlx_array *const *p, int l, int64_t B,
+                                     int64_t S, zmlx_array *x, zmlx_array **out) {
+  const zmlx_lm_config *c = &lm->cfg;
+  const int64_t hd = c->dim / c->heads;
+  zmlx_array *const *w = p + lm->layer_first[l];
+  zmlx_array *h = NULL, *q = NULL, *k = NULL, *v = NULL, *q4 = NULL, *k4 = NULL, *v4 = NULL;
+  zmlx_array *qr = NULL, *kr = NULL, *a = NULL, *a2 = NULL;
+  int64_t flat[2] = {B * S, c->heads * hd};
+  zmlx_rope_opts rope = {.layout = ZMLX_ROPE_BSHD, .base = c->rope_base};
+  zmlx_attention_opts ao = {.struct_size = sizeof ao, .layout = ZMLX_ATTN_BSHD, .causal = 1};
+  zmlx_status st = zmlx_rmsnorm(x, w[LM_ATTN_NORM], c->norm_eps, &h);
+  if (st == ZMLX_OK) st = linear(h, w[LM_WQ], &q);
+  if (st == ZMLX_OK) st = linear(h, w[LM_WK], &k);
+  if (st == ZMLX_OK) st = linear(h, w[LM_WV], &v);
+  if (st == ZMLX_OK) st = reshape4(q, B, S, c->heads, hd, &q4);
+  if (st == ZMLX_OK) st = reshape4(k, B, S, c->kv_heads, hd, &k4);
+  if (st == ZMLX_OK) st = reshape4(v, B, S, c->kv_heads, hd, &v4);
+  if (st == ZMLX_OK) st = zmlx_rope_qk(q4, k4, &rope, &qr, &kr);
+  if (st == ZMLX_OK) st = zmlx_attention(qr, kr, v4, &ao, &a, NULL);
+  if (st == ZMLX_OK) st = zmlx_reshape(a, 2, flat, &a2);
+  if (st == ZMLX_OK) st = linear(a2, w[LM_WO], out);
+  zmlx_array *tmp[] = {h, q, k, v, q4, k4, v4, qr, kr, a, a2};
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) zmlx_array_release(tmp[i]);
+  return st;
+}
+
+zmlx_status zmlxi_lm_ffn_block(zmlx_lm *lm, zmlx_array *const *p, int l, zmlx_array *x,
+                               zmlx_array **out) {
+  const zmlx_lm_config *c = &lm->cfg;
+  zmlx_array *const *w = p + lm->layer_first[l];
+  zmlx_array *h = NULL, *g = NULL, *u = NULL, *a = NULL;
+  zmlx_status st = zmlx_rmsnorm(x, w[LM_FFN_NORM], c->norm_eps, &h);
+  if (st == ZMLX_OK && c->experts) {
+    zmlx_moe_opts mo = {.struct_size = sizeof mo};
+    mo.gate.k = c->top_k;
+    mo.gate.scoring = ZMLX_MOE_SOFTMAX_TOPK;
+    mo.gate.renormalize = 1;
+    st = zmlx_moe(h, w[LM_ROUTER], w[LM_W1], w[LM_W3], w[LM_W2], &mo, out);
+  } else if (st == ZMLX_OK) {
+    const int dense = LM_ROUTER; /* a dense layer has no router: w1 sits in its slot */
+    st = linear(h, w[dense], &g);
+    if (st == ZMLX_OK) st = linear(h, w[dense + 1], &u);
+    if (st == ZMLX_OK) st = zmlx_swiglu(g, u, &a);
+    if (st == ZMLX_OK) st = linear(a, w[dense + 2], out);
+  }
+  zmlx_array_release(h), zmlx_array_release(g), zmlx_array_release(u), zmlx_array_release(a);
+  return st;
+}
+
+/* Hidden states [B S, dim] after every layer, before the final norm. */
+static zmlx_status hidden(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *tokens,
+                          zmlx_array **out) {
+  char sh[96];
+  if (!tokens || tokens->ndim != 2 || tokens->dtype != ZMLX_I32)
+    return zmlxi_fail(tokens ? ZMLX_ERR_SHAPE : ZMLX_ERR_NULL_ARG, "zmlx_lm: tokens must be "
+                     "[batch, seq] i32, got %s %s", tokens ? zmlxi_shape_str(sh, sizeof sh,
+                     tokens->ndim, tokens->shape) : "NULL", tokens ? zmlx_dtype_name(tokens->dtype) : "");
+  const int64_t B = tokens->shape[0], S = tokens->shape[1];
+  int64_t flat[2] = {B * S, lm->cfg.dim};
+  zmlx_array *e = NULL, *x = NULL;
+  zmlx_status st = zmlx_embedding(p[LM_EMBED], tokens, &e);
+  if (st == ZMLX_OK) st = zmlx_reshape(e, 2, flat, &x);
+  zmlx_array_release(e);
+  for (int l = 0; l < lm->cfg.layers && st == ZMLX_OK; l++) {
+    zmlx_array *y = NULL;
+    st = zmlxi_lm_attention_block(lm, p, l, B, S, x, &y);
+    if (st == ZMLX_OK) st = residual(&x, y);
+    y = NULL;
+    if (st == ZMLX_OK) st = zmlxi_lm_ffn_block(lm, p, l, x, &y);
+    if (st == ZMLX_OK) st = residual(&x, y);
+  }
+  if (st != ZMLX_OK) {
+    zmlx_array_release(x);
+    return st;
+  }
+  *out = x;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlxi_lm_head(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *x, zmlx_array **logits) {
+  zmlx_array *h = NULL;
+  zmlx_status st = zmlx_rmsnorm(x, p[lm->final_norm], lm->cfg.norm_eps, &h);
+  if (st == ZMLX_OK) st = linear(h, p[lm->final_norm + 1], logits);
+  zmlx_array_release(h);
+  return st;
+}
+
+zmlx_status zmlx_lm_logits(zmlx_lm *lm, zmlx_array *const *params, zmlx_array *tokens,
+                           zmlx_array **logits) {
+  ZMLX_REQUIRE_ARG(logits);
+  *logits = NULL;
+  ZMLX_REQUIRE_ARG(lm);
+  zmlx_array *const *p = params ? params : lm->params;
+  zmlx_array *x = NULL, *flat = NULL;
+  ZMLX_CHECK(hidden(lm, p, tokens, &x));
+  zmlx_status st = zmlxi_lm_head(lm, p, x, &flat);
+  int64_t sh[3] = {tokens->shape[0], tokens->shape[1], lm->cfg.vocab};
+  if (st == ZMLX_OK) st = zmlx_reshape(flat, 3, sh, logits);
+  zmlx_array_release(x), zmlx_array_release(flat);
+  return st;
+}
+
+zmlx_status zmlx_lm_loss(zmlx_lm *lm, zmlx_array *const *params, zmlx_array *tokens,
+                         zmlx_array *targets, zmlx_array **loss) {
+  char a[96], b[96];
+  ZMLX_REQUIRE_ARG(loss);
+  *loss = NULL;
+  ZMLX_REQUIRE_ARG(lm);
+  ZMLX_REQUIRE_ARG(tokens);
+  ZMLX_REQUIRE_ARG(targets);
+  if (targets->ndim != tokens->ndim || targets->size != tokens->size)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_lm_loss: targets %s do not match tokens %s",
+                     zmlxi_shape_str(a, sizeof a, targets->ndim, targets->shape),
+                     zmlxi_shape_str(b, sizeof b, tokens->ndim, tokens->shape));
+  zmlx_array *const *p = params ? params : lm->params;
+  zmlx_array *x = NULL, *logits = NULL, *t = NULL;
+  ZMLX_CHECK(hidden(lm, p, tokens, &x));
+  int64_t n = targets->size;
+  zmlx_status st = zmlxi_lm_head(lm, p, x, &logits);
+  if (st == ZMLX_OK) st = zmlx_array_reshape(targets, 1, &n, &t);
+  if (st == ZMLX_OK) st = zmlx_cross_entropy(logits, t, NULL, loss, NULL);
+  zmlx_array_release(x), zmlx_array_release(logits), zmlx_array_release(t);
+  return st;
+}
+
+typedef struct loss_ctx {
+  zmlx_lm *lm;
+  zmlx_array *tokens, *targets;
+} loss_ctx;
+
+static zmlx_status loss_fn(void *ud, zmlx_array *const *in, int n, zmlx_array **out) {
+  (void)n;
+  loss_ctx *c = ud;
+  return zmlx_lm_loss(c->lm, in, c->tokens, c->targets, out);
+}
+
+zmlx_status zmlx_lm_value_and_grad(zmlx_lm *lm, zmlx_array *tokens, zmlx_array *targets,
+                                   zmlx_array **loss, zmlx_array **grads) {
+  ZMLX_REQUIRE_ARG(lm);
+  ZMLX_REQUIRE_ARG(grads);
+  loss_ctx c = {lm, tokens, targets};
+  return zmlx_value_and_grad(loss_fn, &c, lm->params, lm->n_params, NULL, 0, loss, grads);
+}

@@ -1,0 +1,212 @@
+/* The language model (src/nn/lm.c) on every device: the loss at
+ * initialisation is ln(vocab) (near-zero logits), the gradient of every
+ * parameter against central finite differences along random directions
+ * (a dense model and an MoE one with k = experts, so no routing choice can
+ * flip under the step), 20 AdamW steps that fit a fixed batch, and bad
+ * input. Each layer's op is checked against f64 references by the catalog
+ * (test_catalog); generation through the paged cache by test_lm_decode. */
+#include "test_support.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DEVS 4
+
+static void for_each_device(void (*fn)(zmlx_device *)) {
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (nd == 0) skip();
+  for (int d = 0; d < nd; d++) fn(devs[d]);
+}
+
+static zmlx_lm_config tiny(zmlx_device *dev, int experts, int top_k) {
+  zmlx_lm_config c = {.struct_size = sizeof c, .vocab = 13, .dim = 16, .layers = 2, .heads = 4,
+                      .kv_heads = 2, .ffn_dim = 12, .experts = experts, .top_k = top_k,
+                      .seed = zt_seed(), .device = dev};
+  return c;
+}
+
+/* tokens and next-token targets [B, S] from a seeded stream of ids */
+static void batch(zmlx_device *dev, int B, int S, int vocab, uint64_t seed, zmlx_array **tokens,
+                  zmlx_array **targets) {
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)(B * (S + 1)));
+  int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * S)), *tgt = malloc(sizeof(int32_t) * (size_t)(B * S));
+  uint64_t s = seed | 1;
+  for (int i = 0; i < B * (S + 1); i++) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    ids[i] = (int32_t)(s % (uint64_t)vocab);
+  }
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < S; t++) {
+      tok[b * S + t] = ids[b * (S + 1) + t];
+      tgt[b * S + t] = ids[b * (S + 1) + t + 1];
+    }
+  int64_t sh[2] = {B, S};
+  ZT_OK(zmlx_array_from_host(dev, ZMLX_I32, 2, sh, tok, tokens));
+  ZT_OK(zmlx_array_from_host(dev, ZMLX_I32, 2, sh, tgt, targets));
+  free(ids), free(tok), free(tgt);
+}
+
+static double loss_of(zmlx_lm *lm, zmlx_array *const *params, zmlx_array *tok, zmlx_array *tgt) {
+  zmlx_array *loss = NULL;
+  double v = NAN;
+  ZT_OK(zmlx_lm_loss(lm, params, tok, tgt, &loss));
+  ZT_OK(zmlx_array_item(loss, 0, &v));
+  zmlx_array_release(loss);
+  return v;
+}
+
+static void initial_loss(zmlx_device *dev) {
+  zmlx_lm_config c = tiny(dev, 4, 2);
+  zmlx_lm *lm = NULL;
+  zmlx_array *tok = NULL, *tgt = NULL, *logits = NULL;
+  ZT_OK(zmlx_lm_create(&c, &lm));
+  batch(dev, 3, 9, c.vocab, 7, &tok, &tgt);
+  double l = loss_of(lm, NULL, tok, tgt);
+  if (!(fabs(l - log(13.0)) < 0.05)) fail_msg("initial loss %g, expected ln(13) = %g", l, log(13.0));
+  ZT_OK(zmlx_lm_logits(lm, NULL, tok, &logits));
+  assert_int_equal(zmlx_array_ndim(logits), 3);
+  assert_int_equal(zmlx_array_shape(logits)[2], 13);
+  zmlx_array_release(logits), zmlx_array_release(tok), zmlx_array_release(tgt);
+  zmlx_lm_destroy(lm);
+}
+
+/* d loss along direction d: analytic (grads . d) vs central differences. */
+static void directional_check(zmlx_device *dev, int experts, int top_k) {
+  zmlx_lm_config c = tiny(dev, experts, top_k);
+  zmlx_lm *lm = NULL;
+  zmlx_array *tok = NULL, *tgt = NULL, *loss = NULL;
+  ZT_OK(zmlx_lm_create(&c, &lm));
+  batch(dev, 2, 7, c.vocab, 11, &tok, &tgt);
+  int n = 0;
+  zmlx_array *const *params = NULL;
+  ZT_OK(zmlx_lm_parameters(lm, &n, &params, NULL));
+  zmlx_array **grads = calloc((size_t)n, sizeof *grads), **plus = calloc((size_t)n, sizeof *plus);
+  zmlx_array **minus = calloc((size_t)n, sizeof *minus);
+  ZT_OK(zmlx_lm_value_and_grad(lm, tok, tgt, &loss, grads));
+  uint64_t rng = zt_seed() ^ 0xD1CEu;
+  for (int dir = 0; dir < 3; dir++) {
+    double analytic = 0;
+    double **p = calloc((size_t)n, sizeof *p);
+    float **d = calloc((size_t)n, sizeof *d);
+    for (int i = 0; i < n; i++) {
+      double *g = zt_download(grads[i]);
+      int64_t m = zmlx_array_size(params[i]);
+      p[i] = zt_download(params[i]);
+      d[i] = malloc(sizeof(float) * (size_t)m);
+      zt_fill_uniform(d[i], (size_t)m, -1, 1, &rng);
+      for (int64_t j = 0; j < m; j++) analytic += g[j] * d[i][j];
+      free(g);
+    }
+    /* central differences at h and h/2, Richardson-extrapolated: the h^2
+     * truncation cancels, leaving O(h^4) and f32 rounding u32 |L| / h */
+    double D[2];
+    for (int k = 0; k < 2; k++) {
+      const double h = k ? 1e-3 : 2e-3;
+      for (int i = 0; i < n; i++) {
+        int64_t m = zmlx_array_size(params[i]);
+        float *pp = malloc(sizeof(float) * (size_t)m), *pm = malloc(sizeof(float) * (size_t)m);
+        for (int64_t j = 0; j < m; j++) {
+          pp[j] = (float)(p[i][j] + h * d[i][j]);
+          pm[j] = (float)(p[i][j] - h * d[i][j]);
+        }
+        plus[i] = zt_array(dev, ZMLX_F32, zmlx_array_ndim(params[i]), zmlx_array_shape(params[i]), pp);
+        minus[i] = zt_array(dev, ZMLX_F32, zmlx_array_ndim(params[i]), zmlx_array_shape(params[i]), pm);
+        free(pp), free(pm);
+      }
+      D[k] = (loss_of(lm, plus, tok, tgt) - loss_of(lm, minus, tok, tgt)) / (2 * h);
+      for (int i = 0; i < n; i++) zmlx_array_release(plus[i]), zmlx_array_release(minus[i]);
+    }
+    double numeric = (4 * D[1] - D[0]) / 3;
+    double tol = 1e-3 * (1 + fabs(numeric));
+    if (getenv("ZMLX_LM_DEBUG"))
+      print_message("experts %d dir %d: %.7g vs %.7g (h: %.7g)\n", experts, dir, analytic, numeric, D[1]);
+    if (!(fabs(analytic - numeric) <= tol))
+      fail_msg("experts %d: direction %d: analytic %.6g vs finite differences %.6g (tol %.2g)",
+               experts, dir, analytic, numeric, tol);
+    for (int i = 0; i < n; i++) free(p[i]), free(d[i]);
+    free(p), free(d);
+  }
+  for (int i = 0; i < n; i++) zmlx_array_release(grads[i]);
+  free(grads), free(plus), free(minus);
+  zmlx_array_release(loss), zmlx_array_release(tok), zmlx_array_release(tgt);
+  zmlx_lm_destroy(lm);
+}
+
+static void gradients_dense(zmlx_device *dev) { directional_check(dev, 0, 0); }
+static void gradients_moe(zmlx_device *dev) { directional_check(dev, 3, 3); }
+
+static void fits_a_batch(zmlx_device *dev) {
+  zmlx_lm_config c = tiny(dev, 4, 2);
+  zmlx_lm *lm = NULL;
+  zmlx_adamw *opt = NULL;
+  zmlx_array *tok = NULL, *tgt = NULL;
+  ZT_OK(zmlx_lm_create(&c, &lm));
+  batch(dev, 4, 12, c.vocab, 5, &tok, &tgt);
+  int n = 0;
+  zmlx_array *const *params = NULL;
+  ZT_OK(zmlx_lm_parameters(lm, &n, &params, NULL));
+  ZT_OK(zmlx_adamw_create(params, n, NULL, &opt));
+  zmlx_array **grads = calloc((size_t)n, sizeof *grads);
+  double first = 0, last = 0;
+  for (int step = 0; step < 20; step++) {
+    zmlx_array *loss = NULL;
+    ZT_OK(zmlx_lm_value_and_grad(lm, tok, tgt, &loss, grads));
+    double v;
+    ZT_OK(zmlx_array_item(loss, 0, &v));
+    if (step == 0) first = v;
+    last = v;
+    ZT_OK(zmlx_adamw_update(opt, grads, n, 1e-2, NULL));
+    for (int i = 0; i < n; i++) zmlx_array_release(grads[i]);
+    zmlx_array_release(loss);
+  }
+  if (!(last < 0.7 * first)) fail_msg("20 steps on one batch: loss %g -> %g", first, last);
+  free(grads);
+  zmlx_adamw_destroy(opt);
+  zmlx_array_release(tok), zmlx_array_release(tgt);
+  zmlx_lm_destroy(lm);
+}
+
+static void bad_input(zmlx_device *dev) {
+  zmlx_lm *lm = NULL;
+  zmlx_lm_config c = tiny(dev, 4, 2);
+  c.heads = 3;
+  ZT_FAILS(zmlx_lm_create(&c, &lm), ZMLX_ERR_INVALID_ARG, "heads must divide dim");
+  assert_null(lm);
+  c = tiny(dev, 4, 5);
+  ZT_FAILS(zmlx_lm_create(&c, &lm), ZMLX_ERR_INVALID_ARG, "top_k 5 with 4 experts");
+  c = tiny(dev, 4, 2);
+  c.struct_size = 3;
+  ZT_FAILS(zmlx_lm_create(&c, &lm), ZMLX_ERR_INVALID_ARG, "struct_size");
+  ZT_FAILS(zmlx_lm_create(NULL, &lm), ZMLX_ERR_NULL_ARG, NULL);
+  c = tiny(dev, 4, 2);
+  ZT_OK(zmlx_lm_create(&c, &lm));
+  zmlx_array *tok = NULL, *tgt = NULL, *loss = NULL, *f = NULL, *short_tgt = NULL;
+  batch(dev, 2, 5, c.vocab, 3, &tok, &tgt);
+  int64_t sh[2] = {2, 5}, sh4[2] = {2, 4};
+  ZT_OK(zmlx_array_zeros(dev, ZMLX_F32, 2, sh, &f));
+  ZT_OK(zmlx_array_zeros(dev, ZMLX_I32, 2, sh4, &short_tgt));
+  ZT_FAILS(zmlx_lm_loss(lm, NULL, f, tgt, &loss), ZMLX_ERR_SHAPE, "tokens must be [batch, seq] i32");
+  ZT_FAILS(zmlx_lm_loss(lm, NULL, tok, short_tgt, &loss), ZMLX_ERR_SHAPE, "[2, 4]");
+  assert_null(loss);
+  zmlx_array_release(tok), zmlx_array_release(tgt), zmlx_array_release(f);
+  zmlx_array_release(short_tgt);
+  ZT_OK(zmlx_lm_destroy(lm));
+  ZT_OK(zmlx_lm_destroy(NULL));
+}
+
+static void test_initial_loss(void **s) { (void)s; for_each_device(initial_loss); }
+static void test_gradients_dense(void **s) { (void)s; for_each_device(gradients_dense); }
+static void test_gradients_moe(void **s) { (void)s; for_each_device(gradients_moe); }
+static void test_fits_a_batch(void **s) { (void)s; for_each_device(fits_a_batch); }
+static void test_bad_input(void **s) { (void)s; for_each_device(bad_input); }
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_initial_loss),    cmocka_unit_test(test_gradients_dense),
+      cmocka_unit_test(test_gradients_moe),   cmocka_unit_test(test_fits_a_batch),
+      cmocka_unit_test(test_bad_input),
+  };
+  return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
+}
