@@ -32,8 +32,11 @@ build-asan: deps
 	  $(CMAKE_ARGS) >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
+# `zmlx demo`: trains a small MoE language model on the licence texts under
+# /usr/share/common-licenses and samples from it (DEMO_ARGS: more flags).
+DEMO_ARGS ?=
 demo: build
-	./$(BUILD)/example_softmax_demo
+	./$(BUILD)/zmlx demo $(DEMO_ARGS)
 
 # The full suite: every test program in the normal build, then again under
 # AddressSanitizer + UndefinedBehaviorSanitizer, then `make fuzz` for

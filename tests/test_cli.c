@@ -689,6 +689,36 @@ static void test_unusable_cache_dir(void **state) {
   expect_contains(info.out, "disk       off: cannot create the cache directory", "zmlx info");
 }
 
+/* `zmlx demo` end to end at the tiny config: it trains (the validation loss
+ * falls), samples the requested bytes and prints its JSON summary; bad
+ * options are usage errors, a missing corpus a failure that says so. */
+static void test_demo_tiny(void **state) {
+  (void)state;
+  if (!cli_built()) skip();
+  const char *backends[4];
+  if (eval_backends(backends, 4) == 0) skip();
+  cli_run r = RUN("demo", "--backend", backends[0], "--config", "tiny", "--steps", "20", "--json",
+                  "--seed", "3");
+  expect_status(&r, 0, "demo --config tiny");
+  const char *v = strstr(r.out, "\"val_loss\": [");
+  if (!v) fail_msg("no val_loss in:\n%s", r.out);
+  double first = 0, last = 0;
+  assert_int_equal(sscanf(v, "\"val_loss\": [%lf, %lf]", &first, &last), 2);
+  if (!(first > 5.0 && last < first - 0.5))
+    fail_msg("validation loss %g -> %g: not falling\n%s", first, last, r.err);
+  expect_contains(r.out, "\"sample\": \"", "the generated text");
+  expect_contains(r.err, "step 20/20", "progress lines when stderr is not a TTY");
+  run_free(&r);
+  r = RUN("demo", "--config", "nope");
+  expect_status(&r, 2, "demo --config nope");
+  expect_contains(r.err, "unknown config 'nope'", "the bad config named");
+  run_free(&r);
+  r = RUN("demo", "--backend", backends[0], "--config", "tiny", "--corpus", "/nonexistent-zmlx");
+  expect_status(&r, 1, "demo --corpus missing");
+  expect_contains(r.err, "/nonexistent-zmlx", "the corpus named");
+  run_free(&r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_help_and_usage_errors, free_pending),
@@ -701,6 +731,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_eval_out_of_memory, free_pending),
       cmocka_unit_test_teardown(test_emit_body_file_default, free_pending),
       cmocka_unit_test_teardown(test_check_paths, free_pending),
+      cmocka_unit_test_teardown(test_demo_tiny, free_pending),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

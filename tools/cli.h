@@ -64,6 +64,8 @@ int zmlx_cmd_check(const cli_command *self, int argc, char **argv); /* tools/cmd
 extern const char zmlx_check_usage[];
 int zmlx_cmd_bench(const cli_command *self, int argc, char **argv); /* tools/cmd_bench.c */
 extern const char zmlx_bench_usage[];
+int zmlx_cmd_demo(const cli_command *self, int argc, char **argv); /* tools/cmd_demo.c */
+extern const char zmlx_demo_usage[];
 extern const char zmlx_emit_usage[];
 extern const char zmlx_eval_usage[];
 extern const char zmlx_functions_usage[];

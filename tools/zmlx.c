@@ -157,6 +157,8 @@ static const cli_command top_commands[] = {
      zmlx_check_usage, zmlx_cmd_check, NULL},
     {"bench", "time the catalog ops at LLM shapes against the copy bandwidth",
      zmlx_bench_usage, zmlx_cmd_bench, NULL},
+    {"demo", "train a small MoE language model on this machine's licence texts, then sample",
+     zmlx_demo_usage, zmlx_cmd_demo, NULL},
     {"cache", "inspect or clear the compiled-kernel cache", NULL, NULL, &zmlx_cache_group},
     {"version", "print the version",
      "usage: zmlx version\n       zmlx --version\n\nPrint the version of zmlx.\n", cmd_version,

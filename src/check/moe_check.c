@@ -210,11 +210,12 @@ done:
 /* zmlx_moe_experts with indices outside [0, E) (-1, E): such a pair is
  * routed nowhere and adds nothing, in the per-pair and the grouped form. */
 static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) {
+  /* grouped 2: the library-GEMM form (f32) */
   const int64_t T = 7, E = 8, H = 32, I = 48;
   const int k = 2;
   char name[96];
-  snprintf(name, sizeof name, "T%lld E%lld k%d, indices -1 and E, %s rows", (long long)T,
-           (long long)E, k, grouped ? "grouped" : "pair");
+  snprintf(name, sizeof name, "T%lld E%lld k%d, indices -1 and E, %s", (long long)T,
+           (long long)E, k, grouped == 2 ? "library gemm" : grouped ? "grouped rows" : "pair rows");
   double *hx = malloc(sizeof(double) * (size_t)(T * H)), *h1 = malloc(sizeof(double) * (size_t)(E * I * H));
   double *h3 = malloc(sizeof(double) * (size_t)(E * I * H)), *h2 = malloc(sizeof(double) * (size_t)(E * H * I));
   double *want = calloc((size_t)(T * H), sizeof(double)), *mag = calloc((size_t)(T * H), sizeof(double));
@@ -234,8 +235,10 @@ static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) 
   if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_I32, 2, ps, ix, &aix);
   if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, ps, w, &aw);
   setenv("ZMLX_MOE_GROUPED", grouped ? "1" : "0", 1);
+  setenv("ZMLX_MOE_GEMM", grouped == 2 ? "1" : "0", 1);
   if (st == ZMLX_OK) st = zmlx_moe_experts(ax, aw, aix, a1, a3, a2, &y);
   unsetenv("ZMLX_MOE_GROUPED");
+  unsetenv("ZMLX_MOE_GEMM");
   if (st == ZMLX_OK) st = zck_download(y, &got);
   if (st == ZMLX_OK) {
     for (int64_t p = 0; p < T * k; p++) {
@@ -279,8 +282,19 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
   layer_case_run(o, &cases[1], &rng, info.native_simd ? " thread rows" : " simd rows");
   layer_case_run(o, &cases[3], &rng, info.native_simd ? " thread rows" : " simd rows");
   unsetenv("ZMLX_MOE_SIMD_ROWS");
+  /* f32 batches with few experts go through the GEMM library where the
+   * device has one: the fused kernels' grouped rows on the same case, and
+   * the library on a case with many experts */
+  if (o->dtype == ZMLX_F32) {
+    setenv("ZMLX_MOE_GEMM", "0", 1);
+    layer_case_run(o, &cases[4], &rng, " kernel rows");
+    setenv("ZMLX_MOE_GEMM", "1", 1);
+    layer_case_run(o, &cases[2], &rng, " library gemm");
+    unsetenv("ZMLX_MOE_GEMM");
+  }
   unrouted_case(o, 0, &rng);
   unrouted_case(o, 1, &rng);
+  if (o->dtype == ZMLX_F32) unrouted_case(o, 2, &rng);
   return ZMLX_OK;
 }
 
