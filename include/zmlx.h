@@ -993,6 +993,23 @@ ZMLX_API zmlx_status zmlx_lm_loss(zmlx_lm *lm, zmlx_array *const *params, zmlx_a
 ZMLX_API zmlx_status zmlx_lm_value_and_grad(zmlx_lm *lm, zmlx_array *tokens, zmlx_array *targets,
                                             zmlx_array **loss, zmlx_array **grads);
 
+/** A KV cache shaped for the model (layers, kv heads, head_dim, its dtype):
+ *  num_blocks blocks of block_size (8, 16 or 32) tokens. */
+ZMLX_API zmlx_status zmlx_lm_kv_cache_create(const zmlx_lm *lm, int64_t num_blocks,
+                                             int block_size, zmlx_kv_cache **out);
+/** Run tokens [n] (i32) of sequence seq through the model after what the
+ *  cache already holds for it: each layer's keys (rotated) and values are
+ *  written into the cache and the queries attend causally over the whole
+ *  sequence. *logits: [1, vocab] of the last token. */
+ZMLX_API zmlx_status zmlx_lm_prefill(zmlx_lm *lm, zmlx_kv_cache *cache, int64_t seq,
+                                     zmlx_array *tokens, zmlx_array **logits);
+/** One decode step for distinct sequences seqs[0 .. n) with one new token
+ *  each (tokens [n] i32): their keys and values are appended and
+ *  PagedAttention reads each context through its block table; the MoE runs
+ *  its decode path. *logits: [n, vocab]. */
+ZMLX_API zmlx_status zmlx_lm_decode(zmlx_lm *lm, zmlx_kv_cache *cache, const int64_t *seqs,
+                                    zmlx_array *tokens, zmlx_array **logits);
+
 /* ------------------------------------------------------------- AdamW */
 /* Fused AdamW (PyTorch's torch.optim.AdamW semantics: decoupled weight
  * decay, bias correction; no amsgrad, no maximize): per element

@@ -4,7 +4,8 @@
  * (a dense model and an MoE one with k = experts, so no routing choice can
  * flip under the step), 20 AdamW steps that fit a fixed batch, and bad
  * input. Each layer's op is checked against f64 references by the catalog
- * (test_catalog); generation through the paged cache by test_lm_decode. */
+ * (test_catalog). Generation through the paged cache (prefill, batched
+ * decode) against recomputing each whole sequence. */
 #include "test_support.h"
 
 #include <math.h>
@@ -168,6 +169,122 @@ static void fits_a_batch(zmlx_device *dev) {
   zmlx_lm_destroy(lm);
 }
 
+/* Logits of the last position of ctx[0 .. len) by recomputing the whole
+ * sequence (zmlx_lm_logits): the reference generation is checked against. */
+static void recompute_last(zmlx_lm *lm, zmlx_device *dev, const int32_t *ctx, int len, float *out,
+                           int vocab) {
+  int64_t sh[2] = {1, len};
+  zmlx_array *tok = NULL, *logits = NULL;
+  ZT_OK(zmlx_array_from_host(dev, ZMLX_I32, 2, sh, ctx, &tok));
+  ZT_OK(zmlx_lm_logits(lm, NULL, tok, &logits));
+  float *all = malloc(sizeof(float) * (size_t)(len * vocab));
+  ZT_OK(zmlx_array_to_host(logits, all, sizeof(float) * (size_t)(len * vocab)));
+  memcpy(out, all + (size_t)(len - 1) * (size_t)vocab, sizeof(float) * (size_t)vocab);
+  free(all);
+  zmlx_array_release(tok), zmlx_array_release(logits);
+}
+
+static int argmax(const float *v, int n) {
+  int b = 0;
+  for (int i = 1; i < n; i++)
+    if (v[i] > v[b]) b = i;
+  return b;
+}
+
+static void expect_logits(const float *got, const float *want, int n, const char *what, int step) {
+  double scale = 0;
+  for (int i = 0; i < n; i++) scale = fmax(scale, fabs(want[i]));
+  for (int i = 0; i < n; i++)
+    if (!(fabs(got[i] - want[i]) <= 2e-5 + 1e-4 * scale))
+      fail_msg("%s step %d: logit %d %.7g, recomputed %.7g", what, step, i, got[i], want[i]);
+}
+
+/* Greedy generation through the paged cache (prefill + batched decode of
+ * two sequences of different lengths, across block boundaries) gives the
+ * logits, and so the tokens, of recomputing each whole sequence. */
+static void decode_matches_recompute(zmlx_device *dev) {
+  zmlx_lm_config c = tiny(dev, 4, 2);
+  c.layers = 2;
+  zmlx_lm *lm = NULL;
+  zmlx_kv_cache *cache = NULL;
+  zmlx_adamw *opt = NULL;
+  zmlx_array *tok = NULL, *tgt = NULL;
+  ZT_OK(zmlx_lm_create(&c, &lm));
+  /* a few steps, so the logits are not all near zero */
+  int n = 0;
+  zmlx_array *const *params = NULL;
+  ZT_OK(zmlx_lm_parameters(lm, &n, &params, NULL));
+  ZT_OK(zmlx_adamw_create(params, n, NULL, &opt));
+  zmlx_array **grads = calloc((size_t)n, sizeof *grads);
+  batch(dev, 4, 12, c.vocab, 9, &tok, &tgt);
+  for (int step = 0; step < 8; step++) {
+    zmlx_array *loss = NULL;
+    ZT_OK(zmlx_lm_value_and_grad(lm, tok, tgt, &loss, grads));
+    ZT_OK(zmlx_adamw_update(opt, grads, n, 3e-2, NULL));
+    for (int i = 0; i < n; i++) zmlx_array_release(grads[i]);
+    zmlx_array_release(loss);
+  }
+  free(grads);
+  zmlx_adamw_destroy(opt);
+  zmlx_array_release(tok), zmlx_array_release(tgt);
+
+  ZT_OK(zmlx_lm_kv_cache_create(lm, 16, 8, &cache));
+  enum { STEPS = 12, V = 13 };
+  int32_t ctx[2][64];
+  int len[2] = {5, 11};
+  int64_t seqs[2];
+  float got[2 * V], want[V];
+  uint64_t s = zt_seed() | 1;
+  for (int q = 0; q < 2; q++) {
+    for (int t = 0; t < len[q]; t++) {
+      s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+      ctx[q][t] = (int32_t)(s % V);
+    }
+    int64_t sh = len[q];
+    zmlx_array *p = NULL, *logits = NULL;
+    ZT_OK(zmlx_kv_cache_add_sequence(cache, &seqs[q]));
+    ZT_OK(zmlx_array_from_host(dev, ZMLX_I32, 1, &sh, ctx[q], &p));
+    ZT_OK(zmlx_lm_prefill(lm, cache, seqs[q], p, &logits));
+    ZT_OK(zmlx_array_to_host(logits, got, sizeof(float) * V));
+    recompute_last(lm, dev, ctx[q], len[q], want, V);
+    expect_logits(got, want, V, "prefill", q);
+    ctx[q][len[q]++] = argmax(got, V);
+    zmlx_array_release(p), zmlx_array_release(logits);
+  }
+  for (int step = 0; step < STEPS; step++) {
+    int32_t last[2] = {ctx[0][len[0] - 1], ctx[1][len[1] - 1]};
+    int64_t two = 2;
+    zmlx_array *t = NULL, *logits = NULL;
+    ZT_OK(zmlx_array_from_host(dev, ZMLX_I32, 1, &two, last, &t));
+    ZT_OK(zmlx_lm_decode(lm, cache, seqs, t, &logits));
+    ZT_OK(zmlx_array_to_host(logits, got, sizeof(float) * 2 * V));
+    for (int q = 0; q < 2; q++) {
+      recompute_last(lm, dev, ctx[q], len[q], want, V);
+      expect_logits(got + q * V, want, V, q ? "decode (seq 1)" : "decode (seq 0)", step);
+      if (argmax(got + q * V, V) != argmax(want, V))
+        fail_msg("decode step %d seq %d: greedy token %d, recomputed %d", step, q,
+                 argmax(got + q * V, V), argmax(want, V));
+      ctx[q][len[q]++] = argmax(got + q * V, V);
+    }
+    zmlx_array_release(t), zmlx_array_release(logits);
+  }
+  int64_t l0 = 0;
+  ZT_OK(zmlx_kv_cache_length(cache, seqs[0], &l0));
+  assert_int_equal(l0, len[0] - 1); /* the last sampled token is not in the cache yet */
+  /* bad input: the same sequence twice, tokens of the wrong dtype */
+  int64_t dup[2] = {seqs[0], seqs[0]}, two = 2;
+  float ft[2] = {1, 2};
+  zmlx_array *t = NULL, *tf = NULL, *logits = NULL;
+  ZT_OK(zmlx_array_from_host(dev, ZMLX_I32, 1, &two, ctx[0], &t));
+  ZT_OK(zmlx_array_from_host(dev, ZMLX_F32, 1, &two, ft, &tf));
+  ZT_FAILS(zmlx_lm_decode(lm, cache, dup, t, &logits), ZMLX_ERR_INVALID_ARG, "appears twice");
+  ZT_FAILS(zmlx_lm_decode(lm, cache, seqs, tf, &logits), ZMLX_ERR_SHAPE, "[n] i32");
+  assert_null(logits);
+  zmlx_array_release(t), zmlx_array_release(tf);
+  zmlx_kv_cache_destroy(cache);
+  zmlx_lm_destroy(lm);
+}
+
 static void bad_input(zmlx_device *dev) {
   zmlx_lm *lm = NULL;
   zmlx_lm_config c = tiny(dev, 4, 2);
@@ -201,12 +318,16 @@ static void test_gradients_dense(void **s) { (void)s; for_each_device(gradients_
 static void test_gradients_moe(void **s) { (void)s; for_each_device(gradients_moe); }
 static void test_fits_a_batch(void **s) { (void)s; for_each_device(fits_a_batch); }
 static void test_bad_input(void **s) { (void)s; for_each_device(bad_input); }
+static void test_decode_matches_recompute(void **s) {
+  (void)s;
+  for_each_device(decode_matches_recompute);
+}
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_initial_loss),    cmocka_unit_test(test_gradients_dense),
       cmocka_unit_test(test_gradients_moe),   cmocka_unit_test(test_fits_a_batch),
-      cmocka_unit_test(test_bad_input),
+      cmocka_unit_test(test_bad_input),       cmocka_unit_test(test_decode_matches_recompute),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -249,11 +249,12 @@ static void print_summary(const demo_run *r) {
            "\"experts\": %d, \"top_k\": %d, \"ffn_dim\": %d},\n"
            " \"train_loss\": [%.4f, %.4f], \"val_loss\": [%.4f, %.4f],\n"
            " \"train_tokens_per_s\": %.1f, \"train_seconds\": %.2f,\n"
-           " \"decode_tokens_per_s\": %.1f, \"sample\": \"",
+           " \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, \"sample\": \"",
            zmlx_backend_name(zmlx_device_backend(r->dev)), r->cfg->name, r->steps,
            (unsigned long long)r->seed, m->dim, m->layers, m->heads, m->kv_heads, m->experts,
            m->top_k, m->ffn_dim, r->loss_first, r->loss_last, r->val_first, r->val_last,
-           r->train_tokens_per_s, r->train_seconds, r->decode_tokens_per_s);
+           r->train_tokens_per_s, r->train_seconds, r->prefill_tokens_per_s,
+           r->decode_tokens_per_s);
     for (const char *p = r->sample; *p; p++) {
       if (*p == '"' || *p == '\\') printf("\\%c", *p);
       else if ((unsigned char)*p < 32) printf("\\u%04x", (unsigned char)*p);
@@ -269,7 +270,8 @@ static void print_summary(const demo_run *r) {
          r->steps);
   printf("validation loss   %.3f -> %.3f nats/byte\n", r->val_first, r->val_last);
   printf("training          %.0f tokens/s, %.1f s\n", r->train_tokens_per_s, r->train_seconds);
-  printf("decode            %.1f tokens/s\n", r->decode_tokens_per_s);
+  printf("generation        prefill %.0f tokens/s, decode %.1f tokens/s (paged KV cache)\n",
+         r->prefill_tokens_per_s, r->decode_tokens_per_s);
   printf("sample            %s%s\n", r->prompt, r->sample);
 }
 

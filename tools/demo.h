@@ -59,7 +59,8 @@ int demo_read_corpus(const char *dir, demo_corpus *c);
 /* One point of the loss curves. */
 void demo_curve_add(demo_run *r, int step, double loss, double val);
 /* r->sample: cfg->sample_bytes sampled after r->prompt (temperature 0.8,
- * top-k 40, seeded), with the decode rate in r->decode_tokens_per_s. */
+ * top-k 40, seeded) through the paged KV cache (zmlx_lm_prefill, then
+ * zmlx_lm_decode), with the prefill and decode rates. */
 zmlx_status demo_generate(demo_run *r);
 
 #endif

@@ -1,6 +1,6 @@
-/* `zmlx demo`'s text generation: the prompt's bytes, then one byte at a
- * time sampled (temperature, top-k, seeded) from the model's last-position
- * logits, by recomputing the whole window each step. */
+/* `zmlx demo`'s text generation through the paged KV cache: the prompt
+ * prefilled, then one byte at a time sampled (temperature 0.8, top-k 40,
+ * seeded) from the decode step's logits. Also the loss-curve points. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,38 +43,63 @@ static int sample_byte(const float *logits, double temperature, int k, uint64_t 
   return idx[k - 1];
 }
 
+static double seconds_since(const struct timespec *t0) {
+  struct timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return (double)(t1.tv_sec - t0->tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0->tv_nsec);
+}
+
+/* The next byte from logits [1, 256] on the device. */
+static zmlx_status sample_from(zmlx_array *logits, uint64_t *rng, int *b) {
+  float host[256];
+  DEMO_TRY(zmlx_array_to_host(logits, host, sizeof host));
+  *b = sample_byte(host, 0.8, 40, rng);
+  return ZMLX_OK;
+}
+
+/* The prompt through zmlx_lm_prefill (keys and values into the paged cache),
+ * then one byte at a time through zmlx_lm_decode (PagedAttention, the MoE
+ * decode path). */
 zmlx_status demo_generate(demo_run *r) {
-  const int window = r->cfg->seq, n_new = r->cfg->sample_bytes;
+  const int n_new = r->cfg->sample_bytes, block = 16;
   const size_t plen = strlen(r->prompt);
-  int32_t *ctx = malloc(sizeof(int32_t) * (plen + (size_t)n_new + 1));
-  float *logits = malloc(sizeof(float) * 256 * (size_t)window);
+  int32_t *prompt = malloc(sizeof(int32_t) * (plen ? plen : 1));
   r->sample = calloc((size_t)n_new + 1, 1);
-  if (!ctx || !logits || !r->sample) {
-    free(ctx), free(logits);
-    return ZMLX_ERR_OUT_OF_MEMORY;
+  if (!prompt || !r->sample || plen == 0) {
+    free(prompt);
+    return plen ? ZMLX_ERR_OUT_OF_MEMORY : ZMLX_ERR_INVALID_ARG;
   }
-  for (size_t i = 0; i < plen; i++) ctx[i] = (unsigned char)r->prompt[i];
-  int len = (int)plen;
+  for (size_t i = 0; i < plen; i++) prompt[i] = (unsigned char)r->prompt[i];
+  zmlx_kv_cache *cache = NULL;
+  zmlx_array *tok = NULL, *logits = NULL;
+  int64_t seq = 0, n = (int64_t)plen;
   uint64_t rng = r->seed * 0x2545F4914F6CDD1DULL + 7;
-  zmlx_status st = ZMLX_OK;
-  struct timespec t0, t1;
+  struct timespec t0;
+  int b = 0;
+  zmlx_status st = zmlx_lm_kv_cache_create(r->lm, ((int64_t)plen + n_new) / block + 2, block,
+                                           &cache);
+  if (st == ZMLX_OK) st = zmlx_kv_cache_add_sequence(cache, &seq);
+  if (st == ZMLX_OK) st = zmlx_array_from_host(r->dev, ZMLX_I32, 1, &n, prompt, &tok);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  if (st == ZMLX_OK) st = zmlx_lm_prefill(r->lm, cache, seq, tok, &logits);
+  if (st == ZMLX_OK) st = sample_from(logits, &rng, &b);
+  r->prefill_tokens_per_s = (double)plen / seconds_since(&t0);
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (int step = 0; step < n_new && st == ZMLX_OK; step++) {
-    int start = len > window ? len - window : 0, S = len - start;
-    int64_t sh[2] = {1, S};
-    zmlx_array *tok = NULL, *out = NULL;
-    st = zmlx_array_from_host(r->dev, ZMLX_I32, 2, sh, ctx + start, &tok);
-    if (st == ZMLX_OK) st = zmlx_lm_logits(r->lm, NULL, tok, &out);
-    if (st == ZMLX_OK) st = zmlx_array_to_host(out, logits, sizeof(float) * 256 * (size_t)S);
-    zmlx_array_release(tok), zmlx_array_release(out);
-    if (st != ZMLX_OK) break;
-    int b = sample_byte(logits + 256 * (size_t)(S - 1), 0.8, 40, &rng);
-    ctx[len++] = b;
     r->sample[step] = (char)(b >= 32 && b < 127 ? b : b == '\n' ? '\n' : '?');
+    if (step + 1 == n_new) break;
+    int64_t one = 1;
+    int32_t last = b;
+    zmlx_array_release(tok), zmlx_array_release(logits);
+    tok = logits = NULL;
+    st = zmlx_array_from_host(r->dev, ZMLX_I32, 1, &one, &last, &tok);
+    if (st == ZMLX_OK) st = zmlx_lm_decode(r->lm, cache, &seq, tok, &logits);
+    if (st == ZMLX_OK) st = sample_from(logits, &rng, &b);
   }
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-  r->decode_tokens_per_s = s > 0 ? n_new / s : 0;
-  free(ctx), free(logits);
+  double s = seconds_since(&t0);
+  r->decode_tokens_per_s = s > 0 ? (n_new - 1) / s : 0;
+  zmlx_array_release(tok), zmlx_array_release(logits);
+  zmlx_kv_cache_destroy(cache);
+  free(prompt);
   return st;
 }
