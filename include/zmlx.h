@@ -1010,6 +1010,15 @@ ZMLX_API zmlx_status zmlx_lm_prefill(zmlx_lm *lm, zmlx_kv_cache *cache, int64_t 
 ZMLX_API zmlx_status zmlx_lm_decode(zmlx_lm *lm, zmlx_kv_cache *cache, const int64_t *seqs,
                                     zmlx_array *tokens, zmlx_array **logits);
 
+/** The parameters as a safetensors file (Hugging Face's format; readable by
+ *  Python's `safetensors`), with the configuration in its __metadata__
+ *  ("zmlx.config"). Written to PATH.tmp and renamed: never half a file. */
+ZMLX_API zmlx_status zmlx_lm_save(const zmlx_lm *lm, const char *path);
+/** A model from a file zmlx_lm_save wrote, on dev (NULL: the default
+ *  device). A truncated or corrupt file, or one whose tensors do not match
+ *  its configuration, is refused with a message naming what is wrong. */
+ZMLX_API zmlx_status zmlx_lm_load(const char *path, zmlx_device *dev, zmlx_lm **out);
+
 /* ------------------------------------------------------------- AdamW */
 /* Fused AdamW (PyTorch's torch.optim.AdamW semantics: decoupled weight
  * decay, bias correction; no amsgrad, no maximize): per element

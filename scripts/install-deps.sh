@@ -13,6 +13,8 @@ packages=(
   libclblast-dev                      # CLBlast: the library GEMM of OpenCL devices
   libdlpack-dev                       # DLPack header for zero-copy exchange
   libcmocka-dev                       # C test framework
+  libjansson-dev                      # JSON: the header of safetensors checkpoints
+  libcairo2-dev                       # drawing: zmlx demo's loss-curve PNG
   libclang-rt-14-dev                  # sanitizer and libFuzzer runtimes for clang
   python3-dev python3-venv            # the Python extension (python/) and its test venv
 )

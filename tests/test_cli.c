@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "test_support.h"
@@ -690,16 +691,29 @@ static void test_unusable_cache_dir(void **state) {
 }
 
 /* `zmlx demo` end to end at the tiny config: it trains (the validation loss
- * falls), samples the requested bytes and prints its JSON summary; bad
- * options are usage errors, a missing corpus a failure that says so. */
+ * falls), writes its checkpoint and loss plot, samples the requested bytes
+ * and prints its JSON summary; bad options are usage errors, a missing
+ * corpus a failure that says so. */
 static void test_demo_tiny(void **state) {
   (void)state;
   if (!cli_built()) skip();
   const char *backends[4];
   if (eval_backends(backends, 4) == 0) skip();
+  char out[128], file[192];
+  snprintf(out, sizeof out, "/tmp/zmlx_test_cli_demo_%d", (int)getpid());
   cli_run r = RUN("demo", "--backend", backends[0], "--config", "tiny", "--steps", "20", "--json",
-                  "--seed", "3");
+                  "--seed", "3", "--out", out);
   expect_status(&r, 0, "demo --config tiny");
+  const char *files[2] = {"model.safetensors", "loss.png"};
+  /* a build without cairo draws no plot and says so in the summary */
+  const int n_files = strstr(r.out, "\"plot\": \"\"") ? 1 : 2;
+  for (int i = 0; i < n_files; i++) {
+    snprintf(file, sizeof file, "%s/%s", out, files[i]);
+    struct stat sb;
+    if (stat(file, &sb) != 0 || sb.st_size < 100) fail_msg("demo wrote no %s", file);
+    remove(file);
+  }
+  rmdir(out);
   const char *v = strstr(r.out, "\"val_loss\": [");
   if (!v) fail_msg("no val_loss in:\n%s", r.out);
   double first = 0, last = 0;

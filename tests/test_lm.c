@@ -10,7 +10,9 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_DEVS 4
 
@@ -285,6 +287,95 @@ static void decode_matches_recompute(zmlx_device *dev) {
   zmlx_lm_destroy(lm);
 }
 
+/* A file's bytes, and writing bytes back. */
+static unsigned char *slurp(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  *n = (size_t)ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char *b = malloc(*n);
+  assert_int_equal(fread(b, 1, *n, f), *n);
+  fclose(f);
+  return b;
+}
+
+static void spit(const char *path, const unsigned char *b, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(b, 1, n, f), n);
+  fclose(f);
+}
+
+/* zmlx_lm_save then zmlx_lm_load: the same configuration, every parameter
+ * bit for bit, the same logits; truncated and corrupted files refused with
+ * a message naming the problem. */
+static void checkpoint_round_trip(zmlx_device *dev) {
+  zmlx_lm_config c = tiny(dev, 4, 2);
+  zmlx_lm *lm = NULL, *back = NULL;
+  ZT_OK(zmlx_lm_create(&c, &lm));
+  char path[256], bad[256];
+  snprintf(path, sizeof path, "/tmp/zmlx_test_lm_%d.safetensors", (int)getpid());
+  snprintf(bad, sizeof bad, "/tmp/zmlx_test_lm_%d_bad.safetensors", (int)getpid());
+  ZT_OK(zmlx_lm_save(lm, path));
+  ZT_OK(zmlx_lm_load(path, dev, &back));
+  zmlx_lm_config c2;
+  ZT_OK(zmlx_lm_get_config(back, &c2));
+  assert_int_equal(c2.dim, c.dim);
+  assert_int_equal(c2.experts, c.experts);
+  assert_int_equal(c2.kv_heads, c.kv_heads);
+  int n = 0, n2 = 0;
+  zmlx_array *const *pa = NULL, *const *pb = NULL;
+  const char *const *names = NULL;
+  ZT_OK(zmlx_lm_parameters(lm, &n, &pa, &names));
+  ZT_OK(zmlx_lm_parameters(back, &n2, &pb, NULL));
+  assert_int_equal(n, n2);
+  for (int i = 0; i < n; i++) {
+    size_t bytes = zmlx_array_nbytes(pa[i]);
+    assert_int_equal(bytes, zmlx_array_nbytes(pb[i]));
+    unsigned char *x = malloc(bytes), *y = malloc(bytes);
+    ZT_OK(zmlx_array_to_host(pa[i], x, bytes));
+    ZT_OK(zmlx_array_to_host(pb[i], y, bytes));
+    if (memcmp(x, y, bytes)) fail_msg("parameter %s differs after the round trip", names[i]);
+    free(x), free(y);
+  }
+  zmlx_lm_destroy(back);
+  back = NULL;
+
+  size_t len = 0;
+  unsigned char *file = slurp(path, &len);
+  /* truncated data */
+  spit(bad, file, len - 100);
+  ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_INVALID_ARG, "truncated or corrupt");
+  /* truncated inside the header */
+  spit(bad, file, 40);
+  ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_INVALID_ARG, "the header claims");
+  /* not JSON */
+  unsigned char *copy = malloc(len);
+  memcpy(copy, file, len);
+  copy[8] = '[';
+  copy[9] = '}';
+  spit(bad, copy, len);
+  ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_INVALID_ARG, "bad JSON header");
+  /* a tensor of another shape than the configuration's */
+  memcpy(copy, file, len);
+  char *hit = strstr((char *)copy + 8, "\"embed\":{\"dtype\":\"F32\",\"shape\":[13,");
+  assert_non_null(hit);
+  hit[strlen("\"embed\":{\"dtype\":\"F32\",\"shape\":[") + 1] = '2'; /* 13 -> 12 */
+  spit(bad, copy, len);
+  ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_SHAPE, "tensor 'embed'");
+  /* a huge header length */
+  memcpy(copy, file, len);
+  copy[6] = 0x7f;
+  spit(bad, copy, len);
+  ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_INVALID_ARG, "the header claims");
+  ZT_FAILS(zmlx_lm_load("/nonexistent/zmlx.safetensors", dev, &back), ZMLX_ERR_IO, "cannot open");
+  assert_null(back);
+  free(copy), free(file);
+  remove(path), remove(bad);
+  zmlx_lm_destroy(lm);
+}
+
 static void bad_input(zmlx_device *dev) {
   zmlx_lm *lm = NULL;
   zmlx_lm_config c = tiny(dev, 4, 2);
@@ -318,6 +409,10 @@ static void test_gradients_dense(void **s) { (void)s; for_each_device(gradients_
 static void test_gradients_moe(void **s) { (void)s; for_each_device(gradients_moe); }
 static void test_fits_a_batch(void **s) { (void)s; for_each_device(fits_a_batch); }
 static void test_bad_input(void **s) { (void)s; for_each_device(bad_input); }
+static void test_checkpoint_round_trip(void **s) {
+  (void)s;
+  for_each_device(checkpoint_round_trip);
+}
 static void test_decode_matches_recompute(void **s) {
   (void)s;
   for_each_device(decode_matches_recompute);
@@ -328,6 +423,7 @@ int main(void) {
       cmocka_unit_test(test_initial_loss),    cmocka_unit_test(test_gradients_dense),
       cmocka_unit_test(test_gradients_moe),   cmocka_unit_test(test_fits_a_batch),
       cmocka_unit_test(test_bad_input),       cmocka_unit_test(test_decode_matches_recompute),
+      cmocka_unit_test(test_checkpoint_round_trip),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -1,9 +1,13 @@
 /* `zmlx demo`: the main job. Trains a small byte-level MoE transformer
  * (zmlx_lm: zmlx's own kernels and autograd, the fused AdamW) on the
  * licence texts every Debian machine ships, holding out a validation split,
- * with a progress line; then samples text from a prompt. The summary goes
- * to stdout (a table, or JSON with --json). */
+ * with a progress line; saves the weights (safetensors) and the loss
+ * curves (PNG), reloads the checkpoint and samples text from a prompt
+ * through the paged KV cache. The summary goes to stdout (a table, or JSON
+ * with --json). */
 #include <dirent.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +37,7 @@ const char zmlx_demo_usage[] =
     "  --batch N     sequences per step (default: the config's)\n"
     "  --lr X        peak learning rate (default: the config's)\n"
     "  --seed N      weights, batches and sampling (default 1)\n"
-    "  --out DIR     where the summary JSON goes (default zmlx-demo)\n"
+    "  --out DIR     where model.safetensors and loss.png go (default zmlx-demo)\n"
     "  --corpus DIR  training text (default /usr/share/common-licenses)\n"
     "  --prompt T    generation prompt (default \"Permission is hereby granted\")\n"
     "  --json        print the summary as JSON instead of a table\n";
@@ -210,6 +214,7 @@ static zmlx_status train(demo_run *r) {
   zmlx_status st = grads ? validation_loss(r->dev, r->lm, &r->corpus, cfg, &r->val_first)
                          : ZMLX_ERR_OUT_OF_MEMORY;
   r->val_last = r->val_first;
+  demo_curve_add(r, 0, NAN, r->val_first);
   double t0 = now_s(), tokens = 0;
   for (int step = 0; step < r->steps && st == ZMLX_OK; step++) {
     zmlx_array *tok = NULL, *tgt = NULL, *loss = NULL;
@@ -249,12 +254,13 @@ static void print_summary(const demo_run *r) {
            "\"experts\": %d, \"top_k\": %d, \"ffn_dim\": %d},\n"
            " \"train_loss\": [%.4f, %.4f], \"val_loss\": [%.4f, %.4f],\n"
            " \"train_tokens_per_s\": %.1f, \"train_seconds\": %.2f,\n"
-           " \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, \"sample\": \"",
+           " \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f,\n"
+           " \"checkpoint\": \"%s\", \"plot\": \"%s\", \"prompt_bytes\": %d, \"sample\": \"",
            zmlx_backend_name(zmlx_device_backend(r->dev)), r->cfg->name, r->steps,
            (unsigned long long)r->seed, m->dim, m->layers, m->heads, m->kv_heads, m->experts,
            m->top_k, m->ffn_dim, r->loss_first, r->loss_last, r->val_first, r->val_last,
            r->train_tokens_per_s, r->train_seconds, r->prefill_tokens_per_s,
-           r->decode_tokens_per_s);
+           r->decode_tokens_per_s, r->checkpoint, r->plot, r->prompt_used);
     for (const char *p = r->sample; *p; p++) {
       if (*p == '"' || *p == '\\') printf("\\%c", *p);
       else if ((unsigned char)*p < 32) printf("\\u%04x", (unsigned char)*p);
@@ -272,7 +278,34 @@ static void print_summary(const demo_run *r) {
   printf("training          %.0f tokens/s, %.1f s\n", r->train_tokens_per_s, r->train_seconds);
   printf("generation        prefill %.0f tokens/s, decode %.1f tokens/s (paged KV cache)\n",
          r->prefill_tokens_per_s, r->decode_tokens_per_s);
-  printf("sample            %s%s\n", r->prompt, r->sample);
+  printf("checkpoint        %s (safetensors)\n", r->checkpoint);
+  printf("loss curves       %s\n", r->plot[0] ? r->plot : "(not drawn)");
+  printf("sample            %.*s%s\n", r->prompt_used, r->prompt, r->sample);
+}
+
+/* ------------------------------------------------------------- outputs */
+
+/* The weights as out/model.safetensors, read back for the generation (the
+ * round trip a user of the checkpoint relies on), and out/loss.png. */
+static zmlx_status save_outputs(demo_run *r) {
+  if (mkdir(r->out_dir, 0755) != 0 && errno != EEXIST) {
+    fprintf(stderr, "%s: cannot create %s: %s\n", cli_path(), r->out_dir, strerror(errno));
+    return ZMLX_ERR_IO;
+  }
+  snprintf(r->checkpoint, sizeof r->checkpoint, "%s/model.safetensors", r->out_dir);
+  DEMO_TRY(zmlx_lm_save(r->lm, r->checkpoint));
+  zmlx_lm *loaded = NULL;
+  DEMO_TRY(zmlx_lm_load(r->checkpoint, r->dev, &loaded));
+  zmlx_lm_destroy(r->lm);
+  r->lm = loaded;
+  snprintf(r->plot, sizeof r->plot, "%s/loss.png", r->out_dir);
+  int p = demo_plot(r, r->plot);
+  if (p != 0) {
+    fprintf(stderr, "%s: no loss plot: %s\n", cli_path(),
+            p > 0 ? "zmlx was built without cairo (libcairo2-dev)" : "cairo could not write it");
+    r->plot[0] = '\0';
+  }
+  return ZMLX_OK;
 }
 
 /* -------------------------------------------------------------- command */
@@ -349,6 +382,7 @@ int zmlx_cmd_demo(const cli_command *self, int argc, char **argv) {
           r.corpus.n - r.corpus.n_train, r.steps);
   zmlx_status st = zmlx_lm_create(&mc, &r.lm);
   if (st == ZMLX_OK) st = train(&r);
+  if (st == ZMLX_OK) st = save_outputs(&r);
   if (st == ZMLX_OK) st = demo_generate(&r);
   if (st == ZMLX_OK) print_summary(&r);
   else fprintf(stderr, "%s: %s: %s\n", cli_path(), zmlx_status_string(st), zmlx_last_error());

@@ -49,6 +49,8 @@ typedef struct demo_run {
   double train_seconds, train_tokens_per_s;
   double prefill_tokens_per_s, decode_tokens_per_s;
   char *sample; /* generated text after the prompt (malloc'ed) */
+  int prompt_used; /* bytes of the prompt the model saw (at most half its window) */
+  char checkpoint[4096], plot[4096]; /* files written ("" when not) */
   demo_point *curve;
   int n_curve, cap_curve;
 } demo_run;
@@ -62,5 +64,8 @@ void demo_curve_add(demo_run *r, int step, double loss, double val);
  * top-k 40, seeded) through the paged KV cache (zmlx_lm_prefill, then
  * zmlx_lm_decode), with the prefill and decode rates. */
 zmlx_status demo_generate(demo_run *r);
+/* The loss curves as a PNG at path (cairo): 0, 1 when built without
+ * cairo, -1 when drawing or writing failed. */
+int demo_plot(const demo_run *r, const char *path);
 
 #endif

@@ -57,49 +57,73 @@ static zmlx_status sample_from(zmlx_array *logits, uint64_t *rng, int *b) {
   return ZMLX_OK;
 }
 
+/* Prefill ctx[from, to) into a fresh sequence of the cache (the previous
+ * one, if any, freed): its keys and values at positions 0 .. to - from. */
+static zmlx_status refill(demo_run *r, zmlx_kv_cache *cache, int64_t *seq, const int32_t *ctx,
+                          int from, int to, zmlx_array **logits) {
+  zmlx_array *tok = NULL;
+  int64_t n = to - from;
+  if (*seq >= 0) DEMO_TRY(zmlx_kv_cache_free_sequence(cache, *seq));
+  DEMO_TRY(zmlx_kv_cache_add_sequence(cache, seq));
+  DEMO_TRY(zmlx_array_from_host(r->dev, ZMLX_I32, 1, &n, ctx + from, &tok));
+  zmlx_status st = zmlx_lm_prefill(r->lm, cache, *seq, tok, logits);
+  zmlx_array_release(tok);
+  return st;
+}
+
 /* The prompt through zmlx_lm_prefill (keys and values into the paged cache),
  * then one byte at a time through zmlx_lm_decode (PagedAttention, the MoE
- * decode path). */
+ * decode path). The model was trained on windows of cfg->seq bytes, so
+ * positions stay below that: when the context fills the window its last
+ * half is prefilled into a fresh sequence and decoding goes on from there. */
 zmlx_status demo_generate(demo_run *r) {
-  const int n_new = r->cfg->sample_bytes, block = 16;
-  const size_t plen = strlen(r->prompt);
-  int32_t *prompt = malloc(sizeof(int32_t) * (plen ? plen : 1));
+  const int n_new = r->cfg->sample_bytes, window = r->cfg->seq, block = 16;
+  size_t plen = strlen(r->prompt);
+  if (plen == 0) return ZMLX_ERR_INVALID_ARG;
+  if (plen > (size_t)window / 2) plen = (size_t)window / 2; /* the prompt's first bytes */
+  r->prompt_used = (int)plen;
+  int32_t *ctx = malloc(sizeof(int32_t) * (plen + (size_t)n_new + 1));
   r->sample = calloc((size_t)n_new + 1, 1);
-  if (!prompt || !r->sample || plen == 0) {
-    free(prompt);
-    return plen ? ZMLX_ERR_OUT_OF_MEMORY : ZMLX_ERR_INVALID_ARG;
+  if (!ctx || !r->sample) {
+    free(ctx);
+    return ZMLX_ERR_OUT_OF_MEMORY;
   }
-  for (size_t i = 0; i < plen; i++) prompt[i] = (unsigned char)r->prompt[i];
+  for (size_t i = 0; i < plen; i++) ctx[i] = (unsigned char)r->prompt[i];
   zmlx_kv_cache *cache = NULL;
   zmlx_array *tok = NULL, *logits = NULL;
-  int64_t seq = 0, n = (int64_t)plen;
+  int64_t seq = -1;
+  int len = (int)plen, start = 0, b = 0; /* the cache holds ctx[start, len) */
   uint64_t rng = r->seed * 0x2545F4914F6CDD1DULL + 7;
   struct timespec t0;
-  int b = 0;
-  zmlx_status st = zmlx_lm_kv_cache_create(r->lm, ((int64_t)plen + n_new) / block + 2, block,
-                                           &cache);
-  if (st == ZMLX_OK) st = zmlx_kv_cache_add_sequence(cache, &seq);
-  if (st == ZMLX_OK) st = zmlx_array_from_host(r->dev, ZMLX_I32, 1, &n, prompt, &tok);
+  zmlx_status st = zmlx_lm_kv_cache_create(r->lm, window / block + 2, block, &cache);
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  if (st == ZMLX_OK) st = zmlx_lm_prefill(r->lm, cache, seq, tok, &logits);
+  if (st == ZMLX_OK) st = refill(r, cache, &seq, ctx, 0, len, &logits);
   if (st == ZMLX_OK) st = sample_from(logits, &rng, &b);
   r->prefill_tokens_per_s = (double)plen / seconds_since(&t0);
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (int step = 0; step < n_new && st == ZMLX_OK; step++) {
     r->sample[step] = (char)(b >= 32 && b < 127 ? b : b == '\n' ? '\n' : '?');
+    ctx[len++] = b;
     if (step + 1 == n_new) break;
-    int64_t one = 1;
-    int32_t last = b;
-    zmlx_array_release(tok), zmlx_array_release(logits);
-    tok = logits = NULL;
-    st = zmlx_array_from_host(r->dev, ZMLX_I32, 1, &one, &last, &tok);
-    if (st == ZMLX_OK) st = zmlx_lm_decode(r->lm, cache, &seq, tok, &logits);
+    zmlx_array_release(logits);
+    logits = NULL;
+    if (len - start > window - 1) { /* the window is full: keep its last half */
+      start = len - window / 2;
+      st = refill(r, cache, &seq, ctx, start, len, &logits);
+    } else {
+      int64_t one = 1;
+      int32_t last = b;
+      zmlx_array_release(tok);
+      tok = NULL;
+      st = zmlx_array_from_host(r->dev, ZMLX_I32, 1, &one, &last, &tok);
+      if (st == ZMLX_OK) st = zmlx_lm_decode(r->lm, cache, &seq, tok, &logits);
+    }
     if (st == ZMLX_OK) st = sample_from(logits, &rng, &b);
   }
   double s = seconds_since(&t0);
   r->decode_tokens_per_s = s > 0 ? (n_new - 1) / s : 0;
   zmlx_array_release(tok), zmlx_array_release(logits);
   zmlx_kv_cache_destroy(cache);
-  free(prompt);
+  free(ctx);
   return st;
 }

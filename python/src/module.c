@@ -20,7 +20,7 @@ PyMODINIT_FUNC PyInit__core(void) {
   if (!m) return NULL;
   if (zpy_add_array(m) < 0 || zpy_add_ops(m) < 0 || zpy_add_autograd(m) < 0 ||
       zpy_add_kernel(m) < 0 || zpy_add_catalog(m) < 0 || zpy_add_kvcache(m) < 0 ||
-      zpy_add_nn(m) < 0 ||
+      zpy_add_nn(m) < 0 || zpy_add_lm(m) < 0 ||
       add_functions(m, zpy_array_functions) < 0 || add_functions(m, zpy_ops_functions) < 0 ||
       add_functions(m, zpy_autograd_functions) < 0 || add_functions(m, zpy_kernel_functions) < 0 ||
       add_functions(m, zpy_catalog_functions) < 0 || add_functions(m, zpy_stream_functions) < 0 ||

@@ -600,3 +600,29 @@ def test_embedding_rows_and_gradient(rng):
         if 0 <= i < V:
             want_dt[i] += g.reshape(-1, D)[t]
     close(dt.numpy(), want_dt)
+
+
+def test_language_model_checkpoint_read_by_safetensors(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    from safetensors import safe_open
+    lm = zmlx.LanguageModel(dim=16, layers=2, heads=4, ffn_dim=12, kv_heads=2, experts=4, top_k=2,
+                            vocab=13, seed=SEED)
+    path = str(tmp_path / "model.safetensors")
+    lm.save(path)
+    ours = {k: v.numpy() for k, v in lm.parameters().items()}
+    theirs = st.load_file(path)
+    assert sorted(theirs) == sorted(ours)
+    for name, value in ours.items():
+        np.testing.assert_array_equal(theirs[name], value)
+    with safe_open(path, framework="numpy") as f:
+        meta = f.metadata()
+    assert '"experts":4' in meta["zmlx.config"]
+    back = zmlx.LanguageModel.load(path)
+    for name, value in back.parameters().items():
+        np.testing.assert_array_equal(value.numpy(), ours[name])
+    tokens = zmlx.asarray(np.array([[1, 2, 3, 4]], dtype=np.int32))
+    np.testing.assert_array_equal(back.logits(tokens).numpy(), lm.logits(tokens).numpy())
+    (tmp_path / "bad.safetensors").write_bytes(open(path, "rb").read()[:-64])
+    with pytest.raises(zmlx.Error) as e:
+        zmlx.LanguageModel.load(str(tmp_path / "bad.safetensors"))
+    assert "truncated" in str(e.value)

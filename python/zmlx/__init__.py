@@ -28,6 +28,7 @@ from ._core import (  # noqa: F401  (re-exported)
     Kernel,
     AdamW,
     KVCache,
+    LanguageModel,
     Op,
     add,
     add_layernorm,
