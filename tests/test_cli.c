@@ -507,6 +507,21 @@ static void test_check_paths(void **state) {
   expect_contains(r.out, "zmlx_softmax_fwd[MODE=0 MASK=0 CAUSAL=0 VEC=4 XDT=0 NV=0", "vector stream");
   expect_contains(r.out, "zmlx_softmax_fwd[MODE=0 MASK=0 CAUSAL=0 VEC=0 XDT=0 NV=0", "scalar stream");
   run_free(&r);
+  /* --json: one object per row, then the tally */
+  r = RUN("check", "--backend", backends[0], "--quick", "--op", "dropout", "--dtype", "f32",
+          "--seed", "1", "--json");
+  expect_status(&r, 0, "check --json");
+  int rows = 0;
+  for (const char *line = r.out; *line; line = strchr(line, '\n') + 1) {
+    if (line[0] != '{') fail_msg("check --json: a line that is not an object:\n%s", line);
+    rows++;
+    if (!strchr(line, '\n')) break;
+  }
+  if (rows < 5) fail_msg("check --json: %d lines", rows);
+  expect_contains(r.out, "\"op\": \"dropout\", \"backend\": ", "a row object");
+  expect_contains(r.out, "\"pass\": true", "a passing row");
+  expect_contains(r.out, "{\"passed\": ", "the tally object");
+  run_free(&r);
   /* without --paths: rows only */
   r = RUN("check", "--backend", backends[0], "--quick", "--op", "softmax", "--dtype", "f32",
           "--seed", "1");

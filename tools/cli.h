@@ -51,6 +51,9 @@ const char *cli_path(void);
  * prints an error and the usage to stderr and returns 0. */
 int cli_expect_no_args(const cli_command *self, int argc, char **argv);
 
+/* s as a JSON string literal (quotes, escapes) on out. */
+void cli_json_string(FILE *out, const char *s);
+
 /* "1.5 GiB", "12.0 KiB", "17 bytes". */
 const char *cli_format_bytes(double bytes, char *buf, size_t cap);
 

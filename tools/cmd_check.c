@@ -3,7 +3,9 @@
 #include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "cli.h"
@@ -11,7 +13,7 @@
 
 const char zmlx_check_usage[] =
     "usage: zmlx check [--backend cuda|opencl] [--op GLOB] [--dtype f32|f16|bf16]\n"
-    "                  [--quick] [--seed N] [--seeds K] [--paths]\n\n"
+    "                  [--quick] [--seed N] [--seeds K] [--paths] [--json]\n\n"
     "For every op of the catalog: the forward pass against an f64 C reference on\n"
     "fresh random inputs (outputs poisoned first), at edge and LLM shapes, and the\n"
     "backward pass with the gradient checker; then bad inputs. One row per case:\n"
@@ -28,6 +30,8 @@ const char zmlx_check_usage[] =
     "  --seeds K     run the whole check K times, seeds N, N+1, ..., N+K-1, and\n"
     "                print only the failing rows, each with the seed that repeats it\n"
     "                (a tolerance sweep: kernels compile once for all K)\n"
+    "  --json        one JSON object per row (op, backend, dtype, shape, case,\n"
+    "                max_error, tolerance, pass, seed), then {\"passed\", \"failed\"}\n"
     "  --paths       under each row, the kernel variants the case launched (name,\n"
     "                template switches such as VEC and NV, threadgroup): which\n"
     "                case reaches which code path of the op\n";
@@ -36,14 +40,33 @@ typedef struct tally {
   int passed, failed;
   int failures_only; /* --seeds: print only failing rows, with their seed */
   int paths;         /* --paths: the variants each row's case launched */
+  int json;          /* --json: rows as JSON objects */
+  int progress;      /* stdout redirected, stderr a terminal: "op i/n" on stderr */
   uint64_t seed;
 } tally;
+
+static void print_json_row(const tally *t, const zmlx_check_row *r) {
+  printf("{\"op\": ");
+  cli_json_string(stdout, r->op);
+  printf(", \"backend\": \"%s\", \"dtype\": \"%s\", \"shape\": ", zmlx_backend_name(r->backend),
+         zmlx_dtype_name(r->dtype));
+  cli_json_string(stdout, r->shape);
+  printf(", \"case\": ");
+  cli_json_string(stdout, r->what);
+  printf(", \"max_error\": %.6e, \"tolerance\": %.6e, \"pass\": %s, \"seed\": %llu}\n",
+         isfinite(r->max_err) ? r->max_err : 1e308, r->tol, r->pass ? "true" : "false",
+         (unsigned long long)t->seed);
+}
 
 static void print_row(void *ctx, const zmlx_check_row *r) {
   tally *t = ctx;
   if (r->pass) t->passed++;
   else t->failed++;
   if (t->failures_only && r->pass) return;
+  if (t->json) {
+    print_json_row(t, r);
+    return;
+  }
   printf("%-18s %-8s %-5s %-28s %-12s %11.3e %10.1e  %s", r->op, zmlx_backend_name(r->backend),
          zmlx_dtype_name(r->dtype), r->shape, r->what, r->max_err, r->tol,
          r->pass ? "pass" : "FAIL");
@@ -63,7 +86,7 @@ typedef struct check_args {
   uint64_t seed;
   int seed_given;
   long seeds;
-  int paths;
+  int paths, json;
 } check_args;
 
 static int parse_args(int argc, char **argv, check_args *a) {
@@ -72,6 +95,7 @@ static int parse_args(int argc, char **argv, check_args *a) {
     int r;
     if (!strcmp(argv[i], "--quick")) a->quick = 1;
     else if (!strcmp(argv[i], "--paths")) a->paths = 1;
+    else if (!strcmp(argv[i], "--json")) a->json = 1;
     else if ((r = cli_option(argc, argv, &i, "--backend", &v))) { if (r < 0) return 0; a->backend = v; }
     else if ((r = cli_option(argc, argv, &i, "--op", &v))) { if (r < 0) return 0; a->op_glob = v; }
     else if ((r = cli_option(argc, argv, &i, "--dtype", &v))) { if (r < 0) return 0; a->dtype = v; }
@@ -117,6 +141,10 @@ static int run_checks(const check_args *a, uint64_t seed, zmlx_device *const *de
     for (int k = 0; k < n_dts; k++)
       for (int i = 0; ops[i]; i++) {
         if (a->op_glob && fnmatch(a->op_glob, ops[i]->name, 0)) continue;
+        if (t->progress)
+          fprintf(stderr, "\r[%d/%d] %-18s %-6s %-5s  %d passed, %d failed ", d * n_dts + k + 1,
+                  n_devs * n_dts, ops[i]->name, zmlx_backend_name(zmlx_device_backend(devs[d])),
+                  zmlx_dtype_name(dts[k]), t->passed, t->failed);
         zmlx_check_opts o = {.device = devs[d], .dtype = dts[k], .quick = a->quick,
                              .seed = seed + (uint64_t)i * 7919u, .emit = print_row, .ctx = t};
         zmlx_status st = ops[i]->check(&o);
@@ -150,14 +178,17 @@ int zmlx_cmd_check(const cli_command *self, int argc, char **argv) {
     return CLI_FAIL;
   }
   if (!a.seed_given) a.seed = (uint64_t)time(NULL) * 2654435761u;
-  printf("# zmlx %s check, seed %llu (--seed to repeat)%s\n", zmlx_version_string(),
-         (unsigned long long)a.seed, a.quick ? ", quick" : "");
-  if (a.seeds > 1)
-    printf("# %ld seeds from %llu: failing rows only\n", a.seeds, (unsigned long long)a.seed);
-  printf("%-18s %-8s %-5s %-28s %-12s %11s %10s  %s\n", "op", "backend", "dtype", "shape", "case",
-         "max error", "tolerance", "result");
+  if (!a.json) {
+    printf("# zmlx %s check, seed %llu (--seed to repeat)%s\n", zmlx_version_string(),
+           (unsigned long long)a.seed, a.quick ? ", quick" : "");
+    if (a.seeds > 1)
+      printf("# %ld seeds from %llu: failing rows only\n", a.seeds, (unsigned long long)a.seed);
+    printf("%-18s %-8s %-5s %-28s %-12s %11s %10s  %s\n", "op", "backend", "dtype", "shape",
+           "case", "max error", "tolerance", "result");
+  }
   if (!a.seeds) a.seeds = 1;
-  tally t = {.failures_only = a.seeds > 1, .paths = a.paths};
+  tally t = {.failures_only = a.seeds > 1, .paths = a.paths && !a.json, .json = a.json,
+             .progress = !isatty(1) && isatty(2)};
   if (a.paths) zck_launches_record(1);
   int ran = 0;
   for (long s = 0; s < a.seeds; s++) {
@@ -166,6 +197,9 @@ int zmlx_cmd_check(const cli_command *self, int argc, char **argv) {
   }
   if (!ran) fprintf(stderr, "%s: no op matches '%s'\n", cli_path(), a.op_glob ? a.op_glob : "*");
   if (a.paths) zck_launches_record(0);
-  printf("%d passed, %d failed\n", t.passed, t.failed);
+  if (t.progress) fprintf(stderr, "\r%-60s\r", "");
+  if (a.json) printf("{\"passed\": %d, \"failed\": %d, \"seed\": %llu}\n", t.passed, t.failed,
+                     (unsigned long long)a.seed);
+  else printf("%d passed, %d failed\n", t.passed, t.failed);
   return t.failed || !ran ? CLI_FAIL : CLI_OK;
 }

@@ -255,18 +255,14 @@ static void print_summary(const demo_run *r) {
            " \"train_loss\": [%.4f, %.4f], \"val_loss\": [%.4f, %.4f],\n"
            " \"train_tokens_per_s\": %.1f, \"train_seconds\": %.2f,\n"
            " \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f,\n"
-           " \"checkpoint\": \"%s\", \"plot\": \"%s\", \"prompt_bytes\": %d, \"sample\": \"",
+           " \"checkpoint\": \"%s\", \"plot\": \"%s\", \"prompt_bytes\": %d, \"sample\": ",
            zmlx_backend_name(zmlx_device_backend(r->dev)), r->cfg->name, r->steps,
            (unsigned long long)r->seed, m->dim, m->layers, m->heads, m->kv_heads, m->experts,
            m->top_k, m->ffn_dim, r->loss_first, r->loss_last, r->val_first, r->val_last,
            r->train_tokens_per_s, r->train_seconds, r->prefill_tokens_per_s,
            r->decode_tokens_per_s, r->checkpoint, r->plot, r->prompt_used);
-    for (const char *p = r->sample; *p; p++) {
-      if (*p == '"' || *p == '\\') printf("\\%c", *p);
-      else if ((unsigned char)*p < 32) printf("\\u%04x", (unsigned char)*p);
-      else putchar(*p);
-    }
-    printf("\"}\n");
+    cli_json_string(stdout, r->sample);
+    printf("}\n");
     return;
   }
   printf("backend           %s\n", zmlx_backend_name(zmlx_device_backend(r->dev)));

@@ -112,6 +112,17 @@ int cli_expect_no_args(const cli_command *self, int argc, char **argv) {
   return 0;
 }
 
+void cli_json_string(FILE *out, const char *s) {
+  fputc('"', out);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') fprintf(out, "\\%c", c);
+    else if (c < 32) fprintf(out, "\\u%04x", c);
+    else fputc(c, out);
+  }
+  fputc('"', out);
+}
+
 const char *cli_format_bytes(double bytes, char *buf, size_t cap) {
   static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
   if (bytes < 1024) {
