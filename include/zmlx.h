@@ -158,15 +158,16 @@ ZMLX_API zmlx_status zmlx_stream_create(zmlx_device *dev, zmlx_stream **out);
 ZMLX_API zmlx_status zmlx_stream_destroy(zmlx_stream *s);
 /** Block until all work queued on the stream has finished. */
 ZMLX_API zmlx_status zmlx_stream_synchronize(zmlx_stream *s);
-/** Block until the device's default stream and the calling thread's current
- *  stream (zmlx_set_current_stream) have finished their work. */
+/** Block until every stream of the device has finished its work: the
+ *  default stream and every live stream created or wrapped on it. */
 ZMLX_API zmlx_status zmlx_device_synchronize(zmlx_device *dev);
 /** Wrap a stream another library owns — a CUstream on CUDA (NULL: the legacy
  *  default stream), a cl_command_queue on OpenCL — so zmlx work can run on it
  *  (PyTorch's current stream, CuPy's). zmlx never destroys the native stream:
  *  zmlx_stream_destroy releases only the wrapper. The owner must keep the
- *  native stream alive while zmlx buffers allocated on it live, since they are
- *  freed on the stream they were allocated on. */
+ *  native stream alive while the wrapper and the zmlx buffers allocated on
+ *  it live: buffers are freed on the stream they were allocated on, and
+ *  zmlx_device_synchronize waits on every live stream. */
 ZMLX_API zmlx_status zmlx_stream_wrap(zmlx_device *dev, void *native, zmlx_stream **out);
 /** The backend's handle of a stream (CUstream / cl_command_queue). */
 ZMLX_API zmlx_status zmlx_stream_native(const zmlx_stream *s, void **native);

@@ -1290,6 +1290,68 @@ static void test_bad_inputs(void **state) {
   }
 }
 
+/* A failed reshape leaves *out NULL, like every other call (it used to be
+ * left as it was). */
+static void test_reshape_failure_clears_out(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  devices(devs);
+  int64_t sh[2] = {2, 3}, bad[2] = {4, 4};
+  zmlx_array *a = NULL, *out = (zmlx_array *)&sh; /* stale, non-NULL */
+  ZT_OK(zmlx_array_zeros(devs[0], ZMLX_F32, 2, sh, &a));
+  ZT_FAILS(zmlx_array_reshape(a, 2, bad, &out), ZMLX_ERR_SHAPE, NULL);
+  assert_null(out);
+  out = (zmlx_array *)&sh;
+  ZT_FAILS(zmlx_array_reshape(NULL, 2, bad, &out), ZMLX_ERR_NULL_ARG, NULL);
+  assert_null(out);
+  zmlx_array_release(a);
+}
+
+/* zmlx_device_synchronize waits for every stream of the device: work
+ * queued on a stream the caller created is finished when it returns, so a
+ * read on the default stream sees it. */
+static void test_device_synchronize_waits_on_every_stream(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = devices(devs);
+  const char *names[1] = {"x"};
+  zmlx_op *op = NULL;
+  ZT_OK(zmlx_elementwise("x * 2 + 1", names, 1, NULL, 0, &op));
+  for (int d = 0; d < nd; d++) {
+    enum { N = 1 << 22 };
+    int64_t n = N;
+    float *h = malloc(sizeof(float) * N), *back = malloc(sizeof(float) * N);
+    for (int i = 0; i < N; i++) h[i] = (float)(i % 1000);
+    zmlx_stream *s = NULL;
+    zmlx_array *x = NULL, *y = NULL;
+    ZT_OK(zmlx_stream_create(devs[d], &s));
+    ZT_OK(zmlx_array_from_host(devs[d], ZMLX_F32, 1, &n, h, &x));
+    ZT_OK(zmlx_op_call(op, &x, 1, NULL, s, &y));
+    ZT_OK(zmlx_device_synchronize(devs[d]));
+    ZT_OK(zmlx_array_to_host(y, back, sizeof(float) * N));
+    for (int i = 0; i < N; i++)
+      if (back[i] != h[i] * 2 + 1) fail_msg("element %d: %g after device sync, want %g", i, back[i], h[i] * 2 + 1);
+    zmlx_array_release(x), zmlx_array_release(y);
+    ZT_OK(zmlx_stream_destroy(s));
+    free(h), free(back);
+  }
+  zmlx_op_destroy(op);
+}
+
+/* After zmlx_shutdown an allocation is a status, never a crash (the
+ * device's default stream is gone). Runs last: nothing works after it. */
+static void test_allocation_after_shutdown(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  devices(devs);
+  zmlx_shutdown();
+  int64_t sh[1] = {4};
+  zmlx_array *a = NULL;
+  ZT_FAILS(zmlx_array_zeros(devs[0], ZMLX_F32, 1, sh, &a), ZMLX_ERR_NO_DEVICE, "zmlx_shutdown");
+  assert_null(a);
+  ZT_FAILS(zmlx_device_synchronize(devs[0]), ZMLX_ERR_NO_DEVICE, "zmlx_shutdown");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip),
@@ -1305,6 +1367,9 @@ int main(void) {
       cmocka_unit_test(test_to_device),
       cmocka_unit_test(test_refcount),
       cmocka_unit_test(test_bad_inputs),
+      cmocka_unit_test(test_reshape_failure_clears_out),
+      cmocka_unit_test(test_device_synchronize_waits_on_every_stream),
+      cmocka_unit_test(test_allocation_after_shutdown), /* last */
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

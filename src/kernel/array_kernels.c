@@ -122,8 +122,9 @@ zmlx_status zmlx_array_to_device(zmlx_array *a, zmlx_device *dev, zmlx_array **o
 }
 
 zmlx_status zmlx_array_reshape(zmlx_array *a, int ndim, const int64_t *shape, zmlx_array **out) {
-  ZMLX_REQUIRE_ARG(a);
   ZMLX_REQUIRE_ARG(out);
+  *out = NULL; /* like every other call: a failure leaves no stale handle */
+  ZMLX_REQUIRE_ARG(a);
   int64_t resolved[ZMLX_MAX_DIMS];
   ZMLX_CHECK(zmlxi_reshape_resolve(a, ndim, shape, resolved));
   zmlx_array *src = NULL;

@@ -100,6 +100,9 @@ zmlx_status zmlxi_array_alloc(zmlx_device *dev, zmlx_stream *s, zmlx_dtype dt, i
   ZMLX_CHECK(zmlxi_check_shape(dt, ndim, shape, &size));
   ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
   s = zmlxi_stream_or_default(s, dev);
+  if (!s) /* zmlx_shutdown released the device's streams and memory */
+    return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "device '%s': zmlx_shutdown was called; no allocation "
+                     "is possible after it", dev->info.name);
   if (dt == ZMLX_F64 && !dev->info.has_fp64)
     return zmlxi_fail(ZMLX_ERR_DTYPE, "device '%s' has no f64 support", dev->info.name);
   zmlx_array *a = array_new(dt, ndim, shape);

@@ -85,6 +85,7 @@ static zmlx_status make_device(backend_slot *slot, int index, zmlx_device *dev) 
     return st;
   }
   dev->default_stream = s;
+  pthread_mutex_init(&dev->streams_lock, NULL);
   return ZMLX_OK;
 }
 
@@ -270,8 +271,20 @@ void zmlxi_stream_retain(zmlx_stream *s) {
   if (s && !s->is_default) atomic_fetch_add(&s->refs, 1);
 }
 
+static void stream_unlist(zmlx_stream *s) {
+  zmlx_device *d = s->device;
+  pthread_mutex_lock(&d->streams_lock);
+  for (zmlx_stream **p = &d->streams; *p; p = &(*p)->next)
+    if (*p == s) {
+      *p = s->next;
+      break;
+    }
+  pthread_mutex_unlock(&d->streams_lock);
+}
+
 void zmlxi_stream_release(zmlx_stream *s) {
   if (!s || s->is_default || atomic_fetch_sub(&s->refs, 1) != 1) return;
+  stream_unlist(s);
   /* After zmlx_shutdown the backend is gone, and its streams with it. */
   if (!s->borrowed && s->device->default_stream)
     s->device->ops->stream_destroy(s->device->index, s->handle);
@@ -293,6 +306,10 @@ static zmlx_status stream_new(zmlx_device *dev, void *handle, int borrowed, zmlx
       return st;
     }
   }
+  pthread_mutex_lock(&dev->streams_lock);
+  s->next = dev->streams;
+  dev->streams = s;
+  pthread_mutex_unlock(&dev->streams_lock);
   *out = s;
   return ZMLX_OK;
 }
@@ -351,10 +368,16 @@ zmlx_status zmlx_current_stream(zmlx_device *dev, zmlx_stream **out) {
 
 zmlx_status zmlx_device_synchronize(zmlx_device *dev) {
   ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
-  /* Streams made by zmlx_stream_create are the caller's to synchronise; the
-   * default stream is the device's own, the current one the thread's. */
-  zmlx_stream *cur = zmlxi_stream_or_default(NULL, dev);
-  if (cur != dev->default_stream) ZMLX_CHECK(zmlx_stream_synchronize(cur));
+  if (!dev->default_stream)
+    return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "zmlx_device_synchronize: zmlx_shutdown was called");
+  /* every live stream of the device (created, wrapped, current), then the
+   * default one; the list lock is held so none is destroyed meanwhile */
+  zmlx_status st = ZMLX_OK;
+  pthread_mutex_lock(&dev->streams_lock);
+  for (zmlx_stream *s = dev->streams; s && st == ZMLX_OK; s = s->next)
+    st = dev->ops->stream_sync(dev->index, s->handle);
+  pthread_mutex_unlock(&dev->streams_lock);
+  if (st != ZMLX_OK) return st;
   return zmlx_stream_synchronize(dev->default_stream);
 }
 

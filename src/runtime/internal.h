@@ -8,6 +8,7 @@
 #include "zmlx.h"
 
 #include <stdarg.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -84,7 +85,11 @@ struct zmlx_device {
   int index;                 /* index within the backend */
   zmlx_device_info info;     /* filled once at init */
   char cache_identity[512];  /* arch + compiler + driver, for cache keys */
-  struct zmlx_stream *default_stream;
+  struct zmlx_stream *default_stream; /* NULL after zmlx_shutdown */
+  /* Live non-default streams (created or wrapped), for
+   * zmlx_device_synchronize; guarded by streams_lock. */
+  pthread_mutex_t streams_lock;
+  struct zmlx_stream *streams;
 };
 
 struct zmlx_stream {
@@ -93,6 +98,7 @@ struct zmlx_stream {
   int is_default;
   int borrowed;              /* zmlx_stream_wrap: the handle is not ours to destroy */
   atomic_int refs;           /* the user's, a thread's current, each buffer allocated on it */
+  struct zmlx_stream *next;  /* the device's list of live streams */
 };
 
 /* The stream to use: `s` if given, else the calling thread's current stream
