@@ -422,8 +422,138 @@ static void test_clear_disk(void **state) {
   assert_int_equal(entries, 0);
 }
 
+/* ------------------------------------------------------------- faults */
+
+/* Run this test binary as a child with `mode` and the environment given
+ * (NAME=VALUE strings, NULL-terminated, added to ours); its exit status. */
+static int run_child(const char *mode, const char *const *extra_env) {
+  char *env[256];
+  int n = 0;
+  for (char **e = environ; *e && n < 200; e++) {
+    int overridden = 0;
+    for (const char *const *x = extra_env; *x; x++) {
+      size_t k = strcspn(*x, "=");
+      if (!strncmp(*e, *x, k + 1)) overridden = 1;
+    }
+    if (!overridden) env[n++] = *e;
+  }
+  for (const char *const *x = extra_env; *x && n < 254; x++) env[n++] = (char *)*x;
+  env[n] = NULL;
+  char *argv[] = {"/proc/self/exe", (char *)mode, unique_tag, NULL};
+  pid_t pid;
+  assert_int_equal(posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, env), 0);
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Files of dir whose name starts with prefix (NULL: any) and ends with suffix. */
+static int count_files(const char *dir, const char *suffix) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  if (!d) return 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    size_t len = strlen(e->d_name), sl = strlen(suffix);
+    if (e->d_name[0] != '.' && len >= sl && !strcmp(e->d_name + len - sl, suffix)) n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* Child mode "--child-untrusted": the cache dir must be refused (a problem
+ * saying it is not trusted), and a fresh kernel still compiles and runs. */
+static int fault_child(const char *mode, const char *tag) {
+  zmlx_device *dev = first_device();
+  if (!dev) return 10;
+  if (!strcmp(mode, "--child-untrusted")) {
+    const char *p = zmlx_cache_disk_problem();
+    if (zmlx_cache_disk_enabled() || !p || !strstr(p, "not trusted")) return 11;
+  }
+  char t[128];
+  snprintf(t, sizeof t, "%s%s", tag, mode);
+  zmlx_kernel *k = tagged_kernel(t);
+  int bad = run_quiet(k, dev, 1.0f);
+  zmlx_kernel_destroy(k);
+  return bad ? 12 : 0;
+}
+
+static void make_private_dir(char *dir, size_t cap, const char *what) {
+  snprintf(dir, cap, "/tmp/zmlx_test_cache_%s_%d", what, (int)getpid());
+  mkdir(dir, 0700);
+}
+
+/* A cache directory others may write into is refused: the process keeps
+ * its kernels in memory, says why, and computes the same results. */
+static void test_untrusted_directory_refused(void **state) {
+  (void)state;
+  if (!first_device()) skip();
+  char dir[128], env[192];
+  make_private_dir(dir, sizeof dir, "untrusted");
+  chmod(dir, 0777);
+  snprintf(env, sizeof env, "ZMLX_CACHE_DIR=%s", dir);
+  const char *extra[] = {env, "ZMLX_CACHE=", NULL};
+  int rc = run_child("--child-untrusted", extra);
+  if (rc) fail_msg("child with a world-writable cache dir: exit %d", rc);
+  assert_int_equal(count_files(dir, ".bin"), 0); /* nothing written there */
+  chmod(dir, 0770);
+  rc = run_child("--child-untrusted", extra);
+  if (rc) fail_msg("child with a group-writable cache dir: exit %d", rc);
+  assert_int_equal(count_files(dir, ".bin"), 0);
+  rmdir(dir);
+}
+
+/* An entry replaced by a symlink (to a valid entry) is not followed: the
+ * kernel is compiled again and the link replaced by a regular file. */
+static void test_symlinked_entry_refused(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev || !zmlx_cache_disk_enabled()) skip();
+  char tag[128];
+  snprintf(tag, sizeof tag, "%s-symlink", unique_tag);
+  zmlx_kernel *k = tagged_kernel(tag);
+  assert_int_equal(run_quiet(k, dev, 1.0f), 0);
+  /* the newest entry is this kernel's */
+  const char *dir = zmlx_cache_dir();
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  char newest[512] = "";
+  struct timespec best = {0, 0};
+  for (struct dirent *e; (e = readdir(d));) {
+    size_t len = strlen(e->d_name);
+    if (len < 4 || strcmp(e->d_name + len - 4, ".bin")) continue;
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    if (lstat(path, &st) == 0 && (st.st_mtim.tv_sec > best.tv_sec ||
+        (st.st_mtim.tv_sec == best.tv_sec && st.st_mtim.tv_nsec > best.tv_nsec))) {
+      best = st.st_mtim;
+      snprintf(newest, sizeof newest, "%s", path);
+    }
+  }
+  closedir(d);
+  assert_true(newest[0]);
+  char real[600];
+  snprintf(real, sizeof real, "%s.real", newest);
+  assert_int_equal(rename(newest, real), 0);
+  assert_int_equal(symlink(real, newest), 0);
+  ZT_OK(zmlx_cache_clear_memory());
+  zmlx_cache_stats before = stats();
+  assert_int_equal(run_quiet(k, dev, 1.0f), 0);
+  zmlx_cache_stats after = stats();
+  zmlx_kernel_destroy(k);
+  if (after.misses != before.misses + 1)
+    fail_msg("a symlinked entry was loaded (misses %llu -> %llu)",
+             (unsigned long long)before.misses, (unsigned long long)after.misses);
+  struct stat st;
+  assert_int_equal(lstat(newest, &st), 0);
+  assert_true(S_ISREG(st.st_mode)); /* the rewrite replaced the link */
+  unlink(real);
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(argv[1], "--child")) return child_main(argv[2]);
+  if (argc == 3 && !strcmp(argv[1], "--child-untrusted")) return fault_child(argv[1], argv[2]);
+
   snprintf(unique_tag, sizeof unique_tag, "run-%llu-%d", (unsigned long long)zt_seed(), (int)getpid());
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hits_and_misses),
@@ -435,6 +565,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_eight_threads),
       cmocka_unit_test(test_disk_disabled_writes_nothing),
       cmocka_unit_test(test_clear_disk),
+      cmocka_unit_test(test_untrusted_directory_refused),
+      cmocka_unit_test(test_symlinked_entry_refused),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -421,6 +421,23 @@ static int make_dirs(const char *dir) {
 static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
 static char g_disk_problem[PATH_MAX + 128];
 
+/* Binaries from the cache are loaded and run: a directory another user may
+ * write into (group or world write bits, or owned by someone else) could
+ * plant one, so it is refused and the process keeps its kernels in memory. */
+static void check_dir_trust(const char *dir) {
+  struct stat st;
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    snprintf(g_disk_problem, sizeof g_disk_problem, "the cache directory %s is not a directory",
+             dir);
+  else if (st.st_uid != geteuid())
+    snprintf(g_disk_problem, sizeof g_disk_problem, "the cache directory %s belongs to uid %u, "
+             "not to this user: not trusted", dir, (unsigned)st.st_uid);
+  else if (st.st_mode & (S_IWGRP | S_IWOTH))
+    snprintf(g_disk_problem, sizeof g_disk_problem, "the cache directory %s is writable by %s "
+             "(mode %03o): not trusted", dir, st.st_mode & S_IWOTH ? "others" : "its group",
+             (unsigned)(st.st_mode & 0777));
+}
+
 static void probe_disk(void) {
   const char *dir = zmlx_cache_dir();
   errno = 0;
@@ -433,6 +450,8 @@ static void probe_disk(void) {
   else if (access(dir, W_OK | X_OK) != 0)
     snprintf(g_disk_problem, sizeof g_disk_problem, "cannot write the cache directory %s: %s",
              dir, strerror(errno));
+  else
+    check_dir_trust(dir);
 }
 
 const char *zmlx_cache_disk_problem(void) {
