@@ -32,19 +32,8 @@ if [ "$torch_mode" = 1 ]; then
 fi
 venv=$build/venv
 req=$root/python/requirements-test.txt
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$venv/requirements-test.txt"; then
-  rm -rf "$venv"
-  if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
-    echo "python-tests: cannot make a venv with $python (python3-venv): skipped"
-    exit 77
-  fi
-  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"; then
-    echo "python-tests: pip could not install $req (no network?): skipped"
-    rm -rf "$venv"
-    exit 77
-  fi
-  cp "$req" "$venv/requirements-test.txt"
-fi
+. "$root/scripts/venv.sh"
+ensure_venv "$python" "$venv" "$req" python-tests || exit $?
 cd "$build" || exit 1
 PYTHONPATH="$build/python" exec "$venv/bin/python" -m pytest -q -p no:cacheprovider \
   --ignore="$root/python/tests/torch" "$root/python/tests" "$@"

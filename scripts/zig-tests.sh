@@ -10,19 +10,8 @@ build=$(cd "${2:?zig-tests: BUILD_DIR}" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$build/zig-venv
 req=$root/zig/requirements.txt
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$venv/requirements.txt"; then
-  rm -rf "$venv"
-  if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
-    echo "zig-tests: cannot make a venv with $python (python3-venv): skipped"
-    exit 77
-  fi
-  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"; then
-    echo "zig-tests: pip could not install $req (no network?): skipped"
-    rm -rf "$venv"
-    exit 77
-  fi
-  cp "$req" "$venv/requirements.txt"
-fi
+. "$root/scripts/venv.sh"
+ensure_venv "$python" "$venv" "$req" zig-tests || exit $?
 cd "$root/zig" || exit 1
 export ZIG_LOCAL_CACHE_DIR="$build/zig-cache" ZIG_GLOBAL_CACHE_DIR="$build/zig-global-cache"
 exec "$venv/bin/python" -m ziglang build test example --summary all --prefix "$build/zig-out" \

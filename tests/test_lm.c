@@ -14,15 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_DEVS 4
-
-static void for_each_device(void (*fn)(zmlx_device *)) {
-  zmlx_device *devs[MAX_DEVS];
-  int nd = zt_devices(devs, MAX_DEVS);
-  if (nd == 0) skip();
-  for (int d = 0; d < nd; d++) fn(devs[d]);
-}
-
 static zmlx_lm_config tiny(zmlx_device *dev, int experts, int top_k) {
   zmlx_lm_config c = {.struct_size = sizeof c, .vocab = 13, .dim = 16, .layers = 2, .heads = 4,
                       .kv_heads = 2, .ffn_dim = 12, .experts = experts, .top_k = top_k,
@@ -404,18 +395,18 @@ static void bad_input(zmlx_device *dev) {
   ZT_OK(zmlx_lm_destroy(NULL));
 }
 
-static void test_initial_loss(void **s) { (void)s; for_each_device(initial_loss); }
-static void test_gradients_dense(void **s) { (void)s; for_each_device(gradients_dense); }
-static void test_gradients_moe(void **s) { (void)s; for_each_device(gradients_moe); }
-static void test_fits_a_batch(void **s) { (void)s; for_each_device(fits_a_batch); }
-static void test_bad_input(void **s) { (void)s; for_each_device(bad_input); }
+static void test_initial_loss(void **s) { (void)s; zt_for_each_device(initial_loss); }
+static void test_gradients_dense(void **s) { (void)s; zt_for_each_device(gradients_dense); }
+static void test_gradients_moe(void **s) { (void)s; zt_for_each_device(gradients_moe); }
+static void test_fits_a_batch(void **s) { (void)s; zt_for_each_device(fits_a_batch); }
+static void test_bad_input(void **s) { (void)s; zt_for_each_device(bad_input); }
 static void test_checkpoint_round_trip(void **s) {
   (void)s;
-  for_each_device(checkpoint_round_trip);
+  zt_for_each_device(checkpoint_round_trip);
 }
 static void test_decode_matches_recompute(void **s) {
   (void)s;
-  for_each_device(decode_matches_recompute);
+  zt_for_each_device(decode_matches_recompute);
 }
 
 int main(void) {

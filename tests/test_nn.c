@@ -8,15 +8,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define MAX_DEVS 4
-
-static void for_each_device(void (*fn)(zmlx_device *)) {
-  zmlx_device *devs[MAX_DEVS];
-  int nd = zt_devices(devs, MAX_DEVS);
-  if (nd == 0) skip();
-  for (int d = 0; d < nd; d++) fn(devs[d]);
-}
-
 /* Every bad call fails with its status and changes no param. */
 static void bad_input(zmlx_device *dev) {
   int64_t s3 = 3, s4 = 4;
@@ -86,7 +77,7 @@ static void bad_input(zmlx_device *dev) {
 
 static void test_adamw_bad_input(void **s) {
   (void)s;
-  for_each_device(bad_input);
+  zt_for_each_device(bad_input);
 }
 
 /* MoE: k out of range, expert weights of the wrong shape, indices of the
@@ -158,7 +149,7 @@ static void moe_bad_input(zmlx_device *dev) {
 
 static void test_moe_bad_input(void **s) {
   (void)s;
-  for_each_device(moe_bad_input);
+  zt_for_each_device(moe_bad_input);
 }
 
 int main(void) {

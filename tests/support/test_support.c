@@ -35,6 +35,13 @@ int zt_devices(zmlx_device **devs, int cap) {
   return n;
 }
 
+void zt_for_each_device(void (*fn)(zmlx_device *)) {
+  zmlx_device *devs[4];
+  int nd = zt_devices(devs, 4);
+  if (nd == 0) skip();
+  for (int d = 0; d < nd; d++) fn(devs[d]);
+}
+
 void zt_expect_failure(zmlx_status got, zmlx_status want, const char *needle, const char *what) {
   if (got != want)
     fail_msg("%s: expected %s, got %s (%s)", what, zmlx_status_string(want),

@@ -41,6 +41,8 @@ int zt_finish(int failed, int total);
 /* Every device the tests run on: device 0 of each available backend, or
  * only $ZMLX_TEST_BACKEND (cuda|opencl) when set. */
 int zt_devices(zmlx_device **devs, int cap);
+/* fn on each of them; the test is skipped when there is none. */
+void zt_for_each_device(void (*fn)(zmlx_device *));
 
 /* Fail the test with zmlx_last_error() when a call does not return OK. */
 #define ZT_OK(expr)                                                                 \
