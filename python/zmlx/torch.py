@@ -40,21 +40,28 @@ _TORCH_DTYPE = {v: k for k, v in _ZMLX_DTYPE.items()}
 # ------------------------------------------------------------ tensors, streams
 
 class _Stream:
-    """zmlx work inside the block runs on PyTorch's current stream of t's device."""
-    __slots__ = ("cuda",)
+    """zmlx work inside the block runs on PyTorch's current stream of t's
+    device; the thread's previous zmlx stream comes back after it."""
+    __slots__ = ("name", "prev")
 
     def __init__(self, t: torch.Tensor):
-        self.cuda = t.device if t.is_cuda else None
+        self.name = None
+        if t.is_cuda:
+            index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+            self.name = f"cuda:{index}"
 
     def __enter__(self):
-        if self.cuda is not None:
-            index = self.cuda.index if self.cuda.index is not None else torch.cuda.current_device()
-            _core.set_stream(torch.cuda.current_stream(index).cuda_stream, f"cuda:{index}")
+        if self.name is not None:
+            self.prev = _core.current_stream(self.name)
+            _core.set_stream(torch.cuda.current_stream(self.name).cuda_stream, self.name)
         return self
 
     def __exit__(self, *exc):
-        if self.cuda is not None:
-            _core.set_stream(None)
+        if self.name is not None:
+            if self.prev is None:
+                _core.set_stream(None)
+            else:
+                _core.set_stream(self.prev, self.name)
         return False
 
 
