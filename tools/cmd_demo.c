@@ -121,11 +121,6 @@ int demo_read_corpus(const char *dir, demo_corpus *c) {
 
 /* --------------------------------------------------------------- batches */
 
-static uint64_t next_u64(uint64_t *s) {
-  *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
-  return *s;
-}
-
 /* B windows of S + 1 bytes from [lo, hi) of the corpus: tokens and the
  * next bytes as targets, both [B, S] i32 on dev. */
 static zmlx_status make_batch(zmlx_device *dev, const demo_corpus *c, size_t lo, size_t hi, int B,
@@ -137,7 +132,7 @@ static zmlx_status make_batch(zmlx_device *dev, const demo_corpus *c, size_t lo,
     return ZMLX_ERR_OUT_OF_MEMORY;
   }
   for (int b = 0; b < B; b++) {
-    size_t start = lo + (size_t)(next_u64(rng) % (uint64_t)(hi - lo - (size_t)S - 1));
+    size_t start = lo + (size_t)(demo_next_u64(rng) % (uint64_t)(hi - lo - (size_t)S - 1));
     for (int t = 0; t < S; t++) {
       tok[b * S + t] = c->bytes[start + (size_t)t];
       tgt[b * S + t] = c->bytes[start + (size_t)t + 1];

@@ -16,6 +16,12 @@
     if (demo_st_ != ZMLX_OK) return demo_st_; \
   } while (0)
 
+/* The demo's random numbers (batches, sampling): xorshift64, seeded. */
+static inline uint64_t demo_next_u64(uint64_t *s) {
+  *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+  return *s;
+}
+
 typedef struct demo_config {
   const char *name;
   zmlx_lm_config model; /* vocab, seed and device are filled in by the command */

@@ -19,10 +19,7 @@ void demo_curve_add(demo_run *r, int step, double loss, double val) {
   r->curve[r->n_curve++] = (demo_point){step, loss, val};
 }
 
-static double uniform01(uint64_t *s) {
-  *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
-  return (double)(*s >> 11) * 0x1.0p-53;
-}
+static double uniform01(uint64_t *s) { return (double)(demo_next_u64(s) >> 11) * 0x1.0p-53; }
 
 /* A byte from logits[256]: softmax(logits / temperature) over the top k. */
 static int sample_byte(const float *logits, double temperature, int k, uint64_t *rng) {

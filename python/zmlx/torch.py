@@ -134,11 +134,10 @@ def _define(name: str, schema: str, forward: Callable, n_tensors: int,
     backward_op = getattr(torch.ops.zmlx, f"{name}_backward")
 
     def setup_context(ctx, inputs, output):
-        ctx.tensors = [t for t in inputs[:n_tensors]]
-        ctx.save_for_backward(*[t if t is not None else torch.empty(0) for t in ctx.tensors])
-        ctx.present = [t is not None for t in ctx.tensors]
+        tensors = inputs[:n_tensors]
+        ctx.save_for_backward(*[t if t is not None else torch.empty(0) for t in tensors])
+        ctx.present = [t is not None for t in tensors]
         ctx.scalars = inputs[n_tensors:]
-        ctx.tensors = None
 
     def backward(ctx, grad):
         saved = [t if p else None for t, p in zip(ctx.saved_tensors, ctx.present)]

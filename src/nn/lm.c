@@ -167,8 +167,7 @@ static zmlx_status linear(zmlx_array *x, zmlx_array *w, zmlx_array **out) {
   return zmlx_matmul(x, w, out);
 }
 
-/* *x = *x + y (both released/replaced; y released). */
-static zmlx_status residual(zmlx_array **x, zmlx_array *y) {
+zmlx_status zmlxi_lm_residual(zmlx_array **x, zmlx_array *y) {
   zmlx_array *sum = NULL;
   zmlx_status st = zmlx_add(*x, y, &sum);
   zmlx_array_release(y);
@@ -184,20 +183,29 @@ static zmlx_status reshape4(zmlx_array *a, int64_t B, int64_t S, int64_t H, int6
   return zmlx_reshape(a, 4, sh, out);
 }
 
+zmlx_status zmlxi_lm_project_qkv(zmlx_lm *lm, zmlx_array *const *p, int l, zmlx_array *x,
+                                 zmlx_array **q, zmlx_array **k, zmlx_array **v) {
+  zmlx_array *const *w = p + lm->layer_first[l];
+  zmlx_array *h = NULL;
+  zmlx_status st = zmlx_rmsnorm(x, w[LM_ATTN_NORM], lm->cfg.norm_eps, &h);
+  if (st == ZMLX_OK) st = linear(h, w[LM_WQ], q);
+  if (st == ZMLX_OK) st = linear(h, w[LM_WK], k);
+  if (st == ZMLX_OK) st = linear(h, w[LM_WV], v);
+  zmlx_array_release(h);
+  return st;
+}
+
 zmlx_status zmlxi_lm_attention_block(zmlx_lm *lm, zmlx_array *const *p, int l, int64_t B,
                                      int64_t S, zmlx_array *x, zmlx_array **out) {
   const zmlx_lm_config *c = &lm->cfg;
   const int64_t hd = c->dim / c->heads;
   zmlx_array *const *w = p + lm->layer_first[l];
-  zmlx_array *h = NULL, *q = NULL, *k = NULL, *v = NULL, *q4 = NULL, *k4 = NULL, *v4 = NULL;
+  zmlx_array *q = NULL, *k = NULL, *v = NULL, *q4 = NULL, *k4 = NULL, *v4 = NULL;
   zmlx_array *qr = NULL, *kr = NULL, *a = NULL, *a2 = NULL;
   int64_t flat[2] = {B * S, c->heads * hd};
   zmlx_rope_opts rope = {.layout = ZMLX_ROPE_BSHD, .base = c->rope_base};
   zmlx_attention_opts ao = {.struct_size = sizeof ao, .layout = ZMLX_ATTN_BSHD, .causal = 1};
-  zmlx_status st = zmlx_rmsnorm(x, w[LM_ATTN_NORM], c->norm_eps, &h);
-  if (st == ZMLX_OK) st = linear(h, w[LM_WQ], &q);
-  if (st == ZMLX_OK) st = linear(h, w[LM_WK], &k);
-  if (st == ZMLX_OK) st = linear(h, w[LM_WV], &v);
+  zmlx_status st = zmlxi_lm_project_qkv(lm, p, l, x, &q, &k, &v);
   if (st == ZMLX_OK) st = reshape4(q, B, S, c->heads, hd, &q4);
   if (st == ZMLX_OK) st = reshape4(k, B, S, c->kv_heads, hd, &k4);
   if (st == ZMLX_OK) st = reshape4(v, B, S, c->kv_heads, hd, &v4);
@@ -205,7 +213,7 @@ zmlx_status zmlxi_lm_attention_block(zmlx_lm *lm, zmlx_array *const *p, int l, i
   if (st == ZMLX_OK) st = zmlx_attention(qr, kr, v4, &ao, &a, NULL);
   if (st == ZMLX_OK) st = zmlx_reshape(a, 2, flat, &a2);
   if (st == ZMLX_OK) st = linear(a2, w[LM_WO], out);
-  zmlx_array *tmp[] = {h, q, k, v, q4, k4, v4, qr, kr, a, a2};
+  zmlx_array *tmp[] = {q, k, v, q4, k4, v4, qr, kr, a, a2};
   for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) zmlx_array_release(tmp[i]);
   return st;
 }
@@ -250,10 +258,10 @@ static zmlx_status hidden(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *tokens,
   for (int l = 0; l < lm->cfg.layers && st == ZMLX_OK; l++) {
     zmlx_array *y = NULL;
     st = zmlxi_lm_attention_block(lm, p, l, B, S, x, &y);
-    if (st == ZMLX_OK) st = residual(&x, y);
+    if (st == ZMLX_OK) st = zmlxi_lm_residual(&x, y);
     y = NULL;
     if (st == ZMLX_OK) st = zmlxi_lm_ffn_block(lm, p, l, x, &y);
-    if (st == ZMLX_OK) st = residual(&x, y);
+    if (st == ZMLX_OK) st = zmlxi_lm_residual(&x, y);
   }
   if (st != ZMLX_OK) {
     zmlx_array_release(x);

@@ -25,6 +25,12 @@ struct zmlx_lm {
   int final_norm;   /* index of "norm"; "head" follows */
 };
 
+/* *x = *x + y: *x replaced by the sum, y released (also on failure). */
+zmlx_status zmlxi_lm_residual(zmlx_array **x, zmlx_array *y);
+/* Layer l's RMSNorm and q, k, v projections of x [N, dim]: *q [N, heads
+ * hd], *k and *v [N, kv_heads hd]. */
+zmlx_status zmlxi_lm_project_qkv(zmlx_lm *lm, zmlx_array *const *p, int l, zmlx_array *x,
+                                 zmlx_array **q, zmlx_array **k, zmlx_array **v);
 /* Layer l's attention branch (RMSNorm, q k v, RoPE, causal attention, wo)
  * of x [B S, dim] for B sequences of S tokens: *out [B S, dim]. */
 zmlx_status zmlxi_lm_attention_block(zmlx_lm *lm, zmlx_array *const *p, int l, int64_t B,

@@ -36,17 +36,13 @@ static zmlx_status rows(zmlx_array *a, int64_t lo, int64_t hi, zmlx_array **out)
 static zmlx_status project_qkv(zmlx_lm *lm, int l, zmlx_array *x, zmlx_array **q,
                                zmlx_array **k, zmlx_array **v) {
   const zmlx_lm_config *c = &lm->cfg;
-  zmlx_array *const *w = lm->params + lm->layer_first[l];
   const int64_t n = x->shape[0], hd = c->dim / c->heads;
-  zmlx_array *h = NULL, *q2 = NULL, *k2 = NULL, *v2 = NULL;
-  zmlx_status st = zmlx_rmsnorm(x, w[LM_ATTN_NORM], c->norm_eps, &h);
-  if (st == ZMLX_OK) st = zmlx_matmul(h, w[LM_WQ], &q2);
-  if (st == ZMLX_OK) st = zmlx_matmul(h, w[LM_WK], &k2);
-  if (st == ZMLX_OK) st = zmlx_matmul(h, w[LM_WV], &v2);
+  zmlx_array *q2 = NULL, *k2 = NULL, *v2 = NULL;
+  zmlx_status st = zmlxi_lm_project_qkv(lm, lm->params, l, x, &q2, &k2, &v2);
   if (st == ZMLX_OK) st = reshape3(q2, n, c->heads, hd, q);
   if (st == ZMLX_OK) st = reshape3(k2, n, c->kv_heads, hd, k);
   if (st == ZMLX_OK) st = reshape3(v2, n, c->kv_heads, hd, v);
-  zmlx_array_release(h), zmlx_array_release(q2), zmlx_array_release(k2), zmlx_array_release(v2);
+  zmlx_array_release(q2), zmlx_array_release(k2), zmlx_array_release(v2);
   return st;
 }
 
@@ -54,28 +50,17 @@ static zmlx_status project_qkv(zmlx_lm *lm, int l, zmlx_array *x, zmlx_array **q
 static zmlx_status attention_out(zmlx_lm *lm, int l, zmlx_array *a, zmlx_array **x) {
   zmlx_array *const *w = lm->params + lm->layer_first[l];
   int64_t sh[2] = {a->shape[0], a->shape[1] * a->shape[2]};
-  zmlx_array *a2 = NULL, *o = NULL, *sum = NULL;
+  zmlx_array *a2 = NULL, *o = NULL;
   zmlx_status st = zmlx_reshape(a, 2, sh, &a2);
   if (st == ZMLX_OK) st = zmlx_matmul(a2, w[LM_WO], &o);
-  if (st == ZMLX_OK) st = zmlx_add(*x, o, &sum);
-  zmlx_array_release(a2), zmlx_array_release(o);
-  if (st == ZMLX_OK) {
-    zmlx_array_release(*x);
-    *x = sum;
-  }
-  return st;
+  zmlx_array_release(a2);
+  return st == ZMLX_OK ? zmlxi_lm_residual(x, o) : st;
 }
 
 static zmlx_status ffn(zmlx_lm *lm, int l, zmlx_array **x) {
-  zmlx_array *f = NULL, *sum = NULL;
+  zmlx_array *f = NULL;
   zmlx_status st = zmlxi_lm_ffn_block(lm, lm->params, l, *x, &f);
-  if (st == ZMLX_OK) st = zmlx_add(*x, f, &sum);
-  zmlx_array_release(f);
-  if (st == ZMLX_OK) {
-    zmlx_array_release(*x);
-    *x = sum;
-  }
-  return st;
+  return st == ZMLX_OK ? zmlxi_lm_residual(x, f) : st;
 }
 
 /* Keys and values of seq in layer l: rotated q [n, H, hd] attends causally
