@@ -135,6 +135,7 @@ typedef struct zmlx_device_info {
   int has_fp64;
   int64_t max_threadgroups[3]; /* threadgroups per launch along x, y, z */
   int is_cpu;              /* the device is the host's CPU (OpenCL on PoCL) */
+  int has_mma;             /* warp 16x8x16 f16 / bf16 matrix products (tensor cores) */
 } zmlx_device_info;
 
 /** Number of working devices of one backend (0 if unavailable). */

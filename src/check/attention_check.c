@@ -238,6 +238,9 @@ static void attn_case_run(const zmlx_check_opts *o, const attn_case *c, int grad
   {
     double e, t;
     zck_bound b = zck_bound_sum(ZCK_TOL_ROW, dt, c->D + c->Sk);
+    /* 16-bit inputs: P is rounded to the dtype before P V (as the matrix
+     * units take it, and as FlashAttention does): u(dt) per unit of the terms */
+    if (dt != ZMLX_F32) b.atol += zck_unit_roundoff(dt);
     int ok = zck_within_scaled(goto_, r.out, r.to, nq, b, &e, &t);
     zck_bound bl = zck_bound_sum(ZCK_TOL_ROW, ZMLX_F32, c->D + c->Sk);
     ok = zck_within_acc(gotl, r.lse, r.tl, nrows, bl, &e, &t) && ok;
@@ -384,6 +387,14 @@ static zmlx_status check_attention(const zmlx_check_opts *o) {
   attn_case_run(o, &boolm, 1, &rng);
   attn_case head = {1, 3, 3, 4, 9, 8, 0, 0, 3, 0};
   attn_case_run(o, &head, 1, &rng);
+  /* several query tiles (64 rows) and key tiles (64, or 32 at head_dim
+   * 256) of the tiled forward: q_len < kv_len with GQA; q_len > kv_len, the
+   * first rows seeing no key under causality; masks across tiles */
+  static const attn_case TILES[] = {{2, 4, 1, 70, 150, 64, 1, 1, 0, 0},
+                                    {1, 2, 2, 130, 40, 32, 0, 1, 0, 0},
+                                    {1, 2, 1, 65, 97, 256, 0, 0, 2, 1},
+                                    {2, 2, 2, 80, 130, 16, 0, 1, 3, 0}};
+  for (int i = 0; i < 4; i++) attn_case_run(o, &TILES[i], !o->quick, &rng);
   /* every head_dim the issue names */
   static const int64_t DS[] = {64, 80, 96, 128, 256};
   for (int i = 0; i < 5; i++) {

@@ -19,19 +19,23 @@
 
 extern const char zmlxi_res_attention_common_zk[];
 extern const char zmlxi_res_attention_fwd_zk[];
+extern const char zmlxi_res_attention_fwd_tile_zk[];
 extern const char zmlxi_res_attention_bwd_dq_zk[];
 extern const char zmlxi_res_attention_bwd_dkv_zk[];
 extern const char zmlxi_res_attention_bwd_dmask_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
-enum { K_FWD, K_DQ, K_DKV, K_DMASK };
+enum { K_FWD, K_FWD_TILE, K_DQ, K_DKV, K_DMASK };
 
 #define ATTN_PARAMS "n:i64, Hq:i32, Hkv:i32, Sq:i32, Sk:i32, layout:i32, mB:i32, mH:i32, scale:f32"
 static const zmlx_kernel_spec SPECS[] = {
     [K_FWD] = ZMLX_KSPEC("zmlx_attention_fwd", zmlxi_res_attention_fwd_zk, "q, k, v, mask",
                          "out, lse", ATTN_PARAMS, .prelude = zmlxi_res_attention_common_zk,
                          .dense_inputs = 1),
+    [K_FWD_TILE] = ZMLX_KSPEC("zmlx_attention_fwd_tile", zmlxi_res_attention_fwd_tile_zk,
+                              "q, k, v, mask", "out, lse", ATTN_PARAMS,
+                              .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
     [K_DQ] = ZMLX_KSPEC("zmlx_attention_bwd_dq", zmlxi_res_attention_bwd_dq_zk,
                         "q, k, v, mask, o, dout, lse, glse", "dq, delta", ATTN_PARAMS,
                         .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
@@ -139,13 +143,20 @@ zmlx_status zmlxi_attention_validate(zmlx_array *q, zmlx_array *k, zmlx_array *v
 
 /* -------------------------------------------------------------- launch */
 
+static void set_params(const attn_cfg *c, int64_t n, double p[9]) {
+  const double v[9] = {(double)n, (double)c->Hq, (double)c->Hkv, (double)c->Sq, (double)c->Sk,
+                       (double)c->layout, (double)c->mB, (double)c->mH, c->scale};
+  memcpy(p, v, sizeof v);
+}
+
+/* The scalar kernels: a thread per row (of queries, keys or scores). */
 static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **in, int n_in,
                           zmlx_array **out, int n_out) {
   if (n == 0) return ZMLX_OK;
   zmlx_kernel *k;
   ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, which, &k));
-  double p[9] = {(double)n, (double)c->Hq, (double)c->Hkv, (double)c->Sq, (double)c->Sk,
-                 (double)c->layout, (double)c->mB, (double)c->mH, c->scale};
+  double p[9];
+  set_params(c, n, p);
   zmlx_template_arg t[3] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, c->mask_kind},
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal}};
@@ -156,10 +167,61 @@ static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **
   return zmlx_kernel_launch(k, &call);
 }
 
+/* The tiled forward (kernels/attention_fwd_tile.zk): 64 query rows a
+ * threadgroup of 128 threads, TILE_KEYS keys a step. It takes f16 / bf16
+ * with head_dim a multiple of 16 whose rows start 16-byte aligned, on a
+ * device with 32-wide SIMD groups and room for the staged tiles. */
+enum { TILE_ROWS = 64, TILE_THREADS = 128 };
+
+static int tile_keys(const attn_cfg *c) { return c->D <= 128 ? 64 : 32; }
+
+static size_t tile_shared_bytes(const attn_cfg *c, int mma) {
+  const size_t ld = (size_t)c->D + 8, bn = (size_t)tile_keys(c);
+  return 2 * ((TILE_ROWS + 2 * bn) * ld + (mma ? 0 : TILE_ROWS * bn));
+}
+
+static int rows_aligned(const zmlx_array *a) {
+  return !zmlx_array_is_contiguous(a) || ((size_t)a->offset * 2) % 16 == 0;
+}
+
+static int tile_applies(zmlx_array *q, zmlx_array *k, zmlx_array *v, const attn_cfg *c) {
+  zmlx_device_info info;
+  if (q->dtype == ZMLX_F32 || c->D % 16 != 0) return 0;
+  if (zmlx_device_get_info(q->buffer->device, &info) != ZMLX_OK || info.simd_width != 32) return 0;
+  if (getenv("ZMLX_ATTENTION_SCALAR")) return 0; /* the one-thread-a-row kernel, to compare */
+  return rows_aligned(q) && rows_aligned(k) && rows_aligned(v) &&
+         tile_shared_bytes(c, info.has_mma) <= info.max_shared_memory;
+}
+
+static zmlx_status launch_tile(const attn_cfg *c, zmlx_array **in, zmlx_array **out) {
+  const int64_t groups = (c->Sq + TILE_ROWS - 1) / TILE_ROWS * c->B * c->Hq;
+  if (groups == 0) return ZMLX_OK;
+  zmlx_kernel *k;
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_FWD_TILE, &k));
+  zmlx_device *dev = in[0]->buffer->device;
+  const int mma = zmlxi_ops_native_mma(dev);
+  double p[9];
+  set_params(c, groups, p);
+  zmlx_template_arg t[7] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
+                            {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
+                            {"BN", ZMLX_TEMPLATE_INT, ZMLX_F32, tile_keys(c)},
+                            {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, c->mask_kind},
+                            {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal},
+                            {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
+                            {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, in[0]->dtype == ZMLX_BF16}};
+  zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 2, .inputs = in, .outputs = out,
+                           .grid = {groups * TILE_THREADS, 1, 1},
+                           .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
+                           .n_templates = 7, .params = p,
+                           .dynamic_shared_bytes = tile_shared_bytes(c, mma), .device = dev};
+  return zmlx_kernel_launch(k, &call);
+}
+
 zmlx_status zmlxi_attention_forward_into(zmlx_array *q, zmlx_array *k, zmlx_array *v,
                                         const attn_cfg *c, zmlx_array *out, zmlx_array *lse) {
   zmlx_array *in[4] = {q, k, v, c->mask ? c->mask : q};
   zmlx_array *outs[2] = {out, lse};
+  if (tile_applies(q, k, v, c)) return launch_tile(c, in, outs);
   return launch(K_FWD, c, c->B * c->Hq * c->Sq, in, 4, outs, 2);
 }
 

@@ -84,3 +84,8 @@ int zmlxi_ops_xdt(zmlx_dtype dt) { return dt == ZMLX_F32 ? 0 : dt == ZMLX_F16 ? 
 int zmlxi_ops_native_simd(const zmlx_device *dev) {
   return zmlxi_pattern_group_mode(zmlx_device_backend(dev)) == ZMLX_ROW_PER_GROUP;
 }
+
+int zmlxi_ops_native_mma(const zmlx_device *dev) {
+  zmlx_device_info info;
+  return zmlx_device_get_info(dev, &info) == ZMLX_OK && info.has_mma;
+}

@@ -138,6 +138,7 @@ static void fill_info(cuda_device *d, int index) {
   info->simd_width = 32;
   info->compute_units = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
   info->has_fp16 = 1;
+  info->has_mma = major >= 8; /* mma.sync m16n8k16 f16 / bf16, ldmatrix */
   info->has_fp64 = 1;
   info->max_threadgroups[0] = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X);
   info->max_threadgroups[1] = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y);

@@ -174,6 +174,43 @@ ZMLX_SIMD_REDUCE_(zmlx_simd_min, zmlx_op_min_)
 #define zmlx_simd_shuffle_xor(v, mask) __shfl_xor_sync(0xffffffffu, (uint)(v), (int)(mask))
 #define zmlx_simd_broadcast(v, lane) __shfl_sync(0xffffffffu, (uint)(v), (int)(lane))
 
+/* ------------------------------------------------------- matrix units */
+/* Warp-wide 16x8x16 products on the tensor cores (sm_80 on), f32
+ * accumulate, in PTX's m16n8k16 fragment layout; docs/DIALECT.md gives the
+ * layout. Only for kernels built with a NATIVE_MMA template that the op sets
+ * from the device's has_mma: other backends do not define these names. */
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800 /* (nvcc's host pass sees them too) */
+#define ZMLX_HAS_MMA 1
+ZMLX_FN uint zmlx_shared_addr_(const void *p) {
+  return (uint)__cvta_generic_to_shared(p);
+}
+/* Four 8x8 16-bit matrices from threadgroup memory: lane l gives the address
+ * of row l % 8 of matrix l / 8 (16-byte aligned); r[i] is matrix i's row
+ * lane / 4, columns 2 (lane % 4) and + 1. _trans: the transpose's. */
+ZMLX_FN void zmlx_ldsm_x4(uint *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(zmlx_shared_addr_(p)));
+}
+ZMLX_FN void zmlx_ldsm_x4_trans(uint *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(zmlx_shared_addr_(p)));
+}
+/* c (16x8 f32) += a (16x16) b (16x8), 16-bit inputs packed two a uint. */
+#define ZMLX_MMA_16X8X16_(NAME, TY)                                                  \
+  ZMLX_FN void NAME(float *c, const uint *a, const uint *b) {                        \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 "          \
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"   \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                    \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1])); \
+  }
+ZMLX_MMA_16X8X16_(zmlx_mma_16x8x16_f16, "f16")
+ZMLX_MMA_16X8X16_(zmlx_mma_16x8x16_bf16, "bf16")
+#else
+#define ZMLX_HAS_MMA 0
+#endif
+
 /* Bit casts, count trailing zeros (32 for 0), and an unroll hint. */
 ZMLX_FN float zmlx_as_float(uint u) { return __uint_as_float(u); }
 ZMLX_FN uint zmlx_as_uint(float f) { return __float_as_uint(f); }
