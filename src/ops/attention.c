@@ -20,13 +20,16 @@
 extern const char zmlxi_res_attention_common_zk[];
 extern const char zmlxi_res_attention_fwd_zk[];
 extern const char zmlxi_res_attention_fwd_tile_zk[];
+extern const char zmlxi_res_attention_tile_zk[];
+extern const char zmlxi_res_attention_bwd_dq_tile_zk[];
+extern const char zmlxi_res_attention_bwd_dkv_tile_zk[];
 extern const char zmlxi_res_attention_bwd_dq_zk[];
 extern const char zmlxi_res_attention_bwd_dkv_zk[];
 extern const char zmlxi_res_attention_bwd_dmask_zk[];
 
 /* ------------------------------------------------------------ kernels */
 
-enum { K_FWD, K_FWD_TILE, K_DQ, K_DKV, K_DMASK };
+enum { K_FWD, K_FWD_TILE, K_DQ, K_DQ_TILE, K_DKV, K_DKV_TILE, K_DMASK };
 
 #define ATTN_PARAMS "n:i64, Hq:i32, Hkv:i32, Sq:i32, Sk:i32, layout:i32, mB:i32, mH:i32, scale:f32"
 static const zmlx_kernel_spec SPECS[] = {
@@ -35,13 +38,22 @@ static const zmlx_kernel_spec SPECS[] = {
                          .dense_inputs = 1),
     [K_FWD_TILE] = ZMLX_KSPEC("zmlx_attention_fwd_tile", zmlxi_res_attention_fwd_tile_zk,
                               "q, k, v, mask", "out, lse", ATTN_PARAMS,
-                              .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
+                              .prelude = zmlxi_res_attention_common_zk,
+                              .prelude2 = zmlxi_res_attention_tile_zk, .dense_inputs = 1),
     [K_DQ] = ZMLX_KSPEC("zmlx_attention_bwd_dq", zmlxi_res_attention_bwd_dq_zk,
                         "q, k, v, mask, o, dout, lse, glse", "dq, delta", ATTN_PARAMS,
                         .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
+    [K_DQ_TILE] = ZMLX_KSPEC("zmlx_attention_bwd_dq_tile", zmlxi_res_attention_bwd_dq_tile_zk,
+                             "q, k, v, mask, o, dout, lse, glse", "dq_out, delta", ATTN_PARAMS,
+                             .prelude = zmlxi_res_attention_common_zk,
+                             .prelude2 = zmlxi_res_attention_tile_zk, .dense_inputs = 1),
     [K_DKV] = ZMLX_KSPEC("zmlx_attention_bwd_dkv", zmlxi_res_attention_bwd_dkv_zk,
                          "q, k, v, mask, dout, lse, delta", "dk, dv", ATTN_PARAMS,
                          .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
+    [K_DKV_TILE] = ZMLX_KSPEC("zmlx_attention_bwd_dkv_tile", zmlxi_res_attention_bwd_dkv_tile_zk,
+                              "q, k, v, mask, dout, lse, delta", "dk_out, dv_out", ATTN_PARAMS,
+                              .prelude = zmlxi_res_attention_common_zk,
+                              .prelude2 = zmlxi_res_attention_tile_zk, .dense_inputs = 1),
     [K_DMASK] = ZMLX_KSPEC("zmlx_attention_bwd_dmask", zmlxi_res_attention_bwd_dmask_zk,
                            "q, k, v, mask, dout, lse, delta", "dm", ATTN_PARAMS,
                            .prelude = zmlxi_res_attention_common_zk, .dense_inputs = 1),
@@ -167,62 +179,88 @@ static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **
   return zmlx_kernel_launch(k, &call);
 }
 
-/* The tiled forward (kernels/attention_fwd_tile.zk): 64 query rows a
- * threadgroup of 128 threads, TILE_KEYS keys a step. It takes f16 / bf16
- * with head_dim a multiple of 16 whose rows start 16-byte aligned, on a
- * device with 32-wide SIMD groups and room for the staged tiles. */
+/* The tiled kernels (kernels/attention_*_tile.zk, helpers in
+ * attention_tile.zk): threadgroups of 128 threads own 64 rows (of queries,
+ * or of keys for dK / dV) and step over the other side a tile at a time.
+ * They take f16 / bf16 with head_dim a multiple of 16 whose rows start
+ * 16-byte aligned, on a device with 32-wide SIMD groups and room for the
+ * staged tiles; elsewhere the scalar kernels run. */
 enum { TILE_ROWS = 64, TILE_THREADS = 128 };
 
-static int tile_keys(const attn_cfg *c) { return c->D <= 128 ? 64 : 32; }
+/* Keys a step of the forward and of dQ; queries a step of dK / dV (fewer at
+ * large head_dim: the dK and dV accumulators take the registers). */
+static int tile_step(const attn_cfg *c, int which) {
+  if (which == K_DKV_TILE) return c->D <= 64 ? 64 : 32;
+  return c->D <= 128 ? 64 : 32;
+}
 
-static size_t tile_shared_bytes(const attn_cfg *c, int mma) {
-  const size_t ld = (size_t)c->D + 8, bn = (size_t)tile_keys(c);
-  return 2 * ((TILE_ROWS + 2 * bn) * ld + (mma ? 0 : TILE_ROWS * bn));
+static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma) {
+  const size_t ld = (size_t)c->D + 8, n = (size_t)tile_step(c, which);
+  const size_t scratch = mma ? 0 : TILE_ROWS * n; /* P through memory without the matrix units */
+  switch (which) {
+  case K_FWD_TILE: return 2 * ((TILE_ROWS + 2 * n) * ld + scratch);
+  case K_DQ_TILE: return 2 * ((2 * TILE_ROWS + 2 * n) * ld + scratch) + 4 * TILE_ROWS;
+  default: return 2 * ((2 * TILE_ROWS + 2 * n) * ld + scratch) + 8 * n;
+  }
 }
 
 static int rows_aligned(const zmlx_array *a) {
   return !zmlx_array_is_contiguous(a) || ((size_t)a->offset * 2) % 16 == 0;
 }
 
-static int tile_applies(zmlx_array *q, zmlx_array *k, zmlx_array *v, const attn_cfg *c) {
+static int tile_applies(zmlx_array *const *qkv, const attn_cfg *c, int which) {
   zmlx_device_info info;
-  if (q->dtype == ZMLX_F32 || c->D % 16 != 0) return 0;
-  if (zmlx_device_get_info(q->buffer->device, &info) != ZMLX_OK || info.simd_width != 32) return 0;
-  if (getenv("ZMLX_ATTENTION_SCALAR")) return 0; /* the one-thread-a-row kernel, to compare */
-  return rows_aligned(q) && rows_aligned(k) && rows_aligned(v) &&
-         tile_shared_bytes(c, info.has_mma) <= info.max_shared_memory;
+  if (qkv[0]->dtype == ZMLX_F32 || c->D % 16 != 0) return 0;
+  if (zmlx_device_get_info(qkv[0]->buffer->device, &info) != ZMLX_OK || info.simd_width != 32)
+    return 0;
+  if (getenv("ZMLX_ATTENTION_SCALAR")) return 0; /* the one-thread-a-row kernels, to compare */
+  const int dout = which == K_DQ_TILE ? 5 : which == K_DKV_TILE ? 4 : 0; /* staged too */
+  return rows_aligned(qkv[0]) && rows_aligned(qkv[1]) && rows_aligned(qkv[2]) &&
+         rows_aligned(qkv[dout]) &&
+         tile_shared_bytes(c, which, info.has_mma) <= info.max_shared_memory;
 }
 
-static zmlx_status launch_tile(const attn_cfg *c, zmlx_array **in, zmlx_array **out) {
-  const int64_t groups = (c->Sq + TILE_ROWS - 1) / TILE_ROWS * c->B * c->Hq;
+static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, int n_in,
+                               zmlx_array **out) {
+  const int64_t rows = which == K_DKV_TILE ? c->Sk : c->Sq;
+  const int64_t groups = (rows + TILE_ROWS - 1) / TILE_ROWS * c->B *
+                         (which == K_DKV_TILE ? c->Hkv : c->Hq);
   if (groups == 0) return ZMLX_OK;
   zmlx_kernel *k;
-  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_FWD_TILE, &k));
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, which, &k));
   zmlx_device *dev = in[0]->buffer->device;
   const int mma = zmlxi_ops_native_mma(dev);
   double p[9];
   set_params(c, groups, p);
   zmlx_template_arg t[7] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
-                            {"BN", ZMLX_TEMPLATE_INT, ZMLX_F32, tile_keys(c)},
+                            {which == K_DKV_TILE ? "BQ" : "BN", ZMLX_TEMPLATE_INT, ZMLX_F32,
+                             tile_step(c, which)},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, c->mask_kind},
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal},
                             {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
                             {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, in[0]->dtype == ZMLX_BF16}};
-  zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 2, .inputs = in, .outputs = out,
+  zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = 2, .inputs = in, .outputs = out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
                            .n_templates = 7, .params = p,
-                           .dynamic_shared_bytes = tile_shared_bytes(c, mma), .device = dev};
+                           .dynamic_shared_bytes = tile_shared_bytes(c, which, mma), .device = dev};
   return zmlx_kernel_launch(k, &call);
+}
+
+/* A scalar kernel, or its tiled form where that applies. */
+static zmlx_status launch_either(int which, const attn_cfg *c, int64_t n, zmlx_array **in,
+                                 int n_in, zmlx_array **out, int n_out) {
+  const int tiled = which == K_FWD ? K_FWD_TILE : which == K_DQ ? K_DQ_TILE : K_DKV_TILE;
+  if (tile_applies(in, c, tiled)) return launch_tile(tiled, c, in, n_in, out);
+  return launch(which, c, n, in, n_in, out, n_out);
 }
 
 zmlx_status zmlxi_attention_forward_into(zmlx_array *q, zmlx_array *k, zmlx_array *v,
                                         const attn_cfg *c, zmlx_array *out, zmlx_array *lse) {
   zmlx_array *in[4] = {q, k, v, c->mask ? c->mask : q};
   zmlx_array *outs[2] = {out, lse};
-  if (tile_applies(q, k, v, c)) return launch_tile(c, in, outs);
-  return launch(K_FWD, c, c->B * c->Hq * c->Sq, in, 4, outs, 2);
+  return launch_either(K_FWD, c, c->B * c->Hq * c->Sq, in, 4, outs, 2);
 }
 
 /* ------------------------------------------------------------ autograd */
@@ -256,7 +294,7 @@ static zmlx_status attn_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const
   if (st == ZMLX_OK) {
     zmlx_array *in[8] = {q, k, v, mask, o, g, lse, glse};
     zmlx_array *out[2] = {dq, delta};
-    st = launch(K_DQ, &c, c.B * c.Hq * c.Sq, in, 8, out, 2);
+    st = launch_either(K_DQ, &c, c.B * c.Hq * c.Sq, in, 8, out, 2);
   }
   if (st == ZMLX_OK && (need[1] || need[2])) {
     st = zmlxi_array_alloc(dev, NULL, k->dtype, 4, k->shape, &dk);
@@ -264,7 +302,7 @@ static zmlx_status attn_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, const
     if (st == ZMLX_OK) {
       zmlx_array *in[7] = {q, k, v, mask, g, lse, delta};
       zmlx_array *out[2] = {dk, dv};
-      st = launch(K_DKV, &c, c.B * c.Hkv * c.Sk, in, 7, out, 2);
+      st = launch_either(K_DKV, &c, c.B * c.Hkv * c.Sk, in, 7, out, 2);
     }
   }
   if (st == ZMLX_OK && n->n_in > 3 && need[3] && c.mask_kind == 1) {
