@@ -199,8 +199,9 @@ static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma) {
   const size_t scratch = mma ? 0 : TILE_ROWS * n; /* P through memory without the matrix units */
   switch (which) {
   case K_FWD_TILE: return 2 * ((TILE_ROWS + 2 * n) * ld + scratch);
-  case K_DQ_TILE: return 2 * ((2 * TILE_ROWS + 2 * n) * ld + scratch) + 4 * TILE_ROWS;
-  default: return 2 * ((2 * TILE_ROWS + 2 * n) * ld + scratch) + 8 * n;
+  /* dQ and dK / dV double-buffer the tiles they step over */
+  case K_DQ_TILE: return 2 * ((2 * TILE_ROWS + 4 * n) * ld + scratch) + 4 * TILE_ROWS;
+  default: return 2 * ((2 * TILE_ROWS + 4 * n) * ld + scratch) + 16 * n;
   }
 }
 

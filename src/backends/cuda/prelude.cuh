@@ -207,6 +207,19 @@ ZMLX_FN void zmlx_ldsm_x4_trans(uint *r, const void *p) {
   }
 ZMLX_MMA_16X8X16_(zmlx_mma_16x8x16_f16, "f16")
 ZMLX_MMA_16X8X16_(zmlx_mma_16x8x16_bf16, "bf16")
+/* 16 bytes global -> threadgroup memory without passing through registers
+ * (cp.async, sm_80 on), or 16 zero bytes when `valid` is 0 (src is then not
+ * read); both pointers 16-byte aligned. Copies issued since the last commit
+ * form a group; wait_all waits for every group, wait_but_one for all but the
+ * newest: the issuing thread's copies only, so a barrier must follow before
+ * other threads read them. */
+ZMLX_FN void zmlx_copy_async16(void *dst, const void *src, int valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+               :: "r"(zmlx_shared_addr_(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+#define zmlx_copy_async_commit() asm volatile("cp.async.commit_group;" ::: "memory")
+#define zmlx_copy_async_wait_all() asm volatile("cp.async.wait_group 0;" ::: "memory")
+#define zmlx_copy_async_wait_but_one() asm volatile("cp.async.wait_group 1;" ::: "memory")
 #else
 #define ZMLX_HAS_MMA 0
 #endif
