@@ -180,8 +180,9 @@ static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **
 }
 
 /* The tiled kernels (kernels/attention_*_tile.zk, helpers in
- * attention_tile.zk): threadgroups of 128 threads own 64 rows (of queries,
- * or of keys for dK / dV) and step over the other side a tile at a time.
+ * attention_tile.zk): threadgroups of 128 threads own 64 or 128 rows (of
+ * queries, or of keys for dK / dV) and step over the other side a tile at a
+ * time.
  * They take f16 / bf16 with head_dim a multiple of 16 whose rows start
  * 16-byte aligned, on a device with 32-wide SIMD groups and room for the
  * staged tiles; elsewhere the scalar kernels run. */
@@ -194,11 +195,19 @@ static int tile_step(const attn_cfg *c, int which) {
   return c->D <= 128 ? 64 : 32;
 }
 
+/* Blocks of 16 rows a SIMD group: the forward's two (128 query rows a
+ * threadgroup) read K and V from threadgroup memory once for both; the
+ * backward's accumulators leave registers for one. */
+static int tile_row_blocks(const attn_cfg *c, int which) {
+  return which == K_FWD_TILE && c->D <= 128 ? 2 : 1;
+}
+
 static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma) {
   const size_t ld = (size_t)c->D + 8, n = (size_t)tile_step(c, which);
-  const size_t scratch = mma ? 0 : TILE_ROWS * n; /* P through memory without the matrix units */
+  const size_t rows = (size_t)TILE_ROWS * tile_row_blocks(c, which);
+  const size_t scratch = mma ? 0 : rows * n; /* P through memory without the matrix units */
   switch (which) {
-  case K_FWD_TILE: return 2 * ((TILE_ROWS + 2 * n) * ld + scratch);
+  case K_FWD_TILE: return 2 * ((rows + 2 * n) * ld + scratch);
   /* dQ and dK / dV double-buffer the tiles they step over */
   case K_DQ_TILE: return 2 * ((2 * TILE_ROWS + 4 * n) * ld + scratch) + 4 * TILE_ROWS;
   default: return 2 * ((2 * TILE_ROWS + 4 * n) * ld + scratch) + 16 * n;
@@ -224,7 +233,8 @@ static int tile_applies(zmlx_array *const *qkv, const attn_cfg *c, int which) {
 static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, int n_in,
                                zmlx_array **out) {
   const int64_t rows = which == K_DKV_TILE ? c->Sk : c->Sq;
-  const int64_t groups = (rows + TILE_ROWS - 1) / TILE_ROWS * c->B *
+  const int rb = tile_row_blocks(c, which), tile_rows = TILE_ROWS * rb;
+  const int64_t groups = (rows + tile_rows - 1) / tile_rows * c->B *
                          (which == K_DKV_TILE ? c->Hkv : c->Hq);
   if (groups == 0) return ZMLX_OK;
   zmlx_kernel *k;
@@ -233,8 +243,9 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
   const int mma = zmlxi_ops_native_mma(dev);
   double p[9];
   set_params(c, groups, p);
-  zmlx_template_arg t[7] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
+  zmlx_template_arg t[8] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
+                            {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, rb},
                             {which == K_DKV_TILE ? "BQ" : "BN", ZMLX_TEMPLATE_INT, ZMLX_F32,
                              tile_step(c, which)},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, c->mask_kind},
@@ -244,7 +255,7 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
   zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = 2, .inputs = in, .outputs = out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
-                           .n_templates = 7, .params = p,
+                           .n_templates = 8, .params = p,
                            .dynamic_shared_bytes = tile_shared_bytes(c, which, mma), .device = dev};
   return zmlx_kernel_launch(k, &call);
 }
