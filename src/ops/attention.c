@@ -189,10 +189,10 @@ static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **
 enum { TILE_ROWS = 64, TILE_THREADS = 128 };
 
 /* Keys a step of the forward and of dQ; queries a step of dK / dV (fewer at
- * large head_dim: the dK and dV accumulators take the registers). */
+ * head_dim 256: the accumulators take the registers). */
 static int tile_step(const attn_cfg *c, int which) {
-  if (which == K_DKV_TILE) return c->D <= 64 ? 64 : 32;
-  return c->D <= 128 ? 64 : 32;
+  if (which == K_FWD_TILE) return c->D <= 128 ? 64 : 32;
+  return which == K_DKV_TILE && c->D <= 128 ? 64 : 32; /* measured: bench/NOTES.md */
 }
 
 /* Blocks of 16 rows a SIMD group: the forward's two (128 query rows a
@@ -209,7 +209,7 @@ static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma) {
   switch (which) {
   case K_FWD_TILE: return 2 * ((rows + 2 * n) * ld + scratch);
   /* dQ and dK / dV double-buffer the tiles they step over */
-  case K_DQ_TILE: return 2 * ((2 * TILE_ROWS + 4 * n) * ld + scratch) + 4 * TILE_ROWS;
+  case K_DQ_TILE: return 2 * ((2 * rows + 4 * n) * ld + scratch) + 4 * rows;
   default: return 2 * ((2 * TILE_ROWS + 4 * n) * ld + scratch) + 16 * n;
   }
 }
