@@ -162,13 +162,11 @@ static zmlx_status decode_bench_run(void *p) {
   return st;
 }
 
-/* The issue's decode shape: batch 32, 32 q heads, 8 kv heads, head_dim
- * 128, context 4096, block 16, bf16 (batch 2, context 512 on a CPU
- * device). Bytes: the K and V the step reads. */
-static zmlx_status bench_paged_decode(const zmlx_bench_opts *o) {
-  zmlx_device_info info;
-  ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
-  const int64_t B = info.is_cpu ? 2 : 32, ctx = info.is_cpu ? 512 : 4096, H = 32, HKV = 8, D = 128;
+/* One decode step of B sequences of ctx tokens: 32 q heads, 8 kv heads,
+ * head_dim 128, block 16, bf16. Bytes: the K and V the step reads. */
+static zmlx_status bench_decode_shape(const zmlx_bench_opts *o, const char *name, int64_t B,
+                                      int64_t ctx) {
+  const int64_t H = 32, HKV = 8, D = 128;
   decode_bench b;
   memset(&b, 0, sizeof b);
   zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 1, .kv_heads = (int)HKV,
@@ -187,11 +185,22 @@ static zmlx_status bench_paged_decode(const zmlx_bench_opts *o) {
   if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 3, qsh, 62, &b.q);
   const double kv_bytes = 2.0 * (double)B * ctx * HKV * D * 2;
   if (st == ZMLX_OK)
-    st = zck_bench_time_emit(o, "paged_decode", ZMLX_BF16, 3, qsh, kv_bytes, decode_bench_run, &b);
+    st = zck_bench_time_emit(o, name, ZMLX_BF16, 3, qsh, kv_bytes, decode_bench_run, &b);
   zmlx_array_release(k);
   zmlx_array_release(b.q);
   zmlx_kv_cache_destroy(b.c);
   return st;
+}
+
+/* The issue's decode shapes: batch 32 at context 4096, batch 1 at 32768
+ * (split-K), batch 64 at 512 (batch 2 at 512 alone on a CPU device). */
+static zmlx_status bench_paged_decode(const zmlx_bench_opts *o) {
+  zmlx_device_info info;
+  ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
+  if (info.is_cpu) return bench_decode_shape(o, "paged_decode", 2, 512);
+  ZMLX_CHECK(bench_decode_shape(o, "paged_decode", 32, 4096));
+  ZMLX_CHECK(bench_decode_shape(o, "paged_decode_long", 1, 32768));
+  return bench_decode_shape(o, "paged_decode_b64", 64, 512);
 }
 
 const zmlx_catalog_bench zck_catalog_kv_cache_bench[] = {

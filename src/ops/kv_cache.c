@@ -11,6 +11,7 @@
 
 #include "kernel/kernel.h"
 #include "kernel/kernel_set.h"
+#include "ops/kernel_util.h"
 #include "runtime/internal.h"
 
 extern const char zmlxi_res_kv_rows_zk[];
@@ -18,8 +19,10 @@ extern const char zmlxi_res_paged_decode_zk[];
 extern const char zmlxi_res_kv_rope_write_zk[];
 extern const char zmlxi_res_paged_decode_part_zk[];
 extern const char zmlxi_res_paged_decode_combine_zk[];
+extern const char zmlxi_res_paged_decode_group_zk[];
+extern const char zmlxi_res_vec_io_zk[];
 
-enum { K_ROWS, K_DECODE, K_ROPE_WRITE, K_PART, K_COMBINE };
+enum { K_ROWS, K_DECODE, K_ROPE_WRITE, K_PART, K_COMBINE, K_GROUP };
 static const zmlx_kernel_spec SPECS[] = {
     [K_ROWS] = ZMLX_KSPEC("zmlx_kv_rows", zmlxi_res_kv_rows_zk, "src, rows", "dst",
                           "n:i64, W:i64, base:i64", .dense_inputs = 1),
@@ -37,6 +40,10 @@ static const zmlx_kernel_spec SPECS[] = {
                           "P:i32", .dense_inputs = 1),
     [K_COMBINE] = ZMLX_KSPEC("zmlx_paged_decode_combine", zmlxi_res_paged_decode_combine_zk,
                              "pm, pl, pacc", "out", "n:i64, NP:i32", .dense_inputs = 1),
+    [K_GROUP] = ZMLX_KSPEC("zmlx_paged_decode_group", zmlxi_res_paged_decode_group_zk,
+                           "q, kc, vc, tables, lens", "pm, pl, pacc",
+                           "n:i64, Hq:i32, Hkv:i32, MB:i32, BS:i32, base:i64, scale:f32, NP:i32, "
+                           "P:i32", .prelude = zmlxi_res_vec_io_zk, .dense_inputs = 1),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("kv cache", SPECS);
 
@@ -386,10 +393,43 @@ static int64_t split_partition(int64_t max_len, int64_t rows) {
   return max_len >= 2048 && rows < 8192 ? 512 : 0;
 }
 
-/* Partials per (row, partition), then their merge into y. */
+/* The grouped decode (kernels/paged_decode_group.zk): a threadgroup per
+ * (sequence, kv head, partition) reads each K and V row once for the GQA
+ * group's query heads, 16 bytes a lane. Its geometry for this cache and q:
+ * lanes a token (lpt), elements a 16-byte load (vec); 0 when it does not
+ * apply (q's rows not 16-byte aligned, or the group's q and accumulators
+ * would not fit in registers: more than 64 floats a lane). */
+typedef struct group_geometry {
+  int g, lpt, vec;
+} group_geometry;
+
+static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, group_geometry *gg) {
+  const size_t es = zmlx_dtype_size(c->d.dtype);
+  gg->g = (int)(q->shape[1] / c->d.kv_heads);
+  gg->vec = (int)(16 / es);
+  if (q->dtype != c->d.dtype || c->d.head_dim % gg->vec != 0) return 0;
+  if (!zmlx_array_is_contiguous(q) || ((size_t)q->offset * es) % 16 != 0) return 0;
+  const int chunks = c->d.head_dim / gg->vec;
+  gg->lpt = chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32;
+  const int per_lane = gg->g * ((chunks + gg->lpt - 1) / gg->lpt) * gg->vec;
+  return per_lane <= 64 && !getenv("ZMLX_DECODE_SCALAR");
+}
+
+/* Tokens a partition of the grouped decode: ZMLX_DECODE_PARTITION=N, else
+ * 512 (fewer for large groups: the scores of G heads stay under 32 KB). */
+static int64_t group_partition(int64_t max_len, int g) {
+  const char *env = getenv("ZMLX_DECODE_PARTITION");
+  if (env && *env && atoll(env) > 0) return atoll(env);
+  int64_t p = 8192 / g;
+  p = p > 512 ? 512 : p < 32 ? 32 : p;
+  return max_len > 0 && max_len < p ? max_len : p;
+}
+
+/* Partials per (row, partition) from the grouped kernel (gg != NULL) or a
+ * thread per (row, partition), then their merge into y. */
 static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx_array *at,
                                 zmlx_array *al, int64_t mb, double scale, int64_t np_,
-                                int64_t part, zmlx_array *y) {
+                                int64_t part, const group_geometry *gg, zmlx_array *y) {
   const int64_t B = q->shape[0], Hq = q->shape[1], rows = B * Hq, D = c->d.head_dim;
   int64_t s1 = rows * np_, s2[2] = {rows * np_, D};
   zmlx_array *pm = NULL, *pl = NULL, *pacc = NULL;
@@ -397,18 +437,36 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
   zmlx_status st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 1, &s1, &pm);
   if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 1, &s1, &pl);
   if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 2, s2, &pacc);
-  if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_PART, &kp);
+  if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, gg ? K_GROUP : K_PART, &kp);
   if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_COMBINE, &kc);
-  zmlx_template_arg t[1] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, D}};
+  zmlx_template_arg t[6] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, D}};
   if (st == ZMLX_OK) {
-    double p[9] = {(double)(rows * np_), (double)Hq, (double)c->d.kv_heads, (double)mb,
-                   (double)c->d.block_size,
+    const int64_t groups = B * c->d.kv_heads * np_;
+    double p[9] = {(double)(gg ? groups : rows * np_), (double)Hq, (double)c->d.kv_heads,
+                   (double)mb, (double)c->d.block_size,
                    (double)((int64_t)layer * c->d.num_blocks * c->d.block_size),
                    scale != 0 ? scale : 1.0 / sqrt((double)D), (double)np_, (double)part};
     zmlx_array *in[5] = {q, c->k, c->v, at, al}, *outs[3] = {pm, pl, pacc};
     zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 3, .inputs = in, .outputs = outs,
                              .templates = t, .n_templates = 1, .params = p, .device = c->dev};
-    zmlxi_kernel_call_grid_1d(&call, rows * np_);
+    if (gg) {
+      const int tpg = 128 / gg->lpt;
+      t[1] = (zmlx_template_arg){"G", ZMLX_TEMPLATE_INT, ZMLX_F32, gg->g};
+      t[2] = (zmlx_template_arg){"LPT", ZMLX_TEMPLATE_INT, ZMLX_F32, gg->lpt};
+      t[3] = (zmlx_template_arg){"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, gg->vec};
+      t[4] = (zmlx_template_arg){"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_xdt(c->d.dtype)};
+      t[5] = (zmlx_template_arg){"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
+                                 zmlxi_ops_native_simd(c->dev)};
+      call.n_templates = 6;
+      call.grid[0] = groups * 128;
+      call.grid[1] = call.grid[2] = 1;
+      call.threadgroup[0] = 128;
+      call.threadgroup[1] = call.threadgroup[2] = 1;
+      call.dynamic_shared_bytes =
+          sizeof(float) * ((size_t)gg->g * (size_t)part + (size_t)tpg * gg->g * D + 2 * gg->g);
+    } else {
+      zmlxi_kernel_call_grid_1d(&call, rows * np_);
+    }
     st = zmlx_kernel_launch(kp, &call);
   }
   if (st == ZMLX_OK) {
@@ -468,9 +526,14 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
   if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &y);
   int64_t max_len = 0;
   for (int64_t i = 0; i < B; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
+  group_geometry gg;
   const int64_t part = split_partition(max_len, B * Hq);
-  if (st == ZMLX_OK && B * Hq > 0 && part > 0) {
-    st = split_decode(c, layer, q, at, al, mb, scale, (max_len + part - 1) / part, part, y);
+  if (st == ZMLX_OK && B * Hq > 0 && group_applies(c, q, &gg)) {
+    const int64_t gp = group_partition(max_len, gg.g);
+    const int64_t np_ = max_len > 0 ? (max_len + gp - 1) / gp : 1;
+    st = split_decode(c, layer, q, at, al, mb, scale, np_, gp, &gg, y);
+  } else if (st == ZMLX_OK && B * Hq > 0 && part > 0) {
+    st = split_decode(c, layer, q, at, al, mb, scale, (max_len + part - 1) / part, part, NULL, y);
   } else if (st == ZMLX_OK && B * Hq > 0) {
     zmlx_kernel *k;
     st = zmlxi_kernel_set_get(&KERNELS, K_DECODE, &k);
