@@ -379,10 +379,11 @@ zmlx_status zmlx_kv_cache_read(zmlx_kv_cache *c, int64_t seq, int layer, zmlx_ar
 
 /* ------------------------------------------------------ decode attention */
 
-/* Tokens per partition of the split-K form, 0 for one pass. The rule is
- * provisional (to be measured on the H100, issue 11): split contexts of
- * 2048 tokens and more into 512-token partitions while the batch has few
- * rows to keep the device busy (under 8192 (sequence, head) rows).
+/* The per-row kernels (q rows not 16-byte aligned, more query heads a kv
+ * head than the grouped kernel holds in registers, or ZMLX_DECODE_SCALAR
+ * set): tokens per partition of their split-K form, 0
+ * for one pass: contexts of 2048 tokens and more in 512-token partitions
+ * while the batch has under 8192 (sequence, head) rows.
  * ZMLX_DECODE_PARTITION=N forces N-token partitions (0: never split). */
 static int64_t split_partition(int64_t max_len, int64_t rows) {
   const char *env = getenv("ZMLX_DECODE_PARTITION");
