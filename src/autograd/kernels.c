@@ -219,12 +219,14 @@ static zmlx_status library_gemm(zmlx_array *a, zmlx_array *b, zmlx_array *out) {
     return ZMLX_ERR_UNSUPPORTED;
   if (g.m > INT32_MAX || g.n > INT32_MAX || g.k > INT32_MAX || g.batch > INT32_MAX)
     return ZMLX_ERR_UNSUPPORTED;
-  /* 16-bit products land in f32 first and are rounded once: a library's
-   * split-K may otherwise sum its partials in the 16-bit output (cuBLAS
-   * bf16 at K = 4097 was off by 2.4x the bound of one rounding) */
+  /* 16-bit products are rounded once: where the library cannot promise it
+   * (a split-K summing its partials in the 16-bit output: cuBLAS bf16 at
+   * K = 4097 was off by 2.4x the bound of one rounding), they land in f32
+   * first */
   zmlx_array *c32 = NULL;
   void *stream = zmlxi_stream_or_default(NULL, dev)->handle;
-  if (out->dtype != ZMLX_F32) {
+  const int once = dev->ops->gemm_rounds_once && dev->ops->gemm_rounds_once(dev->index);
+  if (out->dtype != ZMLX_F32 && !once) {
     ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, ZMLX_F32, out->ndim, out->shape, &c32));
     g.c = c32->buffer->handle;
     g.c_off = c32->offset;

@@ -417,13 +417,12 @@ static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, group_geom
 }
 
 /* Tokens a partition of the grouped decode: ZMLX_DECODE_PARTITION=N, else
- * 512 (fewer for large groups: the scores of G heads stay under 32 KB). */
-static int64_t group_partition(int64_t max_len, int g) {
+ * 512 (batch 32 x 4096 is then 2048 threadgroups, batch 1 x 32768 with 8
+ * kv heads 512). */
+static int64_t group_partition(int64_t max_len) {
   const char *env = getenv("ZMLX_DECODE_PARTITION");
   if (env && *env && atoll(env) > 0) return atoll(env);
-  int64_t p = 8192 / g;
-  p = p > 512 ? 512 : p < 32 ? 32 : p;
-  return max_len > 0 && max_len < p ? max_len : p;
+  return max_len > 0 && max_len < 512 ? max_len : 512;
 }
 
 /* Partials per (row, partition) from the grouped kernel (gg != NULL) or a
@@ -463,8 +462,7 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
       call.grid[1] = call.grid[2] = 1;
       call.threadgroup[0] = 128;
       call.threadgroup[1] = call.threadgroup[2] = 1;
-      call.dynamic_shared_bytes =
-          sizeof(float) * ((size_t)gg->g * (size_t)part + (size_t)tpg * gg->g * D + 2 * gg->g);
+      call.dynamic_shared_bytes = sizeof(float) * (size_t)tpg * gg->g * (size_t)(D + 2);
     } else {
       zmlxi_kernel_call_grid_1d(&call, rows * np_);
     }
@@ -530,7 +528,7 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
   group_geometry gg;
   const int64_t part = split_partition(max_len, B * Hq);
   if (st == ZMLX_OK && B * Hq > 0 && group_applies(c, q, &gg)) {
-    const int64_t gp = group_partition(max_len, gg.g);
+    const int64_t gp = group_partition(max_len);
     const int64_t np_ = max_len > 0 ? (max_len + gp - 1) / gp : 1;
     st = split_decode(c, layer, q, at, al, mb, scale, np_, gp, &gg, y);
   } else if (st == ZMLX_OK && B * Hq > 0 && part > 0) {

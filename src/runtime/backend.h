@@ -170,6 +170,9 @@ typedef struct zmlx_backend_ops {
   /* The dtypes of A and B gemm takes on this device, a bit per zmlx_dtype
    * (0 when its library is not loaded). */
   unsigned (*gemm_dtypes)(int dev);
+  /* 1 when a 16-bit C is rounded once from f32 sums (a split-K's partials
+   * kept in f32); else 16-bit products go through an f32 C. NULL: 0. */
+  int (*gemm_rounds_once)(int dev);
 
   /* 1 when a buffer handle is a device address (CUDA): an offset can be
    * folded into it and its alignment checked; 0 for opaque objects

@@ -577,5 +577,6 @@ const zmlx_backend_ops zmlxi_backend_cuda_ops = {
     .gemm = cuda_gemm,
     .gemm_library = zmlxi_cublas_library,
     .gemm_dtypes = zmlxi_cublas_dtypes,
+    .gemm_rounds_once = zmlxi_cublas_rounds_once,
 };
 

@@ -25,6 +25,7 @@ typedef int (*cb_create_fn)(void **);
 typedef int (*cb_destroy_fn)(void *);
 typedef int (*cb_set_stream_fn)(void *, CUstream);
 typedef int (*cb_property_fn)(int, int *); /* cublasGetProperty: 0 major, 1 minor */
+typedef int (*cb_math_mode_fn)(void *, int);
 typedef int (*cb_gemm_fn)(void *, int, int, int, int, int, const void *, const void *, int, int,
                           long long, const void *, int, int, long long, const void *, void *, int,
                           int, long long, int, int, int);
@@ -36,10 +37,12 @@ static struct {
   cb_destroy_fn destroy;
   cb_set_stream_fn set_stream;
   cb_property_fn property;
+  cb_math_mode_fn math_mode;
   cb_gemm_fn gemm;
   char name[64];
   pthread_mutex_t lock;
   void *handles[ZMLXI_CUBLAS_MAX_DEVICES];
+  int rounds_once[ZMLXI_CUBLAS_MAX_DEVICES]; /* the handle took the math mode below */
 } cb = {.once = PTHREAD_ONCE_INIT, .lock = PTHREAD_MUTEX_INITIALIZER};
 
 static void load(void) {
@@ -53,6 +56,7 @@ static void load(void) {
   cb.set_stream = (cb_set_stream_fn)dlsym(cb.lib, "cublasSetStream_v2");
   cb.property = (cb_property_fn)dlsym(cb.lib, "cublasGetProperty");
   cb.gemm = (cb_gemm_fn)dlsym(cb.lib, "cublasGemmStridedBatchedEx");
+  cb.math_mode = (cb_math_mode_fn)dlsym(cb.lib, "cublasSetMathMode");
   if (!cb.create || !cb.destroy || !cb.set_stream || !cb.gemm) {
     dlclose(cb.lib);
     cb.lib = NULL;
@@ -70,7 +74,14 @@ static zmlx_status handle_of(int dev, void **out) {
     return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "cuBLAS GEMM: device %d is past the handle table", dev);
   pthread_mutex_lock(&cb.lock);
   int r = 0;
-  if (!cb.handles[dev]) r = cb.create(&cb.handles[dev]);
+  if (!cb.handles[dev]) {
+    r = cb.create(&cb.handles[dev]);
+    /* CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION:
+     * a split-K sums its partials in the compute type (f32), so a 16-bit C
+     * is rounded once and needs no f32 staging (autograd/kernels.c) */
+    if (r == 0 && cb.handles[dev] && cb.math_mode)
+      cb.rounds_once[dev] = cb.math_mode(cb.handles[dev], 16) == 0;
+  }
   *out = cb.handles[dev];
   pthread_mutex_unlock(&cb.lock);
   if (r != 0 || !*out)
@@ -92,6 +103,18 @@ const char *zmlxi_cublas_library(int dev) {
   }
   pthread_mutex_unlock(&cb.lock);
   return cb.name;
+}
+
+int zmlxi_cublas_rounds_once(int dev) {
+  void *h = NULL;
+  if (!loaded() || handle_of(dev, &h) != ZMLX_OK) {
+    zmlx_clear_error();
+    return 0;
+  }
+  pthread_mutex_lock(&cb.lock);
+  const int r = cb.rounds_once[dev];
+  pthread_mutex_unlock(&cb.lock);
+  return r;
 }
 
 unsigned zmlxi_cublas_dtypes(int dev) {

@@ -12,6 +12,8 @@ zmlx_status zmlxi_cublas_gemm(int dev, void *stream, const zmlx_gemm_args *g);
 const char *zmlxi_cublas_library(int dev);
 /* f32, f16 and bf16 (bits by zmlx_dtype) once libcublas loads, else 0. */
 unsigned zmlxi_cublas_dtypes(int dev);
+/* 1 when cuBLAS keeps split-K reductions in f32 (the handle's math mode). */
+int zmlxi_cublas_rounds_once(int dev);
 /* Destroy the handles (zmlx_shutdown). */
 void zmlxi_cublas_shutdown(void);
 
