@@ -413,7 +413,11 @@ static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, group_geom
   const int chunks = c->d.head_dim / gg->vec;
   gg->lpt = chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32;
   const int per_lane = gg->g * ((chunks + gg->lpt - 1) / gg->lpt) * gg->vec;
-  return per_lane <= 64 && !getenv("ZMLX_DECODE_SCALAR");
+  if (per_lane > 64 || getenv("ZMLX_DECODE_SCALAR")) return 0;
+  /* where SIMD groups are emulated (PoCL) every lane exchange is two
+   * barriers, and the per-row kernels decode ~7x faster: the grouped one
+   * runs there only when asked (ZMLX_DECODE_GROUP=1, as the check does) */
+  return zmlxi_ops_native_simd(c->dev) || getenv("ZMLX_DECODE_GROUP");
 }
 
 /* Tokens a partition of the grouped decode: ZMLX_DECODE_PARTITION=N, else
