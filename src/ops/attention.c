@@ -210,7 +210,7 @@ static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma) {
   case K_FWD_TILE: return 2 * ((rows + 2 * n) * ld + scratch);
   /* dQ and dK / dV double-buffer the tiles they step over */
   case K_DQ_TILE: return 2 * ((2 * rows + 4 * n) * ld + scratch) + 4 * rows;
-  default: return 2 * ((2 * TILE_ROWS + 4 * n) * ld + scratch) + 16 * n;
+  default: return 2 * ((2 * rows + 4 * n) * ld + scratch) + 16 * n;
   }
 }
 
