@@ -118,6 +118,49 @@ static PyObject *py_current_stream(PyObject *mod, PyObject *args) {
   return PyLong_FromLongLong((long long)(intptr_t)native);
 }
 
+/* The thread's stream on dev back to `native` (a handle current_stream gave;
+ * NULL: zmlx's default stream). The wrapper is looked up again rather than
+ * kept, since making another stream current may release it. */
+static int restore_stream(zmlx_device *dev, int had, void *native) {
+  if (!had) return zmlx_set_current_stream(NULL) == ZMLX_OK;
+  zmlx_stream *s = wrapper_of(dev, native);
+  return s && zmlx_set_current_stream(s) == ZMLX_OK;
+}
+
+/* on_stream(handle, index, fn, *args): fn(*args) with this thread's zmlx
+ * work on CUDA device `index` running on the raw CUstream `handle` (0: the
+ * legacy default stream), the previous stream restored after, also when fn
+ * raises. One C call instead of a Python context manager: zmlx.torch runs
+ * every op through it, so it is on the per-call path. */
+static PyObject *py_on_stream(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+  (void)mod;
+  if (nargs < 3) {
+    PyErr_SetString(PyExc_TypeError, "on_stream(handle, index, fn, *args)");
+    return NULL;
+  }
+  long long handle = PyLong_AsLongLong(args[0]);
+  long index = PyLong_AsLong(args[1]);
+  if (PyErr_Occurred()) return NULL;
+  zmlx_device *dev = NULL;
+  zmlx_status st = zmlx_device_get(ZMLX_BACKEND_CUDA, (int)index, &dev);
+  if (st != ZMLX_OK) return zpy_raise(st);
+  zmlx_stream *prev = NULL;
+  void *prev_native = NULL;
+  st = zmlx_current_stream(dev, &prev);
+  if (st == ZMLX_OK && prev) st = zmlx_stream_native(prev, &prev_native);
+  if (st != ZMLX_OK) return zpy_raise(st);
+  int had = prev != NULL;
+  zmlx_stream *s = wrapper_of(dev, (void *)(intptr_t)handle);
+  if (!s) return NULL;
+  if (s != prev && (st = zmlx_set_current_stream(s)) != ZMLX_OK) return zpy_raise(st);
+  PyObject *r = PyObject_Vectorcall(args[2], args + 3, (size_t)(nargs - 3), NULL);
+  if (s != prev && !restore_stream(dev, had, prev_native)) {
+    Py_XDECREF(r);
+    return PyErr_Occurred() ? NULL : zpy_raise(ZMLX_ERR_INTERNAL);
+  }
+  return r;
+}
+
 PyMethodDef zpy_stream_functions[] = {
     {"set_stream", (PyCFunction)(void (*)(void))py_set_stream, METH_VARARGS | METH_KEYWORDS,
      "set_stream(handle, device=None): run this thread's zmlx work on another library's stream "
@@ -125,5 +168,9 @@ PyMethodDef zpy_stream_functions[] = {
      ".cuda_stream); None: back to zmlx's default stream."},
     {"current_stream", py_current_stream, METH_VARARGS,
      "current_stream(device=None): the handle set_stream gave this thread, or None."},
+    {"on_stream", (PyCFunction)(void (*)(void))py_on_stream, METH_FASTCALL,
+     "on_stream(handle, index, fn, *args): fn(*args) with zmlx on CUDA device index running on "
+     "the raw CUstream handle (torch.cuda.current_stream().cuda_stream; 0: legacy default), the "
+     "thread's previous stream restored after."},
     {NULL, NULL, 0, NULL},
 };

@@ -17,6 +17,14 @@ Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE):
   and ``down_proj`` [E, H, I], SiLU) -> ``zmlx.torch.moe_experts``; the
   router stays transformers' own.
 
+* ``attention``: the model's attention implementation (transformers'
+  ``AttentionInterface``, model-wide: every layer reads the one config) ->
+  ``zmlx.torch.attention``, registered as ``"zmlx"`` together with the SDPA
+  mask builder (a causal mask is skipped, padding gives a bool mask). GQA
+  runs without repeating k / v. Calls zmlx cannot take (dropout while
+  training, softcap, position bias, head_dim > 256, other dtypes) go to
+  transformers' SDPA function, counted in ``attention_fallbacks()``.
+
 Rotary embeddings are reported as skipped: transformers applies the cos /
 sin tables through a module-level function indexed by ``position_ids``,
 while zmlx's rope takes per-sequence offsets.
@@ -39,7 +47,8 @@ _MLP_CLASSES = {
     "LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen2MoeMLP", "Qwen3MLP", "Qwen3MoeMLP",
     "MixtralBlockSparseTop2MLP",
 }
-_KINDS = ("rmsnorm", "mlp", "moe", "loss")
+_KINDS = ("rmsnorm", "mlp", "moe", "attention", "loss")
+_ATTN_NAME = "zmlx"
 _LOSS_ATTRS = ("loss_function", "_loss_function")
 
 
@@ -150,6 +159,84 @@ def _patch_experts(m: torch.nn.Module) -> Optional[str]:
     return None
 
 
+_FALLBACKS: dict = {}
+
+
+def attention_fallbacks() -> dict:
+    """{reason: calls} of patched attention calls that went to SDPA instead."""
+    return dict(_FALLBACKS)
+
+
+def _attention_fallback_reason(query, key, value, dropout, kwargs) -> Optional[str]:
+    if dropout:
+        return "attention dropout"
+    if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+        return "softcap / position bias"
+    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {query.dtype}"
+    d = query.shape[-1]
+    if d > 256 or key.shape[-1] != d or value.shape[-1] != d:
+        return "head_dim > 256 or q / k / v head_dims differ"
+    if query.shape[1] % key.shape[1]:
+        return "kv heads not dividing q heads"
+    return None
+
+
+def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                  scaling=None, is_causal=None, **kwargs):
+    """transformers' attention-function contract (q [B, Hq, Sq, D], k / v
+    [B, Hkv, Sk, D], a bool or additive 4-D mask or None; returns
+    ([B, Sq, Hq, D], None)) on zmlx.torch.attention, with SDPA's rules for
+    when a call is causal."""
+    why = _attention_fallback_reason(query, key, value, dropout, kwargs)
+    if why:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        _FALLBACKS[why] = _FALLBACKS.get(why, 0) + 1
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(causal) and attention_mask is None and q_len > 1
+    if causal and kv_len > q_len:  # an empty static cache's unused tail, as SDPA crops it
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    out = ztorch.attention(query, key, value, attention_mask, causal, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> Optional[str]:
+    """Register "zmlx" with transformers' attention and mask interfaces; the
+    reason when this transformers has no such interfaces."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError as e:
+        return f"this transformers has no AttentionInterface ({e})"
+    AttentionInterface.register(_ATTN_NAME, _hf_attention)
+    AttentionMaskInterface.register(_ATTN_NAME, sdpa_mask)
+    return None
+
+
+def _patch_attention(model: torch.nn.Module) -> Tuple[Optional[str], str]:
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current is None or not hasattr(model, "set_attn_implementation"):
+        return "no config._attn_implementation / set_attn_implementation (not a transformers model)", ""
+    layers = sum(type(m).__name__.endswith("Attention") for m in model.modules())
+    if not layers:
+        return "no *Attention modules", ""
+    if current == _ATTN_NAME:
+        return "already patched", ""
+    why = _register_attention()
+    if why:
+        return why, ""
+    model.set_attn_implementation(_ATTN_NAME)
+    if model.config._attn_implementation != _ATTN_NAME:
+        return f"{type(model).__name__} kept attention {model.config._attn_implementation!r} " \
+               "(it does not dispatch through AttentionInterface)", ""
+    model._zmlx_original_attention = current
+    return None, f"zmlx.torch.attention in {layers} attention modules (was {current!r})"
+
+
 def _causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None,
                     ignore_index: int = -100, shift_labels=None, **kwargs):
     """transformers' ForCausalLMLoss through zmlx's fused cross-entropy."""
@@ -171,8 +258,9 @@ def patch(model: torch.nn.Module, include: Optional[Iterable[str]] = None,
     """Replace known modules' forwards with zmlx ops, in place; returns a
     PatchReport (print it: it names every patched and skipped module and why).
 
-    include / exclude: kinds ("rmsnorm", "mlp", "moe", "loss") or fnmatch patterns
-    on module names ("model.layers.0.*"); None includes everything."""
+    include / exclude: kinds ("rmsnorm", "mlp", "moe", "attention", "loss") or
+    fnmatch patterns on module names ("model.layers.0.*"; attention is
+    model-wide: only its kind selects it); None includes everything."""
     report = PatchReport()
     for name, m in model.named_modules():
         cls = type(m).__name__
@@ -215,6 +303,14 @@ def patch(model: torch.nn.Module, include: Optional[Iterable[str]] = None,
         else:
             m._zmlx_original_forward = original
             report.patched.append((name, cls, what))
+    if hasattr(model, "config") and hasattr(model.config, "_attn_implementation"):
+        if _selected("attention", "attention", include, exclude):
+            why, what = _patch_attention(model)
+            row = ("config._attn_implementation", type(model).__name__)
+            (report.skipped if why else report.patched).append(row + ((why or what),))
+        else:
+            report.skipped.append(("config._attn_implementation", type(model).__name__,
+                                   "left out by include/exclude"))
     if hasattr(model, "loss_function"):
         if _selected("loss", "loss_function", include, exclude):
             # transformers' loss_function is a property whose setter stores
@@ -240,6 +336,10 @@ def unpatch(model: torch.nn.Module) -> int:
             del m.forward  # the instance attribute; the class's forward shows again
             del m._zmlx_original_forward
             restored += 1
+    attention = model.__dict__.pop("_zmlx_original_attention", None)
+    if attention is not None:
+        model.set_attn_implementation(attention)
+        restored += 1
     saved = model.__dict__.pop("_zmlx_original_loss", None)
     if saved is not None:
         for k in _LOSS_ATTRS:

@@ -25,9 +25,10 @@ from . import _core
 
 __all__ = [
     "rms_norm", "layer_norm", "softmax", "log_softmax", "silu", "gelu", "gelu_tanh", "relu",
-    "sigmoid", "softplus", "mish", "swiglu", "geglu", "moe_experts", "cross_entropy", "elementwise",
+    "sigmoid", "softplus", "mish", "swiglu", "geglu", "moe_experts", "cross_entropy", "attention",
+    "rope", "elementwise",
     "patch",
-    "unpatch", "PatchReport",
+    "unpatch", "PatchReport", "attention_fallbacks",
 ]
 
 _ZMLX_DTYPE = {
@@ -38,44 +39,40 @@ _TORCH_DTYPE = {v: k for k, v in _ZMLX_DTYPE.items()}
 
 
 # ------------------------------------------------------------ tensors, streams
+#
+# This is every op's per-call path, so it avoids PyTorch's Python layers: the
+# raw current stream (no torch.cuda.Stream object), DLPack capsules made and
+# taken in C (torch's Tensor.__dlpack__ / torch.from_dlpack are Python that
+# query and compare streams again), and the stream switch done by one C call
+# around the op. zmlx runs on the tensor's current stream, so neither hand-off
+# needs a wait.
 
-class _Stream:
-    """zmlx work inside the block runs on PyTorch's current stream of t's
-    device; the thread's previous zmlx stream comes back after it."""
-    __slots__ = ("name", "prev")
+_to_capsule = torch.utils.dlpack.to_dlpack
+_from_capsule = getattr(torch._C, "_from_dlpack", torch.utils.dlpack.from_dlpack)
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream",
+                      lambda index: torch.cuda.current_stream(index).cuda_stream)
 
-    def __init__(self, t: torch.Tensor):
-        self.name = None
-        if t.is_cuda:
-            index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-            self.name = f"cuda:{index}"
 
-    def __enter__(self):
-        if self.name is not None:
-            self.prev = _core.current_stream(self.name)
-            _core.set_stream(torch.cuda.current_stream(self.name).cuda_stream, self.name)
-        return self
-
-    def __exit__(self, *exc):
-        if self.name is not None:
-            if self.prev is None:
-                _core.set_stream(None)
-            else:
-                _core.set_stream(self.prev, self.name)
-        return False
+def _on_stream(like: torch.Tensor, fn: Callable, *args):
+    """fn(*args) with zmlx on PyTorch's current stream of like's device
+    (CUDA), or as it is (CPU tensors: zmlx's default device)."""
+    if like.is_cuda:
+        index = like.get_device()
+        return _core.on_stream(_raw_stream(index), index, fn, *args)
+    return fn(*args)
 
 
 def _in(t: Optional[torch.Tensor]):
     """A zmlx Array over t (zero copy on CUDA, a copy of a CPU tensor)."""
     if t is None:
         return None
-    return _core.from_dlpack(t.detach())
+    return _core.from_dlpack(_to_capsule(t.detach()))
 
 
 def _out(a, like: torch.Tensor) -> torch.Tensor:
     """A torch tensor of zmlx Array a, on like's device."""
     if like.is_cuda:
-        return torch.from_dlpack(a)
+        return _from_capsule(a.__dlpack__(stream=-1))
     dtype = _TORCH_DTYPE[a.dtype]
     if a.size == 0:
         return torch.empty(a.shape, dtype=dtype)
@@ -100,10 +97,11 @@ def _define(name: str, schema: str, forward: Callable, n_tensors: int,
     bwd_args = ", ".join(["Tensor grad"] + [a.strip() for a in schema.split(",")])
     _lib.define(f"{name}_backward({bwd_args}) -> Tensor[]")
 
+    def run(tensors, scalars):
+        return _out(forward(*[_in(t) for t in tensors], *scalars), tensors[0])
+
     def impl(*args):
-        tensors, scalars = args[:n_tensors], args[n_tensors:]
-        with _Stream(tensors[0]):
-            return _out(forward(*[_in(t) for t in tensors], *scalars), tensors[0])
+        return _on_stream(args[0], run, args[:n_tensors], args[n_tensors:])
 
     def backward_impl(grad, *args):
         tensors, scalars = list(args[:n_tensors]), args[n_tensors:]
@@ -116,9 +114,11 @@ def _define(name: str, schema: str, forward: Callable, n_tensors: int,
                 arrays[i] = a
             return forward(*arrays, *scalars)
 
-        with _Stream(grad):
+        def run():
             _, grads = zmlx.vjp(fn, [fixed[i] for i in wanted], _in(grad.contiguous()))
             return [_out(g, grad) for g in grads]
+
+        return _on_stream(grad, run)
 
     def fake_impl(*args):
         return fake(*args) if fake else torch.empty_like(args[0])
@@ -183,6 +183,18 @@ _cross_entropy = _define(
                                                   reduction=red),
     2, (0,), fake=lambda lg, t, ii, ls, red: lg.new_empty((), dtype=torch.float32))
 
+_attention = _define(
+    "attention", "Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal, float scale, str layout",
+    lambda q, k, v, m, causal, scale, layout: zmlx.attention(q, k, v, m, causal, scale, layout),
+    4, (0, 1, 2))
+_rope = _define(
+    "rope", "Tensor x, Tensor? cos, Tensor? sin, Tensor? offsets, str mode, str layout, "
+    "int rotary_dims, float base, float scale",
+    lambda x, c, s, o, mode, layout, rd, base, scale: zmlx.rope(
+        x, mode=mode, layout=layout, rotary_dims=rd, base=base, scale=scale, offsets=o, cos=c,
+        sin=s),
+    4, (0,))
+
 
 def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
              eps: float = 1e-6) -> torch.Tensor:
@@ -229,6 +241,38 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     return _cross_entropy(logits, targets, int(ignore_index), float(label_smoothing), reduction)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
+              causal: bool = False, scale: Optional[float] = None,
+              layout: str = "bhsd") -> torch.Tensor:
+    """Flash attention: softmax(q k^T * scale + mask) v without the score
+    matrix, f32 statistics. q [B, Hq, Sq, D], k / v [B, Hkv, Sk, D] (layout
+    "bshd": [B, S, H, D]), Hkv dividing Hq (GQA / MQA without repeating k, v),
+    D <= 256, f32 / f16 / bf16. causal: key j visible to query i when
+    j <= i + Sk - Sq (bottom-right, as a KV cache needs). mask: additive
+    (float, -inf drops) or bool (True keeps), broadcast to [B, H, Sq, Sk].
+    scale None: 1 / sqrt(D). Gradients to q, k and v (FlashAttention-2's
+    recomputing backward)."""
+    return _attention(q, k, v, mask, bool(causal), float(scale or 0.0), layout)
+
+
+def rope(x: torch.Tensor, base: float = 10000.0, offsets: Optional[torch.Tensor] = None,
+         rotary_dims: int = 0, scale: float = 1.0, mode: str = "half_split", layout: str = "bshd",
+         cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rotary position embedding of a 4-D x (layout "bshd" or "bhsd"): position
+    = offsets[b] + s (offsets: int [B], None: 0), angles position * scale *
+    base^(-2i/R) computed in the kernel, or looked up in f32 cos / sin tables
+    [positions, R/2]. mode "half_split" (Llama / NeoX) or "interleaved"
+    (GPT-J). rotary_dims R (0: head_dim); dims past R pass through. The
+    gradient is the inverse rotation."""
+    if offsets is not None:
+        offsets = offsets.to(torch.int32)
+    if (cos is None) != (sin is None):
+        raise ValueError("zmlx.torch.rope: give both cos and sin tables, or neither")
+    if cos is not None:
+        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    return _rope(x, cos, sin, offsets, mode, layout, int(rotary_dims), float(base), float(scale))
+
+
 softmax = _unary("softmax", zmlx.softmax, "softmax over the last axis.")
 log_softmax = _unary("log_softmax", zmlx.log_softmax, "log_softmax over the last axis.")
 silu = _unary("silu", zmlx.silu, "x * sigmoid(x).")
@@ -258,15 +302,18 @@ _lib.define("elementwise_backward(str expr, str[] names, Tensor grad, Tensor[] i
 
 
 def _elementwise_impl(expr, names, inputs):
-    with _Stream(inputs[0]):
-        return _out(_elementwise_op(expr, names)(*[_in(t) for t in inputs]), inputs[0])
+    op = _elementwise_op(expr, names)
+    return _on_stream(inputs[0], lambda: _out(op(*[_in(t) for t in inputs]), inputs[0]))
 
 
 def _elementwise_backward_impl(expr, names, grad, inputs):
     op = _elementwise_op(expr, names)
-    with _Stream(grad):
+
+    def run():
         _, grads = zmlx.vjp(lambda *xs: op(*xs), [_in(t) for t in inputs], _in(grad.contiguous()))
         return [_out(g, grad) for g in grads]
+
+    return _on_stream(grad, run)
 
 
 def _elementwise_fake(expr, names, inputs):
@@ -314,4 +361,4 @@ def elementwise(expr: str, names: Sequence[str]) -> Callable[..., torch.Tensor]:
     return call
 
 
-from ._patch import PatchReport, patch, unpatch  # noqa: E402  (needs the ops above)
+from ._patch import PatchReport, attention_fallbacks, patch, unpatch  # noqa: E402  (needs the ops above)

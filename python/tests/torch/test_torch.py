@@ -127,6 +127,86 @@ def test_cross_entropy_matches_torch(gen):
         close(g, gr)
 
 
+def sdpa_ref(q, k, v, mask=None, causal=False, scale=None):
+    """F.scaled_dot_product_attention in f32 with k / v repeated for GQA and
+    the causal mask bottom-right aligned (key j visible to query i when
+    j <= i + Sk - Sq), as zmlx's is."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.float().repeat_interleave(rep, 1), v.float().repeat_interleave(rep, 1)
+    sq, sk = q.shape[2], k.shape[2]
+    if causal:
+        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+    return F.scaled_dot_product_attention(q.float(), k, v, attn_mask=mask, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_matches_sdpa_with_grads(gen, dtype):
+    B, Hq, Hkv, Sq, Sk, D = 2, 4, 2, 13, 21, 32
+    q = rand(gen, B, Hq, Sq, D, dtype=dtype, grad=True)
+    k = rand(gen, B, Hkv, Sk, D, dtype=dtype, grad=True)
+    v = rand(gen, B, Hkv, Sk, D, dtype=dtype, grad=True)
+    keep = torch.rand(B, 1, Sq, Sk, generator=gen) > 0.3
+    keep[..., 0] = True  # no row fully masked (SDPA gives NaN there, zmlx 0)
+    keep = keep.to(DEVICE)
+    additive = torch.where(keep, 0.0, float("-inf")).to(DEVICE) + rand(gen, 1, Hq, Sq, Sk, scale=0.5)
+    for kw in [dict(causal=True), dict(mask=keep), dict(mask=additive.to(dtype), scale=0.3)]:
+        refs = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
+        out = zt.attention(q, k, v, **kw)
+        ref_mask = kw.get("mask")
+        want = sdpa_ref(*refs, mask=None if ref_mask is None else ref_mask.float()
+                        if ref_mask.dtype != torch.bool else ref_mask,
+                        causal=kw.get("causal", False), scale=kw.get("scale"))
+        assert out.shape == q.shape and out.dtype == dtype
+        close(out, want, dtype, scale=2.0)
+        g = rand(gen, B, Hq, Sq, D)
+        got_g = torch.autograd.grad(out, (q, k, v), g.to(dtype))
+        want_g = torch.autograd.grad(want, refs, g)
+        for a, r in zip(got_g, want_g):
+            close(a, r, dtype, scale=8.0)
+    # bshd layout: the same numbers transposed
+    out = zt.attention(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
+                       v.transpose(1, 2).contiguous(), causal=True, layout="bshd")
+    close(out.transpose(1, 2), sdpa_ref(q, k, v, causal=True), dtype, scale=2.0)
+
+
+def rope_ref(x, positions, base=10000.0, interleaved=False):
+    """x [B, S, H, D] rotated by angle positions[b, s] * base^(-2i/D)."""
+    D = x.shape[-1]
+    inv = base ** (-torch.arange(0, D, 2, dtype=torch.float64, device=x.device) / D)
+    ang = positions.double()[:, :, None, None] * inv  # [B, S, 1, D/2]
+    cos, sin = ang.cos(), ang.sin()
+    xd = x.double()
+    if interleaved:
+        a, b = xd[..., 0::2], xd[..., 1::2]
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+    a, b = xd[..., :D // 2], xd[..., D // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
+
+
+def test_rope_matches_reference_with_grads(gen):
+    B, S, H, D = 2, 7, 3, 16
+    x = rand(gen, B, S, H, D, grad=True)
+    offsets = torch.tensor([0, 5], device=DEVICE)
+    positions = offsets[:, None] + torch.arange(S, device=DEVICE)[None]
+    for interleaved in (False, True):
+        xr = x.detach().double().requires_grad_(True)
+        mode = "interleaved" if interleaved else "half_split"
+        out = zt.rope(x, base=500.0, offsets=offsets, mode=mode)
+        want = rope_ref(xr, positions, 500.0, interleaved)
+        close(out, want.float())
+        g = rand(gen, B, S, H, D)
+        (gx,), (gr,) = torch.autograd.grad(out, (x,), g), torch.autograd.grad(want, (xr,), g.double())
+        close(gx, gr.float())
+    # cos / sin tables [positions, D/2] and the bhsd layout
+    inv = 10000.0 ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    ang = torch.arange(32, dtype=torch.float64)[:, None] * inv
+    out = zt.rope(x.transpose(1, 2), offsets=offsets, layout="bhsd", cos=ang.cos().to(DEVICE),
+                  sin=ang.sin().to(DEVICE))
+    close(out.transpose(1, 2), rope_ref(x.detach(), positions).float())
+    with pytest.raises(ValueError):
+        zt.rope(x, cos=ang.cos().to(DEVICE))
+
+
 def test_elementwise_with_gradients_and_broadcast(gen):
     f = zt.elementwise("x * sigmoid(x) * y + (x > 0 ? x : 0.5 * x)", ["x", "y"])
     x, y = rand(gen, 4, 9, grad=True), rand(gen, 9, grad=True)
@@ -149,6 +229,11 @@ def test_opcheck_schema_fake_and_autograd(gen):
         (torch.ops.zmlx.softmax.default, (x,)),
         (torch.ops.zmlx.cross_entropy.default, (x, t, -100, 0.0, "mean")),
         (torch.ops.zmlx.elementwise.default, ("x * tanh(x)", ["x"], [x])),
+        (torch.ops.zmlx.attention.default, (rand(gen, 1, 2, 5, 16, grad=True),
+                                            rand(gen, 1, 1, 7, 16, grad=True),
+                                            rand(gen, 1, 1, 7, 16, grad=True), None, True, 0.0, "bhsd")),
+        (torch.ops.zmlx.rope.default, (rand(gen, 1, 5, 2, 8, grad=True), None, None, None,
+                                       "half_split", "bshd", 0, 10000.0, 1.0)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -266,12 +351,19 @@ def _tiny_hf(kind):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3_moe"])
-def test_patch_hf_model_matches_unpatched(kind):
+def test_patch_hf_model_matches_unpatched(kind, monkeypatch):
     torch.manual_seed(SEED)
     model = _tiny_hf(kind)
     ids = torch.randint(0, 128, (2, 24)).to(DEVICE)
+    padding = torch.ones(2, 24, dtype=torch.long, device=DEVICE)
+    padding[1, :5] = 0  # left padding: a bool mask reaches the attention function
     with torch.no_grad():
         want = model(ids, labels=ids)
+        want_padded = model(ids, attention_mask=padding).logits
+        want_tokens = model.generate(ids[:1, :8], max_new_tokens=12, do_sample=False)
+    calls = []
+    real_attention = zt.attention
+    monkeypatch.setattr(zt, "attention", lambda *a, **k: calls.append(1) or real_attention(*a, **k))
     report = zt.patch(model)
     text = str(report)
     assert report.patched, text
@@ -282,10 +374,16 @@ def test_patch_hf_model_matches_unpatched(kind):
         assert any("moe_experts" in what for _, _, what in report.patched), text
     assert any(name == "loss_function" for name, _, _ in report.patched), text
     assert any("rotary" in why for _, _, why in report.skipped), text
+    assert any("zmlx.torch.attention" in what for _, _, what in report.patched), text
     with torch.no_grad():
         got = model(ids, labels=ids)
+        got_padded = model(ids, attention_mask=padding).logits
+        got_tokens = model.generate(ids[:1, :8], max_new_tokens=12, do_sample=False)
+    assert len(calls) >= 2 * 2 + 12 and not zt.attention_fallbacks(), (len(calls), zt.attention_fallbacks())
     close(got.logits, want.logits, scale=10.0)
     close(got.loss, want.loss, scale=10.0)
+    close(got_padded[1, 5:], want_padded[1, 5:], scale=10.0)  # padded positions differ by design
+    assert torch.equal(got_tokens, want_tokens)
     # a patched model trains: gradients reach every parameter
     model.train()
     model.zero_grad()
@@ -294,6 +392,7 @@ def test_patch_hf_model_matches_unpatched(kind):
     assert not missing or kind == "qwen3_moe", missing  # unrouted experts get none
     restored = zt.unpatch(model)
     assert restored == len(report.patched)
+    assert model.config._attn_implementation == "sdpa"
     assert "patched" in str(zt.patch(model, include=["nothing"]))
     zt.unpatch(model)
 
