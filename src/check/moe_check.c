@@ -92,7 +92,34 @@ typedef struct layer_case {
   int64_t T, E;
   int k, scoring, renorm, shared;
   int64_t inter; /* 0: 48 (a whole number of 16-byte chunks); 42: scalar weight reads */
+  int fused;     /* w1, w3: the two halves of one [E, 2I, H] array (views read in place) */
 } layer_case;
+
+/* a[L_W1], a[L_W3] replaced by the row halves of one fused gate_up
+ * [E, 2I, H] holding the same values (transformers' fused experts): views
+ * whose experts lie 2I rows apart. */
+static zmlx_status fuse_w13(const zmlx_check_opts *o, const layer_dims *d, double *const *v,
+                            zmlx_array **a) {
+  const int64_t rows = d->I * d->H, sh[3] = {d->E, 2 * d->I, d->H};
+  double *f = malloc(sizeof(double) * (size_t)(2 * d->E * rows));
+  if (!f) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  for (int64_t e = 0; e < d->E; e++) {
+    memcpy(f + 2 * e * rows, v[L_W1] + e * rows, sizeof(double) * (size_t)rows);
+    memcpy(f + (2 * e + 1) * rows, v[L_W3] + e * rows, sizeof(double) * (size_t)rows);
+  }
+  zmlx_array *fused = NULL;
+  zmlx_status st = zck_upload(o->device, o->dtype, 3, sh, f, &fused);
+  free(f);
+  for (int half = 0; half < 2 && st == ZMLX_OK; half++) {
+    const int64_t lo[3] = {0, half * d->I, 0}, hi[3] = {d->E, (half + 1) * d->I, d->H};
+    zmlx_array **dst = &a[half ? L_W3 : L_W1];
+    zmlx_array_release(*dst);
+    *dst = NULL;
+    st = zmlx_array_slice(fused, lo, hi, NULL, dst);
+  }
+  zmlx_array_release(fused);
+  return st;
+}
 
 /* Host values and device arrays of the layer's inputs. */
 static zmlx_status layer_inputs(const zmlx_check_opts *o, const layer_dims *d, uint64_t *rng,
@@ -150,6 +177,7 @@ static void layer_case_run(const zmlx_check_opts *o, const layer_case *lc, uint6
     if (!want[i] || !magn[i]) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   }
   if (st == ZMLX_OK) st = layer_inputs(o, &d, rng, v, a);
+  if (st == ZMLX_OK && lc->fused) st = fuse_w13(o, &d, v, a);
   int64_t ysh[2] = {d.T, d.H};
   if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, ysh, -1, 1, rng, dy, &ady);
   layer_fn_ctx fc;
@@ -264,12 +292,12 @@ static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) 
 static zmlx_status check_moe(const zmlx_check_opts *o) {
   uint64_t rng = o->seed * 2654435761u + 9409u;
   const layer_case cases[] = {
-      {1, 8, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 0, 0},
-      {7, 64, 8, ZMLX_MOE_TOPK_SOFTMAX, 0, 1, 0},
-      {64, 8, 1, ZMLX_MOE_SIGMOID, 1, 0, 42},
-      {513, 64, 8, ZMLX_MOE_SOFTMAX_TOPK, 1, 1, 0},
-      {513, 8, 2, ZMLX_MOE_SIGMOID, 1, 0, 0},
-      {64, 64, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 1, 0},
+      {1, 8, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 0, 0, 0},
+      {7, 64, 8, ZMLX_MOE_TOPK_SOFTMAX, 0, 1, 0, 0},
+      {64, 8, 1, ZMLX_MOE_SIGMOID, 1, 0, 42, 0},
+      {513, 64, 8, ZMLX_MOE_SOFTMAX_TOPK, 1, 1, 0, 0},
+      {513, 8, 2, ZMLX_MOE_SIGMOID, 1, 0, 0, 0},
+      {64, 64, 2, ZMLX_MOE_SOFTMAX_TOPK, 0, 1, 0, 0},
   };
   const int n = o->quick ? 4 : 6;
   for (int i = 0; i < n; i++) layer_case_run(o, &cases[i], &rng, NULL);
@@ -282,6 +310,13 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
   layer_case_run(o, &cases[1], &rng, info.native_simd ? " thread rows" : " simd rows");
   layer_case_run(o, &cases[3], &rng, info.native_simd ? " thread rows" : " simd rows");
   unsetenv("ZMLX_MOE_SIMD_ROWS");
+  /* w1 / w3 as halves of a fused gate_up: pair rows, grouped rows, and
+   * scalar reads (inter 42) */
+  for (int i = 1; i <= 3; i++) {
+    layer_case fc = cases[i];
+    fc.fused = 1;
+    layer_case_run(o, &fc, &rng, " fused gate_up");
+  }
   /* f32 batches with few experts go through the GEMM library where the
    * device has one: the fused kernels' grouped rows on the same case, and
    * the library on a case with many experts */
@@ -290,6 +325,9 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
     layer_case_run(o, &cases[4], &rng, " kernel rows");
     setenv("ZMLX_MOE_GEMM", "1", 1);
     layer_case_run(o, &cases[2], &rng, " library gemm");
+    layer_case fc = cases[2];
+    fc.fused = 1;
+    layer_case_run(o, &fc, &rng, " library gemm, fused gate_up");
     unsetenv("ZMLX_MOE_GEMM");
   }
   unrouted_case(o, 0, &rng);

@@ -36,6 +36,30 @@ static zmlx_status expert_weight(const char *name, zmlx_array *w, int64_t E, int
   return ZMLX_OK;
 }
 
+/* Rows between experts when w1 and w3 can be read in place: rows of H
+ * contiguous elements, the same expert stride in both, a whole number of
+ * rows of at least I (dense: I; the halves of a fused gate_up [E, 2I, H]
+ * sliced along its rows: 2I, so no copy of the weights per call). 0: they
+ * are copied dense. */
+static int64_t w13_rows_apart(const zmlx_array *w1, const zmlx_array *w3, const moe_expert_cfg *c) {
+  const int64_t *s1 = w1->strides, *s3 = w3->strides;
+  if (s1[2] != 1 || s3[2] != 1 || s1[1] != c->H || s3[1] != c->H || s1[0] != s3[0] ||
+      s1[0] % c->H)
+    return 0;
+  const int64_t es = s1[0] / c->H;
+  return es >= c->I && es <= INT32_MAX ? es : 0;
+}
+
+/* w (w1 or w3) as the expert kernels read it with c->ES rows between
+ * experts: itself when it has that form, else a dense copy (c->ES = I). */
+static zmlx_status w13_rows(zmlx_array *w, const moe_expert_cfg *c, zmlx_array **out) {
+  if (c->ES != c->I || zmlx_array_is_contiguous(w)) {
+    *out = w;
+    return zmlx_array_retain(w);
+  }
+  return zmlx_array_contiguous(w, out);
+}
+
 zmlx_status zmlxi_moe_experts_validate(zmlx_array *x, zmlx_array *weights, zmlx_array *indices,
                                       zmlx_array *w1, zmlx_array *w3, zmlx_array *w2,
                                       moe_expert_cfg *c) {
@@ -71,6 +95,8 @@ zmlx_status zmlxi_moe_experts_validate(zmlx_array *x, zmlx_array *weights, zmlx_
   ZMLX_CHECK(expert_weight("w1", w1, c->E, c->I, c->H, x));
   ZMLX_CHECK(expert_weight("w3", w3, c->E, c->I, c->H, x));
   ZMLX_CHECK(expert_weight("w2", w2, c->E, c->H, c->I, x));
+  c->ES = w13_rows_apart(w1, w3, c);
+  if (!c->ES) c->ES = c->I;
   if (c->k > c->E)
     return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_moe_experts: k = %d with %lld experts", c->k,
                      (long long)c->E);
@@ -156,7 +182,7 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   zmlx_device *dev = x->buffer->device;
   const int64_t P = c->T * c->k;
   memset(s, 0, sizeof *s);
-  double p[5];
+  double p[MOE_EXPERT_NPARAMS];
   const int simd = simd_rows(dev), vec = weight_vec(c, w1, w3, w2);
   zmlx_template_arg t[7] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
                             {"QBITS", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->bits},
@@ -235,12 +261,15 @@ static zmlx_status experts_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, co
   const experts_ctx *x = n->ctx;
   const moe_expert_cfg *c = &x->c;
   zmlx_array *xs = n->in[0], *weights = n->in[1], *w1 = n->in[2], *w3 = n->in[3], *w2 = n->in[4];
-  zmlx_array *indices = n->in[5];
+  zmlx_array *indices = NULL, *w1r = NULL, *w3r = NULL;
   zmlx_device *dev = xs->buffer->device;
   const int64_t P = c->T * c->k;
   zmlx_array *dy = NULL, *da = NULL, *db = NULL, *offsets = NULL, *order = NULL, *slot = NULL;
-  double p[5];
+  double p[MOE_EXPERT_NPARAMS];
   zmlx_status st = zmlxi_ad_cast(cot[0], ZMLX_F32, &dy);
+  if (st == ZMLX_OK) st = zmlx_array_contiguous(n->in[5], &indices);
+  if (st == ZMLX_OK && need[0]) st = w13_rows(w1, c, &w1r);
+  if (st == ZMLX_OK && need[0]) st = w13_rows(w3, c, &w3r);
   if (st == ZMLX_OK && need[1]) {
     st = zmlxi_moe_alloc(dev, ZMLX_F32, c->T, c->k, &grads[1]);
     zmlxi_moe_params(c, P, p);
@@ -258,7 +287,7 @@ static zmlx_status experts_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, co
   if (st == ZMLX_OK && need[0]) {
     st = zmlxi_moe_alloc(dev, ZMLX_F32, c->T, c->H, &grads[0]);
     zmlxi_moe_params(c, c->T * c->H, p);
-    zmlx_array *in[5] = {da, db, indices, w1, w3};
+    zmlx_array *in[5] = {da, db, indices, w1r, w3r};
     if (st == ZMLX_OK) st = zmlxi_moe_launch(K_BWD_DX, p, NULL, 0, c->T * c->H, in, 5, &grads[0], 1);
   }
   if (st == ZMLX_OK && (need[2] || need[3] || need[4]))
@@ -278,8 +307,8 @@ static zmlx_status experts_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, co
     zmlx_array *in[5] = {dy, x->s.act, weights, offsets, order};
     if (st == ZMLX_OK) st = zmlxi_moe_launch(K_BWD_W2, p, NULL, 0, c->E * c->H * c->I, in, 5, &grads[4], 1);
   }
-  zmlx_array *tmp[6] = {dy, da, db, offsets, order, slot};
-  zmlxi_moe_release(tmp, 6);
+  zmlx_array *tmp[9] = {dy, da, db, offsets, order, slot, indices, w1r, w3r};
+  zmlxi_moe_release(tmp, 9);
   if (st != ZMLX_OK) zmlxi_moe_release(grads, 5);
   return st;
 }
@@ -297,7 +326,8 @@ zmlx_status zmlx_moe_experts(zmlx_array *x, zmlx_array *weights, zmlx_array *ind
   zmlx_array *in[6] = {x, weights, w1, w3, w2, indices};
   zmlx_array *dense[6] = {0};
   zmlx_status st = ZMLX_OK;
-  for (int i = 0; i < 6 && st == ZMLX_OK; i++) st = zmlx_array_contiguous(in[i], &dense[i]);
+  for (int i = 0; i < 6 && st == ZMLX_OK; i++)
+    st = i == 2 || i == 3 ? w13_rows(in[i], &c, &dense[i]) : zmlx_array_contiguous(in[i], &dense[i]);
   const int save = st == ZMLX_OK && zmlxi_ad_should_record(in, 5);
   moe_saved s;
   memset(&s, 0, sizeof s);
@@ -411,9 +441,21 @@ zmlx_status zmlx_moe_experts_quantized(zmlx_array *x, zmlx_array *weights, zmlx_
   if (zmlxi_ad_should_record(tracked, 2))
     return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_moe_experts_quantized: not differentiable "
                      "(inference only); use zmlx_moe_experts on dequantized weights for gradients");
+  /* the up-projection kernel reads its inputs in place: dense copies of
+   * strided ones (the others copy what they need at launch) */
+  zmlx_array *src[8] = {x, indices, m1.w, m1.scales, m1.biases, m3.w, m3.scales, m3.biases};
+  zmlx_array *dense[8] = {0};
+  zmlx_status st = ZMLX_OK;
+  for (int i = 0; i < 8 && st == ZMLX_OK; i++)
+    if (src[i]) st = zmlx_array_contiguous(src[i], &dense[i]);
   moe_saved s;
-  zmlx_status st = zmlxi_moe_experts_forward(&c, x, weights, indices, &m1, &m3, &m2, 0, &s, out);
+  memset(&s, 0, sizeof s);
+  m1.w = dense[2], m1.scales = dense[3], m1.biases = dense[4];
+  m3.w = dense[5], m3.scales = dense[6], m3.biases = dense[7];
+  if (st == ZMLX_OK)
+    st = zmlxi_moe_experts_forward(&c, dense[0], weights, dense[1], &m1, &m3, &m2, 0, &s, out);
   zmlxi_moe_saved_free(&s);
+  zmlxi_moe_release(dense, 8);
   return st;
 }
 

@@ -36,10 +36,14 @@ typedef struct moe_gate_cfg {
 
 typedef struct moe_expert_cfg {
   int64_t T, H, I, E;
+  /* rows between experts in w1 / w3 as the kernels read them: I when
+   * dense, 2I for the halves of a fused gate_up [E, 2I, H] read in place */
+  int64_t ES;
   int k;
 } moe_expert_cfg;
 
-/* The expert kernels' parameters (n:i64, K, E, H, I) for n threads. */
+/* The expert kernels' parameters (n:i64, K, E, H, I, ES) for n threads. */
+#define MOE_EXPERT_NPARAMS 6
 void zmlxi_moe_params(const moe_expert_cfg *c, int64_t n, double *p);
 
 /* What the experts' forward keeps for the backward (f32): act, pre1, pre3

@@ -24,7 +24,7 @@ extern const char zmlxi_res_moe_scatter_zk[];
 extern const char zmlxi_res_moe_combine_dw_zk[];
 
 #define GATE_PARAMS "T:i64, E:i32, scaling:f32"
-#define EXPERT_PARAMS "n:i64, K:i32, E:i32, H:i32, I:i32"
+#define EXPERT_PARAMS "n:i64, K:i32, E:i32, H:i32, I:i32, ES:i32"
 #define EXPERT_SPEC(name, src, in, out)                                                   \
   ZMLX_KSPEC(name, src, in, out, EXPERT_PARAMS, .prelude = zmlxi_res_moe_common_zk,       \
              .dense_inputs = 1)
@@ -36,10 +36,12 @@ static const zmlx_kernel_spec SPECS[] = {
     [K_DISPATCH] = ZMLX_KSPEC("zmlx_moe_dispatch", zmlxi_res_moe_dispatch_zk, "indices",
                               "cnt, base, offsets, order, slot", "P:i64, E:i32, C:i32",
                               .prelude = zmlxi_res_moe_common_zk, .dense_inputs = 1),
+    /* w1, w3 read in place (rows ES apart, moe.c's w13_rows): the callers
+     * pass every other input dense */
     [K_UP] = ZMLX_KSPEC("zmlx_moe_up", zmlxi_res_moe_up_zk,
                         "x, indices, w1, w3, s1, b1, s3, b3, offsets, order", "act, pre1, pre3",
                         EXPERT_PARAMS, .prelude = zmlxi_res_vec_io_zk,
-                        .prelude2 = zmlxi_res_moe_rows_zk, .dense_inputs = 1),
+                        .prelude2 = zmlxi_res_moe_rows_zk),
     [K_DOWN] = ZMLX_KSPEC("zmlx_moe_down", zmlxi_res_moe_down_zk,
                           "act, indices, weights, w2, s2, b2, offsets, order", "out, down",
                           EXPERT_PARAMS, .prelude = zmlxi_res_vec_io_zk,
@@ -50,8 +52,8 @@ static const zmlx_kernel_spec SPECS[] = {
                               "dy, indices, weights, w2, pre1, pre3", "da, db"),
     [K_BWD_WEIGHTS] = EXPERT_SPEC("zmlx_moe_bwd_weights", zmlxi_res_moe_bwd_weights_zk,
                                   "dy, down", "dw"),
-    [K_BWD_DX] = EXPERT_SPEC("zmlx_moe_bwd_dx", zmlxi_res_moe_bwd_dx_zk,
-                             "da, db, indices, w1, w3", "dx"),
+    [K_BWD_DX] = ZMLX_KSPEC("zmlx_moe_bwd_dx", zmlxi_res_moe_bwd_dx_zk, "da, db, indices, w1, w3",
+                            "dx", EXPERT_PARAMS, .prelude = zmlxi_res_moe_common_zk),
     [K_BWD_W13] = EXPERT_SPEC("zmlx_moe_bwd_w13", zmlxi_res_moe_bwd_w13_zk,
                               "da, db, x, offsets, order", "dw1, dw3"),
     [K_BWD_W2] = EXPERT_SPEC("zmlx_moe_bwd_w2", zmlxi_res_moe_bwd_w2_zk,
@@ -102,4 +104,5 @@ void zmlxi_moe_params(const moe_expert_cfg *c, int64_t n, double *p) {
   p[2] = (double)c->E;
   p[3] = (double)c->H;
   p[4] = (double)c->I;
+  p[5] = (double)(c->ES ? c->ES : c->I);
 }

@@ -190,7 +190,7 @@ static zmlx_status move_rows(int which, int64_t rows, int64_t H, int k, int weig
                              zmlx_array *src, zmlx_array *map, zmlx_array *weights,
                              zmlx_array *out) {
   const moe_expert_cfg c = {.H = H, .k = k};
-  double p[5];
+  double p[MOE_EXPERT_NPARAMS];
   zmlxi_moe_params(&c, rows * H, p);
   zmlx_template_arg t[1] = {{"WEIGHTED", ZMLX_TEMPLATE_BOOL, ZMLX_F32, weighted}};
   zmlx_array *in[3] = {src, map, weights ? weights : map};
@@ -288,7 +288,7 @@ static zmlx_status combine_vjp(const zmlx_ad_node *n, zmlx_array *const *cot, co
   }
   if (st == ZMLX_OK && need[1]) {
     const moe_expert_cfg cfg = {.H = H, .k = c->k};
-    double p[5];
+    double p[MOE_EXPERT_NPARAMS];
     zmlxi_moe_params(&cfg, T * c->k, p);
     st = zmlxi_moe_alloc(y->buffer->device, ZMLX_F32, T, c->k, &grads[1]);
     zmlx_array *in[3] = {dy, y, c->slot};
