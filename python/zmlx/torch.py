@@ -26,7 +26,9 @@ from . import _core
 __all__ = [
     "rms_norm", "layer_norm", "softmax", "log_softmax", "silu", "gelu", "gelu_tanh", "relu",
     "sigmoid", "softplus", "mish", "swiglu", "geglu", "moe_experts", "cross_entropy", "attention",
-    "rope", "elementwise",
+    "rope", "elementwise", "logsumexp", "exp", "log", "tanh", "swiglu_split", "geglu_split",
+    "bias_silu", "bias_swiglu", "bias_gelu", "elu", "dropout", "add_rmsnorm", "add_layernorm",
+    "softmax_masked", "reduce_last", "argmax", "argmin", "topk", "quantize_int8", "dequantize_int8",
     "patch",
     "unpatch", "PatchReport", "attention_fallbacks",
 ]
@@ -84,24 +86,64 @@ def _out(a, like: torch.Tensor) -> torch.Tensor:
 _lib = torch.library.Library("zmlx", "DEF")
 
 
+def _weighted_total(ys, live):
+    """sum_j sum(ys[j] * g_j) over the (index, cotangent array) pairs in
+    live: its gradient is the vector-Jacobian product of a several-output
+    function with cotangents g_j (the multiply and the sum pass them on
+    exactly)."""
+    total = None
+    for j, g in live:
+        term = zmlx.sum(zmlx.multiply(ys[j], g))
+        total = term if total is None else zmlx.add(total, term)
+    return total
+
+
 def _define(name: str, schema: str, forward: Callable, n_tensors: int,
-            differentiable: Sequence[int], fake: Optional[Callable] = None) -> Callable:
+            differentiable: Sequence[int], fake: Optional[Callable] = None,
+            outputs: Sequence[str] = ("float",)) -> Callable:
     """Register zmlx::name(schema) computing forward(*zmlx arrays, *scalars),
     and zmlx::name_backward; returns the Python entry point.
 
     The first n_tensors arguments are tensors (None allowed where the schema
     says Tensor?); the rest are passed to forward as they are. Gradients flow
-    to the tensor arguments listed in `differentiable`."""
+    to the tensor arguments listed in `differentiable` (none: no autograd
+    rule). `outputs` names each output "float" or "int" (int outputs carry
+    no gradient); with several, forward returns a tuple. fake(*args) gives
+    the output's (or outputs') shape and dtype, default like args[0]."""
     qual = f"zmlx::{name}"
-    _lib.define(f"{name}({schema}) -> Tensor")
-    bwd_args = ", ".join(["Tensor grad"] + [a.strip() for a in schema.split(",")])
-    _lib.define(f"{name}_backward({bwd_args}) -> Tensor[]")
+    multi = len(outputs) > 1
+    ret = "(" + ", ".join(["Tensor"] * len(outputs)) + ")" if multi else "Tensor"
+    _lib.define(f"{name}({schema}) -> {ret}")
 
     def run(tensors, scalars):
-        return _out(forward(*[_in(t) for t in tensors], *scalars), tensors[0])
+        r = forward(*[_in(t) for t in tensors], *scalars)
+        if multi:
+            return tuple(_out(a, tensors[0]) for a in r)
+        return _out(r, tensors[0])
 
     def impl(*args):
         return _on_stream(args[0], run, args[:n_tensors], args[n_tensors:])
+
+    def fake_impl(*args):
+        return fake(*args) if fake else torch.empty_like(args[0])
+
+    for key in ("CPU", "CUDA"):
+        _lib.impl(name, impl, key)
+    torch.library.register_fake(qual, fake_impl, lib=_lib)
+    if differentiable:
+        _define_backward(name, schema, forward, n_tensors, differentiable, outputs)
+    return getattr(torch.ops.zmlx, name)
+
+
+def _define_backward(name: str, schema: str, forward: Callable, n_tensors: int,
+                     differentiable: Sequence[int], outputs: Sequence[str]) -> None:
+    """zmlx::name_backward (zmlx's VJP kernels, recomputing the forward) and
+    the autograd rule of zmlx::name that calls it."""
+    qual = f"zmlx::{name}"
+    multi = len(outputs) > 1
+    grad_arg = "Tensor?[] grads" if multi else "Tensor grad"
+    bwd_args = ", ".join([grad_arg] + [a.strip() for a in schema.split(",")])
+    _lib.define(f"{name}_backward({bwd_args}) -> Tensor[]")
 
     def backward_impl(grad, *args):
         tensors, scalars = list(args[:n_tensors]), args[n_tensors:]
@@ -114,22 +156,30 @@ def _define(name: str, schema: str, forward: Callable, n_tensors: int,
                 arrays[i] = a
             return forward(*arrays, *scalars)
 
-        def run():
-            _, grads = zmlx.vjp(fn, [fixed[i] for i in wanted], _in(grad.contiguous()))
-            return [_out(g, grad) for g in grads]
+        if not multi:
+            def run():
+                _, grads = zmlx.vjp(fn, [fixed[i] for i in wanted], _in(grad.contiguous()))
+                return [_out(g, grad) for g in grads]
+            return _on_stream(grad, run)
+        given = [(j, g) for j, g in enumerate(grad)
+                 if g is not None and outputs[j] == "float" and g.is_floating_point()]
+        if not given:
+            return [torch.zeros_like(tensors[i]) for i in wanted]
+        like = given[0][1]
 
-        return _on_stream(grad, run)
-
-    def fake_impl(*args):
-        return fake(*args) if fake else torch.empty_like(args[0])
+        def run_multi():
+            live = [(j, _in(g.contiguous())) for j, g in given]
+            one = zmlx.full([], 1.0, dtype=live[0][1].dtype, device=live[0][1].device)
+            _, grads = zmlx.vjp(lambda *xs: _weighted_total(fn(*xs), live),
+                                [fixed[i] for i in wanted], one)
+            return [_out(g, like) for g in grads]
+        return _on_stream(like, run_multi)
 
     def fake_backward(grad, *args):
         return [torch.empty_like(args[i]) for i in differentiable if args[i] is not None]
 
     for key in ("CPU", "CUDA"):
-        _lib.impl(name, impl, key)
         _lib.impl(f"{name}_backward", backward_impl, key)
-    torch.library.register_fake(qual, fake_impl, lib=_lib)
     torch.library.register_fake(f"{qual}_backward", fake_backward, lib=_lib)
     backward_op = getattr(torch.ops.zmlx, f"{name}_backward")
 
@@ -139,9 +189,9 @@ def _define(name: str, schema: str, forward: Callable, n_tensors: int,
         ctx.present = [t is not None for t in tensors]
         ctx.scalars = inputs[n_tensors:]
 
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         saved = [t if p else None for t, p in zip(ctx.saved_tensors, ctx.present)]
-        grads = backward_op(grad, *saved, *ctx.scalars)
+        grads = backward_op(list(grads) if multi else grads[0], *saved, *ctx.scalars)
         out: List[Optional[torch.Tensor]] = [None] * (n_tensors + len(ctx.scalars))
         it = iter(grads)
         for i in differentiable:
@@ -150,11 +200,10 @@ def _define(name: str, schema: str, forward: Callable, n_tensors: int,
         return tuple(out)
 
     torch.library.register_autograd(qual, backward, setup_context=setup_context, lib=_lib)
-    return getattr(torch.ops.zmlx, name)
 
 
-def _unary(name: str, fn: Callable, doc: str) -> Callable:
-    op = _define(name, "Tensor x", fn, 1, (0,))
+def _unary(name: str, fn: Callable, doc: str, fake: Optional[Callable] = None) -> Callable:
+    op = _define(name, "Tensor x", fn, 1, (0,), fake=fake)
 
     def call(x: torch.Tensor) -> torch.Tensor:
         return op(x)
@@ -225,8 +274,9 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w
     e = indices[t, j]. x [tokens, hidden]; weights / indices [tokens, k];
     w1, w3 [experts, inter, hidden]; w2 [experts, hidden, inter]. Each pair
     reads only its expert's rows; gradients to x, weights, w1, w3, w2.
-    Strided weights (slices of a fused gate_up projection) are copied dense
-    per call."""
+    w1 and w3 may be the row halves of one fused gate_up [experts, 2 inter,
+    hidden] (``gate_up[:, :inter]``, ``gate_up[:, inter:]``): read in place,
+    no copy; other strided weights are copied dense per call."""
     return _moe_experts(x, weights, indices.to(torch.int32), w1, w3, w2)
 
 
@@ -282,6 +332,161 @@ relu = _unary("relu", zmlx.relu, "max(x, 0).")
 sigmoid = _unary("sigmoid", zmlx.sigmoid, "1 / (1 + exp(-x)).")
 softplus = _unary("softplus", zmlx.softplus, "log(1 + exp(x)).")
 mish = _unary("mish", zmlx.mish, "x * tanh(softplus(x)).")
+
+
+# ------------------------------------------------- the rest of the catalog
+
+def _last_halved(x, *rest):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+def _last_dropped(x, *rest, keepdims=False):
+    return x.new_empty((*x.shape[:-1], 1) if keepdims else x.shape[:-1])
+
+
+logsumexp = _unary("logsumexp", zmlx.logsumexp, "log(sum(exp(x))) over the last axis (dropped).",
+                   fake=_last_dropped)
+exp = _unary("exp", zmlx.exp, "exp(x).")
+log = _unary("log", zmlx.log, "log(x).")
+tanh = _unary("tanh", zmlx.tanh, "tanh(x).")
+_swiglu_split = _define("swiglu_split", "Tensor x", zmlx.swiglu_split, 1, (0,), fake=_last_halved)
+_geglu_split = _define("geglu_split", "Tensor x, bool approximate",
+                       lambda x, a: zmlx.geglu_split(x, a), 1, (0,), fake=_last_halved)
+_bias_silu = _define("bias_silu", "Tensor x, Tensor bias", zmlx.bias_silu, 2, (0, 1))
+_bias_swiglu = _define("bias_swiglu", "Tensor x, Tensor bias", zmlx.bias_swiglu, 2, (0, 1),
+                       fake=_last_halved)
+_bias_gelu = _define("bias_gelu", "Tensor x, Tensor bias, bool approximate",
+                     lambda x, b, a: zmlx.bias_gelu(x, b, a), 2, (0, 1))
+_elu = _define("elu", "Tensor x, float alpha", lambda x, a: zmlx.elu(x, a), 1, (0,))
+_dropout = _define("dropout", "Tensor x, float p, int seed", lambda x, p, sd: zmlx.dropout(x, p, sd),
+                   1, (0,))
+_add_rmsnorm = _define(
+    "add_rmsnorm", "Tensor x, Tensor residual, Tensor? weight, float eps",
+    lambda x, r, w, eps: zmlx.add_rmsnorm(x, r, w, eps), 3, (0, 1, 2),
+    fake=lambda x, r, w, eps: (torch.empty_like(x), torch.empty_like(x)), outputs=("float", "float"))
+_add_layernorm = _define(
+    "add_layernorm", "Tensor x, Tensor residual, Tensor? weight, Tensor? bias, float eps",
+    lambda x, r, w, b, eps: zmlx.add_layernorm(x, r, w, b, eps), 4, (0, 1, 2, 3),
+    fake=lambda x, r, w, b, eps: (torch.empty_like(x), torch.empty_like(x)),
+    outputs=("float", "float"))
+_softmax_masked = _define(
+    "softmax_masked", "Tensor x, Tensor? mask, float scale, bool causal",
+    lambda x, m, sc, c: zmlx.softmax_masked(x, m, sc, c), 2, (0,))
+_reduce_last = _define(
+    "reduce_last", "Tensor x, str kind, int ddof, bool keepdims",
+    lambda x, kind, ddof, keep: zmlx.reduce_last(x, kind, ddof, keep), 1, (0,),
+    fake=lambda x, kind, ddof, keep: _last_dropped(x, keepdims=keep))
+_argmax = _define("argmax", "Tensor x, bool keepdims", lambda x, keep: zmlx.argmax(x, keep), 1, (),
+                  fake=lambda x, keep: _last_dropped(x, keepdims=keep).to(torch.int32),
+                  outputs=("int",))
+_argmin = _define("argmin", "Tensor x, bool keepdims", lambda x, keep: zmlx.argmin(x, keep), 1, (),
+                  fake=lambda x, keep: _last_dropped(x, keepdims=keep).to(torch.int32),
+                  outputs=("int",))
+_topk = _define(
+    "topk", "Tensor x, int k", lambda x, k: zmlx.topk(x, k), 1, (0,),
+    fake=lambda x, k: (x.new_empty((*x.shape[:-1], k)),
+                       x.new_empty((*x.shape[:-1], k), dtype=torch.int32)),
+    outputs=("float", "int"))
+_quantize_int8 = _define(
+    "quantize_int8", "Tensor x, str scale_dtype",
+    lambda x, sd: zmlx.quantize_int8(x, sd), 1, (),
+    fake=lambda x, sd: (x.new_empty(x.shape, dtype=torch.int8),
+                        x.new_empty(x.shape[:-1], dtype=_TORCH_DTYPE[sd])),
+    outputs=("int", "float"))
+_dequantize_int8 = _define(
+    "dequantize_int8", "Tensor q, Tensor scales, str dtype, bool silu",
+    lambda q, sc, dt, silu: zmlx.dequantize_int8(q, sc, dt, silu), 2, (),
+    fake=lambda q, sc, dt, silu: q.new_empty(q.shape, dtype=_TORCH_DTYPE[dt]))
+
+
+def swiglu_split(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[..., :F]) * x[..., F:] (a fused gate / up projection's output), F = last dim / 2."""
+    return _swiglu_split(x)
+
+
+def geglu_split(x: torch.Tensor, approximate: bool = False) -> torch.Tensor:
+    """gelu(x[..., :F]) * x[..., F:], F = last dim / 2."""
+    return _geglu_split(x, bool(approximate))
+
+
+def bias_silu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """silu(x + bias), bias over the last axis."""
+    return _bias_silu(x, bias)
+
+
+def bias_swiglu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """swiglu_split(x + bias)."""
+    return _bias_swiglu(x, bias)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: bool = False) -> torch.Tensor:
+    """gelu(x + bias) (tanh approximation if approximate)."""
+    return _bias_gelu(x, bias, bool(approximate))
+
+
+def elu(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """x if x > 0 else alpha (exp(x) - 1)."""
+    return _elu(x, float(alpha))
+
+
+def dropout(x: torch.Tensor, p: float, seed: int = 0) -> torch.Tensor:
+    """x / (1 - p) where a counter-based draw (seed, element index) keeps it,
+    else 0: the same mask on every backend and in the backward."""
+    return _dropout(x, float(p), int(seed))
+
+
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                eps: float = 1e-6):
+    """(rms_norm(x + residual) * weight, x + residual) in one pass: a
+    pre-norm block's residual add and the next norm."""
+    return _add_rmsnorm(x, residual, weight, float(eps))
+
+
+def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                  bias: Optional[torch.Tensor] = None, eps: float = 1e-5):
+    """(layer_norm(x + residual), x + residual) in one pass."""
+    return _add_layernorm(x, residual, weight, bias, float(eps))
+
+
+def softmax_masked(x: torch.Tensor, mask: Optional[torch.Tensor] = None, scale: float = 1.0,
+                   causal: bool = False) -> torch.Tensor:
+    """softmax(x * scale + mask) over the last axis; mask additive (float)
+    or bool (True keeps), broadcast; causal hides columns past each row's
+    index (bottom-right aligned)."""
+    return _softmax_masked(x, mask, float(scale), bool(causal))
+
+
+def reduce_last(x: torch.Tensor, kind: str, ddof: int = 0, keepdims: bool = False) -> torch.Tensor:
+    """sum, mean, max, min, var or std over the last axis (f32 accumulation)."""
+    return _reduce_last(x, kind, int(ddof), bool(keepdims))
+
+
+def argmax(x: torch.Tensor, keepdims: bool = False) -> torch.Tensor:
+    """Index of the largest element over the last axis (int32; the first on ties)."""
+    return _argmax(x, bool(keepdims))
+
+
+def argmin(x: torch.Tensor, keepdims: bool = False) -> torch.Tensor:
+    """Index of the smallest element over the last axis (int32)."""
+    return _argmin(x, bool(keepdims))
+
+
+def topk(x: torch.Tensor, k: int):
+    """(values, indices int32) of the k largest elements over the last axis,
+    largest first; the gradient flows to x through the values."""
+    return _topk(x, int(k))
+
+
+def quantize_int8(x: torch.Tensor, scale_dtype: str = "f32"):
+    """(q int8, scales) with x[..., j] ~ q[..., j] * scales[...]: symmetric,
+    one scale per row (max |x| / 127)."""
+    return _quantize_int8(x, scale_dtype)
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: str = "f32",
+                    silu: bool = False) -> torch.Tensor:
+    """q * scales per row as dtype ("f32", "f16", "bf16"), silu applied if asked."""
+    return _dequantize_int8(q, scales, dtype, bool(silu))
 
 
 # ------------------------------------------------------- expression operators

@@ -207,6 +207,109 @@ def test_rope_matches_reference_with_grads(gen):
         zt.rope(x, cos=ang.cos().to(DEVICE))
 
 
+def _grads_match(got_out, want_out, inputs, refs, gen, dtype=torch.float32, scale=4.0):
+    """Values, then gradients of sum(out * g) for one random g, against the
+    f32 / f64 reference computed on refs."""
+    close(got_out, want_out.to(got_out.dtype), dtype, scale=scale)
+    g = rand(gen, *got_out.shape)
+    got_g = torch.autograd.grad(got_out, inputs, g.to(got_out.dtype))
+    want_g = torch.autograd.grad(want_out, refs, g.to(want_out.dtype))
+    for a, r in zip(got_g, want_g):
+        close(a, r.to(a.dtype), dtype, scale=scale)
+
+
+def _refs(*ts):
+    return [t.detach().double().requires_grad_(True) for t in ts]
+
+
+def test_more_unary_and_glu_ops_with_grads(gen):
+    x = rand(gen, 6, 40, grad=True)
+    pos = (torch.rand(6, 40, generator=gen) + 0.5).to(DEVICE).requires_grad_(True)
+    b = rand(gen, 40, grad=True)
+    cases = [
+        (lambda: zt.logsumexp(x), lambda xr: torch.logsumexp(xr, -1), [x]),
+        (lambda: zt.exp(x), torch.exp, [x]),
+        (lambda: zt.log(pos), torch.log, [pos]),
+        (lambda: zt.tanh(x), torch.tanh, [x]),
+        (lambda: zt.elu(x, 0.7), lambda xr: F.elu(xr, 0.7), [x]),
+        (lambda: zt.swiglu_split(x), lambda xr: F.silu(xr[:, :20]) * xr[:, 20:], [x]),
+        (lambda: zt.geglu_split(x, True),
+         lambda xr: F.gelu(xr[:, :20], approximate="tanh") * xr[:, 20:], [x]),
+        (lambda: zt.bias_silu(x, b), lambda xr, br: F.silu(xr + br), [x, b]),
+        (lambda: zt.bias_swiglu(x, b),
+         lambda xr, br: F.silu((xr + br)[:, :20]) * (xr + br)[:, 20:], [x, b]),
+        (lambda: zt.bias_gelu(x, b), lambda xr, br: F.gelu(xr + br), [x, b]),
+    ]
+    for got, ref, ins in cases:
+        refs = _refs(*ins)
+        _grads_match(got(), ref(*refs), ins, refs, gen)
+
+
+def test_add_norms_two_outputs_with_grads(gen):
+    x, r = rand(gen, 5, 64, grad=True), rand(gen, 5, 64, grad=True)
+    w, b = rand(gen, 64, grad=True), rand(gen, 64, grad=True)
+    refs = _refs(x, r, w, b)
+    normed, total = zt.add_rmsnorm(x, r, w, 1e-6)
+    s = refs[0] + refs[1]
+    want_n = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + 1e-6) * refs[2]
+    close(normed, want_n.float())
+    close(total, s.float())
+    # both outputs carry gradient: the rule gets both cotangents
+    g1, g2 = rand(gen, 5, 64), rand(gen, 5, 64)
+    got = torch.autograd.grad((normed * g1).sum() + (total * g2).sum(), (x, r, w))
+    want = torch.autograd.grad((want_n * g1.double()).sum() + (s * g2.double()).sum(), refs[:3])
+    for a, e in zip(got, want):
+        close(a, e.float(), scale=4.0)
+    # one output used: the other's cotangent is absent
+    normed, total = zt.add_layernorm(x, r, w, b, 1e-5)
+    want_n = F.layer_norm(refs[0] + refs[1], (64,), refs[2], refs[3], 1e-5)
+    _grads_match(normed, want_n, [x, r, w, b], refs, gen)
+
+
+def test_masked_softmax_reductions_and_selection(gen):
+    x = rand(gen, 2, 3, 9, 11, grad=True)
+    keep = (torch.rand(9, 11, generator=gen) > 0.3).to(DEVICE)
+    keep[:, 0] = True
+    (xr,) = _refs(x)
+    want = torch.softmax((xr * 0.5).masked_fill(~keep, float("-inf")), -1)
+    _grads_match(zt.softmax_masked(x, keep, 0.5), want, [x], [xr], gen)
+    want = torch.softmax((xr).masked_fill(~torch.ones(9, 11, dtype=torch.bool, device=DEVICE)
+                                          .tril(2), float("-inf")), -1)
+    _grads_match(zt.softmax_masked(x, None, 1.0, True), want, [x], [xr], gen)
+    for kind, ref in [("sum", lambda t: t.sum(-1)), ("mean", lambda t: t.mean(-1)),
+                      ("max", lambda t: t.amax(-1)), ("var", lambda t: t.var(-1, correction=1))]:
+        (xr,) = _refs(x)
+        got = zt.reduce_last(x, kind, ddof=1 if kind == "var" else 0)
+        _grads_match(got, ref(xr), [x], [xr], gen)
+    assert zt.reduce_last(x, "sum", keepdims=True).shape == (2, 3, 9, 1)
+    am = zt.argmax(x)
+    assert am.dtype == torch.int32 and torch.equal(am.long(), x.argmax(-1))
+    assert torch.equal(zt.argmin(x, keepdims=True).long(), x.argmin(-1, keepdim=True))
+    values, indices = zt.topk(x, 4)
+    want_v, want_i = torch.topk(x.detach(), 4, -1)
+    assert indices.dtype == torch.int32 and torch.equal(indices.long(), want_i)
+    (xr,) = _refs(x)
+    _grads_match(values, torch.topk(xr, 4, -1).values, [x], [xr], gen)
+
+
+def test_dropout_and_int8_quantization(gen):
+    x = rand(gen, 64, 128, grad=True)
+    y = zt.dropout(x, 0.25, 7)
+    kept = y != 0
+    assert 0.6 < kept.float().mean().item() < 0.9  # about 1 - p of 8192 elements
+    close(y[kept], x.detach()[kept] / 0.75)
+    assert torch.equal(zt.dropout(x, 0.25, 7), y)  # a seed gives one mask
+    assert not torch.equal(zt.dropout(x, 0.25, 8) != 0, kept)
+    (gx,) = torch.autograd.grad(y, (x,), torch.ones_like(y))
+    close(gx, kept.float() / 0.75)  # the backward uses the forward's mask
+    q, scales = zt.quantize_int8(x.detach())
+    assert q.dtype == torch.int8 and scales.shape == (64,)
+    close(scales, x.detach().abs().amax(-1) / 127)
+    back = zt.dequantize_int8(q, scales)
+    assert (back - x.detach()).abs().max().item() <= scales.max().item() * 0.5 + 1e-6
+    close(zt.dequantize_int8(q, scales, "f32", True), F.silu(back))
+
+
 def test_elementwise_with_gradients_and_broadcast(gen):
     f = zt.elementwise("x * sigmoid(x) * y + (x > 0 ? x : 0.5 * x)", ["x", "y"])
     x, y = rand(gen, 4, 9, grad=True), rand(gen, 9, grad=True)
@@ -234,6 +337,12 @@ def test_opcheck_schema_fake_and_autograd(gen):
                                             rand(gen, 1, 1, 7, 16, grad=True), None, True, 0.0, "bhsd")),
         (torch.ops.zmlx.rope.default, (rand(gen, 1, 5, 2, 8, grad=True), None, None, None,
                                        "half_split", "bshd", 0, 10000.0, 1.0)),
+        (torch.ops.zmlx.add_rmsnorm.default, (x, x.detach().clone().requires_grad_(True), w, 1e-6)),
+        (torch.ops.zmlx.topk.default, (x, 3)),
+        (torch.ops.zmlx.reduce_last.default, (x, "std", 1, True)),
+        (torch.ops.zmlx.swiglu_split.default, (x,)),
+        (torch.ops.zmlx.argmax.default, (x.detach(), False)),
+        (torch.ops.zmlx.quantize_int8.default, (x.detach(), "f32")),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
