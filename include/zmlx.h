@@ -203,7 +203,8 @@ ZMLX_API zmlx_status zmlx_array_arange(zmlx_device *dev, zmlx_dtype dt, double s
                                        double step, int64_t n, zmlx_array **out);
 /* Counter-based random numbers (Philox-4x32-10). Element i depends only on
  * (seed, i): every backend gives the same bits for uniform, and normal
- * agrees to the last bits of the device's log/cos. */
+ * agrees to the last bits of the device's log/cos. Floating dtypes only;
+ * low <= high and stddev >= 0, all finite (else ZMLX_ERR_INVALID_ARG). */
 ZMLX_API zmlx_status zmlx_array_random_uniform(zmlx_device *dev, zmlx_dtype dt, int ndim,
                                                const int64_t *shape, uint64_t seed,
                                                double low, double high, zmlx_array **out);

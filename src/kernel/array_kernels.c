@@ -5,6 +5,7 @@
  * They live above the runtime, which only allocates, views and transfers,
  * so that the runtime never calls up into the kernel layer.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,6 +46,12 @@ static zmlx_status random_array(zmlx_device *dev, zmlx_dtype dt, int ndim, const
   if (dt != ZMLX_F32 && dt != ZMLX_F16 && dt != ZMLX_BF16 && dt != ZMLX_F64)
     return zmlxi_fail(ZMLX_ERR_DTYPE, "random arrays must be floating point, not %s",
                      zmlx_dtype_name(dt));
+  if (normal && !(isfinite(p0) && isfinite(p1) && p1 >= 0))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "random_normal: mean %g and stddev %g must be finite, "
+                     "stddev >= 0", p0, p1);
+  if (!normal && !(isfinite(p0) && isfinite(p1) && p0 <= p1))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "random_uniform: low %g and high %g must be finite, "
+                     "low <= high", p0, p1);
   ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, dt, ndim, shape, out));
   zmlx_status st = zmlxi_builtin_random(*out, seed, normal, p0, p1, NULL);
   if (st != ZMLX_OK) {

@@ -98,6 +98,24 @@ static zmlx_status check_companion(const char *list, int i, const zmlx_array *a,
   return ZMLX_OK;
 }
 
+/* Whether dense arrays a and b share memory (one buffer, overlapping
+ * element ranges): the step reads and writes them in place, so params and
+ * their state must not alias (views of one buffer side by side are fine). */
+static int overlap(const zmlx_array *a, const zmlx_array *b) {
+  if (!a || !b || a->buffer != b->buffer) return 0;
+  return a->offset < b->offset + b->size && b->offset < a->offset + a->size;
+}
+
+static zmlx_status check_aliasing(int i, zmlx_array *const *lists[5]) {
+  static const char *names[5] = {"params", "grads", "exp_avg", "exp_avg_sq", "master"};
+  for (int x = 0; x < 5; x++)
+    for (int y = x + 1; y < 5; y++)
+      if (lists[x] && lists[y] && overlap(lists[x][i], lists[y][i]))
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_adamw_step: %s[%d] and %s[%d] share memory; "
+                         "each is read and written in place", names[x], i, names[y], i);
+  return ZMLX_OK;
+}
+
 static zmlx_status check_lists(int n, zmlx_array *const *params, zmlx_array *const *grads,
                                zmlx_array *const *m, zmlx_array *const *v,
                                zmlx_array *const *master) {
@@ -123,6 +141,8 @@ static zmlx_status check_lists(int n, zmlx_array *const *params, zmlx_array *con
     ZMLX_CHECK(check_companion("exp_avg_sq", i, v[i], p, 1));
     if (master) ZMLX_CHECK(check_companion("master", i, master[i], p, 1));
   }
+  zmlx_array *const *lists[5] = {params, grads, m, v, master};
+  for (int i = 0; i < n; i++) ZMLX_CHECK(check_aliasing(i, lists));
   return ZMLX_OK;
 }
 
