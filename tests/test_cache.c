@@ -1,5 +1,6 @@
 /* The compiled-kernel cache: hit/miss accounting, a second process loading
- * from disk without compiling, corrupt entries recompiled, 8 threads. */
+ * from disk without compiling, corrupt entries recompiled, 8 threads, 8
+ * processes compiling the same kernels into one directory at once. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
@@ -114,6 +115,85 @@ static int child_main(const char *tag) {
   if (after.misses != 0) return 1;
   if (after.disk_hits < 1) return 2;
   return 0;
+}
+
+/* Eight processes at once, each using the same RACE_KERNELS new kernels
+ * in one cache directory: each gets right results, the kernels are
+ * compiled about once in all (the compile lock: the others wait and load
+ * the entry), and a ninth process then loads every one from disk (no entry
+ * was left half-written or corrupt). */
+enum { RACE_PROCS = 8, RACE_KERNELS = 3 };
+
+/* Child: the race kernels of `base`; exit status = how many it compiled
+ * (0 .. RACE_KERNELS), or 100 + something on a wrong result or error. Each
+ * child has a PoCL cache of its own (PoCL's cache is not the one under
+ * test, and PoCL 3.1 asserts when running processes share one). */
+static int race_child(const char *base, const char *pocl_cache) {
+  setenv("POCL_CACHE_DIR", pocl_cache, 1);
+  zmlx_device *dev = first_device();
+  if (!dev) return 110;
+  zmlx_cache_stats before = stats();
+  for (int i = 0; i < RACE_KERNELS; i++) {
+    char tag[128];
+    snprintf(tag, sizeof tag, "%s-%d", base, i);
+    zmlx_kernel *k = tagged_kernel(tag);
+    run_and_check(k, dev); /* a wrong result fails (cmocka aborts the child) */
+    zmlx_kernel_destroy(k);
+  }
+  zmlx_cache_stats after = stats();
+  return (int)(after.misses - before.misses);
+}
+
+static pid_t spawn_self(char *const argv[]) {
+  pid_t pid = -1;
+  assert_int_equal(posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ), 0);
+  return pid;
+}
+
+static void test_eight_processes_one_directory(void **state) {
+  (void)state;
+  zmlx_device *dev = first_device();
+  if (!dev) skip();
+  if (!zmlx_cache_disk_enabled()) skip();
+  char base[96], pocl_root[] = "/tmp/zmlx-race-XXXXXX";
+  snprintf(base, sizeof base, "%s-race", unique_tag);
+  assert_non_null(mkdtemp(pocl_root));
+  pid_t pids[RACE_PROCS];
+  char pocl[RACE_PROCS][64];
+  for (int i = 0; i < RACE_PROCS; i++) {
+    snprintf(pocl[i], sizeof pocl[i], "%s/%d", pocl_root, i);
+    char *argv[] = {"/proc/self/exe", "--race", base, pocl[i], NULL};
+    pids[i] = spawn_self(argv);
+  }
+  int compiled = 0, bad = 0;
+  for (int i = 0; i < RACE_PROCS; i++) {
+    int status = 0;
+    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) > RACE_KERNELS) {
+      fprintf(stderr, "race child %d: %s %d\n", i, WIFEXITED(status) ? "exit" : "signal",
+              WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+      bad++;
+    } else {
+      compiled += WEXITSTATUS(status);
+    }
+  }
+  fprintf(stderr, "%d processes, %d kernels: %d compiles in all\n", RACE_PROCS, RACE_KERNELS,
+          compiled);
+  assert_int_equal(bad, 0);
+  assert_true(compiled >= RACE_KERNELS);     /* someone compiled each */
+  assert_true(compiled <= 2 * RACE_KERNELS); /* not every process (8x) */
+  /* a ninth process loads all of them from disk */
+  char ninth[80];
+  snprintf(ninth, sizeof ninth, "%s/ninth", pocl_root);
+  char *argv[] = {"/proc/self/exe", "--race", base, ninth, NULL};
+  pid_t pid = spawn_self(argv);
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0); /* compiled none */
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", pocl_root);
+  assert_int_equal(system(cmd), 0);
 }
 
 static int corrupt_entries(const char *dir) {
@@ -552,6 +632,7 @@ static void test_symlinked_entry_refused(void **state) {
 
 int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(argv[1], "--child")) return child_main(argv[2]);
+  if (argc == 4 && !strcmp(argv[1], "--race")) return race_child(argv[2], argv[3]);
   if (argc == 3 && !strcmp(argv[1], "--child-untrusted")) return fault_child(argv[1], argv[2]);
 
   snprintf(unique_tag, sizeof unique_tag, "run-%llu-%d", (unsigned long long)zt_seed(), (int)getpid());
@@ -563,6 +644,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_entry_of_another_key),
       cmocka_unit_test(test_directory_mode),
       cmocka_unit_test(test_eight_threads),
+      cmocka_unit_test(test_eight_processes_one_directory),
       cmocka_unit_test(test_disk_disabled_writes_nothing),
       cmocka_unit_test(test_clear_disk),
       cmocka_unit_test(test_untrusted_directory_refused),

@@ -16,6 +16,14 @@
  *
  * Disk problems never make a kernel fail: an unreadable directory is a miss
  * and a failed write only costs the next process a compile.
+ *
+ * Across processes, a compile holds one of LOCK_STRIPES lock files of the
+ * directory (`.zmlx-lock-NN`, by the key's first byte; flock), and looks at
+ * the disk again once it has it: processes that miss on the same key at
+ * once (parallel test runs, several workers starting) compile it once and
+ * the rest load the entry. A lock not had within LOCK_WAIT_MS is given up
+ * on: the process compiles anyway (a stuck holder costs a duplicate
+ * compile, never a hang).
  */
 #include "kernel/cache.h"
 
@@ -29,8 +37,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -710,6 +720,40 @@ static zmlx_status check_request(const zmlx_compile_request *req) {
 }
 
 
+/* ====================================================== disk: locks */
+
+#define LOCK_PREFIX ".zmlx-lock-"
+#define LOCK_STRIPES 64
+#define LOCK_WAIT_MS 120000
+
+/* The key's lock file, held (flock LOCK_EX): its fd, or -1 when the disk
+ * cache is off or the lock cannot be had (then compile unlocked). */
+static int lock_key(const zmlx_cache_key *key) {
+  const char *dir = zmlx_cache_dir();
+  char path[PATH_MAX];
+  if (!*dir) return -1;
+  int n = snprintf(path, sizeof path, "%s/" LOCK_PREFIX "%02d", dir, key->bytes[0] % LOCK_STRIPES);
+  if (n < 0 || (size_t)n >= sizeof path) return -1;
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 && errno == ENOENT && make_dirs(dir))
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return -1;
+  const struct timespec pause = {0, 5 * 1000 * 1000};
+  for (double t0 = zmlxi_now_ms(); zmlxi_now_ms() - t0 < LOCK_WAIT_MS;) {
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+    if (errno != EWOULDBLOCK && errno != EINTR) break;
+    nanosleep(&pause, NULL);
+  }
+  close(fd);
+  return -1;
+}
+
+static void unlock_key(int fd) {
+  if (fd < 0) return;
+  flock(fd, LOCK_UN);
+  close(fd);
+}
+
 /* The slow path: compile, load, then save the binary for the next process
  * (only once the backend has accepted it, so a bad binary is never saved). */
 static zmlx_status compile_and_store(const zmlx_compile_request *req, const zmlx_cache_key *key,
@@ -753,8 +797,13 @@ zmlx_status zmlxi_cache_get_function(const zmlx_compile_request *req, const zmlx
 
   void *fn = NULL;
   zmlx_status st = ZMLX_OK;
-  if (!(zmlx_cache_disk_enabled() && disk_load(req, key, &fn)))
-    st = compile_and_store(req, key, &fn);
+  const int disk = zmlx_cache_disk_enabled();
+  if (!(disk && disk_load(req, key, &fn))) {
+    /* another process may be compiling it: wait for it, then look again */
+    int lock = disk ? lock_key(key) : -1;
+    if (!(lock >= 0 && disk_load(req, key, &fn))) st = compile_and_store(req, key, &fn);
+    unlock_key(lock);
+  }
   claim_settle(pending, st == ZMLX_OK ? fn : NULL);
   if (st == ZMLX_OK) *function = fn;
   return st;
