@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -562,6 +564,64 @@ static void make_private_dir(char *dir, size_t cap, const char *what) {
   mkdir(dir, 0700);
 }
 
+/* Files of dir whose name starts with prefix. */
+static int count_prefixed(const char *dir, const char *prefix) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  if (!d) return 0;
+  for (struct dirent *e; (e = readdir(d));) n += !strncmp(e->d_name, prefix, strlen(prefix));
+  closedir(d);
+  return n;
+}
+
+/* Child mode "--child-disk-full": the cache directory is a 4 KiB tmpfs
+ * mounted in a mount namespace of this process's own (so nothing outlives
+ * it), too small for a kernel's entry. A new kernel must compile and run
+ * right, the failed write must count no disk write, and neither an entry
+ * nor a temp file may be left. Exit 77 when the namespace or the mount is
+ * not allowed here (the parent then skips). */
+static int disk_full_child(const char *tag) {
+  const char *dir = getenv("ZMLX_CACHE_DIR");
+  if (!dir || unshare(CLONE_NEWNS) != 0 || mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+      mount("zmlx-full", dir, "tmpfs", 0, "size=4k,mode=0700") != 0)
+    return 77;
+  zmlx_device *dev = first_device();
+  if (!dev) return 10;
+  if (!zmlx_cache_disk_enabled()) return 11; /* the tiny directory itself is fine */
+  char t[128];
+  snprintf(t, sizeof t, "%s-disk-full", tag);
+  zmlx_kernel *k = tagged_kernel(t);
+  zmlx_cache_stats before = stats();
+  int bad = run_quiet(k, dev, 1.0f) || run_quiet(k, dev, 1.0f); /* the 2nd from memory */
+  zmlx_cache_stats after = stats();
+  zmlx_kernel_destroy(k);
+  if (bad) return 12;
+  if (after.misses - before.misses != 1) return 13;
+  if (after.disk_writes != before.disk_writes) return 14; /* the entry fitted: no test */
+  if (count_files(dir, ".bin") != 0) return 15;
+  if (count_prefixed(dir, ".zmlx-tmp-") != 0) return 16;
+  return 0;
+}
+
+/* The disk is full mid-write: the process goes on from memory, and the
+ * directory holds no partial entry and no temp file (simulated with a tiny
+ * tmpfs, which needs a mount namespace: skipped where that is refused). */
+static void test_disk_full_leaves_no_partial_entry(void **state) {
+  (void)state;
+  if (!first_device()) skip();
+  char dir[128], env[192];
+  make_private_dir(dir, sizeof dir, "full");
+  snprintf(env, sizeof env, "ZMLX_CACHE_DIR=%s", dir);
+  const char *extra[] = {env, "ZMLX_CACHE=", NULL};
+  int rc = run_child("--child-disk-full", extra);
+  rmdir(dir);
+  if (rc == 77) {
+    fprintf(stderr, "no mount namespace / tmpfs here: disk-full case skipped\n");
+    skip();
+  }
+  if (rc) fail_msg("child with a full cache disk: exit %d (see disk_full_child)", rc);
+}
+
 /* A cache directory others may write into is refused: the process keeps
  * its kernels in memory, says why, and computes the same results. */
 static void test_untrusted_directory_refused(void **state) {
@@ -633,6 +693,7 @@ static void test_symlinked_entry_refused(void **state) {
 int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(argv[1], "--child")) return child_main(argv[2]);
   if (argc == 4 && !strcmp(argv[1], "--race")) return race_child(argv[2], argv[3]);
+  if (argc == 3 && !strcmp(argv[1], "--child-disk-full")) return disk_full_child(argv[2]);
   if (argc == 3 && !strcmp(argv[1], "--child-untrusted")) return fault_child(argv[1], argv[2]);
 
   snprintf(unique_tag, sizeof unique_tag, "run-%llu-%d", (unsigned long long)zt_seed(), (int)getpid());
@@ -649,6 +710,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_clear_disk),
       cmocka_unit_test(test_untrusted_directory_refused),
       cmocka_unit_test(test_symlinked_entry_refused),
+      cmocka_unit_test(test_disk_full_leaves_no_partial_entry),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }
