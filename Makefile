@@ -54,21 +54,28 @@ test-asan: build-asan
 install: build
 	cmake --install $(BUILD)
 
-# The expression parser/emitter under libFuzzer (+ ASan, UBSan), built with
-# clang in $(FUZZ_BUILD), run on a copy of the seed corpus so that new inputs
-# never land in the repository (they go to $(FUZZ_BUILD)/corpus, crash
-# reproducers to $(FUZZ_BUILD)/artifacts). Fails on a crash, a leak, a
-# sanitizer report or an input slower than 30 s.
+# The libFuzzer targets (+ ASan, UBSan), built with clang in $(FUZZ_BUILD):
+# fuzz_expr (the expression parser/emitter) for FUZZ_SECONDS, fuzz_dlpack
+# (DLPack import's checks) for half of it. Each runs on a copy of its seed
+# corpus so that new inputs never land in the repository (they go to
+# $(FUZZ_BUILD)/corpus/<target>, crash reproducers to
+# $(FUZZ_BUILD)/artifacts). Fails on a crash, a leak, a sanitizer report or
+# an input slower than 30 s.
+FUZZ_TARGETS = fuzz_expr fuzz_dlpack
 fuzz: deps
 	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=$(FUZZ_CC) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DZMLX_FUZZ=ON -DZMLX_BUILD_BENCH=OFF $(CMAKE_ARGS) >/dev/null
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_expr
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS)
 	rm -rf $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/artifacts
-	mkdir -p $(FUZZ_BUILD)/artifacts
-	cp -R tests/fuzz/corpus/fuzz_expr $(FUZZ_BUILD)/corpus
-	$(FUZZ_BUILD)/tests/fuzz_expr -max_total_time=$(FUZZ_SECONDS) -timeout=30 \
-	  -dict=tests/fuzz/corpus/fuzz_expr.dict -artifact_prefix=$(FUZZ_BUILD)/artifacts/ \
-	  -print_final_stats=1 $(FUZZ_BUILD)/corpus
+	mkdir -p $(FUZZ_BUILD)/artifacts $(FUZZ_BUILD)/corpus
+	set -e; for t in $(FUZZ_TARGETS); do \
+	  cp -R tests/fuzz/corpus/$$t $(FUZZ_BUILD)/corpus/$$t; \
+	  secs=$(FUZZ_SECONDS); [ $$t = fuzz_expr ] || secs=$$(( $(FUZZ_SECONDS) / 2 )); \
+	  dict=; [ -f tests/fuzz/corpus/$$t.dict ] && dict=-dict=tests/fuzz/corpus/$$t.dict; \
+	  echo "== $$t for $$secs s"; \
+	  $(FUZZ_BUILD)/tests/$$t -max_total_time=$$secs -timeout=30 $$dict \
+	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/ -print_final_stats=1 $(FUZZ_BUILD)/corpus/$$t; \
+	done
 
 bench: build
 	./$(BUILD)/bench/bench_launch

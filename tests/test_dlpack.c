@@ -599,6 +599,21 @@ static void test_bad_inputs(void **state) {
     ZT_FAILS(zmlx_array_from_dlpack(&w.managed, dev, &b), ZMLX_ERR_NULL_ARG, "data");
     assert_int_equal(w.calls, 0);
 
+    /* Strides whose offsets leave int64 (a wild read before the check),
+     * and a byte_offset past 64-bit byte offsets: refused untouched. */
+    int64_t huge[2] = {INT64_MAX / 2, 1}, minus[2] = {INT64_MIN, 1}, big[2] = {1, INT64_MAX / 8};
+    host_tensor(&w, mem, ZMLX_F32, 2, shape, huge, 0);
+    ZT_FAILS(zmlx_array_from_dlpack(&w.managed, dev, &b), ZMLX_ERR_INVALID_ARG, "overflow");
+    host_tensor(&w, mem, ZMLX_F32, 2, shape, minus, 0);
+    ZT_FAILS(zmlx_array_from_dlpack(&w.managed, dev, &b), ZMLX_ERR_INVALID_ARG, "overflow");
+    host_tensor(&w, mem, ZMLX_F32, 2, shape, big, 0);
+    ZT_FAILS(zmlx_array_from_dlpack(&w.managed, dev, &b), ZMLX_ERR_INVALID_ARG, "64-bit");
+    host_tensor(&w, mem, ZMLX_F32, 2, shape, NULL, 0);
+    w.managed.dl_tensor.byte_offset = UINT64_MAX - 8;
+    ZT_FAILS(zmlx_array_from_dlpack(&w.managed, dev, &b), ZMLX_ERR_INVALID_ARG, "byte_offset");
+    assert_int_equal(w.calls, 0);
+    assert_null(b);
+
     /* Device type mismatch: a tensor that claims to live on the other GPU
      * API is refused and stays the caller's. */
     host_tensor(&w, mem, ZMLX_F32, 2, shape, NULL, 0);

@@ -5,10 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/dlpack_check.h"
 #include "runtime/internal.h"
-
-/* kDLBool arrived in DLPack 0.8; Debian 12 ships 0.6, so spell out its code. */
-#define ZMLX_DL_BOOL 6
 
 /* ------------------------------------------------------------------ dtypes */
 
@@ -25,24 +23,6 @@ static DLDataType dl_dtype(zmlx_dtype dt) {
     default: t.code = kDLFloat; break;
   }
   return t;
-}
-
-static zmlx_status from_dl_dtype(DLDataType t, zmlx_dtype *out) {
-  if (t.lanes != 1)
-    return zmlxi_fail(ZMLX_ERR_DTYPE, "DLPack: vector dtypes (lanes=%u) are not supported", t.lanes);
-  struct { int code, bits; zmlx_dtype dt; } map[] = {
-      {ZMLX_DL_BOOL, 8, ZMLX_BOOL}, {kDLUInt, 8, ZMLX_U8},   {kDLInt, 8, ZMLX_I8},
-      {kDLInt, 32, ZMLX_I32},       {kDLUInt, 32, ZMLX_U32}, {kDLInt, 64, ZMLX_I64},
-      {kDLFloat, 16, ZMLX_F16},     {kDLBfloat, 16, ZMLX_BF16}, {kDLFloat, 32, ZMLX_F32},
-      {kDLFloat, 64, ZMLX_F64},
-  };
-  for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-    if (map[i].code == t.code && map[i].bits == t.bits) {
-      *out = map[i].dt;
-      return ZMLX_OK;
-    }
-  return zmlxi_fail(ZMLX_ERR_DTYPE, "DLPack: dtype code %u with %u bits has no zmlx dtype", t.code,
-                   t.bits);
 }
 
 /* ------------------------------------------------------------------ export */
@@ -118,21 +98,6 @@ static void call_deleter(void *ctx) {
   if (m->deleter) m->deleter(m);
 }
 
-/* Span of elements a strided tensor touches, and whether it is dense. */
-static int64_t extent_elements(const DLTensor *t, int *dense) {
-  int64_t expect = 1, hi = 0;
-  *dense = 1;
-  for (int i = t->ndim - 1; i >= 0; i--) {
-    int64_t stride = t->strides ? t->strides[i] : expect;
-    if (t->shape[i] == 0) return 0;
-    if (t->shape[i] != 1 && stride != expect) *dense = 0;
-    if (stride < 0) *dense = -1;
-    hi += (t->shape[i] - 1) * stride;
-    expect *= t->shape[i];
-  }
-  return hi + 1;
-}
-
 static zmlx_status device_for_dl(const DLDevice *d, zmlx_device *dev, zmlx_device **out) {
   if (dev) {
     *out = dev;
@@ -144,39 +109,25 @@ static zmlx_status device_for_dl(const DLDevice *d, zmlx_device *dev, zmlx_devic
 }
 
 /* kDLCPU tensors: gather into a dense host copy, upload, then free theirs. */
-static zmlx_status import_from_host(DLManagedTensor *m, zmlx_dtype dt, zmlx_device *dev,
+static zmlx_status import_from_host(DLManagedTensor *m, zmlx_dtype dt, int64_t n, zmlx_device *dev,
                                     zmlx_array **out) {
   const DLTensor *t = &m->dl_tensor;
   size_t es = zmlx_dtype_size(dt);
-  int64_t n = 1;
-  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
   unsigned char *dense = malloc(n ? (size_t)n * es : 1);
   if (!dense) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  const unsigned char *base = (const unsigned char *)t->data + t->byte_offset;
-  int64_t strides[ZMLX_MAX_DIMS];
-  if (t->strides) memcpy(strides, t->strides, (size_t)t->ndim * sizeof *strides);
-  else zmlxi_contiguous_strides(t->ndim, t->shape, strides);
-  for (int64_t i = 0; i < n; i++) {
-    int64_t rem = i, off = 0;
-    for (int d = t->ndim - 1; d >= 0; d--) {
-      off += (rem % t->shape[d]) * strides[d];
-      rem /= t->shape[d];
-    }
-    memcpy(dense + (size_t)i * es, base + off * (int64_t)es, es);
-  }
+  if (n) zmlxi_dlpack_gather(t, es, dense);
   zmlx_status st = zmlx_array_from_host(dev, dt, t->ndim, t->shape, dense, out);
   free(dense);
   if (st == ZMLX_OK) call_deleter(m);
   return st;
 }
 
-static zmlx_status import_zero_copy(DLManagedTensor *m, zmlx_dtype dt, zmlx_device *dev,
-                                    zmlx_array **out) {
+static zmlx_status import_zero_copy(DLManagedTensor *m, zmlx_dtype dt, const zmlxi_dl_span *span,
+                                    zmlx_device *dev, zmlx_array **out) {
   const DLTensor *t = &m->dl_tensor;
   size_t es = zmlx_dtype_size(dt);
-  int dense;
-  int64_t extent = extent_elements(t, &dense);
-  if (dense < 0) return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "DLPack: negative strides are not supported");
+  if (span->lo < 0) return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "DLPack: negative strides are not supported");
+  const int64_t extent = span->hi + 1;
   if (t->byte_offset % es)
     return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "DLPack: byte_offset %llu is not a multiple of the "
                      "element size %zu", (unsigned long long)t->byte_offset, es);
@@ -221,16 +172,14 @@ zmlx_status zmlx_array_from_dlpack(void *dl_managed_tensor, zmlx_device *dev, zm
   const DLTensor *t = &m->dl_tensor;
   zmlx_dtype dt = ZMLX_F32;
   int64_t size = 0;
-  ZMLX_CHECK(from_dl_dtype(t->dtype, &dt));
-  ZMLX_CHECK(zmlxi_check_shape(dt, t->ndim, t->shape, &size));
-  if (!t->data && size)
-    return zmlxi_fail(ZMLX_ERR_NULL_ARG, "DLPack: tensor data is NULL");
+  zmlxi_dl_span span;
+  ZMLX_CHECK(zmlxi_dlpack_check(t, &dt, &size, &span));
   ZMLX_CHECK(device_for_dl(&t->device, dev, &dev));
   if (t->device.device_type == kDLCPU || t->device.device_type == kDLCUDAHost)
-    return import_from_host(m, dt, dev, out);
+    return import_from_host(m, dt, size, dev, out);
   if ((int)t->device.device_type != dev->ops->dlpack_device_type || t->device.device_id != dev->index)
     return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "DLPack: tensor lives on device type %d id %d, not on "
                      "%s device %d", (int)t->device.device_type, t->device.device_id,
                      zmlx_backend_name(dev->ops->kind), dev->index);
-  return import_zero_copy(m, dt, dev, out);
+  return import_zero_copy(m, dt, &span, dev, out);
 }
