@@ -37,10 +37,14 @@ def per_call_us(fn, n=20000):
     return (t1 - t0) / n * 1e6
 
 
+_FLOOR_LIB = []  # kept alive: destroying a Library leaves torch's decomposition tables stale
+
+
 def _floor_ops():
     """Two do-nothing torch.library ops, the floor of any Python custom op:
     one with only a kernel, one with an autograd registration too."""
     lib = torch.library.Library("zmlx_bench", "DEF")
+    _FLOOR_LIB.append(lib)
     for name in ("plain", "autograd"):
         lib.define(f"{name}(Tensor x) -> Tensor")
         lib.impl(name, lambda x: x, "CUDA")
@@ -54,7 +58,7 @@ def overhead():
     x = torch.randn(1, device="cuda")
     xg = torch.randn(1, device="cuda", requires_grad=True)
     a = zmlx.from_dlpack(x)
-    lib, plain, autograd = _floor_ops()
+    _, plain, autograd = _floor_ops()
     torch.cuda.synchronize()
     rows = {
         "zmlx.silu (C binding, zmlx Array)": per_call_us(lambda: zmlx.silu(a)),
@@ -68,7 +72,6 @@ def overhead():
         "floor: no-op torch.library op (kernel only)": per_call_us(lambda: plain(x)),
         "floor: no-op torch.library op (+ autograd)": per_call_us(lambda: autograd(x)),
     }
-    del lib
     return rows
 
 

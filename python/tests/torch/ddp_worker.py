@@ -48,9 +48,10 @@ def main():
     torch.manual_seed(0)
     if mode == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(Net())
-    else:
+    else:  # on the CPU mesh explicitly (FSDP2 would pick CUDA where there is one)
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
-        model = fully_shard(Net())
+        model = fully_shard(Net(), mesh=init_device_mesh("cpu", (world,)))
     x, y = batch()
     n = x.shape[0] // world
     losses = train(model, x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])

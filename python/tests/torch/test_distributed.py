@@ -28,9 +28,10 @@ def test_distributed_with_zmlx_ops_equals_one_process(tmp_path, mode):
             pytest.skip("this PyTorch has no FSDP2 fully_shard")
     world = 2
     out = tmp_path / "rank0.pt"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # CPU tensors and gloo on any machine
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "ddp_worker.py"), str(r),
                                str(world), str(tmp_path / "store"), str(out), mode],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for r in range(world)]
     logs = [p.communicate(timeout=240)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
