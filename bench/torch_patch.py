@@ -37,6 +37,10 @@ def per_call_us(fn, n=20000):
     return (t1 - t0) / n * 1e6
 
 
+def _noop():
+    return None
+
+
 _FLOOR_LIB = []  # kept alive: destroying a Library leaves torch's decomposition tables stale
 
 
@@ -71,6 +75,12 @@ def overhead():
         "zmlx.torch.rms_norm (torch op)": per_call_us(lambda: zt.rms_norm(x, None, 1e-6)),
         "floor: no-op torch.library op (kernel only)": per_call_us(lambda: plain(x)),
         "floor: no-op torch.library op (+ autograd)": per_call_us(lambda: autograd(x)),
+        # the parts of zmlx.torch's per-call path (python/zmlx/torch.py)
+        "part: torch tensor -> zmlx Array (_in)": per_call_us(lambda: zt._in(x)),
+        "part: zmlx Array -> torch tensor (_out)": per_call_us(lambda: zt._out(a, x)),
+        "part: raw current stream": per_call_us(lambda: zt._raw_stream(0)),
+        "part: _core.on_stream around a no-op": per_call_us(
+            lambda: zt._core.on_stream(zt._raw_stream(0), 0, _noop)),
     }
     return rows
 
