@@ -1,13 +1,15 @@
 # Wrapper for the README's commands. The real build is CMake (+ ctest).
 #   make demo   install what is missing, build, run the demo on the default backend
 #   make test   install what is missing, build, run the whole test suite
-#                (normal build + ASan/UBSan build + 60 s of `make fuzz`);
+#                (normal build + ASan/UBSan build + the threaded tests under
+#                ThreadSanitizer + `make fuzz`);
 #                last line: "N passed, N failed, N skipped"
 #   make check-fast   the normal build's tests only: the quick loop while developing
 #   make fuzz   build the libFuzzer target with clang and run it for FUZZ_SECONDS
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 FUZZ_BUILD ?= build-fuzz
@@ -15,7 +17,8 @@ FUZZ_CC    ?= clang
 # Seconds of fuzzing in `make fuzz` (0: no limit) and in `make test` (0: skip).
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build build-asan demo test test-fast check-fast test-asan install clean fuzz bench
+.PHONY: all deps build build-asan build-tsan demo test test-fast check-fast test-asan test-tsan \
+	install clean fuzz bench
 
 all: build
 
@@ -32,6 +35,15 @@ build-asan: deps
 	  $(CMAKE_ARGS) >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
+# ThreadSanitizer (clang): the library and the programs whose threads share
+# zmlx objects (tests/CMakeLists.txt's ZMLX_TSAN_TESTS); a race report fails
+# the program (TSan's exit code 66).
+build-tsan: deps
+	cmake -S . -B $(TSAN_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DZMLX_TSAN=ON -DZMLX_BUILD_BENCH=OFF -DZMLX_BUILD_TOOLS=OFF \
+	  -DZMLX_TEST_KERNEL_CACHE=$(CURDIR)/$(BUILD)/tests/kernel_cache $(CMAKE_ARGS) >/dev/null
+	cmake --build $(TSAN_BUILD) -j $(JOBS)
+
 # `zmlx demo`: trains a small MoE language model on the licence texts under
 # /usr/share/common-licenses and samples from it (DEMO_ARGS: more flags).
 DEMO_ARGS ?=
@@ -41,8 +53,8 @@ demo: build
 # The full suite: every test program in the normal build, then again under
 # AddressSanitizer + UndefinedBehaviorSanitizer, then `make fuzz` for
 # FUZZ_SECONDS (counted as one test).
-test: build build-asan
-	@bash scripts/run-tests.sh --fuzz $(FUZZ_SECONDS) $(BUILD) $(ASAN_BUILD)
+test: build build-asan build-tsan
+	@bash scripts/run-tests.sh --fuzz $(FUZZ_SECONDS) $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
 
 # The development loop: the normal build's tests only (a few minutes).
 test-fast check-fast: build
@@ -50,6 +62,9 @@ test-fast check-fast: build
 
 test-asan: build-asan
 	@bash scripts/run-tests.sh $(ASAN_BUILD)
+
+test-tsan: build-tsan
+	@bash scripts/run-tests.sh $(TSAN_BUILD)
 
 install: build
 	cmake --install $(BUILD)
@@ -81,4 +96,4 @@ bench: build
 	./$(BUILD)/bench/bench_launch
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

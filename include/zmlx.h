@@ -12,6 +12,20 @@
  *   - handles are opaque; objects made by *_create / *_from_* are freed by
  *     the matching *_destroy / *_release;
  *   - nothing in this header needs the CUDA or OpenCL headers.
+ *
+ * Threads. Shared freely between threads: devices; streams (work from
+ * several threads on one stream is ordered as it is enqueued); kernel
+ * objects and ops (zmlx_kernel_launch / zmlx_op_call / catalog calls at
+ * once, compiled once); arrays for reading (zmlx_array_retain / _release
+ * are atomic). Per thread: the error message, the current stream, the grad
+ * tape (each thread differentiates its own calls). zmlx_cache_clear_memory
+ * may run while other threads launch: it unloads once their launches are
+ * handed to the device. The caller's to serialise: writing an array while
+ * another thread reads or writes it; a KV cache, a language model's
+ * generation state and an AdamW object (one thread, or a lock, each);
+ * zmlx_set_default_device and zmlx_shutdown (no other call at the same
+ * time). tests/test_threads.c runs eight threads this way under
+ * ThreadSanitizer in `make test`.
  */
 #ifndef ZMLX_H
 #define ZMLX_H

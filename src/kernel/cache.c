@@ -251,6 +251,39 @@ static void claim_settle(cache_entry *e, void *function) {
   pthread_mutex_unlock(&g_table.lock);
 }
 
+/* Launches using the cache's functions hold it for reading, a clear takes
+ * it for writing before unloading; writers first, so a stream of launches
+ * on other threads cannot hold a clear off for ever. */
+#ifdef PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+static pthread_rwlock_t g_use_lock = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+#else
+static pthread_rwlock_t g_use_lock = PTHREAD_RWLOCK_INITIALIZER;
+#endif
+static _Thread_local int g_use_depth;
+
+void zmlxi_cache_use_begin(void) {
+  if (g_use_depth++ == 0) pthread_rwlock_rdlock(&g_use_lock);
+}
+
+void zmlxi_cache_use_end(void) {
+  if (--g_use_depth == 0) pthread_rwlock_unlock(&g_use_lock);
+}
+
+/* Wait until no launch of another thread holds a function, then until the
+ * devices whose functions go have run what was queued with them. */
+static void wait_for_users(cache_entry *doomed) {
+  if (g_use_depth == 0) { /* (a clear from inside a launch would wait on itself) */
+    pthread_rwlock_wrlock(&g_use_lock);
+    pthread_rwlock_unlock(&g_use_lock);
+  }
+  for (cache_entry *e = doomed; e; e = e->next) {
+    int seen = 0;
+    for (cache_entry *f = doomed; f != e && !seen; f = f->next) seen = f->device == e->device;
+    if (!seen) zmlx_device_synchronize(e->device);
+  }
+  zmlx_clear_error(); /* a sync that fails here is the next call's to report */
+}
+
 static void unload_entries(cache_entry *list) {
   while (list) {
     cache_entry *next = list->next;
@@ -285,6 +318,7 @@ zmlx_status zmlx_cache_clear_memory(void) {
   atomic_fetch_add(&g_generation, 1);
   pthread_mutex_unlock(&g_table.lock);
   /* Backend calls happen outside the lock: unload may be slow. */
+  wait_for_users(doomed);
   unload_entries(doomed);
   return ZMLX_OK;
 }

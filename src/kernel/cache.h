@@ -42,6 +42,14 @@ zmlx_status zmlxi_cache_get_function(const zmlx_compile_request *req, const zmlx
 /* Bumped whenever loaded functions are unloaded. */
 uint64_t zmlxi_cache_generation(void);
 
+/* A launch holds the cache's functions between use_begin and use_end (from
+ * fetching its function to handing the launch to the backend): a
+ * zmlx_cache_clear_memory in another thread unloads only once every such
+ * launch is out (and the devices have finished their queued work). Nests
+ * within a thread. */
+void zmlxi_cache_use_begin(void);
+void zmlxi_cache_use_end(void);
+
 /* Turn a compiler log into a user message: the log, then the offending
  * source line (mapped into the body when body_first_line > 0) with a caret. */
 zmlx_status zmlxi_compile_error(const zmlx_compile_request *req, const char *log);

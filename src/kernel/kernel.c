@@ -597,16 +597,21 @@ static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream
   ZMLX_CHECK(check_geometry(k, dev, c, blocks, threads));
   zmlx_dtype dtypes[ZMLX_KERNEL_MAX_ARRAYS];
   for (int i = 0; i < k->n_inputs + k->n_outputs; i++) dtypes[i] = arrays[i]->dtype;
-  void *fn;
-  ZMLX_CHECK(get_function(k, dev, dtypes, c->templates, c->n_templates, &fn));
-  ZMLX_CHECK(check_threadgroup_memory(k, dev, fn, c));
-  if (c->has_init_value)
-    for (int i = 0; i < k->n_outputs; i++)
-      ZMLX_CHECK(zmlxi_builtin_fill(arrays[k->n_inputs + i], c->init_value, s));
-  launch_scratch ls;
-  build_args(&ls, k, arrays, c);
-  return dev->ops->launch(dev->index, s->handle, fn, blocks, threads, c->dynamic_shared_bytes,
+  void *fn = NULL;
+  /* fn stays loaded until the launch is handed over (zmlxi_cache_use_*) */
+  zmlxi_cache_use_begin();
+  zmlx_status st = get_function(k, dev, dtypes, c->templates, c->n_templates, &fn);
+  if (st == ZMLX_OK) st = check_threadgroup_memory(k, dev, fn, c);
+  for (int i = 0; c->has_init_value && st == ZMLX_OK && i < k->n_outputs; i++)
+    st = zmlxi_builtin_fill(arrays[k->n_inputs + i], c->init_value, s);
+  if (st == ZMLX_OK) {
+    launch_scratch ls;
+    build_args(&ls, k, arrays, c);
+    st = dev->ops->launch(dev->index, s->handle, fn, blocks, threads, c->dynamic_shared_bytes,
                           ls.args, ls.n);
+  }
+  zmlxi_cache_use_end();
+  return st;
 }
 
 static zmlx_launch_observer launch_observer;
