@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "check/catalog.h"
@@ -161,15 +162,21 @@ int zmlx_cmd_bench(const cli_command *self, int argc, char **argv) {
   if (b.json)
     fprintf(b.json, "{\"device\": \"%s\", \"copy_gbs\": %.2f, \"rows\": [\n", info.name, b.copy_gbs);
   const zmlx_catalog_bench *const *benches = zck_catalog_benches();
-  int failed = 0;
+  int failed = 0, total = 0, done = 0;
+  for (int i = 0; benches[i]; i++) total += !(glob && fnmatch(glob, benches[i]->name, 0));
+  /* stdout redirected (a table going to a file), stderr a terminal: say
+   * which benchmark runs, as `zmlx check` does */
+  const int progress = !isatty(1) && isatty(2);
   for (int i = 0; benches[i]; i++) {
     if (glob && fnmatch(glob, benches[i]->name, 0)) continue;
+    if (progress) fprintf(stderr, "\r[%d/%d] %-24s", ++done, total, benches[i]->name);
     zmlx_bench_opts o = {.device = dev, .reps = reps, .emit = print_row, .ctx = &b};
     if ((st = benches[i]->bench(&o)) != ZMLX_OK) {
       failed = 1;
       cli_report(st, benches[i]->name);
     }
   }
+  if (progress) fprintf(stderr, "\r%-40s\r", "");
   if (b.json) {
     fprintf(b.json, "\n]}\n");
     fclose(b.json);
