@@ -26,6 +26,7 @@
  * compile, never a hang).
  */
 #include "kernel/cache.h"
+#include "kernel/cache_entry.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -58,11 +59,6 @@ static int digest_field(EVP_MD_CTX *ctx, const char *s, size_t max_len) {
   size_t n = strnlen(s, max_len);
   static const char nul = '\0';
   return EVP_DigestUpdate(ctx, s, n) == 1 && EVP_DigestUpdate(ctx, &nul, 1) == 1;
-}
-
-static int sha256_bytes(const void *data, size_t size, uint8_t out[32]) {
-  unsigned int len = 0;
-  return EVP_Digest(data, size, out, &len, EVP_sha256(), NULL) == 1 && len == 32;
 }
 
 zmlx_status zmlxi_cache_make_key(const zmlx_compile_request *req, zmlx_cache_key *out) {
@@ -506,69 +502,7 @@ const char *zmlx_cache_disk_problem(void) {
 
 /* ======================================================= disk: format */
 
-#define ENTRY_MAGIC "ZMLXBIN"        /* 8 bytes with its NUL */
-#define ENTRY_FORMAT_VERSION 1u
-
-/* Header layout, little-endian, independent of struct padding. */
-enum {
-  HDR_MAGIC = 0,
-  HDR_VERSION = 8,
-  HDR_BACKEND = 12,
-  HDR_KEY = 16,
-  HDR_SIZE = 48,
-  HDR_CHECKSUM = 56,
-  HDR_BYTES = 88
-};
-
-static void put_u32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-  return v;
-}
-static uint64_t get_u64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-  return v;
-}
-
-static int make_header(uint8_t hdr[HDR_BYTES], uint32_t backend, const zmlx_cache_key *key,
-                       const void *payload, size_t size) {
-  memset(hdr, 0, HDR_BYTES);
-  memcpy(hdr + HDR_MAGIC, ENTRY_MAGIC, 8);
-  put_u32(hdr + HDR_VERSION, ENTRY_FORMAT_VERSION);
-  put_u32(hdr + HDR_BACKEND, backend);
-  memcpy(hdr + HDR_KEY, key->bytes, 32);
-  put_u64(hdr + HDR_SIZE, (uint64_t)size);
-  return sha256_bytes(payload, size, hdr + HDR_CHECKSUM);
-}
-
-/* Everything but the checksum, which needs the payload. */
-static int header_matches(const uint8_t hdr[HDR_BYTES], uint32_t backend,
-                          const zmlx_cache_key *key, uint64_t payload_size) {
-  return memcmp(hdr + HDR_MAGIC, ENTRY_MAGIC, 8) == 0 &&
-         get_u32(hdr + HDR_VERSION) == ENTRY_FORMAT_VERSION &&
-         get_u32(hdr + HDR_BACKEND) == backend &&
-         memcmp(hdr + HDR_KEY, key->bytes, 32) == 0 &&
-         get_u64(hdr + HDR_SIZE) == payload_size;
-}
-
-static int read_full(int fd, void *buf, size_t n) {
-  uint8_t *p = buf;
-  while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return 0;
-    p += r;
-    n -= (size_t)r;
-  }
-  return 1;
-}
+/* The entry format (header, checksum, verified read) is cache_entry.c's. */
 
 static int write_full(int fd, const void *buf, size_t n) {
   const uint8_t *p = buf;
@@ -582,41 +516,16 @@ static int write_full(int fd, const void *buf, size_t n) {
   return 1;
 }
 
-/* ======================================================= disk: read */
-
-typedef enum { ENTRY_ABSENT, ENTRY_BAD, ENTRY_OK } entry_state;
-
-/* Verify the open entry file `fd` against `key` and return its payload.
- * Entries are only ever replaced by rename, never rewritten in place, so a
- * short read means a damaged file, not a concurrent writer. */
-static entry_state read_verified(int fd, uint64_t file_size, uint32_t backend,
-                                 const zmlx_cache_key *key, void **payload, size_t *size) {
-  uint8_t hdr[HDR_BYTES], sum[32];
-  if (file_size < HDR_BYTES || !read_full(fd, hdr, sizeof hdr)) return ENTRY_BAD;
-  uint64_t n = file_size - HDR_BYTES;
-  if (n > SIZE_MAX - 1 || !header_matches(hdr, backend, key, n)) return ENTRY_BAD;
-  uint8_t *data = malloc(n ? (size_t)n : 1);
-  if (!data) return ENTRY_ABSENT; /* our memory, not the file's fault */
-  if (!read_full(fd, data, (size_t)n) || !sha256_bytes(data, (size_t)n, sum) ||
-      memcmp(sum, hdr + HDR_CHECKSUM, 32) != 0) {
-    free(data);
-    return ENTRY_BAD;
-  }
-  *payload = data;
-  *size = (size_t)n;
-  return ENTRY_OK;
-}
-
 /* Read one entry. ABSENT covers "no file" and "cannot read it" (a plain
  * miss); BAD means the bytes are there but are not a valid entry for this
  * key, and *id names the file so the caller can delete it. */
-static entry_state read_entry(const char *path, uint32_t backend, const zmlx_cache_key *key,
+static zmlxi_entry_state read_entry(const char *path, uint32_t backend, const zmlx_cache_key *key,
                               void **payload, size_t *size, struct stat *id) {
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return ENTRY_ABSENT;
-  entry_state state = ENTRY_ABSENT;
+  if (fd < 0) return ZMLXI_ENTRY_ABSENT;
+  zmlxi_entry_state state = ZMLXI_ENTRY_ABSENT;
   if (fstat(fd, id) == 0 && S_ISREG(id->st_mode))
-    state = read_verified(fd, (uint64_t)id->st_size, backend, key, payload, size);
+    state = zmlxi_entry_read(fd, (uint64_t)id->st_size, backend, key, payload, size);
   close(fd);
   return state;
 }
@@ -639,9 +548,9 @@ static int disk_load(const zmlx_compile_request *req, const zmlx_cache_key *key,
   void *payload = NULL;
   size_t size = 0;
   struct stat id;
-  entry_state state = read_entry(path, (uint32_t)dev->ops->kind, key, &payload, &size, &id);
-  if (state != ENTRY_OK) {
-    if (state == ENTRY_BAD) reject_entry(path, &id);
+  zmlxi_entry_state state = read_entry(path, (uint32_t)dev->ops->kind, key, &payload, &size, &id);
+  if (state != ZMLXI_ENTRY_OK) {
+    if (state == ZMLXI_ENTRY_BAD) reject_entry(path, &id);
     return 0;
   }
   zmlx_status st = dev->ops->load(dev->index, payload, size, req->entry, function);
@@ -671,8 +580,9 @@ static int open_temp(const char *dir, char *tmp, size_t cap) {
  * Failures are silent: the function is already loaded and works. */
 static void disk_store(uint32_t backend, const zmlx_cache_key *key, const void *bin, size_t size) {
   char path[PATH_MAX], tmp[PATH_MAX];
-  uint8_t hdr[HDR_BYTES];
-  if (!entry_path(key, path, sizeof path) || !make_header(hdr, backend, key, bin, size)) return;
+  uint8_t hdr[ZMLXI_ENTRY_HEADER_BYTES];
+  if (!entry_path(key, path, sizeof path) || !zmlxi_entry_header(hdr, backend, key, bin, size))
+    return;
   const char *dir = zmlx_cache_dir();
   int fd = open_temp(dir, tmp, sizeof tmp);
   if (fd < 0 && errno == ENOENT && make_dirs(dir)) fd = open_temp(dir, tmp, sizeof tmp);

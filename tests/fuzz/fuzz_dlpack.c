@@ -52,7 +52,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   t.dtype.lanes = (uint16_t)(take(&r, 1) % 8 ? 1 : take(&r, 2));
   const uint8_t flags = (uint8_t)take(&r, 1);
   for (int i = 0; i < 10; i++) shape[i] = take_extent(&r);
-  for (int i = 0; i < 10; i++) strides[i] = take_extent(&r) * ((flags & 4) ? -1 : 1);
+  for (int i = 0; i < 10; i++) {
+    const int64_t v = take_extent(&r);
+    strides[i] = (flags & 4) && v != INT64_MIN ? -v : v; /* (INT64_MIN stays: -v overflows) */
+  }
   t.shape = (flags & 1) ? NULL : shape;
   t.strides = (flags & 2) ? strides : NULL;
   t.byte_offset = (flags & 8) ? take(&r, 8) : take(&r, 1) % 64;
