@@ -502,25 +502,13 @@ const char *zmlx_cache_disk_problem(void) {
 
 /* ======================================================= disk: format */
 
-/* The entry format (header, checksum, verified read) is cache_entry.c's. */
-
-static int write_full(int fd, const void *buf, size_t n) {
-  const uint8_t *p = buf;
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return 0;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 1;
-}
+/* The entry format (header, checksum, write, verified read) is cache_entry.c's. */
 
 /* Read one entry. ABSENT covers "no file" and "cannot read it" (a plain
  * miss); BAD means the bytes are there but are not a valid entry for this
  * key, and *id names the file so the caller can delete it. */
 static zmlxi_entry_state read_entry(const char *path, uint32_t backend, const zmlx_cache_key *key,
-                              void **payload, size_t *size, struct stat *id) {
+                                    void **payload, size_t *size, struct stat *id) {
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return ZMLXI_ENTRY_ABSENT;
   zmlxi_entry_state state = ZMLXI_ENTRY_ABSENT;
@@ -580,14 +568,12 @@ static int open_temp(const char *dir, char *tmp, size_t cap) {
  * Failures are silent: the function is already loaded and works. */
 static void disk_store(uint32_t backend, const zmlx_cache_key *key, const void *bin, size_t size) {
   char path[PATH_MAX], tmp[PATH_MAX];
-  uint8_t hdr[ZMLXI_ENTRY_HEADER_BYTES];
-  if (!entry_path(key, path, sizeof path) || !zmlxi_entry_header(hdr, backend, key, bin, size))
-    return;
+  if (!entry_path(key, path, sizeof path)) return;
   const char *dir = zmlx_cache_dir();
   int fd = open_temp(dir, tmp, sizeof tmp);
   if (fd < 0 && errno == ENOENT && make_dirs(dir)) fd = open_temp(dir, tmp, sizeof tmp);
   if (fd < 0) return;
-  int ok = write_full(fd, hdr, sizeof hdr) && write_full(fd, bin, size);
+  int ok = zmlxi_entry_write(fd, backend, key, bin, size);
   ok = close(fd) == 0 && ok;
   if (ok && rename(tmp, path) == 0) {
     atomic_fetch_add(&g_stats.disk_writes, 1);

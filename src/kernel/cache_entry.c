@@ -65,10 +65,11 @@ static int header_matches(const uint8_t hdr[HDR_BYTES], uint32_t backend,
          get_u64(hdr + HDR_SIZE) == payload_size;
 }
 
-static int read_full(int fd, void *buf, size_t n) {
+/* read(2) or write(2) until all n bytes moved; 0 on an error or end of file */
+static int move_full(int fd, void *buf, size_t n, int writing) {
   uint8_t *p = buf;
   while (n > 0) {
-    ssize_t r = read(fd, p, n);
+    ssize_t r = writing ? write(fd, p, n) : read(fd, p, n);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return 0;
     p += r;
@@ -77,6 +78,14 @@ static int read_full(int fd, void *buf, size_t n) {
   return 1;
 }
 
+static int read_full(int fd, void *buf, size_t n) { return move_full(fd, buf, n, 0); }
+
+int zmlxi_entry_write(int fd, uint32_t backend, const zmlx_cache_key *key, const void *payload,
+                      size_t size) {
+  uint8_t hdr[HDR_BYTES];
+  return zmlxi_entry_header(hdr, backend, key, payload, size) && move_full(fd, hdr, sizeof hdr, 1) &&
+         move_full(fd, (void *)payload, size, 1);
+}
 
 zmlxi_entry_state zmlxi_entry_read(int fd, uint64_t file_size, uint32_t backend,
                                    const zmlx_cache_key *key, void **payload, size_t *size) {

@@ -20,6 +20,10 @@ int zmlxi_sha256(const void *data, size_t size, uint8_t out[32]);
  * 0 when the checksum cannot be computed. */
 int zmlxi_entry_header(uint8_t hdr[ZMLXI_ENTRY_HEADER_BYTES], uint32_t backend,
                        const zmlx_cache_key *key, const void *payload, size_t size);
+/* Write a whole entry (header, then payload) to the open file fd; 0 on a
+ * failed or short write (a full disk). */
+int zmlxi_entry_write(int fd, uint32_t backend, const zmlx_cache_key *key, const void *payload,
+                      size_t size);
 /* Read and verify the open entry file fd (file_size bytes) against key and
  * backend: OK with *payload (malloc'd) and *size; BAD when any byte of it
  * is not a valid entry for that key (every header byte and the payload's

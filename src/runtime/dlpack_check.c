@@ -35,11 +35,9 @@ static int add_ok(int64_t a, int64_t b, int64_t *out) {
 static int strides_span(const DLTensor *t, zmlxi_dl_span *span) {
   int64_t expect = 1;
   span->lo = span->hi = 0;
-  span->dense = 1;
   for (int i = t->ndim - 1; i >= 0; i--) {
     const int64_t n = t->shape[i], stride = t->strides ? t->strides[i] : expect;
     if (n > 1) {
-      if (stride != expect) span->dense = 0;
       /* (n - 1) * stride, checked: |stride| <= INT64_MAX / (n - 1) */
       if (stride == INT64_MIN || (stride < 0 ? -stride : stride) > INT64_MAX / (n - 1)) return 0;
       const int64_t reach = (n - 1) * stride;
@@ -55,7 +53,7 @@ zmlx_status zmlxi_dlpack_check(const DLTensor *t, zmlx_dtype *dt, int64_t *size,
                                zmlxi_dl_span *span) {
   ZMLX_CHECK(zmlxi_dlpack_dtype(t->dtype, dt));
   ZMLX_CHECK(zmlxi_check_shape(*dt, t->ndim, t->shape, size));
-  *span = (zmlxi_dl_span){0, -1, 1};
+  *span = (zmlxi_dl_span){0, -1};
   if (*size == 0) return ZMLX_OK;
   if (!t->data) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "DLPack: tensor data is NULL");
   if (!strides_span(t, span))

@@ -12,11 +12,9 @@
 #define ZMLX_DL_BOOL 6
 
 /* The elements a strided tensor reaches, relative to data + byte_offset:
- * offsets lo .. hi (lo < 0 only with negative strides); dense when the
- * strides are C order's (size-1 dimensions aside). */
+ * offsets lo .. hi (lo < 0 only with negative strides). */
 typedef struct zmlxi_dl_span {
   int64_t lo, hi;
-  int dense;
 } zmlxi_dl_span;
 
 /* The zmlx dtype of a DLPack dtype (ZMLX_ERR_DTYPE when none). */
