@@ -647,6 +647,10 @@ typedef struct zmlx_rope_opts {
    * are then unused; positions past the table clamp to its last row).
    * Tables are constants: no gradient flows into them. */
   zmlx_array *cos, *sin;
+  /* NULL, or i32 [batch, seq]: each token's own position (Hugging Face's
+   * position_ids: left padding, packed sequences), in place of offsets
+   * (give one or neither). */
+  zmlx_array *positions;
 } zmlx_rope_opts;
 
 /** Rotary embedding of x (4-D, opts->layout). opts NULL: half-split, full

@@ -222,14 +222,15 @@ static int rope_opts(PyObject *kw_mode, PyObject *kw_layout, zmlx_rope_opts *o) 
 static PyObject *py_rope(PyObject *m, PyObject *args, PyObject *kw) {
   (void)m;
   static char *kwlist[] = {"x",     "mode",    "layout", "rotary_dims", "base",
-                           "scale", "offsets", "cos",    "sin",         NULL};
+                           "scale", "offsets", "cos",    "sin",         "positions", NULL};
   zmlx_array *x, *out = NULL;
   PyObject *mode = NULL, *layout = NULL;
   zmlx_rope_opts o;
   memset(&o, 0, sizeof o);
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|UUiddO&O&O&", kwlist, zpy_conv_array, &x, &mode,
-                                   &layout, &o.rotary_dims, &o.base, &o.scale, zpy_conv_array_opt,
-                                   &o.offsets, zpy_conv_array_opt, &o.cos, zpy_conv_array_opt, &o.sin))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|UUiddO&O&O&O&", kwlist, zpy_conv_array, &x,
+                                   &mode, &layout, &o.rotary_dims, &o.base, &o.scale,
+                                   zpy_conv_array_opt, &o.offsets, zpy_conv_array_opt, &o.cos,
+                                   zpy_conv_array_opt, &o.sin, zpy_conv_array_opt, &o.positions))
     return NULL;
   if (!rope_opts(mode, layout, &o)) return NULL;
   return ret1(zmlx_rope(x, &o, &out), &out);
@@ -344,7 +345,8 @@ PyMethodDef zpy_catalog_functions[] = {
     {"cross_entropy", KW(py_cross_entropy), "cross_entropy(logits, targets, ignore_index=-100, "
      "label_smoothing=0.0, reduction='mean', check_targets=False, with_grad=False)"},
     {"rope", KW(py_rope), "rope(x, mode='half_split', layout='bshd', rotary_dims=0, base=10000, "
-     "scale=1, offsets=None, cos=None, sin=None)"},
+     "scale=1, offsets=None, cos=None, sin=None, positions=None): positions i32 [batch, seq], "
+     "each token's own (not with offsets)"},
     {"attention", KW(py_attention), "attention(q, k, v, mask=None, causal=False, scale=0 "
      "(1/sqrt(D)), layout='bhsd', with_lse=False) -> out (or (out, lse))"},
     {"reduce_last", KW(py_reduce_last), "reduce_last(x, kind, ddof=0, keepdims=False)"},

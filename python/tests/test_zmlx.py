@@ -311,6 +311,16 @@ def test_rope_and_dropout(rng):
     want = np.concatenate([x[..., :half] * c - x[..., half:] * s,
                            x[..., :half] * s + x[..., half:] * c], axis=-1)
     close(out, want, scale=2)
+    # per-token positions [B, S] (left padding in row 0, a restart in row 1)
+    pos = np.array([[0, 0, 0, 1, 2], [0, 1, 0, 1, 2]], dtype=np.int32)
+    out = np.asarray(zmlx.rope(zmlx.asarray(x), positions=zmlx.asarray(pos)))
+    ang = pos[:, :, None, None] * inv[None, None, None, :]
+    c, s = np.cos(ang), np.sin(ang)
+    want = np.concatenate([x[..., :half] * c - x[..., half:] * s,
+                           x[..., :half] * s + x[..., half:] * c], axis=-1)
+    close(out, want, scale=2)
+    with pytest.raises(zmlx.Error, match=r"positions must be \[batch, seq\]"):
+        zmlx.rope(zmlx.asarray(x), positions=zmlx.asarray(pos[:, :4].copy()))
     ones = zmlx.ones((100000,))
     d = np.asarray(zmlx.dropout(ones, 0.25, seed=3))
     kept = d != 0

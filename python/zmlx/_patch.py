@@ -25,13 +25,19 @@ Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE):
   training, softcap, position bias, head_dim > 256, other dtypes) go to
   transformers' SDPA function, counted in ``attention_fallbacks()``.
 
-Rotary embeddings are reported as skipped: transformers applies the cos /
-sin tables through a module-level function indexed by ``position_ids``,
-while zmlx's rope takes per-sequence offsets.
+* ``rope``: ``*RotaryEmbedding`` of these models -> its cos / sin (HF's own,
+  for any rope type and attention scaling) are tagged, and the modeling
+  module's ``apply_rotary_pos_emb`` becomes a router that rotates q and k
+  with ``zmlx.torch.rope`` (the tables' first halves, each token's row by
+  position) when its cos / sin are tagged, and calls transformers' function
+  otherwise (other models of the same family, unpatched ones included). The
+  router is installed while any patched model uses that module; calls it
+  cannot take are counted in ``rope_fallbacks()``.
 """
 from __future__ import annotations
 
 import fnmatch
+import sys
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Tuple
 
@@ -47,7 +53,12 @@ _MLP_CLASSES = {
     "LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen2MoeMLP", "Qwen3MLP", "Qwen3MoeMLP",
     "MixtralBlockSparseTop2MLP",
 }
-_KINDS = ("rmsnorm", "mlp", "moe", "attention", "loss")
+_ROTARY_CLASSES = {
+    "LlamaRotaryEmbedding", "MistralRotaryEmbedding", "MixtralRotaryEmbedding",
+    "Qwen2RotaryEmbedding", "Qwen2MoeRotaryEmbedding", "Qwen3RotaryEmbedding",
+    "Qwen3MoeRotaryEmbedding",
+}
+_KINDS = ("rmsnorm", "mlp", "moe", "rope", "attention", "loss")
 _ATTN_NAME = "zmlx"
 _LOSS_ATTRS = ("loss_function", "_loss_function")
 
@@ -160,6 +171,103 @@ def _patch_experts(m: torch.nn.Module) -> Optional[str]:
 
 
 _FALLBACKS: dict = {}
+_ROPE_FALLBACKS: dict = {}
+_ROPE_USERS: dict = {}  # modeling module name -> patched rotary modules using its router
+
+
+def rope_fallbacks() -> dict:
+    """{reason: calls} of tagged rotary calls that went to transformers' function."""
+    return dict(_ROPE_FALLBACKS)
+
+
+class _RopeTables:
+    """HF's cos / sin [Bc, S, D] (D/2 frequencies, duplicated) as zmlx rope
+    tables: f32 [Bc * S, D/2] rows and per-token positions [B, S] naming each
+    token's row. Built on first use, shared by every layer of one forward."""
+
+    def __init__(self):
+        self.tables = None
+        self.positions: dict = {}
+
+    def get(self, cos, sin, batch):
+        if self.tables is None:
+            half = cos.shape[-1] // 2
+            self.tables = tuple(t.reshape(-1, t.shape[-1])[:, :half].float().contiguous()
+                                for t in (cos, sin))
+        pos = self.positions.get(batch)
+        if pos is None:
+            bc, s = cos.shape[0], cos.shape[1]
+            pos = torch.arange(bc * s, dtype=torch.int32, device=cos.device).view(bc, s)
+            pos = self.positions[batch] = pos.expand(batch, s).contiguous()
+        return self.tables[0], self.tables[1], pos
+
+
+def _rope_fallback_reason(q, k, cos, sin, unsqueeze_dim) -> Optional[str]:
+    if unsqueeze_dim not in (1, 2) or q.dim() != 4 or k.dim() != 4 or cos.dim() != 3:
+        return "shapes other than q / k 4-D with cos [B, S, D]"
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.dtype != q.dtype:
+        return f"dtype {q.dtype} / {k.dtype}"
+    if cos.requires_grad or sin.requires_grad:
+        return "cos / sin tables that require grad"
+    d = q.shape[-1]
+    if cos.shape[-1] != d or k.shape[-1] != d or d % 2:
+        return "partial rotary or odd head_dim"
+    seq_ax = 2 if unsqueeze_dim == 1 else 1
+    if cos.shape[1] != q.shape[seq_ax] or cos.shape[0] not in (1, q.shape[0]):
+        return "cos / sin not [1 or batch, seq, head_dim]"
+    return None
+
+
+def _rope_router(original):
+    """apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1) through zmlx when
+    cos came from a patched rotary module, else transformers' `original`."""
+    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1, *args, **kwargs):
+        tables = getattr(cos, "_zmlx_rope", None)
+        if tables is None or args or kwargs:
+            return original(q, k, cos, sin, unsqueeze_dim, *args, **kwargs)
+        why = _rope_fallback_reason(q, k, cos, sin, unsqueeze_dim)
+        if why:
+            _ROPE_FALLBACKS[why] = _ROPE_FALLBACKS.get(why, 0) + 1
+            return original(q, k, cos, sin, unsqueeze_dim)
+        ct, st, pos = tables.get(cos, sin, q.shape[0])
+        if unsqueeze_dim == 1:  # q, k [B, H, S, D]: usually views of [B, S, H, D] projections
+            return tuple(ztorch.rope(t.transpose(1, 2), positions=pos, cos=ct, sin=st).transpose(1, 2)
+                         for t in (q, k))
+        return tuple(ztorch.rope(t, positions=pos, cos=ct, sin=st) for t in (q, k))
+    apply_rotary_pos_emb._zmlx_original = original
+    return apply_rotary_pos_emb
+
+
+def _patch_rotary(m: torch.nn.Module) -> Optional[str]:
+    """Tag m's cos / sin outputs and route its modeling module's
+    apply_rotary_pos_emb (installed once per module, counted per user)."""
+    mod = sys.modules.get(type(m).__module__)
+    current = getattr(mod, "apply_rotary_pos_emb", None)
+    if current is None:
+        return f"{type(m).__module__} has no apply_rotary_pos_emb"
+    if getattr(current, "_zmlx_original", None) is None:
+        mod.apply_rotary_pos_emb = _rope_router(current)
+    _ROPE_USERS[mod.__name__] = _ROPE_USERS.get(mod.__name__, 0) + 1
+    original = m.forward
+
+    def forward(x, position_ids, *args, **kwargs):
+        cos, sin = original(x, position_ids, *args, **kwargs)
+        cos._zmlx_rope = _RopeTables()
+        return cos, sin
+
+    m.forward = forward
+    return None
+
+
+def _unpatch_rotary(m: torch.nn.Module) -> None:
+    name = type(m).__module__
+    if name not in _ROPE_USERS:
+        return
+    _ROPE_USERS[name] -= 1
+    if _ROPE_USERS[name] == 0:
+        del _ROPE_USERS[name]
+        mod = sys.modules[name]
+        mod.apply_rotary_pos_emb = mod.apply_rotary_pos_emb._zmlx_original
 
 
 def attention_fallbacks() -> dict:
@@ -253,12 +361,31 @@ def _causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None,
     return total / num_items_in_batch
 
 
+def _module_kind(cls: str) -> Optional[str]:
+    for suffix, kind in (("RMSNorm", "rmsnorm"), ("MLP", "mlp"), ("Experts", "moe"),
+                         ("RotaryEmbedding", "rope")):
+        if cls.endswith(suffix):
+            return kind
+    return None
+
+
+# kind -> (patcher(module) -> (why not | None, what it became), the classes it
+# knows or None: any class of that suffix whose attributes fit)
+_MODULE_PATCHERS = {
+    "rmsnorm": (lambda m: (_patch_rmsnorm(m), "zmlx.torch.rms_norm"), _RMSNORM_CLASSES),
+    "mlp": (_patch_mlp, _MLP_CLASSES),
+    "moe": (lambda m: (_patch_experts(m), "zmlx.torch.moe_experts (fused SwiGLU experts)"), None),
+    "rope": (lambda m: (_patch_rotary(m), "zmlx.torch.rope of q and k by position "
+                        "(transformers' cos / sin tables)"), _ROTARY_CLASSES),
+}
+
+
 def patch(model: torch.nn.Module, include: Optional[Iterable[str]] = None,
           exclude: Optional[Iterable[str]] = None, verbose: bool = False) -> PatchReport:
     """Replace known modules' forwards with zmlx ops, in place; returns a
     PatchReport (print it: it names every patched and skipped module and why).
 
-    include / exclude: kinds ("rmsnorm", "mlp", "moe", "attention", "loss") or
+    include / exclude: kinds ("rmsnorm", "mlp", "moe", "rope", "attention", "loss") or
     fnmatch patterns on module names ("model.layers.0.*"; attention is
     model-wide: only its kind selects it); None includes everything."""
     report = PatchReport()
@@ -267,42 +394,22 @@ def patch(model: torch.nn.Module, include: Optional[Iterable[str]] = None,
         if getattr(m, "_zmlx_original_forward", None) is not None:
             report.skipped.append((name, cls, "already patched"))
             continue
-        kind = "rmsnorm" if cls.endswith("RMSNorm") else "mlp" if cls.endswith("MLP") else None
-        if cls.endswith("Experts"):
-            if not _selected("moe", name, include, exclude):
-                report.skipped.append((name, cls, "left out by include/exclude"))
-                continue
+        kind = _module_kind(cls)
+        if kind is None:
+            continue
+        patcher, known = _MODULE_PATCHERS[kind]
+        if known is not None and cls not in known:
+            report.skipped.append((name, cls, f"not a {kind} class zmlx knows (its forward may differ)"))
+        elif not _selected(kind, name, include, exclude):
+            report.skipped.append((name, cls, "left out by include/exclude"))
+        else:
             original = m.forward
-            why = _patch_experts(m)
+            why, what = patcher(m)
             if why:
                 report.skipped.append((name, cls, why))
             else:
                 m._zmlx_original_forward = original
-                report.patched.append((name, cls, "zmlx.torch.moe_experts (fused SwiGLU experts)"))
-            continue
-        if cls.endswith("RotaryEmbedding"):
-            report.skipped.append((name, cls, "rotary: applied by position_ids in a function, "
-                                   "zmlx's rope takes offsets"))
-            continue
-        if kind is None:
-            continue
-        known = _RMSNORM_CLASSES if kind == "rmsnorm" else _MLP_CLASSES
-        if cls not in known:
-            report.skipped.append((name, cls, f"not a {kind} class zmlx knows (its forward may differ)"))
-            continue
-        if not _selected(kind, name, include, exclude):
-            report.skipped.append((name, cls, "left out by include/exclude"))
-            continue
-        original = m.forward
-        if kind == "rmsnorm":
-            why, what = _patch_rmsnorm(m), "zmlx.torch.rms_norm"
-        else:
-            why, what = _patch_mlp(m)
-        if why:
-            report.skipped.append((name, cls, why))
-        else:
-            m._zmlx_original_forward = original
-            report.patched.append((name, cls, what))
+                report.patched.append((name, cls, what))
     if hasattr(model, "config") and hasattr(model.config, "_attn_implementation"):
         if _selected("attention", "attention", include, exclude):
             why, what = _patch_attention(model)
@@ -335,6 +442,8 @@ def unpatch(model: torch.nn.Module) -> int:
         if getattr(m, "_zmlx_original_forward", None) is not None:
             del m.forward  # the instance attribute; the class's forward shows again
             del m._zmlx_original_forward
+            if type(m).__name__ in _ROTARY_CLASSES:
+                _unpatch_rotary(m)
             restored += 1
     attention = model.__dict__.pop("_zmlx_original_attention", None)
     if attention is not None:

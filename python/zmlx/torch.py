@@ -30,7 +30,7 @@ __all__ = [
     "bias_silu", "bias_swiglu", "bias_gelu", "elu", "dropout", "add_rmsnorm", "add_layernorm",
     "softmax_masked", "reduce_last", "argmax", "argmin", "topk", "quantize_int8", "dequantize_int8",
     "patch",
-    "unpatch", "PatchReport", "attention_fallbacks",
+    "unpatch", "PatchReport", "attention_fallbacks", "rope_fallbacks",
 ]
 
 _ZMLX_DTYPE = {
@@ -234,12 +234,12 @@ _attention = _define(
     lambda q, k, v, m, causal, scale, layout: zmlx.attention(q, k, v, m, causal, scale, layout),
     4, (0, 1, 2))
 _rope = _define(
-    "rope", "Tensor x, Tensor? cos, Tensor? sin, Tensor? offsets, str mode, str layout, "
-    "int rotary_dims, float base, float scale",
-    lambda x, c, s, o, mode, layout, rd, base, scale: zmlx.rope(
+    "rope", "Tensor x, Tensor? cos, Tensor? sin, Tensor? offsets, Tensor? positions, str mode, "
+    "str layout, int rotary_dims, float base, float scale",
+    lambda x, c, s, o, p, mode, layout, rd, base, scale: zmlx.rope(
         x, mode=mode, layout=layout, rotary_dims=rd, base=base, scale=scale, offsets=o, cos=c,
-        sin=s),
-    4, (0,))
+        sin=s, positions=p),
+    5, (0,))
 
 
 def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
@@ -304,20 +304,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 
 def rope(x: torch.Tensor, base: float = 10000.0, offsets: Optional[torch.Tensor] = None,
          rotary_dims: int = 0, scale: float = 1.0, mode: str = "half_split", layout: str = "bshd",
-         cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None) -> torch.Tensor:
+         cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None,
+         positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Rotary position embedding of a 4-D x (layout "bshd" or "bhsd"): position
-    = offsets[b] + s (offsets: int [B], None: 0), angles position * scale *
-    base^(-2i/R) computed in the kernel, or looked up in f32 cos / sin tables
-    [positions, R/2]. mode "half_split" (Llama / NeoX) or "interleaved"
-    (GPT-J). rotary_dims R (0: head_dim); dims past R pass through. The
-    gradient is the inverse rotation."""
+    = offsets[b] + s (offsets: int [B], None: 0), or positions[b, s] (int
+    [B, S], Hugging Face's position_ids; not with offsets); angles position *
+    scale * base^(-2i/R) computed in the kernel, or looked up in f32 cos / sin
+    tables [positions, R/2]. mode "half_split" (Llama / NeoX) or
+    "interleaved" (GPT-J). rotary_dims R (0: head_dim); dims past R pass
+    through. The gradient is the inverse rotation."""
     if offsets is not None:
         offsets = offsets.to(torch.int32)
+    if positions is not None:
+        positions = positions.to(torch.int32).contiguous()
     if (cos is None) != (sin is None):
         raise ValueError("zmlx.torch.rope: give both cos and sin tables, or neither")
     if cos is not None:
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
-    return _rope(x, cos, sin, offsets, mode, layout, int(rotary_dims), float(base), float(scale))
+    return _rope(x, cos, sin, offsets, positions, mode, layout, int(rotary_dims), float(base),
+                 float(scale))
 
 
 softmax = _unary("softmax", zmlx.softmax, "softmax over the last axis.")
@@ -563,4 +568,4 @@ def elementwise(expr: str, names: Sequence[str]) -> Callable[..., torch.Tensor]:
     return call
 
 
-from ._patch import PatchReport, attention_fallbacks, patch, unpatch  # noqa: E402  (needs the ops above)
+from ._patch import PatchReport, attention_fallbacks, patch, rope_fallbacks, unpatch  # noqa: E402  (needs the ops above)

@@ -21,13 +21,15 @@ typedef struct rope_case {
   int R; /* 0 = D */
   zmlx_rope_mode mode;
   zmlx_rope_layout layout;
-  int offsets, table;
+  int offsets; /* 0: positions s; 1: offsets[b] + s; 2: positions[b, s] */
+  int table;
   double base, scale;
 } rope_case;
 
-/* Host reference of one tensor [B, S|H, H|S, D] in place (dir = +1 / -1). */
+/* Host reference of one tensor [B, S|H, H|S, D] (dir = +1 / -1); pos[b * S + s]
+ * is each token's position. */
 static void rope_ref(const double *x, double *y, int64_t B, int64_t S, int64_t H, int64_t D, int R,
-                     zmlx_rope_mode mode, zmlx_rope_layout lay, const double *off, double base,
+                     zmlx_rope_mode mode, zmlx_rope_layout lay, const double *pos, double base,
                      double scale, const double *ctab, const double *stab, int64_t P, double dir) {
   int half = R / 2;
   for (int64_t b = 0; b < B; b++)
@@ -36,7 +38,7 @@ static void rope_ref(const double *x, double *y, int64_t B, int64_t S, int64_t H
         int64_t row = lay == ZMLX_ROPE_BSHD ? (b * S + s) * H + h : (b * H + h) * S + s;
         const double *xr = x + row * D;
         double *yr = y + row * D;
-        double p = (double)s + (off ? off[b] : 0);
+        double p = pos[b * S + s];
         for (int64_t d = R; d < D; d++) yr[d] = xr[d];
         for (int i = 0; i < half; i++) {
           double c, sn;
@@ -87,7 +89,8 @@ static void rope_shape_str(char *s, size_t n, const rope_case *c) {
   snprintf(s, n, "%s[%lld,%lld,%lld|%lld,%lld] R=%d %s%s%s",
            c->layout == ZMLX_ROPE_BSHD ? "BSHD" : "BHSD", (long long)c->B, (long long)c->S,
            (long long)c->Hq, (long long)c->Hk, (long long)c->D, c->R ? c->R : (int)c->D,
-           c->mode == ZMLX_ROPE_INTERLEAVED ? "il" : "half", c->offsets ? " off" : "",
+           c->mode == ZMLX_ROPE_INTERLEAVED ? "il" : "half",
+           c->offsets == 1 ? " off" : c->offsets == 2 ? " pos" : "",
            c->table ? " tab" : "");
 }
 
@@ -110,14 +113,15 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
   double *xq = malloc(sizeof(double) * (size_t)nq), *xk = malloc(sizeof(double) * (size_t)nk);
   double *wq = malloc(sizeof(double) * (size_t)nq), *wk = malloc(sizeof(double) * (size_t)nk);
   double *off = malloc(sizeof(double) * (size_t)c->B);
+  double *pos = malloc(sizeof(double) * (size_t)(c->B * c->S));
   double *ct = malloc(sizeof(double) * (size_t)(P * (R / 2) + 1));
   double *stb = malloc(sizeof(double) * (size_t)(P * (R / 2) + 1));
   double *gotq = NULL, *gotk = NULL;
-  zmlx_array *q = NULL, *k = NULL, *aoff = NULL, *acos = NULL, *asin = NULL, *qo = NULL,
+  zmlx_array *q = NULL, *k = NULL, *aoff = NULL, *apos = NULL, *acos = NULL, *asin = NULL, *qo = NULL,
              *ko = NULL, *w = NULL;
   zmlx_array *grads[1] = {NULL};
   zmlx_status st = ZMLX_OK;
-  if (!xq || !xk || !wq || !wk || !off || !ct || !stb) {
+  if (!xq || !xk || !wq || !wk || !off || !pos || !ct || !stb) {
     st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     goto done;
   }
@@ -128,6 +132,20 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     off[0] = (double)(P - c->S);
     off[c->B - 1] = (double)(P - c->S + 3);
   }
+  /* positions[b, s]: offsets[b] + s as a left-padded batch has it, a
+   * restart (packed sequences), a row past the table, and one negative
+   * position (clamps to the table's first row; in-kernel angles rotate back) */
+  for (int64_t b = 0; b < c->B; b++)
+    for (int64_t s = 0; s < c->S; s++) {
+      double p = (double)s;
+      if (c->offsets == 1) p += off[b];
+      if (c->offsets == 2) {
+        p = (b & 1) ? (double)(int)(zck_uniform(rng, 0, 1) * (double)(P + 4))
+                    : (double)(s >= c->S / 2 ? s - c->S / 2 : s) + off[b];
+        if (b == 0 && s == 0) p = -3;
+      }
+      pos[b * c->S + s] = p;
+    }
   for (int64_t p = 0; p < P; p++)
     for (int i = 0; i < R / 2; i++) {
       double ang = p * 0.7 * pow(500.0, -(2.0 * i) / R);
@@ -136,9 +154,13 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     }
   st = zck_random(dev, dt, 4, shq, -1, 1, rng, xq, &q);
   if (st == ZMLX_OK) st = zck_random(dev, dt, 4, shk, -1, 1, rng, xk, &k);
-  if (st == ZMLX_OK && c->offsets) {
+  if (st == ZMLX_OK && c->offsets == 1) {
     int64_t sb = c->B;
     st = zck_upload(dev, ZMLX_I32, 1, &sb, off, &aoff);
+  }
+  if (st == ZMLX_OK && c->offsets == 2) {
+    int64_t sp[2] = {c->B, c->S};
+    st = zck_upload(dev, ZMLX_I32, 2, sp, pos, &apos);
   }
   if (st == ZMLX_OK && c->table) {
     int64_t st2[2] = {P, R / 2};
@@ -148,14 +170,13 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
   if (st != ZMLX_OK) goto done;
   zmlx_rope_opts ro = {.mode = c->mode, .layout = c->layout, .rotary_dims = c->R,
                        .base = c->base, .scale = c->scale, .offsets = aoff, .cos = acos,
-                       .sin = asin};
+                       .sin = asin, .positions = apos};
   /* x in [-1, 1], two products per output. The f32 angle p scale
    * base^(-2i/R) carries ~15 u32 of itself (exp2 of a rounded exponent),
    * which cos / sin pass on as an absolute error: the bound's scale is the
    * largest angle (tables hold exact f32 values: no angle error). */
   double max_pos = 0;
-  for (int64_t b = 0; b < c->B; b++)
-    max_pos = fmax(max_pos, (double)(c->S - 1) + (c->offsets ? off[b] : 0));
+  for (int64_t i = 0; i < c->B * c->S; i++) max_pos = fmax(max_pos, fabs(pos[i]));
   double max_ang = c->table ? 0 : max_pos * (c->scale ? fabs(c->scale) : 1);
   const zck_bound bound = zck_bound_of(ZCK_TOL_ELEMENTWISE, dt, 2 * (1 + max_ang), 1);
   double e, tol;
@@ -171,9 +192,9 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
     if (st == ZMLX_OK) st = zck_download(qo, &gotq);
     if (st == ZMLX_OK) st = zck_download(ko, &gotk);
     if (st != ZMLX_OK) goto done;
-    rope_ref(xq, wq, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
+    rope_ref(xq, wq, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, pos,
              c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, 1);
-    rope_ref(xk, wk, c->B, c->S, c->Hk, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
+    rope_ref(xk, wk, c->B, c->S, c->Hk, c->D, R, c->mode, c->layout, pos,
              c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, 1);
     zck_within(gotq, wq, nq, bound, &e, &tol);
     int ok = zck_within_acc(gotk, wk, NULL, nk, bound, &e, &tol);
@@ -218,7 +239,7 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
       st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
       goto done;
     }
-    rope_ref(wq, want, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, c->offsets ? off : NULL,
+    rope_ref(wq, want, c->B, c->S, c->Hq, c->D, R, c->mode, c->layout, pos,
              c->base ? c->base : 10000, c->scale ? c->scale : 1, c->table ? ct : NULL, stb, P, -1);
     int ok = zck_within(gotq, want, nq, bound, &e, &tol);
     free(want);
@@ -227,9 +248,10 @@ static zmlx_status rope_run_case(const zmlx_check_opts *o, const rope_case *c, u
 done:
   if (st != ZMLX_OK)
     zck_emit_fail(o, "rope", grad == 0 ? "fwd q,k" : "grad x", dt, name, st);
-  free(xq); free(xk); free(wq); free(wk); free(off); free(ct); free(stb);
+  free(xq); free(xk); free(wq); free(wk); free(off); free(pos); free(ct); free(stb);
   free(gotq); free(gotk);
   zmlx_array_release(q); zmlx_array_release(k); zmlx_array_release(aoff);
+  zmlx_array_release(apos);
   zmlx_array_release(acos); zmlx_array_release(asin); zmlx_array_release(qo);
   zmlx_array_release(ko); zmlx_array_release(w); zmlx_array_release(grads[0]);
   zmlx_clear_error();
@@ -262,6 +284,29 @@ static void rope_bad_inputs(const zmlx_check_opts *o) {
   zck_expect(o, "rope", "bad: q/k seq mismatch", zmlx_rope_qk(x, k, NULL, &y, &y2), y,
                  ZMLX_ERR_SHAPE, "seq");
   zmlx_array_release(y2);
+  y2 = NULL;
+  /* positions: [batch, seq] i32 on x's device, and never with offsets */
+  int64_t sp[2] = {1, 3}, sp_bad[2] = {1, 2}, sb = 1;
+  zmlx_array *pos = NULL, *pos_bad = NULL, *pos_f = NULL, *off = NULL;
+  if (zmlx_array_zeros(dev, ZMLX_I32, 2, sp, &pos) == ZMLX_OK &&
+      zmlx_array_zeros(dev, ZMLX_I32, 2, sp_bad, &pos_bad) == ZMLX_OK &&
+      zmlx_array_zeros(dev, ZMLX_F32, 2, sp, &pos_f) == ZMLX_OK &&
+      zmlx_array_zeros(dev, ZMLX_I32, 1, &sb, &off) == ZMLX_OK) {
+    zmlx_rope_opts both = {.positions = pos, .offsets = off}, shp = {.positions = pos_bad},
+                   dty = {.positions = pos_f};
+    zck_expect(o, "rope", "bad: positions and offsets", zmlx_rope(x, &both, &y), y,
+               ZMLX_ERR_INVALID_ARG, "not both");
+    y = NULL;
+    zck_expect(o, "rope", "bad: positions shape", zmlx_rope(x, &shp, &y), y, ZMLX_ERR_SHAPE,
+               "[batch, seq] = [1, 3]");
+    y = NULL;
+    zck_expect(o, "rope", "bad: positions f32", zmlx_rope(x, &dty, &y), y, ZMLX_ERR_DTYPE, "i32");
+    y = NULL;
+  } else {
+    zck_emit_fail(o, "rope", "bad input", dt, "positions setup", ZMLX_ERR_BACKEND);
+  }
+  zmlx_array_release(pos); zmlx_array_release(pos_bad); zmlx_array_release(pos_f);
+  zmlx_array_release(off);
 done:
   zmlx_array_release(x3); zmlx_array_release(x); zmlx_array_release(xo);
   zmlx_array_release(xi); zmlx_array_release(k);
@@ -280,15 +325,19 @@ static zmlx_status rope_check(const zmlx_check_opts *o) {
       {2, 5, 3, 1, 16, 8, I, L0, 1, 0, 500, 0.5},
       {1, 7, 3, 3, 10, 6, H, L1, 0, 1, 0, 0},
       {2, 3, 5, 1, 9, 4, I, L1, 1, 1, 0, 0},
+      {3, 6, 4, 2, 16, 0, H, L0, 2, 1, 0, 0},
+      {2, 9, 3, 1, 12, 8, I, L1, 2, 0, 500, 0.5},
       {2, 128, 32, 8, 128, 64, H, L0, 1, 0, 0, 0},
+      {4, 64, 8, 2, 64, 0, H, L1, 2, 1, 0, 0},
       {1, 64, 7, 1, 64, 0, I, L1, 1, 0, 1e6, 1},
       {1, 96, 5, 3, 80, 32, H, L0, 1, 1, 0, 0},
   };
-  int nf = o->quick ? 5 : (int)(sizeof fwd / sizeof fwd[0]);
+  int nf = o->quick ? 7 : (int)(sizeof fwd / sizeof fwd[0]);
   for (int i = 0; i < nf; i++) rope_run_case(o, &fwd[i], &rng, 0);
   rope_case gr[] = {
       {1, 3, 2, 2, 8, 0, H, L0, 1, 0, 0, 0},
       {2, 2, 2, 1, 6, 4, I, L1, 1, 1, 0, 0},
+      {2, 4, 2, 1, 8, 0, H, L0, 2, 0, 0, 0},
   };
   int ng = (int)(sizeof gr / sizeof gr[0]);
   for (int i = 0; i < ng; i++) {

@@ -589,9 +589,9 @@ zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *c, int64_t seq, int layer, i
                      "head_dim %d)", R, D);
   if (o.mode != ZMLX_ROPE_HALF_SPLIT && o.mode != ZMLX_ROPE_INTERLEAVED)
     return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: unknown mode %d", (int)o.mode);
-  if (o.offsets || o.cos || o.sin)
+  if (o.offsets || o.positions || o.cos || o.sin)
     return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_kv_cache_write_rope: positions come from the "
-                     "sequence (start); offsets and cos/sin tables are not taken here");
+                     "sequence (start); offsets, positions and cos/sin tables are not taken here");
   const double base = o.base != 0 ? o.base : 10000.0, scale = o.scale != 0 ? o.scale : 1.0;
   zmlx_array *qo = NULL;
   ZMLX_CHECK(zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &qo));

@@ -1,6 +1,6 @@
 /* Rotary position embedding (issue 5): half-split and interleaved, partial
- * rotary dims, base and scale, per-sequence offsets, in-kernel or tabled
- * cos/sin, GQA through zmlx_rope_qk. One dialect kernel (kernels/rope.zk)
+ * rotary dims, base and scale, per-sequence offsets or per-token positions,
+ * in-kernel or tabled cos/sin, GQA through zmlx_rope_qk. One dialect kernel (kernels/rope.zk)
  * does a pass over x; the VJP is the same kernel rotating backwards (and,
  * being itself this op, is differentiable again). Checks and benchmarks:
  * src/check/rope_check.c. */
@@ -30,6 +30,28 @@ static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("rope", SPECS);
 
 /* ------------------------------------------------------------ the op */
 
+
+static int64_t seq_of(const zmlx_array *x, const rope_cfg *c) {
+  return c->o.layout == ZMLX_ROPE_BSHD ? x->shape[1] : x->shape[2];
+}
+
+static zmlx_status validate_positions(const zmlx_array *p, const zmlx_array *x,
+                                      const zmlx_array *offsets, int64_t seq) {
+  char buf[96];
+  if (offsets)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG,
+                     "rope: give offsets or positions, not both (positions are absolute)");
+  if (p->dtype != ZMLX_I32)
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "rope: positions must be i32, got %s",
+                     zmlx_dtype_name(p->dtype));
+  if (p->ndim != 2 || p->shape[0] != x->shape[0] || p->shape[1] != seq)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "rope: positions must be [batch, seq] = [%lld, %lld], got %s",
+                     (long long)x->shape[0], (long long)seq,
+                     zmlxi_shape_str(buf, sizeof buf, p->ndim, p->shape));
+  if (p->buffer->device != x->buffer->device)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: positions are on another device than x");
+  return ZMLX_OK;
+}
 
 /* `arg` names x as the user's call does, e.g. "zmlx_rope_qk: argument 'q'". */
 zmlx_status zmlxi_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_opts *in,
@@ -86,6 +108,7 @@ zmlx_status zmlxi_rope_validate(const char *arg, zmlx_array *x, const zmlx_rope_
     if (f->buffer->device != x->buffer->device)
       return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "rope: offsets are on another device than x");
   }
+  if (c->o.positions) ZMLX_CHECK(validate_positions(c->o.positions, x, c->o.offsets, seq_of(x, c)));
   if ((c->o.cos == NULL) != (c->o.sin == NULL))
     return zmlxi_fail(ZMLX_ERR_NULL_ARG, "rope: give both cos and sin tables, or neither");
   if (c->o.cos) {
@@ -125,8 +148,9 @@ zmlx_status zmlxi_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out)
   int64_t rows = x->size / (D * H); /* batch * seq */
   int64_t W = D - o->rotary_dims / 2;
   zmlx_array *dummy = NULL;
-  zmlx_array *in[4] = {x, o->offsets, o->cos, o->sin};
-  if (!o->offsets || !o->cos) {
+  /* positions ride in the offsets slot (HAS_POS reads them per token) */
+  zmlx_array *in[4] = {x, o->positions ? o->positions : o->offsets, o->cos, o->sin};
+  if (!in[1] || !o->cos) {
     int64_t one = 1;
     ZMLX_CHECK(zmlx_array_zeros(x->buffer->device, ZMLX_I32, 1, &one, &dummy));
     if (!in[1]) in[1] = dummy;
@@ -137,13 +161,14 @@ zmlx_status zmlxi_rope_launch(zmlx_array *x, const rope_cfg *c, zmlx_array *out)
                        (double)o->rotary_dims, (double)o->layout,
                        (double)(o->cos ? o->cos->shape[0] : 1), (double)c->sgn,
                        log2(o->base), o->scale};
-  zmlx_template_arg t[4] = {
+  zmlx_template_arg t[5] = {
       {.name = "INTERLEAVED", .kind = ZMLX_TEMPLATE_BOOL, .value = o->mode == ZMLX_ROPE_INTERLEAVED},
       {.name = "HAS_OFF", .kind = ZMLX_TEMPLATE_BOOL, .value = o->offsets != NULL},
+      {.name = "HAS_POS", .kind = ZMLX_TEMPLATE_BOOL, .value = o->positions != NULL},
       {.name = "HAS_TABLE", .kind = ZMLX_TEMPLATE_BOOL, .value = o->cos != NULL},
       {.name = "IDX32", .kind = ZMLX_TEMPLATE_BOOL, .value = rows * W < ((int64_t)1 << 31)}};
   zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 1, .inputs = in, .outputs = &out,
-                           .templates = t, .n_templates = 4, .params = params,
+                           .templates = t, .n_templates = 5, .params = params,
                            .device = x->buffer->device};
   zmlxi_kernel_call_grid_1d(&call, rows * W);
   zmlx_status st = zmlx_kernel_launch(k, &call);
@@ -156,6 +181,7 @@ static zmlx_status rope_apply(zmlx_array *x, const rope_cfg *c, zmlx_array **out
 static void rope_free_ctx(void *p) {
   rope_cfg *c = p;
   zmlx_array_release(c->o.offsets);
+  zmlx_array_release(c->o.positions);
   zmlx_array_release(c->o.cos);
   zmlx_array_release(c->o.sin);
   free(c);
@@ -192,6 +218,7 @@ static zmlx_status rope_apply(zmlx_array *x, const rope_cfg *c, zmlx_array **out
     }
     *cc = *c;
     if (cc->o.offsets) zmlx_array_retain(cc->o.offsets);
+    if (cc->o.positions) zmlx_array_retain(cc->o.positions);
     if (cc->o.cos) zmlx_array_retain(cc->o.cos);
     if (cc->o.sin) zmlx_array_retain(cc->o.sin);
     st = zmlxi_ad_record(&ROPE_RULE, cc, &x, 1, &y, 1, 0);

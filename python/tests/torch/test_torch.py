@@ -8,6 +8,8 @@ Runs on CUDA tensors when torch sees a GPU (zero copy, PyTorch's stream),
 else on CPU tensors (copied to zmlx's default device)."""
 import os
 
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -205,6 +207,20 @@ def test_rope_matches_reference_with_grads(gen):
     close(out.transpose(1, 2), rope_ref(x.detach(), positions).float())
     with pytest.raises(ValueError):
         zt.rope(x, cos=ang.cos().to(DEVICE))
+    # per-token positions (HF position_ids: a left-padded row, a packed row
+    # restarting at 0), computed angles and tables, with gradients
+    positions = torch.tensor([[1, 1, 0, 1, 2, 3, 4], [0, 1, 2, 0, 1, 2, 3]], device=DEVICE)
+    for tables in (False, True):
+        xr = x.detach().double().requires_grad_(True)
+        kw = dict(cos=ang.cos().to(DEVICE), sin=ang.sin().to(DEVICE)) if tables else {}
+        out = zt.rope(x, positions=positions, **kw)
+        want = rope_ref(xr, positions)
+        close(out, want.float())
+        g = rand(gen, B, S, H, D)
+        (gx,), (gr,) = torch.autograd.grad(out, (x,), g), torch.autograd.grad(want, (xr,), g.double())
+        close(gx, gr.float())
+    with pytest.raises(RuntimeError, match="not both"):
+        zt.rope(x, positions=positions, offsets=offsets)
 
 
 def _grads_match(got_out, want_out, inputs, refs, gen, dtype=torch.float32, scale=4.0):
@@ -336,6 +352,10 @@ def test_opcheck_schema_fake_and_autograd(gen):
                                             rand(gen, 1, 1, 7, 16, grad=True),
                                             rand(gen, 1, 1, 7, 16, grad=True), None, True, 0.0, "bhsd")),
         (torch.ops.zmlx.rope.default, (rand(gen, 1, 5, 2, 8, grad=True), None, None, None,
+                                       None, "half_split", "bshd", 0, 10000.0, 1.0)),
+        (torch.ops.zmlx.rope.default, (rand(gen, 2, 4, 2, 8, grad=True), None, None, None,
+                                       torch.tensor([[3, 4, 5, 6], [1, 2, 0, 1]], dtype=torch.int32,
+                                                    device=DEVICE),
                                        "half_split", "bshd", 0, 10000.0, 1.0)),
         (torch.ops.zmlx.add_rmsnorm.default, (x, x.detach().clone().requires_grad_(True), w, 1e-6)),
         (torch.ops.zmlx.topk.default, (x, 3)),
@@ -470,9 +490,16 @@ def test_patch_hf_model_matches_unpatched(kind, monkeypatch):
         want = model(ids, labels=ids)
         want_padded = model(ids, attention_mask=padding).logits
         want_tokens = model.generate(ids[:1, :8], max_new_tokens=12, do_sample=False)
-    calls = []
-    real_attention = zt.attention
+    model.train()  # (no dropout in these configs) the gradients of the unpatched model
+    model(ids, labels=ids).loss.backward()
+    want_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.eval()
+    calls, rope_calls = [], []
+    real_attention, real_rope = zt.attention, zt.rope
     monkeypatch.setattr(zt, "attention", lambda *a, **k: calls.append(1) or real_attention(*a, **k))
+    monkeypatch.setattr(zt, "rope", lambda *a, **k: rope_calls.append(1) or real_rope(*a, **k))
+    unpatched_twin = _tiny_hf(kind)  # same family, not patched: must keep transformers' rope
     report = zt.patch(model)
     text = str(report)
     assert report.patched, text
@@ -482,13 +509,20 @@ def test_patch_hf_model_matches_unpatched(kind, monkeypatch):
     else:  # every layer is sparse: the fused experts run on zmlx
         assert any("moe_experts" in what for _, _, what in report.patched), text
     assert any(name == "loss_function" for name, _, _ in report.patched), text
-    assert any("rotary" in why for _, _, why in report.skipped), text
+    assert any(cls.endswith("RotaryEmbedding") and "rope" in what
+               for _, cls, what in report.patched), text
     assert any("zmlx.torch.attention" in what for _, _, what in report.patched), text
     with torch.no_grad():
         got = model(ids, labels=ids)
         got_padded = model(ids, attention_mask=padding).logits
         got_tokens = model.generate(ids[:1, :8], max_new_tokens=12, do_sample=False)
     assert len(calls) >= 2 * 2 + 12 and not zt.attention_fallbacks(), (len(calls), zt.attention_fallbacks())
+    # q and k of each layer and call (2 layers, 2 full forwards, 12 decode steps)
+    assert len(rope_calls) >= 2 * 2 * (2 + 12) and not zt.rope_fallbacks(), zt.rope_fallbacks()
+    seen = len(rope_calls)
+    with torch.no_grad():
+        unpatched_twin(ids)
+    assert len(rope_calls) == seen, "an unpatched model of the same family went through zmlx"
     close(got.logits, want.logits, scale=10.0)
     close(got.loss, want.loss, scale=10.0)
     close(got_padded[1, 5:], want_padded[1, 5:], scale=10.0)  # padded positions differ by design
@@ -499,9 +533,14 @@ def test_patch_hf_model_matches_unpatched(kind, monkeypatch):
     model(ids, labels=ids).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing or kind == "qwen3_moe", missing  # unrouted experts get none
+    for n, p in model.named_parameters():  # through rope, attention, norms, MLP / experts, loss
+        if n in want_grads:
+            close(p.grad, want_grads[n], scale=10.0)
     restored = zt.unpatch(model)
     assert restored == len(report.patched)
     assert model.config._attn_implementation == "sdpa"
+    modeling = sys.modules[type(model).__module__]
+    assert not hasattr(modeling.apply_rotary_pos_emb, "_zmlx_original"), "router left installed"
     assert "patched" in str(zt.patch(model, include=["nothing"]))
     zt.unpatch(model)
 
