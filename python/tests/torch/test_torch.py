@@ -549,3 +549,38 @@ def test_patch_report_says_why_nothing_was_patched():
     report = zt.patch(torch.nn.Sequential(torch.nn.Linear(4, 4)))
     assert not report.patched
     assert "nothing was patched" in str(report)
+
+
+def test_eager_fast_path_only_where_nothing_is_lost(gen, monkeypatch):
+    """zt ops skip the dispatcher in eager when no gradient is recorded; a
+    gradient, a torch_dispatch mode or torch.compile goes through the op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    taken = []
+    real = zt._eager_route
+    monkeypatch.setattr(zt, "_eager_route", lambda *a: taken.append(real(*a)) or taken[-1])
+    x, xg = rand(gen, 5, 7), rand(gen, 5, 7, grad=True)
+    close(zt.silu(x), F.silu(x))
+    with torch.no_grad():
+        close(zt.silu(xg), F.silu(xg.detach()))
+    y = zt.silu(xg)
+    assert y.requires_grad and y.grad_fn is not None
+    assert taken == [zt._KERNEL, zt._KERNEL, zt._FUNCTION], taken
+    g = rand(gen, 5, 7)
+    (gx,) = torch.autograd.grad(y, (xg,), g)
+    xr = xg.detach().double().requires_grad_(True)
+    (gr,) = torch.autograd.grad(F.silu(xr), (xr,), g.double())
+    close(gx, gr.float())
+    with Log() as log:
+        close(zt.silu(x), F.silu(x))
+    assert any("zmlx.silu" in op for op in log.ops), log.ops
+    assert taken[-1] == zt._OP
