@@ -360,6 +360,27 @@ static void checkpoint_round_trip(zmlx_device *dev) {
   copy[6] = 0x7f;
   spit(bad, copy, len);
   ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_INVALID_ARG, "the header claims");
+  /* a shape entry that is a string, not a number */
+  memcpy(copy, file, len);
+  hit = strstr((char *)copy + 8, "\"embed\":{\"dtype\":\"F32\",\"shape\":[13,");
+  assert_non_null(hit);
+  memcpy(hit + strlen("\"embed\":{\"dtype\":\"F32\",\"shape\":["), "\"\"", 2); /* 13 -> "" */
+  spit(bad, copy, len);
+  ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_SHAPE, "tensor 'embed'");
+  /* a 300-byte file whose configuration claims a 4-trillion-parameter model:
+   * refused by its contents before anything of that size is allocated */
+  const char *huge = "{\"__metadata__\":{\"zmlx.config\":\"{\\\"vocab\\\": 1000000000, "
+                     "\\\"dim\\\": 4096, \\\"layers\\\": 100, \\\"heads\\\": 32, "
+                     "\\\"kv_heads\\\": 8, \\\"ffn_dim\\\": 1000000, \\\"experts\\\": 0, "
+                     "\\\"top_k\\\": 2, \\\"rope_base\\\": 10000.0, \\\"norm_eps\\\": 1e-5, "
+                     "\\\"dtype\\\": \\\"bf16\\\"}\"}}";
+  size_t hl = strlen(huge);
+  unsigned char *small = calloc(1, 8 + hl);
+  for (int i = 0; i < 8; i++) small[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+  memcpy(small + 8, huge, hl);
+  spit(bad, small, 8 + hl);
+  ZT_FAILS(zmlx_lm_load(bad, dev, &back), ZMLX_ERR_INVALID_ARG, "tensor 'embed' is missing");
+  free(small);
   ZT_FAILS(zmlx_lm_load("/nonexistent/zmlx.safetensors", dev, &back), ZMLX_ERR_IO, "cannot open");
   assert_null(back);
   free(copy), free(file);

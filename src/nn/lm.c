@@ -10,54 +10,19 @@
 
 #include "nn/lm.h"
 
-/* --------------------------------------------------------- configuration */
-
-static zmlx_status resolve_config(const zmlx_lm_config *in, zmlx_lm_config *c) {
-  ZMLX_REQUIRE_ARG_OF("zmlx_lm_create", in);
-  if (in->struct_size != 0 && in->struct_size != sizeof *c)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: cfg->struct_size is %zu, this "
-                     "library's zmlx_lm_config has %zu bytes", in->struct_size, sizeof *c);
-  *c = *in;
-  c->struct_size = sizeof *c;
-  if (!c->vocab) c->vocab = 256;
-  if (!c->kv_heads) c->kv_heads = c->heads;
-  if (!c->top_k) c->top_k = 2;
-  if (c->rope_base == 0) c->rope_base = 10000;
-  if (c->norm_eps == 0) c->norm_eps = 1e-5;
-  if (c->dtype == (zmlx_dtype)0) c->dtype = ZMLX_F32; /* a zeroed config means f32 */
-  if (c->vocab < 1 || c->dim < 1 || c->layers < 1 || c->heads < 1 || c->ffn_dim < 1 ||
-      c->experts < 0 || c->kv_heads < 1)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: vocab %d, dim %d, layers %d, heads "
-                     "%d, kv_heads %d, ffn_dim %d, experts %d: sizes must be positive", c->vocab,
-                     c->dim, c->layers, c->heads, c->kv_heads, c->ffn_dim, c->experts);
-  if (c->dim % c->heads || c->heads % c->kv_heads || (c->dim / c->heads) % 2)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: dim %d over %d heads (kv heads %d): "
-                     "heads must divide dim into an even head_dim, kv_heads must divide heads",
-                     c->dim, c->heads, c->kv_heads);
-  if (c->dim / c->heads > ZMLX_ATTENTION_MAX_HEAD_DIM)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: head_dim %d > %d", c->dim / c->heads,
-                     ZMLX_ATTENTION_MAX_HEAD_DIM);
-  if (c->experts && (c->top_k < 1 || c->top_k > c->experts || c->top_k > ZMLX_MOE_MAX_K))
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: top_k %d with %d experts",
-                     c->top_k, c->experts);
-  if (c->dtype != ZMLX_F32 && c->dtype != ZMLX_F16 && c->dtype != ZMLX_BF16)
-    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_lm_create: weights of dtype %s; f32, f16 or bf16",
-                     zmlx_dtype_name(c->dtype));
-  return zmlxi_device_resolve(c->device, &c->device);
-}
-
 /* ------------------------------------------------------------ parameters */
 
-/* Add parameter `name` of the given shape: normal(0, std), or `fill` when
- * std is 0. */
-static zmlx_status add_param(zmlx_lm *lm, const char *name, int ndim, const int64_t *shape,
-                             double std, double fill) {
-  if (lm->n_params == ZMLX_LM_MAX_PARAMS)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_lm_create: more than %d parameters",
-                     ZMLX_LM_MAX_PARAMS);
+/* Add parameter `name` of the given shape (a zmlxi_lm_param_fn over the
+ * model): normal(0, std), or `fill` when std is 0; notes where each layer's
+ * parameters and the final norm are. */
+static zmlx_status add_param(void *ud, int layer, const char *name, int ndim,
+                             const int64_t *shape, double std, double fill) {
+  zmlx_lm *lm = ud;
   int i = lm->n_params;
   snprintf(lm->names_buf[i], sizeof lm->names_buf[i], "%s", name);
   lm->names[i] = lm->names_buf[i];
+  if (layer >= 0 && lm->layer_first[layer] == 0) lm->layer_first[layer] = i; /* 0 is embed's */
+  if (layer < 0 && !strcmp(name, "norm")) lm->final_norm = i;
   const zmlx_lm_config *c = &lm->cfg;
   zmlx_status st = std > 0 ? zmlx_array_random_normal(c->device, c->dtype, ndim, shape,
                                                       c->seed * 1000003u + (uint64_t)i, 0, std,
@@ -67,58 +32,12 @@ static zmlx_status add_param(zmlx_lm *lm, const char *name, int ndim, const int6
   return st;
 }
 
-static zmlx_status add_layer_params(zmlx_lm *lm, int l) {
-  const zmlx_lm_config *c = &lm->cfg;
-  const int64_t D = c->dim, hd = c->dim / c->heads, F = c->ffn_dim, E = c->experts;
-  const double std = 0.02, out_std = 0.02 / sqrt(2.0 * c->layers);
-  char n[48];
-  int64_t d1[1] = {D}, wq[2] = {D, c->heads * hd}, wkv[2] = {D, c->kv_heads * hd};
-  int64_t wo[2] = {c->heads * hd, D};
-#define P(suffix, nd, shape, s, f)                                        \
-  do {                                                                    \
-    snprintf(n, sizeof n, "layers.%d.%s", l, suffix);                     \
-    ZMLX_CHECK(add_param(lm, n, nd, shape, s, f));                        \
-  } while (0)
-  P("attn_norm", 1, d1, 0, 1);
-  P("wq", 2, wq, std, 0);
-  P("wk", 2, wkv, std, 0);
-  P("wv", 2, wkv, std, 0);
-  P("wo", 2, wo, out_std, 0);
-  P("ffn_norm", 1, d1, 0, 1);
-  if (E) {
-    int64_t router[2] = {E, D}, w13[3] = {E, F, D}, w2[3] = {E, D, F};
-    P("router", 2, router, std, 0);
-    P("w1", 3, w13, std, 0);
-    P("w3", 3, w13, std, 0);
-    P("w2", 3, w2, out_std, 0);
-  } else {
-    int64_t w13[2] = {D, F}, w2[2] = {F, D};
-    P("w1", 2, w13, std, 0);
-    P("w3", 2, w13, std, 0);
-    P("w2", 2, w2, out_std, 0);
-  }
-#undef P
-  return ZMLX_OK;
-}
-
-static zmlx_status add_all_params(zmlx_lm *lm) {
-  const zmlx_lm_config *c = &lm->cfg;
-  int64_t emb[2] = {c->vocab, c->dim}, d1[1] = {c->dim}, head[2] = {c->dim, c->vocab};
-  ZMLX_CHECK(add_param(lm, "embed", 2, emb, 0.02, 0));
-  for (int l = 0; l < c->layers; l++) {
-    lm->layer_first[l] = lm->n_params;
-    ZMLX_CHECK(add_layer_params(lm, l));
-  }
-  lm->final_norm = lm->n_params;
-  ZMLX_CHECK(add_param(lm, "norm", 1, d1, 0, 1));
-  return add_param(lm, "head", 2, head, 0.02, 0);
-}
-
 zmlx_status zmlx_lm_create(const zmlx_lm_config *cfg, zmlx_lm **out) {
   ZMLX_REQUIRE_ARG(out);
   *out = NULL;
   zmlx_lm_config c;
-  ZMLX_CHECK(resolve_config(cfg, &c));
+  ZMLX_CHECK(zmlxi_lm_check_config(cfg, &c));
+  ZMLX_CHECK(zmlxi_device_resolve(c.device, &c.device));
   zmlx_lm *lm = calloc(1, sizeof *lm);
   int *first = calloc((size_t)c.layers, sizeof *first);
   if (!lm || !first) {
@@ -127,7 +46,7 @@ zmlx_status zmlx_lm_create(const zmlx_lm_config *cfg, zmlx_lm **out) {
   }
   lm->cfg = c;
   lm->layer_first = first;
-  zmlx_status st = add_all_params(lm);
+  zmlx_status st = zmlxi_lm_plan(&lm->cfg, add_param, lm);
   if (st != ZMLX_OK) {
     zmlx_lm_destroy(lm);
     return st;

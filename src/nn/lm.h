@@ -6,9 +6,8 @@
 #ifndef ZMLX_NN_LM_H
 #define ZMLX_NN_LM_H
 
+#include "nn/lm_plan.h"
 #include "runtime/internal.h"
-
-#define ZMLX_LM_MAX_PARAMS 1024
 
 /* A layer's parameters, in order from its first (zmlx_lm.layer_first[l]).
  * A dense layer has no router: its w1, w3, w2 sit at LM_ROUTER .. + 2. */
