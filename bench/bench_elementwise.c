@@ -15,16 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_util.h"
 #include "runtime/internal.h"
 
-#define CHECK(call)                                                                       \
-  do {                                                                                    \
-    zmlx_status st_ = (call);                                                             \
-    if (st_ != ZMLX_OK) {                                                                 \
-      fprintf(stderr, "%s: %s\n%s\n", #call, zmlx_status_string(st_), zmlx_last_error()); \
-      exit(1);                                                                            \
-    }                                                                                     \
-  } while (0)
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;

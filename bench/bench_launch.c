@@ -15,6 +15,7 @@
 
 #include "kernel/cache.h"
 #include "kernel/kernel.h"
+#include "bench_util.h"
 #include "runtime/internal.h"
 
 extern char **environ;
@@ -40,14 +41,6 @@ static void add_row(zmlx_device *dev, const char *what, double v, const char *un
   r->target = target;
 }
 
-#define CHECK(call)                                                                           \
-  do {                                                                                        \
-    zmlx_status st_ = (call);                                                                 \
-    if (st_ != ZMLX_OK) {                                                                     \
-      fprintf(stderr, "%s: %s\n%s\n", #call, zmlx_status_string(st_), zmlx_last_error());     \
-      exit(1);                                                                                \
-    }                                                                                         \
-  } while (0)
 
 static zmlx_kernel *tiny_kernel(const char *tag) {
   static const char *const in[] = {"x"}, *const out[] = {"out"};

@@ -196,6 +196,41 @@ ZMLX_API zmlx_status zmlx_set_current_stream(zmlx_stream *s);
  *  *out is NULL when that is the device's default stream. */
 ZMLX_API zmlx_status zmlx_current_stream(zmlx_device *dev, zmlx_stream **out);
 
+/* ------------------------------------------------------------------ graphs */
+/* A step of many small kernels (a decode step) costs one launch when it is
+ * captured once and replayed: CUDA graphs on CUDA (stream capture), the
+ * recorded launches re-issued elsewhere (OpenCL).
+ *
+ * Between zmlx_graph_capture_begin and _end, the device work this thread
+ * queues on the device (kernel launches, catalog ops, autograd, copies,
+ * library GEMMs) is captured; when _end returns it has also run once. The
+ * arrays it touched keep their memory for the graph's life, so a replay
+ * recomputes the same output arrays from whatever their inputs hold then:
+ * write new inputs in place (zmlx_array_write_host) between replays. Host
+ * reads, host writes and synchronizations on the device are refused during
+ * a capture (ZMLX_ERR_UNSUPPORTED: a replay could not repeat them), as is
+ * changing the current stream; ops that need them (a GEMM path reading
+ * offsets back, say) fail the same way. A replay runs on the stream that
+ * was current when the capture began, ordered like any launch there; it is
+ * refused once zmlx_cache_clear_memory has unloaded functions after the
+ * capture (capture again). One capture per thread at a time. */
+typedef struct zmlx_graph zmlx_graph;
+
+ZMLX_API zmlx_status zmlx_graph_capture_begin(zmlx_device *dev);
+/** End this thread's capture on dev: *out is the graph (destroy it with
+ *  zmlx_graph_destroy). A capture that failed inside (an op's error)
+ *  returns that status here too, and no graph. */
+ZMLX_API zmlx_status zmlx_graph_capture_end(zmlx_device *dev, zmlx_graph **out);
+ZMLX_API zmlx_status zmlx_graph_replay(zmlx_graph *g);
+ZMLX_API zmlx_status zmlx_graph_destroy(zmlx_graph *g);
+
+typedef struct zmlx_graph_info {
+  size_t struct_size; /* sizeof(zmlx_graph_info) */
+  int64_t operations; /* launches, copies and GEMMs captured */
+  int native;         /* 1: a backend graph (CUDA graph); 0: recorded launches */
+} zmlx_graph_info;
+ZMLX_API zmlx_status zmlx_graph_get_info(const zmlx_graph *g, zmlx_graph_info *info);
+
 /* ------------------------------------- arrays (never recorded by autograd) */
 
 typedef struct zmlx_array zmlx_array;
@@ -251,6 +286,10 @@ ZMLX_API int zmlx_array_is_contiguous(const zmlx_array *a);
 /** Copy the (possibly strided) array into `dst` as a dense C-order buffer of
  *  `dst_bytes` bytes (must be exactly nbytes). Waits for pending work. */
 ZMLX_API zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_bytes);
+/** Overwrite a contiguous array's elements with src (src_bytes must equal
+ *  its size in bytes), in stream order: how a captured graph's inputs get
+ *  new values between replays. */
+ZMLX_API zmlx_status zmlx_array_write_host(zmlx_array *a, const void *src, size_t src_bytes);
 /** Read element `flat_index` (C order) converted to double. Slow; for tests. */
 ZMLX_API zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out);
 

@@ -2,6 +2,7 @@
  * axes, a strided scatter (slice gradients, concat) and the default GEMM.
  * They read inputs through <name>_shape / <name>_strides, so transposed and
  * sliced views go in without a copy. Compiled and cached like any kernel. */
+#include "runtime/graph.h"
 #include "autograd/ad.h"
 #include "kernel/kernel.h"
 #include "kernel/kernel_set.h"
@@ -232,14 +233,20 @@ static zmlx_status library_gemm(zmlx_array *a, zmlx_array *b, zmlx_array *out) {
     g.c_off = c32->offset;
     g.c_dtype = ZMLX_F32;
   }
-  zmlx_status st = dev->ops->gemm(dev->index, stream, &g);
+  zmlx_graph *capture = zmlxi_capture_on(dev);
+  zmlx_status st = ZMLX_OK;
+  if (capture) { /* the product's buffers stay where the graph saw them */
+    zmlx_buffer *used[4] = {a->buffer, b->buffer, out->buffer, c32 ? c32->buffer : out->buffer};
+    for (int i = 0; i < 4 && st == ZMLX_OK; i++) st = zmlxi_capture_hold(capture, used[i]);
+  }
+  if (st == ZMLX_OK) st = zmlxi_gemm(dev, stream, &g);
   if (st == ZMLX_OK && c32) {
     zmlx_array *cast = NULL;
     st = zmlx_array_astype(c32, out->dtype, &cast);
     if (st == ZMLX_OK)
-      st = dev->ops->copy(dev->index, stream, out->buffer->handle,
-                          (size_t)out->offset * zmlx_dtype_size(out->dtype), cast->buffer->handle,
-                          (size_t)cast->offset * zmlx_dtype_size(out->dtype), zmlx_array_nbytes(out));
+      st = zmlxi_copy(dev, stream, out->buffer, (size_t)out->offset * zmlx_dtype_size(out->dtype),
+                      cast->buffer, (size_t)cast->offset * zmlx_dtype_size(out->dtype),
+                      zmlx_array_nbytes(out));
     zmlx_array_release(cast);
   }
   zmlx_array_release(c32);

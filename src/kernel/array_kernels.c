@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/graph.h"
 #include "kernel/kernel.h"
 #include "runtime/internal.h"
 
@@ -81,6 +82,7 @@ zmlx_status zmlx_array_to_host(zmlx_array *a, void *dst, size_t dst_bytes) {
     return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "to_host: destination has %zu bytes, array has %zu",
                      dst_bytes, bytes);
   if (bytes == 0) return ZMLX_OK;
+  ZMLX_CHECK(zmlxi_capture_refuse(a->buffer->device, "zmlx_array_to_host (a host read)"));
   zmlx_array *dense = NULL;
   ZMLX_CHECK(zmlx_array_contiguous(a, &dense));
   zmlx_device *d = dense->buffer->device;

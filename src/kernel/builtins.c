@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/graph.h"
 #include "kernel/kernel.h"
 #include "kernel/kernel_set.h"
 #include "runtime/internal.h"
@@ -67,6 +68,7 @@ static zmlx_status fill_f64_on_host(zmlx_array *a, double value) {
   if (!tmp) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   for (int64_t i = 0; i < a->size; i++) tmp[i] = value;
   zmlx_device *d = a->buffer->device;
+  ZMLX_CHECK(zmlxi_capture_refuse(d, "an f64 fill (a host write)"));
   zmlx_status st = d->ops->write(d->index, zmlxi_stream_or_default(NULL, d)->handle, a->buffer->handle,
                                  (size_t)a->offset * 8, tmp, (size_t)a->size * 8);
   free(tmp);

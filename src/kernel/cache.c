@@ -25,6 +25,7 @@
  * on: the process compiles anyway (a stuck holder costs a duplicate
  * compile, never a hang).
  */
+#include "runtime/graph.h"
 #include "kernel/cache.h"
 #include "kernel/cache_entry.h"
 
@@ -284,7 +285,7 @@ static void unload_entries(cache_entry *list) {
   while (list) {
     cache_entry *next = list->next;
     const zmlx_backend_ops *ops = list->device->ops;
-    if (ops && ops->unload && list->function) ops->unload(list->device->index, list->function);
+    if (ops && ops->unload && list->function) zmlxi_unload_function(list->device, list->function);
     free(list);
     list = next;
   }

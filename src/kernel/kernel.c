@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/graph.h"
 #include "kernel/kernel.h"
 
 /* ----------------------------------------------------------------- create */
@@ -607,8 +608,11 @@ static zmlx_status launch_prepared(zmlx_kernel *k, zmlx_device *dev, zmlx_stream
   if (st == ZMLX_OK) {
     launch_scratch ls;
     build_args(&ls, k, arrays, c);
-    st = dev->ops->launch(dev->index, s->handle, fn, blocks, threads, c->dynamic_shared_bytes,
-                          ls.args, ls.n);
+    zmlx_graph *capture = zmlxi_capture_on(dev);
+    for (int i = 0; capture && st == ZMLX_OK && i < k->n_inputs + k->n_outputs; i++)
+      st = zmlxi_capture_hold(capture, arrays[i]->buffer);
+    if (st == ZMLX_OK)
+      st = zmlxi_launch(dev, s->handle, fn, blocks, threads, c->dynamic_shared_bytes, ls.args, ls.n);
   }
   zmlxi_cache_use_end();
   return st;

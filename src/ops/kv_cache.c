@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/graph.h"
 #include "kernel/kernel.h"
 #include "kernel/kernel_set.h"
 #include "ops/kernel_util.h"
@@ -234,8 +235,8 @@ static zmlx_status copy_block(zmlx_kv_cache *c, int32_t from, int32_t to) {
     const size_t lb = (size_t)l * (size_t)c->d.num_blocks;
     for (int i = 0; i < 2; i++) {
       zmlx_array *a = i ? c->v : c->k;
-      ZMLX_CHECK(c->dev->ops->copy(c->dev->index, stream, a->buffer->handle, (lb + (size_t)to) * bytes,
-                                   a->buffer->handle, (lb + (size_t)from) * bytes, bytes));
+      ZMLX_CHECK(zmlxi_copy(c->dev, stream, a->buffer, (lb + (size_t)to) * bytes, a->buffer,
+                            (lb + (size_t)from) * bytes, bytes));
     }
   }
   return ZMLX_OK;

@@ -1,4 +1,5 @@
 /* zmlx_array: reference-counted, strided views over shared device buffers. */
+#include "runtime/graph.h"
 #include "runtime/internal.h"
 
 #include <stdlib.h>
@@ -12,8 +13,13 @@ static zmlx_status buffer_create(zmlx_device *dev, zmlx_stream *s, size_t bytes,
                                  zmlx_buffer **out) {
   zmlx_buffer *b = calloc(1, sizeof *b);
   if (!b) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  const size_t guard = zmlxi_guard_bytes();
-  zmlx_status st = dev->ops->alloc(dev->index, s->handle, bytes + guard, &b->handle);
+  /* inside a capture: no guard zone (arming it writes from the host) and
+   * no stream-ordered allocation (it would become part of a CUDA graph) */
+  const int capturing = zmlxi_capture_on(dev) != NULL;
+  const size_t guard = capturing ? 0 : zmlxi_guard_bytes();
+  b->unordered = capturing && dev->ops->alloc_unordered;
+  zmlx_status st = b->unordered ? dev->ops->alloc_unordered(dev->index, bytes, &b->handle)
+                                : dev->ops->alloc(dev->index, s->handle, bytes + guard, &b->handle);
   if (st != ZMLX_OK) {
     free(b);
     return st;
@@ -35,17 +41,24 @@ static zmlx_status buffer_create(zmlx_device *dev, zmlx_stream *s, size_t bytes,
   return ZMLX_OK;
 }
 
-static void buffer_release(zmlx_buffer *b) {
-  if (atomic_fetch_sub(&b->refcount, 1) != 1) return;
+void zmlxi_buffer_free_now(zmlx_buffer *b) {
   if (b->release_foreign)
     b->release_foreign(b->foreign_ctx);
   else if (b->device->default_stream) { /* NULL after zmlx_shutdown(): memory went with it */
     void *stream = (b->stream ? b->stream : b->device->default_stream)->handle;
     if (b->guarded) zmlxi_guard_check(b->device, stream, b->handle, b->bytes);
-    b->device->ops->free(b->device->index, stream, b->handle);
+    if (b->unordered)
+      b->device->ops->free_unordered(b->device->index, b->handle);
+    else
+      b->device->ops->free(b->device->index, stream, b->handle);
   }
   zmlxi_stream_release(b->stream);
   free(b);
+}
+
+void zmlxi_buffer_release(zmlx_buffer *b) {
+  if (atomic_fetch_sub(&b->refcount, 1) != 1) return;
+  if (!zmlxi_capture_defer_free(b)) zmlxi_buffer_free_now(b);
 }
 
 static zmlx_array *array_new(zmlx_dtype dt, int ndim, const int64_t *shape) {
@@ -110,7 +123,11 @@ zmlx_status zmlx_array_empty(zmlx_device *dev, zmlx_dtype dt, int ndim, const in
 
 zmlx_status zmlx_array_from_host(zmlx_device *dev, zmlx_dtype dt, int ndim, const int64_t *shape,
                                  const void *data, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
   ZMLX_REQUIRE_ARG(data);
+  ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
+  ZMLX_CHECK(zmlxi_capture_refuse(dev, "zmlx_array_from_host (a host write)"));
   ZMLX_CHECK(zmlxi_array_alloc(dev, NULL, dt, ndim, shape, out));
   zmlx_array *a = *out;
   zmlx_device *d = a->buffer->device;
@@ -136,7 +153,7 @@ zmlx_status zmlx_array_retain(zmlx_array *a) {
 zmlx_status zmlx_array_release(zmlx_array *a) {
   if (!a) return ZMLX_OK;
   if (atomic_fetch_sub(&a->refcount, 1) != 1) return ZMLX_OK;
-  buffer_release(a->buffer);
+  zmlxi_buffer_release(a->buffer);
   atomic_fetch_sub(&zmlxi_live_arrays, 1);
   free(a);
   return ZMLX_OK;
@@ -197,11 +214,30 @@ zmlx_status zmlx_array_item(zmlx_array *a, int64_t flat_index, double *out) {
   }
   unsigned char tmp[8];
   zmlx_device *d = a->buffer->device;
+  ZMLX_CHECK(zmlxi_capture_refuse(d, "zmlx_array_item (a host read)"));
   size_t es = zmlx_dtype_size(a->dtype);
   ZMLX_CHECK(d->ops->read(d->index, zmlxi_stream_or_default(NULL, d)->handle, a->buffer->handle,
                           (size_t)off * es, tmp, es));
   *out = element_to_double(a->dtype, tmp);
   return ZMLX_OK;
+}
+
+zmlx_status zmlx_array_write_host(zmlx_array *a, const void *src, size_t src_bytes) {
+  ZMLX_REQUIRE_ARG(a);
+  const size_t bytes = (size_t)a->size * zmlx_dtype_size(a->dtype);
+  if (bytes) ZMLX_REQUIRE_ARG(src);
+  if (!zmlx_array_is_contiguous(a))
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_array_write_host: the array is a strided view "
+                     "(write into a contiguous array)");
+  if (src_bytes != bytes)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_array_write_host: %zu bytes for an array of %zu "
+                     "bytes (%lld x %s)", src_bytes, bytes, (long long)a->size,
+                     zmlx_dtype_name(a->dtype));
+  zmlx_device *d = a->buffer->device;
+  ZMLX_CHECK(zmlxi_capture_refuse(d, "zmlx_array_write_host (a host write)"));
+  if (!bytes) return ZMLX_OK;
+  return d->ops->write(d->index, zmlxi_stream_or_default(NULL, d)->handle, a->buffer->handle,
+                       (size_t)a->offset * zmlx_dtype_size(a->dtype), src, bytes);
 }
 
 /* -------------------------------------------------------------------- views */

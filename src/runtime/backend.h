@@ -185,6 +185,21 @@ typedef struct zmlx_backend_ops {
   /* Wrap foreign memory described by DLPack `data` (+ byte offset) as a
    * buffer handle without copying; NULL if unsupported. */
   zmlx_status (*wrap_foreign)(int dev, void *data, size_t bytes, void **buffer);
+
+  /* Allocation outside any stream's order (NULL: alloc / free serve):
+   * what a graph capture allocates, since a stream-ordered allocation on a
+   * capturing stream would become part of the graph (CUDA). */
+  zmlx_status (*alloc_unordered)(int dev, size_t bytes, void **buffer);
+  void (*free_unordered)(int dev, void *buffer);
+  /* Native graphs (NULL: the runtime records launches and replays them,
+   * runtime/graph.c). capture_begin starts capturing the stream's work
+   * (queued, not run); capture_end stops, and when `keep` gives the
+   * executable graph in *graph (keep 0: a failed capture, discarded);
+   * graph_launch runs it on a stream. */
+  zmlx_status (*capture_begin)(int dev, void *stream);
+  zmlx_status (*capture_end)(int dev, void *stream, int keep, void **graph);
+  zmlx_status (*graph_launch)(int dev, void *stream, void *graph);
+  void (*graph_destroy)(int dev, void *graph);
 } zmlx_backend_ops;
 
 /* Tables defined by each backend folder. An ops table is NULL when the

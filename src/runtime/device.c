@@ -1,4 +1,5 @@
 /* Backend registry, devices, default-device choice and streams. */
+#include "runtime/graph.h"
 #include "runtime/internal.h"
 
 #include <pthread.h>
@@ -347,10 +348,14 @@ zmlx_status zmlx_stream_destroy(zmlx_stream *s) {
 
 zmlx_status zmlx_stream_synchronize(zmlx_stream *s) {
   ZMLX_REQUIRE_ARG(s);
+  ZMLX_CHECK(zmlxi_capture_refuse(s->device, "zmlx_stream_synchronize"));
   return s->device->ops->stream_sync(s->device->index, s->handle);
 }
 
 zmlx_status zmlx_set_current_stream(zmlx_stream *s) {
+  if (zmlxi_capture_active())
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_set_current_stream during a graph capture: the "
+                     "capture records the stream that was current when it began");
   if (s && s->is_default) s = NULL;
   zmlxi_stream_retain(s);
   zmlxi_stream_release(current_stream);
@@ -370,6 +375,7 @@ zmlx_status zmlx_device_synchronize(zmlx_device *dev) {
   ZMLX_CHECK(zmlxi_device_resolve(dev, &dev));
   if (!dev->default_stream)
     return zmlxi_fail(ZMLX_ERR_NO_DEVICE, "zmlx_device_synchronize: zmlx_shutdown was called");
+  ZMLX_CHECK(zmlxi_capture_refuse(dev, "zmlx_device_synchronize"));
   /* every live stream of the device (created, wrapped, current), then the
    * default one; the list lock is held so none is destroyed meanwhile */
   zmlx_status st = ZMLX_OK;

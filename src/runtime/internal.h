@@ -128,7 +128,15 @@ typedef struct zmlx_buffer {
   /* The non-default stream it was allocated on (held): freed there, so the
    * free is ordered after that stream's work. NULL: the default stream. */
   zmlx_stream *stream;
+  /* Allocated during a graph capture (ops->alloc_unordered): freed so too. */
+  bool unordered;
 } zmlx_buffer;
+
+/* Drop a reference to b; the last one frees it (deferred to the end of a
+ * capture running on its device in this thread: runtime/graph.c). */
+void zmlxi_buffer_release(zmlx_buffer *b);
+/* Free b now (its last reference is gone). */
+void zmlxi_buffer_free_now(zmlx_buffer *b);
 
 /* Red zones (guard.c): the bytes each allocation gets beyond its size (0
  * unless ZMLX_GUARD=1), filling them, and checking them at free (abort

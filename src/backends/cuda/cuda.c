@@ -548,6 +548,75 @@ static zmlx_status cuda_wrap_foreign(int dev, void *data, size_t bytes, void **b
   return ZMLX_OK;
 }
 
+/* ------------------------------------------------------------ graphs */
+
+static zmlx_status cuda_alloc_unordered(int dev, size_t bytes, void **buffer) {
+  ZMLX_REQUIRE_ARG(buffer);
+  ZMLX_CHECK(enter(dev));
+  CUdeviceptr p = 0;
+  CUresult r = zmlxi_cu.MemAlloc(&p, bytes ? bytes : 1);
+  if (r != CUDA_SUCCESS) {
+    char text[256];
+    zmlxi_cu_describe(r, text, sizeof text);
+    return zmlxi_fail(cu_status(r, ZMLX_ERR_BACKEND), "cuMemAlloc of %zu bytes on %s: %s", bytes,
+                     devices[dev].info.name, text);
+  }
+  *buffer = (void *)(uintptr_t)p;
+  return ZMLX_OK;
+}
+
+static void cuda_free_unordered(int dev, void *buffer) {
+  if (!buffer || enter(dev) != ZMLX_OK) return;
+  (void)zmlxi_cu.MemFree(dptr(buffer, 0));
+}
+
+static int have_graphs(void) {
+  return zmlxi_cu.StreamBeginCapture && zmlxi_cu.StreamEndCapture && zmlxi_cu.GraphInstantiate &&
+         zmlxi_cu.GraphLaunch && zmlxi_cu.GraphExecDestroy && zmlxi_cu.GraphDestroy;
+}
+
+/* Relaxed mode: allocations (cuMemAlloc, outside the stream's order) stay
+ * allowed while the stream captures. */
+static zmlx_status cuda_capture_begin(int dev, void *stream) {
+  if (!have_graphs())
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "this CUDA driver has no stream capture");
+  ZMLX_CHECK(enter(dev));
+  CUresult r = zmlxi_cu.StreamBeginCapture((CUstream)stream, CU_STREAM_CAPTURE_MODE_RELAXED);
+  return r == CUDA_SUCCESS ? ZMLX_OK : cu_fail(ZMLX_ERR_BACKEND, "cuStreamBeginCapture", r);
+}
+
+static zmlx_status cuda_capture_end(int dev, void *stream, int keep, void **graph) {
+  *graph = NULL;
+  ZMLX_CHECK(enter(dev));
+  CUgraph g = NULL;
+  CUresult r = zmlxi_cu.StreamEndCapture((CUstream)stream, &g);
+  if (r != CUDA_SUCCESS) {
+    if (g) zmlxi_cu.GraphDestroy(g);
+    return keep ? cu_fail(ZMLX_ERR_BACKEND, "cuStreamEndCapture", r) : ZMLX_OK;
+  }
+  if (!keep) {
+    zmlxi_cu.GraphDestroy(g);
+    return ZMLX_OK;
+  }
+  CUgraphExec exec = NULL;
+  r = zmlxi_cu.GraphInstantiate(&exec, g, 0);
+  zmlxi_cu.GraphDestroy(g);
+  if (r != CUDA_SUCCESS) return cu_fail(ZMLX_ERR_BACKEND, "cuGraphInstantiate", r);
+  *graph = exec;
+  return ZMLX_OK;
+}
+
+static zmlx_status cuda_graph_launch(int dev, void *stream, void *graph) {
+  ZMLX_CHECK(enter(dev));
+  CUresult r = zmlxi_cu.GraphLaunch((CUgraphExec)graph, (CUstream)stream);
+  return r == CUDA_SUCCESS ? ZMLX_OK : cu_fail(ZMLX_ERR_BACKEND, "cuGraphLaunch", r);
+}
+
+static void cuda_graph_destroy(int dev, void *graph) {
+  if (!graph || enter(dev) != ZMLX_OK) return;
+  zmlxi_cu.GraphExecDestroy((CUgraphExec)graph);
+}
+
 const zmlx_backend_ops zmlxi_backend_cuda_ops = {
     .kind = ZMLX_BACKEND_CUDA,
     .name = "cuda",
@@ -578,5 +647,11 @@ const zmlx_backend_ops zmlxi_backend_cuda_ops = {
     .gemm_library = zmlxi_cublas_library,
     .gemm_dtypes = zmlxi_cublas_dtypes,
     .gemm_rounds_once = zmlxi_cublas_rounds_once,
+    .alloc_unordered = cuda_alloc_unordered,
+    .free_unordered = cuda_free_unordered,
+    .capture_begin = cuda_capture_begin,
+    .capture_end = cuda_capture_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_destroy = cuda_graph_destroy,
 };
 

@@ -48,6 +48,12 @@ static const struct {
     ZMLX_CU_SYM(MemPoolSetAttribute, "cuMemPoolSetAttribute", 0),
     ZMLX_CU_SYM(PointerGetAttribute, "cuPointerGetAttribute", 0),
     ZMLX_CU_SYM(FuncGetParamInfo, "cuFuncGetParamInfo", 0),
+    ZMLX_CU_SYM(StreamBeginCapture, "cuStreamBeginCapture_v2", 0),
+    ZMLX_CU_SYM(StreamEndCapture, "cuStreamEndCapture", 0),
+    ZMLX_CU_SYM(GraphInstantiate, "cuGraphInstantiateWithFlags", 0),
+    ZMLX_CU_SYM(GraphLaunch, "cuGraphLaunch", 0),
+    ZMLX_CU_SYM(GraphExecDestroy, "cuGraphExecDestroy", 0),
+    ZMLX_CU_SYM(GraphDestroy, "cuGraphDestroy", 0),
 #undef ZMLX_CU_SYM
 };
 

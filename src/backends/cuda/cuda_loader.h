@@ -50,6 +50,13 @@ typedef struct zmlx_cu_api {
   CUresult (*MemPoolSetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);
   CUresult (*PointerGetAttribute)(void *, CUpointer_attribute, CUdeviceptr);
   CUresult (*FuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *); /* driver 12.4+ */
+  /* graphs (zmlx_graph_*): stream capture, instantiate, launch */
+  CUresult (*StreamBeginCapture)(CUstream, CUstreamCaptureMode);
+  CUresult (*StreamEndCapture)(CUstream, CUgraph *);
+  CUresult (*GraphInstantiate)(CUgraphExec *, CUgraph, unsigned long long);
+  CUresult (*GraphLaunch)(CUgraphExec, CUstream);
+  CUresult (*GraphExecDestroy)(CUgraphExec);
+  CUresult (*GraphDestroy)(CUgraph);
 } zmlx_cu_api;
 
 /* Filled by zmlxi_cu_load(); valid while it returns 1. */
