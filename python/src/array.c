@@ -434,7 +434,20 @@ static PyGetSetDef array_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* a.write_bytes(buffer): overwrite a's elements (C order) in place */
+static PyObject *array_write_bytes(zpy_array *self, PyObject *buf) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(buf, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+  zmlx_status st = zmlx_array_write_host(self->a, view.buf, (size_t)view.len);
+  PyBuffer_Release(&view);
+  if (st != ZMLX_OK) return zpy_raise(st);
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef array_methods[] = {
+    {"write_bytes", (PyCFunction)array_write_bytes, METH_O,
+     "Overwrite the elements in place from a buffer of exactly their bytes (C order); refused "
+     "during a graph capture."},
     {"tobytes", (PyCFunction)array_tobytes, METH_NOARGS,
      "The elements as bytes, dense in C order (copied from the device)."},
     {"item", (PyCFunction)array_item, METH_VARARGS, "Element i (C order) as a float."},

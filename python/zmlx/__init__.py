@@ -256,4 +256,63 @@ def jvp(fn: Callable[..., Array], primals: Sequence[ArrayLike], tangents: Sequen
     return _core._jvp(fn, [asarray(x) for x in primals], [asarray(t) for t in tangents])
 
 
+def _array_write(a: Array, values: ArrayLike) -> None:
+    """Overwrite ``a``'s elements in place with ``values`` (converted to a's
+    dtype; a's shape or its element count): how a captured graph's inputs
+    change between replays."""
+    np = _numpy()
+    arr = np.ascontiguousarray(np.asarray(values).astype(_numpy_dtype(a.dtype), copy=False))
+    if arr.size != a.size:
+        raise ValueError(f"zmlx: {arr.size} values for an array of {a.size} elements "
+                         f"(shape {list(a.shape)})")
+    a.write_bytes(arr)
+
+
+Array.write = _array_write  # type: ignore[attr-defined]
+
+
+class capture:
+    """Capture the device work of a block once, replay it as one launch::
+
+        with zmlx.capture() as g:     # runs the block once, capturing it
+            y = step(x)
+        x.write(new_values)
+        g.replay()                    # y holds step(new x)
+
+    CUDA graphs on CUDA, recorded launches elsewhere. Arrays the block made
+    keep their memory while the graph lives; host reads and writes inside
+    the block raise (a replay could not repeat them). ``device``: None for
+    the default device."""
+
+    def __init__(self, device: Optional[str] = None):
+        self.device = device
+        self.graph = None
+
+    def __enter__(self) -> "capture":
+        _core.graph_capture_begin(self.device)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.graph = _core.graph_capture_end(self.device)
+            return False
+        try:  # end the capture, keep the block's own exception
+            _core.graph_capture_end(self.device)
+        except Error:
+            pass
+        return False
+
+    def replay(self) -> None:
+        """Run the captured work again (new input values written in place)."""
+        if self.graph is None:
+            raise RuntimeError("zmlx.capture: nothing captured yet (use it as a `with` block)")
+        self.graph.replay()
+
+    def info(self) -> dict:
+        """{'operations': launches / copies / GEMMs captured, 'native': CUDA graph?}"""
+        if self.graph is None:
+            raise RuntimeError("zmlx.capture: nothing captured yet")
+        return self.graph.info()
+
+
 __all__ = [n for n in dir() if not n.startswith("_")]
