@@ -72,12 +72,13 @@ install: build
 # The libFuzzer targets (+ ASan, UBSan), built with clang in $(FUZZ_BUILD):
 # fuzz_expr (the expression parser/emitter) for FUZZ_SECONDS, fuzz_dlpack
 # (DLPack import's checks), fuzz_cache_entry (the disk cache's entry
-# reader) and fuzz_safetensors (the checkpoint reader) for half of it each. Each runs on a copy of its seed
+# reader), fuzz_safetensors (the checkpoint reader) and fuzz_kernel_desc
+# (kernel descriptors rendered for every dialect) for half of it each. Each runs on a copy of its seed
 # corpus so that new inputs never land in the repository (they go to
 # $(FUZZ_BUILD)/corpus/<target>, crash reproducers to
 # $(FUZZ_BUILD)/artifacts). Fails on a crash, a leak, a sanitizer report or
 # an input slower than 30 s.
-FUZZ_TARGETS = fuzz_expr fuzz_dlpack fuzz_cache_entry fuzz_safetensors
+FUZZ_TARGETS = fuzz_expr fuzz_dlpack fuzz_cache_entry fuzz_safetensors fuzz_kernel_desc
 fuzz: deps
 	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=$(FUZZ_CC) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DZMLX_FUZZ=ON -DZMLX_BUILD_BENCH=OFF $(CMAKE_ARGS) >/dev/null
