@@ -413,6 +413,12 @@ static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, group_geom
   if (!zmlx_array_is_contiguous(q) || ((size_t)q->offset * es) % 16 != 0) return 0;
   const int chunks = c->d.head_dim / gg->vec;
   gg->lpt = chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32;
+  /* ZMLX_DECODE_LPT=N (2 .. 32, a power of two) overrides the lanes a token:
+   * a tuning knob for bench sweeps (fewer lanes: more bytes and fewer
+   * shared exponentials a lane, more registers) */
+  const char *env = getenv("ZMLX_DECODE_LPT");
+  const int want = env ? atoi(env) : 0;
+  if (want >= 2 && want <= 32 && (want & (want - 1)) == 0) gg->lpt = want;
   const int per_lane = gg->g * ((chunks + gg->lpt - 1) / gg->lpt) * gg->vec;
   if (per_lane > 64 || getenv("ZMLX_DECODE_SCALAR")) return 0;
   /* where SIMD groups are emulated (PoCL) every lane exchange is two
