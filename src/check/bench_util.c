@@ -70,3 +70,18 @@ zmlx_status zck_bench_time_emit_flops(const zmlx_bench_opts *o, const char *op, 
   if (st == ZMLX_OK) o->emit(o->ctx, &row);
   return st;
 }
+
+static zmlx_status replay_run(void *g) { return zmlx_graph_replay(g); }
+
+zmlx_status zck_bench_time_emit_graph(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+                                      int ndim, const int64_t *shape, double bytes,
+                                      zmlx_status (*run)(void *ctx), void *ctx) {
+  ZMLX_CHECK(run(ctx)); /* compiled before the capture */
+  zmlx_graph *g = NULL;
+  ZMLX_CHECK(zmlx_graph_capture_begin(o->device));
+  zmlx_status st = run(ctx), end = zmlx_graph_capture_end(o->device, &g);
+  if (st == ZMLX_OK) st = end;
+  if (st == ZMLX_OK) st = zck_bench_time_emit(o, op, dt, ndim, shape, bytes, replay_run, g);
+  zmlx_graph_destroy(g);
+  return st;
+}

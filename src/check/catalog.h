@@ -87,6 +87,11 @@ zmlx_status zck_bench_time_emit(const zmlx_bench_opts *o, const char *op, zmlx_d
 zmlx_status zck_bench_time_emit_flops(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
                                        int ndim, const int64_t *shape, double bytes, double flops,
                                        zmlx_status (*run)(void *ctx), void *ctx);
+/* The same row for run captured once as a graph (zmlx_graph_*) and
+ * replayed: what a decode loop pays per step when it replays its steps. */
+zmlx_status zck_bench_time_emit_graph(const zmlx_bench_opts *o, const char *op, zmlx_dtype dt,
+                                      int ndim, const int64_t *shape, double bytes,
+                                      zmlx_status (*run)(void *ctx), void *ctx);
 
 /* All ops, in catalog order; NULL-terminated. */
 const zmlx_catalog_op *const *zck_catalog_ops(void);

@@ -440,6 +440,10 @@ static zmlx_status bench_moe(const zmlx_bench_opts *o) {
     const double bytes = (double)distinct * 3.0 * (double)(I * H) * 2.0;
     if (st == ZMLX_OK)
       st = zck_bench_time_emit(o, "moe_decode", ZMLX_BF16, 2, xs, bytes, moe_experts_run, &b);
+    /* the same step replayed from a graph (its launches at once) */
+    if (st == ZMLX_OK && T == 1)
+      st = zck_bench_time_emit_graph(o, "moe_decode_graph", ZMLX_BF16, 2, xs, bytes,
+                                     moe_experts_run, &b);
     zmlx_array_release(b.x), zmlx_array_release(b.w), zmlx_array_release(b.ix);
     b.x = b.w = b.ix = NULL;
   }
