@@ -64,11 +64,11 @@ zmlx_status zmlxi_builtin_copy(zmlx_array *src, zmlx_array *dst, zmlx_stream *s)
 /* f64 fills go through the host: an f64 kernel parameter would not compile
  * on devices without fp64, and f64 arrays are rare. */
 static zmlx_status fill_f64_on_host(zmlx_array *a, double value) {
+  zmlx_device *d = a->buffer->device;
+  ZMLX_CHECK(zmlxi_capture_refuse(d, "an f64 fill (a host write)"));
   double *tmp = malloc((size_t)a->size * sizeof *tmp);
   if (!tmp) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   for (int64_t i = 0; i < a->size; i++) tmp[i] = value;
-  zmlx_device *d = a->buffer->device;
-  ZMLX_CHECK(zmlxi_capture_refuse(d, "an f64 fill (a host write)"));
   zmlx_status st = d->ops->write(d->index, zmlxi_stream_or_default(NULL, d)->handle, a->buffer->handle,
                                  (size_t)a->offset * 8, tmp, (size_t)a->size * 8);
   free(tmp);

@@ -161,16 +161,17 @@ zmlx_status zmlxi_copy(zmlx_device *dev, void *stream, zmlx_buffer *dst, size_t 
   if (g && (st = zmlxi_capture_hold(g, dst)) == ZMLX_OK) st = zmlxi_capture_hold(g, src);
   if (st == ZMLX_OK)
     st = dev->ops->copy(dev->index, stream, dst->handle, dst_offset, src->handle, src_offset, bytes);
-  if (g && st == ZMLX_OK) {
-    rec *r = g->native ? NULL : new_rec(g, REC_COPY);
-    if (!g->native && !r) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  if (g && st == ZMLX_OK && !g->native) {
+    rec *r = new_rec(g, REC_COPY);
     if (r) {
       r->dst = dst->handle, r->dst_offset = dst_offset;
       r->src = src->handle, r->src_offset = src_offset;
       r->bytes = bytes;
+    } else {
+      st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
     }
-    if (st == ZMLX_OK) g->operations++;
   }
+  if (g && st == ZMLX_OK) g->operations++;
   return noted(g, st);
 }
 

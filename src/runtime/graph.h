@@ -30,7 +30,9 @@ zmlx_status zmlxi_capture_hold(zmlx_graph *g, zmlx_buffer *b);
 int zmlxi_capture_defer_free(zmlx_buffer *b);
 
 /* The backend's launch / copy / GEMM on `stream`, recorded for replay when
- * the capture records launches itself (backends without native graphs). */
+ * the capture records launches itself (backends without native graphs).
+ * zmlxi_copy holds its two buffers; a launch or a GEMM names only handles,
+ * so its caller holds the buffers (zmlxi_capture_hold). */
 zmlx_status zmlxi_launch(zmlx_device *dev, void *stream, void *fn, const uint32_t blocks[3],
                          const uint32_t threads[3], size_t shared, const zmlx_launch_arg *args,
                          int n_args);
