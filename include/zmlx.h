@@ -150,6 +150,7 @@ typedef struct zmlx_device_info {
   int64_t max_threadgroups[3]; /* threadgroups per launch along x, y, z */
   int is_cpu;              /* the device is the host's CPU (OpenCL on PoCL) */
   int has_mma;             /* warp 16x8x16 f16 / bf16 matrix products (tensor cores) */
+  int has_wgmma;           /* Hopper's warpgroup 64xNx16 products (sm_90a wgmma) */
 } zmlx_device_info;
 
 /** Number of working devices of one backend (0 if unavailable). */

@@ -37,8 +37,10 @@ static void print_device(const zmlx_device *dev, const zmlx_device_info *info) {
          gemm ? "; dialect GEMM otherwise" : " (no library GEMM loaded)");
   printf("        fp16 / fp64       %s / %s\n", info->has_fp16 ? "yes" : "no",
          info->has_fp64 ? "yes" : "no");
-  printf("        matrix units      %s\n", info->has_mma ? "yes (attention's tensor-core tiles)"
-                                                         : "no (scalar tiles)");
+  printf("        matrix units      %s\n",
+         info->has_wgmma ? "yes, warpgroup products too (attention's forward on wgmma)"
+         : info->has_mma ? "yes (attention's tensor-core tiles)"
+                         : "no (scalar tiles)");
 }
 
 static void print_backend(zmlx_backend b) {

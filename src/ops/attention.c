@@ -188,9 +188,37 @@ static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **
  * staged tiles; elsewhere the scalar kernels run. */
 enum { TILE_ROWS = 64, TILE_THREADS = 128 };
 
+/* The forward on Hopper's warpgroup products (attention_tile.zk's ZT_WG):
+ * head_dim 64 or 128 on a device with has_wgmma, by default once measured
+ * on the H100 (WGMMA_BY_DEFAULT); ZMLX_ATTENTION_WG=0 / "RB,BN" turns it off
+ * / on, to compare. */
+enum { WGMMA_BY_DEFAULT = 0 };
+static int tile_wgmma(const attn_cfg *c, int which, zmlx_device *dev) {
+  const char *e = getenv("ZMLX_ATTENTION_WG");
+  const int wanted = e && *e ? strcmp(e, "0") != 0 : WGMMA_BY_DEFAULT;
+  return which == K_FWD_TILE && (c->D == 64 || c->D == 128) && wanted &&
+         zmlxi_ops_native_wgmma(dev);
+}
+
+/* The warpgroup forward's row blocks and keys a step: ZMLX_ATTENTION_WG="RB,BN"
+ * (RB 1 or 2, BN 64 or 128) overrides them, to measure. */
+static void wgmma_tile(int *rb, int *bn) {
+  *rb = 2;
+  *bn = 64;
+  const char *e = getenv("ZMLX_ATTENTION_WG");
+  int r = 0, n = 0;
+  if (e && sscanf(e, "%d,%d", &r, &n) == 2 && (r == 1 || r == 2) && (n == 64 || n == 128)) {
+    *rb = r;
+    *bn = n;
+  }
+}
+
 /* Keys a step of the forward and of dQ; queries a step of dK / dV (fewer at
  * head_dim 256: the accumulators take the registers). */
-static int tile_step(const attn_cfg *c, int which) {
+static int tile_step(const attn_cfg *c, int which, int wg) {
+  int rb, bn;
+  wgmma_tile(&rb, &bn);
+  if (wg) return bn;
   if (which == K_FWD_TILE) return c->D <= 128 ? 64 : 32;
   return which == K_DKV_TILE && c->D <= 128 ? 64 : 32; /* measured: bench/NOTES.md */
 }
@@ -198,14 +226,19 @@ static int tile_step(const attn_cfg *c, int which) {
 /* Blocks of 16 rows a SIMD group: the forward's two (128 query rows a
  * threadgroup) read K and V from threadgroup memory once for both; the
  * backward's accumulators leave registers for one. */
-static int tile_row_blocks(const attn_cfg *c, int which) {
+static int tile_row_blocks(const attn_cfg *c, int which, int wg) {
+  int rb, bn;
+  wgmma_tile(&rb, &bn);
+  if (wg) return rb;
   return which == K_FWD_TILE && c->D <= 128 ? 2 : 1;
 }
 
-static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma) {
-  const size_t ld = (size_t)c->D + 8, n = (size_t)tile_step(c, which);
-  const size_t rows = (size_t)TILE_ROWS * tile_row_blocks(c, which);
+static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma, int wg) {
+  const size_t ld = (size_t)c->D + 8, n = (size_t)tile_step(c, which, wg);
+  const size_t rows = (size_t)TILE_ROWS * tile_row_blocks(c, which, wg);
   const size_t scratch = mma ? 0 : rows * n; /* P through memory without the matrix units */
+  /* swizzled rows without padding, and room to align the first to 1024 bytes */
+  if (wg) return 2 * (rows + 2 * n) * (size_t)c->D + 1024;
   switch (which) {
   case K_FWD_TILE: return 2 * ((rows + 2 * n) * ld + scratch);
   /* dQ and dK / dV double-buffer the tiles they step over */
@@ -225,38 +258,42 @@ static int tile_applies(zmlx_array *const *qkv, const attn_cfg *c, int which) {
     return 0;
   if (getenv("ZMLX_ATTENTION_SCALAR")) return 0; /* the one-thread-a-row kernels, to compare */
   const int dout = which == K_DQ_TILE ? 5 : which == K_DKV_TILE ? 4 : 0; /* staged too */
+  const int wg = tile_wgmma(c, which, qkv[0]->buffer->device);
   return rows_aligned(qkv[0]) && rows_aligned(qkv[1]) && rows_aligned(qkv[2]) &&
          rows_aligned(qkv[dout]) &&
-         tile_shared_bytes(c, which, info.has_mma) <= info.max_shared_memory;
+         tile_shared_bytes(c, which, info.has_mma, wg) <= info.max_shared_memory;
 }
 
 static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, int n_in,
                                zmlx_array **out) {
+  zmlx_device *dev = in[0]->buffer->device;
+  const int wg = tile_wgmma(c, which, dev);
   const int64_t rows = which == K_DKV_TILE ? c->Sk : c->Sq;
-  const int rb = tile_row_blocks(c, which), tile_rows = TILE_ROWS * rb;
+  const int rb = tile_row_blocks(c, which, wg), tile_rows = TILE_ROWS * rb;
   const int64_t groups = (rows + tile_rows - 1) / tile_rows * c->B *
                          (which == K_DKV_TILE ? c->Hkv : c->Hq);
   if (groups == 0) return ZMLX_OK;
   zmlx_kernel *k;
   ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, which, &k));
-  zmlx_device *dev = in[0]->buffer->device;
   const int mma = zmlxi_ops_native_mma(dev);
   double p[9];
   set_params(c, groups, p);
-  zmlx_template_arg t[8] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
+  zmlx_template_arg t[9] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
                             {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, rb},
                             {which == K_DKV_TILE ? "BQ" : "BN", ZMLX_TEMPLATE_INT, ZMLX_F32,
-                             tile_step(c, which)},
+                             tile_step(c, which, wg)},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, c->mask_kind},
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal},
                             {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
-                            {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, in[0]->dtype == ZMLX_BF16}};
+                            {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, in[0]->dtype == ZMLX_BF16},
+                            {"NATIVE_WGMMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, wg}};
   zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = 2, .inputs = in, .outputs = out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
-                           .n_templates = 8, .params = p,
-                           .dynamic_shared_bytes = tile_shared_bytes(c, which, mma), .device = dev};
+                           .n_templates = which == K_FWD_TILE ? 9 : 8, .params = p,
+                           .dynamic_shared_bytes = tile_shared_bytes(c, which, mma, wg),
+                           .device = dev};
   return zmlx_kernel_launch(k, &call);
 }
 

@@ -89,3 +89,8 @@ int zmlxi_ops_native_mma(const zmlx_device *dev) {
   zmlx_device_info info;
   return zmlx_device_get_info(dev, &info) == ZMLX_OK && info.has_mma;
 }
+
+int zmlxi_ops_native_wgmma(const zmlx_device *dev) {
+  zmlx_device_info info;
+  return zmlx_device_get_info(dev, &info) == ZMLX_OK && info.has_wgmma;
+}

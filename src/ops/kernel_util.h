@@ -32,6 +32,8 @@ int zmlxi_ops_native_simd(const zmlx_device *dev);
 /* Whether the device has the dialect's warp matrix products (zmlx_mma_*,
  * zmlx_ldsm_*): the NATIVE_MMA template. */
 int zmlxi_ops_native_mma(const zmlx_device *dev);
+/* Hopper's warpgroup products (the NATIVE_WGMMA branch of a kernel). */
+int zmlxi_ops_native_wgmma(const zmlx_device *dev);
 /* The streaming form's TILE template (16-byte loads in flight per thread)
  * and its threads per row: zmlxi_ops_row_geometry's for a kernel with a
  * write pass over the row, at most 256 for one that only reads it.

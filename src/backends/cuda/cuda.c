@@ -139,6 +139,7 @@ static void fill_info(cuda_device *d, int index) {
   info->compute_units = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
   info->has_fp16 = 1;
   info->has_mma = major >= 8; /* mma.sync m16n8k16 f16 / bf16, ldmatrix */
+  info->has_wgmma = major == 9; /* sm_90a only: Blackwell's products are tcgen05 */
   info->has_fp64 = 1;
   info->max_threadgroups[0] = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X);
   info->max_threadgroups[1] = attribute(d->dev, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y);

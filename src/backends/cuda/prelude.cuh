@@ -224,6 +224,88 @@ ZMLX_FN void zmlx_copy_async16(void *dst, const void *src, int valid) {
 #define ZMLX_HAS_MMA 0
 #endif
 
+/* ------------------------------------------- warpgroup matrix units (sm_90a) */
+/* Hopper's asynchronous warpgroup products (wgmma), for kernels built with a
+ * NATIVE_WGMMA template that the op sets from the device's has_wgmma. The 4
+ * warps of a warpgroup (128 consecutive threads) issue each product together;
+ * d (64 x N f32) is in the accumulator layout of docs/DIALECT.md: warp w's
+ * lane holds rows 16 w + lane / 4 and + 8, columns 2 (lane % 4) and + 1 of
+ * every 8 (d[4 j + e] is row 16 w + lane / 4 + 8 (e / 2), column 8 j + 2
+ * (lane % 4) + e % 2), the m16n8 layout stacked over the 4 warps.
+ * Operands in threadgroup memory are 128-byte-swizzled tiles named by a
+ * descriptor (zmlx_wgmma_desc): rows of 64 16-bit elements (128 bytes),
+ * 16-byte chunk c of row r stored at chunk c ^ (r % 8), tiles 1024-byte
+ * aligned (zmlx_wgmma_align). _ss: A (64 x 16) and B (N x 16) both K-major
+ * (each row a reduction slice: Q and K of Q K^T); _rs_t: A from registers (the
+ * m16n8k16 A fragment of each warp's 16 rows, the layout of P built from an
+ * accumulator) and B (16 x N) N-major (rows of V). A product reads its
+ * registers and memory until zmlx_wgmma_wait: zmlx_wgmma_fence before the
+ * first product after those registers were written, zmlx_wgmma_commit after a
+ * batch, zmlx_wgmma_wait, then zmlx_wgmma_hold on the accumulators (and A
+ * registers) so that no read or reuse moves above the wait. Threadgroup
+ * memory written by ordinary stores or zmlx_copy_async16 needs
+ * zmlx_fence_async_shared (then a barrier) before a product reads it. */
+#if !defined(__CUDA_ARCH__) || (__CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+#define ZMLX_HAS_WGMMA 1
+typedef unsigned long long zmlx_wgmma_desc_t;
+/* A descriptor of the swizzled tile at p: lead / stride = bytes between
+ * 64-element column blocks / between groups of 8 rows (the reduction's
+ * blocks for N-major B; unused for K-major, whose reduction stays in a
+ * row). */
+ZMLX_FN zmlx_wgmma_desc_t zmlx_wgmma_desc(const void *p, uint lead, uint stride) {
+  return (zmlx_wgmma_desc_t)((zmlx_shared_addr_(p) & 0x3FFFFu) >> 4) |
+         ((zmlx_wgmma_desc_t)((lead >> 4) & 0x3FFFu) << 16) |
+         ((zmlx_wgmma_desc_t)((stride >> 4) & 0x3FFFu) << 32) | (1ull << 62);
+}
+/* The first 1024-byte-aligned address at or after p (threadgroup memory). */
+#define zmlx_wgmma_align(TY, p)                                                    \
+  ((TY *)((char *)(p) + ((1024u - (zmlx_shared_addr_(p) & 1023u)) & 1023u)))
+#define zmlx_wgmma_fence() asm volatile("wgmma.fence.sync.aligned;" ::: "memory")
+#define zmlx_wgmma_commit() asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory")
+#define zmlx_wgmma_wait() asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory")
+#define zmlx_fence_async_shared() asm volatile("fence.proxy.async.shared::cta;" ::: "memory")
+ZMLX_FN void zmlx_wgmma_hold(float &x) { asm volatile("" : "+f"(x)::"memory"); }
+ZMLX_FN void zmlx_wgmma_hold_u(uint &x) { asm volatile("" : "+r"(x)::"memory"); }
+#define ZW_F8_(d, i)                                                              \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]),    \
+      "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define ZW_F32_(d, i) ZW_F8_(d, i), ZW_F8_(d, i + 8), ZW_F8_(d, i + 16), ZW_F8_(d, i + 24)
+#define ZW_OPS32_(d) ZW_F32_(d, 0)
+#define ZW_OPS64_(d) ZW_F32_(d, 0), ZW_F32_(d, 32)
+#define ZW_REGS32_                                                                 \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, " \
+  "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define ZW_REGS64_                                                                 \
+  ZW_REGS32_ ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, "  \
+             "%45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, " \
+             "%59, %60, %61, %62, %63"
+/* d (64 x N) = (acc ? d : 0) + A B^T, A and B K-major descriptors. */
+#define ZMLX_WGMMA_SS_(NAME, N, TY, REGS, OPS, IA, IB, IS)                         \
+  ZMLX_FN void NAME(float *d, zmlx_wgmma_desc_t a, zmlx_wgmma_desc_t b, int acc) { \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #IS ", 0;\n"                 \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {" REGS \
+                 "}, %" #IA ", %" #IB ", p, 1, 1, 0, 0;\n}\n"                     \
+                 : OPS(d) : "l"(a), "l"(b), "r"(acc));                             \
+  }
+/* d (64 x N) += A B, A four registers a lane, B an N-major descriptor. */
+#define ZMLX_WGMMA_RS_(NAME, N, TY, REGS, OPS, I0, I1, I2, I3, IB)                \
+  ZMLX_FN void NAME(float *d, const uint *a, zmlx_wgmma_desc_t b) {                \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {" REGS \
+                 "}, {%" #I0 ", %" #I1 ", %" #I2 ", %" #I3 "}, %" #IB ", 1, 1, 1, 1;\n" \
+                 : OPS(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));   \
+  }
+ZMLX_WGMMA_SS_(zmlx_wgmma_m64n64k16_bf16_ss, 64, "bf16", ZW_REGS32_, ZW_OPS32_, 32, 33, 34)
+ZMLX_WGMMA_SS_(zmlx_wgmma_m64n64k16_f16_ss, 64, "f16", ZW_REGS32_, ZW_OPS32_, 32, 33, 34)
+ZMLX_WGMMA_SS_(zmlx_wgmma_m64n128k16_bf16_ss, 128, "bf16", ZW_REGS64_, ZW_OPS64_, 64, 65, 66)
+ZMLX_WGMMA_SS_(zmlx_wgmma_m64n128k16_f16_ss, 128, "f16", ZW_REGS64_, ZW_OPS64_, 64, 65, 66)
+ZMLX_WGMMA_RS_(zmlx_wgmma_m64n64k16_bf16_rs_t, 64, "bf16", ZW_REGS32_, ZW_OPS32_, 32, 33, 34, 35, 36)
+ZMLX_WGMMA_RS_(zmlx_wgmma_m64n64k16_f16_rs_t, 64, "f16", ZW_REGS32_, ZW_OPS32_, 32, 33, 34, 35, 36)
+ZMLX_WGMMA_RS_(zmlx_wgmma_m64n128k16_bf16_rs_t, 128, "bf16", ZW_REGS64_, ZW_OPS64_, 64, 65, 66, 67, 68)
+ZMLX_WGMMA_RS_(zmlx_wgmma_m64n128k16_f16_rs_t, 128, "f16", ZW_REGS64_, ZW_OPS64_, 64, 65, 66, 67, 68)
+#else
+#define ZMLX_HAS_WGMMA 0
+#endif
+
 /* Bit casts, count trailing zeros (32 for 0), and an unroll hint. */
 ZMLX_FN float zmlx_as_float(uint u) { return __uint_as_float(u); }
 ZMLX_FN uint zmlx_as_uint(float f) { return __float_as_uint(f); }
