@@ -42,15 +42,16 @@ stage_sanitize() {
 # products' tiles (ZMLX_ATTENTION_WG=0): a quick bf16 check and the bench rows
 # of each.
 stage_wgsweep() {
-  for cfg in ${WG_CONFIGS:-0 2,64 1,128 1,64 2,128}; do
+  for cfg in ${WG_CONFIGS:-0 2,64 1,64 1,128}; do
+    local tag=${cfg/,/x}
     ZMLX_ATTENTION_WG=$cfg timeout 120 "$B/zmlx" check --backend cuda --quick --op attention \
-      --dtype bf16 >"$OUT/wg_check_$cfg.txt" 2>&1
-    say "WG=$cfg check rc=$?: $(tail -n 1 "$OUT/wg_check_$cfg.txt")"
-    grep FAIL "$OUT/wg_check_$cfg.txt" | head -5 | tee -a "$summary"
+      --dtype bf16 >"$OUT/wg_check_$tag.txt" 2>&1
+    say "WG=$cfg check rc=$?: $(tail -n 1 "$OUT/wg_check_$tag.txt")"
+    grep FAIL "$OUT/wg_check_$tag.txt" | head -5 | tee -a "$summary"
     ZMLX_ATTENTION_WG=$cfg timeout 120 "$B/zmlx" bench --backend cuda --op attention \
-      --json "$OUT/wg_bench_$cfg.json" >"$OUT/wg_bench_$cfg.txt" 2>&1
+      --json "$OUT/wg_bench_$tag.json" >"$OUT/wg_bench_$tag.txt" 2>&1
     say "WG=$cfg bench rc=$?"
-    grep -E "attention" "$OUT/wg_bench_$cfg.txt" | tee -a "$summary"
+    grep -E "attention" "$OUT/wg_bench_$tag.txt" | tee -a "$summary"
   done
 }
 

@@ -20,12 +20,12 @@
 
 enum { WM = 64, WK = 128 };
 
-/* Rows `rows` x 128 of src into the swizzled tile dst: 16-byte chunk ch of
- * row r at 64-column block ch / 8, row r, chunk (ch % 8) ^ (r % 8). */
+/* Rows `rows` x 8 `chunks` of src into the swizzled tile dst: 16-byte chunk
+ * ch of row r at 64-column block ch / 8, row r, chunk (ch % 8) ^ (r % 8). */
 static const char *const kSource =
-    "#define ZW_TILE(dst, src, rows)                                            \\\n"
-    "  for (int c_ = (int)tid; c_ < (rows) * 16; c_ += 128) {                   \\\n"
-    "    const int r_ = c_ / 16, ch_ = c_ % 16;                                 \\\n"
+    "#define ZW_TILE(dst, src, rows, chunks)                                    \\\n"
+    "  for (int c_ = (int)tid; c_ < (rows) * (chunks); c_ += 128) {             \\\n"
+    "    const int r_ = c_ / (chunks), ch_ = c_ % (chunks);                     \\\n"
     "    ((threadgroup uint4 *)(dst))[((ch_ >> 3) * (rows) * 64 + r_ * 64 +      \\\n"
     "        (((ch_ & 7) ^ (r_ & 7)) << 3)) / 8] = ((const device uint4 *)(src))[c_]; \\\n"
     "  }\n"
@@ -47,9 +47,9 @@ static const char *const kSource =
     "zmlx_threadgroup_ptr(T) As = zmlx_wgmma_align(T, zmlx_dynamic_shared(T));\n"
     "zmlx_threadgroup_ptr(T) Bs = As + 64 * 128;\n"
     "zmlx_threadgroup_ptr(T) Vs = Bs + N * 128;\n"
-    "ZW_TILE(As, a, 64)\n"
-    "ZW_TILE(Bs, b, N)\n"
-    "ZW_TILE(Vs, v, 128)\n"
+    "ZW_TILE(As, a, 64, 16)\n"
+    "ZW_TILE(Bs, b, N, 16)\n"
+    "ZW_TILE(Vs, v, 128, N / 8)\n"
     "zmlx_fence_async_shared();\n"
     "zmlx_barrier();\n"
     "float d[N / 2], e[N / 2];\n"

@@ -203,7 +203,7 @@ static int tile_wgmma(const attn_cfg *c, int which, zmlx_device *dev) {
 /* The warpgroup forward's row blocks and keys a step: ZMLX_ATTENTION_WG="RB,BN"
  * (RB 1 or 2, BN 64 or 128) overrides them, to measure. */
 static void wgmma_tile(int *rb, int *bn) {
-  *rb = 2;
+  *rb = 1; /* the pipelined step holds two score tiles: two row blocks would spill */
   *bn = 64;
   const char *e = getenv("ZMLX_ATTENTION_WG");
   int r = 0, n = 0;
@@ -237,8 +237,9 @@ static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma, int wg) {
   const size_t ld = (size_t)c->D + 8, n = (size_t)tile_step(c, which, wg);
   const size_t rows = (size_t)TILE_ROWS * tile_row_blocks(c, which, wg);
   const size_t scratch = mma ? 0 : rows * n; /* P through memory without the matrix units */
-  /* swizzled rows without padding, and room to align the first to 1024 bytes */
-  if (wg) return 2 * (rows + 2 * n) * (size_t)c->D + 1024;
+  /* Q and two K and two V tiles, swizzled rows without padding, and room to
+   * align the first to 1024 bytes */
+  if (wg) return 2 * (rows + 4 * n) * (size_t)c->D + 1024;
   switch (which) {
   case K_FWD_TILE: return 2 * ((rows + 2 * n) * ld + scratch);
   /* dQ and dK / dV double-buffer the tiles they step over */

@@ -241,7 +241,8 @@ ZMLX_FN void zmlx_copy_async16(void *dst, const void *src, int valid) {
  * accumulator) and B (16 x N) N-major (rows of V). A product reads its
  * registers and memory until zmlx_wgmma_wait: zmlx_wgmma_fence before the
  * first product after those registers were written, zmlx_wgmma_commit after a
- * batch, zmlx_wgmma_wait, then zmlx_wgmma_hold on the accumulators (and A
+ * batch, zmlx_wgmma_wait (or _wait_but_one: all but the newest batch), then
+ * zmlx_wgmma_hold on the accumulators (and A
  * registers) so that no read or reuse moves above the wait. Threadgroup
  * memory written by ordinary stores or zmlx_copy_async16 needs
  * zmlx_fence_async_shared (then a barrier) before a product reads it. */
@@ -263,6 +264,7 @@ ZMLX_FN zmlx_wgmma_desc_t zmlx_wgmma_desc(const void *p, uint lead, uint stride)
 #define zmlx_wgmma_fence() asm volatile("wgmma.fence.sync.aligned;" ::: "memory")
 #define zmlx_wgmma_commit() asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory")
 #define zmlx_wgmma_wait() asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory")
+#define zmlx_wgmma_wait_but_one() asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory")
 #define zmlx_fence_async_shared() asm volatile("fence.proxy.async.shared::cta;" ::: "memory")
 ZMLX_FN void zmlx_wgmma_hold(float &x) { asm volatile("" : "+f"(x)::"memory"); }
 ZMLX_FN void zmlx_wgmma_hold_u(uint &x) { asm volatile("" : "+r"(x)::"memory"); }
