@@ -189,10 +189,10 @@ static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **
 enum { TILE_ROWS = 64, TILE_THREADS = 128 };
 
 /* The forward on Hopper's warpgroup products (attention_tile.zk's ZT_WG):
- * head_dim 64 or 128 on a device with has_wgmma, by default once measured
- * on the H100 (WGMMA_BY_DEFAULT); ZMLX_ATTENTION_WG=0 / "RB,BN" turns it off
- * / on, to compare. */
-enum { WGMMA_BY_DEFAULT = 0 };
+ * head_dim 64 or 128 on a device with has_wgmma (WGMMA_BY_DEFAULT: measured
+ * faster on the H100, bench/NOTES.md); ZMLX_ATTENTION_WG=0 / "RB,BN" turns
+ * it off / picks its tile shape, to compare. */
+enum { WGMMA_BY_DEFAULT = 1 };
 static int tile_wgmma(const attn_cfg *c, int which, zmlx_device *dev) {
   const char *e = getenv("ZMLX_ATTENTION_WG");
   const int wanted = e && *e ? strcmp(e, "0") != 0 : WGMMA_BY_DEFAULT;
@@ -203,7 +203,7 @@ static int tile_wgmma(const attn_cfg *c, int which, zmlx_device *dev) {
 /* The warpgroup forward's row blocks and keys a step: ZMLX_ATTENTION_WG="RB,BN"
  * (RB 1 or 2, BN 64 or 128) overrides them, to measure. */
 static void wgmma_tile(int *rb, int *bn) {
-  *rb = 1; /* the pipelined step holds two score tiles: two row blocks would spill */
+  *rb = 2; /* measured on the H100: 2.04 ms; 1 row block 2.59, 1 x 128 keys 3.16 */
   *bn = 64;
   const char *e = getenv("ZMLX_ATTENTION_WG");
   int r = 0, n = 0;
