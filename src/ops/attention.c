@@ -279,7 +279,7 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
   const int mma = zmlxi_ops_native_mma(dev);
   double p[9];
   set_params(c, groups, p);
-  zmlx_template_arg t[9] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
+  zmlx_template_arg t[10] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
                             {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, rb},
                             {which == K_DKV_TILE ? "BQ" : "BN", ZMLX_TEMPLATE_INT, ZMLX_F32,
@@ -288,11 +288,13 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal},
                             {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
                             {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, in[0]->dtype == ZMLX_BF16},
-                            {"NATIVE_WGMMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, wg}};
+                            {"NATIVE_WGMMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, wg},
+                            {"STAGE_FAST", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
+                             getenv("ZMLX_ATTENTION_STAGE") != NULL}};
   zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = 2, .inputs = in, .outputs = out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
-                           .n_templates = which == K_FWD_TILE ? 9 : 8, .params = p,
+                           .n_templates = which == K_FWD_TILE ? 10 : 8, .params = p,
                            .dynamic_shared_bytes = tile_shared_bytes(c, which, mma, wg),
                            .device = dev};
   return zmlx_kernel_launch(k, &call);
