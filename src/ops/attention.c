@@ -203,7 +203,7 @@ static int tile_wgmma(const attn_cfg *c, int which, zmlx_device *dev) {
 /* The warpgroup forward's row blocks and keys a step: ZMLX_ATTENTION_WG="RB,BN"
  * (RB 1 or 2, BN 64 or 128) overrides them, to measure. */
 static void wgmma_tile(int *rb, int *bn) {
-  *rb = 2; /* measured on the H100: 2.04 ms; 1 row block 2.59, 1 x 128 keys 3.16 */
+  *rb = 2; /* measured on the H100: 1.85 ms; 1 row block 1.86, 1 x 128 keys 3.16 */
   *bn = 64;
   const char *e = getenv("ZMLX_ATTENTION_WG");
   int r = 0, n = 0;
@@ -279,7 +279,7 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
   const int mma = zmlxi_ops_native_mma(dev);
   double p[9];
   set_params(c, groups, p);
-  zmlx_template_arg t[10] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
+  zmlx_template_arg t[9] = {{"T", ZMLX_TEMPLATE_DTYPE, in[0]->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
                             {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, rb},
                             {which == K_DKV_TILE ? "BQ" : "BN", ZMLX_TEMPLATE_INT, ZMLX_F32,
@@ -288,13 +288,11 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal},
                             {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
                             {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, in[0]->dtype == ZMLX_BF16},
-                            {"NATIVE_WGMMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, wg},
-                            {"STAGE_FAST", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
-                             getenv("ZMLX_ATTENTION_STAGE") != NULL}};
+                            {"NATIVE_WGMMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, wg}};
   zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = 2, .inputs = in, .outputs = out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
-                           .n_templates = which == K_FWD_TILE ? 10 : 8, .params = p,
+                           .n_templates = which == K_FWD_TILE ? 9 : 8, .params = p,
                            .dynamic_shared_bytes = tile_shared_bytes(c, which, mma, wg),
                            .device = dev};
   return zmlx_kernel_launch(k, &call);
