@@ -5,7 +5,7 @@
 # compute-sanitizer memcheck and racecheck over the quick one, PyTorch's SDPA
 # backends (bench/sdpa_backends.py) and `zmlx bench --op attention` with the
 # default SDPA merged in as its peer, all in one run. Results under $OUT.
-#   device: B=build-devpy bash scripts/device-attention.sh [check sanitize bench]
+#   device: B=build-devpy bash scripts/device-attention.sh [check sanitize bench wgsweep]
 . "$(dirname "$0")/device-env.sh"
 export ZMLX_CACHE_DIR=/tmp/zc_attention
 stages=${*:-check bench sanitize}

@@ -216,9 +216,11 @@ static void wgmma_tile(int *rb, int *bn) {
 /* Keys a step of the forward and of dQ; queries a step of dK / dV (fewer at
  * head_dim 256: the accumulators take the registers). */
 static int tile_step(const attn_cfg *c, int which, int wg) {
-  int rb, bn;
-  wgmma_tile(&rb, &bn);
-  if (wg) return bn;
+  if (wg) {
+    int rb, bn;
+    wgmma_tile(&rb, &bn);
+    return bn;
+  }
   if (which == K_FWD_TILE) return c->D <= 128 ? 64 : 32;
   return which == K_DKV_TILE && c->D <= 128 ? 64 : 32; /* measured: bench/NOTES.md */
 }
@@ -227,9 +229,11 @@ static int tile_step(const attn_cfg *c, int which, int wg) {
  * threadgroup) read K and V from threadgroup memory once for both; the
  * backward's accumulators leave registers for one. */
 static int tile_row_blocks(const attn_cfg *c, int which, int wg) {
-  int rb, bn;
-  wgmma_tile(&rb, &bn);
-  if (wg) return rb;
+  if (wg) {
+    int rb, bn;
+    wgmma_tile(&rb, &bn);
+    return rb;
+  }
   return which == K_FWD_TILE && c->D <= 128 ? 2 : 1;
 }
 
