@@ -5,7 +5,7 @@
 # compute-sanitizer memcheck and racecheck over the quick one, PyTorch's SDPA
 # backends (bench/sdpa_backends.py) and `zmlx bench --op attention` with the
 # default SDPA merged in as its peer, all in one run. Results under $OUT.
-#   device: B=build-devpy bash scripts/device-attention.sh [check sanitize bench wgsweep]
+#   device: B=build-devpy bash scripts/device-attention.sh [check sanitize bench wgsweep bwdsweep]
 . "$(dirname "$0")/device-env.sh"
 export ZMLX_CACHE_DIR=/tmp/zc_attention
 stages=${*:-check bench sanitize}
@@ -38,21 +38,30 @@ stage_sanitize() {
   done
 }
 
-# The forward's tile shapes on Hopper's warpgroup products against the warp
-# products' tiles (ZMLX_ATTENTION_WG=0): a quick bf16 check and the bench rows
-# of each.
-stage_wgsweep() {
-  for cfg in ${WG_CONFIGS:-0 2,64 1,64 1,128}; do
-    local tag=${cfg/,/x}
-    ZMLX_ATTENTION_WG=$cfg timeout 120 "$B/zmlx" check --backend cuda --quick --op attention \
-      --dtype bf16 >"$OUT/wg_check_$tag.txt" 2>&1
-    say "WG=$cfg check rc=$?: $(tail -n 1 "$OUT/wg_check_$tag.txt")"
-    grep FAIL "$OUT/wg_check_$tag.txt" | head -5 | tee -a "$summary"
-    ZMLX_ATTENTION_WG=$cfg timeout 120 "$B/zmlx" bench --backend cuda --op attention \
-      --json "$OUT/wg_bench_$tag.json" >"$OUT/wg_bench_$tag.txt" 2>&1
-    say "WG=$cfg bench rc=$?"
-    grep -E "attention" "$OUT/wg_bench_$tag.txt" | tee -a "$summary"
+# One setting (an environment variable) over several values: a quick bf16
+# check and the bench rows of each.
+sweep() { # sweep VAR TAG VALUE...
+  local var=$1 tag0=$2
+  shift 2
+  for cfg in "$@"; do
+    local tag=${tag0}_${cfg/,/x}
+    env "$var=$cfg" timeout 120 "$B/zmlx" check --backend cuda --quick --op attention \
+      --dtype bf16 >"$OUT/${tag}_check.txt" 2>&1
+    say "$var=$cfg check rc=$?: $(tail -n 1 "$OUT/${tag}_check.txt")"
+    grep FAIL "$OUT/${tag}_check.txt" | head -5 | tee -a "$summary"
+    env "$var=$cfg" timeout 120 "$B/zmlx" bench --backend cuda --op attention \
+      --json "$OUT/${tag}_bench.json" >"$OUT/${tag}_bench.txt" 2>&1
+    say "$var=$cfg bench rc=$?"
+    grep -E "attention" "$OUT/${tag}_bench.txt" | tee -a "$summary"
   done
 }
+
+# The forward's tile shapes on Hopper's warpgroup products against the warp
+# products' tiles (ZMLX_ATTENTION_WG=0).
+stage_wgsweep() { sweep ZMLX_ATTENTION_WG wg ${WG_CONFIGS:-0 2,64 1,64 1,128}; }
+
+# The backward on the warpgroup products (64 / 128 queries or keys a step)
+# against its warp products (ZMLX_ATTENTION_WG_BWD=0).
+stage_bwdsweep() { sweep ZMLX_ATTENTION_WG_BWD bwd ${BWD_CONFIGS:-0 64 128}; }
 
 for s in $stages; do "stage_$s"; done

@@ -188,15 +188,23 @@ static zmlx_status launch(int which, const attn_cfg *c, int64_t n, zmlx_array **
  * staged tiles; elsewhere the scalar kernels run. */
 enum { TILE_ROWS = 64, TILE_THREADS = 128 };
 
-/* The forward on Hopper's warpgroup products (attention_tile.zk's ZT_WG):
- * head_dim 64 or 128 on a device with has_wgmma (WGMMA_BY_DEFAULT: measured
- * faster on the H100, bench/NOTES.md); ZMLX_ATTENTION_WG=0 / "RB,BN" turns
- * it off / picks its tile shape, to compare. */
-enum { WGMMA_BY_DEFAULT = 1 };
+/* Hopper's warpgroup products (attention_tile.zk's ZT_WG), forward and
+ * backward: head_dim 64 or 128 on a device with has_wgmma (WGMMA_BY_DEFAULT:
+ * measured faster on the H100, bench/NOTES.md). ZMLX_ATTENTION_WG=0 turns it
+ * off, "RB,BN" picks the forward's tile; ZMLX_ATTENTION_WG_BWD=0 turns it off
+ * for the backward only, 64 / 128 picks the backward's step: to compare. */
+enum { WGMMA_BY_DEFAULT = 1, WGMMA_BWD_STEP = 0 };
+
+static int wgmma_bwd_step(void) {
+  const char *e = getenv("ZMLX_ATTENTION_WG_BWD");
+  const int n = e && *e ? atoi(e) : WGMMA_BWD_STEP;
+  return n == 64 || n == 128 ? n : 0;
+}
+
 static int tile_wgmma(const attn_cfg *c, int which, zmlx_device *dev) {
   const char *e = getenv("ZMLX_ATTENTION_WG");
   const int wanted = e && *e ? strcmp(e, "0") != 0 : WGMMA_BY_DEFAULT;
-  return which == K_FWD_TILE && (c->D == 64 || c->D == 128) && wanted &&
+  return (c->D == 64 || c->D == 128) && wanted && (which == K_FWD_TILE || wgmma_bwd_step()) &&
          zmlxi_ops_native_wgmma(dev);
 }
 
@@ -215,21 +223,26 @@ static void wgmma_tile(int *rb, int *bn) {
 
 /* Keys a step of the forward and of dQ; queries a step of dK / dV (fewer at
  * head_dim 256: the accumulators take the registers). */
-static int tile_step(const attn_cfg *c, int which, int wg) {
-  if (wg) {
+static int tile_step(const attn_cfg *c, int which, int mma, int wg) {
+  if (wg && which == K_FWD_TILE) {
     int rb, bn;
     wgmma_tile(&rb, &bn);
     return bn;
   }
-  if (which == K_FWD_TILE) return c->D <= 128 ? 64 : 32;
-  return which == K_DKV_TILE && c->D <= 128 ? 64 : 32; /* measured: bench/NOTES.md */
+  if (wg) return wgmma_bwd_step();
+  if (which == K_FWD_TILE || which == K_DKV_TILE) return c->D <= 128 ? 64 : 32;
+  /* dQ: 32 keys a step on the warp products (measured: bench/NOTES.md); the
+   * scalar tiles (no matrix units: PoCL) take the warpgroup form's 64, so that
+   * CI's NVRTC compile of the launched kernels with their NATIVE* switches
+   * flipped on covers that form too */
+  return !mma && c->D <= 128 ? 64 : 32;
 }
 
 /* Blocks of 16 rows a SIMD group: the forward's two (128 query rows a
  * threadgroup) read K and V from threadgroup memory once for both; the
  * backward's accumulators leave registers for one. */
 static int tile_row_blocks(const attn_cfg *c, int which, int wg) {
-  if (wg) {
+  if (wg && which == K_FWD_TILE) {
     int rb, bn;
     wgmma_tile(&rb, &bn);
     return rb;
@@ -238,17 +251,18 @@ static int tile_row_blocks(const attn_cfg *c, int which, int wg) {
 }
 
 static size_t tile_shared_bytes(const attn_cfg *c, int which, int mma, int wg) {
-  const size_t ld = (size_t)c->D + 8, n = (size_t)tile_step(c, which, wg);
+  /* the warpgroup form's tiles are swizzled rows without padding, the first
+   * aligned to 1024 bytes */
+  const size_t ld = (size_t)c->D + (wg ? 0 : 8), n = (size_t)tile_step(c, which, mma, wg);
+  const size_t align = wg ? 1024 : 0;
   const size_t rows = (size_t)TILE_ROWS * tile_row_blocks(c, which, wg);
   const size_t scratch = mma ? 0 : rows * n; /* P through memory without the matrix units */
-  /* Q and two K and two V tiles, swizzled rows without padding, and room to
-   * align the first to 1024 bytes */
-  if (wg) return 2 * (rows + 4 * n) * (size_t)c->D + 1024;
   switch (which) {
-  case K_FWD_TILE: return 2 * ((rows + 2 * n) * ld + scratch);
+  /* Q, K, V; the warpgroup form double-buffers K and V */
+  case K_FWD_TILE: return 2 * ((rows + (wg ? 4 : 2) * n) * ld + scratch) + align;
   /* dQ and dK / dV double-buffer the tiles they step over */
-  case K_DQ_TILE: return 2 * ((2 * rows + 4 * n) * ld + scratch) + 4 * rows;
-  default: return 2 * ((2 * rows + 4 * n) * ld + scratch) + 16 * n;
+  case K_DQ_TILE: return 2 * ((2 * rows + 4 * n) * ld + scratch) + 4 * rows + align;
+  default: return 2 * ((2 * rows + 4 * n) * ld + scratch) + 16 * n + align;
   }
 }
 
@@ -287,7 +301,7 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->D},
                             {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, rb},
                             {which == K_DKV_TILE ? "BQ" : "BN", ZMLX_TEMPLATE_INT, ZMLX_F32,
-                             tile_step(c, which, wg)},
+                             tile_step(c, which, mma, wg)},
                             {"MASK", ZMLX_TEMPLATE_INT, ZMLX_F32, c->mask_kind},
                             {"CAUSAL", ZMLX_TEMPLATE_BOOL, ZMLX_F32, c->causal},
                             {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
@@ -296,7 +310,7 @@ static zmlx_status launch_tile(int which, const attn_cfg *c, zmlx_array **in, in
   zmlx_kernel_call call = {.n_inputs = n_in, .n_outputs = 2, .inputs = in, .outputs = out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
-                           .n_templates = which == K_FWD_TILE ? 9 : 8, .params = p,
+                           .n_templates = 9, .params = p,
                            .dynamic_shared_bytes = tile_shared_bytes(c, which, mma, wg),
                            .device = dev};
   return zmlx_kernel_launch(k, &call);
