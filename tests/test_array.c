@@ -1177,6 +1177,50 @@ static void test_refcount(void **state) {
 
 /* -------------------------------------------------------------- bad inputs */
 
+/* More memory than a device has is ZMLX_ERR_OUT_OF_MEMORY with the sizes,
+ * and the library keeps working (issue 16): one absurd request on every
+ * device; on a GPU also its memory filled a chunk at a time until the driver
+ * refuses (not on a CPU device: there the "device memory" is the host's, and
+ * filling it would only make the machine swap). Afterwards a fill and a sum
+ * on the same device give the right value. */
+static void test_device_memory_exhaustion(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = devices(devs);
+  for (int d = 0; d < nd; d++) {
+    zmlx_device *dev = devs[d];
+    const zmlx_device_info info = info_of(dev);
+    zmlx_array *a = NULL;
+    const int64_t absurd[1] = {(int64_t)1 << 46}; /* 256 TiB of f32 */
+    ZT_FAILS(zmlx_array_empty(dev, ZMLX_F32, 1, absurd, &a), ZMLX_ERR_OUT_OF_MEMORY, "bytes");
+    assert_null(a);
+    if (!info.is_cpu && info.total_memory > 0) {
+      enum { MAX_CHUNKS = 40 };
+      zmlx_array *chunks[MAX_CHUNKS] = {0};
+      const int64_t chunk[1] = {(int64_t)(info.total_memory / 16)}; /* u8: bytes */
+      zmlx_status st = ZMLX_OK;
+      int n = 0;
+      while (n < MAX_CHUNKS && (st = zmlx_array_empty(dev, ZMLX_U8, 1, chunk, &chunks[n])) == ZMLX_OK)
+        n++;
+      fprintf(stderr, "%s: %d chunks of %lld bytes, then %s: %s\n", info.name, n,
+              (long long)chunk[0], zmlx_status_string(st), zmlx_last_error());
+      assert_int_equal(st, ZMLX_ERR_OUT_OF_MEMORY);
+      assert_true(n >= 1 && n <= 16);
+      for (int i = 0; i < n; i++) zmlx_array_release(chunks[i]);
+      ZT_OK(zmlx_device_synchronize(dev));
+    }
+    const int64_t shape[1] = {1 << 20};
+    zmlx_array *ones = NULL, *sum = NULL;
+    ZT_OK(zmlx_array_full(dev, ZMLX_F32, 1, shape, 0.5, &ones));
+    ZT_OK(zmlx_sum(ones, NULL, 0, 0, &sum));
+    double total = 0;
+    ZT_OK(zmlx_array_item(sum, 0, &total));
+    assert_true(total == 0.5 * (1 << 20));
+    zmlx_array_release(sum);
+    zmlx_array_release(ones);
+  }
+}
+
 static void test_bad_inputs(void **state) {
   zmlx_device *devs[MAX_DEVS];
   int nd = devices(devs);
@@ -1368,6 +1412,7 @@ int main(void) {
       cmocka_unit_test(test_refcount),
       cmocka_unit_test(test_bad_inputs),
       cmocka_unit_test(test_reshape_failure_clears_out),
+      cmocka_unit_test(test_device_memory_exhaustion),
       cmocka_unit_test(test_device_synchronize_waits_on_every_stream),
       cmocka_unit_test(test_allocation_after_shutdown), /* last */
   };

@@ -11,6 +11,11 @@ atomic_llong zmlxi_live_arrays;
 
 static zmlx_status buffer_create(zmlx_device *dev, zmlx_stream *s, size_t bytes,
                                  zmlx_buffer **out) {
+  /* more than the device has: refused here with the sizes, whatever the
+   * driver would say (some accept any size and fail at first use) */
+  if (dev->info.total_memory && bytes > dev->info.total_memory)
+    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes on %s, which has %zu "
+                     "bytes of memory", bytes, dev->info.name, dev->info.total_memory);
   zmlx_buffer *b = calloc(1, sizeof *b);
   if (!b) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
   /* inside a capture: no guard zone (arming it writes from the host) and
