@@ -5,7 +5,10 @@
  * also returns the row logsumexp. Backward: FlashAttention-2's
  * recomputation from that logsumexp (attention_bwd_dq.zk per query row,
  * attention_bwd_dkv.zk per key row, attention_bwd_dmask.zk for an additive
- * mask's gradient). Checks and benchmarks: src/check/attention_check.c. */
+ * mask's gradient). f16 / bf16 at head_dims that are multiples of 16 take
+ * the tiled forms (attention_*_tile.zk: matrix units where the device has
+ * them, warpgroup products on Hopper). Checks and benchmarks:
+ * src/check/attention_check.c. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
