@@ -5,7 +5,7 @@
 # compute-sanitizer memcheck and racecheck over the quick one, PyTorch's SDPA
 # backends (bench/sdpa_backends.py) and `zmlx bench --op attention` with the
 # default SDPA merged in as its peer, all in one run. Results under $OUT.
-#   device: B=build-devpy bash scripts/device-attention.sh [check sanitize bench wgsweep bwdsweep]
+#   device: B=build-devpy bash scripts/device-attention.sh [check sanitize bench wgsweep bwdsweep ncu]
 . "$(dirname "$0")/device-env.sh"
 export ZMLX_CACHE_DIR=/tmp/zc_attention
 stages=${*:-check bench sanitize}
@@ -36,6 +36,17 @@ stage_sanitize() {
     say "compute-sanitizer $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
       "$OUT/san_$tool.txt" | tr '\n' ' ') $(grep -E '^[0-9]+ passed' "$OUT/san_$tool.txt")"
   done
+}
+
+# Nsight Compute on the forward and the backward's two kernels at the bench
+# shape: throughput, occupancy, registers and where warps stall.
+stage_ncu() {
+  timeout 240 ncu --kernel-name regex:'attention_(fwd|bwd_dq|bwd_dkv)_tile' --launch-count 3 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    "$B/zmlx" bench --backend cuda --op attention --reps 1 >"$OUT/ncu_attention.txt" 2>&1
+  say "ncu rc=$?"
+  grep -E "zmlx_attention|Duration|Compute \(SM\) Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Block Limit" \
+    "$OUT/ncu_attention.txt" | head -60 | tee -a "$summary"
 }
 
 # One setting (an environment variable) over several values: a quick bf16

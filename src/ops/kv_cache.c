@@ -436,6 +436,15 @@ static int64_t group_partition(int64_t max_len) {
   return max_len > 0 && max_len < 512 ? max_len : 512;
 }
 
+/* Tokens the grouped decode loads ahead of the one it uses (its PF);
+ * ZMLX_DECODE_PREFETCH=0 / 1 / 2 overrides DECODE_PREFETCH, to compare. */
+enum { DECODE_PREFETCH = 0 };
+static int decode_prefetch(void) {
+  const char *env = getenv("ZMLX_DECODE_PREFETCH");
+  const int n = env && *env ? atoi(env) : DECODE_PREFETCH;
+  return n < 0 ? 0 : n > 2 ? 2 : n;
+}
+
 /* Partials per (row, partition) from the grouped kernel (gg != NULL) or a
  * thread per (row, partition), then their merge into y. */
 static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx_array *at,
@@ -450,7 +459,7 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
   if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 2, s2, &pacc);
   if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, gg ? K_GROUP : K_PART, &kp);
   if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_COMBINE, &kc);
-  zmlx_template_arg t[6] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, D}};
+  zmlx_template_arg t[7] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, D}};
   if (st == ZMLX_OK) {
     const int64_t groups = B * c->d.kv_heads * np_;
     double p[9] = {(double)(gg ? groups : rows * np_), (double)Hq, (double)c->d.kv_heads,
@@ -468,7 +477,8 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
       t[4] = (zmlx_template_arg){"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_xdt(c->d.dtype)};
       t[5] = (zmlx_template_arg){"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
                                  zmlxi_ops_native_simd(c->dev)};
-      call.n_templates = 6;
+      t[6] = (zmlx_template_arg){"PF", ZMLX_TEMPLATE_INT, ZMLX_F32, decode_prefetch()};
+      call.n_templates = 7;
       call.grid[0] = groups * 128;
       call.grid[1] = call.grid[2] = 1;
       call.threadgroup[0] = 128;
