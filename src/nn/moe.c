@@ -321,9 +321,9 @@ zmlx_status zmlx_moe_experts(zmlx_array *x, zmlx_array *weights, zmlx_array *ind
   *out = NULL;
   moe_expert_cfg c;
   ZMLX_CHECK(zmlxi_moe_experts_validate(x, weights, indices, w1, w3, w2, &c));
-  if (zmlxi_moe_use_gemm(&c, x))
-    return zmlxi_moe_experts_gemm(&c, x, weights, indices, w1, w3, w2, out);
   zmlx_array *in[6] = {x, weights, w1, w3, w2, indices};
+  if (zmlxi_moe_use_gemm(&c, x, in, 5))
+    return zmlxi_moe_experts_gemm(&c, x, weights, indices, w1, w3, w2, out);
   zmlx_array *dense[6] = {0};
   zmlx_status st = ZMLX_OK;
   for (int i = 0; i < 6 && st == ZMLX_OK; i++)

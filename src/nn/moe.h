@@ -75,9 +75,11 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
 void zmlxi_moe_saved_free(moe_saved *s);
 
 /* moe_gemm.c: the experts for many tokens through the device's GEMM
- * library (f32, few experts; ZMLX_MOE_GEMM=0/1 overrides the rule), built
- * from recorded ops (dispatch, permute, per-expert products, combine). */
-int zmlxi_moe_use_gemm(const moe_expert_cfg *c, zmlx_array *x);
+ * library (the dtypes it takes; few experts when a gradient is recorded
+ * for `tracked`; ZMLX_MOE_GEMM=0/1 overrides the rule), built from
+ * recorded ops (dispatch, permute, per-expert products, combine). */
+int zmlxi_moe_use_gemm(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *const *tracked,
+                       int n_tracked);
 zmlx_status zmlxi_moe_experts_gemm(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
                                    zmlx_array *indices, zmlx_array *w1, zmlx_array *w3,
                                    zmlx_array *w2, zmlx_array **out);

@@ -13,19 +13,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/ad.h"
 #include "nn/moe.h"
 
-#define MOE_GEMM_MAX_EXPERTS 16
+#define MOE_GEMM_MAX_EXPERTS_GRAD 16
 #define MOE_GEMM_MIN_PAIRS_PER_EXPERT 16
 
-int zmlxi_moe_use_gemm(const moe_expert_cfg *c, zmlx_array *x) {
+/* Batches of at least 16 pairs an expert whose dtype the device's library
+ * multiplies (cuBLAS: f32 / f16 / bf16, CLBlast: f32). When a gradient is
+ * recorded: f32 with at most 16 experts (each expert's weight gradient is
+ * a full-size array); otherwise (inference, prefill) any number of experts
+ * and 16-bit dtypes too, whose products round h1, h3, the SwiGLU and each
+ * expert's output row to the dtype (as a framework's per-expert loop does;
+ * the fused kernels keep them in f32). ZMLX_MOE_GEMM=1 / 0 forces it (any
+ * float dtype: the dialect's GEMM runs what the library does not) / turns
+ * it off. */
+int zmlxi_moe_use_gemm(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *const *tracked,
+                       int n_tracked) {
   const char *env = getenv("ZMLX_MOE_GEMM");
-  int allowed = x->dtype == ZMLX_F32 && zmlxi_device_gemm_takes(x->buffer->device, ZMLX_F32);
-  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1' && allowed;
-  /* f32 only: a 16-bit library product would round the SwiGLU's inputs
-   * once more than the fused kernels do */
-  return allowed && c->E <= MOE_GEMM_MAX_EXPERTS &&
-         c->T * c->k >= MOE_GEMM_MIN_PAIRS_PER_EXPERT * c->E;
+  if (env && (env[0] == '0' || env[0] == '1'))
+    return env[0] == '1' && zmlxi_dtype_is_f32_f16_bf16(x->dtype);
+  if (!zmlxi_device_gemm_takes(x->buffer->device, x->dtype)) return 0;
+  if (zmlxi_ad_should_record(tracked, n_tracked) &&
+      (x->dtype != ZMLX_F32 || c->E > MOE_GEMM_MAX_EXPERTS_GRAD))
+    return 0;
+  return c->T * c->k >= MOE_GEMM_MIN_PAIRS_PER_EXPERT * c->E;
 }
 
 /* Expert e's matrix of w [E, R, C], transposed: [C, R] (a recorded view). */
