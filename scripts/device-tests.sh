@@ -11,23 +11,17 @@
 # compute-sanitizer tool (exit 99 on a report; the tool's summary line is
 # printed); TESTS="test_a test_b" picks programs; NO_CHECK=1 skips the check.
 . "$(dirname "$0")/device-env.sh"
-run_one() { # run_one LOG COMMAND...: under the sanitizer when asked
-  local log=$1
-  shift
-  if [ -n "${SANITIZE:-}" ]; then
-    compute-sanitizer --tool "$SANITIZE" --error-exitcode 99 "$@" >"$log" 2>&1
-  else
-    "$@" >"$log" 2>&1
-  fi
-}
+# the sanitizer, when asked, in front of each program
+wrap=()
+[ -n "${SANITIZE:-}" ] && wrap=(compute-sanitizer --tool "$SANITIZE" --error-exitcode 99)
 san_summary() { [ -n "${SANITIZE:-}" ] && grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$1" | tail -n 1; }
 for t in ${TESTS:-$(ls "$B"/tests/test_* | grep -v '\.' | xargs -n1 basename)}; do
-  ZMLX_CACHE_DIR=/tmp/zc_$t timeout 300 bash -c "$(declare -f run_one); run_one $LOG/$t.log $B/tests/$t"
+  ZMLX_CACHE_DIR=/tmp/zc_$t timeout 300 "${wrap[@]}" "$B/tests/$t" >"$LOG/$t.log" 2>&1
   say "test $t rc=$? $(grep -E '^\[zmlx test\]' "$LOG/$t.log" | tail -n 1) $(san_summary "$LOG/$t.log")"
 done
 if [ -n "${NO_CHECK:-}" ]; then tar czf "$OUT/logs.tgz" -C "$LOG" .; exit 0; fi
-ZMLX_CACHE_DIR=/tmp/zc_check timeout 400 bash -c "$(declare -f run_one); run_one \
-  $LOG/check_quick_cuda.txt $B/zmlx check --quick --backend cuda --seed 1"
+ZMLX_CACHE_DIR=/tmp/zc_check timeout 400 "${wrap[@]}" "$B/zmlx" check --quick --backend cuda \
+  --seed 1 >"$LOG/check_quick_cuda.txt" 2>&1
 say "zmlx check --quick --backend cuda: rc=$? $(grep -E '^[0-9]+ passed' "$LOG/check_quick_cuda.txt" | tail -n 1) $(san_summary "$LOG/check_quick_cuda.txt")"
 grep FAIL "$LOG/check_quick_cuda.txt" | head -20 | tee -a "$summary"
 tar czf "$OUT/logs.tgz" -C "$LOG" .

@@ -235,25 +235,6 @@ done:
   zmlx_clear_error();
 }
 
-/* One pair through the library form's 16-bit products, as they round: h1
- * and h3 (x W1^T, x W3^T), the SwiGLU and the expert's output row each
- * rounded to dt, then y += w * that row. tmp: 2 I doubles. */
-static void library16_row(zmlx_dtype dt, const double *x, const double *W1, const double *W3,
-                          const double *W2, int64_t H, int64_t I, double w, double *y,
-                          double *tmp) {
-  for (int64_t i = 0; i < I; i++) {
-    double sa = 0, sb = 0;
-    for (int64_t h = 0; h < H; h++) sa += W1[i * H + h] * x[h], sb += W3[i * H + h] * x[h];
-    sa = zck_round(dt, sa), sb = zck_round(dt, sb);
-    tmp[i] = zck_round(dt, sa / (1.0 + exp(-sa)) * sb);
-  }
-  for (int64_t h = 0; h < H; h++) {
-    double d = 0;
-    for (int64_t i = 0; i < I; i++) d += W2[h * I + i] * tmp[i];
-    y[h] += w * zck_round(dt, d);
-  }
-}
-
 /* zmlx_moe_experts with indices outside [0, E) (-1, E): such a pair is
  * routed nowhere and adds nothing, in the per-pair and the grouped form. */
 static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) {
@@ -287,7 +268,7 @@ static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) 
   unsetenv("ZMLX_MOE_GROUPED");
   unsetenv("ZMLX_MOE_GEMM");
   if (st == ZMLX_OK) st = zck_download(y, &got);
-  /* the library form's 16-bit products round as library16_row models */
+  /* the library form's 16-bit products round as zck_moe_library16_row models */
   const int library16 = grouped == 2 && o->dtype != ZMLX_F32;
   if (st == ZMLX_OK) {
     for (int64_t p = 0; p < T * k; p++) {
@@ -298,7 +279,7 @@ static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) 
           zck_moe_mlp_row(m, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H, I,
                           w[p], (m ? mag : want) + t * H, NULL, NULL, NULL, NULL, NULL, NULL, tmp);
         else
-          library16_row(o->dtype, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H,
+          zck_moe_library16_row(o->dtype, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H,
                         I, w[p], want + t * H, tmp);
     }
     zck_bound b = zck_bound_times(zck_bound_sum(ZCK_TOL_ROW, o->dtype, H + I), 3);

@@ -3,6 +3,7 @@
  * with its gradients and its magnitude network (moe_ref.h). */
 #include <math.h>
 
+#include "check/check_util.h"
 #include "check/moe_ref.h"
 
 static const double U32 = 0x1p-24;
@@ -153,4 +154,19 @@ void zck_moe_mlp_row(int mag, const double *x, const double *W1, const double *W
     }
   }
 #undef V
+}
+
+void zck_moe_library16_row(zmlx_dtype dt, const double *x, const double *W1, const double *W3,
+                           const double *W2, int64_t H, int64_t I, double w, double *y,
+                           double *tmp) {
+  for (int64_t i = 0; i < I; i++) {
+    double sa = 0, sb = 0;
+    for (int64_t h = 0; h < H; h++) sa += W1[i * H + h] * x[h], sb += W3[i * H + h] * x[h];
+    tmp[i] = zck_round(dt, silu(zck_round(dt, sa)) * zck_round(dt, sb));
+  }
+  for (int64_t h = 0; h < H; h++) {
+    double d = 0;
+    for (int64_t i = 0; i < I; i++) d += W2[h * I + i] * tmp[i];
+    y[h] += w * zck_round(dt, d);
+  }
 }

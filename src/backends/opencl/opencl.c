@@ -374,17 +374,14 @@ static zmlx_status ocl_stream_sync(int dev, void *stream) {
 
 /* Zero-byte arrays still get a real cl_mem (OpenCL rejects size 0), so
  * every array has a valid handle to pass to kernels. More than the device
- * has is refused here: NVIDIA's driver accepts any size and only fails at
- * first use. Sizes between CL_DEVICE_MAX_MEM_ALLOC_SIZE and the memory
- * size are left to the driver, which may allow them (NVIDIA does). */
+ * has never gets here: the runtime refuses it (NVIDIA's driver accepts any
+ * size and only fails at first use). Sizes between
+ * CL_DEVICE_MAX_MEM_ALLOC_SIZE and the memory size are left to the driver,
+ * which may allow them (NVIDIA does). */
 static zmlx_status ocl_alloc(int dev, void *stream, size_t bytes, void **buffer) {
   (void)stream;
   ZMLX_REQUIRE_ARG(buffer);
   ZMLX_CHECK(check_dev(dev));
-  if ((cl_ulong)bytes > g_cl.devs[dev].global_mem)
-    return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY,
-                     "OpenCL: cannot allocate %zu bytes on a device with %llu bytes of memory",
-                     bytes, (unsigned long long)g_cl.devs[dev].global_mem);
   cl_int err = CL_SUCCESS;
   cl_mem m = clCreateBuffer(g_cl.devs[dev].context, CL_MEM_READ_WRITE, bytes ? bytes : 1, NULL,
                             &err);
