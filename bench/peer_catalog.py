@@ -4,7 +4,7 @@ PyTorch eager and torch.compile (bf16, CUDA events, median of 21 samples of
   {"op": "softmax", "shape": "4096x32768", "peer": "torch.compile", "ms": 0.123}
 `zmlx bench --peer FILE` matches rows by op and shape string.
 
-    python3 bench/peer_catalog.py [--json FILE] [--op NAME]
+    python3 bench/peer_catalog.py [--json FILE] [--op NAME[,NAME...]]
 """
 import json
 import os
@@ -201,10 +201,10 @@ def cases():
 
 
 def main():
-    only = sys.argv[sys.argv.index("--op") + 1] if "--op" in sys.argv else None
+    only = set(sys.argv[sys.argv.index("--op") + 1].split(",")) if "--op" in sys.argv else None
     rows = []
     for op, shape, fn, nbytes in cases():
-        if only and op != only:
+        if only and op not in only:
             continue
         peers = [("torch eager", fn)]
         if not os.environ.get("PEER_EAGER_ONLY"):  # compiling takes minutes per case

@@ -235,61 +235,107 @@ done:
   zmlx_clear_error();
 }
 
-/* zmlx_moe_experts with indices outside [0, E) (-1, E): such a pair is
- * routed nowhere and adds nothing, in the per-pair and the grouped form. */
-static void unrouted_case(const zmlx_check_opts *o, int grouped, uint64_t *rng) {
-  /* grouped 2: the library-GEMM form */
-  const int64_t T = 7, E = 8, H = 32, I = 48;
-  const int k = 2;
-  char name[96];
-  snprintf(name, sizeof name, "T%lld E%lld k%d, indices -1 and E, %s", (long long)T,
-           (long long)E, k, grouped == 2 ? "library gemm" : grouped ? "grouped rows" : "pair rows");
+/* zmlx_moe_experts with no gradient recorded (the inference forms), in
+ * one of the forms: pair rows, grouped rows, the library products, the
+ * grouped tile products. unrouted: indices -1 and E among the pairs (such
+ * a pair is routed nowhere and adds nothing); fused: w1 and w3 the halves of
+ * one [E, 2I, H] gate_up, read in place. */
+enum { FORM_PAIR_ROWS, FORM_GROUPED_ROWS, FORM_LIBRARY, FORM_TILE };
+static const char *const FORM_NAME[] = {"pair rows", "grouped rows", "library gemm",
+                                        "tile products"};
+typedef struct direct_dims {
+  int64_t T, E, H, I;
+  int k, unrouted, fused;
+} direct_dims;
+
+/* Host values and device arrays of w1 and w3 (as the halves of a fused
+ * gate_up with d->fused). */
+static zmlx_status direct_w13(const zmlx_check_opts *o, const direct_dims *d, uint64_t *rng,
+                              double *h1, double *h3, zmlx_array **a1, zmlx_array **a3) {
+  const int64_t rows = d->I * d->H, s13[3] = {d->E, d->I, d->H};
+  if (!d->fused) {
+    ZMLX_CHECK(zck_random(o->device, o->dtype, 3, s13, -0.3, 0.3, rng, h1, a1));
+    return zck_random(o->device, o->dtype, 3, s13, -0.3, 0.3, rng, h3, a3);
+  }
+  const int64_t sf[3] = {d->E, 2 * d->I, d->H};
+  double *f = malloc(sizeof(double) * (size_t)(2 * d->E * rows));
+  zmlx_array *fused = NULL;
+  zmlx_status st = f ? zck_random(o->device, o->dtype, 3, sf, -0.3, 0.3, rng, f, &fused)
+                     : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  for (int64_t e = 0; st == ZMLX_OK && e < d->E; e++) {
+    memcpy(h1 + e * rows, f + 2 * e * rows, sizeof(double) * (size_t)rows);
+    memcpy(h3 + e * rows, f + (2 * e + 1) * rows, sizeof(double) * (size_t)rows);
+  }
+  const int64_t lo1[3] = {0, 0, 0}, hi1[3] = {d->E, d->I, d->H};
+  const int64_t lo3[3] = {0, d->I, 0}, hi3[3] = {d->E, 2 * d->I, d->H};
+  if (st == ZMLX_OK) st = zmlx_array_slice(fused, lo1, hi1, NULL, a1);
+  if (st == ZMLX_OK) st = zmlx_array_slice(fused, lo3, hi3, NULL, a3);
+  zmlx_array_release(fused);
+  free(f);
+  return st;
+}
+
+static void direct_case(const zmlx_check_opts *o, int form, const direct_dims *d, uint64_t *rng) {
+  const int64_t T = d->T, E = d->E, H = d->H, I = d->I, P = d->T * d->k;
+  char name[128];
+  snprintf(name, sizeof name, "T%lld E%lld k%d H%lld I%lld%s%s, %s", (long long)T, (long long)E,
+           d->k, (long long)H, (long long)I, d->unrouted ? ", indices -1 and E" : "",
+           d->fused ? ", fused gate_up" : "", FORM_NAME[form]);
+  const char *what = d->unrouted ? "unrouted pairs" : "fwd, no grad";
   double *hx = malloc(sizeof(double) * (size_t)(T * H)), *h1 = malloc(sizeof(double) * (size_t)(E * I * H));
   double *h3 = malloc(sizeof(double) * (size_t)(E * I * H)), *h2 = malloc(sizeof(double) * (size_t)(E * H * I));
   double *want = calloc((size_t)(T * H), sizeof(double)), *mag = calloc((size_t)(T * H), sizeof(double));
-  double *tmp = malloc(sizeof(double) * (size_t)(4 * I)), *got = NULL, ix[T * 2], w[T * 2];
+  double *tmp = malloc(sizeof(double) * (size_t)(4 * I)), *got = NULL;
+  double *ix = malloc(sizeof(double) * (size_t)P), *w = malloc(sizeof(double) * (size_t)P);
   zmlx_array *ax = NULL, *a1 = NULL, *a3 = NULL, *a2 = NULL, *aix = NULL, *aw = NULL, *y = NULL;
-  zmlx_status st = hx && h1 && h3 && h2 && want && mag && tmp
+  zmlx_status st = hx && h1 && h3 && h2 && want && mag && tmp && ix && w
                        ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  int64_t xs[2] = {T, H}, s13[3] = {E, I, H}, s2[3] = {E, H, I}, ps[2] = {T, k};
-  for (int64_t p = 0; p < T * k; p++) {
-    ix[p] = p % 5 == 1 ? -1 : p % 5 == 3 ? (double)E : floor(zck_uniform(rng, 0, (double)E));
+  int64_t xs[2] = {T, H}, s2[3] = {E, H, I}, ps[2] = {T, d->k};
+  for (int64_t p = 0; st == ZMLX_OK && p < P; p++) {
+    ix[p] = d->unrouted && p % 5 == 1   ? -1
+            : d->unrouted && p % 5 == 3 ? (double)E
+                                        : floor(zck_uniform(rng, 0, (double)E));
     w[p] = zck_uniform(rng, 0.1, 1);
   }
   if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 2, xs, -1, 1, rng, hx, &ax);
-  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, s13, -0.3, 0.3, rng, h1, &a1);
-  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, s13, -0.3, 0.3, rng, h3, &a3);
+  if (st == ZMLX_OK) st = direct_w13(o, d, rng, h1, h3, &a1, &a3);
   if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, s2, -0.3, 0.3, rng, h2, &a2);
   if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_I32, 2, ps, ix, &aix);
   if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, ps, w, &aw);
-  setenv("ZMLX_MOE_GROUPED", grouped ? "1" : "0", 1);
-  setenv("ZMLX_MOE_GEMM", grouped == 2 ? "1" : "0", 1);
+  setenv("ZMLX_MOE_GROUPED", form == FORM_PAIR_ROWS ? "0" : "1", 1);
+  setenv("ZMLX_MOE_GEMM", form == FORM_LIBRARY ? "1" : "0", 1);
+  setenv("ZMLX_MOE_TILE", form == FORM_TILE ? "1" : "0", 1);
   if (st == ZMLX_OK) st = zmlx_moe_experts(ax, aw, aix, a1, a3, a2, &y);
   unsetenv("ZMLX_MOE_GROUPED");
   unsetenv("ZMLX_MOE_GEMM");
+  unsetenv("ZMLX_MOE_TILE");
   if (st == ZMLX_OK) st = zck_download(y, &got);
-  /* the library form's 16-bit products round as zck_moe_library16_row models */
-  const int library16 = grouped == 2 && o->dtype != ZMLX_F32;
+  /* the 16-bit library and tile forms round as zck_moe_rounded_row models */
+  const int rounded = o->dtype == ZMLX_F32 ? 0
+                      : form == FORM_LIBRARY ? ZCK_MOE_LIBRARY16
+                      : form == FORM_TILE    ? ZCK_MOE_TILE16
+                                             : 0;
   if (st == ZMLX_OK) {
-    for (int64_t p = 0; p < T * k; p++) {
+    for (int64_t p = 0; p < P; p++) {
       if (ix[p] < 0 || ix[p] >= E) continue;
-      const int64_t e = (int64_t)ix[p], t = p / k;
+      const int64_t e = (int64_t)ix[p], t = p / d->k;
       for (int m = 0; m < 2; m++)
-        if (m || !library16)
+        if (m || !rounded)
           zck_moe_mlp_row(m, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H, I,
                           w[p], (m ? mag : want) + t * H, NULL, NULL, NULL, NULL, NULL, NULL, tmp);
         else
-          zck_moe_library16_row(o->dtype, hx + t * H, h1 + e * I * H, h3 + e * I * H, h2 + e * H * I, H,
-                        I, w[p], want + t * H, tmp);
+          zck_moe_rounded_row(o->dtype, rounded, hx + t * H, h1 + e * I * H, h3 + e * I * H,
+                              h2 + e * H * I, H, I, w[p], want + t * H, tmp);
     }
     zck_bound b = zck_bound_times(zck_bound_sum(ZCK_TOL_ROW, o->dtype, H + I), 3);
-    double e, tol;
-    int ok = zck_within_scaled(got, want, mag, T * H, b, &e, &tol);
-    zck_emit(o, "moe", "unrouted pairs", o->dtype, name, e, tol, ok);
+    double err, tol;
+    int ok = zck_within_scaled(got, want, mag, T * H, b, &err, &tol);
+    zck_emit(o, "moe", what, o->dtype, name, err, tol, ok);
   } else {
-    zck_emit_fail(o, "moe", "unrouted pairs", o->dtype, name, st);
+    zck_emit_fail(o, "moe", what, o->dtype, name, st);
   }
   free(hx), free(h1), free(h3), free(h2), free(want), free(mag), free(tmp), free(got);
+  free(ix), free(w);
   zmlx_array *all[7] = {ax, a1, a3, a2, aix, aw, y};
   for (int i = 0; i < 7; i++) zmlx_array_release(all[i]);
   zmlx_clear_error();
@@ -336,9 +382,18 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
   layer_case_run(o, &fc, &rng, " library gemm, fused gate_up");
   if (!o->quick) layer_case_run(o, &cases[5], &rng, " library gemm");
   unsetenv("ZMLX_MOE_GEMM");
-  unrouted_case(o, 0, &rng);
-  unrouted_case(o, 1, &rng);
-  unrouted_case(o, 2, &rng);
+  const direct_dims unrouted = {7, 8, 32, 48, 2, 1, 0};
+  for (int form = FORM_PAIR_ROWS; form <= FORM_LIBRARY; form++)
+    direct_case(o, form, &unrouted, &rng);
+  /* the grouped tile products (16-bit dtypes): pairs routed nowhere; several
+   * row tiles an expert, reductions and columns that end inside a chunk or
+   * a tile; the halves of a fused gate_up; many experts */
+  if (o->dtype == ZMLX_F32) return ZMLX_OK;
+  const direct_dims tiled[] = {
+      {7, 8, 32, 48, 2, 1, 0},    {600, 4, 72, 136, 2, 0, 0}, {97, 8, 64, 200, 3, 0, 1},
+      {513, 64, 128, 64, 8, 0, 0},
+  };
+  for (int i = 0; i < (o->quick ? 3 : 4); i++) direct_case(o, FORM_TILE, &tiled[i], &rng);
   return ZMLX_OK;
 }
 

@@ -156,17 +156,19 @@ void zck_moe_mlp_row(int mag, const double *x, const double *W1, const double *W
 #undef V
 }
 
-void zck_moe_library16_row(zmlx_dtype dt, const double *x, const double *W1, const double *W3,
-                           const double *W2, int64_t H, int64_t I, double w, double *y,
-                           double *tmp) {
+void zck_moe_rounded_row(zmlx_dtype dt, int form, const double *x, const double *W1,
+                         const double *W3, const double *W2, int64_t H, int64_t I, double w,
+                         double *y, double *tmp) {
+  const int lib = form == ZCK_MOE_LIBRARY16;
   for (int64_t i = 0; i < I; i++) {
     double sa = 0, sb = 0;
     for (int64_t h = 0; h < H; h++) sa += W1[i * H + h] * x[h], sb += W3[i * H + h] * x[h];
-    tmp[i] = zck_round(dt, silu(zck_round(dt, sa)) * zck_round(dt, sb));
+    if (lib) sa = zck_round(dt, sa), sb = zck_round(dt, sb);
+    tmp[i] = zck_round(dt, silu(sa) * sb);
   }
   for (int64_t h = 0; h < H; h++) {
     double d = 0;
     for (int64_t i = 0; i < I; i++) d += W2[h * I + i] * tmp[i];
-    y[h] += w * zck_round(dt, d);
+    y[h] += w * (lib ? zck_round(dt, d) : d);
   }
 }

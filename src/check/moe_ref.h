@@ -37,11 +37,15 @@ double zck_moe_weight_rel(const zck_moe_gate *g);
 void zck_moe_mlp_row(int mag, const double *x, const double *W1, const double *W3,
                      const double *W2, int64_t H, int64_t I, double w, double *y, const double *dy,
                      double *dx, double *dW1, double *dW3, double *dW2, double *dw, double *tmp);
-/* One token through the library form's 16-bit products (src/nn/moe_gemm.c)
- * as they round: h1 and h3 (x W1^T, x W3^T), the SwiGLU and the expert's
- * output row each rounded to dt, then y += w * that row. tmp: I doubles. */
-void zck_moe_library16_row(zmlx_dtype dt, const double *x, const double *W1, const double *W3,
-                           const double *W2, int64_t H, int64_t I, double w, double *y,
-                           double *tmp);
+/* One token through a 16-bit form of the experts as it rounds, y += w *
+ * the expert's output row. ZCK_MOE_LIBRARY16 (src/nn/moe_gemm.c's library
+ * products): h1 and h3 (x W1^T, x W3^T), the SwiGLU and the output row each
+ * rounded to dt. ZCK_MOE_TILE16 (src/nn/moe_tile.c's grouped products): the
+ * SwiGLU alone rounded to dt (the products accumulate in f32 and the output
+ * row stays f32). tmp: I doubles. */
+enum { ZCK_MOE_LIBRARY16 = 1, ZCK_MOE_TILE16 = 2 };
+void zck_moe_rounded_row(zmlx_dtype dt, int form, const double *x, const double *W1,
+                         const double *W3, const double *W2, int64_t H, int64_t I, double w,
+                         double *y, double *tmp);
 
 #endif

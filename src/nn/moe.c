@@ -182,6 +182,8 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   zmlx_device *dev = x->buffer->device;
   const int64_t P = c->T * c->k;
   memset(s, 0, sizeof *s);
+  if (!save && !w1->bits && zmlxi_moe_tile_applies(c, x, w1->w, w3->w, w2->w))
+    return zmlxi_moe_experts_tile(c, x, weights, indices, w1->w, w3->w, w2->w, out);
   double p[MOE_EXPERT_NPARAMS];
   const int simd = simd_rows(dev), vec = weight_vec(c, w1, w3, w2);
   zmlx_template_arg t[7] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},

@@ -12,7 +12,10 @@
 
 /* The MoE kernels, entries of one kernel set. */
 enum { K_GATE, K_GATE_BWD, K_DISPATCH, K_UP, K_DOWN, K_COMBINE, K_BWD_ACT, K_BWD_WEIGHTS, K_BWD_DX,
-       K_BWD_W13, K_BWD_W2, K_GATHER, K_SCATTER, K_COMBINE_DW };
+       K_BWD_W13, K_BWD_W2, K_GATHER, K_SCATTER, K_COMBINE_DW, K_GEMM_TILE };
+
+/* Kernel `which` of the set (for a launch of the caller's own shape). */
+zmlx_status zmlxi_moe_kernel(int which, zmlx_kernel **k);
 
 /* Kernel `which` over n threads (the 1-D grid rule) in threadgroups of
  * `group` threads (zmlxi_moe_launch: 256); nothing for n == 0. */
@@ -77,10 +80,21 @@ void zmlxi_moe_saved_free(moe_saved *s);
 /* moe_gemm.c: the experts for many tokens through the device's GEMM
  * library (the dtypes it takes; few experts when a gradient is recorded
  * for `tracked`; ZMLX_MOE_GEMM=0/1 overrides the rule), built from
- * recorded ops (dispatch, permute, per-expert products, combine). */
+ * recorded ops (dispatch, permute, per-expert products, combine).
+ * tracked: x, weights, w1, w3, w2 (the inputs a gradient may follow). */
 int zmlxi_moe_use_gemm(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *const *tracked,
                        int n_tracked);
 zmlx_status zmlxi_moe_experts_gemm(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
+                                   zmlx_array *indices, zmlx_array *w1, zmlx_array *w3,
+                                   zmlx_array *w2, zmlx_array **out);
+
+/* moe_tile.c: the experts of many tokens in 16-bit dtypes as two grouped
+ * products on the matrix units, one launch each, the group sizes never read
+ * on the host (forward only: inference and prefill). */
+int zmlxi_moe_tile_applies(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *w1,
+                           zmlx_array *w3, zmlx_array *w2);
+/* On dense x, weights, indices and w2; w1 / w3 rows c->ES apart. */
+zmlx_status zmlxi_moe_experts_tile(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *weights,
                                    zmlx_array *indices, zmlx_array *w1, zmlx_array *w3,
                                    zmlx_array *w2, zmlx_array **out);
 

@@ -34,9 +34,11 @@ int zmlxi_moe_use_gemm(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *const
   if (env && (env[0] == '0' || env[0] == '1'))
     return env[0] == '1' && zmlxi_dtype_is_f32_f16_bf16(x->dtype);
   if (!zmlxi_device_gemm_takes(x->buffer->device, x->dtype)) return 0;
-  if (zmlxi_ad_should_record(tracked, n_tracked) &&
-      (x->dtype != ZMLX_F32 || c->E > MOE_GEMM_MAX_EXPERTS_GRAD))
-    return 0;
+  const int record = zmlxi_ad_should_record(tracked, n_tracked);
+  if (record && (x->dtype != ZMLX_F32 || c->E > MOE_GEMM_MAX_EXPERTS_GRAD)) return 0;
+  /* the grouped tile products (moe_tile.c) where they apply: no host sync,
+   * two launches whatever the experts */
+  if (!record && zmlxi_moe_tile_applies(c, x, tracked[2], tracked[3], tracked[4])) return 0;
   return c->T * c->k >= MOE_GEMM_MIN_PAIRS_PER_EXPERT * c->E;
 }
 

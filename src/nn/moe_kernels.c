@@ -22,6 +22,8 @@ extern const char zmlxi_res_moe_bwd_w2_zk[];
 extern const char zmlxi_res_moe_gather_zk[];
 extern const char zmlxi_res_moe_scatter_zk[];
 extern const char zmlxi_res_moe_combine_dw_zk[];
+extern const char zmlxi_res_moe_gemm_tile_zk[];
+extern const char zmlxi_res_attention_tile_zk[];
 
 #define GATE_PARAMS "T:i64, E:i32, scaling:f32"
 #define EXPERT_PARAMS "n:i64, K:i32, E:i32, H:i32, I:i32, ES:i32"
@@ -63,8 +65,17 @@ static const zmlx_kernel_spec SPECS[] = {
                               "out"),
     [K_COMBINE_DW] = EXPERT_SPEC("zmlx_moe_combine_dw", zmlxi_res_moe_combine_dw_zk, "dy, y, slot",
                                  "dw"),
+    /* w1, w3 read in place as for K_UP; the tile helpers are attention's */
+    [K_GEMM_TILE] = ZMLX_KSPEC("zmlx_moe_gemm_tile", zmlxi_res_moe_gemm_tile_zk,
+                               "a, w1, w3, offsets, order", "c",
+                               "n:i64, P:i32, N:i32, K:i32, E:i32, ES:i32, KT:i32, NTN:i32",
+                               .prelude = zmlxi_res_attention_tile_zk),
 };
 static zmlx_kernel_set KERNELS = ZMLX_KERNEL_SET("moe", SPECS);
+
+zmlx_status zmlxi_moe_kernel(int which, zmlx_kernel **k) {
+  return zmlxi_kernel_set_get(&KERNELS, which, k);
+}
 
 zmlx_status zmlxi_moe_launch_group(int which, const double *params, const zmlx_template_arg *t,
                                    int nt, int64_t n, int group, zmlx_array *const *in, int n_in,
