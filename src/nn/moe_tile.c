@@ -8,6 +8,7 @@
  *
  * Forward only, f16 / bf16 with dense weights: the path for inference and
  * prefill (zmlx_moe_experts with no gradient recorded). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,14 +16,29 @@
 #include "nn/moe.h"
 #include "ops/kernel_util.h"
 
-enum { TILE_THREADS = 128, TILE_RB = 2, TILE_K = 64 };
+enum { TILE_THREADS = 128, TILE_K = 64 };
 
-/* Output columns a threadgroup: the SwiGLU step holds two accumulators. */
-static int tile_bn(int up) { return up ? 64 : 128; }
+/* The tile: blocks of 64 rows (RB) and output columns (BN; the SwiGLU step
+ * holds two accumulators, so 64 there). ZMLX_MOE_TILE_SHAPE="RB,BN_UP,
+ * BN_DOWN" (RB 1 or 2, BN 64 or 128) overrides it, to measure. */
+typedef struct tile_shape {
+  int rb, bn_up, bn_down;
+} tile_shape;
 
-static size_t tile_shared_bytes(int up, int wg) {
-  const size_t ld = TILE_K + (wg ? 0 : 8), bm = 64 * TILE_RB;
-  return 2 * (bm + (size_t)(up ? 2 : 1) * (size_t)tile_bn(up)) * ld * 2 + (wg ? 1024 : 0);
+static tile_shape shape(void) {
+  tile_shape t = {2, 64, 128};
+  const char *e = getenv("ZMLX_MOE_TILE_SHAPE");
+  int r, u, d;
+  if (e && sscanf(e, "%d,%d,%d", &r, &u, &d) == 3 && (r == 1 || r == 2) &&
+      (u == 64 || u == 128) && (d == 64 || d == 128))
+    t = (tile_shape){r, u, d};
+  return t;
+}
+
+static size_t tile_shared_bytes(tile_shape t, int up, int wg) {
+  const size_t ld = TILE_K + (wg ? 0 : 8), bm = 64 * (size_t)t.rb;
+  const size_t bn = (size_t)(up ? t.bn_up : t.bn_down);
+  return 2 * (bm + (size_t)(up ? 2 : 1) * bn) * ld * 2 + (wg ? 1024 : 0);
 }
 
 static int aligned16(const zmlx_array *a) { return ((size_t)a->offset * 2) % 16 == 0; }
@@ -42,7 +58,8 @@ int zmlxi_moe_tile_applies(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *w
       !aligned16(w2) || c->T * c->k > INT32_MAX / 2)
     return 0;
   if (zmlx_device_get_info(dev, &info) != ZMLX_OK || info.simd_width != 32 ||
-      tile_shared_bytes(1, 0) > info.max_shared_memory)
+      tile_shared_bytes(shape(), 1, 0) > info.max_shared_memory ||
+      tile_shared_bytes(shape(), 0, 0) > info.max_shared_memory)
     return 0;
   const char *env = getenv("ZMLX_MOE_TILE");
   if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
@@ -55,7 +72,8 @@ static zmlx_status launch_product(const moe_expert_cfg *c, int up, zmlx_array *a
                                   zmlx_array *b3, zmlx_array *offsets, zmlx_array *order,
                                   zmlx_array *out) {
   zmlx_device *dev = a->buffer->device;
-  const int bn = tile_bn(up), bm = 64 * TILE_RB;
+  const tile_shape ts = shape();
+  const int bn = up ? ts.bn_up : ts.bn_down, bm = 64 * ts.rb;
   const int64_t P = c->T * c->k, N = up ? c->I : c->H, K = up ? c->H : c->I;
   const int64_t ntn = (N + bn - 1) / bn, mtiles = (P + bm - 1) / bm + c->E;
   const int64_t groups = mtiles * ntn;
@@ -67,7 +85,7 @@ static zmlx_status launch_product(const moe_expert_cfg *c, int up, zmlx_array *a
                  (double)(up ? c->ES : c->H), (double)c->k, (double)ntn};
   zmlx_template_arg t[8] = {{"T", ZMLX_TEMPLATE_DTYPE, a->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, TILE_K},
-                            {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, TILE_RB},
+                            {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, ts.rb},
                             {"BN", ZMLX_TEMPLATE_INT, ZMLX_F32, bn},
                             {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
                             {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, a->dtype == ZMLX_BF16},
@@ -78,7 +96,8 @@ static zmlx_status launch_product(const moe_expert_cfg *c, int up, zmlx_array *a
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
                            .n_templates = 8, .params = p,
-                           .dynamic_shared_bytes = tile_shared_bytes(up, wg), .device = dev};
+                           .dynamic_shared_bytes = tile_shared_bytes(ts, up, wg),
+                           .device = dev};
   return zmlx_kernel_launch(k, &call);
 }
 
