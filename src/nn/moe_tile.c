@@ -18,27 +18,28 @@
 
 enum { TILE_THREADS = 128, TILE_K = 64 };
 
-/* The tile: blocks of 64 rows (RB) and output columns (BN; the SwiGLU step
- * holds two accumulators, so 64 there). ZMLX_MOE_TILE_SHAPE="RB,BN_UP,
- * BN_DOWN" (RB 1 or 2, BN 64 or 128) overrides it, to measure. */
+/* The tile: blocks of 64 rows (RB), output columns (BN; the SwiGLU step
+ * holds two accumulators, so 64 there) and the chunks of the reduction in
+ * flight (STAGES). ZMLX_MOE_TILE_SHAPE="RB,BN_UP,BN_DOWN[,STAGES]" (RB 1 or
+ * 2, BN 64 or 128, STAGES 2 or 3) overrides it, to measure. */
 typedef struct tile_shape {
-  int rb, bn_up, bn_down;
+  int rb, bn_up, bn_down, stages;
 } tile_shape;
 
 static tile_shape shape(void) {
-  tile_shape t = {2, 64, 128};
+  tile_shape t = {2, 64, 128, 2};
   const char *e = getenv("ZMLX_MOE_TILE_SHAPE");
-  int r, u, d;
-  if (e && sscanf(e, "%d,%d,%d", &r, &u, &d) == 3 && (r == 1 || r == 2) &&
-      (u == 64 || u == 128) && (d == 64 || d == 128))
-    t = (tile_shape){r, u, d};
+  int r, u, d, s = 2;
+  if (e && sscanf(e, "%d,%d,%d,%d", &r, &u, &d, &s) >= 3 && (r == 1 || r == 2) &&
+      (u == 64 || u == 128) && (d == 64 || d == 128) && (s == 2 || s == 3))
+    t = (tile_shape){r, u, d, s};
   return t;
 }
 
 static size_t tile_shared_bytes(tile_shape t, int up, int wg) {
   const size_t ld = TILE_K + (wg ? 0 : 8), bm = 64 * (size_t)t.rb;
   const size_t bn = (size_t)(up ? t.bn_up : t.bn_down);
-  return 2 * (bm + (size_t)(up ? 2 : 1) * bn) * ld * 2 + (wg ? 1024 : 0);
+  return (size_t)t.stages * (bm + (size_t)(up ? 2 : 1) * bn) * ld * 2 + (wg ? 1024 : 0);
 }
 
 static int aligned16(const zmlx_array *a) { return ((size_t)a->offset * 2) % 16 == 0; }
@@ -83,19 +84,20 @@ static zmlx_status launch_product(const moe_expert_cfg *c, int up, zmlx_array *a
   ZMLX_CHECK(zmlxi_moe_kernel(K_GEMM_TILE, &k));
   double p[8] = {(double)groups, (double)P, (double)N, (double)K, (double)c->E,
                  (double)(up ? c->ES : c->H), (double)c->k, (double)ntn};
-  zmlx_template_arg t[8] = {{"T", ZMLX_TEMPLATE_DTYPE, a->dtype, 0},
+  zmlx_template_arg t[9] = {{"T", ZMLX_TEMPLATE_DTYPE, a->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, TILE_K},
                             {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, ts.rb},
                             {"BN", ZMLX_TEMPLATE_INT, ZMLX_F32, bn},
                             {"NATIVE_MMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, mma},
                             {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, a->dtype == ZMLX_BF16},
                             {"NATIVE_WGMMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, wg},
-                            {"UP", ZMLX_TEMPLATE_BOOL, ZMLX_F32, up}};
+                            {"UP", ZMLX_TEMPLATE_BOOL, ZMLX_F32, up},
+                            {"STAGES", ZMLX_TEMPLATE_INT, ZMLX_F32, ts.stages}};
   zmlx_array *in[5] = {a, b1, b3, offsets, order};
   zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 1, .inputs = in, .outputs = &out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
-                           .n_templates = 8, .params = p,
+                           .n_templates = 9, .params = p,
                            .dynamic_shared_bytes = tile_shared_bytes(ts, up, wg),
                            .device = dev};
   return zmlx_kernel_launch(k, &call);
