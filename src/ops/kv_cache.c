@@ -437,7 +437,10 @@ static int64_t group_partition(int64_t max_len) {
 }
 
 /* Tokens the grouped decode loads ahead of the one it uses (its PF);
- * ZMLX_DECODE_PREFETCH=0 / 1 / 2 overrides DECODE_PREFETCH, to compare. */
+ * ZMLX_DECODE_PREFETCH=0 / 1 / 2 overrides DECODE_PREFETCH, to compare.
+ * None: measured slower on the H100 (batch 32 x 4096, bf16: 0.319 ms at
+ * PF 0, 0.332 at 1, 0.422 at 2; bench/NOTES.md), the registers of the
+ * tokens held ahead costing more than their loads in flight gain. */
 enum { DECODE_PREFETCH = 0 };
 static int decode_prefetch(void) {
   const char *env = getenv("ZMLX_DECODE_PREFETCH");
