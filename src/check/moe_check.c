@@ -240,9 +240,9 @@ done:
  * grouped tile products. unrouted: indices -1 and E among the pairs (such
  * a pair is routed nowhere and adds nothing); fused: w1 and w3 the halves of
  * one [E, 2I, H] gate_up, read in place. */
-enum { FORM_PAIR_ROWS, FORM_GROUPED_ROWS, FORM_LIBRARY, FORM_TILE };
+enum { FORM_PAIR_ROWS, FORM_GROUPED_ROWS, FORM_LIBRARY, FORM_TILE, FORM_TILE_INFLIGHT };
 static const char *const FORM_NAME[] = {"pair rows", "grouped rows", "library gemm",
-                                        "tile products"};
+                                        "tile products", "tile products, batch in flight"};
 typedef struct direct_dims {
   int64_t T, E, H, I;
   int k, unrouted, fused;
@@ -304,16 +304,18 @@ static void direct_case(const zmlx_check_opts *o, int form, const direct_dims *d
   if (st == ZMLX_OK) st = zck_upload(o->device, ZMLX_F32, 2, ps, w, &aw);
   setenv("ZMLX_MOE_GROUPED", form == FORM_PAIR_ROWS ? "0" : "1", 1);
   setenv("ZMLX_MOE_GEMM", form == FORM_LIBRARY ? "1" : "0", 1);
-  setenv("ZMLX_MOE_TILE", form == FORM_TILE ? "1" : "0", 1);
+  setenv("ZMLX_MOE_TILE", form >= FORM_TILE ? "1" : "0", 1);
+  setenv("ZMLX_MOE_TILE_INFLIGHT", form == FORM_TILE_INFLIGHT ? "1" : "0", 1);
   if (st == ZMLX_OK) st = zmlx_moe_experts(ax, aw, aix, a1, a3, a2, &y);
   unsetenv("ZMLX_MOE_GROUPED");
   unsetenv("ZMLX_MOE_GEMM");
   unsetenv("ZMLX_MOE_TILE");
+  unsetenv("ZMLX_MOE_TILE_INFLIGHT");
   if (st == ZMLX_OK) st = zck_download(y, &got);
   /* the 16-bit library and tile forms round as zck_moe_rounded_row models */
   const int rounded = o->dtype == ZMLX_F32 ? 0
                       : form == FORM_LIBRARY ? ZCK_MOE_LIBRARY16
-                      : form == FORM_TILE    ? ZCK_MOE_TILE16
+                      : form >= FORM_TILE    ? ZCK_MOE_TILE16
                                              : 0;
   if (st == ZMLX_OK) {
     for (int64_t p = 0; p < P; p++) {
@@ -394,6 +396,10 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
       {513, 64, 128, 64, 8, 0, 0},
   };
   for (int i = 0; i < (o->quick ? 3 : 4); i++) direct_case(o, FORM_TILE, &tiled[i], &rng);
+  /* the warpgroup form with a batch of products in flight (on a device
+   * without warpgroup products the same tiles; the variant is launched, so
+   * test_catalog's NVRTC compile covers it) */
+  direct_case(o, FORM_TILE_INFLIGHT, &tiled[1], &rng);
   return ZMLX_OK;
 }
 

@@ -21,7 +21,9 @@ enum { TILE_THREADS = 128, TILE_K = 64 };
 /* The tile: blocks of 64 rows (RB), output columns (BN; the SwiGLU step
  * holds two accumulators, so 64 there) and the chunks of the reduction in
  * flight (STAGES). ZMLX_MOE_TILE_SHAPE="RB,BN_UP,BN_DOWN[,STAGES]" (RB 1 or
- * 2, BN 64 or 128, STAGES 2 or 3) overrides it, to measure. */
+ * 2, BN 64 or 128, STAGES 2 or 3) overrides it, to measure;
+ * ZMLX_MOE_TILE_INFLIGHT=1 keeps a batch of warpgroup products in flight
+ * across the steps (the kernel's INFLIGHT: built, not yet measured). */
 typedef struct tile_shape {
   int rb, bn_up, bn_down, stages;
 } tile_shape;
@@ -86,7 +88,8 @@ static zmlx_status launch_product(const moe_expert_cfg *c, int up, zmlx_array *a
   ZMLX_CHECK(zmlxi_moe_kernel(K_GEMM_TILE, &k));
   double p[8] = {(double)groups, (double)P, (double)N, (double)K, (double)c->E,
                  (double)(up ? c->ES : c->H), (double)c->k, (double)ntn};
-  zmlx_template_arg t[9] = {{"T", ZMLX_TEMPLATE_DTYPE, a->dtype, 0},
+  const char *inflight = getenv("ZMLX_MOE_TILE_INFLIGHT");
+  zmlx_template_arg t[10] = {{"T", ZMLX_TEMPLATE_DTYPE, a->dtype, 0},
                             {"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, TILE_K},
                             {"RB", ZMLX_TEMPLATE_INT, ZMLX_F32, ts.rb},
                             {"BN", ZMLX_TEMPLATE_INT, ZMLX_F32, bn},
@@ -94,12 +97,14 @@ static zmlx_status launch_product(const moe_expert_cfg *c, int up, zmlx_array *a
                             {"BF16", ZMLX_TEMPLATE_BOOL, ZMLX_F32, a->dtype == ZMLX_BF16},
                             {"NATIVE_WGMMA", ZMLX_TEMPLATE_BOOL, ZMLX_F32, wg},
                             {"UP", ZMLX_TEMPLATE_BOOL, ZMLX_F32, up},
-                            {"STAGES", ZMLX_TEMPLATE_INT, ZMLX_F32, ts.stages}};
+                            {"STAGES", ZMLX_TEMPLATE_INT, ZMLX_F32, ts.stages},
+                            {"INFLIGHT", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
+                             inflight && inflight[0] == '1'}};
   zmlx_array *in[5] = {a, b1, b3, offsets, order};
   zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 1, .inputs = in, .outputs = &out,
                            .grid = {groups * TILE_THREADS, 1, 1},
                            .threadgroup = {TILE_THREADS, 1, 1}, .templates = t,
-                           .n_templates = 9, .params = p,
+                           .n_templates = 10, .params = p,
                            .dynamic_shared_bytes = tile_shared_bytes(ts, up, wg),
                            .device = dev};
   return zmlx_kernel_launch(k, &call);
