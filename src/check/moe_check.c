@@ -387,6 +387,11 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
   const direct_dims unrouted = {7, 8, 32, 48, 2, 1, 0};
   for (int form = FORM_PAIR_ROWS; form <= FORM_LIBRARY; form++)
     direct_case(o, form, &unrouted, &rng);
+  /* pair rows with the down projection a row per pair, then the combine */
+  setenv("ZMLX_MOE_DOWN_PAIRS", "1", 1);
+  layer_case_run(o, &cases[1], &rng, " down pairs");
+  direct_case(o, FORM_PAIR_ROWS, &unrouted, &rng);
+  unsetenv("ZMLX_MOE_DOWN_PAIRS");
   /* the grouped tile products (16-bit dtypes): pairs routed nowhere; several
    * row tiles an expert, reductions and columns that end inside a chunk or
    * a tile; the halves of a fused gate_up; many experts */

@@ -159,6 +159,16 @@ static int weight_vec(const moe_expert_cfg *c, const moe_w *w1, const moe_w *w3,
   return c->H % vec == 0 && c->I % vec == 0 ? vec : 0;
 }
 
+/* The down projection a row per (pair, column) then the combine, rather
+ * than a row per (token, column) summing its k pairs: on a GPU (SIMD rows)
+ * for few tokens, whose T H rows of k weight rows each leave most of the
+ * device idle. Not yet measured: off unless ZMLX_MOE_DOWN_PAIRS=1. */
+static int down_pairs(int simd) {
+  const char *env = getenv("ZMLX_MOE_DOWN_PAIRS");
+  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  return 0 && simd;
+}
+
 /* A row kernel's launch: rows threads, times the SIMD width in the SIMD
  * form, in whole threadgroups (the kernels' text names SIMD helpers, so
  * the launch checks ask for whole groups in either form). A group is 256
@@ -186,7 +196,7 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
     return zmlxi_moe_experts_tile(c, x, weights, indices, w1->w, w3->w, w2->w, out);
   double p[MOE_EXPERT_NPARAMS];
   const int simd = simd_rows(dev), vec = weight_vec(c, w1, w3, w2);
-  zmlx_template_arg t[7] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
+  zmlx_template_arg t[8] = {{"SAVE", ZMLX_TEMPLATE_BOOL, ZMLX_F32, save},
                             {"QBITS", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->bits},
                             {"GROUP", ZMLX_TEMPLATE_INT, ZMLX_F32, w1->group},
                             {"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32, simd},
@@ -212,14 +222,17 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
     zmlx_array *o[3] = {s->act, save ? s->pre1 : s->act, save ? s->pre3 : s->act};
     st = launch_rows(K_UP, p, t, 7, simd, rows, in, 10, o, 3);
   }
+  const int pairs = !grouped && down_pairs(simd);
+  if (st == ZMLX_OK && pairs && !save) st = zmlxi_moe_alloc(dev, ZMLX_F32, P, c->H, &s->down);
   if (st == ZMLX_OK) {
-    const int64_t rows = grouped ? c->E * c->H : c->T * c->H;
+    const int64_t rows = grouped ? c->E * c->H : (pairs ? P : c->T) * c->H;
     zmlxi_moe_params(c, rows, p);
     zmlx_array *in[8] = {s->act, indices, weights, w2->w, MOE_S(w2), MOE_B(w2), grp[0], grp[1]};
     zmlx_array *o[2] = {*out, s->down ? s->down : *out};
-    st = launch_rows(K_DOWN, p, t, 7, simd, rows, in, 8, o, 2);
+    t[7] = (zmlx_template_arg){"PAIRS", ZMLX_TEMPLATE_BOOL, ZMLX_F32, pairs};
+    st = launch_rows(K_DOWN, p, t, 8, simd, rows, in, 8, o, 2);
   }
-  if (st == ZMLX_OK && grouped) {
+  if (st == ZMLX_OK && (grouped || pairs)) {
     zmlxi_moe_params(c, c->T * c->H, p);
     zmlx_array *in[2] = {weights, indices}, *o[2] = {*out, s->down};
     st = zmlxi_moe_launch(K_COMBINE, p, NULL, 0, c->T * c->H, in, 2, o, 2);
@@ -227,7 +240,7 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
   zmlx_array_release(offsets);
   zmlx_array_release(order);
   zmlx_array_release(slot);
-  if (st == ZMLX_OK && grouped && !save) {
+  if (st == ZMLX_OK && (grouped || pairs) && !save) {
     zmlx_array_release(s->down);
     s->down = NULL;
   }
