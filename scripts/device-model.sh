@@ -7,8 +7,8 @@
 # all in the same run. Results under $OUT: model_bench.txt (the tables),
 # peers.txt, peers.jsonl, bench_<entry>.json.
 #   device: PEER_OPS="adamw moe_decode" BENCH="adamw moe" bash scripts/device-model.sh
-# SWEEP="A=1 A=0,B=1 ..." also runs each bench entry and its quick CUDA
-# check once per setting (comma-separated environment assignments), to
+# SWEEP="A=1 A=0+B=1 ..." also runs each bench entry and its quick CUDA
+# check once per setting (environment assignments joined by +), to
 # compare a switch that is off until measured, e.g.
 #   SWEEP="ZMLX_MOE_TILE_INFLIGHT=1 ZMLX_MOE_DOWN_PAIRS=1" BENCH=moe PEER_OPS=moe_prefill_dense_gemm
 . "$(dirname "$0")/device-env.sh"
@@ -25,8 +25,8 @@ for entry in ${BENCH:-adamw moe paged_decode}; do
     --peer "$OUT/peers.jsonl" 2>&1 | tee -a "$OUT/model_bench.txt"
 done
 for setting in ${SWEEP:-}; do
-  vars=(${setting//,/ })
-  tag=${setting//[=,]/_}
+  vars=(${setting//+/ })
+  tag=${setting//[=,+]/_}
   for entry in ${BENCH:-adamw moe paged_decode}; do
     env "${vars[@]}" timeout 120 "$B/zmlx" check --backend cuda --quick --op "$entry" \
       >"$OUT/check_${entry}_$tag.txt" 2>&1
