@@ -51,9 +51,9 @@ static int aligned16(const zmlx_array *a) { return ((size_t)a->offset * 2) % 16 
  * chosen weight row once with no tile to fill, are the decode path
  * (measured on the H100, 64 experts top-8, bf16: 1 token 75 us fused vs 111
  * us tiled, 8 tokens 447 vs 302 us, 64 tokens 3.26 ms vs 0.47 ms,
- * bench/NOTES.md). ZMLX_MOE_TILE=0 / 1 overrides the rule (not the requirements: 16-bit x and weights,
- * hidden and inter multiples of 8, 16-byte aligned rows, 32-wide SIMD
- * groups). */
+ * bench/NOTES.md). ZMLX_MOE_TILE=0 / 1 overrides the rule (not the
+ * requirements: 16-bit x and weights, hidden and inter multiples of 8,
+ * 16-byte aligned rows, 32-wide SIMD groups). */
 int zmlxi_moe_tile_applies(const moe_expert_cfg *c, zmlx_array *x, zmlx_array *w1,
                            zmlx_array *w3, zmlx_array *w2) {
   zmlx_device *dev = x->buffer->device;
