@@ -160,13 +160,12 @@ static int weight_vec(const moe_expert_cfg *c, const moe_w *w1, const moe_w *w3,
 }
 
 /* The down projection a row per (pair, column) then the combine, rather
- * than a row per (token, column) summing its k pairs: on a GPU (SIMD rows)
- * for few tokens, whose T H rows of k weight rows each leave most of the
- * device idle. Not yet measured: off unless ZMLX_MOE_DOWN_PAIRS=1. */
-static int down_pairs(int simd) {
+ * than a row per (token, column) summing its k pairs: meant for GPUs at few
+ * tokens, whose T H rows of k weight rows each leave most of the device
+ * idle. Not yet measured: only with ZMLX_MOE_DOWN_PAIRS=1. */
+static int down_pairs(void) {
   const char *env = getenv("ZMLX_MOE_DOWN_PAIRS");
-  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
-  return 0 && simd;
+  return env && env[0] == '1';
 }
 
 /* A row kernel's launch: rows threads, times the SIMD width in the SIMD
@@ -222,7 +221,7 @@ zmlx_status zmlxi_moe_experts_forward(const moe_expert_cfg *c, zmlx_array *x, zm
     zmlx_array *o[3] = {s->act, save ? s->pre1 : s->act, save ? s->pre3 : s->act};
     st = launch_rows(K_UP, p, t, 7, simd, rows, in, 10, o, 3);
   }
-  const int pairs = !grouped && down_pairs(simd);
+  const int pairs = !grouped && down_pairs();
   if (st == ZMLX_OK && pairs && !save) st = zmlxi_moe_alloc(dev, ZMLX_F32, P, c->H, &s->down);
   if (st == ZMLX_OK) {
     const int64_t rows = grouped ? c->E * c->H : (pairs ? P : c->T) * c->H;

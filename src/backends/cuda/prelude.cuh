@@ -211,8 +211,9 @@ ZMLX_MMA_16X8X16_(zmlx_mma_16x8x16_bf16, "bf16")
  * (cp.async, sm_80 on), or 16 zero bytes when `valid` is 0 (src is then not
  * read); both pointers 16-byte aligned. Copies issued since the last commit
  * form a group; wait_all waits for every group, wait_but_one for all but the
- * newest, wait_but_two for all but the newest two (a three-stage pipeline): the issuing thread's copies only, so a barrier must follow before
- * other threads read them. */
+ * newest, wait_but_two for all but the newest two (a three-stage pipeline):
+ * the issuing thread's copies only, so a barrier must follow before other
+ * threads read them. */
 ZMLX_FN void zmlx_copy_async16(void *dst, const void *src, int valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
                :: "r"(zmlx_shared_addr_(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
