@@ -1005,6 +1005,77 @@ typedef struct zmlx_moe_opts {
 ZMLX_API zmlx_status zmlx_moe(zmlx_array *x, zmlx_array *router, zmlx_array *w1, zmlx_array *w3,
                               zmlx_array *w2, const zmlx_moe_opts *opts, zmlx_array **out);
 
+/* ---------------------------------------------------------------- layers */
+/* The building blocks of a model as objects that own their parameters
+ * (src/nn/layer.c), in the functional style of autograd: a layer's forward
+ * takes the parameter arrays to use (NULL: its own; inside a grad call pass
+ * the arrays being differentiated), so zmlx_value_and_grad over a layer's
+ * parameters trains it. zmlx_lm is these blocks stacked, and runs the same
+ * code. Weights multiply from the right (y = x @ w, w [in, out]); a kind
+ * reads only the config fields its comment names. */
+typedef enum zmlx_layer_kind {
+  ZMLX_LAYER_EMBEDDING = 1, /* vocab, dim: ids (i32 / i64, any shape) -> [..., dim] */
+  ZMLX_LAYER_LINEAR = 2,    /* in_features, out_features, bias: [..., in] -> [..., out] */
+  ZMLX_LAYER_RMSNORM = 3,   /* dim, norm_eps: [..., dim] -> [..., dim] */
+  /* dim, heads, kv_heads, rope_base: x [batch, seq, dim] -> [batch, seq,
+   * dim]; q, k, v projections, RoPE (half-split, positions 0 ..), causal
+   * GQA flash attention (scale 1 / sqrt(head_dim)), output projection */
+  ZMLX_LAYER_ATTENTION = 4,
+  ZMLX_LAYER_MLP = 5,       /* dim, ffn_dim: SwiGLU, w2 (silu(x w1) * (x w3)), [..., dim] */
+  /* dim, ffn_dim, experts, top_k: softmax top-k gating (renormalised) over
+   * SwiGLU experts (zmlx_moe), [..., dim] -> [..., dim] */
+  ZMLX_LAYER_MOE = 6,
+  /* a pre-norm transformer block, x [batch, seq, dim]: x + attention(
+   * rmsnorm(x)), then + feed-forward(rmsnorm(.)), the feed-forward an MoE
+   * when experts > 0, else an MLP */
+  ZMLX_LAYER_BLOCK = 7
+} zmlx_layer_kind;
+
+typedef struct zmlx_layer_config {
+  size_t struct_size;       /* sizeof(zmlx_layer_config), or 0 (this header's size) */
+  zmlx_layer_kind kind;
+  int64_t dim;              /* model width (embedding: the vector size) */
+  int64_t vocab;            /* embedding rows */
+  int64_t in_features, out_features;
+  int bias;                 /* linear: add a bias [out_features] (initialised to 0) */
+  int heads, kv_heads;      /* kv_heads divides heads (0: heads); head_dim = dim / heads, even */
+  int64_t ffn_dim;          /* the MLP's (each expert's) inner width */
+  int experts, top_k;       /* top_k 0: 2 */
+  double rope_base;         /* 0: 10000 */
+  double norm_eps;          /* 0: 1e-5 */
+  /* weights ~ normal(0, init_std); 0: 1 / sqrt(in_features) for a linear
+   * layer, 1 for an embedding, 0.02 otherwise. out_std (0: init_std) for
+   * the projections that end a residual branch (wo, w2). Norms start at 1. */
+  double init_std, out_std;
+  uint64_t seed;            /* of the initial weights */
+  zmlx_dtype dtype;         /* f32, f16 or bf16; 0 (a zeroed config): f32 */
+  zmlx_device *device;      /* NULL: the default device */
+} zmlx_layer_config;
+
+typedef struct zmlx_layer zmlx_layer;
+/** A layer of cfg->kind with freshly initialised parameters. A config
+ *  that cannot make the layer (sizes, heads not dividing dim, top_k >
+ *  experts, ...) is refused with a message naming the values. */
+ZMLX_API zmlx_status zmlx_layer_create(const zmlx_layer_config *cfg, zmlx_layer **out);
+/** NULL is accepted. */
+ZMLX_API zmlx_status zmlx_layer_destroy(zmlx_layer *layer);
+/** The resolved configuration (defaults filled in). */
+ZMLX_API zmlx_status zmlx_layer_get_config(const zmlx_layer *layer, zmlx_layer_config *out);
+/** The parameters (borrowed, updated in place by an optimizer) and their
+ *  names, in a fixed order; either pointer may be NULL. Embedding, linear,
+ *  norm: "weight" (+ "bias"); attention: wq, wk, wv, wo; MLP: w1, w3, w2
+ *  (w1, w3 [dim, ffn_dim], w2 [ffn_dim, dim]); MoE: router [experts, dim],
+ *  w1, w3 [experts, ffn_dim, dim], w2 [experts, dim, ffn_dim]; block:
+ *  attn_norm, wq, wk, wv, wo, ffn_norm, then the feed-forward's (zmlx_lm's
+ *  "layers.N." names). */
+ZMLX_API zmlx_status zmlx_layer_parameters(const zmlx_layer *layer, int *n,
+                                           zmlx_array *const **params, const char *const **names);
+/** *out = the layer applied to x with params (NULL: the layer's own; else
+ *  as many arrays as zmlx_layer_parameters gives, of the same shapes).
+ *  Differentiable in x (a float input) and in every parameter. */
+ZMLX_API zmlx_status zmlx_layer_forward(zmlx_layer *layer, zmlx_array *const *params,
+                                        zmlx_array *x, zmlx_array **out);
+
 /* ------------------------------------------------------ language model */
 /* A decoder-only transformer built from the catalog (src/nn/lm.c):
  * embedding -> layers of [RMSNorm -> causal attention (RoPE, GQA, flash

@@ -1,7 +1,8 @@
 /* A decoder-only transformer from the catalog's ops (issue 14): the model
  * holds its parameters in one list (names, shapes, init) and its forward
  * is plain calls of differentiable ops, so autograd trains it and the same
- * code runs on every backend. Generation through the paged KV cache lives
+ * code runs on every backend; each layer is a transformer block of
+ * layer_apply.c, the code behind zmlx_layer. Generation through the paged KV cache lives
  * in lm_decode.c. */
 #include <math.h>
 #include <stdio.h>
@@ -81,85 +82,6 @@ zmlx_status zmlx_lm_parameters(const zmlx_lm *lm, int *n, zmlx_array *const **pa
 
 /* --------------------------------------------------------------- forward */
 
-/* out = x @ w for x [..., K] flattened to [N, K]. */
-static zmlx_status linear(zmlx_array *x, zmlx_array *w, zmlx_array **out) {
-  return zmlx_matmul(x, w, out);
-}
-
-zmlx_status zmlxi_lm_residual(zmlx_array **x, zmlx_array *y) {
-  zmlx_array *sum = NULL;
-  zmlx_status st = zmlx_add(*x, y, &sum);
-  zmlx_array_release(y);
-  if (st != ZMLX_OK) return st;
-  zmlx_array_release(*x);
-  *x = sum;
-  return ZMLX_OK;
-}
-
-static zmlx_status reshape4(zmlx_array *a, int64_t B, int64_t S, int64_t H, int64_t hd,
-                            zmlx_array **out) {
-  int64_t sh[4] = {B, S, H, hd};
-  return zmlx_reshape(a, 4, sh, out);
-}
-
-zmlx_status zmlxi_lm_project_qkv(zmlx_lm *lm, zmlx_array *const *p, int l, zmlx_array *x,
-                                 zmlx_array **q, zmlx_array **k, zmlx_array **v) {
-  zmlx_array *const *w = p + lm->layer_first[l];
-  zmlx_array *h = NULL;
-  zmlx_status st = zmlx_rmsnorm(x, w[LM_ATTN_NORM], lm->cfg.norm_eps, &h);
-  if (st == ZMLX_OK) st = linear(h, w[LM_WQ], q);
-  if (st == ZMLX_OK) st = linear(h, w[LM_WK], k);
-  if (st == ZMLX_OK) st = linear(h, w[LM_WV], v);
-  zmlx_array_release(h);
-  return st;
-}
-
-zmlx_status zmlxi_lm_attention_block(zmlx_lm *lm, zmlx_array *const *p, int l, int64_t B,
-                                     int64_t S, zmlx_array *x, zmlx_array **out) {
-  const zmlx_lm_config *c = &lm->cfg;
-  const int64_t hd = c->dim / c->heads;
-  zmlx_array *const *w = p + lm->layer_first[l];
-  zmlx_array *q = NULL, *k = NULL, *v = NULL, *q4 = NULL, *k4 = NULL, *v4 = NULL;
-  zmlx_array *qr = NULL, *kr = NULL, *a = NULL, *a2 = NULL;
-  int64_t flat[2] = {B * S, c->heads * hd};
-  zmlx_rope_opts rope = {.layout = ZMLX_ROPE_BSHD, .base = c->rope_base};
-  zmlx_attention_opts ao = {.struct_size = sizeof ao, .layout = ZMLX_ATTN_BSHD, .causal = 1};
-  zmlx_status st = zmlxi_lm_project_qkv(lm, p, l, x, &q, &k, &v);
-  if (st == ZMLX_OK) st = reshape4(q, B, S, c->heads, hd, &q4);
-  if (st == ZMLX_OK) st = reshape4(k, B, S, c->kv_heads, hd, &k4);
-  if (st == ZMLX_OK) st = reshape4(v, B, S, c->kv_heads, hd, &v4);
-  if (st == ZMLX_OK) st = zmlx_rope_qk(q4, k4, &rope, &qr, &kr);
-  if (st == ZMLX_OK) st = zmlx_attention(qr, kr, v4, &ao, &a, NULL);
-  if (st == ZMLX_OK) st = zmlx_reshape(a, 2, flat, &a2);
-  if (st == ZMLX_OK) st = linear(a2, w[LM_WO], out);
-  zmlx_array *tmp[] = {q, k, v, q4, k4, v4, qr, kr, a, a2};
-  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) zmlx_array_release(tmp[i]);
-  return st;
-}
-
-zmlx_status zmlxi_lm_ffn_block(zmlx_lm *lm, zmlx_array *const *p, int l, zmlx_array *x,
-                               zmlx_array **out) {
-  const zmlx_lm_config *c = &lm->cfg;
-  zmlx_array *const *w = p + lm->layer_first[l];
-  zmlx_array *h = NULL, *g = NULL, *u = NULL, *a = NULL;
-  zmlx_status st = zmlx_rmsnorm(x, w[LM_FFN_NORM], c->norm_eps, &h);
-  if (st == ZMLX_OK && c->experts) {
-    zmlx_moe_opts mo = {.struct_size = sizeof mo};
-    mo.gate.k = c->top_k;
-    mo.gate.scoring = ZMLX_MOE_SOFTMAX_TOPK;
-    mo.gate.renormalize = 1;
-    st = zmlx_moe(h, w[LM_ROUTER], w[LM_W1], w[LM_W3], w[LM_W2], &mo, out);
-  } else if (st == ZMLX_OK) {
-    const int dense = LM_ROUTER; /* a dense layer has no router: w1 sits in its slot */
-    st = linear(h, w[dense], &g);
-    if (st == ZMLX_OK) st = linear(h, w[dense + 1], &u);
-    if (st == ZMLX_OK) st = zmlx_swiglu(g, u, &a);
-    if (st == ZMLX_OK) st = linear(a, w[dense + 2], out);
-  }
-  zmlx_array_release(h), zmlx_array_release(g), zmlx_array_release(u), zmlx_array_release(a);
-  return st;
-}
-
 /* Hidden states [B S, dim] after every layer, before the final norm. */
 static zmlx_status hidden(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *tokens,
                           zmlx_array **out) {
@@ -174,14 +96,9 @@ static zmlx_status hidden(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *tokens,
   zmlx_status st = zmlx_embedding(p[LM_EMBED], tokens, &e);
   if (st == ZMLX_OK) st = zmlx_reshape(e, 2, flat, &x);
   zmlx_array_release(e);
-  for (int l = 0; l < lm->cfg.layers && st == ZMLX_OK; l++) {
-    zmlx_array *y = NULL;
-    st = zmlxi_lm_attention_block(lm, p, l, B, S, x, &y);
-    if (st == ZMLX_OK) st = zmlxi_lm_residual(&x, y);
-    y = NULL;
-    if (st == ZMLX_OK) st = zmlxi_lm_ffn_block(lm, p, l, x, &y);
-    if (st == ZMLX_OK) st = zmlxi_lm_residual(&x, y);
-  }
+  const zmlxi_block_shape bs = zmlxi_lm_block_shape(&lm->cfg);
+  for (int l = 0; l < lm->cfg.layers && st == ZMLX_OK; l++)
+    st = zmlxi_block_apply(&bs, p + lm->layer_first[l], B, S, &x);
   if (st != ZMLX_OK) {
     zmlx_array_release(x);
     return st;
@@ -193,7 +110,7 @@ static zmlx_status hidden(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *tokens,
 zmlx_status zmlxi_lm_head(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *x, zmlx_array **logits) {
   zmlx_array *h = NULL;
   zmlx_status st = zmlx_rmsnorm(x, p[lm->final_norm], lm->cfg.norm_eps, &h);
-  if (st == ZMLX_OK) st = linear(h, p[lm->final_norm + 1], logits);
+  if (st == ZMLX_OK) st = zmlx_matmul(h, p[lm->final_norm + 1], logits);
   zmlx_array_release(h);
   return st;
 }

@@ -6,12 +6,12 @@
 #ifndef ZMLX_NN_LM_H
 #define ZMLX_NN_LM_H
 
+#include "nn/layer.h"
 #include "nn/lm_plan.h"
 #include "runtime/internal.h"
 
-/* A layer's parameters, in order from its first (zmlx_lm.layer_first[l]).
- * A dense layer has no router: its w1, w3, w2 sit at LM_ROUTER .. + 2. */
-enum { LM_ATTN_NORM, LM_WQ, LM_WK, LM_WV, LM_WO, LM_FFN_NORM, LM_ROUTER, LM_W1, LM_W3, LM_W2 };
+/* Layer l's parameters are a block's (layer.h's BLOCK_ATTN_NORM ..), from
+ * zmlx_lm.layer_first[l]. */
 enum { LM_EMBED = 0 }; /* the first parameter; the final norm and head are last */
 
 struct zmlx_lm {
@@ -24,19 +24,13 @@ struct zmlx_lm {
   int final_norm;   /* index of "norm"; "head" follows */
 };
 
-/* *x = *x + y: *x replaced by the sum, y released (also on failure). */
-zmlx_status zmlxi_lm_residual(zmlx_array **x, zmlx_array *y);
-/* Layer l's RMSNorm and q, k, v projections of x [N, dim]: *q [N, heads
- * hd], *k and *v [N, kv_heads hd]. */
-zmlx_status zmlxi_lm_project_qkv(zmlx_lm *lm, zmlx_array *const *p, int l, zmlx_array *x,
-                                 zmlx_array **q, zmlx_array **k, zmlx_array **v);
-/* Layer l's attention branch (RMSNorm, q k v, RoPE, causal attention, wo)
- * of x [B S, dim] for B sequences of S tokens: *out [B S, dim]. */
-zmlx_status zmlxi_lm_attention_block(zmlx_lm *lm, zmlx_array *const *p, int l, int64_t B,
-                                     int64_t S, zmlx_array *x, zmlx_array **out);
-/* Layer l's feed-forward branch (RMSNorm, MoE or SwiGLU MLP) of x [N, dim]. */
-zmlx_status zmlxi_lm_ffn_block(zmlx_lm *lm, zmlx_array *const *p, int l, zmlx_array *x,
-                               zmlx_array **out);
+/* What the blocks' code needs of the model's configuration. */
+static inline zmlxi_block_shape zmlxi_lm_block_shape(const zmlx_lm_config *c) {
+  zmlxi_block_shape s = {.dim = c->dim, .heads = c->heads, .kv_heads = c->kv_heads,
+                         .experts = c->experts, .top_k = c->top_k, .rope_base = c->rope_base,
+                         .norm_eps = c->norm_eps};
+  return s;
+}
 /* Final RMSNorm and output projection: logits [N, vocab]. */
 zmlx_status zmlxi_lm_head(zmlx_lm *lm, zmlx_array *const *p, zmlx_array *x, zmlx_array **logits);
 

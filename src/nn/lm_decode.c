@@ -38,7 +38,8 @@ static zmlx_status project_qkv(zmlx_lm *lm, int l, zmlx_array *x, zmlx_array **q
   const zmlx_lm_config *c = &lm->cfg;
   const int64_t n = x->shape[0], hd = c->dim / c->heads;
   zmlx_array *q2 = NULL, *k2 = NULL, *v2 = NULL;
-  zmlx_status st = zmlxi_lm_project_qkv(lm, lm->params, l, x, &q2, &k2, &v2);
+  const zmlxi_block_shape bs = zmlxi_lm_block_shape(c);
+  zmlx_status st = zmlxi_block_qkv(&bs, lm->params + lm->layer_first[l], x, &q2, &k2, &v2);
   if (st == ZMLX_OK) st = reshape3(q2, n, c->heads, hd, q);
   if (st == ZMLX_OK) st = reshape3(k2, n, c->kv_heads, hd, k);
   if (st == ZMLX_OK) st = reshape3(v2, n, c->kv_heads, hd, v);
@@ -52,15 +53,14 @@ static zmlx_status attention_out(zmlx_lm *lm, int l, zmlx_array *a, zmlx_array *
   int64_t sh[2] = {a->shape[0], a->shape[1] * a->shape[2]};
   zmlx_array *a2 = NULL, *o = NULL;
   zmlx_status st = zmlx_reshape(a, 2, sh, &a2);
-  if (st == ZMLX_OK) st = zmlx_matmul(a2, w[LM_WO], &o);
+  if (st == ZMLX_OK) st = zmlx_matmul(a2, w[BLOCK_WO], &o);
   zmlx_array_release(a2);
-  return st == ZMLX_OK ? zmlxi_lm_residual(x, o) : st;
+  return st == ZMLX_OK ? zmlxi_residual(x, o) : st;
 }
 
 static zmlx_status ffn(zmlx_lm *lm, int l, zmlx_array **x) {
-  zmlx_array *f = NULL;
-  zmlx_status st = zmlxi_lm_ffn_block(lm, lm->params, l, *x, &f);
-  return st == ZMLX_OK ? zmlxi_lm_residual(x, f) : st;
+  const zmlxi_block_shape bs = zmlxi_lm_block_shape(&lm->cfg);
+  return zmlxi_block_ffn(&bs, lm->params + lm->layer_first[l], x);
 }
 
 /* Keys and values of seq in layer l: rotated q [n, H, hd] attends causally
