@@ -1075,6 +1075,20 @@ ZMLX_API zmlx_status zmlx_layer_parameters(const zmlx_layer *layer, int *n,
  *  Differentiable in x (a float input) and in every parameter. */
 ZMLX_API zmlx_status zmlx_layer_forward(zmlx_layer *layer, zmlx_array *const *params,
                                         zmlx_array *x, zmlx_array **out);
+/** An attention or block layer over a paged KV cache (generation; not
+ *  recorded by autograd), its own parameters. x [n, dim]: the newest n
+ *  tokens of sequence seq, which attend causally over the whole cached
+ *  sequence (the flash kernel). The caller makes room for them first
+ *  (zmlx_kv_cache_extend, once for all layers of a step); the layer writes
+ *  their keys (rotated at their positions) and values into cache layer
+ *  cache_layer. The cache's kv_heads and head_dim are the layer's. */
+ZMLX_API zmlx_status zmlx_layer_prefill(zmlx_layer *layer, zmlx_kv_cache *cache, int cache_layer,
+                                        int64_t seq, zmlx_array *x, zmlx_array **out);
+/** One decode step the same way: row i of x [n, dim] is one new token of
+ *  sequence seqs[i] (n distinct sequences, each already extended by it),
+ *  attending through the sequence's block table (PagedAttention). */
+ZMLX_API zmlx_status zmlx_layer_decode(zmlx_layer *layer, zmlx_kv_cache *cache, int cache_layer,
+                                       const int64_t *seqs, zmlx_array *x, zmlx_array **out);
 
 /* ------------------------------------------------------ language model */
 /* A decoder-only transformer built from the catalog (src/nn/lm.c):

@@ -350,6 +350,85 @@ static void gradients_all(zmlx_device *dev) {
   }
 }
 
+
+/* Row r of layer(x) for x = the first len rows of seq (full recomputation,
+ * the causal forward over [1, len, dim]): out[0 .. dim). */
+static void recompute_row(zmlx_layer *l, zmlx_device *dev, const float *seq, int64_t len,
+                          int64_t dim, int64_t r, double *out) {
+  int64_t sh[3] = {1, len, dim};
+  zmlx_array *x = zt_array(dev, ZMLX_F32, 3, sh, seq), *y = NULL;
+  ZT_OK(zmlx_layer_forward(l, NULL, x, &y));
+  double *all = zt_download(y);
+  memcpy(out, all + r * dim, sizeof *out * (size_t)dim);
+  free(all);
+  zmlx_array_release(x), zmlx_array_release(y);
+}
+
+/* Two sequences through an attention or block layer and the paged cache
+ * (cache layer 1 of 2): prefills of 5 and 3 tokens, then 4 decode steps of
+ * both; every output row equal to the row of the full causal forward. */
+static void cached_case(zmlx_device *dev, const layer_case *lc, int salt) {
+  const dims *d = &lc->d;
+  zmlx_layer_config c = config_of(lc, dev, ZMLX_F32);
+  zmlx_layer *l = NULL;
+  zmlx_kv_cache *cache = NULL;
+  ZT_OK(zmlx_layer_create(&c, &l));
+  zmlx_kv_cache_desc kd = {.struct_size = sizeof kd, .layers = 2, .kv_heads = (int)d->Hkv,
+                           .head_dim = (int)(d->D / d->H), .block_size = 8, .num_blocks = 8,
+                           .dtype = ZMLX_F32, .device = dev};
+  ZT_OK(zmlx_kv_cache_create(&kd, &cache));
+  enum { STEPS = 4, MAXLEN = 5 + STEPS };
+  const int64_t D = d->D, prompt[2] = {5, 3};
+  int64_t seq[2], len[2] = {0, 0};
+  float *tok[2];
+  uint64_t rng = zt_seed() ^ 0xCAC4Eu ^ (uint64_t)salt;
+  double *want = malloc(sizeof *want * (size_t)D);
+  for (int s = 0; s < 2; s++) {
+    tok[s] = malloc(sizeof(float) * (size_t)(MAXLEN * D));
+    zt_fill_uniform(tok[s], (size_t)(MAXLEN * D), -1.5f, 1.5f, &rng);
+    ZT_OK(zmlx_kv_cache_add_sequence(cache, &seq[s]));
+    int64_t sh[2] = {prompt[s], D};
+    zmlx_array *x = zt_array(dev, ZMLX_F32, 2, sh, tok[s]), *y = NULL;
+    ZT_OK(zmlx_kv_cache_extend(cache, seq[s], prompt[s]));
+    ZT_OK(zmlx_layer_prefill(l, cache, 1, seq[s], x, &y));
+    len[s] = prompt[s];
+    double *got = zt_download(y);
+    for (int64_t r = 0; r < prompt[s]; r++) {
+      recompute_row(l, dev, tok[s], len[s], D, r, want);
+      zt_assert_close(got + r * D, want, (size_t)D, 2e-5, 2e-5, "prefill vs recompute");
+    }
+    free(got);
+    zmlx_array_release(x), zmlx_array_release(y);
+  }
+  for (int step = 0; step < STEPS; step++) {
+    float rows[2 * 64];
+    for (int s = 0; s < 2; s++) {
+      memcpy(rows + s * D, tok[s] + len[s] * D, sizeof(float) * (size_t)D);
+      ZT_OK(zmlx_kv_cache_extend(cache, seq[s], 1));
+      len[s]++;
+    }
+    int64_t sh[2] = {2, D};
+    zmlx_array *x = zt_array(dev, ZMLX_F32, 2, sh, rows), *y = NULL;
+    ZT_OK(zmlx_layer_decode(l, cache, 1, seq, x, &y));
+    double *got = zt_download(y);
+    for (int s = 0; s < 2; s++) {
+      recompute_row(l, dev, tok[s], len[s], D, len[s] - 1, want);
+      zt_assert_close(got + s * D, want, (size_t)D, 2e-5, 2e-5, "decode vs recompute");
+    }
+    free(got);
+    zmlx_array_release(x), zmlx_array_release(y);
+  }
+  free(tok[0]), free(tok[1]), free(want);
+  zmlx_kv_cache_destroy(cache);
+  zmlx_layer_destroy(l);
+}
+
+static void cached_all(zmlx_device *dev) {
+  for (int i = 0; i < N_CASES; i++)
+    if (CASES[i].kind == ZMLX_LAYER_ATTENTION || CASES[i].kind == ZMLX_LAYER_BLOCK)
+      cached_case(dev, &CASES[i], i);
+}
+
 /* zmlx_lm is its layers stacked: a two-layer MoE model's logits equal the
  * embedding, two blocks, the norm and a linear head applied by hand to the
  * model's own arrays. */
@@ -445,6 +524,16 @@ static void bad_input(zmlx_device *dev) {
   ZT_FAILS(zmlx_layer_forward(l, NULL, x, NULL), ZMLX_ERR_NULL_ARG, "out");
   ZT_OK(zmlx_layer_forward(l, NULL, x, &y)); /* the right shape works */
   assert_int_equal(zmlx_array_shape(y)[1], 4);
+  zmlx_kv_cache *cache = NULL;
+  zmlx_kv_cache_desc kd = {.struct_size = sizeof kd, .layers = 1, .kv_heads = 2, .head_dim = 4,
+                           .block_size = 8, .num_blocks = 2, .dtype = ZMLX_F32, .device = dev};
+  ZT_OK(zmlx_kv_cache_create(&kd, &cache));
+  int64_t seqs[2];
+  ZT_OK(zmlx_kv_cache_add_sequence(cache, &seqs[0]));
+  seqs[1] = seqs[0];
+  zmlx_array *y2 = NULL;
+  ZT_FAILS(zmlx_layer_prefill(l, cache, 0, seqs[0], x, &y2), ZMLX_ERR_INVALID_ARG,
+           "a linear layer has no KV cache");
   zmlx_array_release(y), zmlx_array_release(x), zmlx_array_release(w);
   zmlx_layer_destroy(l);
 
@@ -452,6 +541,16 @@ static void bad_input(zmlx_device *dev) {
   ZT_OK(zmlx_layer_create(&a, &l));
   ZT_OK(zmlx_array_full(dev, ZMLX_F32, 2, (int64_t[]){4, 8}, 0.5, &x));
   ZT_FAILS(zmlx_layer_forward(l, NULL, x, &y), ZMLX_ERR_SHAPE, "takes x [batch, seq, 8], got [4, 8]");
+  ZT_FAILS(zmlx_layer_prefill(l, cache, 0, seqs[0], x, &y), ZMLX_ERR_INVALID_ARG,
+           "holds 0 tokens, fewer than the 4 new ones");
+  ZT_FAILS(zmlx_layer_decode(l, cache, 0, seqs, x, &y), ZMLX_ERR_INVALID_ARG, "appears twice");
+  ZT_FAILS(zmlx_layer_decode(l, cache, 0, NULL, x, &y), ZMLX_ERR_NULL_ARG, "seqs");
+  ZT_FAILS(zmlx_layer_prefill(l, NULL, 0, seqs[0], x, &y), ZMLX_ERR_NULL_ARG, "cache");
+  zmlx_array_release(x);
+  ZT_OK(zmlx_array_full(dev, ZMLX_F32, 3, (int64_t[]){1, 4, 8}, 0.5, &x));
+  ZT_FAILS(zmlx_layer_prefill(l, cache, 0, seqs[0], x, &y), ZMLX_ERR_SHAPE,
+           "takes float rows x [n, 8] (n >= 1), got [1, 4, 8] f32");
+  zmlx_kv_cache_destroy(cache);
   zmlx_layer_config got;
   ZT_OK(zmlx_layer_get_config(l, &got));
   assert_int_equal(got.kv_heads, 2);
@@ -463,6 +562,7 @@ static void bad_input(zmlx_device *dev) {
 static void test_forward_f32(void **s) { (void)s; zt_for_each_device(forward_all); }
 static void test_forward_bf16(void **s) { (void)s; zt_for_each_device(forward_bf16); }
 static void test_gradients(void **s) { (void)s; zt_for_each_device(gradients_all); }
+static void test_cached(void **s) { (void)s; zt_for_each_device(cached_all); }
 static void test_lm_is_its_layers(void **s) { (void)s; zt_for_each_device(lm_is_its_layers); }
 static void test_bad_input(void **s) { (void)s; zt_for_each_device(bad_input); }
 
@@ -470,7 +570,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forward_f32),      cmocka_unit_test(test_forward_bf16),
       cmocka_unit_test(test_gradients),        cmocka_unit_test(test_lm_is_its_layers),
-      cmocka_unit_test(test_bad_input),
+      cmocka_unit_test(test_cached),           cmocka_unit_test(test_bad_input),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));
 }

@@ -41,13 +41,28 @@ zmlx_status zmlxi_attention_apply(const zmlxi_block_shape *s, zmlx_array *const 
  * s->experts, else a SwiGLU MLP (w = w1, w3, w2). */
 zmlx_status zmlxi_ffn_apply(const zmlxi_block_shape *s, zmlx_array *const *w, zmlx_array *h,
                             zmlx_array **out);
-/* The RMSNorm and q k v projections of a block (w: the block's list). */
-zmlx_status zmlxi_block_qkv(const zmlxi_block_shape *s, zmlx_array *const *w, zmlx_array *x,
-                            zmlx_array **q, zmlx_array **k, zmlx_array **v);
 /* x [B S, dim] + its feed-forward branch (RMSNorm, MoE or MLP), in place. */
 zmlx_status zmlxi_block_ffn(const zmlxi_block_shape *s, zmlx_array *const *w, zmlx_array **x);
 /* A whole block on x [B S, dim]: *x replaced by the block's output. */
 zmlx_status zmlxi_block_apply(const zmlxi_block_shape *s, zmlx_array *const *w, int64_t B,
                               int64_t S, zmlx_array **x);
+
+
+/* Over the paged KV cache (layer_cached.c; inference). h [n, dim] holds
+ * new tokens: with decode 0, the last n tokens of sequence seqs[0], which
+ * attend causally over the whole cached sequence (the flash kernel); with
+ * decode 1, one token of each sequence seqs[0 .. n) (PagedAttention). The
+ * caller has extended the sequences (zmlx_kv_cache_extend) by these
+ * tokens; their keys (rotated) and values are written into cache layer
+ * `layer` at the sequences' last positions. */
+zmlx_status zmlxi_attention_cached(const zmlxi_block_shape *s, zmlx_array *const *w,
+                                   zmlx_kv_cache *cache, int layer, const int64_t *seqs,
+                                   int decode, zmlx_array *h, zmlx_array **out);
+/* A whole block that way on x [n, dim]: *x replaced by its output. */
+zmlx_status zmlxi_block_cached(const zmlxi_block_shape *s, zmlx_array *const *w,
+                               zmlx_kv_cache *cache, int layer, const int64_t *seqs, int decode,
+                               zmlx_array **x);
+/* Rows [lo, hi) of a 2-D or 3-D array (a view). */
+zmlx_status zmlxi_rows(zmlx_array *a, int64_t lo, int64_t hi, zmlx_array **out);
 
 #endif

@@ -75,15 +75,6 @@ zmlx_status zmlxi_ffn_apply(const zmlxi_block_shape *s, zmlx_array *const *w, zm
   return st;
 }
 
-zmlx_status zmlxi_block_qkv(const zmlxi_block_shape *s, zmlx_array *const *w, zmlx_array *x,
-                            zmlx_array **q, zmlx_array **k, zmlx_array **v) {
-  zmlx_array *h = NULL;
-  zmlx_status st = zmlx_rmsnorm(x, w[BLOCK_ATTN_NORM], s->norm_eps, &h);
-  if (st == ZMLX_OK) st = zmlxi_qkv_apply(w + BLOCK_WQ, h, q, k, v);
-  zmlx_array_release(h);
-  return st;
-}
-
 zmlx_status zmlxi_block_ffn(const zmlxi_block_shape *s, zmlx_array *const *w, zmlx_array **x) {
   zmlx_array *h = NULL, *f = NULL;
   zmlx_status st = zmlx_rmsnorm(*x, w[BLOCK_FFN_NORM], s->norm_eps, &h);

@@ -111,3 +111,59 @@ zmlx_status zmlx_layer_forward(zmlx_layer *layer, zmlx_array *const *params, zml
   zmlx_array_release(y);
   return st;
 }
+
+/* ------------------------------------------------ over a paged KV cache */
+
+static zmlx_status cached(const char *call, zmlx_layer *layer, zmlx_kv_cache *cache,
+                          int cache_layer, const int64_t *seqs, int decode, zmlx_array *x,
+                          zmlx_array **out) {
+  char sh[96];
+  const zmlx_layer_config *c = &layer->cfg;
+  if (c->kind != ZMLX_LAYER_ATTENTION && c->kind != ZMLX_LAYER_BLOCK)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: a %s layer has no KV cache (attention and "
+                      "block layers do)", call, zmlxi_layer_kind_name(c->kind));
+  if (x->ndim != 2 || x->shape[1] != c->dim || x->shape[0] < 1 ||
+      !zmlxi_dtype_is_f32_f16_bf16(x->dtype))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: the %s layer takes float rows x [n, %lld] (n >= 1), "
+                      "got %s %s", call, zmlxi_layer_kind_name(c->kind), (long long)c->dim,
+                      zmlxi_shape_str(sh, sizeof sh, x->ndim, x->shape),
+                      zmlx_dtype_name(x->dtype));
+  for (int64_t i = 0; decode && i < x->shape[0]; i++)
+    for (int64_t j = 0; j < i; j++)
+      if (seqs[i] == seqs[j])
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: sequence %lld appears twice", call,
+                          (long long)seqs[i]);
+  const zmlxi_block_shape s = block_shape(c);
+  if (c->kind == ZMLX_LAYER_ATTENTION)
+    return zmlxi_attention_cached(&s, layer->params, cache, cache_layer, seqs, decode, x, out);
+  zmlx_array *y = x;
+  ZMLX_CHECK(zmlx_array_retain(y));
+  zmlx_status st = zmlxi_block_cached(&s, layer->params, cache, cache_layer, seqs, decode, &y);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(y);
+    return st;
+  }
+  *out = y;
+  return ZMLX_OK;
+}
+
+zmlx_status zmlx_layer_prefill(zmlx_layer *layer, zmlx_kv_cache *cache, int cache_layer,
+                               int64_t seq, zmlx_array *x, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_REQUIRE_ARG(layer);
+  ZMLX_REQUIRE_ARG(cache);
+  ZMLX_REQUIRE_ARG(x);
+  return cached(__func__, layer, cache, cache_layer, &seq, 0, x, out);
+}
+
+zmlx_status zmlx_layer_decode(zmlx_layer *layer, zmlx_kv_cache *cache, int cache_layer,
+                              const int64_t *seqs, zmlx_array *x, zmlx_array **out) {
+  ZMLX_REQUIRE_ARG(out);
+  *out = NULL;
+  ZMLX_REQUIRE_ARG(layer);
+  ZMLX_REQUIRE_ARG(cache);
+  ZMLX_REQUIRE_ARG(seqs);
+  ZMLX_REQUIRE_ARG(x);
+  return cached(__func__, layer, cache, cache_layer, seqs, 1, x, out);
+}
