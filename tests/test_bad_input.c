@@ -32,6 +32,8 @@ static struct {
   zmlx_kv_cache *kv;
   int64_t seq;
   zmlx_lm *lm;
+  zmlx_layer *lin, *attn; /* linear 8 -> 4; attention of dim 16, 2 heads of 8 (the cache's) */
+  zmlx_array *f3x16;
   zmlx_adamw *adam;
   zmlx_op *op;
   zmlx_kernel *kern;
@@ -45,6 +47,8 @@ static zmlx_op *oop;
 static zmlx_kernel *okern;
 static zmlx_kv_cache *okv;
 static zmlx_lm *olm;
+static zmlx_layer *olayer;
+static zmlx_layer_config olcfg;
 static zmlx_adamw *oadam;
 static zmlx_custom_function *ocf;
 static void *optr;
@@ -78,7 +82,7 @@ static const int ARG_OOB[1] = {3}, ARG_NEG[1] = {-1};
 static const float HOST[64];
 static const char *NAMES_XY[2] = {"x", "y"}, *NAMES_X[1] = {"x"}, *NAMES_BAD[2] = {"x", "1x"};
 static const double PARAMS1[1] = {1.0};
-static const int64_t SEQS_BAD[2] = {12345, 0}, SEQS_OK[2] = {0, 0};
+static const int64_t SEQS_BAD[2] = {12345, 0}, SEQS_OK[2] = {0, 0}, SEQS3_BAD[3] = {12345, 0, 1};
 
 /* Option structs with one field wrong. */
 static zmlx_attention_opts ATT_OLD = {.struct_size = 4}, ATT_LAYOUT = {.struct_size = sizeof(zmlx_attention_opts), .layout = (zmlx_attention_layout)9};
@@ -107,6 +111,19 @@ static zmlx_lm_config LM_HEADS = {.dim = 30, .layers = 1, .heads = 4, .ffn_dim =
                       LM_TOPK = {.dim = 32, .layers = 1, .heads = 4, .ffn_dim = 16, .experts = 2, .top_k = 3},
                       LM_DTYPE = {.dim = 32, .layers = 1, .heads = 4, .ffn_dim = 16, .dtype = ZMLX_I32},
                       LM_OLD = {.struct_size = 3, .dim = 32, .layers = 1, .heads = 4, .ffn_dim = 16};
+static zmlx_layer_config LY_KIND = {.kind = (zmlx_layer_kind)99, .dim = 8},
+                         LY_HEADS = {.kind = ZMLX_LAYER_ATTENTION, .dim = 30, .heads = 4},
+                         LY_HD = {.kind = ZMLX_LAYER_BLOCK, .dim = 1024, .heads = 2, .ffn_dim = 4},
+                         LY_TOPK = {.kind = ZMLX_LAYER_MOE, .dim = 8, .ffn_dim = 4, .experts = 2, .top_k = 3},
+                         LY_EXPERTS = {.kind = ZMLX_LAYER_MOE, .dim = 8, .ffn_dim = 4},
+                         LY_DTYPE = {.kind = ZMLX_LAYER_RMSNORM, .dim = 8, .dtype = ZMLX_I8},
+                         LY_OLD = {.struct_size = 3, .kind = ZMLX_LAYER_RMSNORM, .dim = 8},
+                         LY_STD = {.kind = ZMLX_LAYER_LINEAR, .in_features = 4, .out_features = 4, .init_std = NAN},
+                         LY_IN = {.kind = ZMLX_LAYER_LINEAR, .in_features = 0, .out_features = 4},
+                         LY_VOCAB = {.kind = ZMLX_LAYER_EMBEDDING, .vocab = -1, .dim = 4},
+                         LY_EPS = {.kind = ZMLX_LAYER_RMSNORM, .dim = 8, .norm_eps = -1},
+                         LY_ROPE = {.kind = ZMLX_LAYER_ATTENTION, .dim = 8, .heads = 2, .rope_base = -5},
+                         LY_FFN = {.kind = ZMLX_LAYER_MLP, .dim = 8, .ffn_dim = 0};
 static const zmlx_reduce_desc RED_NO_UPDATE = {.init = "0"}, RED_PARSE = {.init = "0", .update = "acc +* x"},
                               RED_NAME = {.init = "0", .update = "acc + zz"};
 static const zmlx_map_reduce_desc MR_ZERO = {.n_reduce = 0, .write = "x"},
@@ -533,6 +550,36 @@ static const zmlx_kernel_desc KD_NONAME = {.source = "x", .n_outputs = 1},
   X(N, zmlx_lm_load(NULL, NULL, &olm)) X(ZMLX_ERR_IO, zmlx_lm_load("/nonexistent.safetensors", NULL, &olm)) \
   X(N, zmlx_lm_load("/nonexistent.safetensors", NULL, NULL))
 
+#define CASES_LAYER(X)                                                                            \
+  X(N, zmlx_layer_create(NULL, &olayer)) X(N, zmlx_layer_create(&LY_HEADS, NULL))                  \
+  X(I, zmlx_layer_create(&LY_KIND, &olayer)) X(I, zmlx_layer_create(&LY_HEADS, &olayer))           \
+  X(I, zmlx_layer_create(&LY_HD, &olayer)) X(I, zmlx_layer_create(&LY_TOPK, &olayer))              \
+  X(I, zmlx_layer_create(&LY_EXPERTS, &olayer)) X(D, zmlx_layer_create(&LY_DTYPE, &olayer))        \
+  X(I, zmlx_layer_create(&LY_OLD, &olayer)) X(I, zmlx_layer_create(&LY_STD, &olayer))              \
+  X(I, zmlx_layer_create(&LY_IN, &olayer)) X(I, zmlx_layer_create(&LY_VOCAB, &olayer))             \
+  X(I, zmlx_layer_create(&LY_EPS, &olayer)) X(I, zmlx_layer_create(&LY_ROPE, &olayer))             \
+  X(I, zmlx_layer_create(&LY_FFN, &olayer))                                                       \
+  X(N, zmlx_layer_get_config(NULL, &olcfg)) X(N, zmlx_layer_get_config(F.lin, NULL))               \
+  X(N, zmlx_layer_parameters(NULL, &oint, NULL, NULL))                                            \
+  X(N, zmlx_layer_forward(NULL, NULL, F.f4x8, &o1)) X(N, zmlx_layer_forward(F.lin, NULL, NULL, &o1)) \
+  X(N, zmlx_layer_forward(F.lin, NULL, F.f4x8, NULL)) X(S, zmlx_layer_forward(F.lin, NULL, F.f23, &o1)) \
+  X(D, zmlx_layer_forward(F.lin, NULL, F.i23, &o1)) X(S, zmlx_layer_forward(F.lin, NULL, F.f0, &o1)) \
+  X(S, zmlx_layer_forward(F.lin, (zmlx_array *const[]){F.f4x8}, F.f4x8, &o1))                     \
+  X(N, zmlx_layer_forward(F.lin, (zmlx_array *const[]){NULL}, F.f4x8, &o1))                       \
+  X(S, zmlx_layer_forward(F.attn, NULL, F.f3x16, &o1))                                            \
+  X(ANY, zmlx_layer_forward(F.attn, NULL, F.f2x4x8, &o1))                                         \
+  X(I, zmlx_layer_prefill(F.lin, F.kv, 0, F.seq, F.f4x8, &o1))                                    \
+  X(N, zmlx_layer_prefill(F.attn, NULL, 0, F.seq, F.f3x16, &o1))                                  \
+  X(N, zmlx_layer_prefill(F.attn, F.kv, 0, F.seq, NULL, &o1))                                     \
+  X(N, zmlx_layer_prefill(F.attn, F.kv, 0, F.seq, F.f3x16, NULL))                                 \
+  X(S, zmlx_layer_prefill(F.attn, F.kv, 0, F.seq, F.f4x8, &o1))                                   \
+  X(I, zmlx_layer_prefill(F.attn, F.kv, 3, F.seq, F.f3x16, &o1))                                  \
+  X(I, zmlx_layer_prefill(F.attn, F.kv, 0, 12345, F.f3x16, &o1))                                  \
+  X(N, zmlx_layer_decode(F.attn, F.kv, 0, NULL, F.f3x16, &o1))                                    \
+  X(I, zmlx_layer_decode(F.attn, F.kv, 0, SEQS3_BAD, F.f3x16, &o1))                              \
+  X(S, zmlx_layer_decode(F.attn, F.kv, 0, SEQS_OK, F.f2x4x8, &o1))                                \
+  X(I, zmlx_layer_decode(F.attn, F.kv, 0, SEQS_OK, F.f3x16, &o1))
+
 #define CASES_ADAMW(X)                                                                            \
   X(N, zmlx_adamw_step(NULL, 1e-3, 1, 1, NULL, NULL, NULL, NULL, NULL, NULL))                     \
   X(I, zmlx_adamw_step(NULL, 1e-3, 1, -1, NULL, NULL, NULL, NULL, NULL, NULL))                    \
@@ -568,7 +615,8 @@ static const zmlx_kernel_desc KD_NONAME = {.source = "x", .n_outputs = 1},
 #define ALL_CASES(X)                                                                              \
   CASES_CORE(X) CASES_CREATE(X) CASES_VIEWS(X) CASES_ARITH(X) CASES_UNARY(X) CASES_GLU(X)          \
   CASES_NORM(X) CASES_LOSS(X) CASES_ATTN(X) CASES_REDUCE(X) CASES_QUANT(X) CASES_MOE(X)            \
-  CASES_KERNEL(X) CASES_AUTOGRAD(X) CASES_KV(X) CASES_LM(X) CASES_ADAMW(X)
+  CASES_KERNEL(X) CASES_AUTOGRAD(X) CASES_KV(X) CASES_LM(X) CASES_LAYER(X)     \
+  CASES_ADAMW(X)
 
 #define X_WANT(want, call) want,
 #define X_TEXT(want, call) #call,
@@ -616,6 +664,11 @@ static void fixture_up(void) {
   ZT_OK(zmlx_kv_cache_extend(F.kv, F.seq, 3));
   const zmlx_lm_config lc = {.dim = 32, .layers = 1, .heads = 4, .ffn_dim = 16, .vocab = 16};
   ZT_OK(zmlx_lm_create(&lc, &F.lm));
+  const zmlx_layer_config lin = {.kind = ZMLX_LAYER_LINEAR, .in_features = 8, .out_features = 4},
+                          attn = {.kind = ZMLX_LAYER_ATTENTION, .dim = 16, .heads = 2};
+  ZT_OK(zmlx_layer_create(&lin, &F.lin));
+  ZT_OK(zmlx_layer_create(&attn, &F.attn));
+  F.f3x16 = arr(ZMLX_F32, 2, (int64_t[]){3, 16});
   ZT_OK(zmlx_adamw_create((zmlx_array *const[]){F.f3}, 1, NULL, &F.adam));
   ZT_OK(zmlx_elementwise("x * y", NAMES_XY, 2, NULL, 0, &F.op));
   const zmlx_kernel_desc kdesc = {.name = "copy_k", .input_names = NAMES_X, .n_inputs = 1,
@@ -628,13 +681,14 @@ static void fixture_down(void) {
   zmlx_array **all[] = {&F.f23, &F.f32x3, &F.f3, &F.f4, &F.f5, &F.i23, &F.i3, &F.u8_23, &F.b23,
                         &F.f16_23, &F.f2x2x3x8, &F.f2x4x3x8, &F.f1x2x3x8, &F.f2x2x3x6, &F.i2x2,
                         &F.f4x8, &F.f2x8x8, &F.f2x8x4, &F.i8_23, &F.f0, &F.f4x2, &F.i4x2,
-                        &F.f2x4x8, &F.f3b, &F.f3c};
+                        &F.f2x4x8, &F.f3b, &F.f3c, &F.f3x16};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
     zmlx_array_release(*all[i]);
     *all[i] = NULL;
   }
   zmlx_kv_cache_destroy(F.kv);
   zmlx_lm_destroy(F.lm);
+  zmlx_layer_destroy(F.lin), zmlx_layer_destroy(F.attn);
   zmlx_adamw_destroy(F.adam);
   zmlx_op_destroy(F.op);
   zmlx_kernel_destroy(F.kern);
@@ -655,6 +709,7 @@ static int outputs_left(void) {
   if (oop) left++, zmlx_op_destroy(oop), oop = NULL;
   if (okv) left++, zmlx_kv_cache_destroy(okv), okv = NULL;
   if (olm) left++, zmlx_lm_destroy(olm), olm = NULL;
+  if (olayer) left++, zmlx_layer_destroy(olayer), olayer = NULL;
   if (oadam) left++, zmlx_adamw_destroy(oadam), oadam = NULL;
   if (ocf) left++, zmlx_custom_function_destroy(ocf), ocf = NULL;
   if (ostr) left++, zmlx_free(ostr), ostr = NULL;
