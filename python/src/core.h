@@ -62,6 +62,9 @@ int zpy_add_catalog(PyObject *m);
 int zpy_add_kvcache(PyObject *m);
 int zpy_add_nn(PyObject *m); /* zmlx.AdamW, adamw_step, the MoE calls */
 int zpy_add_lm(PyObject *m); /* zmlx.LanguageModel */
+int zpy_add_layer(PyObject *m); /* zmlx.Layer */
+/* The cache of a zmlx.KVCache (borrowed; NULL and TypeError otherwise). */
+zmlx_kv_cache *zpy_kv_get(PyObject *o);
 int zpy_add_graph(PyObject *m); /* zmlx.capture's Graph */
 extern PyMethodDef zpy_array_functions[];
 extern PyMethodDef zpy_ops_functions[];

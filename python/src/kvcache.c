@@ -168,6 +168,15 @@ static PyTypeObject kv_type = {
     .tp_new = PyType_GenericNew,
 };
 
+zmlx_kv_cache *zpy_kv_get(PyObject *o) {
+  if (!PyObject_TypeCheck(o, &kv_type) || !((zpy_kv *)o)->c) {
+    PyErr_Format(PyExc_TypeError, "expected an initialised zmlx.KVCache, got %s",
+                 Py_TYPE(o)->tp_name);
+    return NULL;
+  }
+  return ((zpy_kv *)o)->c;
+}
+
 int zpy_add_kvcache(PyObject *m) {
   if (PyType_Ready(&kv_type) < 0) return -1;
   Py_INCREF(&kv_type);

@@ -1,6 +1,7 @@
 /* zmlx._core: the CPython extension behind the zmlx package. Each part
- * (array.c, ops.c, autograd.c, kernel.c, catalog.c, kvcache.c, nn.c, lm.c, graph.c) has its functions and
- * types; this file joins them into the module. A C extension rather than
+ * (array.c, ops.c, autograd.c, kernel.c, catalog.c, kvcache.c, nn.c, lm.c,
+ * layer.c, graph.c) has its functions and types; this file joins them into
+ * the module. A C extension rather than
  * ctypes or cffi: a kernel call from Python is one C function call with
  * its arguments converted in C (python/README.md has the measurement). */
 #include "core.h"
@@ -20,7 +21,7 @@ PyMODINIT_FUNC PyInit__core(void) {
   if (!m) return NULL;
   if (zpy_add_array(m) < 0 || zpy_add_ops(m) < 0 || zpy_add_autograd(m) < 0 ||
       zpy_add_kernel(m) < 0 || zpy_add_catalog(m) < 0 || zpy_add_kvcache(m) < 0 ||
-      zpy_add_nn(m) < 0 || zpy_add_lm(m) < 0 || zpy_add_graph(m) < 0 ||
+      zpy_add_nn(m) < 0 || zpy_add_lm(m) < 0 || zpy_add_layer(m) < 0 || zpy_add_graph(m) < 0 ||
       add_functions(m, zpy_array_functions) < 0 || add_functions(m, zpy_ops_functions) < 0 ||
       add_functions(m, zpy_autograd_functions) < 0 || add_functions(m, zpy_kernel_functions) < 0 ||
       add_functions(m, zpy_catalog_functions) < 0 || add_functions(m, zpy_stream_functions) < 0 ||

@@ -636,3 +636,47 @@ def test_language_model_checkpoint_read_by_safetensors(tmp_path):
     with pytest.raises(zmlx.Error) as e:
         zmlx.LanguageModel.load(str(tmp_path / "bad.safetensors"))
     assert "truncated" in str(e.value)
+
+
+def test_layers_against_numpy_and_their_gradients(rng):
+    lin = zmlx.Layer("linear", in_features=5, out_features=3, bias=True, seed=SEED)
+    params = lin.parameters()
+    assert list(params) == ["weight", "bias"] and lin.config["out_features"] == 3
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    got = lin(zmlx.asarray(x), params=[zmlx.asarray(w), zmlx.asarray(b)]).numpy()
+    close(got, x @ w + b)
+    close(lin(zmlx.asarray(x)).numpy(), x @ params["weight"].numpy() + params["bias"].numpy())
+    # the layer's gradient through zmlx.value_and_grad: d sum(x w + b) / dw = sum over rows of x
+    loss = zmlx.value_and_grad(lambda w_, b_: zmlx.sum(lin(zmlx.asarray(x), params=[w_, b_])),
+                               argnums=(0, 1))
+    _, (gw, gb) = loss(w, b)
+    close(gw.numpy(), np.broadcast_to(x.reshape(-1, 5).sum(0)[:, None], (5, 3)))
+    close(gb.numpy(), np.full(3, 8, np.float32))
+    norm = zmlx.Layer("rmsnorm", dim=5, norm_eps=1e-6)
+    close(norm(zmlx.asarray(x)).numpy(), x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6))
+    with pytest.raises(zmlx.Error) as e:
+        lin(zmlx.asarray(x[..., :4]))
+    assert "x [..., 5], got [2, 4, 4]" in str(e.value)
+    with pytest.raises(ValueError):
+        zmlx.Layer("conv", dim=4)
+    with pytest.raises(zmlx.Error):
+        zmlx.Layer("attention", dim=30, heads=4)
+
+
+def test_block_layer_decode_matches_full_forward(rng):
+    block = zmlx.Layer("block", dim=16, heads=4, kv_heads=2, ffn_dim=24, experts=4, top_k=2,
+                       init_std=0.3, seed=SEED)
+    assert list(block.parameters())[:6] == ["attn_norm", "wq", "wk", "wv", "wo", "ffn_norm"]
+    seq_x = rng.standard_normal((1, 7, 16)).astype(np.float32)
+    full = block(zmlx.asarray(seq_x)).numpy()[0]
+    cache = zmlx.KVCache(layers=1, kv_heads=2, head_dim=4, num_blocks=4, block_size=8)
+    s = cache.add_sequence()
+    cache.extend(s, 5)
+    pre = block.prefill(cache, 0, s, zmlx.asarray(seq_x[0, :5])).numpy()
+    close(pre, full[:5], scale=10)
+    for t in (5, 6):
+        cache.extend(s, 1)
+        step = block.decode(cache, 0, [s], zmlx.asarray(seq_x[0, t:t + 1])).numpy()
+        close(step[0], full[t], scale=10)

@@ -29,6 +29,7 @@ from ._core import (  # noqa: F401  (re-exported)
     AdamW,
     KVCache,
     LanguageModel,
+    Layer,
     Op,
     add,
     add_layernorm,
