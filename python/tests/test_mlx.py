@@ -62,3 +62,46 @@ def test_wrap_a_catalog_op_and_differentiate(rng):
     want = mx.grad(lambda x, w: (mx.fast.rms_norm(x, w, 1e-5) * g).sum(), argnums=(0, 1))(x, w)
     for a, b in zip(got, want):
         close(a, b, tol=1e-4)
+
+
+def test_cuda_kernel_parts_from_zmlx_source():
+    # runs anywhere: the pieces of the MLX CUDA kernel zmlx.mlx builds
+    op = zmlx.elementwise("x * sigmoid(x) * y", ["x", "y"])
+    name, header, body, dtypes = zm.cuda_kernel_parts(op.source("cuda", "vjp", ["bf16", "bf16"]), 3, 2)
+    assert name.startswith("zmlx_k_ew_") and dtypes == ["bfloat16", "bfloat16"]
+    assert f"static __device__ __forceinline__ void {name}(" in header
+    assert f'extern "C" __global__ void {name}(' not in header
+    assert "ZMLX_CUDA_PRELUDE" in header and "ew_strided" not in header
+    assert f"::{name}((const zmlx_bf16*)a0, (const zmlx_bf16*)a1, (const zmlx_bf16*)a2, " \
+           "(zmlx_bf16*)o0, (zmlx_bf16*)o1, zmlx_n" in body
+    with pytest.raises(ValueError):
+        zm.cuda_kernel_parts(op.source("cuda", "forward", ["f32", "f32"]), 3, 1)
+    f = zm.elementwise("x * y", ["x", "y"])
+    assert f.path == ("mlx-cuda" if zm.on_mlx_cuda() else "zmlx")
+
+
+@pytest.mark.skipif(not zm.on_mlx_cuda(), reason="MLX is not running on its CUDA backend here "
+                    "(needs mlx[cuda13] and an NVIDIA GPU)")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_elementwise_as_an_mlx_cuda_kernel(rng, dtype):
+    f = zm.elementwise("x * sigmoid(x) * y + (x > 0 ? x : 0.1 * x)", ["x", "y"])
+    assert f.path == "mlx-cuda"
+    dt = getattr(mx, dtype)
+    x = mx.array(rng.standard_normal((37, 65)).astype(np.float32)).astype(dt)
+    y = mx.array(rng.standard_normal((65,)).astype(np.float32)).astype(dt)  # broadcast
+
+    def ref(x, y):
+        return x * mx.sigmoid(x) * y + mx.where(x > 0, x, 0.1 * x)
+
+    tol = 2e-5 if dtype == "float32" else 2e-2
+    live = zmlx._core.live_arrays()
+    got = f(x, y)
+    assert got.dtype == dt and got.shape == (37, 65)
+    close(got.astype(mx.float32), ref(x, y).astype(mx.float32), tol)
+    gx, gy = mx.grad(lambda x, y: (f(x, y) * x).sum(), argnums=(0, 1))(x, y)
+    wx, wy = mx.grad(lambda x, y: (ref(x, y) * x).sum(), argnums=(0, 1))(x, y)
+    assert gx.shape == x.shape and gy.shape == y.shape
+    close(gx.astype(mx.float32), wx.astype(mx.float32), 10 * tol)
+    close(gy.astype(mx.float32), wy.astype(mx.float32), 10 * tol * 37)
+    mx.eval(got, gx, gy)
+    assert zmlx._core.live_arrays() == live  # no zmlx array was made: the kernels ran in MLX
