@@ -680,3 +680,18 @@ int zpy_add_array(PyObject *m) {
   Py_INCREF(zpy_error);
   return PyModule_AddObject(m, "Error", zpy_error);
 }
+
+PyObject *zpy_param_dict(int n, zmlx_array *const *p, const char *const *names) {
+  PyObject *d = PyDict_New();
+  for (int i = 0; d && i < n; i++) {
+    zmlx_array_retain(p[i]);
+    PyObject *a = zpy_array_wrap(p[i]);
+    if (!a || PyDict_SetItemString(d, names[i], a) < 0) {
+      Py_XDECREF(a);
+      Py_DECREF(d);
+      return NULL;
+    }
+    Py_DECREF(a);
+  }
+  return d;
+}

@@ -24,6 +24,9 @@ extern PyTypeObject *zpy_array_type;
 
 /* A new Python Array taking over the reference `a` (released on failure). */
 PyObject *zpy_array_wrap(zmlx_array *a);
+/* {names[i]: Array} of parameters p[0 .. n) (new references to the same
+ * arrays, in order): a model's or a layer's parameters() */
+PyObject *zpy_param_dict(int n, zmlx_array *const *p, const char *const *names);
 /* Borrowed zmlx_array of an Array object (NULL and TypeError otherwise). */
 zmlx_array *zpy_array_get(PyObject *o, const char *what);
 /* O& converters: an Array (borrowed); an Array or None. */

@@ -51,18 +51,7 @@ static PyObject *lm_parameters(zpy_lm *self, PyObject *noargs) {
   const char *const *names = NULL;
   zmlx_status st = zmlx_lm_parameters(self->lm, &n, &p, &names);
   if (st != ZMLX_OK) return zpy_raise(st);
-  PyObject *d = PyDict_New();
-  for (int i = 0; d && i < n; i++) {
-    zmlx_array_retain(p[i]);
-    PyObject *a = zpy_array_wrap(p[i]);
-    if (!a || PyDict_SetItemString(d, names[i], a) < 0) {
-      Py_XDECREF(a);
-      Py_DECREF(d);
-      return NULL;
-    }
-    Py_DECREF(a);
-  }
-  return d;
+  return zpy_param_dict(n, p, names);
 }
 
 static PyObject *lm_loss(zpy_lm *self, PyObject *args) {
