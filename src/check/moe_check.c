@@ -387,9 +387,10 @@ static zmlx_status check_moe(const zmlx_check_opts *o) {
   const direct_dims unrouted = {7, 8, 32, 48, 2, 1, 0};
   for (int form = FORM_PAIR_ROWS; form <= FORM_LIBRARY; form++)
     direct_case(o, form, &unrouted, &rng);
-  /* pair rows with the down projection a row per pair, then the combine */
-  setenv("ZMLX_MOE_DOWN_PAIRS", "1", 1);
-  layer_case_run(o, &cases[1], &rng, " down pairs");
+  /* pair rows with the down projection a row per token summing its pairs
+   * (the default is a row per pair, then the combine) */
+  setenv("ZMLX_MOE_DOWN_PAIRS", "0", 1);
+  layer_case_run(o, &cases[1], &rng, " down rows per token");
   direct_case(o, FORM_PAIR_ROWS, &unrouted, &rng);
   unsetenv("ZMLX_MOE_DOWN_PAIRS");
   /* the grouped tile products (16-bit dtypes): pairs routed nowhere; several
