@@ -105,3 +105,48 @@ def test_elementwise_as_an_mlx_cuda_kernel(rng, dtype):
     close(gy.astype(mx.float32), wy.astype(mx.float32), 10 * tol * 37)
     mx.eval(got, gx, gy)
     assert zmlx._core.live_arrays() == live  # no zmlx array was made: the kernels ran in MLX
+
+
+SCALE_KERNEL = """
+  uint i = thread_position_in_grid.x, j = thread_position_in_grid.y;
+  uint rows = x_shape[0], cols = x_shape[1];
+  if (i < cols && j < rows)
+    out[j * cols + i] = (float)x_load(j * cols + i) * scale + y_load(j * y_strides[0] + i * y_strides[1]) + n;
+"""
+
+
+def test_kernel_parts_from_zmlx_source():
+    k = zmlx.kernel("scale_add", ["x", "y"], ["out"], SCALE_KERNEL,
+                    params=[("scale", "f32"), ("n", "i32")])
+    name, header, body = zm.kernel_parts(k.source("cuda", ["bf16", "f32", "f32"]), ["x", "y"],
+                                         ["out"], ["scale", "n"])
+    assert f"static __device__ __forceinline__ void {name}(" in header
+    assert "__grid_constant__" not in header.split(name + "(")[1].split(")")[0]
+    for part in ("zs0.v[d] = (int)a0_shape[d]", "zt1.v[d] = (long long)a1_strides[d]",
+                 f"::{name}((const zmlx_bf16*)a0, zs0, ", "(float*)o0",
+                 "((float const*)p0)[0], ((int const*)p1)[0], ZMLX_GX, ZMLX_GY, ZMLX_GZ);"):
+        assert part in body, part
+    with pytest.raises(ValueError):
+        zm.kernel_parts(k.source("cuda", ["f32", "f32", "f32"]), ["x", "z"], ["out"], ["scale", "n"])
+    with pytest.raises(ValueError):
+        zm.kernel("k", ["x"], ["out"], "out[0] = x[0];", params=[("a", "f64")])
+
+
+@pytest.mark.skipif(not zm.on_mlx_cuda(), reason="MLX is not running on its CUDA backend here "
+                    "(needs mlx[cuda13] and an NVIDIA GPU)")
+def test_dialect_kernel_as_an_mlx_cuda_kernel(rng):
+    k = zm.kernel("scale_add", ["x", "y"], ["out"], SCALE_KERNEL, ensure_row_contiguous=False,
+                  params=[("scale", "f32"), ("n", "i32")])
+    x = mx.array(rng.standard_normal((19, 70)).astype(np.float32)).astype(mx.bfloat16)
+    base = mx.array(rng.standard_normal((70, 19)).astype(np.float32))
+    y = base.T  # a transposed view: strides (1, 19)
+    live = zmlx._core.live_arrays()
+    (out,) = k(inputs=[x, y], output_shapes=[(19, 70)], output_dtypes=[mx.float32],
+               grid=(70, 19, 1), threadgroup=(32, 8, 1), params=[0.5, 3])
+    want = np.array(x.astype(mx.float32)) * 0.5 + np.array(base).T + 3
+    close(out, want, 1e-5)
+    (again,) = k(inputs=[x, y], output_shapes=[(19, 70)], output_dtypes=[mx.float32],
+                 grid=(70, 19, 1), threadgroup=(32, 8, 1), params=[-2.0, 0], init_value=7.0)
+    close(again, np.array(x.astype(mx.float32)) * -2.0 + np.array(base).T, 1e-5)
+    mx.eval(out, again)
+    assert zmlx._core.live_arrays() == live

@@ -20,21 +20,25 @@
   under ``mx.custom_function`` with the VJP kernel as its ``vjp``. Inputs are
   broadcast, given one float dtype and flattened by MLX first (the dense
   kernel's layout); gradients are summed back over broadcast axes by MLX.
+  :func:`kernel` does the same for a dialect kernel (``zmlx.kernel``'s
+  arguments, MLX's ``cuda_kernel`` calling convention).
 
 Not here: ``mx.fast.metal_kernel`` from zmlx's Metal source (no Apple
 machine to run it on; ``zmlx emit --backend metal`` prints that source).
 """
 from __future__ import annotations
 
+import hashlib
 import re
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
 
 import zmlx
 
-__all__ = ["from_mlx", "to_mlx", "wrap", "elementwise", "on_mlx_cuda", "cuda_kernel_parts"]
+__all__ = ["from_mlx", "to_mlx", "wrap", "elementwise", "kernel", "on_mlx_cuda",
+           "cuda_kernel_parts", "kernel_parts"]
 
 
 def from_mlx(x: "mx.array") -> zmlx.Array:
@@ -111,6 +115,29 @@ _MX_DTYPE = {"float": "float32", "zmlx_half": "float16", "zmlx_bf16": "bfloat16"
 _ZMLX_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 
+_SIGNATURE = re.compile(r'extern "C" __global__ void (zmlx_k_\w+)\((.*?)\) \{', re.S)
+
+
+def _device_function(source: str) -> Tuple[str, str, List[str]]:
+    """zmlx's first CUDA kernel in `source` (banner, prelude, kernel) as a
+    device function: its name, the header text and its parameters."""
+    sections = source.split("/* ==== ")
+    text = sections[1].split("\n", 1)[1] if len(sections) > 1 else source
+    m = _SIGNATURE.search(text)
+    if not m:
+        raise ValueError("zmlx.mlx: no zmlx CUDA kernel signature in the source")
+    name, params = m.group(1), [p.strip() for p in m.group(2).split(",")]
+    # __grid_constant__ belongs to a __global__ function's parameters only
+    plain = [p.replace("ZMLX_GRID_CONST ", "") for p in params]
+    header = text.replace(m.group(0), "static __device__ __forceinline__ void %s(%s) {"
+                          % (name, ", ".join(plain)), 1)
+    return name, header, params
+
+
+def _param_type(param: str) -> str:
+    return " ".join(t for t in param.split()[:-1] if t not in ("__restrict__", "ZMLX_GRID_CONST"))
+
+
 def cuda_kernel_parts(source: str, n_in: int, n_out: int) -> Tuple[str, str, str, List[str]]:
     """From zmlx's CUDA source of one direction (``Op.source("cuda", ...)``):
     the kernel's name (zmlx's, which carries a hash of its source), the
@@ -119,26 +146,133 @@ def cuda_kernel_parts(source: str, n_in: int, n_out: int) -> Tuple[str, str, str
     outputs o0.. (1-D, dense) that calls it, and the outputs' MLX dtype
     names. The kernel's own parameters after the arrays are the element
     count and the grid; any other shape of kernel is refused."""
-    sections = source.split("/* ==== ")
-    if len(sections) < 2:
+    if "/* ==== " not in source:
         raise ValueError("zmlx.mlx: no kernel in the source")
-    dense = sections[1].split("\n", 1)[1]  # the dense kernel, without its banner line
-    m = re.search(r'extern "C" __global__ void (zmlx_k_\w+)\((.*?)\) \{', dense, re.S)
-    if not m:
-        raise ValueError("zmlx.mlx: the dense kernel's signature was not found")
-    name, params = m.group(1), [p.strip() for p in m.group(2).split(",")]
+    name, header, params = _device_function(source)
     if len(params) != n_in + n_out + 4:
         raise ValueError(f"zmlx.mlx: kernel {name} takes {len(params)} parameters; expected "
                          f"{n_in} inputs, {n_out} outputs, the count and the grid")
-    ptr_types = [p.replace("__restrict__", "").rsplit(None, 1)[0].strip() for p in params[:n_in + n_out]]
-    out_dtypes = [_MX_DTYPE[t.replace("*", "").strip()] for t in ptr_types[n_in:]]
-    header = dense.replace(m.group(0), "static __device__ __forceinline__ void %s(%s) {"
-                           % (name, ", ".join(params)), 1)
+    ptr_types = [_param_type(p) for p in params[:n_in + n_out]]
+    out_dtypes = [_MX_DTYPE[t.replace("const", "").replace("*", "").strip()] for t in ptr_types[n_in:]]
     args = [f"({t})a{i}" for i, t in enumerate(ptr_types[:n_in])]
     args += [f"({t})o{i}" for i, t in enumerate(ptr_types[n_in:])]
     body = ("  const long long zmlx_n = a0_shape[0];\n"
             "  ::%s(%s, zmlx_n, gridDim.x * blockDim.x, 1u, 1u);\n" % (name, ", ".join(args)))
     return name, header, body, out_dtypes
+
+
+_MX_OF_ZMLX = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i32": "int32",
+               "u32": "uint32", "i64": "int64", "u8": "uint8", "i8": "int8", "bool": "bool_"}
+_ZMLX_OF_MX = {v: k for k, v in _MX_OF_ZMLX.items()}
+
+
+def _zmlx_dtype(dt) -> str:
+    name = str(dt).split(".")[-1]
+    if name not in _ZMLX_OF_MX:
+        raise TypeError(f"zmlx.mlx: dtype {name} has no zmlx counterpart")
+    return _ZMLX_OF_MX[name]
+
+
+def kernel_parts(source: str, input_names: Sequence[str], output_names: Sequence[str],
+                 param_names: Sequence[str] = ()) -> Tuple[str, str, str]:
+    """From zmlx's CUDA source of a dialect kernel (``Kernel.source("cuda",
+    ...)``): its name, the header (prelude and kernel as a device function)
+    and the body of an ``mx.fast.cuda_kernel`` with inputs a0.. (then p0..,
+    one-element arrays holding the scalar parameters) and outputs o0.. that
+    calls it: shapes, strides and ndim from MLX's (a0_shape, ...), the grid
+    from the template constants ZMLX_GX, ZMLX_GY, ZMLX_GZ."""
+    name, header, params = _device_function(source)
+    ins = {n: i for i, n in enumerate(input_names)}
+    outs = {n: i for i, n in enumerate(output_names)}
+    scalars = {n: i for i, n in enumerate(param_names)}
+    grid = {"zmlx_grid_x": "ZMLX_GX", "zmlx_grid_y": "ZMLX_GY", "zmlx_grid_z": "ZMLX_GZ"}
+    prologue, args = [], []
+    for p in params:
+        pname, ptype = p.split()[-1], _param_type(p)
+        base = pname.rsplit("_", 2)[0] if pname.endswith(("_shape_v", "_strides_v")) else \
+            pname[:-5] if pname.endswith("_ndim") else None
+        if pname in ins:
+            args.append(f"({ptype})a{ins[pname]}")
+        elif pname.endswith("_shape_v") and base in ins:
+            i = ins[base]
+            prologue.append(f"zmlx_kshape zs{i} = {{}};\n  for (int d = 0; d < a{i}_ndim && d < 8; ++d) "
+                            f"zs{i}.v[d] = (int)a{i}_shape[d];")
+            args.append(f"zs{i}")
+        elif pname.endswith("_strides_v") and base in ins:
+            i = ins[base]
+            prologue.append(f"zmlx_kstrides zt{i} = {{}};\n  for (int d = 0; d < a{i}_ndim && d < 8; ++d) "
+                            f"zt{i}.v[d] = (long long)a{i}_strides[d];")
+            args.append(f"zt{i}")
+        elif pname.endswith("_ndim") and base in ins:
+            args.append(f"a{ins[base]}_ndim")
+        elif pname in outs:
+            args.append(f"({ptype})o{outs[pname]}")
+        elif pname in scalars:
+            args.append(f"(({ptype.replace('const', '').strip()} const*)p{scalars[pname]})[0]")
+        elif pname in grid:
+            args.append(grid[pname])
+        else:
+            raise ValueError(f"zmlx.mlx: kernel {name}: parameter {p!r} has no MLX counterpart")
+    body = "".join(f"  {line}\n" for line in prologue)
+    body += "  ::%s(%s);\n" % (name, ", ".join(args))
+    return name, header, body
+
+
+def _mlx_cuda_kernel(header: str, body: str, in_names: List[str], n_out: int, **kw):
+    """An mx.fast.cuda_kernel named after its text (MLX caches compiled
+    modules by name, so equal names must mean equal sources)."""
+    digest = hashlib.sha1((header + "\0" + body).encode()).hexdigest()[:16]
+    return mx.fast.cuda_kernel(name=f"zmlx_{digest}", input_names=in_names,
+                               output_names=[f"o{i}" for i in range(n_out)], source=body,
+                               header=header, **kw)
+
+
+def kernel(name: str, input_names: Sequence[str], output_names: Sequence[str], source: str,
+           header: Optional[str] = None, ensure_row_contiguous: bool = True,
+           atomic_outputs: bool = False, params: Optional[Sequence[Tuple[str, str]]] = None):
+    """A dialect kernel (``zmlx.kernel``'s arguments: the body in zmlx's
+    portable dialect, ``x_shape`` / ``x_strides`` / ``x_ndim`` where used,
+    scalar ``params`` as (name, dtype) with dtype f32, i32, u32 or i64) as an
+    MLX CUDA kernel: zmlx generates the CUDA source, MLX compiles and runs
+    it in its graph. Called like MLX's kernels: ``k(inputs=[...],
+    output_shapes=[...], output_dtypes=[...], grid=(x, y, z),
+    threadgroup=(x, y, z), template=None, init_value=None, params=None,
+    shared_memory=0)`` -> list of mx.array. Needs MLX's CUDA backend."""
+    specs = list(params or [])
+    for pname, pdt in specs:
+        if pdt not in ("f32", "i32", "u32", "i64"):
+            raise ValueError(f"zmlx.mlx.kernel: param {pname} of dtype {pdt}: f32, i32, u32 or i64")
+    zk = zmlx.kernel(name, list(input_names), list(output_names), source, header=header,
+                     ensure_row_contiguous=ensure_row_contiguous, atomic_outputs=atomic_outputs,
+                     params=specs or None)
+    built: Dict[tuple, object] = {}
+
+    def call(inputs, output_shapes, output_dtypes, grid, threadgroup, template=None,
+             init_value=None, params=None, shared_memory=0):
+        xs = [x if isinstance(x, mx.array) else mx.array(x) for x in inputs]
+        xs = [x.reshape(1) if x.ndim == 0 else x for x in xs]  # MLX passes no shape for 0-d
+        values = list(params or [])
+        if len(xs) != len(input_names) or len(values) != len(specs):
+            raise TypeError(f"zmlx.mlx.kernel {name}: {len(input_names)} inputs and {len(specs)} "
+                            f"params, {len(xs)} and {len(values)} given")
+        dts = [_zmlx_dtype(x.dtype) for x in xs] + [_zmlx_dtype(d) for d in output_dtypes]
+        key = (tuple(dts), tuple(template or ()), shared_memory)
+        if key not in built:
+            src = zk.source("cuda", dts, template)
+            _, hdr, body = kernel_parts(src, input_names, output_names, [p for p, _ in specs])
+            names = [f"a{i}" for i in range(len(xs))] + [f"p{i}" for i in range(len(specs))]
+            built[key] = _mlx_cuda_kernel(hdr, body, names, len(output_names),
+                                          ensure_row_contiguous=ensure_row_contiguous,
+                                          shared_memory=shared_memory)
+        pv = [mx.array([v], dtype=getattr(mx, _MX_OF_ZMLX[d])) for (_, d), v in zip(specs, values)]
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        return built[key](inputs=xs + pv, output_shapes=list(output_shapes),
+                          output_dtypes=list(output_dtypes), grid=g,
+                          threadgroup=tuple(threadgroup) + (1,) * (3 - len(threadgroup)),
+                          template=[("ZMLX_GX", g[0]), ("ZMLX_GY", g[1]), ("ZMLX_GZ", g[2])],
+                          init_value=init_value)
+
+    return call
 
 
 class _CudaKernels:
@@ -153,17 +287,13 @@ class _CudaKernels:
         key = (direction, dt)
         if key not in self.cache:
             src = self.op.source("cuda", direction, [dt] * self.n_in)
-            name, header, body, out_dtypes = cuda_kernel_parts(src, len(arrays), n_out)
-            kernel = mx.fast.cuda_kernel(
-                name=name,
-                input_names=[f"a{i}" for i in range(len(arrays))],
-                output_names=[f"o{i}" for i in range(n_out)],
-                source=body, header=header)
-            self.cache[key] = (kernel, out_dtypes)
-        kernel, out_dtypes = self.cache[key]
+            _, header, body, out_dtypes = cuda_kernel_parts(src, len(arrays), n_out)
+            names = [f"a{i}" for i in range(len(arrays))]
+            self.cache[key] = (_mlx_cuda_kernel(header, body, names, n_out), out_dtypes)
+        mk, out_dtypes = self.cache[key]
         n = arrays[0].size
         threads = max(256, min(-(-n // 4 // 256) * 256, 65535 * 256))
-        return kernel(inputs=arrays, output_shapes=[(n,)] * n_out,
+        return mk(inputs=arrays, output_shapes=[(n,)] * n_out,
                       output_dtypes=[getattr(mx, d) for d in out_dtypes],
                       grid=(threads, 1, 1), threadgroup=(256, 1, 1))
 
