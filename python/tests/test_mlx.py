@@ -111,14 +111,15 @@ SCALE_KERNEL = """
   uint i = thread_position_in_grid.x, j = thread_position_in_grid.y;
   uint rows = x_shape[0], cols = x_shape[1];
   if (i < cols && j < rows)
-    out[j * cols + i] = (float)x_load(j * cols + i) * scale + y_load(j * y_strides[0] + i * y_strides[1]) + n;
+    out[j * cols + i] = (float)x_load(j * cols + i) * scale * K
+                        + y_load(j * y_strides[0] + i * y_strides[1]) + n;
 """
 
 
 def test_kernel_parts_from_zmlx_source():
     k = zmlx.kernel("scale_add", ["x", "y"], ["out"], SCALE_KERNEL,
                     params=[("scale", "f32"), ("n", "i32")])
-    name, header, body = zm.kernel_parts(k.source("cuda", ["bf16", "f32", "f32"]), ["x", "y"],
+    name, header, body = zm.kernel_parts(k.source("cuda", ["bf16", "f32", "f32"], {"K": 2}), ["x", "y"],
                                          ["out"], ["scale", "n"])
     assert f"static __device__ __forceinline__ void {name}(" in header
     assert "__grid_constant__" not in header.split(name + "(")[1].split(")")[0]
@@ -127,7 +128,8 @@ def test_kernel_parts_from_zmlx_source():
                  "((float const*)p0)[0], ((int const*)p1)[0], ZMLX_GX, ZMLX_GY, ZMLX_GZ);"):
         assert part in body, part
     with pytest.raises(ValueError):
-        zm.kernel_parts(k.source("cuda", ["f32", "f32", "f32"]), ["x", "z"], ["out"], ["scale", "n"])
+        zm.kernel_parts(k.source("cuda", ["f32", "f32", "f32"], {"K": 1}), ["x", "z"], ["out"],
+                        ["scale", "n"])
     with pytest.raises(ValueError):
         zm.kernel("k", ["x"], ["out"], "out[0] = x[0];", params=[("a", "f64")])
 
@@ -142,11 +144,12 @@ def test_dialect_kernel_as_an_mlx_cuda_kernel(rng):
     y = base.T  # a transposed view: strides (1, 19)
     live = zmlx._core.live_arrays()
     (out,) = k(inputs=[x, y], output_shapes=[(19, 70)], output_dtypes=[mx.float32],
-               grid=(70, 19, 1), threadgroup=(32, 8, 1), params=[0.5, 3])
+               grid=(70, 19, 1), threadgroup=(32, 8, 1), params=[0.5, 3], template=[("K", 1)])
     want = np.array(x.astype(mx.float32)) * 0.5 + np.array(base).T + 3
     close(out, want, 1e-5)
     (again,) = k(inputs=[x, y], output_shapes=[(19, 70)], output_dtypes=[mx.float32],
-                 grid=(70, 19, 1), threadgroup=(32, 8, 1), params=[-2.0, 0], init_value=7.0)
-    close(again, np.array(x.astype(mx.float32)) * -2.0 + np.array(base).T, 1e-5)
+                 grid=(70, 19, 1), threadgroup=(32, 8, 1), params=[-2.0, 0], init_value=7.0,
+                 template=[("K", 3)])
+    close(again, np.array(x.astype(mx.float32)) * -6.0 + np.array(base).T, 1e-5)
     mx.eval(out, again)
     assert zmlx._core.live_arrays() == live

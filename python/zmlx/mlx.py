@@ -173,6 +173,13 @@ def _zmlx_dtype(dt) -> str:
     return _ZMLX_OF_MX[name]
 
 
+def _template_dict(template) -> Dict[str, object]:
+    """MLX's template list [("T", mx.float32), ("N", 4)] (or zmlx's dict) as
+    zmlx's dict of name -> dtype name, int or bool."""
+    items = template.items() if isinstance(template, dict) else (template or ())
+    return {k: (v if isinstance(v, (bool, int, str)) else _zmlx_dtype(v)) for k, v in items}
+
+
 def kernel_parts(source: str, input_names: Sequence[str], output_names: Sequence[str],
                  param_names: Sequence[str] = ()) -> Tuple[str, str, str]:
     """From zmlx's CUDA source of a dialect kernel (``Kernel.source("cuda",
@@ -237,7 +244,8 @@ def kernel(name: str, input_names: Sequence[str], output_names: Sequence[str], s
     it in its graph. Called like MLX's kernels: ``k(inputs=[...],
     output_shapes=[...], output_dtypes=[...], grid=(x, y, z),
     threadgroup=(x, y, z), template=None, init_value=None, params=None,
-    shared_memory=0)`` -> list of mx.array. Needs MLX's CUDA backend."""
+    shared_memory=0)`` -> list of mx.array (template: MLX's list of (name,
+    dtype / int / bool) or zmlx's dict). Needs MLX's CUDA backend."""
     specs = list(params or [])
     for pname, pdt in specs:
         if pdt not in ("f32", "i32", "u32", "i64"):
@@ -256,9 +264,10 @@ def kernel(name: str, input_names: Sequence[str], output_names: Sequence[str], s
             raise TypeError(f"zmlx.mlx.kernel {name}: {len(input_names)} inputs and {len(specs)} "
                             f"params, {len(xs)} and {len(values)} given")
         dts = [_zmlx_dtype(x.dtype) for x in xs] + [_zmlx_dtype(d) for d in output_dtypes]
-        key = (tuple(dts), tuple(template or ()), shared_memory)
+        targs = _template_dict(template)
+        key = (tuple(dts), tuple(sorted(targs.items())), shared_memory)
         if key not in built:
-            src = zk.source("cuda", dts, template)
+            src = zk.source("cuda", dts, targs or None)
             _, hdr, body = kernel_parts(src, input_names, output_names, [p for p, _ in specs])
             names = [f"a{i}" for i in range(len(xs))] + [f"p{i}" for i in range(len(specs))]
             built[key] = _mlx_cuda_kernel(hdr, body, names, len(output_names),
