@@ -5,8 +5,6 @@
  * tables, the MoE on its decode path (a few tokens read only their chosen
  * experts' rows). Each layer is layer_cached.c's block. No autograd:
  * these are inference calls. */
-#include <stdlib.h>
-#include <string.h>
 
 #include "nn/lm.h"
 
