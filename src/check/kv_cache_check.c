@@ -83,9 +83,12 @@ static zmlx_status reference(zmlx_kv_cache *c, const int64_t *seqs, const int64_
 
 static void decode_case(const zmlx_check_opts *o, const int64_t *lens, int64_t B, int hq, int hkv,
                         int hd, const char *partition, uint64_t *rng) {
-  char name[96];
-  snprintf(name, sizeof name, "B%lld Hq%d Hkv%d D%d max ctx %lld%s%s", (long long)B, hq, hkv, hd,
-           (long long)lens[B - 1], partition ? " split " : "", partition ? partition : "");
+  char name[128];
+  const char *stages = getenv("ZMLX_DECODE_STAGES");
+  snprintf(name, sizeof name, "B%lld Hq%d Hkv%d D%d max ctx %lld%s%s%s%s%s", (long long)B, hq,
+           hkv, hd, (long long)lens[B - 1], partition ? " split " : "", partition ? partition : "",
+           getenv("ZMLX_DECODE_GROUP") ? " grouped" : "", stages ? " stages " : "",
+           stages ? stages : "");
   int64_t blocks = 1;
   for (int64_t i = 0; i < B; i++) blocks += (lens[i] + 15) / 16;
   zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 1, .kv_heads = hkv,
@@ -139,18 +142,34 @@ static void decode_cases(const zmlx_check_opts *o, uint64_t *rng) {
   }
 }
 
+/* The grouped kernel staged through threadgroup memory (ZMLX_DECODE_STAGES):
+ * 3 stages, and 2 and 4 in the full check; not when the caller's
+ * environment already picks the stages. */
+static void staged_cases(const zmlx_check_opts *o, uint64_t *rng) {
+  if (getenv("ZMLX_DECODE_STAGES")) return;
+  static const char *const counts[] = {"3", "2", "4"};
+  for (int i = 0; i < (o->quick ? 1 : 3); i++) {
+    setenv("ZMLX_DECODE_STAGES", counts[i], 1);
+    decode_cases(o, rng);
+  }
+  unsetenv("ZMLX_DECODE_STAGES");
+}
+
 /* The device's decode kernels; where SIMD is emulated (PoCL) they are the
- * per-row ones, so the grouped kernel is checked there as well, asked for. */
+ * per-row ones, so the grouped kernel is checked there as well, asked for;
+ * then the grouped kernel's staged form. */
 static zmlx_status check_paged_decode(const zmlx_check_opts *o) {
   uint64_t rng = o->seed * 2654435761u + 7001u;
   zmlx_device_info info;
   ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
   decode_cases(o, &rng);
-  if (!info.native_simd && !getenv("ZMLX_DECODE_GROUP")) {
+  const int ask_group = !info.native_simd && !getenv("ZMLX_DECODE_GROUP");
+  if (ask_group) {
     setenv("ZMLX_DECODE_GROUP", "1", 1);
     decode_cases(o, &rng);
-    unsetenv("ZMLX_DECODE_GROUP");
   }
+  staged_cases(o, &rng);
+  if (ask_group) unsetenv("ZMLX_DECODE_GROUP");
   return ZMLX_OK;
 }
 

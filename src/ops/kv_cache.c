@@ -448,6 +448,31 @@ static int decode_prefetch(void) {
   return n < 0 ? 0 : n > 2 ? 2 : n;
 }
 
+/* Stages the grouped decode copies K and V through (its ST): 0 reads them
+ * straight into registers; 2 .. 4 stage them through threadgroup memory,
+ * ST - 1 tokens a lane ahead (asynchronous copies where the device has
+ * them). ZMLX_DECODE_STAGES=N overrides DECODE_STAGES, to compare; 0 until
+ * the H100 has measured the staged form against it. Partitions whose
+ * block-table entries would not fit the kernel's 4 KB of them (more than
+ * ~1000 blocks) run unstaged. */
+enum { DECODE_STAGES = 0, DECODE_STAGE_TABLE_MAX = 1024 };
+static int decode_stages(int64_t part, int64_t block_size) {
+  const char *env = getenv("ZMLX_DECODE_STAGES");
+  const int n = env && *env ? atoi(env) : DECODE_STAGES;
+  if (n < 2 || part / block_size + 2 > DECODE_STAGE_TABLE_MAX) return 0;
+  return n > 4 ? 4 : n;
+}
+
+/* The grouped kernel's threadgroup memory (its header comment's layout). */
+static size_t group_shared_bytes(const group_geometry *gg, int64_t D, int stages, int64_t part,
+                                 int64_t block_size) {
+  const size_t tpg = (size_t)(128 / gg->lpt);
+  const size_t cpl = (size_t)((D / gg->vec + gg->lpt - 1) / gg->lpt);
+  size_t bytes = sizeof(float) * tpg * (size_t)gg->g * (size_t)(D + 2);
+  if (stages) bytes += 16 * (size_t)stages * 2 * cpl * 128 + sizeof(int) * (size_t)(part / block_size + 2);
+  return bytes;
+}
+
 /* Partials per (row, partition) from the grouped kernel (gg != NULL) or a
  * thread per (row, partition), then their merge into y. */
 static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx_array *at,
@@ -462,7 +487,7 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
   if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, ZMLX_F32, 2, s2, &pacc);
   if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, gg ? K_GROUP : K_PART, &kp);
   if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_COMBINE, &kc);
-  zmlx_template_arg t[7] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, D}};
+  zmlx_template_arg t[9] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, D}};
   if (st == ZMLX_OK) {
     const int64_t groups = B * c->d.kv_heads * np_;
     double p[9] = {(double)(gg ? groups : rows * np_), (double)Hq, (double)c->d.kv_heads,
@@ -473,20 +498,23 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
     zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 3, .inputs = in, .outputs = outs,
                              .templates = t, .n_templates = 1, .params = p, .device = c->dev};
     if (gg) {
-      const int tpg = 128 / gg->lpt;
+      const int stages = decode_stages(part, c->d.block_size);
       t[1] = (zmlx_template_arg){"G", ZMLX_TEMPLATE_INT, ZMLX_F32, gg->g};
       t[2] = (zmlx_template_arg){"LPT", ZMLX_TEMPLATE_INT, ZMLX_F32, gg->lpt};
       t[3] = (zmlx_template_arg){"VEC", ZMLX_TEMPLATE_INT, ZMLX_F32, gg->vec};
       t[4] = (zmlx_template_arg){"XDT", ZMLX_TEMPLATE_INT, ZMLX_F32, zmlxi_ops_xdt(c->d.dtype)};
       t[5] = (zmlx_template_arg){"NATIVE_SIMD", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
                                  zmlxi_ops_native_simd(c->dev)};
-      t[6] = (zmlx_template_arg){"PF", ZMLX_TEMPLATE_INT, ZMLX_F32, decode_prefetch()};
-      call.n_templates = 7;
+      t[6] = (zmlx_template_arg){"PF", ZMLX_TEMPLATE_INT, ZMLX_F32, stages ? 0 : decode_prefetch()};
+      t[7] = (zmlx_template_arg){"ST", ZMLX_TEMPLATE_INT, ZMLX_F32, stages};
+      t[8] = (zmlx_template_arg){"NATIVE_ASYNC", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
+                                 stages && zmlxi_ops_native_mma(c->dev)};
+      call.n_templates = 9;
       call.grid[0] = groups * 128;
       call.grid[1] = call.grid[2] = 1;
       call.threadgroup[0] = 128;
       call.threadgroup[1] = call.threadgroup[2] = 1;
-      call.dynamic_shared_bytes = sizeof(float) * (size_t)tpg * gg->g * (size_t)(D + 2);
+      call.dynamic_shared_bytes = group_shared_bytes(gg, D, stages, part, c->d.block_size);
     } else {
       zmlxi_kernel_call_grid_1d(&call, rows * np_);
     }

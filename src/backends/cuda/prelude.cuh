@@ -211,7 +211,8 @@ ZMLX_MMA_16X8X16_(zmlx_mma_16x8x16_bf16, "bf16")
  * (cp.async, sm_80 on), or 16 zero bytes when `valid` is 0 (src is then not
  * read); both pointers 16-byte aligned. Copies issued since the last commit
  * form a group; wait_all waits for every group, wait_but_one for all but the
- * newest, wait_but_two for all but the newest two (a three-stage pipeline):
+ * newest, wait_but_two for all but the newest two (a three-stage pipeline),
+ * wait_pending(N) for all but the newest N:
  * the issuing thread's copies only, so a barrier must follow before other
  * threads read them. */
 ZMLX_FN void zmlx_copy_async16(void *dst, const void *src, int valid) {
@@ -222,6 +223,9 @@ ZMLX_FN void zmlx_copy_async16(void *dst, const void *src, int valid) {
 #define zmlx_copy_async_wait_all() asm volatile("cp.async.wait_group 0;" ::: "memory")
 #define zmlx_copy_async_wait_but_one() asm volatile("cp.async.wait_group 1;" ::: "memory")
 #define zmlx_copy_async_wait_but_two() asm volatile("cp.async.wait_group 2;" ::: "memory")
+/* all but the newest N groups (N a constant expression: a pipeline's
+ * stages - 1) */
+#define zmlx_copy_async_wait_pending(N) asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory")
 #else
 #define ZMLX_HAS_MMA 0
 #endif
