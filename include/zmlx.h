@@ -887,6 +887,19 @@ ZMLX_API zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *cache, int64_t seq,
                                               int64_t start, zmlx_array *k, zmlx_array *v,
                                               zmlx_array *q, const zmlx_rope_opts *rope,
                                               zmlx_array **q_out);
+/** A decode step's fused RoPE + cache write for a batch, in one launch: row
+ *  i of k, v [batch, kv_heads, head_dim] and q [batch, q_heads, head_dim]
+ *  is sequence seqs[i]'s new token, at that sequence's last position (its
+ *  length - 1: zmlx_kv_cache_extend it by one first). Each k row is rotated
+ *  at its own position and written with its v row to `layer`; *q_out gets
+ *  q rotated the same way (q's shape and dtype). What zmlx_kv_cache_write_rope
+ *  of each row would do, without a call (and a block-table upload) per
+ *  sequence. The sequences must be distinct and non-empty; rope as there. */
+ZMLX_API zmlx_status zmlx_kv_cache_write_rope_step(zmlx_kv_cache *cache, int layer,
+                                                   const int64_t *seqs, int64_t batch,
+                                                   zmlx_array *k, zmlx_array *v, zmlx_array *q,
+                                                   const zmlx_rope_opts *rope,
+                                                   zmlx_array **q_out);
 /** PagedAttention decode: one query token per sequence, q [batch, q_heads,
  *  head_dim] (q_heads a multiple of the cache's kv_heads; f32 / f16 /
  *  bf16), against the whole context of sequence seqs[i] in `layer`, read

@@ -520,6 +520,14 @@ static const zmlx_kernel_desc KD_NONAME = {.source = "x", .n_outputs = 1},
   X(I, zmlx_kv_cache_length(F.kv, 12345, &oi64)) X(N, zmlx_kv_cache_length(F.kv, F.seq, NULL))     \
   X(N, zmlx_kv_cache_write_rope(NULL, F.seq, 0, 0, F.f2x8x8, F.f2x8x8, NULL, NULL, NULL))         \
   X(I, zmlx_kv_cache_write_rope(F.kv, F.seq, 4, 0, F.f1x2x3x8, F.f1x2x3x8, F.f1x2x3x8, NULL, &o1))         \
+  X(N, zmlx_kv_cache_write_rope_step(NULL, 0, SEQS_OK, 1, F.f2x8x8, F.f2x8x8, F.f2x8x8, NULL, &o1)) \
+  X(N, zmlx_kv_cache_write_rope_step(F.kv, 0, SEQS_OK, 1, F.f2x8x8, F.f2x8x8, F.f2x8x8, NULL, NULL)) \
+  X(I, zmlx_kv_cache_write_rope_step(F.kv, 3, SEQS_OK, 1, F.f2x8x8, F.f2x8x8, F.f2x8x8, NULL, &o1)) \
+  X(I, zmlx_kv_cache_write_rope_step(F.kv, 0, SEQS_OK, -1, F.f2x8x8, F.f2x8x8, F.f2x8x8, NULL, &o1)) \
+  X(N, zmlx_kv_cache_write_rope_step(F.kv, 0, NULL, 2, F.f2x8x8, F.f2x8x8, F.f2x8x8, NULL, &o1)) \
+  X(N, zmlx_kv_cache_write_rope_step(F.kv, 0, SEQS_OK, 2, NULL, F.f2x8x8, F.f2x8x8, NULL, &o1)) \
+  X(ANY, zmlx_kv_cache_write_rope_step(F.kv, 0, SEQS_BAD, 2, F.f2x8x8, F.f2x8x8, F.f2x8x8, NULL, &o1)) \
+  X(ANY, zmlx_kv_cache_write_rope_step(F.kv, 0, SEQS_OK, 2, F.f23, F.f23, F.f23, NULL, &o1))     \
   X(N, zmlx_kv_cache_attention(NULL, 0, F.f2x8x8, SEQS_OK, 0, &o1))                               \
   X(N, zmlx_kv_cache_attention(F.kv, 0, NULL, SEQS_OK, 0, &o1))                                   \
   X(I, zmlx_kv_cache_attention(F.kv, 7, F.f2x8x8, SEQS_OK, 0, &o1))                               \

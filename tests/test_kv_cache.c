@@ -395,6 +395,145 @@ static void test_rope_write(void **state) {
     }
 }
 
+/* Both caches' sequences s[0..n) of `layer` read back bitwise equal. */
+static void assert_caches_equal(zmlx_kv_cache *a, zmlx_kv_cache *b, const int64_t *s, int n,
+                                int layer) {
+  for (int i = 0; i < n; i++) {
+    zmlx_array *ka = NULL, *va = NULL, *kb = NULL, *vb = NULL;
+    ZT_OK(zmlx_kv_cache_read(a, s[i], layer, &ka, &va));
+    ZT_OK(zmlx_kv_cache_read(b, s[i], layer, &kb, &vb));
+    assert_int_equal(zmlx_array_size(ka), zmlx_array_size(kb));
+    double *xa = zt_download(ka), *xb = zt_download(kb), *ya = zt_download(va), *yb = zt_download(vb);
+    for (int64_t j = 0; j < zmlx_array_size(ka); j++) {
+      if (xa[j] != xb[j] || ya[j] != yb[j])
+        fail_msg("sequence %lld layer %d element %lld: k %g vs %g, v %g vs %g", (long long)s[i],
+                 layer, (long long)j, xa[j], xb[j], ya[j], yb[j]);
+    }
+    free(xa), free(xb), free(ya), free(yb);
+    zmlx_array_release(ka), zmlx_array_release(va), zmlx_array_release(kb), zmlx_array_release(vb);
+  }
+}
+
+/* A batch's decode-step write (zmlx_kv_cache_write_rope_step) equals
+ * zmlx_kv_cache_write_rope of each row at its sequence's last position, in
+ * a second cache built the same way: the caches read back bitwise equal,
+ * q_out row i equals row i's own rotation. The batch mixes lengths, a token
+ * opening a new block, forks before and after the extension (the latter:
+ * both write one shared slot: copy-on-write), out of sequence order; both
+ * RoPE modes. Bad batches are a status and write nothing. */
+static void test_rope_write_step(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  uint64_t rng = zt_seed() * 2654435761u + 977u;
+  enum { HK = 2, HQ = 4, HD = 8, NS = 5 };
+  for (int mode = 0; mode < 2; mode++) {
+    zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 2, .kv_heads = HK,
+                               .head_dim = HD, .block_size = 8, .num_blocks = 24,
+                               .dtype = ZMLX_F32, .device = devs[0]};
+    zmlx_kv_cache *c[2] = {NULL, NULL};
+    int64_t seq[NS];
+    /* seq 2: a fork of seq 1 before the step's extension; seq 4 one of seq 3
+     * after it, so the slot both write is in a block they share */
+    static const int64_t lens[NS] = {3, 17, -1, 8, -2};
+    for (int w = 0; w < 2; w++) {
+      ZT_OK(zmlx_kv_cache_create(&desc, &c[w]));
+      for (int i = 0; i < NS; i++) {
+        if (lens[i] == -1) ZT_OK(zmlx_kv_cache_fork(c[w], seq[1], &seq[i]));
+        if (lens[i] < 0) continue;
+        ZT_OK(zmlx_kv_cache_add_sequence(c[w], &seq[i]));
+        ZT_OK(zmlx_kv_cache_extend(c[w], seq[i], lens[i]));
+      }
+    }
+    for (int i = 0; i < NS; i++) {
+      if (lens[i] < 0) continue;
+      int64_t sh[3] = {lens[i], HK, HD};
+      float kv[17 * HK * HD], vv[17 * HK * HD];
+      zt_fill_uniform(kv, (size_t)(lens[i] * HK * HD), -1, 1, &rng);
+      zt_fill_uniform(vv, (size_t)(lens[i] * HK * HD), -1, 1, &rng);
+      zmlx_array *k = zt_array(devs[0], ZMLX_F32, 3, sh, kv), *v = zt_array(devs[0], ZMLX_F32, 3, sh, vv);
+      for (int w = 0; w < 2; w++) ZT_OK(zmlx_kv_cache_write(c[w], seq[i], 1, 0, k, v));
+      zmlx_array_release(k), zmlx_array_release(v);
+    }
+    for (int w = 0; w < 2; w++)
+      for (int i = 0; i < NS; i++) {
+        if (lens[i] == -2) ZT_OK(zmlx_kv_cache_fork(c[w], seq[3], &seq[i]));
+        else ZT_OK(zmlx_kv_cache_extend(c[w], seq[i], 1));
+      }
+    const int64_t order[NS] = {seq[2], seq[4], seq[0], seq[3], seq[1]};
+    int64_t ks[3] = {NS, HK, HD}, qs[3] = {NS, HQ, HD};
+    float kv[NS * HK * HD], vv[NS * HK * HD], qv[NS * HQ * HD];
+    zt_fill_uniform(kv, NS * HK * HD, -1, 1, &rng);
+    zt_fill_uniform(vv, NS * HK * HD, -1, 1, &rng);
+    zt_fill_uniform(qv, NS * HQ * HD, -1, 1, &rng);
+    zmlx_array *k = zt_array(devs[0], ZMLX_F32, 3, ks, kv), *v = zt_array(devs[0], ZMLX_F32, 3, ks, vv);
+    zmlx_array *q = zt_array(devs[0], ZMLX_F32, 3, qs, qv), *qo = NULL;
+    zmlx_rope_opts ro = {.mode = (zmlx_rope_mode)mode, .base = 300, .scale = 0.75};
+    ZT_OK(zmlx_kv_cache_write_rope_step(c[0], 1, order, NS, k, v, q, &ro, &qo));
+    double *got_q = zt_download(qo);
+    for (int i = 0; i < NS; i++) {
+      int64_t len = 0;
+      zmlx_array *ki = NULL, *vi = NULL, *qi = NULL, *qoi = NULL;
+      ZT_OK(zmlx_kv_cache_length(c[1], order[i], &len));
+      const int64_t lo[3] = {i, 0, 0}, hik[3] = {i + 1, HK, HD}, hiq[3] = {i + 1, HQ, HD};
+      ZT_OK(zmlx_array_slice(k, lo, hik, NULL, &ki));
+      ZT_OK(zmlx_array_slice(v, lo, hik, NULL, &vi));
+      ZT_OK(zmlx_array_slice(q, lo, hiq, NULL, &qi));
+      ZT_OK(zmlx_kv_cache_write_rope(c[1], order[i], 1, len - 1, ki, vi, qi, &ro, &qoi));
+      double *want_q = zt_download(qoi);
+      for (int j = 0; j < HQ * HD; j++)
+        if (got_q[i * HQ * HD + j] != want_q[j])
+          fail_msg("mode %d row %d q_out[%d]: %g vs %g", mode, i, j, got_q[i * HQ * HD + j], want_q[j]);
+      free(want_q);
+      zmlx_array_release(ki), zmlx_array_release(vi), zmlx_array_release(qi), zmlx_array_release(qoi);
+    }
+    free(got_q);
+    zmlx_array_release(qo);
+    assert_caches_equal(c[0], c[1], seq, NS, 1);
+    assert_caches_equal(c[0], c[1], seq, NS, 0);
+    /* bad batches: a status each, and nothing written */
+    const int64_t twice[NS] = {seq[0], seq[1], seq[0], seq[3], seq[4]};
+    ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 1, twice, NS, k, v, q, &ro, &qo),
+             ZMLX_ERR_INVALID_ARG, "in the batch twice");
+    ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 2, order, NS, k, v, q, &ro, &qo),
+             ZMLX_ERR_INVALID_ARG, "layer 2 of 2");
+    ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 1, order, NS - 1, k, v, q, &ro, &qo),
+             ZMLX_ERR_SHAPE, "[5, 2, 8]");
+    ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 1, NULL, NS, k, v, q, &ro, &qo),
+             ZMLX_ERR_NULL_ARG, "seqs");
+    int64_t q3s[3] = {NS, 3, HD};
+    zmlx_array *q3 = NULL;
+    ZT_OK(zmlx_array_zeros(devs[0], ZMLX_F32, 3, q3s, &q3));
+    ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 1, order, NS, k, v, q3, &ro, &qo),
+             ZMLX_ERR_SHAPE, "[5, 3, 8]");
+    zmlx_array_release(q3);
+    int64_t empty, gone;
+    ZT_OK(zmlx_kv_cache_add_sequence(c[0], &empty));
+    ZT_OK(zmlx_kv_cache_fork(c[0], seq[0], &gone));
+    ZT_OK(zmlx_kv_cache_free_sequence(c[0], gone));
+    const int64_t with_empty[NS] = {seq[0], seq[1], empty, seq[3], seq[4]};
+    const int64_t with_freed[NS] = {seq[0], gone, seq[2], seq[3], seq[4]};
+    ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 1, with_empty, NS, k, v, q, &ro, &qo),
+             ZMLX_ERR_INVALID_ARG, "is empty");
+    ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 1, with_freed, NS, k, v, q, &ro, &qo),
+             ZMLX_ERR_INVALID_ARG, "was freed");
+    assert_null(qo);
+    assert_caches_equal(c[0], c[1], seq, NS, 1);
+    /* an empty batch: an empty q_out */
+    int64_t zs[3] = {0, HK, HD}, zq[3] = {0, HQ, HD};
+    zmlx_array *k0 = NULL, *q0 = NULL;
+    ZT_OK(zmlx_array_zeros(devs[0], ZMLX_F32, 3, zs, &k0));
+    ZT_OK(zmlx_array_zeros(devs[0], ZMLX_F32, 3, zq, &q0));
+    ZT_OK(zmlx_kv_cache_write_rope_step(c[0], 1, NULL, 0, k0, k0, q0, &ro, &qo));
+    assert_int_equal(zmlx_array_size(qo), 0);
+    zmlx_array_release(qo), zmlx_array_release(k0), zmlx_array_release(q0);
+    zmlx_array_release(k), zmlx_array_release(v), zmlx_array_release(q);
+    ZT_OK(zmlx_kv_cache_destroy(c[0]));
+    ZT_OK(zmlx_kv_cache_destroy(c[1]));
+  }
+}
+
 static void test_bad_input(void **state) {
   (void)state;
   zmlx_device *devs[MAX_DEVS];
@@ -462,6 +601,7 @@ int main(void) {
       cmocka_unit_test(test_fork_copy_on_write),
       cmocka_unit_test(test_paged_decode),
       cmocka_unit_test(test_rope_write),
+      cmocka_unit_test(test_rope_write_step),
       cmocka_unit_test(test_bad_input),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));

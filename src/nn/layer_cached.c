@@ -54,37 +54,13 @@ static zmlx_status prefill_attention(const zmlxi_block_shape *s, zmlx_kv_cache *
 }
 
 /* Row i's key and value written at the last position of seqs[i], its
- * query rotated the same way: q [B, H, hd] -> *qr. */
+ * query rotated the same way: q [B, H, hd] -> *qr. One launch for the
+ * batch. */
 static zmlx_status write_step(const zmlxi_block_shape *s, zmlx_kv_cache *cache,
                               const int64_t *seqs, int layer, zmlx_array *q, zmlx_array *k,
                               zmlx_array *v, zmlx_array **qr) {
-  const int B = (int)q->shape[0];
   zmlx_rope_opts rope = {.base = s->rope_base};
-  zmlx_array **parts = calloc((size_t)B, sizeof *parts);
-  if (!parts) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  zmlx_status st = ZMLX_OK;
-  for (int i = 0; i < B && st == ZMLX_OK; i++) {
-    zmlx_array *qi = NULL, *ki = NULL, *vi = NULL;
-    int64_t len = 0;
-    st = zmlx_kv_cache_length(cache, seqs[i], &len);
-    if (st == ZMLX_OK) st = zmlxi_rows(q, i, i + 1, &qi);
-    if (st == ZMLX_OK) st = zmlxi_rows(k, i, i + 1, &ki);
-    if (st == ZMLX_OK) st = zmlxi_rows(v, i, i + 1, &vi);
-    if (st == ZMLX_OK)
-      st = zmlx_kv_cache_write_rope(cache, seqs[i], layer, len - 1, ki, vi, qi, &rope, &parts[i]);
-    zmlx_array_release(qi), zmlx_array_release(ki), zmlx_array_release(vi);
-  }
-  if (st == ZMLX_OK) {
-    if (B == 1) {
-      *qr = parts[0];
-      parts[0] = NULL;
-    } else {
-      st = zmlx_concat(parts, B, 0, qr);
-    }
-  }
-  for (int i = 0; i < B; i++) zmlx_array_release(parts[i]);
-  free(parts);
-  return st;
+  return zmlx_kv_cache_write_rope_step(cache, layer, seqs, q->shape[0], k, v, q, &rope, qr);
 }
 
 /* The attention of h [n, dim] (see zmlxi_attention_cached), before wo:

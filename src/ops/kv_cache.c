@@ -613,57 +613,163 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
 
 /* ------------------------------------------------- RoPE + cache write */
 
+/* The RoPE of a fused write, checked: opts (NULL: the defaults) and its
+ * rotary dims R. */
+typedef struct rope_write_opts {
+  zmlx_rope_opts o;
+  int R;
+  double base, scale;
+} rope_write_opts;
+
+static zmlx_status check_rope(const zmlx_kv_cache *c, const char *call, const zmlx_rope_opts *rope,
+                              rope_write_opts *rw) {
+  memset(rw, 0, sizeof *rw);
+  if (rope) rw->o = *rope;
+  const int D = c->d.head_dim;
+  rw->R = rw->o.rotary_dims ? rw->o.rotary_dims : D;
+  if (rw->R % 2 || rw->R > D || rw->R < 0)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: rotary_dims %d (even, <= head_dim %d)", call,
+                     rw->R, D);
+  if (rw->o.mode != ZMLX_ROPE_HALF_SPLIT && rw->o.mode != ZMLX_ROPE_INTERLEAVED)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: unknown mode %d", call, (int)rw->o.mode);
+  if (rw->o.offsets || rw->o.positions || rw->o.cos || rw->o.sin)
+    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "%s: positions come from the sequences; offsets, "
+                     "positions and cos/sin tables are not taken here", call);
+  rw->base = rw->o.base != 0 ? rw->o.base : 10000.0;
+  rw->scale = rw->o.scale != 0 ? rw->o.scale : 1.0;
+  return ZMLX_OK;
+}
+
+/* q [n, q_heads (a multiple of kv_heads), head_dim], f32 / f16 / bf16. */
+static zmlx_status check_rope_q(const zmlx_kv_cache *c, const char *call, const zmlx_array *q,
+                                int64_t n) {
+  char sh[96];
+  if (!q) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: q is NULL", call);
+  if (q->ndim != 3 || q->shape[0] != n || q->shape[2] != c->d.head_dim ||
+      q->shape[1] % c->d.kv_heads != 0 || !zmlxi_dtype_is_f32_f16_bf16(q->dtype))
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "%s: q %s must be [%lld tokens, q_heads (a multiple of "
+                     "%d), head_dim %d] of f32 / f16 / bf16", call,
+                     zmlxi_shape_str(sh, sizeof sh, q->ndim, q->shape), (long long)n,
+                     c->d.kv_heads, c->d.head_dim);
+  if (q->buffer->device != c->dev)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: q lives on another device", call);
+  return ZMLX_OK;
+}
+
+/* kv_rope_write.zk over n tokens into qo: rows holds their slots (and with
+ * step their positions after them; else the positions are start ..). */
+static zmlx_status launch_rope_write(zmlx_kv_cache *c, int layer, zmlx_array *k, zmlx_array *v,
+                                     zmlx_array *q, zmlx_array *rows, int64_t n, int64_t start,
+                                     int step, const rope_write_opts *rw, zmlx_array *qo) {
+  zmlx_kernel *kern = NULL;
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_ROPE_WRITE, &kern));
+  const int D = c->d.head_dim, Wi = D - rw->R / 2;
+  const int64_t Hq = q->shape[1];
+  double p[10] = {(double)(n * (c->d.kv_heads + Hq) * Wi), Wi, c->d.kv_heads, (double)Hq, D,
+                  rw->R, (double)start,
+                  (double)((int64_t)layer * c->d.num_blocks * c->d.block_size),
+                  (double)(float)log2(rw->base), rw->scale};
+  zmlx_template_arg t[2] = {
+      {"INTERLEAVED", ZMLX_TEMPLATE_BOOL, ZMLX_F32, rw->o.mode == ZMLX_ROPE_INTERLEAVED},
+      {"STEP", ZMLX_TEMPLATE_BOOL, ZMLX_F32, step}};
+  zmlx_array *in[4] = {k, v, q, rows}, *outs[3] = {c->k, c->v, qo};
+  zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 3, .inputs = in, .outputs = outs,
+                           .templates = t, .n_templates = 2, .params = p, .device = c->dev};
+  zmlxi_kernel_call_grid_1d(&call, n * (c->d.kv_heads + Hq) * Wi);
+  return zmlx_kernel_launch(kern, &call);
+}
+
 zmlx_status zmlx_kv_cache_write_rope(zmlx_kv_cache *c, int64_t seq, int layer, int64_t start,
                                      zmlx_array *k, zmlx_array *v, zmlx_array *q,
                                      const zmlx_rope_opts *rope, zmlx_array **q_out) {
+  static const char call[] = "zmlx_kv_cache_write_rope";
   ZMLX_REQUIRE_ARG(q_out);
   *q_out = NULL;
   kv_seq *s = NULL;
   int64_t n = 0;
-  ZMLX_CHECK(check_write(c, "zmlx_kv_cache_write_rope", seq, layer, start, k, v, &s, &n));
-  ZMLX_REQUIRE_ARG(q);
-  char sh[96];
-  if (q->ndim != 3 || q->shape[0] != n || q->shape[2] != c->d.head_dim ||
-      q->shape[1] % c->d.kv_heads != 0 || !zmlxi_dtype_is_f32_f16_bf16(q->dtype))
-    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_kv_cache_write_rope: q %s must be [%lld tokens, "
-                     "q_heads (a multiple of %d), head_dim %d] of f32 / f16 / bf16",
-                     zmlxi_shape_str(sh, sizeof sh, q->ndim, q->shape), (long long)n,
-                     c->d.kv_heads, c->d.head_dim);
-  zmlx_rope_opts o = {0};
-  if (rope) o = *rope;
-  const int D = c->d.head_dim, R = o.rotary_dims ? o.rotary_dims : D;
-  if (R % 2 || R > D || R < 0)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: rotary_dims %d (even, <= "
-                     "head_dim %d)", R, D);
-  if (o.mode != ZMLX_ROPE_HALF_SPLIT && o.mode != ZMLX_ROPE_INTERLEAVED)
-    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_write_rope: unknown mode %d", (int)o.mode);
-  if (o.offsets || o.positions || o.cos || o.sin)
-    return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_kv_cache_write_rope: positions come from the "
-                     "sequence (start); offsets, positions and cos/sin tables are not taken here");
-  const double base = o.base != 0 ? o.base : 10000.0, scale = o.scale != 0 ? o.scale : 1.0;
-  zmlx_array *qo = NULL;
+  rope_write_opts rw;
+  ZMLX_CHECK(check_write(c, call, seq, layer, start, k, v, &s, &n));
+  ZMLX_CHECK(check_rope_q(c, call, q, n));
+  ZMLX_CHECK(check_rope(c, call, rope, &rw));
+  zmlx_array *qo = NULL, *rows = NULL;
   ZMLX_CHECK(zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &qo));
-  if (n == 0) {
-    *q_out = qo;
-    return ZMLX_OK;
+  zmlx_status st = ZMLX_OK;
+  if (n > 0) {
+    st = claim_slots(c, s, start, n, &rows);
+    if (st == ZMLX_OK) st = launch_rope_write(c, layer, k, v, q, rows, n, start, 0, &rw, qo);
   }
-  const int64_t bs = c->d.block_size, Hq = q->shape[1];
-  zmlx_array *rows = NULL;
-  zmlx_status st = claim_slots(c, s, start, n, &rows);
-  zmlx_kernel *kern = NULL;
-  if (st == ZMLX_OK) st = zmlxi_kernel_set_get(&KERNELS, K_ROPE_WRITE, &kern);
-  if (st == ZMLX_OK) {
-    const int Wi = D - R / 2;
-    double p[10] = {(double)(n * (c->d.kv_heads + Hq) * Wi), Wi, c->d.kv_heads, (double)Hq, D, R,
-                    (double)start, (double)((int64_t)layer * c->d.num_blocks * bs),
-                    (double)(float)log2(base), scale};
-    zmlx_template_arg t[1] = {{"INTERLEAVED", ZMLX_TEMPLATE_BOOL, ZMLX_F32,
-                               o.mode == ZMLX_ROPE_INTERLEAVED}};
-    zmlx_array *in[4] = {k, v, q, rows}, *outs[3] = {c->k, c->v, qo};
-    zmlx_kernel_call call = {.n_inputs = 4, .n_outputs = 3, .inputs = in, .outputs = outs,
-                             .templates = t, .n_templates = 1, .params = p, .device = c->dev};
-    zmlxi_kernel_call_grid_1d(&call, n * (c->d.kv_heads + Hq) * Wi);
-    st = zmlx_kernel_launch(kern, &call);
+  zmlx_array_release(rows);
+  if (st != ZMLX_OK) {
+    zmlx_array_release(qo);
+    return st;
+  }
+  *q_out = qo;
+  return ZMLX_OK;
+}
+
+/* The step's sequences: each alive, holding a token to write (length >= 1),
+ * none twice (two rows would write one slot). */
+static zmlx_status check_step_seqs(zmlx_kv_cache *c, const char *call, const int64_t *seqs,
+                                   int64_t batch) {
+  for (int64_t i = 0; i < batch; i++) {
+    kv_seq *s = NULL;
+    ZMLX_CHECK(get_seq(c, call, seqs[i], &s));
+    if (s->len < 1)
+      return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: sequence %lld is empty (zmlx_kv_cache_extend "
+                       "it by the step's token first)", call, (long long)seqs[i]);
+    for (int64_t j = 0; j < i; j++)
+      if (seqs[j] == seqs[i])
+        return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: sequence %lld is in the batch twice (rows "
+                         "%lld and %lld)", call, (long long)seqs[i], (long long)j, (long long)i);
+  }
+  return ZMLX_OK;
+}
+
+/* The step's slots (each sequence's last position, its block copied first
+ * where shared) then those positions, as i32 on the device. */
+static zmlx_status claim_step_slots(zmlx_kv_cache *c, const int64_t *seqs, int64_t batch,
+                                    zmlx_array **rows) {
+  const int64_t bs = c->d.block_size, n2 = 2 * batch;
+  int32_t *h = malloc((size_t)n2 * sizeof *h);
+  if (!h) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "kv cache: out of host memory");
+  zmlx_status st = ZMLX_OK;
+  for (int64_t i = 0; i < batch && st == ZMLX_OK; i++) {
+    kv_seq *s = &c->seqs[seqs[i]];
+    const int64_t p = s->len - 1;
+    st = own_blocks(c, s, p / bs, p / bs);
+    h[i] = (int32_t)((int64_t)s->blocks[p / bs] * bs + p % bs);
+    h[batch + i] = (int32_t)p;
+  }
+  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 1, &n2, h, rows);
+  free(h);
+  return st;
+}
+
+zmlx_status zmlx_kv_cache_write_rope_step(zmlx_kv_cache *c, int layer, const int64_t *seqs,
+                                          int64_t batch, zmlx_array *k, zmlx_array *v,
+                                          zmlx_array *q, const zmlx_rope_opts *rope,
+                                          zmlx_array **q_out) {
+  static const char call[] = "zmlx_kv_cache_write_rope_step";
+  ZMLX_REQUIRE_ARG(q_out);
+  *q_out = NULL;
+  ZMLX_REQUIRE_ARG(c);
+  if (batch < 0 || batch > INT32_MAX)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: batch %lld", call, (long long)batch);
+  if (batch > 0 && !seqs) return zmlxi_fail(ZMLX_ERR_NULL_ARG, "%s: seqs is NULL", call);
+  if (layer < 0 || layer >= c->d.layers)
+    return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "%s: layer %d of %d", call, layer, c->d.layers);
+  rope_write_opts rw;
+  ZMLX_CHECK(check_tokens(c, call, "k", k, batch));
+  ZMLX_CHECK(check_tokens(c, call, "v", v, batch));
+  ZMLX_CHECK(check_rope_q(c, call, q, batch));
+  ZMLX_CHECK(check_rope(c, call, rope, &rw));
+  ZMLX_CHECK(check_step_seqs(c, call, seqs, batch));
+  zmlx_array *qo = NULL, *rows = NULL;
+  ZMLX_CHECK(zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &qo));
+  zmlx_status st = ZMLX_OK;
+  if (batch > 0) {
+    st = claim_step_slots(c, seqs, batch, &rows);
+    if (st == ZMLX_OK) st = launch_rope_write(c, layer, k, v, q, rows, batch, 0, 1, &rw, qo);
   }
   zmlx_array_release(rows);
   if (st != ZMLX_OK) {
