@@ -228,10 +228,64 @@ static void test_fork_copy_on_write(void **state) {
 /* Decode against naive attention in f64 over what the cache holds: mixed
  * context lengths in one batch (1, 15, 16, 17, 300 and an empty one), GQA,
  * every dtype and the issue's head dims. */
+/* f64 attention of q [B, hq, hd] over layer 1 of each sequence (len[i]
+ * tokens) into want. */
+static void decode_reference(zmlx_kv_cache *c, const int64_t *seqs, const int64_t *len, int64_t B,
+                             int hq, int hkv, int hd, const double *qh, double *want) {
+  const double scale = 1.0 / sqrt((double)hd);
+  for (int64_t i = 0; i < B; i++) {
+    if (!len[i]) continue;
+    zmlx_array *k = NULL, *v = NULL;
+    ZT_OK(zmlx_kv_cache_read(c, seqs[i], 1, &k, &v));
+    double *kh = zt_download(k), *vh = zt_download(v);
+    for (int h = 0; h < hq; h++) {
+      const int g = h / (hq / hkv);
+      const double *qr = qh + (i * hq + h) * hd;
+      double *s = malloc(sizeof(double) * (size_t)len[i]), mx = -INFINITY, l = 0;
+      for (int64_t p = 0; p < len[i]; p++) {
+        double dot = 0;
+        for (int d = 0; d < hd; d++) dot += qr[d] * kh[(p * hkv + g) * hd + d];
+        s[p] = dot * scale;
+        mx = fmax(mx, s[p]);
+      }
+      for (int64_t p = 0; p < len[i]; p++) l += s[p] = exp(s[p] - mx);
+      for (int d = 0; d < hd; d++) {
+        double o = 0;
+        for (int64_t p = 0; p < len[i]; p++) o += s[p] / l * vh[(p * hkv + g) * hd + d];
+        want[(i * hq + h) * hd + d] = o;
+      }
+      free(s);
+    }
+    free(kh);
+    free(vh);
+    zmlx_array_release(k);
+    zmlx_array_release(v);
+  }
+}
+
+/* One random token appended to layer 1 of each sequence. */
+static void grow_each(zmlx_device *dev, zmlx_kv_cache *c, const int64_t *seqs, int64_t B, int hkv,
+                      int hd, int64_t *len, uint64_t *rng) {
+  int64_t sh[3] = {1, hkv, hd};
+  float *v = malloc(sizeof(float) * (size_t)(hkv * hd));
+  for (int64_t i = 0; i < B; i++) {
+    ZT_OK(zmlx_kv_cache_extend(c, seqs[i], 1));
+    zt_fill_uniform(v, (size_t)(hkv * hd), -1, 1, rng);
+    zmlx_array *ak = zt_array(dev, ZMLX_F32, 3, sh, v);
+    zt_fill_uniform(v, (size_t)(hkv * hd), -1, 1, rng);
+    zmlx_array *av = zt_array(dev, ZMLX_F32, 3, sh, v);
+    ZT_OK(zmlx_kv_cache_write(c, seqs[i], 1, len[i], ak, av));
+    len[i]++;
+    zmlx_array_release(ak);
+    zmlx_array_release(av);
+  }
+  free(v);
+}
+
 static void decode_case_lens(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, int hkv,
                              const int64_t *lens, int64_t B, uint64_t *rng) {
   int64_t blocks = 0;
-  for (int64_t i = 0; i < B; i++) blocks += (lens[i] + 15) / 16;
+  for (int64_t i = 0; i < B; i++) blocks += (lens[i] + 1 + 15) / 16;
   zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 2, .kv_heads = hkv,
                              .head_dim = hd, .block_size = 16, .num_blocks = blocks + 1,
                              .dtype = dt, .device = dev};
@@ -254,60 +308,84 @@ static void decode_case_lens(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, in
     zmlx_array_release(av);
     free(v);
   }
-  int64_t qsh[3] = {B, hq, hd};
+  int64_t qsh[3] = {B, hq, hd}, len[8];
+  memcpy(len, lens, (size_t)B * sizeof *len);
   size_t nq = (size_t)(B * hq * hd);
   float *qv = malloc(nq * sizeof *qv);
   zt_fill_uniform(qv, nq, -2, 2, rng);
-  zmlx_array *q = zt_array(dev, dt, 3, qsh, qv), *y = NULL;
+  zmlx_array *q = zt_array(dev, dt, 3, qsh, qv);
   double *qh = zt_download(q);
-  ZT_OK(zmlx_kv_cache_attention(c, 1, q, seqs, 0, &y));
-  double *got = zt_download(y), *want = calloc(nq, sizeof *want);
-  const double scale = 1.0 / sqrt((double)hd);
-  for (int64_t i = 0; i < B; i++) {
-    if (!lens[i]) continue;
-    zmlx_array *k = NULL, *v = NULL;
-    ZT_OK(zmlx_kv_cache_read(c, seqs[i], 1, &k, &v));
-    double *kh = zt_download(k), *vh = zt_download(v);
-    for (int h = 0; h < hq; h++) {
-      const int g = h / (hq / hkv);
-      const double *qr = qh + (i * hq + h) * hd;
-      double *s = malloc(sizeof(double) * (size_t)lens[i]), mx = -INFINITY, l = 0;
-      for (int64_t p = 0; p < lens[i]; p++) {
-        double dot = 0;
-        for (int d = 0; d < hd; d++) dot += qr[d] * kh[(p * hkv + g) * hd + d];
-        s[p] = dot * scale;
-        mx = fmax(mx, s[p]);
-      }
-      for (int64_t p = 0; p < lens[i]; p++) l += s[p] = exp(s[p] - mx);
-      for (int d = 0; d < hd; d++) {
-        double o = 0;
-        for (int64_t p = 0; p < lens[i]; p++) o += s[p] / l * vh[(p * hkv + g) * hd + d];
-        want[(i * hq + h) * hd + d] = o;
-      }
-      free(s);
-    }
-    free(kh);
-    free(vh);
-    zmlx_array_release(k);
-    zmlx_array_release(v);
+  /* twice: the second time after every sequence grew by a token, so the
+   * tables and lengths of the first call must not be reused */
+  for (int round = 0; round < 2; round++) {
+    if (round) grow_each(dev, c, seqs, B, hkv, hd, len, rng);
+    zmlx_array *y = NULL;
+    ZT_OK(zmlx_kv_cache_attention(c, 1, q, seqs, 0, &y));
+    double *got = zt_download(y), *want = calloc(nq, sizeof *want);
+    decode_reference(c, seqs, len, B, hq, hkv, hd, qh, want);
+    /* f32 statistics; the output rounded once to the dtype */
+    const double u = dt == ZMLX_F32 ? 0x1p-24 : dt == ZMLX_F16 ? 0x1p-11 : 0x1p-8;
+    char what[64];
+    snprintf(what, sizeof what, "decode %s head_dim %d, call %d", zmlx_dtype_name(dt), hd, round);
+    zt_assert_close(got, want, nq, 2e-5 + u, 2e-5 + u, what);
+    free(got);
+    free(want);
+    zmlx_array_release(y);
   }
-  /* f32 statistics; the output rounded once to the dtype */
-  const double u = dt == ZMLX_F32 ? 0x1p-24 : dt == ZMLX_F16 ? 0x1p-11 : 0x1p-8;
-  char what[64];
-  snprintf(what, sizeof what, "decode %s head_dim %d", zmlx_dtype_name(dt), hd);
-  zt_assert_close(got, want, nq, 2e-5 + u, 2e-5 + u, what);
   free(qh);
   free(qv);
-  free(got);
-  free(want);
   zmlx_array_release(q);
-  zmlx_array_release(y);
   ZT_OK(zmlx_kv_cache_destroy(c));
 }
 
 static void decode_case(zmlx_device *dev, zmlx_dtype dt, int hd, int hq, int hkv, uint64_t *rng) {
   static const int64_t lens[] = {1, 15, 16, 17, 300, 0};
   decode_case_lens(dev, dt, hd, hq, hkv, lens, 6, rng);
+}
+
+/* Decode of `order` (2 sequences) checked against decode_reference. */
+static void decode_order(zmlx_device *dev, zmlx_kv_cache *c, const int64_t *order,
+                         const int64_t *len, uint64_t *rng, const char *what) {
+  enum { HQ = 4, HKV = 2, HD = 16 };
+  int64_t qsh[3] = {2, HQ, HD};
+  float qv[2 * HQ * HD];
+  zt_fill_uniform(qv, 2 * HQ * HD, -2, 2, rng);
+  zmlx_array *q = zt_array(dev, ZMLX_F32, 3, qsh, qv), *y = NULL;
+  double *qh = zt_download(q), want[2 * HQ * HD];
+  ZT_OK(zmlx_kv_cache_attention(c, 1, q, order, 0, &y));
+  double *got = zt_download(y);
+  decode_reference(c, order, len, 2, HQ, HKV, HD, qh, want);
+  zt_assert_close(got, want, 2 * HQ * HD, 1e-5, 1e-5, what);
+  free(qh);
+  free(got);
+  zmlx_array_release(q);
+  zmlx_array_release(y);
+}
+
+/* The decode keeps the last call's tables on the device: calls whose
+ * tables alone differ (the batch's order swapped, lengths equal), then
+ * whose lengths alone differ (a token each, no new block), read what the
+ * cache holds now. */
+static void test_decode_tables_change(void **state) {
+  (void)state;
+  zmlx_device *devs[MAX_DEVS];
+  int nd = zt_devices(devs, MAX_DEVS);
+  if (!nd) skip();
+  uint64_t rng = zt_seed() * 2654435761u + 4242u;
+  zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 2, .kv_heads = 2,
+                             .head_dim = 16, .block_size = 16, .num_blocks = 8,
+                             .dtype = ZMLX_F32, .device = devs[0]};
+  zmlx_kv_cache *c = NULL;
+  ZT_OK(zmlx_kv_cache_create(&desc, &c));
+  int64_t seq[2], len[2] = {0, 0};
+  for (int i = 0; i < 2; i++) ZT_OK(zmlx_kv_cache_add_sequence(c, &seq[i]));
+  for (int t = 0; t < 20; t++) grow_each(devs[0], c, seq, 2, 2, 16, len, &rng);
+  const int64_t swapped[2] = {seq[1], seq[0]}; /* both 20 tokens long */
+  decode_order(devs[0], c, seq, len, &rng, "decode, first call");
+  decode_order(devs[0], c, swapped, len, &rng, "decode, the batch swapped");
+  grow_each(devs[0], c, seq, 2, 2, 16, len, &rng); /* both 21 */
+  decode_order(devs[0], c, swapped, len, &rng, "decode after a token each");
+  ZT_OK(zmlx_kv_cache_destroy(c));
 }
 
 static void test_paged_decode(void **state) {
@@ -602,6 +680,7 @@ int main(void) {
       cmocka_unit_test(test_paged_decode),
       cmocka_unit_test(test_rope_write),
       cmocka_unit_test(test_rope_write_step),
+      cmocka_unit_test(test_decode_tables_change),
       cmocka_unit_test(test_bad_input),
   };
   return zt_finish(cmocka_run_group_tests(tests, NULL, NULL), ZT_COUNT(tests));

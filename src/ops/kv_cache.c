@@ -64,6 +64,14 @@ struct zmlx_kv_cache {
   int64_t n_free;
   kv_seq *seqs;
   int64_t n_seqs, seq_cap;
+  /* The last decode's block tables [B, mb] and context lengths [B], on the
+   * host and the device: every layer of a decode step reads the same ones,
+   * so only the first uploads them (an upload waits for the stream). */
+  struct {
+    int32_t *tab, *lens;
+    int64_t B, mb;
+    zmlx_array *at, *al;
+  } tables;
 };
 
 static int64_t row_width(const zmlx_kv_cache *c) { return (int64_t)c->d.kv_heads * c->d.head_dim; }
@@ -117,6 +125,10 @@ zmlx_status zmlx_kv_cache_destroy(zmlx_kv_cache *c) {
   free(c->free_list);
   zmlx_array_release(c->k);
   zmlx_array_release(c->v);
+  free(c->tables.tab);
+  free(c->tables.lens);
+  zmlx_array_release(c->tables.at);
+  zmlx_array_release(c->tables.al);
   free(c);
   return ZMLX_OK;
 }
@@ -534,6 +546,42 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
   return st;
 }
 
+/* The batch's tables and lengths on the device (*at, *al: new references):
+ * the last call's when equal (not inside a graph capture, which must not
+ * keep an array a later call replaces), else uploaded and kept. The host
+ * arrays tab, lens pass to the cache when kept (NULL then). */
+static zmlx_status device_tables(zmlx_kv_cache *c, int32_t **tab, int32_t **lens, int64_t B,
+                                 int64_t mb, zmlx_array **at, zmlx_array **al) {
+  const int capturing = zmlxi_capture_on(c->dev) != NULL;
+  if (!capturing && c->tables.at && c->tables.B == B && c->tables.mb == mb &&
+      !memcmp(c->tables.tab, *tab, (size_t)(B * mb) * sizeof **tab) &&
+      !memcmp(c->tables.lens, *lens, (size_t)B * sizeof **lens)) {
+    ZMLX_CHECK(zmlx_array_retain(c->tables.at));
+    *at = c->tables.at;
+    ZMLX_CHECK(zmlx_array_retain(c->tables.al));
+    *al = c->tables.al;
+    return ZMLX_OK;
+  }
+  int64_t tsh[2] = {B, mb};
+  zmlx_status st = zmlx_array_from_host(c->dev, ZMLX_I32, 2, tsh, *tab, at);
+  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 1, &B, *lens, al);
+  if (st != ZMLX_OK || capturing) return st;
+  free(c->tables.tab);
+  free(c->tables.lens);
+  zmlx_array_release(c->tables.at);
+  zmlx_array_release(c->tables.al);
+  c->tables.tab = *tab;
+  c->tables.lens = *lens;
+  *tab = *lens = NULL;
+  c->tables.B = B;
+  c->tables.mb = mb;
+  c->tables.at = *at;
+  c->tables.al = *al;
+  (void)zmlx_array_retain(*at);
+  (void)zmlx_array_retain(*al);
+  return ZMLX_OK;
+}
+
 zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
                                     const int64_t *seqs, double scale, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(out);
@@ -571,12 +619,10 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
     if (s->n_blocks) memcpy(tab + i * mb, s->blocks, (size_t)s->n_blocks * sizeof *tab);
     lens[i] = (int32_t)s->len;
   }
-  int64_t tsh[2] = {B, mb};
-  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 2, tsh, tab, &at);
-  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 1, &B, lens, &al);
-  if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &y);
   int64_t max_len = 0;
-  for (int64_t i = 0; i < B; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
+  for (int64_t i = 0; st == ZMLX_OK && i < B; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
+  if (st == ZMLX_OK) st = device_tables(c, &tab, &lens, B, mb, &at, &al);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &y);
   group_geometry gg;
   const int64_t part = split_partition(max_len, B * Hq);
   if (st == ZMLX_OK && B * Hq > 0 && group_applies(c, q, &gg)) {
