@@ -534,42 +534,48 @@ static void test_rope_write_step(void **state) {
       for (int w = 0; w < 2; w++) ZT_OK(zmlx_kv_cache_write(c[w], seq[i], 1, 0, k, v));
       zmlx_array_release(k), zmlx_array_release(v);
     }
-    for (int w = 0; w < 2; w++)
-      for (int i = 0; i < NS; i++) {
-        if (lens[i] == -2) ZT_OK(zmlx_kv_cache_fork(c[w], seq[3], &seq[i]));
-        else ZT_OK(zmlx_kv_cache_extend(c[w], seq[i], 1));
-      }
-    const int64_t order[NS] = {seq[2], seq[4], seq[0], seq[3], seq[1]};
-    int64_t ks[3] = {NS, HK, HD}, qs[3] = {NS, HQ, HD};
-    float kv[NS * HK * HD], vv[NS * HK * HD], qv[NS * HQ * HD];
-    zt_fill_uniform(kv, NS * HK * HD, -1, 1, &rng);
-    zt_fill_uniform(vv, NS * HK * HD, -1, 1, &rng);
-    zt_fill_uniform(qv, NS * HQ * HD, -1, 1, &rng);
-    zmlx_array *k = zt_array(devs[0], ZMLX_F32, 3, ks, kv), *v = zt_array(devs[0], ZMLX_F32, 3, ks, vv);
-    zmlx_array *q = zt_array(devs[0], ZMLX_F32, 3, qs, qv), *qo = NULL;
+    /* two steps: the second's slots must not be the first's */
+    int64_t order[NS];
+    zmlx_array *k = NULL, *v = NULL, *q = NULL, *qo = NULL;
     zmlx_rope_opts ro = {.mode = (zmlx_rope_mode)mode, .base = 300, .scale = 0.75};
-    ZT_OK(zmlx_kv_cache_write_rope_step(c[0], 1, order, NS, k, v, q, &ro, &qo));
-    double *got_q = zt_download(qo);
-    for (int i = 0; i < NS; i++) {
-      int64_t len = 0;
-      zmlx_array *ki = NULL, *vi = NULL, *qi = NULL, *qoi = NULL;
-      ZT_OK(zmlx_kv_cache_length(c[1], order[i], &len));
-      const int64_t lo[3] = {i, 0, 0}, hik[3] = {i + 1, HK, HD}, hiq[3] = {i + 1, HQ, HD};
-      ZT_OK(zmlx_array_slice(k, lo, hik, NULL, &ki));
-      ZT_OK(zmlx_array_slice(v, lo, hik, NULL, &vi));
-      ZT_OK(zmlx_array_slice(q, lo, hiq, NULL, &qi));
-      ZT_OK(zmlx_kv_cache_write_rope(c[1], order[i], 1, len - 1, ki, vi, qi, &ro, &qoi));
-      double *want_q = zt_download(qoi);
-      for (int j = 0; j < HQ * HD; j++)
-        if (got_q[i * HQ * HD + j] != want_q[j])
-          fail_msg("mode %d row %d q_out[%d]: %g vs %g", mode, i, j, got_q[i * HQ * HD + j], want_q[j]);
-      free(want_q);
-      zmlx_array_release(ki), zmlx_array_release(vi), zmlx_array_release(qi), zmlx_array_release(qoi);
+    for (int round = 0; round < 2; round++) {
+      for (int w = 0; w < 2; w++)
+        for (int i = 0; i < NS; i++) {
+          if (lens[i] == -2 && !round) ZT_OK(zmlx_kv_cache_fork(c[w], seq[3], &seq[i]));
+          else ZT_OK(zmlx_kv_cache_extend(c[w], seq[i], 1));
+        }
+      for (int i = 0; i < NS; i++) order[i] = seq[(int[]){2, 4, 0, 3, 1}[i]];
+      int64_t ks[3] = {NS, HK, HD}, qs[3] = {NS, HQ, HD};
+      float kv[NS * HK * HD], vv[NS * HK * HD], qv[NS * HQ * HD];
+      zt_fill_uniform(kv, NS * HK * HD, -1, 1, &rng);
+      zt_fill_uniform(vv, NS * HK * HD, -1, 1, &rng);
+      zt_fill_uniform(qv, NS * HQ * HD, -1, 1, &rng);
+      zmlx_array_release(k), zmlx_array_release(v), zmlx_array_release(q);
+      k = zt_array(devs[0], ZMLX_F32, 3, ks, kv), v = zt_array(devs[0], ZMLX_F32, 3, ks, vv);
+      q = zt_array(devs[0], ZMLX_F32, 3, qs, qv);
+      ZT_OK(zmlx_kv_cache_write_rope_step(c[0], 1, order, NS, k, v, q, &ro, &qo));
+      double *got_q = zt_download(qo);
+      for (int i = 0; i < NS; i++) {
+        int64_t len = 0;
+        zmlx_array *ki = NULL, *vi = NULL, *qi = NULL, *qoi = NULL;
+        ZT_OK(zmlx_kv_cache_length(c[1], order[i], &len));
+        const int64_t lo[3] = {i, 0, 0}, hik[3] = {i + 1, HK, HD}, hiq[3] = {i + 1, HQ, HD};
+        ZT_OK(zmlx_array_slice(k, lo, hik, NULL, &ki));
+        ZT_OK(zmlx_array_slice(v, lo, hik, NULL, &vi));
+        ZT_OK(zmlx_array_slice(q, lo, hiq, NULL, &qi));
+        ZT_OK(zmlx_kv_cache_write_rope(c[1], order[i], 1, len - 1, ki, vi, qi, &ro, &qoi));
+        double *want_q = zt_download(qoi);
+        for (int j = 0; j < HQ * HD; j++)
+          if (got_q[i * HQ * HD + j] != want_q[j])
+            fail_msg("mode %d row %d q_out[%d]: %g vs %g", mode, i, j, got_q[i * HQ * HD + j], want_q[j]);
+        free(want_q);
+        zmlx_array_release(ki), zmlx_array_release(vi), zmlx_array_release(qi), zmlx_array_release(qoi);
+      }
+      free(got_q);
+      zmlx_array_release(qo);
+      assert_caches_equal(c[0], c[1], seq, NS, 1);
+      assert_caches_equal(c[0], c[1], seq, NS, 0);
     }
-    free(got_q);
-    zmlx_array_release(qo);
-    assert_caches_equal(c[0], c[1], seq, NS, 1);
-    assert_caches_equal(c[0], c[1], seq, NS, 0);
     /* bad batches: a status each, and nothing written */
     const int64_t twice[NS] = {seq[0], seq[1], seq[0], seq[3], seq[4]};
     ZT_FAILS(zmlx_kv_cache_write_rope_step(c[0], 1, twice, NS, k, v, q, &ro, &qo),

@@ -55,6 +55,13 @@ typedef struct kv_seq {
   int64_t n_blocks, cap;
 } kv_seq;
 
+/* An i32 array kept on the device with its host copy (memo_upload). */
+typedef struct kv_upload {
+  int32_t *host;
+  int64_t shape[2];
+  zmlx_array *dev;
+} kv_upload;
+
 struct zmlx_kv_cache {
   zmlx_kv_cache_desc d;
   zmlx_device *dev;
@@ -64,17 +71,40 @@ struct zmlx_kv_cache {
   int64_t n_free;
   kv_seq *seqs;
   int64_t n_seqs, seq_cap;
-  /* The last decode's block tables [B, mb] and context lengths [B], on the
-   * host and the device: every layer of a decode step reads the same ones,
-   * so only the first uploads them (an upload waits for the stream). */
-  struct {
-    int32_t *tab, *lens;
-    int64_t B, mb;
-    zmlx_array *at, *al;
-  } tables;
+  /* The last decode's block tables and context lengths, and the last
+   * step write's slots: every layer of a decode step uses the same ones, so
+   * only the first uploads them (an upload waits for the stream). */
+  kv_upload tables, lens, step_slots;
 };
 
 static int64_t row_width(const zmlx_kv_cache *c) { return (int64_t)c->d.kv_heads * c->d.head_dim; }
+
+/* *host (i32, shape[0] x shape[1]; malloc'd) on the device as *out, a new
+ * reference: m's array when m holds the same values, else uploaded and
+ * kept in m, which then owns *host (set to NULL). Inside a graph capture m
+ * is neither used nor replaced: a captured launch must not keep an array
+ * that a later call replaces (and the upload is refused there). */
+static zmlx_status memo_upload(zmlx_kv_cache *c, kv_upload *m, int32_t **host, int ndim,
+                               const int64_t *shape, zmlx_array **out) {
+  const int64_t rows = shape[0], cols = ndim == 2 ? shape[1] : 1;
+  const int capturing = zmlxi_capture_on(c->dev) != NULL;
+  if (!capturing && m->dev && m->shape[0] == rows && m->shape[1] == cols &&
+      !memcmp(m->host, *host, (size_t)(rows * cols) * sizeof **host)) {
+    ZMLX_CHECK(zmlx_array_retain(m->dev));
+    *out = m->dev;
+    return ZMLX_OK;
+  }
+  ZMLX_CHECK(zmlx_array_from_host(c->dev, ZMLX_I32, ndim, shape, *host, out));
+  if (capturing) return ZMLX_OK;
+  free(m->host);
+  zmlx_array_release(m->dev);
+  m->host = *host;
+  *host = NULL;
+  m->shape[0] = rows;
+  m->shape[1] = cols;
+  m->dev = *out;
+  return zmlx_array_retain(*out);
+}
 
 zmlx_status zmlx_kv_cache_create(const zmlx_kv_cache_desc *desc, zmlx_kv_cache **out) {
   ZMLX_REQUIRE_ARG(desc);
@@ -125,10 +155,11 @@ zmlx_status zmlx_kv_cache_destroy(zmlx_kv_cache *c) {
   free(c->free_list);
   zmlx_array_release(c->k);
   zmlx_array_release(c->v);
-  free(c->tables.tab);
-  free(c->tables.lens);
-  zmlx_array_release(c->tables.at);
-  zmlx_array_release(c->tables.al);
+  kv_upload *kept[3] = {&c->tables, &c->lens, &c->step_slots};
+  for (int i = 0; i < 3; i++) {
+    free(kept[i]->host);
+    zmlx_array_release(kept[i]->dev);
+  }
   free(c);
   return ZMLX_OK;
 }
@@ -546,42 +577,6 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
   return st;
 }
 
-/* The batch's tables and lengths on the device (*at, *al: new references):
- * the last call's when equal (not inside a graph capture, which must not
- * keep an array a later call replaces), else uploaded and kept. The host
- * arrays tab, lens pass to the cache when kept (NULL then). */
-static zmlx_status device_tables(zmlx_kv_cache *c, int32_t **tab, int32_t **lens, int64_t B,
-                                 int64_t mb, zmlx_array **at, zmlx_array **al) {
-  const int capturing = zmlxi_capture_on(c->dev) != NULL;
-  if (!capturing && c->tables.at && c->tables.B == B && c->tables.mb == mb &&
-      !memcmp(c->tables.tab, *tab, (size_t)(B * mb) * sizeof **tab) &&
-      !memcmp(c->tables.lens, *lens, (size_t)B * sizeof **lens)) {
-    ZMLX_CHECK(zmlx_array_retain(c->tables.at));
-    *at = c->tables.at;
-    ZMLX_CHECK(zmlx_array_retain(c->tables.al));
-    *al = c->tables.al;
-    return ZMLX_OK;
-  }
-  int64_t tsh[2] = {B, mb};
-  zmlx_status st = zmlx_array_from_host(c->dev, ZMLX_I32, 2, tsh, *tab, at);
-  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 1, &B, *lens, al);
-  if (st != ZMLX_OK || capturing) return st;
-  free(c->tables.tab);
-  free(c->tables.lens);
-  zmlx_array_release(c->tables.at);
-  zmlx_array_release(c->tables.al);
-  c->tables.tab = *tab;
-  c->tables.lens = *lens;
-  *tab = *lens = NULL;
-  c->tables.B = B;
-  c->tables.mb = mb;
-  c->tables.at = *at;
-  c->tables.al = *al;
-  (void)zmlx_array_retain(*at);
-  (void)zmlx_array_retain(*al);
-  return ZMLX_OK;
-}
-
 zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
                                     const int64_t *seqs, double scale, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(out);
@@ -621,7 +616,9 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
   }
   int64_t max_len = 0;
   for (int64_t i = 0; st == ZMLX_OK && i < B; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
-  if (st == ZMLX_OK) st = device_tables(c, &tab, &lens, B, mb, &at, &al);
+  int64_t tsh[2] = {B, mb};
+  if (st == ZMLX_OK) st = memo_upload(c, &c->tables, &tab, 2, tsh, &at);
+  if (st == ZMLX_OK) st = memo_upload(c, &c->lens, &lens, 1, &B, &al);
   if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &y);
   group_geometry gg;
   const int64_t part = split_partition(max_len, B * Hq);
@@ -772,7 +769,8 @@ static zmlx_status check_step_seqs(zmlx_kv_cache *c, const char *call, const int
 }
 
 /* The step's slots (each sequence's last position, its block copied first
- * where shared) then those positions, as i32 on the device. */
+ * where shared) then those positions, as i32 on the device (the same for
+ * every layer of a step: uploaded once). */
 static zmlx_status claim_step_slots(zmlx_kv_cache *c, const int64_t *seqs, int64_t batch,
                                     zmlx_array **rows) {
   const int64_t bs = c->d.block_size, n2 = 2 * batch;
@@ -786,7 +784,7 @@ static zmlx_status claim_step_slots(zmlx_kv_cache *c, const int64_t *seqs, int64
     h[i] = (int32_t)((int64_t)s->blocks[p / bs] * bs + p % bs);
     h[batch + i] = (int32_t)p;
   }
-  if (st == ZMLX_OK) st = zmlx_array_from_host(c->dev, ZMLX_I32, 1, &n2, h, rows);
+  if (st == ZMLX_OK) st = memo_upload(c, &c->step_slots, &h, 1, &n2, rows);
   free(h);
   return st;
 }
