@@ -180,6 +180,7 @@ typedef struct red_case {
   in_kind input;
   int strided;    /* x is a transposed view */
   int mode;       /* 0: forward; 1: VJP vs the reference; 2: finite differences (f32) */
+  const char *variant; /* a kernel form the environment asked for (named), or NULL */
 } red_case;
 
 /* Fills xv (size n, dtype dt) by the case's input kind. */
@@ -222,8 +223,8 @@ static void case_name(const red_case *c, int op, char *buf, size_t cap) {
   char p[24] = "";
   if (op == ZMLX_REDUCE_VAR || op == ZMLX_REDUCE_STD) snprintf(p, sizeof p, " ddof %d", c->param);
   if (op == OP_TOPK) snprintf(p, sizeof p, " k %d", c->param);
-  snprintf(buf, cap, "%s%s%s%s%s", s, p, c->keepdims ? " keepdims" : "", in,
-           c->strided ? " strided" : "");
+  snprintf(buf, cap, "%s%s%s%s%s%s%s", s, p, c->keepdims ? " keepdims" : "", in,
+           c->strided ? " strided" : "", c->variant ? " " : "", c->variant ? c->variant : "");
 }
 
 static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, uint64_t *rng) {
@@ -231,7 +232,7 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
   const zmlx_dtype dt = c->mode == 2 ? ZMLX_F32 : o->dtype;
   const char *opn = OP_NAMES[op];
   const char *what = c->mode == 0 ? "fwd" : c->mode == 1 ? "grad (vjp)" : "grad (fd)";
-  char name[96];
+  char name[128];
   case_name(c, op, name, sizeof name);
   int64_t size = 1;
   for (int i = 0; i < c->ndim; i++) size *= c->shape[i];
@@ -340,7 +341,7 @@ static void red_case_run(const zmlx_check_opts *o, int op, const red_case *c, ui
     if (st != ZMLX_OK) goto done;
     double e = rep.inputs[0].max_abs_err;
     if (rep.jvp_checked) e = fmax(e, rep.jvp_abs_err);
-    char nm[112];
+    char nm[144];
     snprintf(nm, sizeof nm, "%s%s", name, rep.jvp_checked ? " +jvp" : "");
     zck_emit(o, opn, what, dt, nm, e, zck_fd_tol(), rep.passed);
   }
@@ -409,6 +410,31 @@ done:
 static const int64_t QUICK_COLS[] = {1, 7, 64, 1000, 4097};
 static const int64_t FULL_COLS[] = {1, 7, 64, 1000, 4097, 32768};
 
+/* The k = 1 selection's warp forms: a warp per row, 8 rows a group
+ * (ZMLX_SEL_WARP_ROWS; 13 rows leave a group's last warps past the end),
+ * and where SIMD groups are emulated (OpenCL) also the group-per-row warp
+ * code (ZMLX_SEL_NATIVE), which otherwise runs only on a GPU. Not when the
+ * caller's environment already picks the form. */
+static void warp_cases(const zmlx_check_opts *o, int op, uint64_t *rng) {
+  zmlx_device_info info;
+  if (getenv("ZMLX_SEL_WARP_ROWS") || getenv("ZMLX_SEL_NATIVE") ||
+      zmlx_device_get_info(o->device, &info) != ZMLX_OK)
+    return;
+  const int emulate = !info.native_simd;
+  if (emulate) setenv("ZMLX_SEL_NATIVE", "1", 1);
+  for (int w = emulate ? 0 : 1; w < 2; w++) {
+    const char *variant = w ? "warp rows" : "warp code";
+    if (w) setenv("ZMLX_SEL_WARP_ROWS", "1", 1);
+    const red_case cases[] = {
+        {2, {13, 7}, 0, 0, IN_RANDOM, 0, 0, variant},  {2, {13, 64}, 0, 0, IN_RANDOM, 0, 0, variant},
+        {2, {1, 1000}, 0, 0, IN_RANDOM, 0, 0, variant}, {2, {5, 4097}, 0, 0, IN_RANDOM, 0, 0, variant},
+        {2, {3, 37}, 0, 0, IN_NAN, 0, 0, variant},      {2, {9, 64}, 0, 0, IN_TIES, 0, 0, variant}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) red_case_run(o, op, &cases[i], rng);
+  }
+  unsetenv("ZMLX_SEL_WARP_ROWS");
+  unsetenv("ZMLX_SEL_NATIVE");
+}
+
 static zmlx_status red_check_op(const zmlx_check_opts *o, int op) {
   ZMLX_REQUIRE_ARG(o);
   ZMLX_REQUIRE_ARG(o->device);
@@ -428,36 +454,37 @@ static zmlx_status red_check_op(const zmlx_check_opts *o, int op) {
         param = ks[(ci + ri) % 4];
         if (param > cc) param = (int)cc;
       }
-      red_case c = {2, {rows_list[ri], cc}, param, 0, IN_RANDOM, 0, 0};
+      red_case c = {2, {rows_list[ri], cc}, param, 0, IN_RANDOM, 0, 0, NULL};
       red_case_run(o, op, &c, &rng);
     }
   /* rank 3 with keepdims; a strided view; numerically hard var / NaN input */
-  red_case c3 = {3, {2, 3, 9}, op == OP_TOPK ? 6 : isvar ? 1 : 0, 1, IN_RANDOM, 0, 0};
+  red_case c3 = {3, {2, 3, 9}, op == OP_TOPK ? 6 : isvar ? 1 : 0, 1, IN_RANDOM, 0, 0, NULL};
   red_case_run(o, op, &c3, &rng);
-  red_case cs = {2, {5, 7}, op == OP_TOPK ? 5 : 0, 0, IN_RANDOM, 1, 0};
+  red_case cs = {2, {5, 7}, op == OP_TOPK ? 5 : 0, 0, IN_RANDOM, 1, 0, NULL};
   red_case_run(o, op, &cs, &rng);
   if (isvar) {
-    red_case cv = {2, {3, o->quick ? 1000 : 4097}, 1, 0, IN_OFFSET, 0, 0};
+    red_case cv = {2, {3, o->quick ? 1000 : 4097}, 1, 0, IN_OFFSET, 0, 0, NULL};
     red_case_run(o, op, &cv, &rng);
   }
   if (op == ZMLX_REDUCE_MAX || op == ZMLX_REDUCE_MIN || op_is_index(op) || op == OP_TOPK) {
-    red_case cn = {2, {3, 37}, op == OP_TOPK ? 5 : 0, 0, IN_NAN, 0, 0};
+    red_case cn = {2, {3, 37}, op == OP_TOPK ? 5 : 0, 0, IN_NAN, 0, 0, NULL};
     red_case_run(o, op, &cn, &rng);
     /* ties everywhere (-0 = +0): the first index wins, values and indices
      * exact; 37 columns reach the scalar path, 64 the 16-byte one */
-    red_case ct = {2, {4, 37}, op == OP_TOPK ? 5 : 0, 0, IN_TIES, 0, 0};
+    red_case ct = {2, {4, 37}, op == OP_TOPK ? 5 : 0, 0, IN_TIES, 0, 0, NULL};
     red_case_run(o, op, &ct, &rng);
-    red_case cv = {2, {4, 64}, op == OP_TOPK ? 8 : 0, 0, IN_TIES, 0, 0};
+    red_case cv = {2, {4, 64}, op == OP_TOPK ? 8 : 0, 0, IN_TIES, 0, 0, NULL};
     red_case_run(o, op, &cv, &rng);
+    if (op != OP_TOPK) warp_cases(o, op, &rng);
   }
   if (!op_is_index(op)) {
     /* VJP against the f64 reference (ties allowed: both pick the first) */
-    red_case v1 = {2, {5, 7}, op == OP_TOPK ? 7 : isvar ? 1 : 0, 0, IN_RANDOM, 0, 1};
+    red_case v1 = {2, {5, 7}, op == OP_TOPK ? 7 : isvar ? 1 : 0, 0, IN_RANDOM, 0, 1, NULL};
     red_case_run(o, op, &v1, &rng);
-    red_case v2 = {3, {2, 3, o->quick ? 1000 : 4097}, op == OP_TOPK ? 8 : 0, 1, IN_RANDOM, 0, 1};
+    red_case v2 = {3, {2, 3, o->quick ? 1000 : 4097}, op == OP_TOPK ? 8 : 0, 1, IN_RANDOM, 0, 1, NULL};
     red_case_run(o, op, &v2, &rng);
     if (o->dtype == ZMLX_F32) {
-      red_case fd = {3, {2, 3, 7}, op == OP_TOPK ? 5 : isvar ? 1 : 0, 0, IN_DISTINCT, 0, 2};
+      red_case fd = {3, {2, 3, 7}, op == OP_TOPK ? 5 : isvar ? 1 : 0, 0, IN_DISTINCT, 0, 2, NULL};
       red_case_run(o, op, &fd, &rng);
     }
   }
