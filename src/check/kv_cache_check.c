@@ -235,7 +235,85 @@ static zmlx_status bench_paged_decode(const zmlx_bench_opts *o) {
   return bench_decode_shape(o, "paged_decode_b64", 64, 512);
 }
 
+/* A model's decode step over the paged cache: zmlx_lm_decode of B
+ * sequences prefilled with ctx tokens each (every call appends a token, so
+ * the context grows by the timing's calls: ~70 on a GPU). A dense Llama-shaped
+ * bf16 model: 8 layers, dim 2048, 32 heads (8 kv heads of 64), MLP 5632,
+ * vocab 32000 (a tiny f32 one on a CPU device). Bytes: the weights and the
+ * starting context's K and V that a step reads. */
+typedef struct step_bench {
+  zmlx_lm *lm;
+  zmlx_kv_cache *c;
+  zmlx_array *tokens;
+  int64_t seqs[32];
+} step_bench;
+
+static zmlx_status step_bench_run(void *p) {
+  step_bench *b = p;
+  zmlx_array *logits = NULL;
+  zmlx_status st = zmlx_lm_decode(b->lm, b->c, b->seqs, b->tokens, &logits);
+  zmlx_array_release(logits);
+  return st;
+}
+
+static zmlx_status step_bench_setup(const zmlx_lm_config *cfg, int64_t B, int64_t ctx,
+                                    step_bench *b, double *bytes) {
+  ZMLX_CHECK(zmlx_lm_create(cfg, &b->lm));
+  /* room for the timing's calls (about 1100 on a CPU, fewer on a GPU) */
+  ZMLX_CHECK(zmlx_lm_kv_cache_create(b->lm, B * ((ctx + 2048) / 16 + 1), 16, &b->c));
+  int32_t ids[1024];
+  uint64_t rng = 99;
+  for (int64_t i = 0; i < ctx && i < 1024; i++) ids[i] = (int32_t)(zck_uniform(&rng, 0, 1) * (cfg->vocab - 1));
+  zmlx_array *prompt = NULL;
+  ZMLX_CHECK(zmlx_array_from_host(cfg->device, ZMLX_I32, 1, &ctx, ids, &prompt));
+  zmlx_status st = ZMLX_OK;
+  for (int64_t i = 0; st == ZMLX_OK && i < B; i++) {
+    zmlx_array *logits = NULL;
+    st = zmlx_kv_cache_add_sequence(b->c, &b->seqs[i]);
+    if (st == ZMLX_OK) st = zmlx_lm_prefill(b->lm, b->c, b->seqs[i], prompt, &logits);
+    zmlx_array_release(logits);
+  }
+  zmlx_array_release(prompt);
+  if (st == ZMLX_OK) st = zmlx_array_from_host(cfg->device, ZMLX_I32, 1, &B, ids, &b->tokens);
+  int n = 0;
+  zmlx_array *const *params = NULL;
+  if (st == ZMLX_OK) st = zmlx_lm_parameters(b->lm, &n, &params, NULL);
+  *bytes = 0;
+  for (int i = 0; i < n; i++) *bytes += (double)zmlx_array_nbytes(params[i]);
+  const int hd = cfg->dim / cfg->heads;
+  *bytes += 2.0 * cfg->layers * (double)B * ctx * cfg->kv_heads * hd * zmlx_dtype_size(cfg->dtype);
+  return st;
+}
+
+static zmlx_status bench_decode_step(const zmlx_bench_opts *o) {
+  zmlx_device_info info;
+  ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
+  zmlx_lm_config cfg = {.struct_size = sizeof cfg, .vocab = 32000, .dim = 2048, .layers = 8,
+                        .heads = 32, .kv_heads = 8, .ffn_dim = 5632, .dtype = ZMLX_BF16,
+                        .device = o->device};
+  int64_t B = 32, ctx = 512;
+  if (info.is_cpu) {
+    cfg = (zmlx_lm_config){.struct_size = sizeof cfg, .vocab = 256, .dim = 64, .layers = 2,
+                           .heads = 4, .kv_heads = 2, .ffn_dim = 128, .dtype = ZMLX_F32,
+                           .device = o->device};
+    B = 2;
+    ctx = 32;
+  }
+  step_bench b;
+  memset(&b, 0, sizeof b);
+  double bytes = 0;
+  zmlx_status st = step_bench_setup(&cfg, B, ctx, &b, &bytes);
+  int64_t shape[2] = {B, ctx};
+  if (st == ZMLX_OK)
+    st = zck_bench_time_emit(o, "decode_step", cfg.dtype, 2, shape, bytes, step_bench_run, &b);
+  zmlx_array_release(b.tokens);
+  zmlx_kv_cache_destroy(b.c);
+  zmlx_lm_destroy(b.lm);
+  return st;
+}
+
 const zmlx_catalog_bench zck_catalog_kv_cache_bench[] = {
     {"paged_decode", bench_paged_decode},
+    {"decode_step", bench_decode_step},
     {0},
 };
