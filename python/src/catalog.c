@@ -200,7 +200,7 @@ static PyObject *py_cross_entropy(PyObject *m, PyObject *args, PyObject *kw) {
   return ret1(st, &loss);
 }
 
-static int rope_opts(PyObject *kw_mode, PyObject *kw_layout, zmlx_rope_opts *o) {
+int zpy_rope_opts(PyObject *kw_mode, PyObject *kw_layout, zmlx_rope_opts *o) {
   const char *mode = kw_mode ? PyUnicode_AsUTF8(kw_mode) : "half_split";
   const char *layout = kw_layout ? PyUnicode_AsUTF8(kw_layout) : "bshd";
   if (!mode || !layout) return 0;
@@ -232,7 +232,7 @@ static PyObject *py_rope(PyObject *m, PyObject *args, PyObject *kw) {
                                    zpy_conv_array_opt, &o.offsets, zpy_conv_array_opt, &o.cos,
                                    zpy_conv_array_opt, &o.sin, zpy_conv_array_opt, &o.positions))
     return NULL;
-  if (!rope_opts(mode, layout, &o)) return NULL;
+  if (!zpy_rope_opts(mode, layout, &o)) return NULL;
   return ret1(zmlx_rope(x, &o, &out), &out);
 }
 

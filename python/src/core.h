@@ -53,6 +53,13 @@ double *zpy_double_list(PyObject *seq, Py_ssize_t *n, const char *what);
  * leaves out as it is. */
 int zpy_dtype_list(PyObject *o, zmlx_dtype *out, int cap);
 
+/* RoPE mode and layout names ("half_split" / "interleaved", "bshd" /
+ * "bhsd"; NULL: the first of each) into o; 0 and ValueError otherwise. */
+int zpy_rope_opts(PyObject *mode, PyObject *layout, zmlx_rope_opts *o);
+/* A sequence of ints as a new C array of int64 (PyMem_Free it); NULL with
+ * the Python error set otherwise. */
+int64_t *zpy_id_list(PyObject *seq, Py_ssize_t *n, const char *what);
+
 /* "opencl:0" of a device. */
 PyObject *zpy_device_name(zmlx_device *dev);
 

@@ -118,17 +118,9 @@ static PyObject *kv_attention(zpy_kv *self, PyObject *args, PyObject *kw) {
   if (!PyArg_ParseTupleAndKeywords(args, kw, "iO&O|d", kwlist, &layer, zpy_conv_array, &q, &seqo,
                                    &scale))
     return NULL;
-  PyObject *seq = PySequence_Fast(seqo, "seqs must be a sequence of ids");
-  if (!seq) return NULL;
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-  int64_t *ids = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof *ids);
-  for (Py_ssize_t i = 0; ids && i < n; i++) ids[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-  Py_DECREF(seq);
-  if (!ids) return PyErr_NoMemory();
-  if (PyErr_Occurred()) {
-    PyMem_Free(ids);
-    return NULL;
-  }
+  Py_ssize_t n = 0;
+  int64_t *ids = zpy_id_list(seqo, &n, "seqs");
+  if (!ids) return NULL;
   if (zmlx_array_ndim(q) >= 1 && zmlx_array_shape(q)[0] != n) {
     PyMem_Free(ids);
     return PyErr_Format(PyExc_ValueError, "q has %lld rows, %zd sequence ids given",
@@ -136,6 +128,64 @@ static PyObject *kv_attention(zpy_kv *self, PyObject *args, PyObject *kw) {
   }
   zmlx_array *out = NULL;
   zmlx_status st = zmlx_kv_cache_attention(self->c, layer, q, ids, scale, &out);
+  PyMem_Free(ids);
+  if (st != ZMLX_OK) return zpy_raise(st);
+  return zpy_array_wrap(out);
+}
+
+int64_t *zpy_id_list(PyObject *seqo, Py_ssize_t *n, const char *what) {
+  PyObject *seq = PySequence_Fast(seqo, "expected a sequence of ints");
+  if (!seq) return NULL;
+  *n = PySequence_Fast_GET_SIZE(seq);
+  int64_t *ids = PyMem_Calloc((size_t)(*n > 0 ? *n : 1), sizeof *ids);
+  for (Py_ssize_t i = 0; ids && i < *n; i++) ids[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+  Py_DECREF(seq);
+  if (!ids) return (int64_t *)PyErr_NoMemory();
+  if (PyErr_Occurred()) {
+    PyMem_Free(ids);
+    PyErr_Format(PyExc_TypeError, "%s must be a sequence of ints", what);
+    return NULL;
+  }
+  return ids;
+}
+
+/* The rope keywords of the fused writes into o. */
+#define KV_ROPE_KW "mode", "rotary_dims", "base", "scale"
+
+static PyObject *kv_write_rope(zpy_kv *self, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"seq", "layer", "start", "k", "v", "q", KV_ROPE_KW, NULL};
+  long long seq, start;
+  int layer;
+  zmlx_array *k, *v, *q, *out = NULL;
+  PyObject *mode = NULL;
+  zmlx_rope_opts o;
+  memset(&o, 0, sizeof o);
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "LiLO&O&O&|Uidd", kwlist, &seq, &layer, &start,
+                                   zpy_conv_array, &k, zpy_conv_array, &v, zpy_conv_array, &q,
+                                   &mode, &o.rotary_dims, &o.base, &o.scale) ||
+      !zpy_rope_opts(mode, NULL, &o))
+    return NULL;
+  zmlx_status st = zmlx_kv_cache_write_rope(self->c, seq, layer, start, k, v, q, &o, &out);
+  if (st != ZMLX_OK) return zpy_raise(st);
+  return zpy_array_wrap(out);
+}
+
+static PyObject *kv_write_rope_step(zpy_kv *self, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"layer", "seqs", "k", "v", "q", KV_ROPE_KW, NULL};
+  int layer;
+  PyObject *seqo, *mode = NULL;
+  zmlx_array *k, *v, *q, *out = NULL;
+  zmlx_rope_opts o;
+  memset(&o, 0, sizeof o);
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "iOO&O&O&|Uidd", kwlist, &layer, &seqo,
+                                   zpy_conv_array, &k, zpy_conv_array, &v, zpy_conv_array, &q,
+                                   &mode, &o.rotary_dims, &o.base, &o.scale) ||
+      !zpy_rope_opts(mode, NULL, &o))
+    return NULL;
+  Py_ssize_t n = 0;
+  int64_t *ids = zpy_id_list(seqo, &n, "seqs");
+  if (!ids) return NULL;
+  zmlx_status st = zmlx_kv_cache_write_rope_step(self->c, layer, ids, n, k, v, q, &o, &out);
   PyMem_Free(ids);
   if (st != ZMLX_OK) return zpy_raise(st);
   return zpy_array_wrap(out);
@@ -151,6 +201,16 @@ static PyMethodDef kv_methods[] = {
     {"read", (PyCFunction)kv_read, METH_VARARGS, "read(seq, layer) -> (k, v) [len, kv_heads, head_dim]"},
     {"length", (PyCFunction)kv_length, METH_VARARGS, "length(seq)"},
     {"stats", (PyCFunction)kv_stats, METH_NOARGS, "{'free_blocks': .., 'used_blocks': ..}"},
+    {"write_rope", (PyCFunction)(void (*)(void))kv_write_rope, METH_VARARGS | METH_KEYWORDS,
+     "write_rope(seq, layer, start, k, v, q, mode='half_split', rotary_dims=0, base=10000, "
+     "scale=1) -> q rotated: k rotated at positions start.. and written with v; q [n, q_heads, "
+     "head_dim] rotated the same way."},
+    {"write_rope_step", (PyCFunction)(void (*)(void))kv_write_rope_step,
+     METH_VARARGS | METH_KEYWORDS,
+     "write_rope_step(layer, seqs, k, v, q, mode='half_split', rotary_dims=0, base=10000, "
+     "scale=1) -> q rotated: a decode step, row i of k, v [batch, kv_heads, head_dim] and q "
+     "[batch, q_heads, head_dim] at the last position of seqs[i] (extend each first); one "
+     "launch."},
     {"attention", (PyCFunction)(void (*)(void))kv_attention, METH_VARARGS | METH_KEYWORDS,
      "attention(layer, q [batch, q_heads, head_dim], seqs, scale=0): PagedAttention decode."},
     {NULL, NULL, 0, NULL},

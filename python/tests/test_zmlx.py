@@ -489,6 +489,60 @@ def test_kv_cache_fork_and_decode(rng):
     assert e.value.status == "ZMLX_ERR_OUT_OF_MEMORY"
 
 
+def rope_at(x, pos, base=10000.0, scale=1.0):
+    """Half-split RoPE of x [..., D] at positions pos (broadcast over x's
+    leading dims but the last two)."""
+    D = x.shape[-1]
+    half = D // 2
+    inv = base ** (-np.arange(half) * 2.0 / D)
+    ang = (np.asarray(pos, dtype=np.float64) * scale)[..., None, None] * inv
+    c, s = np.cos(ang), np.sin(ang)
+    return np.concatenate([x[..., :half] * c - x[..., half:] * s,
+                           x[..., :half] * s + x[..., half:] * c], axis=-1)
+
+
+def test_kv_cache_rope_writes(rng):
+    """write_rope (one sequence's tokens) and write_rope_step (a token of
+    each sequence at its own position, one launch): the cache holds k
+    rotated at each token's position, v as given, and q comes back rotated
+    the same way."""
+    c = zmlx.KVCache(layers=2, kv_heads=2, head_dim=8, num_blocks=8, block_size=8)
+    a, b = c.add_sequence(), c.add_sequence()
+    k = rng.standard_normal((5, 2, 8)).astype(np.float32)
+    v = rng.standard_normal((5, 2, 8)).astype(np.float32)
+    q = rng.standard_normal((5, 4, 8)).astype(np.float32)
+    c.extend(a, 5)
+    qa = np.asarray(c.write_rope(a, 1, 0, zmlx.asarray(k), zmlx.asarray(v), zmlx.asarray(q),
+                                 base=500.0, scale=0.5))
+    close(qa, rope_at(q, np.arange(5), 500.0, 0.5), scale=2)
+    ka, va = c.read(a, 1)
+    close(np.asarray(ka), rope_at(k, np.arange(5), 500.0, 0.5), scale=2)
+    np.testing.assert_array_equal(np.asarray(va), v)
+    c.extend(b, 9)
+    c.write(b, 1, 0, zmlx.asarray(np.zeros((9, 2, 8), np.float32)),
+            zmlx.asarray(np.zeros((9, 2, 8), np.float32)))
+    c.extend(a, 1)
+    c.extend(b, 1)  # a's next token is position 5, b's 9
+    ks = rng.standard_normal((2, 2, 8)).astype(np.float32)
+    vs = rng.standard_normal((2, 2, 8)).astype(np.float32)
+    qs = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    qo = np.asarray(c.write_rope_step(1, [b, a], zmlx.asarray(ks), zmlx.asarray(vs),
+                                      zmlx.asarray(qs)))
+    pos = np.array([9, 5])
+    close(qo, rope_at(qs, pos), scale=2)
+    kb, vb = c.read(b, 1)
+    ka, va = c.read(a, 1)
+    close(np.asarray(kb)[9], rope_at(ks[0], 9), scale=2)
+    close(np.asarray(ka)[5], rope_at(ks[1], 5), scale=2)
+    np.testing.assert_array_equal(np.asarray(vb)[9], vs[0])
+    np.testing.assert_array_equal(np.asarray(va)[5], vs[1])
+    with pytest.raises(zmlx.Error, match="in the batch twice"):
+        c.write_rope_step(1, [a, a], zmlx.asarray(ks), zmlx.asarray(vs), zmlx.asarray(qs))
+    with pytest.raises(ValueError, match="half_split"):
+        c.write_rope_step(1, [a, b], zmlx.asarray(ks), zmlx.asarray(vs), zmlx.asarray(qs),
+                          mode="sideways")
+
+
 # ------------------------------------------------------------ model layer
 
 def adamw_ref(p, g, m, v, lr, step, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
