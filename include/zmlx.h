@@ -903,8 +903,11 @@ ZMLX_API zmlx_status zmlx_kv_cache_write_rope_step(zmlx_kv_cache *cache, int lay
 /** PagedAttention decode: one query token per sequence, q [batch, q_heads,
  *  head_dim] (q_heads a multiple of the cache's kv_heads; f32 / f16 /
  *  bf16), against the whole context of sequence seqs[i] in `layer`, read
- *  through its block table; scale 0 means 1 / sqrt(head_dim). *out: q's
- *  shape and dtype (0 for an empty context). */
+ *  through its block table; scale 0 means 1 / sqrt(head_dim). Or several:
+ *  q [batch, T, q_heads, head_dim] holds each sequence's last T tokens
+ *  (already written; speculative decoding, chunked prefill), token t
+ *  attending causally to the first length - (T - 1 - t) positions. *out:
+ *  q's shape and dtype (0 for a token with no context). */
 ZMLX_API zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *cache, int layer, zmlx_array *q,
                                              const int64_t *seqs, double scale, zmlx_array **out);
 /** Blocks free and held (either may be NULL). */

@@ -533,6 +533,8 @@ static const zmlx_kernel_desc KD_NONAME = {.source = "x", .n_outputs = 1},
   X(I, zmlx_kv_cache_attention(F.kv, 7, F.f2x8x8, SEQS_OK, 0, &o1))                               \
   X(ANY, zmlx_kv_cache_attention(F.kv, 0, F.f2x8x8, SEQS_BAD, 0, &o1))                            \
   X(ANY, zmlx_kv_cache_attention(F.kv, 0, F.f23, SEQS_OK, 0, &o1))                                \
+  X(ANY, zmlx_kv_cache_attention(F.kv, 0, F.f2x4x3x8, SEQS_OK, 0, &o1))                           \
+  X(ANY, zmlx_kv_cache_attention(F.kv, 0, F.f0, SEQS_OK, 0, &o1))                                 \
   X(N, zmlx_kv_cache_attention(F.kv, 0, F.f2x8x8, NULL, 0, &o1))                                  \
   X(N, zmlx_kv_cache_stats(NULL, &oi64, &oi64b))
 

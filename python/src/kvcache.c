@@ -212,7 +212,9 @@ static PyMethodDef kv_methods[] = {
      "[batch, q_heads, head_dim] at the last position of seqs[i] (extend each first); one "
      "launch."},
     {"attention", (PyCFunction)(void (*)(void))kv_attention, METH_VARARGS | METH_KEYWORDS,
-     "attention(layer, q [batch, q_heads, head_dim], seqs, scale=0): PagedAttention decode."},
+     "attention(layer, q [batch, q_heads, head_dim] or [batch, tokens, q_heads, head_dim], "
+     "seqs, scale=0): PagedAttention decode (several tokens: each sequence's last ones, "
+     "causal among them)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,7 +2,8 @@
  * cache; its allocator invariants are tests/test_kv_cache.c): PagedAttention
  * decode, one pass and split-K, over a batch of mixed context lengths
  * (0, 1, 15, 16, 17, 300, and 4096 in the full check) against f64
- * attention over what the cache holds, GQA, every dtype; the fused RoPE
+ * attention over what the cache holds, GQA, every dtype, several query
+ * tokens a sequence (causal among them); the fused RoPE
  * write against zmlx_rope. The launches also give test_catalog its NVRTC
  * compiles of these kernels. */
 #include <math.h>
@@ -34,10 +35,13 @@ static zmlx_status fill_cache(const zmlx_check_opts *o, zmlx_kv_cache *c, const 
   return ZMLX_OK;
 }
 
-/* out for q against each sequence in f64, and the terms' size per element
- * (sum_p p |v|, times 1 + the score's magnitude). */
+/* out for q [B, T, hq, hd] against each sequence in f64 (query token t of
+ * sequence i sees its first lens[i] - (T - 1 - t) positions: the last T are
+ * the step's tokens), and the terms' size per element (sum_p p |v|, times
+ * 1 + the score's magnitude). */
 static zmlx_status reference(zmlx_kv_cache *c, const int64_t *seqs, const int64_t *lens, int64_t B,
-                             int hq, int hkv, int hd, const double *q, double *want, double *terms) {
+                             int64_t T, int hq, int hkv, int hd, const double *q, double *want,
+                             double *terms) {
   const double scale = 1.0 / sqrt((double)hd);
   for (int64_t i = 0; i < B; i++) {
     if (!lens[i]) continue;
@@ -48,27 +52,30 @@ static zmlx_status reference(zmlx_kv_cache *c, const int64_t *seqs, const int64_
     if (st == ZMLX_OK) st = zck_download(v, &vh);
     double *s = malloc(sizeof(double) * (size_t)lens[i]);
     if (st == ZMLX_OK && !s) st = zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-    for (int h = 0; st == ZMLX_OK && h < hq; h++) {
-      const int g = h / (hq / hkv);
-      const double *qr = q + (i * hq + h) * hd;
-      double mx = -INFINITY, l = 0, amax = 0;
-      for (int64_t p = 0; p < lens[i]; p++) {
-        double dot = 0, adot = 0;
-        for (int d = 0; d < hd; d++)
-          dot += qr[d] * kh[(p * hkv + g) * hd + d], adot += fabs(qr[d] * kh[(p * hkv + g) * hd + d]);
-        s[p] = dot * scale;
-        mx = fmax(mx, s[p]);
-        amax = fmax(amax, adot * scale);
-      }
-      for (int64_t p = 0; p < lens[i]; p++) l += s[p] = exp(s[p] - mx);
-      for (int d = 0; d < hd; d++) {
-        double o = 0, a = 0;
-        for (int64_t p = 0; p < lens[i]; p++) {
-          o += s[p] / l * vh[(p * hkv + g) * hd + d];
-          a += s[p] / l * fabs(vh[(p * hkv + g) * hd + d]);
+    for (int64_t row = i * T; st == ZMLX_OK && row < (i + 1) * T; row++) {
+      const int64_t n = lens[i] - (T - 1 - row % T);
+      for (int h = 0; n > 0 && h < hq; h++) {
+        const int g = h / (hq / hkv);
+        const double *qr = q + (row * hq + h) * hd;
+        double mx = -INFINITY, l = 0, amax = 0;
+        for (int64_t p = 0; p < n; p++) {
+          double dot = 0, adot = 0;
+          for (int d = 0; d < hd; d++)
+            dot += qr[d] * kh[(p * hkv + g) * hd + d], adot += fabs(qr[d] * kh[(p * hkv + g) * hd + d]);
+          s[p] = dot * scale;
+          mx = fmax(mx, s[p]);
+          amax = fmax(amax, adot * scale);
         }
-        want[(i * hq + h) * hd + d] = o;
-        terms[(i * hq + h) * hd + d] = a * (1 + 2 * amax);
+        for (int64_t p = 0; p < n; p++) l += s[p] = exp(s[p] - mx);
+        for (int d = 0; d < hd; d++) {
+          double o = 0, a = 0;
+          for (int64_t p = 0; p < n; p++) {
+            o += s[p] / l * vh[(p * hkv + g) * hd + d];
+            a += s[p] / l * fabs(vh[(p * hkv + g) * hd + d]);
+          }
+          want[(row * hq + h) * hd + d] = o;
+          terms[(row * hq + h) * hd + d] = a * (1 + 2 * amax);
+        }
       }
     }
     free(s);
@@ -81,14 +88,16 @@ static zmlx_status reference(zmlx_kv_cache *c, const int64_t *seqs, const int64_
   return ZMLX_OK;
 }
 
-static void decode_case(const zmlx_check_opts *o, const int64_t *lens, int64_t B, int hq, int hkv,
-                        int hd, const char *partition, uint64_t *rng) {
+static void decode_case(const zmlx_check_opts *o, const int64_t *lens, int64_t B, int64_t T,
+                        int hq, int hkv, int hd, const char *partition, uint64_t *rng) {
   char name[128];
   const char *stages = getenv("ZMLX_DECODE_STAGES");
-  snprintf(name, sizeof name, "B%lld Hq%d Hkv%d D%d max ctx %lld%s%s%s%s%s", (long long)B, hq,
-           hkv, hd, (long long)lens[B - 1], partition ? " split " : "", partition ? partition : "",
-           getenv("ZMLX_DECODE_GROUP") ? " grouped" : "", stages ? " stages " : "",
-           stages ? stages : "");
+  char tokens[24] = "";
+  if (T > 1) snprintf(tokens, sizeof tokens, " T%lld", (long long)T);
+  snprintf(name, sizeof name, "B%lld%s Hq%d Hkv%d D%d max ctx %lld%s%s%s%s%s", (long long)B, tokens,
+           hq, hkv, hd, (long long)lens[B - 1], partition ? " split " : "",
+           partition ? partition : "", getenv("ZMLX_DECODE_GROUP") ? " grouped" : "",
+           stages ? " stages " : "", stages ? stages : "");
   int64_t blocks = 1;
   for (int64_t i = 0; i < B; i++) blocks += (lens[i] + 15) / 16;
   zmlx_kv_cache_desc desc = {.struct_size = sizeof desc, .layers = 1, .kv_heads = hkv,
@@ -96,20 +105,21 @@ static void decode_case(const zmlx_check_opts *o, const int64_t *lens, int64_t B
                              .dtype = o->dtype, .device = o->device};
   zmlx_kv_cache *c = NULL;
   int64_t seqs[16];
-  const int64_t nq = B * hq * hd;
+  const int64_t nq = B * T * hq * hd;
   double *q = malloc(sizeof(double) * (size_t)nq), *want = calloc((size_t)nq, sizeof(double));
   double *terms = calloc((size_t)nq, sizeof(double)), *got = NULL;
   zmlx_array *aq = NULL, *y = NULL;
-  int64_t qsh[3] = {B, hq, hd};
+  int64_t qsh4[4] = {B, T, hq, hd}, qsh3[3] = {B, hq, hd};
   zmlx_status st = q && want && terms ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of memory");
   if (st == ZMLX_OK) st = zmlx_kv_cache_create(&desc, &c);
   if (st == ZMLX_OK) st = fill_cache(o, c, lens, B, hkv, hd, seqs, rng);
-  if (st == ZMLX_OK) st = zck_random(o->device, o->dtype, 3, qsh, -2, 2, rng, q, &aq);
+  if (st == ZMLX_OK)
+    st = zck_random(o->device, o->dtype, T > 1 ? 4 : 3, T > 1 ? qsh4 : qsh3, -2, 2, rng, q, &aq);
   if (partition) setenv("ZMLX_DECODE_PARTITION", partition, 1);
   if (st == ZMLX_OK) st = zmlx_kv_cache_attention(c, 0, aq, seqs, 0, &y);
   if (partition) unsetenv("ZMLX_DECODE_PARTITION");
   if (st == ZMLX_OK) st = zck_download(y, &got);
-  if (st == ZMLX_OK) st = reference(c, seqs, lens, B, hq, hkv, hd, q, want, terms);
+  if (st == ZMLX_OK) st = reference(c, seqs, lens, B, T, hq, hkv, hd, q, want, terms);
   if (st == ZMLX_OK) {
     int64_t maxl = 1;
     for (int64_t i = 0; i < B; i++) maxl = lens[i] > maxl ? lens[i] : maxl;
@@ -133,12 +143,16 @@ static void decode_case(const zmlx_check_opts *o, const int64_t *lens, int64_t B
 static void decode_cases(const zmlx_check_opts *o, uint64_t *rng) {
   static const int64_t mixed[] = {0, 1, 15, 16, 17, 300};
   static const int64_t longer[] = {17, 4096};
-  decode_case(o, mixed, 6, 4, 2, 64, NULL, rng);
-  decode_case(o, mixed, 6, 4, 2, 64, "7", rng);
-  decode_case(o, mixed, 6, 8, 1, 128, NULL, rng);
+  decode_case(o, mixed, 6, 1, 4, 2, 64, NULL, rng);
+  decode_case(o, mixed, 6, 1, 4, 2, 64, "7", rng);
+  decode_case(o, mixed, 6, 1, 8, 1, 128, NULL, rng);
+  /* 3 tokens a sequence (speculative decoding): causal among them; the
+   * contexts of 0 and 1 leave rows with nothing to attend (0) */
+  decode_case(o, mixed, 6, 3, 8, 2, 128, NULL, rng);
   if (!o->quick) {
-    decode_case(o, longer, 2, 8, 2, 128, NULL, rng); /* split by the default rule */
-    decode_case(o, mixed, 6, 2, 2, 256, NULL, rng);
+    decode_case(o, longer, 2, 1, 8, 2, 128, NULL, rng); /* split by the default rule */
+    decode_case(o, longer, 2, 4, 8, 2, 128, NULL, rng);
+    decode_case(o, mixed, 6, 1, 2, 2, 256, NULL, rng);
   }
 }
 

@@ -577,6 +577,84 @@ static zmlx_status split_decode(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx
   return st;
 }
 
+/* q of the decode: [batch, q_heads, head_dim] (one token a sequence) or
+ * [batch, T, q_heads, head_dim] (each sequence's last T tokens). */
+static zmlx_status check_decode_q(const zmlx_kv_cache *c, const zmlx_array *q) {
+  char sh[96];
+  const int hd = q->ndim - 1, hq = q->ndim - 2;
+  if ((q->ndim != 3 && q->ndim != 4) || q->shape[hd] != c->d.head_dim ||
+      q->shape[hq] % c->d.kv_heads != 0 || q->shape[hq] < 1)
+    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_kv_cache_attention: q %s must be [batch, q_heads, "
+                     "head_dim %d] or [batch, tokens, q_heads, head_dim] with q_heads a multiple "
+                     "of the cache's kv_heads %d",
+                     zmlxi_shape_str(sh, sizeof sh, q->ndim, q->shape), c->d.head_dim,
+                     c->d.kv_heads);
+  if (!zmlxi_dtype_is_f32_f16_bf16(q->dtype) || q->buffer->device != c->dev)
+    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_kv_cache_attention: q must be f32, f16 or bf16 on the "
+                     "cache's device (it is %s)", zmlx_dtype_name(q->dtype));
+  return ZMLX_OK;
+}
+
+/* The decode's rows on the host: row b T + t (query token t of sequence
+ * seqs[b]) gets that sequence's block table, padded to the longest (*mb
+ * entries), and its context up to the token: len - (T - 1 - t) positions
+ * (0 when the sequence is shorter). *max_len: the longest. */
+static zmlx_status decode_tables(zmlx_kv_cache *c, const int64_t *seqs, int64_t B, int64_t T,
+                                 int32_t **tab, int32_t **lens, int64_t *mb, int64_t *max_len) {
+  *mb = 1;
+  for (int64_t i = 0; i < B; i++) {
+    kv_seq *s = NULL;
+    ZMLX_CHECK(get_seq(c, "zmlx_kv_cache_attention", seqs[i], &s));
+    if (s->n_blocks > *mb) *mb = s->n_blocks;
+    if (s->len > INT32_MAX)
+      return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_kv_cache_attention: a context of 2^31 tokens");
+  }
+  const int64_t rows = B * T;
+  *tab = calloc((size_t)(rows * *mb + 1), sizeof **tab);
+  *lens = calloc((size_t)rows + 1, sizeof **lens);
+  if (!*tab || !*lens) return zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
+  *max_len = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    const kv_seq *s = &c->seqs[seqs[r / T]];
+    const int64_t len = s->len - (T - 1 - r % T);
+    if (s->n_blocks) memcpy(*tab + r * *mb, s->blocks, (size_t)s->n_blocks * sizeof **tab);
+    (*lens)[r] = (int32_t)(len > 0 ? len : 0);
+    if (len > *max_len) *max_len = len;
+  }
+  return ZMLX_OK;
+}
+
+/* Decode of q [rows, Hq, D] against the device tables at, al ([rows, mb],
+ * [rows]) into y: the grouped kernel, the per-row split-K kernels, or one
+ * pass (see split_partition and group_applies). */
+static zmlx_status decode_launch(zmlx_kv_cache *c, int layer, zmlx_array *q, zmlx_array *at,
+                                 zmlx_array *al, int64_t mb, int64_t max_len, double scale,
+                                 zmlx_array *y) {
+  const int64_t B = q->shape[0], Hq = q->shape[1];
+  if (B * Hq == 0) return ZMLX_OK;
+  group_geometry gg;
+  const int64_t part = split_partition(max_len, B * Hq);
+  if (group_applies(c, q, &gg)) {
+    const int64_t gp = group_partition(max_len);
+    const int64_t np_ = max_len > 0 ? (max_len + gp - 1) / gp : 1;
+    return split_decode(c, layer, q, at, al, mb, scale, np_, gp, &gg, y);
+  }
+  if (part > 0)
+    return split_decode(c, layer, q, at, al, mb, scale, (max_len + part - 1) / part, part, NULL, y);
+  zmlx_kernel *k;
+  ZMLX_CHECK(zmlxi_kernel_set_get(&KERNELS, K_DECODE, &k));
+  double p[7] = {(double)(B * Hq), (double)Hq, (double)c->d.kv_heads, (double)mb,
+                 (double)c->d.block_size,
+                 (double)((int64_t)layer * c->d.num_blocks * c->d.block_size),
+                 scale != 0 ? scale : 1.0 / sqrt((double)c->d.head_dim)};
+  zmlx_template_arg t[1] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->d.head_dim}};
+  zmlx_array *in[5] = {q, c->k, c->v, at, al};
+  zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 1, .inputs = in, .outputs = &y,
+                           .templates = t, .n_templates = 1, .params = p, .device = c->dev};
+  zmlxi_kernel_call_grid_1d(&call, B * Hq);
+  return zmlx_kernel_launch(k, &call);
+}
+
 zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
                                     const int64_t *seqs, double scale, zmlx_array **out) {
   ZMLX_REQUIRE_ARG(out);
@@ -584,66 +662,34 @@ zmlx_status zmlx_kv_cache_attention(zmlx_kv_cache *c, int layer, zmlx_array *q,
   ZMLX_REQUIRE_ARG(c);
   ZMLX_REQUIRE_ARG(q);
   ZMLX_REQUIRE_ARG(seqs);
-  char sh[96];
   if (layer < 0 || layer >= c->d.layers)
     return zmlxi_fail(ZMLX_ERR_INVALID_ARG, "zmlx_kv_cache_attention: layer %d of %d", layer,
                      c->d.layers);
-  if (q->ndim != 3 || q->shape[2] != c->d.head_dim || q->shape[1] % c->d.kv_heads != 0 ||
-      q->shape[1] < 1)
-    return zmlxi_fail(ZMLX_ERR_SHAPE, "zmlx_kv_cache_attention: q %s must be [batch, q_heads, "
-                     "head_dim %d] with q_heads a multiple of the cache's kv_heads %d",
-                     zmlxi_shape_str(sh, sizeof sh, q->ndim, q->shape), c->d.head_dim, c->d.kv_heads);
-  if (!zmlxi_dtype_is_f32_f16_bf16(q->dtype) || q->buffer->device != c->dev)
-    return zmlxi_fail(ZMLX_ERR_DTYPE, "zmlx_kv_cache_attention: q must be f32, f16 or bf16 on the "
-                     "cache's device (it is %s)", zmlx_dtype_name(q->dtype));
-  const int64_t B = q->shape[0], Hq = q->shape[1];
-  int64_t mb = 1;
-  for (int64_t i = 0; i < B; i++) {
-    kv_seq *s = NULL;
-    ZMLX_CHECK(get_seq(c, "zmlx_kv_cache_attention", seqs[i], &s));
-    if (s->n_blocks > mb) mb = s->n_blocks;
-    if (s->len > INT32_MAX)
-      return zmlxi_fail(ZMLX_ERR_UNSUPPORTED, "zmlx_kv_cache_attention: a context of 2^31 tokens");
-  }
-  /* the batch's block tables, padded to the longest, and context lengths */
-  int32_t *tab = calloc((size_t)(B * mb + 1), sizeof *tab), *lens = calloc((size_t)B + 1, sizeof *lens);
-  zmlx_array *at = NULL, *al = NULL, *y = NULL;
-  zmlx_status st = tab && lens ? ZMLX_OK : zmlxi_fail(ZMLX_ERR_OUT_OF_MEMORY, "out of host memory");
-  for (int64_t i = 0; st == ZMLX_OK && i < B; i++) {
-    const kv_seq *s = &c->seqs[seqs[i]];
-    if (s->n_blocks) memcpy(tab + i * mb, s->blocks, (size_t)s->n_blocks * sizeof *tab);
-    lens[i] = (int32_t)s->len;
-  }
-  int64_t max_len = 0;
-  for (int64_t i = 0; st == ZMLX_OK && i < B; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
-  int64_t tsh[2] = {B, mb};
+  ZMLX_CHECK(check_decode_q(c, q));
+  /* several tokens a sequence: each token a row of its own, which reads the
+   * sequence's table up to its position (the rows of one sequence are
+   * neighbours, so their K / V reads mostly meet in the L2 cache) */
+  const int64_t B = q->shape[0], T = q->ndim == 4 ? q->shape[1] : 1;
+  const int64_t Hq = q->shape[q->ndim - 2], rows_shape[3] = {B * T, Hq, c->d.head_dim};
+  int32_t *tab = NULL, *lens = NULL;
+  int64_t mb = 1, max_len = 0;
+  zmlx_array *q3 = NULL, *at = NULL, *al = NULL, *y = NULL;
+  zmlx_status st = decode_tables(c, seqs, B, T, &tab, &lens, &mb, &max_len);
+  int64_t tsh[2] = {B * T, mb};
   if (st == ZMLX_OK) st = memo_upload(c, &c->tables, &tab, 2, tsh, &at);
-  if (st == ZMLX_OK) st = memo_upload(c, &c->lens, &lens, 1, &B, &al);
-  if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, q->shape, &y);
-  group_geometry gg;
-  const int64_t part = split_partition(max_len, B * Hq);
-  if (st == ZMLX_OK && B * Hq > 0 && group_applies(c, q, &gg)) {
-    const int64_t gp = group_partition(max_len);
-    const int64_t np_ = max_len > 0 ? (max_len + gp - 1) / gp : 1;
-    st = split_decode(c, layer, q, at, al, mb, scale, np_, gp, &gg, y);
-  } else if (st == ZMLX_OK && B * Hq > 0 && part > 0) {
-    st = split_decode(c, layer, q, at, al, mb, scale, (max_len + part - 1) / part, part, NULL, y);
-  } else if (st == ZMLX_OK && B * Hq > 0) {
-    zmlx_kernel *k;
-    st = zmlxi_kernel_set_get(&KERNELS, K_DECODE, &k);
-    double p[7] = {(double)(B * Hq), (double)Hq, (double)c->d.kv_heads, (double)mb,
-                   (double)c->d.block_size,
-                   (double)((int64_t)layer * c->d.num_blocks * c->d.block_size),
-                   scale != 0 ? scale : 1.0 / sqrt((double)c->d.head_dim)};
-    zmlx_template_arg t[1] = {{"HD", ZMLX_TEMPLATE_INT, ZMLX_F32, c->d.head_dim}};
-    zmlx_array *in[5] = {q, c->k, c->v, at, al};
-    zmlx_kernel_call call = {.n_inputs = 5, .n_outputs = 1, .inputs = in, .outputs = &y,
-                             .templates = t, .n_templates = 1, .params = p, .device = c->dev};
-    zmlxi_kernel_call_grid_1d(&call, B * Hq);
-    if (st == ZMLX_OK) st = zmlx_kernel_launch(k, &call);
+  if (st == ZMLX_OK) st = memo_upload(c, &c->lens, &lens, 1, tsh, &al);
+  if (st == ZMLX_OK) st = zmlx_array_reshape(q, 3, rows_shape, &q3);
+  if (st == ZMLX_OK) st = zmlxi_array_alloc(c->dev, NULL, q->dtype, 3, rows_shape, &y);
+  if (st == ZMLX_OK) st = decode_launch(c, layer, q3, at, al, mb, max_len, scale, y);
+  if (st == ZMLX_OK && q->ndim == 4) {
+    zmlx_array *y4 = NULL;
+    st = zmlx_array_reshape(y, 4, q->shape, &y4);
+    zmlx_array_release(y);
+    y = y4;
   }
   free(tab);
   free(lens);
+  zmlx_array_release(q3);
   zmlx_array_release(at);
   zmlx_array_release(al);
   if (st != ZMLX_OK) {
