@@ -208,10 +208,11 @@ static zmlx_status decode_bench_run(void *p) {
   return st;
 }
 
-/* One decode step of B sequences of ctx tokens: 32 q heads, 8 kv heads,
- * head_dim 128, block 16, bf16. Bytes: the K and V the step reads. */
+/* One decode step of B sequences of ctx tokens (T query tokens each): 32 q
+ * heads, 8 kv heads, head_dim 128, block 16, bf16. Bytes: the K and V the
+ * step reads (once). */
 static zmlx_status bench_decode_shape(const zmlx_bench_opts *o, const char *name, int64_t B,
-                                      int64_t ctx) {
+                                      int64_t T, int64_t ctx) {
   const int64_t H = 32, HKV = 8, D = 128;
   decode_bench b;
   memset(&b, 0, sizeof b);
@@ -220,7 +221,7 @@ static zmlx_status bench_decode_shape(const zmlx_bench_opts *o, const char *name
                              .num_blocks = B * ctx / 16 + 1, .dtype = ZMLX_BF16,
                              .device = o->device};
   zmlx_status st = zmlx_kv_cache_create(&desc, &b.c);
-  int64_t ksh[3] = {ctx, HKV, D}, qsh[3] = {B, H, D};
+  int64_t ksh[3] = {ctx, HKV, D}, qsh[4] = {B, T, H, D}, qsh3[3] = {B, H, D};
   zmlx_array *k = NULL;
   if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 3, ksh, 61, &k);
   for (int64_t i = 0; st == ZMLX_OK && i < B; i++) {
@@ -228,10 +229,12 @@ static zmlx_status bench_decode_shape(const zmlx_bench_opts *o, const char *name
     if (st == ZMLX_OK) st = zmlx_kv_cache_extend(b.c, b.seqs[i], ctx);
     if (st == ZMLX_OK) st = zmlx_kv_cache_write(b.c, b.seqs[i], 0, 0, k, k);
   }
-  if (st == ZMLX_OK) st = zck_bench_random(o->device, ZMLX_BF16, 3, qsh, 62, &b.q);
+  if (st == ZMLX_OK)
+    st = zck_bench_random(o->device, ZMLX_BF16, T > 1 ? 4 : 3, T > 1 ? qsh : qsh3, 62, &b.q);
   const double kv_bytes = 2.0 * (double)B * ctx * HKV * D * 2;
   if (st == ZMLX_OK)
-    st = zck_bench_time_emit(o, name, ZMLX_BF16, 3, qsh, kv_bytes, decode_bench_run, &b);
+    st = zck_bench_time_emit(o, name, ZMLX_BF16, T > 1 ? 4 : 3, T > 1 ? qsh : qsh3, kv_bytes,
+                             decode_bench_run, &b);
   zmlx_array_release(k);
   zmlx_array_release(b.q);
   zmlx_kv_cache_destroy(b.c);
@@ -243,10 +246,13 @@ static zmlx_status bench_decode_shape(const zmlx_bench_opts *o, const char *name
 static zmlx_status bench_paged_decode(const zmlx_bench_opts *o) {
   zmlx_device_info info;
   ZMLX_CHECK(zmlx_device_get_info(o->device, &info));
-  if (info.is_cpu) return bench_decode_shape(o, "paged_decode", 2, 512);
-  ZMLX_CHECK(bench_decode_shape(o, "paged_decode", 32, 4096));
-  ZMLX_CHECK(bench_decode_shape(o, "paged_decode_long", 1, 32768));
-  return bench_decode_shape(o, "paged_decode_b64", 64, 512);
+  if (info.is_cpu) return bench_decode_shape(o, "paged_decode", 2, 1, 512);
+  ZMLX_CHECK(bench_decode_shape(o, "paged_decode", 32, 1, 4096));
+  ZMLX_CHECK(bench_decode_shape(o, "paged_decode_long", 1, 1, 32768));
+  ZMLX_CHECK(bench_decode_shape(o, "paged_decode_b64", 64, 1, 512));
+  /* 4 query tokens a sequence (speculative decoding's verify step): the
+   * bytes counted once, so GB/s shows how much the repeats cost */
+  return bench_decode_shape(o, "paged_decode_t4", 32, 4, 4096);
 }
 
 /* A model's decode step over the paged cache: zmlx_lm_decode of B
