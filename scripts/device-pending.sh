@@ -32,17 +32,18 @@ for op in paged_decode max min argmax; do
     --json /tmp/peer_$op.jsonl >>"$OUT/peers.txt" 2>&1
   cat /tmp/peer_$op.jsonl >>"$OUT/peers.jsonl" 2>/dev/null
 done
-bench() { # SETTING OP...: zmlx bench of each op with the environment SETTING
+bench() { # "VAR=V ..." OP...: zmlx bench of each op with those variables set
   local setting=$1
   shift
   for op in "$@"; do
     say "== ${setting:-defaults}: $op"
-    env ${setting:+"$setting"} timeout 90 "$B/zmlx" bench --backend cuda --op "$op" --peer "$OUT/peers.jsonl" \
+    env $setting timeout 90 "$B/zmlx" bench --backend cuda --op "$op" --peer "$OUT/peers.jsonl" \
       2>&1 | tail -n +2 | tee -a "$summary"
   done
 }
 bench "ZMLX_DECODE_STAGES=0" paged_decode
 for st in 2 3 4; do bench "ZMLX_DECODE_STAGES=$st" paged_decode; done
+bench "ZMLX_DECODE_STAGES=4 ZMLX_DECODE_LPT=8" paged_decode
 bench "ZMLX_SEL_WARP_ROWS=0" max min argmax
 bench "ZMLX_SEL_WARP_ROWS=1" max min argmax
 bench "" decode_step
