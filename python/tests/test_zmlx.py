@@ -543,6 +543,24 @@ def test_kv_cache_rope_writes(rng):
                           mode="sideways")
 
 
+def test_kv_cache_decode_several_tokens(rng):
+    """q [batch, T, heads, dim]: each sequence's last T tokens, token t
+    attending to the first len - (T - 1 - t) positions."""
+    c = zmlx.KVCache(layers=1, kv_heads=1, head_dim=8, num_blocks=4, block_size=8)
+    a = c.add_sequence()
+    c.extend(a, 10)
+    k = rng.standard_normal((10, 1, 8)).astype(np.float32)
+    v = rng.standard_normal((10, 1, 8)).astype(np.float32)
+    c.write(a, 0, 0, zmlx.asarray(k), zmlx.asarray(v))
+    q = rng.standard_normal((1, 3, 2, 8)).astype(np.float32)
+    out = np.asarray(c.attention(0, zmlx.asarray(q), [a]))
+    assert out.shape == (1, 3, 2, 8)
+    for t in range(3):
+        n = 10 - (2 - t)
+        s = q[0, t] @ k[:n, 0].T / math.sqrt(8)
+        close(out[0, t], softmax_ref(s) @ v[:n, 0], scale=4)
+
+
 # ------------------------------------------------------------ model layer
 
 def adamw_ref(p, g, m, v, lr, step, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
