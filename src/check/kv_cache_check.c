@@ -149,19 +149,20 @@ static void decode_cases(const zmlx_check_opts *o, uint64_t *rng) {
   /* 3 tokens a sequence (speculative decoding): causal among them; the
    * contexts of 0 and 1 leave rows with nothing to attend (0) */
   decode_case(o, mixed, 6, 3, 8, 2, 128, NULL, rng);
+  /* split by the default rule; 4096 tokens take the long-context geometry */
+  decode_case(o, longer, 2, 1, 8, 2, 128, NULL, rng);
   if (!o->quick) {
-    decode_case(o, longer, 2, 1, 8, 2, 128, NULL, rng); /* split by the default rule */
     decode_case(o, longer, 2, 4, 8, 2, 128, NULL, rng);
     decode_case(o, mixed, 6, 1, 2, 2, 256, NULL, rng);
   }
 }
 
-/* The grouped kernel staged through threadgroup memory (ZMLX_DECODE_STAGES):
- * 3 stages, and 2 and 4 in the full check; not when the caller's
- * environment already picks the stages. */
+/* The grouped kernel's other stage counts (ZMLX_DECODE_STAGES; 3 is the
+ * default): unstaged (0), and 2 and 4 in the full check; not when the
+ * caller's environment already picks the stages. */
 static void staged_cases(const zmlx_check_opts *o, uint64_t *rng) {
   if (getenv("ZMLX_DECODE_STAGES")) return;
-  static const char *const counts[] = {"3", "2", "4"};
+  static const char *const counts[] = {"0", "2", "4"};
   for (int i = 0; i < (o->quick ? 1 : 3); i++) {
     setenv("ZMLX_DECODE_STAGES", counts[i], 1);
     decode_cases(o, rng);
@@ -171,7 +172,7 @@ static void staged_cases(const zmlx_check_opts *o, uint64_t *rng) {
 
 /* The device's decode kernels; where SIMD is emulated (PoCL) they are the
  * per-row ones, so the grouped kernel is checked there as well, asked for;
- * then the grouped kernel's staged form. */
+ * then the grouped kernel's other stage counts. */
 static zmlx_status check_paged_decode(const zmlx_check_opts *o) {
   uint64_t rng = o->seed * 2654435761u + 7001u;
   zmlx_device_info info;

@@ -446,9 +446,19 @@ static int64_t split_partition(int64_t max_len, int64_t rows) {
  * would not fit in registers: more than 64 floats a lane). */
 typedef struct group_geometry {
   int g, lpt, vec;
+  int long_context; /* the long-context geometry below */
 } group_geometry;
 
-static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, group_geometry *gg) {
+/* Contexts of DECODE_LONG_CONTEXT tokens and more, with rows of 16 chunks
+ * (head_dim 128 in 16 bits), take 8 lanes a token (two chunks a lane: more
+ * bytes in flight) and 1024-token partitions, where the group's queries
+ * still fit. Measured on the H100 (bench/NOTES.md, staged, bf16): batch 32
+ * x 4096 0.2130 -> 0.2016 ms, batch 1 x 32768 0.0707 -> 0.0605 ms; at 512
+ * tokens 8 lanes lose (batch 64: 0.0613 -> 0.0751 ms). */
+enum { DECODE_LONG_CONTEXT = 4096 };
+
+static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, int64_t max_len,
+                         group_geometry *gg) {
   const size_t es = zmlx_dtype_size(c->d.dtype);
   gg->g = (int)(q->shape[1] / c->d.kv_heads);
   gg->vec = (int)(16 / es);
@@ -456,6 +466,8 @@ static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, group_geom
   if (!zmlx_array_is_contiguous(q) || ((size_t)q->offset * es) % 16 != 0) return 0;
   const int chunks = c->d.head_dim / gg->vec;
   gg->lpt = chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32;
+  gg->long_context = max_len >= DECODE_LONG_CONTEXT && chunks == 16 && gg->g * 2 * gg->vec <= 64;
+  if (gg->long_context) gg->lpt = 8;
   /* ZMLX_DECODE_LPT=N (2 .. 32, a power of two) overrides the lanes a token:
    * a tuning knob for bench sweeps (fewer lanes: more bytes and fewer
    * shared exponentials a lane, more registers) */
@@ -471,12 +483,14 @@ static int group_applies(const zmlx_kv_cache *c, const zmlx_array *q, group_geom
 }
 
 /* Tokens a partition of the grouped decode: ZMLX_DECODE_PARTITION=N, else
- * 512 (batch 32 x 4096 is then 2048 threadgroups, batch 1 x 32768 with 8
- * kv heads 512). */
-static int64_t group_partition(int64_t max_len) {
+ * 512, or 1024 with the long-context geometry (batch 32 x 4096 is then
+ * 1024 threadgroups, batch 1 x 32768 with 8 kv heads 256; 2048-token
+ * partitions measured slower: 0.2504 ms at batch 32 x 4096). */
+static int64_t group_partition(int64_t max_len, const group_geometry *gg) {
   const char *env = getenv("ZMLX_DECODE_PARTITION");
   if (env && *env && atoll(env) > 0) return atoll(env);
-  return max_len > 0 && max_len < 512 ? max_len : 512;
+  const int64_t p = gg->long_context ? 1024 : 512;
+  return max_len > 0 && max_len < p ? max_len : p;
 }
 
 /* Tokens the grouped decode loads ahead of the one it uses (its PF);
@@ -494,11 +508,13 @@ static int decode_prefetch(void) {
 /* Stages the grouped decode copies K and V through (its ST): 0 reads them
  * straight into registers; 2 .. 4 stage them through threadgroup memory,
  * ST - 1 tokens a lane ahead (asynchronous copies where the device has
- * them). ZMLX_DECODE_STAGES=N overrides DECODE_STAGES, to compare; 0 until
- * the H100 has measured the staged form against it. Partitions whose
+ * them). 3 measured best on the H100 (bf16, bench/NOTES.md: batch 32 x
+ * 4096 0.2978 ms unstaged, 0.2193 / 0.2125 / 0.2133 at 2 / 3 / 4 stages;
+ * batch 1 x 32768 0.0914 -> 0.0703; batch 64 x 512 0.0827 -> 0.0614).
+ * ZMLX_DECODE_STAGES=N overrides it, to compare. Partitions whose
  * block-table entries would not fit the kernel's 4 KB of them (more than
  * ~1000 blocks) run unstaged. */
-enum { DECODE_STAGES = 0, DECODE_STAGE_TABLE_MAX = 1024 };
+enum { DECODE_STAGES = 3, DECODE_STAGE_TABLE_MAX = 1024 };
 static int decode_stages(int64_t part, int64_t block_size) {
   const char *env = getenv("ZMLX_DECODE_STAGES");
   const int n = env && *env ? atoi(env) : DECODE_STAGES;
@@ -634,8 +650,8 @@ static zmlx_status decode_launch(zmlx_kv_cache *c, int layer, zmlx_array *q, zml
   if (B * Hq == 0) return ZMLX_OK;
   group_geometry gg;
   const int64_t part = split_partition(max_len, B * Hq);
-  if (group_applies(c, q, &gg)) {
-    const int64_t gp = group_partition(max_len);
+  if (group_applies(c, q, max_len, &gg)) {
+    const int64_t gp = group_partition(max_len, &gg);
     const int64_t np_ = max_len > 0 ? (max_len + gp - 1) / gp : 1;
     return split_decode(c, layer, q, at, al, mb, scale, np_, gp, &gg, y);
   }
