@@ -649,8 +649,10 @@ typedef struct zmlx_grad_check_report {
   int n_inputs;
   zmlx_grad_check_input inputs[ZMLX_GRAD_CHECK_MAX_INPUTS];
   int jvp_checked;      /* 0 when some op on the path has no forward rule */
+  /* the JVP along a fixed direction v; the finite-difference gradients'
+   * directional derivative; |JVP - the analytic gradients' one| */
   double jvp_analytic, jvp_numeric, jvp_abs_err;
-  int jvp_passed;
+  int jvp_passed;       /* both within bounds (src/autograd/check.c says which) */
   int passed;           /* every checked input and the JVP */
 } zmlx_grad_check_report;
 

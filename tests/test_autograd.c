@@ -249,8 +249,9 @@ static zmlx_status sq_jvp(void *ud, zmlx_array *const *in, int n, zmlx_array *co
   return launch_like(f->jvp, args, 2, f->alpha, &out_tan[0]);
 }
 
-/* wrong_vjp: a VJP kernel missing its factor 2, for the checker to catch. */
-static void sq_init_ex(sq_fn *f, double alpha, int with_jvp, int wrong_vjp) {
+/* wrong_vjp / wrong_jvp: a VJP / JVP kernel missing its factor 2, for the
+ * checker to catch. */
+static void sq_init_ex(sq_fn *f, double alpha, int with_jvp, int wrong_vjp, int wrong_jvp) {
   memset(f, 0, sizeof *f);
   f->alpha = alpha;
   f->fwd = sq_kernel("sq_fwd", 1, "y",
@@ -262,13 +263,15 @@ static void sq_init_ex(sq_fn *f, double alpha, int with_jvp, int wrong_vjp) {
                                  "dx_store(i, alpha * x_load(i) * g_load(i));\n"
                                : "uint i = thread_position_in_grid.x;\n"
                                  "dx_store(i, 2.0f * alpha * x_load(i) * g_load(i));\n");
-  f->jvp = sq_kernel("sq_jvp", 2, "dy",
-                     "uint i = thread_position_in_grid.x;\n"
-                     "dy_store(i, 2.0f * alpha * x_load(i) * g_load(i));\n");
+  f->jvp = sq_kernel(wrong_jvp ? "sq_jvp_wrong" : "sq_jvp", 2, "dy",
+                     wrong_jvp ? "uint i = thread_position_in_grid.x;\n"
+                                 "dy_store(i, alpha * x_load(i) * g_load(i));\n"
+                               : "uint i = thread_position_in_grid.x;\n"
+                                 "dy_store(i, 2.0f * alpha * x_load(i) * g_load(i));\n");
   ZT_OK(zmlx_custom_function_create(sq_forward, sq_vjp, with_jvp ? sq_jvp : NULL, f, &f->fn));
 }
 
-static void sq_init(sq_fn *f, double alpha, int with_jvp) { sq_init_ex(f, alpha, with_jvp, 0); }
+static void sq_init(sq_fn *f, double alpha, int with_jvp) { sq_init_ex(f, alpha, with_jvp, 0, 0); }
 
 static void sq_fini(sq_fn *f) {
   zmlx_custom_function_destroy(f->fn);
@@ -354,13 +357,21 @@ static void test_custom_function_kernels(void **state) {
     sq_fini(&nojvp);
     /* a wrong VJP fails the check, at input 0 only, and the JVP still agrees */
     sq_fn wrong;
-    sq_init_ex(&wrong, 1.5, 1, 1);
+    sq_init_ex(&wrong, 1.5, 1, 1, 0);
     ZT_OK(zmlx_check_grad(sq_loss, &wrong, in, 2, 1e-3, 1e-2, &r));
     assert_false(r.passed);
     assert_false(r.inputs[0].passed);
     assert_true(r.inputs[1].passed);
     assert_true(r.jvp_checked && r.jvp_passed);
     assert_true(fabs(r.inputs[0].analytic - 0.5 * r.inputs[0].numeric) <= 1e-3 * (1 + fabs(r.inputs[0].numeric)));
+    sq_fini(&wrong);
+    /* a wrong JVP fails the check's JVP only */
+    sq_init_ex(&wrong, 1.5, 1, 0, 1);
+    ZT_OK(zmlx_check_grad(sq_loss, &wrong, in, 2, 1e-3, 1e-2, &r));
+    assert_true(r.inputs[0].passed && r.inputs[1].passed);
+    assert_true(r.jvp_checked);
+    assert_false(r.jvp_passed);
+    assert_false(r.passed);
     sq_fini(&wrong);
     zmlx_array_release(in[0]), zmlx_array_release(in[1]), zmlx_array_release(tx);
     free(x), free(w), free(t);
